@@ -1,0 +1,42 @@
+"""NPZ export: one `dataset.npz` with plural column names and JSON metadata (no pickle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+
+from aggregation.manifest import Manifest
+from rollout.batch import TransitionBatch
+
+NPZ_NAME = "dataset.npz"
+
+# Harvest column -> NPZ key (dict observations keep their suffix: obs.pos -> observations.pos).
+_NPZ_KEYS = {"obs": "observations", "next_obs": "next_observations", "action": "actions", "reward": "rewards",
+             "terminated": "terminated", "truncated": "truncated", "episode_id": "episode_ids", "step": "steps",
+             "collector_id": "collector_ids", "policy_version": "policy_versions", "timestamp": "timestamps"}
+
+
+def npz_key(column: str) -> str:
+    head, dot, rest = column.partition(".")
+    return _NPZ_KEYS.get(head, head) + dot + rest
+
+
+def write_npz(dataset_dir: Path, manifest: Manifest) -> Path:
+    """Write the dataset's Parquet files as one NPZ; loads with `np.load(path, allow_pickle=False)`."""
+    files = [str(dataset_dir / entry.path) for entry in manifest.files]
+    table = pads.dataset(files, format="parquet").to_table() if files else None
+    arrays: dict[str, np.ndarray] = {}
+    if table is not None:
+        table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
+        for name, column in TransitionBatch.from_arrow(table).columns.items():
+            arrays[npz_key(name)] = column
+    metadata = {"run_id": manifest.run_id, "env_id": manifest.env_id, "created_at": manifest.created_at,
+                "rows": manifest.rows, "episodes": manifest.episodes, "schema": manifest.schema,
+                "keys": {name: npz_key(name) for name in manifest.schema["columns"]}}
+    arrays["metadata"] = np.array(json.dumps(metadata))
+    path = dataset_dir / NPZ_NAME
+    np.savez(path, **arrays)
+    return path

@@ -1,0 +1,1 @@
+"""Cluster glue: config, the `harvest` CLI, local Ray or job submission, metrics, the pipeline."""

@@ -1,0 +1,98 @@
+"""`harvest`: run the pipeline, or one stage of it, from a YAML config.
+
+    harvest run [CONFIG] [--set KEY=VALUE ...]    collect → compact → train → eval
+    harvest collect [CONFIG]                      fill the replay, snapshot it to artifacts/<run-id>/replay/
+    harvest compact RUN_DIR                       snapshot → dataset/ (Parquet + manifest, NPZ)
+    harvest train RUN_DIR                         dataset/ → learner/ (checkpoints, history)
+    harvest eval RUN_DIR                          learner/ → eval.json (trained vs expert vs random)
+    harvest config [CONFIG]                       print the resolved config
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from loguru import logger
+
+from cluster.config import ConfigError, RunConfig, dump_config, load_config
+from cluster.logging import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harvest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set replay.num_shards=4 (value parsed as YAML)")
+
+    for name, help_text in (("run", "collect, compact, train and evaluate"),
+                            ("collect", "collect into the replay and snapshot it"),
+                            ("config", "print the resolved config")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("config", nargs="?", help="YAML run config (default: the embedded CartPole run)")
+        p.add_argument("--run-id", help="run id (default: a timestamp)")
+        add_overrides(p)
+    for name, help_text in (("compact", "write the dataset from a collect snapshot"),
+                            ("train", "train the learner on the dataset"),
+                            ("eval", "evaluate the trained policy against the baselines")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("run_dir", help="a run folder, e.g. artifacts/<run-id>")
+        add_overrides(p)
+    return parser
+
+
+def _config_for(args: argparse.Namespace) -> RunConfig:
+    if hasattr(args, "run_dir"):
+        config_path = Path(args.run_dir) / "config.yaml"
+        if not config_path.is_file():
+            raise ConfigError(f"{config_path}: no such file; expected a run folder made by `harvest collect` or "
+                              "`harvest run`")
+        overrides = [f"run.id={Path(args.run_dir).name}",
+                     f"run.output_dir={Path(args.run_dir).parent}", *args.overrides]
+        return load_config(config_path, overrides)
+    overrides = list(args.overrides) + ([f"run.id={args.run_id}"] if args.run_id else [])
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging("INFO")
+    try:
+        cfg = _config_for(args)
+    except ConfigError as err:
+        logger.error("invalid config:\n{}", err)
+        return 2
+    if args.command == "config":
+        sys.stdout.write(dump_config(cfg))
+        return 0
+
+    from cluster import pipeline
+    from cluster.local import init_ray, shutdown_ray
+
+    run_id, paths = pipeline.prepare_run(cfg)
+    setup_logging(cfg.run.log_level, paths.log)
+    logger.info("run {} → {}", run_id, paths.root)
+    init_ray(cfg.ray)
+    try:
+        if args.command == "run":
+            pipeline.print_summary(pipeline.run(cfg, run_id, paths))
+        elif args.command == "collect":
+            pipeline.print_summary(pipeline.collect_only(cfg, run_id, paths))
+        elif args.command == "compact":
+            pipeline.compact_snapshot(cfg, run_id, paths)
+        elif args.command == "train":
+            pipeline.train(cfg, paths)
+        elif args.command == "eval":
+            pipeline.evaluate(cfg, paths, run_id)
+    finally:
+        shutdown_ray()
+    logger.info("outputs in {}", paths.root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

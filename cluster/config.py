@@ -1,0 +1,156 @@
+"""`RunConfig`: one YAML file describes a run; each package owns its section.
+
+    run:         id, output folder, seed, log level
+    ray:         local cluster or an address, CPUs, dashboard
+    env:         envs.config.EnvConfig
+    rollout:     rollout.config.RolloutConfig (collectors, batch size, policy)
+    replay:      rollout.config.ReplayConfig (shards, capacity)
+    aggregation: aggregation.config.AggregationConfig (formats, files)
+    learner:     learners.config.LearnerConfig (BC hyper-parameters, GPUs)
+    eval:        EvalConfig (episodes, baselines)
+
+Errors name the file and the key path: `run.yaml: replay.capcity_rows: unexpected key`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from aggregation.config import AggregationConfig
+from envs.config import EnvConfig
+from learners.config import LearnerConfig
+from rollout.config import ReplayConfig, RolloutConfig
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ConfigError(ValueError):
+    """A run config that does not validate; the message names the file and key path."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class RunSection:
+    id: Optional[str] = None
+    """Run id; outputs go to `<output_dir>/<id>/`. None: a timestamped id is made."""
+    output_dir: str = "artifacts"
+    """Folder that holds one sub-folder per run."""
+    seed: StrictInt = 0
+    """Seeds envs (collector i gets seed + i), learners and evaluation."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Driver log level on stderr (the run's `harvest.log` always has DEBUG)."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class RaySection:
+    address: Optional[str] = None
+    """None: start a local Ray for this run. Otherwise an existing cluster (`auto`, `ray://...`)."""
+    num_cpus: Optional[StrictInt] = None
+    """CPUs of the local Ray (None: all cores)."""
+    include_dashboard: bool = True
+    """Start the Ray dashboard with the local Ray (bound to 127.0.0.1)."""
+    dashboard_port: StrictInt = 8265
+    """Dashboard port of the local Ray."""
+    object_store_memory_bytes: Optional[StrictInt] = None
+    """Object store size of the local Ray (None: Ray's default)."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class EvalConfig:
+    episodes: StrictInt = Field(default=20, ge=1)
+    """Episodes each policy plays."""
+    num_workers: StrictInt = Field(default=2, ge=1)
+    """Rollout actors that play them in parallel."""
+    baselines: list[Literal["expert", "random"]] = Field(default_factory=lambda: ["expert", "random"])
+    """Policies evaluated beside the trained one."""
+    checkpoint: Literal["best", "final"] = "best"
+    """Which learner checkpoint to evaluate."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class RunConfig:
+    run: RunSection = Field(default_factory=RunSection)
+    ray: RaySection = Field(default_factory=RaySection)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_ADAPTER = TypeAdapter(RunConfig)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for error in err.errors():
+        path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "unexpected_keyword_argument" or error["type"] == "extra_forbidden":
+            message = "unexpected key"
+        else:
+            message = f"{error['msg']} (got {error.get('input')!r})"
+        lines.append(f"{source}: {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunConfig:
+    """Validate a config dict; `source` names it in errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from err
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set section.key=value` overrides (values parsed as YAML) to a config dict."""
+    data = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy
+    for override in overrides:
+        key_path, sep, raw_value = override.partition("=")
+        if not sep or not key_path:
+            raise ConfigError(f"--set {override!r}: expected KEY.PATH=VALUE")
+        node = data
+        keys = key_path.split(".")
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {override!r}: {key!r} is not a section")
+            node = child
+        node[keys[-1]] = yaml.safe_load(raw_value)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read and validate a YAML run config (None: the embedded default), then apply overrides."""
+    data: dict[str, Any] = {}
+    source = "<default>"
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as err:
+            raise ConfigError(f"{source}: no such config file") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: not valid YAML: {err}") from err
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+        data = apply_overrides(data, overrides)
+        source += " (with --set)"
+    return parse_config(data, source)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

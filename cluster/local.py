@@ -1,0 +1,41 @@
+"""Connect to Ray: a local cluster for laptops, or an existing one by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import ray
+from loguru import logger
+
+from cluster.config import RaySection
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def init_ray(cfg: RaySection) -> str | None:
+    """Start or join Ray; returns the dashboard URL (None without a dashboard)."""
+    if ray.is_initialized():
+        return None
+    # Workers import Harvest's packages from the repo whether or not it is pip-installed.
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    if cfg.address is None:
+        context = ray.init(
+            num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard, dashboard_host="127.0.0.1",
+            dashboard_port=cfg.dashboard_port, object_store_memory=cfg.object_store_memory_bytes,
+            namespace="harvest", logging_level=logging.WARNING,
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath},
+                         "worker_process_setup_hook": "cluster.logging.setup_worker_logging"})
+    else:
+        context = ray.init(address=cfg.address, namespace="harvest", logging_level=logging.WARNING)
+    url = context.dashboard_url
+    if url:
+        url = url if url.startswith("http") else f"http://{url}"
+        logger.info("Ray dashboard: {}", url)
+    return url or None
+
+
+def shutdown_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

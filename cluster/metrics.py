@@ -1,0 +1,84 @@
+"""Every metric Harvest exports, in one list.
+
+Metrics go through `ray.util.metrics`, so they reach Ray's Prometheus endpoint and the
+dashboard. Outside a Ray worker or driver (plain unit tests) they are no-ops. Names follow
+`harvest_<component>_<quantity>_<unit>`. This module imports nothing from Harvest.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import ray
+
+
+class _NoOp:
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None: ...
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None: ...
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None: ...
+
+
+def _make(kind: str, name: str, description: str, tag_keys: tuple[str, ...], **kwargs: Any) -> Any:
+    if not ray.is_initialized():
+        return _NoOp()
+    from ray.util import metrics as ray_metrics
+
+    cls = {"counter": ray_metrics.Counter, "gauge": ray_metrics.Gauge, "histogram": ray_metrics.Histogram}[kind]
+    return cls(name, description=description, tag_keys=tag_keys, **kwargs)
+
+
+_SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]
+
+
+@functools.cache
+def rollout_env_steps() -> Any:
+    return _make("counter", "harvest_rollout_env_steps_total", "Transitions cut by a collector.", ("collector",))
+
+
+@functools.cache
+def rollout_episodes() -> Any:
+    return _make("counter", "harvest_rollout_episodes_total", "Episodes finished by a collector.", ("collector",))
+
+
+@functools.cache
+def rollout_push_wait_seconds() -> Any:
+    return _make("histogram", "harvest_rollout_push_wait_seconds",
+                 "Time a collector waited for replay acks (backpressure).", ("collector",),
+                 boundaries=_SECONDS_BUCKETS)
+
+
+@functools.cache
+def replay_inserted_rows() -> Any:
+    return _make("counter", "harvest_replay_inserted_rows_total", "Rows stored by a replay shard.", ("shard",))
+
+
+@functools.cache
+def replay_rejected_batches() -> Any:
+    return _make("counter", "harvest_replay_rejected_batches_total",
+                 "Batches a replay shard refused (schema mismatch).", ("shard",))
+
+
+@functools.cache
+def replay_insert_seconds() -> Any:
+    return _make("histogram", "harvest_replay_insert_seconds", "Time to validate and store one batch.",
+                 ("shard",), boundaries=_SECONDS_BUCKETS)
+
+
+@functools.cache
+def replay_size_rows() -> Any:
+    return _make("gauge", "harvest_replay_size_rows", "Rows a replay shard holds.", ("shard",))
+
+
+@functools.cache
+def learner_samples() -> Any:
+    return _make("counter", "harvest_learner_samples_total", "Samples a learner trained on.", ("learner",))
+
+
+@functools.cache
+def learner_loss() -> Any:
+    return _make("gauge", "harvest_learner_loss", "A learner's latest training loss.", ("learner",))
+
+
+ALL_METRICS = (rollout_env_steps, rollout_episodes, rollout_push_wait_seconds, replay_inserted_rows,
+               replay_rejected_batches, replay_insert_seconds, replay_size_rows, learner_samples, learner_loss)

@@ -1,0 +1,33 @@
+"""Environments behind the Gymnasium API, built by name from config.
+
+`make_vector_env(EnvConfig(...))` returns a Gymnasium vector env for any Gymnasium id,
+a Harvest-registered name, or a user's own env given as ``"package.module:Class"``.
+The env's spaces define the dataset schema (`columns_for_space`).
+"""
+
+from envs.config import EnvConfig
+from envs.registry import EnvNotFoundError, make_vector_env, register_env, registered_envs
+from envs.spaces import (
+    ColumnSpec,
+    UnsupportedSpaceError,
+    columns_for_space,
+    flatten_value,
+    space_from_json,
+    space_to_json,
+    unflatten_value,
+)
+
+__all__ = [
+    "ColumnSpec",
+    "EnvConfig",
+    "EnvNotFoundError",
+    "UnsupportedSpaceError",
+    "columns_for_space",
+    "flatten_value",
+    "make_vector_env",
+    "register_env",
+    "registered_envs",
+    "space_from_json",
+    "space_to_json",
+    "unflatten_value",
+]

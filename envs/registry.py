@@ -1,0 +1,84 @@
+"""Build vector envs by name: Gymnasium ids, Harvest-registered names, or user entry points."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import gymnasium as gym
+from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv
+
+from envs.config import EnvConfig
+
+
+class EnvNotFoundError(LookupError):
+    """`env.id` names no Gymnasium env, registered Harvest env, or importable entry point."""
+
+
+_HARVEST_ENVS: dict[str, str] = {}
+
+
+def register_env(name: str, entry_point: str) -> None:
+    """Make `name` usable as `env.id`; `entry_point` is `"package.module:ClassOrFactory"`."""
+    _HARVEST_ENVS[name] = entry_point
+
+
+def registered_envs() -> dict[str, str]:
+    """Harvest's own env names and their entry points."""
+    return dict(_HARVEST_ENVS)
+
+
+def load_entry_point(entry_point: str, what: str = "env.id") -> Callable[..., Any]:
+    """Import `"package.module:attr"` and return the attribute."""
+    module_name, _, attr = entry_point.partition(":")
+    if not module_name or not attr:
+        raise EnvNotFoundError(f"{what}: {entry_point!r} is not of the form 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise EnvNotFoundError(f"{what}: cannot import module {module_name!r} of {entry_point!r}: {err}") from err
+    try:
+        return getattr(module, attr)
+    except AttributeError as err:
+        raise EnvNotFoundError(f"{what}: module {module_name!r} has no attribute {attr!r}") from err
+
+
+def make_vector_env(cfg: EnvConfig) -> VectorEnv:
+    """A vector env of `cfg.num_envs` copies of `cfg.id`.
+
+    Raises:
+        EnvNotFoundError: the id is neither a Gymnasium id, a registered name nor an entry point.
+    """
+    entry_point = _HARVEST_ENVS.get(cfg.id, cfg.id if ":" in cfg.id else None)
+    if entry_point is not None:
+        return _vectorize(load_entry_point(entry_point), cfg)
+    try:
+        spec = gym.spec(cfg.id)
+    except gym.error.Error as err:
+        raise EnvNotFoundError(
+            f"env.id: {cfg.id!r} is not a Gymnasium id, a Harvest env ({sorted(_HARVEST_ENVS)}) "
+            f"or an entry point 'package.module:Class': {err}") from err
+    mode = cfg.vectorization
+    if mode == "auto":
+        mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+    kwargs = dict(cfg.kwargs)
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    return gym.make_vec(cfg.id, num_envs=cfg.num_envs, vectorization_mode=mode, **kwargs)
+
+
+def _vectorize(factory: Callable[..., Any], cfg: EnvConfig) -> VectorEnv:
+    if isinstance(factory, type) and issubclass(factory, VectorEnv):
+        return factory(num_envs=cfg.num_envs, **cfg.kwargs)
+
+    def make_one() -> gym.Env:
+        env = factory(**cfg.kwargs)
+        if not isinstance(env, gym.Env):
+            raise EnvNotFoundError(f"env.id: {cfg.id!r} built a {type(env).__name__}, expected a gymnasium.Env")
+        if cfg.max_episode_steps is not None:
+            env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
+        return env
+
+    if cfg.vectorization == "async":
+        return AsyncVectorEnv([make_one] * cfg.num_envs)
+    return SyncVectorEnv([make_one] * cfg.num_envs)

@@ -1,0 +1,1 @@
+"""Learners: models built from spaces, behaviour cloning, checkpoints and torch policies."""

@@ -1,0 +1,209 @@
+"""Behaviour cloning: fit a policy network to the actions in a dataset.
+
+`BCLearner` is a plain class; `cluster` runs it as an actor (with a GPU when the config
+asks for one). Reading: pyarrow streams only the observation, action and episode columns
+into memory, then every epoch shuffles the training rows into minibatches on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from loguru import logger
+from torch import nn
+
+from aggregation.dataset import Dataset
+from cluster import metrics
+from learners.checkpoint import save_checkpoint
+from learners.config import LearnerConfig
+from learners.models import PolicyModel, build_policy_model
+
+HISTORY_NAME = "training_history.json"
+BEST_NAME = "best.safetensors"
+FINAL_NAME = "final.safetensors"
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    validation_loss: float
+    validation_accuracy: float | None
+    samples_per_s: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: str
+    final_checkpoint: str
+    history_path: str
+    best_epoch: int
+    best_validation_loss: float
+    train_rows: int
+    validation_rows: int
+    device: str
+    history: list[EpochRecord]
+
+
+@dataclass
+class TrainProgress:
+    epoch: int
+    epochs: int
+    samples: int
+    train_loss: float | None
+
+
+def split_by_episode(episode_ids: np.ndarray, validation_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation rows: whole episodes, about `validation_fraction` of them."""
+    unique_ids = np.unique(episode_ids)
+    if validation_fraction == 0 or unique_ids.size < 2:
+        return np.zeros(episode_ids.shape, dtype=bool)
+    rng = np.random.default_rng(seed)
+    num_validation = min(unique_ids.size - 1, max(1, round(validation_fraction * unique_ids.size)))
+    validation_ids = rng.choice(unique_ids, size=num_validation, replace=False)
+    return np.isin(episode_ids, validation_ids)
+
+
+class BCLearner:
+    """Behaviour cloning on a compacted dataset.
+
+    Args:
+        cfg: the run's `learner:` section.
+        dataset_dir: a folder written by compaction (`manifest.json` + Parquet).
+        out_dir: where `best.safetensors`, `final.safetensors` and `training_history.json` go.
+    """
+
+    def __init__(self, cfg: LearnerConfig, dataset_dir: str, out_dir: str) -> None:
+        self.cfg = cfg
+        self.dataset = Dataset.open(dataset_dir)
+        self.out_dir = Path(out_dir)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cfg.num_cpus >= 1:
+            torch.set_num_threads(int(cfg.num_cpus))
+        self._log = logger.bind(actor="BCLearner")
+        self._progress = TrainProgress(0, cfg.epochs, 0, None)
+        self._lock = threading.Lock()
+
+    def progress(self) -> TrainProgress:
+        """Where training is (safe to call from another thread while `train` runs)."""
+        with self._lock:
+            return TrainProgress(**asdict(self._progress))
+
+    def train(self) -> TrainResult:
+        cfg, schema = self.cfg, self.dataset.schema
+        torch.manual_seed(cfg.seed)
+        obs_names, action_names = schema.obs_columns, schema.action_columns
+        if len(action_names) != 1:
+            raise ValueError(f"{self.dataset.folder}: BC supports one action column, got {action_names} "
+                             "(Dict action spaces are not supported yet)")
+        columns = self.dataset.read_columns([*obs_names, *action_names, "episode_id"], cfg.max_rows)
+        num_rows = len(columns["episode_id"])
+        if num_rows < 2:
+            raise ValueError(f"{self.dataset.folder}: {num_rows} rows; BC needs at least 2")
+        validation_mask = split_by_episode(columns["episode_id"], cfg.validation_fraction, cfg.seed)
+        model = build_policy_model(schema.observation_space, schema.action_space, cfg.hidden_sizes).to(self.device)
+        tensors = {name: torch.from_numpy(np.array(columns[name])).to(self.device) for name in [*obs_names, *action_names]}
+        train_index = torch.as_tensor(np.flatnonzero(~validation_mask), device=self.device)
+        validation_index = torch.as_tensor(np.flatnonzero(validation_mask), device=self.device)
+        self._fit_normalizer(model, tensors, obs_names, train_index)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        action = tensors[action_names[0]]
+        self._log.info("training BC on {} ({} rows: {} train, {} validation) on {}",
+                       self.dataset.folder, num_rows, train_index.numel(), validation_index.numel(), self.device)
+        history: list[EpochRecord] = []
+        best_loss, best_epoch = float("inf"), 0
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        for epoch in range(1, cfg.epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            permutation = train_index[torch.randperm(train_index.numel(), device=self.device, generator=generator)]
+            losses = []
+            for start in range(0, permutation.numel(), cfg.batch_size):
+                rows = permutation[start:start + cfg.batch_size]
+                loss = bc_loss(model, {name: tensors[name][rows] for name in obs_names}, action[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.detach())
+                with self._lock:
+                    self._progress.samples += rows.numel()
+            train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+            validation_loss, validation_accuracy = self._validate(model, tensors, obs_names, action,
+                                                                  validation_index if validation_index.numel()
+                                                                  else train_index)
+            seconds = time.perf_counter() - started
+            record = EpochRecord(epoch, train_loss, validation_loss, validation_accuracy,
+                                 train_index.numel() / seconds, seconds)
+            history.append(record)
+            metrics.learner_samples().inc(train_index.numel(), tags={"learner": "bc"})
+            metrics.learner_loss().set(train_loss, tags={"learner": "bc"})
+            with self._lock:
+                self._progress.epoch, self._progress.train_loss = epoch, train_loss
+            if validation_loss < best_loss:
+                best_loss, best_epoch = validation_loss, epoch
+                self._save(model, BEST_NAME, epoch, record)
+            self._log.info("epoch {}/{}: train loss {:.4f}, validation loss {:.4f}{}, {:.0f} samples/s",
+                           epoch, cfg.epochs, train_loss, validation_loss,
+                           "" if validation_accuracy is None else f", accuracy {validation_accuracy:.3f}",
+                           record.samples_per_s)
+        self._save(model, FINAL_NAME, cfg.epochs, history[-1])
+        history_path = self.out_dir / HISTORY_NAME
+        history_path.write_text(json.dumps({"config": asdict(cfg), "device": str(self.device),
+                                            "best_epoch": best_epoch, "epochs": [asdict(r) for r in history]},
+                                           indent=2))
+        return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
+                           best_epoch, best_loss, int(train_index.numel()), int(validation_index.numel()),
+                           str(self.device), history)
+
+    @staticmethod
+    def _fit_normalizer(model: PolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
+                        train_index: torch.Tensor) -> None:
+        with torch.no_grad():
+            sample = train_index[:100_000]
+            features = model.encoder.features({name: tensors[name][sample] for name in obs_names})
+            model.encoder.mean.copy_(features.mean(0))
+            model.encoder.std.copy_(features.std(0).clamp_min(1e-6) if features.shape[0] > 1
+                                    else torch.ones_like(model.encoder.std))
+
+    @torch.no_grad()
+    def _validate(self, model: PolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
+                  action: torch.Tensor, index: torch.Tensor) -> tuple[float, float | None]:
+        model.eval()
+        total_loss, correct, count = 0.0, 0, 0
+        for start in range(0, index.numel(), 8192):
+            rows = index[start:start + 8192]
+            obs = {name: tensors[name][rows] for name in obs_names}
+            total_loss += float(bc_loss(model, obs, action[rows])) * rows.numel()
+            if not isinstance(model.action_space, gym.spaces.Box):
+                predicted = model.act(obs, deterministic=True)
+                correct += int((predicted == action[rows]).reshape(rows.numel(), -1).all(-1).sum())
+            count += rows.numel()
+        accuracy = None if isinstance(model.action_space, gym.spaces.Box) else correct / max(count, 1)
+        return total_loss / max(count, 1), accuracy
+
+    def _save(self, model: PolicyModel, name: str, epoch: int, record: EpochRecord) -> None:
+        save_checkpoint(self.out_dir / name, model, list(self.cfg.hidden_sizes), version=epoch,
+                        info={"algorithm": "bc", "epoch": epoch, "dataset": str(self.dataset.folder),
+                              "validation_loss": record.validation_loss,
+                              "validation_accuracy": record.validation_accuracy})
+
+
+def bc_loss(model: PolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for discrete actions (summed over MultiDiscrete parts), MSE for Box actions."""
+    out = model(obs)
+    space = model.action_space
+    if isinstance(space, gym.spaces.Discrete):
+        return nn.functional.cross_entropy(out, action.long() - int(space.start))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        targets = (action.long() - torch.as_tensor(space.start, device=action.device)).reshape(action.shape[0], -1)
+        parts = out.split(space.nvec.reshape(-1).tolist(), dim=-1)
+        return sum(nn.functional.cross_entropy(logits, targets[:, i]) for i, logits in enumerate(parts))
+    return nn.functional.mse_loss(out, action.reshape(action.shape[0], -1).float())

@@ -1,0 +1,67 @@
+"""Checkpoints as safetensors files: weights plus the JSON needed to rebuild the model.
+
+No pickle: the spaces, the model config and the training metrics travel as JSON in the
+safetensors header metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from envs.spaces import space_from_json, space_to_json
+from learners.models import PolicyModel, build_policy_model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not written by Harvest."""
+
+
+@dataclass
+class Checkpoint:
+    model: PolicyModel
+    version: int
+    info: dict[str, Any]
+
+
+def save_checkpoint(path: Path, model: PolicyModel, hidden_sizes: list[int], version: int,
+                    info: dict[str, Any]) -> Path:
+    """Write `model`'s weights and what rebuilds it to `path` (a .safetensors file)."""
+    header = {"observation_space": space_to_json(model.observation_space),
+              "action_space": space_to_json(model.action_space),
+              "hidden_sizes": list(hidden_sizes), "version": version, "info": info}
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"harvest": json.dumps(header)})
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
+    """Rebuild the model saved at `path`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as err:  # safetensors raises its own SafetensorError, not exported stably
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {err}") from err
+    if "harvest" not in metadata:
+        raise CheckpointError(f"{path}: safetensors file has no 'harvest' metadata; not a Harvest checkpoint")
+    header = json.loads(metadata["harvest"])
+    observation_space: gym.Space = space_from_json(header["observation_space"])
+    action_space: gym.Space = space_from_json(header["action_space"])
+    model = build_policy_model(observation_space, action_space, header["hidden_sizes"])
+    model.load_state_dict(tensors)
+    model.to(device).eval()
+    return Checkpoint(model, int(header["version"]), header.get("info", {}))

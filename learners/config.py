@@ -1,0 +1,34 @@
+"""The `learner:` section of a run config."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import ConfigDict, Field, StrictInt
+from pydantic.dataclasses import dataclass
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class LearnerConfig:
+    algorithm: Literal["bc"] = "bc"
+    """Training algorithm. `bc`: behaviour cloning (cross-entropy for discrete actions, MSE for continuous)."""
+    epochs: StrictInt = Field(default=10, ge=1)
+    """Passes over the training split."""
+    batch_size: StrictInt = Field(default=256, ge=1)
+    """Samples per gradient step."""
+    lr: float = Field(default=1e-3, gt=0)
+    """Adam learning rate."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """Adam weight decay (L2)."""
+    hidden_sizes: list[StrictInt] = Field(default_factory=lambda: [256, 256])
+    """Widths of the MLP's hidden layers."""
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    """Share of episodes held out for validation (split by episode, never by row)."""
+    max_rows: Optional[StrictInt] = Field(default=None, ge=1)
+    """Read at most this many rows of the dataset (None: all)."""
+    num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs for the learner actor; it trains on CUDA when Ray gives it one."""
+    num_cpus: float = Field(default=1.0, ge=0)
+    """CPUs for the learner actor (also its torch thread count)."""
+    seed: StrictInt = 0
+    """Seeds the split, the shuffling and the weight init."""

@@ -1,0 +1,63 @@
+"""The `rollout:` and `replay:` sections of a run config."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import ConfigDict, Field, StrictInt, model_validator
+from pydantic.dataclasses import dataclass
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class PolicyConfig:
+    kind: Literal["expert", "random", "torch", "custom"] = "expert"
+    """`expert`: the scripted expert registered for the env; `random`: uniform actions;
+    `torch`: a checkpoint written by a learner; `custom`: your own factory (`entry_point`)."""
+    checkpoint: Optional[str] = None
+    """Checkpoint file for `kind: torch` (a learner's `best.safetensors`)."""
+    entry_point: Optional[str] = None
+    """`"package.module:factory"` for `kind: custom`; called as factory(observation_space, action_space)."""
+    deterministic: bool = True
+    """For `kind: torch`: play the most likely action instead of sampling."""
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> "PolicyConfig":
+        if self.kind == "torch" and not self.checkpoint:
+            raise ValueError("kind 'torch' needs 'checkpoint'")
+        if self.kind == "custom" and not self.entry_point:
+            raise ValueError("kind 'custom' needs 'entry_point'")
+        return self
+
+
+@dataclass(frozen=True, config=_STRICT)
+class RolloutConfig:
+    num_collectors: StrictInt = Field(default=2, ge=1)
+    """Rollout actors, each owning one vector env and one policy."""
+    steps: StrictInt = Field(default=20_000, ge=1)
+    """Transitions (rows) to collect in total, split evenly across collectors."""
+    batch_rows: StrictInt = Field(default=4096, ge=1)
+    """Rows per pushed batch (at most). Larger batches amortize the per-call cost of Ray."""
+    max_pushes_in_flight: StrictInt = Field(default=4, ge=1)
+    """Unacknowledged pushes a collector may have before it waits (backpressure)."""
+    push_timeout_s: float = Field(default=120.0, gt=0)
+    """How long a collector waits for a replay shard to acknowledge a push before failing."""
+    num_cpus: float = Field(default=0.5, ge=0)
+    """CPUs Ray reserves for each collector actor."""
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    """Which policy the collectors play."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ReplayConfig:
+    num_shards: StrictInt = Field(default=2, ge=1)
+    """Shard actors; every row of an episode lands in the same one."""
+    capacity_rows: StrictInt = Field(default=100_000, ge=1)
+    """Rows one shard keeps before the oldest are evicted (FIFO)."""
+    sampler: Literal["uniform"] = "uniform"
+    """How `sample` picks rows."""
+    min_size_to_sample: StrictInt = Field(default=1, ge=1)
+    """Rows a shard must hold before `sample` returns anything."""
+    num_cpus: float = Field(default=0.25, ge=0)
+    """CPUs Ray reserves for each shard actor."""

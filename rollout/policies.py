@@ -1,0 +1,118 @@
+"""Policies map a batch of observations to a batch of actions (plus extras for learners).
+
+A collector receives a *policy factory* (a picklable callable
+`factory(observation_space, action_space) -> Policy`), so `rollout` never imports
+`learners`: a learner's torch policy arrives the same way as a scripted expert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from envs.registry import load_entry_point
+from envs.spaces import ColumnSpec
+from rollout.config import PolicyConfig
+
+
+@dataclass
+class PolicyOutput:
+    """Actions for every env in the batch, and optional per-row extra columns."""
+
+    actions: Any
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    version: int
+    """Weights version; every row records the version that produced it (0 for scripted policies)."""
+
+    def extra_columns(self) -> Mapping[str, ColumnSpec]:
+        """Columns this policy adds to every row (e.g. `logp`), with their per-row spec."""
+        ...
+
+    def compute_actions(self, obs: Any) -> PolicyOutput:
+        """Actions for a batch of observations shaped like the vector env's observation."""
+        ...
+
+
+PolicyFactory = Callable[[gym.Space, gym.Space], Policy]
+
+
+class RandomPolicy:
+    """Uniformly random actions from the action space."""
+
+    version = 0
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, seed: int | None = None) -> None:
+        self.action_space = action_space
+        self._rng = np.random.default_rng(seed)
+        action_space.seed(seed)
+
+    def extra_columns(self) -> Mapping[str, ColumnSpec]:
+        return {}
+
+    def compute_actions(self, obs: Any) -> PolicyOutput:
+        num_envs = len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
+        space = self.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            actions = self._rng.integers(space.start, space.start + space.n, size=num_envs)
+        else:
+            actions = gym.vector.utils.batch_space(space, num_envs).sample()
+        return PolicyOutput(actions)
+
+
+class CartPoleExpert:
+    """A PD controller on pole angle and cart motion: averages 500 (the maximum) on CartPole-v1."""
+
+    version = 0
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        if observation_space.shape != (4,) or not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"CartPoleExpert: expected a CartPole (Box(4,), Discrete(2)) env, "
+                             f"got {observation_space}, {action_space}")
+
+    def extra_columns(self) -> Mapping[str, ColumnSpec]:
+        return {}
+
+    def compute_actions(self, obs: np.ndarray) -> PolicyOutput:
+        cart_position, cart_velocity, pole_angle, pole_velocity = obs.T
+        push_right = pole_angle + 0.3 * pole_velocity + 0.01 * cart_position + 0.1 * cart_velocity > 0
+        return PolicyOutput(push_right.astype(np.int64))
+
+
+_EXPERTS: dict[str, str] = {
+    "CartPole-v0": "rollout.policies:CartPoleExpert",
+    "CartPole-v1": "rollout.policies:CartPoleExpert",
+}
+
+
+def register_expert(env_id: str, entry_point: str) -> None:
+    """Name the scripted expert (`"package.module:factory"`) that `policy.kind: expert` plays in `env_id`."""
+    _EXPERTS[env_id] = entry_point
+
+
+@dataclass(frozen=True)
+class ConfiguredPolicyFactory:
+    """A picklable factory built from the `policy:` config section for one env."""
+
+    cfg: PolicyConfig
+    env_id: str
+    seed: int | None = None
+
+    def __call__(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
+        if self.cfg.kind == "random":
+            return RandomPolicy(observation_space, action_space, seed=self.seed)
+        if self.cfg.kind == "expert":
+            if self.env_id not in _EXPERTS:
+                raise LookupError(f"policy.kind: 'expert': no scripted expert is registered for env "
+                                  f"{self.env_id!r}; known: {sorted(_EXPERTS)}")
+            return load_entry_point(_EXPERTS[self.env_id], "expert")(observation_space, action_space)
+        if self.cfg.kind == "torch":
+            # Imported by name so that rollout does not depend on learners.
+            factory = load_entry_point("learners.policy:load_torch_policy", "policy")
+            return factory(self.cfg.checkpoint, deterministic=self.cfg.deterministic, seed=self.seed)
+        return load_entry_point(self.cfg.entry_point, "policy.entry_point")(observation_space, action_space)

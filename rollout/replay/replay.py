@@ -1,0 +1,112 @@
+"""`Replay`: the handle collectors and readers use to reach the shard actors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+
+from rollout.batch import BatchSchema, TransitionBatch
+from rollout.config import ReplayConfig
+from rollout.replay.shard import ReplayShard, ShardStats
+
+
+def shard_of(episode_ids: np.ndarray, num_shards: int) -> np.ndarray:
+    """The shard index of every row: a splitmix64 hash of its episode id, modulo the shard count."""
+    with np.errstate(over="ignore"):
+        z = episode_ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(num_shards)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    shards: list[ShardStats]
+
+    @property
+    def size_rows(self) -> int:
+        return sum(shard.size_rows for shard in self.shards)
+
+    @property
+    def inserted_rows(self) -> int:
+        return sum(shard.inserted_rows for shard in self.shards)
+
+    @property
+    def evicted_rows(self) -> int:
+        return sum(shard.evicted_rows for shard in self.shards)
+
+    @property
+    def episodes_completed(self) -> int:
+        return sum(shard.episodes_completed for shard in self.shards)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Handles to the shard actors; routes every row by its `episode_id`.
+
+    Picklable: pass it to collector actors, which push through `insert_async`.
+
+    Example:
+        >>> replay = start_replay(ReplayConfig(num_shards=2), schema)
+        >>> refs = replay.insert_async(batch)      # one ObjectRef per shard touched
+        >>> ray.get(refs, timeout=30)              # acks: the rows are stored
+    """
+
+    shards: tuple[ray.actor.ActorHandle, ...]
+    schema: BatchSchema
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    def route(self, batch: TransitionBatch) -> list[tuple[int, TransitionBatch]]:
+        """Split `batch` into per-shard batches, keeping row order within each."""
+        if self.num_shards == 1:
+            return [(0, batch)]
+        shard_ids = shard_of(batch["episode_id"], self.num_shards)
+        routed = []
+        for shard_index in range(self.num_shards):
+            rows = np.flatnonzero(shard_ids == shard_index)
+            if rows.size:
+                routed.append((shard_index, batch.take(rows)))
+        return routed
+
+    def insert_async(self, batch: TransitionBatch, source: str = "unknown") -> list[ray.ObjectRef]:
+        """Push `batch` to its shards; each returned ref resolves to an `InsertAck` once stored."""
+        return [self.shards[shard_index].insert.remote(part, source)
+                for shard_index, part in self.route(batch)]
+
+    def stats(self, timeout_s: float = 30.0) -> ReplayStats:
+        """Blocks: statistics of every shard."""
+        return ReplayStats(ray.get([shard.stats.remote() for shard in self.shards], timeout=timeout_s))
+
+    def sample(self, num_rows: int, rng: np.random.Generator, timeout_s: float = 30.0) -> TransitionBatch | None:
+        """Blocks: `num_rows` rows across shards, each shard drawn in proportion to its size."""
+        sizes = np.array([shard.size_rows for shard in self.stats(timeout_s).shards], dtype=np.float64)
+        if sizes.sum() == 0:
+            return None
+        counts = rng.multinomial(num_rows, sizes / sizes.sum())
+        refs = [self.shards[index].sample.remote(int(count)) for index, count in enumerate(counts) if count]
+        parts = [part for part in ray.get(refs, timeout=timeout_s) if part is not None]
+        return TransitionBatch.concat(parts) if parts else None
+
+    def kill(self) -> None:
+        for shard in self.shards:
+            ray.kill(shard, no_restart=True)
+
+
+def start_replay(cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None = None,
+                 timeout_s: float = 60.0) -> Replay:
+    """Start `cfg.num_shards` shard actors and wait until they are up."""
+    shard_actor = ray.remote(ReplayShard)
+    shards = []
+    for shard_index in range(cfg.num_shards):
+        options = {"num_cpus": cfg.num_cpus}
+        if name_prefix:
+            options["name"] = f"{name_prefix}-replay-shard-{shard_index}"
+        shards.append(shard_actor.options(**options).remote(cfg, schema, shard_index, shard_index))
+    ray.get([shard.ready.remote() for shard in shards], timeout=timeout_s)
+    return Replay(tuple(shards), schema)

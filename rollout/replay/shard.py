@@ -1,0 +1,149 @@
+"""`ReplayShard`: one slice of the replay, a plain class that Ray runs as an actor."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from loguru import logger
+
+from cluster import metrics
+from rollout.batch import BatchSchema, TransitionBatch
+from rollout.config import ReplayConfig
+from rollout.replay.limiter import MinSize
+from rollout.replay.ring import ColumnRing
+from rollout.replay.selectors import make_selector
+
+
+@dataclass(frozen=True)
+class InsertAck:
+    """Returned once a batch is stored: where its rows went."""
+
+    shard_index: int
+    first_seq: int
+    num_rows: int
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """Rows read from a cursor, the cursor to continue from, and rows the cursor lost.
+
+    `skipped_rows` > 0 means the ring overwrote rows between the requested cursor and the
+    oldest row still stored; they are gone, and the reader is told so instead of silently
+    skipping them.
+    """
+
+    batch: TransitionBatch
+    next_cursor: int
+    skipped_rows: int
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    shard_index: int
+    size_rows: int
+    capacity_rows: int
+    inserted_rows: int
+    evicted_rows: int
+    inserted_batches: int
+    rejected_batches: int
+    episodes_completed: int
+    episodes_stored: int
+    memory_bytes: int
+
+
+class ReplayShard:
+    """One slice of the replay: rows in a ring, and the rules that pick, drop and pace them.
+
+    Args:
+        cfg: the run's `replay:` section.
+        schema: the columns every inserted batch must have.
+        shard_index: this shard's position in the replay (for logs, metrics and acks).
+
+    Example:
+        >>> shard = ReplayShard(ReplayConfig(capacity_rows=1000), schema, shard_index=0)
+        >>> shard.insert(batch)
+        InsertAck(shard_index=0, first_seq=0, num_rows=256)
+        >>> shard.read(cursor=0, max_rows=100).next_cursor
+        100
+    """
+
+    def __init__(self, cfg: ReplayConfig, schema: BatchSchema, shard_index: int = 0, seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.schema = schema
+        self.shard_index = shard_index
+        self._ring = ColumnRing(schema, capacity_rows=cfg.capacity_rows)
+        self._selector = make_selector(cfg.sampler)
+        self._limiter = MinSize(cfg.min_size_to_sample)
+        self._rng = np.random.default_rng(seed)
+        self._inserted_batches = 0
+        self._rejected_batches = 0
+        self._episodes_completed = 0
+        self._log = logger.bind(actor=f"ReplayShard[{shard_index}]")
+        self._tags = {"shard": str(shard_index)}
+
+    def insert(self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown") -> InsertAck:
+        """Validate and store `batch`; the returned ack means the rows are stored.
+
+        Raises:
+            BatchSchemaError: the batch does not match the schema; nothing of it is stored.
+        """
+        started = time.perf_counter()
+        if isinstance(batch, pa.RecordBatch):
+            batch = TransitionBatch.from_arrow(batch)
+        try:
+            self.schema.validate(batch, source=source)
+        except ValueError:
+            self._rejected_batches += 1
+            metrics.replay_rejected_batches().inc(tags=self._tags)
+            raise
+        first_seq, num_rows = self._ring.append(batch)
+        self._inserted_batches += 1
+        self._episodes_completed += int(np.count_nonzero(batch["terminated"] | batch["truncated"]))
+        metrics.replay_inserted_rows().inc(num_rows, tags=self._tags)
+        metrics.replay_insert_seconds().observe(time.perf_counter() - started, tags=self._tags)
+        return InsertAck(self.shard_index, first_seq, num_rows)
+
+    def sample(self, num_rows: int) -> TransitionBatch | None:
+        """`num_rows` rows chosen by the sampler; None while the rate limiter holds sampling back."""
+        if not self._limiter.can_sample(self._ring.size):
+            return None
+        slots = self._selector.select(self._ring.size, num_rows, self._rng)
+        return self._ring.gather(slots)
+
+    def read(self, cursor: int, max_rows: int) -> ReadResult:
+        """Up to `max_rows` rows in insertion order from sequence number `cursor` on.
+
+        Start with cursor 0 and pass back `next_cursor`; an empty batch means the reader
+        has caught up with the writers.
+        """
+        if cursor < 0 or cursor > self._ring.next_seq:
+            raise ValueError(f"ReplayShard[{self.shard_index}].read: cursor={cursor} is outside "
+                             f"[0, {self._ring.next_seq}]")
+        skipped_rows = max(0, self._ring.oldest_seq - cursor)
+        if skipped_rows:
+            self._log.warning("reader at cursor {} lost {} rows overwritten by the ring", cursor, skipped_rows)
+        start = cursor + skipped_rows
+        batch = self._ring.read(start, max_rows)
+        return ReadResult(batch, start + batch.num_rows, skipped_rows)
+
+    def stats(self) -> ShardStats:
+        ring = self._ring
+        episodes_stored = int(np.unique(ring.column("episode_id")).size) if ring.size else 0
+        stats = ShardStats(
+            shard_index=self.shard_index, size_rows=ring.size, capacity_rows=ring.capacity_rows,
+            inserted_rows=ring.next_seq, evicted_rows=ring.evicted_rows,
+            inserted_batches=self._inserted_batches, rejected_batches=self._rejected_batches,
+            episodes_completed=self._episodes_completed, episodes_stored=episodes_stored,
+            memory_bytes=ring.memory_bytes)
+        metrics.replay_size_rows().set(ring.size, tags=self._tags)
+        return stats
+
+    def get_schema(self) -> BatchSchema:
+        return self.schema
+
+    def ready(self) -> bool:
+        """True once the actor is constructed (used to wait for startup)."""
+        return True

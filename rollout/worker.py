@@ -1,0 +1,198 @@
+"""`RolloutWorker`: one vector env, one policy, batches pushed into the replay."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+from loguru import logger
+
+from cluster import metrics
+from envs.config import EnvConfig
+from envs.registry import make_vector_env
+from rollout.batch import BatchSchema, TransitionBatch
+from rollout.config import RolloutConfig
+from rollout.cutter import EpisodeIds, FinishedEpisode, TransitionCutter
+from rollout.policies import PolicyFactory
+from rollout.replay.replay import Replay
+
+
+class PushTimeoutError(TimeoutError):
+    """A replay shard did not acknowledge a collector's push in time."""
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    collector_id: int
+    rows: int
+    env_steps: int
+    episodes: list[FinishedEpisode]
+    seconds: float
+    push_wait_seconds: float
+
+
+def collector_uid(run_id: str, collector_id: int) -> int:
+    """31 bits naming a collector: the low 16 bits its index (unique in a run), the high 15 a hash of the run."""
+    if not 0 <= collector_id < 2**16:
+        raise ValueError(f"collector_id={collector_id}: expected 0 <= id < 65536")
+    run_salt = int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=2).digest(), "big") & 0x7FFF
+    return (run_salt << 16) | collector_id
+
+
+def schema_for(env_cfg: EnvConfig, policy_factory: PolicyFactory) -> BatchSchema:
+    """The batch schema of transitions from this env played by this policy (builds both once)."""
+    env = make_vector_env(env_cfg)
+    try:
+        policy = policy_factory(env.single_observation_space, env.single_action_space)
+        return BatchSchema.for_spaces(env.single_observation_space, env.single_action_space,
+                                      extras=policy.extra_columns())
+    finally:
+        env.close()
+
+
+class RolloutWorker:
+    """Steps one vector env with one policy and pushes transition batches to the replay.
+
+    A plain class; Ray makes it an actor where it is started
+    (`ray.remote(RolloutWorker).options(num_cpus=...).remote(...)`).
+
+    Args:
+        env_cfg: which env to build (`num_envs` copies in one vector env).
+        cfg: the run's `rollout:` section (batch size, pushes in flight, timeouts).
+        policy_factory: builds the policy from the env's single spaces.
+        replay: where batches go; None for evaluation-only workers.
+        collector_id: this collector's index in the run (written on every row).
+        run_id: salts the episode ids so they stay unique across runs.
+        seed: seeds the env's reset.
+    """
+
+    def __init__(self, env_cfg: EnvConfig, cfg: RolloutConfig, policy_factory: PolicyFactory,
+                 replay: Replay | None, collector_id: int, run_id: str, seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.collector_id = collector_id
+        self._log = logger.bind(actor=f"RolloutWorker[{collector_id}]")
+        self._env = make_vector_env(env_cfg)
+        self._policy = policy_factory(self._env.single_observation_space, self._env.single_action_space)
+        self.schema = BatchSchema.for_spaces(self._env.single_observation_space, self._env.single_action_space,
+                                             extras=self._policy.extra_columns())
+        if replay is not None and replay.schema.columns != self.schema.columns:
+            raise ValueError(f"RolloutWorker[{collector_id}]: env {env_cfg.id!r} with this policy makes columns "
+                             f"{self._describe(self.schema)}, the replay expects {self._describe(replay.schema)}")
+        self._replay = replay
+        self._source = f"collector {collector_id}"
+        self._cutter = TransitionCutter(self.schema, self._env.num_envs, cfg.batch_rows,
+                                        self._env.metadata.get("autoreset_mode"), collector_id,
+                                        EpisodeIds(collector_uid(run_id, collector_id)))
+        self._in_flight: list[ray.ObjectRef] = []
+        self._push_wait_s = 0.0
+        self._tags = {"collector": str(collector_id)}
+        obs, _ = self._env.reset(seed=seed)
+        self._obs = obs
+        self._cutter.reset(obs)
+
+    @staticmethod
+    def _describe(schema: BatchSchema) -> dict[str, str]:
+        return {name: spec.describe() for name, spec in schema.columns.items()}
+
+    def get_schema(self) -> BatchSchema:
+        return self.schema
+
+    def set_policy_weights(self, weights: object, version: int) -> None:
+        """Load new weights into a torch policy; later rows record `version`."""
+        self._policy.set_weights(weights, version)
+
+    def collect(self, num_rows: int) -> CollectResult:
+        """Step until at least `num_rows` rows are cut and acknowledged by the replay."""
+        if self._replay is None:
+            raise RuntimeError(f"RolloutWorker[{self.collector_id}] was started without a replay")
+        started = time.perf_counter()
+        wait_before = self._push_wait_s
+        first_episode = len(self._cutter.finished_episodes)
+        rows_before, steps = self._cutter.rows_cut, 0
+        while self._cutter.rows_cut + self._cutter.buffered_rows - rows_before < num_rows:
+            batch = self._step()
+            steps += 1
+            if batch is not None:
+                self._push(batch)
+        self._drain()
+        episodes = self._cutter.finished_episodes[first_episode:]
+        if episodes:
+            metrics.rollout_episodes().inc(len(episodes), tags=self._tags)
+        result = CollectResult(self.collector_id, self._cutter.rows_cut - rows_before, steps * self._env.num_envs,
+                               episodes, time.perf_counter() - started, self._push_wait_s - wait_before)
+        self._log.info("collected {} rows, {} episodes in {:.1f}s ({:.0f} rows/s, {:.1f}s waiting for acks)",
+                       result.rows, len(episodes), result.seconds, result.rows / max(result.seconds, 1e-9),
+                       result.push_wait_seconds)
+        return result
+
+    def play_episodes(self, num_episodes: int, max_steps: int = 1_000_000) -> list[FinishedEpisode]:
+        """Play `num_episodes` whole episodes (evaluation); rows are not pushed.
+
+        Every sub-env plays the same number of episodes from its start, so short episodes
+        are not over-represented (taking the first N to finish across envs would be biased).
+        """
+        num_envs = self._env.num_envs
+        per_env = -(-num_episodes // num_envs)
+        self._obs, _ = self._env.reset()
+        self._cutter.reset(self._obs)
+        first_episode = len(self._cutter.finished_episodes)
+        finished_per_env = np.zeros(num_envs, dtype=np.int64)
+        for _ in range(max_steps):
+            if finished_per_env.min() >= per_env:
+                break
+            self._step()
+            for episode in self._cutter.finished_episodes[first_episode + int(finished_per_env.sum()):]:
+                finished_per_env[episode.env_index] += 1
+        else:
+            raise TimeoutError(f"RolloutWorker[{self.collector_id}]: {num_episodes} episodes did not finish "
+                               f"within {max_steps} vector steps")
+        self._cutter.flush()
+        by_env: dict[int, list[FinishedEpisode]] = {}
+        for episode in self._cutter.finished_episodes[first_episode:]:
+            by_env.setdefault(episode.env_index, []).append(episode)
+        episodes = [episode for env_index in range(num_envs) for episode in by_env[env_index][:per_env]]
+        return episodes[:num_episodes]
+
+    def _step(self) -> TransitionBatch | None:
+        output = self._policy.compute_actions(self._obs)
+        obs, reward, terminated, truncated, info = self._env.step(output.actions)
+        batch = self._cutter.add_step(obs, output.actions, reward, terminated, truncated, info,
+                                      extras=output.extras, policy_version=self._policy.version)
+        self._obs = obs
+        return batch
+
+    def _push(self, batch: TransitionBatch) -> None:
+        metrics.rollout_env_steps().inc(batch.num_rows, tags=self._tags)
+        self._in_flight.extend(self._replay.insert_async(batch, self._source))
+        if len(self._in_flight) >= self.cfg.max_pushes_in_flight:
+            waited = time.perf_counter()
+            num_returns = len(self._in_flight) - self.cfg.max_pushes_in_flight + 1
+            ready, self._in_flight = ray.wait(self._in_flight, num_returns=num_returns,
+                                              timeout=self.cfg.push_timeout_s)
+            if len(ready) < num_returns:
+                raise PushTimeoutError(f"RolloutWorker[{self.collector_id}]: replay did not acknowledge a push "
+                                       f"within {self.cfg.push_timeout_s}s ({len(self._in_flight)} in flight)")
+            ray.get(ready)  # raises the shard's error, e.g. BatchSchemaError
+            elapsed = time.perf_counter() - waited
+            self._push_wait_s += elapsed
+            metrics.rollout_push_wait_seconds().observe(elapsed, tags=self._tags)
+
+    def _drain(self) -> None:
+        batch = self._cutter.flush()
+        if batch is not None and batch.num_rows and self._replay is not None:
+            self._in_flight.extend(self._replay.insert_async(batch, self._source))
+        if self._in_flight:
+            waited = time.perf_counter()
+            try:
+                ray.get(self._in_flight, timeout=self.cfg.push_timeout_s)
+            except ray.exceptions.GetTimeoutError as err:
+                raise PushTimeoutError(f"RolloutWorker[{self.collector_id}]: replay did not acknowledge "
+                                       f"{len(self._in_flight)} pushes within {self.cfg.push_timeout_s}s") from err
+            self._in_flight = []
+            self._push_wait_s += time.perf_counter() - waited
+
+    def close(self) -> None:
+        self._env.close()

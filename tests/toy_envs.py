@@ -1,0 +1,69 @@
+"""Tiny deterministic envs whose every transition is known in advance."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+
+class CountingEnv(gym.Env):
+    """obs = [episode number, t]; an episode lasts 2 + (episode number % 4) steps.
+
+    Episodes of odd length end `terminated`, even ones `truncated`. reward = 10 * t + action,
+    so a row's reward identifies its step and action.
+    """
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, offset: int = 0) -> None:
+        self._episode = offset - 1
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._episode += 1
+        self._t = 0
+        return self._obs(), {}
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self._episode, self._t], dtype=np.float32)
+
+    @property
+    def episode_length(self) -> int:
+        return 2 + self._episode % 4
+
+    def step(self, action):
+        reward = 10.0 * self._t + int(action)
+        self._t += 1
+        done = self._t >= self.episode_length
+        terminated = done and self.episode_length % 2 == 1
+        truncated = done and not terminated
+        return self._obs(), reward, terminated, truncated, {}
+
+
+class DictObsEnv(gym.Env):
+    """A Dict observation (vector + grid + discrete) and a MultiDiscrete action; episodes of 3 steps."""
+
+    observation_space = gym.spaces.Dict({
+        "position": gym.spaces.Box(-10, 10, shape=(2,), dtype=np.float32),
+        "grid": gym.spaces.Box(0, 255, shape=(3, 4, 4), dtype=np.uint8),
+        "phase": gym.spaces.Discrete(3),
+    })
+    action_space = gym.spaces.MultiDiscrete([3, 2])
+
+    def __init__(self) -> None:
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._obs(), {}
+
+    def _obs(self) -> dict:
+        return {"position": np.array([self._t, -self._t], dtype=np.float32),
+                "grid": np.full((3, 4, 4), self._t, dtype=np.uint8), "phase": self._t % 3}
+
+    def step(self, action):
+        self._t += 1
+        return self._obs(), float(np.sum(action)), self._t >= 3, False, {}
