@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     run_id, paths = pipeline.prepare_run(cfg)
     setup_logging(cfg.run.log_level, paths.log)
     logger.info("run {} → {}", run_id, paths.root)
+    import ray
+
+    started_ray = not ray.is_initialized()
     init_ray(cfg.ray)
     try:
         if args.command == "run":
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             pipeline.evaluate(cfg, paths, run_id)
     finally:
-        shutdown_ray()
+        if started_ray:
+            shutdown_ray()
     logger.info("outputs in {}", paths.root)
     return 0
 

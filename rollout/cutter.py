@@ -72,7 +72,7 @@ class TransitionCutter:
     Args:
         schema: the columns to fill (obs/action/extras from the env's and policy's specs).
         num_envs: sub-envs in the vector env.
-        batch_rows: rows per batch at most; the buffer holds ceil(batch_rows / num_envs) steps.
+        batch_rows: rows per batch at most (at least one vector step: num_envs rows).
         autoreset_mode: the vector env's `metadata["autoreset_mode"]`.
         collector_id: written on every row.
         episode_ids: allocator of globally unique episode ids.
@@ -97,7 +97,7 @@ class TransitionCutter:
         self.autoreset_mode = mode
         self.collector_id = collector_id
         self._episode_ids = episode_ids
-        self.steps_per_batch = max(1, -(-batch_rows // num_envs))
+        self.steps_per_batch = max(1, batch_rows // num_envs)
         steps = self.steps_per_batch
         self._obs_names = schema.obs_columns
         next_obs_names = {"next_" + name for name in self._obs_names}

@@ -1,0 +1,17 @@
+"""Shared fixtures: one local Ray cluster for the whole session, shut down at the end."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import ray
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+                       namespace="harvest-tests", logging_level=logging.WARNING,
+                       runtime_env={"worker_process_setup_hook": "cluster.logging.setup_worker_logging"})
+    yield context
+    ray.shutdown()
