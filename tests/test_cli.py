@@ -1,0 +1,87 @@
+"""End to end: the `harvest` command, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from aggregation.dataset import Dataset
+from cluster.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["env.num_envs=4", "rollout.steps=3000", "rollout.batch_rows=512", "rollout.num_cpus=0.25",
+        "replay.num_cpus=0.1", "aggregation.num_cpus=0.1", "learner.epochs=2", "learner.hidden_sizes=[32]",
+        "learner.num_cpus=0.5", "eval.episodes=2", "eval.baselines=[random]"]
+
+
+def only_run_dir(root: Path) -> Path:
+    (run_dir,) = list(root.iterdir())
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_harvest_run_with_no_arguments_clones_the_expert(tmp_path):
+    # The README's first command, in a fresh folder: local Ray, CartPole, BC, evaluation.
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", "run"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=540)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "Ray dashboard: http://127.0.0.1:" in result.stderr
+    assert "trained / expert" in result.stderr
+    run_dir = only_run_dir(tmp_path / "artifacts")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    expert, trained = summary["eval"]["expert"]["mean_return"], summary["eval"]["trained"]["mean_return"]
+    assert expert >= 475
+    assert trained >= 0.9 * expert, summary["eval"]
+    assert summary["collect"]["rows"] >= 20_000
+    dataset = Dataset.open(run_dir / "dataset")
+    assert dataset.manifest.rows == summary["collect"]["rows"] and dataset.manifest.collectors == [0, 1]
+    table = pads.dataset(dataset.files).to_table()
+    assert table.num_rows == dataset.manifest.rows
+    for name in ("config.yaml", "harvest.log", "eval.json", "learner/best.safetensors", "learner/final.safetensors",
+                 "learner/training_history.json", "dataset/dataset.npz", "dataset/manifest.json"):
+        assert (run_dir / name).is_file(), name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_each_stage_runs_alone_on_the_previous_outputs(ray_cluster, tmp_path):
+    base = ["--set", f"run.output_dir={tmp_path}", *sum((["--set", item] for item in TINY), [])]
+    assert main(["collect", "--run-id", "staged", *base]) == 0
+    run_dir = tmp_path / "staged"
+    assert sorted(p.name for p in (run_dir / "replay").iterdir()) == ["schema.json", "shard-000.arrow",
+                                                                        "shard-001.arrow"]
+    assert main(["compact", str(run_dir)]) == 0
+    manifest = json.loads((run_dir / "dataset" / "manifest.json").read_text())
+    assert manifest["rows"] >= 3000 and manifest["run_id"] == "staged"
+    with np.load(run_dir / "dataset" / "dataset.npz", allow_pickle=False) as npz:
+        assert npz["observations"].shape == (manifest["rows"], 4)
+    assert main(["train", str(run_dir)]) == 0
+    history = json.loads((run_dir / "learner" / "training_history.json").read_text())
+    assert len(history["epochs"]) == 2
+    assert main(["eval", str(run_dir), "--set", "eval.episodes=2"]) == 0
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert set(evaluation) == {"trained", "random"} and len(evaluation["trained"]["returns"]) == 2
+
+
+def test_bad_config_exits_2_and_names_the_key(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("replay:\n  capcity_rows: 5\n")
+    assert main(["run", str(path)]) == 2
+    assert "bad.yaml: replay.capcity_rows: unexpected key" in capsys.readouterr().err
+
+
+def test_stage_on_a_missing_run_folder_says_what_is_missing(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_config_command_prints_the_resolved_config(capsys):
+    assert main(["config", "--set", "replay.num_shards=5"]) == 0
+    assert "num_shards: 5" in capsys.readouterr().out

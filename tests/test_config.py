@@ -1,0 +1,62 @@
+import pytest
+
+from cluster.config import ConfigError, RunConfig, dump_config, load_config, parse_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_is_the_embedded_cartpole_run():
+    cfg = load_config(None)
+    assert isinstance(cfg, RunConfig)
+    assert (cfg.env.id, cfg.rollout.num_collectors, cfg.replay.num_shards, cfg.rollout.steps) == \
+        ("CartPole-v1", 2, 2, 20_000)
+    assert cfg.rollout.policy.kind == "expert" and cfg.learner.algorithm == "bc"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("replay:\n  capcity_rows: 5\n", "run.yaml: replay.capcity_rows: unexpected key"),
+    ("replya: {}\n", "run.yaml: replya: unexpected key"),
+    ("rollout:\n  num_collectors: 2.5\n", "run.yaml: rollout.num_collectors: Input should be a valid integer"),
+    ("env:\n  num_envs: '4'\n", "run.yaml: env.num_envs: Input should be a valid integer"),
+    ("env:\n  num_envs: 0\n", "run.yaml: env.num_envs: Input should be greater than or equal to 1"),
+    ("rollout:\n  policy: {kind: torch}\n", "run.yaml: rollout.policy: Value error, kind 'torch' needs 'checkpoint'"),
+    ("rollout:\n  policy: {kind: smart}\n", "run.yaml: rollout.policy.kind: Input should be"),
+    ("learner:\n  hidden_sizes: [64, x]\n", "run.yaml: learner.hidden_sizes.1: Input should be a valid integer"),
+    ("aggregation:\n  formats: [csv]\n", "run.yaml: aggregation.formats.0: Input should be 'parquet' or 'npz'"),
+    ("- just\n- a list\n", "run.yaml: expected a mapping of sections"),
+    ("env: [unclosed\n", "run.yaml: not valid YAML"),
+])
+def test_bad_configs_name_the_key_path(tmp_path, text, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_floats_stay_lax_and_sections_are_typed(tmp_path):
+    cfg = load_config(write(tmp_path, "learner:\n  lr: 1\nreplay:\n  num_shards: 4\n"))
+    assert cfg.learner.lr == 1.0 and cfg.replay.num_shards == 4
+
+
+def test_overrides_go_through_the_same_validator(tmp_path):
+    cfg = load_config(write(tmp_path, "replay: {num_shards: 3}\n"), ["replay.capacity_rows=500", "eval.episodes=3"])
+    assert (cfg.replay.num_shards, cfg.replay.capacity_rows, cfg.eval.episodes) == (3, 500, 3)
+    with pytest.raises(ConfigError, match=r"replay.capacity_rows: Input should be a valid integer"):
+        load_config(None, ["replay.capacity_rows=lots"])
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        load_config(None, ["replay.capacity_rows"])
+
+
+def test_dumped_config_loads_back_equal(tmp_path):
+    cfg = load_config(None, ["env.num_envs=3", "learner.hidden_sizes=[8]"])
+    assert parse_config(__import__("yaml").safe_load(dump_config(cfg))) == cfg
+
+
+def test_the_example_config_is_valid():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "cartpole_bc.yaml")
+    assert cfg.env.id == "CartPole-v1"

@@ -1,0 +1,144 @@
+"""Models, losses, checkpoints and behaviour cloning, without Ray."""
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from aggregation.compact import compact_source
+from aggregation.config import AggregationConfig
+from aggregation.manifest import Manifest
+from learners.bc import BCLearner, bc_loss, split_by_episode
+from learners.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from learners.config import LearnerConfig
+from learners.models import build_policy_model
+from learners.policy import load_torch_policy
+from rollout.batch import BatchSchema, TransitionBatch
+from tests.test_batch import random_batch
+
+
+def write_dataset(folder: Path, schema: BatchSchema, batch: TransitionBatch) -> Path:
+    """A dataset folder made by the real compaction code from an in-memory batch."""
+    snapshot = folder / "snapshot.arrow"
+    folder.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(snapshot), "wb") as sink, pa.ipc.new_stream(sink, schema.arrow_schema()) as writer:
+        writer.write_batch(batch.to_arrow(schema))
+    dataset = folder / "dataset"
+    result = compact_source(str(snapshot), schema, 0, str(dataset), AggregationConfig(formats=["parquet"]))
+    Manifest(run_id="t", created_at="now", env_id="synthetic", rows=result.rows, episodes=len(result.episode_ids),
+             episodes_complete=result.complete_episodes, collectors=result.collectors, schema=schema.to_json(),
+             files=result.files).write(dataset)
+    return dataset
+
+
+def synthetic(observation_space, action_space, num_rows, label, seed=0):
+    schema = BatchSchema.for_spaces(observation_space, action_space)
+    batch = random_batch(schema, num_rows, seed)
+    batch.columns["episode_id"] = np.arange(num_rows) // 50
+    batch.columns["step"] = np.arange(num_rows) % 50
+    batch.columns["action"] = label(batch)
+    return schema, batch
+
+
+def test_cross_entropy_matches_a_hand_computation():
+    model = build_policy_model(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(4, start=1), [8])
+    obs = {"obs": torch.randn(5, 3)}
+    action = torch.tensor([1, 2, 3, 4, 1])
+    logits = model(obs).detach().numpy()
+    log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected = -np.mean(log_probs[np.arange(5), action.numpy() - 1])
+    assert float(bc_loss(model, obs, action)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_continuous_head_squashes_into_the_bounds_and_uses_mse():
+    space = gym.spaces.Box(np.array([-2.0, 0.0]), np.array([2.0, 1.0]), dtype=np.float32)
+    model = build_policy_model(gym.spaces.Box(-1, 1, (3,)), space, [8])
+    with torch.no_grad():
+        model.head.bias.fill_(50.0)  # saturate tanh: actions at the upper bounds
+    out = model({"obs": torch.zeros(2, 3)})
+    np.testing.assert_allclose(out.detach().numpy(), [[2.0, 1.0]] * 2, rtol=1e-4)
+    target = torch.tensor([[0.0, 0.0], [2.0, 1.0]])
+    expected = float(((out - target) ** 2).mean())
+    assert float(bc_loss(model, {"obs": torch.zeros(2, 3)}, target)) == pytest.approx(expected)
+
+
+def test_validation_split_holds_out_whole_episodes():
+    episode_ids = np.repeat(np.arange(20), 7)
+    mask = split_by_episode(episode_ids, 0.25, seed=0)
+    held_out = np.unique(episode_ids[mask])
+    assert held_out.size == 5
+    assert not np.isin(episode_ids[~mask], held_out).any()
+    assert not split_by_episode(np.zeros(9, dtype=np.int64), 0.5, 0).any()  # one episode: nothing held out
+
+
+def test_bc_learns_a_discrete_rule(tmp_path):
+    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 3000,
+                              lambda b: (b["obs"][:, 0] + b["obs"][:, 1] > 0).astype(np.int64))
+    dataset = write_dataset(tmp_path, schema, batch)
+    learner = BCLearner(LearnerConfig(epochs=8, batch_size=64, hidden_sizes=[32, 32]), str(dataset),
+                        str(tmp_path / "learner"))
+    result = learner.train()
+    assert result.history[-1].validation_accuracy > 0.95
+    assert result.train_rows + result.validation_rows == 3000
+    history = json.loads(Path(result.history_path).read_text())
+    assert len(history["epochs"]) == 8 and history["best_epoch"] == result.best_epoch
+    assert learner.progress().epoch == 8
+    policy = load_torch_policy(result.best_checkpoint)
+    obs = np.array([[0.5, 0.4], [-0.5, -0.1]], dtype=np.float32)
+    assert policy.compute_actions(obs).actions.tolist() == [1, 0]
+    assert policy.version == result.best_epoch
+
+
+def test_bc_regresses_continuous_actions(tmp_path):
+    space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    schema, batch = synthetic(gym.spaces.Box(-1, 1, (3,), np.float32), space, 2000,
+                              lambda b: np.tanh(b["obs"][:, :2] * 0.8).astype(np.float32))
+    dataset = write_dataset(tmp_path, schema, batch)
+    result = BCLearner(LearnerConfig(epochs=15, batch_size=64, hidden_sizes=[32]), str(dataset),
+                       str(tmp_path / "learner")).train()
+    assert result.history[-1].validation_accuracy is None
+    assert result.best_validation_loss < 0.01
+
+
+def test_dict_observations_and_multidiscrete_actions_train(tmp_path):
+    from tests.toy_envs import DictObsEnv
+
+    schema, batch = synthetic(DictObsEnv.observation_space, DictObsEnv.action_space, 400,
+                              lambda b: np.stack([b["obs.phase"] % 3, (b["obs.position"][:, 0] > 0)], 1).astype(np.int64))
+    batch.columns["obs.phase"] %= 3
+    dataset = write_dataset(tmp_path, schema, batch)
+    result = BCLearner(LearnerConfig(epochs=2, hidden_sizes=[16]), str(dataset), str(tmp_path / "l")).train()
+    policy = load_torch_policy(result.final_checkpoint)
+    obs = {"position": np.zeros((3, 2), np.float32), "grid": np.zeros((3, 3, 4, 4), np.uint8),
+           "phase": np.array([0, 1, 2])}
+    actions = policy.compute_actions(obs).actions
+    assert actions.shape == (3, 2) and DictObsEnv.action_space.contains(actions[0])
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path):
+    model = build_policy_model(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(3), [16])
+    path = save_checkpoint(tmp_path / "m.safetensors", model, [16], version=7, info={"note": "x"})
+    loaded = load_checkpoint(path)
+    assert loaded.version == 7 and loaded.info == {"note": "x"}
+    obs = {"obs": torch.randn(4, 4)}
+    torch.testing.assert_close(loaded.model(obs), model.eval()(obs))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.safetensors: not a readable"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bc_trains_on_cuda(tmp_path):
+    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 2000,
+                              lambda b: (b["obs"][:, 0] > 0).astype(np.int64))
+    dataset = write_dataset(tmp_path, schema, batch)
+    result = BCLearner(LearnerConfig(epochs=3), str(dataset), str(tmp_path / "learner")).train()
+    assert result.device.startswith("cuda")
+    assert result.history[-1].validation_accuracy > 0.9
