@@ -13,20 +13,30 @@ from cluster.config import RaySection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# glibc serves large allocations with fresh mmaps, and every batch a collector cuts then
+# pays a page fault per 4 KiB on first touch (measured: ~70 ns per CartPole row, more than
+# the copy itself). Keeping allocations up to 64 MiB on the heap lets them be reused.
+MALLOC_ENV_VARS = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
+
+
+def worker_runtime_env(extra_pythonpath: str | None = None) -> dict:
+    """The runtime_env Harvest's local Ray gives every worker: imports, logging, allocator."""
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), extra_pythonpath]))
+    return {"env_vars": {"PYTHONPATH": pythonpath, **MALLOC_ENV_VARS},
+            "worker_process_setup_hook": "cluster.logging.setup_worker_logging"}
+
 
 def init_ray(cfg: RaySection) -> str | None:
     """Start or join Ray; returns the dashboard URL (None without a dashboard)."""
     if ray.is_initialized():
         return None
-    # Workers import Harvest's packages from the repo whether or not it is pip-installed.
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     if cfg.address is None:
         context = ray.init(
             num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard, dashboard_host="127.0.0.1",
             dashboard_port=cfg.dashboard_port, object_store_memory=cfg.object_store_memory_bytes,
             namespace="harvest", logging_level=logging.WARNING,
-            runtime_env={"env_vars": {"PYTHONPATH": pythonpath},
-                         "worker_process_setup_hook": "cluster.logging.setup_worker_logging"})
+            # Workers import Harvest's packages from the repo whether or not it is pip-installed.
+            runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     else:
         context = ray.init(address=cfg.address, namespace="harvest", logging_level=logging.WARNING)
     url = context.dashboard_url

@@ -108,6 +108,11 @@ class TransitionCutter:
         self._per_step = {name: np.empty((steps, num_envs, *schema.columns[name].shape), schema.columns[name].dtype)
                           for name in self._step_columns}
         self._valid = np.empty((steps, num_envs), dtype=bool)
+        self._reward = self._per_step["reward"]
+        self._terminated = self._per_step["terminated"]
+        self._truncated = self._per_step["truncated"]
+        self._episode_column = self._per_step["episode_id"]
+        self._step_column = self._per_step["step"]
         self._timestamp = np.empty(steps, dtype=np.int64)
         self._policy_version = np.empty(steps, dtype=np.int64)
         self._patches: list[_Patch] = []
@@ -137,36 +142,52 @@ class TransitionCutter:
         """Record one vector step; returns a full batch when the buffer fills, else None."""
         t = self._t
         step = self._per_step
-        for name, value in flatten_value(actions, "action").items():
-            step[name][t] = value
-        for name, value in (extras or {}).items():
-            step[name][t] = value
-        step["reward"][t] = reward
-        step["terminated"][t] = terminated
-        step["truncated"][t] = truncated
-        step["episode_id"][t] = self._current_episode
-        step["step"][t] = self._current_step
-        valid = self._valid[t]
-        np.logical_not(self._resetting, out=valid)
-        self.buffered_rows += self.num_envs - int(np.count_nonzero(self._resetting))
+        if isinstance(actions, np.ndarray):
+            step["action"][t] = actions
+        else:
+            for name, value in flatten_value(actions, "action").items():
+                step[name][t] = value
+        if extras:
+            for name, value in extras.items():
+                step[name][t] = value
+        self._reward[t] = reward
+        self._terminated[t] = terminated
+        self._truncated[t] = truncated
+        self._episode_column[t] = self._current_episode
+        self._step_column[t] = self._current_step
         self._timestamp[t] = time.time_ns()
         self._policy_version[t] = policy_version
-        self._write_obs(t + 1, next_obs)
+        if isinstance(next_obs, np.ndarray):
+            self._obs_seq["obs"][t + 1] = next_obs
+        else:
+            self._write_obs(t + 1, next_obs)
 
-        done = np.logical_or(terminated, truncated)
-        self._current_return += np.where(valid, reward, 0.0)
-        self._current_step += valid
-        finished = done & valid
-        if finished.any():
+        # Rows exist for envs that did not just reset (NEXT_STEP); `valid` is a view into the buffer.
+        resetting = self._resetting
+        any_resetting = resetting.any()
+        valid = self._valid[t]
+        np.logical_not(resetting, out=valid)
+        if any_resetting:
+            self.buffered_rows += self.num_envs - int(np.count_nonzero(resetting))
+            np.add(self._current_return, reward, out=self._current_return, where=valid)
+            self._current_step += valid
+        else:
+            self.buffered_rows += self.num_envs
+            self._current_return += reward
+            self._current_step += 1
+        finished = np.logical_or(terminated, truncated)
+        if any_resetting:
+            finished &= valid
+        any_finished = finished.any()
+        if any_finished:
             self._finish(np.flatnonzero(finished), terminated)
             if self.autoreset_mode is AutoresetMode.SAME_STEP:
                 self._patch_final_obs(t, np.flatnonzero(finished), info)
         if self.autoreset_mode is AutoresetMode.NEXT_STEP:
-            started = self._resetting
-            if started.any():  # this step reset those envs: a new episode starts with its obs
-                self._start_episodes(np.flatnonzero(started))
+            if any_resetting:  # this step reset those envs: a new episode starts with its obs
+                self._start_episodes(np.flatnonzero(resetting))
             self._resetting = finished
-        elif finished.any():
+        elif any_finished:
             self._start_episodes(np.flatnonzero(finished))
 
         self._t += 1
@@ -209,14 +230,17 @@ class TransitionCutter:
         for name in self.schema.columns:
             if name in self._obs_seq:
                 sequence = self._obs_seq[name]
-                columns[name] = sequence[:steps].reshape(steps * num_envs, *sequence.shape[2:])[rows]
-                columns["next_" + name] = sequence[1:steps + 1].reshape(steps * num_envs, *sequence.shape[2:])[rows]
+                # np.take along axis 0 is ~10x faster than fancy indexing for n-d rows.
+                columns[name] = np.take(sequence[:steps].reshape(steps * num_envs, *sequence.shape[2:]), rows, axis=0)
+                columns["next_" + name] = np.take(
+                    sequence[1:steps + 1].reshape(steps * num_envs, *sequence.shape[2:]), rows, axis=0)
             elif name in self._per_step:
                 column = self._per_step[name]
-                columns[name] = column[:steps].reshape(steps * num_envs, *column.shape[2:])[rows]
+                columns[name] = np.take(column[:steps].reshape(steps * num_envs, *column.shape[2:]), rows, axis=0)
         columns["collector_id"] = np.full(rows.size, self.collector_id, dtype=np.int64)
-        columns["policy_version"] = np.repeat(self._policy_version[:steps], num_envs)[rows]
-        columns["timestamp"] = np.repeat(self._timestamp[:steps], num_envs)[rows].view(TIMESTAMP_DTYPE)
+        step_of_row = rows // num_envs
+        columns["policy_version"] = np.take(self._policy_version, step_of_row)
+        columns["timestamp"] = np.take(self._timestamp, step_of_row).view(TIMESTAMP_DTYPE)
         if self._patches:
             row_position = np.cumsum(valid) - 1  # flat (step, env) index -> row in this batch
             for patch in self._patches:

@@ -7,11 +7,13 @@ import logging
 import pytest
 import ray
 
+from cluster.local import worker_runtime_env
+
 
 @pytest.fixture(scope="session")
 def ray_cluster():
     context = ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
                        namespace="harvest-tests", logging_level=logging.WARNING,
-                       runtime_env={"worker_process_setup_hook": "cluster.logging.setup_worker_logging"})
+                       runtime_env=worker_runtime_env())
     yield context
     ray.shutdown()

@@ -71,7 +71,7 @@ class ColumnRing:
     def gather(self, slots: np.ndarray, columns: list[str] | None = None) -> TransitionBatch:
         """A copy of the rows at `slots`."""
         names = columns if columns is not None else list(self._columns)
-        return TransitionBatch({name: self._columns[name][slots] for name in names})
+        return TransitionBatch({name: np.take(self._columns[name], slots, axis=0) for name in names})
 
     def read(self, first_seq: int, max_rows: int) -> TransitionBatch:
         """A copy of up to `max_rows` rows from sequence number `first_seq` on, in insertion order."""
