@@ -61,7 +61,7 @@ def main() -> None:
     raw = [raw_steps_per_s(args.env, args.num_envs, args.seconds)]
 
     ray.init(num_cpus=max(2, args.collectors), include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env=worker_runtime_env())
+             runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     env_cfg = EnvConfig(id=args.env, num_envs=args.num_envs)
     rollout = RolloutConfig(num_collectors=args.collectors, batch_rows=args.batch_rows, max_pushes_in_flight=2,
                             num_cpus=0.5, policy=PolicyConfig(kind="expert"))

@@ -112,7 +112,7 @@ class PolicyModel(nn.Module):
             for logits in out.split(space.nvec.reshape(-1).tolist(), dim=-1):
                 chosen.append(logits.argmax(-1) if deterministic
                               else torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0])
-            return (torch.stack(chosen, dim=-1) + torch.as_tensor(space.start.reshape(-1))).reshape(
+            return (torch.stack(chosen, dim=-1) + torch.as_tensor(space.start.reshape(-1), device=out.device)).reshape(
                 out.shape[0], *space.nvec.shape)
         return out.reshape(out.shape[0], *space.shape)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import ray
@@ -14,6 +15,6 @@ from cluster.local import worker_runtime_env
 def ray_cluster():
     context = ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
                        namespace="harvest-tests", logging_level=logging.WARNING,
-                       runtime_env=worker_runtime_env())
+                       runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     yield context
     ray.shutdown()

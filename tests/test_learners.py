@@ -142,3 +142,20 @@ def test_bc_trains_on_cuda(tmp_path):
     result = BCLearner(LearnerConfig(epochs=3), str(dataset), str(tmp_path / "learner")).train()
     assert result.device.startswith("cuda")
     assert result.history[-1].validation_accuracy > 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_learner_actor_trains_on_the_gpu_ray_gives_it(ray_cluster, tmp_path):
+    import ray
+
+    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 2000,
+                              lambda b: (b["obs"][:, 0] > 0).astype(np.int64))
+    dataset = write_dataset(tmp_path, schema, batch)
+    learner = ray.remote(BCLearner).options(num_gpus=1, num_cpus=0.5).remote(
+        LearnerConfig(epochs=2, num_gpus=1), str(dataset), str(tmp_path / "learner"))
+    try:
+        result = ray.get(learner.train.remote(), timeout=300)
+    finally:
+        ray.kill(learner, no_restart=True)
+    assert result.device.startswith("cuda")
