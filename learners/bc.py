@@ -24,10 +24,12 @@ from cluster import metrics
 from learners.checkpoint import save_checkpoint
 from learners.config import LearnerConfig
 from learners.models import PolicyModel, build_policy_model
+from learners.plots import plot_training_curve
 
 HISTORY_NAME = "training_history.json"
 BEST_NAME = "best.safetensors"
 FINAL_NAME = "final.safetensors"
+CURVE_NAME = "training_curve.png"
 
 
 @dataclass
@@ -156,9 +158,10 @@ class BCLearner:
                            record.samples_per_s)
         self._save(model, FINAL_NAME, cfg.epochs, history[-1])
         history_path = self.out_dir / HISTORY_NAME
+        epochs = [asdict(r) for r in history]
         history_path.write_text(json.dumps({"config": asdict(cfg), "device": str(self.device),
-                                            "best_epoch": best_epoch, "epochs": [asdict(r) for r in history]},
-                                           indent=2))
+                                            "best_epoch": best_epoch, "epochs": epochs}, indent=2))
+        plot_training_curve(epochs, self.out_dir / CURVE_NAME, f"BC on {self.dataset.manifest.env_id}")
         return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
                            best_epoch, best_loss, int(train_index.numel()), int(validation_index.numel()),
                            str(self.device), history)

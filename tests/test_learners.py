@@ -86,6 +86,7 @@ def test_bc_learns_a_discrete_rule(tmp_path):
     assert result.train_rows + result.validation_rows == 3000
     history = json.loads(Path(result.history_path).read_text())
     assert len(history["epochs"]) == 8 and history["best_epoch"] == result.best_epoch
+    assert (tmp_path / "learner" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert learner.progress().epoch == 8
     policy = load_torch_policy(result.best_checkpoint)
     obs = np.array([[0.5, 0.4], [-0.5, -0.1]], dtype=np.float32)
