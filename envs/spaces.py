@@ -46,28 +46,36 @@ class ColumnSpec:
         return cls(np.dtype(data["dtype"]), tuple(data["shape"]))
 
 
+def leaf_spaces(space: gym.Space, prefix: str) -> dict[str, gym.Space]:
+    """The non-container spaces inside `space`, named `prefix` or `prefix.key[.subkey]` (Tuple: `prefix.0`)."""
+    if isinstance(space, gym.spaces.Dict):
+        items = space.spaces.items()
+    elif isinstance(space, gym.spaces.Tuple):
+        items = enumerate(space.spaces)
+    else:
+        return {prefix: space}
+    leaves: dict[str, gym.Space] = {}
+    for key, subspace in items:
+        leaves.update(leaf_spaces(subspace, f"{prefix}.{key}"))
+    return leaves
+
+
 def columns_for_space(space: gym.Space, prefix: str) -> dict[str, ColumnSpec]:
     """Leaf columns of one row of `space`, named `prefix` or `prefix.key[.subkey]`."""
+    return {name: _leaf_column(name, leaf) for name, leaf in leaf_spaces(space, prefix).items()}
+
+
+def _leaf_column(name: str, space: gym.Space) -> ColumnSpec:
     if isinstance(space, gym.spaces.Box):
-        return {prefix: ColumnSpec(space.dtype, space.shape)}
+        return ColumnSpec(space.dtype, space.shape)
     if isinstance(space, gym.spaces.Discrete):
-        return {prefix: ColumnSpec(np.int64, ())}
+        return ColumnSpec(np.int64, ())
     if isinstance(space, gym.spaces.MultiDiscrete):
-        return {prefix: ColumnSpec(np.int64, space.nvec.shape)}
+        return ColumnSpec(np.int64, space.nvec.shape)
     if isinstance(space, gym.spaces.MultiBinary):
-        return {prefix: ColumnSpec(np.int8, np.atleast_1d(space.n).tolist())}
-    if isinstance(space, gym.spaces.Dict):
-        columns: dict[str, ColumnSpec] = {}
-        for key, subspace in space.spaces.items():
-            columns.update(columns_for_space(subspace, f"{prefix}.{key}"))
-        return columns
-    if isinstance(space, gym.spaces.Tuple):
-        columns = {}
-        for index, subspace in enumerate(space.spaces):
-            columns.update(columns_for_space(subspace, f"{prefix}.{index}"))
-        return columns
+        return ColumnSpec(np.int8, np.atleast_1d(space.n).tolist())
     raise UnsupportedSpaceError(
-        f"{prefix}: {type(space).__name__} has no fixed per-row shape; "
+        f"{name}: {type(space).__name__} has no fixed per-row shape; "
         "expected Box, Discrete, MultiDiscrete, MultiBinary, Dict or Tuple")
 
 

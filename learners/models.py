@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.spaces import columns_for_space
+from envs.spaces import columns_for_space, leaf_spaces
 
 
 class ObsEncoder(nn.Module):
@@ -26,7 +26,7 @@ class ObsEncoder(nn.Module):
         super().__init__()
         self.parts: list[tuple[str, str, list[int]]] = []
         size = 0
-        spaces = _leaf_spaces(observation_space, "obs")
+        spaces = leaf_spaces(observation_space, "obs")
         for name, space in spaces.items():
             if isinstance(space, gym.spaces.Discrete):
                 self.parts.append((name, "onehot", [int(space.n), int(space.start)]))
@@ -115,20 +115,6 @@ class PolicyModel(nn.Module):
             return (torch.stack(chosen, dim=-1) + torch.as_tensor(space.start.reshape(-1), device=out.device)).reshape(
                 out.shape[0], *space.nvec.shape)
         return out.reshape(out.shape[0], *space.shape)
-
-
-def _leaf_spaces(space: gym.Space, prefix: str) -> dict[str, gym.Space]:
-    if isinstance(space, gym.spaces.Dict):
-        leaves: dict[str, gym.Space] = {}
-        for key, sub in space.spaces.items():
-            leaves.update(_leaf_spaces(sub, f"{prefix}.{key}"))
-        return leaves
-    if isinstance(space, gym.spaces.Tuple):
-        leaves = {}
-        for index, sub in enumerate(space.spaces):
-            leaves.update(_leaf_spaces(sub, f"{prefix}.{index}"))
-        return leaves
-    return {prefix: space}
 
 
 def build_policy_model(observation_space: gym.Space, action_space: gym.Space,
