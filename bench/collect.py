@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import statistics
 import sys
@@ -27,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cluster.local import worker_runtime_env  # noqa: E402
 from envs.config import EnvConfig  # noqa: E402
 from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig  # noqa: E402
+from rollout.batch import BatchSchema  # noqa: E402
+from rollout.cutter import EpisodeIds, TransitionCutter  # noqa: E402
+from rollout.memory import keep_batch_buffers_on_heap  # noqa: E402
 from rollout.policies import CartPoleExpert, ConfiguredPolicyFactory  # noqa: E402
 from rollout.replay.replay import start_replay  # noqa: E402
 from rollout.worker import RolloutWorker, schema_for  # noqa: E402
@@ -47,6 +51,35 @@ def raw_steps_per_s(env_id: str, num_envs: int, seconds: float) -> float:
     return steps / (time.perf_counter() - started)
 
 
+def _raw_worker(args: tuple[str, int, float]) -> float:
+    return raw_steps_per_s(*args)
+
+
+def concurrent_raw_steps_per_s(env_id: str, num_envs: int, seconds: float, processes: int) -> float:
+    """Total env steps per second of `processes` raw loops running at once (what the cores really give)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        return sum(pool.map(_raw_worker, [(env_id, num_envs, seconds)] * processes))
+
+
+def cutting_rows_per_s(env_id: str, num_envs: int, batch_rows: int, seconds: float) -> float:
+    """Rows per second of the same loop plus Harvest's row cutting, in one process (no Ray, no replay)."""
+    keep_batch_buffers_on_heap()  # as a RolloutWorker does
+    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
+    policy = CartPoleExpert(env.single_observation_space, env.single_action_space)
+    schema = BatchSchema.for_spaces(env.single_observation_space, env.single_action_space)
+    cutter = TransitionCutter(schema, num_envs, batch_rows, env.metadata["autoreset_mode"], 0, EpisodeIds(0))
+    obs, _ = env.reset(seed=0)
+    cutter.reset(obs)
+    rows_before, started = cutter.rows_cut, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(100):
+            actions = policy.compute_actions(obs).actions
+            obs, reward, terminated, truncated, info = env.step(actions)
+            cutter.add_step(obs, actions, reward, terminated, truncated, info)
+    return (cutter.rows_cut + cutter.buffered_rows - rows_before) / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPole-v1")
@@ -58,12 +91,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    raw = [raw_steps_per_s(args.env, args.num_envs, args.seconds)]
+    raw = [raw_steps_per_s(args.env, args.num_envs, args.seconds) for _ in range(args.repeats)]
+    concurrent = concurrent_raw_steps_per_s(args.env, args.num_envs, args.seconds, args.collectors)
+    cutting = [cutting_rows_per_s(args.env, args.num_envs, args.batch_rows, args.seconds) for _ in range(args.repeats)]
 
     ray.init(num_cpus=max(2, args.collectors), include_dashboard=False, logging_level=logging.WARNING,
              runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     env_cfg = EnvConfig(id=args.env, num_envs=args.num_envs)
-    rollout = RolloutConfig(num_collectors=args.collectors, batch_rows=args.batch_rows, max_pushes_in_flight=2,
+    rollout = RolloutConfig(num_collectors=args.collectors, batch_rows=args.batch_rows, max_pushes_in_flight=4,
                             num_cpus=0.5, policy=PolicyConfig(kind="expert"))
     factory = ConfiguredPolicyFactory(rollout.policy, args.env)
     replay = start_replay(ReplayConfig(num_shards=args.shards, capacity_rows=500_000, num_cpus=0.1),
@@ -71,7 +106,7 @@ def main() -> None:
     worker_actor = ray.remote(RolloutWorker)
     workers = [worker_actor.options(num_cpus=0.5).remote(env_cfg, rollout, factory, replay, i, "bench", i)
                for i in range(args.collectors)]
-    rows_per_collector = int(raw[0] * args.seconds)
+    rows_per_collector = int(statistics.median(raw) * args.seconds)
     ray.get([w.collect.remote(args.batch_rows * 2) for w in workers], timeout=600)  # warm-up
     harvest = []
     for _ in range(args.repeats):
@@ -83,15 +118,20 @@ def main() -> None:
         ray.kill(worker, no_restart=True)
     replay.kill()
     ray.shutdown()
-    raw.append(raw_steps_per_s(args.env, args.num_envs, args.seconds))
+    raw += [raw_steps_per_s(args.env, args.num_envs, args.seconds) for _ in range(args.repeats)]
 
     raw_median, harvest_median = statistics.median(raw), statistics.median(harvest)
     print(f"machine: {os.cpu_count()} cores; env {args.env}, {args.collectors} collectors x {args.num_envs} envs, "
           f"{args.shards} shards, batches of {args.batch_rows:,} rows; {stats.inserted_rows:,} rows stored")
     print(f"raw make_vec loop (1 process): {raw_median:,.0f} steps/s   (runs: {', '.join(f'{r:,.0f}' for r in raw)})")
+    print(f"raw make_vec loop, {args.collectors} processes at once: {concurrent:,.0f} steps/s in total "
+          f"(= {concurrent / raw_median:.2f} x one process: the machine's real ceiling)")
+    print(f"harvest row cutting only (1 process, no Ray): {statistics.median(cutting):,.0f} rows/s   "
+          f"(ratio to raw {statistics.median(cutting) / raw_median:.2f})")
     print(f"harvest ({args.collectors} collectors + replay): {harvest_median:,.0f} rows/s   "
           f"(runs: {', '.join(f'{h:,.0f}' for h in harvest)})")
-    print(f"ratio harvest / ({args.collectors} x raw) = {harvest_median / (args.collectors * raw_median):.2f}")
+    print(f"ratio harvest / ({args.collectors} x raw) = {harvest_median / (args.collectors * raw_median):.2f}   "
+          f"(harvest / concurrent raw = {harvest_median / concurrent:.2f})")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from envs.registry import make_vector_env
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import RolloutConfig
 from rollout.cutter import EpisodeIds, FinishedEpisode, TransitionCutter
+from rollout.memory import keep_batch_buffers_on_heap
 from rollout.policies import PolicyFactory
 from rollout.replay.replay import Replay
 
@@ -74,6 +75,7 @@ class RolloutWorker:
         self.cfg = cfg
         self.collector_id = collector_id
         self._log = logger.bind(actor=f"RolloutWorker[{collector_id}]")
+        keep_batch_buffers_on_heap()
         self._env = make_vector_env(env_cfg)
         self._policy = policy_factory(self._env.single_observation_space, self._env.single_action_space)
         self.schema = BatchSchema.for_spaces(self._env.single_observation_space, self._env.single_action_space,

@@ -14,6 +14,7 @@ from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
 from rollout.replay.limiter import MinSize
 from rollout.replay.ring import ColumnRing
+from rollout.memory import keep_batch_buffers_on_heap
 from rollout.replay.selectors import make_selector
 
 
@@ -82,6 +83,7 @@ class ReplayShard:
         self._rejected_batches = 0
         self._episodes_completed = 0
         self._log = logger.bind(actor=f"ReplayShard[{shard_index}]")
+        keep_batch_buffers_on_heap()
         self._tags = {"shard": str(shard_index)}
 
     def insert(self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown") -> InsertAck:
