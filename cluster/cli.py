@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def _config_for(args: argparse.Namespace) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Like `python -m`: a user's env or policy given as "package.module:Class" imports from the
+    # current folder (collectors get it through PYTHONPATH, see cluster.local.init_ray).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     setup_logging("INFO")
     try:
         cfg = _config_for(args)

@@ -30,7 +30,8 @@ def init_ray(cfg: RaySection) -> str | None:
             dashboard_port=cfg.dashboard_port, object_store_memory=cfg.object_store_memory_bytes,
             namespace="harvest", logging_level=logging.WARNING,
             # Workers import Harvest's packages from the repo whether or not it is pip-installed.
-            runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
+            runtime_env=worker_runtime_env(os.pathsep.join(filter(None, [os.getcwd(),
+                                                                         os.environ.get("PYTHONPATH")]))))
     else:
         context = ray.init(address=cfg.address, namespace="harvest", logging_level=logging.WARNING)
     url = context.dashboard_url

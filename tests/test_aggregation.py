@@ -124,3 +124,12 @@ def test_cut_points_fall_on_episode_starts():
 def test_opening_a_broken_dataset_names_the_problem(tmp_path):
     with pytest.raises(DatasetError, match="no manifest.json"):
         Dataset.open(tmp_path)
+
+
+def test_a_manifest_listing_a_missing_file_is_refused(filled_replay, tmp_path):
+    replay, _ = filled_replay
+    manifest = compact_replay(list(replay.shards), replay.schema, tmp_path, AggregationConfig(formats=["parquet"],
+                              num_cpus=0.1), "agg", ENV.id)
+    (tmp_path / manifest.files[0].path).unlink()
+    with pytest.raises(DatasetError, match=f"missing: \\['{manifest.files[0].path}'\\]"):
+        Dataset.open(tmp_path)

@@ -85,3 +85,21 @@ def test_stage_on_a_missing_run_folder_says_what_is_missing(tmp_path, capsys):
 def test_config_command_prints_the_resolved_config(capsys):
     assert main(["config", "--set", "replay.num_shards=5"]) == 0
     assert "num_shards: 5" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_users_own_dict_env_runs_through_the_whole_pipeline(ray_cluster, tmp_path):
+    # Dict observations (vector, image-like grid, discrete) and a MultiDiscrete action,
+    # given by entry point: collect → Parquet/NPZ → BC → evaluation.
+    overrides = [*TINY, "env.id=tests.toy_envs:DictObsEnv", "rollout.policy.kind=random", "rollout.steps=600",
+                 f"run.output_dir={tmp_path}"]
+    assert main(["run", "--run-id", "dict", *sum((["--set", item] for item in overrides), [])]) == 0
+    dataset = Dataset.open(tmp_path / "dict" / "dataset")
+    assert {"obs.grid", "obs.phase", "obs.position", "next_obs.grid", "action"} <= set(dataset.schema.columns)
+    table = dataset.to_pyarrow().to_table()
+    assert table.column("obs.grid").type.shape == [3, 4, 4]
+    with np.load(tmp_path / "dict" / "dataset" / "dataset.npz", allow_pickle=False) as npz:
+        assert npz["observations.grid"].shape[1:] == (3, 4, 4) and npz["actions"].shape[1:] == (2,)
+    evaluation = json.loads((tmp_path / "dict" / "eval.json").read_text())
+    assert len(evaluation["trained"]["returns"]) == 2
