@@ -86,9 +86,11 @@ def main() -> None:
     parser.add_argument("--collectors", type=int, default=2)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--num-envs", type=int, default=256)
-    parser.add_argument("--batch-rows", type=int, default=65_536)
+    parser.add_argument("--batch-rows", type=int, default=131_072)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one measurement")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--object-store-mb", type=int, default=512,
+                        help="a small store is reused, so batches land on pages already mapped")
     args = parser.parse_args()
 
     raw = [raw_steps_per_s(args.env, args.num_envs, args.seconds) for _ in range(args.repeats)]
@@ -96,6 +98,7 @@ def main() -> None:
     cutting = [cutting_rows_per_s(args.env, args.num_envs, args.batch_rows, args.seconds) for _ in range(args.repeats)]
 
     ray.init(num_cpus=max(2, args.collectors), include_dashboard=False, logging_level=logging.WARNING,
+             object_store_memory=args.object_store_mb * 2**20,
              runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     env_cfg = EnvConfig(id=args.env, num_envs=args.num_envs)
     rollout = RolloutConfig(num_collectors=args.collectors, batch_rows=args.batch_rows, max_pushes_in_flight=4,
