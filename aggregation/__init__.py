@@ -1,8 +1,8 @@
 """Aggregation: Ray tasks that compact the replay into datasets (Parquet + manifest, NPZ)
 and read them back."""
 
-from aggregation.compact import compact_replay, snapshot_replay
+from aggregation.compact import compact_replay, snapshot_replay, write_dataset
 from aggregation.dataset import Dataset, DatasetError
 from aggregation.manifest import MANIFEST_NAME, Manifest
 
-__all__ = ["Dataset", "DatasetError", "MANIFEST_NAME", "Manifest", "compact_replay", "snapshot_replay"]
+__all__ = ["Dataset", "DatasetError", "MANIFEST_NAME", "Manifest", "compact_replay", "snapshot_replay", "write_dataset"]

@@ -58,13 +58,18 @@ def read_snapshot(path: Path) -> Iterator[pa.RecordBatch]:
         yield from reader
 
 
-def compact_source(source: ray.actor.ActorHandle | str, schema: BatchSchema, shard_index: int,
-                   out_dir: str, cfg: AggregationConfig) -> ShardCompaction:
-    """Write one shard's rows (from its actor, or a snapshot file path) as sorted Parquet files."""
+def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], schema: BatchSchema,
+                   shard_index: int, out_dir: str, cfg: AggregationConfig) -> ShardCompaction:
+    """Write one shard's rows as sorted Parquet files; the rows come from its actor, a snapshot
+    file path, or a list of record batches already in memory."""
     log = logger.bind(actor=f"compact[{shard_index}]")
     batches, skipped = [], 0
-    items = read_snapshot(Path(source)) if isinstance(source, str) else \
-        read_shard(source, schema, cfg.read_chunk_rows)
+    if isinstance(source, list):
+        items = iter(source)
+    elif isinstance(source, str):
+        items = read_snapshot(Path(source))
+    else:
+        items = read_shard(source, schema, cfg.read_chunk_rows)
     for item in items:
         if isinstance(item, int):
             skipped += item
@@ -139,6 +144,22 @@ def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: Bat
     task = ray.remote(compact_source).options(num_cpus=cfg.num_cpus)
     refs = [task.remote(source, schema, index, str(out_dir), cfg) for index, source in enumerate(sources)]
     results: list[ShardCompaction] = ray.get(refs, timeout=timeout_s)
+    return _finish_dataset(results, schema, out_dir, cfg, run_id, env_id)
+
+
+def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out_dir: Path, cfg: AggregationConfig,
+                  run_id: str, env_id: str) -> Manifest:
+    """In this process, without Ray: write rows already in memory as a dataset folder, the
+    same files and manifest that compacting a replay gives (for importers, tests, benches)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_batches = [batch.to_arrow(schema) for batch in batches]
+    result = compact_source(record_batches, schema, 0, str(out_dir), cfg)
+    return _finish_dataset([result], schema, out_dir, cfg, run_id, env_id)
+
+
+def _finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out_dir: Path, cfg: AggregationConfig,
+                    run_id: str, env_id: str) -> Manifest:
+    """The manifest over every shard's files (and the NPZ on request), written into `out_dir`."""
     all_episode_ids = np.concatenate([result.episode_ids for result in results])
     manifest = Manifest(
         run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(), env_id=env_id,

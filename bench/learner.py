@@ -18,20 +18,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregation.compact import compact_source  # noqa: E402
+from aggregation.compact import write_dataset  # noqa: E402
 from aggregation.config import AggregationConfig  # noqa: E402
-from aggregation.manifest import Manifest  # noqa: E402
 from envs.config import EnvConfig  # noqa: E402
 from envs.registry import make_vector_env  # noqa: E402
 from learners.bc import BCLearner, bc_loss  # noqa: E402
 from learners.config import LearnerConfig  # noqa: E402
 from learners.models import build_policy_model  # noqa: E402
-from rollout.batch import BatchSchema, TransitionBatch  # noqa: E402
+from rollout.batch import BatchSchema  # noqa: E402
 from rollout.cutter import EpisodeIds, TransitionCutter  # noqa: E402
 from rollout.policies import CartPoleExpert  # noqa: E402
 
@@ -50,13 +48,7 @@ def expert_dataset(folder: Path, rows: int) -> Path:
         batch = cutter.add_step(obs, actions, reward, terminated, truncated, info)
         if batch is not None:
             batches.append(batch)
-    snapshot = folder / "snapshot.arrow"
-    with pa.OSFile(str(snapshot), "wb") as sink, pa.ipc.new_stream(sink, schema.arrow_schema()) as writer:
-        writer.write_batch(TransitionBatch.concat(batches).to_arrow(schema))
-    result = compact_source(str(snapshot), schema, 0, str(folder / "dataset"), AggregationConfig(formats=["parquet"]))
-    Manifest(run_id="bench", created_at="now", env_id="CartPole-v1", rows=result.rows,
-             episodes=len(result.episode_ids), episodes_complete=result.complete_episodes,
-             collectors=result.collectors, schema=schema.to_json(), files=result.files).write(folder / "dataset")
+    write_dataset(batches, schema, folder / "dataset", AggregationConfig(formats=["parquet"]), "bench", "CartPole-v1")
     return folder / "dataset"
 
 

@@ -13,6 +13,7 @@ from cluster.config import RaySection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+
 def worker_runtime_env(extra_pythonpath: str | None = None) -> dict:
     """The runtime_env Harvest's local Ray gives every worker: imports and logging."""
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), extra_pythonpath]))
@@ -29,9 +30,9 @@ def init_ray(cfg: RaySection) -> str | None:
             num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard, dashboard_host="127.0.0.1",
             dashboard_port=cfg.dashboard_port, object_store_memory=cfg.object_store_memory_bytes,
             namespace="harvest", logging_level=logging.WARNING,
-            # Workers import Harvest's packages from the repo whether or not it is pip-installed.
-            runtime_env=worker_runtime_env(os.pathsep.join(filter(None, [os.getcwd(),
-                                                                         os.environ.get("PYTHONPATH")]))))
+            # Workers import Harvest's packages from the repo whether or not it is pip-installed,
+            # and a user's own env modules from the current folder.
+            runtime_env=worker_runtime_env(os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))))
     else:
         context = ray.init(address=cfg.address, namespace="harvest", logging_level=logging.WARNING)
     url = context.dashboard_url

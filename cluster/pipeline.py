@@ -127,7 +127,7 @@ def collect(cfg: RunConfig, run_id: str) -> tuple[Replay, CollectSummary]:
     try:
         refs = [worker.collect.remote(rows) for worker, rows in zip(workers, per_collector)]
         results: list[CollectResult] = wait_with_progress(
-            refs, "collect", "rows", rollout.steps, poll=lambda: replay.stats().inserted_rows,
+            refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
             timeout_s=max(600.0, rollout.steps / 100))
     finally:
         for worker in workers:

@@ -227,16 +227,17 @@ class TransitionCutter:
         valid = self._valid[:steps].reshape(-1)
         rows = np.flatnonzero(valid)
         columns: dict[str, np.ndarray] = {}
+        def rows_of(buffer: np.ndarray) -> np.ndarray:
+            # [steps, env, ...] -> the valid rows; np.take is ~10x faster than fancy indexing on n-d rows.
+            return np.take(buffer.reshape(steps * num_envs, *buffer.shape[2:]), rows, axis=0)
+
         for name in self.schema.columns:
             if name in self._obs_seq:
                 sequence = self._obs_seq[name]
-                # np.take along axis 0 is ~10x faster than fancy indexing for n-d rows.
-                columns[name] = np.take(sequence[:steps].reshape(steps * num_envs, *sequence.shape[2:]), rows, axis=0)
-                columns["next_" + name] = np.take(
-                    sequence[1:steps + 1].reshape(steps * num_envs, *sequence.shape[2:]), rows, axis=0)
+                columns[name] = rows_of(sequence[:steps])
+                columns["next_" + name] = rows_of(sequence[1:steps + 1])
             elif name in self._per_step:
-                column = self._per_step[name]
-                columns[name] = np.take(column[:steps].reshape(steps * num_envs, *column.shape[2:]), rows, axis=0)
+                columns[name] = rows_of(self._per_step[name][:steps])
         columns["collector_id"] = np.full(rows.size, self.collector_id, dtype=np.int64)
         step_of_row = rows // num_envs
         columns["policy_version"] = np.take(self._policy_version, step_of_row)

@@ -5,13 +5,11 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
-from aggregation.compact import compact_source
+from aggregation.compact import write_dataset as aggregation_write_dataset
 from aggregation.config import AggregationConfig
-from aggregation.manifest import Manifest
 from learners.bc import BCLearner, bc_loss, split_by_episode
 from learners.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from learners.config import LearnerConfig
@@ -23,16 +21,9 @@ from tests.test_batch import random_batch
 
 def write_dataset(folder: Path, schema: BatchSchema, batch: TransitionBatch) -> Path:
     """A dataset folder made by the real compaction code from an in-memory batch."""
-    snapshot = folder / "snapshot.arrow"
-    folder.mkdir(parents=True, exist_ok=True)
-    with pa.OSFile(str(snapshot), "wb") as sink, pa.ipc.new_stream(sink, schema.arrow_schema()) as writer:
-        writer.write_batch(batch.to_arrow(schema))
-    dataset = folder / "dataset"
-    result = compact_source(str(snapshot), schema, 0, str(dataset), AggregationConfig(formats=["parquet"]))
-    Manifest(run_id="t", created_at="now", env_id="synthetic", rows=result.rows, episodes=len(result.episode_ids),
-             episodes_complete=result.complete_episodes, collectors=result.collectors, schema=schema.to_json(),
-             files=result.files).write(dataset)
-    return dataset
+    aggregation_write_dataset([batch], schema, folder / "dataset", AggregationConfig(formats=["parquet"]),
+                              run_id="t", env_id="synthetic")
+    return folder / "dataset"
 
 
 def synthetic(observation_space, action_space, num_rows, label, seed=0):

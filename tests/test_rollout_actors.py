@@ -40,13 +40,14 @@ def test_collectors_fill_the_sharded_replay(ray_cluster):
         results = ray.get([worker.collect.remote(300) for worker in workers], timeout=120)
         shards = read_all(replay)
         stats = replay.stats()
+        inserted_rows = replay.inserted_rows()
     finally:
         for worker in workers:
             ray.kill(worker, no_restart=True)
         replay.kill()
     acknowledged = sum(result.rows for result in results)
     assert all(300 <= result.rows < 300 + COUNTING.num_envs for result in results)
-    assert stats.inserted_rows == acknowledged == sum(shard.num_rows for shard in shards)
+    assert stats.inserted_rows == inserted_rows == acknowledged == sum(shard.num_rows for shard in shards)
     assert all(shard.num_rows > 0 for shard in shards)
     episodes_per_shard = [set(np.unique(shard["episode_id"])) for shard in shards]
     assert not episodes_per_shard[0] & episodes_per_shard[1], "an episode must stay in one shard"

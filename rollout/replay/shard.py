@@ -12,9 +12,9 @@ from loguru import logger
 from cluster import metrics
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
+from rollout.memory import keep_batch_buffers_on_heap
 from rollout.replay.limiter import MinSize
 from rollout.replay.ring import ColumnRing
-from rollout.memory import keep_batch_buffers_on_heap
 from rollout.replay.selectors import make_selector
 
 
@@ -142,6 +142,10 @@ class ReplayShard:
             memory_bytes=ring.memory_bytes)
         metrics.replay_size_rows().set(ring.size, tags=self._tags)
         return stats
+
+    def inserted_rows(self) -> int:
+        """Rows stored since the start (cheap: for progress bars polled during collection)."""
+        return self._ring.next_seq
 
     def get_schema(self) -> BatchSchema:
         return self.schema
