@@ -62,13 +62,14 @@ def concurrent_raw_steps_per_s(env_id: str, num_envs: int, seconds: float, proce
         return sum(pool.map(_raw_worker, [(env_id, num_envs, seconds)] * processes))
 
 
-def cutting_rows_per_s(env_id: str, num_envs: int, batch_rows: int, seconds: float) -> float:
+def cutting_rows_per_s(env_id: str, num_envs: int, batch_rows: int, num_shards: int, seconds: float) -> float:
     """Rows per second of the same loop plus Harvest's row cutting, in one process (no Ray, no replay)."""
     keep_batch_buffers_on_heap()  # as a RolloutWorker does
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     policy = CartPoleExpert(env.single_observation_space, env.single_action_space)
     schema = BatchSchema.for_spaces(env.single_observation_space, env.single_action_space)
-    cutter = TransitionCutter(schema, num_envs, batch_rows, env.metadata["autoreset_mode"], 0, EpisodeIds(0))
+    cutter = TransitionCutter(schema, num_envs, batch_rows, env.metadata["autoreset_mode"], 0, EpisodeIds(0),
+                              num_shards=num_shards)
     obs, _ = env.reset(seed=0)
     cutter.reset(obs)
     rows_before, started = cutter.rows_cut, time.perf_counter()
@@ -93,9 +94,9 @@ def main() -> None:
                         help="a small store is reused, so batches land on pages already mapped")
     args = parser.parse_args()
 
-    raw = [raw_steps_per_s(args.env, args.num_envs, args.seconds) for _ in range(args.repeats)]
     concurrent = concurrent_raw_steps_per_s(args.env, args.num_envs, args.seconds, args.collectors)
-    cutting = [cutting_rows_per_s(args.env, args.num_envs, args.batch_rows, args.seconds) for _ in range(args.repeats)]
+    cutting = [cutting_rows_per_s(args.env, args.num_envs, args.batch_rows, args.shards, args.seconds)
+               for _ in range(args.repeats)]
 
     ray.init(num_cpus=max(2, args.collectors), include_dashboard=False, logging_level=logging.WARNING,
              object_store_memory=args.object_store_mb * 2**20,
@@ -109,19 +110,23 @@ def main() -> None:
     worker_actor = ray.remote(RolloutWorker)
     workers = [worker_actor.options(num_cpus=0.5).remote(env_cfg, rollout, factory, replay, i, "bench", i)
                for i in range(args.collectors)]
-    rows_per_collector = int(statistics.median(raw) * args.seconds)
     ray.get([w.collect.remote(args.batch_rows * 2) for w in workers], timeout=600)  # warm-up
-    harvest = []
+    # Raw and Harvest alternate, so a slower or faster phase of a shared host hits both alike;
+    # each ratio compares a Harvest run with the raw runs just before and after it.
+    raw = [raw_steps_per_s(args.env, args.num_envs, args.seconds)]
+    harvest, ratios = [], []
     for _ in range(args.repeats):
+        rows_per_collector = int(raw[-1] * args.seconds)
         started = time.perf_counter()
         results = ray.get([w.collect.remote(rows_per_collector) for w in workers], timeout=600)
         harvest.append(sum(r.rows for r in results) / (time.perf_counter() - started))
+        raw.append(raw_steps_per_s(args.env, args.num_envs, args.seconds))
+        ratios.append(harvest[-1] / (args.collectors * (raw[-2] + raw[-1]) / 2))
     stats = replay.stats()
     for worker in workers:
         ray.kill(worker, no_restart=True)
     replay.kill()
     ray.shutdown()
-    raw += [raw_steps_per_s(args.env, args.num_envs, args.seconds) for _ in range(args.repeats)]
 
     raw_median, harvest_median = statistics.median(raw), statistics.median(harvest)
     print(f"machine: {os.cpu_count()} cores; env {args.env}, {args.collectors} collectors x {args.num_envs} envs, "
@@ -133,8 +138,8 @@ def main() -> None:
           f"(ratio to raw {statistics.median(cutting) / raw_median:.2f})")
     print(f"harvest ({args.collectors} collectors + replay): {harvest_median:,.0f} rows/s   "
           f"(runs: {', '.join(f'{h:,.0f}' for h in harvest)})")
-    print(f"ratio harvest / ({args.collectors} x raw) = {harvest_median / (args.collectors * raw_median):.2f}   "
-          f"(harvest / concurrent raw = {harvest_median / concurrent:.2f})")
+    print(f"ratio harvest / ({args.collectors} x raw) = {statistics.median(ratios):.2f}   "
+          f"(runs: {', '.join(f'{r:.2f}' for r in ratios)}; harvest / concurrent raw = {harvest_median / concurrent:.2f})")
 
 
 if __name__ == "__main__":

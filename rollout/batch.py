@@ -135,9 +135,14 @@ class BatchSchema:
 
 @dataclass
 class TransitionBatch:
-    """Rows of transitions as a dict of numpy arrays sharing their first dimension."""
+    """Rows of transitions as a dict of numpy arrays sharing their first dimension.
+
+    `shard_offsets`, when set, says the rows are grouped by replay shard: shard i's rows are
+    `[shard_offsets[i], shard_offsets[i + 1])`. Any other operation drops it.
+    """
 
     columns: dict[str, np.ndarray]
+    shard_offsets: tuple[int, ...] | None = None
 
     @property
     def num_rows(self) -> int:

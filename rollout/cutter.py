@@ -26,6 +26,7 @@ from gymnasium.vector import AutoresetMode
 
 from envs.spaces import flatten_value
 from rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
+from rollout.routing import shard_of
 
 
 class EpisodeIds:
@@ -76,6 +77,8 @@ class TransitionCutter:
         autoreset_mode: the vector env's `metadata["autoreset_mode"]`.
         collector_id: written on every row.
         episode_ids: allocator of globally unique episode ids.
+        num_shards: the replay's shard count; with more than one, each batch's rows come grouped
+            by shard (`TransitionBatch.shard_offsets`), so routing it costs no copy.
 
     Usage:
         cutter.reset(obs)                      # obs from env.reset()
@@ -87,16 +90,19 @@ class TransitionCutter:
     """
 
     def __init__(self, schema: BatchSchema, num_envs: int, batch_rows: int, autoreset_mode: Any,
-                 collector_id: int, episode_ids: EpisodeIds) -> None:
+                 collector_id: int, episode_ids: EpisodeIds, num_shards: int = 1) -> None:
         mode = AutoresetMode(autoreset_mode) if autoreset_mode is not None else AutoresetMode.NEXT_STEP
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError(f"vector env autoreset mode {mode.value!r} is not supported; "
                              "expected NEXT_STEP or SAME_STEP")
+        if not 1 <= num_shards <= 65_535:
+            raise ValueError(f"num_shards={num_shards}: expected 1 to 65535")
         self.schema = schema
         self.num_envs = num_envs
         self.autoreset_mode = mode
         self.collector_id = collector_id
         self._episode_ids = episode_ids
+        self.num_shards = num_shards
         self.steps_per_batch = max(1, batch_rows // num_envs)
         steps = self.steps_per_batch
         self._obs_names = schema.obs_columns
@@ -118,6 +124,8 @@ class TransitionCutter:
         self._patches: list[_Patch] = []
         self._t = 0
         self._current_episode = np.zeros(num_envs, dtype=np.int64)
+        self._current_shard = np.zeros(num_envs, dtype=np.uint16)  # 16 bits: a radix sort
+        self._shard = np.zeros((steps, num_envs), dtype=np.uint16) if num_shards > 1 else None
         self._current_step = np.zeros(num_envs, dtype=np.int64)
         self._current_return = np.zeros(num_envs, dtype=np.float64)
         self._resetting = np.zeros(num_envs, dtype=bool)
@@ -132,6 +140,8 @@ class TransitionCutter:
         self._patches.clear()
         self._write_obs(0, obs)
         self._current_episode = self._episode_ids.next(self.num_envs)
+        if self._shard is not None:
+            self._current_shard[:] = shard_of(self._current_episode, self.num_shards)
         self._current_step[:] = 0
         self._current_return[:] = 0.0
         self._resetting[:] = False
@@ -154,6 +164,8 @@ class TransitionCutter:
         self._terminated[t] = terminated
         self._truncated[t] = truncated
         self._episode_column[t] = self._current_episode
+        if self._shard is not None:
+            self._shard[t] = self._current_shard
         self._step_column[t] = self._current_step
         self._timestamp[t] = time.time_ns()
         self._policy_version[t] = policy_version
@@ -210,7 +222,10 @@ class TransitionCutter:
                 float(self._current_return[env_index]), bool(terminated[env_index])))
 
     def _start_episodes(self, env_indices: np.ndarray) -> None:
-        self._current_episode[env_indices] = self._episode_ids.next(env_indices.size)
+        new_ids = self._episode_ids.next(env_indices.size)
+        self._current_episode[env_indices] = new_ids
+        if self._shard is not None:
+            self._current_shard[env_indices] = shard_of(new_ids, self.num_shards)
         self._current_step[env_indices] = 0
         self._current_return[env_indices] = 0.0
 
@@ -226,6 +241,12 @@ class TransitionCutter:
         steps, num_envs = self._t, self.num_envs
         valid = self._valid[:steps].reshape(-1)
         rows = np.flatnonzero(valid)
+        shard_offsets = None
+        if self._shard is not None:  # group rows by shard, keeping their order within each
+            shards = np.take(self._shard[:steps].reshape(-1), rows)
+            rows = rows[np.argsort(shards, kind="stable")]
+            counts = np.bincount(shards, minlength=self.num_shards)
+            shard_offsets = (0, *(int(offset) for offset in np.cumsum(counts)))
         columns: dict[str, np.ndarray] = {}
         def rows_of(buffer: np.ndarray) -> np.ndarray:
             # [steps, env, ...] -> the valid rows; np.take is ~10x faster than fancy indexing on n-d rows.
@@ -243,12 +264,13 @@ class TransitionCutter:
         columns["policy_version"] = np.take(self._policy_version, step_of_row)
         columns["timestamp"] = np.take(self._timestamp, step_of_row).view(TIMESTAMP_DTYPE)
         if self._patches:
-            row_position = np.cumsum(valid) - 1  # flat (step, env) index -> row in this batch
+            row_position = np.empty(steps * num_envs, dtype=np.int64)  # flat (step, env) -> row in this batch
+            row_position[rows] = np.arange(rows.size)
             for patch in self._patches:
                 row = row_position[patch.time_index * num_envs + patch.env_index]
                 for name, value in patch.final_obs.items():
                     columns["next_" + name][row] = value
-        batch = TransitionBatch({name: columns[name] for name in self.schema.columns})
+        batch = TransitionBatch({name: columns[name] for name in self.schema.columns}, shard_offsets)
         # Carry the latest observation over as step 0 of the next buffer.
         for sequence in self._obs_seq.values():
             sequence[0] = sequence[steps]

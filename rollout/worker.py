@@ -87,7 +87,8 @@ class RolloutWorker:
         self._source = f"collector {collector_id}"
         self._cutter = TransitionCutter(self.schema, self._env.num_envs, cfg.batch_rows,
                                         self._env.metadata.get("autoreset_mode"), collector_id,
-                                        EpisodeIds(collector_uid(run_id, collector_id)))
+                                        EpisodeIds(collector_uid(run_id, collector_id)),
+                                        num_shards=replay.num_shards if replay is not None else 1)
         self._in_flight: list[ray.ObjectRef] = []
         self._push_wait_s = 0.0
         self._tags = {"collector": str(collector_id)}

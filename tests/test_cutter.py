@@ -6,15 +6,16 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.cutter import EpisodeIds, TransitionCutter
+from rollout.routing import shard_of
 from tests.toy_envs import CountingEnv, DictObsEnv
 
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP]
 
 
-def run_cutter(env, steps: int, batch_rows: int, seed: int = 0):
+def run_cutter(env, steps: int, batch_rows: int, seed: int = 0, num_shards: int = 1):
     schema = BatchSchema.for_spaces(env.single_observation_space, env.single_action_space)
     cutter = TransitionCutter(schema, env.num_envs, batch_rows, env.metadata["autoreset_mode"],
-                              collector_id=3, episode_ids=EpisodeIds(7))
+                              collector_id=3, episode_ids=EpisodeIds(7), num_shards=num_shards)
     obs, _ = env.reset(seed=seed)
     cutter.reset(obs)
     rng = np.random.default_rng(seed)
@@ -64,10 +65,11 @@ def test_exact_rows_of_one_env_same_step():
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("num_envs, batch_rows", [(1, 1), (3, 7), (4, 64), (5, 1000)])
-def test_no_row_crosses_an_episode_boundary(mode, num_envs, batch_rows):
+@pytest.mark.parametrize("num_envs, batch_rows, num_shards", [(1, 1, 1), (3, 7, 1), (4, 64, 1), (5, 1000, 1),
+                                                               (3, 7, 2), (5, 1000, 3)])
+def test_no_row_crosses_an_episode_boundary(mode, num_envs, batch_rows, num_shards):
     env = counting_env(num_envs, mode)
-    schema, cutter, rows, batches = run_cutter(env, steps=41, batch_rows=batch_rows)
+    schema, cutter, rows, batches = run_cutter(env, steps=41, batch_rows=batch_rows, num_shards=num_shards)
     assert all(batch.num_rows <= max(batch_rows, num_envs) for batch in batches)
     assert rows.num_rows == cutter.rows_cut
     ordered = rows.take(np.lexsort((rows["step"], rows["episode_id"])))
@@ -122,3 +124,30 @@ def test_unsupported_autoreset_mode_is_refused():
     schema = BatchSchema.for_spaces(env.single_observation_space, env.single_action_space)
     with pytest.raises(ValueError, match="autoreset mode 'Disabled' is not supported"):
         TransitionCutter(schema, 1, 10, env.metadata["autoreset_mode"], 0, EpisodeIds(0))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_grouped_by_shard_are_the_same_rows_in_the_same_order_per_shard(mode):
+    # Grouping by shard at cut time must give each shard exactly what routing the ungrouped
+    # batch would: the same rows, in the same order (SAME_STEP patches included).
+    _, _, _, plain = run_cutter(counting_env(5, mode), steps=30, batch_rows=40)
+    _, _, _, grouped = run_cutter(counting_env(5, mode), steps=30, batch_rows=40, num_shards=3)
+    assert len(plain) == len(grouped)
+    for ungrouped, batch in zip(plain, grouped):
+        assert ungrouped.shard_offsets is None
+        offsets = batch.shard_offsets
+        assert len(offsets) == 4 and offsets[0] == 0 and offsets[-1] == batch.num_rows
+        expected_shard = shard_of(ungrouped["episode_id"], 3)
+        for shard in range(3):
+            part = batch.take(slice(offsets[shard], offsets[shard + 1]))
+            expected = ungrouped.take(np.flatnonzero(expected_shard == shard))
+            assert set(part.columns) == set(expected.columns)
+            for name in set(expected.columns) - {"timestamp"}:  # wall-clock time differs between the runs
+                np.testing.assert_array_equal(part[name], expected[name], err_msg=f"{name}, shard {shard}")
+
+
+def test_too_many_shards_are_refused():
+    env = SyncVectorEnv([lambda: CountingEnv(0)])
+    schema = BatchSchema.for_spaces(env.single_observation_space, env.single_action_space)
+    with pytest.raises(ValueError, match="num_shards=70000"):
+        TransitionCutter(schema, 1, 10, env.metadata["autoreset_mode"], 0, EpisodeIds(0), num_shards=70_000)

@@ -6,7 +6,8 @@ import pytest
 
 from rollout.batch import BatchSchema, BatchSchemaError, TransitionBatch
 from rollout.config import ReplayConfig
-from rollout.replay.replay import shard_of
+from rollout.routing import shard_of
+from rollout.replay.replay import Replay
 from rollout.replay.ring import ColumnRing
 from rollout.replay.shard import ReplayShard
 from tests.test_batch import random_batch
@@ -119,3 +120,22 @@ def test_routing_by_episode_is_stable_and_balanced():
     shards = shard_of(episode_ids, 4)
     assert (shards == shard_of(episode_ids, 4)).all()
     np.testing.assert_allclose(np.bincount(shards) / 10_000, 0.25, atol=0.03)
+
+
+def test_route_splits_a_grouped_batch_into_views_and_an_ungrouped_one_by_hash():
+    replay = Replay(shards=(None, None, None), schema=SCHEMA)  # route() touches no actor
+    batch = numbered_batch(0, 200)
+    batch.columns["episode_id"] = np.arange(200, dtype=np.int64) // 7
+    by_hash = replay.route(batch)
+    assert sorted(shard for shard, _ in by_hash) == [0, 1, 2]
+    order = np.argsort(shard_of(batch["episode_id"], 3), kind="stable")
+    grouped = batch.take(order)
+    grouped.shard_offsets = (0, *np.cumsum(np.bincount(shard_of(batch["episode_id"], 3), minlength=3)).tolist())
+    by_offsets = replay.route(grouped)
+    for (shard_a, part_a), (shard_b, part_b) in zip(by_hash, by_offsets, strict=True):
+        assert shard_a == shard_b
+        assert (shard_of(part_b["episode_id"], 3) == shard_b).all()
+        np.testing.assert_array_equal(part_a["step"], part_b["step"])
+        assert np.shares_memory(part_b["obs"], grouped["obs"]), "a grouped batch is split without a copy"
+    assert replay.route(TransitionBatch(batch.columns, shard_offsets=(0, 200)))[0][1].num_rows < 200, \
+        "offsets for another shard count are ignored"

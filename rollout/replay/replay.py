@@ -10,16 +10,7 @@ import ray
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
 from rollout.replay.shard import ReplayShard, ShardStats
-
-
-def shard_of(episode_ids: np.ndarray, num_shards: int) -> np.ndarray:
-    """The shard index of every row: a splitmix64 hash of its episode id, modulo the shard count."""
-    with np.errstate(over="ignore"):
-        z = episode_ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(num_shards)).astype(np.int64)
+from rollout.routing import shard_of
 
 
 @dataclass(frozen=True)
@@ -63,9 +54,17 @@ class Replay:
         return len(self.shards)
 
     def route(self, batch: TransitionBatch) -> list[tuple[int, TransitionBatch]]:
-        """Split `batch` into per-shard batches, keeping row order within each."""
+        """Split `batch` into per-shard batches, keeping row order within each.
+
+        A batch whose producer already grouped its rows by shard (`batch.shard_offsets`, as a
+        `TransitionCutter` built with `num_shards` does) is split into views, without a copy.
+        """
         if self.num_shards == 1:
             return [(0, batch)]
+        offsets = batch.shard_offsets
+        if offsets is not None and len(offsets) == self.num_shards + 1:
+            return [(shard_index, batch.take(slice(offsets[shard_index], offsets[shard_index + 1])))
+                    for shard_index in range(self.num_shards) if offsets[shard_index + 1] > offsets[shard_index]]
         shard_ids = shard_of(batch["episode_id"], self.num_shards)
         routed = []
         for shard_index in range(self.num_shards):
