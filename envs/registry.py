@@ -9,13 +9,34 @@ import gymnasium as gym
 from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv
 
 from envs.config import EnvConfig
+from envs.spaces import ColumnSpec
 
 
 class EnvNotFoundError(LookupError):
     """`env.id` names no Gymnasium env, registered Harvest env, or importable entry point."""
 
 
-_HARVEST_ENVS: dict[str, str] = {}
+_HARVEST_ENVS: dict[str, str] = {
+    "generals": "envs.generals.env:GeneralsVectorEnv",
+}
+
+ROW_COLUMNS_KEY = "harvest_row_columns"
+"""An env's `metadata[ROW_COLUMNS_KEY]` names per-row columns (name -> `ColumnSpec`) whose
+values it returns in `info[name]` every step, one per sub-env (e.g. `game_id`, `player_id`)."""
+
+
+def row_columns(env: gym.Env | VectorEnv) -> dict[str, ColumnSpec]:
+    """The per-row columns `env` declares in its metadata (see `ROW_COLUMNS_KEY`).
+
+    Raises:
+        TypeError: a declared column is not a `ColumnSpec`.
+    """
+    declared = dict(env.metadata.get(ROW_COLUMNS_KEY, {}))
+    for name, spec in declared.items():
+        if not isinstance(spec, ColumnSpec):
+            raise TypeError(f"{type(env).__name__}.metadata[{ROW_COLUMNS_KEY!r}][{name!r}]: expected a ColumnSpec, "
+                            f"got {type(spec).__name__}")
+    return declared
 
 
 def register_env(name: str, entry_point: str) -> None:

@@ -79,6 +79,7 @@ class TransitionCutter:
         episode_ids: allocator of globally unique episode ids.
         num_shards: the replay's shard count; with more than one, each batch's rows come grouped
             by shard (`TransitionBatch.shard_offsets`), so routing it costs no copy.
+        info_columns: columns the env returns in `info[name]` every step (its declared row columns).
 
     Usage:
         cutter.reset(obs)                      # obs from env.reset()
@@ -90,7 +91,8 @@ class TransitionCutter:
     """
 
     def __init__(self, schema: BatchSchema, num_envs: int, batch_rows: int, autoreset_mode: Any,
-                 collector_id: int, episode_ids: EpisodeIds, num_shards: int = 1) -> None:
+                 collector_id: int, episode_ids: EpisodeIds, num_shards: int = 1,
+                 info_columns: tuple[str, ...] = ()) -> None:
         mode = AutoresetMode(autoreset_mode) if autoreset_mode is not None else AutoresetMode.NEXT_STEP
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError(f"vector env autoreset mode {mode.value!r} is not supported; "
@@ -103,6 +105,7 @@ class TransitionCutter:
         self.collector_id = collector_id
         self._episode_ids = episode_ids
         self.num_shards = num_shards
+        self.info_columns = info_columns
         self.steps_per_batch = max(1, batch_rows // num_envs)
         steps = self.steps_per_batch
         self._obs_names = schema.obs_columns
@@ -160,6 +163,11 @@ class TransitionCutter:
         if extras:
             for name, value in extras.items():
                 step[name][t] = value
+        for name in self.info_columns:
+            if name not in info:
+                raise KeyError(f"the vector env declares row column {name!r} but its step info has no {name!r} "
+                               f"(info keys: {sorted(info)})")
+            step[name][t] = info[name]
         self._reward[t] = reward
         self._terminated[t] = terminated
         self._truncated[t] = truncated

@@ -43,7 +43,8 @@ PolicyFactory = Callable[[gym.Space, gym.Space], Policy]
 
 
 class RandomPolicy:
-    """Uniformly random actions from the action space."""
+    """Uniformly random actions from the action space; only legal ones where the observation
+    is a dict with an `action_mask` over a Discrete action space (1 = legal)."""
 
     version = 0
 
@@ -58,6 +59,13 @@ class RandomPolicy:
     def compute_actions(self, obs: Any) -> PolicyOutput:
         num_envs = len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
         space = self.action_space
+        if isinstance(space, gym.spaces.Discrete) and isinstance(obs, dict) and "action_mask" in obs:
+            legal = np.asarray(obs["action_mask"]) > 0
+            if not legal.any(axis=1).all():
+                raise ValueError(f"RandomPolicy: env {int(np.flatnonzero(~legal.any(axis=1))[0])} of the batch "
+                                 "has no legal action in its action_mask")
+            keys = np.where(legal, self._rng.random(legal.shape), -1.0)
+            return PolicyOutput(space.start + keys.argmax(axis=1))
         if isinstance(space, gym.spaces.Discrete):
             actions = self._rng.integers(space.start, space.start + space.n, size=num_envs)
         else:
@@ -84,9 +92,32 @@ class CartPoleExpert:
         return PolicyOutput(push_right.astype(np.int64))
 
 
+class PlayerPolicy:
+    """A scripted player (an object with `act(obs) -> actions`) as a Policy."""
+
+    version = 0
+
+    def __init__(self, player: Any) -> None:
+        self.player = player
+
+    def extra_columns(self) -> Mapping[str, ColumnSpec]:
+        return {}
+
+    def compute_actions(self, obs: Any) -> PolicyOutput:
+        return PolicyOutput(self.player.act(obs))
+
+
+def generals_expert(observation_space: gym.Space, action_space: gym.Space) -> PlayerPolicy:
+    """The scripted Generals.io expert (`envs.generals.players.ExpertPlayer`)."""
+    from envs.generals.players import ExpertPlayer
+
+    return PlayerPolicy(ExpertPlayer())
+
+
 _EXPERTS: dict[str, str] = {
     "CartPole-v0": "rollout.policies:CartPoleExpert",
     "CartPole-v1": "rollout.policies:CartPoleExpert",
+    "generals": "rollout.policies:generals_expert",
 }
 
 

@@ -8,16 +8,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
+from gymnasium.vector import VectorEnv
 from loguru import logger
 
 from cluster import metrics
 from envs.config import EnvConfig
-from envs.registry import make_vector_env
+from envs.registry import make_vector_env, row_columns
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import RolloutConfig
 from rollout.cutter import EpisodeIds, FinishedEpisode, TransitionCutter
 from rollout.memory import keep_batch_buffers_on_heap
-from rollout.policies import PolicyFactory
+from rollout.policies import Policy, PolicyFactory
 from rollout.replay.replay import Replay
 
 
@@ -48,10 +49,20 @@ def schema_for(env_cfg: EnvConfig, policy_factory: PolicyFactory) -> BatchSchema
     env = make_vector_env(env_cfg)
     try:
         policy = policy_factory(env.single_observation_space, env.single_action_space)
-        return BatchSchema.for_spaces(env.single_observation_space, env.single_action_space,
-                                      extras=policy.extra_columns())
+        return _schema(env, policy)
     finally:
         env.close()
+
+
+def _schema(env: VectorEnv, policy: Policy) -> BatchSchema:
+    """Core columns from the env's spaces, plus the env's row columns and the policy's extras."""
+    env_columns, policy_columns = row_columns(env), policy.extra_columns()
+    clash = sorted(set(env_columns) & set(policy_columns))
+    if clash:
+        raise ValueError(f"columns {clash} are declared both by the env {type(env).__name__} and by the policy "
+                         f"{type(policy).__name__}")
+    return BatchSchema.for_spaces(env.single_observation_space, env.single_action_space,
+                                  extras={**env_columns, **policy_columns})
 
 
 class RolloutWorker:
@@ -78,8 +89,7 @@ class RolloutWorker:
         keep_batch_buffers_on_heap()
         self._env = make_vector_env(env_cfg)
         self._policy = policy_factory(self._env.single_observation_space, self._env.single_action_space)
-        self.schema = BatchSchema.for_spaces(self._env.single_observation_space, self._env.single_action_space,
-                                             extras=self._policy.extra_columns())
+        self.schema = _schema(self._env, self._policy)
         if replay is not None and replay.schema.columns != self.schema.columns:
             raise ValueError(f"RolloutWorker[{collector_id}]: env {env_cfg.id!r} with this policy makes columns "
                              f"{self._describe(self.schema)}, the replay expects {self._describe(replay.schema)}")
@@ -88,7 +98,8 @@ class RolloutWorker:
         self._cutter = TransitionCutter(self.schema, self._env.num_envs, cfg.batch_rows,
                                         self._env.metadata.get("autoreset_mode"), collector_id,
                                         EpisodeIds(collector_uid(run_id, collector_id)),
-                                        num_shards=replay.num_shards if replay is not None else 1)
+                                        num_shards=replay.num_shards if replay is not None else 1,
+                                        info_columns=tuple(row_columns(self._env)))
         self._in_flight: list[ray.ObjectRef] = []
         self._push_wait_s = 0.0
         self._tags = {"collector": str(collector_id)}

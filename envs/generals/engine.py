@@ -125,15 +125,16 @@ class GeneralsEngine:
             self.winner[game] = -1
 
     def step(self, passes: np.ndarray, rows: np.ndarray, cols: np.ndarray, directions: np.ndarray,
-             splits: np.ndarray) -> np.ndarray:
-        """Apply one step of every game that is not over; each argument is [B, 2] (game, player).
+             splits: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """Apply one step of every game that is not over (and `active`, [B] bool, if given); each
+        move argument is [B, 2] (game, player).
 
         Moves that break a rule (not the mover's tile, under 2 army, into a mountain or off the
         map) are ignored, as in the reference. Returns [B] bool: the games this step stepped.
         """
         passes, rows, cols = (np.asarray(a, np.int64) for a in (passes, rows, cols))
         directions, splits = np.asarray(directions, np.int64), np.asarray(splits, np.int64)
-        stepped = ~self.done
+        stepped = ~self.done if active is None else ~self.done & active
         games = np.arange(self.num_games)
         source_in = self._on_map(rows, cols)
         offsets = DIRECTION_OFFSETS[np.clip(directions, 0, 3)]

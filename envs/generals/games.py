@@ -1,0 +1,127 @@
+"""`GeneralsGames`: a batch of games with maps, ids, rewards and per-player observations —
+the one core that the vector, Gymnasium and PettingZoo envs wrap."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal, Optional
+
+import numpy as np
+from pydantic import ConfigDict, Field, StrictInt
+from pydantic.dataclasses import dataclass
+
+from envs.generals.actions import decode, num_actions
+from envs.generals.engine import GeneralsEngine
+from envs.generals.maps import MapLayout, MapSettings, generate_map, parse_map
+from envs.generals.observations import player_observations
+from envs.generals.rewards import RewardWeights, step_rewards
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class MapConfig:
+    """The `env.kwargs.map:` section."""
+
+    min_size: StrictInt = Field(default=15, ge=4)
+    """Fewest rows (and columns) of a map."""
+    max_size: StrictInt = Field(default=20, ge=4)
+    """Most rows (and columns); every board is padded to this size with mountains."""
+    mountain_density: float = 0.2
+    """Chance that a tile is a mountain."""
+    city_density: float = 0.05
+    """Chance that a tile is a city (40-50 neutral army)."""
+    min_general_distance: Optional[StrictInt] = Field(default=None, ge=1)
+    """Generals at least this many steps apart by land (None: half the larger side)."""
+
+    def settings(self) -> MapSettings:
+        return MapSettings(self.min_size, self.max_size, self.mountain_density, self.city_density,
+                           self.min_general_distance)
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class GeneralsConfig:
+    """The `env.kwargs:` of `env.id: generals`."""
+
+    players: Literal["both", "first"] = "both"
+    """`both`: every game gives two sub-envs, player 0 and player 1, both played by the
+    collector's policy (both sides recorded). `first`: one sub-env per game, player 0, against
+    `opponent`."""
+    opponent: Literal["random", "expert", "pass"] = "random"
+    """Who plays player 1 when `players: first`."""
+    max_steps: StrictInt = Field(default=500, ge=1)
+    """A game still running after this many steps is truncated."""
+    map: MapConfig = Field(default_factory=MapConfig)
+    rewards: RewardWeights = Field(default_factory=RewardWeights)
+
+
+class GeneralsGames:
+    """`num_games` games on boards of `cfg.map.max_size`², with ids, rewards and observations.
+
+    Args:
+        num_games: games stepped together.
+        cfg: rules of the run (map, truncation, reward weights).
+        seed: seeds map generation (None: fresh entropy).
+
+    Game ids are `(salt << 32) | counter` with a 31-bit salt drawn from the seed (from fresh
+    entropy when unseeded), so collectors seeded apart do not share ids.
+    """
+
+    def __init__(self, num_games: int, cfg: GeneralsConfig, seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.size = cfg.map.max_size
+        self.settings = cfg.map.settings()
+        self.engine = GeneralsEngine(num_games, self.size, self.size)
+        self.num_games = num_games
+        self.num_actions = num_actions(self.size, self.size)
+        self.rng = np.random.default_rng(seed)
+        self.game_id = np.zeros(num_games, np.int64)
+        self._id_base = secrets.randbits(31) << 32
+        self._games_started = 0
+        self.layouts: list[MapLayout | None] = [None] * num_games
+
+    def seed(self, seed: int | None) -> None:
+        """Reseed maps and game ids: the same seed replays the same maps under the same ids."""
+        self.rng = np.random.default_rng(seed)
+        self._id_base = int(self.rng.integers(2**31)) << 32
+        self._games_started = 0
+
+    def reset(self, games: np.ndarray, layouts: list[MapLayout | str] | None = None) -> None:
+        """New games (new maps, unless `layouts` are given) in slots `games`."""
+        games = np.asarray(games, np.int64)
+        if layouts is None:
+            layouts = [generate_map(self.rng, self.settings) for _ in games]
+        layouts = [parse_map(layout) if isinstance(layout, str) else layout for layout in layouts]
+        self.engine.load(games, layouts)
+        for game, layout in zip(games.tolist(), layouts):
+            self.layouts[game] = layout
+        self.game_id[games] = self._id_base + self._games_started + np.arange(games.size)
+        self._games_started += games.size
+
+    def observations(self) -> dict[str, np.ndarray]:
+        """Every player's observation, each value [G, 2, ...]."""
+        return player_observations(self.engine)
+
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Step with flat actions [G, 2]; returns rewards [G, 2], terminated [G] and truncated [G].
+
+        Games not `active` (and games already over) do not move and get no reward.
+        """
+        engine = self.engine
+        moves = decode(actions, self.size, self.size)
+        cities_before = self._cities_owned()
+        stepped = engine.step(*moves, active=active)
+        terminated = stepped & engine.done
+        truncated = stepped & ~engine.done & (engine.time >= self.cfg.max_steps)
+        owned = engine.owner[:, None] == np.arange(2, dtype=np.int8)[None, :, None, None]
+        army = (engine.armies[:, None] * owned).sum((2, 3))
+        rewards = step_rewards(self.cfg.rewards, engine.winner, terminated, cities_before, self._cities_owned(),
+                               army)
+        return rewards * stepped[:, None], terminated, truncated
+
+    def _cities_owned(self) -> np.ndarray:
+        owned = self.engine.owner[:, None] == np.arange(2, dtype=np.int8)[None, :, None, None]
+        return (owned & self.engine.city[:, None]).sum((2, 3))
+
+    def stats(self) -> dict[str, Any]:
+        engine = self.engine
+        return {"time": engine.time.copy(), "winner": engine.winner.copy()}

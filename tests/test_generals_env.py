@@ -1,0 +1,185 @@
+"""Generals.io envs: actions, rewards, the three APIs, the players, rows cut from games, rendering."""
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from pettingzoo.test import parallel_api_test
+from PIL import Image
+
+from envs.config import EnvConfig
+from envs.generals.actions import action_mask, decode, encode, num_actions, pass_action
+from envs.generals.env import GeneralsEnv, GeneralsParallelEnv, GeneralsVectorEnv
+from envs.generals.players import ExpertPlayer, RandomLegalPlayer
+from envs.generals.render import render_game, write_gif
+from envs.generals.rewards import RewardWeights, step_rewards
+from envs.registry import make_vector_env, row_columns
+from rollout.batch import BatchSchema, TransitionBatch
+from rollout.cutter import EpisodeIds, TransitionCutter
+from rollout.policies import RandomPolicy
+
+SMALL_MAPS = {"min_size": 6, "max_size": 8, "min_general_distance": 3}
+
+
+def test_flat_actions_round_trip_and_refuse_out_of_range():
+    height, width = 5, 7
+    assert num_actions(height, width) == 5 * 7 * 8 + 1
+    rows, cols, directions, splits = np.meshgrid(range(height), range(width), range(4), range(2), indexing="ij")
+    flat = encode(rows, cols, directions, splits, height, width)
+    assert sorted(flat.ravel().tolist()) == list(range(pass_action(height, width)))
+    moves = decode(flat, height, width)
+    for decoded, original in zip(moves[1:], (rows, cols, directions, splits)):
+        np.testing.assert_array_equal(decoded, original)
+    assert not moves.passes.any()
+    assert decode([pass_action(height, width)], height, width).passes.tolist() == [1]
+    with pytest.raises(ValueError, match="generals action 281: expected 0 <= action <= 280 on a 5x7 board"):
+        decode([3, 281], height, width)
+
+
+def test_action_mask_allows_both_splits_of_a_legal_move_and_pass():
+    legal = np.zeros((2, 3, 4), bool)
+    legal[1, 2, 3] = True
+    mask = action_mask(legal)
+    assert mask.shape == (2 * 3 * 8 + 1,)
+    assert np.flatnonzero(mask).tolist() == [encode(1, 2, 3, 0, 2, 3), encode(1, 2, 3, 1, 2, 3), 48]
+
+
+@pytest.mark.parametrize("winner, just_ended, before, after, army, expected", [
+    # no winner; player 0 took a city; armies 30 vs 10 -> advantage +-0.5
+    (-1, False, [[1, 0]], [[2, 0]], [[30, 10]], [[0.1 + 0.05 * 0.5, -0.05 * 0.5]]),
+    # player 1 wins and takes player 0's two cities with the land
+    (1, True, [[2, 1]], [[0, 3]], [[0, 40]], [[-1.0 - 0.2 - 0.05, 1.0 + 0.2 + 0.05]]),
+    # a game over on an earlier step gives no win reward again
+    (0, False, [[0, 0]], [[0, 0]], [[0, 0]], [[0.0, 0.0]]),
+])
+def test_step_rewards_by_hand(winner, just_ended, before, after, army, expected):
+    rewards = step_rewards(RewardWeights(), np.array([winner]), np.array([just_ended]), np.array(before),
+                           np.array(after), np.array(army))
+    np.testing.assert_allclose(rewards, expected, atol=1e-6)
+
+
+def test_gymnasium_env_passes_the_env_checker():
+    check_env(GeneralsEnv(max_steps=50, map=SMALL_MAPS), skip_render_check=False)
+
+
+def test_pettingzoo_env_passes_the_parallel_api_test():
+    parallel_api_test(GeneralsParallelEnv(max_steps=50, map=SMALL_MAPS), num_cycles=200)
+
+
+def test_vector_env_is_the_registered_generals_env_and_declares_its_row_columns():
+    env = make_vector_env(EnvConfig(id="generals", num_envs=4, kwargs={"map": SMALL_MAPS}))
+    assert isinstance(env, GeneralsVectorEnv)
+    assert set(row_columns(env)) == {"game_id", "player_id"}
+    with pytest.raises(ValueError, match="num_envs=3 with players: both needs an even number"):
+        GeneralsVectorEnv(num_envs=3)
+
+
+def collect_rows(env: GeneralsVectorEnv, player, steps: int, seed: int = 0) -> TransitionBatch:
+    schema = BatchSchema.for_spaces(env.single_observation_space, env.single_action_space, extras=row_columns(env))
+    cutter = TransitionCutter(schema, env.num_envs, 10_000, env.metadata["autoreset_mode"], 0, EpisodeIds(1),
+                              info_columns=tuple(row_columns(env)))
+    obs, _ = env.reset(seed=seed)
+    cutter.reset(obs)
+    batches = []
+    for _ in range(steps):
+        actions = player.act(obs)
+        obs, reward, terminated, truncated, info = env.step(actions)
+        batch = cutter.add_step(obs, actions, reward, terminated, truncated, info)
+        if batch is not None:
+            batches.append(batch)
+    batches.append(cutter.flush())
+    rows = TransitionBatch.concat(batches)
+    schema.validate(rows, "test")
+    return rows
+
+
+def test_rows_of_both_players_share_the_game_id_and_every_action_is_legal():
+    env = GeneralsVectorEnv(num_envs=6, players="both", max_steps=40, map=SMALL_MAPS)
+    rows = collect_rows(env, ExpertPlayer(seed=0), steps=130)
+    assert rows.num_rows > 0
+    mask = rows["obs.action_mask"]
+    assert mask[np.arange(rows.num_rows), rows["action"]].all(), "an action outside its own action_mask"
+    finished_games = 0
+    for game_id in np.unique(rows["game_id"]):
+        game_rows = rows["game_id"] == game_id
+        episodes = {int(player): np.unique(rows["episode_id"][game_rows & (rows["player_id"] == player)])
+                    for player in (0, 1)}
+        assert all(len(ids) == 1 for ids in episodes.values()), "one episode per player per game"
+        assert episodes[0][0] != episodes[1][0]
+        lengths = [np.count_nonzero(game_rows & (rows["player_id"] == player)) for player in (0, 1)]
+        assert lengths[0] == lengths[1], "both players have a row for every step of the game"
+        ends = rows["terminated"][game_rows] | rows["truncated"][game_rows]
+        finished_games += bool(ends.any())
+    assert finished_games >= 6, "games ended and new ones (new ids) started"
+
+
+def test_next_obs_is_the_next_rows_obs_within_an_episode():
+    env = GeneralsVectorEnv(num_envs=4, players="both", max_steps=30, map=SMALL_MAPS)
+    rows = collect_rows(env, RandomLegalPlayer(seed=1), steps=70)
+    order = np.lexsort((rows["step"], rows["episode_id"]))
+    ordered = rows.take(order)
+    same_episode = ordered["episode_id"][1:] == ordered["episode_id"][:-1]
+    for key in ("obs.board", "obs.action_mask", "obs.armies"):
+        np.testing.assert_array_equal(ordered["next_" + key][:-1][same_episode], ordered[key][1:][same_episode])
+    truncated = ordered["truncated"]
+    assert truncated.any() and (ordered["step"][truncated] == 29).all(), "truncated after max_steps=30"
+
+
+def test_first_player_env_plays_against_the_opponent_and_resets_finished_games_next_step():
+    env = GeneralsVectorEnv(num_envs=3, players="first", opponent="random", max_steps=5, map=SMALL_MAPS)
+    obs, info = env.reset(seed=3)
+    assert obs["board"].shape == (3, 9, 8, 8) and info["player_id"].tolist() == [0, 0, 0]
+    first_ids = info["game_id"].copy()
+    for _ in range(5):
+        obs, reward, terminated, truncated, info = env.step(np.full(3, pass_action(8, 8)))
+    assert truncated.all() and not terminated.any()
+    obs, reward, terminated, truncated, info = env.step(np.zeros(3, np.int64))  # the reset step
+    assert (reward == 0).all() and not (terminated | truncated).any()
+    assert len(set(info["game_id"]) & set(first_ids)) == 0
+    assert (env.games.engine.time == 0).all()
+
+
+def test_expert_beats_the_random_player_in_95_percent_of_games():
+    num_games = 100
+    env = GeneralsVectorEnv(num_envs=num_games, players="first", opponent="random", max_steps=500)
+    expert = ExpertPlayer(seed=0)
+    obs, _ = env.reset(seed=0)
+    outcome = np.full(num_games, -2)
+    for _ in range(500):
+        obs, _, terminated, truncated, _ = env.step(expert.act(obs))
+        ended = (terminated | truncated) & (outcome == -2)
+        outcome[ended] = env.games.engine.winner[ended]
+        if (outcome != -2).all():
+            break
+    assert (outcome != -2).all()
+    assert (outcome == 0).mean() >= 0.95, f"expert won {(outcome == 0).mean():.0%}"
+
+
+def test_random_policy_keeps_to_the_action_mask():
+    env = GeneralsVectorEnv(num_envs=4, map=SMALL_MAPS)
+    obs, _ = env.reset(seed=0)
+    policy = RandomPolicy(env.single_observation_space, env.single_action_space, seed=0)
+    for _ in range(20):
+        actions = policy.compute_actions(obs).actions
+        assert obs["action_mask"][np.arange(4), actions].all()
+        obs, *_ = env.step(actions)
+
+
+def test_render_frames_and_a_gif(tmp_path):
+    env = GeneralsEnv(render_mode="rgb_array", map=SMALL_MAPS)
+    env.reset(seed=0)
+    frames = [env.render()]
+    player = ExpertPlayer(seed=0)
+    for _ in range(10):
+        obs = {key: value[None] for key, value in env._observe().items()}
+        env.step(int(player.act(obs)[0]))
+        frames.append(env.render())
+    assert frames[0].shape == (8 * 24, 8 * 24, 3) and frames[0].dtype == np.uint8
+    assert not np.array_equal(frames[0], frames[-1])
+    path = write_gif(frames, tmp_path / "game.gif")
+    with Image.open(path) as gif:  # Pillow merges identical frames, adding up their durations
+        durations = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+    assert 2 <= len(durations) <= 11 and sum(durations) == 11 * 170
+    assert render_game(env.games.engine, 0).shape == frames[0].shape
