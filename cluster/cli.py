@@ -6,6 +6,8 @@
     harvest train RUN_DIR                         dataset/ → learner/ (checkpoints, history)
     harvest eval RUN_DIR                          learner/ → eval.json (trained vs expert vs random)
     harvest config [CONFIG]                       print the resolved config
+    harvest generals-gif --record FILE | --player expert|random|CKPT --out GIF
+                                                  a Generals.io game (recorded or live) as a GIF
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("run_dir", help="a run folder, e.g. artifacts/<run-id>")
         add_overrides(p)
+    from cluster.watch import add_arguments
+
+    add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
     return parser
 
 
@@ -66,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     setup_logging("INFO")
+    if args.command == "generals-gif":
+        from cluster.watch import write_game_gif
+
+        write_game_gif(args)
+        return 0
     try:
         cfg = _config_for(args)
     except ConfigError as err:

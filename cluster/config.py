@@ -70,6 +70,11 @@ class EvalConfig:
     """Policies evaluated beside the trained one."""
     checkpoint: Literal["best", "final"] = "best"
     """Which learner checkpoint to evaluate."""
+    scenarios: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Named variations of `env.kwargs` (merged over them) that every policy is evaluated in,
+    e.g. `vs_random: {players: first, opponent: random}`; empty: the env as configured."""
+    win_return: Optional[float] = None
+    """An episode whose return is at least this counts as a win; the summary then shows win rates."""
 
 
 @dataclass(frozen=True, config=_STRICT)

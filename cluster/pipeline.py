@@ -6,6 +6,7 @@ Every stage reads and writes the run folder `artifacts/<run-id>/`, so each also 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
@@ -179,22 +180,46 @@ def train(cfg: RunConfig, paths: RunPaths) -> TrainResult:
 
 
 def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResult]:
-    """Play the trained policy and the baselines for `eval.episodes` episodes each."""
+    """Play the trained policy and the baselines for `eval.episodes` episodes each (in every
+    `eval.scenarios` entry, if there are any)."""
     checkpoint = paths.learner / f"{cfg.eval.checkpoint}.safetensors"
     policies = {"trained": ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=str(checkpoint.resolve())),
                                                    cfg.env.id, seed=cfg.run.seed)}
     for baseline in cfg.eval.baselines:
         policies[baseline] = ConfiguredPolicyFactory(PolicyConfig(kind=baseline), cfg.env.id, seed=cfg.run.seed)
-    with console.status(f"[bold]eval[/] {cfg.eval.episodes} episodes x {len(policies)} policies"):
-        results = evaluate_policies(policies, cfg.env, cfg.rollout, cfg.eval.episodes, cfg.eval.num_workers,
-                                    run_id, seed=cfg.run.seed + 10_000)
-    paths.eval.write_text(json.dumps({name: {"mean_return": r.mean_return, "std_return": r.std_return,
-                                             "mean_length": r.mean_length, "returns": r.returns}
-                                      for name, r in results.items()}, indent=2))
+    scenarios = {name: dataclasses.replace(cfg.env, kwargs=_merged(cfg.env.kwargs, overrides))
+                 for name, overrides in cfg.eval.scenarios.items()} or {"": cfg.env}
+    results: dict[str, EvalResult] = {}
+    for scenario, env_cfg in scenarios.items():
+        where = f" {scenario}" if scenario else ""
+        with console.status(f"[bold]eval{where}[/] {cfg.eval.episodes} episodes x {len(policies)} policies"):
+            scenario_results = evaluate_policies(policies, env_cfg, cfg.rollout, cfg.eval.episodes,
+                                                 cfg.eval.num_workers, run_id, seed=cfg.run.seed + 10_000)
+        results.update({f"{name}{' @ ' + scenario if scenario else ''}": result
+                        for name, result in scenario_results.items()})
+    report = {name: {"mean_return": r.mean_return, "std_return": r.std_return, "mean_length": r.mean_length,
+                     "returns": r.returns, **_win_rate(r, cfg.eval.win_return)} for name, r in results.items()}
+    paths.eval.write_text(json.dumps(report, indent=2))
     for name, result in results.items():
-        logger.info("eval {}: return {:.1f} ± {:.1f} over {} episodes", name, result.mean_return,
-                    result.std_return, len(result.returns))
+        wins = _win_rate(result, cfg.eval.win_return)
+        logger.info("eval {}: return {:.2f} ± {:.2f} over {} episodes{}", name, result.mean_return,
+                    result.std_return, len(result.returns), f", win rate {wins['win_rate']:.0%}" if wins else "")
     return results
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in, nested dicts key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def _win_rate(result: EvalResult, win_return: float | None) -> dict[str, float]:
+    if win_return is None or not result.returns:
+        return {}
+    return {"win_rate": float(np.mean(np.asarray(result.returns) >= win_return))}
 
 
 def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
@@ -214,7 +239,7 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     summary.train = _train_summary(train(cfg, paths))
     summary.stage_seconds["train"] = time.perf_counter() - timer
     timer = time.perf_counter()
-    summary.eval = _eval_summary(evaluate(cfg, paths, run_id))
+    summary.eval = _eval_summary(evaluate(cfg, paths, run_id), cfg.eval.win_return)
     summary.stage_seconds["eval"] = time.perf_counter() - timer
     summary.write(paths.summary)
     return summary
@@ -254,8 +279,9 @@ def _train_summary(result: TrainResult) -> dict[str, Any]:
             "train_rows": result.train_rows, "samples_per_s": best.samples_per_s}
 
 
-def _eval_summary(results: dict[str, EvalResult]) -> dict[str, dict[str, float]]:
-    return {name: {"mean_return": r.mean_return, "std_return": r.std_return, "episodes": len(r.returns)}
+def _eval_summary(results: dict[str, EvalResult], win_return: float | None = None) -> dict[str, dict[str, float]]:
+    return {name: {"mean_return": r.mean_return, "std_return": r.std_return, "episodes": len(r.returns),
+                   **_win_rate(r, win_return)}
             for name, r in results.items()}
 
 
@@ -277,8 +303,9 @@ def print_summary(summary: RunSummary) -> None:
                                 f"{t['best_validation_loss']:.4f}{accuracy} on {t['device']}"))
     if summary.eval:
         for name, result in summary.eval.items():
-            rows.append((f"eval {name}", f"{result['mean_return']:.1f} ± {result['std_return']:.1f} "
-                                         f"({result['episodes']} episodes)"))
+            wins = f", win rate {result['win_rate']:.0%}" if "win_rate" in result else ""
+            rows.append((f"eval {name}", f"{result['mean_return']:.2f} ± {result['std_return']:.2f} "
+                                         f"({result['episodes']} episodes{wins})"))
         if "expert" in summary.eval and "trained" in summary.eval and summary.eval["expert"]["mean_return"]:
             ratio = summary.eval["trained"]["mean_return"] / summary.eval["expert"]["mean_return"]
             rows.append(("trained / expert", f"{ratio:.1%}"))

@@ -23,7 +23,7 @@ from aggregation.dataset import Dataset
 from cluster import metrics
 from learners.checkpoint import save_checkpoint
 from learners.config import LearnerConfig
-from learners.models import PolicyModel, build_policy_model
+from learners.models import ConvPolicyModel, PolicyModel, build_policy_model, resolve_model_spec
 from learners.plots import plot_training_curve
 
 HISTORY_NAME = "training_history.json"
@@ -111,7 +111,9 @@ class BCLearner:
         if num_rows < 2:
             raise ValueError(f"{self.dataset.folder}: {num_rows} rows; BC needs at least 2")
         validation_mask = split_by_episode(columns["episode_id"], cfg.validation_fraction, cfg.seed)
-        model = build_policy_model(schema.observation_space, schema.action_space, cfg.hidden_sizes).to(self.device)
+        self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, schema.action_space,
+                                             cfg.hidden_sizes, cfg.conv_channels)
+        model = build_policy_model(schema.observation_space, schema.action_space, self.model_spec).to(self.device)
         tensors = {name: torch.from_numpy(np.array(columns[name])).to(self.device) for name in [*obs_names, *action_names]}
         train_index = torch.as_tensor(np.flatnonzero(~validation_mask), device=self.device)
         validation_index = torch.as_tensor(np.flatnonzero(validation_mask), device=self.device)
@@ -167,8 +169,10 @@ class BCLearner:
                            str(self.device), history)
 
     @staticmethod
-    def _fit_normalizer(model: PolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
+    def _fit_normalizer(model: PolicyModel | ConvPolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
                         train_index: torch.Tensor) -> None:
+        if not isinstance(model, PolicyModel):
+            return  # the CNN reads boards already scaled to [0, 1]
         with torch.no_grad():
             sample = train_index[:100_000]
             features = model.encoder.features({name: tensors[name][sample] for name in obs_names})
@@ -177,7 +181,7 @@ class BCLearner:
                                     else torch.ones_like(model.encoder.std))
 
     @torch.no_grad()
-    def _validate(self, model: PolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
+    def _validate(self, model: PolicyModel | ConvPolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
                   action: torch.Tensor, index: torch.Tensor) -> tuple[float, float | None]:
         model.eval()
         total_loss, correct, count = 0.0, 0, 0
@@ -192,14 +196,14 @@ class BCLearner:
         accuracy = None if isinstance(model.action_space, gym.spaces.Box) else correct / max(count, 1)
         return total_loss / max(count, 1), accuracy
 
-    def _save(self, model: PolicyModel, name: str, epoch: int, record: EpochRecord) -> None:
-        save_checkpoint(self.out_dir / name, model, list(self.cfg.hidden_sizes), version=epoch,
+    def _save(self, model: PolicyModel | ConvPolicyModel, name: str, epoch: int, record: EpochRecord) -> None:
+        save_checkpoint(self.out_dir / name, model, self.model_spec, version=epoch,
                         info={"algorithm": "bc", "epoch": epoch, "dataset": str(self.dataset.folder),
                               "validation_loss": record.validation_loss,
                               "validation_accuracy": record.validation_accuracy})
 
 
-def bc_loss(model: PolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
+def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for discrete actions (summed over MultiDiscrete parts), MSE for Box actions."""
     out = model(obs)
     space = model.action_space

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from envs.spaces import space_from_json, space_to_json
-from learners.models import PolicyModel, build_policy_model
+from learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model
 
 
 class CheckpointError(ValueError):
@@ -26,17 +26,19 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    model: PolicyModel
+    model: PolicyModel | ConvPolicyModel
     version: int
     info: dict[str, Any]
 
 
-def save_checkpoint(path: Path, model: PolicyModel, hidden_sizes: list[int], version: int,
+def save_checkpoint(path: Path, model: PolicyModel | ConvPolicyModel, spec: ModelSpec | list[int], version: int,
                     info: dict[str, Any]) -> Path:
-    """Write `model`'s weights and what rebuilds it to `path` (a .safetensors file)."""
+    """Write `model`'s weights and what rebuilds it (spaces, `spec`) to `path` (a .safetensors file)."""
+    if not isinstance(spec, ModelSpec):
+        spec = ModelSpec("mlp", list(spec))
     header = {"observation_space": space_to_json(model.observation_space),
               "action_space": space_to_json(model.action_space),
-              "hidden_sizes": list(hidden_sizes), "version": version, "info": info}
+              "model": spec.to_json(), "hidden_sizes": spec.hidden_sizes, "version": version, "info": info}
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -61,7 +63,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     header = json.loads(metadata["harvest"])
     observation_space: gym.Space = space_from_json(header["observation_space"])
     action_space: gym.Space = space_from_json(header["action_space"])
-    model = build_policy_model(observation_space, action_space, header["hidden_sizes"])
+    spec = ModelSpec.from_json(header["model"]) if "model" in header else ModelSpec("mlp", header["hidden_sizes"])
+    model = build_policy_model(observation_space, action_space, spec)
     model.load_state_dict(tensors)
     model.to(device).eval()
     return Checkpoint(model, int(header["version"]), header.get("info", {}))

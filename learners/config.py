@@ -20,8 +20,13 @@ class LearnerConfig:
     """Adam learning rate."""
     weight_decay: float = Field(default=0.0, ge=0)
     """Adam weight decay (L2)."""
+    model: Literal["auto", "mlp", "cnn"] = "auto"
+    """Network: `mlp` over the flattened observation; `cnn` over a [C, H, W] board whose tiles
+    the Discrete actions are laid out over (Generals.io); `auto` picks `cnn` where it fits."""
     hidden_sizes: list[StrictInt] = Field(default_factory=lambda: [256, 256])
     """Widths of the MLP's hidden layers."""
+    conv_channels: list[StrictInt] = Field(default_factory=lambda: [32, 64, 64])
+    """Output channels of the CNN's 3x3 convolutions."""
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     """Share of episodes held out for validation (split by episode, never by row)."""
     max_rows: Optional[StrictInt] = Field(default=None, ge=1)

@@ -1,12 +1,15 @@
-"""Models built from spaces: an observation encoder, an MLP trunk and an action head.
+"""Models built from spaces: an MLP over flattened observations, or a CNN over a board.
 
-One place (`build_policy_model`) turns an observation space and an action space into a
-network; the checkpoint stores the spaces and the config needed to rebuild it.
+One place (`build_policy_model`) turns an observation space, an action space and a
+`ModelSpec` into a network; the checkpoint stores all three to rebuild it. Where the
+observation is a dict with an `action_mask` over a Discrete action space, both models mask
+illegal actions out of their logits.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +17,58 @@ import torch
 from torch import nn
 
 from envs.spaces import columns_for_space, leaf_spaces
+
+MASK_COLUMN = "obs.action_mask"
+MASKED_LOGIT = -1e9
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network to build: `mlp` (hidden_sizes) or `cnn` (conv_channels)."""
+
+    kind: Literal["mlp", "cnn"] = "mlp"
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(data["kind"], list(data["hidden_sizes"]), list(data["conv_channels"]))
+
+
+def mask_column(observation_space: gym.Space, action_space: gym.Space) -> str | None:
+    """`obs.action_mask` when the observation carries a mask over the Discrete action space."""
+    leaf = leaf_spaces(observation_space, "obs").get(MASK_COLUMN)
+    if (isinstance(action_space, gym.spaces.Discrete) and isinstance(leaf, gym.spaces.MultiBinary)
+            and np.atleast_1d(leaf.n).tolist() == [int(action_space.n)]):
+        return MASK_COLUMN
+    return None
+
+
+def board_column(observation_space: gym.Space, action_space: gym.Space) -> str | None:
+    """The one [C, H, W] Box leaf of the observation, if the Discrete actions are laid out over
+    its tiles: index `(row * W + col) * k + j` for k actions per tile, plus one last action."""
+    boards = [name for name, leaf in leaf_spaces(observation_space, "obs").items()
+              if isinstance(leaf, gym.spaces.Box) and len(leaf.shape) == 3]
+    if len(boards) != 1 or not isinstance(action_space, gym.spaces.Discrete):
+        return None
+    _, height, width = leaf_spaces(observation_space, "obs")[boards[0]].shape
+    spatial = int(action_space.n) > 1 and (int(action_space.n) - 1) % (height * width) == 0
+    return boards[0] if spatial else None
+
+
+def _masked(logits: torch.Tensor, obs: dict[str, torch.Tensor], mask_name: str | None) -> torch.Tensor:
+    if mask_name is None:
+        return logits
+    return logits.masked_fill(obs[mask_name] == 0, MASKED_LOGIT)
+
+
+def _choose(logits: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> torch.Tensor:
+    if deterministic:
+        return logits.argmax(-1)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
 class ObsEncoder(nn.Module):
@@ -68,6 +123,7 @@ class PolicyModel(nn.Module):
         super().__init__()
         self.observation_space = observation_space
         self.action_space = action_space
+        self.mask_name = mask_column(observation_space, action_space)
         self.encoder = ObsEncoder(observation_space)
         layers: list[nn.Module] = []
         width = self.encoder.output_size
@@ -94,6 +150,7 @@ class PolicyModel(nn.Module):
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits (discrete) or actions (continuous), [batch, head size]."""
         out = self.head(self.trunk(self.encoder(obs)))
+        out = _masked(out, obs, self.mask_name)
         if isinstance(self.action_space, gym.spaces.Box):
             squashed = self.action_low + (torch.tanh(out) + 1) * 0.5 * (self.action_high - self.action_low)
             out = torch.where(self.action_bounded, squashed, out)
@@ -105,19 +162,74 @@ class PolicyModel(nn.Module):
         out = self.forward(obs)
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
-            index = out.argmax(-1) if deterministic else torch.multinomial(out.softmax(-1), 1, generator=generator)[:, 0]
-            return index + int(space.start)
+            return _choose(out, deterministic, generator) + int(space.start)
         if isinstance(space, gym.spaces.MultiDiscrete):
-            chosen = []
-            for logits in out.split(space.nvec.reshape(-1).tolist(), dim=-1):
-                chosen.append(logits.argmax(-1) if deterministic
-                              else torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0])
+            chosen = [_choose(logits, deterministic, generator)
+                      for logits in out.split(space.nvec.reshape(-1).tolist(), dim=-1)]
             return (torch.stack(chosen, dim=-1) + torch.as_tensor(space.start.reshape(-1), device=out.device)).reshape(
                 out.shape[0], *space.nvec.shape)
         return out.reshape(out.shape[0], *space.shape)
 
 
+class ConvPolicyModel(nn.Module):
+    """A fully convolutional policy over a [C, H, W] board with per-tile action logits.
+
+    Convolutions (3×3, same padding) give each tile features; their mean over the board,
+    through a linear layer, is added back to every tile so that distant parts of the board
+    count. A 1×1 convolution gives each tile its k action logits, the pooled features the
+    last action's logit (e.g. pass). Illegal actions are masked out when the observation has
+    an `action_mask`.
+    """
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, conv_channels: Sequence[int]) -> None:
+        super().__init__()
+        board_name = board_column(observation_space, action_space)
+        if board_name is None:
+            raise TypeError(f"model: cnn needs one [C, H, W] Box in the observation and Discrete actions laid out "
+                            f"over its tiles (n = H * W * k + 1); got {observation_space} and {action_space}")
+        if not conv_channels:
+            raise ValueError("model: cnn needs at least one entry in conv_channels")
+        self.observation_space, self.action_space = observation_space, action_space
+        self.board_name = board_name
+        self.mask_name = mask_column(observation_space, action_space)
+        channels, height, width = leaf_spaces(observation_space, "obs")[board_name].shape
+        self.actions_per_tile = (int(action_space.n) - 1) // (height * width)
+        layers: list[nn.Module] = []
+        for out_channels in conv_channels:
+            layers += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.ReLU()]
+            channels = out_channels
+        self.trunk = nn.Sequential(*layers)
+        self.board_context = nn.Linear(channels, channels)
+        self.tile_head = nn.Conv2d(channels, self.actions_per_tile, 1)
+        self.last_head = nn.Linear(channels, 1)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits [batch, n]: tiles in row-major order, k per tile, then the last action."""
+        features = self.trunk(obs[self.board_name].float())
+        context = torch.relu(self.board_context(features.mean(dim=(2, 3))))
+        features = torch.relu(features + context[:, :, None, None])
+        tiles = self.tile_head(features).permute(0, 2, 3, 1).reshape(features.shape[0], -1)
+        logits = torch.cat([tiles, self.last_head(context)], dim=1)
+        return _masked(logits, obs, self.mask_name)
+
+    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        return _choose(self.forward(obs), deterministic, generator) + int(self.action_space.start)
+
+
+def resolve_model_spec(kind: Literal["auto", "mlp", "cnn"], observation_space: gym.Space, action_space: gym.Space,
+                       hidden_sizes: Sequence[int], conv_channels: Sequence[int]) -> ModelSpec:
+    """`auto` picks the CNN where the observation has a board that the actions are laid out over."""
+    if kind == "auto":
+        kind = "cnn" if board_column(observation_space, action_space) is not None else "mlp"
+    return ModelSpec(kind, list(hidden_sizes), list(conv_channels))
+
+
 def build_policy_model(observation_space: gym.Space, action_space: gym.Space,
-                       hidden_sizes: Sequence[int]) -> PolicyModel:
-    """The one place a policy network is built from spaces."""
-    return PolicyModel(observation_space, action_space, hidden_sizes)
+                       spec: ModelSpec | Sequence[int]) -> PolicyModel | ConvPolicyModel:
+    """The one place a policy network is built from spaces (a list of ints means an MLP of those widths)."""
+    if not isinstance(spec, ModelSpec):
+        spec = ModelSpec("mlp", list(spec))
+    if spec.kind == "cnn":
+        return ConvPolicyModel(observation_space, action_space, spec.conv_channels)
+    return PolicyModel(observation_space, action_space, spec.hidden_sizes)

@@ -9,14 +9,14 @@ import torch
 
 from envs.spaces import ColumnSpec, flatten_value
 from learners.checkpoint import load_checkpoint
-from learners.models import PolicyModel
+from learners.models import ConvPolicyModel, PolicyModel
 from rollout.policies import PolicyOutput
 
 
 class TorchPolicy:
-    """Plays a `PolicyModel` on the CPU; `version` is written on every row it produces."""
+    """Plays a `PolicyModel` or `ConvPolicyModel` on the CPU; `version` is written on every row it produces."""
 
-    def __init__(self, model: PolicyModel, version: int = 0, deterministic: bool = True,
+    def __init__(self, model: PolicyModel | ConvPolicyModel, version: int = 0, deterministic: bool = True,
                  seed: int | None = None) -> None:
         self.model = model.to("cpu").eval()
         self.version = version

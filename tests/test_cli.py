@@ -103,3 +103,32 @@ def test_a_users_own_dict_env_runs_through_the_whole_pipeline(ray_cluster, tmp_p
         assert npz["observations.grid"].shape[1:] == (3, 4, 4) and npz["actions"].shape[1:] == (2,)
     evaluation = json.loads((tmp_path / "dict" / "eval.json").read_text())
     assert len(evaluation["trained"]["returns"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_generals_run_records_both_players_with_legal_actions(ray_cluster, tmp_path):
+    # examples/generals_bc.yaml, shrunk: the real collectors, replay, Parquet, CNN and eval scenarios.
+    tiny = ["env.num_envs=4", "env.kwargs.map={min_size: 6, max_size: 7, min_general_distance: 3}",
+            "env.kwargs.max_steps=60", "rollout.steps=3000", "rollout.batch_rows=512", "rollout.num_cpus=0.25",
+            "replay.num_cpus=0.1", "aggregation.num_cpus=0.1", "learner.epochs=1", "learner.conv_channels=[8]",
+            "learner.num_cpus=0.5", "eval.episodes=4", "eval.baselines=[random]",
+            "eval.scenarios={vs_random: {players: first, opponent: random, max_steps: 60}}"]
+    argv = ["run", "examples/generals_bc.yaml", "--run-id", "generals", "--set", f"run.output_dir={tmp_path}",
+            *sum((["--set", item] for item in tiny), [])]
+    assert main(argv) == 0
+    run_dir = tmp_path / "generals"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["eval"]) == {"trained @ vs_random", "random @ vs_random"}
+    assert "win_rate" in summary["eval"]["trained @ vs_random"]
+    table = pads.dataset(Dataset.open(run_dir / "dataset").files).to_table(
+        columns=["obs.action_mask", "action", "game_id", "player_id", "episode_id"])
+    assert table.num_rows >= 3000
+    mask = np.stack(table["obs.action_mask"].to_numpy(zero_copy_only=False))
+    action = table["action"].to_numpy()
+    assert mask[np.arange(len(action)), action].all(), "every action is legal under its own action_mask"
+    games, players, episodes = (table[name].to_numpy() for name in ("game_id", "player_id", "episode_id"))
+    for game_id in np.unique(games)[:20]:
+        rows = games == game_id
+        assert set(players[rows].tolist()) == {0, 1}, "both players' rows of every game"
+        assert len(np.unique(episodes[rows])) == 2

@@ -183,3 +183,36 @@ def test_render_frames_and_a_gif(tmp_path):
             durations.append(gif.info["duration"])
     assert 2 <= len(durations) <= 11 and sum(durations) == 11 * 170
     assert render_game(env.games.engine, 0).shape == frames[0].shape
+
+
+def test_game_records_replay_to_the_same_end_and_make_gifs(tmp_path):
+    from cluster.cli import main
+    from envs.generals.replays import GameRecord, RecordError, replay_frames
+
+    env = GeneralsVectorEnv(num_envs=4, players="first", opponent="random", max_steps=100, map=SMALL_MAPS,
+                            record_dir=str(tmp_path / "records"))
+    expert = ExpertPlayer()
+    obs, _ = env.reset(seed=2)
+    for _ in range(250):
+        obs, *_ = env.step(expert.act(obs))
+    paths = sorted((tmp_path / "records").glob("game-*.json"))
+    assert len(paths) >= 4
+    records = [GameRecord.load(path) for path in paths]
+    assert any(record.winner >= 0 for record in records) and all(len(r.actions) <= 100 for r in records)
+    for record in records:
+        frames = list(replay_frames(record))  # raises if the replay ends with another winner
+        assert len(frames) == len(record.actions) + 1
+    tampered = GameRecord(records[0].game_id, records[0].size, records[0].map, records[0].actions,
+                          winner=1 - records[0].winner if records[0].winner >= 0 else 0)
+    with pytest.raises(RecordError, match="the replay ends with winner"):
+        list(replay_frames(tampered))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(RecordError, match="bad.json: not a Generals game record"):
+        GameRecord.load(tmp_path / "bad.json")
+
+    assert main(["generals-gif", "--record", str(paths[0]), "--out", str(tmp_path / "replay.gif")]) == 0
+    assert main(["generals-gif", "--player", "expert", "--size", "6", "--max-steps", "40",
+                 "--out", str(tmp_path / "live.gif")]) == 0
+    for name in ("replay.gif", "live.gif"):
+        with Image.open(tmp_path / name) as gif:
+            assert gif.n_frames >= 2

@@ -13,8 +13,9 @@ from aggregation.config import AggregationConfig
 from learners.bc import BCLearner, bc_loss, split_by_episode
 from learners.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from learners.config import LearnerConfig
-from learners.models import build_policy_model
+from learners.models import ModelSpec, build_policy_model, resolve_model_spec
 from learners.policy import load_torch_policy
+from envs.spaces import flatten_value
 from rollout.batch import BatchSchema, TransitionBatch
 from tests.test_batch import random_batch
 
@@ -151,3 +152,71 @@ def test_learner_actor_trains_on_the_gpu_ray_gives_it(ray_cluster, tmp_path):
     finally:
         ray.kill(learner, no_restart=True)
     assert result.device.startswith("cuda")
+
+
+def generals_spaces(size: int = 6):
+    from envs.generals.env import GeneralsVectorEnv
+
+    env = GeneralsVectorEnv(num_envs=2, map={"min_size": size, "max_size": size, "min_general_distance": 2})
+    return env, env.single_observation_space, env.single_action_space
+
+
+def test_auto_model_is_a_cnn_over_the_board_with_masked_per_tile_logits():
+    env, observation_space, action_space = generals_spaces()
+    spec = resolve_model_spec("auto", observation_space, action_space, [8], [4, 4])
+    assert spec.kind == "cnn"
+    assert resolve_model_spec("auto", gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), [8], [4]).kind == "mlp"
+    model = build_policy_model(observation_space, action_space, spec)
+    assert model.actions_per_tile == 8
+    obs, _ = env.reset(seed=0)
+    tensors = {name: torch.as_tensor(value) for name, value in flatten_value(obs, "obs").items()}
+    logits = model(tensors)
+    assert logits.shape == (2, 6 * 6 * 8 + 1)
+    legal = tensors["obs.action_mask"] == 1
+    assert (logits[~legal] == -1e9).all() and (logits[legal] > -1e8).all()
+    actions = model.act(tensors, deterministic=False, generator=torch.Generator().manual_seed(0))
+    assert legal[torch.arange(2), actions].all()
+    # The tile logits follow the board: shifting the board shifts them (away from the edges).
+    board = torch.zeros(1, 9, 6, 6)
+    board[0, 2, 2, 2] = 1.0
+    shifted = torch.roll(board, shifts=1, dims=3)
+    unmasked = {"obs.board": board, "obs.action_mask": torch.ones(1, 6 * 6 * 8 + 1)}
+    tiles = model(unmasked)[0, :-1].reshape(6, 6, 8)
+    tiles_shifted = model({**unmasked, "obs.board": shifted})[0, :-1].reshape(6, 6, 8)
+    torch.testing.assert_close(tiles_shifted[2, 3], tiles[2, 2])
+
+
+def test_cnn_checkpoint_round_trip(tmp_path):
+    _, observation_space, action_space = generals_spaces()
+    spec = ModelSpec("cnn", [8], [4, 4])
+    model = build_policy_model(observation_space, action_space, spec)
+    path = save_checkpoint(tmp_path / "cnn.safetensors", model, spec, version=3, info={})
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded.model, type(model)) and loaded.version == 3
+    obs = {"obs.board": torch.rand(2, 9, 6, 6), "obs.action_mask": torch.ones(2, 6 * 6 * 8 + 1)}
+    torch.testing.assert_close(loaded.model(obs), model.eval()(obs))
+
+
+def test_cnn_refuses_spaces_it_cannot_lay_out():
+    with pytest.raises(TypeError, match="model: cnn needs one"):
+        build_policy_model(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), ModelSpec("cnn"))
+
+
+def test_bc_with_a_cnn_learns_the_generals_expert(tmp_path):
+    from envs.generals.players import ExpertPlayer
+    from envs.registry import row_columns
+    from tests.test_generals_env import collect_rows
+
+    env, observation_space, action_space = generals_spaces(size=6)
+    rows = collect_rows(env, ExpertPlayer(), steps=1200)
+    schema = BatchSchema.for_spaces(observation_space, action_space, extras=row_columns(env))
+    dataset = write_dataset(tmp_path, schema, rows)
+    cfg = LearnerConfig(model="auto", conv_channels=[16, 16], epochs=4, batch_size=128, lr=3e-3)
+    result = BCLearner(cfg, str(dataset), str(tmp_path / "learner")).train()
+    accuracy = result.history[result.best_epoch - 1].validation_accuracy
+    assert accuracy > 0.3, f"validation accuracy {accuracy:.2f}; legal moves number in the tens"
+    assert json.loads(Path(result.history_path).read_text())["epochs"][0]["epoch"] == 1
+    policy = load_torch_policy(result.best_checkpoint)
+    obs, _ = env.reset(seed=1)
+    actions = policy.compute_actions(obs).actions
+    assert obs["action_mask"][np.arange(2), actions].all()

@@ -14,6 +14,7 @@ from envs.generals.actions import decode, num_actions
 from envs.generals.engine import GeneralsEngine
 from envs.generals.maps import MapLayout, MapSettings, generate_map, parse_map
 from envs.generals.observations import player_observations
+from envs.generals.replays import GameRecord
 from envs.generals.rewards import RewardWeights, step_rewards
 
 
@@ -51,6 +52,9 @@ class GeneralsConfig:
     """A game still running after this many steps is truncated."""
     map: MapConfig = Field(default_factory=MapConfig)
     rewards: RewardWeights = Field(default_factory=RewardWeights)
+    record_dir: Optional[str] = None
+    """Write every finished game's record (map and actions, `game-<id>.json`) here, for
+    `harvest generals-gif`; None: no records."""
 
 
 class GeneralsGames:
@@ -77,6 +81,7 @@ class GeneralsGames:
         self._id_base = secrets.randbits(31) << 32
         self._games_started = 0
         self.layouts: list[MapLayout | None] = [None] * num_games
+        self._action_log = np.zeros((num_games, cfg.max_steps, 2), np.int32) if cfg.record_dir else None
 
     def seed(self, seed: int | None) -> None:
         """Reseed maps and game ids: the same seed replays the same maps under the same ids."""
@@ -109,14 +114,26 @@ class GeneralsGames:
         engine = self.engine
         moves = decode(actions, self.size, self.size)
         cities_before = self._cities_owned()
+        if self._action_log is not None:
+            steppable = ~engine.done if active is None else ~engine.done & active
+            logged = np.flatnonzero(steppable & (engine.time < self.cfg.max_steps))
+            self._action_log[logged, engine.time[logged]] = actions[logged]
         stepped = engine.step(*moves, active=active)
         terminated = stepped & engine.done
         truncated = stepped & ~engine.done & (engine.time >= self.cfg.max_steps)
+        if self._action_log is not None and (terminated | truncated).any():
+            self._write_records(np.flatnonzero(terminated | truncated))
         owned = engine.owner[:, None] == np.arange(2, dtype=np.int8)[None, :, None, None]
         army = (engine.armies[:, None] * owned).sum((2, 3))
         rewards = step_rewards(self.cfg.rewards, engine.winner, terminated, cities_before, self._cities_owned(),
                                army)
         return rewards * stepped[:, None], terminated, truncated
+
+    def _write_records(self, games: np.ndarray) -> None:
+        for game in games.tolist():
+            steps = int(self.engine.time[game])
+            GameRecord(int(self.game_id[game]), self.size, self.layouts[game].to_text(),
+                       self._action_log[game, :steps].tolist(), int(self.engine.winner[game])).save(self.cfg.record_dir)
 
     def _cities_owned(self) -> np.ndarray:
         owned = self.engine.owner[:, None] == np.arange(2, dtype=np.int8)[None, :, None, None]

@@ -29,15 +29,19 @@ class ExpertPlayer:
 
     Each step, per game:
     1. capture the enemy general if a move can;
-    2. else, half of the time (or when nothing can be captured), move the largest army one
-       step closer to the target: the enemy general if seen, else the nearest enemy land,
-       else the fog;
+    2. else, once its largest army reaches `march_army` (or when nothing can be captured),
+       move that army one step closer to the target: the enemy general if seen, else the
+       nearest enemy land, else the fog;
     3. else capture: enemy land first (biggest first), then cities, then plain land.
+
+    With `noise=0` (the default) the choice is a function of the observation alone, which is
+    what behaviour cloning can learn best; `noise > 0` breaks ties at random.
     """
 
-    def __init__(self, seed: int | None = None, attack_share: float = 0.5) -> None:
+    def __init__(self, seed: int | None = None, march_army: int = 10, noise: float = 0.0) -> None:
         self.rng = np.random.default_rng(seed)
-        self.attack_share = attack_share
+        self.march_army = march_army
+        self.noise = noise
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         board, armies = obs["board"], obs["armies"].astype(np.int64)
@@ -59,17 +63,17 @@ class ExpertPlayer:
                            np.where(seen_enemy[:, None, None], enemy, fog & ~mountain))
         distance = _distance_to(targets, ~mountain)
         closer = legal & (_neighbours(distance) < distance[..., None])
-        march = np.where(closer, own_army[..., None] + self.rng.random(closer.shape), -np.inf)
+        march = np.where(closer, own_army[..., None] + self.noise * self.rng.random(closer.shape), -np.inf)
 
         capture_value = np.where(_neighbours(enemy), 3e6 + dest_army,
                                  np.where(_neighbours(city & neutral), 2e6 - dest_army, 1e6 - moving))
-        capture = np.where(captures, capture_value + self.rng.random(captures.shape), -np.inf)
+        capture = np.where(captures, capture_value + self.noise * self.rng.random(captures.shape), -np.inf)
 
         flat = lambda score: score.reshape(num_obs, -1)  # noqa: E731
         best_march, best_capture = flat(march).argmax(1), flat(capture).argmax(1)
         can_march = np.isfinite(flat(march).max(1))
         can_capture = np.isfinite(flat(capture).max(1))
-        do_march = can_march & (~can_capture | (self.rng.random(num_obs) < self.attack_share))
+        do_march = can_march & (~can_capture | (own_army.max((1, 2)) >= self.march_army))
         choice = np.where(do_march, best_march, best_capture)
         general_move = flat(np.where(takes_general, 1.0, -np.inf)).argmax(1)
         choice = np.where(takes_general.any((1, 2, 3)), general_move, choice)
