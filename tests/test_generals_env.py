@@ -216,3 +216,26 @@ def test_game_records_replay_to_the_same_end_and_make_gifs(tmp_path):
     for name in ("replay.gif", "live.gif"):
         with Image.open(tmp_path / name) as gif:
             assert gif.n_frames >= 2
+
+
+def test_board_channels_of_a_hand_made_map():
+    from envs.generals.engine import GeneralsEngine
+    from envs.generals.maps import parse_map
+    from envs.generals.observations import CHANNELS, player_observations
+
+    engine = GeneralsEngine(1, 4, 5)  # the 4x4 map is padded with a mountain column
+    engine.load(np.zeros(1, np.int64), [parse_map("A.#.\n.5..\n....\n...B")])
+    engine.armies[0, 0, 0] = 8
+    engine.owner[0, 0, 1], engine.armies[0, 0, 1] = 0, 2     # player 0 also holds (0, 1)
+    board = player_observations(engine)["board"][0, 0]       # player 0's view
+    channel = {name: board[index] for index, name in enumerate(CHANNELS)}
+    visible = np.zeros((4, 5), bool)
+    visible[:2, :3] = True                                   # 3x3 around (0, 0) and (0, 1)
+    np.testing.assert_array_equal(channel["visible"], visible)
+    np.testing.assert_array_equal(channel["fog"], np.pad(~visible[:, :4], ((0, 0), (0, 1))))
+    np.testing.assert_allclose(channel["own_armies"][0, :2], [8 / 45, 2 / 45])  # scaled by the city (45) in view
+    assert channel["enemy_armies"].sum() == 0 and channel["enemy_land"].sum() == 0      # B is in the fog
+    assert channel["cities"][1, 1] == 1 and channel["cities"].sum() == 1
+    assert channel["mountains"][0, 2] == 1 and channel["mountains"][:, 4].all()          # padding reads as mountain
+    assert channel["neutral_land"][1, 0] == 1 and channel["neutral_land"][0, 0] == 0
+    np.testing.assert_array_equal(channel["own_land"][:1, :2], [[1, 1]])

@@ -57,5 +57,8 @@ def decode(actions, height: int, width: int) -> Moves:
 def action_mask(legal_moves: np.ndarray) -> np.ndarray:
     """[..., H*W*8 + 1] int8 from legal moves [..., H, W, 4]: both split choices of a legal move, and pass."""
     lead = legal_moves.shape[:-3]
-    moves = np.repeat(legal_moves.reshape(*lead, -1), 2, axis=-1)
-    return np.concatenate([moves, np.ones((*lead, 1), bool)], axis=-1).astype(np.int8)
+    num_moves = int(np.prod(legal_moves.shape[-3:]))
+    mask = np.empty((*lead, num_moves * 2 + 1), np.int8)
+    mask[..., :-1].reshape(*lead, num_moves, 2)[...] = legal_moves.reshape(*lead, num_moves, 1)
+    mask[..., -1] = 1
+    return mask

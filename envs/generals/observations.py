@@ -37,12 +37,14 @@ def player_observations(engine: GeneralsEngine) -> dict[str, np.ndarray]:
     """Both players' observations of every game: each value shaped [B, 2, ...]."""
     views = engine.views()
     armies = views.armies.astype(np.int32)
-    own_armies = armies * views.owned_cells
-    enemy_armies = armies * views.opponent_cells
-    scale = np.maximum(armies.max(axis=(2, 3), keepdims=True), 1).astype(np.float32)
-    board = np.stack([own_armies / scale, enemy_armies / scale, views.owned_cells, views.opponent_cells,
-                      views.neutral_cells, views.cities, views.mountains, views.visible, views.fog_cells
-                      | views.structures_in_fog], axis=2).astype(np.float32)
+    scale = 1.0 / np.maximum(armies.max(axis=(2, 3), keepdims=True), 1).astype(np.float32)
+    board = np.empty((*armies.shape[:2], NUM_CHANNELS, *armies.shape[2:]), np.float32)
+    np.multiply(armies * views.owned_cells, scale, out=board[:, :, 0])
+    np.multiply(armies * views.opponent_cells, scale, out=board[:, :, 1])
+    for channel, tiles in enumerate((views.owned_cells, views.opponent_cells, views.neutral_cells, views.cities,
+                                     views.mountains, views.visible), start=2):
+        board[:, :, channel] = tiles
+    np.logical_or(views.fog_cells, views.structures_in_fog, out=board[:, :, 8], casting="unsafe")
     return {
         "board": board,
         "armies": armies,
