@@ -29,6 +29,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/collect.py
+	$(PY) bench/generals.py
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache
