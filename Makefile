@@ -7,9 +7,22 @@ PY := $(VENV)/bin/python
 # CPU-only torch: this version's CPU wheel is on the project's machines; the pyproject range stays open.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup run test test-fast bench clean
+# The real Robocode engine (issue 5) and a JDK and Xvfb to host it: Debian packages.
+SYSTEM_PACKAGES := robocode default-jdk xvfb
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-setup: $(VENV)/.installed
+.PHONY: setup system run test test-fast bench clean
+
+setup: system $(VENV)/.installed
+
+system:
+	@if command -v javac >/dev/null && command -v Xvfb >/dev/null && ls /usr/share/java/robocode.battle-*.jar >/dev/null 2>&1; then \
+		true; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	else \
+		echo "warning: no apt-get here; install $(SYSTEM_PACKAGES) yourself for Robocode (its tests are skipped)"; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

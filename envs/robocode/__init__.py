@@ -1,0 +1,1 @@
+"""The real Robocode engine (Debian `robocode`) hosted in JVMs that Harvest drives."""
