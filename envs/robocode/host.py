@@ -6,10 +6,10 @@ version and the Robocode jars; every host gets its own working directory made fr
 package's `battles/`, `config/` and `robots/`, with the CPU benchmark pre-seeded and the
 turn rate uncapped.
 
-Known limit (issue 5): Robocode 1.9.3.9 can miss the robot's wake-up at a round start
-(`RobotPeer.startRound`); in lockstep (`debug`) mode that stalls the round for minutes. The
-host's turn timeout turns such a stall into `EngineStalled` (the JVM is killed); the fix that
-avoids it is not built yet, so multi-round lockstep battles can stall.
+Robocode 1.9.3.9 can miss a robot's first sleep at a round start (`RobotPeer.startRound`);
+in lockstep (`debug`) mode that stalls the round for minutes (about one battle in ten here).
+`java/HarvestAgent.java`, a Java agent loaded into every engine, closes that race (see its
+header). Any other hang still ends in `EngineStalled` through the turn timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import selectors
 import shutil
 import subprocess
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,8 +32,12 @@ DEBIAN_PACKAGES = "robocode default-jdk xvfb"
 JAR_DIR = Path("/usr/share/java")
 HOME_TEMPLATE = Path("/usr/share/games/robocode")
 RUNNER_SOURCE = Path(__file__).with_name("java") / "HarvestRunner.java"
+AGENT_SOURCE = Path(__file__).with_name("java") / "HarvestAgent.java"
 SUPPORT_JARS = ("picocontainer.jar", "codesize.jar", "bcel.jar")
-JVM_FLAGS = ("-Xmx512m", "--add-opens", "java.base/sun.net.www.protocol.jar=ALL-UNNAMED", "-Dsun.io.useCanonCaches=false")
+AGENT_JAR = "harvest-agent.jar"
+JVM_FLAGS = ("-Xmx512m", "--add-opens", "java.base/sun.net.www.protocol.jar=ALL-UNNAMED", "-Dsun.io.useCanonCaches=false",
+             # HarvestAgent rewrites one method with BCEL, which cannot rebuild its StackMapTable
+             "-XX:+UnlockDiagnosticVMOptions", "-XX:-BytecodeVerificationRemote")
 ENGINE_PROPERTIES = {
     "robocode.cpu.constant": "1000000",          # skip the 5 s CPU benchmark
     "robocode.options.battle.desiredTPS": "10000",
@@ -84,18 +89,25 @@ class RobocodeInstall:
 
 
 def compile_runner(install: RobocodeInstall, cache_root: Path) -> Path:
-    """The folder of compiled runner classes, compiled now unless the cache has them."""
-    source = RUNNER_SOURCE.read_bytes()
-    key = hashlib.sha256(source + install.java_version().encode() + install.version.encode()).hexdigest()[:16]
+    """The folder with the compiled runner and `harvest-agent.jar`, built now unless cached.
+
+    The cache key covers both sources, the Java version and the Robocode version.
+    """
+    sources = RUNNER_SOURCE.read_bytes() + AGENT_SOURCE.read_bytes()
+    key = hashlib.sha256(sources + install.java_version().encode() + install.version.encode()).hexdigest()[:16]
     classes = cache_root / f"runner-{key}"
-    if (classes / "HarvestRunner.class").is_file():
+    if (classes / "HarvestRunner.class").is_file() and (classes / AGENT_JAR).is_file():
         return classes
     staging = cache_root / f".runner-{key}-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([install.javac, "-d", str(staging), "-cp", os.pathsep.join(install.classpath),
-                             str(RUNNER_SOURCE)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([install.javac, "-nowarn", "-d", str(staging), "-cp", os.pathsep.join(install.classpath),
+                             str(RUNNER_SOURCE), str(AGENT_SOURCE)], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
-        raise RobocodeError(f"javac failed on {RUNNER_SOURCE}:\n{result.stderr[-3000:]}")
+        raise RobocodeError(f"javac failed on {RUNNER_SOURCE.parent}:\n{result.stderr[-3000:]}")
+    with zipfile.ZipFile(staging / AGENT_JAR, "w") as jar:
+        jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nPremain-Class: HarvestAgent\n")
+        for path in staging.glob("HarvestAgent*.class"):
+            jar.write(path, path.name)
     try:
         staging.rename(classes)  # atomic: a concurrent compile of the same key loses the race harmlessly
     except OSError:
@@ -137,7 +149,7 @@ class RobocodeHost:
         classes = compile_runner(self.install, Path(cache_root).expanduser())
         self.log_path = self.workdir / "engine.log"
         self._log = self.log_path.open("ab")
-        flags = [*JVM_FLAGS, *(["-Ddebug=true"] if lockstep else [])]
+        flags = [*JVM_FLAGS, f"-javaagent:{classes / AGENT_JAR}", *(["-Ddebug=true"] if lockstep else [])]
         classpath = os.pathsep.join([str(classes), *self.install.classpath])
         self.process = subprocess.Popen([self.install.java, *flags, "-cp", classpath, "HarvestRunner", str(home)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
