@@ -4,6 +4,7 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from envs.robocode import host as host_module
@@ -100,3 +101,37 @@ def test_200_consecutive_seeded_rounds_never_stall(tmp_path, cache_root):
         turns = [m["turn"] for m in messages if m["t"] == "turn" and m["round"] == round_end["round"]]
         assert turns == list(range(1, round_end["turns"] + 1)), f"round {round_end['round']}: a turn is missing"
     assert "HarvestAgent: could not patch" not in log
+
+
+@needs_robocode
+def test_actions_recovered_from_an_expert_battle_obey_robocode_physics(tmp_path, cache_root):
+    from envs.robocode.transitions import ACTION_FIELDS, OBS_FIELDS, round_transitions, split_rounds
+
+    with RobocodeHost(tmp_path / "engine", cache_root) as engine:
+        messages = list(engine.battle(ROBOTS, rounds=3, seed=5, turn_timeout_s=10))
+    rounds = split_rounds(messages)
+    assert sorted(rounds) == [0, 1, 2]
+    robot_rounds = [part for turns in rounds.values() for part in round_transitions(turns)]
+    spin = [part for part in robot_rounds if part.robot == "sample.SpinBot"]
+    assert len(spin) == 3 and all(part.obs.shape[1] == len(OBS_FIELDS) for part in robot_rounds)
+    for part in robot_rounds:
+        assert part.action.shape == (part.num_rows, len(ACTION_FIELDS))
+        np.testing.assert_array_equal(part.obs[1:], part.next_obs[:-1])   # consecutive turns chain up
+        assert part.terminated[-1] and part.terminated.sum() == 1
+        exact = ~(part.collision | part.disabled)
+        target_speed, turn_rate, gun_turn, radar_turn, fire_power = part.action[exact].T
+        velocity = part.obs[exact, 5]
+        assert (np.abs(turn_rate) <= 10 - 0.75 * np.abs(velocity) + 1e-3).all(), "body turn limit"
+        assert (np.abs(gun_turn) <= 20 + 1e-3).all() and (np.abs(radar_turn) <= 45 + 1e-3).all()
+        assert (np.abs(target_speed - velocity) <= 2 + 1e-6).all() and (np.abs(target_speed) <= 8).all()
+        assert ((fire_power == 0) | ((fire_power >= 0.1) & (fire_power <= 3))).all()
+    # SpinBot: setMaxVelocity(5) and keeps turning right: at speed 5 its body turns 10 - 0.75 * 5 degrees a turn.
+    cruising = np.concatenate([part.action[(np.abs(part.obs[:, 5]) == 5) & ~part.collision & ~part.post_round]
+                               for part in spin])
+    assert len(cruising) > 100
+    np.testing.assert_allclose(np.median(cruising[:, 1]), 6.25, atol=1e-4)
+    assert (cruising[:, 4] > 0).any(), "SpinBot fires"
+    target = [part for part in robot_rounds if part.robot == "sample.Target"]
+    assert all((part.action[:, 4] == 0).all() for part in target), "Target never fires (its death explosion is no shot)"
+    winners = [part for part in robot_rounds if part.reward.max() >= 1.0]
+    assert winners and all(part.robot == "sample.SpinBot" for part in winners), "SpinBot beats Target"
