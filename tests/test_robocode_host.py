@@ -135,3 +135,41 @@ def test_actions_recovered_from_an_expert_battle_obey_robocode_physics(tmp_path,
     assert all((part.action[:, 4] == 0).all() for part in target), "Target never fires (its death explosion is no shot)"
     winners = [part for part in robot_rounds if part.reward.max() >= 1.0]
     assert winners and all(part.robot == "sample.SpinBot" for part in winners), "SpinBot beats Target"
+
+
+@needs_robocode
+def test_seed_format_files_round_trip_and_bad_files_are_named(tmp_path, cache_root):
+    import json
+
+    from aggregation.robocode_seed import import_seed_files, write_aggregated_npz, write_seed_json
+    from envs.robocode.transitions import round_transitions, split_rounds
+
+    with RobocodeHost(tmp_path / "engine", cache_root) as engine:
+        messages = list(engine.battle(ROBOTS, rounds=2, seed=9, turn_timeout_s=10))
+    direct = [part for turns in split_rounds(messages).values() for part in round_transitions(turns)]
+    good = write_seed_json(messages, tmp_path / "seeds" / "expert_game_states_0_1.json")
+    entries = json.loads(good.read_text())
+    assert entries[0]["round"] == 1 and set(entries[0]["bot_states"][0]) >= {"x", "direction", "gunHeat", "energy"}
+    del entries[5]["bot_states"][1]["speed"]
+    bad = tmp_path / "seeds" / "expert_game_states_1_1.json"
+    bad.write_text(json.dumps(entries))
+    (tmp_path / "seeds" / "expert_game_states_2_1.json").write_text("[{")
+
+    imported = import_seed_files(sorted((tmp_path / "seeds").glob("*.json")))
+    assert imported.files == [str(good)]
+    assert len(imported.errors) == 2
+    assert f"{bad}, entry 5, bot_states[1]: missing or non-numeric ['speed']" in imported.errors
+    assert any("expert_game_states_2_1.json: not JSON" in error for error in imported.errors)
+    assert [(p.robot, p.round, p.num_rows) for p in imported.rounds] == [(p.robot, p.round, p.num_rows) for p in direct]
+    for ours, theirs in zip(imported.rounds, direct):
+        np.testing.assert_allclose(ours.obs, theirs.obs, atol=1e-3)
+        np.testing.assert_allclose(ours.action, theirs.action, atol=1e-3)
+
+    path = write_aggregated_npz(imported.rounds, tmp_path / "aggregated_expert_data.npz", num_collectors=1,
+                                description="SpinBot vs Target, seed 9")
+    with np.load(path, allow_pickle=False) as data:
+        assert data["observations"].shape == (sum(p.num_rows for p in direct), 8)
+        assert data["actions"].shape == (sum(p.num_rows for p in direct), 5)
+        metadata = json.loads(str(data["metadata"]))
+    assert metadata == {"total_steps": sum(p.num_rows for p in direct), "num_collectors": 1,
+                        "description": "SpinBot vs Target, seed 9"}

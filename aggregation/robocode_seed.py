@@ -1,0 +1,131 @@
+"""The Robocode teams' own formats: per-collector JSON game states and the aggregated NPZ.
+
+JSON (`expert_game_states_<collector>_<timestamp>.json`): a list with one entry per turn,
+`{"turn", "round", "bot_states": [{"name", "x", "y", "direction", "gunDirection",
+"radarDirection", "speed", "gunHeat", "energy", "state"}], "bullet_states": [{"id", "owner",
+"x", "y", "direction", "power", "state"}]}` (degrees, as in Robocode's API).
+
+NPZ (`aggregated_expert_data.npz`): `observations` (N, 8), `actions` (N, 5) and `metadata`, a
+JSON string with `total_steps`, `num_collectors` and `description`; it loads with
+`allow_pickle=False`.
+
+The importer reads such JSON files into the same transitions Harvest collects; a malformed
+file is reported with its path and entry and skipped, the others are still imported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.robocode.transitions import RobotRound, round_transitions, split_rounds
+
+NPZ_NAME = "aggregated_expert_data.npz"
+BOT_KEYS = ("x", "y", "direction", "gunDirection", "radarDirection", "speed", "gunHeat", "energy")
+
+
+class SeedFormatError(ValueError):
+    """A game-state JSON file that does not have the seed layout."""
+
+
+def seed_json_path(folder: str | Path, collector_id: int) -> Path:
+    return Path(folder) / f"expert_game_states_{collector_id}_{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def to_seed_states(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turn messages of the runner → seed-layout entries (round numbers from 1, as the seeds count)."""
+    states = []
+    for message in messages:
+        if message.get("t") != "turn":
+            continue
+        states.append({
+            "turn": message["turn"], "round": message["round"] + 1,
+            "bot_states": [{"name": robot["name"], "x": robot["x"], "y": robot["y"],
+                            "direction": math.degrees(robot["heading"]),
+                            "gunDirection": math.degrees(robot["gun_heading"]),
+                            "radarDirection": math.degrees(robot["radar_heading"]), "speed": robot["velocity"],
+                            "gunHeat": robot["gun_heat"], "energy": robot["energy"], "state": robot["state"]}
+                           for robot in message["robots"]],
+            "bullet_states": [{"id": bullet["id"], "owner": bullet["owner"], "x": bullet["x"], "y": bullet["y"],
+                               "direction": math.degrees(bullet["heading"]), "power": bullet["power"],
+                               "state": bullet["state"]} for bullet in message["bullets"]],
+        })
+    return states
+
+
+def write_seed_json(messages: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_seed_states(messages)))
+    return path
+
+
+def _from_seed_entry(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("bot_states"), list):
+        raise SeedFormatError(f"{where}: expected an object with 'turn', 'round' and a 'bot_states' list")
+    robots = []
+    for index, bot in enumerate(entry["bot_states"]):
+        missing = [key for key in BOT_KEYS if not isinstance(bot, dict) or not isinstance(bot.get(key), (int, float))]
+        if missing:
+            raise SeedFormatError(f"{where}, bot_states[{index}]: missing or non-numeric {missing}")
+        robots.append({"name": str(bot.get("name", f"robot{index}")), "x": bot["x"], "y": bot["y"],
+                       "heading": math.radians(bot["direction"]), "gun_heading": math.radians(bot["gunDirection"]),
+                       "radar_heading": math.radians(bot["radarDirection"]), "velocity": bot["speed"],
+                       "gun_heat": bot["gunHeat"], "energy": bot["energy"],
+                       "state": bot.get("state", "ACTIVE" if bot["energy"] > 0 else "DEAD")})
+    bullets = [{"id": bullet["id"], "owner": bullet["owner"], "power": bullet["power"],
+                "state": bullet.get("state", "MOVING")} for bullet in entry.get("bullet_states", [])
+               if isinstance(bullet, dict) and {"id", "owner", "power"} <= set(bullet)]
+    try:
+        return {"t": "turn", "turn": int(entry["turn"]), "round": int(entry["round"]) - 1, "robots": robots,
+                "bullets": bullets}
+    except (KeyError, TypeError, ValueError) as err:
+        raise SeedFormatError(f"{where}: 'turn' and 'round' must be integers ({err})") from err
+
+
+@dataclass
+class SeedImport:
+    """What an import read: every robot-round of the good files, and one message per bad file."""
+
+    rounds: list[RobotRound] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def import_seed_files(paths: list[str | Path]) -> SeedImport:
+    """Transitions from seed-layout JSON files; a bad file is named in `errors` and skipped."""
+    result = SeedImport()
+    for path in sorted(Path(p) for p in paths):
+        try:
+            entries = json.loads(path.read_text())
+            if not isinstance(entries, list):
+                raise SeedFormatError(f"{path}: expected a JSON list of turn entries")
+            messages = [_from_seed_entry(entry, f"{path}, entry {index}") for index, entry in enumerate(entries)]
+        except json.JSONDecodeError as err:
+            result.errors.append(f"{path}: not JSON ({err})")
+            continue
+        except SeedFormatError as err:
+            result.errors.append(str(err))
+            continue
+        for turns in split_rounds(messages).values():
+            result.rounds.extend(round_transitions(turns))
+        result.files.append(str(path))
+    return result
+
+
+def write_aggregated_npz(rounds: list[RobotRound], path: str | Path, num_collectors: int,
+                         description: str) -> Path:
+    """`observations` (N, 8), `actions` (N, 5) and JSON `metadata`, loadable with allow_pickle=False."""
+    observations = np.concatenate([part.obs for part in rounds]) if rounds else np.zeros((0, 8), np.float32)
+    actions = np.concatenate([part.action for part in rounds]) if rounds else np.zeros((0, 5), np.float32)
+    metadata = {"total_steps": int(len(observations)), "num_collectors": num_collectors, "description": description}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, observations=observations, actions=actions, metadata=np.array(json.dumps(metadata)))
+    return path
