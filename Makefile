@@ -43,6 +43,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/collect.py
 	$(PY) bench/generals.py
+	$(PY) bench/robocode.py
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

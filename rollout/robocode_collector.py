@@ -65,6 +65,7 @@ class RobocodeCollectResult:
     battles: int
     rounds: int
     restarts: int
+    turns: int
     seconds: float
     dropped_battles: list[int] = field(default_factory=list)
 
@@ -95,7 +96,7 @@ class RobocodeCollector:
     def collect(self, num_rows: int) -> RobocodeCollectResult:
         """Play battles until at least `num_rows` rows are pushed and acknowledged."""
         started = time.perf_counter()
-        result = RobocodeCollectResult(self.collector_id, 0, 0, 0, 0, 0.0)
+        result = RobocodeCollectResult(self.collector_id, 0, 0, 0, 0, 0, 0.0)
         while result.rows < num_rows:
             battle_index = self._next_battle
             self._next_battle += 1
@@ -106,6 +107,7 @@ class RobocodeCollector:
             batch = self._rows(battle_index, messages)
             ray.get(self.replay.insert_async(batch, f"robocode collector {self.collector_id}"), timeout=120)
             result.rows += batch.num_rows
+            result.turns += sum(message["t"] == "turn" for message in messages)
             result.battles += 1
             result.rounds += self.battles.rounds_per_battle
         result.seconds = time.perf_counter() - started

@@ -126,6 +126,13 @@ def prepare_home(install: RobocodeInstall, home: Path) -> Path:
     return home
 
 
+def engine_command(install: RobocodeInstall, classes: Path, home: Path, lockstep: bool = True) -> list[str]:
+    """The command line of one engine JVM (runner, agent, flags) for the Robocode home `home`."""
+    flags = [*JVM_FLAGS, f"-javaagent:{classes / AGENT_JAR}", *(["-Ddebug=true"] if lockstep else [])]
+    classpath = os.pathsep.join([str(classes), *install.classpath])
+    return [install.java, *flags, "-cp", classpath, "HarvestRunner", str(home)]
+
+
 class RobocodeHost:
     """One JVM with the Robocode engine; battles run one after another.
 
@@ -149,9 +156,7 @@ class RobocodeHost:
         classes = compile_runner(self.install, Path(cache_root).expanduser())
         self.log_path = self.workdir / "engine.log"
         self._log = self.log_path.open("ab")
-        flags = [*JVM_FLAGS, f"-javaagent:{classes / AGENT_JAR}", *(["-Ddebug=true"] if lockstep else [])]
-        classpath = os.pathsep.join([str(classes), *self.install.classpath])
-        self.process = subprocess.Popen([self.install.java, *flags, "-cp", classpath, "HarvestRunner", str(home)],
+        self.process = subprocess.Popen(engine_command(self.install, classes, home, lockstep),
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                         cwd=home)
         self._selector = selectors.DefaultSelector()

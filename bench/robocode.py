@@ -1,0 +1,113 @@
+"""Robocode collection speed: K RobocodeCollector actors (engine + Python + replay) vs the bare engines.
+
+    python bench/robocode.py [--collectors 1 2] [--rounds 30] [--repeats 2]
+
+Both sides play the same seeded battles (`sample.SpinBot` vs `sample.Target`, lockstep):
+
+* bare: K engine JVMs (Harvest's runner and agent) running the battles with their output
+  going to a file, no Python reading it: the engine's own turns per second;
+* harvest: K `RobocodeCollector` Ray actors, one JVM each, parsing every turn, recovering
+  actions and pushing the rows into 2 replay shards (acknowledged).
+
+Prints turns per second of each and the ratio `harvest / bare` for every K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cluster.local import worker_runtime_env  # noqa: E402
+from envs.robocode.host import RobocodeInstall, compile_runner, engine_command, prepare_home  # noqa: E402
+from rollout.config import ReplayConfig  # noqa: E402
+from rollout.replay.replay import start_replay  # noqa: E402
+from rollout.robocode_collector import RobocodeBattles, RobocodeCollector, robocode_schema  # noqa: E402
+
+CACHE = Path("~/.cache/harvest/robocode").expanduser()
+
+
+def bare_turns_per_s(num_engines: int, rounds: int, seed: int, workdir: Path) -> float:
+    """K engines at once, each running one `rounds`-round battle into a file; total turns per second."""
+    install = RobocodeInstall.find()
+    classes = compile_runner(install, CACHE)
+    processes, outputs = [], []
+    for index in range(num_engines):
+        home = prepare_home(install, workdir / f"bare-{index}")
+        output = (workdir / f"bare-{index}.jsonl").open("wb")
+        process = subprocess.Popen(engine_command(install, classes, home), stdin=subprocess.PIPE, stdout=output,
+                                   stderr=subprocess.DEVNULL, cwd=home)
+        processes.append(process)
+        outputs.append(output)
+    time.sleep(0.1)
+    while any((workdir / f"bare-{index}.jsonl").stat().st_size == 0 for index in range(num_engines)):
+        time.sleep(0.05)  # every JVM has printed its ready line
+    started = time.perf_counter()
+    for process in processes:
+        process.stdin.write(f"BATTLE robots=sample.SpinBot,sample.Target rounds={rounds} seed={seed}\nQUIT\n".encode())
+        process.stdin.flush()
+    for process in processes:
+        process.wait(timeout=600)
+    seconds = time.perf_counter() - started
+    for output in outputs:
+        output.close()
+    turns = sum((workdir / f"bare-{index}.jsonl").read_bytes().count(b'"t":"turn"') for index in range(num_engines))
+    return turns / seconds
+
+
+def harvest_turns_per_s(num_collectors: int, rounds: int, seed: int, workdir: Path) -> float:
+    replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=1_000_000, num_cpus=0.1), robocode_schema())
+    battles = RobocodeBattles(rounds_per_battle=rounds, seed=seed)
+    actor = ray.remote(RobocodeCollector)
+    collectors = [actor.options(num_cpus=0.5).remote(battles, replay, index, 100 + index, str(workdir / f"h-{index}"),
+                                                     str(CACHE)) for index in range(num_collectors)]
+    ray.get([collector.collect.remote(1) for collector in collectors], timeout=600)  # warm-up: one battle each
+    started = time.perf_counter()
+    results = ray.get([collector.collect.remote(1) for collector in collectors], timeout=600)  # one battle each
+    seconds = time.perf_counter() - started
+    for collector in collectors:
+        ray.get(collector.close.remote(), timeout=60)
+        ray.kill(collector, no_restart=True)
+    replay.kill()
+    return sum(result.turns for result in results) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--collectors", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=30, help="rounds per measured battle")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    ray.init(num_cpus=max(2, max(args.collectors)), include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-robocode-") as tmp:
+        for k in args.collectors:
+            bare, harvest = [], []
+            for repeat in range(args.repeats):
+                # Harvest's second battle has seed + 1 (the first warms up): the bare engines play that one too.
+                bare.append(bare_turns_per_s(k, args.rounds, 1000 * repeat + 1, Path(tmp) / f"k{k}-r{repeat}"))
+                harvest.append(harvest_turns_per_s(k, args.rounds, 1000 * repeat, Path(tmp) / f"k{k}-r{repeat}"))
+            rows.append((k, statistics.median(bare), statistics.median(harvest), bare, harvest))
+    ray.shutdown()
+    print(f"machine: {os.cpu_count()} cores; sample.SpinBot vs sample.Target, lockstep, {args.rounds}-round battles, "
+          f"medians of {args.repeats}")
+    print(f"{'K':>3}  {'bare engines turns/s':>21}  {'harvest turns/s':>16}  {'ratio':>6}")
+    for k, bare, harvest, bare_runs, harvest_runs in rows:
+        print(f"{k:>3}  {bare:>21,.0f}  {harvest:>16,.0f}  {harvest / bare:>6.2f}   "
+              f"(bare runs {', '.join(f'{v:,.0f}' for v in bare_runs)}; "
+              f"harvest runs {', '.join(f'{v:,.0f}' for v in harvest_runs)})")
+
+
+if __name__ == "__main__":
+    main()
