@@ -173,3 +173,20 @@ def test_seed_format_files_round_trip_and_bad_files_are_named(tmp_path, cache_ro
         metadata = json.loads(str(data["metadata"]))
     assert metadata == {"total_steps": sum(p.num_rows for p in direct), "num_collectors": 1,
                         "description": "SpinBot vs Target, seed 9"}
+
+
+@needs_robocode
+@pytest.mark.timeout(180)
+def test_a_gui_battle_shows_the_real_battle_window_under_xvfb(tmp_path, cache_root):
+    with RobocodeHost(tmp_path / "engine", cache_root, gui=True) as engine:
+        display = engine.display
+        battle = engine.battle(ROBOTS, rounds=20, seed=2, turn_timeout_s=30)
+        for message in battle:
+            if message["t"] == "turn" and message["round"] == 1 and message["turn"] == 100:
+                shot = engine.screenshot()
+                break
+        engine.kill()  # stop mid-battle; close() then shuts the display
+    assert shot.shape == (768, 1024, 3)
+    colours = np.unique(shot.reshape(-1, 3), axis=0)
+    assert len(colours) > 100, f"the screen is nearly blank ({len(colours)} colours)"
+    assert not display.is_alive(), "the Xvfb display is stopped with the host"

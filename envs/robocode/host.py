@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 from loguru import logger
 
 DEBIAN_PACKAGES = "robocode default-jdk xvfb"
@@ -36,6 +37,8 @@ AGENT_SOURCE = Path(__file__).with_name("java") / "HarvestAgent.java"
 SUPPORT_JARS = ("picocontainer.jar", "codesize.jar", "bcel.jar")
 AGENT_JAR = "harvest-agent.jar"
 JVM_FLAGS = ("-Xmx512m", "--add-opens", "java.base/sun.net.www.protocol.jar=ALL-UNNAMED", "-Dsun.io.useCanonCaches=false",
+             # the battle window: Robocode gives each robot its own AWT app context through sun.awt
+             "--add-opens", "java.desktop/sun.awt=ALL-UNNAMED", "--add-opens", "java.base/java.lang=ALL-UNNAMED",
              # HarvestAgent rewrites one method with BCEL, which cannot rebuild its StackMapTable
              "-XX:+UnlockDiagnosticVMOptions", "-XX:-BytecodeVerificationRemote")
 ENGINE_PROPERTIES = {
@@ -148,17 +151,27 @@ class RobocodeHost:
                 ...   # {"t": "turn", "round": 0, "turn": 1, "robots": [...], "bullets": [...]}, ...
     """
 
-    def __init__(self, workdir: Path, cache_root: Path, lockstep: bool = True, start_timeout_s: float = 120.0) -> None:
+    def __init__(self, workdir: Path, cache_root: Path, lockstep: bool = True, start_timeout_s: float = 120.0,
+                 gui: bool = False) -> None:
         self.install = RobocodeInstall.find()
         self.workdir = Path(workdir)
         self._cache_root, self._lockstep, self._start_timeout_s = Path(cache_root), lockstep, start_timeout_s
+        self.gui = gui
+        self.display = None
+        env = dict(os.environ)
+        if gui:  # the real battle window, on a display of this host's own
+            from pyvirtualdisplay import Display
+
+            self.display = Display(visible=False, size=(1024, 768))
+            self.display.start()
+            env["DISPLAY"] = self.display.new_display_var
         home = prepare_home(self.install, self.workdir / "home")
         classes = compile_runner(self.install, Path(cache_root).expanduser())
         self.log_path = self.workdir / "engine.log"
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(engine_command(self.install, classes, home, lockstep),
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                        cwd=home)
+        command = engine_command(self.install, classes, home, lockstep) + (["gui"] if gui else [])
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                        cwd=home, env=env)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
         self._buffer = b""
@@ -197,7 +210,15 @@ class RobocodeHost:
     def restart(self) -> None:
         """Kill this JVM (if it still runs) and start a fresh one in the same working directory."""
         self.close()
-        self.__init__(self.workdir, self._cache_root, self._lockstep, self._start_timeout_s)
+        self.__init__(self.workdir, self._cache_root, self._lockstep, self._start_timeout_s, self.gui)
+
+    def screenshot(self) -> np.ndarray:
+        """[768, 1024, 3] uint8: this host's display (only with `gui=True`)."""
+        if self.display is None:
+            raise RobocodeError(f"engine in {self.workdir}: no display; start the host with gui=True")
+        from PIL import ImageGrab
+
+        return np.asarray(ImageGrab.grab(xdisplay=self.display.new_display_var).convert("RGB"))
 
     def _send(self, line: str) -> None:
         assert self.process.stdin is not None
@@ -243,6 +264,9 @@ class RobocodeHost:
             if stream is not None:
                 stream.close()
         self._log.close()
+        if self.display is not None:
+            self.display.stop()
+            self.display = None
 
     def __enter__(self) -> "RobocodeHost":
         return self
