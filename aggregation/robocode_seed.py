@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,6 @@ BOT_KEYS = ("x", "y", "direction", "gunDirection", "radarDirection", "speed", "g
 
 class SeedFormatError(ValueError):
     """A game-state JSON file that does not have the seed layout."""
-
-
-def seed_json_path(folder: str | Path, collector_id: int) -> Path:
-    return Path(folder) / f"expert_game_states_{collector_id}_{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
 def to_seed_states(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ the one core that the vector, Gymnasium and PettingZoo envs wrap."""
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 from pydantic import ConfigDict, Field, StrictInt
@@ -113,20 +113,17 @@ class GeneralsGames:
         """
         engine = self.engine
         moves = decode(actions, self.size, self.size)
-        cities_before = self._cities_owned()
-        if self._action_log is not None:
-            steppable = ~engine.done if active is None else ~engine.done & active
-            logged = np.flatnonzero(steppable & (engine.time < self.cfg.max_steps))
-            self._action_log[logged, engine.time[logged]] = actions[logged]
+        cities_before, _ = self._holdings()
         stepped = engine.step(*moves, active=active)
         terminated = stepped & engine.done
         truncated = stepped & ~engine.done & (engine.time >= self.cfg.max_steps)
-        if self._action_log is not None and (terminated | truncated).any():
-            self._write_records(np.flatnonzero(terminated | truncated))
-        owned = engine.owner[:, None] == np.arange(2, dtype=np.int8)[None, :, None, None]
-        army = (engine.armies[:, None] * owned).sum((2, 3))
-        rewards = step_rewards(self.cfg.rewards, engine.winner, terminated, cities_before, self._cities_owned(),
-                               army)
+        if self._action_log is not None:
+            logged = np.flatnonzero(stepped & (engine.time <= self.cfg.max_steps))
+            self._action_log[logged, engine.time[logged] - 1] = actions[logged]
+            if (terminated | truncated).any():
+                self._write_records(np.flatnonzero(terminated | truncated))
+        cities_after, army = self._holdings()
+        rewards = step_rewards(self.cfg.rewards, engine.winner, terminated, cities_before, cities_after, army)
         return rewards * stepped[:, None], terminated, truncated
 
     def _write_records(self, games: np.ndarray) -> None:
@@ -135,10 +132,7 @@ class GeneralsGames:
             GameRecord(int(self.game_id[game]), self.size, self.layouts[game].to_text(),
                        self._action_log[game, :steps].tolist(), int(self.engine.winner[game])).save(self.cfg.record_dir)
 
-    def _cities_owned(self) -> np.ndarray:
+    def _holdings(self) -> tuple[np.ndarray, np.ndarray]:
+        """[G, 2] cities owned and [G, 2] total army of each player."""
         owned = self.engine.owner[:, None] == np.arange(2, dtype=np.int8)[None, :, None, None]
-        return (owned & self.engine.city[:, None]).sum((2, 3))
-
-    def stats(self) -> dict[str, Any]:
-        engine = self.engine
-        return {"time": engine.time.copy(), "winner": engine.winner.copy()}
+        return (owned & self.engine.city[:, None]).sum((2, 3)), (self.engine.armies[:, None] * owned).sum((2, 3))

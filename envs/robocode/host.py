@@ -155,27 +155,30 @@ class RobocodeHost:
                  gui: bool = False) -> None:
         self.install = RobocodeInstall.find()
         self.workdir = Path(workdir)
-        self._cache_root, self._lockstep, self._start_timeout_s = Path(cache_root), lockstep, start_timeout_s
-        self.gui = gui
+        self.lockstep, self.gui, self.start_timeout_s = lockstep, gui, start_timeout_s
+        self.home = prepare_home(self.install, self.workdir / "home")
+        self.classes = compile_runner(self.install, Path(cache_root).expanduser())
+        self.log_path = self.workdir / "engine.log"
+        self._start()
+
+    def _start(self) -> None:
+        """Start the JVM (and its display, with `gui`) and wait for its ready line."""
         self.display = None
         env = dict(os.environ)
-        if gui:  # the real battle window, on a display of this host's own
+        if self.gui:  # the real battle window, on a display of this host's own
             from pyvirtualdisplay import Display
 
             self.display = Display(visible=False, size=(1024, 768))
             self.display.start()
             env["DISPLAY"] = self.display.new_display_var
-        home = prepare_home(self.install, self.workdir / "home")
-        classes = compile_runner(self.install, Path(cache_root).expanduser())
-        self.log_path = self.workdir / "engine.log"
         self._log = self.log_path.open("ab")
-        command = engine_command(self.install, classes, home, lockstep) + (["gui"] if gui else [])
+        command = engine_command(self.install, self.classes, self.home, self.lockstep) + (["gui"] if self.gui else [])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                        cwd=home, env=env)
+                                        cwd=self.home, env=env)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
         self._buffer = b""
-        ready = self._next_message(start_timeout_s, "the engine to start")
+        ready = self._next_message(self.start_timeout_s, "the engine to start")
         if ready.get("t") != "ready":
             raise RobocodeError(f"engine in {self.workdir}: expected a ready line, got {ready}")
         self.version = ready["version"]
@@ -210,7 +213,7 @@ class RobocodeHost:
     def restart(self) -> None:
         """Kill this JVM (if it still runs) and start a fresh one in the same working directory."""
         self.close()
-        self.__init__(self.workdir, self._cache_root, self._lockstep, self._start_timeout_s, self.gui)
+        self._start()
 
     def screenshot(self) -> np.ndarray:
         """[768, 1024, 3] uint8: this host's display (only with `gui=True`)."""

@@ -31,7 +31,6 @@ import org.apache.bcel.generic.ObjectType;
 
 public final class HarvestAgent {
     static final String PEER = "net/sf/robocode/battle/peer/RobotPeer";
-    static volatile int patchedSites = 0;
 
     public static void premain(String args, Instrumentation instrumentation) {
         instrumentation.addTransformer(new ClassFileTransformer() {
@@ -91,7 +90,6 @@ public final class HarvestAgent {
             throw new IllegalStateException("RobotPeer.startRound: expected 1 robot start and a synchronized block, found "
                                             + sites + " and " + exits + " monitor exits");
         }
-        patchedSites = sites;
         return peer.getJavaClass().getBytes();
     }
 
