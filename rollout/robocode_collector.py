@@ -13,23 +13,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import ray
 from loguru import logger
 
 from envs.robocode.host import EngineStalled, RobocodeHost
+from envs.robocode.spaces import ACTION_SPACE, OBSERVATION_SPACE
 from envs.robocode.transitions import RobotRound, round_transitions, split_rounds
 from envs.spaces import ColumnSpec
 from rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
 from rollout.cutter import EpisodeIds
 from rollout.replay.replay import Replay
 
-OBSERVATION_SPACE = gym.spaces.Box(
-    low=np.array([0, 0, 0, 0, 0, -8, 0, 0], np.float32),
-    high=np.array([5000, 5000, 360, 360, 360, 8, 5, 1000], np.float32), dtype=np.float32)
-ACTION_SPACE = gym.spaces.Box(
-    low=np.array([-8, -10, -20, -45, 0], np.float32), high=np.array([8, 10, 20, 45, 3], np.float32), dtype=np.float32)
 ROW_COLUMNS = {
     "battle_id": ColumnSpec(np.int64, ()), "round": ColumnSpec(np.int64, ()), "turn": ColumnSpec(np.int64, ()),
     "seed": ColumnSpec(np.int64, ()), "robot_id": ColumnSpec(np.int64, ()),
