@@ -10,8 +10,10 @@ from pydantic.dataclasses import dataclass
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class AggregationConfig:
-    formats: list[Literal["parquet", "npz"]] = Field(default_factory=lambda: ["parquet", "npz"])
-    """Dataset formats to write. Parquet is always written (it is what the learners read)."""
+    formats: list[Literal["parquet", "npz", "robocode_npz"]] = Field(default_factory=lambda: ["parquet", "npz"])
+    """Dataset formats to write. Parquet is always written (it is what the learners read);
+    `robocode_npz`: the Robocode teams' `aggregated_expert_data.npz` (observations (N, 8),
+    actions (N, 5), JSON metadata) next to it."""
     rows_per_file: StrictInt = Field(default=500_000, ge=1)
     """Parquet files are cut at episode boundaries once they reach about this many rows."""
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"

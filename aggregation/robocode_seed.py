@@ -93,18 +93,27 @@ class SeedImport:
     errors: list[str] = field(default_factory=list)
 
 
+def read_seed_file(path: Path) -> list[dict[str, Any]]:
+    """The runner-style turn messages of one seed-layout JSON file.
+
+    Raises:
+        SeedFormatError: not JSON, not a list, or an entry without the seed layout (named).
+    """
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SeedFormatError(f"{path}: not JSON ({err})") from err
+    if not isinstance(entries, list):
+        raise SeedFormatError(f"{path}: expected a JSON list of turn entries")
+    return [_from_seed_entry(entry, f"{path}, entry {index}") for index, entry in enumerate(entries)]
+
+
 def import_seed_files(paths: list[str | Path]) -> SeedImport:
     """Transitions from seed-layout JSON files; a bad file is named in `errors` and skipped."""
     result = SeedImport()
     for path in sorted(Path(p) for p in paths):
         try:
-            entries = json.loads(path.read_text())
-            if not isinstance(entries, list):
-                raise SeedFormatError(f"{path}: expected a JSON list of turn entries")
-            messages = [_from_seed_entry(entry, f"{path}, entry {index}") for index, entry in enumerate(entries)]
-        except json.JSONDecodeError as err:
-            result.errors.append(f"{path}: not JSON ({err})")
-            continue
+            messages = read_seed_file(path)
         except SeedFormatError as err:
             result.errors.append(str(err))
             continue
@@ -119,6 +128,32 @@ def write_aggregated_npz(rounds: list[RobotRound], path: str | Path, num_collect
     """`observations` (N, 8), `actions` (N, 5) and JSON `metadata`, loadable with allow_pickle=False."""
     observations = np.concatenate([part.obs for part in rounds]) if rounds else np.zeros((0, 8), np.float32)
     actions = np.concatenate([part.action for part in rounds]) if rounds else np.zeros((0, 5), np.float32)
+    return _save_npz(observations, actions, path, num_collectors, description)
+
+
+def write_dataset_npz(dataset_dir: str | Path, path: str | Path | None = None,
+                      description: str | None = None) -> Path:
+    """`aggregated_expert_data.npz` of a compacted Robocode dataset (default: inside its folder),
+    rows in the dataset's order (episode by episode)."""
+    from aggregation.dataset import Dataset
+
+    dataset = Dataset.open(dataset_dir)
+    for name, width in (("obs", 8), ("action", 5)):
+        shape = dataset.schema.columns[name].shape if name in dataset.schema.columns else None
+        if shape is None or len(shape) != 1 or shape[0] < width:
+            raise ValueError(f"{dataset.folder}: column {name!r} has shape {shape}; a Robocode dataset has at "
+                             f"least {width} values per row")
+    columns = dataset.read_columns(["obs", "action", "collector_id"])
+    description = description or (f"{dataset.manifest.rows} Robocode transitions of run "
+                                  f"{dataset.manifest.run_id} ({dataset.manifest.env_id})")
+    return _save_npz(columns["obs"], columns["action"], path or Path(dataset_dir) / NPZ_NAME,
+                     int(np.unique(columns["collector_id"]).size), description)
+
+
+def _save_npz(observations: np.ndarray, actions: np.ndarray, path: str | Path, num_collectors: int,
+              description: str) -> Path:
+    observations = np.ascontiguousarray(observations[:, :8], np.float32)  # the seeds' 8 values per row
+    actions = np.ascontiguousarray(actions, np.float32)
     metadata = {"total_steps": int(len(observations)), "num_collectors": num_collectors, "description": description}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

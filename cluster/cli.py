@@ -6,6 +6,8 @@
     harvest train RUN_DIR                         dataset/ → learner/ (checkpoints, history)
     harvest eval RUN_DIR                          learner/ → eval.json (trained vs expert vs random)
     harvest config [CONFIG]                       print the resolved config
+    harvest import robocode-json PATH... --out DIR
+                                                  Robocode game-state JSON files → a dataset folder
     harvest generals-gif --record FILE | --player expert|random|CKPT --out GIF
                                                   a Generals.io game (recorded or live) as a GIF
 """
@@ -45,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("run_dir", help="a run folder, e.g. artifacts/<run-id>")
         add_overrides(p)
+    p = sub.add_parser("import", help="turn existing recordings into a Harvest dataset")
+    p.add_argument("kind", choices=["robocode-json"],
+                   help="robocode-json: expert_game_states_*.json files (the Robocode teams' layout)")
+    p.add_argument("paths", nargs="+", help="files, or folders searched for *.json")
+    p.add_argument("--out", required=True, help="the dataset folder to write")
     from cluster.watch import add_arguments
 
     add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
         write_game_gif(args)
         return 0
+    if args.command == "import":
+        return _import(args)
     try:
         cfg = _config_for(args)
     except ConfigError as err:
@@ -111,6 +120,21 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_ray()
     logger.info("outputs in {}", paths.root)
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from aggregation.robocode_import import import_robocode_json
+    from aggregation.robocode_seed import SeedFormatError
+
+    try:
+        report = import_robocode_json(args.paths, args.out)
+    except (FileNotFoundError, SeedFormatError) as err:
+        logger.error("{}", err)
+        return 2
+    for error in report.errors:
+        logger.error("skipped: {}", error)
+    logger.info("dataset {}: {} rows from {} files", args.out, report.manifest.rows, len(report.files))
+    return 1 if report.errors else 0
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class EvalConfig:
     e.g. `vs_random: {players: first, opponent: random}`; empty: the env as configured."""
     win_return: Optional[float] = None
     """An episode whose return is at least this counts as a win; the summary then shows win rates."""
+    env: Optional[EnvConfig] = None
+    """The env policies are evaluated in (None: the run's `env`). Robocode runs collect expert
+    battles (`env.id: robocode`) and evaluate in the Gymnasium env `harvest/Robocode-v0`."""
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -114,9 +117,31 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunCo
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
     try:
-        return _ADAPTER.validate_python(data)
+        cfg = _ADAPTER.validate_python(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from err
+    if cfg.env.id == ROBOCODE_ENV_ID:
+        robocode_battles(cfg, source)
+    return cfg
+
+
+ROBOCODE_ENV_ID = "robocode"
+"""`env.id` of runs that collect expert battles in the Robocode engine (`env.kwargs` are a
+`rollout.robocode_collector.RobocodeBattles`)."""
+
+
+def robocode_battles(cfg: RunConfig, source: str = "<config>", collector_id: int = 0) -> Any:
+    """The `RobocodeBattles` of collector `collector_id` of a Robocode run, seeded from `run.seed`."""
+    from rollout.robocode_collector import RobocodeBattles
+
+    kwargs = dict(cfg.env.kwargs)
+    if "seed" in kwargs:
+        raise ConfigError(f"{source}: env.kwargs.seed: unexpected key (battles are seeded from run.seed)")
+    try:
+        return TypeAdapter(RobocodeBattles).validate_python({**kwargs, "seed": cfg.run.seed + 1000 * collector_id})
+    except ValidationError as err:
+        errors = _format_errors(err, source).replace(f"{source}: ", f"{source}: env.kwargs.")
+        raise ConfigError(errors.replace("env.kwargs.(top level)", "env.kwargs")) from err
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

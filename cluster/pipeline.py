@@ -22,16 +22,20 @@ from loguru import logger
 from aggregation.compact import compact_replay, snapshot_replay
 from aggregation.dataset import Dataset
 from aggregation.manifest import Manifest
-from cluster.config import RunConfig, dump_config
+from aggregation.robocode_seed import write_dataset_npz
+from cluster.config import ROBOCODE_ENV_ID, RunConfig, dump_config, robocode_battles
 from cluster.progress import console, summary_table, wait_with_progress
+from envs.config import EnvConfig
 from learners.bc import BCLearner, TrainResult
 from rollout.batch import BatchSchema
 from rollout.config import PolicyConfig
 from rollout.evaluation import EvalResult, evaluate_policies
 from rollout.policies import ConfiguredPolicyFactory
 from rollout.replay.replay import Replay, start_replay
-from rollout.worker import CollectResult, RolloutWorker, schema_for
+from rollout.robocode_collector import RobocodeCollectResult, RobocodeCollector, expert_episodes, robocode_schema
+from rollout.worker import CollectResult, RolloutWorker, collector_uid, schema_for
 
+ROBOCODE_GYM_ID = "harvest/Robocode-v0"
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
 EVAL_NAME = "eval.json"
@@ -64,6 +68,14 @@ class RunPaths:
     @property
     def summary(self) -> Path:
         return self.root / SUMMARY_NAME
+
+    @property
+    def robocode(self) -> Path:
+        return self.root / "robocode"
+
+    @property
+    def game_states(self) -> Path:
+        return self.root / "game_states"
 
     @property
     def log(self) -> Path:
@@ -110,8 +122,10 @@ def prepare_run(cfg: RunConfig) -> tuple[str, RunPaths]:
     return run_id, paths
 
 
-def collect(cfg: RunConfig, run_id: str) -> tuple[Replay, CollectSummary]:
+def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None) -> tuple[Replay, CollectSummary]:
     """Start the replay shards and `num_collectors` rollout actors; fill the replay with `rollout.steps` rows."""
+    if cfg.env.id == ROBOCODE_ENV_ID:
+        return collect_robocode(cfg, run_id, paths or RunPaths(Path(cfg.run.output_dir) / run_id))
     rollout = cfg.rollout
     factory = ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed)
     schema: BatchSchema = schema_for(cfg.env, factory)
@@ -147,14 +161,68 @@ def collect(cfg: RunConfig, run_id: str) -> tuple[Replay, CollectSummary]:
     return replay, summary
 
 
+def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths) -> tuple[Replay, CollectSummary]:
+    """`num_collectors` RobocodeCollector actors (one engine each) play seeded expert battles
+    until the replay holds `rollout.steps` rows; engines live in `<run>/robocode/`, seed-format
+    game states (with `env.kwargs.game_states`) go to `<run>/game_states/`."""
+    rollout = cfg.rollout
+    replay = start_replay(cfg.replay, robocode_schema())
+    collector_actor = ray.remote(RobocodeCollector)
+    collectors = [collector_actor.options(num_cpus=rollout.num_cpus).remote(
+        robocode_battles(cfg, collector_id=index), replay, index, collector_uid(run_id, index),
+        str(paths.robocode / f"collector-{index}"), game_states_dir=str(paths.game_states))
+        for index in range(rollout.num_collectors)]
+    per_collector = [rollout.steps // rollout.num_collectors + (i < rollout.steps % rollout.num_collectors)
+                     for i in range(rollout.num_collectors)]
+    battles = robocode_battles(cfg)
+    logger.info("collecting {:,} transitions of Robocode battles {} with {} engines into {} replay shards",
+                rollout.steps, " vs ".join(battles.robots), rollout.num_collectors, cfg.replay.num_shards)
+    started = time.perf_counter()
+    try:
+        refs = [collector.collect.remote(rows) for collector, rows in zip(collectors, per_collector)]
+        results: list[RobocodeCollectResult] = wait_with_progress(
+            refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows, timeout_s=max(600.0, rollout.steps / 20))
+        ray.get([collector.close.remote() for collector in collectors], timeout=120)
+    finally:
+        for collector in collectors:
+            ray.kill(collector, no_restart=True)
+    seconds = time.perf_counter() - started
+    stats = replay.stats()
+    rows = sum(result.rows for result in results)
+    for result in results:
+        if result.restarts or result.dropped_battles:
+            logger.warning("collector {}: {} engine restarts, battles dropped: {}", result.collector_id,
+                           result.restarts, result.dropped_battles or "none")
+    summary = CollectSummary(rows=rows, episodes=sum(result.episodes for result in results),
+                             seconds=seconds, rows_per_s=rows / seconds, episode_return_mean=None,
+                             push_wait_seconds=0.0, replay_size_rows=stats.size_rows,
+                             replay_evicted_rows=stats.evicted_rows)
+    if stats.inserted_rows != rows:
+        raise RuntimeError(f"collectors reported {rows} acknowledged rows but the replay counted "
+                           f"{stats.inserted_rows}")
+    return replay, summary
+
+
 def compact(sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, paths: RunPaths) -> Manifest:
     """Write the dataset folder (Parquet + manifest, NPZ on request) from shards or snapshots."""
     with console.status("[bold]compact[/] writing Parquet" + (" + NPZ" if "npz" in cfg.aggregation.formats else "")):
         manifest = compact_replay(sources, schema, paths.dataset, cfg.aggregation, run_id, cfg.env.id)
+        if "robocode_npz" in cfg.aggregation.formats:
+            npz = write_dataset_npz(paths.dataset, description=_robocode_description(cfg))
+            logger.info("Robocode NPZ {}", npz)
     logger.info("dataset {}: {:,} rows, {} episodes ({} complete), {} Parquet files{}", paths.dataset,
                 manifest.rows, manifest.episodes, manifest.episodes_complete, len(manifest.files),
                 f", {manifest.npz}" if manifest.npz else "")
     return manifest
+
+
+def _robocode_description(cfg: RunConfig) -> str:
+    if cfg.env.id != ROBOCODE_ENV_ID:
+        return f"{cfg.env.id} transitions"
+    battles = robocode_battles(cfg)
+    recorded = ", ".join(battles.record or battles.robots)
+    return (f"Robocode expert battles {' vs '.join(battles.robots)} ({battles.width}x{battles.height}, "
+            f"{battles.rounds_per_battle} rounds each, run seed {cfg.run.seed}); rows of {recorded}")
 
 
 def train(cfg: RunConfig, paths: RunPaths) -> TrainResult:
@@ -183,18 +251,23 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
     """Play the trained policy and the baselines for `eval.episodes` episodes each (in every
     `eval.scenarios` entry, if there are any)."""
     checkpoint = paths.learner / f"{cfg.eval.checkpoint}.safetensors"
+    eval_env = _eval_env(cfg)
+    robocode_expert = cfg.env.id == ROBOCODE_ENV_ID and "expert" in cfg.eval.baselines
     policies = {"trained": ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=str(checkpoint.resolve())),
-                                                   cfg.env.id, seed=cfg.run.seed)}
+                                                   eval_env.id, seed=cfg.run.seed)}
     for baseline in cfg.eval.baselines:
-        policies[baseline] = ConfiguredPolicyFactory(PolicyConfig(kind=baseline), cfg.env.id, seed=cfg.run.seed)
-    scenarios = {name: dataclasses.replace(cfg.env, kwargs=_merged(cfg.env.kwargs, overrides))
-                 for name, overrides in cfg.eval.scenarios.items()} or {"": cfg.env}
+        if not (robocode_expert and baseline == "expert"):
+            policies[baseline] = ConfiguredPolicyFactory(PolicyConfig(kind=baseline), eval_env.id, seed=cfg.run.seed)
+    scenarios = {name: dataclasses.replace(eval_env, kwargs=_merged(eval_env.kwargs, overrides))
+                 for name, overrides in cfg.eval.scenarios.items()} or {"": eval_env}
     results: dict[str, EvalResult] = {}
     for scenario, env_cfg in scenarios.items():
         where = f" {scenario}" if scenario else ""
         with console.status(f"[bold]eval{where}[/] {cfg.eval.episodes} episodes x {len(policies)} policies"):
             scenario_results = evaluate_policies(policies, env_cfg, cfg.rollout, cfg.eval.episodes,
                                                  cfg.eval.num_workers, run_id, seed=cfg.run.seed + 10_000)
+            if robocode_expert:
+                scenario_results["expert"] = _robocode_expert(cfg, env_cfg, paths)
         results.update({f"{name}{' @ ' + scenario if scenario else ''}": result
                         for name, result in scenario_results.items()})
     report = {name: {"mean_return": r.mean_return, "std_return": r.std_return, "mean_length": r.mean_length,
@@ -205,6 +278,36 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
         logger.info("eval {}: return {:.2f} ± {:.2f} over {} episodes{}", name, result.mean_return,
                     result.std_return, len(result.returns), f", win rate {wins['win_rate']:.0%}" if wins else "")
     return results
+
+
+def _eval_env(cfg: RunConfig) -> EnvConfig:
+    """`eval.env`, or the run's env; a Robocode run's default is the Gymnasium tank against the
+    collection's second robot on the same battlefield."""
+    if cfg.eval.env is not None:
+        return cfg.eval.env
+    if cfg.env.id != ROBOCODE_ENV_ID:
+        return cfg.env
+    battles = robocode_battles(cfg)
+    return EnvConfig(id=ROBOCODE_GYM_ID, num_envs=1, kwargs={"opponent": battles.robots[1], "width": battles.width,
+                                                               "height": battles.height})
+
+
+def _robocode_expert(cfg: RunConfig, env_cfg: EnvConfig, paths: RunPaths) -> EvalResult:
+    """The collection's expert robot (a Java robot, not a Python policy) in engine battles
+    against the scenario's opponent, scored as the Gymnasium env scores the trained tank."""
+    battles = robocode_battles(cfg)
+    kwargs = env_cfg.kwargs
+    opponent = kwargs.get("opponent", battles.robots[1])
+    per_worker = [cfg.eval.episodes // cfg.eval.num_workers + (i < cfg.eval.episodes % cfg.eval.num_workers)
+                  for i in range(cfg.eval.num_workers)]
+    task = ray.remote(expert_episodes).options(num_cpus=cfg.rollout.num_cpus)
+    refs = [task.remote([battles.robots[0], opponent], rounds, cfg.run.seed + 20_000 + 1000 * index,
+                        kwargs.get("width", battles.width), kwargs.get("height", battles.height),
+                        kwargs.get("max_turns"), str(paths.robocode / f"expert-eval-{index}"))
+            for index, rounds in enumerate(per_worker) if rounds]
+    parts = ray.get(refs, timeout=1800)
+    return EvalResult("expert", [r for returns, _ in parts for r in returns],
+                      [n for _, lengths in parts for n in lengths])
 
 
 def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +329,7 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     """Collect, compact, train and evaluate one run."""
     summary = RunSummary(run_id, str(paths.root))
     timer = time.perf_counter()
-    replay, summary.collect = collect(cfg, run_id)
+    replay, summary.collect = collect(cfg, run_id, paths)
     summary.stage_seconds["collect"] = time.perf_counter() - timer
     try:
         timer = time.perf_counter()
@@ -249,7 +352,7 @@ def collect_only(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     """`harvest collect`: fill the replay, then snapshot it to `replay/` for a later `harvest compact`."""
     summary = RunSummary(run_id, str(paths.root))
     timer = time.perf_counter()
-    replay, summary.collect = collect(cfg, run_id)
+    replay, summary.collect = collect(cfg, run_id, paths)
     try:
         with console.status("[bold]snapshot[/] writing the replay to Arrow IPC"):
             snapshot_replay(replay, paths.replay_snapshot)

@@ -106,22 +106,34 @@ class BCLearner:
         if len(action_names) != 1:
             raise ValueError(f"{self.dataset.folder}: BC supports one action column, got {action_names} "
                              "(Dict action spaces are not supported yet)")
-        columns = self.dataset.read_columns([*obs_names, *action_names, "episode_id"], cfg.max_rows)
+        flags = list(cfg.skip_rows_where)
+        not_flags = [name for name in flags if name in schema.columns and schema.columns[name].dtype != np.bool_]
+        if not_flags or any(name not in schema.columns for name in flags):
+            raise ValueError(f"{self.dataset.folder}: learner.skip_rows_where: {flags} must name boolean columns; "
+                             f"the dataset's boolean columns are "
+                             f"{[n for n, spec in schema.columns.items() if spec.dtype == np.bool_]}")
+        columns = self.dataset.read_columns([*obs_names, *action_names, "episode_id", *flags], cfg.max_rows)
         num_rows = len(columns["episode_id"])
         if num_rows < 2:
             raise ValueError(f"{self.dataset.folder}: {num_rows} rows; BC needs at least 2")
         validation_mask = split_by_episode(columns["episode_id"], cfg.validation_fraction, cfg.seed)
+        skipped = np.zeros(num_rows, bool)
+        for name in flags:
+            skipped |= columns[name]
+        if skipped.all():
+            raise ValueError(f"{self.dataset.folder}: every row has one of {flags} set; nothing to train on")
         self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, schema.action_space,
                                              cfg.hidden_sizes, cfg.conv_channels)
         model = build_policy_model(schema.observation_space, schema.action_space, self.model_spec).to(self.device)
         tensors = {name: torch.from_numpy(np.array(columns[name])).to(self.device) for name in [*obs_names, *action_names]}
-        train_index = torch.as_tensor(np.flatnonzero(~validation_mask), device=self.device)
-        validation_index = torch.as_tensor(np.flatnonzero(validation_mask), device=self.device)
+        train_index = torch.as_tensor(np.flatnonzero(~validation_mask & ~skipped), device=self.device)
+        validation_index = torch.as_tensor(np.flatnonzero(validation_mask & ~skipped), device=self.device)
         self._fit_normalizer(model, tensors, obs_names, train_index)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         action = tensors[action_names[0]]
-        self._log.info("training BC on {} ({} rows: {} train, {} validation) on {}",
-                       self.dataset.folder, num_rows, train_index.numel(), validation_index.numel(), self.device)
+        self._log.info("training BC on {} ({} rows: {} train, {} validation{}) on {}",
+                       self.dataset.folder, num_rows, train_index.numel(), validation_index.numel(),
+                       f", {int(skipped.sum())} skipped ({' | '.join(flags)})" if flags else "", self.device)
         history: list[EpochRecord] = []
         best_loss, best_epoch = float("inf"), 0
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)

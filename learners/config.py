@@ -29,6 +29,9 @@ class LearnerConfig:
     """Output channels of the CNN's 3x3 convolutions."""
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     """Share of episodes held out for validation (split by episode, never by row)."""
+    skip_rows_where: list[str] = Field(default_factory=list)
+    """Boolean dataset columns; rows where any is true are not trained or validated on (e.g.
+    Robocode's `collision`, `disabled`, `post_round`, whose recovered actions are not exact)."""
     max_rows: Optional[StrictInt] = Field(default=None, ge=1)
     """Read at most this many rows of the dataset (None: all)."""
     num_gpus: float = Field(default=0.0, ge=0)

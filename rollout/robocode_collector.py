@@ -11,14 +11,19 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import ray
 from loguru import logger
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from envs.robocode.host import EngineStalled, RobocodeHost
+from envs.robocode.host import RobocodeError, RobocodeHost
 from envs.robocode.spaces import ACTION_SPACE, OBSERVATION_SPACE
+from aggregation.robocode_seed import write_seed_json
 from envs.robocode.transitions import RobotRound, round_transitions, split_rounds
 from envs.spaces import ColumnSpec
 from rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
@@ -40,17 +45,34 @@ def robocode_schema() -> BatchSchema:
     return BatchSchema.for_spaces(OBSERVATION_SPACE, ACTION_SPACE, extras=ROW_COLUMNS)
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class RobocodeBattles:
-    """What a collector plays: robots (`package.Class`), rounds per battle, battlefield, seed."""
+    """What a collector plays; `env.kwargs` of a run with `env.id: robocode`."""
 
     robots: tuple[str, ...] = ("sample.SpinBot", "sample.Target")
-    rounds_per_battle: int = 3
-    width: int = 800
-    height: int = 600
+    """Installed robots as `package.Class`; the first one is the expert that evaluation plays."""
+    record: Optional[tuple[str, ...]] = None
+    """Robots whose rows go into the replay (None: every robot's)."""
+    rounds_per_battle: int = Field(default=3, ge=1)
+    width: int = Field(default=800, ge=400, le=5000)
+    height: int = Field(default=600, ge=400, le=5000)
     seed: int = 0
-    turn_timeout_s: float = 30.0
-    max_restarts: int = 3
+    """Battle i of a collector is seeded `seed + i`; the pipeline sets it to run.seed + 1000 x collector."""
+    turn_timeout_s: float = Field(default=30.0, gt=0)
+    """An engine that sends no turn for this long is killed and restarted; its battle is played again."""
+    max_restarts: int = Field(default=3, ge=0)
+    """Restarts per battle before it is dropped."""
+    gui: bool = False
+    """Show the real battle window on the collector's own Xvfb display."""
+    game_states: bool = False
+    """Also write every battle as `expert_game_states_<collector>_<timestamp>.json` (the seeds' layout)."""
+
+    def __post_init__(self) -> None:
+        if len(self.robots) < 2:
+            raise ValueError(f"robots: a battle needs at least 2 robots, got {list(self.robots)}")
+        unknown = sorted(set(self.record or ()) - set(self.robots))
+        if unknown:
+            raise ValueError(f"record: {unknown} are not in robots {list(self.robots)}")
 
 
 @dataclass
@@ -63,33 +85,53 @@ class RobocodeCollectResult:
     turns: int
     seconds: float
     dropped_battles: list[int] = field(default_factory=list)
+    episodes: int = 0
+    """Robot-rounds pushed (each is an episode)."""
 
 
 class RobocodeCollector:
-    """Runs seeded expert battles in its own engine and pushes every robot's transitions.
+    """Runs seeded expert battles in its own engine and pushes the recorded robots' transitions.
 
     Args:
         battles: what to play.
         replay: where rows go (its schema must be `robocode_schema()`).
         collector_id: this collector's index; battle ids and episode ids are unique per collector.
         workdir: the engine's folder (a temporary one when None).
+        episode_uid: salts episode ids (`rollout.worker.collector_uid`).
+        workdir: the engine's folder (a temporary one when None).
         cache_root: where the compiled runner is kept.
+        game_states_dir: where `battles.game_states` files go (default: `<workdir>/game_states`).
     """
 
     def __init__(self, battles: RobocodeBattles, replay: Replay, collector_id: int, episode_uid: int,
-                 workdir: str | None = None, cache_root: str = "~/.cache/harvest/robocode") -> None:
+                 workdir: str | None = None, cache_root: str = "~/.cache/harvest/robocode",
+                 game_states_dir: str | None = None) -> None:
         self.battles, self.replay, self.collector_id = battles, replay, collector_id
         self.schema = robocode_schema()
         if replay.schema.columns != self.schema.columns:
             raise ValueError(f"RobocodeCollector[{collector_id}]: the replay's columns are not robocode_schema()'s")
         self._log = logger.bind(actor=f"RobocodeCollector[{collector_id}]")
         self._workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"robocode-{collector_id}-"))
-        self.engine = RobocodeHost(self._workdir, Path(cache_root).expanduser())
+        self._game_states_dir = None
+        if battles.game_states:
+            self._game_states_dir = Path(game_states_dir) if game_states_dir else self._workdir / "game_states"
+        self.engine = RobocodeHost(self._workdir, Path(cache_root).expanduser(), gui=battles.gui)
         self._episode_ids = EpisodeIds(episode_uid)
+        self._recorded = [index for index, robot in enumerate(battles.robots)
+                          if battles.record is None or robot in battles.record]
         self._next_battle = 0
 
+    def engine_pid(self) -> int:
+        """The process id of this collector's JVM (for supervision and tests)."""
+        return self.engine.process.pid
+
     def collect(self, num_rows: int) -> RobocodeCollectResult:
-        """Play battles until at least `num_rows` rows are pushed and acknowledged."""
+        """Play battles until at least `num_rows` rows are pushed and acknowledged.
+
+        A battle is pushed whole, in one batch, once its last turn is in; a battle whose engine
+        crashed or hung is played again from its seed on a fresh engine, so what lands in the
+        replay does not depend on failures.
+        """
         started = time.perf_counter()
         result = RobocodeCollectResult(self.collector_id, 0, 0, 0, 0, 0, 0.0)
         while result.rows < num_rows:
@@ -101,7 +143,10 @@ class RobocodeCollector:
                 continue
             batch = self._rows(battle_index, messages)
             ray.get(self.replay.insert_async(batch, f"robocode collector {self.collector_id}"), timeout=120)
+            if self._game_states_dir is not None:
+                self._write_game_states(messages)
             result.rows += batch.num_rows
+            result.episodes += int(np.unique(batch["episode_id"]).size)
             result.turns += sum(message["t"] == "turn" for message in messages)
             result.battles += 1
             result.rounds += self.battles.rounds_per_battle
@@ -112,44 +157,89 @@ class RobocodeCollector:
 
     def _play(self, battle_index: int, result: RobocodeCollectResult) -> list[dict] | None:
         cfg = self.battles
-        for _ in range(cfg.max_restarts + 1):
+        for attempt in range(cfg.max_restarts + 1):
             try:
                 return list(self.engine.battle(list(cfg.robots), cfg.rounds_per_battle, cfg.seed + battle_index,
                                                cfg.width, cfg.height, cfg.turn_timeout_s))
-            except EngineStalled as err:
-                self._log.warning("battle {} dropped, restarting the engine: {}", battle_index, err)
+            except RobocodeError as err:
+                if self.engine.process.poll() is None:
+                    raise  # the engine is fine and refused the battle (e.g. a robot that is not installed)
+                self._log.warning("battle {} lost (attempt {} of {}), restarting the engine: {}", battle_index,
+                                  attempt + 1, cfg.max_restarts + 1, err)
                 result.restarts += 1
                 self.engine.restart()
+        self._log.error("battle {} dropped after {} attempts", battle_index, cfg.max_restarts + 1)
         return None
 
     def _rows(self, battle_index: int, messages: list[dict]) -> TransitionBatch:
-        parts: list[tuple[RobotRound, int]] = []
-        for turns in split_rounds(messages).values():
-            for part in round_transitions(turns):
-                parts.append((part, self.battles.robots.index(part.robot)))
-        episode_ids = self._episode_ids.next(len(parts))
-        columns: dict[str, list[np.ndarray]] = {name: [] for name in self.schema.columns}
-        now = np.datetime64(time.time_ns(), "ns")
-        for (part, robot_id), episode_id in zip(parts, episode_ids):
-            rows = part.num_rows
-            values = {
-                "obs": part.obs, "action": part.action, "reward": part.reward, "next_obs": part.next_obs,
-                "terminated": part.terminated, "truncated": np.zeros(rows, bool),
-                "episode_id": np.full(rows, episode_id, np.int64), "step": np.arange(rows, dtype=np.int64),
-                "collector_id": np.full(rows, self.collector_id, np.int64),
-                "policy_version": np.zeros(rows, np.int64),
-                "timestamp": np.full(rows, now, TIMESTAMP_DTYPE),
-                "battle_id": np.full(rows, (self.collector_id << 32) | battle_index, np.int64),
-                "round": np.full(rows, part.round, np.int64), "turn": part.turn,
-                "seed": np.full(rows, self.battles.seed + battle_index, np.int64),
-                "robot_id": np.full(rows, robot_id, np.int64), "collision": part.collision,
-                "disabled": part.disabled, "post_round": part.post_round,
-            }
-            for name in columns:
-                columns[name].append(values[name])
-        batch = TransitionBatch({name: np.concatenate(parts_of) for name, parts_of in columns.items()})
+        parts = [(part, robot_id) for part, robot_id in robot_rounds(messages) if robot_id in self._recorded]
+        batch = rows_of_rounds(parts, self._episode_ids.next(len(parts)), self.collector_id,
+                               (self.collector_id << 32) | battle_index, self.battles.seed + battle_index)
         self.schema.validate(batch, f"robocode collector {self.collector_id}")
         return batch
 
+    def _write_game_states(self, messages: list[dict]) -> Path:
+        stamp = datetime.now().strftime("%Y%m%d_%H%M%S_%f")
+        path = self._game_states_dir / f"expert_game_states_{self.collector_id}_{stamp}.json"
+        partial = path.with_suffix(".json.partial")
+        write_seed_json(messages, partial)
+        return partial.replace(path)  # readers never see a half-written file
+
     def close(self) -> None:
         self.engine.close()
+
+
+def robot_rounds(messages: list[dict]) -> list[tuple[RobotRound, int]]:
+    """Every robot's transitions in every round of a battle, with the robot's index in the battle."""
+    parts = []
+    for turns in split_rounds(messages).values():
+        names = [robot["name"] for robot in turns[0]["robots"]]
+        parts.extend((part, names.index(part.robot)) for part in round_transitions(turns))
+    return parts
+
+
+def rows_of_rounds(parts: list[tuple[RobotRound, int]], episode_ids: np.ndarray, collector_id: int, battle_id: int,
+                   seed: int, timestamp: np.datetime64 | None = None) -> TransitionBatch:
+    """One batch of `robocode_schema()` rows: each robot-round an episode with its own id."""
+    schema = robocode_schema()
+    if not parts:
+        return TransitionBatch({name: np.zeros((0, *spec.shape), spec.dtype) for name, spec in schema.columns.items()})
+    now = timestamp if timestamp is not None else np.datetime64(time.time_ns(), "ns")
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in schema.columns}
+    for (part, robot_id), episode_id in zip(parts, episode_ids):
+        rows = part.num_rows
+        values = {
+            "obs": part.obs, "action": part.action, "reward": part.reward, "next_obs": part.next_obs,
+            "terminated": part.terminated, "truncated": np.zeros(rows, bool),
+            "episode_id": np.full(rows, episode_id, np.int64), "step": np.arange(rows, dtype=np.int64),
+            "collector_id": np.full(rows, collector_id, np.int64), "policy_version": np.zeros(rows, np.int64),
+            "timestamp": np.full(rows, now, TIMESTAMP_DTYPE), "battle_id": np.full(rows, battle_id, np.int64),
+            "round": np.full(rows, part.round, np.int64), "turn": part.turn, "seed": np.full(rows, seed, np.int64),
+            "robot_id": np.full(rows, robot_id, np.int64), "collision": part.collision,
+            "disabled": part.disabled, "post_round": part.post_round,
+        }
+        for name in columns:
+            columns[name].append(values[name])
+    return TransitionBatch({name: np.concatenate(parts_of) for name, parts_of in columns.items()})
+
+
+def expert_episodes(robots: list[str], rounds: int, seed: int, width: int = 800, height: int = 600,
+                    max_turns: int | None = None, workdir: str | None = None,
+                    cache_root: str = "~/.cache/harvest/robocode") -> tuple[list[float], list[int]]:
+    """Returns and lengths of `robots[0]` over `rounds` rounds against the others, scored as
+    the Gymnasium env scores its tank: rows until the round is decided, at most `max_turns`.
+
+    The expert is a Java robot, not a Python policy; this is how evaluation puts it beside
+    the trained tank.
+    """
+    workdir_path = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="robocode-expert-"))
+    with RobocodeHost(workdir_path, Path(cache_root).expanduser()) as engine:
+        messages = list(engine.battle(robots, rounds, seed, width, height))
+    returns, lengths = [], []
+    for part, robot_id in robot_rounds(messages):
+        if robot_id != 0:
+            continue
+        live = np.flatnonzero(~part.post_round)[:max_turns]
+        returns.append(float(part.reward[live].sum()))
+        lengths.append(int(live.size))
+    return returns, lengths

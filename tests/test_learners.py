@@ -15,7 +15,7 @@ from learners.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from learners.config import LearnerConfig
 from learners.models import ModelSpec, build_policy_model, resolve_model_spec
 from learners.policy import load_torch_policy
-from envs.spaces import flatten_value
+from envs.spaces import ColumnSpec, flatten_value
 from rollout.batch import BatchSchema, TransitionBatch
 from tests.test_batch import random_batch
 
@@ -95,6 +95,24 @@ def test_bc_regresses_continuous_actions(tmp_path):
                        str(tmp_path / "learner")).train()
     assert result.history[-1].validation_accuracy is None
     assert result.best_validation_loss < 0.01
+
+
+def test_flagged_rows_are_left_out_of_training(tmp_path):
+    # Rows flagged `noisy` carry the wrong label; skipping them recovers the rule exactly.
+    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 3000,
+                              lambda b: (b["obs"][:, 0] > 0).astype(np.int64))
+    schema = BatchSchema({**schema.columns, "noisy": ColumnSpec(np.bool_, ())}, schema.observation_space,
+                         schema.action_space)
+    noisy = np.random.default_rng(1).random(3000) < 0.4
+    batch.columns["noisy"] = noisy
+    batch.columns["action"] = np.where(noisy, 1 - batch["action"], batch["action"])
+    dataset = write_dataset(tmp_path, schema, batch)
+    cfg = LearnerConfig(epochs=6, batch_size=64, hidden_sizes=[32], skip_rows_where=["noisy"])
+    result = BCLearner(cfg, str(dataset), str(tmp_path / "learner")).train()
+    assert result.train_rows + result.validation_rows == int((~noisy).sum())
+    assert result.history[-1].validation_accuracy > 0.95
+    with pytest.raises(ValueError, match=r"skip_rows_where: \['step'\] must name boolean columns; .*'noisy'"):
+        BCLearner(LearnerConfig(skip_rows_where=["step"]), str(dataset), str(tmp_path / "l2")).train()
 
 
 def test_dict_observations_and_multidiscrete_actions_train(tmp_path):

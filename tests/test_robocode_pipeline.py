@@ -1,0 +1,155 @@
+"""Robocode runs through the pipeline: real engines as collector actors, the replay, Parquet,
+the Robocode teams' JSON and NPZ formats, the importer, supervision and determinism."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import ray
+
+from aggregation.dataset import Dataset
+from cluster.cli import main
+from rollout.batch import TransitionBatch
+from rollout.config import ReplayConfig
+from rollout.replay.replay import start_replay
+from rollout.robocode_collector import RobocodeBattles, RobocodeCollector, robocode_schema
+from tests.test_robocode_host import needs_robocode
+
+pytestmark = [pytest.mark.robocode, needs_robocode]
+
+TINY = ["env.kwargs.rounds_per_battle=2", "rollout.steps=2500", "rollout.num_cpus=0.25", "replay.num_cpus=0.1",
+        "aggregation.num_cpus=0.1"]
+
+
+def collect_and_compact(tmp_path, output: str) -> Dataset:
+    base = ["--run-id", "robocode", "--set", f"run.output_dir={tmp_path / output}",
+            *sum((["--set", item] for item in TINY), [])]
+    assert main(["collect", "examples/robocode_bc.yaml", *base]) == 0
+    assert main(["compact", str(tmp_path / output / "robocode")]) == 0
+    return Dataset.open(tmp_path / output / "robocode" / "dataset")
+
+
+def table_of(dataset: Dataset, columns=None) -> TransitionBatch:
+    table = pads.dataset(dataset.files).to_table(columns=columns)
+    batch = TransitionBatch.from_arrow(table)
+    order = np.lexsort((batch["turn"], batch["round"], batch["battle_id"], batch["collector_id"]))
+    return batch.take(order)
+
+
+@pytest.mark.timeout(600)
+def test_a_robocode_run_writes_parquet_seed_json_and_npz_and_repeats_exactly(ray_cluster, tmp_path):
+    dataset = collect_and_compact(tmp_path, "first")
+    run_dir = tmp_path / "first" / "robocode"
+    rows = table_of(dataset)
+    assert dataset.manifest.rows == rows.num_rows >= 2500
+    assert dataset.manifest.episodes == dataset.manifest.episodes_complete
+    assert (rows["robot_id"] == 0).all(), "record: [sample.SpinBot] keeps the expert's rows only"
+    assert sorted(np.unique(rows["collector_id"]).tolist()) == [0, 1]
+
+    # The Robocode teams' NPZ, next to the Parquet files.
+    with np.load(run_dir / "dataset" / "aggregated_expert_data.npz", allow_pickle=False) as npz:
+        assert npz["observations"].shape == (rows.num_rows, 8) and npz["actions"].shape == (rows.num_rows, 5)
+        metadata = json.loads(str(npz["metadata"]))
+    assert metadata["total_steps"] == rows.num_rows and metadata["num_collectors"] == 2
+    assert "sample.SpinBot vs sample.Target" in metadata["description"]
+
+    # One seed-format JSON file per battle; importing them gives the same SpinBot rows back.
+    files = sorted((run_dir / "game_states").glob("expert_game_states_*.json"))
+    assert len(files) == len(np.unique(rows["battle_id"]))
+    assert all(f.name.startswith(("expert_game_states_0_", "expert_game_states_1_")) for f in files)
+    assert main(["import", "robocode-json", str(run_dir / "game_states"), "--out", str(tmp_path / "imported")]) == 0
+    imported = table_of(Dataset.open(tmp_path / "imported"))
+    spinbot = imported.take(np.flatnonzero(imported["robot_id"] == 0))
+    assert spinbot.num_rows == rows.num_rows
+    assert (imported["robot_id"] == 1).any(), "the JSON files hold Target's turns too"
+    for name in ("obs", "action", "next_obs"):
+        np.testing.assert_allclose(spinbot[name], rows[name], atol=1e-3, err_msg=name)
+    for name in ("reward", "terminated", "round", "turn", "collision", "disabled", "post_round", "collector_id"):
+        np.testing.assert_array_equal(spinbot[name], rows[name], err_msg=name)
+
+    # The same config and seed again: the same dataset, row for row (only the wall-clock
+    # `timestamp` of each row differs).
+    again = table_of(collect_and_compact(tmp_path, "second"))
+    assert set(again.columns) == set(rows.columns)
+    for name in rows.columns:
+        if name != "timestamp":
+            np.testing.assert_array_equal(again[name], rows[name], err_msg=name)
+
+
+def test_a_malformed_game_state_file_is_named_and_the_others_imported(tmp_path, capsys):
+    good = [{"turn": turn, "round": 1, "bot_states": [
+        {"name": name, "x": 100.0 + turn + 300 * i, "y": 100.0, "direction": 90.0, "gunDirection": 90.0,
+         "radarDirection": 90.0, "speed": 1.0, "gunHeat": 0.0, "energy": 100.0, "state": "ACTIVE"}
+        for i, name in enumerate(["sample.SpinBot", "sample.Target"])], "bullet_states": []} for turn in range(1, 6)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "expert_game_states_0_a.json").write_text(json.dumps(good))
+    bad = good[:2] + [{"turn": 3, "round": 1, "bot_states": [{"name": "x", "x": "far"}]}]
+    (tmp_path / "in" / "expert_game_states_1_b.json").write_text(json.dumps(bad))
+    assert main(["import", "robocode-json", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "expert_game_states_1_b.json, entry 2, bot_states[0]: missing or non-numeric" in err
+    dataset = Dataset.open(tmp_path / "out")
+    assert dataset.manifest.rows == 2 * 4 and dataset.manifest.collectors == [0]
+    assert main(["import", "robocode-json", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_engine_is_restarted_and_the_replay_holds_complete_battles_only(ray_cluster, tmp_path):
+    # Two collectors play the same seeded battles; the first one's JVM is killed mid-run.
+    replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=100_000, num_cpus=0.1), robocode_schema())
+    battles = RobocodeBattles(rounds_per_battle=3, seed=70)
+    actor = ray.remote(RobocodeCollector)
+    collectors = [actor.options(num_cpus=0.25, max_concurrency=2).remote(
+        battles, replay, index, 2000 + index, str(tmp_path / f"engine-{index}"), str(tmp_path / "cache"))
+        for index in range(2)]
+    killed = []
+
+    def kill_first_engine_mid_run():
+        while replay.inserted_rows() == 0:  # a battle is in, the next one is running
+            time.sleep(0.05)
+        pid = ray.get(collectors[0].engine_pid.remote(), timeout=30)
+        time.sleep(0.3)
+        import os
+        import signal
+
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_first_engine_mid_run)
+    try:
+        refs = [collector.collect.remote(6000) for collector in collectors]
+        killer.start()
+        results = ray.get(refs, timeout=240)
+        killer.join(timeout=30)
+        assert killed and ray.get(collectors[0].engine_pid.remote(), timeout=30) != killed[0]
+    finally:
+        for collector in collectors:
+            ray.get(collector.close.remote(), timeout=60)
+            ray.kill(collector, no_restart=True)
+    parts = [ray.get(shard.read.remote(0, 1_000_000), timeout=60).batch for shard in replay.shards]
+    replay.kill()
+    rows = TransitionBatch.concat([part for part in parts if part.num_rows])
+    assert results[0].restarts >= 1 and results[1].restarts == 0
+    assert not results[0].dropped_battles
+    assert rows.num_rows == sum(result.rows for result in results)
+    # Every battle in the replay is whole: all its rounds, every episode from step 0 to its end.
+    for collector_id in (0, 1):
+        mine = rows.take(np.flatnonzero(rows["collector_id"] == collector_id))
+        for battle_id in np.unique(mine["battle_id"]):
+            battle = mine.take(np.flatnonzero(mine["battle_id"] == battle_id))
+            assert sorted(np.unique(battle["round"]).tolist()) == [0, 1, 2]
+            for episode_id in np.unique(battle["episode_id"]):
+                steps = np.sort(battle["step"][battle["episode_id"] == episode_id])
+                assert (steps == np.arange(steps.size)).all()
+                assert battle["terminated"][battle["episode_id"] == episode_id].sum() >= 1
+    # The battle the crash interrupted was played again from its seed: the killed collector's
+    # rows are exactly the unharmed one's.
+    order = [np.lexsort((r["turn"], r["robot_id"], r["round"], r["seed"]))
+             for r in (rows.take(np.flatnonzero(rows["collector_id"] == c)) for c in (0, 1))]
+    first, second = (rows.take(np.flatnonzero(rows["collector_id"] == c)) for c in (0, 1))
+    assert first.num_rows == second.num_rows
+    for name in ("obs", "action", "reward", "seed", "round", "turn", "robot_id"):
+        np.testing.assert_array_equal(first[name][order[0]], second[name][order[1]], err_msg=name)
