@@ -9,7 +9,9 @@ Both sides play the same seeded battles (`sample.SpinBot` vs `sample.Target`, lo
 * harvest: K `RobocodeCollector` Ray actors, one JVM each, parsing every turn, recovering
   actions and pushing the rows into 2 replay shards (acknowledged).
 
-Prints turns per second of each and the ratio `harvest / bare` for every K.
+Prints turns per second of each and the ratio `harvest / bare` for every K; then one
+collector with the real battle window on its own Xvfb display (`gui: true`) beside the same
+collector headless, on the same battles.
 """
 
 from __future__ import annotations
@@ -65,9 +67,9 @@ def bare_turns_per_s(num_engines: int, rounds: int, seed: int, workdir: Path) ->
     return turns / seconds
 
 
-def harvest_turns_per_s(num_collectors: int, rounds: int, seed: int, workdir: Path) -> float:
+def harvest_turns_per_s(num_collectors: int, rounds: int, seed: int, workdir: Path, gui: bool = False) -> float:
     replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=1_000_000, num_cpus=0.1), robocode_schema())
-    battles = RobocodeBattles(rounds_per_battle=rounds, seed=seed)
+    battles = RobocodeBattles(rounds_per_battle=rounds, seed=seed, gui=gui)
     actor = ray.remote(RobocodeCollector)
     collectors = [actor.options(num_cpus=0.5).remote(battles, replay, index, 100 + index, str(workdir / f"h-{index}"),
                                                      str(CACHE)) for index in range(num_collectors)]
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--collectors", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=30, help="rounds per measured battle")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-gui", dest="gui", action="store_false", help="skip the GUI vs headless comparison")
     args = parser.parse_args()
     ray.init(num_cpus=max(2, max(args.collectors)), include_dashboard=False, logging_level=logging.WARNING,
              runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
@@ -99,6 +102,10 @@ def main() -> None:
                 bare.append(bare_turns_per_s(k, args.rounds, 1000 * repeat + 1, Path(tmp) / f"k{k}-r{repeat}"))
                 harvest.append(harvest_turns_per_s(k, args.rounds, 1000 * repeat, Path(tmp) / f"k{k}-r{repeat}"))
             rows.append((k, statistics.median(bare), statistics.median(harvest), bare, harvest))
+        gui_rows = []
+        for repeat in range(args.repeats if args.gui else 0):
+            gui_rows.append((harvest_turns_per_s(1, args.rounds, 1000 * repeat, Path(tmp) / f"gui-r{repeat}", gui=True),
+                             harvest_turns_per_s(1, args.rounds, 1000 * repeat, Path(tmp) / f"hl-r{repeat}")))
     ray.shutdown()
     print(f"machine: {os.cpu_count()} cores; sample.SpinBot vs sample.Target, lockstep, {args.rounds}-round battles, "
           f"medians of {args.repeats}")
@@ -107,6 +114,11 @@ def main() -> None:
         print(f"{k:>3}  {bare:>21,.0f}  {harvest:>16,.0f}  {harvest / bare:>6.2f}   "
               f"(bare runs {', '.join(f'{v:,.0f}' for v in bare_runs)}; "
               f"harvest runs {', '.join(f'{v:,.0f}' for v in harvest_runs)})")
+    if gui_rows:
+        gui, headless = (statistics.median(values) for values in zip(*gui_rows))
+        print(f"\n1 collector, battle window on Xvfb vs headless: gui {gui:,.0f} turns/s, headless {headless:,.0f} "
+              f"turns/s, ratio {gui / headless:.2f}   (gui runs {', '.join(f'{g:,.0f}' for g, _ in gui_rows)}; "
+              f"headless runs {', '.join(f'{h:,.0f}' for _, h in gui_rows)})")
 
 
 if __name__ == "__main__":
