@@ -4,7 +4,9 @@ driven through its Control API by `java/HarvestRunner.java`, streaming one JSON 
 The runner is compiled with `javac` on first use into a cache keyed by its source, the Java
 version and the Robocode jars; every host gets its own working directory made from the
 package's `battles/`, `config/` and `robots/`, with the CPU benchmark pre-seeded and the
-turn rate uncapped.
+turn rate uncapped. `java/HarvestBridge.java`, the robot a policy outside the JVM drives
+(`BRIDGE_ROBOT`, see `envs.robocode.env`), is compiled with the runner and installed into
+every home's robots.
 
 Robocode 1.9.3.9 can miss a robot's first sleep at a round start (`RobotPeer.startRound`);
 in lockstep (`debug`) mode that stalls the round for minutes (about one battle in ten here).
@@ -34,6 +36,13 @@ JAR_DIR = Path("/usr/share/java")
 HOME_TEMPLATE = Path("/usr/share/games/robocode")
 RUNNER_SOURCE = Path(__file__).with_name("java") / "HarvestRunner.java"
 AGENT_SOURCE = Path(__file__).with_name("java") / "HarvestAgent.java"
+BRIDGE_SOURCE = Path(__file__).with_name("java") / "HarvestBridge.java"
+BRIDGE_ROBOT = "harvest.HarvestBridge*"
+"""The bridge robot's name in battles: Robocode stars every robot class in its robots folder
+outside the `sample` packages as a development version."""
+ROBOTS_DIR = "robots"
+"""The compiled robots' folder inside the runner cache entry (kept off the engine's classpath, so
+Robocode's robot class loader, not the JVM's, loads them)."""
 SUPPORT_JARS = ("picocontainer.jar", "codesize.jar", "bcel.jar")
 AGENT_JAR = "harvest-agent.jar"
 JVM_FLAGS = ("-Xmx512m", "--add-opens", "java.base/sun.net.www.protocol.jar=ALL-UNNAMED", "-Dsun.io.useCanonCaches=false",
@@ -92,21 +101,25 @@ class RobocodeInstall:
 
 
 def compile_runner(install: RobocodeInstall, cache_root: Path) -> Path:
-    """The folder with the compiled runner and `harvest-agent.jar`, built now unless cached.
+    """The folder with the compiled runner, `harvest-agent.jar` and `robots/` (the bridge robot),
+    built now unless cached.
 
-    The cache key covers both sources, the Java version and the Robocode version.
+    The cache key covers the three sources, the Java version and the Robocode version.
     """
-    sources = RUNNER_SOURCE.read_bytes() + AGENT_SOURCE.read_bytes()
+    sources = RUNNER_SOURCE.read_bytes() + AGENT_SOURCE.read_bytes() + BRIDGE_SOURCE.read_bytes()
     key = hashlib.sha256(sources + install.java_version().encode() + install.version.encode()).hexdigest()[:16]
     classes = cache_root / f"runner-{key}"
     if (classes / "HarvestRunner.class").is_file() and (classes / AGENT_JAR).is_file():
         return classes
     staging = cache_root / f".runner-{key}-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([install.javac, "-nowarn", "-d", str(staging), "-cp", os.pathsep.join(install.classpath),
-                             str(RUNNER_SOURCE), str(AGENT_SOURCE)], capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        raise RobocodeError(f"javac failed on {RUNNER_SOURCE.parent}:\n{result.stderr[-3000:]}")
+    classpath = os.pathsep.join(install.classpath)
+    for output, sources_of in ((staging, (RUNNER_SOURCE, AGENT_SOURCE)), (staging / ROBOTS_DIR, (BRIDGE_SOURCE,))):
+        result = subprocess.run([install.javac, "-nowarn", "-d", str(output), "-cp", classpath, *map(str, sources_of)],
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise RobocodeError(f"javac failed on {', '.join(path.name for path in sources_of)}:\n"
+                                f"{result.stderr[-3000:]}")
     with zipfile.ZipFile(staging / AGENT_JAR, "w") as jar:
         jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nPremain-Class: HarvestAgent\n")
         for path in staging.glob("HarvestAgent*.class"):
@@ -129,9 +142,28 @@ def prepare_home(install: RobocodeInstall, home: Path) -> Path:
     return home
 
 
-def engine_command(install: RobocodeInstall, classes: Path, home: Path, lockstep: bool = True) -> list[str]:
-    """The command line of one engine JVM (runner, agent, flags) for the Robocode home `home`."""
-    flags = [*JVM_FLAGS, f"-javaagent:{classes / AGENT_JAR}", *(["-Ddebug=true"] if lockstep else [])]
+def install_robots(classes: Path, home: Path) -> None:
+    """Copy the compiled Harvest robots (the bridge) into the home's robots folder."""
+    for path in (classes / ROBOTS_DIR).rglob("*.class"):
+        target = home / "robots" / path.relative_to(classes / ROBOTS_DIR)
+        if not target.is_file() or target.read_bytes() != path.read_bytes():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+def bridge_properties(port: int) -> dict[str, str]:
+    """The JVM system properties that let `BRIDGE_ROBOT` reach a policy listening on 127.0.0.1:`port`.
+
+    Robocode's security manager forbids robots any socket; NOSECURITY turns it off for this JVM.
+    """
+    return {"NOSECURITY": "true", "harvest.bridge.port": str(port)}
+
+
+def engine_command(install: RobocodeInstall, classes: Path, home: Path, lockstep: bool = True,
+                   properties: dict[str, str] | None = None) -> list[str]:
+    """The command line of one engine JVM (runner, agent, flags, `-Dkey=value` properties) for the home `home`."""
+    flags = [*JVM_FLAGS, f"-javaagent:{classes / AGENT_JAR}", *(["-Ddebug=true"] if lockstep else []),
+             *(f"-D{key}={value}" for key, value in (properties or {}).items())]
     classpath = os.pathsep.join([str(classes), *install.classpath])
     return [install.java, *flags, "-cp", classpath, "HarvestRunner", str(home)]
 
@@ -144,6 +176,9 @@ class RobocodeHost:
         cache_root: where compiled runners are kept.
         lockstep: `-Ddebug=true`: no skipped turns (needed for exact, seeded battles).
         start_timeout_s: how long the JVM may take to come up.
+        gui: show the battle window on a display of the host's own (Xvfb).
+        bridge_port: let `BRIDGE_ROBOT` connect to 127.0.0.1:`bridge_port` (turns Robocode's robot
+            security off in this JVM; see `bridge_properties`).
 
     Usage:
         with RobocodeHost(Path("/tmp/engine-0"), Path("~/.cache/harvest/robocode")) as host:
@@ -152,12 +187,14 @@ class RobocodeHost:
     """
 
     def __init__(self, workdir: Path, cache_root: Path, lockstep: bool = True, start_timeout_s: float = 120.0,
-                 gui: bool = False) -> None:
+                 gui: bool = False, bridge_port: int | None = None) -> None:
         self.install = RobocodeInstall.find()
         self.workdir = Path(workdir)
         self.lockstep, self.gui, self.start_timeout_s = lockstep, gui, start_timeout_s
+        self.properties = bridge_properties(bridge_port) if bridge_port is not None else {}
         self.home = prepare_home(self.install, self.workdir / "home")
         self.classes = compile_runner(self.install, Path(cache_root).expanduser())
+        install_robots(self.classes, self.home)
         self.log_path = self.workdir / "engine.log"
         self._start()
 
@@ -172,7 +209,8 @@ class RobocodeHost:
             self.display.start()
             env["DISPLAY"] = self.display.new_display_var
         self._log = self.log_path.open("ab")
-        command = engine_command(self.install, self.classes, self.home, self.lockstep) + (["gui"] if self.gui else [])
+        command = engine_command(self.install, self.classes, self.home, self.lockstep, self.properties)
+        command += ["gui"] if self.gui else []
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                         cwd=self.home, env=env)
         self._selector = selectors.DefaultSelector()
@@ -184,16 +222,28 @@ class RobocodeHost:
         self.version = ready["version"]
 
     def battle(self, robots: list[str], rounds: int = 1, seed: int | None = None, width: int = 800,
-               height: int = 600, turn_timeout_s: float = 30.0) -> Iterator[dict[str, Any]]:
-        """Run one battle; yields its turn, round_end and battle_end messages as they come.
+               height: int = 600, turn_timeout_s: float = 30.0,
+               setups: list[tuple[float, float, float] | None] | None = None,
+               live: bool = False) -> Iterator[dict[str, Any]]:
+        """Run one battle; yields its round_start, turn, round_end and battle_end messages as they come.
+
+        Args:
+            setups: per robot, where each round places it: (x, y, heading in degrees), or None for
+                Robocode's random spot (Robocode also falls back to one where a spot overlaps).
+            live: the engine flushes every message at once (for a robot that waits on the reader).
 
         Raises:
-            RobocodeError: the engine refused the battle (the message names the robots).
+            RobocodeError: the engine refused the battle (the message names the robots or setups).
             EngineStalled: no message within `turn_timeout_s` (the JVM is killed).
         """
         command = f"BATTLE robots={','.join(robots)} rounds={rounds} width={width} height={height}"
         if seed is not None:
             command += f" seed={seed}"
+        if setups is not None:
+            command += " setups=" + ";".join("random" if setup is None else ",".join(map(repr, map(float, setup)))
+                                             for setup in setups)
+        if live:
+            command += " live=1"
         self._send(command)
         engine_errors: list[str] = []
         while True:
@@ -209,6 +259,10 @@ class RobocodeHost:
             yield message
             if kind == "battle_end":
                 return
+
+    def abort(self) -> None:
+        """End the running battle; its `battle()` iterator then ends with `{"t": "battle_end", "aborted": true}`."""
+        self._send("ABORT")
 
     def restart(self) -> None:
         """Kill this JVM (if it still runs) and start a fresh one in the same working directory."""

@@ -7,13 +7,22 @@
 // method (with BCEL, which Debian ships) so that the monitor is taken *before* the robot
 // starts and released with the method's own synchronized block: the robot cannot take it to
 // notify until wait() releases it, so its notify always comes after the wait began.
+//
+// It also gives the runner each turn's state *before* the robots are woken for that turn
+// (`turnReady`, called from Battle.initializeRound and from Battle.runTurn just before
+// wakeupRobots). Robocode's own TurnEndedEvent comes after every robot has chosen its next
+// commands, too late for a robot that waits on an outside policy (HarvestBridge): the policy
+// needs that turn's state to choose them. Nothing in a robot's own turn changes the state the
+// snapshot shows, so the early snapshot equals the one the TurnEndedEvent would carry.
 // The JVM runs with -XX:-BytecodeVerificationRemote: BCEL cannot rebuild the StackMapTable.
 
 import java.io.ByteArrayInputStream;
 import java.lang.instrument.ClassFileTransformer;
 import java.lang.instrument.Instrumentation;
 import java.security.ProtectionDomain;
+import java.util.List;
 
+import org.apache.bcel.Const;
 import org.apache.bcel.classfile.ClassParser;
 import org.apache.bcel.classfile.JavaClass;
 import org.apache.bcel.classfile.Method;
@@ -21,6 +30,7 @@ import org.apache.bcel.generic.ALOAD;
 import org.apache.bcel.generic.ClassGen;
 import org.apache.bcel.generic.ConstantPoolGen;
 import org.apache.bcel.generic.INVOKEINTERFACE;
+import org.apache.bcel.generic.INVOKESPECIAL;
 import org.apache.bcel.generic.InstructionFactory;
 import org.apache.bcel.generic.InstructionHandle;
 import org.apache.bcel.generic.InstructionList;
@@ -28,20 +38,35 @@ import org.apache.bcel.generic.MONITORENTER;
 import org.apache.bcel.generic.MONITOREXIT;
 import org.apache.bcel.generic.MethodGen;
 import org.apache.bcel.generic.ObjectType;
+import org.apache.bcel.generic.Type;
 
 public final class HarvestAgent {
     static final String PEER = "net/sf/robocode/battle/peer/RobotPeer";
+    static final String BATTLE = "net/sf/robocode/battle/Battle";
+
+    /** Receives the battle's robots and bullets when a round starts and before each turn's robots wake. */
+    public interface TurnListener {
+        void turnReady(Object battle, List<?> robots, List<?> bullets);
+    }
+
+    /** Set by the runner; the patched Battle calls `turnReady` on it. */
+    public static volatile TurnListener turnListener;
+
+    public static void turnReady(Object battle, List<?> robots, List<?> bullets) {
+        TurnListener listener = turnListener;
+        if (listener != null) listener.turnReady(battle, robots, bullets);
+    }
 
     public static void premain(String args, Instrumentation instrumentation) {
         instrumentation.addTransformer(new ClassFileTransformer() {
             @Override
             public byte[] transform(ClassLoader loader, String name, Class<?> redefined, ProtectionDomain domain,
                                     byte[] bytes) {
-                if (!PEER.equals(name)) return null;
+                if (!PEER.equals(name) && !BATTLE.equals(name)) return null;
                 try {
-                    return patch(bytes);
+                    return PEER.equals(name) ? patch(bytes) : patchBattle(bytes);
                 } catch (Throwable error) {
-                    System.err.println("HarvestAgent: could not patch RobotPeer: " + error);
+                    System.err.println("HarvestAgent: could not patch " + name + ": " + error);
                     error.printStackTrace();
                     return null;
                 }
@@ -49,9 +74,55 @@ public final class HarvestAgent {
         });
     }
 
+    static ClassGen classOf(byte[] bytes, String fileName) throws Exception {
+        JavaClass parsed = new ClassParser(new ByteArrayInputStream(bytes), fileName).parse();
+        return new ClassGen(parsed);
+    }
+
+    static void replace(ClassGen owner, Method method, MethodGen generator) {
+        generator.removeCodeAttributes();  // the old StackMapTable no longer fits
+        generator.setMaxStack();
+        generator.setMaxLocals();
+        owner.replaceMethod(method, generator.getMethod());
+    }
+
+    /** Battle.initializeRound (after its super call) and Battle.runTurn (before wakeupRobots) call turnReady. */
+    static byte[] patchBattle(byte[] bytes) throws Exception {
+        ClassGen battle = classOf(bytes, "Battle.class");
+        ConstantPoolGen pool = battle.getConstantPool();
+        InstructionFactory factory = new InstructionFactory(battle, pool);
+        ObjectType list = new ObjectType("java.util.List");
+        int sites = 0;
+        for (Method method : battle.getMethods()) {
+            boolean round = method.getName().equals("initializeRound") && method.getSignature().equals("()V");
+            boolean turn = method.getName().equals("runTurn") && method.getSignature().equals("()V");
+            if (!round && !turn) continue;
+            MethodGen generator = new MethodGen(method, battle.getClassName(), pool);
+            InstructionList code = generator.getInstructionList();
+            for (InstructionHandle handle : code.getInstructionHandles()) {
+                if (!(handle.getInstruction() instanceof INVOKESPECIAL)) continue;
+                String called = ((INVOKESPECIAL) handle.getInstruction()).getMethodName(pool);
+                if (!(round && called.equals("initializeRound")) && !(turn && called.equals("wakeupRobots"))) continue;
+                InstructionList call = new InstructionList();
+                call.append(new ALOAD(0));
+                call.append(new ALOAD(0));
+                call.append(factory.createGetField(battle.getClassName(), "robots", list));
+                call.append(new ALOAD(0));
+                call.append(factory.createGetField(battle.getClassName(), "bullets", list));
+                call.append(factory.createInvoke("HarvestAgent", "turnReady", Type.VOID,
+                                                 new Type[] {Type.OBJECT, list, list}, Const.INVOKESTATIC));
+                if (round) code.append(handle, call); else code.insert(handle, call);
+                sites++;
+                break;
+            }
+            replace(battle, method, generator);
+        }
+        if (sites != 2) throw new IllegalStateException("Battle: expected 2 places for turnReady, found " + sites);
+        return battle.getJavaClass().getBytes();
+    }
+
     static byte[] patch(byte[] bytes) throws Exception {
-        JavaClass parsed = new ClassParser(new ByteArrayInputStream(bytes), "RobotPeer.class").parse();
-        ClassGen peer = new ClassGen(parsed);
+        ClassGen peer = classOf(bytes, "RobotPeer.class");
         ConstantPoolGen pool = peer.getConstantPool();
         InstructionFactory factory = new InstructionFactory(peer, pool);
         ObjectType sleepingType = new ObjectType("java.util.concurrent.atomic.AtomicBoolean");
@@ -81,10 +152,7 @@ public final class HarvestAgent {
                     exits++;
                 }
             }
-            generator.removeCodeAttributes();  // the old StackMapTable no longer fits
-            generator.setMaxStack();
-            generator.setMaxLocals();
-            peer.replaceMethod(method, generator.getMethod());
+            replace(peer, method, generator);
         }
         if (sites != 1 || exits == 0) {
             throw new IllegalStateException("RobotPeer.startRound: expected 1 robot start and a synchronized block, found "
