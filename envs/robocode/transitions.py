@@ -11,6 +11,12 @@ An expert robot is not asked what it commanded; what it did shows in consecutive
 Rows where that recovery is not exact are flagged: `collision` (the robot hit a wall or a
 robot: the engine stopped it), `disabled` (energy 0: it cannot act) and `post_round` (the
 other robot is dead: the round is decided and the ~150 turns left mean nothing).
+
+An observation (`OBS_FIELDS`) is the robot's own state (`STATE_FIELDS`, `robot_state`) and
+what its radar last saw of the others (`SIGHTING_FIELDS`, see `envs.robocode.sightings`),
+both from the snapshots alone; `observations` is the one function that makes them, for the
+collected rows and for `RobocodeEnv` alike. A round's list may start with its `round_start`
+message (turn 0, as the runner prints it): it gives no row, only the sweep of turn 1.
 Headings are degrees, as in Robocode's API and the seed JSON files.
 """
 
@@ -21,7 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OBS_FIELDS = ("x", "y", "heading", "gun_heading", "radar_heading", "velocity", "gun_heat", "energy")
+from envs.robocode.sightings import SIGHTING_FIELDS, RadarMemory, degrees_turned
+
+STATE_FIELDS = ("x", "y", "heading", "gun_heading", "radar_heading", "velocity", "gun_heat", "energy")
+OBS_FIELDS = STATE_FIELDS + SIGHTING_FIELDS
 ACTION_FIELDS = ("target_speed", "turn_rate", "gun_turn_rate", "radar_turn_rate", "fire_power")
 COLLISION_STATES = {"HIT_WALL", "HIT_ROBOT"}
 FIRED_STATES = {"FIRED", "MOVING"}
@@ -34,9 +43,9 @@ class RobotRound:
     robot: str
     round: int
     turn: np.ndarray          # int64 [T], the turn of `obs`
-    obs: np.ndarray           # float32 [T, 8]
+    obs: np.ndarray           # float32 [T, 14] (OBS_FIELDS)
     action: np.ndarray        # float32 [T, 5]
-    next_obs: np.ndarray      # float32 [T, 8]
+    next_obs: np.ndarray      # float32 [T, 14]
     reward: np.ndarray        # float32 [T]
     terminated: np.ndarray    # bool [T]
     collision: np.ndarray     # bool [T]
@@ -54,33 +63,57 @@ def robot_state(robot: dict) -> list[float]:
             math.degrees(robot["radar_heading"]), robot["velocity"], robot["gun_heat"], robot["energy"]]
 
 
-def _turned(before: float, after: float) -> float:
-    """after - before in degrees, normalised into (-180, 180]."""
-    delta = (after - before) % 360.0
-    return delta - 360.0 if delta > 180.0 else delta
+def observations(memory: RadarMemory, before: dict | None, turn: dict) -> np.ndarray:
+    """[R, 14] float64: every robot's `OBS_FIELDS` in the turn message `turn`, after `memory`
+    has taken in the radar sweeps since `before` (the previous message of the round, or None)."""
+    memory.update(before, turn)
+    return np.array([robot_state(robot) + memory.features(index, turn) for index, robot in enumerate(turn["robots"])])
+
+
+def step_rewards(energy: np.ndarray, next_energy: np.ndarray, alive: np.ndarray, next_alive: np.ndarray, robot: int,
+                 reward_scale: float = 100.0, win_reward: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Robot `robot`'s rewards over N steps, and on which of them it dies and wins.
+
+    Args:
+        energy, next_energy: [N, R] every robot's energy before and after each step.
+        alive, next_alive: [N, R] bool, the same for being alive.
+
+    Returns:
+        reward [N] ((own energy change - the others' energy change) / `reward_scale`, plus
+        `win_reward` when the last other robot dies, minus it when this one dies), dies [N], wins [N].
+    """
+    others = [other for other in range(energy.shape[1]) if other != robot]
+    own_gain = next_energy[:, robot] - energy[:, robot]
+    others_gain = (next_energy[:, others] - energy[:, others]).sum(axis=1)
+    dies = ~next_alive[:, robot]
+    wins = alive[:, others].any(axis=1) & ~next_alive[:, others].any(axis=1) & ~dies
+    reward = (own_gain - others_gain) / reward_scale + win_reward * wins - win_reward * dies
+    return reward, dies, wins
 
 
 def split_rounds(messages: list[dict]) -> dict[int, list[dict]]:
-    """The turn messages of a battle, by round."""
+    """The round_start and turn messages of a battle, by round."""
     rounds: dict[int, list[dict]] = {}
     for message in messages:
-        if message.get("t") == "turn":
+        if message.get("t") in ("round_start", "turn"):
             rounds.setdefault(message["round"], []).append(message)
     return rounds
 
 
 def round_transitions(turns: list[dict], reward_scale: float = 100.0, win_reward: float = 1.0) -> list[RobotRound]:
-    """Every robot's transitions in one round (`turns`: its turn messages in order).
+    """Every robot's transitions in one round (`turns`: its turn messages in order, optionally
+    after its round_start message).
 
     A robot has a row for each turn it starts alive; its last row is `terminated` (it died,
-    or the round ended). The reward is (own energy change - the others' energy change) /
-    `reward_scale`, plus `win_reward` on the row where the last other robot dies and minus it
-    on the row where this robot dies.
+    or the round ended). Rewards: `step_rewards`.
     """
+    start = turns[0] if turns and turns[0].get("t") == "round_start" else None
+    turns = turns[1:] if start is not None else turns
     if len(turns) < 2:
         return []
     names = [robot["name"] for robot in turns[0]["robots"]]
-    states = np.array([[robot_state(robot) for robot in turn["robots"]] for turn in turns], np.float64)
+    memory = RadarMemory()
+    states = np.array([observations(memory, before, turn) for before, turn in zip([start, *turns[:-1]], turns)])
     alive = np.array([[robot["state"] != "DEAD" for robot in turn["robots"]] for turn in turns])
     collided = np.array([[robot["state"] in COLLISION_STATES for robot in turn["robots"]] for turn in turns])
     fired = np.zeros((len(turns), len(names)))  # fired[t, i]: power of robot i's bullet new in turn t
@@ -98,18 +131,13 @@ def round_transitions(turns: list[dict], reward_scale: float = 100.0, win_reward
             continue
         rows = np.array(rows)
         before, after = states[rows, robot], states[rows + 1, robot]
-        body = np.array([_turned(b, a) for b, a in zip(before[:, 2], after[:, 2])])
-        gun = np.array([_turned(b, a) for b, a in zip(before[:, 3], after[:, 3])])
-        radar = np.array([_turned(b, a) for b, a in zip(before[:, 4], after[:, 4])])
+        body = np.array([degrees_turned(b, a) for b, a in zip(before[:, 2], after[:, 2])])
+        gun = np.array([degrees_turned(b, a) for b, a in zip(before[:, 3], after[:, 3])])
+        radar = np.array([degrees_turned(b, a) for b, a in zip(before[:, 4], after[:, 4])])
         action = np.stack([after[:, 5], body, gun - body, radar - gun, fired[rows + 1, robot]], axis=1)
-        others = [other for other in range(len(names)) if other != robot]
-        own_gain = after[:, 7] - before[:, 7]
-        others_gain = (states[rows + 1][:, others, 7] - states[rows][:, others, 7]).sum(axis=1)
-        others_alive_before = alive[rows][:, others].any(axis=1)
-        others_alive_after = alive[rows + 1][:, others].any(axis=1)
-        dies = ~alive[rows + 1, robot]
-        wins = others_alive_before & ~others_alive_after & ~dies
-        reward = (own_gain - others_gain) / reward_scale + win_reward * wins - win_reward * dies
+        reward, dies, _ = step_rewards(states[rows, :, 7], states[rows + 1, :, 7], alive[rows], alive[rows + 1], robot,
+                                       reward_scale, win_reward)
+        others_alive_before = alive[rows][:, [other for other in range(len(names)) if other != robot]].any(axis=1)
         terminated = dies.copy()
         terminated[-1] = True
         results.append(RobotRound(
