@@ -2,9 +2,11 @@
 
 `make_vector_env(EnvConfig(...))` returns a Gymnasium vector env for any Gymnasium id,
 a Harvest-registered name, or a user's own env given as ``"package.module:Class"``.
-The env's spaces define the dataset schema (`columns_for_space`).
+The env's spaces define the dataset schema (`columns_for_space`). Importing `envs` registers
+Harvest's Gymnasium ids (`harvest/Robocode-v0`).
 """
 
+import envs.robocode  # noqa: F401  (registers harvest/Robocode-v0 with Gymnasium)
 from envs.config import EnvConfig
 from envs.registry import EnvNotFoundError, make_vector_env, register_env, registered_envs
 from envs.spaces import (
