@@ -2,8 +2,13 @@
 
 JSON (`expert_game_states_<collector>_<timestamp>.json`): a list with one entry per turn,
 `{"turn", "round", "bot_states": [{"name", "x", "y", "direction", "gunDirection",
-"radarDirection", "speed", "gunHeat", "energy", "state"}], "bullet_states": [{"id", "owner",
-"x", "y", "direction", "power", "state"}]}` (degrees, as in Robocode's API).
+"radarDirection", "speed", "gunHeat", "energy", "state", "boxX", "boxY"}], "bullet_states":
+[{"id", "owner", "x", "y", "direction", "power", "state"}]}` (degrees, as in Robocode's API).
+Each round starts with a turn-0 entry (the robots as placed, before anyone moved), and
+`boxX`/`boxY` are the corner of the engine's bounding box (it stays behind after a ram, and
+the radar scans the box): with both, importing a file gives exactly the rows the collector
+pushed. Files without them (older recordings) still import, with the first turn's and
+post-ram sightings approximated.
 
 NPZ (`aggregated_expert_data.npz`): `observations` (N, 8), `actions` (N, 5) and `metadata`, a
 JSON string with `total_steps`, `num_collectors` and `description`; it loads with
@@ -23,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.robocode.transitions import RobotRound, round_transitions, split_rounds
+from envs.robocode.transitions import STATE_FIELDS, RobotRound, round_transitions, split_rounds
 
 NPZ_NAME = "aggregated_expert_data.npz"
 BOT_KEYS = ("x", "y", "direction", "gunDirection", "radarDirection", "speed", "gunHeat", "energy")
@@ -37,7 +42,7 @@ def to_seed_states(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Turn messages of the runner → seed-layout entries (round numbers from 1, as the seeds count)."""
     states = []
     for message in messages:
-        if message.get("t") != "turn":
+        if message.get("t") not in ("round_start", "turn"):
             continue
         states.append({
             "turn": message["turn"], "round": message["round"] + 1,
@@ -45,7 +50,8 @@ def to_seed_states(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                             "direction": math.degrees(robot["heading"]),
                             "gunDirection": math.degrees(robot["gun_heading"]),
                             "radarDirection": math.degrees(robot["radar_heading"]), "speed": robot["velocity"],
-                            "gunHeat": robot["gun_heat"], "energy": robot["energy"], "state": robot["state"]}
+                            "gunHeat": robot["gun_heat"], "energy": robot["energy"], "state": robot["state"],
+                            **({"boxX": robot["box_x"], "boxY": robot["box_y"]} if "box_x" in robot else {})}
                            for robot in message["robots"]],
             "bullet_states": [{"id": bullet["id"], "owner": bullet["owner"], "x": bullet["x"], "y": bullet["y"],
                                "direction": math.degrees(bullet["heading"]), "power": bullet["power"],
@@ -73,15 +79,17 @@ def _from_seed_entry(entry: Any, where: str) -> dict[str, Any]:
                        "heading": math.radians(bot["direction"]), "gun_heading": math.radians(bot["gunDirection"]),
                        "radar_heading": math.radians(bot["radarDirection"]), "velocity": bot["speed"],
                        "gun_heat": bot["gunHeat"], "energy": bot["energy"],
-                       "state": bot.get("state", "ACTIVE" if bot["energy"] > 0 else "DEAD")})
+                       "state": bot.get("state", "ACTIVE" if bot["energy"] > 0 else "DEAD"),
+                       **({"box_x": bot["boxX"], "box_y": bot["boxY"]} if "boxX" in bot else {})})
     bullets = [{"id": bullet["id"], "owner": bullet["owner"], "power": bullet["power"],
                 "state": bullet.get("state", "MOVING")} for bullet in entry.get("bullet_states", [])
                if isinstance(bullet, dict) and {"id", "owner", "power"} <= set(bullet)]
     try:
-        return {"t": "turn", "turn": int(entry["turn"]), "round": int(entry["round"]) - 1, "robots": robots,
-                "bullets": bullets}
+        turn, round_number = int(entry["turn"]), int(entry["round"]) - 1
     except (KeyError, TypeError, ValueError) as err:
         raise SeedFormatError(f"{where}: 'turn' and 'round' must be integers ({err})") from err
+    return {"t": "round_start" if turn == 0 else "turn", "turn": turn, "round": round_number, "robots": robots,
+            "bullets": bullets}
 
 
 @dataclass
@@ -152,7 +160,7 @@ def write_dataset_npz(dataset_dir: str | Path, path: str | Path | None = None,
 
 def _save_npz(observations: np.ndarray, actions: np.ndarray, path: str | Path, num_collectors: int,
               description: str) -> Path:
-    observations = np.ascontiguousarray(observations[:, :8], np.float32)  # the seeds' 8 values per row
+    observations = np.ascontiguousarray(observations[:, :len(STATE_FIELDS)], np.float32)  # the seeds' 8 values
     actions = np.ascontiguousarray(actions, np.float32)
     metadata = {"total_steps": int(len(observations)), "num_collectors": num_collectors, "description": description}
     path = Path(path)

@@ -178,21 +178,25 @@ def test_seed_format_files_round_trip_and_bad_files_are_named(tmp_path, cache_ro
 @needs_robocode
 @pytest.mark.timeout(180)
 def test_a_gui_battle_shows_the_real_battle_window_under_xvfb(tmp_path, cache_root):
-    # The window paints asynchronously (Swing's own thread): under load the first frames can lag the battle,
-    # so grab every 50 turns until two painted frames from different turns are in hand.
-    painted = []
+    # The window paints on Swing's own thread, every second or two under load, so grab every 50
+    # turns until a painted frame (not a blank or half-drawn screen) and a later, different one
+    # (the battle moved on) are in hand.
+    first, changed = None, 0
     with RobocodeHost(tmp_path / "engine", cache_root, gui=True) as engine:
         display = engine.display
         for message in engine.battle(ROBOTS, rounds=20, seed=2, turn_timeout_s=30):
             if message["t"] == "turn" and message["turn"] >= 100 and message["turn"] % 50 == 0:
                 shot = engine.screenshot()
                 assert shot.shape == (768, 1024, 3)
-                if len(np.unique(shot.reshape(-1, 3), axis=0)) > 100:
-                    painted.append(shot)
-                if len(painted) == 2:
-                    break
+                if len(np.unique(shot.reshape(-1, 3), axis=0)) <= 100:
+                    continue
+                if first is None:
+                    first = shot
+                else:
+                    changed = int((first != shot).any(axis=2).sum())
+                    if changed > 500:
+                        break
         engine.kill()  # stop mid-battle; close() then shuts the display
-    assert len(painted) == 2, "the battle window never painted (the screen stayed nearly blank)"
-    changed = (painted[0] != painted[1]).any(axis=2).sum()
-    assert changed > 500, f"the battle view did not change between turns ({changed} pixels)"
+    assert first is not None, "the battle window never painted (the screen stayed nearly blank)"
+    assert changed > 500, f"the battle view did not change over 20 rounds ({changed} pixels)"
     assert not display.is_alive(), "the Xvfb display is stopped with the host"
