@@ -130,7 +130,14 @@ class BCLearner:
         validation_index = torch.as_tensor(np.flatnonzero(validation_mask & ~skipped), device=self.device)
         self._fit_normalizer(model, tensors, obs_names, train_index)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = -(-train_index.numel() // cfg.batch_size)
+        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps_per_epoch * cfg.epochs))
+                    if cfg.lr_schedule == "cosine" else None)
         action = tensors[action_names[0]]
+        scale = None
+        if cfg.continuous_loss == "standardized" and isinstance(schema.action_space, gym.spaces.Box):
+            scale = action_scale(action[train_index], schema.action_space)
+            self._log.info("action scale (standardized MSE): {}", [round(float(v), 4) for v in scale])
         self._log.info("training BC on {} ({} rows: {} train, {} validation{}) on {}",
                        self.dataset.folder, num_rows, train_index.numel(), validation_index.numel(),
                        f", {int(skipped.sum())} skipped ({' | '.join(flags)})" if flags else "", self.device)
@@ -144,10 +151,12 @@ class BCLearner:
             losses = []
             for start in range(0, permutation.numel(), cfg.batch_size):
                 rows = permutation[start:start + cfg.batch_size]
-                loss = bc_loss(model, {name: tensors[name][rows] for name in obs_names}, action[rows])
+                loss = bc_loss(model, {name: tensors[name][rows] for name in obs_names}, action[rows], scale)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
                 losses.append(loss.detach())
                 with self._lock:
                     self._progress.samples += rows.numel()
@@ -215,8 +224,10 @@ class BCLearner:
                               "validation_accuracy": record.validation_accuracy})
 
 
-def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for discrete actions (summed over MultiDiscrete parts), MSE for Box actions."""
+def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor,
+            action_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy for discrete actions (summed over MultiDiscrete parts), MSE for Box actions
+    (each dimension divided by `action_scale` when given)."""
     out = model(obs)
     space = model.action_space
     if isinstance(space, gym.spaces.Discrete):
@@ -225,4 +236,18 @@ def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], 
         targets = (action.long() - torch.as_tensor(space.start, device=action.device)).reshape(action.shape[0], -1)
         parts = out.split(space.nvec.reshape(-1).tolist(), dim=-1)
         return sum(nn.functional.cross_entropy(logits, targets[:, i]) for i, logits in enumerate(parts))
-    return nn.functional.mse_loss(out, action.reshape(action.shape[0], -1).float())
+    error = out - action.reshape(action.shape[0], -1).float()
+    if action_scale is not None:
+        error = error / action_scale
+    return error.square().mean()
+
+
+def action_scale(actions: torch.Tensor, space: gym.spaces.Box, floor_fraction: float = 0.01) -> torch.Tensor:
+    """Per-dimension spread of demonstrated Box actions: their standard deviation, at least
+    `floor_fraction` of the dimension's range (1e-3 where unbounded), so a dimension the
+    expert never varies (a gun that never turns) is fitted as tightly as the others."""
+    flat = actions.reshape(actions.shape[0], -1).float()
+    spread = torch.as_tensor((space.high - space.low).reshape(-1), dtype=torch.float32, device=flat.device)
+    floor = torch.where(torch.isfinite(spread), spread * floor_fraction, torch.full_like(spread, 1e-3))
+    std = flat.std(0) if flat.shape[0] > 1 else torch.zeros_like(floor)
+    return torch.maximum(std, floor)

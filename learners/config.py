@@ -18,8 +18,16 @@ class LearnerConfig:
     """Samples per gradient step."""
     lr: float = Field(default=1e-3, gt=0)
     """Adam learning rate."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """`cosine`: anneal the learning rate to 0 over the whole run (step by step), so the last
+    epochs settle instead of jittering by ~lr; it matters where small, systematic action errors
+    add up over an episode (a gun that should not turn)."""
     weight_decay: float = Field(default=0.0, ge=0)
     """Adam weight decay (L2)."""
+    continuous_loss: Literal["mse", "standardized"] = "mse"
+    """Box actions: `mse` in the action's own units; `standardized`: each dimension's error
+    divided by its spread in the demonstrations (std, at least 1 % of its range), so small
+    but systematic errors in a dimension the expert barely uses are not drowned by the others."""
     model: Literal["auto", "mlp", "cnn"] = "auto"
     """Network: `mlp` over the flattened observation; `cnn` over a [C, H, W] board whose tiles
     the Discrete actions are laid out over (Generals.io); `auto` picks `cnn` where it fits."""

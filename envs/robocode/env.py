@@ -58,7 +58,9 @@ class RobocodeEnv(gym.Env):
     `ACTION_SPACE`; fire_power below 0.1 fires nothing). `reset(options={"setups": [...]})`
     places the robots (bridge first), each (x, y, heading in degrees) or None for random.
     `info`: round, turn, seed, energy, enemy_energy, winner (a name, when terminated by a
-    death and one robot is left), scans (the ScannedRobotEvents the bridge got this turn).
+    death and one robot is left), scans (the ScannedRobotEvents the bridge got this turn),
+    skipped_turns (turns Robocode ran without waking the bridge, rare: the step then spans
+    them, its reward summed over them; logged).
 
     Usage:
         env = gymnasium.make("harvest/Robocode-v0", opponent="sample.SpinBot")
@@ -141,19 +143,32 @@ class RobocodeEnv(gym.Env):
         self._send(" ".join(repr(float(value)) for value in action))
         before, turn = self._turn, self._next_message(("turn",))
         report = self._bridge_report(turn) if turn["robots"][BRIDGE_INDEX]["state"] != "DEAD" else None
-        obs = observations(self._memory, before, turn)[BRIDGE_INDEX]
-        energy, next_energy = ([[robot["energy"] for robot in message["robots"]]] for message in (before, turn))
-        alive, next_alive = ([[robot["state"] != "DEAD" for robot in message["robots"]]] for message in (before, turn))
-        reward, dies, wins = step_rewards(np.array(energy), np.array(next_energy), np.array(alive),
-                                          np.array(next_alive), BRIDGE_INDEX, self.reward_scale, self.win_reward)
-        survivors = [robot["name"] for robot in turn["robots"] if robot["state"] != "DEAD"]
-        terminated = bool(dies[0] or wins[0] or len(survivors) <= 1)
+        total, skipped = 0.0, 0
+        while True:
+            obs = observations(self._memory, before, turn)[BRIDGE_INDEX]
+            energy, next_energy = ([[robot["energy"] for robot in message["robots"]]] for message in (before, turn))
+            alive, next_alive = ([[robot["state"] != "DEAD" for robot in message["robots"]]]
+                                 for message in (before, turn))
+            reward, dies, wins = step_rewards(np.array(energy), np.array(next_energy), np.array(alive),
+                                              np.array(next_alive), BRIDGE_INDEX, self.reward_scale, self.win_reward)
+            total += float(reward[0])
+            survivors = [robot["name"] for robot in turn["robots"] if robot["state"] != "DEAD"]
+            terminated = bool(dies[0] or wins[0] or len(survivors) <= 1)
+            if terminated or report is None or report["turn"] == turn["turn"]:
+                break
+            # Robocode woke the bridge a turn late (it can miss a robot's sleep even in lockstep
+            # mode): that turn ran on the bridge's previous commands. Catch the engine up.
+            skipped += 1
+            before, turn = turn, self._next_message(("turn",))
+        if skipped:
+            self._log.warning("the bridge robot skipped {} turn(s) before turn {}", skipped, turn["turn"])
         truncated = not terminated and turn["turn"] >= self.max_turns
         self._turn = turn
         info = self._info(turn, report, winner=survivors[0] if terminated and len(survivors) == 1 else None)
+        info["skipped_turns"] = skipped
         if terminated or truncated:
             self._end_battle()
-        return self._observation(obs), float(reward[0]), terminated, truncated, info
+        return self._observation(obs), total, terminated, truncated, info
 
     def close(self) -> None:
         """End the battle, shut the bridge's socket and the JVM, and remove a temporary workdir."""
@@ -177,7 +192,7 @@ class RobocodeEnv(gym.Env):
                 "energy": float(robots[BRIDGE_INDEX]["energy"]),
                 "enemy_energy": float(sum(robot["energy"] for index, robot in enumerate(robots)
                                           if index != BRIDGE_INDEX)),
-                "winner": winner, "scans": report["scans"] if report is not None else []}
+                "winner": winner, "scans": report["scans"] if report is not None else [], "skipped_turns": 0}
 
     def _next_message(self, kinds: tuple[str, ...]) -> dict[str, Any]:
         assert self._battle is not None
@@ -195,7 +210,7 @@ class RobocodeEnv(gym.Env):
             raise RobocodeError(f"engine in {self.workdir}: the bridge robot closed its socket in turn {turn['turn']}"
                                 f". Log tail:\n{self.host.log_tail()}")
         report = json.loads(line)
-        if (report["round"], report["turn"]) != (turn["round"], turn["turn"]):
+        if report["round"] != turn["round"] or report["turn"] < turn["turn"]:
             raise RobocodeError(f"engine in {self.workdir}: the bridge reported round {report['round']} turn "
                                 f"{report['turn']}, the engine round {turn['round']} turn {turn['turn']}")
         return report
