@@ -135,9 +135,13 @@ class BCLearner:
                     if cfg.lr_schedule == "cosine" else None)
         action = tensors[action_names[0]]
         scale = None
-        if cfg.continuous_loss == "standardized" and isinstance(schema.action_space, gym.spaces.Box):
-            scale = action_scale(action[train_index], schema.action_space)
-            self._log.info("action scale (standardized MSE): {}", [round(float(v), 4) for v in scale])
+        if isinstance(model, PolicyModel) and isinstance(schema.action_space, gym.spaces.Box):
+            fixed = model.fix_constant_actions(action[train_index])
+            if fixed:
+                self._log.info("action dimensions {} are the same in every demonstration; played as given", fixed)
+            if cfg.continuous_loss == "standardized":
+                scale = action_scale(action[train_index], schema.action_space)
+                self._log.info("action scale (standardized MSE): {}", [round(float(v), 4) for v in scale])
         self._log.info("training BC on {} ({} rows: {} train, {} validation{}) on {}",
                        self.dataset.folder, num_rows, train_index.numel(), validation_index.numel(),
                        f", {int(skipped.sum())} skipped ({' | '.join(flags)})" if flags else "", self.device)

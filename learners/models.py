@@ -143,6 +143,9 @@ class PolicyModel(nn.Module):
             self.register_buffer("action_low", torch.from_numpy(np.where(bounded, low, -1.0)))
             self.register_buffer("action_high", torch.from_numpy(np.where(bounded, high, 1.0)))
             self.register_buffer("action_bounded", torch.from_numpy(bounded))
+            # Dimensions the demonstrations never vary are played exactly (see `fix_constant_actions`).
+            self.register_buffer("action_fixed", torch.zeros(low.size, dtype=torch.bool))
+            self.register_buffer("action_fixed_value", torch.zeros(low.size))
         else:
             raise TypeError(f"action space {action_space} is not supported by the MLP policy; "
                             "expected Discrete, MultiDiscrete or Box")
@@ -154,7 +157,23 @@ class PolicyModel(nn.Module):
         if isinstance(self.action_space, gym.spaces.Box):
             squashed = self.action_low + (torch.tanh(out) + 1) * 0.5 * (self.action_high - self.action_low)
             out = torch.where(self.action_bounded, squashed, out)
+            out = torch.where(self.action_fixed, self.action_fixed_value, out)
         return out
+
+    @torch.no_grad()
+    def fix_constant_actions(self, actions: torch.Tensor, tolerance: float = 1e-6) -> list[int]:
+        """Box actions: play every dimension that is the same in all of `actions` (the
+        demonstrations) as exactly that value. A regression head is only nearly right on such a
+        dimension, and a small steady error adds up over an episode (a gun that should never
+        turn drifts off target). Returns the fixed dimensions."""
+        flat = actions.reshape(actions.shape[0], -1).float()
+        if flat.shape[0] == 0:
+            return []
+        spread = flat.max(0).values - flat.min(0).values
+        fixed = spread <= tolerance * (1.0 + flat.abs().max(0).values)
+        self.action_fixed.copy_(fixed)
+        self.action_fixed_value.copy_(torch.where(fixed, flat[0], torch.zeros_like(flat[0])))
+        return [int(i) for i in torch.nonzero(fixed).flatten()]
 
     def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
             generator: torch.Generator | None = None) -> torch.Tensor:

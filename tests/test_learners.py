@@ -97,6 +97,21 @@ def test_bc_regresses_continuous_actions(tmp_path):
     assert result.best_validation_loss < 0.01
 
 
+def test_an_action_dimension_the_demonstrations_never_vary_is_played_exactly(tmp_path):
+    space = gym.spaces.Box(np.array([-1, -20, 0], np.float32), np.array([1, 20, 3], np.float32))
+    schema, batch = synthetic(gym.spaces.Box(-1, 1, (3,), np.float32), space, 2000,
+                              lambda b: np.stack([np.tanh(b["obs"][:, 0]), np.zeros(len(b["obs"])),
+                                                  np.full(len(b["obs"]), 1.5)], axis=1).astype(np.float32))
+    dataset = write_dataset(tmp_path, schema, batch)
+    cfg = LearnerConfig(epochs=3, batch_size=64, hidden_sizes=[16], lr_schedule="cosine",
+                        continuous_loss="standardized")
+    result = BCLearner(cfg, str(dataset), str(tmp_path / "learner")).train()
+    policy = load_torch_policy(result.best_checkpoint)  # the fixed dimensions survive the checkpoint
+    actions = policy.compute_actions(np.random.default_rng(3).uniform(-3, 3, (500, 3)).astype(np.float32)).actions
+    assert (actions[:, 1] == 0).all() and (actions[:, 2] == 1.5).all()
+    assert actions[:, 0].std() > 0.1, "the varying dimension is still learned"
+
+
 def test_flagged_rows_are_left_out_of_training(tmp_path):
     # Rows flagged `noisy` carry the wrong label; skipping them recovers the rule exactly.
     schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 3000,
