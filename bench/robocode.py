@@ -56,15 +56,29 @@ def bare_turns_per_s(num_engines: int, rounds: int, seed: int, workdir: Path) ->
         time.sleep(0.05)  # every JVM has printed its ready line
     started = time.perf_counter()
     for process in processes:
-        process.stdin.write(f"BATTLE robots=sample.SpinBot,sample.Target rounds={rounds} seed={seed}\nQUIT\n".encode())
+        process.stdin.write(f"BATTLE robots=sample.SpinBot,sample.Target rounds={rounds} seed={seed}\n".encode())
         process.stdin.flush()
-    for process in processes:
-        process.wait(timeout=600)
+    # QUIT aborts a running battle, so it is sent once each engine has printed its battle_end.
+    pending = set(range(num_engines))
+    while pending:
+        time.sleep(0.02)
+        pending = {index for index in pending if not _ended(workdir / f"bare-{index}.jsonl")}
     seconds = time.perf_counter() - started
+    for process in processes:
+        process.stdin.write(b"QUIT\n")
+        process.stdin.flush()
+        process.wait(timeout=60)
     for output in outputs:
         output.close()
     turns = sum((workdir / f"bare-{index}.jsonl").read_bytes().count(b'"t":"turn"') for index in range(num_engines))
     return turns / seconds
+
+
+def _ended(path: Path) -> bool:
+    """Whether the engine writing `path` has printed its battle_end line (read from the tail)."""
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 4096))
+        return b'"t":"battle_end"' in handle.read()
 
 
 def harvest_turns_per_s(num_collectors: int, rounds: int, seed: int, workdir: Path, gui: bool = False) -> float:

@@ -17,18 +17,19 @@ header). Any other hang still ends in `EngineStalled` through the turn timeout.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import selectors
 import shutil
 import subprocess
 import time
 import zipfile
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import orjson
 from loguru import logger
 
 DEBIAN_PACKAGES = "robocode default-jdk xvfb"
@@ -215,7 +216,8 @@ class RobocodeHost:
                                         cwd=self.home, env=env)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
-        self._buffer = b""
+        self._lines: deque[bytes] = deque()  # complete lines not yet returned
+        self._partial = b""                   # the start of the next line
         ready = self._next_message(self.start_timeout_s, "the engine to start")
         if ready.get("t") != "ready":
             raise RobocodeError(f"engine in {self.workdir}: expected a ready line, got {ready}")
@@ -284,7 +286,7 @@ class RobocodeHost:
 
     def _next_message(self, timeout_s: float, waiting_for: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
+        while not self._lines:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._selector.select(remaining):
                 self.kill()
@@ -295,9 +297,11 @@ class RobocodeHost:
                 self.kill()
                 raise RobocodeError(f"engine in {self.workdir} exited (code {self.process.poll()}) while waiting for "
                                     f"{waiting_for}. Log tail:\n{self.log_tail()}")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+            # Split a chunk once (a chunk holds ~100 turns; splitting the rest off line by line
+            # would copy it ~100 times).
+            *complete, self._partial = (self._partial + chunk).split(b"\n")
+            self._lines.extend(complete)
+        return orjson.loads(self._lines.popleft())
 
     def log_tail(self, num_lines: int = 20) -> str:
         self._log.flush()
