@@ -55,8 +55,16 @@ class ReplayConfig:
     """Shard actors; every row of an episode lands in the same one."""
     capacity_rows: StrictInt = Field(default=100_000, ge=1)
     """Rows one shard keeps before the oldest are evicted (FIFO)."""
-    sampler: Literal["uniform"] = "uniform"
-    """How `sample` picks rows."""
+    sampler: Literal["uniform", "prioritized", "fifo", "lifo"] = "uniform"
+    """How `sample` picks rows (rollout/replay/selectors.py): `uniform`; `prioritized`
+    (proportional, P(i) = p_i^α / Σ p^α, with importance weights and `update_priorities`);
+    `fifo` / `lifo`: oldest / newest rows not sampled yet, each at most once."""
+    priority_alpha: float = Field(default=0.6, ge=0)
+    """`prioritized`: how strongly priorities skew sampling (0: uniform)."""
+    priority_beta: float = Field(default=0.4, ge=0, le=1)
+    """`prioritized`: importance-weight exponent (1: fully corrects the sampling bias)."""
+    priority_eps: float = Field(default=1e-6, gt=0)
+    """`prioritized`: added to |TD error| so no row's priority is 0."""
     min_size_to_sample: StrictInt = Field(default=1, ge=1)
     """Rows a shard must hold before `sample` returns anything."""
     num_cpus: float = Field(default=0.25, ge=0)

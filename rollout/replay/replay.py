@@ -9,7 +9,7 @@ import ray
 
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
-from rollout.replay.shard import ReplayShard, ShardStats
+from rollout.replay.shard import KEY_SHARD_SHIFT, PriorityUpdate, ReplayShard, ShardStats, importance_weights
 from rollout.routing import shard_of
 
 
@@ -48,6 +48,8 @@ class Replay:
 
     shards: tuple[ray.actor.ActorHandle, ...]
     schema: BatchSchema
+    sampler: str = "uniform"
+    beta: float = 0.4
 
     @property
     def num_shards(self) -> int:
@@ -87,14 +89,38 @@ class Replay:
         return sum(ray.get([shard.inserted_rows.remote() for shard in self.shards], timeout=timeout_s))
 
     def sample(self, num_rows: int, rng: np.random.Generator, timeout_s: float = 30.0) -> TransitionBatch | None:
-        """Blocks: `num_rows` rows across shards, each shard drawn in proportion to its size."""
-        sizes = np.array([shard.size_rows for shard in self.stats(timeout_s).shards], dtype=np.float64)
-        if sizes.sum() == 0:
+        """Blocks: `num_rows` rows across shards, each shard drawn in proportion to its sampling
+        mass (total priority, or size). `probability` and `weight` are recomputed over the whole
+        replay: P(i) = p_i^α / Σ_all p^α, weight = (N·P)^-β over the batch's largest."""
+        masses = ray.get([shard.sampling_mass.remote() for shard in self.shards], timeout=timeout_s)
+        mass = np.array([m for m, _ in masses], np.float64)
+        stored = sum(size for _, size in masses)
+        if mass.sum() <= 0:
             return None
-        counts = rng.multinomial(num_rows, sizes / sizes.sum())
-        refs = [self.shards[index].sample.remote(int(count)) for index, count in enumerate(counts) if count]
-        parts = [part for part in ray.get(refs, timeout=timeout_s) if part is not None]
-        return TransitionBatch.concat(parts) if parts else None
+        counts = rng.multinomial(num_rows, mass / mass.sum())
+        refs = {index: self.shards[index].sample.remote(int(count)) for index, count in enumerate(counts) if count}
+        parts = []
+        for index, part in zip(refs, ray.get(list(refs.values()), timeout=timeout_s)):
+            if part is not None:
+                part.columns["probability"] = part["probability"] * (mass[index] / mass.sum())
+                parts.append(part)
+        if not parts:
+            return None
+        batch = TransitionBatch.concat(parts)
+        beta = self.beta if self.sampler == "prioritized" else 0.0
+        batch.columns["weight"] = importance_weights(batch["probability"], stored, beta)
+        return batch
+
+    def update_priorities(self, keys: np.ndarray, td_errors: np.ndarray, timeout_s: float = 30.0) -> PriorityUpdate:
+        """Blocks: send each sampled row's new priority (|td_error| + ε) back to its shard."""
+        keys, td_errors = np.asarray(keys, np.int64).reshape(-1), np.asarray(td_errors).reshape(-1)
+        shard_ids = keys >> KEY_SHARD_SHIFT
+        if shard_ids.size and (shard_ids.min() < 0 or shard_ids.max() >= self.num_shards):
+            raise ValueError(f"update_priorities: keys name shards outside [0, {self.num_shards})")
+        refs = [self.shards[index].update_priorities.remote(keys[shard_ids == index], td_errors[shard_ids == index])
+                for index in np.unique(shard_ids)]
+        results = ray.get(refs, timeout=timeout_s)
+        return PriorityUpdate(sum(r.updated for r in results), sum(r.overwritten for r in results))
 
     def kill(self) -> None:
         for shard in self.shards:
@@ -112,4 +138,4 @@ def start_replay(cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None
             options["name"] = f"{name_prefix}-replay-shard-{shard_index}"
         shards.append(shard_actor.options(**options).remote(cfg, schema, shard_index, shard_index))
     ray.get([shard.ready.remote() for shard in shards], timeout=timeout_s)
-    return Replay(tuple(shards), schema)
+    return Replay(tuple(shards), schema, cfg.sampler, cfg.priority_beta)

@@ -1,20 +1,97 @@
-"""Selectors pick which stored rows `ReplayShard.sample` returns."""
+"""Selectors pick which stored rows `ReplayShard.sample` returns (`replay.sampler`).
+
+    uniform      every stored row equally likely, with replacement
+    prioritized  proportional prioritized replay (Schaul et al., 2016): P(i) = p_i^α / Σ p^α,
+                 new rows at the largest priority so far, `update_priorities` from TD errors
+    fifo         a queue: the oldest rows not sampled yet, each at most once
+    lifo         a stack: the newest rows not sampled yet, each at most once
+
+A selector sees ring slots: `inserted(slots)` after rows are stored (overwriting older ones),
+`select(...)` to draw. Probabilities are returned with the slots (1 for fifo/lifo).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from rollout.replay.sum_tree import SumTree
+
 
 class Uniform:
     """Every stored row equally likely, with replacement."""
 
-    def select(self, size: int, num_rows: int, rng: np.random.Generator) -> np.ndarray:
-        """`num_rows` slot indices in [0, size)."""
-        return rng.integers(0, size, size=num_rows)
+    def inserted(self, slots: np.ndarray) -> None:
+        pass
+
+    def mass(self, size: int) -> float:
+        return float(size)
+
+    def select(self, size: int, num_rows: int, rng: np.random.Generator,
+               oldest_seq: int = 0, next_seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """`num_rows` slot indices in [0, size) and their probabilities."""
+        return rng.integers(0, size, size=num_rows), np.full(num_rows, 1.0 / max(size, 1))
 
 
-def make_selector(name: str) -> Uniform:
+class Prioritized:
+    """Proportional prioritized sampling over a sum-tree of p_i^α (stratified draws)."""
+
+    def __init__(self, capacity: int, alpha: float, eps: float) -> None:
+        self.alpha, self.eps = alpha, eps
+        self.tree = SumTree(capacity)
+        self.max_priority = 1.0
+
+    def inserted(self, slots: np.ndarray) -> None:
+        self.tree.update(slots, self.max_priority ** self.alpha)
+
+    def mass(self, size: int) -> float:
+        return self.tree.total
+
+    def select(self, size: int, num_rows: int, rng: np.random.Generator,
+               oldest_seq: int = 0, next_seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        total = self.tree.total
+        targets = (np.arange(num_rows) + rng.random(num_rows)) * (total / num_rows)
+        slots = self.tree.find(targets)
+        return slots, self.tree.get(slots) / total
+
+    def update(self, slots: np.ndarray, td_errors: np.ndarray) -> None:
+        priorities = np.abs(np.asarray(td_errors, np.float64)) + self.eps
+        if not np.isfinite(priorities).all():
+            raise ValueError("update_priorities: TD errors must be finite")
+        self.tree.update(slots, priorities ** self.alpha)
+        self.max_priority = max(self.max_priority, float(priorities.max(initial=0.0)))
+
+
+class Queue:
+    """FIFO (`newest_first=False`) or LIFO reads: each stored row is returned at most once."""
+
+    def __init__(self, capacity: int, newest_first: bool) -> None:
+        self.newest_first = newest_first
+        self.taken = np.zeros(capacity, bool)
+        self.capacity = capacity
+
+    def inserted(self, slots: np.ndarray) -> None:
+        self.taken[slots] = False
+
+    def mass(self, size: int) -> float:
+        return float(size - self.taken[:size].sum())
+
+    def select(self, size: int, num_rows: int, rng: np.random.Generator,
+               oldest_seq: int = 0, next_seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        seqs = np.arange(oldest_seq, next_seq)
+        if self.newest_first:
+            seqs = seqs[::-1]
+        slots = seqs % self.capacity
+        chosen = slots[~self.taken[slots]][:num_rows]
+        self.taken[chosen] = True
+        return chosen, np.ones(chosen.size)
+
+
+def make_selector(name: str, capacity: int, alpha: float = 0.6, eps: float = 1e-6) -> Uniform | Prioritized | Queue:
     """The selector named by `replay.sampler`."""
     if name == "uniform":
         return Uniform()
-    raise ValueError(f"replay.sampler: {name!r} is not a known sampler; expected 'uniform'")
+    if name == "prioritized":
+        return Prioritized(capacity, alpha, eps)
+    if name in ("fifo", "lifo"):
+        return Queue(capacity, newest_first=name == "lifo")
+    raise ValueError(f"replay.sampler: {name!r} is not a known sampler; expected uniform, prioritized, fifo or lifo")

@@ -41,6 +41,18 @@ class ReadResult:
     skipped_rows: int
 
 
+KEY_SHARD_SHIFT = 48
+"""A sampled row's key is `(shard_index << KEY_SHARD_SHIFT) | sequence number`."""
+
+
+@dataclass(frozen=True)
+class PriorityUpdate:
+    """What `update_priorities` did: rows updated, and rows already overwritten (ignored)."""
+
+    updated: int
+    overwritten: int
+
+
 @dataclass(frozen=True)
 class ShardStats:
     shard_index: int
@@ -53,6 +65,12 @@ class ShardStats:
     episodes_completed: int
     episodes_stored: int
     memory_bytes: int
+
+
+def importance_weights(probability: np.ndarray, num_stored: int, beta: float) -> np.ndarray:
+    """(N·P(i))^-β, divided by the batch's largest so the weights only ever scale losses down."""
+    weights = (num_stored * np.maximum(probability, 1e-300)) ** -beta
+    return (weights / weights.max(initial=1e-300)).astype(np.float32)
 
 
 class ReplayShard:
@@ -76,7 +94,7 @@ class ReplayShard:
         self.schema = schema
         self.shard_index = shard_index
         self._ring = ColumnRing(schema, capacity_rows=cfg.capacity_rows)
-        self._selector = make_selector(cfg.sampler)
+        self._selector = make_selector(cfg.sampler, cfg.capacity_rows, cfg.priority_alpha, cfg.priority_eps)
         self._limiter = MinSize(cfg.min_size_to_sample)
         self._rng = np.random.default_rng(seed)
         self._inserted_batches = 0
@@ -102,6 +120,8 @@ class ReplayShard:
             metrics.replay_rejected_batches().inc(tags=self._tags)
             raise
         first_seq, num_rows = self._ring.append(batch)
+        stored_from = max(first_seq, self._ring.oldest_seq)
+        self._selector.inserted(np.arange(stored_from, first_seq + num_rows) % self._ring.capacity_rows)
         self._inserted_batches += 1
         self._episodes_completed += int(np.count_nonzero(batch["terminated"] | batch["truncated"]))
         metrics.replay_inserted_rows().inc(num_rows, tags=self._tags)
@@ -109,11 +129,52 @@ class ReplayShard:
         return InsertAck(self.shard_index, first_seq, num_rows)
 
     def sample(self, num_rows: int) -> TransitionBatch | None:
-        """`num_rows` rows chosen by the sampler; None while the rate limiter holds sampling back."""
-        if not self._limiter.can_sample(self._ring.size):
+        """`num_rows` rows chosen by the sampler, with three extra columns: `key` (for
+        `update_priorities`), `probability` (of drawing the row from this shard) and `weight`
+        (importance weight (N·P)^-β over the batch's largest, 1 unless prioritized). None while
+        the rate limiter holds sampling back or nothing is left to read (fifo/lifo)."""
+        ring = self._ring
+        if not self._limiter.can_sample(ring.size) or ring.size == 0:
             return None
-        slots = self._selector.select(self._ring.size, num_rows, self._rng)
-        return self._ring.gather(slots)
+        slots, probability = self._selector.select(ring.size, num_rows, self._rng, ring.oldest_seq, ring.next_seq)
+        if slots.size == 0:
+            return None
+        batch = ring.gather(slots)
+        seqs = ring.oldest_seq + (slots - ring.oldest_seq) % ring.capacity_rows
+        batch.columns["key"] = (np.int64(self.shard_index) << KEY_SHARD_SHIFT) | seqs
+        batch.columns["probability"] = probability.astype(np.float64)
+        batch.columns["weight"] = importance_weights(probability, ring.size, self.cfg.priority_beta
+                                                     if self.cfg.sampler == "prioritized" else 0.0)
+        return batch
+
+    def sampling_mass(self) -> tuple[float, int]:
+        """(total priority, or rows left to read, or size; rows stored): how much of a draw across
+        shards this one should get."""
+        return self._selector.mass(self._ring.size), self._ring.size
+
+    def update_priorities(self, keys: np.ndarray, td_errors: np.ndarray) -> PriorityUpdate:
+        """New priorities |td_error| + ε for sampled rows; rows the ring has overwritten since
+        they were sampled are ignored and counted.
+
+        Raises:
+            ValueError: not a prioritized shard, keys of another shard or of rows never stored,
+                or shapes that do not match.
+        """
+        if self.cfg.sampler != "prioritized":
+            raise ValueError(f"ReplayShard[{self.shard_index}].update_priorities: replay.sampler is "
+                             f"{self.cfg.sampler!r}, not 'prioritized'")
+        keys, td_errors = np.asarray(keys, np.int64).reshape(-1), np.asarray(td_errors, np.float64).reshape(-1)
+        if keys.shape != td_errors.shape:
+            raise ValueError(f"ReplayShard[{self.shard_index}].update_priorities: {keys.size} keys but "
+                             f"{td_errors.size} TD errors")
+        shards = keys >> KEY_SHARD_SHIFT
+        seqs = keys & ((1 << KEY_SHARD_SHIFT) - 1)
+        if (shards != self.shard_index).any() or (seqs >= self._ring.next_seq).any():
+            raise ValueError(f"ReplayShard[{self.shard_index}].update_priorities: keys of another shard or of rows "
+                             "never stored; pass back the `key` column that sample returned")
+        live = seqs >= self._ring.oldest_seq
+        self._selector.update(seqs[live] % self._ring.capacity_rows, td_errors[live])
+        return PriorityUpdate(int(live.sum()), int((~live).sum()))
 
     def read(self, cursor: int, max_rows: int) -> ReadResult:
         """Up to `max_rows` rows in insertion order from sequence number `cursor` on.
