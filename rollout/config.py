@@ -50,6 +50,16 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class RateLimitConfig:
+    samples_per_insert: float = Field(gt=0)
+    """Samples drawn per inserted row that the replay holds collectors and learners to."""
+    error_buffer: float = Field(default=1000.0, gt=0)
+    """How far (in samples) the two may drift apart before one side waits."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    """How long an insert or a sample waits before it fails with a message naming the limit."""
+
+
+@dataclass(frozen=True, config=_STRICT)
 class ReplayConfig:
     num_shards: StrictInt = Field(default=2, ge=1)
     """Shard actors; every row of an episode lands in the same one."""
@@ -69,3 +79,6 @@ class ReplayConfig:
     """Rows a shard must hold before `sample` returns anything."""
     num_cpus: float = Field(default=0.25, ge=0)
     """CPUs Ray reserves for each shard actor."""
+    rate_limit: Optional[RateLimitConfig] = None
+    """Samples-per-insert limiting (inserts or samples wait instead of drifting); None: off,
+    as for pure collection. `min_size_to_sample` applies either way."""

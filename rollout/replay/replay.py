@@ -50,6 +50,7 @@ class Replay:
     schema: BatchSchema
     sampler: str = "uniform"
     beta: float = 0.4
+    rate_limited: bool = False
 
     @property
     def num_shards(self) -> int:
@@ -77,6 +78,9 @@ class Replay:
 
     def insert_async(self, batch: TransitionBatch, source: str = "unknown") -> list[ray.ObjectRef]:
         """Push `batch` to its shards; each returned ref resolves to an `InsertAck` once stored."""
+        if self.rate_limited:  # the shard waits for the limiter instead of refusing
+            return [self.shards[shard_index].insert_wait.remote(part, source)
+                    for shard_index, part in self.route(batch)]
         return [self.shards[shard_index].insert.remote(part, source)
                 for shard_index, part in self.route(batch)]
 
@@ -98,7 +102,9 @@ class Replay:
         if mass.sum() <= 0:
             return None
         counts = rng.multinomial(num_rows, mass / mass.sum())
-        refs = {index: self.shards[index].sample.remote(int(count)) for index, count in enumerate(counts) if count}
+        method = "sample_wait" if self.rate_limited else "sample"
+        refs = {index: getattr(self.shards[index], method).remote(int(count))
+                for index, count in enumerate(counts) if count}
         parts = []
         for index, part in zip(refs, ray.get(list(refs.values()), timeout=timeout_s)):
             if part is not None:
@@ -138,4 +144,4 @@ def start_replay(cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None
             options["name"] = f"{name_prefix}-replay-shard-{shard_index}"
         shards.append(shard_actor.options(**options).remote(cfg, schema, shard_index, shard_index))
     ray.get([shard.ready.remote() for shard in shards], timeout=timeout_s)
-    return Replay(tuple(shards), schema, cfg.sampler, cfg.priority_beta)
+    return Replay(tuple(shards), schema, cfg.sampler, cfg.priority_beta, cfg.rate_limit is not None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from cluster import metrics
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
 from rollout.memory import keep_batch_buffers_on_heap
-from rollout.replay.limiter import MinSize
+from rollout.replay.limiter import MinSize, RateLimited, SampleToInsertRatio
 from rollout.replay.ring import ColumnRing
 from rollout.replay.selectors import make_selector
 
@@ -95,7 +96,10 @@ class ReplayShard:
         self.shard_index = shard_index
         self._ring = ColumnRing(schema, capacity_rows=cfg.capacity_rows)
         self._selector = make_selector(cfg.sampler, cfg.capacity_rows, cfg.priority_alpha, cfg.priority_eps)
-        self._limiter = MinSize(cfg.min_size_to_sample)
+        self._limiter = (SampleToInsertRatio(cfg.rate_limit.samples_per_insert, cfg.min_size_to_sample,
+                                             cfg.rate_limit.error_buffer)
+                         if cfg.rate_limit is not None else MinSize(cfg.min_size_to_sample))
+        self._changed: asyncio.Condition | None = None  # made in the actor's event loop on first use
         self._rng = np.random.default_rng(seed)
         self._inserted_batches = 0
         self._rejected_batches = 0
@@ -109,7 +113,11 @@ class ReplayShard:
 
         Raises:
             BatchSchemaError: the batch does not match the schema; nothing of it is stored.
+            RateLimited: the rate limiter holds inserts back (`insert_wait` waits instead).
         """
+        if not self._limiter.can_insert():
+            raise RateLimited(f"ReplayShard[{self.shard_index}]: inserts are held back by the rate limiter "
+                              f"({self._limiter.describe()})")
         started = time.perf_counter()
         if isinstance(batch, pa.RecordBatch):
             batch = TransitionBatch.from_arrow(batch)
@@ -123,9 +131,11 @@ class ReplayShard:
         stored_from = max(first_seq, self._ring.oldest_seq)
         self._selector.inserted(np.arange(stored_from, first_seq + num_rows) % self._ring.capacity_rows)
         self._inserted_batches += 1
+        self._limiter.on_insert(num_rows)
         self._episodes_completed += int(np.count_nonzero(batch["terminated"] | batch["truncated"]))
         metrics.replay_inserted_rows().inc(num_rows, tags=self._tags)
         metrics.replay_insert_seconds().observe(time.perf_counter() - started, tags=self._tags)
+        self._notify()
         return InsertAck(self.shard_index, first_seq, num_rows)
 
     def sample(self, num_rows: int) -> TransitionBatch | None:
@@ -139,13 +149,60 @@ class ReplayShard:
         slots, probability = self._selector.select(ring.size, num_rows, self._rng, ring.oldest_seq, ring.next_seq)
         if slots.size == 0:
             return None
+        self._limiter.on_sample(int(slots.size))
         batch = ring.gather(slots)
         seqs = ring.oldest_seq + (slots - ring.oldest_seq) % ring.capacity_rows
         batch.columns["key"] = (np.int64(self.shard_index) << KEY_SHARD_SHIFT) | seqs
         batch.columns["probability"] = probability.astype(np.float64)
         batch.columns["weight"] = importance_weights(probability, ring.size, self.cfg.priority_beta
                                                      if self.cfg.sampler == "prioritized" else 0.0)
+        self._notify()
         return batch
+
+    async def insert_wait(self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown",
+                          timeout_s: float | None = None) -> InsertAck:
+        """`insert`, waiting (up to `timeout_s`, default `replay.rate_limit.timeout_s`) while the
+        rate limiter holds inserts back. Only in the actor: other calls go on while it waits.
+
+        Raises:
+            RateLimited: still held back after the timeout (the message says by what).
+        """
+        await self._wait_for(self._limiter.can_insert, "an insert", timeout_s)
+        return self.insert(batch, source)
+
+    async def sample_wait(self, num_rows: int, timeout_s: float | None = None) -> TransitionBatch | None:
+        """`sample`, waiting while the rate limiter holds sampling back (see `insert_wait`)."""
+        await self._wait_for(lambda: self._limiter.can_sample(self._ring.size), "a sample", timeout_s)
+        return self.sample(num_rows)
+
+    async def _wait_for(self, ready, what: str, timeout_s: float | None) -> None:
+        if ready():
+            return
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        timeout_s = timeout_s if timeout_s is not None else (
+            self.cfg.rate_limit.timeout_s if self.cfg.rate_limit is not None else 60.0)
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
+            except asyncio.TimeoutError as err:
+                raise RateLimited(f"ReplayShard[{self.shard_index}]: {what} waited {timeout_s:g}s for the rate "
+                                  f"limiter ({self._limiter.describe()}); is the other side running?") from err
+
+    def _notify(self) -> None:
+        """Wake waiting inserts and samples (in the actor's event loop; nothing waits elsewhere)."""
+        if self._changed is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            changed = self._changed
+
+            async def wake() -> None:
+                async with changed:
+                    changed.notify_all()
+
+            loop.create_task(wake())
 
     def sampling_mass(self) -> tuple[float, int]:
         """(total priority, or rows left to read, or size; rows stored): how much of a draw across
