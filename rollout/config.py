@@ -79,6 +79,17 @@ class ReplayConfig:
     """Rows a shard must hold before `sample` returns anything."""
     num_cpus: float = Field(default=0.25, ge=0)
     """CPUs Ray reserves for each shard actor."""
+    wal_dir: Optional[str] = None
+    """Durable shards: each writes every inserted batch to a write-ahead log in
+    `<wal_dir>/shard-NNN/` before acknowledging it, and a shard restarted by Ray (see
+    `max_restarts`) restores its rows from its last checkpoint and the log. None: in memory only."""
+    wal_fsync: bool = False
+    """fsync the log on every insert (survives a machine crash, not only a process kill)."""
+    checkpoint_every_rows: Optional[StrictInt] = Field(default=None, ge=1)
+    """Durable shards: checkpoint (and start a fresh log) after this many inserted rows."""
+    max_restarts: StrictInt = Field(default=0, ge=-1)
+    """How often Ray restarts a shard actor that died (-1: always); calls in flight are retried,
+    and retried batches are recognised by their batch id and never stored twice."""
     rate_limit: Optional[RateLimitConfig] = None
     """Samples-per-insert limiting (inserts or samples wait instead of drifting); None: off,
     as for pure collection. `min_size_to_sample` applies either way."""

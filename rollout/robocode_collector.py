@@ -142,7 +142,7 @@ class RobocodeCollector:
                 result.dropped_battles.append(battle_index)
                 continue
             batch = self._rows(battle_index, messages)
-            ray.get(self.replay.insert_async(batch, f"robocode collector {self.collector_id}"), timeout=120)
+            ray.get(self.replay.insert_async(batch, f"robocode collector {self.collector_id}", battle_index), timeout=120)
             if self._game_states_dir is not None:
                 self._write_game_states(messages)
             result.rows += batch.num_rows

@@ -95,6 +95,7 @@ class RolloutWorker:
                              f"{self._describe(self.schema)}, the replay expects {self._describe(replay.schema)}")
         self._replay = replay
         self._source = f"collector {collector_id}"
+        self._pushes = 0  # batch ids: a shard restarted by Ray recognises a retried push
         self._cutter = TransitionCutter(self.schema, self._env.num_envs, cfg.batch_rows,
                                         self._env.metadata.get("autoreset_mode"), collector_id,
                                         EpisodeIds(collector_uid(run_id, collector_id)),
@@ -180,7 +181,7 @@ class RolloutWorker:
 
     def _push(self, batch: TransitionBatch) -> None:
         metrics.rollout_env_steps().inc(batch.num_rows, tags=self._tags)
-        self._in_flight.extend(self._replay.insert_async(batch, self._source))
+        self._in_flight.extend(self._replay.insert_async(batch, self._source, self._next_batch_id()))
         if len(self._in_flight) >= self.cfg.max_pushes_in_flight:
             waited = time.perf_counter()
             num_returns = len(self._in_flight) - self.cfg.max_pushes_in_flight + 1
@@ -194,10 +195,14 @@ class RolloutWorker:
             self._push_wait_s += elapsed
             metrics.rollout_push_wait_seconds().observe(elapsed, tags=self._tags)
 
+    def _next_batch_id(self) -> int:
+        self._pushes += 1
+        return self._pushes
+
     def _drain(self) -> None:
         batch = self._cutter.flush()
         if batch is not None and batch.num_rows and self._replay is not None:
-            self._in_flight.extend(self._replay.insert_async(batch, self._source))
+            self._in_flight.extend(self._replay.insert_async(batch, self._source, self._next_batch_id()))
         if self._in_flight:
             waited = time.perf_counter()
             try:

@@ -61,9 +61,9 @@ def test_collectors_fill_the_sharded_replay(ray_cluster):
 
 
 class SlowShard(ReplayShard):
-    def insert(self, batch, source="unknown"):
+    def insert(self, batch, source="unknown", batch_id=None):
         time.sleep(0.05)
-        return super().insert(batch, source)
+        return super().insert(batch, source, batch_id)
 
 
 def test_pushes_in_flight_stay_bounded(ray_cluster):

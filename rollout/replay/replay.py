@@ -76,12 +76,12 @@ class Replay:
                 routed.append((shard_index, batch.take(rows)))
         return routed
 
-    def insert_async(self, batch: TransitionBatch, source: str = "unknown") -> list[ray.ObjectRef]:
-        """Push `batch` to its shards; each returned ref resolves to an `InsertAck` once stored."""
-        if self.rate_limited:  # the shard waits for the limiter instead of refusing
-            return [self.shards[shard_index].insert_wait.remote(part, source)
-                    for shard_index, part in self.route(batch)]
-        return [self.shards[shard_index].insert.remote(part, source)
+    def insert_async(self, batch: TransitionBatch, source: str = "unknown",
+                     batch_id: int | None = None) -> list[ray.ObjectRef]:
+        """Push `batch` to its shards; each returned ref resolves to an `InsertAck` once stored.
+        `batch_id` (increasing per source) lets a shard recognise a push retried after a restart."""
+        method = "insert_wait" if self.rate_limited else "insert"  # insert_wait waits for the limiter
+        return [getattr(self.shards[shard_index], method).remote(part, source, batch_id)
                 for shard_index, part in self.route(batch)]
 
     def stats(self, timeout_s: float = 30.0) -> ReplayStats:
@@ -139,7 +139,8 @@ def start_replay(cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None
     shard_actor = ray.remote(ReplayShard)
     shards = []
     for shard_index in range(cfg.num_shards):
-        options = {"num_cpus": cfg.num_cpus}
+        options = {"num_cpus": cfg.num_cpus, "max_restarts": cfg.max_restarts,
+                   "max_task_retries": -1 if cfg.max_restarts else 0}
         if name_prefix:
             options["name"] = f"{name_prefix}-replay-shard-{shard_index}"
         shards.append(shard_actor.options(**options).remote(cfg, schema, shard_index, shard_index))

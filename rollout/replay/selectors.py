@@ -20,6 +20,16 @@ from rollout.replay.sum_tree import SumTree
 class Uniform:
     """Every stored row equally likely, with replacement."""
 
+    def row_state(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-row state to checkpoint (aligned with `slots`)."""
+        return {}
+
+    def scalar_state(self) -> dict:
+        return {}
+
+    def restore(self, slots: np.ndarray, rows: dict[str, np.ndarray], scalars: dict) -> None:
+        pass
+
     def inserted(self, slots: np.ndarray) -> None:
         pass
 
@@ -32,8 +42,18 @@ class Uniform:
         return rng.integers(0, size, size=num_rows), np.full(num_rows, 1.0 / max(size, 1))
 
 
-class Prioritized:
+class Prioritized(Uniform):
     """Proportional prioritized sampling over a sum-tree of p_i^α (stratified draws)."""
+
+    def row_state(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        return {"priority": self.tree.get(slots)}
+
+    def scalar_state(self) -> dict:
+        return {"max_priority": self.max_priority}
+
+    def restore(self, slots: np.ndarray, rows: dict[str, np.ndarray], scalars: dict) -> None:
+        self.tree.update(slots, rows["priority"])
+        self.max_priority = scalars["max_priority"]
 
     def __init__(self, capacity: int, alpha: float, eps: float) -> None:
         self.alpha, self.eps = alpha, eps
@@ -61,8 +81,14 @@ class Prioritized:
         self.max_priority = max(self.max_priority, float(priorities.max(initial=0.0)))
 
 
-class Queue:
+class Queue(Uniform):
     """FIFO (`newest_first=False`) or LIFO reads: each stored row is returned at most once."""
+
+    def row_state(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        return {"taken": self.taken[slots]}
+
+    def restore(self, slots: np.ndarray, rows: dict[str, np.ndarray], scalars: dict) -> None:
+        self.taken[slots] = rows["taken"]
 
     def __init__(self, capacity: int, newest_first: bool) -> None:
         self.newest_first = newest_first

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +16,7 @@ from cluster import metrics
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
 from rollout.memory import keep_batch_buffers_on_heap
+from rollout.replay.durability import Restored, WriteAheadLog
 from rollout.replay.limiter import MinSize, RateLimited, SampleToInsertRatio
 from rollout.replay.ring import ColumnRing
 from rollout.replay.selectors import make_selector
@@ -41,6 +44,9 @@ class ReadResult:
     next_cursor: int
     skipped_rows: int
 
+
+_ACKS_KEPT = 1024
+"""Acks remembered per source for recognising retried batches (far more than pushes in flight)."""
 
 KEY_SHARD_SHIFT = 48
 """A sampled row's key is `(shard_index << KEY_SHARD_SHIFT) | sequence number`."""
@@ -104,17 +110,32 @@ class ReplayShard:
         self._inserted_batches = 0
         self._rejected_batches = 0
         self._episodes_completed = 0
+        self._acks: dict[str, dict[int, InsertAck]] = {}
         self._log = logger.bind(actor=f"ReplayShard[{shard_index}]")
         keep_batch_buffers_on_heap()
         self._tags = {"shard": str(shard_index)}
+        self._wal: WriteAheadLog | None = None
+        self._checkpointed_seq = 0
+        if cfg.wal_dir:
+            folder = Path(cfg.wal_dir).expanduser() / f"shard-{shard_index:03d}"
+            self._restore(WriteAheadLog.restore(folder))
+            self._wal = WriteAheadLog(folder, schema.arrow_schema(), cfg.wal_fsync)
 
-    def insert(self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown") -> InsertAck:
-        """Validate and store `batch`; the returned ack means the rows are stored.
+    def insert(self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown",
+               batch_id: int | None = None) -> InsertAck:
+        """Validate and store `batch`; the returned ack means the rows are stored (and, on a
+        durable shard, in its write-ahead log).
+
+        `batch_id`: a number the source gives each batch (increasing); a batch id the shard
+        already stored from that source is acknowledged again without storing it twice, so a
+        push retried after the shard restarted is never duplicated.
 
         Raises:
             BatchSchemaError: the batch does not match the schema; nothing of it is stored.
             RateLimited: the rate limiter holds inserts back (`insert_wait` waits instead).
         """
+        if batch_id is not None and batch_id in self._acks.get(source, {}):
+            return self._acks[source][batch_id]
         if not self._limiter.can_insert():
             raise RateLimited(f"ReplayShard[{self.shard_index}]: inserts are held back by the rate limiter "
                               f"({self._limiter.describe()})")
@@ -127,6 +148,17 @@ class ReplayShard:
             self._rejected_batches += 1
             metrics.replay_rejected_batches().inc(tags=self._tags)
             raise
+        if self._wal is not None:
+            self._wal.append(batch.to_arrow(self.schema), source, -1 if batch_id is None else batch_id)
+        ack = self._store(batch, source, batch_id)
+        metrics.replay_insert_seconds().observe(time.perf_counter() - started, tags=self._tags)
+        self._notify()
+        if (self.cfg.checkpoint_every_rows and self._wal is not None
+                and self._ring.next_seq - self._checkpointed_seq >= self.cfg.checkpoint_every_rows):
+            self.checkpoint()
+        return ack
+
+    def _store(self, batch: TransitionBatch, source: str, batch_id: int | None) -> InsertAck:
         first_seq, num_rows = self._ring.append(batch)
         stored_from = max(first_seq, self._ring.oldest_seq)
         self._selector.inserted(np.arange(stored_from, first_seq + num_rows) % self._ring.capacity_rows)
@@ -134,9 +166,66 @@ class ReplayShard:
         self._limiter.on_insert(num_rows)
         self._episodes_completed += int(np.count_nonzero(batch["terminated"] | batch["truncated"]))
         metrics.replay_inserted_rows().inc(num_rows, tags=self._tags)
-        metrics.replay_insert_seconds().observe(time.perf_counter() - started, tags=self._tags)
-        self._notify()
-        return InsertAck(self.shard_index, first_seq, num_rows)
+        ack = InsertAck(self.shard_index, first_seq, num_rows)
+        if batch_id is not None and batch_id >= 0:
+            acks = self._acks.setdefault(source, {})
+            acks[batch_id] = ack
+            if len(acks) > _ACKS_KEPT:
+                del acks[min(acks)]
+        return ack
+
+    def checkpoint(self) -> str:
+        """Durable shards: write the rows, the sampler's state and the counters, start a new log
+        and delete the older files; returns the checkpoint's path."""
+        if self._wal is None:
+            raise ValueError(f"ReplayShard[{self.shard_index}].checkpoint: not durable (set replay.wal_dir)")
+        ring = self._ring
+        rows = ring.read(ring.oldest_seq, ring.size) if ring.size else self.schema.empty(0)
+        slots = np.arange(ring.oldest_seq, ring.next_seq) % ring.capacity_rows
+        table = pa.Table.from_batches([rows.to_arrow(self.schema)])
+        for name, values in self._selector.row_state(slots).items():
+            table = table.append_column(f"__{name}", pa.array(values))
+        state = {"oldest_seq": ring.oldest_seq, "next_seq": ring.next_seq, "inserted_batches": self._inserted_batches,
+                 "rejected_batches": self._rejected_batches, "episodes_completed": self._episodes_completed,
+                 "limiter": [self._limiter.inserted, self._limiter.sampled], "selector": self._selector.scalar_state(),
+                 "acks": {source: [[batch_id, ack.first_seq, ack.num_rows] for batch_id, ack in acks.items()]
+                          for source, acks in self._acks.items()}}
+        path = self._wal.checkpoint(table, state)
+        self._checkpointed_seq = ring.next_seq
+        self._log.info("checkpoint {}: {} rows", path.name, ring.size)
+        return str(path)
+
+    def _restore(self, restored: Restored) -> None:
+        state = restored.checkpoint_state
+        if restored.checkpoint_rows is not None:
+            table = restored.checkpoint_rows
+            row_state = {name[2:]: table.column(name).to_numpy() for name in table.column_names if name.startswith("__")}
+            table = table.select([name for name in table.column_names if not name.startswith("__")])
+            self._ring.next_seq = state["oldest_seq"]
+            if table.num_rows:
+                self._ring.append(TransitionBatch.from_arrow(table))
+            self._ring.next_seq = state["next_seq"]
+            slots = np.arange(state["oldest_seq"], state["next_seq"]) % self._ring.capacity_rows
+            self._selector.restore(slots, row_state, state["selector"])
+            self._inserted_batches, self._rejected_batches = state["inserted_batches"], state["rejected_batches"]
+            self._episodes_completed = state["episodes_completed"]
+            self._limiter.inserted, self._limiter.sampled = state["limiter"]
+            self._acks = {source: {batch_id: InsertAck(self.shard_index, first_seq, num_rows)
+                                   for batch_id, first_seq, num_rows in acks}
+                          for source, acks in state["acks"].items()}
+            self._checkpointed_seq = state["next_seq"]
+        for record_batch, source, batch_id in restored.logged:
+            self._store(TransitionBatch.from_arrow(record_batch), source, batch_id if batch_id >= 0 else None)
+        if restored.checkpoint_rows is not None or restored.logged:
+            self._log.warning("restored {} rows (sequence {} to {}) from {}: a checkpoint{} and {} logged batches{}",
+                              self._ring.size, self._ring.oldest_seq, self._ring.next_seq, self.cfg.wal_dir,
+                              "" if restored.checkpoint_rows is not None else " (none)", len(restored.logged),
+                              f"; dropped {restored.torn_batches} torn, unacknowledged one(s)"
+                              if restored.torn_batches else "")
+
+    def pid(self) -> int:
+        """This shard's process id (for supervision and tests)."""
+        return os.getpid()
 
     def sample(self, num_rows: int) -> TransitionBatch | None:
         """`num_rows` rows chosen by the sampler, with three extra columns: `key` (for
@@ -160,15 +249,16 @@ class ReplayShard:
         return batch
 
     async def insert_wait(self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown",
-                          timeout_s: float | None = None) -> InsertAck:
+                          batch_id: int | None = None, timeout_s: float | None = None) -> InsertAck:
         """`insert`, waiting (up to `timeout_s`, default `replay.rate_limit.timeout_s`) while the
         rate limiter holds inserts back. Only in the actor: other calls go on while it waits.
 
         Raises:
             RateLimited: still held back after the timeout (the message says by what).
         """
-        await self._wait_for(self._limiter.can_insert, "an insert", timeout_s)
-        return self.insert(batch, source)
+        if batch_id is None or batch_id not in self._acks.get(source, {}):
+            await self._wait_for(self._limiter.can_insert, "an insert", timeout_s)
+        return self.insert(batch, source, batch_id)
 
     async def sample_wait(self, num_rows: int, timeout_s: float | None = None) -> TransitionBatch | None:
         """`sample`, waiting while the rate limiter holds sampling back (see `insert_wait`)."""
