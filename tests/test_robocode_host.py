@@ -200,3 +200,15 @@ def test_a_gui_battle_shows_the_real_battle_window_under_xvfb(tmp_path, cache_ro
     assert first is not None, "the battle window never painted (the screen stayed nearly blank)"
     assert changed > 500, f"the battle view did not change over 20 rounds ({changed} pixels)"
     assert not display.is_alive(), "the Xvfb display is stopped with the host"
+
+
+@needs_robocode
+def test_an_engine_killed_between_battles_is_reported_and_restarts(tmp_path, cache_root):
+    with RobocodeHost(tmp_path / "engine", cache_root) as engine:
+        run_battle(engine, seed=1)
+        os.kill(engine.process.pid, signal.SIGKILL)
+        engine.process.wait(timeout=30)
+        with pytest.raises(RobocodeError, match=r"exited \(code -9\) before BATTLE"):
+            run_battle(engine, seed=2)
+        engine.restart()
+        assert run_battle(engine, seed=2)[-1]["t"] == "battle_end"

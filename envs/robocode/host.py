@@ -16,6 +16,7 @@ header). Any other hang still ends in `EngineStalled` through the turn timeout.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import selectors
@@ -281,8 +282,13 @@ class RobocodeHost:
 
     def _send(self, line: str) -> None:
         assert self.process.stdin is not None
-        self.process.stdin.write((line + "\n").encode())
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write((line + "\n").encode())
+            self.process.stdin.flush()
+        except OSError as err:  # BrokenPipeError: the JVM is gone (crashed or killed between battles)
+            self.kill()
+            raise RobocodeError(f"engine in {self.workdir} exited (code {self.process.poll()}) before "
+                                f"{line.split()[0]}: {err}. Log tail:\n{self.log_tail()}") from err
 
     def _next_message(self, timeout_s: float, waiting_for: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -318,12 +324,13 @@ class RobocodeHost:
             try:
                 self._send("QUIT")
                 self.process.wait(timeout=timeout_s)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
+            except (RobocodeError, subprocess.TimeoutExpired):
                 self.kill()
         self._selector.close()
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):  # unflushed bytes to a JVM that is gone
+                    stream.close()
         self._log.close()
         if self.display is not None:
             self.display.stop()
