@@ -151,11 +151,11 @@ def write_dataset_npz(dataset_dir: str | Path, path: str | Path | None = None,
         if shape is None or len(shape) != 1 or shape[0] < width:
             raise ValueError(f"{dataset.folder}: column {name!r} has shape {shape}; a Robocode dataset has at "
                              f"least {width} values per row")
-    columns = dataset.read_columns(["obs", "action", "collector_id"])
+    columns = dataset.read_columns(["obs", "action"])
     description = description or (f"{dataset.manifest.rows} Robocode transitions of run "
                                   f"{dataset.manifest.run_id} ({dataset.manifest.env_id})")
     return _save_npz(columns["obs"], columns["action"], path or Path(dataset_dir) / NPZ_NAME,
-                     int(np.unique(columns["collector_id"]).size), description)
+                     len(dataset.manifest.collectors), description)
 
 
 def _save_npz(observations: np.ndarray, actions: np.ndarray, path: str | Path, num_collectors: int,

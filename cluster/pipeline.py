@@ -28,7 +28,7 @@ from cluster.progress import console, summary_table, wait_with_progress
 from envs.config import EnvConfig
 from learners.bc import BCLearner, TrainResult
 from rollout.batch import BatchSchema
-from rollout.config import PolicyConfig
+from rollout.config import PolicyConfig, RolloutConfig
 from rollout.evaluation import EvalResult, evaluate_policies
 from rollout.policies import ConfiguredPolicyFactory
 from rollout.replay.replay import Replay, start_replay
@@ -134,31 +134,14 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None) -> tuple
     workers = [worker_actor.options(num_cpus=rollout.num_cpus).remote(
         cfg.env, rollout, ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed + index),
         replay, index, run_id, cfg.run.seed + index) for index in range(rollout.num_collectors)]
-    per_collector = [rollout.steps // rollout.num_collectors + (i < rollout.steps % rollout.num_collectors)
-                     for i in range(rollout.num_collectors)]
     logger.info("collecting {:,} transitions of {} with {} collectors x {} envs into {} replay shards",
                 rollout.steps, cfg.env.id, rollout.num_collectors, cfg.env.num_envs, cfg.replay.num_shards)
-    started = time.perf_counter()
-    try:
-        refs = [worker.collect.remote(rows) for worker, rows in zip(workers, per_collector)]
-        results: list[CollectResult] = wait_with_progress(
-            refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
-            timeout_s=max(600.0, rollout.steps / 100))
-    finally:
-        for worker in workers:
-            ray.kill(worker, no_restart=True)
-    seconds = time.perf_counter() - started
-    stats = replay.stats()
+    results: list[CollectResult]
+    results, seconds = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100))
     returns = [episode.episode_return for result in results for episode in result.episodes]
-    rows = sum(result.rows for result in results)
-    summary = CollectSummary(rows=rows, episodes=len(returns), seconds=seconds, rows_per_s=rows / seconds,
-                             episode_return_mean=float(np.mean(returns)) if returns else None,
-                             push_wait_seconds=sum(result.push_wait_seconds for result in results),
-                             replay_size_rows=stats.size_rows, replay_evicted_rows=stats.evicted_rows)
-    if stats.inserted_rows != rows:
-        raise RuntimeError(f"collectors reported {rows} acknowledged rows but the replay counted "
-                           f"{stats.inserted_rows}")
-    return replay, summary
+    return replay, _checked_summary(replay, sum(result.rows for result in results), len(returns), seconds,
+                                    float(np.mean(returns)) if returns else None,
+                                    sum(result.push_wait_seconds for result in results))
 
 
 def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths) -> tuple[Replay, CollectSummary]:
@@ -172,35 +155,48 @@ def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths) -> tuple[Repl
         robocode_battles(cfg, collector_id=index), replay, index, collector_uid(run_id, index),
         str(paths.robocode / f"collector-{index}"), game_states_dir=str(paths.game_states))
         for index in range(rollout.num_collectors)]
-    per_collector = [rollout.steps // rollout.num_collectors + (i < rollout.steps % rollout.num_collectors)
-                     for i in range(rollout.num_collectors)]
-    battles = robocode_battles(cfg)
     logger.info("collecting {:,} transitions of Robocode battles {} with {} engines into {} replay shards",
-                rollout.steps, " vs ".join(battles.robots), rollout.num_collectors, cfg.replay.num_shards)
-    started = time.perf_counter()
-    try:
-        refs = [collector.collect.remote(rows) for collector, rows in zip(collectors, per_collector)]
-        results: list[RobocodeCollectResult] = wait_with_progress(
-            refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows, timeout_s=max(600.0, rollout.steps / 20))
-        ray.get([collector.close.remote() for collector in collectors], timeout=120)
-    finally:
-        for collector in collectors:
-            ray.kill(collector, no_restart=True)
-    seconds = time.perf_counter() - started
-    stats = replay.stats()
-    rows = sum(result.rows for result in results)
+                rollout.steps, " vs ".join(robocode_battles(cfg).robots), rollout.num_collectors,
+                cfg.replay.num_shards)
+    results: list[RobocodeCollectResult]
+    results, seconds = _fill_replay(collectors, replay, rollout, timeout_s=max(600.0, rollout.steps / 20),
+                                    close=True)
     for result in results:
         if result.restarts or result.dropped_battles:
             logger.warning("collector {}: {} engine restarts, battles dropped: {}", result.collector_id,
                            result.restarts, result.dropped_battles or "none")
-    summary = CollectSummary(rows=rows, episodes=sum(result.episodes for result in results),
-                             seconds=seconds, rows_per_s=rows / seconds, episode_return_mean=None,
-                             push_wait_seconds=0.0, replay_size_rows=stats.size_rows,
-                             replay_evicted_rows=stats.evicted_rows)
+    return replay, _checked_summary(replay, sum(result.rows for result in results),
+                                    sum(result.episodes for result in results), seconds, None, 0.0)
+
+
+def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s: float,
+                 close: bool = False) -> tuple[list, float]:
+    """Blocks: `actors` collect `rollout.steps` rows between them (shown as a progress bar over
+    the replay's count), then are closed (with `close`) and killed; their results and the time."""
+    per_actor = [rollout.steps // len(actors) + (i < rollout.steps % len(actors)) for i in range(len(actors))]
+    started = time.perf_counter()
+    try:
+        refs = [actor.collect.remote(rows) for actor, rows in zip(actors, per_actor)]
+        results = wait_with_progress(refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
+                                     timeout_s=timeout_s)
+        if close:
+            ray.get([actor.close.remote() for actor in actors], timeout=120)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+    return results, time.perf_counter() - started
+
+
+def _checked_summary(replay: Replay, rows: int, episodes: int, seconds: float, return_mean: float | None,
+                     push_wait_seconds: float) -> CollectSummary:
+    """The collection summary, once the replay's own count agrees with the collectors' acks."""
+    stats = replay.stats()
     if stats.inserted_rows != rows:
         raise RuntimeError(f"collectors reported {rows} acknowledged rows but the replay counted "
                            f"{stats.inserted_rows}")
-    return replay, summary
+    return CollectSummary(rows=rows, episodes=episodes, seconds=seconds, rows_per_s=rows / seconds,
+                          episode_return_mean=return_mean, push_wait_seconds=push_wait_seconds,
+                          replay_size_rows=stats.size_rows, replay_evicted_rows=stats.evicted_rows)
 
 
 def compact(sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, paths: RunPaths) -> Manifest:
