@@ -71,6 +71,12 @@ def replay_size_rows() -> Any:
 
 
 @functools.cache
+def replay_consumer_lag_rows() -> Any:
+    return _make("gauge", "harvest_replay_consumer_lag_rows",
+                 "Rows stored in the replay that a stream consumer has not received yet.", ("consumer",))
+
+
+@functools.cache
 def learner_samples() -> Any:
     return _make("counter", "harvest_learner_samples_total", "Samples a learner trained on.", ("learner",))
 
@@ -81,4 +87,5 @@ def learner_loss() -> Any:
 
 
 ALL_METRICS = (rollout_env_steps, rollout_episodes, rollout_push_wait_seconds, replay_inserted_rows,
-               replay_rejected_batches, replay_insert_seconds, replay_size_rows, learner_samples, learner_loss)
+               replay_rejected_batches, replay_insert_seconds, replay_size_rows, replay_consumer_lag_rows,
+               learner_samples, learner_loss)

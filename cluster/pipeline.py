@@ -129,7 +129,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None) -> tuple
     rollout = cfg.rollout
     factory = ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed)
     schema: BatchSchema = schema_for(cfg.env, factory)
-    replay = start_replay(cfg.replay, schema)
+    replay = _started_replay(cfg, schema, paths)
     worker_actor = ray.remote(RolloutWorker)
     workers = [worker_actor.options(num_cpus=rollout.num_cpus).remote(
         cfg.env, rollout, ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed + index),
@@ -149,7 +149,7 @@ def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths) -> tuple[Repl
     until the replay holds `rollout.steps` rows; engines live in `<run>/robocode/`, seed-format
     game states (with `env.kwargs.game_states`) go to `<run>/game_states/`."""
     rollout = cfg.rollout
-    replay = start_replay(cfg.replay, robocode_schema())
+    replay = _started_replay(cfg, robocode_schema(), paths)
     collector_actor = ray.remote(RobocodeCollector)
     collectors = [collector_actor.options(num_cpus=rollout.num_cpus).remote(
         robocode_battles(cfg, collector_id=index), replay, index, collector_uid(run_id, index),
@@ -167,6 +167,16 @@ def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths) -> tuple[Repl
                            result.restarts, result.dropped_battles or "none")
     return replay, _checked_summary(replay, sum(result.rows for result in results),
                                     sum(result.episodes for result in results), seconds, None, 0.0)
+
+
+def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None) -> Replay:
+    """The replay's shards (and its Flight server, whose address goes to `<run>/replay_flight.json`)."""
+    replay = start_replay(cfg.replay, schema)
+    if replay.flight_location and paths is not None:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        (paths.root / "replay_flight.json").write_text(json.dumps(
+            {"location": replay.flight_location, "token_env": cfg.replay.flight.token_env}, indent=2))
+    return replay
 
 
 def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s: float,

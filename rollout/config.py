@@ -7,6 +7,8 @@ from typing import Literal, Optional
 from pydantic import ConfigDict, Field, StrictInt, model_validator
 from pydantic.dataclasses import dataclass
 
+from cluster.net import is_loopback
+
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -60,6 +62,23 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class FlightConfig:
+    host: str = "127.0.0.1"
+    """Interface the Arrow Flight server binds; anything but loopback needs `token_env`."""
+    port: StrictInt = Field(default=0, ge=0, le=65535)
+    """0: a free port, logged and written to `<run>/replay_flight.json`."""
+    token_env: Optional[str] = None
+    """Name of an environment variable holding the token clients must send (the token itself
+    never goes into the config, the logs or the run folder)."""
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> "FlightConfig":
+        if not self.token_env and not is_loopback(self.host):
+            raise ValueError(f"host {self.host!r} exposes the replay beyond this machine; set token_env too")
+        return self
+
+
+@dataclass(frozen=True, config=_STRICT)
 class ReplayConfig:
     num_shards: StrictInt = Field(default=2, ge=1)
     """Shard actors; every row of an episode lands in the same one."""
@@ -90,6 +109,9 @@ class ReplayConfig:
     max_restarts: StrictInt = Field(default=0, ge=-1)
     """How often Ray restarts a shard actor that died (-1: always); calls in flight are retried,
     and retried batches are recognised by their batch id and never stored twice."""
+    flight: Optional[FlightConfig] = None
+    """Serve the replay's stream over Arrow Flight (rollout/replay/flight.py) while the run
+    lives, for trainers outside Ray; None: off."""
     rate_limit: Optional[RateLimitConfig] = None
     """Samples-per-insert limiting (inserts or samples wait instead of drifting); None: off,
     as for pure collection. `min_size_to_sample` applies either way."""

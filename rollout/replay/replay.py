@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +11,7 @@ import ray
 
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
+from rollout.replay.flight import start_flight_service
 from rollout.replay.shard import KEY_SHARD_SHIFT, PriorityUpdate, ReplayShard, ShardStats, importance_weights
 from rollout.routing import shard_of
 
@@ -51,6 +54,9 @@ class Replay:
     sampler: str = "uniform"
     beta: float = 0.4
     rate_limited: bool = False
+    flight: ray.actor.ActorHandle | None = None
+    """The Arrow Flight server actor (`replay.flight`), serving this replay's stream."""
+    flight_location: str | None = None
 
     @property
     def num_shards(self) -> int:
@@ -129,8 +135,9 @@ class Replay:
         return PriorityUpdate(sum(r.updated for r in results), sum(r.overwritten for r in results))
 
     def kill(self) -> None:
-        for shard in self.shards:
-            ray.kill(shard, no_restart=True)
+        for actor in (*self.shards, self.flight):
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
 
 
 def start_replay(cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None = None,
@@ -145,4 +152,15 @@ def start_replay(cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None
             options["name"] = f"{name_prefix}-replay-shard-{shard_index}"
         shards.append(shard_actor.options(**options).remote(cfg, schema, shard_index, shard_index))
     ray.get([shard.ready.remote() for shard in shards], timeout=timeout_s)
-    return Replay(tuple(shards), schema, cfg.sampler, cfg.priority_beta, cfg.rate_limit is not None)
+    replay = Replay(tuple(shards), schema, cfg.sampler, cfg.priority_beta, cfg.rate_limit is not None)
+    if cfg.flight is None:
+        return replay
+    token = None
+    if cfg.flight.token_env:
+        token = os.environ.get(cfg.flight.token_env)
+        if not token:
+            replay.kill()
+            raise ValueError(f"replay.flight.token_env: the environment variable {cfg.flight.token_env} "
+                             "is not set (it holds the token Flight clients must send)")
+    actor, location = start_flight_service(replay, cfg.flight.host, cfg.flight.port, token, timeout_s)
+    return dataclasses.replace(replay, flight=actor, flight_location=location)

@@ -19,6 +19,7 @@ from rollout.memory import keep_batch_buffers_on_heap
 from rollout.replay.durability import Restored, WriteAheadLog
 from rollout.replay.limiter import MinSize, RateLimited, SampleToInsertRatio
 from rollout.replay.ring import ColumnRing
+from rollout.replay.row_filter import RowFilter
 from rollout.replay.selectors import make_selector
 
 
@@ -43,6 +44,10 @@ class ReadResult:
     batch: TransitionBatch
     next_cursor: int
     skipped_rows: int
+    seqs: np.ndarray | None = None
+    """Sequence numbers of the rows in `batch` (consecutive unless a filter dropped rows)."""
+    end_seq: int = 0
+    """The shard's next sequence number when it answered (rows stored = `end_seq`)."""
 
 
 _ACKS_KEPT = 1024
@@ -266,18 +271,24 @@ class ReplayShard:
         return self.sample(num_rows)
 
     async def _wait_for(self, ready, what: str, timeout_s: float | None) -> None:
-        if ready():
-            return
-        if self._changed is None:
-            self._changed = asyncio.Condition()
         timeout_s = timeout_s if timeout_s is not None else (
             self.cfg.rate_limit.timeout_s if self.cfg.rate_limit is not None else 60.0)
+        if not await self._wait_until(ready, timeout_s):
+            raise RateLimited(f"ReplayShard[{self.shard_index}]: {what} waited {timeout_s:g}s for the rate "
+                              f"limiter ({self._limiter.describe()}); is the other side running?")
+
+    async def _wait_until(self, ready, timeout_s: float) -> bool:
+        """Wait (in the actor's event loop) until `ready()`; False after `timeout_s`."""
+        if ready():
+            return True
+        if self._changed is None:
+            self._changed = asyncio.Condition()
         async with self._changed:
             try:
                 await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
-            except asyncio.TimeoutError as err:
-                raise RateLimited(f"ReplayShard[{self.shard_index}]: {what} waited {timeout_s:g}s for the rate "
-                                  f"limiter ({self._limiter.describe()}); is the other side running?") from err
+            except asyncio.TimeoutError:
+                return False
+        return True
 
     def _notify(self) -> None:
         """Wake waiting inserts and samples (in the actor's event loop; nothing waits elsewhere)."""
@@ -323,21 +334,43 @@ class ReplayShard:
         self._selector.update(seqs[live] % self._ring.capacity_rows, td_errors[live])
         return PriorityUpdate(int(live.sum()), int((~live).sum()))
 
-    def read(self, cursor: int, max_rows: int) -> ReadResult:
-        """Up to `max_rows` rows in insertion order from sequence number `cursor` on.
+    def read(self, cursor: int, max_rows: int, where: RowFilter | None = None,
+             stop_seq: int | None = None) -> ReadResult:
+        """Rows in insertion order from sequence number `cursor` on: up to `max_rows` rows are
+        scanned (never past `stop_seq`), and those `where` keeps are returned.
 
-        Start with cursor 0 and pass back `next_cursor`; an empty batch means the reader
-        has caught up with the writers.
+        Start with cursor 0 (or `bounds()[0]`) and pass back `next_cursor`; an empty batch with
+        `next_cursor == end_seq` means the reader has caught up with the writers.
         """
-        if cursor < 0 or cursor > self._ring.next_seq:
+        ring = self._ring
+        if cursor < 0 or cursor > ring.next_seq:
             raise ValueError(f"ReplayShard[{self.shard_index}].read: cursor={cursor} is outside "
-                             f"[0, {self._ring.next_seq}]")
-        skipped_rows = max(0, self._ring.oldest_seq - cursor)
+                             f"[0, {ring.next_seq}]")
+        skipped_rows = max(0, ring.oldest_seq - cursor)
         if skipped_rows:
             self._log.warning("reader at cursor {} lost {} rows overwritten by the ring", cursor, skipped_rows)
         start = cursor + skipped_rows
-        batch = self._ring.read(start, max_rows)
-        return ReadResult(batch, start + batch.num_rows, skipped_rows)
+        stop = min(ring.next_seq, start + max_rows, ring.next_seq if stop_seq is None else max(stop_seq, start))
+        if where is None:
+            batch = ring.read(start, stop - start)
+            seqs = np.arange(start, stop, dtype=np.int64)
+        else:
+            slots = ring.slots(start, stop)
+            keep = where.mask(lambda name: ring.gather(slots, [name])[name])
+            batch, seqs = ring.gather(slots[keep]), np.arange(start, stop, dtype=np.int64)[keep]
+        return ReadResult(batch, stop, skipped_rows, seqs, ring.next_seq)
+
+    async def read_wait(self, cursor: int, max_rows: int, where: RowFilter | None = None,
+                        timeout_s: float = 1.0) -> ReadResult:
+        """`read`, first waiting up to `timeout_s` for rows past `cursor` if there are none yet
+        (an empty result after the wait: nothing new arrived). For readers that follow the replay."""
+        if cursor >= self._ring.next_seq:
+            await self._wait_until(lambda: self._ring.next_seq > cursor, timeout_s)
+        return self.read(cursor, max_rows, where)
+
+    def bounds(self) -> tuple[int, int]:
+        """(oldest sequence number stored, next sequence number): where readers may start."""
+        return self._ring.oldest_seq, self._ring.next_seq
 
     def stats(self) -> ShardStats:
         ring = self._ring

@@ -1,0 +1,187 @@
+"""The replay stream over Apache Arrow Flight, for consumers outside Ray (another process,
+another language): `ReplayFlightServer`, the Ray actor that hosts it, and `ReplayClient`.
+
+A `do_get` ticket is the JSON of a `StreamSpec` (filters, batch size, follow, start, overrun
+policy); the server runs the same `ReplayReader` as `stream_experiences` and sends each batch
+with app metadata `{"cursor": [...], "skipped_rows": n, "lag_rows": n}`. The server binds to
+127.0.0.1 unless told otherwise, and refuses to listen elsewhere without a token; with a
+token every call must carry the header `authorization: Bearer <token>`.
+
+Any Flight client can read it, e.g. in Python without Harvest:
+
+    >>> client = pyarrow.flight.FlightClient("grpc://127.0.0.1:8815")
+    >>> reader = client.do_get(pyarrow.flight.Ticket(b'{"batch_size": 512, "follow": true}'))
+    >>> chunk = reader.read_chunk()   # chunk.data: a RecordBatch, chunk.app_metadata: the cursor
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import ray
+from loguru import logger
+from pyarrow import flight
+
+from cluster.net import is_loopback
+from rollout.batch import BatchSchema, TransitionBatch
+from rollout.replay.row_filter import RowFilter
+from rollout.replay.stream import (OnOverrun, ReplayReader, Start, StreamBatch, StreamCursor, StreamOverrun,
+                                   StreamSpec, take_rows)
+
+_OVERRUN_MARK = "[replay-overrun] "
+_KEY_FIELD = pa.field("key", pa.int64(), nullable=False)
+
+
+def stream_arrow_schema(schema: BatchSchema) -> pa.Schema:
+    """The replay's Arrow schema plus the `key` column every streamed row carries."""
+    return schema.arrow_schema().append(_KEY_FIELD)
+
+
+class _TokenCheck(flight.ServerMiddlewareFactory):
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def start_call(self, info: flight.CallInfo, headers: dict) -> None:
+        sent = headers.get("authorization", [])
+        if not any(hmac.compare_digest(value.encode() if isinstance(value, str) else value, self._expected)
+                   for value in sent):
+            raise flight.FlightUnauthenticatedError(
+                "replay Flight server: missing or wrong token; send the header 'authorization: Bearer <token>'")
+        return None
+
+
+class ReplayFlightServer(flight.FlightServerBase):
+    """Serves the replay's stream to Flight clients; starts listening when constructed.
+
+    Args:
+        replay: the run's `Replay` handle.
+        host: the interface to bind (default loopback only).
+        port: 0 picks a free port (see `location`).
+        token: required from every client when set; mandatory for a non-loopback `host`.
+    """
+
+    def __init__(self, replay, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
+        if not token and not is_loopback(host):
+            raise ValueError(f"replay Flight server: host {host!r} is reachable from other machines; "
+                             "set a token (replay.flight.token_env) or bind 127.0.0.1")
+        super().__init__(f"grpc://{host}:{port}", middleware={"token": _TokenCheck(token)} if token else None)
+        self.replay, self.host = replay, host
+        self._schema = stream_arrow_schema(replay.schema)
+        self._log = logger.bind(actor="ReplayFlightServer")
+
+    @property
+    def location(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"grpc://{host}:{self.port}"
+
+    def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        return flight.SchemaResult(self._schema)
+
+    def get_flight_info(self, context: flight.ServerCallContext,
+                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        endpoint = flight.FlightEndpoint(json.dumps(StreamSpec().to_json()).encode(), [self.location])
+        return flight.FlightInfo(self._schema, descriptor, [endpoint], -1, -1)
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.GeneratorStream:
+        try:
+            spec = StreamSpec.from_json(json.loads(ticket.ticket))
+            reader = ReplayReader(self.replay.shards, self.replay.schema, spec)
+        except (ValueError, TypeError, json.JSONDecodeError) as err:
+            raise pa.ArrowInvalid(f"replay Flight server: bad ticket {ticket.ticket[:200]!r}: {err}") from err
+        self._log.info("stream {!r} for {}: {}", spec.name, context.peer(), spec.to_json())
+        return flight.GeneratorStream(self._schema, self._batches(reader))
+
+    def _batches(self, reader: ReplayReader) -> Iterator[tuple[pa.RecordBatch, bytes]]:
+        schema = self.replay.schema
+        try:
+            for item in reader:
+                key = item.batch.columns.pop("key")
+                record = item.batch.to_arrow(schema).append_column(_KEY_FIELD, pa.array(key, pa.int64()))
+                metadata = {"cursor": item.cursor.to_json(), "skipped_rows": item.skipped_rows,
+                            "lag_rows": item.lag_rows}
+                yield record, json.dumps(metadata).encode()
+        except StreamOverrun as err:
+            raise flight.FlightServerError(_OVERRUN_MARK + str(err)) from err
+
+
+class FlightService:
+    """A Ray actor hosting a `ReplayFlightServer` for as long as the actor lives."""
+
+    def __init__(self, replay, host: str, port: int, token: str | None) -> None:
+        self.server = ReplayFlightServer(replay, host, port, token)
+
+    def location(self) -> str:
+        return self.server.location
+
+    def shutdown(self) -> None:
+        self.server.shutdown()
+
+
+def start_flight_service(replay, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                         timeout_s: float = 60.0) -> tuple[ray.actor.ActorHandle, str]:
+    """Start the Flight server actor next to the replay; returns it and its location."""
+    actor = ray.remote(FlightService).options(num_cpus=0).remote(replay, host, port, token)
+    location = ray.get(actor.location.remote(), timeout=timeout_s)
+    logger.info("replay stream served over Arrow Flight at {}{}", location, " (token required)" if token else "")
+    return actor, location
+
+
+class ReplayClient:
+    """Follow a replay served by `ReplayFlightServer` from any process.
+
+    Example:
+        >>> client = ReplayClient("grpc://127.0.0.1:8815", token=os.environ.get("HARVEST_FLIGHT_TOKEN"))
+        >>> for item in client.stream(batch_size=512, follow=True, player_ids=[0]):
+        ...     train_on(item.batch)     # a TransitionBatch with the replay's columns plus `key`
+    """
+
+    def __init__(self, location: str, token: str | None = None) -> None:
+        self.location = location
+        self._client = flight.FlightClient(location)
+        self._options = flight.FlightCallOptions(
+            headers=[(b"authorization", f"Bearer {token}".encode())] if token else [])
+
+    def schema(self) -> BatchSchema:
+        """The replay's batch schema (the streamed rows also carry `key`)."""
+        result = self._client.get_schema(flight.FlightDescriptor.for_path("replay"), self._options)
+        return BatchSchema.from_arrow_schema(result.schema)
+
+    def stream(self, *, game_ids: Sequence[int] | None = None, player_ids: Sequence[int] | None = None,
+               collector_ids: Sequence[int] | None = None, batch_size: int = 1024, follow: bool = False,
+               start: Start | StreamCursor = "earliest", on_overrun: OnOverrun = "raise", poll_s: float = 0.25,
+               name: str = "flight-client") -> Iterator[StreamBatch]:
+        """The same stream as `stream_experiences` (see it for the arguments).
+
+        Raises:
+            StreamOverrun: the ring overwrote rows this consumer had not read (with "raise").
+            pyarrow.flight.FlightUnauthenticatedError: the server wants a (different) token.
+        """
+        spec = StreamSpec(RowFilter.of(game_id=game_ids, player_id=player_ids, collector_id=collector_ids),
+                          batch_size, follow, start, on_overrun, poll_s, name)
+        reader = self._client.do_get(flight.Ticket(json.dumps(spec.to_json()).encode()), self._options)
+        try:
+            while True:
+                try:
+                    chunk = reader.read_chunk()
+                except StopIteration:
+                    return
+                except flight.FlightError as err:
+                    if _OVERRUN_MARK in str(err):
+                        message = str(err).split(_OVERRUN_MARK, 1)[1].split(". Detail:")[0]
+                        raise StreamOverrun(message) from err
+                    raise
+                metadata = json.loads(chunk.app_metadata.to_pybytes())
+                yield StreamBatch(TransitionBatch.from_arrow(chunk.data), StreamCursor.from_json(metadata["cursor"]),
+                                  metadata["skipped_rows"], metadata["lag_rows"])
+        finally:
+            reader.cancel()
+
+    def take(self, num_rows: int, **stream_args) -> Iterator[StreamBatch]:
+        """`stream(...)` until `num_rows` rows were received (the last batch cut to fit)."""
+        return take_rows(self.stream(**stream_args), num_rows)
+
+    def close(self) -> None:
+        self._client.close()
