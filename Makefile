@@ -41,6 +41,8 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
 bench: setup
+	$(PY) -m pip install --quiet -e ".[bench]" "$(TORCH_PIN)"
+	$(PY) bench/replay.py
 	$(PY) bench/collect.py
 	$(PY) bench/generals.py
 	$(PY) bench/robocode.py

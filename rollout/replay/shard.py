@@ -176,7 +176,7 @@ class ReplayShard:
             acks = self._acks.setdefault(source, {})
             acks[batch_id] = ack
             if len(acks) > _ACKS_KEPT:
-                del acks[min(acks)]
+                del acks[next(iter(acks))]  # the oldest remembered (dicts keep insertion order)
         return ack
 
     def checkpoint(self) -> str:

@@ -1,12 +1,43 @@
 """`SumTree`: priorities in a binary tree of partial sums, for proportional sampling.
 
-Written by hand (numpy, batched): the peers' versions are bound to their storage (TorchRL's is
-C++ over its own buffers, Reverb's lives in its server) and a ring slot here must map to a leaf.
+Written by hand: the peers' versions are bound to their storage (TorchRL's is C++ over its own
+buffers and does not load with torch 2.13 here, Reverb's lives in its server) and a ring slot
+here must map to a leaf. The two loops are compiled with numba: as numpy calls per tree level
+they cost ~0.2-0.4 ms per batch (17 levels x 5 calls), which left prioritized sampling at
+0.6-0.7x cpprb's C++ tree in bench/replay.py.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def _update(tree: np.ndarray, leaves: int, slots: np.ndarray, values: np.ndarray) -> None:
+    for i in range(slots.size):
+        node = slots[i] + leaves
+        tree[node] = values[i]
+        node >>= 1
+        while node >= 1:  # recomputed from the children, so sums never drift
+            tree[node] = tree[2 * node] + tree[2 * node + 1]
+            node >>= 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _find(tree: np.ndarray, leaves: int, targets: np.ndarray) -> np.ndarray:
+    out = np.empty(targets.size, np.int64)
+    for i in range(targets.size):
+        target, node = targets[i], 1
+        while node < leaves:
+            left = 2 * node
+            if target >= tree[left]:
+                target -= tree[left]
+                node = left + 1
+            else:
+                node = left
+        out[i] = node - leaves
+    return out
 
 
 class SumTree:
@@ -46,23 +77,9 @@ class SumTree:
         values = np.broadcast_to(np.asarray(values, np.float64), slots.shape)
         if (values < 0).any() or not np.isfinite(values).all():
             raise ValueError("SumTree: values must be finite and non-negative")
-        nodes = slots + self._leaves
-        self._tree[nodes] = values
-        nodes = np.unique(nodes >> 1)
-        while nodes.size and nodes[-1] >= 1:
-            self._tree[nodes] = self._tree[2 * nodes] + self._tree[2 * nodes + 1]
-            if nodes[0] == 1:
-                break
-            nodes = np.unique(nodes >> 1)
+        _update(self._tree, self._leaves, slots.reshape(-1), np.ascontiguousarray(values).reshape(-1))
 
     def find(self, targets: np.ndarray) -> np.ndarray:
         """For each target in [0, total), the leaf whose cumulative range holds it."""
         targets = np.minimum(np.asarray(targets, np.float64), np.nextafter(self.total, 0.0))
-        nodes = np.ones(targets.shape, np.int64)
-        while self._leaves > 1 and nodes.size and nodes[0] < self._leaves:
-            left = 2 * nodes
-            left_sum = self._tree[left]
-            right = targets >= left_sum
-            targets = np.where(right, targets - left_sum, targets)
-            nodes = np.where(right, left + 1, left)
-        return nodes - self._leaves
+        return _find(self._tree, self._leaves, np.ascontiguousarray(targets).reshape(-1)).reshape(targets.shape)
