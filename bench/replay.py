@@ -122,9 +122,12 @@ class Contender:
 class HarvestShard(Contender):
     library = "harvest"
 
-    def __init__(self, kind: RowKind, sampler: str, batches: list[TransitionBatch], td_errors: np.ndarray) -> None:
-        self.label = f"harvest ReplayShard ({sampler})"
-        self.cfg = ReplayConfig(num_shards=1, capacity_rows=kind.capacity_rows, sampler=sampler)
+    def __init__(self, kind: RowKind, sampler: str, batches: list[TransitionBatch], td_errors: np.ndarray,
+                 compression: str | None = None) -> None:
+        self.label = f"harvest ReplayShard ({sampler}{', obs ' + compression if compression else ''})"
+        # As many CPUs as torch's intra-op threads get (os.cpu_count()): large copies use them.
+        self.cfg = ReplayConfig(num_shards=1, capacity_rows=kind.capacity_rows, sampler=sampler, num_cpus=os.cpu_count(),
+                                compression={"obs": compression, "next_obs": compression} if compression else {})
         self.shard = ReplayShard(self.cfg, kind.schema, seed=0)
         self.batches, self.td_errors = batches, td_errors
         self.prioritized = sampler == "prioritized"
@@ -279,6 +282,35 @@ def measure(kind: RowKind, sampler: str, makers: list[type[Contender]], seconds:
     return results
 
 
+def board_batches(kind: RowKind, rng: np.random.Generator) -> list[TransitionBatch]:
+    """Generals-like rows: boards of small integers, zero where a tile is empty or unseen."""
+    batches = [random_batch(kind, INSERT_ROWS, 1_000_000 * index, rng) for index in range(DISTINCT_BATCHES)]
+    for batch in batches:
+        boards = rng.integers(0, 60, (INSERT_ROWS + 1, 9, 20, 20)).astype(np.float32)
+        boards[rng.random(boards.shape) < 0.85] = 0.0
+        batch.columns["obs"][:], batch.columns["next_obs"][:] = boards[:-1], boards[1:]
+    return batches
+
+
+def compression_rows(kind: RowKind, seconds: float, repeats: int, rng: np.random.Generator) -> None:
+    """Context, not a target: what per-column compression buys (bytes) and costs (rows/s)."""
+    batches = board_batches(kind, rng)
+    print(f"compression of obs and next_obs ({kind.name}, Generals-like boards: 85 % empty tiles); "
+          "raw bytes/row is the reference")
+    print(f"{'library':<52} {'insert rows/s':>14} {'sample rows/s':>14} {'bytes/row':>10} {'/ raw':>7}")
+    for codec in (None, "lz4", "zstd"):
+        shard = HarvestShard(kind, "uniform", batches, np.zeros(0), compression=codec)
+        for index in range(kind.capacity_rows // INSERT_ROWS + 1):
+            shard.insert(index)
+        inserts = [rows_per_s(shard.insert, INSERT_ROWS, seconds) for _ in range(repeats)]
+        samples = [rows_per_s(shard.sample, SAMPLE_ROWS, seconds) for _ in range(repeats)]
+        report = shard.shard.memory()
+        print(f"{shard.label:<52} {statistics.median(inserts):>14,.0f} {statistics.median(samples):>14,.0f} "
+              f"{report['bytes_per_row']:>10,.0f} {report['bytes_per_row'] / kind.schema.row_bytes:>7.2f}")
+        del shard
+        gc.collect()
+
+
 def print_throughput(results: list[Measured]) -> list[str]:
     """The throughput table; returns the rows where Harvest is below its reference."""
     header = (f"{'rows':<9} {'sampler':<12} {'library':<52} {'insert rows/s':>14} {'sample rows/s':>14}  "
@@ -375,6 +407,9 @@ def main() -> None:
     below = print_throughput(results)
     print()
     print_memory(results, kinds)
+    print()
+    print()
+    compression_rows(kinds[1], seconds, repeats, rng)
     print()
     print("target harvest >= 1x the reference on every row: " +
           ("met" if not below else f"missed on {len(below)}: " + "; ".join(below)))

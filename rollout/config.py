@@ -84,6 +84,18 @@ class ReplayConfig:
     """Shard actors; every row of an episode lands in the same one."""
     capacity_rows: StrictInt = Field(default=100_000, ge=1)
     """Rows one shard keeps before the oldest are evicted (FIFO)."""
+    capacity_bytes: Optional[StrictInt] = Field(default=None, ge=1)
+    """Bytes of rows one shard keeps (with `capacity_rows` as a cap on rows): without
+    compression it fixes the rows to capacity_bytes // bytes per row; with compressed columns the
+    oldest rows are evicted once the compressed bytes outgrow what the plain columns leave."""
+    memory_limit_bytes: Optional[StrictInt] = Field(default=None, ge=1)
+    """A shard refuses to start, or to store a batch, past this many bytes (rows plus sampler
+    state), with a message saying what to change. None: no limit."""
+    compression: dict[str, Literal["zstd", "lz4"]] = Field(default_factory=dict)
+    """Columns stored compressed row by row, e.g. `{obs: zstd, next_obs: zstd}` for large,
+    compressible observations; decompressed on sample and read. Costs CPU: see bench/replay.py."""
+    compression_level: Optional[StrictInt] = None
+    """The codec's level (None: its default)."""
     sampler: Literal["uniform", "prioritized", "fifo", "lifo"] = "uniform"
     """How `sample` picks rows (rollout/replay/selectors.py): `uniform`; `prioritized`
     (proportional, P(i) = p_i^α / Σ p^α, with importance weights and `update_priorities`);
@@ -97,7 +109,8 @@ class ReplayConfig:
     min_size_to_sample: StrictInt = Field(default=1, ge=1)
     """Rows a shard must hold before `sample` returns anything."""
     num_cpus: float = Field(default=0.25, ge=0)
-    """CPUs Ray reserves for each shard actor."""
+    """CPUs Ray reserves for each shard actor; a shard given 2 or more copies large batches
+    into its ring with that many threads."""
     wal_dir: Optional[str] = None
     """Durable shards: each writes every inserted batch to a write-ahead log in
     `<wal_dir>/shard-NNN/` before acknowledging it, and a shard restarted by Ray (see

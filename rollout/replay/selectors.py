@@ -6,8 +6,8 @@
     fifo         a queue: the oldest rows not sampled yet, each at most once
     lifo         a stack: the newest rows not sampled yet, each at most once
 
-A selector sees ring slots: `inserted(slots)` after rows are stored (overwriting older ones),
-`select(...)` to draw. Probabilities are returned with the slots (1 for fifo/lifo).
+A selector sees ring slots: `evicted(slots)` for rows dropped to keep a byte budget,
+`inserted(slots)` after rows are stored (overwriting older ones), `select(...)` to draw. Probabilities are returned with the slots (1 for fifo/lifo).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from rollout.replay.sum_tree import SumTree
 
 class Uniform:
     """Every stored row equally likely, with replacement."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
 
     def row_state(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """Per-row state to checkpoint (aligned with `slots`)."""
@@ -33,13 +36,23 @@ class Uniform:
     def inserted(self, slots: np.ndarray) -> None:
         pass
 
-    def mass(self, size: int) -> float:
-        return float(size)
+    def evicted(self, slots: np.ndarray) -> None:
+        pass
 
-    def select(self, size: int, num_rows: int, rng: np.random.Generator,
-               oldest_seq: int = 0, next_seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """`num_rows` slot indices in [0, size) and their probabilities."""
-        return rng.integers(0, size, size=num_rows), np.full(num_rows, 1.0 / max(size, 1))
+    @property
+    def nbytes(self) -> int:
+        """Memory the selector's own state takes (sum tree, taken flags)."""
+        return 0
+
+    def mass(self, oldest_seq: int, next_seq: int) -> float:
+        return float(next_seq - oldest_seq)
+
+    def select(self, num_rows: int, rng: np.random.Generator, oldest_seq: int,
+               next_seq: int) -> tuple[np.ndarray, np.ndarray]:
+        """`num_rows` slots of stored rows (sequence numbers [oldest_seq, next_seq)) and their probabilities."""
+        size = next_seq - oldest_seq
+        slots = (oldest_seq + rng.integers(0, size, size=num_rows)) % self.capacity
+        return slots, np.full(num_rows, 1.0 / max(size, 1))
 
 
 class Prioritized(Uniform):
@@ -56,6 +69,7 @@ class Prioritized(Uniform):
         self.max_priority = scalars["max_priority"]
 
     def __init__(self, capacity: int, alpha: float, eps: float) -> None:
+        super().__init__(capacity)
         self.alpha, self.eps = alpha, eps
         self.tree = SumTree(capacity)
         self.max_priority = 1.0
@@ -63,11 +77,18 @@ class Prioritized(Uniform):
     def inserted(self, slots: np.ndarray) -> None:
         self.tree.update(slots, self.max_priority ** self.alpha)
 
-    def mass(self, size: int) -> float:
+    def evicted(self, slots: np.ndarray) -> None:
+        self.tree.update(slots, 0.0)
+
+    @property
+    def nbytes(self) -> int:
+        return self.tree.nbytes
+
+    def mass(self, oldest_seq: int, next_seq: int) -> float:
         return self.tree.total
 
-    def select(self, size: int, num_rows: int, rng: np.random.Generator,
-               oldest_seq: int = 0, next_seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def select(self, num_rows: int, rng: np.random.Generator, oldest_seq: int,
+               next_seq: int) -> tuple[np.ndarray, np.ndarray]:
         total = self.tree.total
         targets = (np.arange(num_rows) + rng.random(num_rows)) * (total / num_rows)
         slots = self.tree.find(targets)
@@ -91,18 +112,23 @@ class Queue(Uniform):
         self.taken[slots] = rows["taken"]
 
     def __init__(self, capacity: int, newest_first: bool) -> None:
+        super().__init__(capacity)
         self.newest_first = newest_first
         self.taken = np.zeros(capacity, bool)
-        self.capacity = capacity
 
     def inserted(self, slots: np.ndarray) -> None:
         self.taken[slots] = False
 
-    def mass(self, size: int) -> float:
-        return float(size - self.taken[:size].sum())
+    @property
+    def nbytes(self) -> int:
+        return self.taken.nbytes
 
-    def select(self, size: int, num_rows: int, rng: np.random.Generator,
-               oldest_seq: int = 0, next_seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def mass(self, oldest_seq: int, next_seq: int) -> float:
+        slots = np.arange(oldest_seq, next_seq) % self.capacity
+        return float(slots.size - self.taken[slots].sum())
+
+    def select(self, num_rows: int, rng: np.random.Generator, oldest_seq: int,
+               next_seq: int) -> tuple[np.ndarray, np.ndarray]:
         seqs = np.arange(oldest_seq, next_seq)
         if self.newest_first:
             seqs = seqs[::-1]
@@ -115,7 +141,7 @@ class Queue(Uniform):
 def make_selector(name: str, capacity: int, alpha: float = 0.6, eps: float = 1e-6) -> Uniform | Prioritized | Queue:
     """The selector named by `replay.sampler`."""
     if name == "uniform":
-        return Uniform()
+        return Uniform(capacity)
     if name == "prioritized":
         return Prioritized(capacity, alpha, eps)
     if name in ("fifo", "lifo"):

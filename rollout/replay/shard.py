@@ -23,6 +23,10 @@ from rollout.replay.row_filter import RowFilter
 from rollout.replay.selectors import make_selector
 
 
+class ReplayMemoryError(ValueError):
+    """A shard would grow past `replay.memory_limit_bytes`."""
+
+
 @dataclass(frozen=True)
 class InsertAck:
     """Returned once a batch is stored: where its rows went."""
@@ -105,8 +109,16 @@ class ReplayShard:
         self.cfg = cfg
         self.schema = schema
         self.shard_index = shard_index
-        self._ring = ColumnRing(schema, capacity_rows=cfg.capacity_rows)
-        self._selector = make_selector(cfg.sampler, cfg.capacity_rows, cfg.priority_alpha, cfg.priority_eps)
+        capacity_rows = self._capacity_rows(cfg, schema)
+        self._ring = ColumnRing(schema, capacity_rows, cfg.compression, cfg.compression_level, cfg.capacity_bytes,
+                                copy_threads=max(1, int(cfg.num_cpus)))
+        self._selector = make_selector(cfg.sampler, capacity_rows, cfg.priority_alpha, cfg.priority_eps)
+        if cfg.memory_limit_bytes is not None and self.memory_bytes > cfg.memory_limit_bytes:
+            raise ReplayMemoryError(
+                f"ReplayShard[{shard_index}]: {capacity_rows:,} rows of {schema.row_bytes:,} bytes take "
+                f"{self.memory_bytes:,} bytes with the sampler's state, more than replay.memory_limit_bytes="
+                f"{cfg.memory_limit_bytes:,}; lower replay.capacity_rows, set replay.capacity_bytes, or compress "
+                "large columns (replay.compression)")
         self._limiter = (SampleToInsertRatio(cfg.rate_limit.samples_per_insert, cfg.min_size_to_sample,
                                              cfg.rate_limit.error_buffer)
                          if cfg.rate_limit is not None else MinSize(cfg.min_size_to_sample))
@@ -125,6 +137,42 @@ class ReplayShard:
             folder = Path(cfg.wal_dir).expanduser() / f"shard-{shard_index:03d}"
             self._restore(WriteAheadLog.restore(folder))
             self._wal = WriteAheadLog(folder, schema.arrow_schema(), cfg.wal_fsync)
+
+    def _capacity_rows(self, cfg: ReplayConfig, schema: BatchSchema) -> int:
+        """Ring slots: `capacity_rows`, or fewer where `capacity_bytes` of plain columns hold fewer."""
+        plain_row_bytes = sum(spec.row_bytes for name, spec in schema.columns.items() if name not in cfg.compression)
+        if cfg.capacity_bytes is None:
+            return cfg.capacity_rows
+        if not cfg.compression:
+            rows = min(cfg.capacity_rows, cfg.capacity_bytes // schema.row_bytes)
+            if rows < 1:
+                raise ValueError(f"ReplayShard[{self.shard_index}]: replay.capacity_bytes={cfg.capacity_bytes:,} "
+                                 f"holds no row of {schema.row_bytes:,} bytes")
+            return rows
+        if cfg.capacity_rows * plain_row_bytes >= cfg.capacity_bytes:
+            raise ValueError(f"ReplayShard[{self.shard_index}]: the uncompressed columns of replay.capacity_rows="
+                             f"{cfg.capacity_rows:,} rows take {cfg.capacity_rows * plain_row_bytes:,} bytes, leaving "
+                             f"nothing of replay.capacity_bytes={cfg.capacity_bytes:,} for the compressed ones; "
+                             "lower capacity_rows or raise capacity_bytes")
+        return cfg.capacity_rows
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held: the rows (plain and compressed) and the sampler's state."""
+        return self._ring.memory_bytes + self._selector.nbytes
+
+    def memory(self) -> dict:
+        """Memory report: bytes held, per column (with the raw bytes of the rows stored), the
+        sampler's share, bytes per stored row beside raw, and the limits."""
+        ring = self._ring
+        columns = ring.memory_by_column()
+        rows_bytes = sum(column["bytes"] for column in columns.values())
+        raw = sum(column["raw_bytes"] for column in columns.values())
+        return {"shard": self.shard_index, "bytes": self.memory_bytes, "rows_bytes": rows_bytes,
+                "sampler_bytes": self._selector.nbytes, "raw_bytes_stored": raw, "rows": ring.size,
+                "capacity_rows": ring.capacity_rows, "bytes_per_row": rows_bytes / ring.size if ring.size else None,
+                "raw_bytes_per_row": self.schema.row_bytes, "capacity_bytes": self.cfg.capacity_bytes,
+                "memory_limit_bytes": self.cfg.memory_limit_bytes, "columns": columns}
 
     def insert(self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown",
                batch_id: int | None = None) -> InsertAck:
@@ -153,9 +201,10 @@ class ReplayShard:
             self._rejected_batches += 1
             metrics.replay_rejected_batches().inc(tags=self._tags)
             raise
+        packed = self._packed_within_limit(batch, source)
         if self._wal is not None:
             self._wal.append(batch.to_arrow(self.schema), source, -1 if batch_id is None else batch_id)
-        ack = self._store(batch, source, batch_id)
+        ack = self._store(batch, source, batch_id, packed)
         metrics.replay_insert_seconds().observe(time.perf_counter() - started, tags=self._tags)
         self._notify()
         if (self.cfg.checkpoint_every_rows and self._wal is not None
@@ -163,10 +212,36 @@ class ReplayShard:
             self.checkpoint()
         return ack
 
-    def _store(self, batch: TransitionBatch, source: str, batch_id: int | None) -> InsertAck:
-        first_seq, num_rows = self._ring.append(batch)
-        stored_from = max(first_seq, self._ring.oldest_seq)
-        self._selector.inserted(np.arange(stored_from, first_seq + num_rows) % self._ring.capacity_rows)
+    def _packed_within_limit(self, batch: TransitionBatch, source: str) -> dict[str, list[bytes]] | None:
+        """The batch's compressed columns, once storing them keeps the shard within its limit.
+
+        Raises:
+            ReplayMemoryError: the shard would grow past `replay.memory_limit_bytes`.
+        """
+        if not self.cfg.compression:
+            return None
+        packed, needed = self._ring.packed_bytes_needed(batch)
+        limit = self.cfg.memory_limit_bytes
+        if limit is not None:
+            projected = self._ring.projected_bytes(batch.num_rows, needed) + self._selector.nbytes
+            if projected > limit:
+                self._rejected_batches += 1
+                raise ReplayMemoryError(
+                    f"ReplayShard[{self.shard_index}]: storing {batch.num_rows} rows from {source} would take the shard "
+                    f"to {projected:,} bytes, past replay.memory_limit_bytes={limit:,} (it holds {self._ring.size:,} "
+                    f"rows in {self.memory_bytes:,} bytes); set replay.capacity_bytes so old rows are evicted, or "
+                    "raise the limit. Nothing of this batch was stored")
+        return packed
+
+    def _store(self, batch: TransitionBatch, source: str, batch_id: int | None,
+               packed: dict[str, list[bytes]] | None = None) -> InsertAck:
+        oldest_before = self._ring.oldest_seq
+        first_seq, num_rows = self._ring.append(batch, packed)
+        ring = self._ring
+        if ring.oldest_seq > max(oldest_before, ring.next_seq - ring.capacity_rows):  # evicted for the byte budget
+            self._selector.evicted(np.arange(oldest_before, ring.oldest_seq) % ring.capacity_rows)
+        stored_from = max(first_seq, ring.oldest_seq)
+        self._selector.inserted(np.arange(stored_from, first_seq + num_rows) % ring.capacity_rows)
         self._inserted_batches += 1
         self._limiter.on_insert(num_rows)
         self._episodes_completed += int(np.count_nonzero(batch["terminated"] | batch["truncated"]))
@@ -206,10 +281,11 @@ class ReplayShard:
             table = restored.checkpoint_rows
             row_state = {name[2:]: table.column(name).to_numpy() for name in table.column_names if name.startswith("__")}
             table = table.select([name for name in table.column_names if not name.startswith("__")])
-            self._ring.next_seq = state["oldest_seq"]
+            self._ring.next_seq = self._ring.oldest_seq = state["oldest_seq"]
             if table.num_rows:
                 self._ring.append(TransitionBatch.from_arrow(table))
             self._ring.next_seq = state["next_seq"]
+            self._ring.oldest_seq = state["oldest_seq"]
             slots = np.arange(state["oldest_seq"], state["next_seq"]) % self._ring.capacity_rows
             self._selector.restore(slots, row_state, state["selector"])
             self._inserted_batches, self._rejected_batches = state["inserted_batches"], state["rejected_batches"]
@@ -240,7 +316,7 @@ class ReplayShard:
         ring = self._ring
         if not self._limiter.can_sample(ring.size) or ring.size == 0:
             return None
-        slots, probability = self._selector.select(ring.size, num_rows, self._rng, ring.oldest_seq, ring.next_seq)
+        slots, probability = self._selector.select(num_rows, self._rng, ring.oldest_seq, ring.next_seq)
         if slots.size == 0:
             return None
         self._limiter.on_sample(int(slots.size))
@@ -308,7 +384,7 @@ class ReplayShard:
     def sampling_mass(self) -> tuple[float, int]:
         """(total priority, or rows left to read, or size; rows stored): how much of a draw across
         shards this one should get."""
-        return self._selector.mass(self._ring.size), self._ring.size
+        return self._selector.mass(self._ring.oldest_seq, self._ring.next_seq), self._ring.size
 
     def update_priorities(self, keys: np.ndarray, td_errors: np.ndarray) -> PriorityUpdate:
         """New priorities |td_error| + ε for sampled rows; rows the ring has overwritten since
@@ -380,7 +456,7 @@ class ReplayShard:
             inserted_rows=ring.next_seq, evicted_rows=ring.evicted_rows,
             inserted_batches=self._inserted_batches, rejected_batches=self._rejected_batches,
             episodes_completed=self._episodes_completed, episodes_stored=episodes_stored,
-            memory_bytes=ring.memory_bytes)
+            memory_bytes=self.memory_bytes)
         metrics.replay_size_rows().set(ring.size, tags=self._tags)
         return stats
 

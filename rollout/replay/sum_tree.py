@@ -61,6 +61,10 @@ class SumTree:
         self._tree = np.zeros(2 * self._leaves, np.float64)
 
     @property
+    def nbytes(self) -> int:
+        return self._tree.nbytes
+
+    @property
     def total(self) -> float:
         return float(self._tree[1])
 
