@@ -58,6 +58,9 @@ class RaySection:
     """Dashboard port of the local Ray."""
     object_store_memory_bytes: Optional[StrictInt] = None
     """Object store size of the local Ray (None: Ray's default)."""
+    metrics_export_port: Optional[StrictInt] = Field(default=None, ge=1, le=65535)
+    """Port of the local Ray's Prometheus endpoint (`http://127.0.0.1:PORT/metrics`); None: Ray picks a free
+    one, logged at start."""
 
 
 @dataclass(frozen=True, config=_STRICT)

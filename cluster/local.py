@@ -29,17 +29,26 @@ def init_ray(cfg: RaySection) -> str | None:
         context = ray.init(
             num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard, dashboard_host="127.0.0.1",
             dashboard_port=cfg.dashboard_port, object_store_memory=cfg.object_store_memory_bytes,
-            namespace="harvest", logging_level=logging.WARNING,
+            namespace="harvest", logging_level=logging.WARNING, _metrics_export_port=cfg.metrics_export_port,
             # Workers import Harvest's packages from the repo whether or not it is pip-installed,
             # and a user's own env modules from the current folder.
             runtime_env=worker_runtime_env(os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))))
     else:
         context = ray.init(address=cfg.address, namespace="harvest", logging_level=logging.WARNING)
+    port = metrics_port()
+    if port:
+        logger.info("Prometheus metrics (harvest_*): http://127.0.0.1:{}/metrics", port)
     url = context.dashboard_url
     if url:
         url = url if url.startswith("http") else f"http://{url}"
         logger.info("Ray dashboard: {}", url)
     return url or None
+
+
+def metrics_port() -> int | None:
+    """The Prometheus port of this node's Ray metrics agent (every node has one)."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return next((node.get("MetricsExportPort") for node in ray.nodes() if node["NodeID"] == node_id), None)
 
 
 def shutdown_ray() -> None:

@@ -49,8 +49,42 @@ def rollout_push_wait_seconds() -> Any:
 
 
 @functools.cache
+def rollout_episode_return() -> Any:
+    # Ray's histograms take positive boundaries only: |return| is observed, its sign is a tag.
+    return _make("histogram", "harvest_rollout_episode_return",
+                 "Returns of the episodes collectors finished: |return|, with sign=positive|negative.",
+                 ("collector", "sign"), boundaries=[0.1, 1, 10, 50, 100, 200, 500, 1000, 10000])
+
+
+@functools.cache
 def replay_inserted_rows() -> Any:
-    return _make("counter", "harvest_replay_inserted_rows_total", "Rows stored by a replay shard.", ("shard",))
+    return _make("counter", "harvest_replay_inserted_rows_total",
+                 "Rows stored by a replay shard, by the source (collector) that sent them.", ("shard", "source"))
+
+
+@functools.cache
+def replay_sampled_rows() -> Any:
+    return _make("counter", "harvest_replay_sampled_rows_total", "Rows a replay shard returned from sample.",
+                 ("shard",))
+
+
+@functools.cache
+def replay_utilization() -> Any:
+    return _make("gauge", "harvest_replay_utilization", "Rows held over capacity rows, per shard (0 to 1).",
+                 ("shard",))
+
+
+@functools.cache
+def replay_memory_bytes() -> Any:
+    return _make("gauge", "harvest_replay_memory_bytes", "Bytes a replay shard holds (rows and sampler state).",
+                 ("shard",))
+
+
+@functools.cache
+def replay_wal_write_seconds() -> Any:
+    return _make("histogram", "harvest_replay_wal_write_seconds",
+                 "Time to append one batch to a durable shard's write-ahead log.", ("shard",),
+                 boundaries=_SECONDS_BUCKETS)
 
 
 @functools.cache
@@ -86,6 +120,7 @@ def learner_loss() -> Any:
     return _make("gauge", "harvest_learner_loss", "A learner's latest training loss.", ("learner",))
 
 
-ALL_METRICS = (rollout_env_steps, rollout_episodes, rollout_push_wait_seconds, replay_inserted_rows,
-               replay_rejected_batches, replay_insert_seconds, replay_size_rows, replay_consumer_lag_rows,
-               learner_samples, learner_loss)
+ALL_METRICS = (rollout_env_steps, rollout_episodes, rollout_push_wait_seconds, rollout_episode_return,
+               replay_inserted_rows, replay_sampled_rows, replay_rejected_batches, replay_insert_seconds,
+               replay_wal_write_seconds, replay_size_rows, replay_utilization, replay_memory_bytes,
+               replay_consumer_lag_rows, learner_samples, learner_loss)

@@ -104,6 +104,7 @@ class RolloutWorker:
         self._in_flight: list[ray.ObjectRef] = []
         self._push_wait_s = 0.0
         self._tags = {"collector": str(collector_id)}
+        self._episodes_observed = 0
         obs, _ = self._env.reset(seed=seed)
         self._obs = obs
         self._cutter.reset(obs)
@@ -133,6 +134,7 @@ class RolloutWorker:
             if batch is not None:
                 self._push(batch)
         self._drain()
+        self._observe_episodes()
         episodes = self._cutter.finished_episodes[first_episode:]
         if episodes:
             metrics.rollout_episodes().inc(len(episodes), tags=self._tags)
@@ -165,6 +167,7 @@ class RolloutWorker:
             raise TimeoutError(f"RolloutWorker[{self.collector_id}]: {num_episodes} episodes did not finish "
                                f"within {max_steps} vector steps")
         self._cutter.flush()
+        self._episodes_observed = len(self._cutter.finished_episodes)  # evaluation, not collection
         by_env: dict[int, list[FinishedEpisode]] = {}
         for episode in self._cutter.finished_episodes[first_episode:]:
             by_env.setdefault(episode.env_index, []).append(episode)
@@ -181,6 +184,7 @@ class RolloutWorker:
 
     def _push(self, batch: TransitionBatch) -> None:
         metrics.rollout_env_steps().inc(batch.num_rows, tags=self._tags)
+        self._observe_episodes()
         self._in_flight.extend(self._replay.insert_async(batch, self._source, self._next_batch_id()))
         if len(self._in_flight) >= self.cfg.max_pushes_in_flight:
             waited = time.perf_counter()
@@ -194,6 +198,15 @@ class RolloutWorker:
             elapsed = time.perf_counter() - waited
             self._push_wait_s += elapsed
             metrics.rollout_push_wait_seconds().observe(elapsed, tags=self._tags)
+
+    def _observe_episodes(self) -> None:
+        """Episode returns into the reward histogram, as episodes finish."""
+        finished = self._cutter.finished_episodes
+        for episode in finished[self._episodes_observed:]:
+            value = float(episode.episode_return)
+            metrics.rollout_episode_return().observe(
+                abs(value), tags={**self._tags, "sign": "negative" if value < 0 else "positive"})
+        self._episodes_observed = len(finished)
 
     def _next_batch_id(self) -> int:
         self._pushes += 1

@@ -203,9 +203,13 @@ class ReplayShard:
             raise
         packed = self._packed_within_limit(batch, source)
         if self._wal is not None:
+            wal_started = time.perf_counter()
             self._wal.append(batch.to_arrow(self.schema), source, -1 if batch_id is None else batch_id)
+            metrics.replay_wal_write_seconds().observe(time.perf_counter() - wal_started, tags=self._tags)
         ack = self._store(batch, source, batch_id, packed)
         metrics.replay_insert_seconds().observe(time.perf_counter() - started, tags=self._tags)
+        metrics.replay_inserted_rows().inc(ack.num_rows, tags={**self._tags, "source": source})
+        self._gauges()
         self._notify()
         if (self.cfg.checkpoint_every_rows and self._wal is not None
                 and self._ring.next_seq - self._checkpointed_seq >= self.cfg.checkpoint_every_rows):
@@ -245,7 +249,6 @@ class ReplayShard:
         self._inserted_batches += 1
         self._limiter.on_insert(num_rows)
         self._episodes_completed += int(np.count_nonzero(batch["terminated"] | batch["truncated"]))
-        metrics.replay_inserted_rows().inc(num_rows, tags=self._tags)
         ack = InsertAck(self.shard_index, first_seq, num_rows)
         if batch_id is not None and batch_id >= 0:
             acks = self._acks.setdefault(source, {})
@@ -253,6 +256,12 @@ class ReplayShard:
             if len(acks) > _ACKS_KEPT:
                 del acks[next(iter(acks))]  # the oldest remembered (dicts keep insertion order)
         return ack
+
+    def _gauges(self) -> None:
+        ring = self._ring
+        metrics.replay_size_rows().set(ring.size, tags=self._tags)
+        metrics.replay_utilization().set(ring.size / ring.capacity_rows, tags=self._tags)
+        metrics.replay_memory_bytes().set(self.memory_bytes, tags=self._tags)
 
     def checkpoint(self) -> str:
         """Durable shards: write the rows, the sampler's state and the counters, start a new log
@@ -320,6 +329,7 @@ class ReplayShard:
         if slots.size == 0:
             return None
         self._limiter.on_sample(int(slots.size))
+        metrics.replay_sampled_rows().inc(int(slots.size), tags=self._tags)
         batch = ring.gather(slots)
         seqs = ring.oldest_seq + (slots - ring.oldest_seq) % ring.capacity_rows
         batch.columns["key"] = (np.int64(self.shard_index) << KEY_SHARD_SHIFT) | seqs
@@ -457,7 +467,7 @@ class ReplayShard:
             inserted_batches=self._inserted_batches, rejected_batches=self._rejected_batches,
             episodes_completed=self._episodes_completed, episodes_stored=episodes_stored,
             memory_bytes=self.memory_bytes)
-        metrics.replay_size_rows().set(ring.size, tags=self._tags)
+        self._gauges()
         return stats
 
     def inserted_rows(self) -> int:
