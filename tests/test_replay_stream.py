@@ -207,3 +207,29 @@ def test_a_run_config_starts_the_flight_server_and_refuses_exposure_without_a_to
         assert rows == 10
     finally:
         replay.kill()
+
+
+def test_a_trainer_in_another_process_reads_the_stream_with_plain_pyarrow(replay):
+    import json
+    import subprocess
+    import sys
+
+    produce(replay, 0, 500)
+    actor, location = start_flight_service(replay, token="tok")
+    reader = f"""
+import json, pyarrow.flight as fl
+client = fl.FlightClient({location!r})
+options = fl.FlightCallOptions(headers=[(b"authorization", b"Bearer tok")])
+ticket = fl.Ticket(json.dumps({{"batch_size": 64, "where": {{"collector_id": [0]}}}}).encode())
+stream = client.do_get(ticket, options)
+table = stream.read_all()
+print(json.dumps({{"rows": table.num_rows, "steps": table.column("step").to_pylist()}}))
+"""
+    try:
+        out = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=120, check=True)
+    finally:
+        ray.kill(actor)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = np.flatnonzero((np.arange(500) // 7) % 2 == 0)
+    assert result["rows"] == expected.size
+    np.testing.assert_array_equal(np.sort(result["steps"]), expected)
