@@ -27,6 +27,7 @@ from cluster.config import ROBOCODE_ENV_ID, RunConfig, dump_config, robocode_bat
 from cluster.progress import console, summary_table, wait_with_progress
 from envs.config import EnvConfig
 from learners.bc import BCLearner, TrainResult
+from learners.dqfd import DQfDLearner
 from rollout.batch import BatchSchema
 from rollout.config import PolicyConfig, RolloutConfig
 from rollout.evaluation import EvalResult, evaluate_policies
@@ -234,22 +235,31 @@ def _robocode_description(cfg: RunConfig) -> str:
 def train(cfg: RunConfig, paths: RunPaths) -> TrainResult:
     """Train the learner actor on the dataset; GPU when `learner.num_gpus` > 0 and Ray has one."""
     learner_cfg = cfg.learner
-    learner = ray.remote(BCLearner).options(num_cpus=learner_cfg.num_cpus, num_gpus=learner_cfg.num_gpus,
-                                            max_concurrency=2).remote(
+    learner_class = DQfDLearner if learner_cfg.algorithm == "dqfd" else BCLearner
+    learner = ray.remote(learner_class).options(num_cpus=learner_cfg.num_cpus, num_gpus=learner_cfg.num_gpus,
+                                                max_concurrency=2).remote(
         learner_cfg, str(paths.dataset), str(paths.learner))
     try:
-        rows = Dataset.open(paths.dataset).manifest.rows
-        if learner_cfg.max_rows:
-            rows = min(rows, learner_cfg.max_rows)
-        total = int(rows * (1 - learner_cfg.validation_fraction)) * learner_cfg.epochs
+        if learner_cfg.algorithm == "dqfd":
+            dqfd = learner_cfg.dqfd
+            total, unit = dqfd.pretrain_steps + dqfd.online_env_steps * dqfd.updates_per_env_step, "updates"
+        else:
+            rows = Dataset.open(paths.dataset).manifest.rows
+            if learner_cfg.max_rows:
+                rows = min(rows, learner_cfg.max_rows)
+            total, unit = int(rows * (1 - learner_cfg.validation_fraction)) * learner_cfg.epochs, "samples"
         ref = learner.train.remote()
-        (result,) = wait_with_progress([ref], "train (BC)", "samples", total,
+        (result,) = wait_with_progress([ref], f"train ({learner_cfg.algorithm.upper()})", unit, total,
                                        poll=lambda: ray.get(learner.progress.remote(), timeout=30).samples,
                                        timeout_s=3600)
     finally:
         ray.kill(learner, no_restart=True)
-    logger.info("best checkpoint: epoch {} (validation loss {:.4f}) on {}", result.best_epoch,
-                result.best_validation_loss, result.device)
+    if learner_cfg.algorithm == "dqfd":
+        logger.info("best checkpoint: update {} (evaluation return {}) on {}", result.best_epoch,
+                    result.best_eval_return, result.device)
+    else:
+        logger.info("best checkpoint: epoch {} (validation loss {:.4f}) on {}", result.best_epoch,
+                    result.best_validation_loss, result.device)
     return result
 
 
@@ -381,6 +391,10 @@ def compact_snapshot(cfg: RunConfig, run_id: str, paths: RunPaths) -> Manifest:
 
 
 def _train_summary(result: TrainResult) -> dict[str, Any]:
+    if result.algorithm == "dqfd":
+        return {"algorithm": "dqfd", "best_checkpoint": result.best_checkpoint, "best_update": result.best_epoch,
+                "best_eval_return": result.best_eval_return, "device": result.device,
+                "demonstration_rows": result.train_rows}
     best = result.history[result.best_epoch - 1]
     return {"best_checkpoint": result.best_checkpoint, "best_epoch": result.best_epoch,
             "best_validation_loss": result.best_validation_loss,
@@ -407,9 +421,13 @@ def print_summary(summary: RunSummary) -> None:
         rows.append(("dataset", f"{summary.dataset_rows:,} rows, {summary.dataset_episodes} episodes"))
     if summary.train:
         t = summary.train
-        accuracy = "" if t["validation_accuracy"] is None else f", accuracy {t['validation_accuracy']:.3f}"
-        rows.append(("learner", f"best epoch {t['best_epoch']}, validation loss "
-                                f"{t['best_validation_loss']:.4f}{accuracy} on {t['device']}"))
+        if t.get("algorithm") == "dqfd":
+            rows.append(("learner", f"DQfD, best update {t['best_update']}, evaluation return "
+                                    f"{t['best_eval_return']} on {t['device']}"))
+        else:
+            accuracy = "" if t["validation_accuracy"] is None else f", accuracy {t['validation_accuracy']:.3f}"
+            rows.append(("learner", f"best epoch {t['best_epoch']}, validation loss "
+                                    f"{t['best_validation_loss']:.4f}{accuracy} on {t['device']}"))
     if summary.eval:
         for name, result in summary.eval.items():
             wins = f", win rate {result['win_rate']:.0%}" if "win_rate" in result else ""

@@ -53,6 +53,9 @@ class TrainResult:
     validation_rows: int
     device: str
     history: list[EpochRecord]
+    algorithm: str = "bc"
+    best_eval_return: float | None = None
+    """DQfD: the best checkpoint's greedy evaluation return during training (it picks the best)."""
 
 
 @dataclass

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 

@@ -2,16 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class DQfDConfig:
+    """`learner.dqfd`: Deep Q-learning from Demonstrations (learners/dqfd.py)."""
+
+    pretrain_steps: StrictInt = Field(default=5_000, ge=0)
+    """Updates on the demonstrations alone before any interaction."""
+    online_env_steps: StrictInt = Field(default=0, ge=0)
+    """Env steps of ε-greedy interaction after pre-training (0: offline only)."""
+    updates_per_env_step: StrictInt = Field(default=1, ge=1)
+    gamma: float = Field(default=0.99, gt=0, le=1)
+    n_step: StrictInt = Field(default=10, ge=1)
+    """n of the n-step TD loss (the paper's 10)."""
+    margin: float = Field(default=0.8, ge=0)
+    """Large-margin supervised loss: Q(s, a) + margin for a != a_E must not exceed Q(s, a_E)."""
+    lambda_n_step: float = Field(default=1.0, ge=0)
+    lambda_margin: float = Field(default=1.0, ge=0)
+    l2: float = Field(default=1e-5, ge=0)
+    """L2 regularisation (Adam weight decay)."""
+    target_update_every: StrictInt = Field(default=500, ge=1)
+    """Updates between copies of the network into the target network."""
+    priority_alpha: float = Field(default=0.4, ge=0)
+    priority_beta: float = Field(default=0.6, ge=0, le=1)
+    eps_demo: float = Field(default=1.0, gt=0)
+    """ε_d: priority bonus of demonstration rows (keeps them sampled)."""
+    eps_agent: float = Field(default=0.001, gt=0)
+    """ε_a: priority floor of the agent's own rows."""
+    demo_ratio: Optional[float] = Field(default=None, ge=0, le=1)
+    """Share of every interaction-phase minibatch drawn from the demonstrations; None: in
+    proportion to the two replays' total priority, as in the paper."""
+    agent_capacity_rows: StrictInt = Field(default=100_000, ge=1)
+    """Rows of the agent's own replay (FIFO); the demonstrations are never evicted."""
+    epsilon: float = Field(default=0.01, ge=0, le=1)
+    """Exploration while interacting."""
+    max_grad_norm: float = Field(default=10.0, gt=0)
+    log_every: StrictInt = Field(default=1000, ge=1)
+    """Updates between history entries (and evaluations)."""
+    eval_episodes: StrictInt = Field(default=10, ge=0)
+    """Greedy episodes played at every history entry; the best mean return picks best.safetensors."""
+    eval_max_steps: StrictInt = Field(default=10_000, ge=1)
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the dataset's env (interaction and evaluation)."""
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class LearnerConfig:
-    algorithm: Literal["bc"] = "bc"
-    """Training algorithm. `bc`: behaviour cloning (cross-entropy for discrete actions, MSE for continuous)."""
+    algorithm: Literal["bc", "dqfd"] = "bc"
+    """Training algorithm. `bc`: behaviour cloning (cross-entropy for discrete actions, MSE for
+    continuous); `dqfd`: Deep Q-learning from Demonstrations (`learner.dqfd`, Discrete actions)."""
+    dqfd: DQfDConfig = Field(default_factory=DQfDConfig)
+    """Settings of `algorithm: dqfd`."""
     epochs: StrictInt = Field(default=10, ge=1)
     """Passes over the training split."""
     batch_size: StrictInt = Field(default=256, ge=1)

@@ -11,24 +11,30 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_training_curve(epochs: Sequence[dict], path: Path, title: str) -> Path:
-    """Train and validation loss per epoch (and validation accuracy when there is one)."""
+def plot_training_curve(epochs: Sequence[dict], path: Path, title: str, x_label: str = "epoch",
+                        labels: tuple[str, str] = ("train loss", "validation loss"),
+                        extra: tuple[str, Sequence[float | None]] | None = None) -> Path:
+    """Two losses per epoch (or update), log scale, and on a second axis validation accuracy
+    when every record has one, or `extra` = (label, values) (None values are skipped)."""
     numbers = [record["epoch"] for record in epochs]
     figure, loss_axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-    loss_axis.plot(numbers, [r["train_loss"] for r in epochs], marker="o", label="train loss")
-    loss_axis.plot(numbers, [r["validation_loss"] for r in epochs], marker="o", label="validation loss")
-    loss_axis.set_xlabel("epoch")
+    loss_axis.plot(numbers, [r["train_loss"] for r in epochs], marker="o", label=labels[0])
+    loss_axis.plot(numbers, [r["validation_loss"] for r in epochs], marker="o", label=labels[1])
+    loss_axis.set_xlabel(x_label)
     loss_axis.set_ylabel("loss")
-    loss_axis.set_yscale("log")
-    handles, labels = loss_axis.get_legend_handles_labels()
-    if all(r.get("validation_accuracy") is not None for r in epochs):
-        accuracy_axis = loss_axis.twinx()
-        accuracy_axis.plot(numbers, [r["validation_accuracy"] for r in epochs], color="tab:green", marker="s",
-                           label="validation accuracy")
-        accuracy_axis.set_ylabel("accuracy")
-        more_handles, more_labels = accuracy_axis.get_legend_handles_labels()
-        handles, labels = handles + more_handles, labels + more_labels
-    loss_axis.legend(handles, labels, loc="center right")
+    if all(r["train_loss"] > 0 and r["validation_loss"] > 0 for r in epochs):
+        loss_axis.set_yscale("log")
+    handles, labels_ = loss_axis.get_legend_handles_labels()
+    if extra is None and all(r.get("validation_accuracy") is not None for r in epochs):
+        extra = ("validation accuracy", [r["validation_accuracy"] for r in epochs])
+    if extra is not None and any(value is not None for value in extra[1]):
+        points = [(x, value) for x, value in zip(numbers, extra[1]) if value is not None]
+        second = loss_axis.twinx()
+        second.plot([x for x, _ in points], [v for _, v in points], color="tab:green", marker="s", label=extra[0])
+        second.set_ylabel(extra[0])
+        more_handles, more_labels = second.get_legend_handles_labels()
+        handles, labels_ = handles + more_handles, labels_ + more_labels
+    loss_axis.legend(handles, labels_, loc="center right")
     loss_axis.set_title(title)
     figure.tight_layout()
     figure.savefig(path)

@@ -20,7 +20,6 @@ there whatever order they arrive in.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import socket
 import tempfile

@@ -1,0 +1,390 @@
+"""Deep Q-learning from Demonstrations (Hester et al., 2018) for Discrete action spaces.
+
+The demonstrations (a compacted dataset) go into a prioritized replay shard of their own that
+nothing else writes to, so they are never evicted; the agent's own transitions go into a
+second shard. Every minibatch is drawn across both in proportion to their total priority (or,
+with `demo_ratio`, that share from the demonstrations), and trained on
+
+    J = J_DQ (1-step double-DQN TD) + λ_n J_n (n-step TD) + λ_E J_E (large margin, demo rows)
+
+with L2 regularisation (Adam weight decay), importance weights, a target network copied every
+`target_update_every` steps, and priorities |δ| + ε (ε_d for demonstrations, a bonus that
+keeps them sampled). A pre-training phase uses the demonstrations alone; an interaction
+phase then plays ε-greedy in the env and mixes its transitions in.
+
+Continuous (Box) actions are not supported: DQfD needs a finite action set. Discretise the
+env (a `gymnasium.ActionWrapper` over a list of actions, registered as your own env) and
+collect the demonstrations in it; the learner says so instead of failing later.
+
+The Q-network is the same model BC trains (`build_policy_model`): its head's outputs are the
+Q-values, so a DQfD checkpoint plays greedily wherever a BC checkpoint plays.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from loguru import logger
+from torch import nn
+
+from aggregation.dataset import Dataset
+from cluster import metrics
+from envs.config import EnvConfig
+from envs.registry import make_vector_env
+from envs.spaces import ColumnSpec, columns_for_space, flatten_value
+from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainProgress, TrainResult
+from learners.checkpoint import save_checkpoint
+from learners.config import LearnerConfig
+from learners.models import build_policy_model, resolve_model_spec
+from learners.plots import plot_training_curve
+from rollout.batch import BatchSchema, TransitionBatch
+from rollout.config import ReplayConfig
+from rollout.replay.shard import ReplayShard, importance_weights
+
+NSTEP_OBS = "n_obs"
+
+
+@dataclass
+class NStep:
+    """Per row: the discounted reward of the next n rows of its episode, and what to bootstrap from."""
+
+    returns: np.ndarray
+    """Σ_{k<m} γ^k r_{t+k} over the m ≤ n rows left in the window."""
+    last: np.ndarray
+    """Index of the window's last row (its `next_obs` is the bootstrap observation)."""
+    discount: np.ndarray
+    """γ^m."""
+    done: np.ndarray
+    """The episode terminated inside the window: no bootstrap."""
+
+
+def n_step_returns(reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, episode_id: np.ndarray,
+                   step: np.ndarray, n: int, gamma: float) -> NStep:
+    """n-step targets for rows given in any order; a window stops at the episode's end
+    (terminated: no bootstrap; truncated: bootstrap) and at a gap in the steps."""
+    order = np.lexsort((step, episode_id))
+    r, ep, st = reward[order].astype(np.float64), episode_id[order], step[order]
+    term, ended = terminated[order], terminated[order] | truncated[order]
+    size = r.size
+    returns, discount = np.zeros(size), np.ones(size)
+    last, done = np.arange(size), np.zeros(size, bool)
+    alive = np.ones(size, bool)
+    for k in range(n):
+        idx = np.minimum(np.arange(size) + k, size - 1)
+        valid = alive & (np.arange(size) + k < size) & (ep[idx] == ep) & (st[idx] == st + k)
+        returns[valid] += discount[valid] * r[idx[valid]]
+        discount[valid] *= gamma
+        last[valid] = idx[valid]
+        done[valid] |= term[idx[valid]]
+        alive = valid & ~ended[idx]
+    inverse = np.empty(size, np.int64)
+    inverse[order] = np.arange(size)
+    return NStep(returns[inverse].astype(np.float32), order[last[inverse]], discount[inverse].astype(np.float32),
+                 done[inverse])
+
+
+def dqfd_schema(observation_space: gym.Space, action_space: gym.Space) -> BatchSchema:
+    """Transition rows plus the n-step columns and the demonstration flag."""
+    extras: dict[str, ColumnSpec] = {"n_return": ColumnSpec(np.float32, ()), "n_discount": ColumnSpec(np.float32, ()),
+                                     "n_done": ColumnSpec(np.bool_, ()), "is_demo": ColumnSpec(np.bool_, ())}
+    extras.update(columns_for_space(observation_space, NSTEP_OBS))
+    return BatchSchema.for_spaces(observation_space, action_space, extras)
+
+
+def with_n_step(rows: dict[str, np.ndarray], schema: BatchSchema, n: int, gamma: float, is_demo: bool) -> TransitionBatch:
+    """`rows` (the schema's core columns) completed with n-step targets and the demo flag."""
+    nstep = n_step_returns(rows["reward"], rows["terminated"], rows["truncated"], rows["episode_id"], rows["step"],
+                           n, gamma)
+    columns = {name: rows[name] for name in schema.columns if name in rows}
+    columns.update(n_return=nstep.returns, n_discount=nstep.discount, n_done=nstep.done,
+                   is_demo=np.full(nstep.returns.size, is_demo))
+    for name in schema.obs_columns:
+        columns[NSTEP_OBS + name[3:]] = rows["next_" + name][nstep.last]
+    return TransitionBatch(columns)
+
+
+@dataclass
+class DQfDRecord:
+    step: int
+    phase: str
+    loss: float
+    td_loss: float
+    n_step_loss: float
+    margin_loss: float
+    demo_fraction: float
+    eval_return: float | None
+    env_steps: int
+    updates_per_s: float
+
+
+class DQfDLearner:
+    """DQfD on a compacted dataset of demonstrations (see the module doc); `learner.dqfd`
+    holds its settings. Same outputs as `BCLearner`: best (by evaluation return) and final
+    checkpoints, `training_history.json`, `training_curve.png`."""
+
+    def __init__(self, cfg: LearnerConfig, dataset_dir: str, out_dir: str) -> None:
+        self.cfg, self.d = cfg, cfg.dqfd
+        self.dataset = Dataset.open(dataset_dir)
+        self.out_dir = Path(out_dir)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cfg.num_cpus >= 1:
+            torch.set_num_threads(int(cfg.num_cpus))
+        schema = self.dataset.schema
+        if not isinstance(schema.action_space, gym.spaces.Discrete):
+            raise ValueError(f"{self.dataset.folder}: DQfD needs a Discrete action space, the dataset has "
+                             f"{schema.action_space}; discretise the env's actions (see learners/dqfd.py)")
+        self.env_cfg = EnvConfig(id=self.dataset.manifest.env_id, num_envs=1, kwargs=self.d.env_kwargs)
+        self._log = logger.bind(actor="DQfDLearner")
+        total = self.d.pretrain_steps + self.d.online_env_steps * self.d.updates_per_env_step
+        self._progress = TrainProgress(0, total, 0, None)
+        self._lock = threading.Lock()
+
+    def progress(self) -> TrainProgress:
+        with self._lock:
+            return TrainProgress(**asdict(self._progress))
+
+    def train(self) -> TrainResult:
+        cfg, d, schema = self.cfg, self.d, self.dataset.schema
+        torch.manual_seed(cfg.seed)
+        self._rng = np.random.default_rng(cfg.seed)
+        self.schema = dqfd_schema(schema.observation_space, schema.action_space)
+        core = [*schema.obs_columns, "action", "reward", *[f"next_{n}" for n in schema.obs_columns], "terminated",
+                "truncated", "episode_id", "step"]
+        rows = self.dataset.read_columns(core, cfg.max_rows)
+        demos = with_n_step({**rows, **self._provenance(len(rows["reward"]))}, self.schema, d.n_step, d.gamma, True)
+        replay_cfg = dict(sampler="prioritized", priority_alpha=d.priority_alpha, priority_beta=d.priority_beta,
+                          priority_eps=d.eps_demo)
+        self.demo_shard = ReplayShard(ReplayConfig(capacity_rows=demos.num_rows, **replay_cfg), self.schema, 0, cfg.seed)
+        self.demo_shard.insert(demos, source="demonstrations")
+        self.agent_shard = ReplayShard(ReplayConfig(capacity_rows=d.agent_capacity_rows,
+                                                    **{**replay_cfg, "priority_eps": d.eps_agent}),
+                                       self.schema, 1, cfg.seed + 1)
+        self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, schema.action_space,
+                                             cfg.hidden_sizes, cfg.conv_channels)
+        model = build_policy_model(schema.observation_space, schema.action_space, self.model_spec).to(self.device)
+        BCLearner._fit_normalizer(model, {name: torch.from_numpy(np.array(demos[name])) for name in schema.obs_columns},
+                                  schema.obs_columns, torch.arange(demos.num_rows))
+        target = copy.deepcopy(model).eval()
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=d.l2)
+        self._log.info("DQfD on {}: {} demonstration rows, {} pre-training steps, {} env steps of interaction, on {}",
+                       self.dataset.folder, demos.num_rows, d.pretrain_steps, d.online_env_steps, self.device)
+        self._history: list[DQfDRecord] = []
+        self._best = -float("inf")
+        self._window: list[dict[str, float]] = []
+        self._window_started, self._updates, self._env_steps = time.perf_counter(), 0, 0
+        self._model = model
+        for _ in range(d.pretrain_steps):
+            self._step(model, target, optimizer, demo_only=True, phase="pretrain")
+        if d.pretrain_steps and (not self._history or self._history[-1].step != self._updates):
+            self._record("pretrain")
+        if d.online_env_steps:
+            self._interact(model, target, optimizer)
+        if not self._history or self._history[-1].step != self._updates:
+            self._record("online" if d.online_env_steps else "pretrain")
+        history, update = self._history, self._updates
+        self._save(model, FINAL_NAME, update, history[-1])
+        if self._best == -float("inf"):  # no evaluation: the final weights are the best we know
+            self._save(model, BEST_NAME, update, history[-1])
+        history_path = self.out_dir / HISTORY_NAME
+        entries = [asdict(entry) for entry in history]
+        history_path.write_text(json.dumps({"config": asdict(cfg), "device": str(self.device), "algorithm": "dqfd",
+                                            "best_eval_return": None if self._best == -float("inf") else self._best,
+                                            "steps": entries}, indent=2))
+        plot_training_curve([{"epoch": e["step"], "train_loss": e["loss"], "validation_loss": e["margin_loss"]}
+                             for e in entries], self.out_dir / CURVE_NAME, f"DQfD on {self.dataset.manifest.env_id}",
+                            x_label="update", labels=("loss", "margin loss"),
+                            extra=("eval return", [e["eval_return"] for e in entries]))
+        best = max((e for e in history if e.eval_return is not None), key=lambda e: e.eval_return, default=history[-1])
+        return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
+                           best.step, best.loss, demos.num_rows, 0, str(self.device), [], "dqfd", best.eval_return)
+
+    def _step(self, model, target, optimizer, demo_only: bool, phase: str) -> None:
+        """One update; the target network copy, the history entry and progress on schedule."""
+        self._window.append(self._update(model, target, optimizer, demo_only))
+        self._updates += 1
+        if self._updates % self.d.target_update_every == 0:
+            target.load_state_dict(model.state_dict())
+        if self._updates % self.d.log_every == 0:
+            self._record(phase)
+        with self._lock:
+            self._progress.epoch = self._progress.samples = self._updates
+
+    def _record(self, phase: str) -> None:
+        """A history entry: the mean losses since the last one, and the greedy evaluation return
+        (a new best is saved as best.safetensors)."""
+        model, window = self._model, self._window
+        eval_return = self._evaluate(model) if self.d.eval_episodes else None
+        means = {key: float(np.mean([w[key] for w in window])) for key in window[0]} if window else {}
+        entry = DQfDRecord(self._updates, phase, means.get("loss", float("nan")), means.get("td", float("nan")),
+                           means.get("n_step", float("nan")), means.get("margin", float("nan")),
+                           means.get("demo_fraction", float("nan")), eval_return, self._env_steps,
+                           len(window) / max(time.perf_counter() - self._window_started, 1e-9))
+        self._history.append(entry)
+        self._log.info("{} update {}: loss {:.4f} (TD {:.4f}, n-step {:.4f}, margin {:.4f}), demo share {:.2f}, "
+                       "{} env steps{}", phase, entry.step, entry.loss, entry.td_loss, entry.n_step_loss,
+                       entry.margin_loss, entry.demo_fraction, entry.env_steps,
+                       "" if eval_return is None else f", eval return {eval_return:.1f}")
+        metrics.learner_loss().set(entry.loss, tags={"learner": "dqfd"})
+        metrics.learner_samples().inc(len(window) * self.cfg.batch_size, tags={"learner": "dqfd"})
+        if eval_return is not None and eval_return > self._best:
+            self._best = eval_return
+            self._save(model, BEST_NAME, self._updates, entry)
+        self._window, self._window_started = [], time.perf_counter()
+
+    def _provenance(self, num_rows: int) -> dict[str, np.ndarray]:
+        return {"collector_id": np.zeros(num_rows, np.int64), "policy_version": np.zeros(num_rows, np.int64),
+                "timestamp": np.zeros(num_rows, "datetime64[ns]")}
+
+    def _sample(self, demo_only: bool) -> TransitionBatch:
+        """A minibatch across the two shards, in proportion to their priority mass (or
+        `demo_ratio`), with P(i) and importance weights over both."""
+        d, batch_size = self.d, self.cfg.batch_size
+        shards = [self.demo_shard] if demo_only or self.agent_shard.bounds()[1] == 0 else [self.demo_shard,
+                                                                                            self.agent_shard]
+        masses = np.array([shard.sampling_mass()[0] for shard in shards])
+        stored = sum(shard.sampling_mass()[1] for shard in shards)
+        if len(shards) == 2 and d.demo_ratio is not None:
+            demo_rows = int(self._rng.binomial(batch_size, d.demo_ratio))
+            counts, share = [demo_rows, batch_size - demo_rows], np.array([d.demo_ratio, 1 - d.demo_ratio])
+        else:
+            share = masses / masses.sum()
+            counts = self._rng.multinomial(batch_size, share)
+        parts = []
+        for shard, count, fraction in zip(shards, counts, share):
+            if count:
+                part = shard.sample(int(count))
+                part.columns["probability"] = part["probability"] * fraction
+                parts.append(part)
+        batch = TransitionBatch.concat(parts)
+        batch.columns["weight"] = importance_weights(batch["probability"], stored, d.priority_beta)
+        return batch
+
+    def _tensors(self, batch: TransitionBatch, prefix: str) -> dict[str, torch.Tensor]:
+        return {"obs" + name[len(prefix):]: torch.from_numpy(batch[name]).to(self.device)
+                for name in batch.columns if name == prefix or name.startswith(prefix + ".")}
+
+    def _update(self, model, target, optimizer, demo_only: bool) -> dict[str, float]:
+        d = self.d
+        batch = self._sample(demo_only)
+        device = self.device
+        obs, next_obs, n_obs = (self._tensors(batch, p) for p in ("obs", "next_obs", NSTEP_OBS))
+        action = torch.from_numpy(batch["action"]).to(device).long()
+        reward = torch.from_numpy(batch["reward"]).to(device)
+        terminated = torch.from_numpy(batch["terminated"]).to(device).float()
+        weight = torch.from_numpy(batch["weight"]).to(device)
+        is_demo = torch.from_numpy(batch["is_demo"]).to(device).float()
+        q = model(obs)
+        q_taken = q.gather(1, action[:, None])[:, 0]
+        with torch.no_grad():
+            y1 = reward + d.gamma * (1 - terminated) * self._double_q(model, target, next_obs)
+            n_done = torch.from_numpy(batch["n_done"]).to(device).float()
+            yn = (torch.from_numpy(batch["n_return"]).to(device)
+                  + torch.from_numpy(batch["n_discount"]).to(device) * (1 - n_done) * self._double_q(model, target, n_obs))
+        td1 = y1 - q_taken
+        td_loss = (weight * nn.functional.smooth_l1_loss(q_taken, y1, reduction="none")).mean()
+        n_loss = (weight * nn.functional.smooth_l1_loss(q_taken, yn, reduction="none")).mean()
+        margins = torch.full_like(q, d.margin).scatter_(1, action[:, None], 0.0)
+        margin_loss = (weight * is_demo * ((q + margins).max(1).values - q_taken)).sum() / is_demo.sum().clamp_min(1)
+        loss = td_loss + d.lambda_n_step * n_loss + d.lambda_margin * margin_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), d.max_grad_norm)
+        optimizer.step()
+        priorities = td1.detach().abs().cpu().numpy()
+        keys = batch["key"]
+        for index, shard in enumerate((self.demo_shard, self.agent_shard)):
+            mine = (keys >> 48) == index
+            if mine.any():
+                shard.update_priorities(keys[mine], priorities[mine])
+        return {"loss": loss.item(), "td": td_loss.item(), "n_step": n_loss.item(), "margin": margin_loss.item(),
+                "demo_fraction": is_demo.mean().item()}
+
+    @staticmethod
+    def _double_q(model, target, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        best = model(obs).argmax(1, keepdim=True)
+        return target(obs).gather(1, best)[:, 0]
+
+    def _interact(self, model, target, optimizer) -> None:
+        """ε-greedy play in the env; each finished episode goes to the agent shard with its
+        n-step targets; `updates_per_env_step` updates per step."""
+        d = self.d
+        env = make_vector_env(self.env_cfg)
+        obs, _ = env.reset(seed=self.cfg.seed)
+        episode: dict[str, list] = {}
+        episode_id, step_in_episode, reset_next = 1 << 40, 0, False
+        try:
+            for _ in range(d.online_env_steps):
+                action = self._act(model, obs, d.epsilon)
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                self._env_steps += 1
+                if not reset_next:  # gymnasium's next-step autoreset: this step only reset the env
+                    row = {**{name: value[0] for name, value in flatten_value(obs, "obs").items()},
+                           **{name: value[0] for name, value in flatten_value(next_obs, "next_obs").items()},
+                           "action": action[0], "reward": np.float32(reward[0]), "terminated": bool(terminated[0]),
+                           "truncated": bool(truncated[0]), "episode_id": episode_id, "step": step_in_episode}
+                    for key, value in row.items():
+                        episode.setdefault(key, []).append(value)
+                    step_in_episode += 1
+                reset_next = bool(terminated[0] or truncated[0])
+                if reset_next and episode:
+                    self._store_episode(episode)
+                    episode, episode_id, step_in_episode = {}, episode_id + 1, 0
+                obs = next_obs
+                for _ in range(d.updates_per_env_step):
+                    self._step(model, target, optimizer, demo_only=False, phase="online")
+        finally:
+            env.close()
+
+    def _store_episode(self, episode: dict[str, list]) -> None:
+        rows = {name: np.asarray(values, dtype=self.schema.columns[name].dtype) for name, values in episode.items()}
+        rows.update(self._provenance(len(rows["reward"])))
+        self.agent_shard.insert(with_n_step(rows, self.schema, self.d.n_step, self.d.gamma, False), source="agent")
+
+    @torch.no_grad()
+    def _act(self, model, obs, epsilon: float) -> np.ndarray:
+        tensors = {name: torch.as_tensor(np.asarray(value)).to(self.device)
+                   for name, value in flatten_value(obs, "obs").items()}
+        model.eval()
+        greedy = model.act(tensors, deterministic=True).cpu().numpy()
+        model.train()
+        if self._rng.random() < epsilon:
+            space = self.dataset.schema.action_space
+            mask = tensors.get("obs.action_mask")
+            legal = np.flatnonzero(mask[0].cpu().numpy()) if mask is not None else np.arange(int(space.n))
+            return np.array([int(self._rng.choice(legal)) + int(space.start)])
+        return greedy
+
+    @torch.no_grad()
+    def _evaluate(self, model) -> float:
+        """Mean return of the greedy policy over `eval_episodes` episodes (fixed seeds)."""
+        d = self.d
+        env = make_vector_env(EnvConfig(id=self.env_cfg.id, num_envs=d.eval_episodes, kwargs=d.env_kwargs))
+        try:
+            obs, _ = env.reset(seed=10_000 + self.cfg.seed)
+            returns, done = np.zeros(d.eval_episodes), np.zeros(d.eval_episodes, bool)
+            model.eval()
+            for _ in range(d.eval_max_steps):
+                tensors = {name: torch.as_tensor(np.asarray(value)).to(self.device)
+                           for name, value in flatten_value(obs, "obs").items()}
+                obs, reward, terminated, truncated, _ = env.step(model.act(tensors, deterministic=True).cpu().numpy())
+                returns += np.where(done, 0.0, reward)
+                done |= terminated | truncated
+                if done.all():
+                    break
+            model.train()
+            return float(returns.mean())
+        finally:
+            env.close()
+
+    def _save(self, model, name: str, update: int, entry: DQfDRecord) -> None:
+        save_checkpoint(self.out_dir / name, model, self.model_spec, version=update,
+                        info={"algorithm": "dqfd", "update": update, "dataset": str(self.dataset.folder),
+                              "eval_return": entry.eval_return, "loss": entry.loss})
