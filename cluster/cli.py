@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compact":
             pipeline.compact_snapshot(cfg, run_id, paths)
         elif args.command == "train":
-            pipeline.train(cfg, paths)
+            pipeline.train(cfg, paths, run_id)
         elif args.command == "eval":
             pipeline.evaluate(cfg, paths, run_id)
     finally:

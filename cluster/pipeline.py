@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -26,8 +27,10 @@ from aggregation.robocode_seed import write_dataset_npz
 from cluster.config import ROBOCODE_ENV_ID, RunConfig, dump_config, robocode_battles
 from cluster.progress import console, summary_table, wait_with_progress
 from envs.config import EnvConfig
-from learners.bc import BCLearner, TrainResult
+from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
+from learners.config import LearnerConfig
 from learners.dqfd import DQfDLearner
+from learners.ppo import PPOLearner
 from rollout.batch import BatchSchema
 from rollout.config import PolicyConfig, RolloutConfig
 from rollout.evaluation import EvalResult, evaluate_policies
@@ -232,15 +235,49 @@ def _robocode_description(cfg: RunConfig) -> str:
             f"{battles.rounds_per_battle} rounds each, run seed {cfg.run.seed}); rows of {recorded}")
 
 
-def train(cfg: RunConfig, paths: RunPaths) -> TrainResult:
-    """Train the learner actor on the dataset; GPU when `learner.num_gpus` > 0 and Ray has one."""
-    learner_cfg = cfg.learner
-    learner_class = DQfDLearner if learner_cfg.algorithm == "dqfd" else BCLearner
-    learner = ray.remote(learner_class).options(num_cpus=learner_cfg.num_cpus, num_gpus=learner_cfg.num_gpus,
-                                                max_concurrency=2).remote(
-        learner_cfg, str(paths.dataset), str(paths.learner))
-    try:
-        if learner_cfg.algorithm == "dqfd":
+def train(cfg: RunConfig, paths: RunPaths, run_id: str = "train") -> TrainResult:
+    """Train `learner.stages` in turn (or just `learner.algorithm`), each from the previous
+    stage's best checkpoint; the last stage's checkpoints and records end up in `learner/`."""
+    stages = cfg.learner.stages or [cfg.learner.algorithm]
+    if len(stages) == 1:
+        return _train_stage(cfg, dataclasses.replace(cfg.learner, algorithm=stages[0]), paths, paths.learner, run_id)
+    previous: str | None = None
+    for index, stage in enumerate(stages, 1):
+        stage_cfg = _stage_config(cfg.learner, stage, previous)
+        logger.info("learner stage {}/{}: {}{}", index, len(stages), stage,
+                    f" from {previous}" if previous and stage != "bc" else "")
+        result = _train_stage(cfg, stage_cfg, paths, paths.learner / f"{index}-{stage}", run_id)
+        previous = result.best_checkpoint
+    for name in (BEST_NAME, FINAL_NAME, HISTORY_NAME, CURVE_NAME):
+        shutil.copyfile(Path(result.best_checkpoint).parent / name, paths.learner / name)
+    return dataclasses.replace(result, best_checkpoint=str(paths.learner / BEST_NAME),
+                               final_checkpoint=str(paths.learner / FINAL_NAME),
+                               history_path=str(paths.learner / HISTORY_NAME))
+
+
+def _stage_config(learner: LearnerConfig, stage: str, previous: str | None) -> LearnerConfig:
+    """The learner config of one stage: DQfD and PPO start from the previous stage's best
+    checkpoint unless their own `init_checkpoint` says otherwise."""
+    changes: dict[str, Any] = {"algorithm": stage, "stages": []}
+    if stage == "dqfd" and previous and not learner.dqfd.init_checkpoint:
+        changes["dqfd"] = dataclasses.replace(learner.dqfd, init_checkpoint=previous)
+    if stage == "ppo" and previous and not learner.ppo.init_checkpoint:
+        changes["ppo"] = dataclasses.replace(learner.ppo, init_checkpoint=previous)
+    return dataclasses.replace(learner, **changes)
+
+
+def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, out_dir: Path,
+                 run_id: str) -> TrainResult:
+    """One learner actor (GPU when `learner.num_gpus` > 0 and Ray has one), with a progress bar."""
+    algorithm = learner_cfg.algorithm
+    options = {"num_cpus": learner_cfg.num_cpus, "num_gpus": learner_cfg.num_gpus, "max_concurrency": 2}
+    if algorithm == "ppo":
+        learner = ray.remote(PPOLearner).options(**options).remote(learner_cfg, cfg.env, str(out_dir), run_id)
+        total, unit = learner_cfg.ppo.env_steps, "env steps"
+    else:
+        learner_class = DQfDLearner if algorithm == "dqfd" else BCLearner
+        learner = ray.remote(learner_class).options(**options).remote(learner_cfg, str(paths.dataset), str(out_dir))
+        if algorithm == "dqfd":
             dqfd = learner_cfg.dqfd
             total, unit = dqfd.pretrain_steps + dqfd.online_env_steps * dqfd.updates_per_env_step, "updates"
         else:
@@ -248,15 +285,16 @@ def train(cfg: RunConfig, paths: RunPaths) -> TrainResult:
             if learner_cfg.max_rows:
                 rows = min(rows, learner_cfg.max_rows)
             total, unit = int(rows * (1 - learner_cfg.validation_fraction)) * learner_cfg.epochs, "samples"
+    try:
         ref = learner.train.remote()
-        (result,) = wait_with_progress([ref], f"train ({learner_cfg.algorithm.upper()})", unit, total,
+        (result,) = wait_with_progress([ref], f"train ({algorithm.upper()})", unit, total,
                                        poll=lambda: ray.get(learner.progress.remote(), timeout=30).samples,
                                        timeout_s=3600)
     finally:
         ray.kill(learner, no_restart=True)
-    if learner_cfg.algorithm == "dqfd":
-        logger.info("best checkpoint: update {} (evaluation return {}) on {}", result.best_epoch,
-                    result.best_eval_return, result.device)
+    if result.best_eval_return is not None:
+        logger.info("best checkpoint ({}): iteration/update {} (evaluation return {:.1f}) on {}", algorithm,
+                    result.best_epoch, result.best_eval_return, result.device)
     else:
         logger.info("best checkpoint: epoch {} (validation loss {:.4f}) on {}", result.best_epoch,
                     result.best_validation_loss, result.device)
@@ -355,7 +393,7 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
         replay.kill()
     summary.dataset_rows, summary.dataset_episodes = manifest.rows, manifest.episodes
     timer = time.perf_counter()
-    summary.train = _train_summary(train(cfg, paths))
+    summary.train = _train_summary(train(cfg, paths, run_id))
     summary.stage_seconds["train"] = time.perf_counter() - timer
     timer = time.perf_counter()
     summary.eval = _eval_summary(evaluate(cfg, paths, run_id), cfg.eval.win_return)
@@ -391,10 +429,10 @@ def compact_snapshot(cfg: RunConfig, run_id: str, paths: RunPaths) -> Manifest:
 
 
 def _train_summary(result: TrainResult) -> dict[str, Any]:
-    if result.algorithm == "dqfd":
-        return {"algorithm": "dqfd", "best_checkpoint": result.best_checkpoint, "best_update": result.best_epoch,
-                "best_eval_return": result.best_eval_return, "device": result.device,
-                "demonstration_rows": result.train_rows}
+    if result.algorithm in ("dqfd", "ppo"):
+        return {"algorithm": result.algorithm, "best_checkpoint": result.best_checkpoint,
+                "best_update": result.best_epoch, "best_eval_return": result.best_eval_return,
+                "device": result.device, "rows": result.train_rows}
     best = result.history[result.best_epoch - 1]
     return {"best_checkpoint": result.best_checkpoint, "best_epoch": result.best_epoch,
             "best_validation_loss": result.best_validation_loss,
@@ -421,9 +459,9 @@ def print_summary(summary: RunSummary) -> None:
         rows.append(("dataset", f"{summary.dataset_rows:,} rows, {summary.dataset_episodes} episodes"))
     if summary.train:
         t = summary.train
-        if t.get("algorithm") == "dqfd":
-            rows.append(("learner", f"DQfD, best update {t['best_update']}, evaluation return "
-                                    f"{t['best_eval_return']} on {t['device']}"))
+        if t.get("algorithm") in ("dqfd", "ppo"):
+            rows.append(("learner", f"{t['algorithm'].upper()}, best at {t['best_update']}, evaluation return "
+                                    f"{t['best_eval_return']:.1f} on {t['device']}"))
         else:
             accuracy = "" if t["validation_accuracy"] is None else f", accuracy {t['validation_accuracy']:.3f}"
             rows.append(("learner", f"best epoch {t['best_epoch']}, validation loss "

@@ -28,6 +28,8 @@ class Checkpoint:
     model: PolicyModel | ConvPolicyModel
     version: int
     info: dict[str, Any]
+    spec: ModelSpec | None = None
+    """What rebuilds the model (saved with it)."""
 
 
 def save_checkpoint(path: Path, model: PolicyModel | ConvPolicyModel, spec: ModelSpec | list[int], version: int,
@@ -66,4 +68,4 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     model = build_policy_model(observation_space, action_space, spec)
     model.load_state_dict(tensors)
     model.to(device).eval()
-    return Checkpoint(model, int(header["version"]), header.get("info", {}))
+    return Checkpoint(model, int(header["version"]), header.get("info", {}), spec)

@@ -47,17 +47,65 @@ class DQfDConfig:
     eval_episodes: StrictInt = Field(default=10, ge=0)
     """Greedy episodes played at every history entry; the best mean return picks best.safetensors."""
     eval_max_steps: StrictInt = Field(default=10_000, ge=1)
+    init_checkpoint: Optional[str] = None
+    """Start from these weights (a BC checkpoint; in `harvest run` stages, the previous
+    stage's best): its action logits become the initial Q-values."""
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the dataset's env (interaction and evaluation)."""
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class PPOConfig:
+    """`learner.ppo`: clipped PPO fine-tuning with rollout actors playing the latest weights
+    (learners/ppo.py)."""
+
+    init_checkpoint: Optional[str] = None
+    """A BC or DQfD checkpoint to start from; in `harvest run`, the previous stage's best. None:
+    fresh weights."""
+    env_steps: StrictInt = Field(default=100_000, ge=1)
+    """Env steps to train for (all collectors together)."""
+    num_collectors: StrictInt = Field(default=2, ge=1)
+    """Rollout actors playing the current weights (each a vector env of `env.num_envs`)."""
+    collector_num_cpus: float = Field(default=0.25, ge=0)
+    """CPUs Ray reserves for each of them (beside the learner's `num_cpus`)."""
+    rows_per_collector: StrictInt = Field(default=1024, ge=1)
+    """Rows each collector gathers per iteration."""
+    epochs: StrictInt = Field(default=4, ge=1)
+    """Passes over an iteration's rows."""
+    minibatch_size: StrictInt = Field(default=64, ge=1)
+    """Rows per update (about 32 updates per collector-iteration of 1,024 rows x 2, as CleanRL's ratio)."""
+    gamma: float = Field(default=0.99, gt=0, le=1)
+    gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    clip: float = Field(default=0.2, gt=0)
+    value_coef: float = Field(default=0.5, ge=0)
+    entropy_coef: float = Field(default=0.0, ge=0)
+    kl_coef: float = Field(default=0.0, ge=0)
+    """Weight of KL(initial policy || policy), which keeps fine-tuning near the demonstrations."""
+    normalize_advantages: bool = True
+    max_grad_norm: float = Field(default=0.5, gt=0)
+    value_warmup_iterations: StrictInt = Field(default=1, ge=0)
+    """Iterations that fit only the (new) value network, so a good initial policy is not pushed
+    around by advantages from an untrained critic."""
+    eval_every: StrictInt = Field(default=5, ge=1)
+    """Iterations between greedy evaluations (the best return picks best.safetensors)."""
+    eval_episodes: StrictInt = Field(default=10, ge=1)
+    eval_max_steps: StrictInt = Field(default=10_000, ge=1)
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class LearnerConfig:
-    algorithm: Literal["bc", "dqfd"] = "bc"
+    algorithm: Literal["bc", "dqfd", "ppo"] = "bc"
     """Training algorithm. `bc`: behaviour cloning (cross-entropy for discrete actions, MSE for
-    continuous); `dqfd`: Deep Q-learning from Demonstrations (`learner.dqfd`, Discrete actions)."""
+    continuous); `dqfd`: Deep Q-learning from Demonstrations (`learner.dqfd`, Discrete actions);
+    `ppo`: PPO fine-tuning in the live env (`learner.ppo`, Discrete actions)."""
     dqfd: DQfDConfig = Field(default_factory=DQfDConfig)
     """Settings of `algorithm: dqfd`."""
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    """Settings of `algorithm: ppo`."""
+    stages: list[Literal["bc", "dqfd", "ppo"]] = Field(default_factory=list)
+    """Train several algorithms in turn (`[bc, ppo]`, `[bc, dqfd]`, ...), each starting from the
+    previous stage's best checkpoint, outputs in `learner/<n>-<stage>/`; the last stage's are
+    copied to `learner/` for evaluation. Empty: just `algorithm`."""
     epochs: StrictInt = Field(default=10, ge=1)
     """Passes over the training split."""
     batch_size: StrictInt = Field(default=256, ge=1)

@@ -41,9 +41,10 @@ from envs.config import EnvConfig
 from envs.registry import make_vector_env
 from envs.spaces import ColumnSpec, columns_for_space, flatten_value
 from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainProgress, TrainResult
-from learners.checkpoint import save_checkpoint
+from learners.checkpoint import load_checkpoint, save_checkpoint
 from learners.config import LearnerConfig
 from learners.models import build_policy_model, resolve_model_spec
+from learners.play import greedy_return
 from learners.plots import plot_training_curve
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
@@ -167,11 +168,20 @@ class DQfDLearner:
         self.agent_shard = ReplayShard(ReplayConfig(capacity_rows=d.agent_capacity_rows,
                                                     **{**replay_cfg, "priority_eps": d.eps_agent}),
                                        self.schema, 1, cfg.seed + 1)
-        self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, schema.action_space,
-                                             cfg.hidden_sizes, cfg.conv_channels)
-        model = build_policy_model(schema.observation_space, schema.action_space, self.model_spec).to(self.device)
-        BCLearner._fit_normalizer(model, {name: torch.from_numpy(np.array(demos[name])) for name in schema.obs_columns},
-                                  schema.obs_columns, torch.arange(demos.num_rows))
+        if d.init_checkpoint:
+            loaded = load_checkpoint(d.init_checkpoint, str(self.device))
+            if loaded.model.action_space != schema.action_space:
+                raise ValueError(f"learner.dqfd.init_checkpoint {d.init_checkpoint}: its actions "
+                                 f"{loaded.model.action_space} are not the dataset's {schema.action_space}")
+            model, self.model_spec = loaded.model.train(), loaded.spec
+        else:
+            self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, schema.action_space,
+                                                 cfg.hidden_sizes, cfg.conv_channels)
+            model = build_policy_model(schema.observation_space, schema.action_space, self.model_spec).to(self.device)
+        if not d.init_checkpoint:
+            BCLearner._fit_normalizer(model, {name: torch.from_numpy(np.array(demos[name]))
+                                              for name in schema.obs_columns},
+                                      schema.obs_columns, torch.arange(demos.num_rows))
         target = copy.deepcopy(model).eval()
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=d.l2)
         self._log.info("DQfD on {}: {} demonstration rows, {} pre-training steps, {} env steps of interaction, on {}",
@@ -362,27 +372,9 @@ class DQfDLearner:
             return np.array([int(self._rng.choice(legal)) + int(space.start)])
         return greedy
 
-    @torch.no_grad()
     def _evaluate(self, model) -> float:
-        """Mean return of the greedy policy over `eval_episodes` episodes (fixed seeds)."""
-        d = self.d
-        env = make_vector_env(EnvConfig(id=self.env_cfg.id, num_envs=d.eval_episodes, kwargs=d.env_kwargs))
-        try:
-            obs, _ = env.reset(seed=10_000 + self.cfg.seed)
-            returns, done = np.zeros(d.eval_episodes), np.zeros(d.eval_episodes, bool)
-            model.eval()
-            for _ in range(d.eval_max_steps):
-                tensors = {name: torch.as_tensor(np.asarray(value)).to(self.device)
-                           for name, value in flatten_value(obs, "obs").items()}
-                obs, reward, terminated, truncated, _ = env.step(model.act(tensors, deterministic=True).cpu().numpy())
-                returns += np.where(done, 0.0, reward)
-                done |= terminated | truncated
-                if done.all():
-                    break
-            model.train()
-            return float(returns.mean())
-        finally:
-            env.close()
+        return greedy_return(model, self.env_cfg.id, self.d.env_kwargs, self.d.eval_episodes, 10_000 + self.cfg.seed,
+                             self.d.eval_max_steps, self.device)
 
     def _save(self, model, name: str, update: int, entry: DQfDRecord) -> None:
         save_checkpoint(self.out_dir / name, model, self.model_spec, version=update,

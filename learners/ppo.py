@@ -1,0 +1,303 @@
+"""PPO fine-tuning (clipped objective, GAE) with rollout actors playing the latest weights.
+
+Each iteration: the policy's weights go into the object store once with a new version, every
+`RolloutWorker` loads them (`set_policy_weights`) and collects `rows_per_collector` rows into a
+replay shard, each row recording the `policy_version` that produced it; the learner reads the
+new rows by cursor, keeps those of the current version, computes GAE advantages per episode
+(bootstrapping from V(next_obs) where an episode was truncated or is still running), and runs
+`epochs` passes of minibatch updates. The policy starts from a BC or DQfD checkpoint; an
+optional KL(initial || current) term keeps it near the demonstrations, and the first
+`value_warmup_iterations` fit only the new critic so its early errors do not push a good
+policy around.
+
+Discrete action spaces (with legal-action masks) are supported; Box actions are refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+import ray
+import torch
+from loguru import logger
+from torch import nn
+
+from cluster import metrics
+from envs.config import EnvConfig
+from envs.registry import make_vector_env
+from envs.spaces import leaf_spaces
+from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, TrainProgress, TrainResult
+from learners.checkpoint import load_checkpoint, save_checkpoint
+from learners.config import LearnerConfig
+from learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model, resolve_model_spec
+from learners.play import greedy_return
+from learners.plots import plot_training_curve
+from rollout.batch import TransitionBatch
+from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+from rollout.policies import ConfiguredPolicyFactory
+from rollout.replay.replay import start_replay
+from rollout.worker import RolloutWorker, schema_for
+
+INITIAL_NAME = "initial.safetensors"
+
+
+class ValueModel(nn.Module):
+    """V(s) beside a policy model: an MLP over the policy's (normalized) encoder features, or a
+    small CNN over the board for a `ConvPolicyModel`."""
+
+    def __init__(self, policy: PolicyModel | ConvPolicyModel, hidden_sizes: Sequence[int],
+                 conv_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.board_name = getattr(policy, "board_name", None)
+        if self.board_name is None:
+            self.encoder = copy.deepcopy(policy.encoder)
+            width, layers = self.encoder.output_size, []
+            for hidden in hidden_sizes:
+                layers += [nn.Linear(width, hidden), nn.Tanh()]
+                width = hidden
+            self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+        else:
+            channels = leaf_spaces(policy.observation_space, "obs")[self.board_name].shape[0]
+            layers = []
+            for out_channels in conv_channels:
+                layers += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.ReLU()]
+                channels = out_channels
+            self.trunk = nn.Sequential(*layers)
+            self.net = nn.Linear(channels, 1)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.board_name is None:
+            return self.net(self.encoder(obs))[:, 0]
+        return self.net(self.trunk(obs[self.board_name].float()).mean(dim=(2, 3)))[:, 0]
+
+
+def gae(reward: np.ndarray, value: np.ndarray, next_value: np.ndarray, terminated: np.ndarray,
+        truncated: np.ndarray, episode_id: np.ndarray, step: np.ndarray, gamma: float,
+        lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Advantages and returns (advantage + value) for rows in any order: δ_t = r_t +
+    γ V(s'_t)(1 - terminated_t) - V(s_t), accumulated backwards over the following rows of the
+    same episode (consecutive steps); a truncated or unfinished episode bootstraps from V(s')."""
+    order = np.lexsort((step, episode_id))
+    r, v, nv = reward[order], value[order], next_value[order]
+    term, ended = terminated[order], terminated[order] | truncated[order]
+    ep, st = episode_id[order], step[order]
+    delta = r + gamma * nv * (1.0 - term) - v
+    follows = np.zeros(r.size, bool)  # the next row continues this row's episode
+    follows[:-1] = (ep[1:] == ep[:-1]) & (st[1:] == st[:-1] + 1) & ~ended[:-1]
+    advantage = np.zeros(r.size, np.float64)
+    running = 0.0
+    for i in range(r.size - 1, -1, -1):
+        running = delta[i] + (gamma * lam * running if follows[i] else 0.0)
+        advantage[i] = running
+    out = np.empty_like(advantage)
+    out[order] = advantage
+    return out.astype(np.float32), (out + value).astype(np.float32)
+
+
+@dataclass
+class PPORecord:
+    iteration: int
+    policy_version: int
+    env_steps: int
+    episodes: int
+    episode_return: float | None
+    eval_return: float | None
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    kl_initial: float
+    approx_kl: float
+    clip_fraction: float
+    lr: float
+    env_steps_per_s: float
+
+
+class PPOLearner:
+    """PPO in `env_cfg`'s env with `learner.ppo.num_collectors` rollout actors (see the module
+    doc). Outputs like the other learners: best (by greedy evaluation) and final checkpoints,
+    `training_history.json` and `training_curve.png` in `out_dir`."""
+
+    def __init__(self, cfg: LearnerConfig, env_cfg: EnvConfig, out_dir: str, run_id: str = "ppo") -> None:
+        self.cfg, self.p, self.env_cfg = cfg, cfg.ppo, env_cfg
+        self.out_dir, self.run_id = Path(out_dir), run_id
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cfg.num_cpus >= 1:
+            torch.set_num_threads(int(cfg.num_cpus))
+        self._log = logger.bind(actor="PPOLearner")
+        self._progress = TrainProgress(0, self.p.env_steps, 0, None)
+        self._lock = threading.Lock()
+
+    def progress(self) -> TrainProgress:
+        with self._lock:
+            return TrainProgress(**asdict(self._progress))
+
+    def _initial_model(self) -> tuple[PolicyModel | ConvPolicyModel, ModelSpec]:
+        """The checkpoint to fine-tune, or fresh weights for the env's spaces."""
+        if self.p.init_checkpoint:
+            loaded = load_checkpoint(self.p.init_checkpoint)
+            return loaded.model, loaded.spec
+        env = make_vector_env(EnvConfig(id=self.env_cfg.id, num_envs=1, kwargs=self.env_cfg.kwargs))
+        try:
+            spec = resolve_model_spec(self.cfg.model, env.single_observation_space, env.single_action_space,
+                                      self.cfg.hidden_sizes, self.cfg.conv_channels)
+            return build_policy_model(env.single_observation_space, env.single_action_space, spec), spec
+        finally:
+            env.close()
+
+    def train(self) -> TrainResult:
+        cfg, p = self.cfg, self.p
+        torch.manual_seed(cfg.seed)
+        policy, self.model_spec = self._initial_model()
+        if not isinstance(policy.action_space, gym.spaces.Discrete):
+            raise ValueError(f"PPO fine-tuning supports Discrete action spaces, got {policy.action_space}")
+        policy = policy.to(self.device).train()
+        initial = copy.deepcopy(policy).eval()
+        value = ValueModel(policy, cfg.hidden_sizes, cfg.conv_channels).to(self.device)
+        optimizer = torch.optim.Adam([*policy.parameters(), *value.parameters()], lr=cfg.lr, eps=1e-5)
+        start = save_checkpoint(self.out_dir / INITIAL_NAME, policy, self.model_spec, 0, {"algorithm": "ppo-init"})
+        rollout = RolloutConfig(num_collectors=p.num_collectors, steps=p.env_steps,
+                                batch_rows=p.rows_per_collector, num_cpus=p.collector_num_cpus,
+                                policy=PolicyConfig(kind="torch", checkpoint=str(start), deterministic=False))
+        factory = ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed)
+        schema = schema_for(self.env_cfg, factory)
+        rows_per_iteration = p.num_collectors * (p.rows_per_collector + self.env_cfg.num_envs)
+        replay = start_replay(ReplayConfig(num_shards=1, capacity_rows=4 * rows_per_iteration, num_cpus=0.1), schema)
+        worker = ray.remote(RolloutWorker)
+        workers = [worker.options(num_cpus=rollout.num_cpus).remote(
+            self.env_cfg, rollout, ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed + i),
+            replay, i, self.run_id, cfg.seed + i) for i in range(p.num_collectors)]
+        self._log.info("PPO on {} from {}: {} env steps, {} collectors x {} rows per iteration, on {}",
+                       self.env_cfg.id, p.init_checkpoint or "fresh weights", p.env_steps, p.num_collectors,
+                       p.rows_per_collector, self.device)
+        history: list[PPORecord] = []
+        best = -float("inf")
+        cursor, env_steps, version = 0, 0, 0
+        try:
+            while env_steps < p.env_steps:
+                version += 1
+                started = time.perf_counter()
+                weights = ray.put({name: tensor.detach().cpu() for name, tensor in policy.state_dict().items()})
+                ray.get([w.set_policy_weights.remote(weights, version) for w in workers], timeout=120)
+                results = ray.get([w.collect.remote(p.rows_per_collector) for w in workers], timeout=600)
+                env_steps += sum(result.env_steps for result in results)
+                read = ray.get(replay.shards[0].read.remote(cursor, 10 * rows_per_iteration), timeout=120)
+                if read.skipped_rows:
+                    raise RuntimeError(f"PPO: the replay overwrote {read.skipped_rows} rows before the learner read them")
+                cursor = read.next_cursor
+                batch = read.batch
+                current = batch["policy_version"] == version
+                batch = batch.take(np.flatnonzero(current))
+                losses = self._update(policy, value, initial, optimizer, batch, schema.obs_columns,
+                                      value_only=version <= p.value_warmup_iterations)
+                returns = [episode.episode_return for result in results for episode in result.episodes]
+                eval_return = None
+                if version % p.eval_every == 0 or env_steps >= p.env_steps:
+                    eval_return = greedy_return(policy, self.env_cfg.id, self.env_cfg.kwargs, p.eval_episodes,
+                                                20_000 + cfg.seed, p.eval_max_steps, self.device)
+                record = PPORecord(version, version, env_steps, len(returns),
+                                   float(np.mean(returns)) if returns else None, eval_return, lr=cfg.lr,
+                                   env_steps_per_s=sum(r.env_steps for r in results) / (time.perf_counter() - started),
+                                   **losses)
+                history.append(record)
+                self._log.info("iteration {}: {} env steps, episode return {}, eval {}, policy loss {:.4f}, value "
+                               "loss {:.4f}, entropy {:.3f}, KL to initial {:.4f}", version, env_steps,
+                               "n/a" if record.episode_return is None else f"{record.episode_return:.1f}",
+                               "-" if eval_return is None else f"{eval_return:.1f}", record.policy_loss,
+                               record.value_loss, record.entropy, record.kl_initial)
+                metrics.learner_loss().set(record.policy_loss, tags={"learner": "ppo"})
+                metrics.learner_samples().inc(batch.num_rows * p.epochs, tags={"learner": "ppo"})
+                if eval_return is not None and eval_return > best:
+                    best = eval_return
+                    self._save(policy, BEST_NAME, version, record)
+                with self._lock:
+                    self._progress.epoch, self._progress.samples = version, env_steps
+        finally:
+            for w in workers:
+                ray.kill(w, no_restart=True)
+            replay.kill()
+        self._save(policy, FINAL_NAME, version, history[-1])
+        history_path = self.out_dir / HISTORY_NAME
+        entries = [asdict(record) for record in history]
+        history_path.write_text(json.dumps({"config": asdict(cfg), "algorithm": "ppo", "device": str(self.device),
+                                            "env": self.env_cfg.id, "best_eval_return": best,
+                                            "iterations": entries}, indent=2))
+        plot_training_curve([{"epoch": e["env_steps"], "train_loss": abs(e["policy_loss"]) + 1e-9,
+                              "validation_loss": e["value_loss"] + 1e-9} for e in entries],
+                            self.out_dir / CURVE_NAME, f"PPO on {self.env_cfg.id}", x_label="env steps",
+                            labels=("|policy loss|", "value loss"),
+                            extra=("episode return", [e["episode_return"] for e in entries]))
+        best_record = max((r for r in history if r.eval_return is not None), key=lambda r: r.eval_return)
+        return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
+                           best_record.iteration, best_record.value_loss, env_steps, 0, str(self.device), [], "ppo",
+                           best_record.eval_return)
+
+    def _update(self, policy, value, initial, optimizer, batch: TransitionBatch, obs_names: list[str],
+                value_only: bool) -> dict[str, float]:
+        p, device = self.p, self.device
+        obs = {name: torch.from_numpy(np.array(batch[name])).to(device) for name in obs_names}
+        next_obs = {name: torch.from_numpy(np.array(batch["next_" + name])).to(device) for name in obs_names}
+        action = torch.from_numpy(batch["action"]).to(device).long() - int(policy.action_space.start)
+        with torch.no_grad():
+            old_logp = torch.log_softmax(policy(obs), -1).gather(1, action[:, None])[:, 0]
+            values = _batched(value, obs).cpu().numpy()
+            next_values = _batched(value, next_obs).cpu().numpy()
+            initial_logp = torch.log_softmax(initial(obs), -1)
+        advantage, returns = gae(batch["reward"], values, next_values, batch["terminated"], batch["truncated"],
+                                 batch["episode_id"], batch["step"], p.gamma, p.gae_lambda)
+        advantage_t, returns_t = torch.from_numpy(advantage).to(device), torch.from_numpy(returns).to(device)
+        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "kl_initial": 0.0, "approx_kl": 0.0,
+                "clip_fraction": 0.0}
+        count = 0
+        generator = torch.Generator(device="cpu").manual_seed(self.cfg.seed + int(batch["policy_version"][0])
+                                                             if batch.num_rows else 0)
+        for _ in range(p.epochs):
+            for rows in torch.randperm(batch.num_rows, generator=generator).to(device).split(p.minibatch_size):
+                sub = {name: tensor[rows] for name, tensor in obs.items()}
+                logp_all = torch.log_softmax(policy(sub), -1)
+                logp = logp_all.gather(1, action[rows, None])[:, 0]
+                adv = advantage_t[rows]
+                if p.normalize_advantages and rows.numel() > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                ratio = torch.exp(logp - old_logp[rows])
+                policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - p.clip, 1 + p.clip) * adv).mean()
+                probs = logp_all.exp()
+                entropy = -(probs * logp_all).sum(-1).mean()
+                init = initial_logp[rows]
+                kl_initial = (init.exp() * (init - logp_all)).sum(-1).mean()
+                value_loss = 0.5 * (value(sub) - returns_t[rows]).square().mean()
+                if value_only:
+                    loss = p.value_coef * value_loss
+                else:
+                    loss = policy_loss + p.value_coef * value_loss - p.entropy_coef * entropy + p.kl_coef * kl_initial
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_([*policy.parameters(), *value.parameters()], p.max_grad_norm)
+                optimizer.step()
+                with torch.no_grad():
+                    sums["policy_loss"] += policy_loss.item()
+                    sums["value_loss"] += value_loss.item()
+                    sums["entropy"] += entropy.item()
+                    sums["kl_initial"] += kl_initial.item()
+                    sums["approx_kl"] += ((ratio - 1) - torch.log(ratio)).mean().item()
+                    sums["clip_fraction"] += ((ratio - 1).abs() > p.clip).float().mean().item()
+                count += 1
+        return {key: total / max(count, 1) for key, total in sums.items()}
+
+    def _save(self, policy, name: str, version: int, record: PPORecord) -> None:
+        save_checkpoint(self.out_dir / name, policy, self.model_spec, version=version,
+                        info={"algorithm": "ppo", "policy_version": version, "env_steps": record.env_steps,
+                              "eval_return": record.eval_return, "init_checkpoint": self.p.init_checkpoint})
+
+
+def _batched(model: nn.Module, obs: dict[str, torch.Tensor], size: int = 8192) -> torch.Tensor:
+    count = next(iter(obs.values())).shape[0]
+    return torch.cat([model({k: v[i:i + size] for k, v in obs.items()}) for i in range(0, count, size)]) \
+        if count else torch.zeros(0)

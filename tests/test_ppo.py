@@ -1,0 +1,94 @@
+"""PPO fine-tuning with rollout actors playing the learner's weights, GAE, and `bc -> ppo`."""
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from aggregation.compact import write_dataset
+from aggregation.config import AggregationConfig
+from envs.config import EnvConfig
+from learners.bc import BCLearner
+from learners.checkpoint import load_checkpoint
+from learners.config import LearnerConfig, PPOConfig
+from learners.ppo import PPOLearner, gae
+from rollout.batch import BatchSchema, TransitionBatch
+from rollout.policies import CartPoleExpert
+from tests.test_dqfd import greedy_return, play
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_gae_bootstraps_truncated_and_unfinished_episodes_and_stops_at_terminations():
+    # Episode 1: 3 rows, terminated; episode 2: 2 rows, truncated; episode 3: 2 rows, still running.
+    episode_id = np.array([1, 1, 1, 2, 2, 3, 3])
+    step = np.array([0, 1, 2, 0, 1, 0, 1])
+    reward = np.ones(7, np.float32)
+    value = np.array([1, 2, 3, 4, 5, 6, 7], np.float32)
+    next_value = np.array([2, 3, 99, 5, 10, 7, 20], np.float32)
+    terminated = np.array([0, 0, 1, 0, 0, 0, 0], bool)
+    truncated = np.array([0, 0, 0, 0, 1, 0, 0], bool)
+    order = np.array([6, 2, 0, 4, 1, 5, 3])  # any row order
+    gamma, lam = 0.9, 0.5
+    adv, ret = gae(reward[order], value[order], next_value[order], terminated[order], truncated[order],
+                   episode_id[order], step[order], gamma, lam)
+    delta = reward + gamma * next_value * (1 - terminated) - value
+    expected = delta.copy()
+    for i in (1, 0):  # episode 1 backwards; row 2 terminated: no bootstrap (its V(s') is ignored)
+        expected[i] += gamma * lam * expected[i + 1]
+    expected[3] += gamma * lam * expected[4]  # episode 2: row 4 truncated, bootstraps V(s') = 10
+    expected[5] += gamma * lam * expected[6]  # episode 3: row 6 bootstraps V(s') = 20
+    np.testing.assert_allclose(adv, expected[order], rtol=1e-6)
+    np.testing.assert_allclose(ret, (expected + value)[order], rtol=1e-6)
+
+
+def test_bc_then_ppo_on_cartpole_reaches_475_within_100k_env_steps(ray_cluster, tmp_path):
+    env = gym.make("CartPole-v1")
+    rows = play(CartPoleExpert(env.observation_space, env.action_space), 2, 77, 0)  # two expert episodes
+    write_dataset([TransitionBatch(rows)], BatchSchema.for_spaces(env.observation_space, env.action_space),
+                  tmp_path / "data", AggregationConfig(formats=["parquet"]), run_id="t", env_id="CartPole-v1")
+    bc = BCLearner(LearnerConfig(epochs=2, hidden_sizes=[64, 64], validation_fraction=0), str(tmp_path / "data"),
+                   str(tmp_path / "bc")).train()
+    weak = greedy_return(bc.final_checkpoint, 10)
+    cfg = LearnerConfig(algorithm="ppo", hidden_sizes=[64, 64], num_cpus=1,
+                        ppo=PPOConfig(init_checkpoint=bc.final_checkpoint, env_steps=100_000, eval_every=2))
+    result = PPOLearner(cfg, EnvConfig(id="CartPole-v1", num_envs=8), str(tmp_path / "ppo"), "ppo-test").train()
+    history = json.loads(Path(result.history_path).read_text())["iterations"]
+    reached = [entry["env_steps"] for entry in history if (entry["eval_return"] or 0) >= 475]
+    assert weak < 200, f"the BC start should be weak, got {weak}"
+    assert reached and reached[0] <= 100_000, [(e["env_steps"], e["eval_return"]) for e in history]
+    assert greedy_return(result.best_checkpoint, 10) >= 475
+    assert [entry["policy_version"] for entry in history] == list(range(1, len(history) + 1))
+    assert history[-1]["env_steps"] >= 100_000 and history[0]["episodes"] > 0
+    best = load_checkpoint(result.best_checkpoint)
+    assert best.info["algorithm"] == "ppo" and best.info["init_checkpoint"] == bc.final_checkpoint
+    obs = {"obs": torch.randn(32, 4)}
+    assert torch.equal(best.model.act(obs), load_checkpoint(result.best_checkpoint).model.act(obs))
+    assert (tmp_path / "ppo" / "training_curve.png").stat().st_size > 0
+
+
+def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_cluster, tmp_path):
+    from cluster.config import load_config
+    from cluster.pipeline import RunPaths, train
+
+    env = gym.make("CartPole-v1")
+    paths = RunPaths(tmp_path / "run")
+    rows = play(CartPoleExpert(env.observation_space, env.action_space), 2, 5, 0)
+    write_dataset([TransitionBatch(rows)], BatchSchema.for_spaces(env.observation_space, env.action_space),
+                  paths.dataset, AggregationConfig(formats=["parquet"]), run_id="t", env_id="CartPole-v1")
+    cfg = load_config(None, ["learner.stages=[bc, dqfd, ppo]", "learner.epochs=1", "learner.hidden_sizes=[16]",
+                             "learner.dqfd.pretrain_steps=50", "learner.dqfd.log_every=50",
+                             "learner.dqfd.eval_episodes=2", "learner.ppo.env_steps=3000",
+                             "learner.ppo.eval_every=1", "learner.ppo.eval_episodes=2", "env.num_envs=4"])
+    result = train(cfg, paths, "stages")
+    assert sorted(p.name for p in paths.learner.iterdir() if p.is_dir()) == ["1-bc", "2-dqfd", "3-ppo"]
+    dqfd_history = json.loads((paths.learner / "2-dqfd" / "training_history.json").read_text())
+    assert dqfd_history["config"]["dqfd"]["init_checkpoint"] == str(paths.learner / "1-bc" / "best.safetensors")
+    ppo_best = load_checkpoint(paths.learner / "3-ppo" / "best.safetensors")
+    assert ppo_best.info["init_checkpoint"] == str(paths.learner / "2-dqfd" / "best.safetensors")
+    assert result.best_checkpoint == str(paths.learner / "best.safetensors") and result.algorithm == "ppo"
+    assert (paths.learner / "best.safetensors").read_bytes() == (paths.learner / "3-ppo" / "best.safetensors").read_bytes()
+    assert json.loads((paths.learner / "training_history.json").read_text())["algorithm"] == "ppo"
