@@ -25,6 +25,7 @@ from learners.checkpoint import save_checkpoint
 from learners.config import LearnerConfig
 from learners.models import ConvPolicyModel, PolicyModel, build_policy_model, resolve_model_spec
 from learners.plots import plot_training_curve
+from learners.records import TrainingRecorder
 
 HISTORY_NAME = "training_history.json"
 BEST_NAME = "best.safetensors"
@@ -150,6 +151,7 @@ class BCLearner:
                        f", {int(skipped.sum())} skipped ({' | '.join(flags)})" if flags else "", self.device)
         history: list[EpochRecord] = []
         best_loss, best_epoch = float("inf"), 0
+        recorder = TrainingRecorder(self.out_dir, "bc")
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         for epoch in range(1, cfg.epochs + 1):
             started = time.perf_counter()
@@ -175,6 +177,10 @@ class BCLearner:
             record = EpochRecord(epoch, train_loss, validation_loss, validation_accuracy,
                                  train_index.numel() / seconds, seconds)
             history.append(record)
+            recorder.scalars(epoch, {"loss/train": train_loss, "loss/validation": validation_loss,
+                                     "accuracy/validation": validation_accuracy,
+                                     "throughput/samples_per_s": record.samples_per_s,
+                                     "lr": optimizer.param_groups[0]["lr"]})
             metrics.learner_samples().inc(train_index.numel(), tags={"learner": "bc"})
             metrics.learner_loss().set(train_loss, tags={"learner": "bc"})
             with self._lock:
@@ -186,6 +192,7 @@ class BCLearner:
                            epoch, cfg.epochs, train_loss, validation_loss,
                            "" if validation_accuracy is None else f", accuracy {validation_accuracy:.3f}",
                            record.samples_per_s)
+        recorder.close()
         self._save(model, FINAL_NAME, cfg.epochs, history[-1])
         history_path = self.out_dir / HISTORY_NAME
         epochs = [asdict(r) for r in history]

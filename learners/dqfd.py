@@ -46,6 +46,7 @@ from learners.config import LearnerConfig
 from learners.models import build_policy_model, resolve_model_spec
 from learners.play import greedy_return
 from learners.plots import plot_training_curve
+from learners.records import TrainingRecorder
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
 from rollout.replay.shard import ReplayShard, importance_weights
@@ -190,7 +191,8 @@ class DQfDLearner:
         self._best = -float("inf")
         self._window: list[dict[str, float]] = []
         self._window_started, self._updates, self._env_steps = time.perf_counter(), 0, 0
-        self._model = model
+        self._model, self._optimizer = model, optimizer
+        self._recorder = TrainingRecorder(self.out_dir, "dqfd")
         for _ in range(d.pretrain_steps):
             self._step(model, target, optimizer, demo_only=True, phase="pretrain")
         if d.pretrain_steps and (not self._history or self._history[-1].step != self._updates):
@@ -200,6 +202,7 @@ class DQfDLearner:
         if not self._history or self._history[-1].step != self._updates:
             self._record("online" if d.online_env_steps else "pretrain")
         history, update = self._history, self._updates
+        self._recorder.close()
         self._save(model, FINAL_NAME, update, history[-1])
         if self._best == -float("inf"):  # no evaluation: the final weights are the best we know
             self._save(model, BEST_NAME, update, history[-1])
@@ -238,6 +241,11 @@ class DQfDLearner:
                            means.get("demo_fraction", float("nan")), eval_return, self._env_steps,
                            len(window) / max(time.perf_counter() - self._window_started, 1e-9))
         self._history.append(entry)
+        self._recorder.scalars(entry.step, {"loss/total": entry.loss, "loss/td": entry.td_loss,
+                                            "loss/n_step": entry.n_step_loss, "loss/margin": entry.margin_loss,
+                                            "replay/demo_fraction": entry.demo_fraction, "eval/return": eval_return,
+                                            "env_steps": entry.env_steps, "lr": self._optimizer.param_groups[0]["lr"],
+                                            "throughput/updates_per_s": entry.updates_per_s})
         self._log.info("{} update {}: loss {:.4f} (TD {:.4f}, n-step {:.4f}, margin {:.4f}), demo share {:.2f}, "
                        "{} env steps{}", phase, entry.step, entry.loss, entry.td_loss, entry.n_step_loss,
                        entry.margin_loss, entry.demo_fraction, entry.env_steps,

@@ -40,6 +40,7 @@ from learners.config import LearnerConfig
 from learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model, resolve_model_spec
 from learners.play import greedy_return
 from learners.plots import plot_training_curve
+from learners.records import TrainingRecorder
 from rollout.batch import TransitionBatch
 from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
 from rollout.policies import ConfiguredPolicyFactory
@@ -180,6 +181,7 @@ class PPOLearner:
         history: list[PPORecord] = []
         best = -float("inf")
         cursor, env_steps, version = 0, 0, 0
+        recorder = TrainingRecorder(self.out_dir, "ppo")
         try:
             while env_steps < p.env_steps:
                 version += 1
@@ -207,6 +209,11 @@ class PPOLearner:
                                    env_steps_per_s=sum(r.env_steps for r in results) / (time.perf_counter() - started),
                                    **losses)
                 history.append(record)
+                recorder.scalars(env_steps, {
+                    "loss/policy": record.policy_loss, "loss/value": record.value_loss, "entropy": record.entropy,
+                    "kl/initial": record.kl_initial, "kl/approx": record.approx_kl, "clip_fraction": record.clip_fraction,
+                    "return/episode": record.episode_return, "eval/return": eval_return, "lr": record.lr,
+                    "policy_version": version, "throughput/env_steps_per_s": record.env_steps_per_s})
                 self._log.info("iteration {}: {} env steps, episode return {}, eval {}, policy loss {:.4f}, value "
                                "loss {:.4f}, entropy {:.3f}, KL to initial {:.4f}", version, env_steps,
                                "n/a" if record.episode_return is None else f"{record.episode_return:.1f}",
@@ -220,6 +227,7 @@ class PPOLearner:
                 with self._lock:
                     self._progress.epoch, self._progress.samples = version, env_steps
         finally:
+            recorder.close()
             for w in workers:
                 ray.kill(w, no_restart=True)
             replay.kill()

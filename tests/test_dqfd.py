@@ -17,6 +17,7 @@ from learners.config import DQfDConfig, LearnerConfig
 from learners.dqfd import DQfDLearner, n_step_returns
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.policies import CartPoleExpert, RandomPolicy
+from tests.test_learners import tensorboard_scalars
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -117,6 +118,9 @@ def test_dqfd_interacts_mixes_its_own_rows_in_and_writes_its_records(tmp_path):
     assert all(entry["eval_return"] is not None for entry in steps)
     assert result.best_eval_return == max(entry["eval_return"] for entry in steps)
     assert (tmp_path / "out" / "training_curve.png").stat().st_size > 0
+    scalars = tensorboard_scalars(tmp_path / "out")
+    assert [step for step, _ in scalars["loss/margin"]] == [100, 200, 300, 400, 500]
+    assert {"loss/td", "loss/n_step", "eval/return", "replay/demo_fraction", "lr"} <= set(scalars)
     first, second = load_checkpoint(result.best_checkpoint), load_checkpoint(result.best_checkpoint)
     obs = {"obs": torch.randn(64, 4)}
     assert torch.equal(first.model.act(obs), second.model.act(obs)), "a checkpoint reloads to the same actions"

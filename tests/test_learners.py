@@ -27,6 +27,15 @@ def write_dataset(folder: Path, schema: BatchSchema, batch: TransitionBatch) -> 
     return folder / "dataset"
 
 
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars in a stage's TensorBoard event files, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def synthetic(observation_space, action_space, num_rows, label, seed=0):
     schema = BatchSchema.for_spaces(observation_space, action_space)
     batch = random_batch(schema, num_rows, seed)
@@ -79,6 +88,10 @@ def test_bc_learns_a_discrete_rule(tmp_path):
     history = json.loads(Path(result.history_path).read_text())
     assert len(history["epochs"]) == 8 and history["best_epoch"] == result.best_epoch
     assert (tmp_path / "learner" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    scalars = tensorboard_scalars(tmp_path / "learner")
+    assert [step for step, _ in scalars["loss/train"]] == list(range(1, 9))
+    assert scalars["accuracy/validation"][-1][1] == pytest.approx(result.history[-1].validation_accuracy)
+    assert {"loss/validation", "lr", "throughput/samples_per_s"} <= set(scalars)
     assert learner.progress().epoch == 8
     policy = load_torch_policy(result.best_checkpoint)
     obs = np.array([[0.5, 0.4], [-0.5, -0.1]], dtype=np.float32)

@@ -18,6 +18,7 @@ from learners.ppo import PPOLearner, gae
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.policies import CartPoleExpert
 from tests.test_dqfd import greedy_return, play
+from tests.test_learners import tensorboard_scalars
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -92,3 +93,7 @@ def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_
     assert result.best_checkpoint == str(paths.learner / "best.safetensors") and result.algorithm == "ppo"
     assert (paths.learner / "best.safetensors").read_bytes() == (paths.learner / "3-ppo" / "best.safetensors").read_bytes()
     assert json.loads((paths.learner / "training_history.json").read_text())["algorithm"] == "ppo"
+    scalars = tensorboard_scalars(paths.learner / "3-ppo")
+    assert {"loss/policy", "loss/value", "entropy", "kl/initial", "return/episode", "eval/return", "lr",
+            "throughput/env_steps_per_s"} <= set(scalars)
+    assert all(tensorboard_scalars(paths.learner / stage) for stage in ("1-bc", "2-dqfd"))
