@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import ray
 from loguru import logger
+from rich.table import Table
 
 from aggregation.compact import compact_replay, snapshot_replay
 from aggregation.dataset import Dataset
@@ -33,7 +34,7 @@ from learners.dqfd import DQfDLearner
 from learners.ppo import PPOLearner
 from rollout.batch import BatchSchema
 from rollout.config import PolicyConfig, RolloutConfig
-from rollout.evaluation import EvalResult, evaluate_policies
+from rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
 from rollout.policies import ConfiguredPolicyFactory
 from rollout.replay.replay import Replay, start_replay
 from rollout.robocode_collector import RobocodeCollectResult, RobocodeCollector, expert_episodes, robocode_schema
@@ -324,13 +325,15 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
                 scenario_results["expert"] = _robocode_expert(cfg, env_cfg, paths)
         results.update({f"{name}{' @ ' + scenario if scenario else ''}": result
                         for name, result in scenario_results.items()})
-    report = {name: {"mean_return": r.mean_return, "std_return": r.std_return, "mean_length": r.mean_length,
-                     "returns": r.returns, **_win_rate(r, cfg.eval.win_return)} for name, r in results.items()}
+    report = {name: {"mean_return": r.mean_return, "std_return": r.std_return, "mean_return_ci95": list(r.mean_ci95),
+                     "mean_length": r.mean_length, "returns": r.returns, **_win_rate(r, cfg.eval.win_return)}
+              for name, r in results.items()}
     paths.eval.write_text(json.dumps(report, indent=2))
     for name, result in results.items():
         wins = _win_rate(result, cfg.eval.win_return)
         logger.info("eval {}: return {:.2f} ± {:.2f} over {} episodes{}", name, result.mean_return,
                     result.std_return, len(result.returns), f", win rate {wins['win_rate']:.0%}" if wins else "")
+    console.print(eval_table(results, cfg.eval.win_return))
     return results
 
 
@@ -376,7 +379,28 @@ def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def _win_rate(result: EvalResult, win_return: float | None) -> dict[str, float]:
     if win_return is None or not result.returns:
         return {}
-    return {"win_rate": float(np.mean(np.asarray(result.returns) >= win_return))}
+    wins = int(np.sum(np.asarray(result.returns) >= win_return))
+    low, high = wilson_interval(wins, len(result.returns))
+    return {"win_rate": wins / len(result.returns), "win_rate_ci95": [low, high]}
+
+
+def eval_table(results: dict[str, EvalResult], win_return: float | None) -> Table:
+    """Policies by rows: episodes, mean ± std, the mean's 95 % interval, and the win rate with
+    its 95 % (Wilson) interval where `eval.win_return` defines a win."""
+    table = Table(title="Evaluation", title_justify="left")
+    for column in ("policy", "episodes", "return mean ± std", "95 % CI of the mean",
+                   *(["win rate [95 % CI]"] if win_return is not None else [])):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name, result in results.items():
+        low, high = result.mean_ci95
+        row = [name, str(len(result.returns)), f"{result.mean_return:.2f} ± {result.std_return:.2f}",
+               f"[{low:.2f}, {high:.2f}]"]
+        if win_return is not None:
+            wins = _win_rate(result, win_return)
+            row.append(f"{wins['win_rate']:.0%} [{wins['win_rate_ci95'][0]:.0%}, {wins['win_rate_ci95'][1]:.0%}]"
+                       if wins else "-")
+        table.add_row(*row)
+    return table
 
 
 def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:

@@ -33,6 +33,23 @@ class EvalResult:
     def mean_length(self) -> float:
         return float(np.mean(self.lengths))
 
+    @property
+    def mean_ci95(self) -> tuple[float, float]:
+        """95 % confidence interval of the mean return (normal approximation, sample std)."""
+        n = len(self.returns)
+        half = 1.96 * float(np.std(self.returns, ddof=1)) / np.sqrt(n) if n > 1 else float("inf")
+        return self.mean_return - half, self.mean_return + half
+
+
+def wilson_interval(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a win rate (sound at 0 %, 100 % and small n, unlike p ± z·se)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
 
 def evaluate_policies(policies: dict[str, PolicyFactory], env_cfg: EnvConfig, cfg: RolloutConfig,
                       num_episodes: int, num_workers: int, run_id: str, seed: int = 10_000,
