@@ -122,9 +122,11 @@ class LearnerConfig:
     """Box actions: `mse` in the action's own units; `standardized`: each dimension's error
     divided by its spread in the demonstrations (std, at least 1 % of its range), so small
     but systematic errors in a dimension the expert barely uses are not drowned by the others."""
-    model: Literal["auto", "mlp", "cnn"] = "auto"
+    model: Literal["auto", "mlp", "cnn", "pixels"] = "auto"
     """Network: `mlp` over the flattened observation; `cnn` over a [C, H, W] board whose tiles
-    the Discrete actions are laid out over (Generals.io); `auto` picks `cnn` where it fits."""
+    the Discrete actions are laid out over (Generals.io); `pixels`: a convolutional encoder
+    (conv_channels, 8x8/4, 4x4/2, 3x3/1) over an (H, W, C) or stacked (k, H, W, C) image, then
+    the MLP; `auto` picks `cnn`, then `pixels`, where they fit."""
     hidden_sizes: list[StrictInt] = Field(default_factory=lambda: [256, 256])
     """Widths of the MLP's hidden layers."""
     conv_channels: list[StrictInt] = Field(default_factory=lambda: [32, 64, 64])

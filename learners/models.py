@@ -24,9 +24,10 @@ MASKED_LOGIT = -1e9
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which network to build: `mlp` (hidden_sizes) or `cnn` (conv_channels)."""
+    """Which network to build: `mlp` (hidden_sizes), `cnn` over a board the actions are laid
+    out over (conv_channels), or `pixels`: a convolutional encoder over an image, then the MLP."""
 
-    kind: Literal["mlp", "cnn"] = "mlp"
+    kind: Literal["mlp", "cnn", "pixels"] = "mlp"
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
 
@@ -59,6 +60,42 @@ def board_column(observation_space: gym.Space, action_space: gym.Space) -> str |
     return boards[0] if spatial else None
 
 
+def image_column(observation_space: gym.Space) -> str | None:
+    """The one image leaf of the observation: a Box of shape (H, W, C) with C in 1..4 or
+    (k, H, W, C) for k stacked frames, H and W at least 16 (pixels, channels last, as
+    Gymnasium's pixel envs give them)."""
+    images = [name for name, leaf in leaf_spaces(observation_space, "obs").items()
+              if isinstance(leaf, gym.spaces.Box) and len(leaf.shape) in (3, 4) and 1 <= leaf.shape[-1] <= 4
+              and min(leaf.shape[-3:-1]) >= 16]
+    return images[0] if len(images) == 1 else None
+
+
+class PixelEncoder(nn.Module):
+    """A convolutional encoder over an image leaf (Nature-DQN style: 8x8/4, 4x4/2, 3x3/1 by
+    default widths [32, 64, 64]); stacked frames become channels; uint8 pixels are scaled to [0, 1]."""
+
+    def __init__(self, space: gym.spaces.Box, conv_channels: Sequence[int]) -> None:
+        super().__init__()
+        *frames, height, width, channels = space.shape
+        self.scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+        in_channels = channels * (frames[0] if frames else 1)
+        kernels = [(8, 4), (4, 2)] + [(3, 1)] * max(0, len(conv_channels) - 2)
+        layers: list[nn.Module] = []
+        for out_channels, (kernel, stride) in zip(conv_channels, kernels):
+            layers += [nn.Conv2d(in_channels, out_channels, kernel, stride), nn.ReLU()]
+            in_channels = out_channels
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            self.output_size = int(self.net(torch.zeros(1, channels * (frames[0] if frames else 1),
+                                                        height, width)).shape[1])
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        *_, height, width, channels = image.shape
+        x = image.float().reshape(image.shape[0], -1, height, width, channels)  # [B, k, H, W, C]
+        x = x.permute(0, 1, 4, 2, 3).reshape(image.shape[0], -1, height, width)  # [B, k*C, H, W]
+        return self.net(x * self.scale)
+
+
 def _masked(logits: torch.Tensor, obs: dict[str, torch.Tensor], mask_name: str | None) -> torch.Tensor:
     if mask_name is None:
         return logits
@@ -77,12 +114,14 @@ class ObsEncoder(nn.Module):
     Feature-wise mean/std (buffers set from training data) normalize the vector.
     """
 
-    def __init__(self, observation_space: gym.Space) -> None:
+    def __init__(self, observation_space: gym.Space, exclude: Sequence[str] = ()) -> None:
         super().__init__()
         self.parts: list[tuple[str, str, list[int]]] = []
         size = 0
         spaces = leaf_spaces(observation_space, "obs")
         for name, space in spaces.items():
+            if name in exclude:
+                continue
             if isinstance(space, gym.spaces.Discrete):
                 self.parts.append((name, "onehot", [int(space.n), int(space.start)]))
                 size += int(space.n)
@@ -99,6 +138,8 @@ class ObsEncoder(nn.Module):
 
     def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Un-normalized feature vector [batch, output_size]."""
+        if not self.parts:
+            return torch.zeros(next(iter(obs.values())).shape[0], 0, device=self.mean.device)
         pieces = []
         for name, kind, args in self.parts:
             value = obs[name]
@@ -119,14 +160,22 @@ class PolicyModel(nn.Module):
     """Encoder → MLP → head. Discrete actions: logits; MultiDiscrete: concatenated logits;
     Box actions: a mean squashed into the bounds with tanh (where the bounds are finite)."""
 
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space, hidden_sizes: Sequence[int]) -> None:
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, hidden_sizes: Sequence[int],
+                 pixel_channels: Sequence[int] | None = None) -> None:
         super().__init__()
         self.observation_space = observation_space
         self.action_space = action_space
         self.mask_name = mask_column(observation_space, action_space)
-        self.encoder = ObsEncoder(observation_space)
+        self.image_name = image_column(observation_space) if pixel_channels else None
+        if pixel_channels and self.image_name is None:
+            raise TypeError(f"model: pixels needs one image in the observation ((H, W, C) or stacked (k, H, W, C) "
+                            f"Box); got {observation_space}")
+        exclude = [self.image_name] if self.image_name else []
+        self.encoder = ObsEncoder(observation_space, exclude)
+        self.pixels = (PixelEncoder(leaf_spaces(observation_space, "obs")[self.image_name], pixel_channels)
+                       if self.image_name else None)
         layers: list[nn.Module] = []
-        width = self.encoder.output_size
+        width = self.encoder.output_size + (self.pixels.output_size if self.pixels is not None else 0)
         for hidden in hidden_sizes:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
@@ -152,7 +201,10 @@ class PolicyModel(nn.Module):
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits (discrete) or actions (continuous), [batch, head size]."""
-        out = self.head(self.trunk(self.encoder(obs)))
+        features = self.encoder(obs)
+        if self.pixels is not None:
+            features = torch.cat([self.pixels(obs[self.image_name]), features], dim=1)
+        out = self.head(self.trunk(features))
         out = _masked(out, obs, self.mask_name)
         if isinstance(self.action_space, gym.spaces.Box):
             squashed = self.action_low + (torch.tanh(out) + 1) * 0.5 * (self.action_high - self.action_low)
@@ -236,11 +288,17 @@ class ConvPolicyModel(nn.Module):
         return _choose(self.forward(obs), deterministic, generator) + int(self.action_space.start)
 
 
-def resolve_model_spec(kind: Literal["auto", "mlp", "cnn"], observation_space: gym.Space, action_space: gym.Space,
-                       hidden_sizes: Sequence[int], conv_channels: Sequence[int]) -> ModelSpec:
-    """`auto` picks the CNN where the observation has a board that the actions are laid out over."""
+def resolve_model_spec(kind: Literal["auto", "mlp", "cnn", "pixels"], observation_space: gym.Space,
+                       action_space: gym.Space, hidden_sizes: Sequence[int], conv_channels: Sequence[int]) -> ModelSpec:
+    """`auto` picks the CNN where the observation has a board that the actions are laid out
+    over, the pixel encoder where it has an image, the MLP otherwise."""
     if kind == "auto":
-        kind = "cnn" if board_column(observation_space, action_space) is not None else "mlp"
+        if board_column(observation_space, action_space) is not None:
+            kind = "cnn"
+        elif image_column(observation_space) is not None:
+            kind = "pixels"
+        else:
+            kind = "mlp"
     return ModelSpec(kind, list(hidden_sizes), list(conv_channels))
 
 
@@ -251,4 +309,6 @@ def build_policy_model(observation_space: gym.Space, action_space: gym.Space,
         spec = ModelSpec("mlp", list(spec))
     if spec.kind == "cnn":
         return ConvPolicyModel(observation_space, action_space, spec.conv_channels)
+    if spec.kind == "pixels":
+        return PolicyModel(observation_space, action_space, spec.hidden_sizes, spec.conv_channels)
     return PolicyModel(observation_space, action_space, spec.hidden_sizes)

@@ -51,8 +51,9 @@ INITIAL_NAME = "initial.safetensors"
 
 
 class ValueModel(nn.Module):
-    """V(s) beside a policy model: an MLP over the policy's (normalized) encoder features, or a
-    small CNN over the board for a `ConvPolicyModel`."""
+    """V(s) beside a policy model: an MLP over a copy of the policy's encoders (normalized
+    features, and the pixel CNN where there is one), or a small CNN over the board for a
+    `ConvPolicyModel`."""
 
     def __init__(self, policy: PolicyModel | ConvPolicyModel, hidden_sizes: Sequence[int],
                  conv_channels: Sequence[int]) -> None:
@@ -60,7 +61,8 @@ class ValueModel(nn.Module):
         self.board_name = getattr(policy, "board_name", None)
         if self.board_name is None:
             self.encoder = copy.deepcopy(policy.encoder)
-            width, layers = self.encoder.output_size, []
+            self.pixels, self.image_name = copy.deepcopy(policy.pixels), policy.image_name
+            width, layers = self.encoder.output_size + (self.pixels.output_size if self.pixels is not None else 0), []
             for hidden in hidden_sizes:
                 layers += [nn.Linear(width, hidden), nn.Tanh()]
                 width = hidden
@@ -76,7 +78,10 @@ class ValueModel(nn.Module):
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.board_name is None:
-            return self.net(self.encoder(obs))[:, 0]
+            features = self.encoder(obs)
+            if self.pixels is not None:
+                features = torch.cat([self.pixels(obs[self.image_name]), features], dim=1)
+            return self.net(features)[:, 0]
         return self.net(self.trunk(obs[self.board_name].float()).mean(dim=(2, 3)))[:, 0]
 
 

@@ -266,3 +266,29 @@ def test_bc_with_a_cnn_learns_the_generals_expert(tmp_path):
     obs, _ = env.reset(seed=1)
     actions = policy.compute_actions(obs).actions
     assert obs["action_mask"][np.arange(2), actions].all()
+
+
+def test_pixel_observations_get_a_convolutional_encoder_that_learns_and_reloads(tmp_path):
+    # Stacked 2 x 36 x 36 x 3 uint8 frames; the action is whether the bright square is on the left.
+    space = gym.spaces.Box(0, 255, (2, 36, 36, 3), np.uint8)
+    schema, batch = synthetic(space, gym.spaces.Discrete(2), 1200, lambda b: np.zeros(b.num_rows, np.int64))
+    rng = np.random.default_rng(0)
+    frames = np.zeros((1200, 2, 36, 36, 3), np.uint8)
+    left = rng.random(1200) < 0.5
+    cols = np.where(left, rng.integers(0, 12, 1200), rng.integers(22, 30, 1200))
+    rows = rng.integers(0, 28, 1200)
+    for i in range(1200):
+        frames[i, 1, rows[i]:rows[i] + 6, cols[i]:cols[i] + 6] = 255  # only the newest frame shows it
+    batch.columns["obs"], batch.columns["action"] = frames, left.astype(np.int64)
+    assert resolve_model_spec("auto", space, gym.spaces.Discrete(2), [32], [16, 32]).kind == "pixels"
+    dataset = write_dataset(tmp_path, schema, batch)
+    result = BCLearner(LearnerConfig(epochs=6, batch_size=64, hidden_sizes=[32], conv_channels=[16, 32]),
+                       str(dataset), str(tmp_path / "learner")).train()
+    assert max(record.validation_accuracy for record in result.history) > 0.9
+    loaded = load_checkpoint(result.best_checkpoint)
+    assert loaded.spec.kind == "pixels" and loaded.model.pixels is not None
+    obs = {"obs": torch.from_numpy(frames[:50])}
+    again = load_checkpoint(result.best_checkpoint).model
+    assert torch.equal(loaded.model.act(obs), again.act(obs))
+    with pytest.raises(TypeError, match="pixels needs one image"):
+        build_policy_model(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), ModelSpec("pixels", [8], [8]))
