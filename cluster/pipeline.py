@@ -30,6 +30,7 @@ from cluster.progress import console, summary_table, wait_with_progress
 from envs.config import EnvConfig
 from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
 from learners.config import LearnerConfig
+from learners.distributed import train_bc_data_parallel
 from learners.dqfd import DQfDLearner
 from learners.ppo import PPOLearner
 from rollout.batch import BatchSchema
@@ -271,6 +272,8 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
                  run_id: str) -> TrainResult:
     """One learner actor (GPU when `learner.num_gpus` > 0 and Ray has one), with a progress bar."""
     algorithm = learner_cfg.algorithm
+    if algorithm == "bc" and learner_cfg.num_workers > 1:
+        return train_bc_data_parallel(learner_cfg, str(paths.dataset), str(out_dir))
     options = {"num_cpus": learner_cfg.num_cpus, "num_gpus": learner_cfg.num_gpus, "max_concurrency": 2}
     if algorithm == "ppo":
         learner = ray.remote(PPOLearner).options(**options).remote(learner_cfg, cfg.env, str(out_dir), run_id)

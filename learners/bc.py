@@ -242,8 +242,12 @@ def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], 
             action_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy for discrete actions (summed over MultiDiscrete parts), MSE for Box actions
     (each dimension divided by `action_scale` when given)."""
-    out = model(obs)
-    space = model.action_space
+    return loss_from_output(model(obs), model.action_space, action, action_scale)
+
+
+def loss_from_output(out: torch.Tensor, space: gym.Space, action: torch.Tensor,
+                     action_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """`bc_loss` from the model's output (for wrappers such as DDP that must do the forward)."""
     if isinstance(space, gym.spaces.Discrete):
         return nn.functional.cross_entropy(out, action.long() - int(space.start))
     if isinstance(space, gym.spaces.MultiDiscrete):

@@ -139,7 +139,10 @@ class LearnerConfig:
     max_rows: Optional[StrictInt] = Field(default=None, ge=1)
     """Read at most this many rows of the dataset (None: all)."""
     num_gpus: float = Field(default=0.0, ge=0)
-    """GPUs for the learner actor; it trains on CUDA when Ray gives it one."""
+    """GPUs for the learner actor (per worker with `num_workers`); it trains on CUDA when Ray gives it one."""
+    num_workers: StrictInt = Field(default=1, ge=1)
+    """BC only: > 1 trains data-parallel through Ray Train's TorchTrainer over a Ray Data
+    dataset (one model replica per worker, gradients averaged; learners/distributed.py)."""
     num_cpus: float = Field(default=1.0, ge=0)
     """CPUs for the learner actor (also its torch thread count)."""
     seed: StrictInt = 0
