@@ -43,9 +43,11 @@ test-fast: setup
 bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]" "$(TORCH_PIN)"
 	$(PY) bench/replay.py
+	test -x .venv-rllib/bin/python || ($(PYTHON) -m venv .venv-rllib && .venv-rllib/bin/pip install --quiet "ray[rllib]==2.60.0" "$(TORCH_PIN)")
+	$(PY) bench/learners.py
 	$(PY) bench/collect.py
 	$(PY) bench/generals.py
 	$(PY) bench/robocode.py
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) .venv-rllib artifacts .pytest_cache

@@ -88,6 +88,8 @@ class PPOConfig:
     around by advantages from an untrained critic."""
     eval_every: StrictInt = Field(default=5, ge=1)
     """Iterations between greedy evaluations (the best return picks best.safetensors)."""
+    stop_at_return: Optional[float] = None
+    """Stop early once an iteration's collected episodes average at least this return."""
     eval_episodes: StrictInt = Field(default=10, ge=1)
     eval_max_steps: StrictInt = Field(default=10_000, ge=1)
 

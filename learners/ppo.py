@@ -231,6 +231,18 @@ class PPOLearner:
                     self._save(policy, BEST_NAME, version, record)
                 with self._lock:
                     self._progress.epoch, self._progress.samples = version, env_steps
+                if (p.stop_at_return is not None and record.episode_return is not None
+                        and record.episode_return >= p.stop_at_return):
+                    self._log.info("episode return {:.1f} >= {:g} after {} env steps: stopping", record.episode_return,
+                                   p.stop_at_return, env_steps)
+                    if eval_return is None:
+                        eval_return = greedy_return(policy, self.env_cfg.id, self.env_cfg.kwargs, p.eval_episodes,
+                                                    20_000 + cfg.seed, p.eval_max_steps, self.device)
+                        record.eval_return = eval_return
+                        if eval_return > best:
+                            best = eval_return
+                            self._save(policy, BEST_NAME, version, record)
+                    break
         finally:
             recorder.close()
             for w in workers:
