@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating BC measurement pairs")
     parser.add_argument("--ppo-steps", type=int, default=300_000)
     parser.add_argument("--rllib-python", type=Path,
                         default=Path(__file__).resolve().parents[1] / ".venv-rllib" / "bin" / "python")
@@ -188,21 +189,29 @@ def main() -> None:
 
 
 def bc_table(args: argparse.Namespace) -> None:
+    """Harvest and the bare loop take turns `--repeats` times, so a slow phase of the host hits
+    both; the ratio is taken per pair and its median printed."""
     cfg = LearnerConfig(epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1,
                         num_cpus=float(torch.get_num_threads()))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    harvest, reference = [], []
     with tempfile.TemporaryDirectory() as tmp:
         dataset = expert_dataset(Path(tmp), args.rows)
-        result = BCLearner(cfg, str(dataset), str(Path(tmp) / "learner")).train()
-        harvest = statistics.median([r.samples_per_s for r in result.history[1:]] or
-                                    [result.history[0].samples_per_s])
-        # The learner trains on the 90 % train split; the reference on all rows (per-sample rates compare).
-        reference = bare_torch_samples_per_s(dataset, cfg, device)
+        for repeat in range(args.repeats):
+            result = BCLearner(cfg, str(dataset), str(Path(tmp) / f"learner{repeat}")).train()
+            harvest.append(statistics.median([r.samples_per_s for r in result.history[1:]] or
+                                             [result.history[0].samples_per_s]))
+            # The learner trains on the 90 % train split; the reference on all rows (per-sample rates compare).
+            reference.append(bare_torch_samples_per_s(dataset, cfg, device))
+    ratios = [h / r for h, r in zip(harvest, reference)]
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; {args.rows:,} CartPole rows, MLP {cfg.hidden_sizes}, batch {cfg.batch_size}")
-    print(f"bare torch loop: {reference:,.0f} samples/s")
-    print(f"harvest BCLearner: {harvest:,.0f} samples/s (validation accuracy {result.history[-1].validation_accuracy:.3f})")
-    print(f"ratio harvest / bare = {harvest / reference:.2f}")
+    print(f"device: {name}; {args.rows:,} CartPole rows, MLP {cfg.hidden_sizes}, batch {cfg.batch_size}; "
+          f"{args.repeats} alternating pairs")
+    print(f"bare torch loop: {statistics.median(reference):,.0f} samples/s (each: "
+          f"{', '.join(f'{r:,.0f}' for r in reference)})")
+    print(f"harvest BCLearner: {statistics.median(harvest):,.0f} samples/s (each: "
+          f"{', '.join(f'{h:,.0f}' for h in harvest)}; validation accuracy {result.history[-1].validation_accuracy:.3f})")
+    print(f"ratio harvest / bare = {statistics.median(ratios):.2f} (pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 if __name__ == "__main__":
