@@ -92,6 +92,9 @@ class PPOConfig:
     """Stop early once an iteration's collected episodes average at least this return."""
     eval_episodes: StrictInt = Field(default=10, ge=1)
     eval_max_steps: StrictInt = Field(default=10_000, ge=1)
+    eval_env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Merged over `env.kwargs` for the greedy evaluations, e.g. `{players: first, opponent:
+    expert}` to pick the best Generals checkpoint against the expert rather than in self-play."""
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))

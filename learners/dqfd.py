@@ -101,7 +101,8 @@ def dqfd_schema(observation_space: gym.Space, action_space: gym.Space) -> BatchS
     return BatchSchema.for_spaces(observation_space, action_space, extras)
 
 
-def with_n_step(rows: dict[str, np.ndarray], schema: BatchSchema, n: int, gamma: float, is_demo: bool) -> TransitionBatch:
+def with_n_step(rows: dict[str, np.ndarray], schema: BatchSchema, n: int, gamma: float,
+                is_demo: bool) -> TransitionBatch:
     """`rows` (the schema's core columns) completed with n-step targets and the demo flag."""
     nstep = n_step_returns(rows["reward"], rows["terminated"], rows["truncated"], rows["episode_id"], rows["step"],
                            n, gamma)
@@ -164,7 +165,8 @@ class DQfDLearner:
         demos = with_n_step({**rows, **self._provenance(len(rows["reward"]))}, self.schema, d.n_step, d.gamma, True)
         replay_cfg = dict(sampler="prioritized", priority_alpha=d.priority_alpha, priority_beta=d.priority_beta,
                           priority_eps=d.eps_demo)
-        self.demo_shard = ReplayShard(ReplayConfig(capacity_rows=demos.num_rows, **replay_cfg), self.schema, 0, cfg.seed)
+        self.demo_shard = ReplayShard(ReplayConfig(capacity_rows=demos.num_rows, **replay_cfg), self.schema, 0,
+                                      cfg.seed)
         self.demo_shard.insert(demos, source="demonstrations")
         self.agent_shard = ReplayShard(ReplayConfig(capacity_rows=d.agent_capacity_rows,
                                                     **{**replay_cfg, "priority_eps": d.eps_agent}),
@@ -304,8 +306,9 @@ class DQfDLearner:
         with torch.no_grad():
             y1 = reward + d.gamma * (1 - terminated) * self._double_q(model, target, next_obs)
             n_done = torch.from_numpy(batch["n_done"]).to(device).float()
+            n_discount = torch.from_numpy(batch["n_discount"]).to(device)
             yn = (torch.from_numpy(batch["n_return"]).to(device)
-                  + torch.from_numpy(batch["n_discount"]).to(device) * (1 - n_done) * self._double_q(model, target, n_obs))
+                  + n_discount * (1 - n_done) * self._double_q(model, target, n_obs))
         td1 = y1 - q_taken
         td_loss = (weight * nn.functional.smooth_l1_loss(q_taken, y1, reduction="none")).mean()
         n_loss = (weight * nn.functional.smooth_l1_loss(q_taken, yn, reduction="none")).mean()

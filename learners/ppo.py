@@ -197,7 +197,8 @@ class PPOLearner:
                 env_steps += sum(result.env_steps for result in results)
                 read = ray.get(replay.shards[0].read.remote(cursor, 10 * rows_per_iteration), timeout=120)
                 if read.skipped_rows:
-                    raise RuntimeError(f"PPO: the replay overwrote {read.skipped_rows} rows before the learner read them")
+                    raise RuntimeError(f"PPO: the replay overwrote {read.skipped_rows} rows before the learner "
+                                       "read them")
                 cursor = read.next_cursor
                 batch = read.batch
                 current = batch["policy_version"] == version
@@ -207,8 +208,7 @@ class PPOLearner:
                 returns = [episode.episode_return for result in results for episode in result.episodes]
                 eval_return = None
                 if version % p.eval_every == 0 or env_steps >= p.env_steps:
-                    eval_return = greedy_return(policy, self.env_cfg.id, self.env_cfg.kwargs, p.eval_episodes,
-                                                20_000 + cfg.seed, p.eval_max_steps, self.device)
+                    eval_return = self._evaluate(policy)
                 record = PPORecord(version, version, env_steps, len(returns),
                                    float(np.mean(returns)) if returns else None, eval_return, lr=cfg.lr,
                                    env_steps_per_s=sum(r.env_steps for r in results) / (time.perf_counter() - started),
@@ -216,7 +216,8 @@ class PPOLearner:
                 history.append(record)
                 recorder.scalars(env_steps, {
                     "loss/policy": record.policy_loss, "loss/value": record.value_loss, "entropy": record.entropy,
-                    "kl/initial": record.kl_initial, "kl/approx": record.approx_kl, "clip_fraction": record.clip_fraction,
+                    "kl/initial": record.kl_initial, "kl/approx": record.approx_kl,
+                    "clip_fraction": record.clip_fraction,
                     "return/episode": record.episode_return, "eval/return": eval_return, "lr": record.lr,
                     "policy_version": version, "throughput/env_steps_per_s": record.env_steps_per_s})
                 self._log.info("iteration {}: {} env steps, episode return {}, eval {}, policy loss {:.4f}, value "
@@ -236,8 +237,7 @@ class PPOLearner:
                     self._log.info("episode return {:.1f} >= {:g} after {} env steps: stopping", record.episode_return,
                                    p.stop_at_return, env_steps)
                     if eval_return is None:
-                        eval_return = greedy_return(policy, self.env_cfg.id, self.env_cfg.kwargs, p.eval_episodes,
-                                                    20_000 + cfg.seed, p.eval_max_steps, self.device)
+                        eval_return = self._evaluate(policy)
                         record.eval_return = eval_return
                         if eval_return > best:
                             best = eval_return
@@ -263,6 +263,12 @@ class PPOLearner:
         return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
                            best_record.iteration, best_record.value_loss, env_steps, 0, str(self.device), [], "ppo",
                            best_record.eval_return)
+
+    def _evaluate(self, policy) -> float:
+        """Greedy return in the env (with `ppo.eval_env_kwargs` merged over `env.kwargs`)."""
+        p = self.p
+        return greedy_return(policy, self.env_cfg.id, {**self.env_cfg.kwargs, **p.eval_env_kwargs}, p.eval_episodes,
+                             20_000 + self.cfg.seed, p.eval_max_steps, self.device)
 
     def _update(self, policy, value, initial, optimizer, batch: TransitionBatch, obs_names: list[str],
                 value_only: bool) -> dict[str, float]:

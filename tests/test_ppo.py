@@ -83,7 +83,9 @@ def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_
     cfg = load_config(None, ["learner.stages=[bc, dqfd, ppo]", "learner.epochs=1", "learner.hidden_sizes=[16]",
                              "learner.dqfd.pretrain_steps=50", "learner.dqfd.log_every=50",
                              "learner.dqfd.eval_episodes=2", "learner.ppo.env_steps=3000",
-                             "learner.ppo.eval_every=1", "learner.ppo.eval_episodes=2", "env.num_envs=4"])
+                             "learner.ppo.eval_every=1", "learner.ppo.eval_episodes=2", "env.num_envs=4",
+                             # evaluations in another setting of the env: 0 per step, -1 on failure
+                             "learner.ppo.eval_env_kwargs={sutton_barto_reward: true}"])
     result = train(cfg, paths, "stages")
     assert sorted(p.name for p in paths.learner.iterdir() if p.is_dir()) == ["1-bc", "2-dqfd", "3-ppo"]
     dqfd_history = json.loads((paths.learner / "2-dqfd" / "training_history.json").read_text())
@@ -92,7 +94,10 @@ def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_
     assert ppo_best.info["init_checkpoint"] == str(paths.learner / "2-dqfd" / "best.safetensors")
     assert result.best_checkpoint == str(paths.learner / "best.safetensors") and result.algorithm == "ppo"
     assert (paths.learner / "best.safetensors").read_bytes() == (paths.learner / "3-ppo" / "best.safetensors").read_bytes()
-    assert json.loads((paths.learner / "training_history.json").read_text())["algorithm"] == "ppo"
+    ppo_history = json.loads((paths.learner / "training_history.json").read_text())
+    assert ppo_history["algorithm"] == "ppo"
+    assert all(-1 <= entry["eval_return"] <= 0 for entry in ppo_history["iterations"])
+    assert all(entry["episode_return"] is None or entry["episode_return"] > 0 for entry in ppo_history["iterations"])
     scalars = tensorboard_scalars(paths.learner / "3-ppo")
     assert {"loss/policy", "loss/value", "entropy", "kl/initial", "return/episode", "eval/return", "lr",
             "throughput/env_steps_per_s"} <= set(scalars)

@@ -7,7 +7,8 @@
     lifo         a stack: the newest rows not sampled yet, each at most once
 
 A selector sees ring slots: `evicted(slots)` for rows dropped to keep a byte budget,
-`inserted(slots)` after rows are stored (overwriting older ones), `select(...)` to draw. Probabilities are returned with the slots (1 for fifo/lifo).
+`inserted(slots)` after rows are stored (overwriting older ones), `select(...)` to draw.
+Probabilities are returned with the slots (1 for fifo/lifo).
 """
 
 from __future__ import annotations

@@ -234,7 +234,8 @@ def take_rows(batches: Iterable[StreamBatch], num_rows: int) -> Iterator[StreamB
             return
 
 
-def _stream_task(shards: Sequence[ray.actor.ActorHandle], schema: BatchSchema, spec: StreamSpec) -> Iterator[StreamBatch]:
+def _stream_task(shards: Sequence[ray.actor.ActorHandle], schema: BatchSchema,
+                 spec: StreamSpec) -> Iterator[StreamBatch]:
     yield from ReplayReader(shards, schema, spec)
 
 
