@@ -171,15 +171,19 @@ class ColumnRing:
         return first_seq, num_rows
 
     def _copy(self, target: np.ndarray, source: np.ndarray) -> None:
-        """`target[:] = source`, split over `copy_threads` threads for large copies (numpy
-        releases the GIL while copying; one thread does not saturate memory bandwidth)."""
-        if self.copy_threads < 2 or target.nbytes < PARALLEL_COPY_BYTES:
-            target[...] = source
+        """`target[:] = source`, split over `copy_threads` threads when large."""
+        self._split(len(target), target.nbytes, lambda a, b: np.copyto(target[a:b], source[a:b]))
+
+    def _split(self, num_rows: int, nbytes: int, work) -> None:
+        """`work(a, b)` over row ranges covering [0, num_rows): in one call, or split over
+        `copy_threads` threads for at least PARALLEL_COPY_BYTES (numpy releases the GIL while
+        copying, and one thread does not saturate memory bandwidth)."""
+        if self.copy_threads < 2 or nbytes < PARALLEL_COPY_BYTES:
+            work(0, num_rows)
             return
-        bounds = np.linspace(0, len(target), self.copy_threads + 1).astype(int)
-        pool = _copy_pool(self.copy_threads)
-        futures = [pool.submit(np.copyto, target[a:b], source[a:b]) for a, b in zip(bounds[1:-1], bounds[2:])]
-        target[:bounds[1]] = source[:bounds[1]]
+        bounds = np.linspace(0, num_rows, self.copy_threads + 1).astype(int)
+        futures = [_copy_pool(self.copy_threads).submit(work, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+        work(0, bounds[1])
         for future in futures:
             future.result()
 
@@ -221,16 +225,9 @@ class ColumnRing:
     def _take(self, column: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """`np.take(column, slots, axis=0)`, split over `copy_threads` threads when large."""
         out = np.empty((len(slots), *column.shape[1:]), column.dtype)
-        if self.copy_threads < 2 or out.nbytes < PARALLEL_COPY_BYTES:
-            return np.take(column, slots, axis=0, out=out)
-        bounds = np.linspace(0, len(slots), self.copy_threads + 1).astype(int)
-        pool = _copy_pool(self.copy_threads)
         # mode="clip" (the slots are valid): with the default "raise", numpy buffers `out` and copies twice.
-        futures = [pool.submit(np.take, column, slots[a:b], 0, out[a:b], "clip")
-                   for a, b in zip(bounds[1:-1], bounds[2:])]
-        np.take(column, slots[:bounds[1]], axis=0, out=out[:bounds[1]], mode="clip")
-        for future in futures:
-            future.result()
+        self._split(len(slots), out.nbytes,
+                    lambda a, b: np.take(column, slots[a:b], axis=0, out=out[a:b], mode="clip"))
         return out
 
     def read(self, first_seq: int, max_rows: int) -> TransitionBatch:
