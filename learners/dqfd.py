@@ -269,8 +269,9 @@ class DQfDLearner:
         d, batch_size = self.d, self.cfg.batch_size
         shards = [self.demo_shard] if demo_only or self.agent_shard.bounds()[1] == 0 else [self.demo_shard,
                                                                                             self.agent_shard]
-        masses = np.array([shard.sampling_mass()[0] for shard in shards])
-        stored = sum(shard.sampling_mass()[1] for shard in shards)
+        mass_and_size = [shard.sampling_mass() for shard in shards]
+        masses = np.array([mass for mass, _ in mass_and_size])
+        stored = sum(size for _, size in mass_and_size)
         if len(shards) == 2 and d.demo_ratio is not None:
             demo_rows = int(self._rng.binomial(batch_size, d.demo_ratio))
             counts, share = [demo_rows, batch_size - demo_rows], np.array([d.demo_ratio, 1 - d.demo_ratio])
