@@ -73,6 +73,9 @@ class EvalConfig:
     """Policies evaluated beside the trained one."""
     checkpoint: Literal["best", "final"] = "best"
     """Which learner checkpoint to evaluate."""
+    deterministic: bool = True
+    """The trained policy plays its most likely action; false samples actions from its
+    distribution (the policy PPO optimized)."""
     scenarios: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Named variations of `env.kwargs` (merged over them) that every policy is evaluated in,
     e.g. `vs_random: {players: first, opponent: random}`; empty: the env as configured."""

@@ -280,6 +280,9 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
         total, unit = learner_cfg.ppo.env_steps, "env steps"
     else:
         learner_class = DQfDLearner if algorithm == "dqfd" else BCLearner
+        if algorithm == "dqfd":  # it plays in the run's env: its kwargs under learner.dqfd.env_kwargs
+            learner_cfg = dataclasses.replace(learner_cfg, dqfd=dataclasses.replace(
+                learner_cfg.dqfd, env_kwargs={**cfg.env.kwargs, **learner_cfg.dqfd.env_kwargs}))
         learner = ray.remote(learner_class).options(**options).remote(learner_cfg, str(paths.dataset), str(out_dir))
         if algorithm == "dqfd":
             dqfd = learner_cfg.dqfd
@@ -307,12 +310,20 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
 
 def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResult]:
     """Play the trained policy and the baselines for `eval.episodes` episodes each (in every
-    `eval.scenarios` entry, if there are any)."""
+    `eval.scenarios` entry, if there are any). With several `learner.stages`, each earlier
+    stage's checkpoint plays too (as `1-bc`, ...), so the table shows what every stage added."""
     checkpoint = paths.learner / f"{cfg.eval.checkpoint}.safetensors"
     eval_env = _eval_env(cfg)
     robocode_expert = cfg.env.id == ROBOCODE_ENV_ID and "expert" in cfg.eval.baselines
-    policies = {"trained": ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=str(checkpoint.resolve())),
-                                                   eval_env.id, seed=cfg.run.seed)}
+    checkpoints = {"trained": checkpoint}
+    for index, stage in enumerate(cfg.learner.stages[:-1], 1):
+        stage_checkpoint = paths.learner / f"{index}-{stage}" / f"{cfg.eval.checkpoint}.safetensors"
+        if stage_checkpoint.is_file():
+            checkpoints[f"{index}-{stage}"] = stage_checkpoint
+    policies = {name: ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=str(path.resolve()),
+                                                           deterministic=cfg.eval.deterministic),
+                                              eval_env.id, seed=cfg.run.seed)
+                for name, path in checkpoints.items()}
     for baseline in cfg.eval.baselines:
         if not (robocode_expert and baseline == "expert"):
             policies[baseline] = ConfiguredPolicyFactory(PolicyConfig(kind=baseline), eval_env.id, seed=cfg.run.seed)

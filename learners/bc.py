@@ -25,6 +25,7 @@ from learners.checkpoint import save_checkpoint
 from learners.config import LearnerConfig
 from learners.models import ConvPolicyModel, PolicyModel, build_policy_model, resolve_model_spec
 from learners.plots import plot_training_curve
+from learners.precision import Precision
 from learners.records import TrainingRecorder
 
 HISTORY_NAME = "training_history.json"
@@ -92,6 +93,7 @@ class BCLearner:
         self.dataset = Dataset.open(dataset_dir)
         self.out_dir = Path(out_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = Precision(cfg.precision, self.device)
         if cfg.num_cpus >= 1:
             torch.set_num_threads(int(cfg.num_cpus))
         self._log = logger.bind(actor="BCLearner")
@@ -146,9 +148,10 @@ class BCLearner:
             if cfg.continuous_loss == "standardized":
                 scale = action_scale(action[train_index], schema.action_space)
                 self._log.info("action scale (standardized MSE): {}", [round(float(v), 4) for v in scale])
-        self._log.info("training BC on {} ({} rows: {} train, {} validation{}) on {}",
+        self._log.info("training BC on {} ({} rows: {} train, {} validation{}) on {}, {}",
                        self.dataset.folder, num_rows, train_index.numel(), validation_index.numel(),
-                       f", {int(skipped.sum())} skipped ({' | '.join(flags)})" if flags else "", self.device)
+                       f", {int(skipped.sum())} skipped ({' | '.join(flags)})" if flags else "", self.device,
+                       self.precision.name)
         history: list[EpochRecord] = []
         best_loss, best_epoch = float("inf"), 0
         recorder = TrainingRecorder(self.out_dir, "bc")
@@ -160,10 +163,11 @@ class BCLearner:
             losses = []
             for start in range(0, permutation.numel(), cfg.batch_size):
                 rows = permutation[start:start + cfg.batch_size]
-                loss = bc_loss(model, {name: tensors[name][rows] for name in obs_names}, action[rows], scale)
+                with self.precision.autocast():
+                    loss = bc_loss(model, {name: tensors[name][rows] for name in obs_names}, action[rows], scale)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                self.precision.backward(loss)
+                self.precision.step(optimizer)
                 if schedule is not None:
                     schedule.step()
                 losses.append(loss.detach())
@@ -197,7 +201,8 @@ class BCLearner:
         history_path = self.out_dir / HISTORY_NAME
         epochs = [asdict(r) for r in history]
         history_path.write_text(json.dumps({"config": asdict(cfg), "device": str(self.device),
-                                            "best_epoch": best_epoch, "epochs": epochs}, indent=2))
+                                            "precision": self.precision.name, "best_epoch": best_epoch,
+                                            "epochs": epochs}, indent=2))
         plot_training_curve(epochs, self.out_dir / CURVE_NAME, f"BC on {self.dataset.manifest.env_id}")
         return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
                            best_epoch, best_loss, int(train_index.numel()), int(validation_index.numel()),
@@ -248,6 +253,7 @@ def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], 
 def loss_from_output(out: torch.Tensor, space: gym.Space, action: torch.Tensor,
                      action_scale: torch.Tensor | None = None) -> torch.Tensor:
     """`bc_loss` from the model's output (for wrappers such as DDP that must do the forward)."""
+    out = out.float()  # under autocast the head's output may be bf16/fp16; losses are taken in fp32
     if isinstance(space, gym.spaces.Discrete):
         return nn.functional.cross_entropy(out, action.long() - int(space.start))
     if isinstance(space, gym.spaces.MultiDiscrete):

@@ -66,6 +66,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     action_space: gym.Space = space_from_json(header["action_space"])
     spec = ModelSpec.from_json(header["model"]) if "model" in header else ModelSpec("mlp", header["hidden_sizes"])
     model = build_policy_model(observation_space, action_space, spec)
-    model.load_state_dict(tensors)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or set(missing) - {"log_std"}:
+        raise CheckpointError(f"{path}: weights do not fit the model its header describes ({spec.kind}): "
+                              f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    # Box checkpoints written before the Gaussian head have no log_std: it keeps its initial value.
     model.to(device).eval()
     return Checkpoint(model, int(header["version"]), header.get("info", {}), spec)

@@ -51,7 +51,8 @@ class DQfDConfig:
     """Start from these weights (a BC checkpoint; in `harvest run` stages, the previous
     stage's best): its action logits become the initial Q-values."""
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for the dataset's env (interaction and evaluation)."""
+    """Keyword arguments for the dataset's env (interaction and evaluation); `harvest run`
+    merges them over `env.kwargs`."""
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -92,8 +93,19 @@ class PPOConfig:
     """Stop early once an iteration's collected episodes average at least this return."""
     eval_episodes: StrictInt = Field(default=10, ge=1)
     eval_max_steps: StrictInt = Field(default=10_000, ge=1)
+    eval_deterministic: bool = True
+    """Evaluations play the most likely action; false samples from the policy, which is what PPO
+    optimizes (on Generals the sampled fine-tuned policy won more often while its greedy play
+    did not)."""
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Merged over `env.kwargs` for the collectors PPO trains with, e.g. `{players: first,
+    opponent: expert}` to fine-tune a Generals clone against the expert after cloning both
+    sides of its self-play games."""
+    initial_log_std: Optional[float] = None
+    """Box actions: set the Gaussian's log-std (before the tanh) to this at the start; None keeps
+    the checkpoint's (-0.5 for fresh and BC-trained models, whose loss does not touch it)."""
     eval_env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Merged over `env.kwargs` for the greedy evaluations, e.g. `{players: first, opponent:
+    """Merged over `env.kwargs` and `env_kwargs` for the greedy evaluations, e.g. `{players: first, opponent:
     expert}` to pick the best Generals checkpoint against the expert rather than in self-play."""
 
 
@@ -102,7 +114,7 @@ class LearnerConfig:
     algorithm: Literal["bc", "dqfd", "ppo"] = "bc"
     """Training algorithm. `bc`: behaviour cloning (cross-entropy for discrete actions, MSE for
     continuous); `dqfd`: Deep Q-learning from Demonstrations (`learner.dqfd`, Discrete actions);
-    `ppo`: PPO fine-tuning in the live env (`learner.ppo`, Discrete actions)."""
+    `ppo`: PPO fine-tuning in the live env (`learner.ppo`, Discrete or Box actions)."""
     dqfd: DQfDConfig = Field(default_factory=DQfDConfig)
     """Settings of `algorithm: dqfd`."""
     ppo: PPOConfig = Field(default_factory=PPOConfig)
@@ -145,6 +157,10 @@ class LearnerConfig:
     """Read at most this many rows of the dataset (None: all)."""
     num_gpus: float = Field(default=0.0, ge=0)
     """GPUs for the learner actor (per worker with `num_workers`); it trains on CUDA when Ray gives it one."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision (learners/precision.py): `auto` autocasts the forward pass to bf16 on a
+    CUDA GPU that has it and stays fp32 on the CPU; `bf16`/`fp16` ask for autocast anywhere
+    (fp16 with a gradient scaler); `fp32` never."""
     num_workers: StrictInt = Field(default=1, ge=1)
     """BC only: > 1 trains data-parallel through Ray Train's TorchTrainer over a Ray Data
     dataset (one model replica per worker, gradients averaged; learners/distributed.py)."""

@@ -27,6 +27,7 @@ from learners.checkpoint import save_checkpoint
 from learners.config import LearnerConfig
 from learners.models import build_policy_model, resolve_model_spec
 from learners.plots import plot_training_curve
+from learners.precision import Precision
 from learners.records import TrainingRecorder
 
 
@@ -49,6 +50,7 @@ def _train_loop(config: dict) -> None:
     inner = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = ray.train.torch.get_device()
+    precision = Precision(cfg.precision, device)
     rank = ray.train.get_context().get_world_rank()
     out_dir = Path(config["out_dir"])
     recorder = TrainingRecorder(out_dir, "bc") if rank == 0 else None
@@ -59,11 +61,12 @@ def _train_loop(config: dict) -> None:
         for batch in ray.train.get_dataset_shard("train").iter_torch_batches(
                 batch_size=cfg.batch_size, device=device, local_shuffle_buffer_size=4 * cfg.batch_size):
             # Through the DDP wrapper, so that backward averages the gradients across workers.
-            out = model({name: batch[name] for name in obs_names})
+            with precision.autocast():
+                out = model({name: batch[name] for name in obs_names})
             loss = loss_from_output(out, inner.action_space, batch["action"])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            precision.backward(loss)
+            precision.step(optimizer)
             losses.append(loss.detach())
             rows += int(batch["action"].shape[0])
         totals = torch.tensor([float(torch.stack(losses).sum()) if losses else 0.0, len(losses), rows, 0.0, 0.0, 0.0],
@@ -96,7 +99,8 @@ def _train_loop(config: dict) -> None:
             if epoch == cfg.epochs:
                 save_checkpoint(out_dir / FINAL_NAME, inner, spec, epoch, info)
             (out_dir / HISTORY_NAME).write_text(json.dumps(
-                {"config": asdict(cfg), "device": str(device), "workers": ray.train.get_context().get_world_size(),
+                {"config": asdict(cfg), "device": str(device), "precision": precision.name,
+                 "workers": ray.train.get_context().get_world_size(),
                  "best_epoch": min(history, key=lambda entry: entry["validation_loss"])["epoch"],
                  "epochs": history}, indent=2))
         ray.train.report({"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss,

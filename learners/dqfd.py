@@ -46,6 +46,7 @@ from learners.config import LearnerConfig
 from learners.models import build_policy_model, resolve_model_spec
 from learners.play import greedy_return
 from learners.plots import plot_training_curve
+from learners.precision import Precision
 from learners.records import TrainingRecorder
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
@@ -138,6 +139,7 @@ class DQfDLearner:
         self.dataset = Dataset.open(dataset_dir)
         self.out_dir = Path(out_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = Precision(cfg.precision, self.device)
         if cfg.num_cpus >= 1:
             torch.set_num_threads(int(cfg.num_cpus))
         schema = self.dataset.schema
@@ -211,6 +213,7 @@ class DQfDLearner:
         history_path = self.out_dir / HISTORY_NAME
         entries = [asdict(entry) for entry in history]
         history_path.write_text(json.dumps({"config": asdict(cfg), "device": str(self.device), "algorithm": "dqfd",
+                                            "precision": self.precision.name,
                                             "best_eval_return": None if self._best == -float("inf") else self._best,
                                             "steps": entries}, indent=2))
         plot_training_curve([{"epoch": e["step"], "train_loss": e["loss"], "validation_loss": e["margin_loss"]}
@@ -302,14 +305,17 @@ class DQfDLearner:
         terminated = torch.from_numpy(batch["terminated"]).to(device).float()
         weight = torch.from_numpy(batch["weight"]).to(device)
         is_demo = torch.from_numpy(batch["is_demo"]).to(device).float()
-        q = model(obs)
+        with self.precision.autocast():
+            q = model(obs).float()
+            with torch.no_grad():
+                next_q = self._double_q(model, target, next_obs)
+                n_q = self._double_q(model, target, n_obs)
         q_taken = q.gather(1, action[:, None])[:, 0]
         with torch.no_grad():
-            y1 = reward + d.gamma * (1 - terminated) * self._double_q(model, target, next_obs)
+            y1 = reward + d.gamma * (1 - terminated) * next_q
             n_done = torch.from_numpy(batch["n_done"]).to(device).float()
             n_discount = torch.from_numpy(batch["n_discount"]).to(device)
-            yn = (torch.from_numpy(batch["n_return"]).to(device)
-                  + n_discount * (1 - n_done) * self._double_q(model, target, n_obs))
+            yn = torch.from_numpy(batch["n_return"]).to(device) + n_discount * (1 - n_done) * n_q
         td1 = y1 - q_taken
         td_loss = (weight * nn.functional.smooth_l1_loss(q_taken, y1, reduction="none")).mean()
         n_loss = (weight * nn.functional.smooth_l1_loss(q_taken, yn, reduction="none")).mean()
@@ -317,9 +323,8 @@ class DQfDLearner:
         margin_loss = (weight * is_demo * ((q + margins).max(1).values - q_taken)).sum() / is_demo.sum().clamp_min(1)
         loss = td_loss + d.lambda_n_step * n_loss + d.lambda_margin * margin_loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), d.max_grad_norm)
-        optimizer.step()
+        self.precision.backward(loss)
+        self.precision.step(optimizer, model.parameters(), d.max_grad_norm)
         priorities = td1.detach().abs().cpu().numpy()
         keys = batch["key"]
         for index, shard in enumerate((self.demo_shard, self.agent_shard)):
@@ -332,7 +337,7 @@ class DQfDLearner:
     @staticmethod
     def _double_q(model, target, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         best = model(obs).argmax(1, keepdim=True)
-        return target(obs).gather(1, best)[:, 0]
+        return target(obs).float().gather(1, best)[:, 0]
 
     def _interact(self, model, target, optimizer) -> None:
         """ε-greedy play in the env; each finished episode goes to the agent shard with its

@@ -4,6 +4,11 @@ One place (`build_policy_model`) turns an observation space, an action space and
 `ModelSpec` into a network; the checkpoint stores all three to rebuild it. Where the
 observation is a dict with an `action_mask` over a Discrete action space, both models mask
 illegal actions out of their logits.
+
+`model.distribution(obs)` is the stochastic policy PPO trains and collectors sample from: a
+categorical over the (masked) logits for Discrete actions, a tanh-squashed Gaussian for Box
+actions (a learned, state-independent log-std per dimension; the mean is what BC fits and
+what greedy play uses).
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from envs.spaces import columns_for_space, leaf_spaces
 
 MASK_COLUMN = "obs.action_mask"
 MASKED_LOGIT = -1e9
+LOG_STD_INIT = -0.5
+"""Initial log-std of the Gaussian head (before the tanh): std 0.61, i.e. exploration over
+most of a bounded action's range without piling up at its ends."""
+SQUASH_EDGE = 1e-6
+"""Stored actions at a bound are moved this far inside (relative) before inverting the tanh."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,83 @@ def _choose(logits: torch.Tensor, deterministic: bool, generator: torch.Generato
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
+class CategoricalPolicy:
+    """Discrete actions: a categorical over masked logits (masked actions have probability 0)."""
+
+    def __init__(self, logits: torch.Tensor, start: int = 0) -> None:
+        self.logits = torch.log_softmax(logits.float(), -1)
+        self.start = start
+
+    def take(self, rows: torch.Tensor) -> "CategoricalPolicy":
+        return CategoricalPolicy(self.logits[rows], self.start)
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        return self.logits.gather(1, (action.long() - self.start)[:, None])[:, 0]
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.logits.exp() * self.logits).sum(-1)
+
+    def kl(self, other: "CategoricalPolicy") -> torch.Tensor:
+        """KL(self || other) per row."""
+        return (self.logits.exp() * (self.logits - other.logits)).sum(-1)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return _choose(self.logits, False, generator) + self.start
+
+
+class SquashedGaussian:
+    """Box actions: u ~ N(mean, exp(log_std)) per dimension, played as low + (tanh(u) + 1) / 2 ×
+    (high − low) where both bounds are finite, as u where they are not. Dimensions BC fixed
+    (`PolicyModel.fix_constant_actions`) are played exactly and carry no probability.
+
+    log_prob inverts the squash (actions at a bound are moved `SQUASH_EDGE` inside) and adds
+    the tanh's log-Jacobian; entropy and KL are those of the Gaussians over u. The tanh is the
+    same bijection for both policies, so the KL is exact; the entropy is the usual stand-in
+    (a squashed Gaussian's has no closed form)."""
+
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                 bounded: torch.Tensor, fixed: torch.Tensor, fixed_value: torch.Tensor) -> None:
+        self.mean, self.log_std = mean.float(), log_std.float().expand_as(mean)
+        self.low, self.high, self.bounded, self.fixed, self.fixed_value = low, high, bounded, fixed, fixed_value
+        self.free = (~fixed).float()
+
+    def take(self, rows: torch.Tensor) -> "SquashedGaussian":
+        return SquashedGaussian(self.mean[rows], self.log_std[rows], self.low, self.high, self.bounded, self.fixed,
+                                self.fixed_value)
+
+    def squash(self, u: torch.Tensor) -> torch.Tensor:
+        squashed = self.low + (torch.tanh(u) + 1) * 0.5 * (self.high - self.low)
+        return torch.where(self.fixed, self.fixed_value, torch.where(self.bounded, squashed, u))
+
+    def unsquash(self, action: torch.Tensor) -> torch.Tensor:
+        half = 0.5 * (self.high - self.low)
+        y = ((action.float() - self.low) / half - 1).clamp(-1 + SQUASH_EDGE, 1 - SQUASH_EDGE)
+        return torch.where(self.bounded, torch.atanh(y), action.float())
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        u = self.unsquash(action.reshape(self.mean.shape))
+        base = torch.distributions.Normal(self.mean, self.log_std.exp()).log_prob(u)
+        # log |d action / d u| = log(half) + log(1 - tanh(u)^2), the latter written stably
+        log_jacobian = torch.log(0.5 * (self.high - self.low)) + 2 * (np.log(2.0) - u - nn.functional.softplus(-2 * u))
+        return ((base - torch.where(self.bounded, log_jacobian, torch.zeros_like(u))) * self.free).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return ((0.5 + 0.5 * np.log(2 * np.pi) + self.log_std) * self.free).sum(-1)
+
+    def kl(self, other: "SquashedGaussian") -> torch.Tensor:
+        """KL(self || other) per row."""
+        mine = torch.distributions.Normal(self.mean, self.log_std.exp())
+        theirs = torch.distributions.Normal(other.mean, other.log_std.exp())
+        return (torch.distributions.kl_divergence(mine, theirs) * self.free).sum(-1)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device)
+        return self.squash(self.mean + self.log_std.exp() * noise)
+
+    def mode(self) -> torch.Tensor:
+        return self.squash(self.mean)
+
+
 class ObsEncoder(nn.Module):
     """Flattens observation columns into one float vector: Box as is, Discrete as one-hot.
 
@@ -158,7 +245,8 @@ class ObsEncoder(nn.Module):
 
 class PolicyModel(nn.Module):
     """Encoder → MLP → head. Discrete actions: logits; MultiDiscrete: concatenated logits;
-    Box actions: a mean squashed into the bounds with tanh (where the bounds are finite)."""
+    Box actions: a mean squashed into the bounds with tanh (where the bounds are finite), and a
+    learned log-std that makes it a tanh-squashed Gaussian (`distribution`)."""
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, hidden_sizes: Sequence[int],
                  pixel_channels: Sequence[int] | None = None) -> None:
@@ -195,22 +283,36 @@ class PolicyModel(nn.Module):
             # Dimensions the demonstrations never vary are played exactly (see `fix_constant_actions`).
             self.register_buffer("action_fixed", torch.zeros(low.size, dtype=torch.bool))
             self.register_buffer("action_fixed_value", torch.zeros(low.size))
+            self.log_std = nn.Parameter(torch.full((low.size,), LOG_STD_INIT))
         else:
             raise TypeError(f"action space {action_space} is not supported by the MLP policy; "
                             "expected Discrete, MultiDiscrete or Box")
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (discrete) or actions (continuous), [batch, head size]."""
+    def _head(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         features = self.encoder(obs)
         if self.pixels is not None:
             features = torch.cat([self.pixels(obs[self.image_name]), features], dim=1)
-        out = self.head(self.trunk(features))
-        out = _masked(out, obs, self.mask_name)
+        return _masked(self.head(self.trunk(features)), obs, self.mask_name)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (discrete) or actions (continuous: the Gaussian's squashed mean), [batch, head size]."""
+        out = self._head(obs)
         if isinstance(self.action_space, gym.spaces.Box):
-            squashed = self.action_low + (torch.tanh(out) + 1) * 0.5 * (self.action_high - self.action_low)
-            out = torch.where(self.action_bounded, squashed, out)
-            out = torch.where(self.action_fixed, self.action_fixed_value, out)
+            return self._gaussian(out).mode()
         return out
+
+    def _gaussian(self, mean: torch.Tensor) -> SquashedGaussian:
+        return SquashedGaussian(mean, self.log_std, self.action_low, self.action_high, self.action_bounded,
+                                self.action_fixed, self.action_fixed_value)
+
+    def distribution(self, obs: dict[str, torch.Tensor]) -> CategoricalPolicy | SquashedGaussian:
+        """The stochastic policy at `obs` (Discrete or Box actions)."""
+        out = self._head(obs)
+        if isinstance(self.action_space, gym.spaces.Box):
+            return self._gaussian(out)
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            return CategoricalPolicy(out, int(self.action_space.start))
+        raise TypeError(f"no policy distribution for {self.action_space}; Discrete and Box actions have one")
 
     @torch.no_grad()
     def fix_constant_actions(self, actions: torch.Tensor, tolerance: float = 1e-6) -> list[int]:
@@ -239,6 +341,8 @@ class PolicyModel(nn.Module):
                       for logits in out.split(space.nvec.reshape(-1).tolist(), dim=-1)]
             return (torch.stack(chosen, dim=-1) + torch.as_tensor(space.start.reshape(-1), device=out.device)).reshape(
                 out.shape[0], *space.nvec.shape)
+        if not deterministic:
+            out = self.distribution(obs).sample(generator)
         return out.reshape(out.shape[0], *space.shape)
 
 
@@ -282,6 +386,9 @@ class ConvPolicyModel(nn.Module):
         tiles = self.tile_head(features).permute(0, 2, 3, 1).reshape(features.shape[0], -1)
         logits = torch.cat([tiles, self.last_head(context)], dim=1)
         return _masked(logits, obs, self.mask_name)
+
+    def distribution(self, obs: dict[str, torch.Tensor]) -> CategoricalPolicy:
+        return CategoricalPolicy(self.forward(obs), int(self.action_space.start))
 
     def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
             generator: torch.Generator | None = None) -> torch.Tensor:

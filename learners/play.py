@@ -1,4 +1,4 @@
-"""Playing a model in its env inside a learner: the greedy return that picks best checkpoints."""
+"""Playing a model in its env inside a learner: the evaluation return that picks best checkpoints."""
 
 from __future__ import annotations
 
@@ -12,20 +12,22 @@ from envs.spaces import flatten_value
 
 @torch.no_grad()
 def greedy_return(model: torch.nn.Module, env_id: str, env_kwargs: dict, episodes: int, seed: int,
-                  max_steps: int = 10_000, device: torch.device | str = "cpu") -> float:
-    """Mean return of `model` playing its most likely actions for `episodes` episodes (one
-    vector env copy each, seeds from `seed`); an episode still running after `max_steps` counts
-    what it has."""
+                  max_steps: int = 10_000, device: torch.device | str = "cpu", deterministic: bool = True) -> float:
+    """Mean return of `model` playing its most likely actions (or, with `deterministic=False`,
+    actions sampled from its distribution) for `episodes` episodes (one vector env copy each,
+    seeds from `seed`); an episode still running after `max_steps` counts what it has."""
     env = make_vector_env(EnvConfig(id=env_id, num_envs=episodes, kwargs=env_kwargs))
     was_training = model.training
     model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
     try:
         obs, _ = env.reset(seed=seed)
         returns, done = np.zeros(episodes), np.zeros(episodes, bool)
         for _ in range(max_steps):
             tensors = {name: torch.as_tensor(np.asarray(value)).to(device)
                        for name, value in flatten_value(obs, "obs").items()}
-            obs, reward, terminated, truncated, _ = env.step(model.act(tensors, deterministic=True).cpu().numpy())
+            obs, reward, terminated, truncated, _ = env.step(model.act(tensors, deterministic=deterministic,
+                                                                      generator=generator).cpu().numpy())
             returns += np.where(done, 0.0, reward)
             done |= terminated | truncated
             if done.all():

@@ -10,18 +10,21 @@ optional KL(initial || current) term keeps it near the demonstrations, and the f
 `value_warmup_iterations` fit only the new critic so its early errors do not push a good
 policy around.
 
-Discrete action spaces (with legal-action masks) are supported; Box actions are refused.
+Discrete actions (a categorical over logits, illegal actions masked) and Box actions (a
+tanh-squashed Gaussian with a learned log-std, `learners.models.SquashedGaussian`) are supported;
+MultiDiscrete actions are refused. The forward pass runs under `learner.precision`'s autocast.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -40,6 +43,7 @@ from learners.config import LearnerConfig
 from learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model, resolve_model_spec
 from learners.play import greedy_return
 from learners.plots import plot_training_curve
+from learners.precision import Precision
 from learners.records import TrainingRecorder
 from rollout.batch import TransitionBatch
 from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
@@ -132,9 +136,11 @@ class PPOLearner:
     `training_history.json` and `training_curve.png` in `out_dir`."""
 
     def __init__(self, cfg: LearnerConfig, env_cfg: EnvConfig, out_dir: str, run_id: str = "ppo") -> None:
-        self.cfg, self.p, self.env_cfg = cfg, cfg.ppo, env_cfg
+        self.cfg, self.p = cfg, cfg.ppo
+        self.env_cfg = dataclasses.replace(env_cfg, kwargs={**env_cfg.kwargs, **cfg.ppo.env_kwargs})
         self.out_dir, self.run_id = Path(out_dir), run_id
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = Precision(cfg.precision, self.device)
         if cfg.num_cpus >= 1:
             torch.set_num_threads(int(cfg.num_cpus))
         self._log = logger.bind(actor="PPOLearner")
@@ -162,8 +168,11 @@ class PPOLearner:
         cfg, p = self.cfg, self.p
         torch.manual_seed(cfg.seed)
         policy, self.model_spec = self._initial_model()
-        if not isinstance(policy.action_space, gym.spaces.Discrete):
-            raise ValueError(f"PPO fine-tuning supports Discrete action spaces, got {policy.action_space}")
+        if not isinstance(policy.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
+            raise ValueError(f"PPO supports Discrete and Box action spaces, got {policy.action_space}")
+        if p.initial_log_std is not None and isinstance(policy.action_space, gym.spaces.Box):
+            with torch.no_grad():
+                policy.log_std.fill_(p.initial_log_std)
         policy = policy.to(self.device).train()
         initial = copy.deepcopy(policy).eval()
         value = ValueModel(policy, cfg.hidden_sizes, cfg.conv_channels).to(self.device)
@@ -252,6 +261,7 @@ class PPOLearner:
         history_path = self.out_dir / HISTORY_NAME
         entries = [asdict(record) for record in history]
         history_path.write_text(json.dumps({"config": asdict(cfg), "algorithm": "ppo", "device": str(self.device),
+                                            "precision": self.precision.name,
                                             "env": self.env_cfg.id, "best_eval_return": best,
                                             "iterations": entries}, indent=2))
         plot_training_curve([{"epoch": e["env_steps"], "train_loss": abs(e["policy_loss"]) + 1e-9,
@@ -265,22 +275,21 @@ class PPOLearner:
                            best_record.eval_return)
 
     def _evaluate(self, policy) -> float:
-        """Greedy return in the env (with `ppo.eval_env_kwargs` merged over `env.kwargs`)."""
+        """Evaluation return in the env (with `ppo.eval_env_kwargs` merged over the training kwargs)."""
         p = self.p
         return greedy_return(policy, self.env_cfg.id, {**self.env_cfg.kwargs, **p.eval_env_kwargs}, p.eval_episodes,
-                             20_000 + self.cfg.seed, p.eval_max_steps, self.device)
+                             20_000 + self.cfg.seed, p.eval_max_steps, self.device, p.eval_deterministic)
 
     def _update(self, policy, value, initial, optimizer, batch: TransitionBatch, obs_names: list[str],
                 value_only: bool) -> dict[str, float]:
         p, device = self.p, self.device
         obs = {name: torch.from_numpy(np.array(batch[name])).to(device) for name in obs_names}
         next_obs = {name: torch.from_numpy(np.array(batch["next_" + name])).to(device) for name in obs_names}
-        action = torch.from_numpy(batch["action"]).to(device).long() - int(policy.action_space.start)
-        with torch.no_grad():
-            old_logp = torch.log_softmax(policy(obs), -1).gather(1, action[:, None])[:, 0]
-            values = _batched(value, obs).cpu().numpy()
-            next_values = _batched(value, next_obs).cpu().numpy()
-            initial_logp = torch.log_softmax(initial(obs), -1)
+        action = torch.from_numpy(np.array(batch["action"])).to(device)
+        with torch.no_grad(), self.precision.autocast():
+            old_logp = _batched(lambda chunk, rows: policy.distribution(chunk).log_prob(action[rows]), obs)
+            values = _batched(lambda chunk, _: value(chunk).float(), obs).cpu().numpy()
+            next_values = _batched(lambda chunk, _: value(chunk).float(), next_obs).cpu().numpy()
         advantage, returns = gae(batch["reward"], values, next_values, batch["terminated"], batch["truncated"],
                                  batch["episode_id"], batch["step"], p.gamma, p.gae_lambda)
         advantage_t, returns_t = torch.from_numpy(advantage).to(device), torch.from_numpy(returns).to(device)
@@ -289,35 +298,38 @@ class PPOLearner:
         count = 0
         generator = torch.Generator(device="cpu").manual_seed(self.cfg.seed + int(batch["policy_version"][0])
                                                              if batch.num_rows else 0)
+        parameters = [*policy.parameters(), *value.parameters()]
         for _ in range(p.epochs):
             for rows in torch.randperm(batch.num_rows, generator=generator).to(device).split(p.minibatch_size):
                 sub = {name: tensor[rows] for name, tensor in obs.items()}
-                logp_all = torch.log_softmax(policy(sub), -1)
-                logp = logp_all.gather(1, action[rows, None])[:, 0]
+                with self.precision.autocast():
+                    dist = policy.distribution(sub)
+                    with torch.no_grad():
+                        initial_dist = initial.distribution(sub)
+                    predicted_value = value(sub).float()
+                logp = dist.log_prob(action[rows])
                 adv = advantage_t[rows]
                 if p.normalize_advantages and rows.numel() > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                ratio = torch.exp(logp - old_logp[rows])
+                log_ratio = logp - old_logp[rows]
+                ratio = torch.exp(log_ratio)
                 policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - p.clip, 1 + p.clip) * adv).mean()
-                probs = logp_all.exp()
-                entropy = -(probs * logp_all).sum(-1).mean()
-                init = initial_logp[rows]
-                kl_initial = (init.exp() * (init - logp_all)).sum(-1).mean()
-                value_loss = 0.5 * (value(sub) - returns_t[rows]).square().mean()
+                entropy = dist.entropy().mean()
+                kl_initial = initial_dist.kl(dist).mean()
+                value_loss = 0.5 * (predicted_value - returns_t[rows]).square().mean()
                 if value_only:
                     loss = p.value_coef * value_loss
                 else:
                     loss = policy_loss + p.value_coef * value_loss - p.entropy_coef * entropy + p.kl_coef * kl_initial
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_([*policy.parameters(), *value.parameters()], p.max_grad_norm)
-                optimizer.step()
+                self.precision.backward(loss)
+                self.precision.step(optimizer, parameters, p.max_grad_norm)
                 with torch.no_grad():
                     sums["policy_loss"] += policy_loss.item()
                     sums["value_loss"] += value_loss.item()
                     sums["entropy"] += entropy.item()
                     sums["kl_initial"] += kl_initial.item()
-                    sums["approx_kl"] += ((ratio - 1) - torch.log(ratio)).mean().item()
+                    sums["approx_kl"] += ((ratio - 1) - log_ratio).mean().item()
                     sums["clip_fraction"] += ((ratio - 1).abs() > p.clip).float().mean().item()
                 count += 1
         return {key: total / max(count, 1) for key, total in sums.items()}
@@ -328,7 +340,9 @@ class PPOLearner:
                               "eval_return": record.eval_return, "init_checkpoint": self.p.init_checkpoint})
 
 
-def _batched(model: nn.Module, obs: dict[str, torch.Tensor], size: int = 8192) -> torch.Tensor:
+def _batched(fn: Callable[[dict[str, torch.Tensor], slice], torch.Tensor], obs: dict[str, torch.Tensor],
+             size: int = 8192) -> torch.Tensor:
+    """`fn(chunk, rows)` over `obs` in chunks of `size` rows, concatenated."""
     count = next(iter(obs.values())).shape[0]
-    return torch.cat([model({k: v[i:i + size] for k, v in obs.items()}) for i in range(0, count, size)]) \
-        if count else torch.zeros(0)
+    chunks = [fn({k: v[i:i + size] for k, v in obs.items()}, slice(i, i + size)) for i in range(0, count, size)]
+    return torch.cat(chunks) if count else torch.zeros(0)

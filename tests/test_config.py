@@ -1,6 +1,10 @@
 import pytest
 
+from pathlib import Path
+
 from cluster.config import ConfigError, RunConfig, dump_config, load_config, parse_config
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def write(tmp_path, text):
@@ -60,3 +64,12 @@ def test_the_example_config_is_valid():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "cartpole_bc.yaml")
     assert cfg.env.id == "CartPole-v1"
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in EXAMPLES.glob("*.yaml")))
+def test_every_example_config_validates_and_builds_its_env(name):
+    from envs.registry import make_vector_env
+
+    cfg = load_config(EXAMPLES / name)
+    if cfg.env.id != "robocode":  # the Robocode collectors host the engine; their env needs a JVM
+        make_vector_env(cfg.env).close()

@@ -67,6 +67,67 @@ def test_continuous_head_squashes_into_the_bounds_and_uses_mse():
     assert float(bc_loss(model, {"obs": torch.zeros(2, 3)}, target)) == pytest.approx(expected)
 
 
+def test_squashed_gaussian_matches_torchs_transformed_distribution_and_stays_in_bounds():
+    from torch.distributions import Independent, Normal, TransformedDistribution
+    from torch.distributions.transforms import AffineTransform, TanhTransform
+
+    low, high = np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32)
+    model = build_policy_model(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(low, high), [16])
+    obs = {"obs": torch.randn(64, 3)}
+    dist = model.distribution(obs)
+    actions = dist.sample(torch.Generator().manual_seed(0))
+    assert ((actions >= torch.from_numpy(low)) & (actions <= torch.from_numpy(high))).all()
+    lo, hi = torch.from_numpy(low), torch.from_numpy(high)
+    reference = Independent(TransformedDistribution(Normal(dist.mean, dist.log_std.exp()), [
+        TanhTransform(), AffineTransform((lo + hi) / 2, (hi - lo) / 2)]), 1)
+    torch.testing.assert_close(dist.log_prob(actions), reference.log_prob(actions), rtol=1e-4, atol=1e-4)
+    # Actions at the bounds (as a clipped env would store them) get a finite log-probability.
+    assert torch.isfinite(dist.log_prob(torch.from_numpy(np.stack([low, high])).repeat(32, 1))).all()
+    torch.testing.assert_close(dist.kl(dist), torch.zeros(64))
+    torch.testing.assert_close(model(obs), dist.mode())  # greedy play: the squashed mean
+    # Entropy is the pre-squash Gaussian's and grows with the learned log-std.
+    before = dist.entropy()
+    with torch.no_grad():
+        model.log_std.add_(1.0)
+    torch.testing.assert_close(model.distribution(obs).entropy(), before + 2.0)
+    # A dimension BC fixed is played exactly and carries no probability.
+    model.fix_constant_actions(torch.tensor([[0.5, 3.0], [1.0, 3.0]]))
+    fixed = model.distribution(obs)
+    assert (fixed.sample()[:, 1] == 3.0).all()
+    one_dim = Normal(fixed.mean[:, 0], fixed.log_std[:, 0].exp()).entropy()
+    torch.testing.assert_close(fixed.entropy(), one_dim)
+
+
+def test_precision_autocasts_where_asked_and_stays_fp32_on_the_cpu_by_default():
+    from learners.precision import Precision, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    layer = torch.nn.Linear(4, 4)
+    with Precision("auto", cpu).autocast():
+        assert layer(torch.randn(2, 4)).dtype == torch.float32
+    precision = Precision("bf16", cpu)
+    with precision.autocast():
+        out = layer(torch.randn(2, 4))
+    assert out.dtype == torch.bfloat16
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    before = layer.weight.detach().clone()
+    precision.backward(out.float().square().sum())
+    precision.step(optimizer, layer.parameters(), max_grad_norm=1.0)
+    assert layer.weight.dtype == torch.float32 and not torch.equal(layer.weight, before)
+
+
+def test_bc_trains_under_bf16_autocast(tmp_path):
+    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 3000,
+                              lambda b: (b["obs"][:, 0] + b["obs"][:, 1] > 0).astype(np.int64))
+    dataset = write_dataset(tmp_path, schema, batch)
+    result = BCLearner(LearnerConfig(epochs=8, batch_size=64, hidden_sizes=[32, 32], precision="bf16"),
+                       str(dataset), str(tmp_path / "learner")).train()
+    assert json.loads(Path(result.history_path).read_text())["precision"] == "bf16"
+    assert result.history[-1].validation_accuracy > 0.95
+    assert load_checkpoint(result.best_checkpoint).model.trunk[0].weight.dtype == torch.float32
+
+
 def test_validation_split_holds_out_whole_episodes():
     episode_ids = np.repeat(np.arange(20), 7)
     mask = split_by_episode(episode_ids, 0.25, seed=0)

@@ -71,6 +71,25 @@ def test_bc_then_ppo_on_cartpole_reaches_475_within_100k_env_steps(ray_cluster, 
     assert (tmp_path / "ppo" / "training_curve.png").stat().st_size > 0
 
 
+def test_ppo_learns_box_actions_with_a_tanh_squashed_gaussian(ray_cluster, tmp_path):
+    # ReachEnv: the action should equal the observed target; random actions score about -21 per
+    # episode, always playing the centre about -5.3, the perfect policy 0.
+    env = EnvConfig(id="tests.toy_envs:ReachEnv", num_envs=8)
+    cfg = LearnerConfig(algorithm="ppo", hidden_sizes=[64, 64], num_cpus=1, lr=3e-3,
+                        ppo=PPOConfig(env_steps=20_000, eval_every=2, rows_per_collector=512, eval_episodes=20))
+    result = PPOLearner(cfg, env, str(tmp_path / "ppo"), "ppo-box").train()
+    history = json.loads(Path(result.history_path).read_text())["iterations"]
+    assert history[0]["episode_return"] < -10, history[0]
+    assert result.best_eval_return > -1.0, [(e["env_steps"], e["eval_return"]) for e in history]
+    assert history[-1]["entropy"] < history[0]["entropy"] - 1  # the learned std shrank
+    best = load_checkpoint(result.best_checkpoint)
+    assert best.model.log_std.max() < -0.5
+    targets = torch.rand(256, 2) * 2 - 1
+    greedy = best.model.act({"obs": targets})
+    assert float((greedy - targets).square().sum(1).mean()) < 0.15
+    assert torch.equal(greedy, load_checkpoint(result.best_checkpoint).model.act({"obs": targets}))
+
+
 def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_cluster, tmp_path):
     from cluster.config import load_config
     from cluster.pipeline import RunPaths, train
@@ -102,3 +121,11 @@ def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_
     assert {"loss/policy", "loss/value", "entropy", "kl/initial", "return/episode", "eval/return", "lr",
             "throughput/env_steps_per_s"} <= set(scalars)
     assert all(tensorboard_scalars(paths.learner / stage) for stage in ("1-bc", "2-dqfd"))
+    # The evaluation plays every stage's best checkpoint beside the last one.
+    from cluster.pipeline import evaluate
+
+    cfg = load_config(None, ["learner.stages=[bc, dqfd, ppo]", "eval.episodes=2", "eval.num_workers=1",
+                             "eval.baselines=[random]", "env.num_envs=2"])
+    results = evaluate(cfg, paths, "stages-eval")
+    assert set(results) == {"trained", "1-bc", "2-dqfd", "random"}
+    assert all(len(r.returns) == 2 for r in results.values())

@@ -67,3 +67,24 @@ class DictObsEnv(gym.Env):
     def step(self, action):
         self._t += 1
         return self._obs(), float(np.sum(action)), self._t >= 3, False, {}
+
+
+class ReachEnv(gym.Env):
+    """A continuous-control check: obs is a target in [-1, 1]^2, the Box action [-2, 2]^2 should
+    match it; reward = -|action - target|^2 (0 at best, about -2.7 for uniform random actions);
+    episodes of 8 steps, truncated, with a new target every step."""
+
+    observation_space = gym.spaces.Box(-1, 1, shape=(2,), dtype=np.float32)
+    action_space = gym.spaces.Box(-2, 2, shape=(2,), dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._target = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return self._target.copy(), {}
+
+    def step(self, action):
+        reward = -float(np.square(np.asarray(action, np.float32) - self._target).sum())
+        self._t += 1
+        self._target = self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return self._target.copy(), reward, False, self._t >= 8, {}
