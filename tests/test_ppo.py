@@ -1,6 +1,9 @@
 """PPO fine-tuning with rollout actors playing the learner's weights, GAE, and `bc -> ppo`."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -129,3 +132,51 @@ def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_
     results = evaluate(cfg, paths, "stages-eval")
     assert set(results) == {"trained", "1-bc", "2-dqfd", "random"}
     assert all(len(r.returns) == 2 for r in results.values())
+
+
+GENERALS_TINY = ["env.num_envs=4", "env.kwargs.map={min_size: 6, max_size: 7, min_general_distance: 3}",
+                 "env.kwargs.max_steps=60", "rollout.num_collectors=1", "rollout.steps=2000",
+                 "rollout.batch_rows=512", "rollout.num_cpus=0.25", "replay.num_cpus=0.1", "learner.epochs=1",
+                 "learner.conv_channels=[8]", "learner.num_cpus=0.5", "learner.ppo.env_steps=1000",
+                 "learner.ppo.num_collectors=2", "learner.ppo.rows_per_collector=256",
+                 "learner.ppo.minibatch_size=64", "learner.ppo.eval_every=1", "learner.ppo.eval_episodes=2",
+                 "learner.ppo.eval_max_steps=60", "eval.episodes=4", "eval.num_workers=1", "eval.baselines=[expert]",
+                 "eval.scenarios={vs_expert: {players: first, opponent: expert, max_steps: 60}}"]
+
+
+@pytest.mark.slow
+def test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_stages(ray_cluster, tmp_path):
+    # examples/generals_bc_ppo.yaml, shrunk: expert self-play -> BC -> PPO as player 0 against the expert.
+    from cluster.cli import main
+
+    argv = ["run", "examples/generals_bc_ppo.yaml", "--run-id", "g", "--set", f"run.output_dir={tmp_path}",
+            *sum((["--set", item] for item in GENERALS_TINY), [])]
+    assert main(argv) == 0
+    run_dir = tmp_path / "g"
+    history = json.loads((run_dir / "learner" / "2-ppo" / "training_history.json").read_text())
+    assert history["config"]["ppo"]["env_kwargs"] == {"players": "first", "opponent": "expert"}
+    assert history["config"]["ppo"]["init_checkpoint"] == str(run_dir / "learner" / "1-bc" / "best.safetensors")
+    assert history["iterations"][-1]["env_steps"] >= 1000
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["eval"]) == {"trained @ vs_expert", "1-bc @ vs_expert", "expert @ vs_expert"}
+    assert all(result["episodes"] == 4 and "win_rate" in result for result in summary["eval"].values())
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(not torch.cuda.is_available() or (os.cpu_count() or 0) < 12,
+                    reason="a million Generals env steps: needs a CUDA device and 12+ CPUs")
+def test_generals_bc_then_ppo_wins_more_often_against_the_expert_than_bc_alone(tmp_path):
+    # The full example in its own Ray (all CPUs, the GPU), then a one-sided two-proportion z-test
+    # on the 200 games each policy played against the expert.
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "cluster.cli", "run", "examples/generals_bc_ppo.yaml", "--run-id", "g",
+                    "--set", f"run.output_dir={tmp_path}", "--set", "learner.num_gpus=1"], cwd=repo, check=True,
+                   env={**os.environ, "RAY_ADDRESS": ""})
+    summary = json.loads((tmp_path / "g" / "summary.json").read_text())["eval"]
+    bc, ppo = summary["1-bc @ vs_expert"], summary["trained @ vs_expert"]
+    n = bc["episodes"] + ppo["episodes"]
+    pooled = (bc["win_rate"] * bc["episodes"] + ppo["win_rate"] * ppo["episodes"]) / n
+    z = (ppo["win_rate"] - bc["win_rate"]) / np.sqrt(pooled * (1 - pooled) * (1 / bc["episodes"] + 1 / ppo["episodes"]))
+    assert z > 1.645, f"PPO {ppo['win_rate']:.1%} vs BC {bc['win_rate']:.1%} against the expert (z = {z:.2f})"
