@@ -22,8 +22,10 @@ import ray
 from loguru import logger
 
 from aggregation.config import AggregationConfig
+from aggregation.hdf5 import write_hdf5
 from aggregation.manifest import FileEntry, Manifest
 from aggregation.npz import write_npz
+from aggregation.storage import Location, location
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.replay.replay import Replay
 
@@ -59,9 +61,11 @@ def read_snapshot(path: Path) -> Iterator[pa.RecordBatch]:
 
 
 def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], schema: BatchSchema,
-                   shard_index: int, out_dir: str, cfg: AggregationConfig) -> ShardCompaction:
-    """Write one shard's rows as sorted Parquet files; the rows come from its actor, a snapshot
-    file path, or a list of record batches already in memory."""
+                   shard_index: int, out: Location | str, cfg: AggregationConfig) -> ShardCompaction:
+    """Write one shard's rows as sorted Parquet files under `out` (in partition folders when
+    `cfg.partition_by` asks); the rows come from its actor, a snapshot file path, or a list of
+    record batches already in memory."""
+    out = location(out)
     log = logger.bind(actor=f"compact[{shard_index}]")
     batches, skipped = [], 0
     if isinstance(source, list):
@@ -80,7 +84,7 @@ def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], s
     table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
     episode_ids = table.column("episode_id").to_numpy()
     done = pc.or_(table.column("terminated"), table.column("truncated")).to_numpy(zero_copy_only=False)
-    files = _write_parquet_files(table, episode_ids, Path(out_dir), shard_index, cfg)
+    files = _write_parquet_files(table, episode_ids, out, shard_index, cfg)
     unique_ids = np.unique(episode_ids)
     collectors = sorted(int(c) for c in np.unique(table.column("collector_id").to_numpy()))
     log.info("shard {}: {} rows, {} episodes, {} files{}", shard_index, table.num_rows, unique_ids.size,
@@ -103,78 +107,140 @@ def _episode_cut_points(episode_ids: np.ndarray, rows_per_file: int) -> list[int
     return cuts
 
 
-def _write_parquet_files(table: pa.Table, episode_ids: np.ndarray, out_dir: Path, shard_index: int,
+def check_partition_by(schema: BatchSchema, partition_by: list[str]) -> None:
+    """Raise a ValueError naming the entry unless each is `time` or a scalar int/bool/string column."""
+    for name in partition_by:
+        if name == "time":
+            continue
+        spec = schema.columns.get(name)
+        if spec is None:
+            raise ValueError(f"aggregation.partition_by: no column {name!r}; use `time` or one of "
+                             f"{[n for n, c in schema.columns.items() if c.shape == ()]}")
+        if spec.shape != () or np.dtype(spec.dtype).kind not in "iubUSO":
+            raise ValueError(f"aggregation.partition_by: column {name!r} is {np.dtype(spec.dtype)}{list(spec.shape)}; "
+                             "partitions need a scalar integer, boolean or string column")
+
+
+def episode_partitions(table: pa.Table, starts: np.ndarray, partition_by: list[str]) -> list[str]:
+    """The partition folder of each episode (rows from `starts[i]`), from its first row: `time`
+    gives `year=YYYY/month=MM/day=DD/hour=HH` (UTC) of its first step, so an episode is never
+    split across folders; a column gives `name=value`."""
+    parts: list[list[str]] = [[] for _ in starts]
+    for name in partition_by:
+        if name == "time":
+            first = table.column("timestamp").take(pa.array(starts)).to_numpy(zero_copy_only=False)
+            first = first.astype("datetime64[ns]")
+            years = first.astype("datetime64[Y]").astype(np.int64) + 1970
+            months = first.astype("datetime64[M]").astype(np.int64) % 12 + 1
+            days = (first.astype("datetime64[D]") - first.astype("datetime64[M]")).astype(np.int64) + 1
+            hours = (first.astype("datetime64[h]") - first.astype("datetime64[D]")).astype(np.int64)
+            for i in range(starts.size):
+                parts[i].append(f"year={years[i]:04d}/month={months[i]:02d}/day={days[i]:02d}/hour={hours[i]:02d}")
+        else:
+            values = table.column(name).take(pa.array(starts)).to_pylist()
+            for i, value in enumerate(values):
+                parts[i].append(f"{name}={int(value) if isinstance(value, bool) else value}")
+    return ["/".join(p) for p in parts]
+
+
+def _write_parquet_files(table: pa.Table, episode_ids: np.ndarray, out: Location, shard_index: int,
                          cfg: AggregationConfig) -> list[FileEntry]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out.make_dirs()
+    if episode_ids.size == 0 or not cfg.partition_by:
+        return _write_part_files(table, episode_ids, out, "", shard_index, cfg)
+    starts = np.flatnonzero(np.r_[True, episode_ids[1:] != episode_ids[:-1]])
+    stops = np.r_[starts[1:], episode_ids.size]
+    folders = episode_partitions(table, starts, cfg.partition_by)
+    entries = []
+    for folder in dict.fromkeys(folders):  # first-seen order
+        mine = [i for i, f in enumerate(folders) if f == folder]
+        rows = np.concatenate([np.arange(starts[i], stops[i]) for i in mine])
+        piece = table.take(pa.array(rows))
+        entries += _write_part_files(piece, episode_ids[rows], out, folder, shard_index, cfg)
+    return entries
+
+
+def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, folder: str, shard_index: int,
+                      cfg: AggregationConfig) -> list[FileEntry]:
+    """`table`'s rows as files in `out/folder`, cut at episode boundaries; each file is written
+    whole (into memory, hashed, then stored all-or-nothing)."""
     cuts = _episode_cut_points(episode_ids, cfg.rows_per_file)
     compression = None if cfg.compression == "none" else cfg.compression
+    partition = dict(part.split("=", 1) for part in folder.split("/")) if folder else {}
     entries = []
     for part, (start, stop) in enumerate(zip(cuts[:-1], cuts[1:])):
         if stop == start and part > 0:
             continue
         piece = table.slice(start, stop - start)
-        name = f"shard-{shard_index:03d}-part-{part:05d}.parquet"
-        path = out_dir / name
-        pq.write_table(piece, path, compression=compression)
+        name = f"{folder}/" * bool(folder) + f"shard-{shard_index:03d}-part-{part:05d}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(piece, sink, compression=compression)
+        data = sink.getvalue()
+        out.join(name).write_bytes(data)
         timestamps = piece.column("timestamp")
         entries.append(FileEntry(
-            path=name, rows=piece.num_rows, bytes=path.stat().st_size, sha256=_sha256(path),
+            path=name, rows=piece.num_rows, bytes=data.size, sha256=hashlib.sha256(data).hexdigest(),
             shard_index=shard_index, episodes=int(np.unique(episode_ids[start:stop]).size),
-            first_timestamp=_iso(pc.min(timestamps)), last_timestamp=_iso(pc.max(timestamps))))
+            first_timestamp=_iso(pc.min(timestamps)), last_timestamp=_iso(pc.max(timestamps)),
+            partition=partition))
     return entries
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _iso(scalar: pa.Scalar) -> str | None:
     return scalar.as_py().isoformat() if scalar.is_valid else None
 
 
-def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: BatchSchema, out_dir: Path,
+def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: BatchSchema, out: Location | str | Path,
                    cfg: AggregationConfig, run_id: str, env_id: str, timeout_s: float = 600.0) -> Manifest:
     """Blocks: compact every shard (actor or snapshot file) in parallel Ray tasks, then write
-    `manifest.json` (and `dataset.npz` when `cfg.formats` asks for it) into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    `manifest.json`, the partitions' `_index.json` and the other `cfg.formats` into `out` (a
+    folder or an object-store URI)."""
+    out = location(out)
+    check_partition_by(schema, cfg.partition_by)
+    out.make_dirs()
     task = ray.remote(compact_source).options(num_cpus=cfg.num_cpus)
-    refs = [task.remote(source, schema, index, str(out_dir), cfg) for index, source in enumerate(sources)]
+    refs = [task.remote(source, schema, index, out, cfg) for index, source in enumerate(sources)]
     results: list[ShardCompaction] = ray.get(refs, timeout=timeout_s)
-    return _finish_dataset(results, schema, out_dir, cfg, run_id, env_id)
+    return _finish_dataset(results, schema, out, cfg, run_id, env_id)
 
 
-def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out_dir: Path, cfg: AggregationConfig,
-                  run_id: str, env_id: str) -> Manifest:
-    """In this process, without Ray: write rows already in memory as a dataset folder, the
-    same files and manifest that compacting a replay gives (for importers, tests, benches)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out: Location | str | Path,
+                  cfg: AggregationConfig, run_id: str, env_id: str, parents: list[str] | None = None) -> Manifest:
+    """In this process, without Ray: write rows already in memory as a dataset, the same files
+    and manifest that compacting a replay gives (for importers, tests, benches)."""
+    out = location(out)
+    check_partition_by(schema, cfg.partition_by)
+    out.make_dirs()
     record_batches = [batch.to_arrow(schema) for batch in batches]
-    result = compact_source(record_batches, schema, 0, str(out_dir), cfg)
-    return _finish_dataset([result], schema, out_dir, cfg, run_id, env_id)
+    result = compact_source(record_batches, schema, 0, out, cfg)
+    return _finish_dataset([result], schema, out, cfg, run_id, env_id, parents)
 
 
-def _finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out_dir: Path, cfg: AggregationConfig,
-                    run_id: str, env_id: str) -> Manifest:
-    """The manifest over every shard's files (and the NPZ on request), written into `out_dir`."""
+def _finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Location, cfg: AggregationConfig,
+                    run_id: str, env_id: str, parents: list[str] | None = None) -> Manifest:
+    """The manifest over every shard's files (and the other formats on request), written into `out`."""
     all_episode_ids = np.concatenate([result.episode_ids for result in results])
+    files = [entry for result in results for entry in result.files]
     manifest = Manifest(
         run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(), env_id=env_id,
         rows=sum(result.rows for result in results), episodes=int(np.unique(all_episode_ids).size),
         episodes_complete=sum(result.complete_episodes for result in results),
         collectors=sorted({c for result in results for c in result.collectors}),
-        schema=schema.to_json(), files=[entry for result in results for entry in result.files],
-        evicted_rows={str(index): result.skipped_rows for index, result in enumerate(results)})
+        schema=schema.to_json(), files=files,
+        evicted_rows={str(index): result.skipped_rows for index, result in enumerate(results)},
+        partition_by=list(cfg.partition_by), parents=list(parents or []),
+        first_timestamp=min((e.first_timestamp for e in files if e.first_timestamp), default=None),
+        last_timestamp=max((e.last_timestamp for e in files if e.last_timestamp), default=None))
     lost = sum(manifest.evicted_rows.values())
     if lost:
         logger.warning("the replay had evicted {} rows before compaction; raise replay.capacity_rows "
                        "to keep every collected row", lost)
     if "npz" in cfg.formats:
-        manifest.npz = write_npz(out_dir, manifest).name
-    manifest.write(out_dir)
+        manifest.npz = write_npz(out, manifest).name
+        manifest.formats["npz"] = manifest.npz
+    if "hdf5" in cfg.formats:
+        manifest.formats["hdf5"] = write_hdf5(out, manifest, cfg.hdf5).name
+    manifest.write(out)
     return manifest
 
 

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Hdf5Config:
+    """`aggregation.hdf5`: the `dataset.h5` written when `formats` has `hdf5`."""
+
+    layout: Literal["columns", "episodes"] = "columns"
+    """`columns`: one dataset per column under `/data` (rows in episode order) plus an
+    `/episodes` table of (episode_id, start, length, return); `episodes`: a group per episode,
+    `/episodes/<episode_id>/<column>`, with length, return and how it ended as attributes."""
+    compression: Literal["gzip", "lzf", "none"] = "gzip"
+    compression_level: int = Field(default=4, ge=0, le=9)
+    """gzip level (lzf has none)."""
+    chunk_rows: StrictInt = Field(default=4096, ge=1)
+    """Rows per HDF5 chunk (compression and partial reads work chunk by chunk)."""
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class AggregationConfig:
-    formats: list[Literal["parquet", "npz", "robocode_npz"]] = Field(default_factory=lambda: ["parquet", "npz"])
+    formats: list[Literal["parquet", "npz", "hdf5", "robocode_npz"]] = Field(
+        default_factory=lambda: ["parquet", "npz"])
     """Dataset formats to write. Parquet is always written (it is what the learners read);
-    `robocode_npz`: the Robocode teams' `aggregated_expert_data.npz` (observations (N, 8),
-    actions (N, 5), JSON metadata) next to it."""
+    `npz`: `dataset.npz`; `hdf5`: `dataset.h5` (see `hdf5`); `robocode_npz`: the Robocode teams'
+    `aggregated_expert_data.npz` (observations (N, 8), actions (N, 5), JSON metadata) next to it."""
+    output: Optional[str] = None
+    """Where datasets go: None writes `<run>/dataset`; a folder or an object-store URI
+    (`s3://bucket/prefix`, credentials and endpoint from the AWS environment) gets the run's
+    dataset at `<output>/<run id>`. Learners and `harvest` commands read it from there."""
+    partition_by: list[str] = Field(default_factory=list)
+    """Folders for the Parquet files: `time` (`year=/month=/day=/hour=` of each episode's first
+    step, UTC; episodes are never split) and/or scalar columns (`game_id`, `collector_id`, ...),
+    in order, e.g. `[collector_id, time]`; each folder gets an `_index.json`. []: one folder."""
+    hdf5: Hdf5Config = Field(default_factory=Hdf5Config)
     rows_per_file: StrictInt = Field(default=500_000, ge=1)
     """Parquet files are cut at episode boundaries once they reach about this many rows."""
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"

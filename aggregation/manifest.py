@@ -1,19 +1,30 @@
-"""The dataset manifest: `manifest.json` beside the Parquet files."""
+"""The dataset manifest: `manifest.json` at the dataset's root, `_index.json` in each partition.
+
+The manifest lists every Parquet file (path relative to the root, rows, bytes, sha256,
+episodes, time range, partition values), the schema, the partitioning, the other formats
+written beside the Parquet files, and the datasets this one was made from (`parents`). Each
+partition folder (`year=2026/month=11/day=23/hour=14/`, `collector_id=3/`, ...) also gets an
+`_index.json` with its own files, rows and time range, so a folder copied alone still says what
+is in it.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+from aggregation.storage import Location
+
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+INDEX_NAME = "_index.json"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
 class FileEntry:
-    """One Parquet file: path relative to the dataset folder, rows, bytes and what is in it."""
+    """One Parquet file: path relative to the dataset root, rows, bytes and what is in it."""
 
     path: str
     rows: int
@@ -23,6 +34,8 @@ class FileEntry:
     episodes: int
     first_timestamp: str | None
     last_timestamp: str | None
+    partition: dict[str, str] = field(default_factory=dict)
+    """Partition values of the folder the file is in (e.g. {"year": "2026", ...}); {} unpartitioned."""
 
 
 @dataclass
@@ -39,20 +52,50 @@ class Manifest:
     evicted_rows: dict[str, int] = field(default_factory=dict)
     """Rows each shard had already evicted before compaction (lost to the dataset)."""
     npz: str | None = None
+    partition_by: list[str] = field(default_factory=list)
+    """How the Parquet files are laid out in folders: [] flat, `time` (year=/month=/day=/hour= of
+    each episode's first step), or column names."""
+    formats: dict[str, str] = field(default_factory=dict)
+    """Other formats written beside the Parquet files: format -> path relative to the root."""
+    parents: list[str] = field(default_factory=list)
+    """Datasets this one was made from (merge, split, filter, import)."""
+    first_timestamp: str | None = None
+    last_timestamp: str | None = None
     format_version: int = FORMAT_VERSION
 
-    def write(self, folder: Path) -> Path:
-        path = folder / MANIFEST_NAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
-        return path
+    def write(self, root: Location) -> Location:
+        """`manifest.json` at `root` and an `_index.json` in every partition folder."""
+        for folder, entries in self.partitions().items():
+            index = {"dataset": self.run_id, "env_id": self.env_id, "partition": entries[0].partition,
+                     "rows": sum(entry.rows for entry in entries),
+                     "first_timestamp": min((e.first_timestamp for e in entries if e.first_timestamp), default=None),
+                     "last_timestamp": max((e.last_timestamp for e in entries if e.last_timestamp), default=None),
+                     "files": [{**asdict(entry), "path": entry.path.rsplit("/", 1)[-1]} for entry in entries],
+                     "schema": self.schema}
+            root.join(folder, INDEX_NAME).write_text(json.dumps(index, indent=2))
+        target = root.join(MANIFEST_NAME)
+        target.write_text(json.dumps(asdict(self), indent=2))
+        return target
+
+    def partitions(self) -> dict[str, list[FileEntry]]:
+        """Files by partition folder (relative to the root); the root itself when unpartitioned."""
+        folders: dict[str, list[FileEntry]] = {}
+        if not self.partition_by:
+            return folders
+        for entry in self.files:
+            folders.setdefault(entry.path.rsplit("/", 1)[0] if "/" in entry.path else "", []).append(entry)
+        return folders
 
     @classmethod
-    def read(cls, folder: Path) -> "Manifest":
-        path = folder / MANIFEST_NAME
-        data = json.loads(path.read_text())
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+    def read(cls, root: Location) -> "Manifest":
+        target = root.join(MANIFEST_NAME)
+        try:
+            data = json.loads(target.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{target}: not JSON ({err}); the manifest is damaged") from err
+        if data.get("format_version") not in READABLE_VERSIONS:
+            raise ValueError(f"{target}: format_version {data.get('format_version')!r}, expected one of "
+                             f"{list(READABLE_VERSIONS)}")
         data["files"] = [FileEntry(**entry) for entry in data["files"]]
+        data["format_version"] = FORMAT_VERSION
         return cls(**data)

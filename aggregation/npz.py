@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
-from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from aggregation.manifest import Manifest
+from aggregation.storage import Location
 from rollout.batch import TransitionBatch
 
 NPZ_NAME = "dataset.npz"
@@ -24,10 +26,10 @@ def npz_key(column: str) -> str:
     return _NPZ_KEYS.get(head, head) + dot + rest
 
 
-def write_npz(dataset_dir: Path, manifest: Manifest) -> Path:
+def write_npz(root: Location, manifest: Manifest) -> Location:
     """Write the dataset's Parquet files as one NPZ; loads with `np.load(path, allow_pickle=False)`."""
-    files = [str(dataset_dir / entry.path) for entry in manifest.files]
-    table = pads.dataset(files, format="parquet").to_table() if files else None
+    files = [root.join(entry.path).path for entry in manifest.files]
+    table = pads.dataset(files, format="parquet", filesystem=root.fs).to_table() if files else None
     arrays: dict[str, np.ndarray] = {}
     if table is not None:
         table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
@@ -37,6 +39,8 @@ def write_npz(dataset_dir: Path, manifest: Manifest) -> Path:
                 "rows": manifest.rows, "episodes": manifest.episodes, "schema": manifest.schema,
                 "keys": {name: npz_key(name) for name in manifest.schema["columns"]}}
     arrays["metadata"] = np.array(json.dumps(metadata))
-    path = dataset_dir / NPZ_NAME
-    np.savez(path, **arrays)
-    return path
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    target = root.join(NPZ_NAME)
+    target.write_bytes(pa.py_buffer(buffer.getbuffer()))
+    return target

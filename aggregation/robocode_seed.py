@@ -20,6 +20,7 @@ file is reported with its path and entry and skipped, the others are still impor
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from aggregation.storage import Location, location
 from envs.robocode.transitions import STATE_FIELDS, RobotRound, round_transitions, split_rounds
 
 NPZ_NAME = "aggregated_expert_data.npz"
@@ -131,16 +134,16 @@ def import_seed_files(paths: list[str | Path]) -> SeedImport:
     return result
 
 
-def write_aggregated_npz(rounds: list[RobotRound], path: str | Path, num_collectors: int,
-                         description: str) -> Path:
+def write_aggregated_npz(rounds: list[RobotRound], path: str | Path | Location, num_collectors: int,
+                         description: str) -> Location:
     """`observations` (N, 8), `actions` (N, 5) and JSON `metadata`, loadable with allow_pickle=False."""
     observations = np.concatenate([part.obs for part in rounds]) if rounds else np.zeros((0, 8), np.float32)
     actions = np.concatenate([part.action for part in rounds]) if rounds else np.zeros((0, 5), np.float32)
     return _save_npz(observations, actions, path, num_collectors, description)
 
 
-def write_dataset_npz(dataset_dir: str | Path, path: str | Path | None = None,
-                      description: str | None = None) -> Path:
+def write_dataset_npz(dataset_dir: str | Path | Location, path: str | Path | Location | None = None,
+                      description: str | None = None) -> Location:
     """`aggregated_expert_data.npz` of a compacted Robocode dataset (default: inside its folder),
     rows in the dataset's order (episode by episode)."""
     from aggregation.dataset import Dataset
@@ -154,16 +157,17 @@ def write_dataset_npz(dataset_dir: str | Path, path: str | Path | None = None,
     columns = dataset.read_columns(["obs", "action"])
     description = description or (f"{dataset.manifest.rows} Robocode transitions of run "
                                   f"{dataset.manifest.run_id} ({dataset.manifest.env_id})")
-    return _save_npz(columns["obs"], columns["action"], path or Path(dataset_dir) / NPZ_NAME,
+    return _save_npz(columns["obs"], columns["action"], path or dataset.folder.join(NPZ_NAME),
                      len(dataset.manifest.collectors), description)
 
 
-def _save_npz(observations: np.ndarray, actions: np.ndarray, path: str | Path, num_collectors: int,
-              description: str) -> Path:
+def _save_npz(observations: np.ndarray, actions: np.ndarray, path: str | Path | Location, num_collectors: int,
+              description: str) -> Location:
     observations = np.ascontiguousarray(observations[:, :len(STATE_FIELDS)], np.float32)  # the seeds' 8 values
     actions = np.ascontiguousarray(actions, np.float32)
     metadata = {"total_steps": int(len(observations)), "num_collectors": num_collectors, "description": description}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, observations=observations, actions=actions, metadata=np.array(json.dumps(metadata)))
-    return path
+    buffer = io.BytesIO()
+    np.savez(buffer, observations=observations, actions=actions, metadata=np.array(json.dumps(metadata)))
+    target = location(path)
+    target.write_bytes(pa.py_buffer(buffer.getbuffer()))
+    return target

@@ -8,6 +8,8 @@
     harvest config [CONFIG]                       print the resolved config
     harvest import robocode-json PATH... --out DIR
                                                   Robocode game-state JSON files → a dataset folder
+    harvest export DATASET --to offline-rl|teacher-student|minari --out PATH
+                                                  a dataset (folder or s3:// URI) in a consumer's format
     harvest generals-gif --record FILE | --player expert|random|CKPT --out GIF
                                                   a Generals.io game (recorded or live) as a GIF
 """
@@ -52,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="robocode-json: expert_game_states_*.json files (the Robocode teams' layout)")
     p.add_argument("paths", nargs="+", help="files, or folders searched for *.json")
     p.add_argument("--out", required=True, help="the dataset folder to write")
+    p = sub.add_parser("export", help="write a dataset in the form offline-RL, distillation or Minari users read")
+    p.add_argument("dataset", help="a dataset folder or URI (e.g. artifacts/<run-id>/dataset, s3://bucket/prefix/run)")
+    p.add_argument("--to", required=True, choices=["offline-rl", "teacher-student", "minari"],
+                   help="offline-rl: the D4RL dict (HDF5 or NPZ); teacher-student: observations, teacher actions "
+                        "and logits as safetensors; minari: a Minari dataset")
+    p.add_argument("--out", required=True,
+                   help="the file to write (offline-rl: .hdf5 or .npz; teacher-student: .safetensors); minari: "
+                        "the datasets folder (Minari's MINARI_DATASETS_PATH)")
+    p.add_argument("--minari-id", help="minari: the dataset id, e.g. harvest/cartpole-expert-v0 (default: "
+                                       "harvest/<run id>-v0)")
     from cluster.watch import add_arguments
 
     add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
@@ -85,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "import":
         return _import(args)
+    if args.command == "export":
+        return _export(args)
     try:
         cfg = _config_for(args)
     except ConfigError as err:
@@ -135,6 +149,29 @@ def _import(args: argparse.Namespace) -> int:
         logger.error("skipped: {}", error)
     logger.info("dataset {}: {} rows from {} files", args.out, report.manifest.rows, len(report.files))
     return 1 if report.errors else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from aggregation.dataset import Dataset, DatasetError
+    from aggregation.export import export_minari, export_offline_rl, export_teacher_student
+    from aggregation.storage import StorageError
+
+    try:
+        dataset = Dataset.open(args.dataset)
+        if args.to == "offline-rl":
+            file_format = "npz" if str(args.out).endswith(".npz") else "hdf5"
+            logger.info("wrote {}", export_offline_rl(dataset, args.out, file_format))
+        elif args.to == "teacher-student":
+            logger.info("wrote {}", export_teacher_student(dataset, args.out))
+        else:
+            dataset_id = args.minari_id or f"harvest/{dataset.manifest.run_id}-v0"
+            minari_dataset = export_minari(dataset, dataset_id, args.out)
+            logger.info("Minari dataset {} in {}: {} episodes, {} steps", dataset_id, args.out,
+                        minari_dataset.total_episodes, minari_dataset.total_steps)
+    except (DatasetError, StorageError, ValueError) as err:
+        logger.error("{}", err)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

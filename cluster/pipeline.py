@@ -23,6 +23,7 @@ from rich.table import Table
 
 from aggregation.compact import compact_replay, snapshot_replay
 from aggregation.dataset import Dataset
+from aggregation.storage import Location, location
 from aggregation.manifest import Manifest
 from aggregation.robocode_seed import write_dataset_npz
 from cluster.config import ROBOCODE_ENV_ID, RunConfig, dump_config, robocode_battles
@@ -50,6 +51,8 @@ EVAL_NAME = "eval.json"
 @dataclass
 class RunPaths:
     root: Path
+    dataset_output: str | None = None
+    """`aggregation.output`: the dataset goes to `<dataset_output>/<run id>` instead of `<root>/dataset`."""
 
     @property
     def config(self) -> Path:
@@ -60,8 +63,11 @@ class RunPaths:
         return self.root / "replay"
 
     @property
-    def dataset(self) -> Path:
-        return self.root / "dataset"
+    def dataset(self) -> Location:
+        """Where the run's dataset is: a local folder or an object-store prefix."""
+        if self.dataset_output:
+            return location(self.dataset_output).join(self.root.name)
+        return location(self.root / "dataset")
 
     @property
     def learner(self) -> Path:
@@ -122,7 +128,7 @@ def new_run_id() -> str:
 def prepare_run(cfg: RunConfig) -> tuple[str, RunPaths]:
     """The run id and folder; writes the resolved config there."""
     run_id = cfg.run.id or new_run_id()
-    paths = RunPaths(Path(cfg.run.output_dir) / run_id)
+    paths = RunPaths(Path(cfg.run.output_dir) / run_id, cfg.aggregation.output)
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(dump_config(cfg))
     return run_id, paths
@@ -131,7 +137,8 @@ def prepare_run(cfg: RunConfig) -> tuple[str, RunPaths]:
 def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None) -> tuple[Replay, CollectSummary]:
     """Start the replay shards and `num_collectors` rollout actors; fill the replay with `rollout.steps` rows."""
     if cfg.env.id == ROBOCODE_ENV_ID:
-        return collect_robocode(cfg, run_id, paths or RunPaths(Path(cfg.run.output_dir) / run_id))
+        return collect_robocode(cfg, run_id, paths or RunPaths(Path(cfg.run.output_dir) / run_id,
+                                                                                cfg.aggregation.output))
     rollout = cfg.rollout
     factory = ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed)
     schema: BatchSchema = schema_for(cfg.env, factory)
@@ -273,7 +280,7 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
     """One learner actor (GPU when `learner.num_gpus` > 0 and Ray has one), with a progress bar."""
     algorithm = learner_cfg.algorithm
     if algorithm == "bc" and learner_cfg.num_workers > 1:
-        return train_bc_data_parallel(learner_cfg, str(paths.dataset), str(out_dir))
+        return train_bc_data_parallel(learner_cfg, paths.dataset, str(out_dir))
     options = {"num_cpus": learner_cfg.num_cpus, "num_gpus": learner_cfg.num_gpus, "max_concurrency": 2}
     if algorithm == "ppo":
         learner = ray.remote(PPOLearner).options(**options).remote(learner_cfg, cfg.env, str(out_dir), run_id)
@@ -283,7 +290,7 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
         if algorithm == "dqfd":  # it plays in the run's env: its kwargs under learner.dqfd.env_kwargs
             learner_cfg = dataclasses.replace(learner_cfg, dqfd=dataclasses.replace(
                 learner_cfg.dqfd, env_kwargs={**cfg.env.kwargs, **learner_cfg.dqfd.env_kwargs}))
-        learner = ray.remote(learner_class).options(**options).remote(learner_cfg, str(paths.dataset), str(out_dir))
+        learner = ray.remote(learner_class).options(**options).remote(learner_cfg, paths.dataset, str(out_dir))
         if algorithm == "dqfd":
             dqfd = learner_cfg.dqfd
             total, unit = dqfd.pretrain_steps + dqfd.online_env_steps * dqfd.updates_per_env_step, "updates"

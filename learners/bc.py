@@ -20,6 +20,7 @@ from loguru import logger
 from torch import nn
 
 from aggregation.dataset import Dataset
+from aggregation.storage import Location
 from cluster import metrics
 from learners.checkpoint import save_checkpoint
 from learners.config import LearnerConfig
@@ -84,11 +85,11 @@ class BCLearner:
 
     Args:
         cfg: the run's `learner:` section.
-        dataset_dir: a folder written by compaction (`manifest.json` + Parquet).
+        dataset_dir: a dataset written by compaction (`manifest.json` + Parquet), a folder or a URI.
         out_dir: where `best.safetensors`, `final.safetensors` and `training_history.json` go.
     """
 
-    def __init__(self, cfg: LearnerConfig, dataset_dir: str, out_dir: str) -> None:
+    def __init__(self, cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str) -> None:
         self.cfg = cfg
         self.dataset = Dataset.open(dataset_dir)
         self.out_dir = Path(out_dir)

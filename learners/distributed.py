@@ -21,6 +21,7 @@ import torch
 from loguru import logger
 
 from aggregation.dataset import Dataset
+from aggregation.storage import Location
 from learners.bc import (BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, EpochRecord, TrainResult, bc_loss,
                          loss_from_output, split_by_episode)
 from learners.checkpoint import save_checkpoint
@@ -109,7 +110,7 @@ def _train_loop(config: dict) -> None:
         recorder.close()
 
 
-def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str, out_dir: str) -> TrainResult:
+def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str) -> TrainResult:
     """BC on `cfg.num_workers` Ray Train workers (GPUs when `learner.num_gpus` > 0); blocks."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

@@ -36,6 +36,7 @@ from loguru import logger
 from torch import nn
 
 from aggregation.dataset import Dataset
+from aggregation.storage import Location
 from cluster import metrics
 from envs.config import EnvConfig
 from envs.registry import make_vector_env
@@ -134,7 +135,7 @@ class DQfDLearner:
     holds its settings. Same outputs as `BCLearner`: best (by evaluation return) and final
     checkpoints, `training_history.json`, `training_curve.png`."""
 
-    def __init__(self, cfg: LearnerConfig, dataset_dir: str, out_dir: str) -> None:
+    def __init__(self, cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str) -> None:
         self.cfg, self.d = cfg, cfg.dqfd
         self.dataset = Dataset.open(dataset_dir)
         self.out_dir = Path(out_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -12,18 +13,27 @@ from learners.checkpoint import load_checkpoint
 from learners.models import ConvPolicyModel, PolicyModel
 from rollout.policies import PolicyOutput
 
+LOGITS_COLUMN = "policy_logits"
+"""Rows a logits-recording policy collects carry its log-probabilities (log-softmax of the
+masked logits) under this column."""
+
 
 class TorchPolicy:
     """Plays a `PolicyModel` or `ConvPolicyModel` on the CPU; `version` is written on every row it produces."""
 
     def __init__(self, model: PolicyModel | ConvPolicyModel, version: int = 0, deterministic: bool = True,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, record_logits: bool = False) -> None:
         self.model = model.to("cpu").eval()
         self.version = version
         self.deterministic = deterministic
         self._generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+        if record_logits and not isinstance(model.action_space, gym.spaces.Discrete):
+            raise ValueError(f"record_logits needs Discrete actions; the policy's are {model.action_space}")
+        self.record_logits = record_logits
 
     def extra_columns(self) -> Mapping[str, ColumnSpec]:
+        if self.record_logits:
+            return {LOGITS_COLUMN: ColumnSpec(np.float32, (int(self.model.action_space.n),))}
         return {}
 
     def set_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
@@ -33,12 +43,19 @@ class TorchPolicy:
     @torch.no_grad()
     def compute_actions(self, obs: Any) -> PolicyOutput:
         tensors = {name: torch.as_tensor(np.asarray(value)) for name, value in flatten_value(obs, "obs").items()}
-        actions = self.model.act(tensors, deterministic=self.deterministic, generator=self._generator)
-        return PolicyOutput(actions.numpy())
+        if not self.record_logits:
+            actions = self.model.act(tensors, deterministic=self.deterministic, generator=self._generator)
+            return PolicyOutput(actions.numpy())
+        distribution = self.model.distribution(tensors)
+        actions = (distribution.logits.argmax(-1) + distribution.start if self.deterministic
+                   else distribution.sample(self._generator))
+        return PolicyOutput(actions.numpy(), {LOGITS_COLUMN: distribution.logits.numpy().astype(np.float32)})
 
 
-def load_torch_policy(checkpoint: str, deterministic: bool = True, seed: int | None = None) -> TorchPolicy:
+def load_torch_policy(checkpoint: str, deterministic: bool = True, seed: int | None = None,
+                      record_logits: bool = False) -> TorchPolicy:
     """The policy stored in a learner checkpoint (a `.safetensors` file)."""
     loaded = load_checkpoint(checkpoint, device="cpu")
     torch.set_num_threads(1)  # collectors are one-CPU actors; more threads only contend
-    return TorchPolicy(loaded.model, loaded.version, deterministic=deterministic, seed=seed)
+    return TorchPolicy(loaded.model, loaded.version, deterministic=deterministic, seed=seed,
+                       record_logits=record_logits)

@@ -23,11 +23,17 @@ class PolicyConfig:
     """`"package.module:factory"` for `kind: custom`; called as factory(observation_space, action_space)."""
     deterministic: bool = True
     """For `kind: torch`: play the most likely action instead of sampling."""
+    record_logits: bool = False
+    """For `kind: torch` with Discrete actions: record the policy's (masked) logits in a
+    `policy_logits` column beside every action (a teacher for distillation; `harvest export
+    --to teacher-student` carries them)."""
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> "PolicyConfig":
         if self.kind == "torch" and not self.checkpoint:
             raise ValueError("kind 'torch' needs 'checkpoint'")
+        if self.record_logits and self.kind != "torch":
+            raise ValueError("record_logits needs kind 'torch' (a policy with logits)")
         if self.kind == "custom" and not self.entry_point:
             raise ValueError("kind 'custom' needs 'entry_point'")
         return self

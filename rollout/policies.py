@@ -145,5 +145,6 @@ class ConfiguredPolicyFactory:
         if self.cfg.kind == "torch":
             # Imported by name so that rollout does not depend on learners.
             factory = load_entry_point("learners.policy:load_torch_policy", "policy")
-            return factory(self.cfg.checkpoint, deterministic=self.cfg.deterministic, seed=self.seed)
+            return factory(self.cfg.checkpoint, deterministic=self.cfg.deterministic, seed=self.seed,
+                           record_logits=self.cfg.record_logits)
         return load_entry_point(self.cfg.entry_point, "policy.entry_point")(observation_space, action_space)

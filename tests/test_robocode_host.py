@@ -166,7 +166,7 @@ def test_seed_format_files_round_trip_and_bad_files_are_named(tmp_path, cache_ro
 
     path = write_aggregated_npz(imported.rounds, tmp_path / "aggregated_expert_data.npz", num_collectors=1,
                                 description="SpinBot vs Target, seed 9")
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(path.path, allow_pickle=False) as data:
         assert data["observations"].shape == (sum(p.num_rows for p in direct), 8)
         assert data["actions"].shape == (sum(p.num_rows for p in direct), 5)
         metadata = json.loads(str(data["metadata"]))

@@ -1,0 +1,126 @@
+"""`harvest export`: each export loaded back by its consumer's own library and compared."""
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from aggregation.compact import write_dataset
+from aggregation.config import AggregationConfig
+from aggregation.dataset import Dataset
+from cluster.cli import main
+from envs.spaces import ColumnSpec
+from learners.models import build_policy_model
+from learners.policy import LOGITS_COLUMN, TorchPolicy
+from rollout.batch import BatchSchema, TransitionBatch
+from rollout.policies import CartPoleExpert
+
+
+def cartpole_dataset(folder, episodes=4, unfinished=True, teacher=None):
+    """Expert CartPole episodes (capped at 60 steps, so some are truncated), plus an episode cut
+    off mid-way; with `teacher`, its actions and log-probabilities instead of the expert's."""
+    env = gym.make("CartPole-v1", max_episode_steps=60)
+    expert = CartPoleExpert(env.observation_space, env.action_space)
+    rows: dict[str, list] = {}
+    for episode in range(episodes + unfinished):
+        obs, _ = env.reset(seed=100 + episode)
+        for step in range(1000):
+            if teacher is not None:
+                output = teacher.compute_actions(obs[None])
+                action, extras = int(output.actions[0]), {k: v[0] for k, v in output.extras.items()}
+            else:
+                action, extras = int(expert.compute_actions(obs).actions), {}
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            cut = unfinished and episode == episodes and step == 9
+            row = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated,
+                   "truncated": truncated, "episode_id": episode, "step": step, "collector_id": 0,
+                   "policy_version": 0, "timestamp": np.datetime64("2026-11-23T12:00:00", "ns"), **extras}
+            for name, value in row.items():
+                rows.setdefault(name, []).append(value)
+            obs = next_obs
+            if terminated or truncated or cut:
+                break
+    extras = {LOGITS_COLUMN: ColumnSpec(np.float32, (2,))} if teacher is not None else {}
+    schema = BatchSchema.for_spaces(env.observation_space, env.action_space, extras=extras)
+    columns = {name: np.asarray(values, dtype=schema.columns[name].dtype) for name, values in rows.items()}
+    write_dataset([TransitionBatch(columns)], schema, folder, AggregationConfig(formats=["parquet"]), run_id="exp",
+                  env_id="CartPole-v1")
+    return Dataset.open(folder), columns
+
+
+def test_minari_export_loads_in_minari_and_recovers_the_env(tmp_path):
+    import os
+
+    import minari
+
+    dataset, columns = cartpole_dataset(tmp_path / "data")
+    assert main(["export", str(tmp_path / "data"), "--to", "minari", "--out", str(tmp_path / "minari"),
+                 "--minari-id", "harvest/cartpole-expert-v0"]) == 0
+    os.environ["MINARI_DATASETS_PATH"] = str(tmp_path / "minari")
+    try:
+        loaded = minari.load_dataset("harvest/cartpole-expert-v0")
+        assert loaded.total_episodes == 4  # the cut-off episode is left out
+        for episode in loaded.iterate_episodes():
+            rows = columns["episode_id"] == episode.id
+            assert rows.any()
+            np.testing.assert_allclose(episode.observations[:-1], columns["obs"][rows])
+            np.testing.assert_allclose(episode.observations[-1], columns["next_obs"][rows][-1])
+            np.testing.assert_array_equal(episode.actions, columns["action"][rows])
+            np.testing.assert_allclose(episode.rewards, columns["reward"][rows])
+            np.testing.assert_array_equal(episode.terminations, columns["terminated"][rows])
+            np.testing.assert_array_equal(episode.truncations, columns["truncated"][rows])
+        env = loaded.recover_environment()
+        assert env.spec.id == "CartPole-v1"
+        env.close()
+    finally:
+        os.environ.pop("MINARI_DATASETS_PATH")
+    assert dataset.manifest.episodes == 5
+
+
+@pytest.mark.parametrize("suffix", ["hdf5", "npz"])
+def test_offline_rl_export_is_the_d4rl_dict(tmp_path, suffix):
+    _, columns = cartpole_dataset(tmp_path / "data")
+    out = tmp_path / f"cartpole.{suffix}"
+    assert main(["export", str(tmp_path / "data"), "--to", "offline-rl", "--out", str(out)]) == 0
+    if suffix == "hdf5":  # as D4RL's get_dataset reads its files: every dataset in the file, by path
+        data = {}
+        with h5py.File(out, "r") as h5:
+            h5.visititems(lambda name, item: data.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
+                          else None)
+            assert h5.attrs["env_id"] == "CartPole-v1"
+    else:
+        with np.load(out, allow_pickle=False) as npz:
+            data = dict(npz)
+    order = np.lexsort((columns["step"], columns["episode_id"]))
+    for key, name in (("observations", "obs"), ("next_observations", "next_obs"), ("actions", "action"),
+                      ("rewards", "reward"), ("terminals", "terminated"), ("timeouts", "truncated"),
+                      ("infos/episode_id", "episode_id"), ("infos/step", "step")):
+        np.testing.assert_array_equal(data[key], columns[name][order], err_msg=key)
+    assert data["timeouts"].sum() == 4  # the expert keeps the pole up until the 60-step limit
+
+
+def test_teacher_student_export_carries_the_teachers_log_probabilities(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    env = gym.make("CartPole-v1")
+    teacher = TorchPolicy(build_policy_model(env.observation_space, env.action_space, [16]), record_logits=True)
+    assert teacher.extra_columns() == {LOGITS_COLUMN: ColumnSpec(np.float32, (2,))}
+    _, columns = cartpole_dataset(tmp_path / "data", episodes=2, unfinished=False, teacher=teacher)
+    out = tmp_path / "distill.safetensors"
+    assert main(["export", str(tmp_path / "data"), "--to", "teacher-student", "--out", str(out)]) == 0
+    tensors = load_file(out)
+    assert set(tensors) == {"observations", "teacher_actions", "teacher_logits", "episode_ids", "steps"}
+    np.testing.assert_allclose(tensors["observations"].numpy(), columns["obs"])
+    np.testing.assert_allclose(tensors["teacher_logits"].exp().sum(-1).numpy(), 1.0, rtol=1e-5)
+    # The deterministic teacher played the most likely action it recorded.
+    assert torch.equal(tensors["teacher_logits"].argmax(-1), tensors["teacher_actions"])
+    with pytest.raises(ValueError, match="record_logits needs Discrete actions"):
+        TorchPolicy(build_policy_model(env.observation_space, gym.spaces.Box(-1, 1, (2,)), [8]), record_logits=True)
+
+
+def test_export_of_a_missing_dataset_names_it(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nothing"), "--to", "offline-rl", "--out", str(tmp_path / "x.hdf5")]) == 2
+    assert not (tmp_path / "x.hdf5").exists()
+    assert f"{tmp_path / 'nothing'}: no manifest.json" in capsys.readouterr().err
