@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +22,7 @@ import ray
 from loguru import logger
 
 from aggregation.config import AggregationConfig
+from aggregation.filters import FilterReport, filter_table
 from aggregation.hdf5 import write_hdf5
 from aggregation.manifest import FileEntry, Manifest
 from aggregation.npz import write_npz
@@ -38,6 +39,7 @@ class ShardCompaction:
     episode_ids: np.ndarray
     complete_episodes: int
     collectors: list[int]
+    filtered: FilterReport | None = None
 
 
 def read_shard(shard: ray.actor.ActorHandle, schema: BatchSchema, chunk_rows: int,
@@ -82,6 +84,11 @@ def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], s
     arrow_schema = schema.arrow_schema()
     table = pa.Table.from_batches(batches, schema=arrow_schema) if batches else arrow_schema.empty_table()
     table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
+    report = None
+    if cfg.filter is not None and not cfg.filter.is_empty():
+        table, report = filter_table(table, cfg.filter, obs_action=[*schema.obs_columns, *schema.action_columns])
+        log.info("shard {}: kept {} of {} episodes ({} dropped: {})", shard_index, report.kept_episodes,
+                 report.episodes, report.episodes - report.kept_episodes, report.dropped or "none")
     episode_ids = table.column("episode_id").to_numpy()
     done = pc.or_(table.column("terminated"), table.column("truncated")).to_numpy(zero_copy_only=False)
     files = _write_parquet_files(table, episode_ids, out, shard_index, cfg)
@@ -89,7 +96,7 @@ def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], s
     collectors = sorted(int(c) for c in np.unique(table.column("collector_id").to_numpy()))
     log.info("shard {}: {} rows, {} episodes, {} files{}", shard_index, table.num_rows, unique_ids.size,
              len(files), f", {skipped} rows lost to eviction" if skipped else "")
-    return ShardCompaction(files, table.num_rows, skipped, unique_ids, int(done.sum()), collectors)
+    return ShardCompaction(files, table.num_rows, skipped, unique_ids, int(done.sum()), collectors, report)
 
 
 def _episode_cut_points(episode_ids: np.ndarray, rows_per_file: int) -> list[int]:
@@ -186,6 +193,16 @@ def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, f
     return entries
 
 
+def _merged_reports(reports: list[FilterReport | None]) -> dict | None:
+    present = [report for report in reports if report is not None]
+    if not present:
+        return None
+    total = present[0]
+    for report in present[1:]:
+        total = total.merge(report)
+    return asdict(total)
+
+
 def _iso(scalar: pa.Scalar) -> str | None:
     return scalar.as_py().isoformat() if scalar.is_valid else None
 
@@ -229,6 +246,7 @@ def _finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Lo
         schema=schema.to_json(), files=files,
         evicted_rows={str(index): result.skipped_rows for index, result in enumerate(results)},
         partition_by=list(cfg.partition_by), parents=list(parents or []),
+        filtered=_merged_reports([result.filtered for result in results]),
         first_timestamp=min((e.first_timestamp for e in files if e.first_timestamp), default=None),
         last_timestamp=max((e.last_timestamp for e in files if e.last_timestamp), default=None))
     lost = sum(manifest.evicted_rows.values())

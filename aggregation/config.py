@@ -7,6 +7,8 @@ from typing import Literal, Optional
 from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass
 
+from aggregation.filters import EpisodeFilter
+
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Hdf5Config:
@@ -39,6 +41,9 @@ class AggregationConfig:
     step, UTC; episodes are never split) and/or scalar columns (`game_id`, `collector_id`, ...),
     in order, e.g. `[collector_id, time]`; each folder gets an `_index.json`. []: one folder."""
     hdf5: Hdf5Config = Field(default_factory=Hdf5Config)
+    filter: Optional[EpisodeFilter] = None
+    """Keep only whole episodes that pass (`min_return`, `min_length`, `ended`, ids, time range,
+    `dedupe` within each shard); the manifest counts what was dropped and why."""
     rows_per_file: StrictInt = Field(default=500_000, ge=1)
     """Parquet files are cut at episode boundaries once they reach about this many rows."""
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"

@@ -10,6 +10,10 @@
                                                   Robocode game-state JSON files → a dataset folder
     harvest export DATASET --to offline-rl|teacher-student|minari --out PATH
                                                   a dataset (folder or s3:// URI) in a consumer's format
+    harvest edit filter|delete|split|repartition|merge DATASET... --out PATH [options]
+                                                  a new dataset from existing ones (parents recorded)
+    harvest windows DATASET --history H [--stride S] [--pad none|repeat_first|zeros]
+                                                  how many sliding-window samples a dataset yields
     harvest generals-gif --record FILE | --player expert|random|CKPT --out GIF
                                                   a Generals.io game (recorded or live) as a GIF
 """
@@ -64,6 +68,30 @@ def _parser() -> argparse.ArgumentParser:
                         "the datasets folder (Minari's MINARI_DATASETS_PATH)")
     p.add_argument("--minari-id", help="minari: the dataset id, e.g. harvest/cartpole-expert-v0 (default: "
                                        "harvest/<run id>-v0)")
+    p = sub.add_parser("edit", help="filter, delete episodes, split, re-partition or merge datasets into a new one")
+    p.add_argument("operation", choices=["filter", "delete", "split", "repartition", "merge"])
+    p.add_argument("datasets", nargs="+", help="dataset folders or URIs (merge: two or more)")
+    p.add_argument("--out", required=True, help="the new dataset (split: a folder that gets one per part)")
+    p.add_argument("--min-return", type=float)
+    p.add_argument("--max-return", type=float)
+    p.add_argument("--min-length", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--ended", action="append", choices=["terminated", "truncated", "unfinished"], default=[])
+    p.add_argument("--source", dest="sources", action="append", default=[])
+    p.add_argument("--collector-id", dest="collector_ids", action="append", type=int, default=[])
+    p.add_argument("--start", help="first step at or after this ISO time (UTC)")
+    p.add_argument("--end", help="first step before this ISO time (UTC)")
+    p.add_argument("--dedupe", action="store_true", help="drop repeated episodes")
+    p.add_argument("--episodes", help="delete: comma-separated episode ids")
+    p.add_argument("--fractions", default="train=0.8,validation=0.1,test=0.1", help="split: name=fraction,...")
+    p.add_argument("--seed", type=int, default=0, help="split: shuffling seed")
+    p.add_argument("--by", default="", help="repartition: comma-separated `time` and/or columns ('' for none)")
+    p.add_argument("--rows-per-file", type=int)
+    p = sub.add_parser("windows", help="count the sliding-window samples a dataset yields")
+    p.add_argument("dataset")
+    p.add_argument("--history", type=int, required=True)
+    p.add_argument("--stride", type=int, help="default: a quarter of the history")
+    p.add_argument("--pad", choices=["none", "repeat_first", "zeros"], default="none")
     from cluster.watch import add_arguments
 
     add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
@@ -99,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return _import(args)
     if args.command == "export":
         return _export(args)
+    if args.command in ("edit", "windows"):
+        return _edit(args) if args.command == "edit" else _windows(args)
     try:
         cfg = _config_for(args)
     except ConfigError as err:
@@ -171,6 +201,56 @@ def _export(args: argparse.Namespace) -> int:
     except (DatasetError, StorageError, ValueError) as err:
         logger.error("{}", err)
         return 2
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from aggregation import edit
+    from aggregation.dataset import Dataset, DatasetError
+    from aggregation.filters import EpisodeFilter
+    from aggregation.storage import StorageError
+
+    try:
+        datasets = [Dataset.open(where) for where in args.datasets]
+        if args.operation != "merge" and len(datasets) != 1:
+            raise ValueError(f"edit {args.operation} takes one dataset, got {len(datasets)}")
+        if args.operation == "filter":
+            criteria = EpisodeFilter(min_return=args.min_return, max_return=args.max_return,
+                                     min_length=args.min_length, max_length=args.max_length, ended=args.ended,
+                                     sources=args.sources, collector_ids=args.collector_ids, start=args.start,
+                                     end=args.end, dedupe=args.dedupe)
+            edit.filter_dataset(datasets[0], args.out, criteria)
+        elif args.operation == "delete":
+            if not args.episodes:
+                raise ValueError("edit delete needs --episodes ID,ID,...")
+            edit.delete_episodes(datasets[0], args.out, [int(i) for i in args.episodes.split(",")])
+        elif args.operation == "split":
+            fractions = {name: float(value) for name, value in (part.split("=") for part in args.fractions.split(","))}
+            edit.split_dataset(datasets[0], args.out, fractions, args.seed)
+        elif args.operation == "repartition":
+            edit.repartition(datasets[0], args.out, [part for part in args.by.split(",") if part], args.rows_per_file)
+        else:
+            edit.merge_datasets(datasets, args.out)
+    except (DatasetError, StorageError, ValueError, ValidationError, FileExistsError) as err:
+        logger.error("{}", err)
+        return 2
+    return 0
+
+
+def _windows(args: argparse.Namespace) -> int:
+    from aggregation.dataset import Dataset, DatasetError
+    from aggregation.windows import count_windows
+
+    try:
+        counts = count_windows(Dataset.open(args.dataset), args.history, args.stride, args.pad)
+    except (DatasetError, ValueError) as err:
+        logger.error("{}", err)
+        return 2
+    sys.stdout.write(f"{counts['windows']:,} windows of {counts['history']} steps (stride {counts['stride']}, pad "
+                     f"{counts['pad']}) from {counts['episodes']:,} episodes, {counts['rows']:,} rows; "
+                     f"{counts['episodes_too_short']:,} episodes give none\n")
     return 0
 
 
