@@ -12,6 +12,8 @@
                                                   a dataset (folder or s3:// URI) in a consumer's format
     harvest edit filter|delete|split|repartition|merge DATASET... --out PATH [options]
                                                   a new dataset from existing ones (parents recorded)
+    harvest inspect DATASET [--html DIR] [--json FILE]
+                                                  statistics and quality checks; exits 1 on errors
     harvest windows DATASET --history H [--stride S] [--pad none|repeat_first|zeros]
                                                   how many sliding-window samples a dataset yields
     harvest generals-gif --record FILE | --player expert|random|CKPT --out GIF
@@ -87,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="split: shuffling seed")
     p.add_argument("--by", default="", help="repartition: comma-separated `time` and/or columns ('' for none)")
     p.add_argument("--rows-per-file", type=int)
+    p = sub.add_parser("inspect", help="a dataset's statistics and quality checks (exit 1 on errors)")
+    p.add_argument("dataset")
+    p.add_argument("--html", help="report folder (index.html + PNG plots); default: DATASET/report for a local "
+                                  "dataset, ./report-<run id> otherwise")
+    p.add_argument("--json", help="also write the report as JSON here")
+    p.add_argument("--min-episode-length", type=int, default=2)
+    p.add_argument("--stuck-steps", type=int, default=200)
+    p.add_argument("--jerk-fraction", type=float, default=0.5)
+    p.add_argument("--gap-factor", type=float, default=5.0)
     p = sub.add_parser("windows", help="count the sliding-window samples a dataset yields")
     p.add_argument("dataset")
     p.add_argument("--history", type=int, required=True)
@@ -127,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return _import(args)
     if args.command == "export":
         return _export(args)
-    if args.command in ("edit", "windows"):
-        return _edit(args) if args.command == "edit" else _windows(args)
+    if args.command in ("edit", "windows", "inspect"):
+        return {"edit": _edit, "windows": _windows, "inspect": _inspect}[args.command](args)
     try:
         cfg = _config_for(args)
     except ConfigError as err:
@@ -236,6 +247,32 @@ def _edit(args: argparse.Namespace) -> int:
     except (DatasetError, StorageError, ValueError, ValidationError, FileExistsError) as err:
         logger.error("{}", err)
         return 2
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from aggregation.dataset import Dataset, DatasetError
+    from aggregation.inspect import Thresholds, inspect_dataset, print_report, write_html
+    from aggregation.storage import StorageError
+
+    try:
+        dataset = Dataset.open(args.dataset)
+    except (DatasetError, StorageError) as err:
+        logger.error("{}", err)
+        return 2
+    report = inspect_dataset(dataset, Thresholds(args.min_episode_length, args.stuck_steps, args.jerk_fraction,
+                                                 args.gap_factor))
+    print_report(report)
+    local = dataset.folder.local_path()
+    folder = Path(args.html) if args.html else (local / "report" if local else Path(f"report-{dataset.manifest.run_id}"))
+    logger.info("HTML report: {}", write_html(report, folder))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2, default=str))
+    if report.errors:
+        logger.error("{}: {} check(s) failed", dataset.folder, report.errors)
+        return 1
     return 0
 
 

@@ -22,7 +22,8 @@ class UnsupportedSpaceError(TypeError):
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """One column: numpy dtype and the shape of one row (``()`` for scalars)."""
+    """One column: numpy dtype and the shape of one row (``()`` for scalars); dtype `object`
+    is a string per row (Arrow `string`)."""
 
     dtype: np.dtype
     shape: tuple[int, ...]

@@ -97,7 +97,8 @@ class BatchSchema:
             if not isinstance(column, np.ndarray):
                 raise BatchSchemaError(
                     f"column {name!r} from {source}: expected a numpy array, got {type(column).__name__}")
-            if column.dtype != spec.dtype or column.shape[1:] != spec.shape:
+            strings = spec.dtype.kind == "O" and column.dtype.kind in "OU"  # string columns: object or <U
+            if (column.dtype != spec.dtype and not strings) or column.shape[1:] != spec.shape:
                 raise BatchSchemaError(
                     f"column {name!r} from {source}: expected {spec.describe()}, "
                     f"got {column.dtype}{list(column.shape[1:])}")
@@ -195,6 +196,8 @@ class TransitionBatch:
 def _arrow_type(spec: ColumnSpec) -> pa.DataType:
     if spec.dtype == TIMESTAMP_DTYPE:
         value_type = pa.timestamp("ns", tz="UTC")
+    elif spec.dtype.kind == "O":  # a string per row (e.g. a screenshot's path)
+        value_type = pa.string()
     else:
         value_type = pa.from_numpy_dtype(spec.dtype)
     if not spec.shape:
@@ -205,6 +208,8 @@ def _arrow_type(spec: ColumnSpec) -> pa.DataType:
 def _to_arrow_array(column: np.ndarray) -> pa.Array:
     if column.dtype == TIMESTAMP_DTYPE:
         return pa.array(column.view(np.int64), type=pa.timestamp("ns", tz="UTC"))
+    if column.dtype.kind in "OU":
+        return pa.array(column.astype(object), type=pa.string())
     if column.ndim == 1:
         return pa.array(column)
     return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(column))
