@@ -6,8 +6,8 @@
     harvest train RUN_DIR                         dataset/ → learner/ (checkpoints, history)
     harvest eval RUN_DIR                          learner/ → eval.json (trained vs expert vs random)
     harvest config [CONFIG]                       print the resolved config
-    harvest import robocode-json PATH... --out DIR
-                                                  Robocode game-state JSON files → a dataset folder
+    harvest import robocode-json|driving-session|sequence-json|minari PATH... --out DIR
+                                                  recordings (or a Minari dataset id) → a dataset
     harvest export DATASET --to offline-rl|teacher-student|minari --out PATH
                                                   a dataset (folder or s3:// URI) in a consumer's format
     harvest edit filter|delete|split|repartition|merge DATASET... --out PATH [options]
@@ -56,10 +56,15 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("run_dir", help="a run folder, e.g. artifacts/<run-id>")
         add_overrides(p)
     p = sub.add_parser("import", help="turn existing recordings into a Harvest dataset")
-    p.add_argument("kind", choices=["robocode-json"],
-                   help="robocode-json: expert_game_states_*.json files (the Robocode teams' layout)")
-    p.add_argument("paths", nargs="+", help="files, or folders searched for *.json")
-    p.add_argument("--out", required=True, help="the dataset folder to write")
+    p.add_argument("kind", choices=["robocode-json", "driving-session", "sequence-json", "minari"],
+                   help="robocode-json: expert_game_states_*.json files (the Robocode teams' layout); "
+                        "driving-session: session_*/ folders (screenshots/ + metadata/expert_data.csv); "
+                        "sequence-json: sequence_*.json recordings (states/actions per frame); "
+                        "minari: a Minari dataset id")
+    p.add_argument("paths", nargs="+", help="files, or folders searched for them (minari: the dataset id)")
+    p.add_argument("--out", required=True, help="the dataset folder (or URI) to write")
+    p.add_argument("--image-size", type=int, help="driving-session: resize screenshots to this square size")
+    p.add_argument("--minari-path", help="minari: the datasets folder (default: Minari's own)")
     p = sub.add_parser("export", help="write a dataset in the form offline-RL, distillation or Minari users read")
     p.add_argument("dataset", help="a dataset folder or URI (e.g. artifacts/<run-id>/dataset, s3://bucket/prefix/run)")
     p.add_argument("--to", required=True, choices=["offline-rl", "teacher-student", "minari"],
@@ -178,12 +183,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from aggregation import importers
     from aggregation.robocode_import import import_robocode_json
     from aggregation.robocode_seed import SeedFormatError
 
     try:
-        report = import_robocode_json(args.paths, args.out)
-    except (FileNotFoundError, SeedFormatError) as err:
+        if args.kind == "robocode-json":
+            report = import_robocode_json(args.paths, args.out)
+        elif args.kind == "driving-session":
+            report = importers.import_driving_sessions(args.paths, args.out, args.image_size)
+        elif args.kind == "sequence-json":
+            report = importers.import_json_sequences(args.paths, args.out)
+        else:
+            report = importers.import_minari(args.paths[0], args.out, args.minari_path)
+    except (FileNotFoundError, SeedFormatError, importers.ImportFormatError) as err:
         logger.error("{}", err)
         return 2
     for error in report.errors:
