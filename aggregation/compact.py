@@ -7,7 +7,6 @@ Files are cut at episode boundaries.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -169,8 +168,8 @@ def _write_parquet_files(table: pa.Table, episode_ids: np.ndarray, out: Location
 
 def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, folder: str, shard_index: int,
                       cfg: AggregationConfig) -> list[FileEntry]:
-    """`table`'s rows as files in `out/folder`, cut at episode boundaries; each file is written
-    whole (into memory, hashed, then stored all-or-nothing)."""
+    """`table`'s rows as files in `out/folder`, cut at episode boundaries; each file is stored
+    all-or-nothing and hashed as it is written."""
     cuts = _episode_cut_points(episode_ids, cfg.rows_per_file)
     compression = None if cfg.compression == "none" else cfg.compression
     partition = dict(part.split("=", 1) for part in folder.split("/")) if folder else {}
@@ -180,13 +179,10 @@ def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, f
             continue
         piece = table.slice(start, stop - start)
         name = f"{folder}/" * bool(folder) + f"shard-{shard_index:03d}-part-{part:05d}.parquet"
-        sink = pa.BufferOutputStream()
-        pq.write_table(piece, sink, compression=compression)
-        data = sink.getvalue()
-        out.join(name).write_bytes(data)
+        size, sha256 = out.join(name).write_hashed(lambda sink: pq.write_table(piece, sink, compression=compression))
         timestamps = piece.column("timestamp")
         entries.append(FileEntry(
-            path=name, rows=piece.num_rows, bytes=data.size, sha256=hashlib.sha256(data).hexdigest(),
+            path=name, rows=piece.num_rows, bytes=size, sha256=sha256,
             shard_index=shard_index, episodes=int(np.unique(episode_ids[start:stop]).size),
             first_timestamp=_iso(pc.min(timestamps)), last_timestamp=_iso(pc.max(timestamps)),
             partition=partition))

@@ -1,6 +1,7 @@
 """Dataset writers: partitioned Parquet with per-folder indexes, HDF5, all-or-nothing writes,
 and the same writers and readers on a real S3-compatible server (moto) on 127.0.0.1."""
 
+import hashlib
 import json
 
 import gymnasium as gym
@@ -60,6 +61,9 @@ def test_time_partitions_follow_each_episodes_first_step_and_index_every_folder(
             by_episode.setdefault(episode_id, set()).add(entry.path.rsplit("/", 1)[0])
         assert entry.partition == dict(part.split("=") for part in entry.path.rsplit("/", 1)[0].split("/"))
     assert all(len(places) == 1 for places in by_episode.values()), "an episode split across folders"
+    for entry in manifest.files:  # the manifest's size and checksum are the file's
+        data = (tmp_path / "data" / entry.path).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (entry.bytes, entry.sha256)
     assert by_episode[2] == {"year=2026/month=11/day=23/hour=14"}  # 14:00 start, 3,700 s long
     for folder in folders:
         index = json.loads((tmp_path / "data" / folder / "_index.json").read_text())
@@ -192,6 +196,9 @@ def test_writers_and_readers_work_on_s3(bucket, tmp_path):
     assert "datasets/one/year=2026/month=11/day=23/hour=13/_index.json" in names
     assert {f"datasets/one/{entry.path}" for entry in manifest.files} <= set(names)
     assert not [name for name in names if TMP_MARK in name]
+    entry = manifest.files[0]
+    data = location(f"{uri}/{entry.path}").read_bytes()
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (entry.bytes, entry.sha256)
     dataset = Dataset.open(uri)
     assert str(dataset.folder) == uri and dataset.manifest.rows == 247
     back = read_back(dataset)
