@@ -120,22 +120,7 @@ class Location:
 
     def write_bytes(self, data: bytes | pa.Buffer) -> None:
         """All-or-nothing: a temporary name renamed into place locally, one upload remotely."""
-        try:
-            if self.is_local:
-                self.parent().make_dirs()
-                tmp = f"{self.path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
-                try:
-                    with self.fs.open_output_stream(tmp) as stream:
-                        stream.write(data)
-                    self.fs.move(tmp, self.path)
-                finally:
-                    if self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-                        self.fs.delete_file(tmp)
-            else:
-                with self.fs.open_output_stream(self.path) as stream:
-                    stream.write(data)
-        except OSError as err:
-            raise StorageError(f"{self.uri}: cannot write it: {err}") from err
+        self.write_hashed(lambda sink: sink.write(data))
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
