@@ -12,43 +12,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import ConfigDict, Field, StrictInt
-from pydantic.dataclasses import dataclass as config_dataclass
 
 from aggregation.dataset import episode_runs
+from rollout.config import EpisodeFilter
+
+__all__ = ["EpisodeFilter", "FilterReport", "filter_table", "keep_mask", "episode_summary", "episode_hashes"]
 
 ID_COLUMNS = ("game_id", "player_id", "collector_id", "source")
-
-
-@config_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
-class EpisodeFilter:
-    """`aggregation.filter` (and `harvest edit filter`): episodes to keep."""
-
-    min_return: Optional[float] = None
-    max_return: Optional[float] = None
-    min_length: Optional[StrictInt] = Field(default=None, ge=1)
-    max_length: Optional[StrictInt] = Field(default=None, ge=1)
-    ended: list[Literal["terminated", "truncated", "unfinished"]] = Field(default_factory=list)
-    """Keep episodes that ended this way (unfinished: cut off by the end of collection); []: any."""
-    game_ids: list[int] = Field(default_factory=list)
-    player_ids: list[int] = Field(default_factory=list)
-    collector_ids: list[int] = Field(default_factory=list)
-    sources: list[str] = Field(default_factory=list)
-    """Values of the `source` column (`expert`, `human`, `agent`, ...) to keep; []: any."""
-    start: Optional[datetime] = None
-    """Keep episodes whose first step is at or after this time (UTC when no zone is given)."""
-    end: Optional[datetime] = None
-    """... and before this one."""
-    dedupe: bool = False
-    """Drop an episode whose observations and actions repeat an earlier episode's exactly."""
-
-    def is_empty(self) -> bool:
-        return self == EpisodeFilter()
 
 
 @dataclass

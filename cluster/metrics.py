@@ -69,6 +69,12 @@ def replay_sampled_rows() -> Any:
 
 
 @functools.cache
+def rollout_local_bytes() -> Any:
+    return _make("gauge", "harvest_rollout_local_bytes", "Bytes a collector holds: rows being cut, trajectories "
+                 "waiting for their end, its local buffer.", ("collector",))
+
+
+@functools.cache
 def replay_utilization() -> Any:
     return _make("gauge", "harvest_replay_utilization", "Rows held over capacity rows, per shard (0 to 1).",
                  ("shard",))

@@ -152,6 +152,13 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None) -> tuple
     results: list[CollectResult]
     results, seconds = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100))
     returns = [episode.episode_return for result in results for episode in result.episodes]
+    for result in results:
+        logger.info("collector {}: {:,} rows acknowledged, at most {:.1f} MB held locally ({} mode){}",
+                    result.collector_id, result.rows, result.peak_local_bytes / 2**20, rollout.mode,
+                    "" if result.filtered is None else f"; kept {result.filtered['kept_episodes']} of "
+                    f"{result.filtered['episodes']} finished episodes, dropped {result.filtered['dropped'] or 'none'}")
+    for shard, report in enumerate(ray.get([shard.memory.remote() for shard in replay.shards], timeout=60)):
+        logger.info("replay shard {}: {:,} rows in {:.1f} MB", shard, report["rows"], report["bytes"] / 2**20)
     return replay, _checked_summary(replay, sum(result.rows for result in results), len(returns), seconds,
                                     float(np.mean(returns)) if returns else None,
                                     sum(result.push_wait_seconds for result in results))

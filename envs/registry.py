@@ -64,6 +64,19 @@ def load_entry_point(entry_point: str, what: str = "env.id") -> Callable[..., An
         raise EnvNotFoundError(f"{what}: module {module_name!r} has no attribute {attr!r}") from err
 
 
+def _is_parallel_env(factory: Callable[..., Any], cfg: EnvConfig) -> bool:
+    """Whether the entry point makes a PettingZoo ParallelEnv (a class says so; a factory is tried)."""
+    from pettingzoo import ParallelEnv
+
+    if isinstance(factory, type):
+        return issubclass(factory, ParallelEnv)
+    probe = factory(**cfg.kwargs)
+    try:
+        return isinstance(probe, ParallelEnv)
+    finally:
+        probe.close()
+
+
 def make_vector_env(cfg: EnvConfig) -> VectorEnv:
     """A vector env of `cfg.num_envs` copies of `cfg.id`.
 
@@ -91,6 +104,10 @@ def make_vector_env(cfg: EnvConfig) -> VectorEnv:
 def _vectorize(factory: Callable[..., Any], cfg: EnvConfig) -> VectorEnv:
     if isinstance(factory, type) and issubclass(factory, VectorEnv):
         return factory(num_envs=cfg.num_envs, **cfg.kwargs)
+    if _is_parallel_env(factory, cfg):
+        from envs.pettingzoo_vector import ParallelEnvVector
+
+        return ParallelEnvVector(factory, cfg.num_envs, **cfg.kwargs)
 
     def make_one() -> gym.Env:
         env = factory(**cfg.kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal, Optional
 
 from pydantic import ConfigDict, Field, StrictInt, model_validator
@@ -40,6 +41,33 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class EpisodeFilter:
+    """Episodes to keep: `aggregation.filter`, `rollout.trajectory_filter`, `harvest edit filter`
+    (applied by aggregation/filters.py)."""
+
+    min_return: Optional[float] = None
+    max_return: Optional[float] = None
+    min_length: Optional[StrictInt] = Field(default=None, ge=1)
+    max_length: Optional[StrictInt] = Field(default=None, ge=1)
+    ended: list[Literal["terminated", "truncated", "unfinished"]] = Field(default_factory=list)
+    """Keep episodes that ended this way (unfinished: cut off by the end of collection); []: any."""
+    game_ids: list[int] = Field(default_factory=list)
+    player_ids: list[int] = Field(default_factory=list)
+    collector_ids: list[int] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+    """Values of the `source` column (`expert`, `human`, `agent`, ...) to keep; []: any."""
+    start: Optional[datetime] = None
+    """Keep episodes whose first step is at or after this time (UTC when no zone is given)."""
+    end: Optional[datetime] = None
+    """... and before this one."""
+    dedupe: bool = False
+    """Drop an episode whose observations and actions repeat an earlier episode's exactly."""
+
+    def is_empty(self) -> bool:
+        return self == EpisodeFilter()
+
+
+@dataclass(frozen=True, config=_STRICT)
 class RolloutConfig:
     num_collectors: StrictInt = Field(default=2, ge=1)
     """Rollout actors, each owning one vector env and one policy."""
@@ -55,6 +83,17 @@ class RolloutConfig:
     """CPUs Ray reserves for each collector actor."""
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     """Which policy the collectors play."""
+    mode: Literal["step", "trajectory", "buffer"] = "step"
+    """`step`: every transition goes to the replay as batches fill (the default); `trajectory`:
+    only whole episodes that pass `trajectory_filter` reach it (unfinished ones never do);
+    `buffer`: batches wait in a local buffer of `buffer_mb` (compressed with `buffer_compression`)
+    and go to the replay together, asynchronously, when it is full."""
+    trajectory_filter: Optional[EpisodeFilter] = None
+    """`mode: trajectory`: which finished episodes are pushed (None: all finished ones)."""
+    buffer_mb: float = Field(default=64.0, gt=0)
+    """`mode: buffer`: the local buffer's memory limit per collector, in MB."""
+    buffer_compression: Optional[Literal["zstd", "lz4"]] = None
+    """`mode: buffer`: keep buffered batches compressed (Arrow IPC) until they are pushed."""
 
 
 @dataclass(frozen=True, config=_STRICT)

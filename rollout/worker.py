@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import RolloutConfig
 from rollout.cutter import EpisodeIds, FinishedEpisode, TransitionCutter
 from rollout.memory import keep_batch_buffers_on_heap
+from rollout.modes import LocalBuffer, TrajectoryGate
 from rollout.policies import Policy, PolicyFactory
 from rollout.replay.replay import Replay
 
@@ -30,10 +32,15 @@ class PushTimeoutError(TimeoutError):
 class CollectResult:
     collector_id: int
     rows: int
+    """Rows acknowledged by the replay."""
     env_steps: int
     episodes: list[FinishedEpisode]
     seconds: float
     push_wait_seconds: float
+    peak_local_bytes: int = 0
+    """Most bytes this collector held at once (cut rows, trajectories waiting for their end, buffer)."""
+    filtered: dict | None = None
+    """`mode: trajectory`: episodes and rows seen and kept, and why the others were dropped."""
 
 
 def collector_uid(run_id: str, collector_id: int) -> int:
@@ -103,6 +110,11 @@ class RolloutWorker:
                                         info_columns=tuple(row_columns(self._env)))
         self._in_flight: list[ray.ObjectRef] = []
         self._push_wait_s = 0.0
+        self._rows_pushed = 0
+        self._peak_local_bytes = 0
+        self._gate = TrajectoryGate(self.schema, cfg.trajectory_filter) if cfg.mode == "trajectory" else None
+        self._buffer = (LocalBuffer(self.schema, int(cfg.buffer_mb * 2**20), cfg.buffer_compression)
+                        if cfg.mode == "buffer" else None)
         self._tags = {"collector": str(collector_id)}
         self._episodes_observed = 0
         obs, _ = self._env.reset(seed=seed)
@@ -127,19 +139,25 @@ class RolloutWorker:
         started = time.perf_counter()
         wait_before = self._push_wait_s
         first_episode = len(self._cutter.finished_episodes)
-        rows_before, steps = self._cutter.rows_cut, 0
-        while self._cutter.rows_cut + self._cutter.buffered_rows - rows_before < num_rows:
+        rows_before, pushed_before, steps = self._cutter.rows_cut, self._rows_pushed, 0
+        while self._progress(rows_before, pushed_before) < num_rows:
             batch = self._step()
             steps += 1
             if batch is not None:
-                self._push(batch)
+                self._route(batch)
+            if self._gate is not None and steps * self._env.num_envs > 100 * num_rows + 100_000 and \
+                    self._rows_pushed == pushed_before:
+                raise RuntimeError(f"RolloutWorker[{self.collector_id}]: {steps * self._env.num_envs} env steps and "
+                                   f"no episode passed rollout.trajectory_filter {self.cfg.trajectory_filter}")
         self._drain()
         self._observe_episodes()
         episodes = self._cutter.finished_episodes[first_episode:]
         if episodes:
             metrics.rollout_episodes().inc(len(episodes), tags=self._tags)
-        result = CollectResult(self.collector_id, self._cutter.rows_cut - rows_before, steps * self._env.num_envs,
-                               episodes, time.perf_counter() - started, self._push_wait_s - wait_before)
+        result = CollectResult(self.collector_id, self._rows_pushed - pushed_before, steps * self._env.num_envs,
+                               episodes, time.perf_counter() - started, self._push_wait_s - wait_before,
+                               self._peak_local_bytes,
+                               None if self._gate is None else dataclasses.asdict(self._gate.report))
         self._log.info("collected {} rows, {} episodes in {:.1f}s ({:.0f} rows/s, {:.1f}s waiting for acks)",
                        result.rows, len(episodes), result.seconds, result.rows / max(result.seconds, 1e-9),
                        result.push_wait_seconds)
@@ -182,9 +200,40 @@ class RolloutWorker:
         self._obs = obs
         return batch
 
+    def _progress(self, rows_before: int, pushed_before: int) -> int:
+        """Rows collected so far in this call: cut (step and buffer modes) or pushed (trajectory)."""
+        if self._gate is not None:
+            return self._rows_pushed - pushed_before
+        return self._cutter.rows_cut + self._cutter.buffered_rows - rows_before
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this collector holds now: rows being cut, trajectories waiting, the local buffer."""
+        cutting = self._cutter.buffered_rows * self.schema.row_bytes
+        waiting = self._gate.pending_bytes if self._gate is not None else 0
+        buffered = self._buffer.nbytes if self._buffer is not None else 0
+        return {"collector": self.collector_id, "cutting_bytes": cutting, "trajectory_bytes": waiting,
+                "buffer_bytes": buffered, "total_bytes": cutting + waiting + buffered,
+                "pushes_in_flight": len(self._in_flight), "peak_bytes": self._peak_local_bytes}
+
+    def _route(self, batch: TransitionBatch) -> None:
+        """A cut batch to the replay as `rollout.mode` says: now, once its episodes pass, or via the buffer."""
+        if self._gate is not None:
+            released = self._gate.add(batch)
+            ready = [released] if released is not None else []
+        elif self._buffer is not None:
+            ready = self._buffer.add(batch)
+        else:
+            ready = [batch]
+        usage = self.memory()["total_bytes"]
+        self._peak_local_bytes = max(self._peak_local_bytes, usage)
+        metrics.rollout_local_bytes().set(usage, tags=self._tags)
+        for item in ready:
+            self._push(item)
+
     def _push(self, batch: TransitionBatch) -> None:
         metrics.rollout_env_steps().inc(batch.num_rows, tags=self._tags)
         self._observe_episodes()
+        self._rows_pushed += batch.num_rows
         self._in_flight.extend(self._replay.insert_async(batch, self._source, self._next_batch_id()))
         if len(self._in_flight) >= self.cfg.max_pushes_in_flight:
             waited = time.perf_counter()
@@ -214,8 +263,12 @@ class RolloutWorker:
 
     def _drain(self) -> None:
         batch = self._cutter.flush()
-        if batch is not None and batch.num_rows and self._replay is not None:
-            self._in_flight.extend(self._replay.insert_async(batch, self._source, self._next_batch_id()))
+        if self._replay is not None:
+            if batch is not None and batch.num_rows:
+                self._route(batch)
+            if self._buffer is not None:
+                for held in self._buffer.drain():
+                    self._push(held)
         if self._in_flight:
             waited = time.perf_counter()
             try:

@@ -69,10 +69,11 @@ def test_windows_are_a_lazy_ray_dataset_that_never_crosses_an_episode(ray_cluste
 def test_a_run_keeps_only_the_episodes_its_filter_passes(ray_cluster, tmp_path):
     from tests.test_cli import TINY
 
-    argv = ["run", "--run-id", "filtered", "--set", f"run.output_dir={tmp_path}", "--set", "rollout.policy.kind=random",
-            "--set", "aggregation.filter={min_length: 20, ended: [terminated]}", "--set", "eval.baselines=[]",
+    argv = ["collect", "--run-id", "filtered", "--set", f"run.output_dir={tmp_path}", "--set",
+            "rollout.policy.kind=random", "--set", "aggregation.filter={min_length: 20, ended: [terminated]}",
             *sum((["--set", item] for item in TINY), [])]
     assert main(argv) == 0
+    assert main(["compact", str(tmp_path / "filtered")]) == 0
     dataset = Dataset.open(tmp_path / "filtered" / "dataset")
     rows = read_back(dataset)
     ids, lengths = np.unique(rows["episode_id"], return_counts=True)
