@@ -314,3 +314,135 @@ def import_minari(dataset_id: str, out: str | Path, datasets_path: str | Path | 
         batches.append(TransitionBatch({name: np.asarray(rows[name]).astype(spec.dtype)
                                         for name, spec in schema.columns.items()}))
     return _finish(batches, schema, out, env_id, result, "Minari episodes", cfg, [f"minari:{dataset_id}"])
+
+
+# --- offline-RL dicts (D4RL HDF5 / NPZ) and loose Harvest Parquet files ---------------------
+
+D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
+
+
+def _read_d4rl(file: Path) -> dict[str, np.ndarray]:
+    """The D4RL keys of an HDF5 or NPZ file (ValueError naming the file and the problem)."""
+    if file.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            with h5py.File(file, "r") as h5:
+                missing = [key for key in D4RL_REQUIRED if key not in h5]
+                if missing:
+                    raise ValueError(f"{file}: no {missing} dataset(s); a D4RL file has {list(D4RL_REQUIRED)} "
+                                     f"(+ timeouts, next_observations); it has {sorted(h5)}")
+                return {key: h5[key][()] for key in (*D4RL_REQUIRED, "timeouts", "next_observations") if key in h5}
+        except OSError as err:
+            raise ValueError(f"{file}: not a readable HDF5 file: {err}") from err
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            missing = [key for key in D4RL_REQUIRED if key not in npz.files]
+            if missing:
+                raise ValueError(f"{file}: no {missing} array(s); it has {npz.files}")
+            return {key: npz[key] for key in (*D4RL_REQUIRED, "timeouts", "next_observations") if key in npz.files}
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise ValueError(f"{file}: holds object arrays, which load only by unpickling (refused: pickle runs "
+                             "code); store plain numeric arrays") from err
+        raise
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{file}: not a readable NPZ file: {err}") from err
+
+
+def import_offline_rl(paths: list[str | Path], out: str | Path, env_id: str = "offline-rl",
+                      cfg: AggregationConfig | None = None) -> ImportResult:
+    """D4RL-style files (`.hdf5`/`.h5`/`.npz` with observations, actions, rewards, terminals and
+    optionally timeouts and next_observations) → a dataset; episodes end at terminals/timeouts."""
+    files = [p for path in map(Path, paths) for p in (sorted(path.rglob("*")) if path.is_dir() else [path])
+             if p.suffix in (".h5", ".hdf5", ".npz")]
+    missing = [str(p) for p in map(Path, paths) if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing}: no such files")
+    result, loaded = ImportResult(None), []
+    for file in files:
+        try:
+            data = _read_d4rl(file)
+            count = len(data["actions"])
+            if any(len(data[key]) != count for key in data):
+                raise ValueError(f"{file}: arrays of different lengths: {({k: len(v) for k, v in data.items()})}")
+            if loaded and (data["observations"].shape[1:] != loaded[0][1]["observations"].shape[1:]
+                           or data["actions"].shape[1:] != loaded[0][1]["actions"].shape[1:]):
+                raise ValueError(f"{file}: observations {data['observations'].shape[1:]} / actions "
+                                 f"{data['actions'].shape[1:]} differ from {loaded[0][0]}'s")
+        except ValueError as err:
+            result.errors.append(str(err))
+            continue
+        loaded.append((file, data))
+        result.files.append(str(file))
+    if not loaded:
+        raise ImportFormatError(f"no importable offline-RL files in {[str(p) for p in paths]}: "
+                                + "; ".join(result.errors or ["no .hdf5/.h5/.npz files"]))
+    first = loaded[0][1]
+    discrete = first["actions"].ndim == 1 and first["actions"].dtype.kind in "iu"
+    action_space = (gym.spaces.Discrete(int(max(d["actions"].max() for _, d in loaded)) + 1) if discrete
+                    else gym.spaces.Box(-np.inf, np.inf, first["actions"].shape[1:], np.float32))
+    observation_space = gym.spaces.Box(-np.inf, np.inf, first["observations"].shape[1:], np.float32)
+    schema = BatchSchema.for_spaces(observation_space, action_space)
+    batches, episode_base = [], 0
+    for _, data in loaded:
+        count = len(data["actions"])
+        terminals = data["terminals"].astype(bool)
+        timeouts = data.get("timeouts", np.zeros(count, bool)).astype(bool)
+        ends = terminals | timeouts
+        episode = episode_base + np.r_[0, np.cumsum(ends)[:-1]]
+        starts = np.r_[True, ends[:-1]]
+        step = np.arange(count) - np.maximum.accumulate(np.where(starts, np.arange(count), 0))
+        obs = data["observations"].astype(np.float32)
+        next_obs = data.get("next_observations")
+        if next_obs is None:  # the next row's, within an episode; the episode's last row keeps its own
+            next_obs = np.where(ends.reshape(-1, *([1] * (obs.ndim - 1))), obs, np.roll(obs, -1, axis=0))
+        rows = {"obs": obs, "next_obs": np.asarray(next_obs, np.float32),
+                "action": data["actions"].astype(schema.columns["action"].dtype),
+                "reward": data["rewards"].astype(np.float32), "terminated": terminals, "truncated": timeouts,
+                "episode_id": episode.astype(np.int64), "step": step.astype(np.int64),
+                "collector_id": np.zeros(count, np.int64), "policy_version": np.zeros(count, np.int64),
+                "timestamp": np.zeros(count, "datetime64[ns]")}
+        batches.append(TransitionBatch(rows))
+        episode_base = int(episode.max()) + 1 if count else episode_base
+    return _finish(batches, schema, out, env_id, result, "offline-RL files", cfg, [str(p) for p in paths])
+
+
+def import_parquet(paths: list[str | Path], out: str | Path, cfg: AggregationConfig | None = None) -> ImportResult:
+    """Loose Parquet files written by Harvest (e.g. copied out of datasets) → one dataset; a
+    file that is damaged or has another schema is named and left out."""
+    import pyarrow.parquet as pq
+
+    from rollout.batch import BatchSchemaError
+
+    files = [p for path in map(Path, paths) for p in (sorted(path.rglob("*.parquet")) if path.is_dir() else [path])]
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing}: no such files")
+    result, readable = ImportResult(None), []
+    for file in files:
+        try:
+            table = pq.read_table(file)
+            readable.append((file, table, BatchSchema.from_arrow_schema(table.schema)))
+        except (pa.ArrowInvalid, OSError) as err:
+            result.errors.append(f"{file}: not a readable Parquet file (truncated?): {err}")
+        except BatchSchemaError as err:
+            result.errors.append(f"{file}: {err}; not a file Harvest wrote")
+    # The schema most files share is the dataset's (ties: the first file's); the others are named.
+    keys = [json.dumps(file_schema.to_json(), sort_keys=True) for _, _, file_schema in readable]
+    chosen = max(keys, key=keys.count) if keys else None
+    schema, batches = None, []
+    reference = readable[keys.index(chosen)][2].columns if readable else {}
+    for (file, table, file_schema), key in zip(readable, keys):
+        if key != chosen:
+            differing = sorted(name for name in set(file_schema.columns) | set(reference)
+                               if file_schema.columns.get(name) != reference.get(name))
+            result.errors.append(f"{file}: columns {differing} differ from the other files'")
+            continue
+        schema = file_schema
+        batches.append(TransitionBatch.from_arrow(table))
+        result.files.append(str(file))
+    if schema is None:
+        raise ImportFormatError(f"no importable Parquet files in {[str(p) for p in paths]}: "
+                                + "; ".join(result.errors or ["no .parquet files"]))
+    return _finish(batches, schema, out, "parquet", result, "Parquet files", cfg, [str(p) for p in paths])

@@ -6,7 +6,7 @@
     harvest train RUN_DIR                         dataset/ → learner/ (checkpoints, history)
     harvest eval RUN_DIR                          learner/ → eval.json (trained vs expert vs random)
     harvest config [CONFIG]                       print the resolved config
-    harvest import robocode-json|driving-session|sequence-json|minari PATH... --out DIR
+    harvest import robocode-json|driving-session|sequence-json|minari|offline-rl|parquet PATH... --out DIR
                                                   recordings (or a Minari dataset id) → a dataset
     harvest export DATASET --to offline-rl|teacher-student|minari --out PATH
                                                   a dataset (folder or s3:// URI) in a consumer's format
@@ -56,11 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("run_dir", help="a run folder, e.g. artifacts/<run-id>")
         add_overrides(p)
     p = sub.add_parser("import", help="turn existing recordings into a Harvest dataset")
-    p.add_argument("kind", choices=["robocode-json", "driving-session", "sequence-json", "minari"],
+    p.add_argument("kind", choices=["robocode-json", "driving-session", "sequence-json", "minari", "offline-rl",
+                                    "parquet"],
                    help="robocode-json: expert_game_states_*.json files (the Robocode teams' layout); "
                         "driving-session: session_*/ folders (screenshots/ + metadata/expert_data.csv); "
                         "sequence-json: sequence_*.json recordings (states/actions per frame); "
-                        "minari: a Minari dataset id")
+                        "minari: a Minari dataset id; offline-rl: D4RL-style .hdf5/.npz files; parquet: loose "
+                        "Parquet files written by Harvest")
     p.add_argument("paths", nargs="+", help="files, or folders searched for them (minari: the dataset id)")
     p.add_argument("--out", required=True, help="the dataset folder (or URI) to write")
     p.add_argument("--image-size", type=int, help="driving-session: resize screenshots to this square size")
@@ -194,6 +196,10 @@ def _import(args: argparse.Namespace) -> int:
             report = importers.import_driving_sessions(args.paths, args.out, args.image_size)
         elif args.kind == "sequence-json":
             report = importers.import_json_sequences(args.paths, args.out)
+        elif args.kind == "offline-rl":
+            report = importers.import_offline_rl(args.paths, args.out)
+        elif args.kind == "parquet":
+            report = importers.import_parquet(args.paths, args.out)
         else:
             report = importers.import_minari(args.paths[0], args.out, args.minari_path)
     except (FileNotFoundError, SeedFormatError, importers.ImportFormatError) as err:

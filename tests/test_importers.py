@@ -69,3 +69,28 @@ def test_a_minari_dataset_imports_back_equal(tmp_path):
         np.testing.assert_array_equal(imported[name], original[name], err_msg=name)
     assert import_minari("harvest/roundtrip-v0", tmp_path / "again", tmp_path / "minari").manifest.parents == \
         ["minari:harvest/roundtrip-v0"]
+
+
+def test_broken_offline_rl_and_parquet_files_are_named_and_the_good_ones_import(tmp_path):
+    from aggregation.importers import import_offline_rl, import_parquet
+
+    offline = import_offline_rl([DATA / "offline"], tmp_path / "offline")
+    assert sorted(Path(f).name for f in offline.files) == ["good.hdf5", "good.npz"]
+    assert any("missing_actions.hdf5: no ['actions'] dataset(s)" in e for e in offline.errors)
+    assert any("objects.npz: holds object arrays" in e and "pickle" in e for e in offline.errors)
+    rows = read_back(Dataset.open(tmp_path / "offline"))
+    assert rows["obs"].shape == (70, 3) and rows["terminated"].sum() == 4 and rows["truncated"].sum() == 2
+    first = rows["episode_id"] == 0
+    assert rows["step"][first].tolist() == list(range(10))  # good.hdf5: terminal at row 9
+    np.testing.assert_array_equal(rows["next_obs"][first][:-1], rows["obs"][first][1:])
+
+    loose = import_parquet([DATA / "parquet"], tmp_path / "parquet")
+    assert sorted(Path(f).name for f in loose.files) == ["part_1.parquet", "part_2.parquet"]
+    errors = " | ".join(loose.errors)
+    assert "truncated.parquet: not a readable Parquet file" in errors
+    assert "not_harvest.parquet: " in errors and "harvest" in errors
+    assert "other_schema.parquet: columns ['next_obs', 'obs'] differ from the other files'" in errors
+    assert Dataset.open(tmp_path / "parquet").manifest.rows == 50
+    assert main(["import", "parquet", str(DATA / "parquet" / "truncated.parquet"), "--out",
+                 str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()  # nothing half-written
