@@ -82,7 +82,8 @@ def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], s
             batches.append(item)
     arrow_schema = schema.arrow_schema()
     table = pa.Table.from_batches(batches, schema=arrow_schema) if batches else arrow_schema.empty_table()
-    table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
+    if not _sorted_by_episode(table):  # sorting copies every column: skip it for rows already in order
+        table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
     report = None
     if cfg.filter is not None and not cfg.filter.is_empty():
         table, report = filter_table(table, cfg.filter, obs_action=[*schema.obs_columns, *schema.action_columns])
@@ -96,6 +97,14 @@ def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], s
     log.info("shard {}: {} rows, {} episodes, {} files{}", shard_index, table.num_rows, unique_ids.size,
              len(files), f", {skipped} rows lost to eviction" if skipped else "")
     return ShardCompaction(files, table.num_rows, skipped, unique_ids, int(done.sum()), collectors, report)
+
+
+def _sorted_by_episode(table: pa.Table) -> bool:
+    """Whether the rows are already ordered by (episode_id, step)."""
+    episodes = table.column("episode_id").to_numpy()
+    steps = table.column("step").to_numpy()
+    same = episodes[1:] == episodes[:-1]
+    return bool(np.all(episodes[1:] >= episodes[:-1]) and np.all(steps[1:][same] > steps[:-1][same]))
 
 
 def _episode_cut_points(episode_ids: np.ndarray, rows_per_file: int) -> list[int]:
