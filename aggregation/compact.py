@@ -26,6 +26,7 @@ from aggregation.hdf5 import write_hdf5
 from aggregation.manifest import FileEntry, Manifest
 from aggregation.npz import write_npz
 from aggregation.storage import Location, location
+from aggregation.tfrecord import write_tfrecord
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.replay.replay import Replay
 
@@ -263,6 +264,8 @@ def _finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Lo
         manifest.formats["npz"] = manifest.npz
     if "hdf5" in cfg.formats:
         manifest.formats["hdf5"] = write_hdf5(out, manifest, cfg.hdf5).name
+    if "tfrecord" in cfg.formats:
+        manifest.formats["tfrecord"] = write_tfrecord(out, manifest).name
     manifest.write(out)
     return manifest
 

@@ -27,10 +27,12 @@ class Hdf5Config:
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class AggregationConfig:
-    formats: list[Literal["parquet", "npz", "hdf5", "robocode_npz"]] = Field(
+    formats: list[Literal["parquet", "npz", "hdf5", "tfrecord", "robocode_npz"]] = Field(
         default_factory=lambda: ["parquet", "npz"])
     """Dataset formats to write. Parquet is always written (it is what the learners read);
-    `npz`: `dataset.npz`; `hdf5`: `dataset.h5` (see `hdf5`); `robocode_npz`: the Robocode teams'
+    `npz`: `dataset.npz`; `hdf5`: `dataset.h5` (see `hdf5`); `tfrecord`: `dataset.tfrecord`
+    (one tf.train.Example per row, readable without TensorFlow; `dataset.tfrecord.json` gives
+    the shapes); `robocode_npz`: the Robocode teams'
     `aggregated_expert_data.npz` (observations (N, 8), actions (N, 5), JSON metadata) next to it."""
     output: Optional[str] = None
     """Where datasets go: None writes `<run>/dataset`; a folder or an object-store URI

@@ -30,7 +30,7 @@ def test_default_config_is_the_embedded_cartpole_run():
     ("rollout:\n  policy: {kind: torch}\n", "run.yaml: rollout.policy: Value error, kind 'torch' needs 'checkpoint'"),
     ("rollout:\n  policy: {kind: smart}\n", "run.yaml: rollout.policy.kind: Input should be"),
     ("learner:\n  hidden_sizes: [64, x]\n", "run.yaml: learner.hidden_sizes.1: Input should be a valid integer"),
-    ("aggregation:\n  formats: [csv]\n", "run.yaml: aggregation.formats.0: Input should be 'parquet', 'npz', 'hdf5' or 'robocode_npz'"),
+    ("aggregation:\n  formats: [csv]\n", "run.yaml: aggregation.formats.0: Input should be 'parquet', 'npz', 'hdf5', 'tfrecord' or 'robocode_npz'"),
     ("- just\n- a list\n", "run.yaml: expected a mapping of sections"),
     ("env: [unclosed\n", "run.yaml: not valid YAML"),
 ])

@@ -132,6 +132,20 @@ def test_hdf5_episodes_layout_has_a_group_per_episode(tmp_path):
         read_hdf5(tmp_path / "d" / "dataset.h5")
 
 
+def test_tfrecord_export_reads_back_without_tensorflow(tmp_path):
+    from aggregation.tfrecord import read_tfrecord
+
+    schema, batch = episodes_batch([6, 3, 11], seed=8)
+    manifest = write_dataset([batch], schema, tmp_path / "d", AggregationConfig(formats=["parquet", "tfrecord"]),
+                             run_id="t", env_id="x")
+    assert manifest.formats["tfrecord"] == "dataset.tfrecord"
+    with pytest.raises(ImportError):
+        __import__("tensorflow")
+    columns = read_tfrecord(tmp_path / "d" / "dataset.tfrecord")
+    for name, column in batch.columns.items():
+        np.testing.assert_array_equal(columns[name], column, err_msg=name)
+
+
 def test_writes_are_all_or_nothing_and_name_the_path(tmp_path):
     target = location(tmp_path / "a" / "file.bin")
     target.write_bytes(b"x" * 10)
