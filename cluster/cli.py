@@ -24,13 +24,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from loguru import logger
 
 from cluster.config import ConfigError, RunConfig, dump_config, load_config
 from cluster.logging import setup_logging
+
+
+def add_filter_arguments(p: argparse.ArgumentParser) -> None:
+    """The episode filter's flags (`harvest edit filter`, `harvest export`)."""
+    group = p.add_argument_group("episode filter (whole episodes)")
+    group.add_argument("--min-return", type=float)
+    group.add_argument("--max-return", type=float)
+    group.add_argument("--min-length", type=int)
+    group.add_argument("--max-length", type=int)
+    group.add_argument("--ended", action="append", choices=["terminated", "truncated", "unfinished"], default=[])
+    group.add_argument("--source", dest="sources", action="append", default=[])
+    group.add_argument("--collector-id", dest="collector_ids", action="append", type=int, default=[])
+    group.add_argument("--start", help="first step at or after this ISO time (UTC)")
+    group.add_argument("--end", help="first step before this ISO time (UTC)")
+    group.add_argument("--dedupe", action="store_true", help="drop repeated episodes")
+
+
+def episode_filter(args: argparse.Namespace):
+    """The `EpisodeFilter` the flags describe."""
+    from aggregation.filters import EpisodeFilter
+
+    return EpisodeFilter(min_return=args.min_return, max_return=args.max_return, min_length=args.min_length,
+                         max_length=args.max_length, ended=args.ended, sources=args.sources,
+                         collector_ids=args.collector_ids, start=args.start, end=args.end, dedupe=args.dedupe)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,20 +103,12 @@ def _parser() -> argparse.ArgumentParser:
                         "the datasets folder (Minari's MINARI_DATASETS_PATH)")
     p.add_argument("--minari-id", help="minari: the dataset id, e.g. harvest/cartpole-expert-v0 (default: "
                                        "harvest/<run id>-v0)")
+    add_filter_arguments(p)
     p = sub.add_parser("edit", help="filter, delete episodes, split, re-partition or merge datasets into a new one")
     p.add_argument("operation", choices=["filter", "delete", "split", "repartition", "merge"])
     p.add_argument("datasets", nargs="+", help="dataset folders or URIs (merge: two or more)")
     p.add_argument("--out", required=True, help="the new dataset (split: a folder that gets one per part)")
-    p.add_argument("--min-return", type=float)
-    p.add_argument("--max-return", type=float)
-    p.add_argument("--min-length", type=int)
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--ended", action="append", choices=["terminated", "truncated", "unfinished"], default=[])
-    p.add_argument("--source", dest="sources", action="append", default=[])
-    p.add_argument("--collector-id", dest="collector_ids", action="append", type=int, default=[])
-    p.add_argument("--start", help="first step at or after this ISO time (UTC)")
-    p.add_argument("--end", help="first step before this ISO time (UTC)")
-    p.add_argument("--dedupe", action="store_true", help="drop repeated episodes")
+    add_filter_arguments(p)
     p.add_argument("--episodes", help="delete: comma-separated episode ids")
     p.add_argument("--fractions", default="train=0.8,validation=0.1,test=0.1", help="split: name=fraction,...")
     p.add_argument("--seed", type=int, default=0, help="split: shuffling seed")
@@ -213,11 +231,22 @@ def _import(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from aggregation.dataset import Dataset, DatasetError
+    from pydantic import ValidationError
+
     from aggregation.export import export_minari, export_offline_rl, export_teacher_student
     from aggregation.storage import StorageError
 
+    scratch = None
+
     try:
         dataset = Dataset.open(args.dataset)
+        criteria = episode_filter(args)
+        if not criteria.is_empty():  # export the episodes that pass (a filtered copy in a scratch folder)
+            from aggregation.edit import filter_dataset
+
+            scratch = tempfile.mkdtemp(prefix="harvest-export-")
+            filter_dataset(dataset, Path(scratch) / "filtered", criteria)
+            dataset = Dataset.open(Path(scratch) / "filtered")
         if args.to == "offline-rl":
             file_format = "npz" if str(args.out).endswith(".npz") else "hdf5"
             logger.info("wrote {}", export_offline_rl(dataset, args.out, file_format))
@@ -228,9 +257,12 @@ def _export(args: argparse.Namespace) -> int:
             minari_dataset = export_minari(dataset, dataset_id, args.out)
             logger.info("Minari dataset {} in {}: {} episodes, {} steps", dataset_id, args.out,
                         minari_dataset.total_episodes, minari_dataset.total_steps)
-    except (DatasetError, StorageError, ValueError) as err:
+    except (DatasetError, StorageError, ValueError, ValidationError) as err:
         logger.error("{}", err)
         return 2
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
@@ -239,7 +271,6 @@ def _edit(args: argparse.Namespace) -> int:
 
     from aggregation import edit
     from aggregation.dataset import Dataset, DatasetError
-    from aggregation.filters import EpisodeFilter
     from aggregation.storage import StorageError
 
     try:
@@ -247,11 +278,7 @@ def _edit(args: argparse.Namespace) -> int:
         if args.operation != "merge" and len(datasets) != 1:
             raise ValueError(f"edit {args.operation} takes one dataset, got {len(datasets)}")
         if args.operation == "filter":
-            criteria = EpisodeFilter(min_return=args.min_return, max_return=args.max_return,
-                                     min_length=args.min_length, max_length=args.max_length, ended=args.ended,
-                                     sources=args.sources, collector_ids=args.collector_ids, start=args.start,
-                                     end=args.end, dedupe=args.dedupe)
-            edit.filter_dataset(datasets[0], args.out, criteria)
+            edit.filter_dataset(datasets[0], args.out, episode_filter(args))
         elif args.operation == "delete":
             if not args.episodes:
                 raise ValueError("edit delete needs --episodes ID,ID,...")

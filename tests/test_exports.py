@@ -98,6 +98,13 @@ def test_offline_rl_export_is_the_d4rl_dict(tmp_path, suffix):
                       ("infos/episode_id", "episode_id"), ("infos/step", "step")):
         np.testing.assert_array_equal(data[key], columns[name][order], err_msg=key)
     assert data["timeouts"].sum() == 4  # the expert keeps the pole up until the 60-step limit
+    # The same export with an episode filter: the 10-step episode cut off by the collection is left out.
+    filtered = tmp_path / f"long.{suffix}"
+    assert main(["export", str(tmp_path / "data"), "--to", "offline-rl", "--out", str(filtered),
+                 "--min-length", "60"]) == 0
+    if suffix == "npz":
+        with np.load(filtered, allow_pickle=False) as npz:
+            assert npz["observations"].shape == (240, 4) and set(npz["infos/episode_id"]) == {0, 1, 2, 3}
 
 
 def test_teacher_student_export_carries_the_teachers_log_probabilities(tmp_path):
