@@ -27,6 +27,7 @@ from aggregation.manifest import FileEntry, Manifest
 from aggregation.npz import write_npz
 from aggregation.storage import Location, location
 from aggregation.tfrecord import write_tfrecord
+from rollout.images import check_image_column, with_encoded_images
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.replay.replay import Replay
 
@@ -123,6 +124,16 @@ def _episode_cut_points(episode_ids: np.ndarray, rows_per_file: int) -> list[int
     return cuts
 
 
+def check_layout(schema: BatchSchema, cfg: AggregationConfig) -> None:
+    """Raise a ValueError naming the setting unless partitions and image columns fit the schema."""
+    check_partition_by(schema, cfg.partition_by)
+    for name in cfg.image_compression:
+        if name not in schema.columns:
+            raise ValueError(f"aggregation.image_compression: no column {name!r}; the dataset has "
+                             f"{list(schema.columns)}")
+        check_image_column(name, schema.columns[name].dtype, schema.columns[name].shape)
+
+
 def check_partition_by(schema: BatchSchema, partition_by: list[str]) -> None:
     """Raise a ValueError naming the entry unless each is `time` or a scalar int/bool/string column."""
     for name in partition_by:
@@ -189,6 +200,8 @@ def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, f
             continue
         piece = table.slice(start, stop - start)
         name = f"{folder}/" * bool(folder) + f"shard-{shard_index:03d}-part-{part:05d}.parquet"
+        if cfg.image_compression:
+            piece = with_encoded_images(piece, cfg.image_compression, cfg.jpeg_quality)
         size, sha256 = out.join(name).write_hashed(lambda sink: pq.write_table(piece, sink, compression=compression))
         timestamps = piece.column("timestamp")
         entries.append(FileEntry(
@@ -219,7 +232,7 @@ def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: Bat
     `manifest.json`, the partitions' `_index.json` and the other `cfg.formats` into `out` (a
     folder or an object-store URI)."""
     out = location(out)
-    check_partition_by(schema, cfg.partition_by)
+    check_layout(schema, cfg)
     out.make_dirs()
     task = ray.remote(compact_source).options(num_cpus=cfg.num_cpus)
     refs = [task.remote(source, schema, index, out, cfg) for index, source in enumerate(sources)]
@@ -232,7 +245,7 @@ def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out: Loca
     """In this process, without Ray: write rows already in memory as a dataset, the same files
     and manifest that compacting a replay gives (for importers, tests, benches)."""
     out = location(out)
-    check_partition_by(schema, cfg.partition_by)
+    check_layout(schema, cfg)
     out.make_dirs()
     record_batches = [batch.to_arrow(schema) for batch in batches]
     result = compact_source(record_batches, schema, 0, out, cfg)
@@ -251,7 +264,7 @@ def _finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Lo
         collectors=sorted({c for result in results for c in result.collectors}),
         schema=schema.to_json(), files=files,
         evicted_rows={str(index): result.skipped_rows for index, result in enumerate(results)},
-        partition_by=list(cfg.partition_by), parents=list(parents or []),
+        partition_by=list(cfg.partition_by), parents=list(parents or []), image_columns=dict(cfg.image_compression),
         filtered=_merged_reports([result.filtered for result in results]),
         first_timestamp=min((e.first_timestamp for e in files if e.first_timestamp), default=None),
         last_timestamp=max((e.last_timestamp for e in files if e.last_timestamp), default=None))

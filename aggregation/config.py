@@ -43,6 +43,10 @@ class AggregationConfig:
     step, UTC; episodes are never split) and/or scalar columns (`game_id`, `collector_id`, ...),
     in order, e.g. `[collector_id, time]`; each folder gets an `_index.json`. []: one folder."""
     hdf5: Hdf5Config = Field(default_factory=Hdf5Config)
+    image_compression: dict[str, Literal["png", "jpeg"]] = Field(default_factory=dict)
+    """Pixel columns stored as one PNG (lossless) or JPEG image per row in the Parquet files,
+    e.g. `{obs: png, next_obs: png}` (uint8 (H, W[, C]) columns); every reader decodes them."""
+    jpeg_quality: StrictInt = Field(default=90, ge=1, le=100)
     filter: Optional[EpisodeFilter] = None
     """Keep only whole episodes that pass (`min_return`, `min_length`, `ended`, ids, time range,
     `dedupe` within each shard); the manifest counts what was dropped and why."""

@@ -52,6 +52,10 @@ def iter_episodes(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str
         yield {name: np.concatenate(parts) for name, parts in pending.items()}
 
 
+def _decode_batch(table: pa.Table) -> dict[str, np.ndarray]:
+    return TransitionBatch.from_arrow(table).columns
+
+
 class Dataset:
     """A dataset written by compaction: a local folder or an object-store prefix (`s3://...`).
 
@@ -97,9 +101,13 @@ class Dataset:
         return pads.dataset(self.files, format="parquet", filesystem=self.folder.fs)
 
     def to_ray(self, **read_kwargs: Any) -> Any:
+        """A Ray Data dataset of the rows (image columns decoded to their pixels)."""
         import ray.data
 
-        return ray.data.read_parquet(self.files, filesystem=self.folder.fs, **read_kwargs)
+        rows = ray.data.read_parquet(self.files, filesystem=self.folder.fs, **read_kwargs)
+        if self.manifest.image_columns:
+            rows = rows.map_batches(_decode_batch, batch_format="pyarrow")
+        return rows
 
     def iter_batches(self, batch_rows: int = 65_536) -> Iterator[dict[str, np.ndarray]]:
         """Every column, `batch_rows` rows at a time, in manifest order (episodes contiguous)."""

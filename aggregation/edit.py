@@ -25,6 +25,7 @@ from aggregation.dataset import Dataset
 from aggregation.filters import EpisodeFilter, FilterReport, filter_table
 from aggregation.manifest import Manifest
 from aggregation.storage import Location, location
+from rollout.batch import TransitionBatch
 
 Selector = Callable[[pa.Table], pa.Table]
 
@@ -34,7 +35,8 @@ def _layout(dataset: Dataset, partition_by: list[str] | None = None, rows_per_fi
     rows = max((entry.rows for entry in dataset.manifest.files), default=500_000)
     return AggregationConfig(formats=["parquet"], partition_by=list(dataset.manifest.partition_by
                                                                     if partition_by is None else partition_by),
-                             rows_per_file=rows_per_file or max(rows, 1))
+                             rows_per_file=rows_per_file or max(rows, 1),
+                             image_compression=dict(dataset.manifest.image_columns))
 
 
 def rewrite(sources: list[Dataset], out: str | Path | Location, select: Selector, cfg: AggregationConfig,
@@ -49,6 +51,8 @@ def rewrite(sources: list[Dataset], out: str | Path | Location, select: Selector
         for entry in dataset.manifest.files:
             with dataset.filesystem.open_input_file(dataset.folder.join(entry.path).path) as handle:
                 table = select(pq.read_table(handle))
+            if dataset.manifest.image_columns:  # back to pixels; the output encodes them again
+                table = pa.Table.from_batches([TransitionBatch.from_arrow(table).to_arrow(schema)])
             results.append(compact_source(table.to_batches(), schema, len(results), out, cfg))
     manifest = _finish_dataset(results, schema, out, cfg, run_id, sources[0].manifest.env_id,
                                parents=[str(dataset.folder) for dataset in sources])

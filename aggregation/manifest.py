@@ -61,6 +61,8 @@ class Manifest:
     """Datasets this one was made from (merge, split, filter, import)."""
     first_timestamp: str | None = None
     last_timestamp: str | None = None
+    image_columns: dict[str, str] = field(default_factory=dict)
+    """Columns stored as encoded images (`png`/`jpeg`) in the Parquet files; readers decode them."""
     filtered: dict[str, Any] | None = None
     """What `aggregation.filter` (or `harvest edit filter`) kept and dropped (episodes per reason)."""
     format_version: int = FORMAT_VERSION

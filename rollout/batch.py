@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from envs.spaces import ColumnSpec, columns_for_space, space_from_json, space_to_json
+from rollout.images import decode_images, image_format
 
 TIMESTAMP_DTYPE = np.dtype("datetime64[ns]")
 SCHEMA_METADATA_KEY = b"harvest.schema"
@@ -177,8 +178,18 @@ class TransitionBatch:
 
     @classmethod
     def from_arrow(cls, data: pa.RecordBatch | pa.Table) -> "TransitionBatch":
-        """Numpy columns from an Arrow record batch or table written by `to_arrow`."""
-        return cls({name: _to_numpy(data.column(name)) for name in data.schema.names})
+        """Numpy columns from an Arrow record batch or table written by `to_arrow` (encoded-image
+        columns, see `rollout.images`, are decoded back to their pixels)."""
+        columns = {}
+        for field in data.schema:
+            if image_format(field) is not None:
+                metadata = data.schema.metadata or {}
+                logical = json.loads(metadata[SCHEMA_METADATA_KEY])["columns"].get(field.name) \
+                    if SCHEMA_METADATA_KEY in metadata else None
+                columns[field.name] = decode_images(data.column(field.name), tuple(logical["shape"]) if logical else None)
+            else:
+                columns[field.name] = _to_numpy(data.column(field.name))
+        return cls(columns)
 
     @classmethod
     def concat(cls, batches: Iterable["TransitionBatch"]) -> "TransitionBatch":

@@ -13,6 +13,7 @@ import pytest
 from aggregation.compact import write_dataset
 from aggregation.config import AggregationConfig, Hdf5Config
 from aggregation.dataset import Dataset
+from aggregation.filters import EpisodeFilter
 from aggregation.hdf5 import read_hdf5
 from aggregation.storage import TMP_MARK, StorageError, location
 from rollout.batch import BatchSchema, TransitionBatch
@@ -254,3 +255,47 @@ def test_a_run_writes_partitioned_parquet_to_s3_and_ray_data_reads_it_back(ray_c
     for text in [(tmp_path / "to-s3" / name).read_text() for name in ("harvest.log", "config.yaml", "summary.json")] + \
             [location(f"{prefix}/manifest.json").read_text()]:
         assert SECRET not in text
+
+
+def pixel_batch(rows: int = 40):
+    """Smooth 32x32 RGB frames (as a renderer makes them) in episodes of 10."""
+    schema = BatchSchema.for_spaces(gym.spaces.Box(0, 255, (32, 32, 3), np.uint8), gym.spaces.Discrete(3))
+    batch = random_batch(schema, rows, 9)
+    y, x = np.mgrid[0:32, 0:32]
+    frames = np.stack([np.stack([(x * 8 + t) % 256, (y * 8) % 256, np.full_like(x, (t * 5) % 256)], axis=-1)
+                       for t in range(rows + 1)]).astype(np.uint8)
+    batch.columns.update(obs=frames[:-1], next_obs=frames[1:], episode_id=np.arange(rows) // 10,
+                         step=np.arange(rows) % 10, action=np.arange(rows) % 3)
+    return schema, batch
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_pixel_columns_are_stored_as_images_and_read_back_as_pixels(ray_cluster, tmp_path, fmt):
+    import pyarrow.parquet as pq
+
+    from aggregation import edit
+
+    schema, batch = pixel_batch()
+    plain = write_dataset([batch], schema, tmp_path / "plain", AggregationConfig(formats=["parquet"]), "t", "x")
+    manifest = write_dataset([batch], schema, tmp_path / "img", AggregationConfig(
+        formats=["parquet"], image_compression={"obs": fmt, "next_obs": fmt}), "t", "x")
+    assert manifest.image_columns == {"obs": fmt, "next_obs": fmt}
+    stored = pq.read_schema(tmp_path / "img" / manifest.files[0].path)
+    assert str(stored.field("obs").type) == "binary" and stored.field("obs").metadata == {b"harvest.image":
+                                                                                          fmt.encode()}
+    assert manifest.files[0].bytes < plain.files[0].bytes
+    dataset = Dataset.open(tmp_path / "img")
+    pixels = dataset.read_columns(["obs"])["obs"]
+    assert pixels.dtype == np.uint8 and pixels.shape == (40, 32, 32, 3)
+    if fmt == "png":
+        np.testing.assert_array_equal(pixels, batch["obs"])
+    else:
+        assert np.abs(pixels.astype(int) - batch["obs"]).mean() < 8
+    if fmt == "png":  # Ray Data reads decode them too
+        (row,) = dataset.to_ray(columns=["obs"]).take(1)
+        assert row["obs"].shape == (32, 32, 3) and row["obs"].dtype == np.uint8
+    kept = edit.filter_dataset(dataset, tmp_path / "kept", EpisodeFilter(min_length=10))
+    assert kept.image_columns == manifest.image_columns and kept.rows == 40
+    with pytest.raises(ValueError, match="image_compression: column 'action' is int64"):
+        write_dataset([batch], schema, tmp_path / "bad", AggregationConfig(image_compression={"action": "png"}),
+                      "t", "x")
