@@ -42,6 +42,16 @@ class ShardCompaction:
     collectors: list[int]
     filtered: FilterReport | None = None
 
+    def merged(self, later: "ShardCompaction") -> "ShardCompaction":
+        """This shard's files and counts followed by a later compaction's (rotations)."""
+        filtered = self.filtered if later.filtered is None else (
+            later.filtered if self.filtered is None else self.filtered.merge(later.filtered))
+        return ShardCompaction(self.files + later.files, self.rows + later.rows,
+                               self.skipped_rows + later.skipped_rows,
+                               np.concatenate([self.episode_ids, later.episode_ids]),
+                               self.complete_episodes + later.complete_episodes,
+                               sorted({*self.collectors, *later.collectors}), filtered)
+
 
 def read_shard(shard: ray.actor.ActorHandle, schema: BatchSchema, chunk_rows: int,
                timeout_s: float = 120.0) -> Iterator[pa.RecordBatch | int]:
@@ -68,15 +78,13 @@ def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], s
     """Write one shard's rows as sorted Parquet files under `out` (in partition folders when
     `cfg.partition_by` asks); the rows come from its actor, a snapshot file path, or a list of
     record batches already in memory."""
-    out = location(out)
-    log = logger.bind(actor=f"compact[{shard_index}]")
-    batches, skipped = [], 0
     if isinstance(source, list):
-        items = iter(source)
+        items: Iterator[pa.RecordBatch | int] = iter(source)
     elif isinstance(source, str):
         items = read_snapshot(Path(source))
     else:
         items = read_shard(source, schema, cfg.read_chunk_rows)
+    batches, skipped = [], 0
     for item in items:
         if isinstance(item, int):
             skipped += item
@@ -84,21 +92,34 @@ def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], s
             batches.append(item)
     arrow_schema = schema.arrow_schema()
     table = pa.Table.from_batches(batches, schema=arrow_schema) if batches else arrow_schema.empty_table()
+    return compact_table(table, schema, shard_index, location(out), cfg, skipped_rows=skipped)
+
+
+def compact_table(table: pa.Table, schema: BatchSchema, shard_index: int, out: Location, cfg: AggregationConfig,
+                  skipped_rows: int = 0, stem: str | None = None, seen_hashes: set[str] | None = None,
+                  write_empty: bool = True, log_level: str = "INFO") -> ShardCompaction:
+    """Sort `table` by (episode_id, step), filter its episodes (`cfg.filter`; `seen_hashes`
+    carries dedupe state across calls) and write them as files named `<stem>-part-NNNNN.parquet`
+    (default stem `shard-NNN`); an empty table still gives one empty file unless not `write_empty`."""
+    log = logger.bind(actor=f"compact[{shard_index}]")
     if not _sorted_by_episode(table):  # sorting copies every column: skip it for rows already in order
         table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
     report = None
     if cfg.filter is not None and not cfg.filter.is_empty():
-        table, report = filter_table(table, cfg.filter, obs_action=[*schema.obs_columns, *schema.action_columns])
-        log.info("shard {}: kept {} of {} episodes ({} dropped: {})", shard_index, report.kept_episodes,
+        table, report = filter_table(table, cfg.filter, seen_hashes,
+                                     obs_action=[*schema.obs_columns, *schema.action_columns])
+        log.log(log_level, "shard {}: kept {} of {} episodes ({} dropped: {})", shard_index, report.kept_episodes,
                  report.episodes, report.episodes - report.kept_episodes, report.dropped or "none")
     episode_ids = table.column("episode_id").to_numpy()
     done = pc.or_(table.column("terminated"), table.column("truncated")).to_numpy(zero_copy_only=False)
-    files = _write_parquet_files(table, episode_ids, out, shard_index, cfg)
+    files = []
+    if table.num_rows or write_empty:
+        files = _write_parquet_files(table, episode_ids, out, stem or f"shard-{shard_index:03d}", shard_index, cfg)
     unique_ids = np.unique(episode_ids)
     collectors = sorted(int(c) for c in np.unique(table.column("collector_id").to_numpy()))
-    log.info("shard {}: {} rows, {} episodes, {} files{}", shard_index, table.num_rows, unique_ids.size,
-             len(files), f", {skipped} rows lost to eviction" if skipped else "")
-    return ShardCompaction(files, table.num_rows, skipped, unique_ids, int(done.sum()), collectors, report)
+    log.log(log_level, "shard {}: {} rows, {} episodes, {} files{}", shard_index, table.num_rows, unique_ids.size,
+             len(files), f", {skipped_rows} rows lost to eviction" if skipped_rows else "")
+    return ShardCompaction(files, table.num_rows, skipped_rows, unique_ids, int(done.sum()), collectors, report)
 
 
 def _sorted_by_episode(table: pa.Table) -> bool:
@@ -170,11 +191,11 @@ def episode_partitions(table: pa.Table, starts: np.ndarray, partition_by: list[s
     return ["/".join(p) for p in parts]
 
 
-def _write_parquet_files(table: pa.Table, episode_ids: np.ndarray, out: Location, shard_index: int,
+def _write_parquet_files(table: pa.Table, episode_ids: np.ndarray, out: Location, stem: str, shard_index: int,
                          cfg: AggregationConfig) -> list[FileEntry]:
     out.make_dirs()
     if episode_ids.size == 0 or not cfg.partition_by:
-        return _write_part_files(table, episode_ids, out, "", shard_index, cfg)
+        return _write_part_files(table, episode_ids, out, "", stem, shard_index, cfg)
     starts = np.flatnonzero(np.r_[True, episode_ids[1:] != episode_ids[:-1]])
     stops = np.r_[starts[1:], episode_ids.size]
     folders = episode_partitions(table, starts, cfg.partition_by)
@@ -183,33 +204,58 @@ def _write_parquet_files(table: pa.Table, episode_ids: np.ndarray, out: Location
         mine = [i for i, f in enumerate(folders) if f == folder]
         rows = np.concatenate([np.arange(starts[i], stops[i]) for i in mine])
         piece = table.take(pa.array(rows))
-        entries += _write_part_files(piece, episode_ids[rows], out, folder, shard_index, cfg)
+        entries += _write_part_files(piece, episode_ids[rows], out, folder, stem, shard_index, cfg)
     return entries
 
 
-def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, folder: str, shard_index: int,
-                      cfg: AggregationConfig) -> list[FileEntry]:
-    """`table`'s rows as files in `out/folder`, cut at episode boundaries; each file is stored
-    all-or-nothing and hashed as it is written."""
-    cuts = _episode_cut_points(episode_ids, cfg.rows_per_file)
+def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, folder: str, stem: str,
+                      shard_index: int, cfg: AggregationConfig) -> list[FileEntry]:
+    """`table`'s rows as files in `out/folder`, cut at episode boundaries once a file holds
+    `cfg.rows_per_file` rows or `cfg.max_file_bytes` bytes; each file is stored all-or-nothing
+    and hashed as it is written."""
+    cuts = _episode_cut_points(episode_ids, _row_group_rows(table, cfg))
     compression = None if cfg.compression == "none" else cfg.compression
     partition = dict(part.split("=", 1) for part in folder.split("/")) if folder else {}
-    entries = []
-    for part, (start, stop) in enumerate(zip(cuts[:-1], cuts[1:])):
-        if stop == start and part > 0:
-            continue
-        piece = table.slice(start, stop - start)
-        name = f"{folder}/" * bool(folder) + f"shard-{shard_index:03d}-part-{part:05d}.parquet"
-        if cfg.image_compression:
-            piece = with_encoded_images(piece, cfg.image_compression, cfg.jpeg_quality)
-        size, sha256 = out.join(name).write_hashed(lambda sink: pq.write_table(piece, sink, compression=compression))
-        timestamps = piece.column("timestamp")
+    entries: list[FileEntry] = []
+    group = 0  # the next row group (cuts[group]:cuts[group + 1]) to write
+    while group < len(cuts) - 1 or not entries:
+        start = cuts[group]
+        name = f"{folder}/" * bool(folder) + f"{stem}-part-{len(entries):05d}.parquet"
+
+        def produce(sink) -> None:
+            nonlocal group
+            writer = None
+            while group < len(cuts) - 1:
+                piece = table.slice(cuts[group], cuts[group + 1] - cuts[group])
+                if cfg.image_compression:
+                    piece = with_encoded_images(piece, cfg.image_compression, cfg.jpeg_quality)
+                writer = writer or pq.ParquetWriter(sink, piece.schema, compression=compression)
+                writer.write_table(piece)
+                group += 1
+                if (cuts[group] - start >= cfg.rows_per_file
+                        or (cfg.max_file_bytes is not None and sink.size >= cfg.max_file_bytes)):
+                    break
+            writer.close()
+
+        size, sha256 = out.join(name).write_hashed(produce)
+        stop = cuts[group]
+        timestamps = table.column("timestamp").slice(start, stop - start)
         entries.append(FileEntry(
-            path=name, rows=piece.num_rows, bytes=size, sha256=sha256,
+            path=name, rows=stop - start, bytes=size, sha256=sha256,
             shard_index=shard_index, episodes=int(np.unique(episode_ids[start:stop]).size),
             first_timestamp=_iso(pc.min(timestamps)), last_timestamp=_iso(pc.max(timestamps)),
             partition=partition))
     return entries
+
+
+def _row_group_rows(table: pa.Table, cfg: AggregationConfig) -> int:
+    """Rows per row group: a whole file's worth (`rows_per_file`) unless `max_file_bytes` asks
+    for files to be closed by size, when groups of about a quarter of that size (uncompressed)
+    let a file stop near its limit."""
+    if cfg.max_file_bytes is None or table.num_rows == 0:
+        return cfg.rows_per_file
+    bytes_per_row = max(table.nbytes / table.num_rows, 1.0)
+    return int(np.clip(cfg.max_file_bytes / 4 / bytes_per_row, 1, cfg.rows_per_file))
 
 
 def _merged_reports(reports: list[FilterReport | None]) -> dict | None:
@@ -237,7 +283,7 @@ def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: Bat
     task = ray.remote(compact_source).options(num_cpus=cfg.num_cpus)
     refs = [task.remote(source, schema, index, out, cfg) for index, source in enumerate(sources)]
     results: list[ShardCompaction] = ray.get(refs, timeout=timeout_s)
-    return _finish_dataset(results, schema, out, cfg, run_id, env_id)
+    return finish_dataset(results, schema, out, cfg, run_id, env_id)
 
 
 def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out: Location | str | Path,
@@ -249,12 +295,14 @@ def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out: Loca
     out.make_dirs()
     record_batches = [batch.to_arrow(schema) for batch in batches]
     result = compact_source(record_batches, schema, 0, out, cfg)
-    return _finish_dataset([result], schema, out, cfg, run_id, env_id, parents)
+    return finish_dataset([result], schema, out, cfg, run_id, env_id, parents)
 
 
-def _finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Location, cfg: AggregationConfig,
-                    run_id: str, env_id: str, parents: list[str] | None = None) -> Manifest:
-    """The manifest over every shard's files (and the other formats on request), written into `out`."""
+def finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Location, cfg: AggregationConfig,
+                   run_id: str, env_id: str, parents: list[str] | None = None, in_progress: bool = False,
+                   rotations: int = 0) -> Manifest:
+    """The manifest over every shard's files (and the other formats on request), written into
+    `out`; `in_progress` (a rotation during the run) writes the manifest alone, so marked."""
     all_episode_ids = np.concatenate([result.episode_ids for result in results])
     files = [entry for result in results for entry in result.files]
     manifest = Manifest(
@@ -267,7 +315,11 @@ def _finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Lo
         partition_by=list(cfg.partition_by), parents=list(parents or []), image_columns=dict(cfg.image_compression),
         filtered=_merged_reports([result.filtered for result in results]),
         first_timestamp=min((e.first_timestamp for e in files if e.first_timestamp), default=None),
-        last_timestamp=max((e.last_timestamp for e in files if e.last_timestamp), default=None))
+        last_timestamp=max((e.last_timestamp for e in files if e.last_timestamp), default=None),
+        in_progress=in_progress, rotations=rotations)
+    if in_progress:
+        manifest.write(out)
+        return manifest
     lost = sum(manifest.evicted_rows.values())
     if lost:
         logger.warning("the replay had evicted {} rows before compaction; raise replay.capacity_rows "

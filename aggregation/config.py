@@ -52,6 +52,15 @@ class AggregationConfig:
     `dedupe` within each shard); the manifest counts what was dropped and why."""
     rows_per_file: StrictInt = Field(default=500_000, ge=1)
     """Parquet files are cut at episode boundaries once they reach about this many rows."""
+    max_file_bytes: Optional[StrictInt] = Field(default=None, ge=1)
+    """Rotation by size: a Parquet file is closed at the next episode boundary once it holds
+    this many bytes on disk (it is written in row groups of about a quarter of that, so it
+    stops near the limit; an episode larger than the limit stays whole). None: by rows only."""
+    rotate_every_s: Optional[float] = Field(default=None, gt=0)
+    """Rotation by time, for long runs: every this many seconds while `harvest run` collects,
+    the episodes finished since the last rotation are written as new Parquet files (and the
+    manifest updated, marked `in_progress`), so the dataset grows during the run and the
+    replay can evict what is already on disk. None: one compaction after collecting."""
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
     """Parquet codec."""
     read_chunk_rows: StrictInt = Field(default=65_536, ge=1)

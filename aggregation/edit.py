@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from loguru import logger
 
-from aggregation.compact import ShardCompaction, _finish_dataset, compact_source
+from aggregation.compact import ShardCompaction, compact_source, finish_dataset
 from aggregation.config import AggregationConfig
 from aggregation.dataset import Dataset
 from aggregation.filters import EpisodeFilter, FilterReport, filter_table
@@ -54,7 +54,7 @@ def rewrite(sources: list[Dataset], out: str | Path | Location, select: Selector
             if dataset.manifest.image_columns:  # back to pixels; the output encodes them again
                 table = pa.Table.from_batches([TransitionBatch.from_arrow(table).to_arrow(schema)])
             results.append(compact_source(table.to_batches(), schema, len(results), out, cfg))
-    manifest = _finish_dataset(results, schema, out, cfg, run_id, sources[0].manifest.env_id,
+    manifest = finish_dataset(results, schema, out, cfg, run_id, sources[0].manifest.env_id,
                                parents=[str(dataset.folder) for dataset in sources])
     logger.info("{} {} -> {}: {:,} rows, {} episodes", operation, ", ".join(str(d.folder) for d in sources), out,
                 manifest.rows, manifest.episodes)

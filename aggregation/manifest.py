@@ -65,6 +65,11 @@ class Manifest:
     """Columns stored as encoded images (`png`/`jpeg`) in the Parquet files; readers decode them."""
     filtered: dict[str, Any] | None = None
     """What `aggregation.filter` (or `harvest edit filter`) kept and dropped (episodes per reason)."""
+    in_progress: bool = False
+    """True while a run is still rotating rows into this dataset (`aggregation.rotate_every_s`):
+    the files listed are complete, more will come."""
+    rotations: int = 0
+    """How many rotations wrote the files (0: compacted once, after collecting)."""
     format_version: int = FORMAT_VERSION
 
     def write(self, root: Location) -> Location:

@@ -127,7 +127,8 @@ class Location:
 
     def write_hashed(self, produce: Callable[[BinaryIO], None]) -> tuple[int, str]:
         """`produce(sink)` writes the file through `sink` (all-or-nothing, as `write_bytes`),
-        hashed on the way: returns its size and sha256 without a second pass or an in-memory copy."""
+        hashed on the way: returns its size and sha256 without a second pass or an in-memory copy.
+        `sink.size` is the bytes written so far."""
         try:
             if self.is_local:
                 self.parent().make_dirs()

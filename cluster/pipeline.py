@@ -11,10 +11,11 @@ import json
 import secrets
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from aggregation.compact import compact_replay, snapshot_replay
 from aggregation.dataset import Dataset
+from aggregation.rotate import Rotation
 from aggregation.storage import Location, location
 from aggregation.manifest import Manifest
 from aggregation.robocode_seed import write_dataset_npz
@@ -134,11 +136,13 @@ def prepare_run(cfg: RunConfig) -> tuple[str, RunPaths]:
     return run_id, paths
 
 
-def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None) -> tuple[Replay, CollectSummary]:
-    """Start the replay shards and `num_collectors` rollout actors; fill the replay with `rollout.steps` rows."""
+def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
+            during: Callable[[Replay], AbstractContextManager] | None = None) -> tuple[Replay, CollectSummary]:
+    """Start the replay shards and `num_collectors` rollout actors; fill the replay with
+    `rollout.steps` rows (inside `during(replay)`, e.g. a `Rotation`, when given)."""
     if cfg.env.id == ROBOCODE_ENV_ID:
         return collect_robocode(cfg, run_id, paths or RunPaths(Path(cfg.run.output_dir) / run_id,
-                                                                                cfg.aggregation.output))
+                                                                                cfg.aggregation.output), during)
     rollout = cfg.rollout
     factory = ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed)
     schema: BatchSchema = schema_for(cfg.env, factory)
@@ -150,7 +154,8 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None) -> tuple
     logger.info("collecting {:,} transitions of {} with {} collectors x {} envs into {} replay shards",
                 rollout.steps, cfg.env.id, rollout.num_collectors, cfg.env.num_envs, cfg.replay.num_shards)
     results: list[CollectResult]
-    results, seconds = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100))
+    results, seconds = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100),
+                                    during=during)
     returns = [episode.episode_return for result in results for episode in result.episodes]
     for result in results:
         logger.info("collector {}: {:,} rows acknowledged, at most {:.1f} MB held locally ({} mode){}",
@@ -164,7 +169,8 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None) -> tuple
                                     sum(result.push_wait_seconds for result in results))
 
 
-def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths) -> tuple[Replay, CollectSummary]:
+def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths,
+                     during: Callable[[Replay], AbstractContextManager] | None = None) -> tuple[Replay, CollectSummary]:
     """`num_collectors` RobocodeCollector actors (one engine each) play seeded expert battles
     until the replay holds `rollout.steps` rows; engines live in `<run>/robocode/`, seed-format
     game states (with `env.kwargs.game_states`) go to `<run>/game_states/`."""
@@ -180,7 +186,7 @@ def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths) -> tuple[Repl
                 cfg.replay.num_shards)
     results: list[RobocodeCollectResult]
     results, seconds = _fill_replay(collectors, replay, rollout, timeout_s=max(600.0, rollout.steps / 20),
-                                    close=True)
+                                    close=True, during=during)
     for result in results:
         if result.restarts or result.dropped_battles:
             logger.warning("collector {}: {} engine restarts, battles dropped: {}", result.collector_id,
@@ -199,16 +205,17 @@ def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None)
     return replay
 
 
-def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s: float,
-                 close: bool = False) -> tuple[list, float]:
+def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s: float, close: bool = False,
+                 during: Callable[[Replay], AbstractContextManager] | None = None) -> tuple[list, float]:
     """Blocks: `actors` collect `rollout.steps` rows between them (shown as a progress bar over
     the replay's count), then are closed (with `close`) and killed; their results and the time."""
     per_actor = [rollout.steps // len(actors) + (i < rollout.steps % len(actors)) for i in range(len(actors))]
     started = time.perf_counter()
     try:
         refs = [actor.collect.remote(rows) for actor, rows in zip(actors, per_actor)]
-        results = wait_with_progress(refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
-                                     timeout_s=timeout_s)
+        with during(replay) if during is not None else nullcontext():
+            results = wait_with_progress(refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
+                                         timeout_s=timeout_s)
         if close:
             ray.get([actor.close.remote() for actor in actors], timeout=120)
     finally:
@@ -229,10 +236,16 @@ def _checked_summary(replay: Replay, rows: int, episodes: int, seconds: float, r
                           replay_size_rows=stats.size_rows, replay_evicted_rows=stats.evicted_rows)
 
 
-def compact(sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, paths: RunPaths) -> Manifest:
-    """Write the dataset folder (Parquet + manifest, NPZ on request) from shards or snapshots."""
-    with console.status("[bold]compact[/] writing Parquet" + (" + NPZ" if "npz" in cfg.aggregation.formats else "")):
-        manifest = compact_replay(sources, schema, paths.dataset, cfg.aggregation, run_id, cfg.env.id)
+def compact(sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, paths: RunPaths,
+            rotation: Rotation | None = None) -> Manifest:
+    """Write the dataset folder (Parquet + manifest, other formats on request) from shards or
+    snapshots, or finish the `rotation` that has been writing it during the run."""
+    formats = " + ".join(name.upper() for name in cfg.aggregation.formats if name != "parquet")
+    with console.status("[bold]compact[/] writing Parquet" + f" + {formats}" * bool(formats)):
+        if rotation is not None:
+            manifest = rotation.finish()
+        else:
+            manifest = compact_replay(sources, schema, paths.dataset, cfg.aggregation, run_id, cfg.env.id)
         if "robocode_npz" in cfg.aggregation.formats:
             npz = write_dataset_npz(paths.dataset, description=_robocode_description(cfg))
             logger.info("Robocode NPZ {}", npz)
@@ -435,11 +448,18 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     """Collect, compact, train and evaluate one run."""
     summary = RunSummary(run_id, str(paths.root))
     timer = time.perf_counter()
-    replay, summary.collect = collect(cfg, run_id, paths)
+    rotations: list[Rotation] = []
+
+    def rotating(replay: Replay) -> Rotation:  # rotation by time: the dataset grows while collecting
+        rotations.append(Rotation(replay, paths.dataset, cfg.aggregation, run_id, cfg.env.id))
+        return rotations[-1]
+
+    replay, summary.collect = collect(cfg, run_id, paths, during=rotating if cfg.aggregation.rotate_every_s else None)
     summary.stage_seconds["collect"] = time.perf_counter() - timer
     try:
         timer = time.perf_counter()
-        manifest = compact(list(replay.shards), replay.schema, cfg, run_id, paths)
+        manifest = compact(list(replay.shards), replay.schema, cfg, run_id, paths,
+                           rotation=rotations[0] if rotations else None)
         summary.stage_seconds["compact"] = time.perf_counter() - timer
     finally:
         replay.kill()
@@ -456,6 +476,9 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
 
 def collect_only(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     """`harvest collect`: fill the replay, then snapshot it to `replay/` for a later `harvest compact`."""
+    if cfg.aggregation.rotate_every_s:
+        logger.warning("aggregation.rotate_every_s applies to `harvest run`; `harvest collect` snapshots the "
+                       "replay once, at the end")
     summary = RunSummary(run_id, str(paths.root))
     timer = time.perf_counter()
     replay, summary.collect = collect(cfg, run_id, paths)

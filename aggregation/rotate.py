@@ -1,0 +1,207 @@
+"""Rotation: compacting a replay into its dataset while the run is still filling it.
+
+A long run cannot keep everything it collects in the replay's rings. With
+`aggregation.rotate_every_s`, a `ShardRotator` actor per shard reads the rows inserted since its
+last rotation (the shard's cursor read), writes the episodes that have finished as new Parquet
+files (`shard-NNN-rRRRRR-part-NNNNN.parquet`, in the run's partition folders) and keeps the rows of
+unfinished episodes for the next rotation, so an episode is never split across files. After
+each rotation the driver rewrites `manifest.json` (marked `in_progress`) and the partitions'
+`_index.json`, so the dataset is readable during the run; the last rotation, once collecting
+is over, writes every remaining row and the other formats, as a one-off compaction would.
+
+A rotation is all-or-nothing for its shard: the cursor and the held rows move on only after
+its files are written, so a failed rotation (storage down, say) is retried by the next one
+with nothing lost, as long as the replay has not evicted the rows meanwhile (the manifest's
+`evicted_rows` counts any that were).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from loguru import logger
+
+from aggregation.compact import ShardCompaction, check_layout, compact_table, finish_dataset
+from aggregation.config import AggregationConfig
+from aggregation.manifest import Manifest
+from aggregation.storage import Location, location
+from rollout.batch import BatchSchema
+from rollout.replay.replay import Replay
+
+
+class RotationError(RuntimeError):
+    """A rotation could not write some shards' files (named in the message); their rows wait
+    for the next rotation."""
+
+
+class ShardRotator:
+    """Compacts one replay shard a slice at a time: each `rotate` writes the episodes finished
+    since the previous one and holds back the rows of episodes still being played."""
+
+    def __init__(self, shard: ray.actor.ActorHandle, schema: BatchSchema, shard_index: int, out: Location,
+                 cfg: AggregationConfig, read_timeout_s: float = 120.0) -> None:
+        self._shard, self._schema, self._shard_index, self._out, self._cfg = shard, schema, shard_index, out, cfg
+        self._read_timeout_s = read_timeout_s
+        self._cursor = 0
+        self._held = schema.arrow_schema().empty_table()
+        self._seen_hashes: set[str] = set()
+        self._rotations = 0
+        self._written = _nothing_written()
+
+    def rotate(self, final: bool = False) -> ShardCompaction:
+        """Write what finished since the last rotation (everything left when `final`); returns
+        everything this shard has written so far, so a caller that missed an answer loses nothing."""
+        new_rows, cursor, skipped_rows = self._read_new_rows()
+        table = pa.concat_tables([self._held, new_rows]) if new_rows.num_rows else self._held
+        if final:
+            ready, held = table, table.schema.empty_table()
+        else:
+            ready, held = _split_finished(table)
+        seen_hashes = set(self._seen_hashes)
+        result = compact_table(ready, self._schema, self._shard_index, self._out, self._cfg,
+                               skipped_rows=skipped_rows, seen_hashes=seen_hashes, write_empty=False,
+                               stem=f"shard-{self._shard_index:03d}-r{self._rotations:05d}", log_level="DEBUG")
+        # the files are written: only now does this shard move on (a failure above retries it all)
+        self._cursor, self._held, self._seen_hashes = cursor, held, seen_hashes
+        self._rotations += 1
+        self._written = self._written.merged(result)
+        return self._written
+
+    def held_rows(self) -> int:
+        """Rows of unfinished episodes waiting for a later rotation."""
+        return self._held.num_rows
+
+    def _read_new_rows(self) -> tuple[pa.Table, int, int]:
+        """The rows inserted since the cursor, up to the shard's end when the read began, with
+        the cursor after them and the rows the ring evicted before they could be read."""
+        batches, skipped_rows, cursor, end = [], 0, self._cursor, None
+        while end is None or cursor < end:
+            result = ray.get(self._shard.read.remote(cursor, self._cfg.read_chunk_rows, stop_seq=end),
+                             timeout=self._read_timeout_s)
+            end = result.end_seq if end is None else end
+            skipped_rows += result.skipped_rows
+            if result.batch.num_rows:
+                batches.append(result.batch.to_arrow(self._schema))
+            if result.next_cursor == cursor:
+                break
+            cursor = result.next_cursor
+        arrow_schema = self._schema.arrow_schema()
+        table = pa.Table.from_batches(batches, schema=arrow_schema) if batches else arrow_schema.empty_table()
+        return table, cursor, skipped_rows
+
+
+def _split_finished(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(rows of episodes that have ended, rows of episodes still going)."""
+    if table.num_rows == 0:
+        return table, table
+    done = pc.or_(table.column("terminated"), table.column("truncated"))
+    finished = pc.unique(table.column("episode_id").filter(done))
+    ended = pc.is_in(table.column("episode_id"), value_set=finished)
+    return table.filter(ended), table.filter(pc.invert(ended))
+
+
+class Rotation:
+    """Rotates a replay into a dataset while it fills: one `ShardRotator` actor per shard,
+    triggered every `cfg.rotate_every_s` seconds from a thread of the driver.
+
+    Example:
+        >>> with Rotation(replay, out, cfg, run_id, env_id) as rotation:
+        ...     fill(replay)                       # collectors push rows; rotations run meanwhile
+        >>> manifest = rotation.finish()           # the last rows, the other formats, the manifest
+    """
+
+    def __init__(self, replay: Replay, out: Location | str | Path, cfg: AggregationConfig, run_id: str,
+                 env_id: str, timeout_s: float = 600.0) -> None:
+        if cfg.rotate_every_s is None:
+            raise ValueError("Rotation needs aggregation.rotate_every_s (seconds between rotations)")
+        check_layout(replay.schema, cfg)
+        self._out, self._cfg, self._schema = location(out), cfg, replay.schema
+        self._run_id, self._env_id, self._timeout_s = run_id, env_id, timeout_s
+        self._out.make_dirs()
+        actor = ray.remote(ShardRotator).options(num_cpus=cfg.num_cpus)
+        self._rotators = [actor.remote(shard, replay.schema, index, self._out, cfg)
+                          for index, shard in enumerate(replay.shards)]
+        self._results: list[ShardCompaction | None] = [None] * len(self._rotators)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rotations = 0
+        self.failures = 0
+
+    def __enter__(self) -> "Rotation":
+        self._thread = threading.Thread(target=self._loop, name="harvest-rotation", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the periodic rotations (waits for one in progress)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._timeout_s)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._cfg.rotate_every_s):
+            try:
+                self.rotate()
+            except Exception as err:  # noqa: BLE001 - the rows stay in the replay; the next rotation retries
+                self.failures += 1
+                logger.warning("{} (retried at the next rotation)", err)
+
+    def rotate(self, final: bool = False) -> Manifest:
+        """Blocks: one rotation of every shard, then the manifest over what they have written
+        (marked `in_progress` unless `final`; `final` also writes the other formats). A shard
+        whose rotation failed keeps its rows for the next one; the error names it, after the
+        manifest records what the other shards wrote."""
+        with self._lock:
+            refs = [rotator.rotate.remote(final) for rotator in self._rotators]
+            rows_before, files_before = self._count()
+            failed = []
+            for index, ref in enumerate(refs):
+                try:
+                    self._results[index] = ray.get(ref, timeout=self._timeout_s)
+                except (ray.exceptions.RayError, TimeoutError) as err:
+                    failed.append(f"shard {index}: {getattr(err, 'cause', None) or err}")
+            self.rotations += 1
+            if failed and final:
+                raise RotationError(f"the last rotation into {self._out} failed (the replay still holds the rows): "
+                                    + "; ".join(failed))
+            manifest = finish_dataset(self._shard_results(), self._schema, self._out, self._cfg, self._run_id,
+                                      self._env_id, in_progress=not final, rotations=self.rotations)
+            rows, files = self._count()
+            if failed:
+                raise RotationError(f"rotation {self.rotations} into {self._out}: " + "; ".join(failed))
+            if not final:
+                logger.info("rotation {}: {:,} rows in {} new files; {} now holds {:,} rows, {} episodes",
+                            self.rotations, rows - rows_before, files - files_before, self._out, manifest.rows,
+                            manifest.episodes)
+            return manifest
+
+    def _count(self) -> tuple[int, int]:
+        done = [result for result in self._results if result is not None]
+        return sum(result.rows for result in done), sum(len(result.files) for result in done)
+
+    def finish(self) -> Manifest:
+        """Blocks: stop rotating, write every row still held or in the replay, then the other
+        formats and the final manifest; the rotator actors are released."""
+        self.stop()
+        try:
+            return self.rotate(final=True)
+        finally:
+            for rotator in self._rotators:
+                ray.kill(rotator, no_restart=True)
+
+    def _shard_results(self) -> list[ShardCompaction]:
+        return [_nothing_written() if result is None else result for result in self._results]
+
+
+def _nothing_written() -> ShardCompaction:
+    return ShardCompaction([], 0, 0, np.zeros(0, np.int64), 0, [])
