@@ -2,6 +2,7 @@
 and the same writers and readers on a real S3-compatible server (moto) on 127.0.0.1."""
 
 import hashlib
+import io
 import json
 
 import gymnasium as gym
@@ -225,6 +226,36 @@ def test_writers_and_readers_work_on_s3(bucket, tmp_path):
     np.testing.assert_array_equal(read_hdf5(local)["action"], batch["action"])
     with pytest.raises(Exception, match=f"s3://{bucket}/datasets/missing: no manifest.json"):
         Dataset.open(f"s3://{bucket}/datasets/missing")
+
+
+def test_inspect_windows_exports_and_edits_read_and_write_s3(ray_cluster, bucket):
+    from aggregation.edit import split_dataset
+    from aggregation.export import export_offline_rl
+    from aggregation.inspect import inspect_dataset
+    from aggregation.windows import count_windows, windows
+
+    lengths = [30, 5, 200, 12]
+    schema, batch = episodes_batch(lengths, seed=6)
+    same_episode = np.r_[batch["episode_id"][1:] == batch["episode_id"][:-1], False]
+    batch.columns["next_obs"][same_episode] = batch["obs"][1:][same_episode[:-1]]  # a clean dataset
+    batch.columns["action"] = np.arange(batch.num_rows) % 4
+    uri = f"s3://{bucket}/datasets/two"
+    write_dataset([batch], schema, uri, AggregationConfig(formats=["parquet"], partition_by=["collector_id"]),
+                  run_id="s3-2", env_id="x")
+    dataset = Dataset.open(uri)
+    report = inspect_dataset(dataset)
+    assert report.overview["rows"] == 247 and report.overview["episodes"] == 4
+    assert not report.errors, report.findings
+    assert count_windows(dataset, history=10, stride=5)["windows"] == sum((n - 10) // 5 + 1 for n in lengths if n >= 10)
+    assert windows(dataset, history=10, stride=5).count() == count_windows(dataset, 10, 5)["windows"]
+    export_offline_rl(dataset, f"{uri}-offline.npz", file_format="npz")
+    with np.load(io.BytesIO(location(f"{uri}-offline.npz").read_bytes()), allow_pickle=False) as offline:
+        in_file_order = np.lexsort((batch["step"], batch["episode_id"], batch["collector_id"]))  # collector folders
+        np.testing.assert_array_equal(offline["actions"], batch["action"][in_file_order])
+    split_dataset(dataset, f"{uri}-split", {"train": 0.5, "val": 0.5}, seed=0)
+    halves = [Dataset.open(f"{uri}-split/{name}") for name in ("train", "val")]
+    assert sum(half.manifest.rows for half in halves) == 247
+    assert all(half.manifest.parents == [uri] for half in halves)
 
 
 @pytest.mark.slow
