@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 # CPU-only torch: this version's CPU wheel is on the project's machines; the pyproject range stays open.
 TORCH_PIN ?= torch==2.13.0
 
-# The real Robocode engine (issue 5) and a JDK and Xvfb to host it: Debian packages.
-SYSTEM_PACKAGES := robocode default-jdk xvfb
+# The real Robocode engine (issue 5) and a JDK and Xvfb to host it, and xdotool (the scripted
+# driver types into the teleoperation window, issue 9): Debian packages.
+SYSTEM_PACKAGES := robocode default-jdk xvfb xdotool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system run test test-fast bench clean
@@ -16,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: system $(VENV)/.installed
 
 system:
-	@if command -v javac >/dev/null && command -v Xvfb >/dev/null && ls /usr/share/java/robocode.battle-*.jar >/dev/null 2>&1; then \
+	@if command -v javac >/dev/null && command -v Xvfb >/dev/null && command -v xdotool >/dev/null && ls /usr/share/java/robocode.battle-*.jar >/dev/null 2>&1; then \
 		true; \
 	elif command -v apt-get >/dev/null; then \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES); \

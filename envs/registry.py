@@ -101,6 +101,35 @@ def make_vector_env(cfg: EnvConfig) -> VectorEnv:
     return gym.make_vec(cfg.id, num_envs=cfg.num_envs, vectorization_mode=mode, **kwargs)
 
 
+def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
+    """One env of `cfg.id`, not vectorized (what a person plays through a window).
+
+    Raises:
+        EnvNotFoundError: the id names nothing, or something that is not a single `gymnasium.Env`.
+    """
+    kwargs = dict(cfg.kwargs)
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    entry_point = _HARVEST_ENVS.get(cfg.id, cfg.id if ":" in cfg.id else None)
+    if entry_point is None:
+        if cfg.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = cfg.max_episode_steps
+        try:
+            return gym.make(cfg.id, **kwargs)
+        except gym.error.Error as err:
+            raise EnvNotFoundError(f"env.id: {cfg.id!r} is not a Gymnasium id or an entry point "
+                                   f"'package.module:Class': {err}") from err
+    factory = load_entry_point(entry_point)
+    if isinstance(factory, type) and issubclass(factory, VectorEnv):
+        raise EnvNotFoundError(f"env.id: {cfg.id!r} is a vector env; one gymnasium.Env is needed here")
+    env = factory(**kwargs)
+    if not isinstance(env, gym.Env):
+        raise EnvNotFoundError(f"env.id: {cfg.id!r} built a {type(env).__name__}, expected a gymnasium.Env")
+    if cfg.max_episode_steps is not None:
+        env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
+    return env
+
+
 def _vectorize(factory: Callable[..., Any], cfg: EnvConfig) -> VectorEnv:
     if isinstance(factory, type) and issubclass(factory, VectorEnv):
         return factory(num_envs=cfg.num_envs, **cfg.kwargs)

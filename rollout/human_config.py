@@ -1,0 +1,91 @@
+"""The `human:` section of a run config: a person (or the scripted stand-in) at the keyboard."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import ConfigDict, Field, StrictInt
+from pydantic.dataclasses import dataclass
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ControlConfig:
+    """What holding a control does to the action: for a Box action space, `value` is added to
+    component `index` (several held controls add up, then the sum is clipped to the space); for
+    a Discrete one, `value` is the action itself (the last control pressed wins)."""
+
+    index: StrictInt = Field(default=0, ge=0)
+    value: float = 1.0
+
+
+@dataclass(frozen=True, config=_STRICT)
+class AxisConfig:
+    """A gamepad axis (-1..1) adding `scale * position + offset` to action component `index`
+    when the axis is outside `deadzone` of its rest position."""
+
+    index: StrictInt = Field(ge=0)
+    scale: float = 1.0
+    offset: float = 0.0
+    rest: float = 0.0
+    """The axis position when untouched (triggers rest at -1)."""
+    deadzone: float = Field(default=0.1, ge=0, lt=1)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class GamepadConfig:
+    """The first gamepad pygame finds, if any: axes add analog values, buttons hold controls."""
+
+    enabled: bool = True
+    axes: Optional[dict[int, AxisConfig]] = None
+    """None: the driving default for Box(3) (steer, gas, brake) actions: stick 0 x steers,
+    right trigger (axis 5) is gas, left trigger (axis 4) brakes; none for other action spaces."""
+    buttons: dict[int, str] = Field(default_factory=dict)
+    """Button number -> control name (e.g. {0: throttle})."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class HumanConfig:
+    """A teleoperation session: a window shows the env, the keyboard (and a gamepad) drive it,
+    every frame goes into the replay with `source=human`."""
+
+    operator: str = "anonymous"
+    """Who plays; written on every row."""
+    driver: Literal["person", "scripted"] = "person"
+    """`scripted`: the env's scripted driver plays through real key events sent to the window
+    (xdotool), for demos and tests; it needs `lockstep` and an X display (its own Xvfb is fine)."""
+    fps: Optional[float] = Field(default=None, gt=0)
+    """Frames per second; None: the env's `render_fps` (CarRacing: 50), or 60 without one."""
+    lockstep: bool = False
+    """Advance one frame per press of `advance_key` instead of by the clock (frame-exact input)."""
+    keys: Optional[dict[str, str]] = None
+    """pygame key name -> control name. None: W/up throttle, S/down brake, A/left and D/right
+    steer (driving, for Box(3) actions), or left/right/up/down/1-9 for Discrete actions."""
+    controls: Optional[dict[str, ControlConfig]] = None
+    """Control name -> its effect. None: the default for the action space (see `keys`)."""
+    noop_action: StrictInt = 0
+    """Discrete actions: the action while no control is held."""
+    reset_key: str = "r"
+    end_key: str = "escape"
+    pause_key: str = "p"
+    advance_key: str = "f12"
+    gamepad: GamepadConfig = Field(default_factory=GamepadConfig)
+    window_size: list[StrictInt] = Field(default_factory=lambda: [600, 400], min_length=2, max_length=2)
+    """The window's width and height in pixels (the env's frame is scaled to fit)."""
+    display: Optional[str] = None
+    """X display for the window; None: `$DISPLAY`, or an Xvfb of the collector's own when unset."""
+    max_frames: Optional[StrictInt] = Field(default=None, ge=1)
+    """End the session after this many frames (None: when the person presses `end_key`)."""
+    max_episodes: Optional[StrictInt] = Field(default=None, ge=1)
+    """End the session after this many episodes."""
+    session_folder: bool = True
+    """Also write the session in the driving recorder's layout (`sessions/session_<time>/`:
+    screenshots, `metadata/expert_data.csv`, `telemetry/`), importable with `harvest import
+    driving-session`."""
+    telemetry: bool = True
+    """Record the env's telemetry (CarRacing: speed, steering angle, wheel speeds, lap time)."""
+    batch_rows: StrictInt = Field(default=256, ge=1)
+    """Rows per push to the replay (an episode's end pushes at once)."""
+    seed: Optional[StrictInt] = None
+    """Seed of the first episode's reset (later ones continue the env's generator)."""

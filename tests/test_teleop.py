@@ -1,0 +1,217 @@
+"""Teleoperation: the key map, the scripted CarRacing driver, and a real window under Xvfb
+played through real key events (xdotool) into the sharded replay."""
+
+import csv
+import json
+import shutil
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import ray
+
+from envs.car_racing import CarRacingDriver
+from envs.config import EnvConfig
+from envs.registry import make_env
+from rollout.human import HumanCollector, human_schema
+from rollout.human_config import AxisConfig, ControlConfig, GamepadConfig, HumanConfig
+from rollout.keymap import KeyMap, KeyMapError
+from rollout.replay.replay import start_replay
+from rollout.config import ReplayConfig
+from rollout.teleop import KeyboardRobot, x_keysym
+
+needs_x = pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xdotool") is None,
+                             reason="needs Xvfb and xdotool (Debian packages xvfb, xdotool)")
+DRIVING = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
+
+
+def test_the_driving_key_map_adds_held_controls_and_clips_to_the_space():
+    keymap = KeyMap(HumanConfig(), DRIVING)
+    assert keymap.controls_of(["w", "left", "x"]) == ["throttle", "steer_left"]
+    np.testing.assert_array_equal(keymap.action(["throttle", "steer_left"]), [-1, 1, 0])
+    np.testing.assert_allclose(keymap.action(["steer_left", "steer_right", "brake"]), [0, 0, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(keymap.action([]), [0, 0, 0])
+    assert keymap.key_for("brake") == "s" and keymap.action(["throttle"]).dtype == np.float32
+    # a gamepad: half right on the stick, right trigger three quarters in, left trigger at rest
+    np.testing.assert_allclose(keymap.action([], {0: 0.5, 5: 0.5, 4: -1.0}), [0.5, 0.75, 0])
+    np.testing.assert_allclose(keymap.action([], {0: 0.05}), [0, 0, 0])  # inside the deadzone
+
+
+def test_discrete_key_maps_and_configured_ones():
+    keymap = KeyMap(HumanConfig(noop_action=1), gym.spaces.Discrete(3))
+    assert keymap.action(keymap.controls_of(["left"])) == 0 and keymap.action([]) == 1
+    assert keymap.action(keymap.controls_of(["3", "right"])) == 1, "the key pressed last wins"
+    custom = HumanConfig(keys={"space": "jump"}, controls={"jump": ControlConfig(value=2)},
+                         gamepad=GamepadConfig(buttons={0: "jump"}))
+    assert KeyMap(custom, gym.spaces.Discrete(3)).action(["jump"]) == 2
+    box = HumanConfig(keys={"j": "push"}, controls={"push": ControlConfig(index=1, value=0.5)},
+                      gamepad=GamepadConfig(axes={2: AxisConfig(index=0)}))
+    np.testing.assert_allclose(KeyMap(box, gym.spaces.Box(-1, 1, (2,))).action(["push"], {2: -0.5}), [-0.5, 0.5])
+
+
+@pytest.mark.parametrize("cfg, space, message", [
+    (HumanConfig(), gym.spaces.Box(-1, 1, (2,)), "no default key map"),
+    (HumanConfig(keys={"q": "fly"}), DRIVING, r"human.keys.q: no control 'fly'"),
+    (HumanConfig(controls={"jump": ControlConfig(value=7)}, keys={"j": "jump"}), gym.spaces.Discrete(3),
+     r"human.controls.jump.value: 7.0 is not an action"),
+    (HumanConfig(controls={"x": ControlConfig(index=3)}, keys={"x": "x"}), DRIVING, r"human.controls.x.index: 3"),
+    (HumanConfig(noop_action=5), gym.spaces.Discrete(3), "human.noop_action: 5"),
+])
+def test_a_key_map_that_does_not_fit_the_action_space_is_refused_by_name(cfg, space, message):
+    with pytest.raises(KeyMapError, match=message):
+        KeyMap(cfg, space)
+
+
+def test_x_keysyms_for_pygame_key_names():
+    assert [x_keysym(k) for k in ("up", "f12", "w", "escape", "left shift")] == ["Up", "F12", "w", "Escape", "Shift_L"]
+
+
+def test_the_scripted_driver_laps_car_racing_well():
+    """The repeatable "person": key-press controls only, at least 700 on average."""
+    def key_action(controls):
+        return np.array([("steer_right" in controls) - ("steer_left" in controls), "throttle" in controls,
+                         0.8 * ("brake" in controls)], np.float32)
+
+    returns = []
+    for seed in (0, 1, 2):
+        env, driver = gym.make("CarRacing-v3"), CarRacingDriver()
+        env.reset(seed=seed)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(key_action(driver.controls(env)))
+            total, done = total + reward, terminated or truncated
+        env.close()
+        returns.append(total)
+    assert np.mean(returns) >= 700, returns
+
+
+@pytest.fixture
+def xvfb():
+    from pyvirtualdisplay import Display
+
+    display = Display(visible=False, size=(800, 600))
+    display.start()
+    yield display.new_display_var
+    display.stop()
+
+
+def replay_rows(replay) -> dict[str, np.ndarray]:
+    parts = [ray.get(shard.read.remote(0, 1_000_000)).batch for shard in replay.shards]
+    rows = {name: np.concatenate([part[name] for part in parts if part.num_rows]) for name in parts[0].columns}
+    order = np.lexsort((rows["step"], rows["episode_id"]))
+    return {name: column[order] for name, column in rows.items()}
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s}s")
+        time.sleep(0.2)
+
+
+@needs_x
+@pytest.mark.timeout(300)
+def test_the_scripted_driver_plays_car_racing_through_real_key_events_frame_for_frame(ray_cluster, xvfb, tmp_path):
+    from PIL import ImageGrab
+
+    from aggregation.dataset import Dataset
+    from aggregation.importers import import_driving_sessions
+
+    env_cfg = EnvConfig(id="CarRacing-v3")
+    cfg = HumanConfig(driver="scripted", lockstep=True, display=xvfb, operator="pilot", seed=3, batch_rows=64,
+                      window_size=[600, 400])
+    probe = make_env(env_cfg)
+    replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=20_000, num_cpus=0.1), human_schema(probe, cfg))
+    probe.close()
+    collector = ray.remote(HumanCollector).options(num_cpus=0.5).remote(env_cfg, cfg, replay, 0, "teleop",
+                                                                        str(tmp_path / "sessions"))
+    try:
+        session = collector.run.remote()
+        wait_for(lambda: replay.inserted_rows() >= 128, 120, "rows in the replay")
+        # the window as a person sees it: the track (grey) on grass (green), the status line on top
+        person = KeyboardRobot(xvfb, None)
+        x, y, width, height = person.geometry(person.focus_window("Harvest teleop"))
+        assert (width, height) == (600, 400)
+        pixels = np.asarray(ImageGrab.grab(xdisplay=xvfb).convert("RGB"))[y:y + height, x:x + width].astype(int)
+        red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+        grass = (green > red + 60) & (green > blue + 60)
+        road = (np.abs(red - green) < 12) & (np.abs(green - blue) < 12) & (red > 80) & (red < 130)
+        assert grass.mean() > 0.15 and road.mean() > 0.03, (grass.mean(), road.mean())
+        assert pixels[:40].max() == 255, "the status line"
+        person.press("escape")  # a person ends the session
+        result = ray.get(session, timeout=120)
+        ray.get(collector.close.remote(), timeout=60)
+    finally:
+        ray.kill(collector, no_restart=True)
+    try:
+        rows, inserted = replay_rows(replay), replay.stats().inserted_rows
+    finally:
+        replay.kill()
+
+    assert result.ended_by == "end_key" and result.lockstep and result.frames >= 128
+    assert result.rows == result.frames == rows["step"].size == inserted
+    np.testing.assert_array_equal(rows["action"], rows["intended_action"])  # frame for frame
+    assert len(np.unique(rows["action"], axis=0)) >= 4, "steering, throttle and brake all used"
+    assert set(rows["source"]) == {"human"} and set(rows["operator"]) == {"pilot"}
+    assert set(rows["driver"]) == {"scripted"} and rows["truncated"][-1], "ESC ends the episode as truncated"
+    np.testing.assert_array_equal(rows["frame"], np.arange(result.frames))
+    assert rows["telemetry.speed"][-1] > 10 and rows["telemetry.tiles_visited"][-1] > 0
+
+    folder = tmp_path / "sessions" / result.session_id
+    assert result.session_folder == str(folder)
+    with open(folder / "metadata" / "expert_data.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == result.frames == len(list((folder / "screenshots").glob("*.png")))
+    assert not list(folder.rglob("*.partial")), "every file complete"
+    lines = [json.loads(line) for line in (folder / "telemetry" / "episode_001.jsonl").read_text().splitlines()]
+    assert [line["action"] for line in lines] == rows["action"].tolist()
+
+    imported = import_driving_sessions([tmp_path / "sessions"], tmp_path / "imported")
+    assert not imported.errors and imported.manifest.rows == result.frames
+    back = Dataset.open(tmp_path / "imported").read_columns(["action", "obs.image"])
+    np.testing.assert_allclose(back["action"][:, [2, 0, 1]], rows["action"], atol=1e-4)  # steering, throttle, brake
+    np.testing.assert_array_equal(back["obs.image"], rows["obs"])
+
+
+@needs_x
+@pytest.mark.timeout(180)
+def test_a_person_resets_pauses_and_ends_a_session_by_keys(ray_cluster, xvfb):
+    """CartPole with the arrow keys, frame by frame (lockstep): the test is the person at the keyboard."""
+    env_cfg = EnvConfig(id="CartPole-v1")
+    cfg = HumanConfig(lockstep=True, display=xvfb, operator="ada", seed=0, window_size=[300, 200])
+    probe = make_env(env_cfg)
+    replay = start_replay(ReplayConfig(num_shards=1, capacity_rows=1_000, num_cpus=0.1), human_schema(probe, cfg))
+    probe.close()
+    collector = ray.remote(HumanCollector).options(num_cpus=0.5).remote(env_cfg, cfg, replay, 1, "teleop", None)
+    try:
+        session = collector.run.remote()
+        person = KeyboardRobot(xvfb, None)
+        person.focus_window("Harvest teleop")
+        for key in ["left"] * 3 + ["right"] * 3:
+            person.hold({key}, then_press="f12")
+        person.hold(set(), then_press="r")  # reset: the episode ends after 6 steps
+        person.press("f12")
+        person.press("p")  # pause: frames pass, nothing is played
+        person.press("f12")
+        person.press("f12")
+        person.press("p")
+        for _ in range(4):
+            person.hold({"right"}, then_press="f12")
+        person.release_all()
+        person.press("escape")
+        result = ray.get(session, timeout=120)
+        ray.get(collector.close.remote(), timeout=60)
+    finally:
+        ray.kill(collector, no_restart=True)
+    try:
+        rows = replay_rows(replay)
+    finally:
+        replay.kill()
+    assert [e["ended"] for e in result.episodes] == ["reset", "session_end"]
+    assert [e["length"] for e in result.episodes] == [6, 4] and result.frames == 10
+    first = rows["episode_id"] == result.episodes[0]["episode_id"]
+    assert rows["action"][first].tolist() == [0, 0, 0, 1, 1, 1] and rows["truncated"][first].tolist()[-1]
+    assert rows["action"][~first].tolist() == [1, 1, 1, 1] and set(rows["driver"]) == {"person"}
+    assert result.gamepad is None and result.session_folder is None  # CartPole is not a driving game
