@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, help_text in (("run", "collect, compact, train and evaluate"),
                             ("collect", "collect into the replay and snapshot it"),
+                            ("teleop", "play the env in a window (keyboard, gamepad) into the replay beside the "
+                                       "simulators, then write the dataset"),
                             ("config", "print the resolved config")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", nargs="?", help="YAML run config (default: the embedded CartPole run)")
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.print_summary(pipeline.run(cfg, run_id, paths))
         elif args.command == "collect":
             pipeline.print_summary(pipeline.collect_only(cfg, run_id, paths))
+        elif args.command == "teleop":
+            pipeline.print_summary(pipeline.teleop(cfg, run_id, paths))
         elif args.command == "compact":
             pipeline.compact_snapshot(cfg, run_id, paths)
         elif args.command == "train":

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from aggregation.config import AggregationConfig
 from envs.config import EnvConfig
 from learners.config import LearnerConfig
 from rollout.config import ReplayConfig, RolloutConfig
+from rollout.human_config import HumanConfig
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -96,6 +97,17 @@ class RunConfig:
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    human: Optional[HumanConfig] = None
+    """A person (or the scripted driver) plays one env copy in a window while the simulators
+    collect; their rows share the replay, tagged by `source`. `harvest teleop` sets it."""
+
+    @model_validator(mode="after")
+    def _someone_collects(self) -> "RunConfig":
+        if self.rollout.num_collectors == 0 and self.human is None:
+            raise ValueError("rollout.num_collectors: 0 needs a `human:` section (someone has to collect)")
+        if self.human is not None and self.env.id == ROBOCODE_ENV_ID:
+            raise ValueError("human: teleoperation plays Gymnasium envs; Robocode battles are collected by engines")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

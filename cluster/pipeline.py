@@ -40,7 +40,10 @@ from rollout.batch import BatchSchema
 from rollout.config import PolicyConfig, RolloutConfig
 from rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
 from rollout.policies import ConfiguredPolicyFactory
+from rollout.human import HumanCollector, HumanSessionResult, human_schema_for
+from rollout.human_config import HumanConfig
 from rollout.replay.replay import Replay, start_replay
+from rollout.sources import merged_schema
 from rollout.robocode_collector import RobocodeCollectResult, RobocodeCollector, expert_episodes, robocode_schema
 from rollout.worker import CollectResult, RolloutWorker, collector_uid, schema_for
 
@@ -106,6 +109,8 @@ class CollectSummary:
     push_wait_seconds: float
     replay_size_rows: int
     replay_evicted_rows: int
+    human_sessions: list[dict[str, Any]] = field(default_factory=list)
+    """Teleoperation sessions played during the collection (`HumanSessionResult`s)."""
 
 
 @dataclass
@@ -146,16 +151,24 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     rollout = cfg.rollout
     factory = ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed)
     schema: BatchSchema = schema_for(cfg.env, factory)
+    if cfg.human is not None:  # the person's rows and the simulators' share the replay, tagged by source
+        schema = merged_schema(human_schema_for(cfg.env, cfg.human), schema)
     replay = _started_replay(cfg, schema, paths)
+    session = None
+    if cfg.human is not None:
+        session = ray.remote(HumanCollector).options(num_cpus=rollout.num_cpus).remote(
+            cfg.env, cfg.human, replay, rollout.num_collectors, run_id,
+            str((paths or RunPaths(Path(cfg.run.output_dir) / run_id)).root / "sessions"))
     worker_actor = ray.remote(RolloutWorker)
     workers = [worker_actor.options(num_cpus=rollout.num_cpus).remote(
         cfg.env, rollout, ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed + index),
         replay, index, run_id, cfg.run.seed + index) for index in range(rollout.num_collectors)]
-    logger.info("collecting {:,} transitions of {} with {} collectors x {} envs into {} replay shards",
-                rollout.steps, cfg.env.id, rollout.num_collectors, cfg.env.num_envs, cfg.replay.num_shards)
+    logger.info("collecting {:,} transitions of {} with {} collectors x {} envs into {} replay shards{}",
+                rollout.steps if workers else 0, cfg.env.id, rollout.num_collectors, cfg.env.num_envs,
+                cfg.replay.num_shards, f", and {cfg.human.operator}'s session ({cfg.human.driver})" if session else "")
     results: list[CollectResult]
-    results, seconds = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100),
-                                    during=during)
+    results, seconds, played = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100),
+                                            during=during, session=session)
     returns = [episode.episode_return for result in results for episode in result.episodes]
     for result in results:
         logger.info("collector {}: {:,} rows acknowledged, at most {:.1f} MB held locally ({} mode){}",
@@ -164,9 +177,13 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
                     f"{result.filtered['episodes']} finished episodes, dropped {result.filtered['dropped'] or 'none'}")
     for shard, report in enumerate(ray.get([shard.memory.remote() for shard in replay.shards], timeout=60)):
         logger.info("replay shard {}: {:,} rows in {:.1f} MB", shard, report["rows"], report["bytes"] / 2**20)
-    return replay, _checked_summary(replay, sum(result.rows for result in results), len(returns), seconds,
-                                    float(np.mean(returns)) if returns else None,
-                                    sum(result.push_wait_seconds for result in results))
+    if played is not None:
+        returns += [episode["return"] for episode in played.episodes]
+    summary = _checked_summary(replay, sum(result.rows for result in results) + (played.rows if played else 0),
+                               len(returns), seconds, float(np.mean(returns)) if returns else None,
+                               sum(result.push_wait_seconds for result in results))
+    summary.human_sessions = [played.to_json()] if played is not None else []
+    return replay, summary
 
 
 def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths,
@@ -185,8 +202,8 @@ def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths,
                 rollout.steps, " vs ".join(robocode_battles(cfg).robots), rollout.num_collectors,
                 cfg.replay.num_shards)
     results: list[RobocodeCollectResult]
-    results, seconds = _fill_replay(collectors, replay, rollout, timeout_s=max(600.0, rollout.steps / 20),
-                                    close=True, during=during)
+    results, seconds, _ = _fill_replay(collectors, replay, rollout, timeout_s=max(600.0, rollout.steps / 20),
+                                       close=True, during=during)
     for result in results:
         if result.restarts or result.dropped_battles:
             logger.warning("collector {}: {} engine restarts, battles dropped: {}", result.collector_id,
@@ -206,22 +223,31 @@ def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None)
 
 
 def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s: float, close: bool = False,
-                 during: Callable[[Replay], AbstractContextManager] | None = None) -> tuple[list, float]:
+                 during: Callable[[Replay], AbstractContextManager] | None = None,
+                 session: ray.actor.ActorHandle | None = None) -> tuple[list, float, HumanSessionResult | None]:
     """Blocks: `actors` collect `rollout.steps` rows between them (shown as a progress bar over
-    the replay's count), then are closed (with `close`) and killed; their results and the time."""
+    the replay's count) while the `session` (a `HumanCollector`) plays until the person ends
+    it; then all are closed (with `close`) and killed; their results and the time."""
     per_actor = [rollout.steps // len(actors) + (i < rollout.steps % len(actors)) for i in range(len(actors))]
     started = time.perf_counter()
+    played = None
     try:
         refs = [actor.collect.remote(rows) for actor, rows in zip(actors, per_actor)]
+        session_ref = session.run.remote() if session is not None else None
         with during(replay) if during is not None else nullcontext():
             results = wait_with_progress(refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
-                                         timeout_s=timeout_s)
+                                         timeout_s=timeout_s) if refs else []
+            if session_ref is not None:
+                logger.info("{}waiting for the teleoperation session to end (its end key, or a closed window)",
+                            "the simulators are done; " if refs else "")
+                played = ray.get(session_ref)  # bounded by the session's own human.max_session_s
+                ray.get(session.close.remote(), timeout=60)
         if close:
             ray.get([actor.close.remote() for actor in actors], timeout=120)
     finally:
-        for actor in actors:
+        for actor in [*actors, *([session] if session is not None else [])]:
             ray.kill(actor, no_restart=True)
-    return results, time.perf_counter() - started
+    return results, time.perf_counter() - started, played
 
 
 def _checked_summary(replay: Replay, rows: int, episodes: int, seconds: float, return_mean: float | None,
@@ -447,6 +473,20 @@ def eval_table(results: dict[str, EvalResult], win_return: float | None) -> Tabl
 def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     """Collect, compact, train and evaluate one run."""
     summary = RunSummary(run_id, str(paths.root))
+    _collect_and_compact(cfg, run_id, paths, summary)
+    timer = time.perf_counter()
+    summary.train = _train_summary(train(cfg, paths, run_id))
+    summary.stage_seconds["train"] = time.perf_counter() - timer
+    timer = time.perf_counter()
+    summary.eval = _eval_summary(evaluate(cfg, paths, run_id), cfg.eval.win_return)
+    summary.stage_seconds["eval"] = time.perf_counter() - timer
+    summary.write(paths.summary)
+    return summary
+
+
+def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: RunSummary) -> Manifest:
+    """Fill the replay, then write the dataset (rotating it during the collection when
+    `aggregation.rotate_every_s` says so); stage times and sizes go into `summary`."""
     timer = time.perf_counter()
     rotations: list[Rotation] = []
 
@@ -464,12 +504,16 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     finally:
         replay.kill()
     summary.dataset_rows, summary.dataset_episodes = manifest.rows, manifest.episodes
-    timer = time.perf_counter()
-    summary.train = _train_summary(train(cfg, paths, run_id))
-    summary.stage_seconds["train"] = time.perf_counter() - timer
-    timer = time.perf_counter()
-    summary.eval = _eval_summary(evaluate(cfg, paths, run_id), cfg.eval.win_return)
-    summary.stage_seconds["eval"] = time.perf_counter() - timer
+    return manifest
+
+
+def teleop(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
+    """`harvest teleop`: a person's session (and the simulators beside it) into the replay, then
+    the dataset; train later with `harvest train <run>`."""
+    if cfg.human is None:
+        cfg = dataclasses.replace(cfg, human=HumanConfig())
+    summary = RunSummary(run_id, str(paths.root))
+    _collect_and_compact(cfg, run_id, paths, summary)
     summary.write(paths.summary)
     return summary
 
@@ -530,6 +574,15 @@ def print_summary(summary: RunSummary) -> None:
         rows.append(("collected", f"{c.rows:,} rows, {c.episodes} episodes, {c.rows_per_s:,.0f} rows/s"))
         if c.episode_return_mean is not None:
             rows.append(("collection return", f"{c.episode_return_mean:.1f} (mean)"))
+        for session in c.human_sessions:
+            returns = [episode["return"] for episode in session["episodes"]]
+            rows.append((f"session {session['operator']}",
+                         f"{session['frames']:,} frames, {len(returns)} episodes (return "
+                         f"{np.mean(returns) if returns else float('nan'):.1f}), {session['achieved_fps']:.1f} FPS "
+                         f"(target {session['target_fps']:.0f}, {session['late_frames']} late), ended by "
+                         f"{session['ended_by']}"))
+            if session["session_folder"]:
+                rows.append(("session folder", session["session_folder"]))
     if summary.dataset_rows is not None:
         rows.append(("dataset", f"{summary.dataset_rows:,} rows, {summary.dataset_episodes} episodes"))
     if summary.train:

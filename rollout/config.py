@@ -69,8 +69,8 @@ class EpisodeFilter:
 
 @dataclass(frozen=True, config=_STRICT)
 class RolloutConfig:
-    num_collectors: StrictInt = Field(default=2, ge=1)
-    """Rollout actors, each owning one vector env and one policy."""
+    num_collectors: StrictInt = Field(default=2, ge=0)
+    """Rollout actors, each owning one vector env and one policy (0: only the `human:` session collects)."""
     steps: StrictInt = Field(default=20_000, ge=1)
     """Transitions (rows) to collect in total, split evenly across collectors."""
     batch_rows: StrictInt = Field(default=4096, ge=1)

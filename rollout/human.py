@@ -37,6 +37,7 @@ from rollout.human_config import HumanConfig
 from rollout.keymap import KeyMap, _is_driving
 from rollout.replay.replay import Replay
 from rollout.session_folder import SessionFolderWriter
+from rollout.sources import shared_columns, with_filled
 from rollout.teleop import KeyboardRobot, TeleopError, TeleopWindow
 from rollout.worker import PushTimeoutError, collector_uid
 
@@ -89,6 +90,15 @@ def human_schema(env: gym.Env, cfg: HumanConfig) -> BatchSchema:
     return BatchSchema.for_spaces(env.observation_space, env.action_space, extras=extras)
 
 
+def human_schema_for(env_cfg: EnvConfig, cfg: HumanConfig) -> BatchSchema:
+    """`human_schema` of the env `env_cfg` builds (made, read and closed)."""
+    env = make_env(env_cfg)
+    try:
+        return human_schema(env, cfg)
+    finally:
+        env.close()
+
+
 @dataclass
 class _Rows:
     """Rows played but not yet pushed (the newest is held back: a reset may still mark it truncated)."""
@@ -135,9 +145,12 @@ class HumanCollector:
         self._env = make_env(env_cfg, render_mode="rgb_array")
         self.keymap = KeyMap(cfg, self._env.action_space)
         self.schema = human_schema(self._env, cfg)
+        self._fillers: dict = {}
+        self._replay_columns = list(self.schema.columns)
         if replay is not None and dict(replay.schema.columns) != dict(self.schema.columns):
-            raise ValueError(f"HumanCollector[{collector_id}]: the session's columns {sorted(self.schema.columns)} "
-                             f"differ from the replay's {sorted(replay.schema.columns)}")
+            # a replay shared with simulators: their own columns (a policy's log-probs, say) get filled
+            self._fillers = shared_columns(replay.schema, self.schema, SOURCE_HUMAN, f"HumanCollector[{collector_id}]")
+            self._replay_columns = list(replay.schema.columns)
         self._replay = replay
         self._telemetry = _TELEMETRY.get(_game_name(self._env), (None, None))[1] if cfg.telemetry else None
         self._driver = None
@@ -184,7 +197,7 @@ class HumanCollector:
         return np.asarray(ImageGrab.grab(xdisplay=self.display).convert("RGB"))
 
     def run(self) -> HumanSessionResult:
-        """Blocks: play until the end key, a closed window, `max_frames` or `max_episodes`."""
+        """Blocks: play until the end key, a closed window, `max_frames`, `max_episodes` or `max_session_s`."""
         cfg, env = self.cfg, self._env
         obs, _ = env.reset(seed=cfg.seed)
         episode_id, episode_number, step, episode_return = int(self._ids.next(1)[0]), 1, 0, 0.0
@@ -264,6 +277,9 @@ class HumanCollector:
                 if cfg.max_frames is not None and frame >= cfg.max_frames:
                     ended_by = "max_frames"
                     break
+                if time.perf_counter() - started > cfg.max_session_s:
+                    ended_by = "max_session_s"
+                    break
                 if not cfg.lockstep:
                     late += int(time.perf_counter() - last > 1.5 * period)
                     self._pace(period, last)
@@ -300,6 +316,7 @@ class HumanCollector:
     def _push(self, batch: TransitionBatch | None) -> None:
         if batch is None or self._replay is None:
             return
+        batch = with_filled(batch, self._fillers, self._replay_columns)
         self._pushes += 1
         self._rows_pushed += batch.num_rows
         self._in_flight.extend(self._replay.insert_async(batch, f"human {self.collector_id}", self._pushes))

@@ -79,6 +79,8 @@ class HumanConfig:
     """End the session after this many frames (None: when the person presses `end_key`)."""
     max_episodes: Optional[StrictInt] = Field(default=None, ge=1)
     """End the session after this many episodes."""
+    max_session_s: float = Field(default=4 * 3600.0, gt=0)
+    """End the session after this long (a bound on the run's wait for the person)."""
     session_folder: bool = True
     """Also write the session in the driving recorder's layout (`sessions/session_<time>/`:
     screenshots, `metadata/expert_data.csv`, `telemetry/`), importable with `harvest import

@@ -22,6 +22,7 @@ from rollout.memory import keep_batch_buffers_on_heap
 from rollout.modes import LocalBuffer, TrajectoryGate
 from rollout.policies import Policy, PolicyFactory
 from rollout.replay.replay import Replay
+from rollout.sources import SOURCE_BY_POLICY, shared_columns, with_filled
 
 
 class PushTimeoutError(TimeoutError):
@@ -97,9 +98,18 @@ class RolloutWorker:
         self._env = make_vector_env(env_cfg)
         self._policy = policy_factory(self._env.single_observation_space, self._env.single_action_space)
         self.schema = _schema(self._env, self._policy)
+        self._fillers: dict = {}
+        self._replay_columns = list(self.schema.columns)
         if replay is not None and replay.schema.columns != self.schema.columns:
-            raise ValueError(f"RolloutWorker[{collector_id}]: env {env_cfg.id!r} with this policy makes columns "
-                             f"{self._describe(self.schema)}, the replay expects {self._describe(replay.schema)}")
+            # a replay shared with a person's session has columns of its own: fill them, or refuse
+            try:
+                self._fillers = shared_columns(replay.schema, self.schema, SOURCE_BY_POLICY[cfg.policy.kind],
+                                               f"RolloutWorker[{collector_id}]")
+            except ValueError as err:
+                raise ValueError(f"RolloutWorker[{collector_id}]: env {env_cfg.id!r} with this policy makes columns "
+                                 f"{self._describe(self.schema)}, the replay expects "
+                                 f"{self._describe(replay.schema)}: {err}") from err
+            self._replay_columns = list(replay.schema.columns)
         self._replay = replay
         self._source = f"collector {collector_id}"
         self._pushes = 0  # batch ids: a shard restarted by Ray recognises a retried push
@@ -231,6 +241,7 @@ class RolloutWorker:
             self._push(item)
 
     def _push(self, batch: TransitionBatch) -> None:
+        batch = with_filled(batch, self._fillers, self._replay_columns)
         metrics.rollout_env_steps().inc(batch.num_rows, tags=self._tags)
         self._observe_episodes()
         self._rows_pushed += batch.num_rows

@@ -215,3 +215,29 @@ def test_a_person_resets_pauses_and_ends_a_session_by_keys(ray_cluster, xvfb):
     assert rows["action"][first].tolist() == [0, 0, 0, 1, 1, 1] and rows["truncated"][first].tolist()[-1]
     assert rows["action"][~first].tolist() == [1, 1, 1, 1] and set(rows["driver"]) == {"person"}
     assert result.gamepad is None and result.session_folder is None  # CartPole is not a driving game
+
+
+@needs_x
+@pytest.mark.timeout(300)
+def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_source(ray_cluster, xvfb, tmp_path):
+    from aggregation.dataset import Dataset
+    from cluster.cli import main
+
+    overrides = ["env.id=CarRacing-v3", "env.num_envs=2", "rollout.num_collectors=1", "rollout.steps=200",
+                 "rollout.policy.kind=random", "rollout.batch_rows=100", "rollout.num_cpus=0.25", "replay.num_cpus=0.1",
+                 "aggregation.num_cpus=0.1", "aggregation.formats=[parquet]", f"run.output_dir={tmp_path}",
+                 f"human={{driver: scripted, lockstep: true, max_frames: 150, operator: pilot, display: '{xvfb}'}}"]
+    assert main(["teleop", "--run-id", "tele", *sum((["--set", item] for item in overrides), [])]) == 0
+    rows = Dataset.open(tmp_path / "tele" / "dataset").read_columns(
+        ["source", "driver", "operator", "session", "telemetry.speed", "intended_action", "action"])
+    human = rows["source"] == "human"
+    assert human.sum() == 150 and set(rows["source"][~human]) == {"random"} and (~human).sum() >= 200
+    assert set(rows["driver"][human]) == {"scripted"} and set(rows["operator"][human]) == {"pilot"}
+    assert set(rows["driver"][~human]) == {"random"} and set(rows["operator"][~human]) == {""}
+    assert np.isnan(rows["telemetry.speed"][~human]).all() and not np.isnan(rows["telemetry.speed"][human]).any()
+    np.testing.assert_array_equal(rows["intended_action"][human], rows["action"][human])
+    summary = json.loads((tmp_path / "tele" / "summary.json").read_text())
+    (session,) = summary["collect"]["human_sessions"]
+    assert session["frames"] == 150 and session["ended_by"] == "max_frames"
+    assert len(list((tmp_path / "tele" / "sessions" / session["session_id"] / "screenshots").glob("*.png"))) == 150
+    assert summary["collect"]["rows"] == summary["dataset_rows"]
