@@ -126,7 +126,20 @@ def learner_loss() -> Any:
     return _make("gauge", "harvest_learner_loss", "A learner's latest training loss.", ("learner",))
 
 
+@functools.cache
+def shadow_agreement() -> Any:
+    return _make("gauge", "harvest_shadow_agreement",
+                 "Agreement of the shadow policy with the person over the session's recent frames: the share of "
+                 "equal actions (Discrete), or 1 - mean |difference| / action range (Box).", ("session",))
+
+
+@functools.cache
+def shadow_version() -> Any:
+    return _make("gauge", "harvest_shadow_version", "Weights version of the shadow policy a session plays beside "
+                 "the person.", ("session",))
+
+
 ALL_METRICS = (rollout_env_steps, rollout_episodes, rollout_push_wait_seconds, rollout_episode_return,
                replay_inserted_rows, replay_sampled_rows, replay_rejected_batches, replay_insert_seconds,
                replay_wal_write_seconds, replay_size_rows, replay_utilization, replay_memory_bytes,
-               replay_consumer_lag_rows, learner_samples, learner_loss)
+               replay_consumer_lag_rows, learner_samples, learner_loss, shadow_agreement, shadow_version)

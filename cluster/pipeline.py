@@ -35,7 +35,9 @@ from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearn
 from learners.config import LearnerConfig
 from learners.distributed import train_bc_data_parallel
 from learners.dqfd import DQfDLearner
+from learners.plots import plot_shadow_session
 from learners.ppo import PPOLearner
+from learners.shadow import ShadowLearner
 from rollout.batch import BatchSchema
 from rollout.config import PolicyConfig, RolloutConfig
 from rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
@@ -111,6 +113,8 @@ class CollectSummary:
     replay_evicted_rows: int
     human_sessions: list[dict[str, Any]] = field(default_factory=list)
     """Teleoperation sessions played during the collection (`HumanSessionResult`s)."""
+    shadow: dict[str, Any] | None = None
+    """The shadow learner's summary (versions, rounds, checkpoint, agreement plot) when `human.shadow` is set."""
 
 
 @dataclass
@@ -154,11 +158,20 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     if cfg.human is not None:  # the person's rows and the simulators' share the replay, tagged by source
         schema = merged_schema(human_schema_for(cfg.env, cfg.human), schema)
     replay = _started_replay(cfg, schema, paths)
-    session = None
+    run_root = (paths or RunPaths(Path(cfg.run.output_dir) / run_id)).root
+    session = shadow = shadow_policy = None
+    if cfg.human is not None and cfg.human.shadow is not None:  # a learner trains on the person as they play
+        shadow = ray.remote(ShadowLearner).options(num_cpus=cfg.human.shadow.num_cpus, num_gpus=cfg.learner.num_gpus) \
+            .remote(cfg.learner, cfg.human.shadow, replay, str(run_root / "shadow"), cfg.run.seed)
+        shadow_policy = ConfiguredPolicyFactory(
+            PolicyConfig(kind="torch", checkpoint=ray.get(shadow.get_initial_checkpoint.remote(), timeout=300)),
+            cfg.env.id, seed=cfg.run.seed)
     if cfg.human is not None:
         session = ray.remote(HumanCollector).options(num_cpus=rollout.num_cpus).remote(
-            cfg.env, cfg.human, replay, rollout.num_collectors, run_id,
-            str((paths or RunPaths(Path(cfg.run.output_dir) / run_id)).root / "sessions"))
+            cfg.env, cfg.human, replay, rollout.num_collectors, run_id, str(run_root / "sessions"), shadow,
+            shadow_policy)
+        if shadow is not None:
+            ray.get(shadow.start.remote(), timeout=60)
     worker_actor = ray.remote(RolloutWorker)
     workers = [worker_actor.options(num_cpus=rollout.num_cpus).remote(
         cfg.env, rollout, ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed + index),
@@ -167,8 +180,13 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
                 rollout.steps if workers else 0, cfg.env.id, rollout.num_collectors, cfg.env.num_envs,
                 cfg.replay.num_shards, f", and {cfg.human.operator}'s session ({cfg.human.driver})" if session else "")
     results: list[CollectResult]
-    results, seconds, played = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100),
-                                            during=during, session=session)
+    try:
+        results, seconds, played = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100),
+                                                during=during, session=session)
+        shadow_summary = _stopped_shadow(shadow, played, run_root) if shadow is not None else None
+    finally:
+        if shadow is not None:
+            ray.kill(shadow, no_restart=True)
     returns = [episode.episode_return for result in results for episode in result.episodes]
     for result in results:
         logger.info("collector {}: {:,} rows acknowledged, at most {:.1f} MB held locally ({} mode){}",
@@ -183,7 +201,22 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
                                len(returns), seconds, float(np.mean(returns)) if returns else None,
                                sum(result.push_wait_seconds for result in results))
     summary.human_sessions = [played.to_json()] if played is not None else []
+    summary.shadow = shadow_summary
     return replay, summary
+
+
+def _stopped_shadow(shadow: ray.actor.ActorHandle, played: HumanSessionResult | None, run_root: Path) -> dict:
+    """Stop the shadow learner (its checkpoint and history are written) and plot its session."""
+    result = ray.get(shadow.stop.remote(), timeout=900)
+    if played is not None:
+        result["agreement_plot"] = str(plot_shadow_session(
+            run_root / "shadow" / "agreement.png", result["rounds"], played.shadow_agreement,
+            f"shadow policy beside {played.operator} ({played.session_id})"))
+        agreement = [point["agreement"] for point in played.shadow_agreement]
+        logger.info("shadow: {} versions; agreement with {} from {:.2f} to {:.2f}; plot {}", result["versions"],
+                    played.operator, agreement[0] if agreement else float("nan"),
+                    agreement[-1] if agreement else float("nan"), result["agreement_plot"])
+    return result
 
 
 def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths,

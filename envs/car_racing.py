@@ -19,6 +19,9 @@ import numpy as np
 
 STEER_LEFT, STEER_RIGHT, THROTTLE, BRAKE = "steer_left", "steer_right", "throttle", "brake"
 DRIVING_CONTROLS = (STEER_LEFT, STEER_RIGHT, THROTTLE, BRAKE)
+CONTROL_EFFECTS = {STEER_LEFT: (0, -1.0), STEER_RIGHT: (0, 1.0), THROTTLE: (1, 1.0), BRAKE: (2, 0.8)}
+"""What holding each control adds to CarRacing's (steer, gas, brake) action, as Gymnasium's own
+keyboard play sets it."""
 TILE_SPACING = 21 / 6.0
 """Distance between consecutive track tiles (CarRacing's TRACK_DETAIL_STEP)."""
 
@@ -44,14 +47,18 @@ class CarRacingDriver:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the last episode (call after the env resets)."""
+        """Forget the last episode (done by itself when the env has a new track)."""
         self._steer_carry = 0.0
         self._throttle_carry = 0.0
         self._tile = 0
+        self._track = None
 
     def controls(self, env: gym.Env) -> frozenset[str]:
         """The controls to hold for the env's current frame."""
         game = env.unwrapped
+        if game.track is not self._track:  # a new episode
+            self.reset()
+            self._track = game.track
         hull = game.car.hull
         track = np.asarray([(tile[2], tile[3]) for tile in game.track])
         directions = np.asarray([tile[1] for tile in game.track])
@@ -90,6 +97,15 @@ class CarRacingDriver:
                 held.add(THROTTLE)
                 self._throttle_carry -= 1
         return frozenset(held)
+
+
+def driving_action(controls: frozenset[str] | set[str]) -> np.ndarray:
+    """CarRacing's action for a set of held controls (summed, clipped to the action space)."""
+    action = np.zeros(3, np.float32)
+    for control in controls:
+        index, value = CONTROL_EFFECTS[control]
+        action[index] += value
+    return np.clip(action, [-1, 0, 0], [1, 1, 1]).astype(np.float32)
 
 
 TELEMETRY_NAMES = ("speed", "steering_angle", "wheel_omega_front", "wheel_omega_rear", "lap_time", "tiles_visited")

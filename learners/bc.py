@@ -23,8 +23,9 @@ from aggregation.dataset import Dataset
 from aggregation.storage import Location
 from cluster import metrics
 from learners.checkpoint import save_checkpoint
-from learners.config import LearnerConfig
-from learners.models import ConvPolicyModel, PolicyModel, build_policy_model, resolve_model_spec
+from learners.augment import augment_images
+from learners.config import AugmentConfig, LearnerConfig
+from learners.models import ConvPolicyModel, PolicyModel, build_policy_model, image_column, resolve_model_spec
 from learners.plots import plot_training_curve
 from learners.precision import Precision
 from learners.records import TrainingRecorder
@@ -157,6 +158,10 @@ class BCLearner:
         best_loss, best_epoch = float("inf"), 0
         recorder = TrainingRecorder(self.out_dir, "bc")
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        image_name = image_column(schema.observation_space)
+        if image_name is None and cfg.augment != AugmentConfig():
+            raise ValueError(f"{self.dataset.folder}: learner.augment needs an image observation; this dataset's "
+                             f"observation is {schema.observation_space}")
         for epoch in range(1, cfg.epochs + 1):
             started = time.perf_counter()
             model.train()
@@ -164,8 +169,11 @@ class BCLearner:
             losses = []
             for start in range(0, permutation.numel(), cfg.batch_size):
                 rows = permutation[start:start + cfg.batch_size]
+                obs = {name: tensors[name][rows] for name in obs_names}
+                if image_name is not None:
+                    obs[image_name] = augment_images(obs[image_name], cfg.augment, generator)
                 with self.precision.autocast():
-                    loss = bc_loss(model, {name: tensors[name][rows] for name in obs_names}, action[rows], scale)
+                    loss = bc_loss(model, obs, action[rows], scale)
                 optimizer.zero_grad(set_to_none=True)
                 self.precision.backward(loss)
                 self.precision.step(optimizer)

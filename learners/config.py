@@ -110,6 +110,18 @@ class PPOConfig:
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class AugmentConfig:
+    """`learner.augment`: image augmentation of training minibatches (pixel observations only)."""
+
+    shift: StrictInt = Field(default=0, ge=0)
+    """Random shift by up to this many pixels each way, edges repeated (DrQ uses 4 at 84x84)."""
+    brightness: float = Field(default=0.0, ge=0, lt=1)
+    """Colour jitter: multiply by 1 +- up to this fraction."""
+    contrast: float = Field(default=0.0, ge=0, lt=1)
+    """Colour jitter: scale the deviation from the image's mean by 1 +- up to this fraction."""
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class LearnerConfig:
     algorithm: Literal["bc", "dqfd", "ppo"] = "bc"
     """Training algorithm. `bc`: behaviour cloning (cross-entropy for discrete actions, MSE for
@@ -125,6 +137,8 @@ class LearnerConfig:
     copied to `learner/` for evaluation. Empty: just `algorithm`."""
     epochs: StrictInt = Field(default=10, ge=1)
     """Passes over the training split."""
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    """Image augmentation for BC and DQfD on pixel observations (none by default)."""
     batch_size: StrictInt = Field(default=256, ge=1)
     """Samples per gradient step."""
     lr: float = Field(default=1e-3, gt=0)

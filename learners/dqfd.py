@@ -43,8 +43,9 @@ from envs.registry import make_vector_env
 from envs.spaces import ColumnSpec, columns_for_space, flatten_value
 from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainProgress, TrainResult
 from learners.checkpoint import load_checkpoint, save_checkpoint
-from learners.config import LearnerConfig
-from learners.models import build_policy_model, resolve_model_spec
+from learners.augment import augment_images
+from learners.config import AugmentConfig, LearnerConfig
+from learners.models import build_policy_model, image_column, resolve_model_spec
 from learners.play import greedy_return
 from learners.plots import plot_training_curve
 from learners.precision import Precision
@@ -148,6 +149,7 @@ class DQfDLearner:
             raise ValueError(f"{self.dataset.folder}: DQfD needs a Discrete action space, the dataset has "
                              f"{schema.action_space}; discretise the env's actions (see learners/dqfd.py)")
         self.env_cfg = EnvConfig(id=self.dataset.manifest.env_id, num_envs=1, kwargs=self.d.env_kwargs)
+        self._image_name = image_column(schema.observation_space) if cfg.augment != AugmentConfig() else None
         self._log = logger.bind(actor="DQfDLearner")
         total = self.d.pretrain_steps + self.d.online_env_steps * self.d.updates_per_env_step
         self._progress = TrainProgress(0, total, 0, None)
@@ -301,6 +303,9 @@ class DQfDLearner:
         batch = self._sample(demo_only)
         device = self.device
         obs, next_obs, n_obs = (self._tensors(batch, p) for p in ("obs", "next_obs", NSTEP_OBS))
+        if self._image_name is not None:  # DrQ: each observation of the minibatch augmented on its own
+            for observed in (obs, next_obs, n_obs):
+                observed[self._image_name] = augment_images(observed[self._image_name], self.cfg.augment)
         action = torch.from_numpy(batch["action"]).to(device).long()
         reward = torch.from_numpy(batch["reward"]).to(device)
         terminated = torch.from_numpy(batch["terminated"]).to(device).float()

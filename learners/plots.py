@@ -40,3 +40,26 @@ def plot_training_curve(epochs: Sequence[dict], path: Path, title: str, x_label:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plot_shadow_session(path: Path, rounds: Sequence[dict], agreement: Sequence[dict], title: str) -> Path:
+    """Shadow training beside a session: the agreement with the person over the session's
+    frames (with the shadow's weights version) above the training loss of each round."""
+    figure, (agree_axis, loss_axis) = plt.subplots(2, 1, figsize=(7, 5), dpi=100)
+    frames = [point["frame"] for point in agreement]
+    agree_axis.plot(frames, [point["agreement"] for point in agreement], color="tab:green", label="agreement")
+    agree_axis.set_ylabel("agreement")
+    agree_axis.set_xlabel("frame")
+    version_axis = agree_axis.twinx()
+    version_axis.step(frames, [point["version"] for point in agreement], where="post", color="tab:gray",
+                      label="weights version")
+    version_axis.set_ylabel("version")
+    agree_axis.set_title(title)
+    if rounds:
+        loss_axis.plot([r["version"] for r in rounds], [r["loss"] for r in rounds], marker="o", label="BC loss")
+    loss_axis.set_xlabel("weights version")
+    loss_axis.set_ylabel("training loss")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

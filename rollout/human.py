@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,14 +28,16 @@ import numpy as np
 import ray
 from loguru import logger
 
+from cluster import metrics
 from envs.car_racing import TELEMETRY_NAMES, CarRacingDriver, car_racing_telemetry
 from envs.config import EnvConfig
 from envs.registry import make_env
 from envs.spaces import ColumnSpec
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.cutter import EpisodeIds
-from rollout.human_config import HumanConfig
+from rollout.human_config import HumanConfig, ShadowConfig
 from rollout.keymap import KeyMap, _is_driving
+from rollout.policies import PolicyFactory
 from rollout.replay.replay import Replay
 from rollout.session_folder import SessionFolderWriter
 from rollout.sources import shared_columns, with_filled
@@ -67,6 +70,11 @@ class HumanSessionResult:
     session_folder: str | None = None
     gamepad: str | None = None
     lockstep: bool = False
+    shadow_frames: int = 0
+    """Frames the shadow policy drove (handed the controls with `human.shadow.handover_key`)."""
+    shadow_agreement: list[dict[str, float]] = field(default_factory=list)
+    """Every `human.shadow.agreement_window // 5` frames: frame, shadow weights version, agreement
+    over the last `agreement_window` frames the person drove."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,10 +91,13 @@ def human_schema(env: gym.Env, cfg: HumanConfig) -> BatchSchema:
     telemetry = _TELEMETRY.get(_game_name(env))
     if cfg.telemetry and telemetry is not None:
         extras.update({f"telemetry.{name}": ColumnSpec(np.float32, ()) for name in telemetry[0]})
+    space = env.action_space
+    action_spec = ColumnSpec(space.dtype, space.shape) if isinstance(space, gym.spaces.Box) else ColumnSpec(np.int64, ())
     if cfg.driver == "scripted":
-        space = env.action_space
-        extras["intended_action"] = ColumnSpec(space.dtype, space.shape) if isinstance(space, gym.spaces.Box) \
-            else ColumnSpec(np.int64, ())
+        extras["intended_action"] = action_spec
+    if cfg.shadow is not None:
+        extras["shadow_action"] = action_spec
+        extras["shadow_version"] = ColumnSpec(np.int64, ())
     return BatchSchema.for_spaces(env.observation_space, env.action_space, extras=extras)
 
 
@@ -97,6 +108,62 @@ def human_schema_for(env_cfg: EnvConfig, cfg: HumanConfig) -> BatchSchema:
         return human_schema(env, cfg)
     finally:
         env.close()
+
+
+class _Shadow:
+    """The shadow policy beside a session: newest weights fetched without blocking the frame,
+    its action every frame, and how often it agrees with the person."""
+
+    def __init__(self, learner: Any, policy: Any, cfg: ShadowConfig, action_space: gym.Space) -> None:
+        self.learner, self.policy, self.cfg = learner, policy, cfg
+        self.version, self.driving, self.frames_driven = 0, False, 0
+        self._discrete = isinstance(action_space, gym.spaces.Discrete)
+        if not self._discrete:
+            spread = np.asarray(action_space.high, np.float64) - np.asarray(action_space.low, np.float64)
+            self._spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+        self._recent: deque[float] = deque(maxlen=cfg.agreement_window)
+        self._pending: ray.ObjectRef | None = None
+        self._asked_at = -10**9
+        self.history: list[dict[str, float]] = []
+
+    def act(self, obs: Any, frame: int) -> Any:
+        self._refresh(frame)
+        batched = {key: np.asarray(value)[None] for key, value in obs.items()} if isinstance(obs, dict) \
+            else np.asarray(obs)[None]
+        self.frames_driven += int(self.driving)
+        return np.asarray(self.policy.compute_actions(batched).actions)[0]
+
+    def _refresh(self, frame: int) -> None:
+        """Ask the learner for its newest weights every 10 frames; load them once they arrive."""
+        if self._pending is None:
+            if frame - self._asked_at >= 10:
+                self._pending, self._asked_at = self.learner.latest.remote(), frame
+            return
+        ready, _ = ray.wait([self._pending], timeout=0)
+        if not ready:
+            return
+        version, refs = ray.get(self._pending)
+        self._pending = None
+        if version > self.version and refs:
+            self.policy.set_weights(ray.get(refs[0], timeout=60), version)
+            self.version = version
+
+    def compare(self, person: Any, shadow: Any, frame: int, session: str) -> None:
+        if self._discrete:
+            agreement = float(int(person) == int(shadow))
+        else:
+            agreement = float(1 - np.mean(np.abs(np.asarray(person, np.float64) - shadow) / self._spread))
+        self._recent.append(agreement)
+        if frame % max(1, self.cfg.agreement_window // 5) == 0:
+            value = float(np.mean(self._recent))
+            self.history.append({"frame": frame, "version": self.version, "agreement": value})
+            metrics.shadow_agreement().set(value, tags={"session": session})
+            metrics.shadow_version().set(self.version, tags={"session": session})
+
+    def status(self) -> str:
+        agreement = f"{np.mean(self._recent):.2f}" if self._recent else "-"
+        return (f"shadow v{self.version}  agreement {agreement}"
+                + ("  SHADOW DRIVING" if self.driving else f"  ({self.cfg.handover_key.upper()} hands over)"))
 
 
 @dataclass
@@ -134,7 +201,7 @@ class HumanCollector:
     """
 
     def __init__(self, env_cfg: EnvConfig, cfg: HumanConfig, replay: Replay | None, collector_id: int, run_id: str,
-                 session_root: str | None = None) -> None:
+                 session_root: str | None = None, shadow: Any = None, shadow_policy: PolicyFactory | None = None) -> None:
         self.cfg, self.collector_id = cfg, collector_id
         self._log = logger.bind(actor=f"HumanCollector[{collector_id}]")
         if cfg.driver == "scripted" and not cfg.lockstep:
@@ -165,8 +232,13 @@ class HumanCollector:
         self._folder = None
         if cfg.session_folder and session_root is not None and _is_driving(self._env.action_space):
             self._folder = SessionFolderWriter(Path(session_root), self.session_id)
+        self.shadow = _Shadow(shadow, shadow_policy(self._env.observation_space, self._env.action_space),
+                              cfg.shadow, self._env.action_space) if cfg.shadow is not None and shadow is not None else None
+        if cfg.shadow is not None and self.shadow is None:
+            raise ValueError("human.shadow: the session needs the shadow learner and its policy factory")
         self.window = TeleopWindow(tuple(cfg.window_size), f"Harvest teleop - {env_cfg.id} - {cfg.operator}",
-                                   cfg.reset_key, cfg.end_key, cfg.pause_key, cfg.advance_key, cfg.gamepad.enabled)
+                                   cfg.reset_key, cfg.end_key, cfg.pause_key, cfg.advance_key, cfg.gamepad.enabled,
+                                   cfg.shadow.handover_key if cfg.shadow is not None else None)
         self._robot = KeyboardRobot(self.display, self.window.window_id) if self._driver is not None else None
         self._ids = EpisodeIds(collector_uid(run_id, collector_id))
         self._rows = _Rows()
@@ -217,7 +289,7 @@ class HumanCollector:
                 self.window.show(env.render(), [
                     f"{cfg.operator}  episode {episode_number}  step {step}  return {episode_return:.1f}",
                     f"{achieved:.0f}/{self.fps:.0f} FPS" + ("  PAUSED (P)" if paused else "")
-                    + ("  lockstep" if cfg.lockstep else "")])
+                    + ("  lockstep" if cfg.lockstep else ""), *([self.shadow.status()] if self.shadow else [])])
                 intended = None
                 if self._robot is not None and not paused:
                     controls = self._driver.controls(env)
@@ -229,6 +301,8 @@ class HumanCollector:
                     break
                 if received.pause_toggles % 2:
                     paused = not paused
+                if self.shadow is not None and received.handover_toggles % 2:
+                    self.shadow.driving = not self.shadow.driving
                 if received.reset and step > 0:
                     self._rows.mark_last_truncated()
                     close_episode("reset")
@@ -243,17 +317,27 @@ class HumanCollector:
                 controls = self.keymap.controls_of(received.held_keys)
                 controls += [self.keymap.buttons[b] for b in self.window.held_buttons() if b in self.keymap.buttons]
                 action = self.keymap.action(controls, self.window.axes())
+                driver = "scripted" if self._robot is not None else "person"
+                shadow_action = None
+                if self.shadow is not None:
+                    shadow_action = self.shadow.act(obs, frame)
+                    if self.shadow.driving:
+                        action, driver = shadow_action, "shadow"
+                    else:
+                        self.shadow.compare(action, shadow_action, frame, self.session_id)
                 next_obs, reward, terminated, truncated, _ = env.step(action)
                 row = {"obs": obs, "action": action, "reward": float(reward), "next_obs": next_obs,
                        "terminated": bool(terminated), "truncated": bool(truncated), "episode_id": episode_id,
                        "step": step, "collector_id": self.collector_id, "policy_version": 0,
                        "timestamp": np.datetime64(time.time_ns(), "ns"), "source": SOURCE_HUMAN,
                        "session": self.session_id, "operator": cfg.operator,
-                       "driver": "scripted" if self._robot is not None else "person", "frame": frame}
+                       "driver": driver, "frame": frame}
                 telemetry = self._telemetry(env) if self._telemetry is not None else {}
                 row.update({f"telemetry.{name}": value for name, value in telemetry.items()})
                 if "intended_action" in self.schema.columns:
                     row["intended_action"] = intended
+                if self.shadow is not None:
+                    row["shadow_action"], row["shadow_version"] = shadow_action, self.shadow.version
                 self._rows.add(row)
                 if self._folder is not None:
                     image = obs if isinstance(obs, np.ndarray) and obs.ndim == 3 else env.render()
@@ -297,7 +381,9 @@ class HumanCollector:
         seconds = time.perf_counter() - started
         result = HumanSessionResult(self.collector_id, self.session_id, cfg.operator, frame, self._rows_pushed, episodes,
                                     seconds, self.fps, frame / seconds if seconds else 0.0, late, ended_by, folder,
-                                    self.window.gamepad_name, cfg.lockstep)
+                                    self.window.gamepad_name, cfg.lockstep,
+                                    self.shadow.frames_driven if self.shadow else 0,
+                                    self.shadow.history if self.shadow else [])
         self._log.info("session {} ended ({}): {} frames, {} episodes in {:.1f}s, {:.1f} FPS (target {:.0f}), "
                        "{} late frames{}", self.session_id, ended_by, frame, len(episodes), seconds,
                        result.achieved_fps, self.fps, late, f"; folder {folder}" if folder else "")

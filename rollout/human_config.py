@@ -46,6 +46,27 @@ class GamepadConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class ShadowConfig:
+    """`human.shadow`: a learner trains on the person's rows while they play; the shadow
+    policy's action is recorded beside theirs on every row, and a key hands it the controls."""
+
+    interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between training rounds (each ends with new weights, version + 1)."""
+    updates_per_round: StrictInt = Field(default=50, ge=1)
+    """BC minibatch updates per round (architecture, batch size, lr, augmentation: `learner:`)."""
+    max_rows: StrictInt = Field(default=50_000, ge=1)
+    """The most recent rows of the person's the learner keeps in memory."""
+    min_rows: StrictInt = Field(default=64, ge=1)
+    """Rows before the first round."""
+    handover_key: str = "h"
+    """Hands the controls to the shadow policy and takes them back (rows record `driver`)."""
+    agreement_window: StrictInt = Field(default=250, ge=1)
+    """Frames the live agreement is averaged over."""
+    num_cpus: float = Field(default=1.0, ge=0)
+    """CPUs for the shadow learner actor (`learner.num_gpus` GPUs when set)."""
+
+
+@dataclass(frozen=True, config=_STRICT)
 class HumanConfig:
     """A teleoperation session: a window shows the env, the keyboard (and a gamepad) drive it,
     every frame goes into the replay with `source=human`."""
@@ -91,3 +112,5 @@ class HumanConfig:
     """Rows per push to the replay (an episode's end pushes at once)."""
     seed: Optional[StrictInt] = None
     """Seed of the first episode's reset (later ones continue the env's generator)."""
+    shadow: Optional[ShadowConfig] = None
+    """Shadow training beside the session (None: off)."""

@@ -14,11 +14,10 @@ from typing import Iterable
 import gymnasium as gym
 import numpy as np
 
-from envs.car_racing import BRAKE, STEER_LEFT, STEER_RIGHT, THROTTLE
+from envs.car_racing import BRAKE, CONTROL_EFFECTS, STEER_LEFT, STEER_RIGHT, THROTTLE
 from rollout.human_config import AxisConfig, ControlConfig, HumanConfig
 
-DRIVING_CONTROLS = {STEER_LEFT: ControlConfig(0, -1.0), STEER_RIGHT: ControlConfig(0, 1.0),
-                    THROTTLE: ControlConfig(1, 1.0), BRAKE: ControlConfig(2, 0.8)}
+DRIVING_CONTROLS = {name: ControlConfig(index, value) for name, (index, value) in CONTROL_EFFECTS.items()}
 DRIVING_KEYS = {"w": THROTTLE, "up": THROTTLE, "s": BRAKE, "down": BRAKE,
                 "a": STEER_LEFT, "left": STEER_LEFT, "d": STEER_RIGHT, "right": STEER_RIGHT}
 DRIVING_AXES = {0: AxisConfig(index=0), 5: AxisConfig(index=1, scale=0.5, offset=0.5, rest=-1.0),

@@ -27,6 +27,9 @@ class PolicyOutput:
 
 
 class Policy(Protocol):
+    """A policy may also define `bind_env(vector_env)`: the collector calls it once with its env,
+    for a privileged expert that reads the simulator's state rather than the observation."""
+
     version: int
     """Weights version; every row records the version that produced it (0 for scripted policies)."""
 
@@ -107,6 +110,40 @@ class PlayerPolicy:
         return PolicyOutput(self.player.act(obs))
 
 
+class CarRacingExpert:
+    """The scripted CarRacing driver (`envs.car_racing.CarRacingDriver`) as a policy.
+
+    A privileged expert: it reads the car and the track from the sub-envs it is bound to, not
+    the pixels, so the collector's vector env must keep them in this process (`env.vectorization:
+    sync`, which `auto` picks for CarRacing)."""
+
+    version = 0
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        self._envs: list[gym.Env] = []
+        self._drivers: list[Any] = []
+
+    def extra_columns(self) -> Mapping[str, ColumnSpec]:
+        return {}
+
+    def bind_env(self, env: Any) -> None:
+        from envs.car_racing import CarRacingDriver
+
+        sub_envs = getattr(env, "envs", None)
+        if sub_envs is None or type(sub_envs[0].unwrapped).__name__ != "CarRacing":
+            raise ValueError(f"CarRacingExpert: needs a sync vector env of CarRacing in this process "
+                             f"(env.vectorization: sync), got {type(env).__name__}")
+        self._envs, self._drivers = list(sub_envs), [CarRacingDriver() for _ in sub_envs]
+
+    def compute_actions(self, obs: Any) -> PolicyOutput:
+        from envs.car_racing import driving_action
+
+        if not self._envs:
+            raise RuntimeError("CarRacingExpert: bind_env(vector_env) first (it drives from the simulator's state)")
+        return PolicyOutput(np.stack([driving_action(driver.controls(env))
+                                      for driver, env in zip(self._drivers, self._envs)]))
+
+
 def generals_expert(observation_space: gym.Space, action_space: gym.Space) -> PlayerPolicy:
     """The scripted Generals.io expert (`envs.generals.players.ExpertPlayer`)."""
     from envs.generals.players import ExpertPlayer
@@ -118,6 +155,7 @@ _EXPERTS: dict[str, str] = {
     "CartPole-v0": "rollout.policies:CartPoleExpert",
     "CartPole-v1": "rollout.policies:CartPoleExpert",
     "generals": "rollout.policies:generals_expert",
+    "CarRacing-v3": "rollout.policies:CarRacingExpert",
 }
 
 

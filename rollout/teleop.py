@@ -38,6 +38,7 @@ class WindowInput:
     reset: bool = False
     end: bool = False
     pause_toggles: int = 0
+    handover_toggles: int = 0
     closed: bool = False
     other_keys: list[str] = field(default_factory=list)
     """Keys pressed that the window itself does not handle (passed on to the caller)."""
@@ -47,7 +48,7 @@ class TeleopWindow:
     """A window showing frames (scaled to `size`) with a status line, reading keys and a gamepad."""
 
     def __init__(self, size: tuple[int, int], title: str, reset_key: str, end_key: str, pause_key: str,
-                 advance_key: str, gamepad: bool = True) -> None:
+                 advance_key: str, gamepad: bool = True, handover_key: str | None = None) -> None:
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         import pygame
@@ -64,6 +65,8 @@ class TeleopWindow:
         self._font = pygame.font.Font(None, 22)
         self._special = {"reset": reset_key.lower(), "end": end_key.lower(), "pause": pause_key.lower(),
                          "advance": advance_key.lower()}
+        if handover_key is not None:
+            self._special["handover"] = handover_key.lower()
         self._held: list[str] = []
         self._joystick = None
         if gamepad:
@@ -133,6 +136,8 @@ class TeleopWindow:
                     received.end = True
                 elif special == "pause":
                     received.pause_toggles += 1
+                elif special == "handover":
+                    received.handover_toggles += 1
                 return special
             return None
         if event.type == pygame.KEYDOWN:

@@ -97,6 +97,8 @@ class RolloutWorker:
         keep_batch_buffers_on_heap()
         self._env = make_vector_env(env_cfg)
         self._policy = policy_factory(self._env.single_observation_space, self._env.single_action_space)
+        if hasattr(self._policy, "bind_env"):  # a privileged expert reads the simulator's state
+            self._policy.bind_env(self._env)
         self.schema = _schema(self._env, self._policy)
         self._fillers: dict = {}
         self._replay_columns = list(self.schema.columns)

@@ -10,6 +10,7 @@ import torch
 
 from aggregation.compact import write_dataset as aggregation_write_dataset
 from aggregation.config import AggregationConfig
+from aggregation.dataset import Dataset
 from learners.bc import BCLearner, bc_loss, split_by_episode
 from learners.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from learners.config import LearnerConfig
@@ -329,20 +330,26 @@ def test_bc_with_a_cnn_learns_the_generals_expert(tmp_path):
     assert obs["action_mask"][np.arange(2), actions].all()
 
 
-def test_pixel_observations_get_a_convolutional_encoder_that_learns_and_reloads(tmp_path):
-    # Stacked 2 x 36 x 36 x 3 uint8 frames; the action is whether the bright square is on the left.
+def pixel_square_dataset(tmp_path, rows: int = 1200):
+    """Stacked 2 x 36 x 36 x 3 uint8 frames; the action is whether the bright square is on the left."""
     space = gym.spaces.Box(0, 255, (2, 36, 36, 3), np.uint8)
-    schema, batch = synthetic(space, gym.spaces.Discrete(2), 1200, lambda b: np.zeros(b.num_rows, np.int64))
+    schema, batch = synthetic(space, gym.spaces.Discrete(2), rows, lambda b: np.zeros(b.num_rows, np.int64))
     rng = np.random.default_rng(0)
-    frames = np.zeros((1200, 2, 36, 36, 3), np.uint8)
-    left = rng.random(1200) < 0.5
-    cols = np.where(left, rng.integers(0, 12, 1200), rng.integers(22, 30, 1200))
-    rows = rng.integers(0, 28, 1200)
-    for i in range(1200):
-        frames[i, 1, rows[i]:rows[i] + 6, cols[i]:cols[i] + 6] = 255  # only the newest frame shows it
+    frames = np.zeros((rows, 2, 36, 36, 3), np.uint8)
+    left = rng.random(rows) < 0.5
+    cols = np.where(left, rng.integers(0, 12, rows), rng.integers(22, 30, rows))
+    tops = rng.integers(0, 28, rows)
+    for i in range(rows):
+        frames[i, 1, tops[i]:tops[i] + 6, cols[i]:cols[i] + 6] = 255  # only the newest frame shows it
     batch.columns["obs"], batch.columns["action"] = frames, left.astype(np.int64)
+    return write_dataset(tmp_path, schema, batch)
+
+
+def test_pixel_observations_get_a_convolutional_encoder_that_learns_and_reloads(tmp_path):
+    space = gym.spaces.Box(0, 255, (2, 36, 36, 3), np.uint8)
     assert resolve_model_spec("auto", space, gym.spaces.Discrete(2), [32], [16, 32]).kind == "pixels"
-    dataset = write_dataset(tmp_path, schema, batch)
+    dataset = pixel_square_dataset(tmp_path)
+    frames = Dataset.open(dataset).read_columns(["obs"])["obs"]
     result = BCLearner(LearnerConfig(epochs=6, batch_size=64, hidden_sizes=[32], conv_channels=[16, 32]),
                        str(dataset), str(tmp_path / "learner")).train()
     assert max(record.validation_accuracy for record in result.history) > 0.9

@@ -2,6 +2,7 @@
 played through real key events (xdotool) into the sharded replay."""
 
 import csv
+from pathlib import Path
 import json
 import shutil
 import time
@@ -241,3 +242,45 @@ def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_s
     assert session["frames"] == 150 and session["ended_by"] == "max_frames"
     assert len(list((tmp_path / "tele" / "sessions" / session["session_id"] / "screenshots").glob("*.png"))) == 150
     assert summary["collect"]["rows"] == summary["dataset_rows"]
+
+
+@needs_x
+@pytest.mark.timeout(400)
+def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray_cluster, xvfb, tmp_path):
+    import threading
+
+    from aggregation.dataset import Dataset
+    from cluster.cli import main
+
+    def hand_over_and_back() -> None:  # a person hands the controls to the shadow, then takes them back
+        person = KeyboardRobot(xvfb, None)
+        time.sleep(12)
+        person.press("h")
+        time.sleep(1.5)
+        person.press("h")
+
+    overrides = ["env.id=CarRacing-v3", "rollout.num_collectors=0", "replay.num_cpus=0.1", "aggregation.num_cpus=0.1",
+                 "aggregation.formats=[parquet]", f"run.output_dir={tmp_path}", "learner.model=pixels",
+                 "learner.conv_channels=[16, 32, 32]", "learner.hidden_sizes=[64]", "learner.batch_size=32",
+                 "learner.lr=0.001", f"human={{driver: scripted, lockstep: true, max_frames: 1200, seed: 1, "
+                 f"display: '{xvfb}', shadow: {{interval_s: 1.0, updates_per_round: 20, agreement_window: 100, "
+                 f"num_cpus: 0.5}}}}"]
+    helper = threading.Thread(target=hand_over_and_back, daemon=True)
+    helper.start()
+    assert main(["teleop", "--run-id", "shadow", *sum((["--set", item] for item in overrides), [])]) == 0
+    helper.join(timeout=30)
+    summary = json.loads((tmp_path / "shadow" / "summary.json").read_text())
+    shadow, (session,) = summary["collect"]["shadow"], summary["collect"]["human_sessions"]
+    assert shadow["versions"] >= 3 and Path(shadow["agreement_plot"]).stat().st_size > 10_000
+    agreement = [point["agreement"] for point in session["shadow_agreement"]]
+    versions = [point["version"] for point in session["shadow_agreement"]]
+    assert versions[0] == 0 and versions[-1] >= 3 and versions == sorted(versions)
+    assert np.mean(agreement[-3:]) > agreement[0] + 0.05, agreement
+
+    rows = Dataset.open(tmp_path / "shadow" / "dataset").read_columns(
+        ["driver", "action", "intended_action", "shadow_action", "shadow_version"])
+    by_shadow = rows["driver"] == "shadow"
+    assert 0 < by_shadow.sum() == session["shadow_frames"] and set(rows["driver"]) == {"scripted", "shadow"}
+    np.testing.assert_array_equal(rows["action"][by_shadow], rows["shadow_action"][by_shadow])
+    np.testing.assert_array_equal(rows["action"][~by_shadow], rows["intended_action"][~by_shadow])
+    assert rows["shadow_version"].max() == versions[-1] or rows["shadow_version"].max() >= 3
