@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                             ("collect", "collect into the replay and snapshot it"),
                             ("teleop", "play the env in a window (keyboard, gamepad) into the replay beside the "
                                        "simulators, then write the dataset"),
+                            ("dagger", "collect demonstrations, BC, then rounds of play -> critic labels -> retrain"),
                             ("config", "print the resolved config")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", nargs="?", help="YAML run config (default: the embedded CartPole run)")
@@ -193,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.print_summary(pipeline.collect_only(cfg, run_id, paths))
         elif args.command == "teleop":
             pipeline.print_summary(pipeline.teleop(cfg, run_id, paths))
+        elif args.command == "dagger":
+            from cluster.dagger import dagger
+
+            dagger(cfg, run_id, paths)
         elif args.command == "compact":
             pipeline.compact_snapshot(cfg, run_id, paths)
         elif args.command == "train":

@@ -22,7 +22,7 @@ from torch import nn
 from aggregation.dataset import Dataset
 from aggregation.storage import Location
 from cluster import metrics
-from learners.checkpoint import save_checkpoint
+from learners.checkpoint import load_checkpoint, save_checkpoint
 from learners.augment import augment_images
 from learners.config import AugmentConfig, LearnerConfig
 from learners.models import ConvPolicyModel, PolicyModel, build_policy_model, image_column, resolve_model_spec
@@ -90,9 +90,20 @@ class BCLearner:
         out_dir: where `best.safetensors`, `final.safetensors` and `training_history.json` go.
     """
 
-    def __init__(self, cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str) -> None:
+    def __init__(self, cfg: LearnerConfig, dataset_dir: str | Location | list[str | Location], out_dir: str,
+                 dataset_weights: list[float] | None = None) -> None:
         self.cfg = cfg
-        self.dataset = Dataset.open(dataset_dir)
+        folders = dataset_dir if isinstance(dataset_dir, list) else [dataset_dir]
+        self.datasets = [Dataset.open(folder) for folder in folders]
+        self.dataset = self.datasets[0]
+        self.dataset_weights = list(dataset_weights) if dataset_weights is not None else [1.0] * len(folders)
+        if len(self.dataset_weights) != len(self.datasets):
+            raise ValueError(f"BCLearner: {len(self.datasets)} datasets but {len(self.dataset_weights)} weights")
+        for other in self.datasets[1:]:
+            mine, theirs = self.dataset.schema, other.schema
+            if (mine.observation_space, mine.action_space) != (theirs.observation_space, theirs.action_space):
+                raise ValueError(f"{other.folder}: spaces {theirs.observation_space} / {theirs.action_space} differ "
+                                 f"from {self.dataset.folder}'s {mine.observation_space} / {mine.action_space}")
         self.out_dir = Path(out_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = Precision(cfg.precision, self.device)
@@ -120,7 +131,11 @@ class BCLearner:
             raise ValueError(f"{self.dataset.folder}: learner.skip_rows_where: {flags} must name boolean columns; "
                              f"the dataset's boolean columns are "
                              f"{[n for n, spec in schema.columns.items() if spec.dtype == np.bool_]}")
-        columns = self.dataset.read_columns([*obs_names, *action_names, "episode_id", *flags], cfg.max_rows)
+        parts = [dataset.read_columns([*obs_names, *action_names, "episode_id", *flags], cfg.max_rows)
+                 for dataset in self.datasets]
+        columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        row_weight = np.concatenate([np.full(len(part["episode_id"]), weight, np.float32)
+                                     for part, weight in zip(parts, self.dataset_weights)])
         num_rows = len(columns["episode_id"])
         if num_rows < 2:
             raise ValueError(f"{self.dataset.folder}: {num_rows} rows; BC needs at least 2")
@@ -134,9 +149,13 @@ class BCLearner:
                                              cfg.hidden_sizes, cfg.conv_channels)
         model = build_policy_model(schema.observation_space, schema.action_space, self.model_spec).to(self.device)
         tensors = {name: torch.from_numpy(np.array(columns[name])).to(self.device) for name in [*obs_names, *action_names]}
+        weights = torch.from_numpy(row_weight).to(self.device) if (row_weight != 1).any() else None
         train_index = torch.as_tensor(np.flatnonzero(~validation_mask & ~skipped), device=self.device)
         validation_index = torch.as_tensor(np.flatnonzero(validation_mask & ~skipped), device=self.device)
-        self._fit_normalizer(model, tensors, obs_names, train_index)
+        if cfg.init_checkpoint:  # fine-tuning (DAgger rounds): the checkpoint's weights and normalizer
+            self._load_initial(model, cfg.init_checkpoint)
+        else:
+            self._fit_normalizer(model, tensors, obs_names, train_index)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = -(-train_index.numel() // cfg.batch_size)
         schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps_per_epoch * cfg.epochs))
@@ -173,7 +192,7 @@ class BCLearner:
                 if image_name is not None:
                     obs[image_name] = augment_images(obs[image_name], cfg.augment, generator)
                 with self.precision.autocast():
-                    loss = bc_loss(model, obs, action[rows], scale)
+                    loss = bc_loss(model, obs, action[rows], scale, None if weights is None else weights[rows])
                 optimizer.zero_grad(set_to_none=True)
                 self.precision.backward(loss)
                 self.precision.step(optimizer)
@@ -217,6 +236,14 @@ class BCLearner:
                            best_epoch, best_loss, int(train_index.numel()), int(validation_index.numel()),
                            str(self.device), history)
 
+    def _load_initial(self, model: PolicyModel | ConvPolicyModel, path: str) -> None:
+        loaded = load_checkpoint(path, str(self.device))
+        if loaded.spec != self.model_spec or type(loaded.model) is not type(model):
+            raise ValueError(f"learner.init_checkpoint {path}: its model {loaded.spec} is not the one this config "
+                             f"builds ({self.model_spec}); fine-tuning needs the same architecture")
+        model.load_state_dict(loaded.model.state_dict())
+        self._log.info("fine-tuning from {}", path)
+
     @staticmethod
     def _fit_normalizer(model: PolicyModel | ConvPolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
                         train_index: torch.Tensor) -> None:
@@ -253,26 +280,31 @@ class BCLearner:
 
 
 def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor,
-            action_scale: torch.Tensor | None = None) -> torch.Tensor:
+            action_scale: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy for discrete actions (summed over MultiDiscrete parts), MSE for Box actions
-    (each dimension divided by `action_scale` when given)."""
-    return loss_from_output(model(obs), model.action_space, action, action_scale)
+    (each dimension divided by `action_scale` when given); a weighted mean with `weight` per row."""
+    return loss_from_output(model(obs), model.action_space, action, action_scale, weight)
 
 
 def loss_from_output(out: torch.Tensor, space: gym.Space, action: torch.Tensor,
-                     action_scale: torch.Tensor | None = None) -> torch.Tensor:
+                     action_scale: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """`bc_loss` from the model's output (for wrappers such as DDP that must do the forward)."""
     out = out.float()  # under autocast the head's output may be bf16/fp16; losses are taken in fp32
     if isinstance(space, gym.spaces.Discrete):
-        return nn.functional.cross_entropy(out, action.long() - int(space.start))
-    if isinstance(space, gym.spaces.MultiDiscrete):
+        per_row = nn.functional.cross_entropy(out, action.long() - int(space.start), reduction="none")
+    elif isinstance(space, gym.spaces.MultiDiscrete):
         targets = (action.long() - torch.as_tensor(space.start, device=action.device)).reshape(action.shape[0], -1)
         parts = out.split(space.nvec.reshape(-1).tolist(), dim=-1)
-        return sum(nn.functional.cross_entropy(logits, targets[:, i]) for i, logits in enumerate(parts))
-    error = out - action.reshape(action.shape[0], -1).float()
-    if action_scale is not None:
-        error = error / action_scale
-    return error.square().mean()
+        per_row = sum(nn.functional.cross_entropy(logits, targets[:, i], reduction="none")
+                      for i, logits in enumerate(parts))
+    else:
+        error = out - action.reshape(action.shape[0], -1).float()
+        if action_scale is not None:
+            error = error / action_scale
+        per_row = error.square().mean(-1)
+    if weight is None:
+        return per_row.mean()
+    return (per_row * weight).sum() / weight.sum().clamp_min(1e-12)
 
 
 def action_scale(actions: torch.Tensor, space: gym.spaces.Box, floor_fraction: float = 0.01) -> torch.Tensor:

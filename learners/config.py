@@ -110,6 +110,27 @@ class PPOConfig:
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class DaggerConfig:
+    """`learner.dagger`: `harvest dagger` rounds of play -> label -> aggregate -> retrain."""
+
+    rounds: StrictInt = Field(default=2, ge=1)
+    steps_per_round: StrictInt = Field(default=5_000, ge=1)
+    """Env steps the current policy plays each round (over `rollout.num_collectors` collectors);
+    the critic labels every state it visits."""
+    critic: Literal["expert"] = "expert"
+    """Who labels: the env's scripted expert (a privileged one, like CarRacing's, reads the
+    simulator's state)."""
+    lr: float = Field(default=5e-5, gt=0)
+    """Fine-tuning learning rate of each round (lower than `learner.lr`, the first BC's)."""
+    epochs: StrictInt = Field(default=3, ge=1)
+    """Epochs per round over the demonstrations and every round's corrections."""
+    correction_weight: float = Field(default=1.0, gt=0)
+    """Loss weight of a correction row against a demonstration row's 1."""
+    eval_episodes: StrictInt = Field(default=10, ge=1)
+    """Greedy episodes scored after the first BC and after each round."""
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class AugmentConfig:
     """`learner.augment`: image augmentation of training minibatches (pixel observations only)."""
 
@@ -131,12 +152,16 @@ class LearnerConfig:
     """Settings of `algorithm: dqfd`."""
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     """Settings of `algorithm: ppo`."""
+    dagger: DaggerConfig = Field(default_factory=DaggerConfig)
+    """Settings of `harvest dagger` (BC first, then rounds of corrections)."""
     stages: list[Literal["bc", "dqfd", "ppo"]] = Field(default_factory=list)
     """Train several algorithms in turn (`[bc, ppo]`, `[bc, dqfd]`, ...), each starting from the
     previous stage's best checkpoint, outputs in `learner/<n>-<stage>/`; the last stage's are
     copied to `learner/` for evaluation. Empty: just `algorithm`."""
     epochs: StrictInt = Field(default=10, ge=1)
     """Passes over the training split."""
+    init_checkpoint: Optional[str] = None
+    """BC: fine-tune these weights (same architecture) instead of fresh ones (DAgger rounds do)."""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     """Image augmentation for BC and DQfD on pixel observations (none by default)."""
     batch_size: StrictInt = Field(default=256, ge=1)

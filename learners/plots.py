@@ -63,3 +63,18 @@ def plot_shadow_session(path: Path, rounds: Sequence[dict], agreement: Sequence[
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plot_rounds(path: Path, rounds: Sequence[tuple[int, float, float]], title: str) -> Path:
+    """Evaluation return (mean ± std) after each round (0: before any, e.g. the first BC)."""
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    numbers = [r[0] for r in rounds]
+    axis.errorbar(numbers, [r[1] for r in rounds], yerr=[r[2] for r in rounds], marker="o", capsize=4)
+    axis.set_xticks(numbers, ["BC" if n == 0 else str(n) for n in numbers])
+    axis.set_xlabel("round")
+    axis.set_ylabel("evaluation return")
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

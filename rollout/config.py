@@ -29,6 +29,10 @@ class PolicyConfig:
     `policy_logits` column beside every action (a teacher for distillation; `harvest export
     --to teacher-student` carries them)."""
 
+    label_with: Optional[Literal["expert"]] = None
+    """A critic labels every state the policy visits: the env's scripted expert's action goes
+    in a `label_action` column beside the action played (DAgger's relabelling)."""
+
     @model_validator(mode="after")
     def _check_kind_fields(self) -> "PolicyConfig":
         if self.kind == "torch" and not self.checkpoint:

@@ -159,6 +159,39 @@ _EXPERTS: dict[str, str] = {
 }
 
 
+LABEL_COLUMN = "label_action"
+
+
+class LabeledPolicy:
+    """Plays `policy` while `critic` labels every state with the action it would take (in
+    `label_action`): the relabelling DAgger aggregates. A privileged critic is bound to the env too."""
+
+    def __init__(self, policy: Policy, critic: Policy, action_space: gym.Space) -> None:
+        self.policy, self.critic, self._action_space = policy, critic, action_space
+
+    @property
+    def version(self) -> int:
+        return self.policy.version
+
+    def extra_columns(self) -> Mapping[str, ColumnSpec]:
+        space = self._action_space
+        spec = ColumnSpec(space.dtype, space.shape) if isinstance(space, gym.spaces.Box) else ColumnSpec(np.int64, ())
+        return {**self.policy.extra_columns(), LABEL_COLUMN: spec}
+
+    def bind_env(self, env: Any) -> None:
+        for part in (self.policy, self.critic):
+            if hasattr(part, "bind_env"):
+                part.bind_env(env)
+
+    def set_weights(self, weights: Any, version: int) -> None:
+        self.policy.set_weights(weights, version)
+
+    def compute_actions(self, obs: Any) -> PolicyOutput:
+        played = self.policy.compute_actions(obs)
+        labels = self.critic.compute_actions(obs).actions
+        return PolicyOutput(played.actions, {**played.extras, LABEL_COLUMN: np.asarray(labels)})
+
+
 def register_expert(env_id: str, entry_point: str) -> None:
     """Name the scripted expert (`"package.module:factory"`) that `policy.kind: expert` plays in `env_id`."""
     _EXPERTS[env_id] = entry_point
@@ -173,13 +206,22 @@ class ConfiguredPolicyFactory:
     seed: int | None = None
 
     def __call__(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
+        policy = self._build(observation_space, action_space)
+        if self.cfg.label_with == "expert":
+            return LabeledPolicy(policy, self._expert(observation_space, action_space), action_space)
+        return policy
+
+    def _expert(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
+        if self.env_id not in _EXPERTS:
+            raise LookupError(f"policy: no scripted expert is registered for env {self.env_id!r}; known: "
+                              f"{sorted(_EXPERTS)}")
+        return load_entry_point(_EXPERTS[self.env_id], "expert")(observation_space, action_space)
+
+    def _build(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
         if self.cfg.kind == "random":
             return RandomPolicy(observation_space, action_space, seed=self.seed)
         if self.cfg.kind == "expert":
-            if self.env_id not in _EXPERTS:
-                raise LookupError(f"policy.kind: 'expert': no scripted expert is registered for env "
-                                  f"{self.env_id!r}; known: {sorted(_EXPERTS)}")
-            return load_entry_point(_EXPERTS[self.env_id], "expert")(observation_space, action_space)
+            return self._expert(observation_space, action_space)
         if self.cfg.kind == "torch":
             # Imported by name so that rollout does not depend on learners.
             factory = load_entry_point("learners.policy:load_torch_policy", "policy")

@@ -1,0 +1,163 @@
+"""`harvest dagger`: behaviour cloning, then rounds of play → label → aggregate → retrain.
+
+Round 0 is the run's own collection (the expert's or a person's demonstrations) and a BC
+learner on it. Each round the current best policy plays `dagger.steps_per_round` steps in the
+simulators while the critic (the env's scripted expert) labels every state it visits
+(`label_action`); those states with the critic's actions become a corrections dataset
+(`source: correction`, the action the agent took kept as `agent_action`); the model is then
+fine-tuned from its last checkpoint on the demonstrations plus every round's corrections, at
+`dagger.lr` with corrections weighted `dagger.correction_weight`. After BC and after every
+round the policy plays `dagger.eval_episodes` greedy episodes: `<run>/dagger/rounds.json`, a
+table and `rounds.png` show whether the corrections helped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+from loguru import logger
+from rich.table import Table
+
+from aggregation.compact import compact_replay, write_dataset
+from aggregation.config import AggregationConfig
+from aggregation.dataset import Dataset
+from aggregation.manifest import Manifest
+from cluster.config import RunConfig
+from cluster.pipeline import RunPaths, RunSummary, _collect_and_compact, collect, train
+from cluster.progress import console, wait_with_progress
+from envs.spaces import ColumnSpec
+from learners.bc import BCLearner, TrainResult
+from learners.plots import plot_rounds
+from rollout.batch import BatchSchema, TransitionBatch
+from rollout.config import PolicyConfig
+from rollout.evaluation import evaluate_policies
+from rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory
+
+
+@dataclass
+class DaggerRound:
+    round: int
+    checkpoint: str
+    corrections: int
+    """Correction rows added this round (0 for the first BC)."""
+    training_rows: int
+    """Demonstration and correction rows the round trained on."""
+    mean_return: float
+    std_return: float
+    returns: list[float]
+    seconds: float
+
+
+def corrections_from(play: Dataset, out: Path, run_id: str) -> Manifest:
+    """The states `play` visited with the critic's actions (`label_action`) as the actions: a
+    dataset of `source: correction` rows, the agent's own action kept as `agent_action`."""
+    schema = play.schema
+    if LABEL_COLUMN not in schema.columns:
+        raise ValueError(f"{play.folder}: no {LABEL_COLUMN!r} column; the play was not labelled by a critic")
+    core = BatchSchema.for_spaces(schema.observation_space, schema.action_space)
+    columns = play.read_columns([*core.columns, LABEL_COLUMN])
+    rows = len(columns["episode_id"])
+    columns["agent_action"], columns["action"] = columns["action"], columns.pop(LABEL_COLUMN)
+    columns["source"] = np.full(rows, "correction", dtype=object)
+    corrected = BatchSchema.for_spaces(schema.observation_space, schema.action_space, extras={
+        "source": ColumnSpec(object, ()), "agent_action": core.columns["action"]})
+    return write_dataset([TransitionBatch(columns)], corrected, out, AggregationConfig(formats=["parquet"]),
+                         run_id=run_id, env_id=play.manifest.env_id, parents=[str(play.folder)])
+
+
+def _scored(cfg: RunConfig, checkpoint: str, run_id: str, episodes: int) -> tuple[float, float, list[float]]:
+    policy = ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=checkpoint), cfg.env.id, seed=cfg.run.seed)
+    with console.status(f"[bold]eval[/] {episodes} episodes"):
+        result = evaluate_policies({"policy": policy}, cfg.env, cfg.rollout, episodes, cfg.eval.num_workers, run_id,
+                                   seed=cfg.run.seed + 10_000)["policy"]
+    return result.mean_return, result.std_return, result.returns
+
+
+def _fine_tune(cfg: RunConfig, datasets: list[Path | str], weights: list[float], checkpoint: str,
+               out_dir: Path) -> TrainResult:
+    d = cfg.learner.dagger
+    learner_cfg = dataclasses.replace(cfg.learner, algorithm="bc", stages=[], lr=d.lr, epochs=d.epochs,
+                                      init_checkpoint=checkpoint)
+    learner = ray.remote(BCLearner).options(num_cpus=learner_cfg.num_cpus, num_gpus=learner_cfg.num_gpus,
+                                            max_concurrency=2).remote(learner_cfg, [str(p) for p in datasets],
+                                                                      str(out_dir), weights)
+    rows = sum(Dataset.open(folder).manifest.rows for folder in datasets)
+    try:
+        (result,) = wait_with_progress([learner.train.remote()], "train (DAgger)", "samples",
+                                       int(rows * (1 - learner_cfg.validation_fraction)) * d.epochs,
+                                       poll=lambda: ray.get(learner.progress.remote(), timeout=30).samples,
+                                       timeout_s=3600)
+    finally:
+        ray.kill(learner, no_restart=True)
+    return result
+
+
+def dagger(cfg: RunConfig, run_id: str, paths: RunPaths) -> list[DaggerRound]:
+    """Demonstrations, BC, then `learner.dagger.rounds` rounds of corrections; the rounds' scores."""
+    d = cfg.learner.dagger
+    folder = paths.root / "dagger"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary(run_id, str(paths.root))
+    _collect_and_compact(cfg, run_id, paths, summary)
+    started = time.perf_counter()
+    checkpoint = train(cfg, paths, run_id).best_checkpoint
+    mean, std, returns = _scored(cfg, checkpoint, run_id, d.eval_episodes)
+    rows = Dataset.open(paths.dataset).manifest.rows
+    rounds = [DaggerRound(0, checkpoint, 0, rows, mean, std, returns, time.perf_counter() - started)]
+    logger.info("DAgger round 0 (BC on {:,} demonstration rows): return {:.1f} ± {:.1f}", rows, mean, std)
+    datasets: list[Path | str] = [str(paths.dataset)]
+    weights = [1.0]
+    play_aggregation = dataclasses.replace(cfg.aggregation, formats=["parquet"], output=None, rotate_every_s=None,
+                                           filter=None, partition_by=[])
+    for number in range(1, d.rounds + 1):
+        started = time.perf_counter()
+        round_dir = folder / f"round-{number}"
+        play_cfg = dataclasses.replace(
+            cfg, human=None, aggregation=play_aggregation,
+            rollout=dataclasses.replace(cfg.rollout, steps=d.steps_per_round, mode="step", policy=PolicyConfig(
+                kind="torch", checkpoint=checkpoint, label_with=d.critic)))
+        replay, _ = collect(play_cfg, f"{run_id}-dagger-{number}", RunPaths(round_dir))
+        try:
+            compact_replay(list(replay.shards), replay.schema, round_dir / "play", play_aggregation,
+                           f"{run_id}-dagger-{number}", cfg.env.id)
+        finally:
+            replay.kill()
+        corrections = corrections_from(Dataset.open(round_dir / "play"), round_dir / "corrections",
+                                       f"{run_id}-dagger-{number}")
+        datasets.append(str(round_dir / "corrections"))
+        weights.append(d.correction_weight)
+        result = _fine_tune(cfg, datasets, weights, checkpoint, round_dir / "learner")
+        checkpoint = result.best_checkpoint
+        mean, std, returns = _scored(cfg, checkpoint, run_id, d.eval_episodes)
+        rows += corrections.rows
+        rounds.append(DaggerRound(number, checkpoint, corrections.rows, rows, mean, std, returns,
+                                  time.perf_counter() - started))
+        logger.info("DAgger round {}: {:,} corrections (the critic disagreed on {:.0%} of them), return {:.1f} ± {:.1f}",
+                    number, corrections.rows, _disagreement(round_dir / "corrections"), mean, std)
+    (folder / "rounds.json").write_text(json.dumps([dataclasses.asdict(r) for r in rounds], indent=2))
+    plot_rounds(folder / "rounds.png", [(r.round, r.mean_return, r.std_return) for r in rounds],
+                f"DAgger on {cfg.env.id} ({d.critic} critic)")
+    console.print(rounds_table(rounds))
+    return rounds
+
+
+def _disagreement(corrections: Path) -> float:
+    columns = Dataset.open(corrections).read_columns(["action", "agent_action"])
+    differs = np.asarray(columns["action"]) != np.asarray(columns["agent_action"])
+    return float(differs.reshape(len(differs), -1).any(-1).mean()) if len(differs) else 0.0
+
+
+def rounds_table(rounds: list[DaggerRound]) -> Table:
+    table = Table(title="DAgger", title_justify="left")
+    for column in ("round", "corrections", "training rows", "return mean ± std", "time"):
+        table.add_column(column, justify="right")
+    for r in rounds:
+        table.add_row("BC" if r.round == 0 else str(r.round), f"{r.corrections:,}", f"{r.training_rows:,}",
+                      f"{r.mean_return:.1f} ± {r.std_return:.1f}", f"{r.seconds:.0f} s")
+    return table
