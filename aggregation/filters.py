@@ -119,6 +119,8 @@ def keep_mask(summary: pa.Table, criteria: EpisodeFilter, seen_hashes: set[str] 
             drop("start", first < _utc(criteria.start))
         if criteria.end is not None:
             drop("end", first >= _utc(criteria.end))
+    if criteria.exclude_episodes:
+        drop("excluded", np.isin(summary["episode_id"].to_numpy(), criteria.exclude_episodes))
     if criteria.dedupe:
         seen = seen_hashes if seen_hashes is not None else set()
         ids = summary["episode_id"].to_numpy()

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import secrets
 import shutil
+import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,7 @@ from learners.plots import plot_shadow_session
 from learners.ppo import PPOLearner
 from learners.shadow import ShadowLearner
 from rollout.batch import BatchSchema
-from rollout.config import PolicyConfig, RolloutConfig
+from rollout.config import EpisodeFilter, PolicyConfig, RolloutConfig
 from rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
 from rollout.policies import ConfiguredPolicyFactory
 from rollout.human import HumanCollector, HumanSessionResult, human_schema_for
@@ -529,6 +530,15 @@ def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: 
 
     replay, summary.collect = collect(cfg, run_id, paths, during=rotating if cfg.aggregation.rotate_every_s else None)
     summary.stage_seconds["collect"] = time.perf_counter() - timer
+    discarded = _review_sessions(cfg, summary.collect.human_sessions)
+    if discarded:
+        if rotations:
+            logger.warning("episodes {} were discarded after rotation wrote them; `harvest edit delete` removes "
+                           "them from the dataset", discarded)
+        else:
+            criteria = cfg.aggregation.filter or EpisodeFilter()
+            cfg = dataclasses.replace(cfg, aggregation=dataclasses.replace(cfg.aggregation, filter=dataclasses.replace(
+                criteria, exclude_episodes=[*criteria.exclude_episodes, *discarded])))
     try:
         timer = time.perf_counter()
         manifest = compact(list(replay.shards), replay.schema, cfg, run_id, paths,
@@ -538,6 +548,47 @@ def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: 
         replay.kill()
     summary.dataset_rows, summary.dataset_episodes = manifest.rows, manifest.episodes
     return manifest
+
+
+def _review_sessions(cfg: RunConfig, sessions: list[dict[str, Any]]) -> list[int]:
+    """Show each session's quality checks per episode; the episode ids to leave out of the
+    dataset (`human.discard`)."""
+    discarded: list[int] = []
+    for session in sessions:
+        episodes = session["episodes"]
+        console.print(quality_table(session))
+        flagged = [e["episode_id"] for e in episodes if e["quality"]["errors"]]
+        if cfg.human.discard == "errors":
+            discarded += flagged
+        elif cfg.human.discard == "ask":
+            if not sys.stdin.isatty():
+                logger.info("not at a terminal: every episode of {} is kept ({} with errors); human.discard: errors "
+                            "leaves those out", session["session_id"], len(flagged))
+                continue
+            answer = console.input("Episodes to discard (numbers, comma separated; Enter keeps all): ")
+            by_number = {e["number"]: e["episode_id"] for e in episodes}
+            chosen = [int(part) for part in answer.replace(" ", "").split(",") if part.isdigit()]
+            unknown = [number for number in chosen if number not in by_number]
+            if unknown:
+                logger.warning("no episodes numbered {} in this session; ignored", unknown)
+            discarded += [by_number[number] for number in chosen if number in by_number]
+    if discarded:
+        logger.info("discarding {} episode(s) from the dataset (the replay keeps them): {}", len(discarded), discarded)
+    return discarded
+
+
+def quality_table(session: dict[str, Any]) -> Table:
+    """A session's episodes with the seed 002 quality checks' findings."""
+    table = Table(title=f"Session {session['session_id']} ({session['operator']}): quality", title_justify="left")
+    for column in ("episode", "frames", "return", "ended", "findings"):
+        table.add_column(column, justify="left" if column == "findings" else "right")
+    for episode in session["episodes"]:
+        findings = episode["quality"]["findings"]
+        text = "; ".join(f"[{'red' if f['severity'] == 'error' else 'yellow'}]{f['check']}[/]: {f['message']}"
+                         for f in findings) or "[green]clean[/]"
+        table.add_row(str(episode["number"]), f"{episode['length']:,}", f"{episode['return']:.1f}", episode["ended"],
+                      text)
+    return table
 
 
 def teleop(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:

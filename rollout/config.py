@@ -66,6 +66,8 @@ class EpisodeFilter:
     """... and before this one."""
     dedupe: bool = False
     """Drop an episode whose observations and actions repeat an earlier episode's exactly."""
+    exclude_episodes: list[int] = Field(default_factory=list)
+    """Drop these episode ids (e.g. a person's episodes discarded after their session)."""
 
     def is_empty(self) -> bool:
         return self == EpisodeFilter()

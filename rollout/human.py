@@ -40,6 +40,7 @@ from rollout.keymap import KeyMap, _is_driving
 from rollout.policies import PolicyFactory
 from rollout.replay.replay import Replay
 from rollout.session_folder import SessionFolderWriter
+from rollout.session_quality import EpisodeTrace, check_episode, episode_report
 from rollout.sources import shared_columns, with_filled
 from rollout.teleop import KeyboardRobot, TeleopError, TeleopWindow
 from rollout.worker import PushTimeoutError, collector_uid
@@ -60,7 +61,8 @@ class HumanSessionResult:
     rows: int
     """Rows acknowledged by the replay (every frame played)."""
     episodes: list[dict[str, Any]]
-    """Per episode: episode_id, number, length, return, ended (`terminated`, `truncated`, `reset`, `session_end`)."""
+    """Per episode: episode_id, number, length, return, ended (`terminated`, `truncated`, `reset`,
+    `session_end`) and `quality` (the seed 002 checks: findings with severities)."""
     seconds: float
     target_fps: float
     achieved_fps: float
@@ -279,9 +281,15 @@ class HumanCollector:
         started = last = time.perf_counter()
         recent: list[float] = []
 
+        trace = EpisodeTrace(episode_id, episode_number)
+
         def close_episode(ended: str) -> None:
+            nonlocal trace
+            findings = check_episode(trace, env.action_space, self.fps, cfg.lockstep)
             episodes.append({"episode_id": episode_id, "number": episode_number, "length": step,
-                             "return": episode_return, "ended": ended})
+                             "return": episode_return, "ended": ended,
+                             "quality": episode_report(trace, findings, episode_return)})
+            trace = EpisodeTrace(episode_id + 1, episode_number + 1)  # ids are consecutive per collector
 
         try:
             while True:
@@ -334,6 +342,7 @@ class HumanCollector:
                        "driver": driver, "frame": frame}
                 telemetry = self._telemetry(env) if self._telemetry is not None else {}
                 row.update({f"telemetry.{name}": value for name, value in telemetry.items()})
+                trace.add(int(row["timestamp"].astype(np.int64)), action, False, telemetry.get("speed"))
                 if "intended_action" in self.schema.columns:
                     row["intended_action"] = intended
                 if self.shadow is not None:
@@ -365,7 +374,10 @@ class HumanCollector:
                     ended_by = "max_session_s"
                     break
                 if not cfg.lockstep:
-                    late += int(time.perf_counter() - last > 1.5 * period)
+                    frame_late = time.perf_counter() - last > 1.5 * period
+                    late += int(frame_late)
+                    if frame_late and trace.late:
+                        trace.late[-1] = True
                     self._pace(period, last)
                 last = time.perf_counter()
                 recent = (recent + [last])[-60:]

@@ -114,3 +114,8 @@ class HumanConfig:
     """Seed of the first episode's reset (later ones continue the env's generator)."""
     shadow: Optional[ShadowConfig] = None
     """Shadow training beside the session (None: off)."""
+    discard: Literal["ask", "errors", "never"] = "ask"
+    """After the session its episodes' quality checks are shown; `ask`: the person names
+    episodes to leave out of the dataset (on a terminal; elsewhere all are kept), `errors`:
+    episodes with an error-level finding are left out, `never`: all are kept. The replay
+    keeps every row either way."""

@@ -216,6 +216,8 @@ def test_a_person_resets_pauses_and_ends_a_session_by_keys(ray_cluster, xvfb):
     assert rows["action"][first].tolist() == [0, 0, 0, 1, 1, 1] and rows["truncated"][first].tolist()[-1]
     assert rows["action"][~first].tolist() == [1, 1, 1, 1] and set(rows["driver"]) == {"person"}
     assert result.gamepad is None and result.session_folder is None  # CartPole is not a driving game
+    quality = [e["quality"] for e in result.episodes]  # the seed 002 checks ran on both episodes
+    assert [q["frames"] for q in quality] == [6, 4] and {f["check"] for f in quality[1]["findings"]} == {"short"}
 
 
 @needs_x
