@@ -6,7 +6,9 @@ simulators while the critic (the env's scripted expert) labels every state it vi
 (`label_action`); those states with the critic's actions become a corrections dataset
 (`source: correction`, the action the agent took kept as `agent_action`); the model is then
 fine-tuned from its last checkpoint on the demonstrations plus every round's corrections, at
-`dagger.lr` with corrections weighted `dagger.correction_weight`. After BC and after every
+`dagger.lr` with corrections weighted `dagger.correction_weight`. With `dagger.critic: person`
+the play is shown frame by frame in the review window instead and the person's labels are the
+corrections. After BC and after every
 round the policy plays `dagger.eval_episodes` greedy episodes: `<run>/dagger/rounds.json`, a
 table and `rounds.png` show whether the corrections helped.
 """
@@ -19,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import ray
 from loguru import logger
@@ -34,10 +37,13 @@ from cluster.progress import console, wait_with_progress
 from envs.spaces import ColumnSpec
 from learners.bc import BCLearner, TrainResult
 from learners.plots import plot_rounds
+from learners.models import image_column
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import PolicyConfig
 from rollout.evaluation import evaluate_policies
+from rollout.human_config import HumanConfig
 from rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory
+from rollout.review import review_frames
 
 
 @dataclass
@@ -57,16 +63,40 @@ class DaggerRound:
 def corrections_from(play: Dataset, out: Path, run_id: str) -> Manifest:
     """The states `play` visited with the critic's actions (`label_action`) as the actions: a
     dataset of `source: correction` rows, the agent's own action kept as `agent_action`."""
-    schema = play.schema
-    if LABEL_COLUMN not in schema.columns:
+    if LABEL_COLUMN not in play.schema.columns:
         raise ValueError(f"{play.folder}: no {LABEL_COLUMN!r} column; the play was not labelled by a critic")
-    core = BatchSchema.for_spaces(schema.observation_space, schema.action_space)
-    columns = play.read_columns([*core.columns, LABEL_COLUMN])
-    rows = len(columns["episode_id"])
-    columns["agent_action"], columns["action"] = columns["action"], columns.pop(LABEL_COLUMN)
-    columns["source"] = np.full(rows, "correction", dtype=object)
+    columns = play.read_columns([*_core(play).columns, LABEL_COLUMN])
+    return _write_corrections(play, columns, columns.pop(LABEL_COLUMN), out, run_id)
+
+
+def reviewed_corrections(play: Dataset, out: Path, human: HumanConfig, every: int, run_id: str) -> Manifest:
+    """A person reviews every `every`-th frame of `play` in the review window; the frames they
+    labelled, with their actions, as a corrections dataset (as `corrections_from`)."""
+    columns = play.read_columns(list(_core(play).columns))
+    shown = np.arange(0, len(columns["episode_id"]), every)
+    image = image_column(play.schema.observation_space)
+    frames = columns[image][shown] if image is not None else columns[play.schema.obs_columns[0]][shown]
+    review = review_frames(frames, columns["action"][shown], play.schema.action_space, human)
+    logger.info("review: {} frames labelled, {} skipped (the agent was right){}", len(review.labels), review.skipped,
+                ", ended early" if review.ended_early else "")
+    picked = shown[sorted(review.labels)]
+    kept = {name: column[picked] for name, column in columns.items()}
+    labels = np.asarray([review.labels[index] for index in sorted(review.labels)])
+    return _write_corrections(play, kept, labels.reshape((len(picked), *columns["action"].shape[1:])), out, run_id)
+
+
+def _core(play: Dataset) -> BatchSchema:
+    return BatchSchema.for_spaces(play.schema.observation_space, play.schema.action_space)
+
+
+def _write_corrections(play: Dataset, columns: dict[str, np.ndarray], labels: np.ndarray, out: Path,
+                       run_id: str) -> Manifest:
+    schema = play.schema
+    columns = dict(columns)
+    columns["agent_action"], columns["action"] = columns["action"], labels.astype(columns["action"].dtype)
+    columns["source"] = np.full(len(labels), "correction", dtype=object)
     corrected = BatchSchema.for_spaces(schema.observation_space, schema.action_space, extras={
-        "source": ColumnSpec(object, ()), "agent_action": core.columns["action"]})
+        "source": ColumnSpec(object, ()), "agent_action": _core(play).columns["action"]})
     return write_dataset([TransitionBatch(columns)], corrected, out, AggregationConfig(formats=["parquet"]),
                          run_id=run_id, env_id=play.manifest.env_id, parents=[str(play.folder)])
 
@@ -121,15 +151,19 @@ def dagger(cfg: RunConfig, run_id: str, paths: RunPaths) -> list[DaggerRound]:
         play_cfg = dataclasses.replace(
             cfg, human=None, aggregation=play_aggregation,
             rollout=dataclasses.replace(cfg.rollout, steps=d.steps_per_round, mode="step", policy=PolicyConfig(
-                kind="torch", checkpoint=checkpoint, label_with=d.critic)))
+                kind="torch", checkpoint=checkpoint, label_with="expert" if d.critic == "expert" else None)))
         replay, _ = collect(play_cfg, f"{run_id}-dagger-{number}", RunPaths(round_dir))
         try:
             compact_replay(list(replay.shards), replay.schema, round_dir / "play", play_aggregation,
                            f"{run_id}-dagger-{number}", cfg.env.id)
         finally:
             replay.kill()
-        corrections = corrections_from(Dataset.open(round_dir / "play"), round_dir / "corrections",
-                                       f"{run_id}-dagger-{number}")
+        play = Dataset.open(round_dir / "play")
+        if d.critic == "person":
+            corrections = reviewed_corrections(play, round_dir / "corrections", cfg.human or HumanConfig(),
+                                               d.review_every, f"{run_id}-dagger-{number}")
+        else:
+            corrections = corrections_from(play, round_dir / "corrections", f"{run_id}-dagger-{number}")
         datasets.append(str(round_dir / "corrections"))
         weights.append(d.correction_weight)
         result = _fine_tune(cfg, datasets, weights, checkpoint, round_dir / "learner")
@@ -138,8 +172,8 @@ def dagger(cfg: RunConfig, run_id: str, paths: RunPaths) -> list[DaggerRound]:
         rows += corrections.rows
         rounds.append(DaggerRound(number, checkpoint, corrections.rows, rows, mean, std, returns,
                                   time.perf_counter() - started))
-        logger.info("DAgger round {}: {:,} corrections (the critic disagreed on {:.0%} of them), return {:.1f} ± {:.1f}",
-                    number, corrections.rows, _disagreement(round_dir / "corrections"), mean, std)
+        logger.info("DAgger round {}: {:,} corrections ({}), return {:.1f} ± {:.1f}", number, corrections.rows,
+                    _disagreement(round_dir / "corrections"), mean, std)
     (folder / "rounds.json").write_text(json.dumps([dataclasses.asdict(r) for r in rounds], indent=2))
     plot_rounds(folder / "rounds.png", [(r.round, r.mean_return, r.std_return) for r in rounds],
                 f"DAgger on {cfg.env.id} ({d.critic} critic)")
@@ -147,10 +181,17 @@ def dagger(cfg: RunConfig, run_id: str, paths: RunPaths) -> list[DaggerRound]:
     return rounds
 
 
-def _disagreement(corrections: Path) -> float:
-    columns = Dataset.open(corrections).read_columns(["action", "agent_action"])
-    differs = np.asarray(columns["action"]) != np.asarray(columns["agent_action"])
-    return float(differs.reshape(len(differs), -1).any(-1).mean()) if len(differs) else 0.0
+def _disagreement(corrections: Path) -> str:
+    """How far the critic's labels are from what the agent did: the share of differing actions
+    (Discrete), or the mean absolute difference per action component (Box)."""
+    dataset = Dataset.open(corrections)
+    columns = dataset.read_columns(["action", "agent_action"])
+    label, agent = np.asarray(columns["action"]), np.asarray(columns["agent_action"])
+    if not len(label):
+        return "no rows"
+    if isinstance(dataset.schema.action_space, gym.spaces.Box):
+        return "mean |label - action| " + str(np.round(np.abs(label - agent).reshape(len(label), -1).mean(0), 3).tolist())
+    return f"the critic disagreed on {(label != agent).reshape(len(label), -1).any(-1).mean():.0%}"
 
 
 def rounds_table(rounds: list[DaggerRound]) -> Table:

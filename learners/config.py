@@ -117,9 +117,11 @@ class DaggerConfig:
     steps_per_round: StrictInt = Field(default=5_000, ge=1)
     """Env steps the current policy plays each round (over `rollout.num_collectors` collectors);
     the critic labels every state it visits."""
-    critic: Literal["expert"] = "expert"
+    critic: Literal["expert", "person"] = "expert"
     """Who labels: the env's scripted expert (a privileged one, like CarRacing's, reads the
-    simulator's state)."""
+    simulator's state), or a person in the review window (`human:` key map)."""
+    review_every: StrictInt = Field(default=1, ge=1)
+    """`critic: person`: show every this many frames of the play for review."""
     lr: float = Field(default=5e-5, gt=0)
     """Fine-tuning learning rate of each round (lower than `learner.lr`, the first BC's)."""
     epochs: StrictInt = Field(default=3, ge=1)

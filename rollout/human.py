@@ -15,7 +15,6 @@ for one press of the advance key (how the scripted player keeps frame-exact time
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,7 @@ from rollout.replay.replay import Replay
 from rollout.session_folder import SessionFolderWriter
 from rollout.session_quality import EpisodeTrace, check_episode, episode_report
 from rollout.sources import shared_columns, with_filled
-from rollout.teleop import KeyboardRobot, TeleopError, TeleopWindow
+from rollout.teleop import KeyboardRobot, TeleopError, TeleopWindow, open_display
 from rollout.worker import PushTimeoutError, collector_uid
 
 SOURCE_HUMAN = "human"
@@ -209,8 +208,7 @@ class HumanCollector:
         if cfg.driver == "scripted" and not cfg.lockstep:
             raise TeleopError("human.driver: scripted plays through key events one frame at a time; set "
                               "human.lockstep: true")
-        self._xvfb = None
-        self.display = self._open_display()
+        self.display, self._xvfb = open_display(cfg.display, tuple(cfg.window_size))
         self._env = make_env(env_cfg, render_mode="rgb_array")
         self.keymap = KeyMap(cfg, self._env.action_space)
         self.schema = human_schema(self._env, cfg)
@@ -247,19 +245,6 @@ class HumanCollector:
         self._in_flight: list[ray.ObjectRef] = []
         self._pushes = 0
         self._rows_pushed = 0
-
-    def _open_display(self) -> str:
-        if self.cfg.display:
-            os.environ["DISPLAY"] = self.cfg.display
-        elif not os.environ.get("DISPLAY"):
-            from pyvirtualdisplay import Display
-
-            width, height = self.cfg.window_size
-            self._xvfb = Display(visible=False, size=(max(width, 640), max(height, 480)))
-            self._xvfb.start()
-            os.environ["DISPLAY"] = self._xvfb.new_display_var
-            self._log.info("no $DISPLAY: the window opens on an Xvfb of its own ({})", os.environ["DISPLAY"])
-        return os.environ["DISPLAY"]
 
     def get_schema(self) -> BatchSchema:
         return self.schema

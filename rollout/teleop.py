@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -102,22 +103,40 @@ class TeleopWindow:
         received.held_keys = list(self._held)
         return received
 
-    def wait_advance(self, timeout_s: float) -> WindowInput:
-        """Handle events until the advance key is pressed (lockstep): a frame's worth of input."""
+    def _events(self, timeout_s: float, waiting_for: str) -> Iterator:
+        """Events as they arrive; a TeleopError naming `waiting_for` after `timeout_s` without it."""
         pygame = self._pg
-        received = WindowInput(held_keys=[])
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TeleopError(f"teleoperation window: no {self._special['advance']!r} press within {timeout_s}s "
-                                  "(lockstep waits for one per frame)")
+                raise TeleopError(f"teleoperation window: {waiting_for} within {timeout_s}s")
             event = pygame.event.wait(int(min(remaining, 0.5) * 1000) + 1)
-            if event.type == pygame.NOEVENT:
-                continue
+            if event.type != pygame.NOEVENT:
+                yield event
+
+    def wait_advance(self, timeout_s: float) -> WindowInput:
+        """Handle events until the advance key is pressed (lockstep): a frame's worth of input."""
+        received = WindowInput(held_keys=[])
+        for event in self._events(timeout_s, f"no {self._special['advance']!r} press (lockstep waits for one per frame)"):
             if self._handle(event, received) == "advance" or received.end:
                 received.held_keys = list(self._held)
                 return received
+        raise AssertionError("unreachable")
+
+    def wait_for(self, keys: set[str], timeout_s: float) -> tuple[str | None, WindowInput]:
+        """Handle events until one of `keys` is pressed (or the end key / a closed window): that
+        key (None on end) and what was held when it came."""
+        received = WindowInput(held_keys=[])
+        for event in self._events(timeout_s, f"none of {sorted(keys)} pressed"):
+            held_before = [key for key in self._held if key not in keys]
+            self._handle(event, received)
+            if received.end:
+                return None, received
+            if event.type == self._pg.KEYDOWN and self._pg.key.name(event.key).lower() in keys:
+                received.held_keys = held_before
+                return self._pg.key.name(event.key).lower(), received
+        raise AssertionError("unreachable")
 
     def _handle(self, event, received: WindowInput) -> str | None:
         pygame = self._pg
@@ -161,6 +180,24 @@ class TeleopWindow:
 
     def close(self) -> None:
         self._pg.display.quit()
+
+
+def open_display(display: str | None, size: tuple[int, int]) -> tuple[str, object | None]:
+    """The X display a window opens on: `display`, else `$DISPLAY`, else an Xvfb started here
+    (returned second, to stop when done; a person cannot see it, a scripted player can)."""
+    if display:
+        os.environ["DISPLAY"] = display
+        return display, None
+    if os.environ.get("DISPLAY"):
+        return os.environ["DISPLAY"], None
+    from loguru import logger
+    from pyvirtualdisplay import Display
+
+    xvfb = Display(visible=False, size=(max(size[0], 640), max(size[1], 480)))
+    xvfb.start()
+    os.environ["DISPLAY"] = xvfb.new_display_var
+    logger.info("no $DISPLAY: the window opens on an Xvfb of its own ({})", os.environ["DISPLAY"])
+    return os.environ["DISPLAY"], xvfb
 
 
 def x_keysym(key: str) -> str:

@@ -286,3 +286,44 @@ def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray
     np.testing.assert_array_equal(rows["action"][by_shadow], rows["shadow_action"][by_shadow])
     np.testing.assert_array_equal(rows["action"][~by_shadow], rows["intended_action"][~by_shadow])
     assert rows["shadow_version"].max() == versions[-1] or rows["shadow_version"].max() >= 3
+
+
+@needs_x
+@pytest.mark.timeout(120)
+def test_a_reviewer_labels_an_agents_frames_through_the_review_window(xvfb, tmp_path):
+    """The person's side of DAgger: step through frames, hold the better action, label, skip, go back."""
+    import threading
+
+    from aggregation.compact import write_dataset
+    from aggregation.config import AggregationConfig
+    from aggregation.dataset import Dataset
+    from cluster.dagger import reviewed_corrections
+    from rollout.batch import BatchSchema
+    from tests.test_batch import random_batch
+
+    observation_space = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
+    schema = BatchSchema.for_spaces(observation_space, DRIVING)
+    batch = random_batch(schema, 12, seed=4)
+    batch.columns.update(episode_id=np.zeros(12, np.int64), step=np.arange(12),
+                         action=np.tile(np.array([0, 0.5, 0], np.float32), (12, 1)))
+    write_dataset([batch], schema, tmp_path / "play", AggregationConfig(formats=["parquet"]), run_id="p", env_id="x")
+
+    def reviewer() -> None:
+        person = KeyboardRobot(xvfb, None)
+        person.focus_window("Harvest review")
+        for keys, then in [({"up"}, "return"), ({"left", "up"}, "return"), (set(), "space"), ({"down"}, "return"),
+                           (set(), "backspace"), ({"right"}, "return")]:
+            person.hold(keys, then_press=then)
+        person.release_all()
+        person.press("escape")
+
+    helper = threading.Thread(target=reviewer, daemon=True)
+    helper.start()
+    manifest = reviewed_corrections(Dataset.open(tmp_path / "play"), tmp_path / "corrections",
+                                    HumanConfig(display=xvfb, window_size=[300, 300]), every=1, run_id="review")
+    helper.join(timeout=30)
+    rows = Dataset.open(tmp_path / "corrections").read_columns(["step", "action", "agent_action", "source"])
+    assert manifest.rows == 3 and rows["step"].tolist() == [0, 1, 3]
+    np.testing.assert_allclose(rows["action"], [[0, 1, 0], [-1, 1, 0], [1, 0, 0]])
+    np.testing.assert_allclose(rows["agent_action"], np.tile([0, 0.5, 0], (3, 1)))
+    assert set(rows["source"]) == {"correction"}
