@@ -327,3 +327,18 @@ def test_a_reviewer_labels_an_agents_frames_through_the_review_window(xvfb, tmp_
     np.testing.assert_allclose(rows["action"], [[0, 1, 0], [-1, 1, 0], [1, 0, 0]])
     np.testing.assert_allclose(rows["agent_action"], np.tile([0, 0.5, 0], (3, 1)))
     assert set(rows["source"]) == {"correction"}
+
+
+@needs_x
+@pytest.mark.timeout(120)
+def test_by_the_clock_a_session_keeps_its_frame_rate_and_reports_it(ray_cluster, xvfb):
+    env_cfg = EnvConfig(id="CartPole-v1")
+    cfg = HumanConfig(display=xvfb, fps=20, max_frames=30, window_size=[300, 200], seed=0)
+    collector = HumanCollector(env_cfg, cfg, None, 0, "clock")
+    try:
+        result = collector.run()
+    finally:
+        collector.close()
+    assert result.ended_by == "max_frames" and result.frames == 30 and not result.lockstep
+    assert result.target_fps == 20 and 0 < result.achieved_fps <= 21, "paced, never faster than the target"
+    assert result.seconds >= 29 / 20 and 0 <= result.late_frames <= 30
