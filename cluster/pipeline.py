@@ -370,7 +370,9 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
         if algorithm == "dqfd":  # it plays in the run's env: its kwargs under learner.dqfd.env_kwargs
             learner_cfg = dataclasses.replace(learner_cfg, dqfd=dataclasses.replace(
                 learner_cfg.dqfd, env_kwargs={**cfg.env.kwargs, **learner_cfg.dqfd.env_kwargs}))
-        learner = ray.remote(learner_class).options(**options).remote(learner_cfg, paths.dataset, str(out_dir))
+        env_arg = {"env_cfg": cfg.env} if algorithm == "dqfd" else {}  # DQfD plays the run's env, wrappers and all
+        learner = ray.remote(learner_class).options(**options).remote(learner_cfg, paths.dataset, str(out_dir),
+                                                                      **env_arg)
         if algorithm == "dqfd":
             dqfd = learner_cfg.dqfd
             total, unit = dqfd.pretrain_steps + dqfd.online_env_steps * dqfd.updates_per_env_step, "updates"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass
@@ -22,3 +22,10 @@ class EnvConfig:
     """Keyword arguments passed to the env constructor."""
     max_episode_steps: Optional[StrictInt] = Field(default=None, ge=1)
     """Truncate episodes after this many steps (None keeps the env's own limit)."""
+    frame_stack: Optional[StrictInt] = Field(default=None, ge=2)
+    """Observe the last k frames at once (Gymnasium's FrameStackObservation): observations
+    become (k, ...) arrays, which the pixel encoder reads as channels."""
+    action_set: Optional[Union[str, list[list[float]]]] = None
+    """Play a Box-action env through a discrete set of its actions (a list of action vectors,
+    or the preset `driving`: CarRacing's 9 keyboard combinations); the action space becomes
+    Discrete (what DQfD needs)."""

@@ -93,12 +93,35 @@ def make_vector_env(cfg: EnvConfig) -> VectorEnv:
             f"env.id: {cfg.id!r} is not a Gymnasium id, a Harvest env ({sorted(_HARVEST_ENVS)}) "
             f"or an entry point 'package.module:Class': {err}") from err
     mode = cfg.vectorization
+    wrappers = env_wrappers(cfg)
     if mode == "auto":
-        mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+        mode = "vector_entry_point" if spec.vector_entry_point is not None and not wrappers else "sync"
+    if mode == "vector_entry_point" and wrappers:
+        raise EnvNotFoundError(f"env.vectorization: vector_entry_point cannot wrap {cfg.id!r}'s copies "
+                               "(env.frame_stack / env.action_set); use sync or async")
     kwargs = dict(cfg.kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
-    return gym.make_vec(cfg.id, num_envs=cfg.num_envs, vectorization_mode=mode, **kwargs)
+    return gym.make_vec(cfg.id, num_envs=cfg.num_envs, vectorization_mode=mode,
+                        **({"wrappers": wrappers} if wrappers else {}), **kwargs)
+
+
+def env_wrappers(cfg: EnvConfig) -> list[Callable[[gym.Env], gym.Env]]:
+    """The wrappers `env.action_set` and `env.frame_stack` put around each env copy, in order."""
+    wrappers: list[Callable[[gym.Env], gym.Env]] = []
+    if cfg.action_set is not None:
+        from envs.action_sets import DiscreteActions
+
+        wrappers.append(lambda env: DiscreteActions(env, cfg.action_set))
+    if cfg.frame_stack is not None:
+        wrappers.append(lambda env: gym.wrappers.FrameStackObservation(env, cfg.frame_stack))
+    return wrappers
+
+
+def _wrapped(env: gym.Env, cfg: EnvConfig) -> gym.Env:
+    for wrap in env_wrappers(cfg):
+        env = wrap(env)
+    return env
 
 
 def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
@@ -115,7 +138,7 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
         if cfg.max_episode_steps is not None:
             kwargs["max_episode_steps"] = cfg.max_episode_steps
         try:
-            return gym.make(cfg.id, **kwargs)
+            return _wrapped(gym.make(cfg.id, **kwargs), cfg)
         except gym.error.Error as err:
             raise EnvNotFoundError(f"env.id: {cfg.id!r} is not a Gymnasium id or an entry point "
                                    f"'package.module:Class': {err}") from err
@@ -127,11 +150,14 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
         raise EnvNotFoundError(f"env.id: {cfg.id!r} built a {type(env).__name__}, expected a gymnasium.Env")
     if cfg.max_episode_steps is not None:
         env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
-    return env
+    return _wrapped(env, cfg)
 
 
 def _vectorize(factory: Callable[..., Any], cfg: EnvConfig) -> VectorEnv:
     if isinstance(factory, type) and issubclass(factory, VectorEnv):
+        if env_wrappers(cfg):
+            raise EnvNotFoundError(f"env.id: {cfg.id!r} is a vector env of its own; env.frame_stack and "
+                                   "env.action_set wrap single envs")
         return factory(num_envs=cfg.num_envs, **cfg.kwargs)
     if _is_parallel_env(factory, cfg):
         from envs.pettingzoo_vector import ParallelEnvVector
@@ -144,7 +170,7 @@ def _vectorize(factory: Callable[..., Any], cfg: EnvConfig) -> VectorEnv:
             raise EnvNotFoundError(f"env.id: {cfg.id!r} built a {type(env).__name__}, expected a gymnasium.Env")
         if cfg.max_episode_steps is not None:
             env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
-        return env
+        return _wrapped(env, cfg)
 
     if cfg.vectorization == "async":
         return AsyncVectorEnv([make_one] * cfg.num_envs)

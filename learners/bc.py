@@ -23,6 +23,8 @@ from aggregation.dataset import Dataset
 from aggregation.storage import Location
 from cluster import metrics
 from learners.checkpoint import load_checkpoint, save_checkpoint
+from envs.action_sets import resolve_action_set
+from learners.action_sets import action_set_info, map_to_action_set
 from learners.augment import augment_images
 from learners.config import AugmentConfig, LearnerConfig
 from learners.models import ConvPolicyModel, PolicyModel, build_policy_model, image_column, resolve_model_spec
@@ -136,6 +138,13 @@ class BCLearner:
         columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         row_weight = np.concatenate([np.full(len(part["episode_id"]), weight, np.float32)
                                      for part, weight in zip(parts, self.dataset_weights)])
+        action_space = schema.action_space
+        self.action_set = None
+        if cfg.action_set is not None:  # a Box dataset learned as Discrete over a set of its actions
+            self.action_set = resolve_action_set(cfg.action_set, schema.action_space, "learner.action_set")
+            columns[action_names[0]] = map_to_action_set(columns[action_names[0]], self.action_set,
+                                                         self.dataset.folder, self._log)
+            action_space = gym.spaces.Discrete(len(self.action_set))
         num_rows = len(columns["episode_id"])
         if num_rows < 2:
             raise ValueError(f"{self.dataset.folder}: {num_rows} rows; BC needs at least 2")
@@ -145,9 +154,9 @@ class BCLearner:
             skipped |= columns[name]
         if skipped.all():
             raise ValueError(f"{self.dataset.folder}: every row has one of {flags} set; nothing to train on")
-        self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, schema.action_space,
+        self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, action_space,
                                              cfg.hidden_sizes, cfg.conv_channels)
-        model = build_policy_model(schema.observation_space, schema.action_space, self.model_spec).to(self.device)
+        model = build_policy_model(schema.observation_space, action_space, self.model_spec).to(self.device)
         tensors = {name: torch.from_numpy(np.array(columns[name])).to(self.device) for name in [*obs_names, *action_names]}
         weights = torch.from_numpy(row_weight).to(self.device) if (row_weight != 1).any() else None
         train_index = torch.as_tensor(np.flatnonzero(~validation_mask & ~skipped), device=self.device)
@@ -162,12 +171,12 @@ class BCLearner:
                     if cfg.lr_schedule == "cosine" else None)
         action = tensors[action_names[0]]
         scale = None
-        if isinstance(model, PolicyModel) and isinstance(schema.action_space, gym.spaces.Box):
+        if isinstance(model, PolicyModel) and isinstance(action_space, gym.spaces.Box):
             fixed = model.fix_constant_actions(action[train_index])
             if fixed:
                 self._log.info("action dimensions {} are the same in every demonstration; played as given", fixed)
             if cfg.continuous_loss == "standardized":
-                scale = action_scale(action[train_index], schema.action_space)
+                scale = action_scale(action[train_index], action_space)
                 self._log.info("action scale (standardized MSE): {}", [round(float(v), 4) for v in scale])
         self._log.info("training BC on {} ({} rows: {} train, {} validation{}) on {}, {}",
                        self.dataset.folder, num_rows, train_index.numel(), validation_index.numel(),
@@ -276,7 +285,8 @@ class BCLearner:
         save_checkpoint(self.out_dir / name, model, self.model_spec, version=epoch,
                         info={"algorithm": "bc", "epoch": epoch, "dataset": str(self.dataset.folder),
                               "validation_loss": record.validation_loss,
-                              "validation_accuracy": record.validation_accuracy})
+                              "validation_accuracy": record.validation_accuracy,
+                              **action_set_info(getattr(self, "action_set", None))})
 
 
 def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass
@@ -164,6 +164,11 @@ class LearnerConfig:
     """Passes over the training split."""
     init_checkpoint: Optional[str] = None
     """BC: fine-tune these weights (same architecture) instead of fresh ones (DAgger rounds do)."""
+    action_set: Optional[Union[str, list[list[float]]]] = None
+    """BC and DQfD on a Box-action dataset: learn it as Discrete over this set of actions (a
+    list of action vectors or the preset `driving`, CarRacing's 9 keyboard combinations), each
+    recorded action mapped to its nearest member; the checkpoint plays in the Box env through
+    the set. DQfD needs it for Box actions."""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     """Image augmentation for BC and DQfD on pixel observations (none by default)."""
     batch_size: StrictInt = Field(default=256, ge=1)

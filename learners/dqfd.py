@@ -23,6 +23,7 @@ Q-values, so a DQfD checkpoint plays greedily wherever a BC checkpoint plays.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 import time
@@ -43,6 +44,8 @@ from envs.registry import make_vector_env
 from envs.spaces import ColumnSpec, columns_for_space, flatten_value
 from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainProgress, TrainResult
 from learners.checkpoint import load_checkpoint, save_checkpoint
+from envs.action_sets import resolve_action_set
+from learners.action_sets import action_set_info, map_to_action_set
 from learners.augment import augment_images
 from learners.config import AugmentConfig, LearnerConfig
 from learners.models import build_policy_model, image_column, resolve_model_spec
@@ -136,7 +139,8 @@ class DQfDLearner:
     holds its settings. Same outputs as `BCLearner`: best (by evaluation return) and final
     checkpoints, `training_history.json`, `training_curve.png`."""
 
-    def __init__(self, cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str) -> None:
+    def __init__(self, cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str,
+                 env_cfg: EnvConfig | None = None) -> None:
         self.cfg, self.d = cfg, cfg.dqfd
         self.dataset = Dataset.open(dataset_dir)
         self.out_dir = Path(out_dir)
@@ -145,10 +149,19 @@ class DQfDLearner:
         if cfg.num_cpus >= 1:
             torch.set_num_threads(int(cfg.num_cpus))
         schema = self.dataset.schema
-        if not isinstance(schema.action_space, gym.spaces.Discrete):
+        self.action_set = (resolve_action_set(cfg.action_set, schema.action_space, "learner.action_set")
+                           if cfg.action_set is not None else None)
+        self.action_space = (gym.spaces.Discrete(len(self.action_set)) if self.action_set is not None
+                             else schema.action_space)
+        if not isinstance(self.action_space, gym.spaces.Discrete):
             raise ValueError(f"{self.dataset.folder}: DQfD needs a Discrete action space, the dataset has "
-                             f"{schema.action_space}; discretise the env's actions (see learners/dqfd.py)")
-        self.env_cfg = EnvConfig(id=self.dataset.manifest.env_id, num_envs=1, kwargs=self.d.env_kwargs)
+                             f"{schema.action_space}; set learner.action_set (e.g. `driving`) to learn it over a "
+                             "discrete set of its actions")
+        # the env it interacts in and is evaluated in: the run's (wrappers and all), or the dataset's by id
+        self.env_cfg = dataclasses.replace(env_cfg or EnvConfig(id=self.dataset.manifest.env_id), num_envs=1,
+                                           kwargs=self.d.env_kwargs)
+        if self.action_set is not None:
+            self.env_cfg = dataclasses.replace(self.env_cfg, action_set=self.action_set.tolist())
         self._image_name = image_column(schema.observation_space) if cfg.augment != AugmentConfig() else None
         self._log = logger.bind(actor="DQfDLearner")
         total = self.d.pretrain_steps + self.d.online_env_steps * self.d.updates_per_env_step
@@ -163,10 +176,13 @@ class DQfDLearner:
         cfg, d, schema = self.cfg, self.d, self.dataset.schema
         torch.manual_seed(cfg.seed)
         self._rng = np.random.default_rng(cfg.seed)
-        self.schema = dqfd_schema(schema.observation_space, schema.action_space)
+        action_space = self.action_space
+        self.schema = dqfd_schema(schema.observation_space, action_space)
         core = [*schema.obs_columns, "action", "reward", *[f"next_{n}" for n in schema.obs_columns], "terminated",
                 "truncated", "episode_id", "step"]
         rows = self.dataset.read_columns(core, cfg.max_rows)
+        if self.action_set is not None:
+            rows["action"] = map_to_action_set(rows["action"], self.action_set, self.dataset.folder, self._log)
         demos = with_n_step({**rows, **self._provenance(len(rows["reward"]))}, self.schema, d.n_step, d.gamma, True)
         replay_cfg = dict(sampler="prioritized", priority_alpha=d.priority_alpha, priority_beta=d.priority_beta,
                           priority_eps=d.eps_demo)
@@ -178,14 +194,14 @@ class DQfDLearner:
                                        self.schema, 1, cfg.seed + 1)
         if d.init_checkpoint:
             loaded = load_checkpoint(d.init_checkpoint, str(self.device))
-            if loaded.model.action_space != schema.action_space:
+            if loaded.model.action_space != action_space:
                 raise ValueError(f"learner.dqfd.init_checkpoint {d.init_checkpoint}: its actions "
-                                 f"{loaded.model.action_space} are not the dataset's {schema.action_space}")
+                                 f"{loaded.model.action_space} are not the dataset's {action_space}")
             model, self.model_spec = loaded.model.train(), loaded.spec
         else:
-            self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, schema.action_space,
+            self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, action_space,
                                                  cfg.hidden_sizes, cfg.conv_channels)
-            model = build_policy_model(schema.observation_space, schema.action_space, self.model_spec).to(self.device)
+            model = build_policy_model(schema.observation_space, action_space, self.model_spec).to(self.device)
         if not d.init_checkpoint:
             BCLearner._fit_normalizer(model, {name: torch.from_numpy(np.array(demos[name]))
                                               for name in schema.obs_columns},
@@ -389,17 +405,18 @@ class DQfDLearner:
         greedy = model.act(tensors, deterministic=True).cpu().numpy()
         model.train()
         if self._rng.random() < epsilon:
-            space = self.dataset.schema.action_space
+            space = self.action_space
             mask = tensors.get("obs.action_mask")
             legal = np.flatnonzero(mask[0].cpu().numpy()) if mask is not None else np.arange(int(space.n))
             return np.array([int(self._rng.choice(legal)) + int(space.start)])
         return greedy
 
     def _evaluate(self, model) -> float:
-        return greedy_return(model, self.env_cfg.id, self.d.env_kwargs, self.d.eval_episodes, 10_000 + self.cfg.seed,
+        return greedy_return(model, self.env_cfg, self.d.eval_episodes, 10_000 + self.cfg.seed,
                              self.d.eval_max_steps, self.device)
 
     def _save(self, model, name: str, update: int, entry: DQfDRecord) -> None:
         save_checkpoint(self.out_dir / name, model, self.model_spec, version=update,
                         info={"algorithm": "dqfd", "update": update, "dataset": str(self.dataset.folder),
-                              "eval_return": entry.eval_return, "loss": entry.loss})
+                              "eval_return": entry.eval_return, "loss": entry.loss,
+                              **action_set_info(self.action_set)})

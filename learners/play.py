@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import torch
 
@@ -11,12 +12,12 @@ from envs.spaces import flatten_value
 
 
 @torch.no_grad()
-def greedy_return(model: torch.nn.Module, env_id: str, env_kwargs: dict, episodes: int, seed: int,
+def greedy_return(model: torch.nn.Module, env_cfg: EnvConfig, episodes: int, seed: int,
                   max_steps: int = 10_000, device: torch.device | str = "cpu", deterministic: bool = True) -> float:
-    """Mean return of `model` playing its most likely actions (or, with `deterministic=False`,
+    """Mean return of `model` playing `env_cfg`'s env (with its wrappers) by its most likely actions (or, with `deterministic=False`,
     actions sampled from its distribution) for `episodes` episodes (one vector env copy each,
     seeds from `seed`); an episode still running after `max_steps` counts what it has."""
-    env = make_vector_env(EnvConfig(id=env_id, num_envs=episodes, kwargs=env_kwargs))
+    env = make_vector_env(dataclasses.replace(env_cfg, num_envs=episodes))
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)

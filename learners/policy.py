@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from envs.spaces import ColumnSpec, flatten_value
+from learners.action_sets import ACTION_SET_KEY
 from learners.checkpoint import load_checkpoint
 from learners.models import ConvPolicyModel, PolicyModel
 from rollout.policies import PolicyOutput
@@ -22,8 +23,10 @@ class TorchPolicy:
     """Plays a `PolicyModel` or `ConvPolicyModel` on the CPU; `version` is written on every row it produces."""
 
     def __init__(self, model: PolicyModel | ConvPolicyModel, version: int = 0, deterministic: bool = True,
-                 seed: int | None = None, record_logits: bool = False) -> None:
+                 seed: int | None = None, record_logits: bool = False, action_lookup: np.ndarray | None = None) -> None:
         self.model = model.to("cpu").eval()
+        self.action_lookup = action_lookup
+        """A model trained over an action set, playing a Box env: its index -> the set's action."""
         self.version = version
         self.deterministic = deterministic
         self._generator = torch.Generator().manual_seed(seed if seed is not None else 0)
@@ -44,8 +47,8 @@ class TorchPolicy:
     def compute_actions(self, obs: Any) -> PolicyOutput:
         tensors = {name: torch.as_tensor(np.asarray(value)) for name, value in flatten_value(obs, "obs").items()}
         if not self.record_logits:
-            actions = self.model.act(tensors, deterministic=self.deterministic, generator=self._generator)
-            return PolicyOutput(actions.numpy())
+            actions = self.model.act(tensors, deterministic=self.deterministic, generator=self._generator).numpy()
+            return PolicyOutput(actions if self.action_lookup is None else self.action_lookup[actions])
         distribution = self.model.distribution(tensors)
         actions = (distribution.logits.argmax(-1) + distribution.start if self.deterministic
                    else distribution.sample(self._generator))
@@ -53,9 +56,17 @@ class TorchPolicy:
 
 
 def load_torch_policy(checkpoint: str, deterministic: bool = True, seed: int | None = None,
-                      record_logits: bool = False) -> TorchPolicy:
-    """The policy stored in a learner checkpoint (a `.safetensors` file)."""
+                      record_logits: bool = False, env_action_space: gym.Space | None = None) -> TorchPolicy:
+    """The policy stored in a learner checkpoint (a `.safetensors` file). A model learned over an
+    action set plays a Box `env_action_space` through the set its checkpoint records."""
     loaded = load_checkpoint(checkpoint, device="cpu")
     torch.set_num_threads(1)  # collectors are one-CPU actors; more threads only contend
+    lookup = None
+    if (isinstance(env_action_space, gym.spaces.Box) and isinstance(loaded.model.action_space, gym.spaces.Discrete)
+            and ACTION_SET_KEY in loaded.info):
+        lookup = np.asarray(loaded.info[ACTION_SET_KEY], env_action_space.dtype)
+        if lookup.shape[1:] != env_action_space.shape:
+            raise ValueError(f"{checkpoint}: its action set has actions of shape {lookup.shape[1:]}, the env's are "
+                             f"{env_action_space.shape}")
     return TorchPolicy(loaded.model, loaded.version, deterministic=deterministic, seed=seed,
-                       record_logits=record_logits)
+                       record_logits=record_logits, action_lookup=lookup)

@@ -277,8 +277,9 @@ class PPOLearner:
     def _evaluate(self, policy) -> float:
         """Evaluation return in the env (with `ppo.eval_env_kwargs` merged over the training kwargs)."""
         p = self.p
-        return greedy_return(policy, self.env_cfg.id, {**self.env_cfg.kwargs, **p.eval_env_kwargs}, p.eval_episodes,
-                             20_000 + self.cfg.seed, p.eval_max_steps, self.device, p.eval_deterministic)
+        env_cfg = dataclasses.replace(self.env_cfg, kwargs={**self.env_cfg.kwargs, **p.eval_env_kwargs})
+        return greedy_return(policy, env_cfg, p.eval_episodes, 20_000 + self.cfg.seed, p.eval_max_steps, self.device,
+                             p.eval_deterministic)
 
     def _update(self, policy, value, initial, optimizer, batch: TransitionBatch, obs_names: list[str],
                 value_only: bool) -> dict[str, float]:

@@ -134,14 +134,18 @@ class CarRacingExpert:
             raise ValueError(f"CarRacingExpert: needs a sync vector env of CarRacing in this process "
                              f"(env.vectorization: sync), got {type(env).__name__}")
         self._envs, self._drivers = list(sub_envs), [CarRacingDriver() for _ in sub_envs]
+        self._action_set = None
+        if isinstance(sub_envs[0].action_space, gym.spaces.Discrete):  # env.action_set: play the set's indices
+            self._action_set = np.asarray(sub_envs[0].get_wrapper_attr("action_set"))
 
     def compute_actions(self, obs: Any) -> PolicyOutput:
+        from envs.action_sets import nearest_index
         from envs.car_racing import driving_action
 
         if not self._envs:
             raise RuntimeError("CarRacingExpert: bind_env(vector_env) first (it drives from the simulator's state)")
-        return PolicyOutput(np.stack([driving_action(driver.controls(env))
-                                      for driver, env in zip(self._drivers, self._envs)]))
+        actions = np.stack([driving_action(driver.controls(env)) for driver, env in zip(self._drivers, self._envs)])
+        return PolicyOutput(actions if self._action_set is None else nearest_index(actions, self._action_set)[0])
 
 
 def generals_expert(observation_space: gym.Space, action_space: gym.Space) -> PlayerPolicy:
@@ -226,5 +230,5 @@ class ConfiguredPolicyFactory:
             # Imported by name so that rollout does not depend on learners.
             factory = load_entry_point("learners.policy:load_torch_policy", "policy")
             return factory(self.cfg.checkpoint, deterministic=self.cfg.deterministic, seed=self.seed,
-                           record_logits=self.cfg.record_logits)
+                           record_logits=self.cfg.record_logits, env_action_space=action_space)
         return load_entry_point(self.cfg.entry_point, "policy.entry_point")(observation_space, action_space)

@@ -133,5 +133,5 @@ def test_dqfd_refuses_continuous_actions_with_a_pointer_to_discretising(tmp_path
 
     write_dataset([random_batch(schema, 20)], schema, tmp_path / "data", AggregationConfig(formats=["parquet"]),
                   run_id="t", env_id="Pendulum-v1")
-    with pytest.raises(ValueError, match="DQfD needs a Discrete action space.*discretise"):
+    with pytest.raises(ValueError, match="DQfD needs a Discrete action space.*set learner.action_set"):
         DQfDLearner(LearnerConfig(algorithm="dqfd"), str(tmp_path / "data"), str(tmp_path / "out"))
