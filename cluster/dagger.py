@@ -9,7 +9,8 @@ fine-tuned from its last checkpoint on the demonstrations plus every round's cor
 `dagger.lr` with corrections weighted `dagger.correction_weight`. With `dagger.critic: person`
 the play is shown frame by frame in the review window instead and the person's labels are the
 corrections. After BC and after every
-round the policy plays `dagger.eval_episodes` greedy episodes: `<run>/dagger/rounds.json`, a
+round the policy plays `dagger.eval_episodes` episodes (greedy, or sampled with `eval.deterministic:
+false`, as it plays its rounds): `<run>/dagger/rounds.json`, a
 table and `rounds.png` show whether the corrections helped.
 """
 
@@ -102,7 +103,8 @@ def _write_corrections(play: Dataset, columns: dict[str, np.ndarray], labels: np
 
 
 def _scored(cfg: RunConfig, checkpoint: str, run_id: str, episodes: int) -> tuple[float, float, list[float]]:
-    policy = ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=checkpoint), cfg.env.id, seed=cfg.run.seed)
+    policy = ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=checkpoint,
+                                                  deterministic=cfg.eval.deterministic), cfg.env.id, seed=cfg.run.seed)
     with console.status(f"[bold]eval[/] {episodes} episodes"):
         result = evaluate_policies({"policy": policy}, cfg.env, cfg.rollout, episodes, cfg.eval.num_workers, run_id,
                                    seed=cfg.run.seed + 10_000)["policy"]
@@ -151,7 +153,8 @@ def dagger(cfg: RunConfig, run_id: str, paths: RunPaths) -> list[DaggerRound]:
         play_cfg = dataclasses.replace(
             cfg, human=None, aggregation=play_aggregation,
             rollout=dataclasses.replace(cfg.rollout, steps=d.steps_per_round, mode="step", policy=PolicyConfig(
-                kind="torch", checkpoint=checkpoint, label_with="expert" if d.critic == "expert" else None)))
+                kind="torch", checkpoint=checkpoint, deterministic=cfg.eval.deterministic,
+                label_with="expert" if d.critic == "expert" else None)))
         replay, _ = collect(play_cfg, f"{run_id}-dagger-{number}", RunPaths(round_dir))
         try:
             compact_replay(list(replay.shards), replay.schema, round_dir / "play", play_aggregation,
