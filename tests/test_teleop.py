@@ -245,6 +245,24 @@ def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_s
     assert len(list((tmp_path / "tele" / "sessions" / session["session_id"] / "screenshots").glob("*.png"))) == 150
     assert summary["collect"]["rows"] == summary["dataset_rows"]
 
+    # the driving data, learned over the keyboard's action set: BC, then DQfD from BC's checkpoint
+    train = ["learner.stages=[bc, dqfd]", "learner.action_set=driving", "learner.model=pixels", "learner.epochs=1",
+             "learner.conv_channels=[8, 16]", "learner.hidden_sizes=[32]", "learner.batch_size=32",
+             "learner.dqfd.pretrain_steps=40", "learner.dqfd.n_step=3", "learner.dqfd.log_every=40",
+             "learner.dqfd.eval_episodes=1", "learner.dqfd.eval_max_steps=50", "learner.num_cpus=0.5"]
+    assert main(["train", str(tmp_path / "tele"), *sum((["--set", item] for item in train), [])]) == 0
+    from learners.checkpoint import load_checkpoint
+
+    for stage in ("1-bc", "2-dqfd"):
+        loaded = load_checkpoint(tmp_path / "tele" / "learner" / stage / "best.safetensors")
+        assert loaded.model.action_space == gym.spaces.Discrete(9) and len(loaded.info["action_set"]) == 9
+    from learners.policy import load_torch_policy
+
+    policy = load_torch_policy(str(tmp_path / "tele" / "learner" / "best.safetensors"),
+                               env_action_space=gym.make("CarRacing-v3").action_space)
+    frames = Dataset.open(tmp_path / "tele" / "dataset").read_columns(["obs"])["obs"][:4]
+    assert policy.compute_actions(frames).actions.shape == (4, 3)
+
 
 @needs_x
 @pytest.mark.timeout(400)
