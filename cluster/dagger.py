@@ -154,7 +154,8 @@ def dagger(cfg: RunConfig, run_id: str, paths: RunPaths) -> list[DaggerRound]:
             cfg, human=None, aggregation=play_aggregation,
             rollout=dataclasses.replace(cfg.rollout, steps=d.steps_per_round, mode="step", policy=PolicyConfig(
                 kind="torch", checkpoint=checkpoint, deterministic=cfg.eval.deterministic,
-                label_with="expert" if d.critic == "expert" else None)))
+                label_with="expert" if d.critic == "expert" else None,
+                label_mix=d.beta * d.beta_decay ** (number - 1) if d.critic == "expert" else 0.0)))
         replay, _ = collect(play_cfg, f"{run_id}-dagger-{number}", RunPaths(round_dir))
         try:
             compact_replay(list(replay.shards), replay.schema, round_dir / "play", play_aggregation,

@@ -122,6 +122,10 @@ class DaggerConfig:
     simulator's state), or a person in the review window (`human:` key map)."""
     review_every: StrictInt = Field(default=1, ge=1)
     """`critic: person`: show every this many frames of the play for review."""
+    beta: float = Field(default=0.0, ge=0, le=1)
+    """Probability the critic's own action is played (per step) in round 1, times `beta_decay`
+    each later round (DAgger's mixture policy; 0: the learner always drives)."""
+    beta_decay: float = Field(default=0.5, ge=0, le=1)
     lr: float = Field(default=5e-5, gt=0)
     """Fine-tuning learning rate of each round (lower than `learner.lr`, the first BC's)."""
     epochs: StrictInt = Field(default=3, ge=1)

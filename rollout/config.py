@@ -32,6 +32,9 @@ class PolicyConfig:
     label_with: Optional[Literal["expert"]] = None
     """A critic labels every state the policy visits: the env's scripted expert's action goes
     in a `label_action` column beside the action played (DAgger's relabelling)."""
+    label_mix: float = Field(default=0.0, ge=0, le=1)
+    """With `label_with`: the probability, per env and step, that the critic's action is played
+    instead of the policy's (DAgger's beta: early rounds stay nearer the expert's states)."""
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> "PolicyConfig":
@@ -41,6 +44,8 @@ class PolicyConfig:
             raise ValueError("record_logits needs kind 'torch' (a policy with logits)")
         if self.kind == "custom" and not self.entry_point:
             raise ValueError("kind 'custom' needs 'entry_point'")
+        if self.label_mix and self.label_with is None:
+            raise ValueError("label_mix plays the critic's actions: it needs label_with")
         return self
 
 

@@ -170,8 +170,12 @@ class LabeledPolicy:
     """Plays `policy` while `critic` labels every state with the action it would take (in
     `label_action`): the relabelling DAgger aggregates. A privileged critic is bound to the env too."""
 
-    def __init__(self, policy: Policy, critic: Policy, action_space: gym.Space) -> None:
+    def __init__(self, policy: Policy, critic: Policy, action_space: gym.Space, mix: float = 0.0,
+                 seed: int | None = None) -> None:
         self.policy, self.critic, self._action_space = policy, critic, action_space
+        self.mix = mix
+        """Probability that a row plays the critic's action instead of the policy's."""
+        self._rng = np.random.default_rng(seed)
 
     @property
     def version(self) -> int:
@@ -192,8 +196,13 @@ class LabeledPolicy:
 
     def compute_actions(self, obs: Any) -> PolicyOutput:
         played = self.policy.compute_actions(obs)
-        labels = self.critic.compute_actions(obs).actions
-        return PolicyOutput(played.actions, {**played.extras, LABEL_COLUMN: np.asarray(labels)})
+        labels = np.asarray(self.critic.compute_actions(obs).actions)
+        actions = np.asarray(played.actions)
+        if self.mix > 0:
+            critic_plays = self._rng.random(len(labels)) < self.mix
+            actions = np.where(critic_plays.reshape(-1, *[1] * (actions.ndim - 1)), labels.astype(actions.dtype),
+                               actions)
+        return PolicyOutput(actions, {**played.extras, LABEL_COLUMN: labels})
 
 
 def register_expert(env_id: str, entry_point: str) -> None:
@@ -212,7 +221,8 @@ class ConfiguredPolicyFactory:
     def __call__(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
         policy = self._build(observation_space, action_space)
         if self.cfg.label_with == "expert":
-            return LabeledPolicy(policy, self._expert(observation_space, action_space), action_space)
+            return LabeledPolicy(policy, self._expert(observation_space, action_space), action_space,
+                                 self.cfg.label_mix, self.seed)
         return policy
 
     def _expert(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:

@@ -31,3 +31,22 @@ def test_dagger_with_the_scripted_critic_fixes_a_weak_clone(ray_cluster, tmp_pat
     assert set(fixed["source"]) == {"correction"} and len(fixed["action"]) == len(play["action"])
     np.testing.assert_array_equal(np.sort(fixed["action"]), np.sort(play["label_action"]))
     assert (fixed["action"] != fixed["agent_action"]).mean() > 0.1, "the critic corrects the weak clone"
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
+def test_a_labelled_policy_records_the_critics_action_and_plays_it_with_the_mixing_probability(mix):
+    import gymnasium as gym
+
+    from rollout.config import PolicyConfig
+    from rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory, LabeledPolicy
+
+    space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    policy = ConfiguredPolicyFactory(PolicyConfig(kind="random", label_with="expert", label_mix=mix), "CartPole-v1",
+                                     seed=0)(space, gym.spaces.Discrete(2))
+    assert isinstance(policy, LabeledPolicy) and LABEL_COLUMN in policy.extra_columns()
+    obs = np.random.default_rng(1).uniform(-0.2, 0.2, (4000, 4)).astype(np.float32)
+    out = policy.compute_actions(obs)
+    expert = ConfiguredPolicyFactory(PolicyConfig(kind="expert"), "CartPole-v1")(space, gym.spaces.Discrete(2))
+    np.testing.assert_array_equal(out.extras[LABEL_COLUMN], expert.compute_actions(obs).actions)
+    agree = (out.actions == out.extras[LABEL_COLUMN]).mean()
+    assert abs(agree - (mix + (1 - mix) * 0.5)) < 0.04, "random agrees half the time; the critic's rows always"
