@@ -10,7 +10,6 @@ import dataclasses
 import json
 import secrets
 import shutil
-import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -31,12 +30,12 @@ from aggregation.manifest import Manifest
 from aggregation.robocode_seed import write_dataset_npz
 from cluster.config import ROBOCODE_ENV_ID, RunConfig, dump_config, robocode_battles
 from cluster.progress import console, summary_table, wait_with_progress
+from cluster.sessions import review_sessions, stopped_shadow
 from envs.config import EnvConfig
 from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
 from learners.config import LearnerConfig
 from learners.distributed import train_bc_data_parallel
 from learners.dqfd import DQfDLearner
-from learners.plots import plot_shadow_session
 from learners.ppo import PPOLearner
 from learners.shadow import ShadowLearner
 from rollout.batch import BatchSchema
@@ -184,7 +183,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     try:
         results, seconds, played = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100),
                                                 during=during, session=session)
-        shadow_summary = _stopped_shadow(shadow, played, run_root) if shadow is not None else None
+        shadow_summary = stopped_shadow(shadow, played, run_root) if shadow is not None else None
     finally:
         if shadow is not None:
             ray.kill(shadow, no_restart=True)
@@ -204,20 +203,6 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     summary.human_sessions = [played.to_json()] if played is not None else []
     summary.shadow = shadow_summary
     return replay, summary
-
-
-def _stopped_shadow(shadow: ray.actor.ActorHandle, played: HumanSessionResult | None, run_root: Path) -> dict:
-    """Stop the shadow learner (its checkpoint and history are written) and plot its session."""
-    result = ray.get(shadow.stop.remote(), timeout=900)
-    if played is not None:
-        result["agreement_plot"] = str(plot_shadow_session(
-            run_root / "shadow" / "agreement.png", result["rounds"], played.shadow_agreement,
-            f"shadow policy beside {played.operator} ({played.session_id})"))
-        agreement = [point["agreement"] for point in played.shadow_agreement]
-        logger.info("shadow: {} versions; agreement with {} from {:.2f} to {:.2f}; plot {}", result["versions"],
-                    played.operator, agreement[0] if agreement else float("nan"),
-                    agreement[-1] if agreement else float("nan"), result["agreement_plot"])
-    return result
 
 
 def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths,
@@ -532,7 +517,7 @@ def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: 
 
     replay, summary.collect = collect(cfg, run_id, paths, during=rotating if cfg.aggregation.rotate_every_s else None)
     summary.stage_seconds["collect"] = time.perf_counter() - timer
-    discarded = _review_sessions(cfg, summary.collect.human_sessions)
+    discarded = review_sessions(cfg, summary.collect.human_sessions)
     if discarded:
         if rotations:
             logger.warning("episodes {} were discarded after rotation wrote them; `harvest edit delete` removes "
@@ -550,47 +535,6 @@ def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: 
         replay.kill()
     summary.dataset_rows, summary.dataset_episodes = manifest.rows, manifest.episodes
     return manifest
-
-
-def _review_sessions(cfg: RunConfig, sessions: list[dict[str, Any]]) -> list[int]:
-    """Show each session's quality checks per episode; the episode ids to leave out of the
-    dataset (`human.discard`)."""
-    discarded: list[int] = []
-    for session in sessions:
-        episodes = session["episodes"]
-        console.print(quality_table(session))
-        flagged = [e["episode_id"] for e in episodes if e["quality"]["errors"]]
-        if cfg.human.discard == "errors":
-            discarded += flagged
-        elif cfg.human.discard == "ask":
-            if not sys.stdin.isatty():
-                logger.info("not at a terminal: every episode of {} is kept ({} with errors); human.discard: errors "
-                            "leaves those out", session["session_id"], len(flagged))
-                continue
-            answer = console.input("Episodes to discard (numbers, comma separated; Enter keeps all): ")
-            by_number = {e["number"]: e["episode_id"] for e in episodes}
-            chosen = [int(part) for part in answer.replace(" ", "").split(",") if part.isdigit()]
-            unknown = [number for number in chosen if number not in by_number]
-            if unknown:
-                logger.warning("no episodes numbered {} in this session; ignored", unknown)
-            discarded += [by_number[number] for number in chosen if number in by_number]
-    if discarded:
-        logger.info("discarding {} episode(s) from the dataset (the replay keeps them): {}", len(discarded), discarded)
-    return discarded
-
-
-def quality_table(session: dict[str, Any]) -> Table:
-    """A session's episodes with the seed 002 quality checks' findings."""
-    table = Table(title=f"Session {session['session_id']} ({session['operator']}): quality", title_justify="left")
-    for column in ("episode", "frames", "return", "ended", "findings"):
-        table.add_column(column, justify="left" if column == "findings" else "right")
-    for episode in session["episodes"]:
-        findings = episode["quality"]["findings"]
-        text = "; ".join(f"[{'red' if f['severity'] == 'error' else 'yellow'}]{f['check']}[/]: {f['message']}"
-                         for f in findings) or "[green]clean[/]"
-        table.add_row(str(episode["number"]), f"{episode['length']:,}", f"{episode['return']:.1f}", episode["ended"],
-                      text)
-    return table
 
 
 def teleop(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:

@@ -16,7 +16,6 @@ for one press of the advance key (how the scripted player keeps frame-exact time
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,19 +26,19 @@ import numpy as np
 import ray
 from loguru import logger
 
-from cluster import metrics
 from envs.car_racing import TELEMETRY_NAMES, CarRacingDriver, car_racing_telemetry
 from envs.config import EnvConfig
 from envs.registry import make_env
 from envs.spaces import ColumnSpec
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.cutter import EpisodeIds
-from rollout.human_config import HumanConfig, ShadowConfig
+from rollout.human_config import HumanConfig
 from rollout.keymap import KeyMap, _is_driving
 from rollout.policies import PolicyFactory
 from rollout.replay.replay import Replay
 from rollout.session_folder import SessionFolderWriter
 from rollout.session_quality import EpisodeTrace, check_episode, episode_report
+from rollout.shadow_beside import ShadowBeside
 from rollout.sources import shared_columns, with_filled
 from rollout.teleop import KeyboardRobot, TeleopError, TeleopWindow, open_display
 from rollout.worker import PushTimeoutError, collector_uid
@@ -111,62 +110,6 @@ def human_schema_for(env_cfg: EnvConfig, cfg: HumanConfig) -> BatchSchema:
         env.close()
 
 
-class _Shadow:
-    """The shadow policy beside a session: newest weights fetched without blocking the frame,
-    its action every frame, and how often it agrees with the person."""
-
-    def __init__(self, learner: Any, policy: Any, cfg: ShadowConfig, action_space: gym.Space) -> None:
-        self.learner, self.policy, self.cfg = learner, policy, cfg
-        self.version, self.driving, self.frames_driven = 0, False, 0
-        self._discrete = isinstance(action_space, gym.spaces.Discrete)
-        if not self._discrete:
-            spread = np.asarray(action_space.high, np.float64) - np.asarray(action_space.low, np.float64)
-            self._spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
-        self._recent: deque[float] = deque(maxlen=cfg.agreement_window)
-        self._pending: ray.ObjectRef | None = None
-        self._asked_at = -10**9
-        self.history: list[dict[str, float]] = []
-
-    def act(self, obs: Any, frame: int) -> Any:
-        self._refresh(frame)
-        batched = {key: np.asarray(value)[None] for key, value in obs.items()} if isinstance(obs, dict) \
-            else np.asarray(obs)[None]
-        self.frames_driven += int(self.driving)
-        return np.asarray(self.policy.compute_actions(batched).actions)[0]
-
-    def _refresh(self, frame: int) -> None:
-        """Ask the learner for its newest weights every 10 frames; load them once they arrive."""
-        if self._pending is None:
-            if frame - self._asked_at >= 10:
-                self._pending, self._asked_at = self.learner.latest.remote(), frame
-            return
-        ready, _ = ray.wait([self._pending], timeout=0)
-        if not ready:
-            return
-        version, refs = ray.get(self._pending)
-        self._pending = None
-        if version > self.version and refs:
-            self.policy.set_weights(ray.get(refs[0], timeout=60), version)
-            self.version = version
-
-    def compare(self, person: Any, shadow: Any, frame: int, session: str) -> None:
-        if self._discrete:
-            agreement = float(int(person) == int(shadow))
-        else:
-            agreement = float(1 - np.mean(np.abs(np.asarray(person, np.float64) - shadow) / self._spread))
-        self._recent.append(agreement)
-        if frame % max(1, self.cfg.agreement_window // 5) == 0:
-            value = float(np.mean(self._recent))
-            self.history.append({"frame": frame, "version": self.version, "agreement": value})
-            metrics.shadow_agreement().set(value, tags={"session": session})
-            metrics.shadow_version().set(self.version, tags={"session": session})
-
-    def status(self) -> str:
-        agreement = f"{np.mean(self._recent):.2f}" if self._recent else "-"
-        return (f"shadow v{self.version}  agreement {agreement}"
-                + ("  SHADOW DRIVING" if self.driving else f"  ({self.cfg.handover_key.upper()} hands over)"))
-
-
 @dataclass
 class _Rows:
     """Rows played but not yet pushed (the newest is held back: a reset may still mark it truncated)."""
@@ -232,7 +175,7 @@ class HumanCollector:
         self._folder = None
         if cfg.session_folder and session_root is not None and _is_driving(self._env.action_space):
             self._folder = SessionFolderWriter(Path(session_root), self.session_id)
-        self.shadow = _Shadow(shadow, shadow_policy(self._env.observation_space, self._env.action_space),
+        self.shadow = ShadowBeside(shadow, shadow_policy(self._env.observation_space, self._env.action_space),
                               cfg.shadow, self._env.action_space) if cfg.shadow is not None and shadow is not None else None
         if cfg.shadow is not None and self.shadow is None:
             raise ValueError("human.shadow: the session needs the shadow learner and its policy factory")

@@ -61,7 +61,7 @@ def test_discarded_episodes_are_left_out_of_the_dataset_and_counted(tmp_path):
     from aggregation.config import AggregationConfig
     from aggregation.filters import EpisodeFilter
     from cluster.config import load_config
-    from cluster.pipeline import _review_sessions
+    from cluster.sessions import review_sessions
     from tests.test_datasets import episodes_batch
 
     session = {"session_id": "s", "operator": "ada", "episodes": [
@@ -70,8 +70,8 @@ def test_discarded_episodes_are_left_out_of_the_dataset_and_counted(tmp_path):
         {"episode_id": 1, "number": 2, "length": 5, "return": 0.0, "ended": "reset",
          "quality": {"findings": [{"check": "action_range", "severity": "error", "message": "x"}], "errors": 1}}]}
     cfg = load_config(None, ["human={discard: errors}"])
-    assert _review_sessions(cfg, [session]) == [1]
-    assert _review_sessions(load_config(None, ["human={discard: never}"]), [session]) == []
+    assert review_sessions(cfg, [session]) == [1]
+    assert review_sessions(load_config(None, ["human={discard: never}"]), [session]) == []
     schema, batch = episodes_batch([30, 5, 12])
     manifest = write_dataset([batch], schema, tmp_path, AggregationConfig(
         formats=["parquet"], filter=EpisodeFilter(exclude_episodes=[1])), run_id="q", env_id="x")

@@ -274,7 +274,8 @@ def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray
 
     def hand_over_and_back() -> None:  # a person hands the controls to the shadow, then takes them back
         person = KeyboardRobot(xvfb, None)
-        time.sleep(12)
+        person.focus_window("Harvest teleop", timeout_s=240)
+        time.sleep(6)
         person.press("h")
         time.sleep(1.5)
         person.press("h")
@@ -288,7 +289,7 @@ def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray
     helper = threading.Thread(target=hand_over_and_back, daemon=True)
     helper.start()
     assert main(["teleop", "--run-id", "shadow", *sum((["--set", item] for item in overrides), [])]) == 0
-    helper.join(timeout=30)
+    helper.join(timeout=60)
     summary = json.loads((tmp_path / "shadow" / "summary.json").read_text())
     shadow, (session,) = summary["collect"]["shadow"], summary["collect"]["human_sessions"]
     assert shadow["versions"] >= 3 and Path(shadow["agreement_plot"]).stat().st_size > 10_000
