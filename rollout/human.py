@@ -346,8 +346,12 @@ class HumanCollector:
         self._pushes += 1
         self._rows_pushed += batch.num_rows
         self._in_flight.extend(self._replay.insert_async(batch, f"human {self.collector_id}", self._pushes))
-        if len(self._in_flight) > 4:
-            ready, self._in_flight = ray.wait(self._in_flight, num_returns=len(self._in_flight) - 4, timeout=120)
+        if len(self._in_flight) > 4:  # backpressure: at most 4 pushes unacknowledged
+            needed = len(self._in_flight) - 4
+            ready, self._in_flight = ray.wait(self._in_flight, num_returns=needed, timeout=120)
+            if len(ready) < needed:
+                raise PushTimeoutError(f"HumanCollector[{self.collector_id}]: the replay did not acknowledge a push "
+                                       f"within 120s ({len(self._in_flight)} in flight)")
             ray.get(ready)
 
     def _drain(self) -> None:
