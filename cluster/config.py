@@ -37,8 +37,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, config=_STRICT)
 class RunSection:
-    id: Optional[str] = None
-    """Run id; outputs go to `<output_dir>/<id>/`. None: a timestamped id is made."""
+    id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    """Run id; outputs go to `<output_dir>/<id>/`. None: a timestamped id is made. A plain name
+    (letters, digits, `.`, `_`, `-`), so a run's outputs can never land outside `output_dir`."""
     output_dir: str = "artifacts"
     """Folder that holds one sub-folder per run."""
     seed: StrictInt = 0

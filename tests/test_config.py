@@ -73,3 +73,13 @@ def test_every_example_config_validates_and_builds_its_env(name):
     cfg = load_config(EXAMPLES / name)
     if cfg.env.id != "robocode":  # the Robocode collectors host the engine; their env needs a JVM
         make_vector_env(cfg.env).close()
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "a/b", ".hidden", "/abs", "x" * 200])
+def test_a_run_id_that_could_leave_the_output_folder_is_refused(tmp_path, run_id):
+    from cluster.cli import main
+
+    with pytest.raises(ConfigError, match="run.id: String should match pattern"):
+        load_config(None, [f"run.id={run_id!r}"])
+    assert main(["run", "--run-id", run_id, "--set", f"run.output_dir={tmp_path / 'out'}"]) == 2
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escape").exists()
