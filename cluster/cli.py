@@ -131,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=int, required=True)
     p.add_argument("--stride", type=int, help="default: a quarter of the history")
     p.add_argument("--pad", choices=["none", "repeat_first", "zeros"], default="none")
+    p = sub.add_parser("dashboard", help="write the Grafana dashboard of Harvest's metrics (JSON)")
+    p.add_argument("--out", default="harvest-dashboard.json")
     from cluster.watch import add_arguments
 
     add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
@@ -164,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "import":
         return _import(args)
+    if args.command == "dashboard":
+        from cluster.dashboard import write_dashboard
+
+        logger.info("Grafana dashboard: {} (import it with the Prometheus data source that scrapes Ray)",
+                    write_dashboard(args.out))
+        return 0
     if args.command == "export":
         return _export(args)
     if args.command in ("edit", "windows", "inspect"):

@@ -139,7 +139,7 @@ def shadow_version() -> Any:
                  "the person.", ("session",))
 
 
-ALL_METRICS = (rollout_env_steps, rollout_episodes, rollout_push_wait_seconds, rollout_episode_return,
+ALL_METRICS = (rollout_env_steps, rollout_episodes, rollout_push_wait_seconds, rollout_episode_return, rollout_local_bytes,
                replay_inserted_rows, replay_sampled_rows, replay_rejected_batches, replay_insert_seconds,
                replay_wal_write_seconds, replay_size_rows, replay_utilization, replay_memory_bytes,
                replay_consumer_lag_rows, learner_samples, learner_loss, shadow_agreement, shadow_version)

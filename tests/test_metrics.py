@@ -88,3 +88,31 @@ def test_replay_and_collector_metrics_reach_the_prometheus_endpoint(ray_cluster,
     for bound in (1, 10, 50, 100):  # cumulative bucket counts: returns (all positive here) up to each bound
         assert total(samples, "rollout_episode_return_bucket", collector, sign="positive", le=f"{bound:.1f}") \
             == sum(value <= bound for value in returns)
+
+
+def test_the_grafana_dashboard_queries_only_metrics_harvest_exports(tmp_path):
+    import json
+    import re
+
+    from cluster import metrics
+    from cluster.cli import main
+    from cluster.dashboard import dashboard
+
+    exported = set()
+    for make in metrics.ALL_METRICS:
+        source = __import__("inspect").getsource(make)
+        exported.add("ray_" + re.search(r'"(harvest_[a-z_]+)"', source).group(1))
+    assert main(["dashboard", "--out", str(tmp_path / "d.json")]) == 0
+    board = json.loads((tmp_path / "d.json").read_text())
+    assert board == json.loads(json.dumps(dashboard())) and board["uid"] == "harvest"
+    used = set()
+    for panel in board["panels"]:
+        assert panel["title"] and panel["targets"] and set(panel["gridPos"]) == {"h", "w", "x", "y"}
+        for target in panel["targets"]:
+            names = set(re.findall(r"ray_harvest_[a-z_]+", target["expr"]))
+            assert names, target["expr"]
+            used |= {re.sub(r"_(bucket|sum|count)$", "", name) for name in names}
+    assert used <= exported, used - exported
+    titles = " ".join(panel["title"] for panel in board["panels"]).lower()
+    for topic in ("collection rate", "replay fill", "sample / insert", "learner throughput", "loss", "human / agent"):
+        assert topic in titles
