@@ -67,6 +67,26 @@ def read_shard(shard: ray.actor.ActorHandle, schema: BatchSchema, chunk_rows: in
         cursor = result.next_cursor
 
 
+def read_rows(shard: ray.actor.ActorHandle, schema: BatchSchema, cursor: int, chunk_rows: int,
+              timeout_s: float = 120.0) -> tuple[pa.Table, int, int]:
+    """The rows a shard actor stored from `cursor` up to its end when the first read answered
+    (rows inserted meanwhile wait for the next call), the cursor after them, and how many rows
+    the ring had evicted before they could be read."""
+    batches, skipped_rows, end = [], 0, None
+    while end is None or cursor < end:
+        result = ray.get(shard.read.remote(cursor, chunk_rows, stop_seq=end), timeout=timeout_s)
+        end = result.end_seq if end is None else end
+        skipped_rows += result.skipped_rows
+        if result.batch.num_rows:
+            batches.append(result.batch.to_arrow(schema))
+        if result.next_cursor == cursor:
+            break
+        cursor = result.next_cursor
+    arrow_schema = schema.arrow_schema()
+    table = pa.Table.from_batches(batches, schema=arrow_schema) if batches else arrow_schema.empty_table()
+    return table, cursor, skipped_rows
+
+
 def read_snapshot(path: Path) -> Iterator[pa.RecordBatch]:
     """Record batches of a replay snapshot (Arrow IPC stream) written by `snapshot_replay`."""
     with pa.OSFile(str(path), "rb") as source, pa.ipc.open_stream(source) as reader:
@@ -78,20 +98,13 @@ def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], s
     """Write one shard's rows as sorted Parquet files under `out` (in partition folders when
     `cfg.partition_by` asks); the rows come from its actor, a snapshot file path, or a list of
     record batches already in memory."""
-    if isinstance(source, list):
-        items: Iterator[pa.RecordBatch | int] = iter(source)
-    elif isinstance(source, str):
-        items = read_snapshot(Path(source))
+    skipped = 0
+    if isinstance(source, (list, str)):
+        batches = source if isinstance(source, list) else list(read_snapshot(Path(source)))
+        arrow_schema = schema.arrow_schema()
+        table = pa.Table.from_batches(batches, schema=arrow_schema) if batches else arrow_schema.empty_table()
     else:
-        items = read_shard(source, schema, cfg.read_chunk_rows)
-    batches, skipped = [], 0
-    for item in items:
-        if isinstance(item, int):
-            skipped += item
-        else:
-            batches.append(item)
-    arrow_schema = schema.arrow_schema()
-    table = pa.Table.from_batches(batches, schema=arrow_schema) if batches else arrow_schema.empty_table()
+        table, _, skipped = read_rows(source, schema, 0, cfg.read_chunk_rows)
     return compact_table(table, schema, shard_index, location(out), cfg, skipped_rows=skipped)
 
 

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import ray
 from loguru import logger
 
-from aggregation.compact import ShardCompaction, check_layout, compact_table, finish_dataset
+from aggregation.compact import ShardCompaction, check_layout, compact_table, finish_dataset, read_rows
 from aggregation.config import AggregationConfig
 from aggregation.manifest import Manifest
 from aggregation.storage import Location, location
@@ -56,7 +56,8 @@ class ShardRotator:
     def rotate(self, final: bool = False) -> ShardCompaction:
         """Write what finished since the last rotation (everything left when `final`); returns
         everything this shard has written so far, so a caller that missed an answer loses nothing."""
-        new_rows, cursor, skipped_rows = self._read_new_rows()
+        new_rows, cursor, skipped_rows = read_rows(self._shard, self._schema, self._cursor, self._cfg.read_chunk_rows,
+                                                   self._read_timeout_s)
         table = pa.concat_tables([self._held, new_rows]) if new_rows.num_rows else self._held
         if final:
             ready, held = table, table.schema.empty_table()
@@ -75,24 +76,6 @@ class ShardRotator:
     def held_rows(self) -> int:
         """Rows of unfinished episodes waiting for a later rotation."""
         return self._held.num_rows
-
-    def _read_new_rows(self) -> tuple[pa.Table, int, int]:
-        """The rows inserted since the cursor, up to the shard's end when the read began, with
-        the cursor after them and the rows the ring evicted before they could be read."""
-        batches, skipped_rows, cursor, end = [], 0, self._cursor, None
-        while end is None or cursor < end:
-            result = ray.get(self._shard.read.remote(cursor, self._cfg.read_chunk_rows, stop_seq=end),
-                             timeout=self._read_timeout_s)
-            end = result.end_seq if end is None else end
-            skipped_rows += result.skipped_rows
-            if result.batch.num_rows:
-                batches.append(result.batch.to_arrow(self._schema))
-            if result.next_cursor == cursor:
-                break
-            cursor = result.next_cursor
-        arrow_schema = self._schema.arrow_schema()
-        table = pa.Table.from_batches(batches, schema=arrow_schema) if batches else arrow_schema.empty_table()
-        return table, cursor, skipped_rows
 
 
 def _split_finished(table: pa.Table) -> tuple[pa.Table, pa.Table]:

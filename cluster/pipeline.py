@@ -162,7 +162,8 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     session = shadow = shadow_policy = None
     if cfg.human is not None and cfg.human.shadow is not None:  # a learner trains on the person as they play
         shadow = ray.remote(ShadowLearner).options(num_cpus=cfg.human.shadow.num_cpus, num_gpus=cfg.learner.num_gpus) \
-            .remote(cfg.learner, cfg.human.shadow, replay, str(run_root / "shadow"), cfg.run.seed)
+            .remote(cfg.learner, cfg.human.shadow, replay, str(run_root / "shadow"), cfg.run.seed,
+                    collector_id=rollout.num_collectors)  # the session's collector id (after the simulators')
         shadow_policy = ConfiguredPolicyFactory(
             PolicyConfig(kind="torch", checkpoint=ray.get(shadow.get_initial_checkpoint.remote(), timeout=300)),
             cfg.env.id, seed=cfg.run.seed)

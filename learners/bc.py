@@ -112,6 +112,8 @@ class BCLearner:
         if cfg.num_cpus >= 1:
             torch.set_num_threads(int(cfg.num_cpus))
         self._log = logger.bind(actor="BCLearner")
+        self.action_set: np.ndarray | None = None
+        """`learner.action_set` resolved (set by `train`): the checkpoints record it."""
         self._progress = TrainProgress(0, cfg.epochs, 0, None)
         self._lock = threading.Lock()
 
@@ -139,7 +141,6 @@ class BCLearner:
         row_weight = np.concatenate([np.full(len(part["episode_id"]), weight, np.float32)
                                      for part, weight in zip(parts, self.dataset_weights)])
         action_space = schema.action_space
-        self.action_set = None
         if cfg.action_set is not None:  # a Box dataset learned as Discrete over a set of its actions
             self.action_set = resolve_action_set(cfg.action_set, schema.action_space, "learner.action_set")
             columns[action_names[0]] = map_to_action_set(columns[action_names[0]], self.action_set,
@@ -286,7 +287,7 @@ class BCLearner:
                         info={"algorithm": "bc", "epoch": epoch, "dataset": str(self.dataset.folder),
                               "validation_loss": record.validation_loss,
                               "validation_accuracy": record.validation_accuracy,
-                              **action_set_info(getattr(self, "action_set", None))})
+                              **action_set_info(self.action_set)})
 
 
 def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor,

@@ -31,6 +31,7 @@ from learners.models import build_policy_model, image_column, resolve_model_spec
 from rollout.batch import BatchSchema
 from rollout.human_config import ShadowConfig
 from rollout.replay.replay import Replay
+from rollout.replay.row_filter import RowFilter
 
 INITIAL_NAME, FINAL_NAME, HISTORY_NAME = "initial.safetensors", "final.safetensors", "training_history.json"
 
@@ -49,8 +50,11 @@ class ShadowLearner:
     """Trains the shadow policy on the person's rows in rounds, in a thread of its own; a plain
     class made an actor where it is started."""
 
-    def __init__(self, cfg: LearnerConfig, shadow: ShadowConfig, replay: Replay, out_dir: str, seed: int = 0) -> None:
+    def __init__(self, cfg: LearnerConfig, shadow: ShadowConfig, replay: Replay, out_dir: str, seed: int = 0,
+                 collector_id: int | None = None) -> None:
         self.cfg, self.shadow, self.replay, self.out_dir = cfg, shadow, replay, Path(out_dir)
+        # the session's collector: the shards send only its rows, not the simulators' beside it
+        self._where = RowFilter.of(collector_id=[collector_id] if collector_id is not None else None)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._log = logger.bind(actor="ShadowLearner")
         torch.manual_seed(seed)
@@ -114,10 +118,11 @@ class ShadowLearner:
             self._log.exception("shadow training stopped")
 
     def _take_new_rows(self) -> None:
-        """Append the person's rows inserted since the last look (bounded to `max_rows`)."""
+        """Append the person's rows inserted since the last look (bounded to `max_rows`); rows
+        the shadow itself drove are left out."""
         names = [*self.obs_names, "action"]
         for index, shard in enumerate(self.replay.shards):
-            result = ray.get(shard.read.remote(self._cursors[index], 1_000_000), timeout=120)
+            result = ray.get(shard.read.remote(self._cursors[index], 1_000_000, self._where), timeout=120)
             self._cursors[index] = result.next_cursor
             batch = result.batch
             if batch.num_rows == 0:

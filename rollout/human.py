@@ -33,7 +33,7 @@ from envs.spaces import ColumnSpec
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.cutter import EpisodeIds
 from rollout.human_config import HumanConfig
-from rollout.keymap import KeyMap, _is_driving
+from rollout.keymap import KeyMap, is_driving_space
 from rollout.policies import PolicyFactory
 from rollout.replay.replay import Replay
 from rollout.session_folder import SessionFolderWriter
@@ -173,7 +173,7 @@ class HumanCollector:
         self.fps = cfg.fps or float(self._env.metadata.get("render_fps") or 60)
         self.session_id = datetime.now(timezone.utc).strftime("session_%Y%m%d_%H%M%S") + f"_{collector_id}"
         self._folder = None
-        if cfg.session_folder and session_root is not None and _is_driving(self._env.action_space):
+        if cfg.session_folder and session_root is not None and is_driving_space(self._env.action_space):
             self._folder = SessionFolderWriter(Path(session_root), self.session_id)
         self.shadow = ShadowBeside(shadow, shadow_policy(self._env.observation_space, self._env.action_space),
                               cfg.shadow, self._env.action_space) if cfg.shadow is not None and shadow is not None else None

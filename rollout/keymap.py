@@ -28,7 +28,7 @@ class KeyMapError(ValueError):
     """The `human:` key map does not fit the env's action space (the message names the entry)."""
 
 
-def _is_driving(space: gym.Space) -> bool:
+def is_driving_space(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and space.shape == (3,)
 
 
@@ -49,7 +49,7 @@ class KeyMap:
         self.action_space = action_space
         if isinstance(action_space, gym.spaces.Discrete):
             default_controls, default_keys = _discrete_defaults(action_space)
-        elif _is_driving(action_space):
+        elif is_driving_space(action_space):
             default_controls, default_keys = DRIVING_CONTROLS, DRIVING_KEYS
         elif cfg.controls is None or cfg.keys is None:
             raise KeyMapError(f"human.controls / human.keys: no default key map for the action space {action_space}; "
@@ -60,7 +60,7 @@ class KeyMap:
         self.keys: dict[str, str] = {key.lower(): control for key, control in
                                      (cfg.keys if cfg.keys is not None else default_keys).items()}
         self.noop_action = cfg.noop_action
-        axes = cfg.gamepad.axes if cfg.gamepad.axes is not None else (DRIVING_AXES if _is_driving(action_space) else {})
+        axes = cfg.gamepad.axes if cfg.gamepad.axes is not None else (DRIVING_AXES if is_driving_space(action_space) else {})
         self.axes: dict[int, AxisConfig] = dict(axes)
         self.buttons: dict[int, str] = dict(cfg.gamepad.buttons)
         self._check()
