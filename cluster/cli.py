@@ -16,6 +16,10 @@
                                                   statistics and quality checks; exits 1 on errors
     harvest windows DATASET --history H [--stride S] [--pad none|repeat_first|zeros]
                                                   how many sliding-window samples a dataset yields
+    harvest submit [CONFIG] --address http://HEAD:8265 [--wait]
+                                                  the run as a job on a Ray cluster (Job Submission API)
+    harvest jobs list|status|logs|stop [JOB_ID] --address http://HEAD:8265
+                                                  Harvest's jobs on that cluster
     harvest generals-gif --record FILE | --player expert|random|CKPT --out GIF
                                                   a Generals.io game (recorded or live) as a GIF
 """
@@ -133,8 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pad", choices=["none", "repeat_first", "zeros"], default="none")
     p = sub.add_parser("dashboard", help="write the Grafana dashboard of Harvest's metrics (JSON)")
     p.add_argument("--out", default="harvest-dashboard.json")
+    from cluster.jobs import add_arguments as add_job_arguments
     from cluster.watch import add_arguments
 
+    add_job_arguments(sub)
     add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
     return parser
 
@@ -174,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "export":
         return _export(args)
+    if args.command in ("submit", "jobs"):
+        from cluster import jobs
+
+        try:
+            return jobs.submit(args) if args.command == "submit" else jobs.jobs(args)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            logger.error("{}", err)
+            return 1
     if args.command in ("edit", "windows", "inspect"):
         return {"edit": _edit, "windows": _windows, "inspect": _inspect}[args.command](args)
     try:

@@ -89,6 +89,19 @@ class EvalConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class WatchdogSection:
+    stall_after_s: Optional[float] = Field(default=120.0, gt=0)
+    """A collector that has been in one call (an env step, waiting for a replay ack, ...) this
+    long, or that does not answer, is reported as stalled: what it waits for is logged and goes
+    to `harvest_stalled`. None: no watchdog."""
+    check_every_s: float = Field(default=5.0, gt=0)
+    """How often the watchdog asks every collector what it is doing."""
+    recover: bool = True
+    """Kill a stalled collector so Ray restarts it (within `rollout.max_restarts`); it collects
+    the rows its predecessor had not stored."""
+
+
+@dataclass(frozen=True, config=_STRICT)
 class RunConfig:
     run: RunSection = Field(default_factory=RunSection)
     ray: RaySection = Field(default_factory=RaySection)
@@ -98,6 +111,7 @@ class RunConfig:
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
     human: Optional[HumanConfig] = None
     """A person (or the scripted driver) plays one env copy in a window while the simulators
     collect; their rows share the replay, tagged by `source`. `harvest teleop` sets it."""

@@ -139,7 +139,27 @@ def shadow_version() -> Any:
                  "the person.", ("session",))
 
 
+@functools.cache
+def stalls() -> Any:
+    return _make("counter", "harvest_stalls_total",
+                 "Stalls the watchdog detected: a component made no progress for watchdog.stall_after_s, tagged with "
+                 "what it was waiting for.", ("component", "waiting_for"))
+
+
+@functools.cache
+def stalled() -> Any:
+    return _make("gauge", "harvest_stalled", "1 while the watchdog sees a component stalled (0 once it moves "
+                 "again or was restarted).", ("component", "waiting_for"))
+
+
+@functools.cache
+def actor_restarts() -> Any:
+    return _make("counter", "harvest_actor_restarts_total", "Actors that died (or were killed by the watchdog) "
+                 "and came back.", ("component",))
+
+
 ALL_METRICS = (rollout_env_steps, rollout_episodes, rollout_push_wait_seconds, rollout_episode_return, rollout_local_bytes,
                replay_inserted_rows, replay_sampled_rows, replay_rejected_batches, replay_insert_seconds,
                replay_wal_write_seconds, replay_size_rows, replay_utilization, replay_memory_bytes,
-               replay_consumer_lag_rows, learner_samples, learner_loss, shadow_agreement, shadow_version)
+               replay_consumer_lag_rows, learner_samples, learner_loss, shadow_agreement, shadow_version, stalls,
+               stalled, actor_restarts)

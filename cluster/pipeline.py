@@ -28,9 +28,10 @@ from aggregation.rotate import Rotation
 from aggregation.storage import Location, location
 from aggregation.manifest import Manifest
 from aggregation.robocode_seed import write_dataset_npz
-from cluster.config import ROBOCODE_ENV_ID, RunConfig, dump_config, robocode_battles
+from cluster.config import ROBOCODE_ENV_ID, RunConfig, WatchdogSection, dump_config, robocode_battles
 from cluster.progress import console, summary_table, wait_with_progress
 from cluster.sessions import review_sessions, stopped_shadow
+from cluster.supervise import CollectorSupervisor, SupervisedResult
 from envs.config import EnvConfig
 from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
 from learners.config import LearnerConfig
@@ -113,6 +114,12 @@ class CollectSummary:
     replay_evicted_rows: int
     human_sessions: list[dict[str, Any]] = field(default_factory=list)
     """Teleoperation sessions played during the collection (`HumanSessionResult`s)."""
+    nodes: list[str] = field(default_factory=list)
+    """The Ray node id each collector (its last incarnation) ran on."""
+    restarts: list[int] = field(default_factory=list)
+    """Restarts per collector (after dying, or killed by the watchdog for a stall)."""
+    stalls: list[dict[str, Any]] = field(default_factory=list)
+    """Stalls the watchdog reported: component, what it waited for, seconds, recovered."""
     shadow: dict[str, Any] | None = None
     """The shadow learner's summary (versions, rounds, checkpoint, agreement plot) when `human.shadow` is set."""
 
@@ -139,7 +146,7 @@ def new_run_id() -> str:
 def prepare_run(cfg: RunConfig) -> tuple[str, RunPaths]:
     """The run id and folder; writes the resolved config there."""
     run_id = cfg.run.id or new_run_id()
-    paths = RunPaths(Path(cfg.run.output_dir) / run_id, cfg.aggregation.output)
+    paths = RunPaths(Path(cfg.run.output_dir).expanduser() / run_id, cfg.aggregation.output)
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(dump_config(cfg))
     return run_id, paths
@@ -150,7 +157,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     """Start the replay shards and `num_collectors` rollout actors; fill the replay with
     `rollout.steps` rows (inside `during(replay)`, e.g. a `Rotation`, when given)."""
     if cfg.env.id == ROBOCODE_ENV_ID:
-        return collect_robocode(cfg, run_id, paths or RunPaths(Path(cfg.run.output_dir) / run_id,
+        return collect_robocode(cfg, run_id, paths or RunPaths(Path(cfg.run.output_dir).expanduser() / run_id,
                                                                                 cfg.aggregation.output), during)
     rollout = cfg.rollout
     factory = ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed)
@@ -158,7 +165,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     if cfg.human is not None:  # the person's rows and the simulators' share the replay, tagged by source
         schema = merged_schema(human_schema_for(cfg.env, cfg.human), schema)
     replay = _started_replay(cfg, schema, paths)
-    run_root = (paths or RunPaths(Path(cfg.run.output_dir) / run_id)).root
+    run_root = (paths or RunPaths(Path(cfg.run.output_dir).expanduser() / run_id)).root
     session = shadow = shadow_policy = None
     if cfg.human is not None and cfg.human.shadow is not None:  # a learner trains on the person as they play
         shadow = ray.remote(ShadowLearner).options(num_cpus=cfg.human.shadow.num_cpus, num_gpus=cfg.learner.num_gpus) \
@@ -173,21 +180,29 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
             shadow_policy)
         if shadow is not None:
             ray.get(shadow.start.remote(), timeout=60)
-    worker_actor = ray.remote(RolloutWorker)
-    workers = [worker_actor.options(num_cpus=rollout.num_cpus).remote(
+    # max_concurrency 2: the watchdog's `activity` call is answered while `collect` runs
+    worker_actor = ray.remote(RolloutWorker).options(num_cpus=rollout.num_cpus, max_restarts=rollout.max_restarts,
+                                                     max_concurrency=2, **rollout.placement.options())
+    # The replay handle (it holds actor handles, so Ray keeps it in the object store) is put once
+    # and referenced here until collection ends, so a restarted collector can always read it
+    # (ray-project/ray#53727: Ray does not keep such constructor arguments alive for restarts).
+    replay_ref = ray.put(replay)
+    workers = [worker_actor.remote(
         cfg.env, rollout, ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed + index),
-        replay, index, run_id, cfg.run.seed + index) for index in range(rollout.num_collectors)]
+        replay_ref, index, run_id, cfg.run.seed + index) for index in range(rollout.num_collectors)]
     logger.info("collecting {:,} transitions of {} with {} collectors x {} envs into {} replay shards{}",
                 rollout.steps if workers else 0, cfg.env.id, rollout.num_collectors, cfg.env.num_envs,
                 cfg.replay.num_shards, f", and {cfg.human.operator}'s session ({cfg.human.driver})" if session else "")
-    results: list[CollectResult]
+    results: list[CollectResult | None]
     try:
-        results, seconds, played = _fill_replay(workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100),
-                                                during=during, session=session)
+        results, seconds, played, supervised = _fill_replay(
+            workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100), during=during, session=session,
+            watchdog=cfg.watchdog)
         shadow_summary = stopped_shadow(shadow, played, run_root) if shadow is not None else None
     finally:
         if shadow is not None:
             ray.kill(shadow, no_restart=True)
+    results = [result for result in results if result is not None]
     returns = [episode.episode_return for result in results for episode in result.episodes]
     for result in results:
         logger.info("collector {}: {:,} rows acknowledged, at most {:.1f} MB held locally ({} mode){}",
@@ -198,9 +213,12 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
         logger.info("replay shard {}: {:,} rows in {:.1f} MB", shard, report["rows"], report["bytes"] / 2**20)
     if played is not None:
         returns += [episode["return"] for episode in played.episodes]
-    summary = _checked_summary(replay, sum(result.rows for result in results) + (played.rows if played else 0),
+    summary = _checked_summary(replay, _acknowledged_rows(replay, results, supervised) + (played.rows if played else 0),
                                len(returns), seconds, float(np.mean(returns)) if returns else None,
                                sum(result.push_wait_seconds for result in results))
+    if supervised is not None:
+        summary.restarts, summary.stalls = supervised.restarts, supervised.stalls_json()
+        summary.nodes = supervised.nodes
     summary.human_sessions = [played.to_json()] if played is not None else []
     summary.shadow = shadow_summary
     return replay, summary
@@ -222,8 +240,8 @@ def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths,
                 rollout.steps, " vs ".join(robocode_battles(cfg).robots), rollout.num_collectors,
                 cfg.replay.num_shards)
     results: list[RobocodeCollectResult]
-    results, seconds, _ = _fill_replay(collectors, replay, rollout, timeout_s=max(600.0, rollout.steps / 20),
-                                       close=True, during=during)
+    results, seconds, _, _ = _fill_replay(collectors, replay, rollout, timeout_s=max(600.0, rollout.steps / 20),
+                                          close=True, during=during)
     for result in results:
         if result.restarts or result.dropped_battles:
             logger.warning("collector {}: {} engine restarts, battles dropped: {}", result.collector_id,
@@ -244,22 +262,29 @@ def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None)
 
 def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s: float, close: bool = False,
                  during: Callable[[Replay], AbstractContextManager] | None = None,
-                 session: ray.actor.ActorHandle | None = None) -> tuple[list, float, HumanSessionResult | None]:
+                 session: ray.actor.ActorHandle | None = None, watchdog: WatchdogSection | None = None
+                 ) -> tuple[list, float, HumanSessionResult | None, SupervisedResult | None]:
     """Blocks: `actors` collect `rollout.steps` rows between them (shown as a progress bar over
     the replay's count) while the `session` (a `HumanCollector`) plays until the person ends
-    it; then all are closed (with `close`) and killed; their results and the time."""
+    it; then all are closed (with `close`) and killed; their results and the time. With a
+    `watchdog`, the actors are RolloutWorkers under a `CollectorSupervisor` (restarts, stalls)."""
     per_actor = [rollout.steps // len(actors) + (i < rollout.steps % len(actors)) for i in range(len(actors))]
     started = time.perf_counter()
-    played = None
+    played = supervised = None
     try:
-        refs = [actor.collect.remote(rows) for actor, rows in zip(actors, per_actor)]
         session_ref = session.run.remote() if session is not None else None
         with during(replay) if during is not None else nullcontext():
-            results = wait_with_progress(refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
-                                         timeout_s=timeout_s) if refs else []
+            if watchdog is not None and actors:
+                supervised = CollectorSupervisor(actors, per_actor, replay, rollout.max_restarts, watchdog).run(
+                    rollout.steps, timeout_s)
+                results = supervised.results
+            else:
+                refs = [actor.collect.remote(rows) for actor, rows in zip(actors, per_actor)]
+                results = wait_with_progress(refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
+                                             timeout_s=timeout_s) if refs else []
             if session_ref is not None:
                 logger.info("{}waiting for the teleoperation session to end (its end key, or a closed window)",
-                            "the simulators are done; " if refs else "")
+                            "the simulators are done; " if actors else "")
                 played = ray.get(session_ref)  # bounded by the session's own human.max_session_s
                 ray.get(session.close.remote(), timeout=60)
         if close:
@@ -267,7 +292,22 @@ def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s
     finally:
         for actor in [*actors, *([session] if session is not None else [])]:
             ray.kill(actor, no_restart=True)
-    return results, time.perf_counter() - started, played
+    return results, time.perf_counter() - started, played, supervised
+
+
+def _acknowledged_rows(replay: Replay, results: list[CollectResult], supervised: SupervisedResult | None) -> int:
+    """Rows the collectors stored: their acks, or, where some died, every incarnation's rows as the
+    replay counted them (a dead incarnation's acks died with it); the live incarnations' acks must
+    match the replay's count of their source exactly."""
+    if supervised is None:
+        return sum(result.rows for result in results)
+    by_source = replay.rows_by_source()
+    for result in results:
+        stored = by_source.get(result.source, 0)
+        if stored != result.rows:
+            raise RuntimeError(f"collector {result.collector_id} ({result.source!r}) had {result.rows} rows "
+                               f"acknowledged but the replay stored {stored} from it")
+    return sum(supervised.rows_by_collector)
 
 
 def _checked_summary(replay: Replay, rows: int, episodes: int, seconds: float, return_mean: float | None,
@@ -330,6 +370,20 @@ def train(cfg: RunConfig, paths: RunPaths, run_id: str = "train") -> TrainResult
                                history_path=str(paths.learner / HISTORY_NAME))
 
 
+def _samples_poll(learner: ray.actor.ActorHandle) -> Callable[[], int]:
+    """The learner's sample count for the progress bar; the last one seen while it restarts."""
+    seen = [0]
+
+    def poll() -> int:
+        try:
+            seen[0] = ray.get(learner.progress.remote(), timeout=30).samples
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+        return seen[0]
+
+    return poll
+
+
 def _stage_config(learner: LearnerConfig, stage: str, previous: str | None) -> LearnerConfig:
     """The learner config of one stage: DQfD and PPO start from the previous stage's best
     checkpoint unless their own `init_checkpoint` says otherwise."""
@@ -347,7 +401,10 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
     algorithm = learner_cfg.algorithm
     if algorithm == "bc" and learner_cfg.num_workers > 1:
         return train_bc_data_parallel(learner_cfg, paths.dataset, str(out_dir))
-    options = {"num_cpus": learner_cfg.num_cpus, "num_gpus": learner_cfg.num_gpus, "max_concurrency": 2}
+    # A learner that dies is restarted and its `train` call runs again (BC resumes from last.safetensors).
+    options = {"num_cpus": learner_cfg.num_cpus, "num_gpus": learner_cfg.num_gpus, "max_concurrency": 2,
+               "max_restarts": learner_cfg.max_restarts, "max_task_retries": learner_cfg.max_restarts,
+               **learner_cfg.placement.options()}
     if algorithm == "ppo":
         learner = ray.remote(PPOLearner).options(**options).remote(learner_cfg, cfg.env, str(out_dir), run_id)
         total, unit = learner_cfg.ppo.env_steps, "env steps"
@@ -368,12 +425,14 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
                 rows = min(rows, learner_cfg.max_rows)
             total, unit = int(rows * (1 - learner_cfg.validation_fraction)) * learner_cfg.epochs, "samples"
     try:
+        node = ray.get(learner.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()), timeout=600)
+        logger.info("learner ({}) on node {}", algorithm, node)
         ref = learner.train.remote()
         (result,) = wait_with_progress([ref], f"train ({algorithm.upper()})", unit, total,
-                                       poll=lambda: ray.get(learner.progress.remote(), timeout=30).samples,
-                                       timeout_s=3600)
+                                       poll=_samples_poll(learner), timeout_s=3600)
     finally:
         ray.kill(learner, no_restart=True)
+    result = dataclasses.replace(result, node_id=node)
     if result.best_eval_return is not None:
         logger.info("best checkpoint ({}): iteration/update {} (evaluation return {:.1f}) on {}", algorithm,
                     result.best_epoch, result.best_eval_return, result.device)
@@ -582,9 +641,9 @@ def _train_summary(result: TrainResult) -> dict[str, Any]:
     if result.algorithm in ("dqfd", "ppo"):
         return {"algorithm": result.algorithm, "best_checkpoint": result.best_checkpoint,
                 "best_update": result.best_epoch, "best_eval_return": result.best_eval_return,
-                "device": result.device, "rows": result.train_rows}
+                "device": result.device, "rows": result.train_rows, "node": result.node_id}
     best = result.history[result.best_epoch - 1]
-    return {"best_checkpoint": result.best_checkpoint, "best_epoch": result.best_epoch,
+    return {"best_checkpoint": result.best_checkpoint, "best_epoch": result.best_epoch, "node": result.node_id,
             "best_validation_loss": result.best_validation_loss,
             "validation_accuracy": best.validation_accuracy, "device": result.device,
             "train_rows": result.train_rows, "samples_per_s": best.samples_per_s}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -57,7 +58,10 @@ def load_entry_point(entry_point: str, what: str = "env.id") -> Callable[..., An
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise EnvNotFoundError(f"{what}: cannot import module {module_name!r} of {entry_point!r}: {err}") from err
+        top = sys.modules.get(module_name.split(".")[0])
+        found = f" ({module_name.split('.')[0]!r} was found at {list(getattr(top, '__path__', []))})" if top else ""
+        raise EnvNotFoundError(f"{what}: cannot import module {module_name!r} of {entry_point!r}: {err}{found}; "
+                               f"searched {sys.path}") from err
     try:
         return getattr(module, attr)
     except AttributeError as err:

@@ -23,6 +23,7 @@ from aggregation.dataset import Dataset
 from aggregation.storage import Location
 from cluster import metrics
 from learners.checkpoint import load_checkpoint, save_checkpoint
+from learners.resume import LAST_NAME, load_training_state, save_training_state
 from envs.action_sets import resolve_action_set
 from learners.action_sets import action_set_info, map_to_action_set
 from learners.augment import augment_images
@@ -62,6 +63,8 @@ class TrainResult:
     algorithm: str = "bc"
     best_eval_return: float | None = None
     """DQfD: the best checkpoint's greedy evaluation return during training (it picks the best)."""
+    node_id: str = ""
+    """The Ray node the learner ran on (set by the pipeline)."""
 
 
 @dataclass
@@ -191,7 +194,17 @@ class BCLearner:
         if image_name is None and cfg.augment != AugmentConfig():
             raise ValueError(f"{self.dataset.folder}: learner.augment needs an image observation; this dataset's "
                              f"observation is {schema.observation_space}")
-        for epoch in range(1, cfg.epochs + 1):
+        last_path, first_epoch, resumed_after = self.out_dir / LAST_NAME, 1, []
+        if cfg.resume and last_path.is_file():
+            state = load_training_state(last_path, model, optimizer, schedule, generator)
+            history = [EpochRecord(**record) for record in state.extra["history"]]
+            best_loss, best_epoch = state.extra["best_loss"], state.extra["best_epoch"]
+            first_epoch = state.epoch + 1
+            resumed_after = [*state.extra.get("resumed_after", []), state.epoch]
+            with self._lock:
+                self._progress.samples = state.extra["samples"]
+            self._log.warning("resuming from {} after epoch {} of {}", last_path, state.epoch, cfg.epochs)
+        for epoch in range(first_epoch, cfg.epochs + 1):
             started = time.perf_counter()
             model.train()
             permutation = train_index[torch.randperm(train_index.numel(), device=self.device, generator=generator)]
@@ -234,13 +247,18 @@ class BCLearner:
                            epoch, cfg.epochs, train_loss, validation_loss,
                            "" if validation_accuracy is None else f", accuracy {validation_accuracy:.3f}",
                            record.samples_per_s)
+            if cfg.resume:
+                save_training_state(last_path, epoch, model, optimizer, schedule, generator, {
+                    "history": [asdict(r) for r in history], "best_loss": best_loss, "best_epoch": best_epoch,
+                    "samples": self._progress.samples, "resumed_after": resumed_after})
         recorder.close()
         self._save(model, FINAL_NAME, cfg.epochs, history[-1])
+        last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh
         history_path = self.out_dir / HISTORY_NAME
         epochs = [asdict(r) for r in history]
         history_path.write_text(json.dumps({"config": asdict(cfg), "device": str(self.device),
                                             "precision": self.precision.name, "best_epoch": best_epoch,
-                                            "epochs": epochs}, indent=2))
+                                            "resumed_after": resumed_after, "epochs": epochs}, indent=2))
         plot_training_curve(epochs, self.out_dir / CURVE_NAME, f"BC on {self.dataset.manifest.env_id}")
         return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
                            best_epoch, best_loss, int(train_index.numel()), int(validation_index.numel()),

@@ -7,6 +7,8 @@ from typing import Any, Literal, Optional, Union
 from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass
 
+from rollout.config import PlacementConfig
+
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class DQfDConfig:
@@ -216,5 +218,13 @@ class LearnerConfig:
     dataset (one model replica per worker, gradients averaged; learners/distributed.py)."""
     num_cpus: float = Field(default=1.0, ge=0)
     """CPUs for the learner actor (also its torch thread count)."""
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    """Where the learner runs, e.g. `{label_selector: {harvest-role: learner}}` on a GPU node group."""
+    resume: bool = True
+    """BC: after every epoch the learner writes `last.safetensors` (weights, optimizer, schedule,
+    random state, history); a learner restarted after dying, or a `harvest run --resume`, goes on
+    from the epoch after it instead of starting over."""
+    max_restarts: StrictInt = Field(default=2, ge=0)
+    """How often Ray restarts a learner actor that died; its `train` call runs again and resumes."""
     seed: StrictInt = 0
     """Seeds the split, the shuffling and the weight init."""

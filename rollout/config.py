@@ -79,6 +79,30 @@ class EpisodeFilter:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class PlacementConfig:
+    """Where Ray may start an actor, beside its CPUs and GPUs."""
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources each actor asks for, e.g. `{collector: 1}` keeps collectors on nodes
+    started with `ray start --resources '{"collector": 8}'`."""
+    label_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the actor's node must have, e.g. `{harvest-role: learner}` for nodes started
+    with `ray start --labels harvest-role=learner`."""
+    strategy: Literal["DEFAULT", "SPREAD"] = "SPREAD"
+    """SPREAD: actors go to the nodes in turn, as far as resources allow; DEFAULT: Ray packs
+    them where it finds room."""
+
+    def options(self) -> dict:
+        """The actor options that say this (`ray.remote(...).options(**placement.options())`)."""
+        options: dict = {"scheduling_strategy": self.strategy}
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        if self.label_selector:
+            options["label_selector"] = dict(self.label_selector)
+        return options
+
+
+@dataclass(frozen=True, config=_STRICT)
 class RolloutConfig:
     num_collectors: StrictInt = Field(default=2, ge=0)
     """Rollout actors, each owning one vector env and one policy (0: only the `human:` session collects)."""
@@ -105,6 +129,12 @@ class RolloutConfig:
     """`mode: buffer`: the local buffer's memory limit per collector, in MB."""
     buffer_compression: Optional[Literal["zstd", "lz4"]] = None
     """`mode: buffer`: keep buffered batches compressed (Arrow IPC) until they are pushed."""
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    """Where collectors run (spread over the nodes by default)."""
+    max_restarts: StrictInt = Field(default=3, ge=0)
+    """How often Ray restarts a collector actor that died (or that the stall watchdog killed);
+    the restarted collector gets a new incarnation (its own episode ids and push source) and
+    collects the rows its predecessor had not stored."""
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -138,6 +168,9 @@ class FlightConfig:
 class ReplayConfig:
     num_shards: StrictInt = Field(default=2, ge=1)
     """Shard actors; every row of an episode lands in the same one."""
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    """Where shards run (e.g. a label of nodes that stay up; a durable shard restarted on
+    another node needs `wal_dir` on storage that node reaches)."""
     capacity_rows: StrictInt = Field(default=100_000, ge=1)
     """Rows one shard keeps before the oldest are evicted (FIFO)."""
     capacity_bytes: Optional[StrictInt] = Field(default=None, ge=1)

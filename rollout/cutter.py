@@ -37,11 +37,13 @@ class EpisodeIds:
     bits count that collector's episodes.
     """
 
-    def __init__(self, collector_uid: int) -> None:
+    def __init__(self, collector_uid: int, first: int = 0) -> None:
         if not 0 <= collector_uid < 2**31:
             raise ValueError(f"collector_uid={collector_uid}: expected 0 <= uid < 2**31")
+        if not 0 <= first < 2**32:
+            raise ValueError(f"first={first}: expected 0 <= first < 2**32")
         self._base = collector_uid << 32
-        self._counter = 0
+        self._counter = first
 
     def next(self, count: int) -> np.ndarray:
         if self._counter + count >= 2**32:

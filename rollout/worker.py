@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 
@@ -25,8 +26,25 @@ from rollout.replay.replay import Replay
 from rollout.sources import SOURCE_BY_POLICY, shared_columns, with_filled
 
 
+INCARNATION_SHIFT = 24
+"""A collector's episode counter starts at `incarnation << 24`: 16 M episodes per incarnation."""
+
+
 class PushTimeoutError(TimeoutError):
     """A replay shard did not acknowledge a collector's push in time."""
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What an actor is doing (`env.step`, `replay.insert (ack)`, `idle`, ...) since `since` (epoch s)."""
+
+    what: str
+    since: float
+
+
+def collector_source(collector_id: int, incarnation: int = 0) -> str:
+    """The source name a collector's pushes carry: `collector 3`, then `collector 3 #1` after a restart."""
+    return f"collector {collector_id}" + (f" #{incarnation}" if incarnation else "")
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,8 @@ class CollectResult:
     """Most bytes this collector held at once (cut rows, trajectories waiting for their end, buffer)."""
     filtered: dict | None = None
     """`mode: trajectory`: episodes and rows seen and kept, and why the others were dropped."""
+    source: str = ""
+    """The source its pushes carried (`collector 3`, `collector 3 #1` after a restart)."""
 
 
 def collector_uid(run_id: str, collector_id: int) -> int:
@@ -113,13 +133,7 @@ class RolloutWorker:
                                  f"{self._describe(replay.schema)}: {err}") from err
             self._replay_columns = list(replay.schema.columns)
         self._replay = replay
-        self._source = f"collector {collector_id}"
-        self._pushes = 0  # batch ids: a shard restarted by Ray recognises a retried push
-        self._cutter = TransitionCutter(self.schema, self._env.num_envs, cfg.batch_rows,
-                                        self._env.metadata.get("autoreset_mode"), collector_id,
-                                        EpisodeIds(collector_uid(run_id, collector_id)),
-                                        num_shards=replay.num_shards if replay is not None else 1,
-                                        info_columns=tuple(row_columns(self._env)))
+        self._run_id, self._seed = run_id, seed
         self._in_flight: list[ray.ObjectRef] = []
         self._push_wait_s = 0.0
         self._rows_pushed = 0
@@ -128,10 +142,42 @@ class RolloutWorker:
         self._buffer = (LocalBuffer(self.schema, int(cfg.buffer_mb * 2**20), cfg.buffer_compression)
                         if cfg.mode == "buffer" else None)
         self._tags = {"collector": str(collector_id)}
+        self._activity = Activity("starting", time.time())
+        self._start(incarnation=0)
+
+    def _start(self, incarnation: int) -> None:
+        """Reset the env and the cutter for `incarnation` (0 at first; n after the n-th restart)."""
+        self.incarnation = incarnation
+        self._source = collector_source(self.collector_id, incarnation)
+        self._pushes = 0  # batch ids: a shard restarted by Ray recognises a retried push
+        self._cutter = TransitionCutter(self.schema, self._env.num_envs, self.cfg.batch_rows,
+                                        self._env.metadata.get("autoreset_mode"), self.collector_id,
+                                        EpisodeIds(collector_uid(self._run_id, self.collector_id),
+                                                   first=incarnation << INCARNATION_SHIFT),
+                                        num_shards=self._replay.num_shards if self._replay is not None else 1,
+                                        info_columns=tuple(row_columns(self._env)))
         self._episodes_observed = 0
+        seed = None if self._seed is None else self._seed + 7919 * incarnation
         obs, _ = self._env.reset(seed=seed)
         self._obs = obs
         self._cutter.reset(obs)
+        self._activity = Activity("idle", time.time())
+
+    def restarted(self, incarnation: int) -> int:
+        """After Ray restarted this actor: start over as `incarnation`, so its episode ids and
+        batch ids never repeat those its predecessors stored. Returns the incarnation."""
+        if incarnation < 1 or incarnation >= 2**(32 - INCARNATION_SHIFT):
+            raise ValueError(f"RolloutWorker[{self.collector_id}]: incarnation {incarnation} out of range")
+        self._start(incarnation)
+        self._log.warning("restarted as incarnation {} (pushes as {!r})", incarnation, self._source)
+        return incarnation
+
+    def activity(self) -> Activity:
+        """What this collector is doing now and since when (answered while `collect` runs)."""
+        return self._activity
+
+    def pid(self) -> int:
+        return os.getpid()
 
     @staticmethod
     def _describe(schema: BatchSchema) -> dict[str, str]:
@@ -162,6 +208,7 @@ class RolloutWorker:
                 raise RuntimeError(f"RolloutWorker[{self.collector_id}]: {steps * self._env.num_envs} env steps and "
                                    f"no episode passed rollout.trajectory_filter {self.cfg.trajectory_filter}")
         self._drain()
+        self._activity = Activity("idle", time.time())
         self._observe_episodes()
         episodes = self._cutter.finished_episodes[first_episode:]
         if episodes:
@@ -169,7 +216,7 @@ class RolloutWorker:
         result = CollectResult(self.collector_id, self._rows_pushed - pushed_before, steps * self._env.num_envs,
                                episodes, time.perf_counter() - started, self._push_wait_s - wait_before,
                                self._peak_local_bytes,
-                               None if self._gate is None else dataclasses.asdict(self._gate.report))
+                               None if self._gate is None else dataclasses.asdict(self._gate.report), self._source)
         self._log.info("collected {} rows, {} episodes in {:.1f}s ({:.0f} rows/s, {:.1f}s waiting for acks)",
                        result.rows, len(episodes), result.seconds, result.rows / max(result.seconds, 1e-9),
                        result.push_wait_seconds)
@@ -205,8 +252,11 @@ class RolloutWorker:
         return episodes[:num_episodes]
 
     def _step(self) -> TransitionBatch | None:
+        self._activity = Activity("policy.compute_actions", time.time())
         output = self._policy.compute_actions(self._obs)
+        self._activity = Activity("env.step", time.time())
         obs, reward, terminated, truncated, info = self._env.step(output.actions)
+        self._activity = Activity("cutting", time.time())
         batch = self._cutter.add_step(obs, output.actions, reward, terminated, truncated, info,
                                       extras=output.extras, policy_version=self._policy.version)
         self._obs = obs
@@ -250,6 +300,7 @@ class RolloutWorker:
         self._in_flight.extend(self._replay.insert_async(batch, self._source, self._next_batch_id()))
         if len(self._in_flight) >= self.cfg.max_pushes_in_flight:
             waited = time.perf_counter()
+            self._activity = Activity("replay.insert (ack)", time.time())
             num_returns = len(self._in_flight) - self.cfg.max_pushes_in_flight + 1
             ready, self._in_flight = ray.wait(self._in_flight, num_returns=num_returns,
                                               timeout=self.cfg.push_timeout_s)
@@ -284,6 +335,7 @@ class RolloutWorker:
                     self._push(held)
         if self._in_flight:
             waited = time.perf_counter()
+            self._activity = Activity("replay.insert (ack)", time.time())
             try:
                 ray.get(self._in_flight, timeout=self.cfg.push_timeout_s)
             except ray.exceptions.GetTimeoutError as err:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import gymnasium as gym
 import numpy as np
 
@@ -88,3 +91,29 @@ class ReachEnv(gym.Env):
         self._t += 1
         self._target = self.np_random.uniform(-1, 1, 2).astype(np.float32)
         return self._target.copy(), reward, False, self._t >= 8, {}
+
+
+class HangingEnv(CountingEnv):
+    """A CountingEnv whose steps take `step_s`, and whose step never returns once, at step
+    `hang_at_step` of the first env in any process to get there: it claims `flag_file` (created
+    atomically, so exactly one env of all collectors hangs) and sleeps for good. A restarted
+    collector finds the flag and goes on."""
+
+    def __init__(self, hang_at_step: int | None = None, flag_file: str | None = None, step_s: float = 0.0,
+                 offset: int = 0) -> None:
+        super().__init__(offset)
+        self._hang_at, self._flag, self._step_s, self._steps = hang_at_step, flag_file, step_s, 0
+
+    def step(self, action):
+        self._steps += 1
+        if self._step_s:
+            time.sleep(self._step_s)
+        if self._steps == self._hang_at:
+            try:
+                os.close(os.open(self._flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                while True:  # an env step that never returns
+                    time.sleep(60)
+        return super().step(action)

@@ -98,6 +98,14 @@ class Replay:
         """Blocks: rows stored across shards. Unlike `stats`, costs each shard nothing but a call."""
         return sum(ray.get([shard.inserted_rows.remote() for shard in self.shards], timeout=timeout_s))
 
+    def rows_by_source(self, timeout_s: float = 30.0) -> dict[str, int]:
+        """Blocks: rows stored across shards, by the source that inserted them."""
+        totals: dict[str, int] = {}
+        for counts in ray.get([shard.rows_by_source.remote() for shard in self.shards], timeout=timeout_s):
+            for source, rows in counts.items():
+                totals[source] = totals.get(source, 0) + rows
+        return totals
+
     def sample(self, num_rows: int, rng: np.random.Generator, timeout_s: float = 30.0) -> TransitionBatch | None:
         """Blocks: `num_rows` rows across shards, each shard drawn in proportion to its sampling
         mass (total priority, or size). `probability` and `weight` are recomputed over the whole
@@ -147,7 +155,7 @@ def start_replay(cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None
     shards = []
     for shard_index in range(cfg.num_shards):
         options = {"num_cpus": cfg.num_cpus, "max_restarts": cfg.max_restarts,
-                   "max_task_retries": -1 if cfg.max_restarts else 0}
+                   "max_task_retries": -1 if cfg.max_restarts else 0, **cfg.placement.options()}
         if name_prefix:
             options["name"] = f"{name_prefix}-replay-shard-{shard_index}"
         shards.append(shard_actor.options(**options).remote(cfg, schema, shard_index, shard_index))

@@ -128,6 +128,7 @@ class ReplayShard:
         self._rejected_batches = 0
         self._episodes_completed = 0
         self._acks: dict[str, dict[int, InsertAck]] = {}
+        self._rows_by_source: dict[str, int] = {}
         self._log = logger.bind(actor=f"ReplayShard[{shard_index}]")
         keep_batch_buffers_on_heap()
         self._tags = {"shard": str(shard_index)}
@@ -250,6 +251,7 @@ class ReplayShard:
         self._limiter.on_insert(num_rows)
         self._episodes_completed += int(np.count_nonzero(batch["terminated"] | batch["truncated"]))
         ack = InsertAck(self.shard_index, first_seq, num_rows)
+        self._rows_by_source[source] = self._rows_by_source.get(source, 0) + num_rows
         if batch_id is not None and batch_id >= 0:
             acks = self._acks.setdefault(source, {})
             acks[batch_id] = ack
@@ -278,7 +280,8 @@ class ReplayShard:
                  "rejected_batches": self._rejected_batches, "episodes_completed": self._episodes_completed,
                  "limiter": [self._limiter.inserted, self._limiter.sampled], "selector": self._selector.scalar_state(),
                  "acks": {source: [[batch_id, ack.first_seq, ack.num_rows] for batch_id, ack in acks.items()]
-                          for source, acks in self._acks.items()}}
+                          for source, acks in self._acks.items()},
+                 "rows_by_source": self._rows_by_source}
         path = self._wal.checkpoint(table, state)
         self._checkpointed_seq = ring.next_seq
         self._log.info("checkpoint {}: {} rows", path.name, ring.size)
@@ -303,6 +306,7 @@ class ReplayShard:
             self._acks = {source: {batch_id: InsertAck(self.shard_index, first_seq, num_rows)
                                    for batch_id, first_seq, num_rows in acks}
                           for source, acks in state["acks"].items()}
+            self._rows_by_source = dict(state.get("rows_by_source", {}))
             self._checkpointed_seq = state["next_seq"]
         for record_batch, source, batch_id in restored.logged:
             self._store(TransitionBatch.from_arrow(record_batch), source, batch_id if batch_id >= 0 else None)
@@ -473,6 +477,19 @@ class ReplayShard:
     def inserted_rows(self) -> int:
         """Rows stored since the start (cheap: for progress bars polled during collection)."""
         return self._ring.next_seq
+
+    def holding_back(self) -> str:
+        """Why an insert would wait or be refused now ("" when nothing holds inserts back): the
+        stall watchdog's answer to "what is this collector's ack waiting for"."""
+        if self.cfg.rate_limit is not None and not self._limiter.can_insert():
+            return f"ReplayShard[{self.shard_index}] rate limiter ({self._limiter.describe()}): a learner must sample"
+        if self._rejected_batches:
+            return f"ReplayShard[{self.shard_index}] full: {self._rejected_batches} batches refused (memory limit)"
+        return ""
+
+    def rows_by_source(self) -> dict[str, int]:
+        """Rows stored since the start, by the source that inserted them (e.g. `collector 3`)."""
+        return dict(self._rows_by_source)
 
     def get_schema(self) -> BatchSchema:
         return self.schema

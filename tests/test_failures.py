@@ -1,0 +1,148 @@
+"""Failures survived, counted in rows: collectors killed or stalled mid-run come back and the
+dataset holds exactly what the replay acknowledged."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.dataset as pads
+import pytest
+
+from aggregation.dataset import Dataset
+from cluster.cli import main
+
+SMALL = ["env.id=tests.toy_envs:CountingEnv", "env.num_envs=2", "rollout.policy.kind=random",
+         "rollout.num_collectors=2", "rollout.steps=6000", "rollout.batch_rows=100", "rollout.num_cpus=0.25",
+         "rollout.max_pushes_in_flight=2", "replay.num_cpus=0.1", "replay.capacity_rows=20000",
+         "aggregation.num_cpus=0.1"]
+
+
+def _args(tmp_path: Path, *overrides: str) -> list[str]:
+    return ["--set", f"run.output_dir={tmp_path}", *sum((["--set", item] for item in [*SMALL, *overrides]), [])]
+
+
+def _collected(run_dir: Path) -> tuple[dict, Dataset, np.ndarray]:
+    """The run's collect summary, its dataset, and (episode_id, step) of every dataset row."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    dataset = Dataset.open(run_dir / "dataset")
+    table = pads.dataset(dataset.files).to_table(columns=["episode_id", "step"])
+    keys = np.stack([table["episode_id"].to_numpy(), table["step"].to_numpy()], axis=1)
+    return summary["collect"], dataset, keys
+
+
+def _alive_collector_pids() -> list[int]:
+    """Ray names an actor's process `ray::RolloutWorker...`."""
+    return [process.pid for process in psutil.process_iter(["cmdline"])
+            if (process.info["cmdline"] or [""])[0].startswith("ray::RolloutWorker")]
+
+
+def _assert_exact(collect: dict, dataset: Dataset, keys: np.ndarray, steps: int) -> None:
+    assert collect["rows"] >= steps
+    assert dataset.manifest.rows == collect["rows"] == keys.shape[0], "every acknowledged row is in the dataset"
+    assert np.unique(keys, axis=0).shape[0] == keys.shape[0], "no (episode, step) stored twice"
+
+
+@pytest.mark.timeout(300)
+def test_a_collector_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(ray_cluster, tmp_path):
+    killed: list[int] = []
+
+    def kill_one_collector() -> None:  # SIGKILL a collector process once the run is under way
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            pids = _alive_collector_pids()
+            if len(pids) == 2 and list(tmp_path.glob("*/config.yaml")):
+                time.sleep(0.5)  # let both collect for a while
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_one_collector)
+    killer.start()
+    slow = ["env.id=tests.toy_envs:HangingEnv", "env.kwargs={step_s: 0.001}"]  # ~1,000 rows/s per collector
+    assert main(["collect", "--run-id", "killed", *_args(tmp_path, *slow)]) == 0
+    killer.join(timeout=10)
+    assert killed, "a collector was killed"
+    assert main(["compact", str(tmp_path / "killed")]) == 0
+    collect, dataset, keys = _collected(tmp_path / "killed")
+    assert sorted(collect["restarts"]) == [0, 1], collect["restarts"]
+    _assert_exact(collect, dataset, keys, 6000)
+    # the restarted incarnation's episodes are new ids, and every finished episode is whole
+    episode_ids = np.unique(keys[:, 0])
+    incarnations = (episode_ids & 0xFFFFFFFF) >> 24
+    assert set(incarnations.tolist()) == {0, 1}
+
+
+@pytest.mark.timeout(300)
+def test_a_planted_stall_is_reported_naming_the_collector_and_the_call_and_the_run_recovers(ray_cluster, tmp_path):
+    flag = tmp_path / "hung"
+    args = _args(tmp_path, "env.id=tests.toy_envs:HangingEnv", f"env.kwargs={{hang_at_step: 400, flag_file: '{flag}'}}",
+                 "watchdog.stall_after_s=3", "watchdog.check_every_s=1")
+    started = time.monotonic()
+    assert main(["collect", "--run-id", "stalled", *args]) == 0
+    assert flag.exists(), "an env step hung"
+    assert main(["compact", str(tmp_path / "stalled")]) == 0
+    collect, dataset, keys = _collected(tmp_path / "stalled")
+    (stall,) = collect["stalls"]
+    assert stall["component"] in ("collector 0", "collector 1")
+    collector = int(stall["component"].split()[-1])
+    assert stall["waiting_for"] == f"RolloutWorker[{collector}].env.step"
+    assert 3 <= stall["seconds"] <= 3 + 1 + 5 + 1, "reported within stall_after_s + check_every_s (+ one ask)"
+    assert stall["recovered"] is True
+    assert collect["restarts"][collector] == 1 and sum(collect["restarts"]) == 1
+    _assert_exact(collect, dataset, keys, 6000)
+    assert time.monotonic() - started < 240
+    log = (tmp_path / "stalled" / "harvest.log").read_text()
+    assert f"stall: collector {collector} has been waiting" in log and "env.step" in log
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.timeout(400)
+def test_a_learner_killed_mid_training_resumes_from_its_last_epoch_and_ends_where_an_uninterrupted_one_does(
+        ray_cluster, tmp_path):
+    import shutil
+
+    assert main(["collect", "--run-id", "data", *_args(tmp_path, "rollout.steps=40000", "rollout.batch_rows=2000",
+                                                      "learner.epochs=8", "learner.hidden_sizes=[256, 256]",
+                                                      "learner.batch_size=64", "learner.num_cpus=0.5")]) == 0
+    assert main(["compact", str(tmp_path / "data")]) == 0
+    shutil.copytree(tmp_path / "data", tmp_path / "again")
+    assert main(["train", str(tmp_path / "again")]) == 0  # the reference: never interrupted
+
+    last = tmp_path / "data" / "learner" / "last.safetensors"
+    killed: list[int] = []
+
+    def kill_learner_after_an_epoch() -> None:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and not killed:
+            pids = [process.pid for process in psutil.process_iter(["cmdline"])
+                    if (process.info["cmdline"] or [""])[0].startswith("ray::BCLearner")]
+            if pids and last.is_file():
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_learner_after_an_epoch)
+    killer.start()
+    assert main(["train", str(tmp_path / "data")]) == 0
+    killer.join(timeout=10)
+    assert killed, "the learner was killed mid-training"
+    history = json.loads((tmp_path / "data" / "learner" / "training_history.json").read_text())
+    assert [record["epoch"] for record in history["epochs"]] == list(range(1, 9)), "every epoch once, in order"
+    assert not last.exists(), "the resume state is removed once training finished"
+    assert len(history["resumed_after"]) == 1 and 1 <= history["resumed_after"][0] < 8, history["resumed_after"]
+    resumed, reference = (_tensors(tmp_path / name / "learner" / "final.safetensors") for name in ("data", "again"))
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
