@@ -20,6 +20,7 @@
                                                   the run as a job on a Ray cluster (Job Submission API)
     harvest jobs list|status|logs|stop [JOB_ID] --address http://HEAD:8265
                                                   Harvest's jobs on that cluster
+    harvest status [--watch S]                    collectors, replay, learners, stalls, memory, live
     harvest generals-gif --record FILE | --player expert|random|CKPT --out GIF
                                                   a Generals.io game (recorded or live) as a GIF
 """
@@ -141,6 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     from cluster.watch import add_arguments
 
     add_job_arguments(sub)
+    from cluster.status import add_arguments as add_status_arguments
+
+    add_status_arguments(sub)
     add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
     return parser
 
@@ -154,8 +158,12 @@ def _config_for(args: argparse.Namespace) -> RunConfig:
         overrides = [f"run.id={Path(args.run_dir).name}",
                      f"run.output_dir={Path(args.run_dir).parent}", *args.overrides]
         return load_config(config_path, overrides)
-    overrides = list(args.overrides) + ([f"run.id={args.run_id}"] if args.run_id else [])
-    return load_config(args.config, overrides)
+    return load_config(args.config, _overrides(args))
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The `--set` items of a run started from a config file (and its `--run-id`)."""
+    return list(args.overrides) + ([f"run.id={args.run_id}"] if args.run_id else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "export":
         return _export(args)
+    if args.command == "status":
+        from cluster.status import status
+
+        return status(args)
     if args.command in ("submit", "jobs"):
         from cluster import jobs
 
@@ -207,13 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("run {} → {}", run_id, paths.root)
     import ray
 
+    live = None
+    if args.command in ("run", "collect") and args.config:  # edits of the file take effect while it collects
+        from cluster.live import LiveConfig
+
+        live = LiveConfig(args.config, _overrides(args), cfg, paths.log)
     started_ray = not ray.is_initialized()
     init_ray(cfg.ray)
     try:
         if args.command == "run":
-            pipeline.print_summary(pipeline.run(cfg, run_id, paths))
+            pipeline.print_summary(pipeline.run(cfg, run_id, paths, live))
         elif args.command == "collect":
-            pipeline.print_summary(pipeline.collect_only(cfg, run_id, paths))
+            pipeline.print_summary(pipeline.collect_only(cfg, run_id, paths, live))
         elif args.command == "teleop":
             pipeline.print_summary(pipeline.teleop(cfg, run_id, paths))
         elif args.command == "dagger":

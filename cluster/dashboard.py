@@ -34,7 +34,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("sum by (le) (increase(ray_harvest_rollout_episode_return_bucket[1m]))", "|return| <= {{le}}")]),
     ("Memory held by collectors", "bytes", [("ray_harvest_rollout_local_bytes", "collector {{collector}}")]),
     ("Stream consumers' lag", "short", [("ray_harvest_replay_consumer_lag_rows", "{{consumer}}")]),
-    ("Stalls (watchdog) and restarts", "short", [
+    ("Collectors, stalls (watchdog) and restarts", "short", [
+        ("ray_harvest_collectors", "collectors wanted"),
         ("sum by (component, waiting_for) (ray_harvest_stalled)", "stalled: {{component}} waiting for {{waiting_for}}"),
         ("sum by (component) (increase(ray_harvest_stalls_total[5m]))", "stalls in 5 min: {{component}}"),
         ("sum by (component) (increase(ray_harvest_actor_restarts_total[5m]))", "restarts in 5 min: {{component}}")]),

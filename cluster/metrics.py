@@ -153,6 +153,12 @@ def stalled() -> Any:
 
 
 @functools.cache
+def collectors() -> Any:
+    return _make("gauge", "harvest_collectors", "Collectors the run wants now (changes with a live config edit of "
+                 "rollout.num_collectors).", ())
+
+
+@functools.cache
 def actor_restarts() -> Any:
     return _make("counter", "harvest_actor_restarts_total", "Actors that died (or were killed by the watchdog) "
                  "and came back.", ("component",))
@@ -162,4 +168,4 @@ ALL_METRICS = (rollout_env_steps, rollout_episodes, rollout_push_wait_seconds, r
                replay_inserted_rows, replay_sampled_rows, replay_rejected_batches, replay_insert_seconds,
                replay_wal_write_seconds, replay_size_rows, replay_utilization, replay_memory_bytes,
                replay_consumer_lag_rows, learner_samples, learner_loss, shadow_agreement, shadow_version, stalls,
-               stalled, actor_restarts)
+               stalled, collectors, actor_restarts)

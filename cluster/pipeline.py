@@ -28,9 +28,10 @@ from aggregation.rotate import Rotation
 from aggregation.storage import Location, location
 from aggregation.manifest import Manifest
 from aggregation.robocode_seed import write_dataset_npz
-from cluster.config import ROBOCODE_ENV_ID, RunConfig, WatchdogSection, dump_config, robocode_battles
+from cluster.config import ROBOCODE_ENV_ID, RunConfig, dump_config, robocode_battles
 from cluster.progress import console, summary_table, wait_with_progress
 from cluster.sessions import review_sessions, stopped_shadow
+from cluster.live import LiveConfig, collect_appliers
 from cluster.supervise import CollectorSupervisor, SupervisedResult
 from envs.config import EnvConfig
 from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
@@ -120,6 +121,10 @@ class CollectSummary:
     """Restarts per collector (after dying, or killed by the watchdog for a stall)."""
     stalls: list[dict[str, Any]] = field(default_factory=list)
     """Stalls the watchdog reported: component, what it waited for, seconds, recovered."""
+    scaled: list[dict[str, Any]] = field(default_factory=list)
+    """Changes of the collector count while collecting (live config edits): at_s, from, to."""
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
+    """Edits of the config file while collecting: when, the diff, applied or rejected (and why)."""
     shadow: dict[str, Any] | None = None
     """The shadow learner's summary (versions, rounds, checkpoint, agreement plot) when `human.shadow` is set."""
 
@@ -153,9 +158,11 @@ def prepare_run(cfg: RunConfig) -> tuple[str, RunPaths]:
 
 
 def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
-            during: Callable[[Replay], AbstractContextManager] | None = None) -> tuple[Replay, CollectSummary]:
+            during: Callable[[Replay], AbstractContextManager] | None = None,
+            live: LiveConfig | None = None) -> tuple[Replay, CollectSummary]:
     """Start the replay shards and `num_collectors` rollout actors; fill the replay with
-    `rollout.steps` rows (inside `during(replay)`, e.g. a `Rotation`, when given)."""
+    `rollout.steps` rows (inside `during(replay)`, e.g. a `Rotation`, when given), applying
+    edits of the config file as they come (`live`)."""
     if cfg.env.id == ROBOCODE_ENV_ID:
         return collect_robocode(cfg, run_id, paths or RunPaths(Path(cfg.run.output_dir).expanduser() / run_id,
                                                                                 cfg.aggregation.output), during)
@@ -187,28 +194,43 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     # and referenced here until collection ends, so a restarted collector can always read it
     # (ray-project/ray#53727: Ray does not keep such constructor arguments alive for restarts).
     replay_ref = ray.put(replay)
-    workers = [worker_actor.remote(
-        cfg.env, rollout, ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed + index),
-        replay_ref, index, run_id, cfg.run.seed + index) for index in range(rollout.num_collectors)]
+
+    def start_collector(index: int) -> ray.actor.ActorHandle:
+        return worker_actor.remote(cfg.env, rollout, ConfiguredPolicyFactory(rollout.policy, cfg.env.id,
+                                                                             seed=cfg.run.seed + index),
+                                   replay_ref, index, run_id, cfg.run.seed + index)
+
+    supervisor = None
+    if rollout.num_collectors:
+        supervisor = CollectorSupervisor(start_collector, rollout.num_collectors, rollout.steps,
+                                         rollout.chunk_rows or max(rollout.batch_rows,
+                                                                   rollout.steps // (8 * rollout.num_collectors)),
+                                         replay, rollout.max_restarts, cfg.watchdog)
     logger.info("collecting {:,} transitions of {} with {} collectors x {} envs into {} replay shards{}",
-                rollout.steps if workers else 0, cfg.env.id, rollout.num_collectors, cfg.env.num_envs,
+                rollout.steps if supervisor else 0, cfg.env.id, rollout.num_collectors, cfg.env.num_envs,
                 cfg.replay.num_shards, f", and {cfg.human.operator}'s session ({cfg.human.driver})" if session else "")
-    results: list[CollectResult | None]
+    watching = (live.watching(collect_appliers(live, supervisor, cfg, replay, rotating=during is not None))
+                if live is not None else nullcontext())
     try:
-        results, seconds, played, supervised = _fill_replay(
-            workers, replay, rollout, timeout_s=max(600.0, rollout.steps / 100), during=during, session=session,
-            watchdog=cfg.watchdog)
+        with watching:
+            _, seconds, played, supervised = _fill_replay(
+                [], replay, rollout, timeout_s=max(600.0, rollout.steps / 100), during=during, session=session,
+                supervisor=supervisor)
         shadow_summary = stopped_shadow(shadow, played, run_root) if shadow is not None else None
     finally:
         if shadow is not None:
             ray.kill(shadow, no_restart=True)
-    results = [result for result in results if result is not None]
+    results: list[CollectResult] = supervised.results if supervised is not None else []
     returns = [episode.episode_return for result in results for episode in result.episodes]
-    for result in results:
-        logger.info("collector {}: {:,} rows acknowledged, at most {:.1f} MB held locally ({} mode){}",
-                    result.collector_id, result.rows, result.peak_local_bytes / 2**20, rollout.mode,
-                    "" if result.filtered is None else f"; kept {result.filtered['kept_episodes']} of "
-                    f"{result.filtered['episodes']} finished episodes, dropped {result.filtered['dropped'] or 'none'}")
+    if supervised is not None:
+        for index, rows in enumerate(supervised.rows_by_collector):
+            mine = [result for result in results if result.collector_id == index]
+            filtered = mine[-1].filtered if mine else None
+            logger.info("collector {}: {:,} rows stored ({} chunks, {} restarts), at most {:.1f} MB held locally ({} "
+                        "mode){}", index, rows, len(mine), supervised.restarts[index],
+                        max((r.peak_local_bytes for r in mine), default=0) / 2**20, rollout.mode,
+                        "" if filtered is None else f"; kept {filtered['kept_episodes']} of {filtered['episodes']} "
+                        f"finished episodes, dropped {filtered['dropped'] or 'none'}")
     for shard, report in enumerate(ray.get([shard.memory.remote() for shard in replay.shards], timeout=60)):
         logger.info("replay shard {}: {:,} rows in {:.1f} MB", shard, report["rows"], report["bytes"] / 2**20)
     if played is not None:
@@ -218,7 +240,9 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
                                sum(result.push_wait_seconds for result in results))
     if supervised is not None:
         summary.restarts, summary.stalls = supervised.restarts, supervised.stalls_json()
-        summary.nodes = supervised.nodes
+        summary.nodes, summary.scaled = supervised.nodes, supervised.scaled
+    if live is not None:
+        summary.config_changes = list(live.changes)
     summary.human_sessions = [played.to_json()] if played is not None else []
     summary.shadow = shadow_summary
     return replay, summary
@@ -262,29 +286,28 @@ def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None)
 
 def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s: float, close: bool = False,
                  during: Callable[[Replay], AbstractContextManager] | None = None,
-                 session: ray.actor.ActorHandle | None = None, watchdog: WatchdogSection | None = None
+                 session: ray.actor.ActorHandle | None = None, supervisor: CollectorSupervisor | None = None
                  ) -> tuple[list, float, HumanSessionResult | None, SupervisedResult | None]:
-    """Blocks: `actors` collect `rollout.steps` rows between them (shown as a progress bar over
-    the replay's count) while the `session` (a `HumanCollector`) plays until the person ends
-    it; then all are closed (with `close`) and killed; their results and the time. With a
-    `watchdog`, the actors are RolloutWorkers under a `CollectorSupervisor` (restarts, stalls)."""
+    """Blocks: the `supervisor`'s collectors, or the `actors` (each given its share), collect
+    `rollout.steps` rows (shown as a progress bar over the replay's count) while the `session`
+    (a `HumanCollector`) plays until the person ends it; then all are closed (with `close`) and
+    killed; the actors' results, the time, the session's and the supervisor's results."""
     per_actor = [rollout.steps // len(actors) + (i < rollout.steps % len(actors)) for i in range(len(actors))]
     started = time.perf_counter()
+    results: list = []
     played = supervised = None
     try:
         session_ref = session.run.remote() if session is not None else None
         with during(replay) if during is not None else nullcontext():
-            if watchdog is not None and actors:
-                supervised = CollectorSupervisor(actors, per_actor, replay, rollout.max_restarts, watchdog).run(
-                    rollout.steps, timeout_s)
-                results = supervised.results
-            else:
+            if supervisor is not None:
+                supervised = supervisor.run(timeout_s)
+            elif actors:
                 refs = [actor.collect.remote(rows) for actor, rows in zip(actors, per_actor)]
                 results = wait_with_progress(refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
-                                             timeout_s=timeout_s) if refs else []
+                                             timeout_s=timeout_s)
             if session_ref is not None:
                 logger.info("{}waiting for the teleoperation session to end (its end key, or a closed window)",
-                            "the simulators are done; " if actors else "")
+                            "the simulators are done; " if actors or supervisor else "")
                 played = ray.get(session_ref)  # bounded by the session's own human.max_session_s
                 ray.get(session.close.remote(), timeout=60)
         if close:
@@ -302,11 +325,13 @@ def _acknowledged_rows(replay: Replay, results: list[CollectResult], supervised:
     if supervised is None:
         return sum(result.rows for result in results)
     by_source = replay.rows_by_source()
+    acked: dict[str, int] = {}
     for result in results:
-        stored = by_source.get(result.source, 0)
-        if stored != result.rows:
-            raise RuntimeError(f"collector {result.collector_id} ({result.source!r}) had {result.rows} rows "
-                               f"acknowledged but the replay stored {stored} from it")
+        acked[result.source] = acked.get(result.source, 0) + result.rows
+    for source, rows in acked.items():
+        if source not in supervised.dead_sources and by_source.get(source, 0) != rows:
+            raise RuntimeError(f"{source} had {rows} rows acknowledged but the replay stored "
+                               f"{by_source.get(source, 0)} from it")
     return sum(supervised.rows_by_collector)
 
 
@@ -551,10 +576,10 @@ def eval_table(results: dict[str, EvalResult], win_return: float | None) -> Tabl
     return table
 
 
-def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
-    """Collect, compact, train and evaluate one run."""
+def run(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None) -> RunSummary:
+    """Collect, compact, train and evaluate one run (applying config edits while it collects)."""
     summary = RunSummary(run_id, str(paths.root))
-    _collect_and_compact(cfg, run_id, paths, summary)
+    _collect_and_compact(cfg, run_id, paths, summary, live)
     timer = time.perf_counter()
     summary.train = _train_summary(train(cfg, paths, run_id))
     summary.stage_seconds["train"] = time.perf_counter() - timer
@@ -565,7 +590,8 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     return summary
 
 
-def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: RunSummary) -> Manifest:
+def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: RunSummary,
+                         live: LiveConfig | None = None) -> Manifest:
     """Fill the replay, then write the dataset (rotating it during the collection when
     `aggregation.rotate_every_s` says so); stage times and sizes go into `summary`."""
     timer = time.perf_counter()
@@ -575,8 +601,12 @@ def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: 
         rotations.append(Rotation(replay, paths.dataset, cfg.aggregation, run_id, cfg.env.id))
         return rotations[-1]
 
-    replay, summary.collect = collect(cfg, run_id, paths, during=rotating if cfg.aggregation.rotate_every_s else None)
+    replay, summary.collect = collect(cfg, run_id, paths, during=rotating if cfg.aggregation.rotate_every_s else None,
+                                      live=live)
     summary.stage_seconds["collect"] = time.perf_counter() - timer
+    if live is not None:  # edits made while collecting (filters, collector count) hold from here on
+        cfg = live.current
+        paths.config.write_text(dump_config(cfg))
     discarded = review_sessions(cfg, summary.collect.human_sessions)
     if discarded:
         if rotations:
@@ -608,14 +638,16 @@ def teleop(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     return summary
 
 
-def collect_only(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
+def collect_only(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None) -> RunSummary:
     """`harvest collect`: fill the replay, then snapshot it to `replay/` for a later `harvest compact`."""
     if cfg.aggregation.rotate_every_s:
         logger.warning("aggregation.rotate_every_s applies to `harvest run`; `harvest collect` snapshots the "
                        "replay once, at the end")
     summary = RunSummary(run_id, str(paths.root))
     timer = time.perf_counter()
-    replay, summary.collect = collect(cfg, run_id, paths)
+    replay, summary.collect = collect(cfg, run_id, paths, live=live)
+    if live is not None:
+        paths.config.write_text(dump_config(live.current))
     try:
         with console.status("[bold]snapshot[/] writing the replay to Arrow IPC"):
             snapshot_replay(replay, paths.replay_snapshot)

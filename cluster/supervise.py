@@ -1,11 +1,17 @@
 """Collectors kept going: restarts after a death, and a watchdog that says what a stall waits for.
 
-`CollectorSupervisor.run` hands every collector its share of the rows and waits, showing a
-progress bar over the replay's count. When a collector dies (its process killed, its node
-lost, or killed here because it stalled), Ray restarts it (`rollout.max_restarts`); the
-supervisor tells it its new incarnation, so its episode ids and push source are new, asks the
-replay how many rows all its incarnations have stored, and has it collect the rest. Rows a dead
-incarnation had acknowledged stay in the replay; nothing is collected twice over the share.
+`CollectorSupervisor.run` hands the collectors chunks of rows (`collect(rows)`) until the
+replay holds the run's total of theirs, showing a progress bar over the replay's count. What is
+left to hand out is always the total minus what the replay has stored from them (counted per
+source by the shards) minus the chunks being collected, so:
+
+- when a collector dies (its process killed, its node lost, or killed here because it stalled),
+  Ray restarts it (`rollout.max_restarts`); the supervisor tells it its new incarnation, so its
+  episode ids and push source are new, and the rows its dead chunk did not store are handed
+  out again. Rows a dead incarnation had acknowledged stay in the replay;
+- the number of collectors can change while it runs (`set_num_collectors`, from a live config
+  edit): new collectors share the rows not yet handed out; surplus ones finish their running
+  chunk, whose every push is acknowledged before `collect` returns, and stop.
 
 The watchdog asks every busy collector what it is doing (`RolloutWorker.activity`, answered
 from a second thread while `collect` runs). A collector in one call for longer than
@@ -17,9 +23,10 @@ restarts it; stalls in the replay are reported only (a new collector would wait 
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from loguru import logger
@@ -55,11 +62,15 @@ class Stall:
 class _Collector:
     index: int
     actor: Any
-    target: int
-    """Rows this collector's incarnations must store between them."""
     incarnation: int = 0
     ref: ray.ObjectRef | None = None
-    result: Any = None
+    chunk: int = 0
+    """Rows the running `collect` call was asked for."""
+    results: list[Any] = field(default_factory=list)
+    """`CollectResult`s of its finished calls, all incarnations."""
+    retiring: bool = False
+    """Scaled down: it gets no more chunks and stops once its running one is done."""
+    retired: bool = False
     unanswered_since: float | None = None
     stalled: Stall | None = None
     killed: bool = False
@@ -69,75 +80,170 @@ class _Collector:
     def name(self) -> str:
         return f"collector {self.index}"
 
+    @property
+    def sources(self) -> list[str]:
+        return [collector_source(self.index, n) for n in range(self.incarnation + 1)]
+
 
 @dataclass
 class SupervisedResult:
     results: list[Any]
-    """Each collector's last incarnation's `CollectResult` (None if an earlier one stored its share)."""
+    """Every `CollectResult` of every collector's finished calls (several per collector: one per chunk)."""
     rows_by_collector: list[int]
-    """Rows stored in the replay by all incarnations of each collector."""
+    """Rows stored in the replay by all incarnations of each collector (started ones, retired included)."""
     restarts: list[int]
     nodes: list[str] = field(default_factory=list)
-    """The Ray node id each collector's last incarnation ran on."""
+    """The Ray node id each collector still running at the end (its last incarnation) ran on."""
     stalls: list[Stall] = field(default_factory=list)
     seconds: float = 0.0
+    dead_sources: set[str] = field(default_factory=set)
+    """Sources of incarnations that died: their last call's acks died with them."""
+    scaled: list[dict[str, Any]] = field(default_factory=list)
+    """Changes of the collector count: when (s into the collection), from, to."""
 
     def stalls_json(self) -> list[dict[str, Any]]:
         return [asdict(stall) for stall in self.stalls]
 
 
 class CollectorSupervisor:
-    """Runs `collect(rows)` on RolloutWorker actors until each has stored its share.
+    """Hands RolloutWorker actors chunks of rows (`collect(rows)`) until the replay holds `total`
+    of theirs; restarts those that die, watches for stalls, and scales their number when told.
 
     Args:
-        actors: collector actors started with `max_restarts >= max_restarts` and
-            `max_concurrency >= 2` (so `activity` is answered during `collect`).
-        targets: rows each collector must store.
+        start_collector: starts collector `index` (an actor with `max_restarts` and
+            `max_concurrency >= 2`, so `activity` is answered during `collect`).
+        num_collectors: how many to start.
+        total: rows the collectors must store between them.
+        chunk_rows: rows asked of one `collect` call; smaller chunks let a scaled-up count
+            share the remaining work sooner.
         replay: where they store them (asked for rows per source).
         max_restarts: restarts allowed per collector.
         watchdog: the `watchdog:` section (stall_after_s None: no watchdog).
     """
 
-    def __init__(self, actors: list, targets: list[int], replay: Replay, max_restarts: int,
-                 watchdog: WatchdogSection) -> None:
-        self._collectors = [_Collector(index, actor, target) for index, (actor, target) in
-                            enumerate(zip(actors, targets))]
+    def __init__(self, start_collector: Callable[[int], Any], num_collectors: int, total: int, chunk_rows: int,
+                 replay: Replay, max_restarts: int, watchdog: WatchdogSection) -> None:
+        self._start_collector, self._total, self._chunk_rows = start_collector, total, chunk_rows
+        self._collectors = [_Collector(index, start_collector(index)) for index in range(num_collectors)]
+        self._wanted = num_collectors
+        self._lock = threading.Lock()
         self._replay, self._max_restarts, self._watchdog = replay, max_restarts, watchdog
         self._stalls: list[Stall] = []
+        self._dead_sources: set[str] = set()
+        self._scaled: list[dict[str, Any]] = []
+        self._trajectory_filter: tuple[Any] | None = None
+        """Set once a live edit changed `rollout.trajectory_filter` (a 1-tuple: None is a filter too)."""
+        self._started = time.monotonic()
         self._log = logger.bind(actor="CollectorSupervisor")
+        metrics.collectors().set(num_collectors)
 
-    def run(self, total: int, timeout_s: float, interval_s: float = 0.5) -> SupervisedResult:
-        """Blocks until every collector's share is stored; raises CollectorFailedError or
+    @property
+    def actors(self) -> list:
+        return [c.actor for c in self._collectors]
+
+    def set_num_collectors(self, count: int) -> None:
+        """Scale to `count` collectors (from any thread; applied by the running `run` loop).
+        New ones start and share the rows not yet handed out; surplus ones finish their
+        running chunk (every push of it acknowledged) and stop."""
+        if count < 1:
+            raise ValueError(f"rollout.num_collectors={count}: a running collection needs at least 1")
+        with self._lock:
+            self._wanted = count
+
+    def set_trajectory_filter(self, criteria: Any) -> None:
+        """`rollout.mode: trajectory`: the episodes pushed from now on (live config edit); collectors
+        started or restarted later get it too."""
+        with self._lock:
+            self._trajectory_filter = (criteria,)
+            actors = [c.actor for c in self._collectors if not c.retired]
+        ray.get([actor.set_trajectory_filter.remote(criteria) for actor in actors], timeout=_RESTART_TIMEOUT_S)
+
+    def _send_filter(self, collector: _Collector) -> None:
+        with self._lock:
+            changed = self._trajectory_filter
+        if changed is not None:
+            ray.get(collector.actor.set_trajectory_filter.remote(changed[0]), timeout=_RESTART_TIMEOUT_S)
+
+    def run(self, timeout_s: float, interval_s: float = 0.5) -> SupervisedResult:
+        """Blocks until the collectors have stored `total` rows; raises CollectorFailedError or
         GetTimeoutError (naming what each collector was doing) when that cannot happen."""
-        started = time.monotonic()
-        deadline, next_check = started + timeout_s, started + self._watchdog.check_every_s
+        deadline, next_check = self._started + timeout_s, self._started + self._watchdog.check_every_s
+        try:
+            with progress_bar("rows") as progress:
+                task = progress.add_task("collect", total=self._total)
+                while True:
+                    self._scale()
+                    stored = sum(self._stored_by_collector())
+                    self._hand_out(stored)
+                    busy = [c for c in self._collectors if c.ref is not None]
+                    progress.update(task, completed=min(stored, self._total))
+                    if not busy:
+                        if stored >= self._total:
+                            break
+                        continue  # every collector died and restarted without a chunk: hand out again
+                    if time.monotonic() > deadline:
+                        raise ray.exceptions.GetTimeoutError(
+                            f"collect: not done within {timeout_s:.0f}s; {self._doing(busy)}")
+                    ready, _ = ray.wait([c.ref for c in busy], num_returns=len(busy), timeout=interval_s)
+                    for collector in busy:
+                        if collector.ref in ready:
+                            self._finished(collector)
+                    if self._watchdog.stall_after_s is not None and time.monotonic() >= next_check:
+                        next_check = time.monotonic() + self._watchdog.check_every_s
+                        self._check_stalls([c for c in self._collectors if c.ref is not None])
+                progress.update(task, completed=self._total)
+            running = [c for c in self._collectors if not c.retired]
+            nodes = ray.get([c.actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+                             for c in running], timeout=_ASK_TIMEOUT_S * 6)
+            return SupervisedResult([r for c in self._collectors for r in c.results], self._stored_by_collector(),
+                                    [c.incarnation for c in self._collectors], nodes, self._stalls,
+                                    time.monotonic() - self._started, set(self._dead_sources), list(self._scaled))
+        finally:
+            for collector in self._collectors:
+                ray.kill(collector.actor, no_restart=True)
+
+    def _scale(self) -> None:
+        with self._lock:
+            wanted = self._wanted
+        active = [c for c in self._collectors if not c.retiring]
+        if wanted == len(active):
+            return
+        self._scaled.append({"at_s": round(time.monotonic() - self._started, 1), "from": len(active), "to": wanted})
+        if wanted > len(active):
+            started = [_Collector(index, self._start_collector(index))
+                       for index in range(len(self._collectors), len(self._collectors) + wanted - len(active))]
+            self._collectors.extend(started)
+            for collector in started:
+                self._send_filter(collector)
+            self._log.warning("scaled up to {} collectors (started {})", wanted, ", ".join(c.name for c in started))
+        else:
+            for collector in active[wanted:]:
+                collector.retiring = True
+            self._log.warning("scaling down to {} collectors: {} stop after their running chunk", wanted,
+                              ", ".join(c.name for c in active[wanted:]))
+        metrics.collectors().set(wanted)
+
+    def _hand_out(self, stored: int) -> None:
+        """Give idle collectors chunks of the rows neither stored nor being collected; stop retiring idle ones."""
+        outstanding = self._total - stored - sum(c.chunk for c in self._collectors if c.ref is not None)
         for collector in self._collectors:
-            collector.ref = collector.actor.collect.remote(collector.target)
-        with progress_bar("rows") as progress:
-            task = progress.add_task("collect", total=total)
-            while busy := [c for c in self._collectors if c.ref is not None]:
-                if time.monotonic() > deadline:
-                    raise ray.exceptions.GetTimeoutError(
-                        f"collect: not done within {timeout_s:.0f}s; {self._doing(busy)}")
-                ready, _ = ray.wait([c.ref for c in busy], num_returns=len(busy), timeout=interval_s)
-                for collector in busy:
-                    if collector.ref in ready:
-                        self._finished(collector)
-                if self._watchdog.stall_after_s is not None and time.monotonic() >= next_check:
-                    next_check = time.monotonic() + self._watchdog.check_every_s
-                    self._check_stalls([c for c in self._collectors if c.ref is not None])
-                progress.update(task, completed=min(self._replay.inserted_rows(), total))
-            progress.update(task, completed=total)
-        stored = self._stored_by_collector()
-        nodes = ray.get([c.actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
-                         for c in self._collectors], timeout=_ASK_TIMEOUT_S * 6)
-        return SupervisedResult([c.result for c in self._collectors], stored,
-                                [c.incarnation for c in self._collectors], nodes, self._stalls,
-                                time.monotonic() - started)
+            if collector.ref is not None or collector.retired:
+                continue
+            if collector.retiring:
+                ray.kill(collector.actor, no_restart=True)
+                collector.retired = True
+                self._cleared(collector)
+                self._log.info("{} stopped (scaled down); every push it made was acknowledged", collector.name)
+                continue
+            if outstanding <= 0:
+                continue
+            collector.chunk = min(self._chunk_rows, outstanding)
+            collector.ref = collector.actor.collect.remote(collector.chunk)
+            outstanding -= collector.chunk
 
     def _finished(self, collector: _Collector) -> None:
         try:
-            collector.result = ray.get(collector.ref)
+            collector.results.append(ray.get(collector.ref))
             collector.ref = None
             self._cleared(collector)
         except ray.exceptions.RayActorError as err:
@@ -145,7 +251,12 @@ class CollectorSupervisor:
             self._restart(collector, err)
 
     def _restart(self, collector: _Collector, err: Exception) -> None:
-        """The collector died: wait for Ray to restart it, then collect what is still missing."""
+        """The collector died: wait for Ray to restart it; it gets chunks again from the next hand-out."""
+        self._dead_sources.add(collector_source(collector.index, collector.incarnation))
+        if collector.retiring:  # it was to stop anyway; what it stored is counted, the rest is handed out
+            collector.retired = True
+            self._cleared(collector)
+            return
         if collector.incarnation >= self._max_restarts:
             raise CollectorFailedError(f"{collector.name} died {collector.incarnation + 1} times, more than "
                                        f"rollout.max_restarts={self._max_restarts}: {err}") from err
@@ -159,18 +270,14 @@ class CollectorSupervisor:
         except ray.exceptions.RayActorError as again:
             raise CollectorFailedError(f"{collector.name} did not come back after dying: {again}") from again
         self._cleared(collector)
+        self._send_filter(collector)
         stored = self._stored_by_collector()[collector.index]
-        missing = collector.target - stored
-        self._log.warning("{} is back (incarnation {}); its incarnations stored {:,} of {:,} rows, {:,} to go",
-                          collector.name, collector.incarnation, stored, collector.target, max(missing, 0))
-        collector.result = None
-        if missing > 0:
-            collector.ref = collector.actor.collect.remote(missing)
+        self._log.warning("{} is back (incarnation {}); its incarnations have stored {:,} rows", collector.name,
+                          collector.incarnation, stored)
 
     def _stored_by_collector(self) -> list[int]:
         by_source = self._replay.rows_by_source()
-        return [sum(by_source.get(collector_source(c.index, n), 0) for n in range(c.incarnation + 1))
-                for c in self._collectors]
+        return [sum(by_source.get(source, 0) for source in c.sources) for c in self._collectors]
 
     def _check_stalls(self, busy: list[_Collector]) -> None:
         """Ask every busy collector what it is doing; report (and recover) those stuck too long."""
@@ -193,7 +300,9 @@ class CollectorSupervisor:
                 waiting_for = f"RolloutWorker[{collector.index}].{activity.what}"
                 if in_replay:
                     waiting_for += f": {self._replay_holding_back()}"
-                self._stalled(collector, waiting_for, now - activity.since, recover=not in_replay)
+                # a wait for the replay or for memory is not the collector's fault: restarting it would not help
+                self._stalled(collector, waiting_for, now - activity.since,
+                              recover=not (in_replay or activity.what.startswith("backpressure")))
             else:
                 collector.unanswered_since = collector.unanswered_since or now - _ASK_TIMEOUT_S
                 if now - collector.unanswered_since >= limit:

@@ -131,6 +131,14 @@ class RolloutConfig:
     """`mode: buffer`: keep buffered batches compressed (Arrow IPC) until they are pushed."""
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     """Where collectors run (spread over the nodes by default)."""
+    pause_above_memory: Optional[float] = Field(default=0.9, gt=0, le=1)
+    """Backpressure on the node's memory: a collector whose node uses more than this share of its
+    memory waits before its next push (up to `push_timeout_s`), so Ray's memory monitor (which
+    kills workers above 0.95) does not have to. None: never."""
+    chunk_rows: Optional[StrictInt] = Field(default=None, ge=1)
+    """Rows a collector is asked for at a time; the collection hands out chunks until `steps` are
+    stored, so restarted and added collectors share what is left. None: steps / (8 x
+    num_collectors), at least `batch_rows`."""
     max_restarts: StrictInt = Field(default=3, ge=0)
     """How often Ray restarts a collector actor that died (or that the stall watchdog killed);
     the restarted collector gets a new incarnation (its own episode ids and push source) and

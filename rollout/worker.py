@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 import ray
 from gymnasium.vector import VectorEnv
 from loguru import logger
@@ -40,6 +41,12 @@ class Activity:
 
     what: str
     since: float
+
+
+def node_memory_used() -> float:
+    """Share of this node's memory in use (as Ray's memory monitor counts it: total - available)."""
+    memory = psutil.virtual_memory()
+    return (memory.total - memory.available) / memory.total
 
 
 def collector_source(collector_id: int, incarnation: int = 0) -> str:
@@ -172,6 +179,14 @@ class RolloutWorker:
         self._log.warning("restarted as incarnation {} (pushes as {!r})", incarnation, self._source)
         return incarnation
 
+    def set_trajectory_filter(self, criteria) -> None:
+        """`mode: trajectory`: the episodes pushed from now on (a live config edit)."""
+        if self._gate is None:
+            raise ValueError(f"RolloutWorker[{self.collector_id}]: rollout.trajectory_filter applies to "
+                             f"rollout.mode: trajectory, not {self.cfg.mode}")
+        self._gate.criteria = criteria
+        self._log.info("trajectory filter now {}", criteria)
+
     def activity(self) -> Activity:
         """What this collector is doing now and since when (answered while `collect` runs)."""
         return self._activity
@@ -292,7 +307,25 @@ class RolloutWorker:
         for item in ready:
             self._push(item)
 
+    def _wait_for_memory(self) -> None:
+        """Backpressure: wait while the node uses more than `rollout.pause_above_memory` of its memory."""
+        limit = self.cfg.pause_above_memory
+        if limit is None or node_memory_used() <= limit:
+            return
+        waited = time.perf_counter()
+        while (used := node_memory_used()) > limit:
+            self._activity = Activity(f"backpressure: node memory {used:.0%} used, above "
+                                      f"rollout.pause_above_memory={limit:.0%}", self._activity.since
+                                      if self._activity.what.startswith("backpressure") else time.time())
+            if time.perf_counter() - waited > self.cfg.push_timeout_s:
+                raise PushTimeoutError(f"RolloutWorker[{self.collector_id}]: the node's memory stayed above "
+                                       f"rollout.pause_above_memory={limit:.0%} ({used:.0%} used) for "
+                                       f"{self.cfg.push_timeout_s}s")
+            time.sleep(0.2)
+        self._push_wait_s += time.perf_counter() - waited
+
     def _push(self, batch: TransitionBatch) -> None:
+        self._wait_for_memory()
         batch = with_filled(batch, self._fillers, self._replay_columns)
         metrics.rollout_env_steps().inc(batch.num_rows, tags=self._tags)
         self._observe_episodes()

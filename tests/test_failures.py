@@ -146,3 +146,36 @@ def test_a_learner_killed_mid_training_resumes_from_its_last_epoch_and_ends_wher
     assert resumed.keys() == reference.keys()
     for name in reference:
         np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
+
+
+@pytest.mark.timeout(120)
+def test_a_collector_pauses_while_the_nodes_memory_is_above_the_limit_and_says_so(ray_cluster):
+    import ray
+
+    from envs.config import EnvConfig
+    from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+    from rollout.policies import ConfiguredPolicyFactory
+    from rollout.replay.replay import start_replay
+    from rollout.worker import PushTimeoutError, RolloutWorker, node_memory_used, schema_for
+
+    env = EnvConfig(id="tests.toy_envs:CountingEnv", num_envs=2)
+    rollout = RolloutConfig(batch_rows=50, push_timeout_s=3.0, policy=PolicyConfig(kind="random"),
+                            pause_above_memory=max(0.001, node_memory_used() / 4))  # far below what is used now
+    factory = ConfiguredPolicyFactory(rollout.policy, env.id, seed=0)
+    replay = start_replay(ReplayConfig(num_shards=1, capacity_rows=1000, num_cpus=0.1), schema_for(env, factory))
+    worker = ray.remote(RolloutWorker).options(num_cpus=0.25, max_concurrency=2).remote(env, rollout, factory, replay,
+                                                                                        0, "memory", 0)
+    try:
+        collecting = worker.collect.remote(200)
+        time.sleep(1.5)
+        activity = ray.get(worker.activity.remote(), timeout=30)
+        assert activity.what.startswith("backpressure: node memory"), activity
+        with pytest.raises(PushTimeoutError, match="pause_above_memory"):
+            try:
+                ray.get(collecting, timeout=60)
+            except ray.exceptions.RayTaskError as err:
+                raise err.as_instanceof_cause()
+        assert replay.inserted_rows() == 0, "nothing was pushed while memory was above the limit"
+    finally:
+        ray.kill(worker, no_restart=True)
+        replay.kill()

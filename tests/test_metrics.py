@@ -9,7 +9,9 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster.cli import main
 from cluster.local import metrics_port
+from cluster.status import by, read
 from rollout.config import ReplayConfig
 from rollout.policies import ConfiguredPolicyFactory
 from rollout.replay.replay import start_replay
@@ -116,3 +118,25 @@ def test_the_grafana_dashboard_queries_only_metrics_harvest_exports(tmp_path):
     titles = " ".join(panel["title"] for panel in board["panels"]).lower()
     for topic in ("collection rate", "replay fill", "sample / insert", "learner throughput", "loss", "human / agent"):
         assert topic in titles
+
+
+def test_harvest_status_prints_collectors_replay_and_memory_from_the_endpoint(ray_cluster, capsys):
+    factory = ConfiguredPolicyFactory(ROLLOUT.policy, COUNTING.id, seed=0)
+    replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=10_000, num_cpus=0.1), schema_for(COUNTING, factory))
+    worker = ray.remote(RolloutWorker).options(num_cpus=0.25).remote(COUNTING, ROLLOUT, factory, replay, 7, "status", 7)
+    try:
+        ray.get(worker.collect.remote(300), timeout=120)
+        url = f"http://127.0.0.1:{metrics_port()}/metrics"
+        deadline = time.monotonic() + 90  # the metrics agent exports every ~10 s
+        while "7" not in by(read([url]), "ray_harvest_rollout_env_steps_total", "collector") \
+                and time.monotonic() < deadline:
+            time.sleep(2)
+        capsys.readouterr()
+        assert main(["status", "--metrics", url]) == 0
+    finally:
+        ray.kill(worker, no_restart=True)
+        replay.kill()
+    out = capsys.readouterr().out
+    for expected in ("Harvest status", "collector 7", "total rows", "replay shard 0", "replay shard 1",
+                     "stalls seen", "node memory"):
+        assert expected in out, (expected, out)

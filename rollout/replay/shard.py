@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from loguru import logger
 
 from cluster import metrics
 from rollout.batch import BatchSchema, TransitionBatch
-from rollout.config import ReplayConfig
+from rollout.config import RateLimitConfig, ReplayConfig
 from rollout.memory import keep_batch_buffers_on_heap
 from rollout.replay.durability import Restored, WriteAheadLog
 from rollout.replay.limiter import MinSize, RateLimited, SampleToInsertRatio
@@ -477,6 +478,17 @@ class ReplayShard:
     def inserted_rows(self) -> int:
         """Rows stored since the start (cheap: for progress bars polled during collection)."""
         return self._ring.next_seq
+
+    def set_rate_limit(self, rate_limit: RateLimitConfig) -> None:
+        """New samples-per-insert numbers (a live config edit); the counts so far carry over."""
+        if (rate_limit is None) != (self.cfg.rate_limit is None):
+            raise ValueError(f"ReplayShard[{self.shard_index}]: replay.rate_limit can be changed, not turned on or off")
+        limiter = SampleToInsertRatio(rate_limit.samples_per_insert, self.cfg.min_size_to_sample,
+                                      rate_limit.error_buffer)
+        limiter.inserted, limiter.sampled = self._limiter.inserted, self._limiter.sampled
+        self._limiter, self.cfg = limiter, dataclasses.replace(self.cfg, rate_limit=rate_limit)
+        self._notify()  # waiters look again under the new numbers
+        self._log.info("rate limit now {}", limiter.describe())
 
     def holding_back(self) -> str:
         """Why an insert would wait or be refused now ("" when nothing holds inserts back): the
