@@ -3,7 +3,7 @@
     python bench/soak.py [--minutes 30] [--kill-every-s 30] [--collectors 3] [--out bench/soak]
 
 Runs Harvest's own collection (`harvest run`'s collect and compact, rotating the dataset
-every 20 s) on a local Ray: CartPole with the expert, durable replay shards, collectors and
+every 10 s) on a local Ray: CartPole with the expert, durable replay shards, collectors and
 shards restartable. Every `--kill-every-s` a random collector or shard process gets SIGKILL.
 The collection is sized to last about `--minutes` (from a kill-free calibration run, which is
 also the reference rate). At the end it prints rows acknowledged beside rows in the dataset
@@ -43,10 +43,10 @@ def soak_config(root: Path, collectors: int, steps: int, watchdog_s: float) -> d
             "env": {"id": "CartPole-v1", "num_envs": 8},
             "rollout": {"num_collectors": collectors, "steps": steps, "batch_rows": 2000, "num_cpus": 0.25,
                         "max_restarts": 1000},
-            # rows only wait in the ring until the next rotation writes them (every 20 s)
+            # rows only wait in the ring until the next rotation writes them (every 10 s)
             "replay": {"num_shards": 2, "capacity_rows": min(steps, 2_000_000), "num_cpus": 0.1, "wal_dir": str(root / "wal"),
-                       "checkpoint_every_rows": 200_000, "max_restarts": -1},
-            "aggregation": {"rotate_every_s": 20, "num_cpus": 0.1, "formats": ["parquet"]},
+                       "checkpoint_every_rows": 1_000_000, "max_restarts": -1},
+            "aggregation": {"rotate_every_s": 10, "num_cpus": 0.1, "formats": ["parquet"]},
             "watchdog": {"stall_after_s": watchdog_s, "check_every_s": 5}}
 
 
@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--collectors", type=int, default=3)
     parser.add_argument("--watchdog-s", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibration-rows", type=int, default=3_000_000,
+                        help="rows of the kill-free reference run (enough to reach the steady rate)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "soak"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -153,8 +155,8 @@ def main() -> None:
              runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     with tempfile.TemporaryDirectory(prefix="harvest-soak-") as tmp:
         root = Path(tmp)
-        calibration, seconds = collect(soak_config(root / "calibration", args.collectors, 300_000, args.watchdog_s),
-                                       "calibration")
+        calibration, seconds = collect(
+            soak_config(root / "calibration", args.collectors, args.calibration_rows, args.watchdog_s), "calibration")
         reference_rate = calibration.collect.rows / calibration.collect.seconds
         steps = int(reference_rate * args.minutes * 60)
         print(f"calibration: {calibration.collect.rows:,} rows in {calibration.collect.seconds:.1f}s, no kills "

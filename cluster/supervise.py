@@ -265,10 +265,18 @@ class CollectorSupervisor:
         metrics.actor_restarts().inc(tags={"component": "collector"})
         self._log.warning("{} died ({}); waiting for Ray to restart it as incarnation {}", collector.name,
                           type(err).__name__, collector.incarnation)
-        try:
-            ray.get(collector.actor.restarted.remote(collector.incarnation), timeout=_RESTART_TIMEOUT_S)
-        except ray.exceptions.RayActorError as again:
-            raise CollectorFailedError(f"{collector.name} did not come back after dying: {again}") from again
+        deadline = time.monotonic() + _RESTART_TIMEOUT_S
+        while True:  # calls fail fast while Ray is still restarting it: ask again until it is back
+            try:
+                ray.get(collector.actor.restarted.remote(collector.incarnation), timeout=_RESTART_TIMEOUT_S)
+                break
+            except ray.exceptions.ActorUnavailableError as again:
+                if time.monotonic() > deadline:
+                    raise CollectorFailedError(f"{collector.name} did not come back within {_RESTART_TIMEOUT_S:.0f}s "
+                                               f"after dying: {again}") from again
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError as again:
+                raise CollectorFailedError(f"{collector.name} did not come back after dying: {again}") from again
         self._cleared(collector)
         self._send_filter(collector)
         stored = self._stored_by_collector()[collector.index]
