@@ -98,8 +98,9 @@ def test_a_malformed_game_state_file_is_named_and_the_others_imported(tmp_path, 
 
 @pytest.mark.timeout(300)
 def test_a_killed_engine_is_restarted_and_the_replay_holds_complete_battles_only(ray_cluster, tmp_path):
-    # Two collectors play the same seeded battles; the first one's JVM is killed mid-run (9,000 rows: three
-    # battles each, so the kill after the first insert lands while collector 0 still has battles to play).
+    # Two collectors play the same seeded battles; the first one's JVM is killed mid-run (15,000 rows: five
+    # battles each, so the kill right after collector 0's first insert lands while it still has battles to play;
+    # with a warm engine a battle takes ~0.3 s).
     replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=100_000, num_cpus=0.1), robocode_schema())
     battles = RobocodeBattles(rounds_per_battle=3, seed=70)
     actor = ray.remote(RobocodeCollector)
@@ -109,10 +110,9 @@ def test_a_killed_engine_is_restarted_and_the_replay_holds_complete_battles_only
     killed = []
 
     def kill_first_engine_mid_run():
-        while replay.inserted_rows() == 0:  # a battle is in, the next one is running
-            time.sleep(0.05)
+        while not replay.rows_by_source().get("robocode collector 0"):  # its battle is in, the next one runs
+            time.sleep(0.02)
         pid = ray.get(collectors[0].engine_pid.remote(), timeout=30)
-        time.sleep(0.3)
         import os
         import signal
 
@@ -121,7 +121,7 @@ def test_a_killed_engine_is_restarted_and_the_replay_holds_complete_battles_only
 
     killer = threading.Thread(target=kill_first_engine_mid_run)
     try:
-        refs = [collector.collect.remote(9000) for collector in collectors]
+        refs = [collector.collect.remote(15000) for collector in collectors]
         killer.start()
         results = ray.get(refs, timeout=240)
         killer.join(timeout=30)
