@@ -1,6 +1,7 @@
 """`harvest`: run the pipeline, or one stage of it, from a YAML config.
 
     harvest run [CONFIG] [--set KEY=VALUE ...]    collect → compact → train → eval
+    harvest run --resume RUN_ID                   go on with an interrupted run
     harvest collect [CONFIG]                      fill the replay, snapshot it to artifacts/<run-id>/replay/
     harvest compact RUN_DIR                       snapshot → dataset/ (Parquet + manifest, NPZ)
     harvest train RUN_DIR                         dataset/ → learner/ (checkpoints, history)
@@ -82,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", nargs="?", help="YAML run config (default: the embedded CartPole run)")
         p.add_argument("--run-id", help="run id (default: a timestamp)")
+        if name in ("run", "collect"):
+            p.add_argument("--resume", metavar="RUN_ID",
+                           help="go on with an interrupted run: its config.yaml, its durable shards "
+                                "(replay.wal_dir), its finished dataset, its learner's last epoch")
         add_overrides(p)
     for name, help_text in (("compact", "write the dataset from a collect snapshot"),
                             ("train", "train the learner on the dataset"),
@@ -158,6 +163,16 @@ def _config_for(args: argparse.Namespace) -> RunConfig:
         overrides = [f"run.id={Path(args.run_dir).name}",
                      f"run.output_dir={Path(args.run_dir).parent}", *args.overrides]
         return load_config(config_path, overrides)
+    if getattr(args, "resume", None):
+        if args.config or args.run_id:
+            raise ConfigError("--resume RUN_ID takes the run's own config.yaml and id: give neither CONFIG nor "
+                              "--run-id")
+        output_dir = load_config(None, list(args.overrides)).run.output_dir
+        config_path = Path(output_dir).expanduser() / args.resume / "config.yaml"
+        if not config_path.is_file():
+            raise ConfigError(f"{config_path}: no such file; --resume {args.resume} expects a run folder in "
+                              f"run.output_dir={output_dir}")
+        return load_config(config_path, [*args.overrides, f"run.id={args.resume}"])
     return load_config(args.config, _overrides(args))
 
 
@@ -227,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     started_ray = not ray.is_initialized()
     init_ray(cfg.ray)
     try:
+        resume = bool(getattr(args, "resume", None))
         if args.command == "run":
-            pipeline.print_summary(pipeline.run(cfg, run_id, paths, live))
+            pipeline.print_summary(pipeline.run(cfg, run_id, paths, live, resume))
         elif args.command == "collect":
-            pipeline.print_summary(pipeline.collect_only(cfg, run_id, paths, live))
+            pipeline.print_summary(pipeline.collect_only(cfg, run_id, paths, live, resume))
         elif args.command == "teleop":
             pipeline.print_summary(pipeline.teleop(cfg, run_id, paths))
         elif args.command == "dagger":

@@ -159,10 +159,11 @@ def prepare_run(cfg: RunConfig) -> tuple[str, RunPaths]:
 
 def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
             during: Callable[[Replay], AbstractContextManager] | None = None,
-            live: LiveConfig | None = None) -> tuple[Replay, CollectSummary]:
+            live: LiveConfig | None = None, resume: bool = False) -> tuple[Replay, CollectSummary]:
     """Start the replay shards and `num_collectors` rollout actors; fill the replay with
     `rollout.steps` rows (inside `during(replay)`, e.g. a `Rotation`, when given), applying
-    edits of the config file as they come (`live`)."""
+    edits of the config file as they come (`live`). With `resume`, durable shards come back
+    with the interrupted run's rows and the collectors collect only what is missing."""
     if cfg.env.id == ROBOCODE_ENV_ID:
         return collect_robocode(cfg, run_id, paths or RunPaths(Path(cfg.run.output_dir).expanduser() / run_id,
                                                                                 cfg.aggregation.output), during)
@@ -171,7 +172,12 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     schema: BatchSchema = schema_for(cfg.env, factory)
     if cfg.human is not None:  # the person's rows and the simulators' share the replay, tagged by source
         schema = merged_schema(human_schema_for(cfg.env, cfg.human), schema)
+    if resume and not cfg.replay.wal_dir:
+        logger.warning("resuming without durable shards (replay.wal_dir): the interrupted run's replay was in "
+                       "memory only, so collection starts over")
     replay = _started_replay(cfg, schema, paths)
+    if resume and cfg.replay.wal_dir:
+        logger.info("resuming: the replay came back with {:,} rows from {}", replay.inserted_rows(), cfg.replay.wal_dir)
     run_root = (paths or RunPaths(Path(cfg.run.output_dir).expanduser() / run_id)).root
     session = shadow = shadow_policy = None
     if cfg.human is not None and cfg.human.shadow is not None:  # a learner trains on the person as they play
@@ -205,7 +211,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
         supervisor = CollectorSupervisor(start_collector, rollout.num_collectors, rollout.steps,
                                          rollout.chunk_rows or max(rollout.batch_rows,
                                                                    rollout.steps // (8 * rollout.num_collectors)),
-                                         replay, rollout.max_restarts, cfg.watchdog)
+                                         replay, rollout.max_restarts, cfg.watchdog, resume=resume)
     logger.info("collecting {:,} transitions of {} with {} collectors x {} envs into {} replay shards{}",
                 rollout.steps if supervisor else 0, cfg.env.id, rollout.num_collectors, cfg.env.num_envs,
                 cfg.replay.num_shards, f", and {cfg.human.operator}'s session ({cfg.human.driver})" if session else "")
@@ -576,10 +582,21 @@ def eval_table(results: dict[str, EvalResult], win_return: float | None) -> Tabl
     return table
 
 
-def run(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None) -> RunSummary:
-    """Collect, compact, train and evaluate one run (applying config edits while it collects)."""
+def run(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None,
+        resume: bool = False) -> RunSummary:
+    """Collect, compact, train and evaluate one run (applying config edits while it collects).
+    With `resume`, an interrupted run goes on: a finished dataset is kept, a collection goes on
+    from its durable shards, and training from the learner's last epoch."""
     summary = RunSummary(run_id, str(paths.root))
-    _collect_and_compact(cfg, run_id, paths, summary, live)
+    finished = _finished_dataset(paths) if resume else None
+    if finished is not None:
+        logger.info("resuming: the dataset is complete ({:,} rows); training and evaluating", finished.rows)
+        previous = json.loads(paths.summary.read_text()) if paths.summary.is_file() else {}
+        summary.stage_seconds = previous.get("stage_seconds", {})
+        summary.collect = CollectSummary(**previous["collect"]) if previous.get("collect") else None
+        summary.dataset_rows, summary.dataset_episodes = finished.rows, finished.episodes
+    else:
+        _collect_and_compact(cfg, run_id, paths, summary, live, resume)
     timer = time.perf_counter()
     summary.train = _train_summary(train(cfg, paths, run_id))
     summary.stage_seconds["train"] = time.perf_counter() - timer
@@ -590,8 +607,17 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = 
     return summary
 
 
+def _finished_dataset(paths: RunPaths) -> Manifest | None:
+    """The run's dataset manifest if compaction finished (not a rotation still in progress)."""
+    try:
+        manifest = Dataset.open(paths.dataset).manifest
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    return None if getattr(manifest, "in_progress", False) else manifest
+
+
 def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: RunSummary,
-                         live: LiveConfig | None = None) -> Manifest:
+                         live: LiveConfig | None = None, resume: bool = False) -> Manifest:
     """Fill the replay, then write the dataset (rotating it during the collection when
     `aggregation.rotate_every_s` says so); stage times and sizes go into `summary`."""
     timer = time.perf_counter()
@@ -601,8 +627,11 @@ def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: 
         rotations.append(Rotation(replay, paths.dataset, cfg.aggregation, run_id, cfg.env.id))
         return rotations[-1]
 
+    if resume and cfg.aggregation.rotate_every_s and paths.dataset.join("manifest.json").exists():
+        raise RuntimeError(f"{paths.dataset}: resuming a run whose rotation had started writing the dataset is not "
+                           "supported yet (its rotators' cursors are gone); run it again under a new id")
     replay, summary.collect = collect(cfg, run_id, paths, during=rotating if cfg.aggregation.rotate_every_s else None,
-                                      live=live)
+                                      live=live, resume=resume)
     summary.stage_seconds["collect"] = time.perf_counter() - timer
     if live is not None:  # edits made while collecting (filters, collector count) hold from here on
         cfg = live.current
@@ -638,14 +667,15 @@ def teleop(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     return summary
 
 
-def collect_only(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None) -> RunSummary:
+def collect_only(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None,
+                 resume: bool = False) -> RunSummary:
     """`harvest collect`: fill the replay, then snapshot it to `replay/` for a later `harvest compact`."""
     if cfg.aggregation.rotate_every_s:
         logger.warning("aggregation.rotate_every_s applies to `harvest run`; `harvest collect` snapshots the "
                        "replay once, at the end")
     summary = RunSummary(run_id, str(paths.root))
     timer = time.perf_counter()
-    replay, summary.collect = collect(cfg, run_id, paths, live=live)
+    replay, summary.collect = collect(cfg, run_id, paths, live=live, resume=resume)
     if live is not None:
         paths.config.write_text(dump_config(live.current))
     try:

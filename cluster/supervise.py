@@ -23,6 +23,7 @@ restarts it; stalls in the replay are reported only (a new collector would wait 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ from cluster.progress import progress_bar
 from rollout.replay.replay import Replay
 from rollout.worker import collector_source
 
+_SOURCE = re.compile(r"^collector (\d+)(?: #(\d+))?$")
+"""A collector's push source (`collector_source`): its index and incarnation."""
 _ASK_TIMEOUT_S = 5.0
 """How long the watchdog waits for a collector to say what it is doing."""
 _RESTART_TIMEOUT_S = 300.0
@@ -122,20 +125,41 @@ class CollectorSupervisor:
     """
 
     def __init__(self, start_collector: Callable[[int], Any], num_collectors: int, total: int, chunk_rows: int,
-                 replay: Replay, max_restarts: int, watchdog: WatchdogSection) -> None:
+                 replay: Replay, max_restarts: int, watchdog: WatchdogSection, resume: bool = False) -> None:
         self._start_collector, self._total, self._chunk_rows = start_collector, total, chunk_rows
         self._collectors = [_Collector(index, start_collector(index)) for index in range(num_collectors)]
+        self._dead_sources: set[str] = set()
+        self._log = logger.bind(actor="CollectorSupervisor")
+        if resume:
+            self._continue_after(replay.rows_by_source())
         self._wanted = num_collectors
         self._lock = threading.Lock()
         self._replay, self._max_restarts, self._watchdog = replay, max_restarts, watchdog
         self._stalls: list[Stall] = []
-        self._dead_sources: set[str] = set()
         self._scaled: list[dict[str, Any]] = []
         self._trajectory_filter: tuple[Any] | None = None
         """Set once a live edit changed `rollout.trajectory_filter` (a 1-tuple: None is a filter too)."""
         self._started = time.monotonic()
-        self._log = logger.bind(actor="CollectorSupervisor")
         metrics.collectors().set(num_collectors)
+
+    def _continue_after(self, by_source: dict[str, int]) -> None:
+        """A resumed run: the replay came back from its write-ahead logs with the rows of the
+        interrupted run's collectors. Each collector starts as the incarnation after the last
+        one there (new episode ids and push source), and their rows count towards the total."""
+        last: dict[int, int] = {}
+        for source in by_source:
+            if match := _SOURCE.match(source):
+                index, incarnation = int(match.group(1)), int(match.group(2) or 0)
+                last[index] = max(last.get(index, 0), incarnation)
+        for collector in self._collectors:
+            if collector.index not in last:
+                continue
+            collector.incarnation = last[collector.index] + 1
+            self._dead_sources.update(collector.sources[:-1])
+            ray.get(collector.actor.restarted.remote(collector.incarnation), timeout=_RESTART_TIMEOUT_S)
+            self._log.warning("{} resumes as incarnation {}: the interrupted run stored {:,} rows of its",
+                              collector.name, collector.incarnation,
+                              sum(by_source.get(source, 0) for source in collector.sources))
 
     @property
     def actors(self) -> list:
