@@ -59,7 +59,9 @@ class LocalCluster:
         self.token = token or secrets.token_hex(16)
         self.gcs_port = self.dashboard_port = 0
         self.nodes: list[Node] = []
-        self._worker_ports = 30000 + (os.getpid() % 50) * 600  # a range of its own per test process
+        # Worker ports of its own, below Linux's ephemeral range (32768-60999), where free_port()
+        # finds the components' ports: the two may never collide.
+        self._worker_ports = 20000 + (os.getpid() % 20) * 600
 
     @property
     def address(self) -> str:

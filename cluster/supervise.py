@@ -201,13 +201,14 @@ class CollectorSupervisor:
                     self._hand_out(stored)
                     busy = [c for c in self._collectors if c.ref is not None]
                     progress.update(task, completed=min(stored, self._total))
-                    if not busy:
-                        if stored >= self._total:
-                            break
-                        continue  # every collector died and restarted without a chunk: hand out again
+                    if not busy and stored >= self._total:
+                        break
                     if time.monotonic() > deadline:
                         raise ray.exceptions.GetTimeoutError(
                             f"collect: not done within {timeout_s:.0f}s; {self._doing(busy)}")
+                    if not busy:  # nothing running and rows missing: the next hand-out gives chunks
+                        time.sleep(interval_s)
+                        continue
                     ready, _ = ray.wait([c.ref for c in busy], num_returns=len(busy), timeout=interval_s)
                     for collector in busy:
                         if collector.ref in ready:

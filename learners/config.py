@@ -221,7 +221,7 @@ class LearnerConfig:
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     """Where the learner runs, e.g. `{label_selector: {harvest-role: learner}}` on a GPU node group."""
     resume: bool = True
-    """BC: after every epoch the learner writes `last.safetensors` (weights, optimizer, schedule,
+    """BC and PPO: after every epoch (iteration) the learner writes `last.safetensors` (weights, optimizer, schedule,
     random state, history); a learner restarted after dying, or a `harvest run --resume`, goes on
     from the epoch after it instead of starting over."""
     max_restarts: StrictInt = Field(default=2, ge=0)

@@ -45,6 +45,7 @@ from learners.play import greedy_return
 from learners.plots import plot_training_curve
 from learners.precision import Precision
 from learners.records import TrainingRecorder
+from learners.resume import LAST_NAME, load_training_state, save_training_state
 from rollout.batch import TransitionBatch
 from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
 from rollout.policies import ConfiguredPolicyFactory
@@ -195,6 +196,15 @@ class PPOLearner:
         history: list[PPORecord] = []
         best = -float("inf")
         cursor, env_steps, version = 0, 0, 0
+        # One module over both networks, so the resume state holds them and their shared optimizer.
+        networks, last_path, resumed_after = torch.nn.ModuleDict({"policy": policy, "value": value}), \
+            self.out_dir / LAST_NAME, []
+        if cfg.resume and last_path.is_file():  # a restarted learner goes on after its last iteration
+            state = load_training_state(last_path, networks, optimizer)
+            version, env_steps, best = state.epoch, state.extra["env_steps"], state.extra["best"]
+            history = [PPORecord(**record) for record in state.extra["history"]]
+            resumed_after = [*state.extra.get("resumed_after", []), version]
+            self._log.warning("resuming from {} after iteration {} ({} env steps)", last_path, version, env_steps)
         recorder = TrainingRecorder(self.out_dir, "ppo")
         try:
             while env_steps < p.env_steps:
@@ -241,6 +251,10 @@ class PPOLearner:
                     self._save(policy, BEST_NAME, version, record)
                 with self._lock:
                     self._progress.epoch, self._progress.samples = version, env_steps
+                if cfg.resume:
+                    save_training_state(last_path, version, networks, optimizer, extra={
+                        "env_steps": env_steps, "best": best, "history": [asdict(r) for r in history],
+                        "resumed_after": resumed_after})
                 if (p.stop_at_return is not None and record.episode_return is not None
                         and record.episode_return >= p.stop_at_return):
                     self._log.info("episode return {:.1f} >= {:g} after {} env steps: stopping", record.episode_return,
@@ -258,10 +272,11 @@ class PPOLearner:
                 ray.kill(w, no_restart=True)
             replay.kill()
         self._save(policy, FINAL_NAME, version, history[-1])
+        last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh
         history_path = self.out_dir / HISTORY_NAME
         entries = [asdict(record) for record in history]
         history_path.write_text(json.dumps({"config": asdict(cfg), "algorithm": "ppo", "device": str(self.device),
-                                            "precision": self.precision.name,
+                                            "precision": self.precision.name, "resumed_after": resumed_after,
                                             "env": self.env_cfg.id, "best_eval_return": best,
                                             "iterations": entries}, indent=2))
         plot_training_curve([{"epoch": e["env_steps"], "train_loss": abs(e["policy_loss"]) + 1e-9,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 
@@ -190,9 +189,6 @@ class RolloutWorker:
     def activity(self) -> Activity:
         """What this collector is doing now and since when (answered while `collect` runs)."""
         return self._activity
-
-    def pid(self) -> int:
-        return os.getpid()
 
     @staticmethod
     def _describe(schema: BatchSchema) -> dict[str, str]:

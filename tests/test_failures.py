@@ -214,3 +214,35 @@ def test_harvest_run_resume_goes_on_from_the_durable_shards_of_an_interrupted_ru
     assert 0 < int(np.sum(((keys[:, 0] & 0xFFFFFFFF) >> 24) == 0)) < 8000
     assert (tmp_path / "cut" / "learner" / "final.safetensors").is_file()
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["eval"]
+
+
+@pytest.mark.timeout(400)
+def test_a_ppo_learner_killed_mid_training_goes_on_after_its_last_iteration(ray_cluster, tmp_path):
+    assert main(["collect", "--run-id", "ppo", *_args(tmp_path, "rollout.steps=600")]) == 0  # a run folder
+    last = tmp_path / "ppo" / "learner" / "last.safetensors"
+    killed: list[int] = []
+
+    def kill_learner_after_an_iteration() -> None:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and not killed:
+            pids = [process.pid for process in psutil.process_iter(["cmdline"])
+                    if (process.info["cmdline"] or [""])[0].startswith("ray::PPOLearner")]
+            if pids and last.is_file():
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_learner_after_an_iteration)
+    killer.start()
+    ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=12000", "learner.ppo.num_collectors=1",
+           "learner.ppo.rows_per_collector=1000", "learner.ppo.eval_every=100", "learner.ppo.eval_episodes=1",
+           "learner.ppo.eval_max_steps=50", "learner.hidden_sizes=[32]", "learner.num_cpus=0.5"]
+    assert main(["train", str(tmp_path / "ppo"), *sum((["--set", item] for item in ppo), [])]) == 0
+    killer.join(timeout=10)
+    assert killed, "the learner was killed mid-training"
+    history = json.loads((tmp_path / "ppo" / "learner" / "training_history.json").read_text())
+    iterations = [entry["iteration"] for entry in history["iterations"]]
+    assert iterations == list(range(1, len(iterations) + 1)), "every iteration once, in order"
+    assert history["iterations"][-1]["env_steps"] >= 12000
+    assert len(history["resumed_after"]) == 1 and 1 <= history["resumed_after"][0] < len(iterations)
+    assert not last.exists()
