@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,32 @@ def _alive_collector_pids() -> list[int]:
     """Ray names an actor's process `ray::RolloutWorker...`."""
     return [process.pid for process in psutil.process_iter(["cmdline"])
             if (process.info["cmdline"] or [""])[0].startswith("ray::RolloutWorker")]
+
+
+@contextmanager
+def killing_once(title: str, when, timeout_s: float = 200):
+    """While the block runs, a thread SIGKILLs the first process whose title starts with `title`
+    once `when()` is true; yields the list of pids it killed."""
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not killed and not done.is_set():
+            pids = [process.pid for process in psutil.process_iter(["cmdline"])
+                    if (process.info["cmdline"] or [""])[0].startswith(title)]
+            if pids and when():
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        killer.join(timeout=10)
 
 
 def _assert_exact(collect: dict, dataset: Dataset, keys: np.ndarray, steps: int) -> None:
@@ -121,22 +148,8 @@ def test_a_learner_killed_mid_training_resumes_from_its_last_epoch_and_ends_wher
     assert main(["train", str(tmp_path / "again")]) == 0  # the reference: never interrupted
 
     last = tmp_path / "data" / "learner" / "last.safetensors"
-    killed: list[int] = []
-
-    def kill_learner_after_an_epoch() -> None:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and not killed:
-            pids = [process.pid for process in psutil.process_iter(["cmdline"])
-                    if (process.info["cmdline"] or [""])[0].startswith("ray::BCLearner")]
-            if pids and last.is_file():
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_learner_after_an_epoch)
-    killer.start()
-    assert main(["train", str(tmp_path / "data")]) == 0
-    killer.join(timeout=10)
+    with killing_once("ray::BCLearner", when=last.is_file) as killed:
+        assert main(["train", str(tmp_path / "data")]) == 0
     assert killed, "the learner was killed mid-training"
     history = json.loads((tmp_path / "data" / "learner" / "training_history.json").read_text())
     assert [record["epoch"] for record in history["epochs"]] == list(range(1, 9)), "every epoch once, in order"
@@ -220,25 +233,11 @@ def test_harvest_run_resume_goes_on_from_the_durable_shards_of_an_interrupted_ru
 def test_a_ppo_learner_killed_mid_training_goes_on_after_its_last_iteration(ray_cluster, tmp_path):
     assert main(["collect", "--run-id", "ppo", *_args(tmp_path, "rollout.steps=600")]) == 0  # a run folder
     last = tmp_path / "ppo" / "learner" / "last.safetensors"
-    killed: list[int] = []
-
-    def kill_learner_after_an_iteration() -> None:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and not killed:
-            pids = [process.pid for process in psutil.process_iter(["cmdline"])
-                    if (process.info["cmdline"] or [""])[0].startswith("ray::PPOLearner")]
-            if pids and last.is_file():
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_learner_after_an_iteration)
-    killer.start()
     ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=12000", "learner.ppo.num_collectors=1",
            "learner.ppo.rows_per_collector=1000", "learner.ppo.eval_every=100", "learner.ppo.eval_episodes=1",
            "learner.ppo.eval_max_steps=50", "learner.hidden_sizes=[32]", "learner.num_cpus=0.5"]
-    assert main(["train", str(tmp_path / "ppo"), *sum((["--set", item] for item in ppo), [])]) == 0
-    killer.join(timeout=10)
+    with killing_once("ray::PPOLearner", when=last.is_file) as killed:
+        assert main(["train", str(tmp_path / "ppo"), *sum((["--set", item] for item in ppo), [])]) == 0
     assert killed, "the learner was killed mid-training"
     history = json.loads((tmp_path / "ppo" / "learner" / "training_history.json").read_text())
     iterations = [entry["iteration"] for entry in history["iterations"]]
