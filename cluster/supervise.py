@@ -56,6 +56,9 @@ class Stall:
     """e.g. `collector 3`."""
     waiting_for: str
     """The call it is stuck in and, for a replay ack, what holds the replay back."""
+    call: str
+    """The call alone (`env.step`, `replay.insert (ack)`, `backpressure`, `no answer`): a stall is
+    one record and one metric label per call, however its details (counts, percentages) change."""
     seconds: float
     recovered: bool = False
     """True when the watchdog killed it so Ray would restart it."""
@@ -312,35 +315,44 @@ class CollectorSupervisor:
         by_source = self._replay.rows_by_source()
         return [sum(by_source.get(source, 0) for source in c.sources) for c in self._collectors]
 
+    def _activities(self, busy: list[_Collector]) -> list[Any]:
+        """Ask every busy collector what it is doing: its `Activity`, None when it does not answer
+        within `_ASK_TIMEOUT_S`, or the `RayActorError` of one that died."""
+        asks = [c.actor.activity.remote() for c in busy]
+        ready, _ = ray.wait(asks, num_returns=len(asks), timeout=_ASK_TIMEOUT_S)
+        answers: list[Any] = []
+        for ref in asks:
+            try:
+                answers.append(ray.get(ref) if ref in ready else None)
+            except ray.exceptions.RayActorError as err:
+                answers.append(err)
+        return answers
+
     def _check_stalls(self, busy: list[_Collector]) -> None:
-        """Ask every busy collector what it is doing; report (and recover) those stuck too long."""
+        """Report (and recover) the busy collectors stuck in one call too long, or not answering."""
         limit = self._watchdog.stall_after_s
         now = time.time()
-        asks = {c.index: c.actor.activity.remote() for c in busy}
-        ready, _ = ray.wait(list(asks.values()), num_returns=len(asks), timeout=_ASK_TIMEOUT_S)
-        for collector in busy:
-            ref = asks[collector.index]
-            if ref in ready:
-                try:
-                    activity = ray.get(ref)
-                except ray.exceptions.RayActorError:
-                    continue  # it died: its collect call reports that
-                collector.unanswered_since = None
-                if activity.what == "idle" or now - activity.since < limit:
-                    self._cleared(collector)
-                    continue
-                in_replay = activity.what.startswith("replay.")
-                waiting_for = f"RolloutWorker[{collector.index}].{activity.what}"
-                if in_replay:
-                    waiting_for += f": {self._replay_holding_back()}"
-                # a wait for the replay or for memory is not the collector's fault: restarting it would not help
-                self._stalled(collector, waiting_for, now - activity.since,
-                              recover=not (in_replay or activity.what.startswith("backpressure")))
-            else:
+        for collector, activity in zip(busy, self._activities(busy)):
+            if isinstance(activity, Exception):
+                continue  # it died: its collect call reports that
+            if activity is None:
                 collector.unanswered_since = collector.unanswered_since or now - _ASK_TIMEOUT_S
                 if now - collector.unanswered_since >= limit:
                     waiting_for, recoverable = self._unanswered(collector)
-                    self._stalled(collector, waiting_for, now - collector.unanswered_since, recover=recoverable)
+                    self._stalled(collector, waiting_for, "no answer", now - collector.unanswered_since,
+                                  recover=recoverable)
+                continue
+            collector.unanswered_since = None
+            if activity.what == "idle" or now - activity.since < limit:
+                self._cleared(collector)
+                continue
+            call = activity.what.split(":")[0]
+            waiting_for = f"RolloutWorker[{collector.index}].{activity.what}"
+            if call.startswith("replay."):
+                waiting_for += f": {self._replay_holding_back()}"
+            # a wait for the replay or for memory is not the collector's fault: restarting it would not help
+            self._stalled(collector, waiting_for, call, now - activity.since,
+                          recover=not (call.startswith("replay.") or call == "backpressure"))
 
     def _unanswered(self, collector: _Collector) -> tuple[str, bool]:
         """What a collector that does not answer is waiting for, as far as Ray's actor table says,
@@ -371,14 +383,14 @@ class CollectorSupervisor:
                 reasons.append(reason)
         return "; ".join(reasons) or "shards answer and hold nothing back (acks in transit: network or object store)"
 
-    def _stalled(self, collector: _Collector, waiting_for: str, seconds: float, recover: bool) -> None:
+    def _stalled(self, collector: _Collector, waiting_for: str, call: str, seconds: float, recover: bool) -> None:
         recover = recover and self._watchdog.recover and collector.incarnation < self._max_restarts
-        if collector.stalled is None or collector.stalled.waiting_for != waiting_for:
-            stall = Stall(collector.name, waiting_for, round(seconds, 1), recovered=recover)
+        if collector.stalled is None or collector.stalled.call != call:
+            stall = Stall(collector.name, waiting_for, call, round(seconds, 1), recovered=recover)
             self._stalls.append(stall)
             collector.stalled = stall
-            metrics.stalls().inc(tags={"component": collector.name, "waiting_for": waiting_for})
-            metrics.stalled().set(1, tags={"component": collector.name, "waiting_for": waiting_for})
+            metrics.stalls().inc(tags={"component": collector.name, "waiting_for": call})
+            metrics.stalled().set(1, tags={"component": collector.name, "waiting_for": call})
             self._log.error("stall: {} has been waiting {:.0f}s for {}{}", collector.name, seconds, waiting_for,
                             "; killing it so Ray restarts it" if recover else "")
         if recover and not collector.killed:
@@ -387,22 +399,16 @@ class CollectorSupervisor:
 
     def _cleared(self, collector: _Collector) -> None:
         if collector.stalled is not None:
-            metrics.stalled().set(0, tags={"component": collector.name, "waiting_for": collector.stalled.waiting_for})
+            metrics.stalled().set(0, tags={"component": collector.name, "waiting_for": collector.stalled.call})
             collector.stalled = None
 
     def _doing(self, busy: list[_Collector]) -> str:
-        asks = [c.actor.activity.remote() for c in busy]
-        ready, _ = ray.wait(asks, num_returns=len(asks), timeout=_ASK_TIMEOUT_S)
-        now = time.time()
-        parts = []
-        for collector, ref in zip(busy, asks):
-            if ref in ready:
-                try:
-                    activity = ray.get(ref)
-                    parts.append(f"{collector.name}: {activity.what} for {now - activity.since:.0f}s")
-                    continue
-                except ray.exceptions.RayActorError as err:
-                    parts.append(f"{collector.name}: dead ({type(err).__name__})")
-                    continue
-            parts.append(f"{collector.name}: not answering")
+        now, parts = time.time(), []
+        for collector, activity in zip(busy, self._activities(busy)):
+            if activity is None:
+                parts.append(f"{collector.name}: not answering")
+            elif isinstance(activity, Exception):
+                parts.append(f"{collector.name}: dead ({type(activity).__name__})")
+            else:
+                parts.append(f"{collector.name}: {activity.what} for {now - activity.since:.0f}s")
         return "; ".join(parts)
