@@ -36,6 +36,7 @@ from cluster.supervise import CollectorSupervisor, SupervisedResult
 from envs.config import EnvConfig
 from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
 from learners.config import LearnerConfig
+from learners.resume import LAST_NAME
 from learners.distributed import train_bc_data_parallel
 from learners.dqfd import DQfDLearner
 from learners.ppo import PPOLearner
@@ -381,24 +382,37 @@ def _robocode_description(cfg: RunConfig) -> str:
             f"{battles.rounds_per_battle} rounds each, run seed {cfg.run.seed}); rows of {recorded}")
 
 
-def train(cfg: RunConfig, paths: RunPaths, run_id: str = "train") -> TrainResult:
+def train(cfg: RunConfig, paths: RunPaths, run_id: str = "train", resume: bool = False) -> TrainResult:
     """Train `learner.stages` in turn (or just `learner.algorithm`), each from the previous
-    stage's best checkpoint; the last stage's checkpoints and records end up in `learner/`."""
+    stage's best checkpoint; the last stage's checkpoints and records end up in `learner/`.
+    With `resume`, earlier stages that finished are not trained again."""
     stages = cfg.learner.stages or [cfg.learner.algorithm]
     if len(stages) == 1:
         return _train_stage(cfg, dataclasses.replace(cfg.learner, algorithm=stages[0]), paths, paths.learner, run_id)
     previous: str | None = None
     for index, stage in enumerate(stages, 1):
+        stage_dir = paths.learner / f"{index}-{stage}"
+        if resume and index < len(stages) and _stage_finished(stage_dir):
+            previous = str(stage_dir / BEST_NAME)
+            logger.info("learner stage {}/{}: {} finished before; going on from {}", index, len(stages), stage,
+                        previous)
+            continue
         stage_cfg = _stage_config(cfg.learner, stage, previous)
         logger.info("learner stage {}/{}: {}{}", index, len(stages), stage,
                     f" from {previous}" if previous and stage != "bc" else "")
-        result = _train_stage(cfg, stage_cfg, paths, paths.learner / f"{index}-{stage}", run_id)
+        result = _train_stage(cfg, stage_cfg, paths, stage_dir, run_id)
         previous = result.best_checkpoint
     for name in (BEST_NAME, FINAL_NAME, HISTORY_NAME, CURVE_NAME):
         shutil.copyfile(Path(result.best_checkpoint).parent / name, paths.learner / name)
     return dataclasses.replace(result, best_checkpoint=str(paths.learner / BEST_NAME),
                                final_checkpoint=str(paths.learner / FINAL_NAME),
                                history_path=str(paths.learner / HISTORY_NAME))
+
+
+def _stage_finished(stage_dir: Path) -> bool:
+    """A stage wrote its final records and no resume state is left (it is written last)."""
+    return all((stage_dir / name).is_file() for name in (BEST_NAME, FINAL_NAME, HISTORY_NAME)) and \
+        not (stage_dir / LAST_NAME).exists()
 
 
 def _samples_poll(learner: ray.actor.ActorHandle) -> Callable[[], int]:
@@ -598,7 +612,7 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = 
     else:
         _collect_and_compact(cfg, run_id, paths, summary, live, resume)
     timer = time.perf_counter()
-    summary.train = _train_summary(train(cfg, paths, run_id))
+    summary.train = _train_summary(train(cfg, paths, run_id, resume))
     summary.stage_seconds["train"] = time.perf_counter() - timer
     timer = time.perf_counter()
     summary.eval = _eval_summary(evaluate(cfg, paths, run_id), cfg.eval.win_return)

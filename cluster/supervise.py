@@ -81,6 +81,13 @@ class _Collector:
     stalled: Stall | None = None
     killed: bool = False
     """Killed by the watchdog; its restart is pending."""
+    ready: Any = None
+    """Its `__ray_ready__` call, until the actor has started: a collector Ray cannot place yet
+    (no free resources) gets no chunk, so the started ones share the rows instead of waiting."""
+    waiting_logged: bool = False
+
+    def __post_init__(self) -> None:
+        self.ready = self.actor.__ray_ready__.remote()
 
     @property
     def name(self) -> str:
@@ -99,7 +106,8 @@ class SupervisedResult:
     """Rows stored in the replay by all incarnations of each collector (started ones, retired included)."""
     restarts: list[int]
     nodes: list[str] = field(default_factory=list)
-    """The Ray node id each collector still running at the end (its last incarnation) ran on."""
+    """The Ray node id each collector still running at the end (its last incarnation) ran on;
+    collectors that never started are not in it."""
     stalls: list[Stall] = field(default_factory=list)
     seconds: float = 0.0
     dead_sources: set[str] = field(default_factory=set)
@@ -220,7 +228,7 @@ class CollectorSupervisor:
                         next_check = time.monotonic() + self._watchdog.check_every_s
                         self._check_stalls([c for c in self._collectors if c.ref is not None])
                 progress.update(task, completed=self._total)
-            running = [c for c in self._collectors if not c.retired]
+            running = [c for c in self._collectors if not c.retired and self._has_started(c)]
             nodes = ray.get([c.actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
                              for c in running], timeout=_ASK_TIMEOUT_S * 6)
             return SupervisedResult([r for c in self._collectors for r in c.results], self._stored_by_collector(),
@@ -263,11 +271,27 @@ class CollectorSupervisor:
                 self._cleared(collector)
                 self._log.info("{} stopped (scaled down); every push it made was acknowledged", collector.name)
                 continue
-            if outstanding <= 0:
+            if outstanding <= 0 or not self._has_started(collector):
                 continue
             collector.chunk = min(self._chunk_rows, outstanding)
             collector.ref = collector.actor.collect.remote(collector.chunk)
             outstanding -= collector.chunk
+
+    def _has_started(self, collector: _Collector) -> bool:
+        """The actor is up (said once, if it is not, with what it waits for)."""
+        if collector.ready is None:
+            return True
+        if ray.wait([collector.ready], timeout=0)[0]:
+            collector.ready = None
+            if collector.waiting_logged:
+                self._log.info("{} started; it takes chunks from now on", collector.name)
+            return True
+        if not collector.waiting_logged and time.monotonic() - self._started > self._watchdog.check_every_s:
+            collector.waiting_logged = True
+            waiting_for, _ = self._unanswered(collector)
+            self._log.warning("{} has not started yet (waiting for {}); the started collectors share its rows",
+                              collector.name, waiting_for)
+        return False
 
     def _finished(self, collector: _Collector) -> None:
         try:

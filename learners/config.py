@@ -221,9 +221,11 @@ class LearnerConfig:
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     """Where the learner runs, e.g. `{label_selector: {harvest-role: learner}}` on a GPU node group."""
     resume: bool = True
-    """BC and PPO: after every epoch (iteration) the learner writes `last.safetensors` (weights, optimizer, schedule,
-    random state, history); a learner restarted after dying, or a `harvest run --resume`, goes on
-    from the epoch after it instead of starting over."""
+    """After every epoch (BC), iteration (PPO) or history entry (DQfD, every `dqfd.log_every`
+    updates) the learner writes `last.safetensors` (weights, optimizer, schedule, random state,
+    history; DQfD also its target network, the demonstrations' priorities and a write-ahead log
+    of its own transitions); a learner restarted after dying, or a `harvest run --resume`, goes
+    on from there instead of starting over."""
     max_restarts: StrictInt = Field(default=2, ge=0)
     """How often Ray restarts a learner actor that died; its `train` call runs again and resumes."""
     seed: StrictInt = 0

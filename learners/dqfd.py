@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -53,11 +54,13 @@ from learners.play import greedy_return
 from learners.plots import plot_training_curve
 from learners.precision import Precision
 from learners.records import TrainingRecorder
+from learners.resume import LAST_NAME, load_training_state, save_training_state
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
 from rollout.replay.shard import ReplayShard, importance_weights
 
 NSTEP_OBS = "n_obs"
+AGENT_REPLAY_DIR = "agent-replay"
 
 
 @dataclass
@@ -132,6 +135,8 @@ class DQfDRecord:
     eval_return: float | None
     env_steps: int
     updates_per_s: float
+    agent_rows: int = 0
+    """Rows in the agent's replay."""
 
 
 class DQfDLearner:
@@ -189,7 +194,17 @@ class DQfDLearner:
         self.demo_shard = ReplayShard(ReplayConfig(capacity_rows=demos.num_rows, **replay_cfg), self.schema, 0,
                                       cfg.seed)
         self.demo_shard.insert(demos, source="demonstrations")
+        # With learner.resume, the agent's replay is durable (a write-ahead log beside
+        # last.safetensors, checkpointed once per capacity of rows), so a restarted learner gets
+        # back every transition it played; rows logged since the last checkpoint come back at the
+        # largest priority, as new rows do.
+        last_path, agent_wal = self.out_dir / LAST_NAME, self.out_dir / AGENT_REPLAY_DIR
+        resuming = cfg.resume and last_path.is_file()
+        if not resuming:
+            shutil.rmtree(agent_wal, ignore_errors=True)
         self.agent_shard = ReplayShard(ReplayConfig(capacity_rows=d.agent_capacity_rows,
+                                                    wal_dir=str(agent_wal) if cfg.resume else None,
+                                                    checkpoint_every_rows=d.agent_capacity_rows,
                                                     **{**replay_cfg, "priority_eps": d.eps_agent}),
                                        self.schema, 1, cfg.seed + 1)
         if d.init_checkpoint:
@@ -214,11 +229,14 @@ class DQfDLearner:
         self._best = -float("inf")
         self._window: list[dict[str, float]] = []
         self._window_started, self._updates, self._env_steps = time.perf_counter(), 0, 0
-        self._model, self._optimizer = model, optimizer
+        self._model, self._target, self._optimizer = model, target, optimizer
+        self._resumed_after: list[int] = []
+        if resuming:
+            self._load_state(last_path)
         self._recorder = TrainingRecorder(self.out_dir, "dqfd")
-        for _ in range(d.pretrain_steps):
+        for _ in range(max(0, d.pretrain_steps - self._updates)):
             self._step(model, target, optimizer, demo_only=True, phase="pretrain")
-        if d.pretrain_steps and (not self._history or self._history[-1].step != self._updates):
+        if d.pretrain_steps and not self._env_steps and (not self._history or self._history[-1].step != self._updates):
             self._record("pretrain")
         if d.online_env_steps:
             self._interact(model, target, optimizer)
@@ -229,10 +247,13 @@ class DQfDLearner:
         self._save(model, FINAL_NAME, update, history[-1])
         if self._best == -float("inf"):  # no evaluation: the final weights are the best we know
             self._save(model, BEST_NAME, update, history[-1])
+        last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh
+        shutil.rmtree(agent_wal, ignore_errors=True)
         history_path = self.out_dir / HISTORY_NAME
         entries = [asdict(entry) for entry in history]
         history_path.write_text(json.dumps({"config": asdict(cfg), "device": str(self.device), "algorithm": "dqfd",
                                             "precision": self.precision.name,
+                                            "resumed_after": self._resumed_after,
                                             "best_eval_return": None if self._best == -float("inf") else self._best,
                                             "steps": entries}, indent=2))
         plot_training_curve([{"epoch": e["step"], "train_loss": e["loss"], "validation_loss": e["margin_loss"]}
@@ -263,7 +284,8 @@ class DQfDLearner:
         entry = DQfDRecord(self._updates, phase, means.get("loss", float("nan")), means.get("td", float("nan")),
                            means.get("n_step", float("nan")), means.get("margin", float("nan")),
                            means.get("demo_fraction", float("nan")), eval_return, self._env_steps,
-                           len(window) / max(time.perf_counter() - self._window_started, 1e-9))
+                           len(window) / max(time.perf_counter() - self._window_started, 1e-9),
+                           self.agent_shard.sampling_mass()[1])
         self._history.append(entry)
         self._recorder.scalars(entry.step, {"loss/total": entry.loss, "loss/td": entry.td_loss,
                                             "loss/n_step": entry.n_step_loss, "loss/margin": entry.margin_loss,
@@ -280,6 +302,36 @@ class DQfDLearner:
             self._best = eval_return
             self._save(model, BEST_NAME, self._updates, entry)
         self._window, self._window_started = [], time.perf_counter()
+        if self.cfg.resume:
+            self._save_state()
+
+    def _networks(self) -> nn.ModuleDict:
+        """The Q-network and its target as one module, for the resume state."""
+        return nn.ModuleDict({"q": self._model, "target": self._target})
+
+    def _save_state(self) -> None:
+        """`last.safetensors` after a history entry: both networks, the optimizer, the counters,
+        the history and random states, and the demonstrations' priorities; the agent's replay is
+        logged as it grows. An episode under way is not kept: a resumed learner starts a new one."""
+        priorities, scalars = self.demo_shard.sampler_state()
+        save_training_state(self.out_dir / LAST_NAME, self._updates, self._networks(), self._optimizer, extra={
+            "env_steps": self._env_steps, "best": self._best, "history": [asdict(r) for r in self._history],
+            "resumed_after": self._resumed_after, "rng": self._rng.bit_generator.state, "demo_sampler": scalars,
+        }, extra_tensors={f"demo/{name}": torch.from_numpy(np.ascontiguousarray(values))
+                          for name, values in priorities.items()})
+
+    def _load_state(self, path: Path) -> None:
+        state = load_training_state(path, self._networks(), self._optimizer)
+        extra = state.extra
+        self._updates, self._env_steps, self._best = state.epoch, extra["env_steps"], extra["best"]
+        self._history = [DQfDRecord(**record) for record in extra["history"]]
+        self._resumed_after = [*extra["resumed_after"], state.epoch]
+        self._rng.bit_generator.state = extra["rng"]
+        self.demo_shard.restore_sampler_state({name[len("demo/"):]: tensor.numpy() for name, tensor
+                                               in state.tensors.items() if name.startswith("demo/")},
+                                              extra["demo_sampler"])
+        self._log.warning("resuming from {} after update {} ({} env steps, {} agent rows kept)", path, state.epoch,
+                          self._env_steps, self.agent_shard.sampling_mass()[1])
 
     def _provenance(self, num_rows: int) -> dict[str, np.ndarray]:
         return {"collector_id": np.zeros(num_rows, np.int64), "policy_version": np.zeros(num_rows, np.int64),
@@ -366,11 +418,12 @@ class DQfDLearner:
         n-step targets; `updates_per_env_step` updates per step."""
         d = self.d
         env = make_vector_env(self.env_cfg)
-        obs, _ = env.reset(seed=self.cfg.seed)
+        restarts = len(self._resumed_after)  # a resumed learner plays new episodes, with ids of their own
+        obs, _ = env.reset(seed=self.cfg.seed + 7919 * restarts)
         episode: dict[str, list] = {}
-        episode_id, step_in_episode, reset_next = 1 << 40, 0, False
+        episode_id, step_in_episode, reset_next = (1 << 40) + (restarts << 32), 0, False
         try:
-            for _ in range(d.online_env_steps):
+            while self._env_steps < d.online_env_steps:
                 action = self._act(model, obs, d.epsilon)
                 next_obs, reward, terminated, truncated, _ = env.step(action)
                 self._env_steps += 1

@@ -27,13 +27,18 @@ class TrainingState:
     """The last epoch (or update) finished."""
     extra: dict[str, Any]
     """What the learner saved beside the tensors (history, best loss, counters)."""
+    tensors: dict[str, torch.Tensor]
+    """The learner's own tensors (`extra_tensors` when saved), on the CPU."""
 
 
 def save_training_state(path: Path, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         schedule: Any = None, generator: torch.Generator | None = None,
-                        extra: dict[str, Any] | None = None) -> Path:
+                        extra: dict[str, Any] | None = None,
+                        extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write everything needed to continue after `epoch` to `path`."""
     tensors = {f"model/{name}": tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    tensors.update({f"extra/{name}": tensor.detach().to("cpu").contiguous()
+                    for name, tensor in (extra_tensors or {}).items()})
     optimizer_state = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, values in optimizer_state["state"].items():
@@ -82,4 +87,5 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     if generator is not None and "rng/generator" in tensors:
         generator.set_state(tensors["rng/generator"])
     torch.set_rng_state(tensors["rng/torch"])
-    return TrainingState(int(header["epoch"]), header["extra"])
+    own = {name[len("extra/"):]: tensor for name, tensor in tensors.items() if name.startswith("extra/")}
+    return TrainingState(int(header["epoch"]), header["extra"], own)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -138,7 +139,6 @@ def _tensors(path: Path) -> dict:
 @pytest.mark.timeout(400)
 def test_a_learner_killed_mid_training_resumes_from_its_last_epoch_and_ends_where_an_uninterrupted_one_does(
         ray_cluster, tmp_path):
-    import shutil
 
     assert main(["collect", "--run-id", "data", *_args(tmp_path, "rollout.steps=40000", "rollout.batch_rows=2000",
                                                       "learner.epochs=8", "learner.hidden_sizes=[256, 256]",
@@ -245,3 +245,78 @@ def test_a_ppo_learner_killed_mid_training_goes_on_after_its_last_iteration(ray_
     assert history["iterations"][-1]["env_steps"] >= 12000
     assert len(history["resumed_after"]) == 1 and 1 <= history["resumed_after"][0] < len(iterations)
     assert not last.exists()
+
+
+def _saved_env_steps(last: Path) -> int:
+    """Env steps in a DQfD learner's resume state (0 while there is none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(last), framework="pt") as handle:
+            return json.loads(handle.metadata()["harvest_training_state"])["extra"]["env_steps"]
+    except (FileNotFoundError, OSError):
+        return 0
+
+
+@pytest.mark.timeout(300)
+def test_a_dqfd_learner_killed_while_interacting_goes_on_with_its_replay_and_counters(ray_cluster, tmp_path):
+    assert main(["collect", "--run-id", "dqfd", *_args(tmp_path, "rollout.steps=600")]) == 0
+    assert main(["compact", str(tmp_path / "dqfd")]) == 0
+    learner = tmp_path / "dqfd" / "learner"
+    dqfd = ["learner.algorithm=dqfd", "learner.hidden_sizes=[32]", "learner.batch_size=32", "learner.num_cpus=0.5",
+            "learner.dqfd.pretrain_steps=200", "learner.dqfd.online_env_steps=1500", "learner.dqfd.log_every=100",
+            "learner.dqfd.eval_episodes=1", "learner.dqfd.eval_max_steps=20"]
+    with killing_once("ray::DQfDLearner", when=lambda: _saved_env_steps(learner / "last.safetensors") >= 500) as killed:
+        assert main(["train", str(tmp_path / "dqfd"), *sum((["--set", item] for item in dqfd), [])]) == 0
+    assert killed, "the learner was killed while interacting"
+    history = json.loads((learner / "training_history.json").read_text())
+    steps = history["steps"]
+    assert [entry["step"] for entry in steps] == list(range(100, 1800, 100)), "every history entry once, in order"
+    assert [entry["phase"] for entry in steps] == ["pretrain"] * 2 + ["online"] * 15
+    assert steps[-1]["env_steps"] == 1500
+    (resumed_after,) = history["resumed_after"]
+    assert 700 <= resumed_after < 1700
+    before = next(entry for entry in steps if entry["step"] == resumed_after)
+    after = next(entry for entry in steps if entry["step"] == resumed_after + 100)
+    # the agent's replay came back: it holds what it held before the kill and what the resumed learner added
+    assert after["agent_rows"] > before["agent_rows"] >= 300, (before, after)  # 100 env steps add < 100 rows
+    assert not (learner / "last.safetensors").exists() and not (learner / "agent-replay").exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_collector_ray_cannot_place_holds_no_rows_back_and_is_named(ray_cluster, tmp_path):
+    # 2 CPUs: two collectors of 0.75 CPU and the shards fit, the third never starts.
+    slow = ["env.id=tests.toy_envs:HangingEnv", "env.kwargs={step_s: 0.001}"]  # ~1,000 rows/s per collector
+    args = _args(tmp_path, *slow, "rollout.num_collectors=3", "rollout.num_cpus=0.75", "rollout.chunk_rows=1000",
+                 "watchdog.check_every_s=1")
+    assert main(["collect", "--run-id", "crowded", *args]) == 0
+    assert main(["compact", str(tmp_path / "crowded")]) == 0
+    collect, dataset, keys = _collected(tmp_path / "crowded")
+    _assert_exact(collect, dataset, keys, 6000)
+    assert len(collect["nodes"]) == 2 and not collect["stalls"]
+    sources = set(pads.dataset(dataset.files).to_table(columns=["collector_id"])["collector_id"].to_pylist())
+    assert sources == {0, 1}
+    log = (tmp_path / "crowded" / "harvest.log").read_text()
+    assert "collector 2 has not started yet (waiting for RolloutWorker[2]: resources to start it" in log
+
+
+@pytest.mark.timeout(180)
+def test_a_resumed_run_does_not_train_its_finished_stages_again(ray_cluster, tmp_path):
+    from cluster.config import load_config
+    from cluster.pipeline import RunPaths, train
+
+    assert main(["collect", "--run-id", "staged", *_args(tmp_path, "rollout.steps=600")]) == 0
+    assert main(["compact", str(tmp_path / "staged")]) == 0
+    paths = RunPaths(tmp_path / "staged")
+    cfg = load_config(paths.config, ["learner.stages=[bc, dqfd]", "learner.epochs=2", "learner.hidden_sizes=[16]",
+                                     "learner.num_cpus=0.5", "learner.dqfd.pretrain_steps=50",
+                                     "learner.dqfd.log_every=50", "learner.dqfd.eval_episodes=1",
+                                     "learner.dqfd.eval_max_steps=20"])
+    train(cfg, paths, "staged")
+    bc_dir, dqfd_dir = paths.learner / "1-bc", paths.learner / "2-dqfd"
+    bc_written = {path.name: path.stat().st_mtime_ns for path in bc_dir.iterdir()}
+    shutil.rmtree(dqfd_dir)  # as if the run had died in its second stage
+    train(cfg, paths, "staged", resume=True)
+    assert {path.name: path.stat().st_mtime_ns for path in bc_dir.iterdir()} == bc_written, "BC not trained again"
+    history = json.loads((dqfd_dir / "training_history.json").read_text())
+    assert history["config"]["dqfd"]["init_checkpoint"] == str(bc_dir / "best.safetensors")

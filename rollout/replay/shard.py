@@ -273,13 +273,13 @@ class ReplayShard:
             raise ValueError(f"ReplayShard[{self.shard_index}].checkpoint: not durable (set replay.wal_dir)")
         ring = self._ring
         rows = ring.read(ring.oldest_seq, ring.size) if ring.size else self.schema.empty(0)
-        slots = np.arange(ring.oldest_seq, ring.next_seq) % ring.capacity_rows
         table = pa.Table.from_batches([rows.to_arrow(self.schema)])
-        for name, values in self._selector.row_state(slots).items():
+        row_state, selector_state = self.sampler_state()
+        for name, values in row_state.items():
             table = table.append_column(f"__{name}", pa.array(values))
         state = {"oldest_seq": ring.oldest_seq, "next_seq": ring.next_seq, "inserted_batches": self._inserted_batches,
                  "rejected_batches": self._rejected_batches, "episodes_completed": self._episodes_completed,
-                 "limiter": [self._limiter.inserted, self._limiter.sampled], "selector": self._selector.scalar_state(),
+                 "limiter": [self._limiter.inserted, self._limiter.sampled], "selector": selector_state,
                  "acks": {source: [[batch_id, ack.first_seq, ack.num_rows] for batch_id, ack in acks.items()]
                           for source, acks in self._acks.items()},
                  "rows_by_source": self._rows_by_source}
@@ -287,6 +287,21 @@ class ReplayShard:
         self._checkpointed_seq = ring.next_seq
         self._log.info("checkpoint {}: {} rows", path.name, ring.size)
         return str(path)
+
+    def sampler_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The sampler's state: per stored row, oldest first (the priorities of a prioritized
+        shard), and its scalars (the largest priority seen)."""
+        ring = self._ring
+        slots = np.arange(ring.oldest_seq, ring.next_seq) % ring.capacity_rows
+        return self._selector.row_state(slots), self._selector.scalar_state()
+
+    def restore_sampler_state(self, rows: dict[str, np.ndarray], scalars: dict) -> None:
+        """Put back what `sampler_state` returned, into a shard holding the same rows."""
+        ring = self._ring
+        if any(len(values) != ring.size for values in rows.values()):
+            raise ValueError(f"ReplayShard[{self.shard_index}].restore_sampler_state: state for "
+                             f"{[len(v) for v in rows.values()]} rows, the shard holds {ring.size}")
+        self._selector.restore(np.arange(ring.oldest_seq, ring.next_seq) % ring.capacity_rows, rows, scalars)
 
     def _restore(self, restored: Restored) -> None:
         state = restored.checkpoint_state
