@@ -9,6 +9,10 @@ with the keys named, because it would need a restart):
     aggregation.filter          the episodes compaction keeps (not with rotate_every_s, whose
                                 files are already being written)
     replay.rate_limit           samples per insert, error buffer, timeout (when it was on at start)
+    env.kwargs.rewards          reward weights, from the collectors' next step (envs with
+                                `set_reward_weights`: Generals)
+    rollout.policy.epsilon      ε-greedy exploration of the collectors, from their next step
+    rollout.policy.deterministic  greedy or sampled actions of a torch policy
 
 An edit is read again with the run's `--set` overrides on top and validated as at start; one
 that does not validate is refused, its error logged, and the old config stays. Every edit is
@@ -31,7 +35,7 @@ from cluster.config import ConfigError, RunConfig, load_config
 from cluster.logging import setup_logging
 
 LIVE_KEYS = ("run.log_level", "rollout.num_collectors", "rollout.trajectory_filter", "aggregation.filter",
-             "replay.rate_limit")
+             "replay.rate_limit", "env.kwargs.rewards", "rollout.policy.epsilon", "rollout.policy.deterministic")
 
 Applier = Callable[[RunConfig], None]
 """Makes a new config's value take effect; raises ValueError when it cannot (nothing applied yet)."""
@@ -186,5 +190,22 @@ def collect_appliers(live: LiveConfig, supervisor, cfg: RunConfig, replay=None, 
             raise ValueError("replay.rate_limit: can be changed, not turned on or off, while the run goes on")
         ray.get([shard.set_rate_limit.remote(new.replay.rate_limit) for shard in replay.shards], timeout=60)
 
+    def reward_weights(new: RunConfig) -> None:
+        if supervisor is None:
+            raise ValueError("env.kwargs.rewards: this collection has no simulator collectors")
+        supervisor.set_reward_weights(new.env.kwargs.get("rewards") or {})
+
+    def exploration(new: RunConfig) -> None:
+        if supervisor is None:
+            raise ValueError("rollout.policy: this collection has no simulator collectors")
+        policy, before = new.rollout.policy, live.current.rollout.policy
+        if not policy.deterministic and policy.kind != "torch":
+            raise ValueError(f"rollout.policy.deterministic: false needs a policy that samples (kind: torch), "
+                             f"not kind: {policy.kind}")
+        supervisor.set_exploration(policy.epsilon,
+                                   None if policy.deterministic == before.deterministic else policy.deterministic)
+
     return {"rollout.num_collectors": num_collectors, "rollout.trajectory_filter": trajectory_filter,
-            "aggregation.filter": aggregation_filter, "replay.rate_limit": rate_limit}
+            "aggregation.filter": aggregation_filter, "replay.rate_limit": rate_limit,
+            "env.kwargs.rewards": reward_weights, "rollout.policy.epsilon": exploration,
+            "rollout.policy.deterministic": exploration}

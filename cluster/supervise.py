@@ -148,8 +148,9 @@ class CollectorSupervisor:
         self._replay, self._max_restarts, self._watchdog = replay, max_restarts, watchdog
         self._stalls: list[Stall] = []
         self._scaled: list[dict[str, Any]] = []
-        self._trajectory_filter: tuple[Any] | None = None
-        """Set once a live edit changed `rollout.trajectory_filter` (a 1-tuple: None is a filter too)."""
+        self._settings: dict[str, tuple[Any, ...]] = {}
+        """Live edits every collector must have: RolloutWorker method name -> arguments; sent to
+        the running collectors when made, and to collectors that start or restart later."""
         self._started = time.monotonic()
         metrics.collectors().set(num_collectors)
 
@@ -186,18 +187,47 @@ class CollectorSupervisor:
             self._wanted = count
 
     def set_trajectory_filter(self, criteria: Any) -> None:
-        """`rollout.mode: trajectory`: the episodes pushed from now on (live config edit); collectors
-        started or restarted later get it too."""
-        with self._lock:
-            self._trajectory_filter = (criteria,)
-            actors = [c.actor for c in self._collectors if not c.retired]
-        ray.get([actor.set_trajectory_filter.remote(criteria) for actor in actors], timeout=_RESTART_TIMEOUT_S)
+        """`rollout.mode: trajectory`: the episodes pushed from now on (live config edit)."""
+        self._set_everywhere("set_trajectory_filter", criteria)
 
-    def _send_filter(self, collector: _Collector) -> None:
+    def set_reward_weights(self, weights: dict[str, float]) -> None:
+        """`env.kwargs.rewards`: the env's reward weights from the next step on (live config edit).
+
+        Raises:
+            ValueError: the env takes no reward weights while running (nothing changed then:
+                every collector has the same env), or the weights do not validate.
+        """
+        self._set_everywhere("set_reward_weights", weights)
+
+    def set_exploration(self, epsilon: float, deterministic: bool) -> None:
+        """`rollout.policy.epsilon` / `deterministic`: how the collectors explore from now on."""
+        self._set_everywhere("set_exploration", epsilon, deterministic)
+
+    def _set_everywhere(self, method: str, *args: Any) -> None:
+        """Call `method(*args)` on every started collector, and remember it for the others (a
+        collector that starts or restarts later gets it before its first chunk). A ValueError
+        of a collector (the same env everywhere: all or none refuse) is raised as one."""
         with self._lock:
-            changed = self._trajectory_filter
-        if changed is not None:
-            ray.get(collector.actor.set_trajectory_filter.remote(changed[0]), timeout=_RESTART_TIMEOUT_S)
+            previous = self._settings.get(method)
+            self._settings[method] = args
+            actors = [c.actor for c in self._collectors if not c.retired and c.ready is None]
+        try:
+            ray.get([getattr(actor, method).remote(*args) for actor in actors], timeout=_RESTART_TIMEOUT_S)
+        except ray.exceptions.RayTaskError as err:
+            if not isinstance(err.cause, ValueError):
+                raise
+            with self._lock:
+                if previous is None:
+                    self._settings.pop(method, None)
+                else:
+                    self._settings[method] = previous
+            raise ValueError(str(err.cause)) from err
+
+    def _send_settings(self, collector: _Collector) -> None:
+        with self._lock:
+            settings = list(self._settings.items())
+        ray.get([getattr(collector.actor, method).remote(*args) for method, args in settings],
+                timeout=_RESTART_TIMEOUT_S)
 
     def run(self, timeout_s: float, interval_s: float = 0.5) -> SupervisedResult:
         """Blocks until the collectors have stored `total` rows; raises CollectorFailedError or
@@ -248,9 +278,7 @@ class CollectorSupervisor:
         if wanted > len(active):
             started = [_Collector(index, self._start_collector(index))
                        for index in range(len(self._collectors), len(self._collectors) + wanted - len(active))]
-            self._collectors.extend(started)
-            for collector in started:
-                self._send_filter(collector)
+            self._collectors.extend(started)  # they get the live settings once they have started
             self._log.warning("scaled up to {} collectors (started {})", wanted, ", ".join(c.name for c in started))
         else:
             for collector in active[wanted:]:
@@ -282,7 +310,9 @@ class CollectorSupervisor:
         if collector.ready is None:
             return True
         if ray.wait([collector.ready], timeout=0)[0]:
-            collector.ready = None
+            with self._lock:
+                collector.ready = None
+            self._send_settings(collector)
             if collector.waiting_logged:
                 self._log.info("{} started; it takes chunks from now on", collector.name)
             return True
@@ -330,7 +360,7 @@ class CollectorSupervisor:
             except ray.exceptions.RayActorError as again:
                 raise CollectorFailedError(f"{collector.name} did not come back after dying: {again}") from again
         self._cleared(collector)
-        self._send_filter(collector)
+        self._send_settings(collector)
         stored = self._stored_by_collector()[collector.index]
         self._log.warning("{} is back (incarnation {}); its incarnations have stored {:,} rows", collector.name,
                           collector.incarnation, stored)

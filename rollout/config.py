@@ -23,11 +23,16 @@ class PolicyConfig:
     entry_point: Optional[str] = None
     """`"package.module:factory"` for `kind: custom`; called as factory(observation_space, action_space)."""
     deterministic: bool = True
-    """For `kind: torch`: play the most likely action instead of sampling."""
+    """For `kind: torch`: play the most likely action instead of sampling (live, as `epsilon`)."""
     record_logits: bool = False
     """For `kind: torch` with Discrete actions: record the policy's (masked) logits in a
     `policy_logits` column beside every action (a teacher for distillation; `harvest export
     --to teacher-student` carries them)."""
+
+    epsilon: float = Field(default=0.0, ge=0, le=1)
+    """ε-greedy exploration: per env and step, the probability of playing a uniformly random
+    action (a legal one where observations carry an `action_mask`) instead of the policy's.
+    Live: an edit while the run collects applies from the collectors' next step."""
 
     label_with: Optional[Literal["expert"]] = None
     """A critic labels every state the policy visits: the env's scripted expert's action goes

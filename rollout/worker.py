@@ -21,7 +21,7 @@ from rollout.config import RolloutConfig
 from rollout.cutter import EpisodeIds, FinishedEpisode, TransitionCutter
 from rollout.memory import keep_batch_buffers_on_heap
 from rollout.modes import LocalBuffer, TrajectoryGate
-from rollout.policies import Policy, PolicyFactory
+from rollout.policies import Policy, PolicyFactory, PolicyOutput, RandomPolicy
 from rollout.replay.replay import Replay
 from rollout.sources import SOURCE_BY_POLICY, shared_columns, with_filled
 
@@ -149,6 +149,11 @@ class RolloutWorker:
                         if cfg.mode == "buffer" else None)
         self._tags = {"collector": str(collector_id)}
         self._activity = Activity("starting", time.time())
+        self._epsilon = 0.0
+        self._explorer: RandomPolicy | None = None
+        self._explore_rng = np.random.default_rng(None if seed is None else seed + 104_729)
+        if cfg.policy.epsilon:
+            self.set_exploration(cfg.policy.epsilon, None, live=False)
         self._start(incarnation=0)
 
     def _start(self, incarnation: int) -> None:
@@ -185,6 +190,40 @@ class RolloutWorker:
                              f"rollout.mode: trajectory, not {self.cfg.mode}")
         self._gate.criteria = criteria
         self._log.info("trajectory filter now {}", criteria)
+
+    def set_exploration(self, epsilon: float, deterministic: bool | None, live: bool = True) -> None:
+        """ε-greedy exploration and, for a torch policy, greedy or sampled actions (None: as it
+        is); a live edit of `rollout.policy.epsilon` / `deterministic` applies from the next step."""
+        if not 0 <= epsilon <= 1:
+            raise ValueError(f"RolloutWorker[{self.collector_id}]: rollout.policy.epsilon={epsilon} is not in [0, 1]")
+        player = getattr(self._policy, "policy", self._policy)  # under a DAgger critic, the policy it plays
+        if deterministic is not None and hasattr(player, "deterministic"):
+            player.deterministic = deterministic
+        elif deterministic is False:
+            raise ValueError(f"RolloutWorker[{self.collector_id}]: rollout.policy.deterministic: false needs a "
+                             f"policy that samples (kind: torch), not {type(player).__name__}")
+        if epsilon and self._explorer is None:
+            self._explorer = RandomPolicy(self._env.single_observation_space, self._env.single_action_space,
+                                          seed=int(self._explore_rng.integers(2**31)))
+        self._epsilon = epsilon
+        if live:
+            self._log.info("exploration now epsilon {}{}", epsilon, "" if deterministic is None else
+                           f", {'greedy' if deterministic else 'sampled'} actions")
+
+    def set_reward_weights(self, weights: dict[str, float]) -> None:
+        """The env's reward weights from the next step on (a live edit of `env.kwargs.rewards`),
+        for envs that have `set_reward_weights` (Generals)."""
+        env = self._env.unwrapped
+        # a vector env of its own (Generals), or one env per copy (a SyncVectorEnv of Gymnasium envs)
+        targets = [env] if hasattr(env, "set_reward_weights") else [
+            copy.unwrapped for copy in getattr(env, "envs", [])]
+        if not targets or not all(hasattr(target, "set_reward_weights") for target in targets):
+            raise ValueError(f"RolloutWorker[{self.collector_id}]: env.kwargs.rewards cannot change while the run "
+                             f"goes on: {type(targets[0] if targets else env).__name__} has no "
+                             "set_reward_weights(weights)")
+        for target in targets:  # the first refuses weights it does not take, before any changed
+            target.set_reward_weights(dict(weights))
+        self._log.info("reward weights now {}", weights)
 
     def activity(self) -> Activity:
         """What this collector is doing now and since when (answered while `collect` runs)."""
@@ -265,6 +304,8 @@ class RolloutWorker:
     def _step(self) -> TransitionBatch | None:
         self._activity = Activity("policy.compute_actions", time.time())
         output = self._policy.compute_actions(self._obs)
+        if self._epsilon:
+            output = self._explore(output)
         self._activity = Activity("env.step", time.time())
         obs, reward, terminated, truncated, info = self._env.step(output.actions)
         self._activity = Activity("cutting", time.time())
@@ -272,6 +313,16 @@ class RolloutWorker:
                                       extras=output.extras, policy_version=self._policy.version)
         self._obs = obs
         return batch
+
+    def _explore(self, output: PolicyOutput) -> PolicyOutput:
+        """ε-greedy: each env plays a random action with probability ε (the policy's extras stay)."""
+        actions = np.asarray(output.actions)
+        explore = self._explore_rng.random(len(actions)) < self._epsilon
+        if not explore.any():
+            return output
+        random_actions = np.asarray(self._explorer.compute_actions(self._obs).actions, actions.dtype)
+        return PolicyOutput(np.where(explore.reshape(-1, *[1] * (actions.ndim - 1)), random_actions, actions),
+                            output.extras)
 
     def _progress(self, rows_before: int, pushed_before: int) -> int:
         """Rows collected so far in this call: cut (step and buffer modes) or pushed (trajectory)."""

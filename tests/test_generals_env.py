@@ -138,6 +138,29 @@ def test_first_player_env_plays_against_the_opponent_and_resets_finished_games_n
     assert (env.games.engine.time == 0).all()
 
 
+def test_reward_weights_changed_while_playing_apply_from_the_next_step_and_unknown_ones_are_refused():
+    only_wins = {"win": 1.0, "city": 0.0, "army_advantage": 0.0}
+    env = GeneralsVectorEnv(num_envs=4, players="both", max_steps=200, map=SMALL_MAPS, rewards=only_wins)
+    obs, _ = env.reset(seed=5)
+    player = RandomPolicy(env.single_observation_space, env.single_action_space, seed=5)
+
+    def play(steps: int) -> np.ndarray:
+        nonlocal obs
+        rewards = []
+        for _ in range(steps):
+            obs, reward, terminated, _, _ = env.step(player.compute_actions(obs).actions)
+            rewards.append(reward[~terminated])
+        return np.concatenate(rewards)
+
+    assert (play(30) == 0).all(), "only wins pay: nothing before a game ends"
+    with pytest.raises(ValueError, match="armies"):
+        env.set_reward_weights({"armies": 1.0})
+    assert env.cfg.rewards == RewardWeights(**only_wins), "a refused edit changes nothing"
+    env.set_reward_weights({**only_wins, "army_advantage": 0.05})
+    shaped = play(30)
+    assert (shaped != 0).any() and (np.abs(shaped) <= 0.05 + 1e-6).all()
+
+
 def test_expert_beats_the_random_player_in_95_percent_of_games():
     num_games = 100
     env = GeneralsVectorEnv(num_envs=num_games, players="first", opponent="random", max_steps=500)

@@ -31,6 +31,19 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _collect_in_background(config: Path, base: dict, run_id: str) -> tuple[threading.Thread, list[int], Path]:
+    """`harvest collect CONFIG` in a thread, once collecting (and 2 s on): the thread, its exit
+    codes and the run's log."""
+    _write(config, base)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(main(["collect", str(config), "--run-id", run_id])))
+    runner.start()
+    log = Path(base["run"]["output_dir"]) / run_id / "harvest.log"
+    _wait_for(lambda: log.is_file() and "collecting" in log.read_text(), 120, "the collection to start")
+    time.sleep(2)
+    return runner, codes, log
+
+
 @pytest.mark.timeout(300)
 def test_a_live_edit_scales_the_collectors_and_changes_the_filters_and_a_broken_edit_is_refused(ray_cluster,
                                                                                                 tmp_path):
@@ -40,13 +53,7 @@ def test_a_live_edit_scales_the_collectors_and_changes_the_filters_and_a_broken_
             "rollout": {"num_collectors": 1, "steps": 9000, "batch_rows": 100, "num_cpus": 0.25, "chunk_rows": 500,
                         "mode": "trajectory", "policy": {"kind": "random"}},
             "replay": {"num_cpus": 0.1, "capacity_rows": 30000}, "aggregation": {"num_cpus": 0.1}}
-    _write(config, base)
-    codes: list[int] = []
-    runner = threading.Thread(target=lambda: codes.append(main(["collect", str(config), "--run-id", "live"])))
-    runner.start()
-    log = tmp_path / "artifacts" / "live" / "harvest.log"
-    _wait_for(lambda: log.is_file() and "collecting" in log.read_text(), 120, "the collection to start")
-    time.sleep(2)
+    runner, codes, log = _collect_in_background(config, base, "live")
 
     broken = {**base, "rollout": {**base["rollout"], "num_collectors": -1}}
     _write(config, broken)
@@ -84,3 +91,41 @@ def test_a_live_edit_scales_the_collectors_and_changes_the_filters_and_a_broken_
     port = metrics_port()  # the gauge of wanted collectors followed the edit
     _wait_for(lambda: any(value == 3 for _, value in scrape(port).get("collectors", [])), 40,
               "ray_harvest_collectors to read 3")
+
+
+@pytest.mark.timeout(300)
+def test_a_live_edit_changes_the_reward_weights_and_the_exploration_from_the_next_step(ray_cluster, tmp_path):
+    config = tmp_path / "run.yaml"
+    base = {"run": {"output_dir": str(tmp_path / "artifacts")},
+            "env": {"id": "tests.toy_envs:WeightedRewardEnv", "num_envs": 2,
+                    "kwargs": {"step_s": 0.002, "rewards": {"scale": 1.0}}},
+            "rollout": {"num_collectors": 2, "steps": 8000, "batch_rows": 100, "num_cpus": 0.25, "chunk_rows": 500,
+                        "policy": {"kind": "custom", "entry_point": "tests.toy_envs:FirstActionPolicy"}},
+            "replay": {"num_cpus": 0.1, "capacity_rows": 30000}, "aggregation": {"num_cpus": 0.1}}
+    runner, codes, log = _collect_in_background(config, base, "tuned")
+    wrong = {**base, "env": {**base["env"], "kwargs": {**base["env"]["kwargs"], "rewards": {"bonus": 2.0}}}}
+    _write(config, wrong)  # validates as a config, but the env refuses the weights: nothing changes
+    _wait_for(lambda: "rejected" in log.read_text(), 20, "the wrong weights to be refused")
+    edited = {**base, "env": {**base["env"], "kwargs": {**base["env"]["kwargs"], "rewards": {"scale": 3.0}}},
+              "rollout": {**base["rollout"], "policy": {**base["rollout"]["policy"], "epsilon": 1.0}}}
+    _write(config, edited)
+    _wait_for(lambda: "applied" in log.read_text(), 20, "the edit to be applied")
+    runner.join(timeout=240)
+    assert codes == [0]
+
+    run_dir = tmp_path / "artifacts" / "tuned"
+    assert main(["compact", str(run_dir)]) == 0
+    rejected, applied = json.loads((run_dir / "summary.json").read_text())["collect"]["config_changes"]
+    assert "WeightedRewardEnv: rewards takes `scale` only" in rejected["error"]
+    assert applied["diff"] == {"env.kwargs.rewards.scale": [1.0, 3.0], "rollout.policy.epsilon": [0.0, 1.0]}
+    table = pads.dataset(Dataset.open(run_dir / "dataset").files).to_table(
+        columns=["action", "reward", "step", "timestamp"])
+    action, reward, step = (table[name].to_numpy() for name in ("action", "reward", "step"))
+    at = np.datetime64(applied["at"].replace("+00:00", ""), "ns")  # whole seconds, at or before the edit
+    when = table["timestamp"].to_numpy().astype("datetime64[ns]")
+    before, after = when < at, when > at + np.timedelta64(2, "s")
+    assert before.sum() > 500 and after.sum() > 500, (before.sum(), after.sum())
+    np.testing.assert_array_equal(reward[before], 10 * step[before] + action[before])  # scale 1
+    assert (action[before] == 0).all(), "no exploration before the edit"
+    np.testing.assert_array_equal(reward[after], 3 * (10 * step[after] + action[after]))  # scale 3
+    assert 0.4 < action[after].mean() < 0.6, "epsilon 1: uniformly random actions"

@@ -117,3 +117,38 @@ class HangingEnv(CountingEnv):
                 while True:  # an env step that never returns
                     time.sleep(60)
         return super().step(action)
+
+
+class WeightedRewardEnv(HangingEnv):
+    """A slow CountingEnv whose reward is `rewards["scale"]` x (10 t + action), with
+    `set_reward_weights` (live edits of `env.kwargs.rewards`)."""
+
+    def __init__(self, rewards: dict | None = None, step_s: float = 0.0) -> None:
+        super().__init__(step_s=step_s)
+        self.set_reward_weights(rewards or {"scale": 1.0})
+
+    def set_reward_weights(self, weights: dict) -> None:
+        if set(weights) != {"scale"}:
+            raise ValueError(f"WeightedRewardEnv: rewards takes `scale` only, not {sorted(weights)}")
+        self.scale = float(weights["scale"])
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, self.scale * reward, terminated, truncated, info
+
+
+class FirstActionPolicy:
+    """Always action 0: every other action in the data was an exploration step."""
+
+    version = 0
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        pass
+
+    def extra_columns(self) -> dict:
+        return {}
+
+    def compute_actions(self, obs):
+        from rollout.policies import PolicyOutput
+
+        return PolicyOutput(np.zeros(len(obs), np.int64))

@@ -43,7 +43,17 @@ def _player_slice(observations: dict[str, np.ndarray], player: int) -> dict[str,
     return {key: value[:, player] for key, value in observations.items()}
 
 
-class GeneralsVectorEnv(VectorEnv):
+class LiveRewards:
+    """`set_reward_weights`, which rollout workers call on a live edit of `env.kwargs.rewards`."""
+
+    games: GeneralsGames
+
+    def set_reward_weights(self, weights: dict[str, float]) -> None:
+        self.games.set_reward_weights(weights)
+        self.cfg = self.games.cfg
+
+
+class GeneralsVectorEnv(LiveRewards, VectorEnv):
     """A batch of Generals.io games as one Gymnasium vector env (NEXT_STEP autoreset).
 
     Args:
@@ -117,7 +127,7 @@ class GeneralsVectorEnv(VectorEnv):
         return None
 
 
-class GeneralsEnv(gym.Env):
+class GeneralsEnv(LiveRewards, gym.Env):
     """One Generals.io game for a single agent (player 0) against `opponent`.
 
     Args:
@@ -172,7 +182,7 @@ class GeneralsEnv(gym.Env):
         return None
 
 
-class GeneralsParallelEnv(ParallelEnv):
+class GeneralsParallelEnv(LiveRewards, ParallelEnv):
     """One Generals.io game for two agents, `player_0` and `player_1` (PettingZoo Parallel API)."""
 
     metadata = {"name": "generals_v0", "render_modes": ["rgb_array"], "render_fps": 6, "is_parallelizable": True}

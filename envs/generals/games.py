@@ -3,6 +3,7 @@ the one core that the vector, Gymnasium and PettingZoo envs wrap."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from typing import Literal, Optional
 
@@ -82,6 +83,11 @@ class GeneralsGames:
         self._games_started = 0
         self.layouts: list[MapLayout | None] = [None] * num_games
         self._action_log = np.zeros((num_games, cfg.max_steps, 2), np.int32) if cfg.record_dir else None
+
+    def set_reward_weights(self, weights: dict[str, float]) -> None:
+        """New `rewards:` weights from the next step on (a live config edit); unknown keys are
+        refused (ValueError) and nothing changes."""
+        self.cfg = dataclasses.replace(self.cfg, rewards=RewardWeights(**weights))
 
     def seed(self, seed: int | None) -> None:
         """Reseed maps and game ids: the same seed replays the same maps under the same ids."""
