@@ -46,6 +46,27 @@ _RESTART_TIMEOUT_S = 300.0
 """How long a restarted collector may take to come back (its env is built again)."""
 
 
+_STORE_FULL = 0.9
+"""Object-store fill from which a stalled push names the object store."""
+_PLASMA = re.compile(r"Plasma memory usage (\d+) MiB, (\d+) objects, ([\d.]+)% full")
+
+
+def object_store_report() -> tuple[float, str] | None:
+    """(fill 0-1, a sentence) for Ray's object store over all nodes, from the raylets' memory
+    summary; None when Ray does not say. Best effort: the summary's API is Ray's internal one."""
+    from ray._private.internal_api import memory_summary
+
+    try:
+        match = _PLASMA.search(memory_summary(stats_only=True))
+    except Exception:  # noqa: BLE001 - a diagnosis must not fail the run it diagnoses
+        return None
+    if match is None:
+        return None
+    mib, objects, percent = int(match.group(1)), int(match.group(2)), float(match.group(3))
+    return percent / 100, (f"Ray's object store is {percent:.0f}% full ({mib:,} MiB in {objects:,} objects): "
+                           "new objects wait for space or spill to disk")
+
+
 class CollectorFailedError(RuntimeError):
     """A collector died more often than `rollout.max_restarts` allows."""
 
@@ -435,6 +456,9 @@ class CollectorSupervisor:
                 reasons.append(f"ReplayShard[{index}] not answering")
             elif reason := ray.get(ref):
                 reasons.append(reason)
+        store = object_store_report()
+        if store is not None and store[0] >= _STORE_FULL:
+            reasons.append(store[1])
         return "; ".join(reasons) or "shards answer and hold nothing back (acks in transit: network or object store)"
 
     def _stalled(self, collector: _Collector, waiting_for: str, call: str, seconds: float, recover: bool) -> None:

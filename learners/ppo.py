@@ -190,6 +190,7 @@ class PPOLearner:
         workers = [worker.options(num_cpus=rollout.num_cpus).remote(
             self.env_cfg, rollout, ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed + i),
             replay, i, self.run_id, cfg.seed + i) for i in range(p.num_collectors)]
+        self._wait_until_started(workers)
         self._log.info("PPO on {} from {}: {} env steps, {} collectors x {} rows per iteration, on {}",
                        self.env_cfg.id, p.init_checkpoint or "fresh weights", p.env_steps, p.num_collectors,
                        p.rows_per_collector, self.device)
@@ -288,6 +289,21 @@ class PPOLearner:
         return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
                            best_record.iteration, best_record.value_loss, env_steps, 0, str(self.device), [], "ppo",
                            best_record.eval_return)
+
+    def _wait_until_started(self, workers: list, timeout_s: float = 120.0) -> None:
+        """Every collector has started, or an error naming what they ask for and what is free."""
+        p = self.cfg.ppo
+        _, pending = ray.wait([w.__ray_ready__.remote() for w in workers], num_returns=len(workers),
+                              timeout=timeout_s)
+        if pending:
+            for w in workers:
+                ray.kill(w, no_restart=True)
+            free = {key: round(value, 2) for key, value in ray.available_resources().items()
+                    if "memory" not in key and not key.startswith("node:")}
+            raise RuntimeError(
+                f"PPO: {len(pending)} of its {len(workers)} collectors could not start within {timeout_s:.0f}s: each "
+                f"asks for {p.collector_num_cpus} CPU (learner.ppo.collector_num_cpus), free now {free}; lower "
+                "learner.ppo.num_collectors or collector_num_cpus, or add nodes")
 
     def _evaluate(self, policy) -> float:
         """Evaluation return in the env (with `ppo.eval_env_kwargs` merged over the training kwargs)."""

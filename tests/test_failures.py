@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pyarrow.dataset as pads
 import pytest
+import ray
 
 from aggregation.dataset import Dataset
 from cluster.cli import main
@@ -320,3 +321,12 @@ def test_a_resumed_run_does_not_train_its_finished_stages_again(ray_cluster, tmp
     assert {path.name: path.stat().st_mtime_ns for path in bc_dir.iterdir()} == bc_written, "BC not trained again"
     history = json.loads((dqfd_dir / "training_history.json").read_text())
     assert history["config"]["dqfd"]["init_checkpoint"] == str(bc_dir / "best.safetensors")
+
+
+def test_the_watchdog_names_a_full_object_store(ray_cluster):
+    from cluster.supervise import object_store_report
+
+    held = [ray.put(np.ones(40 * 2**20, np.uint8)) for _ in range(6)]  # 240 of the test cluster's 256 MiB
+    fill, sentence = object_store_report()
+    assert fill >= 0.9 and sentence.startswith("Ray's object store is 9") and "6 objects" in sentence, sentence
+    del held
