@@ -13,11 +13,21 @@ A rotation is all-or-nothing for its shard: the cursor and the held rows move on
 its files are written, so a failed rotation (storage down, say) is retried by the next one
 with nothing lost, as long as the replay has not evicted the rows meanwhile (the manifest's
 `evicted_rows` counts any that were).
+
+With a `state_dir` (durable shards: `<replay.wal_dir>/rotation/`), each rotator also writes
+what it has done after every rotation (`rotator-NNN.arrow`: the held rows as Arrow IPC, the
+cursor, the rotation count, the episode hashes seen and the files written in its metadata; no
+pickle), so `harvest run --resume` goes on rotating from there: the shards come back from their
+write-ahead logs with the same sequence numbers, and rows past the cursor are read as usual.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import shutil
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +38,8 @@ from loguru import logger
 
 from aggregation.compact import ShardCompaction, check_layout, compact_table, finish_dataset, read_rows
 from aggregation.config import AggregationConfig
-from aggregation.manifest import Manifest
+from aggregation.filters import FilterReport
+from aggregation.manifest import FileEntry, Manifest
 from aggregation.storage import Location, location
 from rollout.batch import BatchSchema
 from rollout.replay.replay import Replay
@@ -39,12 +50,15 @@ class RotationError(RuntimeError):
     for the next rotation."""
 
 
+_STATE_KEY = b"harvest_rotator"
+
+
 class ShardRotator:
     """Compacts one replay shard a slice at a time: each `rotate` writes the episodes finished
     since the previous one and holds back the rows of episodes still being played."""
 
     def __init__(self, shard: ray.actor.ActorHandle, schema: BatchSchema, shard_index: int, out: Location,
-                 cfg: AggregationConfig, read_timeout_s: float = 120.0) -> None:
+                 cfg: AggregationConfig, read_timeout_s: float = 120.0, state_dir: str | None = None) -> None:
         self._shard, self._schema, self._shard_index, self._out, self._cfg = shard, schema, shard_index, out, cfg
         self._read_timeout_s = read_timeout_s
         self._cursor = 0
@@ -52,6 +66,9 @@ class ShardRotator:
         self._seen_hashes: set[str] = set()
         self._rotations = 0
         self._written = _nothing_written()
+        self._state = Path(state_dir) / f"rotator-{shard_index:03d}.arrow" if state_dir else None
+        if self._state is not None and self._state.is_file():
+            self._load_state()
 
     def rotate(self, final: bool = False) -> ShardCompaction:
         """Write what finished since the last rotation (everything left when `final`); returns
@@ -71,7 +88,46 @@ class ShardRotator:
         self._cursor, self._held, self._seen_hashes = cursor, held, seen_hashes
         self._rotations += 1
         self._written = self._written.merged(result)
+        if self._state is not None:
+            self._save_state()
         return self._written
+
+    def progress(self) -> tuple[ShardCompaction, int]:
+        """Everything written so far and the number of rotations (a resumed rotator's too)."""
+        return self._written, self._rotations
+
+    def _save_state(self) -> None:
+        written = self._written
+        state = {"cursor": self._cursor, "rotations": self._rotations, "seen_hashes": sorted(self._seen_hashes),
+                 "written": {"files": [asdict(entry) for entry in written.files], "rows": written.rows,
+                             "skipped_rows": written.skipped_rows,
+                             "episode_ids": base64.b64encode(written.episode_ids.astype("<i8").tobytes()).decode(),
+                             "complete_episodes": written.complete_episodes, "collectors": written.collectors,
+                             "filtered": asdict(written.filtered) if written.filtered is not None else None}}
+        held = self._held.replace_schema_metadata({**(self._held.schema.metadata or {}),
+                                                   _STATE_KEY: json.dumps(state).encode()})
+        self._state.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._state.with_suffix(".partial")
+        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, held.schema) as writer:
+            writer.write_table(held)
+        partial.replace(self._state)  # a rotator killed while writing leaves the previous state whole
+
+    def _load_state(self) -> None:
+        with pa.memory_map(str(self._state)) as source:
+            held = pa.ipc.open_file(source).read_all()
+        metadata = dict(held.schema.metadata or {})
+        state = json.loads(metadata.pop(_STATE_KEY))
+        written = state["written"]
+        self._cursor, self._rotations, self._seen_hashes = state["cursor"], state["rotations"], set(state["seen_hashes"])
+        self._held = held.replace_schema_metadata(metadata)
+        self._written = ShardCompaction(
+            [FileEntry(**entry) for entry in written["files"]], written["rows"], written["skipped_rows"],
+            np.frombuffer(base64.b64decode(written["episode_ids"]), "<i8").astype(np.int64),
+            written["complete_episodes"], written["collectors"],
+            FilterReport(**written["filtered"]) if written["filtered"] is not None else None)
+        logger.bind(actor=f"ShardRotator[{self._shard_index}]").warning(
+            "resuming after rotation {} from {}: {:,} rows in {} files written, {:,} held, cursor {:,}",
+            self._rotations, self._state, written["rows"], len(written["files"]), held.num_rows, self._cursor)
 
     def held_rows(self) -> int:
         """Rows of unfinished episodes waiting for a later rotation."""
@@ -99,15 +155,19 @@ class Rotation:
     """
 
     def __init__(self, replay: Replay, out: Location | str | Path, cfg: AggregationConfig, run_id: str,
-                 env_id: str, timeout_s: float = 600.0) -> None:
+                 env_id: str, timeout_s: float = 600.0, state_dir: str | Path | None = None,
+                 resume: bool = False) -> None:
         if cfg.rotate_every_s is None:
             raise ValueError("Rotation needs aggregation.rotate_every_s (seconds between rotations)")
         check_layout(replay.schema, cfg)
         self._out, self._cfg, self._schema = location(out), cfg, replay.schema
         self._run_id, self._env_id, self._timeout_s = run_id, env_id, timeout_s
         self._out.make_dirs()
+        self._state_dir = str(state_dir) if state_dir is not None else None
+        if self._state_dir is not None and not resume:
+            shutil.rmtree(self._state_dir, ignore_errors=True)  # another run's rotation state is not ours
         actor = ray.remote(ShardRotator).options(num_cpus=cfg.num_cpus)
-        self._rotators = [actor.remote(shard, replay.schema, index, self._out, cfg)
+        self._rotators = [actor.remote(shard, replay.schema, index, self._out, cfg, state_dir=self._state_dir)
                           for index, shard in enumerate(replay.shards)]
         self._results: list[ShardCompaction | None] = [None] * len(self._rotators)
         self._lock = threading.Lock()
@@ -115,6 +175,10 @@ class Rotation:
         self._thread: threading.Thread | None = None
         self.rotations = 0
         self.failures = 0
+        if resume:  # the rotators read their state: the manifest goes on from what they wrote
+            progress = ray.get([rotator.progress.remote() for rotator in self._rotators], timeout=timeout_s)
+            self._results = [written if rotations else None for written, rotations in progress]
+            self.rotations = max(rotations for _, rotations in progress)
 
     def __enter__(self) -> "Rotation":
         self._thread = threading.Thread(target=self._loop, name="harvest-rotation", daemon=True)
@@ -177,10 +241,13 @@ class Rotation:
         formats and the final manifest; the rotator actors are released."""
         self.stop()
         try:
-            return self.rotate(final=True)
+            manifest = self.rotate(final=True)
         finally:
             for rotator in self._rotators:
                 ray.kill(rotator, no_restart=True)
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+        return manifest
 
     def _shard_results(self) -> list[ShardCompaction]:
         return [_nothing_written() if result is None else result for result in self._results]

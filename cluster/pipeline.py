@@ -637,13 +637,19 @@ def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: 
     timer = time.perf_counter()
     rotations: list[Rotation] = []
 
+    # rotators keep their state beside the durable shards, which a resumed run needs anyway
+    rotation_state = Path(cfg.replay.wal_dir).expanduser() / "rotation" if cfg.replay.wal_dir else None
+
     def rotating(replay: Replay) -> Rotation:  # rotation by time: the dataset grows while collecting
-        rotations.append(Rotation(replay, paths.dataset, cfg.aggregation, run_id, cfg.env.id))
+        rotations.append(Rotation(replay, paths.dataset, cfg.aggregation, run_id, cfg.env.id,
+                                  state_dir=rotation_state, resume=resume))
         return rotations[-1]
 
-    if resume and cfg.aggregation.rotate_every_s and paths.dataset.join("manifest.json").exists():
-        raise RuntimeError(f"{paths.dataset}: resuming a run whose rotation had started writing the dataset is not "
-                           "supported yet (its rotators' cursors are gone); run it again under a new id")
+    if resume and cfg.aggregation.rotate_every_s and paths.dataset.join("manifest.json").exists() and (
+            rotation_state is None or not any(rotation_state.glob("rotator-*.arrow"))):
+        raise RuntimeError(f"{paths.dataset}: its rotation had started writing the dataset, but no rotator state is "
+                           f"left to go on from (it lives in <replay.wal_dir>/rotation/; replay.wal_dir is "
+                           f"{cfg.replay.wal_dir}); run it again under a new id")
     replay, summary.collect = collect(cfg, run_id, paths, during=rotating if cfg.aggregation.rotate_every_s else None,
                                       live=live, resume=resume)
     summary.stage_seconds["collect"] = time.perf_counter() - timer

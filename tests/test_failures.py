@@ -196,29 +196,42 @@ def test_a_collector_pauses_while_the_nodes_memory_is_above_the_limit_and_says_s
 
 
 @pytest.mark.timeout(400)
-def test_harvest_run_resume_goes_on_from_the_durable_shards_of_an_interrupted_run(ray_cluster, tmp_path):
+@pytest.mark.parametrize("rotate", [False, True], ids=["compact-at-end", "rotating"])
+def test_harvest_run_resume_goes_on_from_the_durable_shards_of_an_interrupted_run(ray_cluster, tmp_path, rotate):
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
+    rotation = ["aggregation.rotate_every_s=1"] if rotate else []
     settings = _args(tmp_path, "env.id=tests.toy_envs:HangingEnv", "env.kwargs={step_s: 0.002}",
                      "rollout.steps=8000", f"replay.wal_dir={tmp_path / 'wal'}", "replay.checkpoint_every_rows=2000",
                      "learner.epochs=1", "learner.hidden_sizes=[16]", "learner.num_cpus=0.5", "eval.episodes=2",
-                     "eval.baselines=[random]", f"ray.address={ray_cluster.address_info['gcs_address']}")
+                     "eval.baselines=[random]", f"ray.address={ray_cluster.address_info['gcs_address']}", *rotation)
     driver = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--run-id", "cut", *settings], cwd=repo,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:  # interrupt it mid-collection: the driver dies, and with it every actor it owned
+    manifest = tmp_path / "cut" / "dataset" / "manifest.json"
+
+    def under_way() -> bool:  # collecting for a while; rotating: a rotation has written files
         log = tmp_path / "cut" / "harvest.log"
+        if rotate:
+            return manifest.is_file() and json.loads(manifest.read_text())["rows"] > 0
+        return log.is_file() and "collecting" in log.read_text()
+
+    try:  # interrupt it mid-collection: the driver dies, and with it every actor it owned
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (log.is_file() and "collecting" in log.read_text()):
+        while time.monotonic() < deadline and not under_way():
             time.sleep(0.2)
-        time.sleep(3)
+        time.sleep(0 if rotate else 3)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert not (tmp_path / "cut" / "dataset").exists(), "it was interrupted before compaction"
+    if rotate:
+        before = json.loads(manifest.read_text())
+        assert before["in_progress"] and 0 < before["rows"] < 8000, "interrupted after a rotation wrote files"
+    else:
+        assert not (tmp_path / "cut" / "dataset").exists(), "it was interrupted before compaction"
 
     assert main(["run", "--resume", "cut", "--set", f"run.output_dir={tmp_path}"]) == 0
     collect, dataset, keys = _collected(tmp_path / "cut")
@@ -226,6 +239,10 @@ def test_harvest_run_resume_goes_on_from_the_durable_shards_of_an_interrupted_ru
     incarnations = (np.unique(keys[:, 0]) & 0xFFFFFFFF) >> 24
     assert set(incarnations.tolist()) == {0, 1}, "rows of the interrupted run and of the resumed one"
     assert 0 < int(np.sum(((keys[:, 0] & 0xFFFFFFFF) >> 24) == 0)) < 8000
+    if rotate:  # the files written before the interruption are part of the dataset, unchanged
+        files = {entry["path"]: entry["sha256"] for entry in json.loads(manifest.read_text())["files"]}
+        assert all(files.get(entry["path"]) == entry["sha256"] for entry in before["files"])
+        assert not (tmp_path / "wal" / "rotation").exists()
     assert (tmp_path / "cut" / "learner" / "final.safetensors").is_file()
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["eval"]
 
