@@ -95,6 +95,9 @@ class PPOConfig:
     """Stop early once an iteration's collected episodes average at least this return."""
     eval_episodes: StrictInt = Field(default=10, ge=1)
     eval_max_steps: StrictInt = Field(default=10_000, ge=1)
+    collect_timeout_s: float = Field(default=600.0, gt=0)
+    """How long an iteration waits for its collectors before failing; after a fifth of it, the
+    ones not done are logged with the call they are in (`collector 1: env.step for 130s`)."""
     eval_deterministic: bool = True
     """Evaluations play the most likely action; false samples from the policy, which is what PPO
     optimizes (on Generals the sampled fine-tuned policy won more often while its greedy play

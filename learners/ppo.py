@@ -187,7 +187,7 @@ class PPOLearner:
         rows_per_iteration = p.num_collectors * (p.rows_per_collector + self.env_cfg.num_envs)
         replay = start_replay(ReplayConfig(num_shards=1, capacity_rows=4 * rows_per_iteration, num_cpus=0.1), schema)
         worker = ray.remote(RolloutWorker)
-        workers = [worker.options(num_cpus=rollout.num_cpus).remote(
+        workers = [worker.options(num_cpus=rollout.num_cpus, max_concurrency=2).remote(  # activity() answers
             self.env_cfg, rollout, ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed + i),
             replay, i, self.run_id, cfg.seed + i) for i in range(p.num_collectors)]
         self._wait_until_started(workers)
@@ -213,7 +213,7 @@ class PPOLearner:
                 started = time.perf_counter()
                 weights = ray.put({name: tensor.detach().cpu() for name, tensor in policy.state_dict().items()})
                 ray.get([w.set_policy_weights.remote(weights, version) for w in workers], timeout=120)
-                results = ray.get([w.collect.remote(p.rows_per_collector) for w in workers], timeout=600)
+                results = self._collect(workers, p.rows_per_collector, p.collect_timeout_s / 5, p.collect_timeout_s)
                 env_steps += sum(result.env_steps for result in results)
                 read = ray.get(replay.shards[0].read.remote(cursor, 10 * rows_per_iteration), timeout=120)
                 if read.skipped_rows:
@@ -289,6 +289,36 @@ class PPOLearner:
         return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
                            best_record.iteration, best_record.value_loss, env_steps, 0, str(self.device), [], "ppo",
                            best_record.eval_return)
+
+    def _collect(self, workers: list, rows: int, warn_after_s: float, timeout_s: float) -> list:
+        """Every collector's `collect(rows)`; one that takes longer than `warn_after_s` is named
+        with what it is doing (the call and for how long), and after `timeout_s` the error says so."""
+        refs = [w.collect.remote(rows) for w in workers]
+        started, warned = time.monotonic(), False
+        while True:
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=warn_after_s if not warned else
+                                  max(timeout_s - (time.monotonic() - started), 0))
+            if not pending:
+                return ray.get(refs)
+            doing = self._doing([workers[refs.index(ref)] for ref in pending], [refs.index(ref) for ref in pending])
+            if warned:
+                raise TimeoutError(f"PPO: collectors not done after {timeout_s:.0f}s: {doing}")
+            self._log.warning("PPO: waiting {:.0f}s for collectors: {}", time.monotonic() - started, doing)
+            warned = True
+
+    @staticmethod
+    def _doing(workers: list, indices: list[int]) -> str:
+        """What each collector says it is doing, e.g. `collector 1: env.step for 130s`."""
+        asks = [w.activity.remote() for w in workers]
+        ready, _ = ray.wait(asks, num_returns=len(asks), timeout=5)
+        now, parts = time.time(), []
+        for index, ask in zip(indices, asks):
+            if ask in ready:
+                activity = ray.get(ask)
+                parts.append(f"collector {index}: {activity.what} for {now - activity.since:.0f}s")
+            else:
+                parts.append(f"collector {index}: no answer within 5s")
+        return ", ".join(parts)
 
     def _wait_until_started(self, workers: list, timeout_s: float = 120.0) -> None:
         """Every collector has started, or an error naming what they ask for and what is free."""

@@ -347,3 +347,15 @@ def test_the_watchdog_names_a_full_object_store(ray_cluster):
     fill, sentence = object_store_report()
     assert fill >= 0.9 and sentence.startswith("Ray's object store is 9") and "6 objects" in sentence, sentence
     del held
+
+
+@pytest.mark.timeout(200)
+def test_a_ppo_iteration_whose_collector_hangs_fails_naming_the_collector_and_its_call(ray_cluster, tmp_path):
+    assert main(["collect", "--run-id", "hang", *_args(tmp_path, "env.id=tests.toy_envs:HangingEnv",
+                                                         "rollout.steps=600")]) == 0
+    ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=4000", "learner.ppo.num_collectors=1",
+           "learner.ppo.rows_per_collector=500", "learner.ppo.collect_timeout_s=10", "learner.hidden_sizes=[16]",
+           "learner.num_cpus=0.5", f"env.kwargs={{hang_at_step: 100, flag_file: {tmp_path / 'hung'}}}"]
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"collectors not done after 10s: collector 0: env\.step for"):
+        main(["train", str(tmp_path / "hang"), *sum((["--set", item] for item in ppo), [])])
+    assert (tmp_path / "hung").exists()
