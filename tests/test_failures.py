@@ -322,22 +322,23 @@ def test_a_collector_ray_cannot_place_holds_no_rows_back_and_is_named(ray_cluste
 def test_a_resumed_run_does_not_train_its_finished_stages_again(ray_cluster, tmp_path):
     from cluster.config import load_config
     from cluster.pipeline import RunPaths, train
+    from learners.bc import BCLearner
+    from tests.test_dqfd import mixed_dataset
 
-    assert main(["collect", "--run-id", "staged", *_args(tmp_path, "rollout.steps=600")]) == 0
-    assert main(["compact", str(tmp_path / "staged")]) == 0
     paths = RunPaths(tmp_path / "staged")
-    cfg = load_config(paths.config, ["learner.stages=[bc, dqfd]", "learner.epochs=2", "learner.hidden_sizes=[16]",
-                                     "learner.num_cpus=0.5", "learner.dqfd.pretrain_steps=50",
-                                     "learner.dqfd.log_every=50", "learner.dqfd.eval_episodes=1",
-                                     "learner.dqfd.eval_max_steps=20"])
-    train(cfg, paths, "staged")
+    mixed_dataset(paths.root / "dataset", seed=1, expert_episodes=2, random_episodes=5)
+    cfg = load_config(None, ["env.id=CartPole-v1", "learner.stages=[bc, dqfd]", "learner.epochs=2",
+                             "learner.hidden_sizes=[16]", "learner.num_cpus=0.5", "learner.dqfd.pretrain_steps=50",
+                             "learner.dqfd.log_every=50", "learner.dqfd.eval_episodes=1",
+                             "learner.dqfd.eval_max_steps=20"])
     bc_dir, dqfd_dir = paths.learner / "1-bc", paths.learner / "2-dqfd"
+    BCLearner(cfg.learner, str(paths.dataset), str(bc_dir)).train()  # the first stage had finished
     bc_written = {path.name: path.stat().st_mtime_ns for path in bc_dir.iterdir()}
-    shutil.rmtree(dqfd_dir)  # as if the run had died in its second stage
     train(cfg, paths, "staged", resume=True)
     assert {path.name: path.stat().st_mtime_ns for path in bc_dir.iterdir()} == bc_written, "BC not trained again"
     history = json.loads((dqfd_dir / "training_history.json").read_text())
     assert history["config"]["dqfd"]["init_checkpoint"] == str(bc_dir / "best.safetensors")
+    assert (paths.learner / "best.safetensors").is_file()
 
 
 def test_the_watchdog_names_a_full_object_store(ray_cluster):
@@ -354,8 +355,8 @@ def test_a_ppo_iteration_whose_collector_hangs_fails_naming_the_collector_and_it
     assert main(["collect", "--run-id", "hang", *_args(tmp_path, "env.id=tests.toy_envs:HangingEnv",
                                                          "rollout.steps=600")]) == 0
     ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=4000", "learner.ppo.num_collectors=1",
-           "learner.ppo.rows_per_collector=500", "learner.ppo.collect_timeout_s=10", "learner.hidden_sizes=[16]",
+           "learner.ppo.rows_per_collector=500", "learner.ppo.collect_timeout_s=5", "learner.hidden_sizes=[16]",
            "learner.num_cpus=0.5", f"env.kwargs={{hang_at_step: 100, flag_file: {tmp_path / 'hung'}}}"]
-    with pytest.raises(ray.exceptions.RayTaskError, match=r"collectors not done after 10s: collector 0: env\.step for"):
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"collectors not done after 5s: collector 0: env\.step for"):
         main(["train", str(tmp_path / "hang"), *sum((["--set", item] for item in ppo), [])])
     assert (tmp_path / "hung").exists()
