@@ -162,17 +162,22 @@ def test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_s
     assert all(result["episodes"] == 4 and "win_rate" in result for result in summary["eval"].values())
 
 
-@pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.timeout(3600)
-@pytest.mark.skipif(not torch.cuda.is_available() or (os.cpu_count() or 0) < 12,
-                    reason="a million Generals env steps: needs a CUDA device and 12+ CPUs")
+@pytest.mark.timeout(4 * 3600)
+@pytest.mark.skipif(os.environ.get("HARVEST_LONG_TESTS") != "1",
+                    reason="about 35 minutes on 2 CPUs (600k Generals env steps): set HARVEST_LONG_TESTS=1")
 def test_generals_bc_then_ppo_wins_more_often_against_the_expert_than_bc_alone(tmp_path):
-    # The full example in its own Ray (all CPUs, the GPU), then a one-sided two-proportion z-test
-    # on the 200 games each policy played against the expert.
+    # The example in its own Ray (all CPUs; the GPU with one), then a one-sided two-proportion
+    # z-test on 1,000 games each policy plays against the expert. Measured on 2 CPUs: 35.4 % vs
+    # 31.2 % (z = 1.99) on evaluation seed 11; 43.0 % vs 36.5 % over the run's 200 games.
     repo = Path(__file__).resolve().parents[1]
+    small = (os.cpu_count() or 0) < 12  # 4 collectors of 6,144 rows: the example's 24,576-row iterations
+    sizing = ["learner.ppo.env_steps=600000", "learner.ppo.num_collectors=4", "learner.ppo.rows_per_collector=6144",
+              "learner.ppo.collector_num_cpus=0.3"] if small else []
+    device = ["learner.num_gpus=1"] if torch.cuda.is_available() else []
+    overrides = [f"run.output_dir={tmp_path}", *sizing, *device, "eval.episodes=1000", "eval.baselines=[]"]
     subprocess.run([sys.executable, "-m", "cluster.cli", "run", "examples/generals_bc_ppo.yaml", "--run-id", "g",
-                    "--set", f"run.output_dir={tmp_path}", "--set", "learner.num_gpus=1"], cwd=repo, check=True,
+                    *sum((["--set", item] for item in overrides), [])], cwd=repo, check=True,
                    env={**os.environ, "RAY_ADDRESS": ""})
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())["eval"]
     bc, ppo = summary["1-bc @ vs_expert"], summary["trained @ vs_expert"]
