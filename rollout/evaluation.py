@@ -54,7 +54,9 @@ def wilson_interval(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def evaluate_policies(policies: dict[str, PolicyFactory], env_cfg: EnvConfig, cfg: RolloutConfig,
                       num_episodes: int, num_workers: int, run_id: str, seed: int = 10_000,
                       timeout_s: float = 600.0) -> dict[str, EvalResult]:
-    """Blocks: each policy plays `num_episodes` episodes split over `num_workers` rollout actors."""
+    """Blocks: each policy plays `num_episodes` episodes split over `num_workers` rollout actors
+    (as itself: the collection's exploration, `cfg.policy.epsilon`, is off)."""
+    cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, epsilon=0.0))
     worker_actor = ray.remote(RolloutWorker)
     per_worker = [num_episodes // num_workers + (i < num_episodes % num_workers) for i in range(num_workers)]
     results = {}

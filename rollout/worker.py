@@ -216,7 +216,7 @@ class RolloutWorker:
         env = self._env.unwrapped
         # a vector env of its own (Generals), or one env per copy (a SyncVectorEnv of Gymnasium envs)
         targets = [env] if hasattr(env, "set_reward_weights") else [
-            copy.unwrapped for copy in getattr(env, "envs", [])]
+            sub_env.unwrapped for sub_env in getattr(env, "envs", [])]
         if not targets or not all(hasattr(target, "set_reward_weights") for target in targets):
             raise ValueError(f"RolloutWorker[{self.collector_id}]: env.kwargs.rewards cannot change while the run "
                              f"goes on: {type(targets[0] if targets else env).__name__} has no "

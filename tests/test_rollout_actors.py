@@ -117,8 +117,8 @@ def test_collector_refuses_a_replay_of_another_env(ray_cluster):
 def test_evaluation_reports_expert_far_above_random(ray_cluster):
     env_cfg = EnvConfig(id="CartPole-v1", num_envs=4)
     policies = {name: ConfiguredPolicyFactory(PolicyConfig(kind=name), env_cfg.id, seed=1) for name in ("expert", "random")}
-    results = evaluate_policies(policies, env_cfg, RolloutConfig(num_cpus=0.25), num_episodes=6, num_workers=2,
-                                run_id="eval-test")
+    exploring = RolloutConfig(num_cpus=0.25, policy=PolicyConfig(epsilon=0.5))  # the collection's, not eval's
+    results = evaluate_policies(policies, env_cfg, exploring, num_episodes=6, num_workers=2, run_id="eval-test")
     assert len(results["expert"].returns) == 6
-    assert results["expert"].mean_return >= 475
+    assert results["expert"].mean_return >= 475, "evaluation plays the policy itself, without exploration"
     assert results["random"].mean_return < 100
