@@ -123,7 +123,7 @@ class LiveConfig:
         if stamp == self._seen or stamp is None:
             return None
         self._seen = stamp
-        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        when = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         try:
             new = load_config(self.path, self.overrides)
         except ConfigError as err:
