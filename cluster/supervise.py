@@ -106,6 +106,8 @@ class _Collector:
     """Its `__ray_ready__` call, until the actor has started: a collector Ray cannot place yet
     (no free resources) gets no chunk, so the started ones share the rows instead of waiting."""
     waiting_logged: bool = False
+    first_calls: list[tuple[str, tuple]] = field(default_factory=list)
+    """Calls it gets once it has started, before any chunk (a resumed run's `restarted`)."""
 
     def __post_init__(self) -> None:
         self.ready = self.actor.__ray_ready__.remote()
@@ -189,7 +191,7 @@ class CollectorSupervisor:
                 continue
             collector.incarnation = last[collector.index] + 1
             self._dead_sources.update(collector.sources[:-1])
-            ray.get(collector.actor.restarted.remote(collector.incarnation), timeout=_RESTART_TIMEOUT_S)
+            collector.first_calls.append(("restarted", (collector.incarnation,)))  # once Ray has started it
             self._log.warning("{} resumes as incarnation {}: the interrupted run stored {:,} rows of its",
                               collector.name, collector.incarnation,
                               sum(by_source.get(source, 0) for source in collector.sources))
@@ -333,6 +335,9 @@ class CollectorSupervisor:
         if ray.wait([collector.ready], timeout=0)[0]:
             with self._lock:
                 collector.ready = None
+            for method, args in collector.first_calls:
+                ray.get(getattr(collector.actor, method).remote(*args), timeout=_RESTART_TIMEOUT_S)
+            collector.first_calls.clear()
             self._send_settings(collector)
             if collector.waiting_logged:
                 self._log.info("{} started; it takes chunks from now on", collector.name)
