@@ -31,6 +31,14 @@ def _args(tmp_path: Path, *overrides: str) -> list[str]:
     return ["--set", f"run.output_dir={tmp_path}", *sum((["--set", item] for item in [*SMALL, *overrides]), [])]
 
 
+def _run_folder(run_dir: Path, *overrides: str) -> None:
+    """A run folder with its config.yaml and nothing else (PPO collects its own rows)."""
+    from cluster.config import dump_config, load_config
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_config(load_config(None, [*SMALL, *overrides])))
+
+
 def _collected(run_dir: Path) -> tuple[dict, Dataset, np.ndarray]:
     """The run's collect summary, its dataset, and (episode_id, step) of every dataset row."""
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -241,7 +249,7 @@ def test_harvest_run_resume_goes_on_from_the_durable_shards_and_rotators_of_an_i
 
 @pytest.mark.timeout(400)
 def test_a_ppo_learner_killed_mid_training_goes_on_after_its_last_iteration(ray_cluster, tmp_path):
-    assert main(["collect", "--run-id", "ppo", *_args(tmp_path, "rollout.steps=600")]) == 0  # a run folder
+    _run_folder(tmp_path / "ppo")
     last = tmp_path / "ppo" / "learner" / "last.safetensors"
     ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=12000", "learner.ppo.num_collectors=1",
            "learner.ppo.rows_per_collector=1000", "learner.ppo.eval_every=100", "learner.ppo.eval_episodes=1",
@@ -344,8 +352,7 @@ def test_the_watchdog_names_a_full_object_store(ray_cluster):
 
 @pytest.mark.timeout(200)
 def test_a_ppo_iteration_whose_collector_hangs_fails_naming_the_collector_and_its_call(ray_cluster, tmp_path):
-    assert main(["collect", "--run-id", "hang", *_args(tmp_path, "env.id=tests.toy_envs:HangingEnv",
-                                                         "rollout.steps=600")]) == 0
+    _run_folder(tmp_path / "hang", "env.id=tests.toy_envs:HangingEnv")
     ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=4000", "learner.ppo.num_collectors=1",
            "learner.ppo.rows_per_collector=500", "learner.ppo.collect_timeout_s=5", "learner.hidden_sizes=[16]",
            "learner.num_cpus=0.5", f"env.kwargs={{hang_at_step: 100, flag_file: {tmp_path / 'hung'}}}"]
