@@ -168,14 +168,15 @@ def test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_s
                     reason="about 35 minutes on 2 CPUs (600k Generals env steps): set HARVEST_LONG_TESTS=1")
 def test_generals_bc_then_ppo_wins_more_often_against_the_expert_than_bc_alone(tmp_path):
     # The example in its own Ray (all CPUs; the GPU with one), then a one-sided two-proportion
-    # z-test on 1,000 games each policy plays against the expert. Measured on 2 CPUs (600k steps):
-    # one run 35.4 % vs 31.2 % (z = 1.99), another 35.7 % vs 35.4 % (z = 0.14, failed).
+    # z-test on the 1,000 games each policy plays against the expert (the final PPO policy and
+    # the clone). Measured on 2 CPUs (600k steps): 35.4 % vs 31.2 % (z = 1.99), 40.7 % vs 35.4 %
+    # (z = 2.44); scoring the best.safetensors picked on 50 games instead gave 35.7 % vs 35.4 %.
     repo = Path(__file__).resolve().parents[1]
     small = (os.cpu_count() or 0) < 12  # 4 collectors of 6,144 rows: the example's 24,576-row iterations
     sizing = ["learner.ppo.env_steps=600000", "learner.ppo.num_collectors=4", "learner.ppo.rows_per_collector=6144",
               "learner.ppo.collector_num_cpus=0.3"] if small else []
     device = ["learner.num_gpus=1"] if torch.cuda.is_available() else []
-    overrides = [f"run.output_dir={tmp_path}", *sizing, *device, "eval.episodes=1000", "eval.baselines=[]"]
+    overrides = [f"run.output_dir={tmp_path}", *sizing, *device, "eval.baselines=[]"]
     subprocess.run([sys.executable, "-m", "cluster.cli", "run", "examples/generals_bc_ppo.yaml", "--run-id", "g",
                     *sum((["--set", item] for item in overrides), [])], cwd=repo, check=True,
                    env={**os.environ, "RAY_ADDRESS": ""})
