@@ -31,14 +31,26 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
 from cluster.config import ConfigError, RunConfig, dump_config, load_config
 from cluster.logging import setup_logging
+from cluster.run_folder import RunFolderError
+
+
+EXIT_CODES = """exit codes:
+  0    done
+  1    the data failed a check (integrity, quality checks, inputs skipped on import)
+  2    a usage or config error, named in one line
+  3    an internal error (a bug; --debug prints the traceback)
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): `harvest run --resume RUN_ID` goes on"""
 
 
 def add_filter_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,8 +78,9 @@ def episode_filter(args: argparse.Namespace):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harvest", description=__doc__,
+    parser = argparse.ArgumentParser(prog="harvest", description=__doc__, epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_overrides(p: argparse.ArgumentParser) -> None:
@@ -87,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", metavar="RUN_ID",
                            help="go on with an interrupted run: its config.yaml, its durable shards "
                                 "(replay.wal_dir), its finished dataset, its learner's last epoch")
+        if name in ("run", "collect", "teleop", "dagger"):
+            p.add_argument("--overwrite", action="store_true",
+                           help="clear the run folder of --run-id first if it exists (without it, an existing "
+                                "run id is refused)")
         add_overrides(p)
     for name, help_text in (("compact", "write the dataset from a collect snapshot"),
                             ("train", "train the learner on the dataset"),
@@ -164,9 +181,9 @@ def _config_for(args: argparse.Namespace) -> RunConfig:
                      f"run.output_dir={Path(args.run_dir).parent}", *args.overrides]
         return load_config(config_path, overrides)
     if getattr(args, "resume", None):
-        if args.config or args.run_id:
-            raise ConfigError("--resume RUN_ID takes the run's own config.yaml and id: give neither CONFIG nor "
-                              "--run-id")
+        if args.config or args.run_id or getattr(args, "overwrite", False):
+            raise ConfigError("--resume RUN_ID takes the run's own config.yaml and id and goes on with it: give "
+                              "neither CONFIG, --run-id nor --overwrite")
         output_dir = load_config(None, list(args.overrides)).run.output_dir
         config_path = Path(output_dir).expanduser() / args.resume / "config.yaml"
         if not config_path.is_file():
@@ -181,13 +198,103 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return list(args.overrides) + ([f"run.id={args.run_id}"] if args.run_id else [])
 
 
+EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+"""Exit codes: 0 done; 1 the data failed a check (integrity, quality, rows skipped on import);
+2 a usage or config error (nothing ran, or it stopped before writing); 3 an internal error
+(a bug: the traceback is in the run's harvest.log, `--debug` prints it); 130 / 143 interrupted
+by SIGINT (Ctrl-C) / SIGTERM."""
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds the driver like Ctrl-C does (`KeyboardInterrupt`)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The user's error inside Ray's wrappers (a task's or an actor's creation error)."""
+    import ray.exceptions
+
+    seen = 0
+    while isinstance(err, (ray.exceptions.RayTaskError, ray.exceptions.RayActorError)) and seen < 8:
+        cause = getattr(err, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        err, seen = cause, seen + 1
+    return err
+
+
+def _exit_code(err: BaseException) -> int | None:
+    """The exit code of a user-facing error; None for an unexpected one (a bug)."""
+    from aggregation.dataset import DatasetError
+    from aggregation.storage import StorageError
+    from envs.registry import EnvNotFoundError
+
+    if isinstance(err, DatasetError):
+        return EXIT_DATA
+    if isinstance(err, (ConfigError, RunFolderError, EnvNotFoundError, StorageError, FileNotFoundError,
+                        FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return EXIT_USAGE
+    user_errors = tuple(_user_error_classes())
+    return EXIT_USAGE if user_errors and isinstance(err, user_errors) else None
+
+
+def _user_error_classes() -> list[type[BaseException]]:
+    """Errors of Harvest's libraries that describe a user's input (imported only if loaded)."""
+    names = {"aggregation.importers": "ImportFormatError", "aggregation.robocode_seed": "SeedFormatError",
+             "rollout.policies": "CheckpointSpaceError", "learners.checkpoint": "CheckpointSpaceError"}
+    return [getattr(sys.modules[module], name) for module, name in names.items()
+            if module in sys.modules and hasattr(sys.modules[module], name)]
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `harvest` command; returns its exit code (see `EXIT_*`)."""
     args = _parser().parse_args(argv)
     # Like `python -m`: a user's env or policy given as "package.module:Class" imports from the
-    # current folder (collectors get it through PYTHONPATH, see cluster.local.init_ray).
+    # current folder (collectors get it through PYTHONPATH, see cluster.local.init_ray) - after
+    # Harvest's own packages, so a user's `envs/` or `rollout/` folder shadows none of them.
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        sys.path.append(os.getcwd())
     setup_logging("INFO")
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _command(args)
+    except (KeyboardInterrupt, Terminated) as err:
+        code = EXIT_SIGINT if isinstance(err, KeyboardInterrupt) else EXIT_SIGTERM
+        run_id = getattr(args, "_run_id", None)
+        resumable = run_id is not None and args.command in ("run", "collect")
+        logger.warning("interrupted by {}{}", "SIGINT" if code == EXIT_SIGINT else "SIGTERM",
+                       f"; go on with `harvest {args.command} --resume {run_id}`" if resumable else "")
+        return code
+    except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
+        cause = _root_cause(err)
+        code = _exit_code(cause)
+        if args.debug:
+            logger.opt(exception=err).error("{}: {}", type(cause).__name__, _one_line(cause))
+        elif code is None:
+            logger.opt(exception=err).debug("internal error")  # the run's harvest.log has the traceback
+            logger.error("internal error: {}: {} (a bug in Harvest; `--debug` prints the traceback)",
+                         type(cause).__name__, _one_line(cause))
+        else:
+            logger.error("{}", _one_line(cause))
+        return EXIT_INTERNAL if code is None else code
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "generals-gif":
         from cluster.watch import write_game_gif
 
@@ -229,9 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     from cluster import pipeline
     from cluster.local import init_ray, shutdown_ray
 
-    run_id, paths = pipeline.prepare_run(cfg)
+    _check_before_ray(cfg)
+    resume = bool(getattr(args, "resume", None))
+    stage = hasattr(args, "run_dir")
+    mode = "stage" if stage else "resume" if resume else "overwrite" if getattr(args, "overwrite", False) else "new"
+    run_id, paths = pipeline.prepare_run(cfg, mode, args.command)
+    args._run_id = run_id
     setup_logging(cfg.run.log_level, paths.log)
     logger.info("run {} → {}", run_id, paths.root)
+    if stage:
+        pipeline.record_stage(paths, args.command, list(args.overrides))
     import ray
 
     live = None
@@ -242,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     started_ray = not ray.is_initialized()
     init_ray(cfg.ray)
     try:
-        resume = bool(getattr(args, "resume", None))
         if args.command == "run":
             pipeline.print_summary(pipeline.run(cfg, run_id, paths, live, resume))
         elif args.command == "collect":
@@ -264,6 +377,17 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_ray()
     logger.info("outputs in {}", paths.root)
     return 0
+
+
+def _check_before_ray(cfg: RunConfig) -> None:
+    """What can be checked in the driver is, before Ray starts (which takes seconds): the env ids."""
+    from cluster.config import ROBOCODE_ENV_ID
+    from envs.registry import check_env_id
+
+    if cfg.env.id != ROBOCODE_ENV_ID:
+        check_env_id(cfg.env)
+    if cfg.eval.env is not None:
+        check_env_id(cfg.eval.env)
 
 
 def _import(args: argparse.Namespace) -> int:

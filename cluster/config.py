@@ -14,6 +14,8 @@ Errors name the file and the key path: `run.yaml: replay.capcity_rows: unexpecte
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -56,8 +58,8 @@ class RaySection:
     """CPUs of the local Ray (None: all cores)."""
     include_dashboard: bool = True
     """Start the Ray dashboard with the local Ray (bound to 127.0.0.1)."""
-    dashboard_port: StrictInt = 8265
-    """Dashboard port of the local Ray."""
+    dashboard_port: StrictInt = Field(default=8265, ge=0, le=65535)
+    """Dashboard port of the local Ray (0: a free one)."""
     object_store_memory_bytes: Optional[StrictInt] = None
     """Object store size of the local Ray (None: Ray's default)."""
     metrics_export_port: Optional[StrictInt] = Field(default=None, ge=1, le=65535)
@@ -191,28 +193,117 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {override!r}: {key!r} is not a section")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw_value)
+        node[keys[-1]] = load_yaml(raw_value, f"--set {override!r}")
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read and validate a YAML run config (None: the embedded default), then apply overrides."""
+MAX_YAML_VALUES = 100_000
+"""A config (or one `--set` value) that expands to more values than this is refused: YAML aliases
+can make a few lines expand to billions ("billion laughs"), which would hang validation."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice, on line {seen[key]} and on line {line}", None)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """How many values `value` holds once every shared (aliased) node is counted where it appears."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) not in sizes:
+        sizes[id(value)] = 0  # a node that holds itself (`&a [*a]`) counts once
+        children = value.values() if isinstance(value, dict) else value
+        sizes[id(value)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(value)]
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML config text: duplicate keys and alias bombs are refused with `source` named."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML: {err.context + ', ' if err.context else ''}"
+                          f"{err.problem}{where}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from err
+    size = _expanded_size(data, {})
+    if size > MAX_YAML_VALUES:
+        raise ConfigError(f"{source}: expands to {size:,} values (more than {MAX_YAML_VALUES:,}); YAML aliases "
+                          "(&name / *name) repeat whole subtrees - write the values out")
+    return data
+
+
+PATH_KEYS = ("run.output_dir", "replay.wal_dir", "aggregation.output", "rollout.policy.checkpoint",
+             "learner.init_checkpoint", "learner.dqfd.init_checkpoint", "learner.ppo.init_checkpoint")
+"""Config keys that name files or folders: `resolve_paths` makes them absolute."""
+
+
+def _absolute(value: str, base: Path) -> str:
+    if "://" in value:  # a URI (s3://, file://): not a path of this machine's folders
+        return value
+    path = Path(value).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
+
+
+def resolve_paths(cfg: RunConfig, base: str | Path | None = None) -> RunConfig:
+    """`cfg` with every path in `PATH_KEYS` absolute (relative ones against `base`, default the
+    current folder), so subprocesses and actors that run elsewhere (a JVM started in its own
+    folder, a Ray worker) see the folders the user meant."""
+    base = Path(base or os.getcwd()).absolute()
+
+    def replaced(node: Any, keys: list[str]) -> Any:
+        value = getattr(node, keys[0])
+        if value is None:
+            return node
+        new = _absolute(value, base) if len(keys) == 1 else replaced(value, keys[1:])
+        return node if new is value else dataclasses.replace(node, **{keys[0]: new})
+
+    for key_path in PATH_KEYS:
+        cfg = replaced(cfg, key_path.split("."))
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, absolute_paths: bool = True) -> RunConfig:
+    """Read and validate a YAML run config (None: the embedded default), then apply overrides;
+    relative paths become absolute against the current folder unless `absolute_paths` is False
+    (a config sent to a cluster resolves them there)."""
     data: dict[str, Any] = {}
     source = "<default>"
     if path is not None:
         source = str(path)
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            text = Path(path).read_text()
         except FileNotFoundError as err:
             raise ConfigError(f"{source}: no such config file") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{source}: not valid YAML: {err}") from err
+        except IsADirectoryError as err:
+            raise ConfigError(f"{source}: is a folder; expected a YAML config file") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{source}: cannot read it: {err}") from err
+        data = load_yaml(text, source) or {}
     if overrides:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of sections at the top level")
         data = apply_overrides(data, overrides)
         source += " (with --set)"
-    return parse_config(data, source)
+    cfg = parse_config(data, source)
+    return resolve_paths(cfg) if absolute_paths else cfg
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -96,7 +96,7 @@ def submit(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, f"run.output_dir={args.output_dir}", "ray.address=auto"]
     run_id = args.run_id or _new_run_id()
     try:
-        cfg = load_config(args.config, [*overrides, f"run.id={run_id}"])
+        cfg = load_config(args.config, [*overrides, f"run.id={run_id}"], absolute_paths=False)  # paths of the head
     except ConfigError as err:
         logger.error("invalid config:\n{}", err)
         return 2

@@ -30,6 +30,8 @@ from aggregation.manifest import Manifest
 from aggregation.robocode_seed import write_dataset_npz
 from cluster.config import ROBOCODE_ENV_ID, RunConfig, dump_config, robocode_battles
 from cluster.progress import console, summary_table, wait_with_progress
+from cluster.run_folder import RunFolderError, RunMode, claim_run_folder
+from cluster.run_folder import record_stage as record_stage_in
 from cluster.sessions import review_sessions, stopped_shadow
 from cluster.live import LiveConfig, collect_appliers
 from cluster.supervise import CollectorSupervisor, SupervisedResult
@@ -149,13 +151,26 @@ def new_run_id() -> str:
     return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def prepare_run(cfg: RunConfig) -> tuple[str, RunPaths]:
-    """The run id and folder; writes the resolved config there."""
+def prepare_run(cfg: RunConfig, mode: RunMode = "new", command: str = "run") -> tuple[str, RunPaths]:
+    """The run id and its (absolute) folder, claimed for `mode` (see `claim_run_folder`: a new
+    run refuses an existing folder); the resolved config is written there, except by a stage
+    command (`mode="stage"`), which leaves the run's config as it was."""
     run_id = cfg.run.id or new_run_id()
-    paths = RunPaths(Path(cfg.run.output_dir).expanduser() / run_id, cfg.aggregation.output)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(dump_config(cfg))
+    paths = RunPaths(Path(cfg.run.output_dir).expanduser().absolute() / run_id, cfg.aggregation.output)
+    claim_run_folder(paths.root, run_id, mode, command)
+    if mode in ("new", "overwrite") and paths.dataset_output and paths.dataset.exists():
+        if mode == "new":
+            raise RunFolderError(f"{paths.dataset}: run {run_id!r} already has a dataset in aggregation.output; "
+                                 "`--overwrite` replaces it, or choose another --run-id")
+        paths.dataset.fs.delete_dir(paths.dataset.path)
+    if mode != "stage":
+        paths.config.write_text(dump_config(cfg))
     return run_id, paths
+
+
+def record_stage(paths: RunPaths, stage: str, overrides: list[str]) -> None:
+    """A stage command's `--set` items go to `<run>/stages.json`, not into the run's config."""
+    record_stage_in(paths.root, stage, overrides)
 
 
 def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,

@@ -179,3 +179,18 @@ def _vectorize(factory: Callable[..., Any], cfg: EnvConfig) -> VectorEnv:
     if cfg.vectorization == "async":
         return AsyncVectorEnv([make_one] * cfg.num_envs)
     return SyncVectorEnv([make_one] * cfg.num_envs)
+
+
+def check_env_id(cfg: EnvConfig) -> None:
+    """Raise `EnvNotFoundError` now if `cfg.id` names nothing (without building an env), so a
+    driver can say so before it starts Ray and actors."""
+    entry_point = _HARVEST_ENVS.get(cfg.id, cfg.id if ":" in cfg.id else None)
+    if entry_point is not None:
+        load_entry_point(entry_point)
+        return
+    try:
+        gym.spec(cfg.id)
+    except gym.error.Error as err:
+        raise EnvNotFoundError(
+            f"env.id: {cfg.id!r} is not a Gymnasium id, a Harvest env ({sorted(_HARVEST_ENVS)}) "
+            f"or an entry point 'package.module:Class': {err}") from err

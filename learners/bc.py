@@ -23,7 +23,7 @@ from aggregation.dataset import Dataset
 from aggregation.storage import Location
 from cluster import metrics
 from learners.checkpoint import load_checkpoint, save_checkpoint
-from learners.resume import LAST_NAME, load_training_state, save_training_state
+from learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 from envs.action_sets import resolve_action_set
 from learners.action_sets import action_set_info, map_to_action_set
 from learners.augment import augment_images
@@ -195,7 +195,8 @@ class BCLearner:
             raise ValueError(f"{self.dataset.folder}: learner.augment needs an image observation; this dataset's "
                              f"observation is {schema.observation_space}")
         last_path, first_epoch, resumed_after = self.out_dir / LAST_NAME, 1, []
-        if cfg.resume and last_path.is_file():
+        owner = training_owner("bc", self.dataset)
+        if cfg.resume and resumable(last_path, owner, self._log):
             state = load_training_state(last_path, model, optimizer, schedule, generator)
             history = [EpochRecord(**record) for record in state.extra["history"]]
             best_loss, best_epoch = state.extra["best_loss"], state.extra["best_epoch"]
@@ -250,7 +251,7 @@ class BCLearner:
             if cfg.resume:
                 save_training_state(last_path, epoch, model, optimizer, schedule, generator, {
                     "history": [asdict(r) for r in history], "best_loss": best_loss, "best_epoch": best_epoch,
-                    "samples": self._progress.samples, "resumed_after": resumed_after})
+                    "samples": self._progress.samples, "resumed_after": resumed_after}, owner=owner)
         recorder.close()
         self._save(model, FINAL_NAME, cfg.epochs, history[-1])
         last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh

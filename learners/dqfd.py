@@ -54,7 +54,7 @@ from learners.play import greedy_return
 from learners.plots import plot_training_curve
 from learners.precision import Precision
 from learners.records import TrainingRecorder
-from learners.resume import LAST_NAME, load_training_state, save_training_state
+from learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.config import ReplayConfig
 from rollout.replay.shard import ReplayShard, importance_weights
@@ -199,7 +199,8 @@ class DQfDLearner:
         # back every transition it played; rows logged since the last checkpoint come back at the
         # largest priority, as new rows do.
         last_path, agent_wal = self.out_dir / LAST_NAME, self.out_dir / AGENT_REPLAY_DIR
-        resuming = cfg.resume and last_path.is_file()
+        self._owner = training_owner("dqfd", self.dataset)
+        resuming = cfg.resume and resumable(last_path, self._owner, self._log)
         if not resuming:
             shutil.rmtree(agent_wal, ignore_errors=True)
         self.agent_shard = ReplayShard(ReplayConfig(capacity_rows=d.agent_capacity_rows,
@@ -318,7 +319,7 @@ class DQfDLearner:
             "env_steps": self._env_steps, "best": self._best, "history": [asdict(r) for r in self._history],
             "resumed_after": self._resumed_after, "rng": self._rng.bit_generator.state, "demo_sampler": scalars,
         }, extra_tensors={f"demo/{name}": torch.from_numpy(np.ascontiguousarray(values))
-                          for name, values in priorities.items()})
+                          for name, values in priorities.items()}, owner=self._owner)
 
     def _load_state(self, path: Path) -> None:
         state = load_training_state(path, self._networks(), self._optimizer)

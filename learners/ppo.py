@@ -45,7 +45,7 @@ from learners.play import greedy_return
 from learners.plots import plot_training_curve
 from learners.precision import Precision
 from learners.records import TrainingRecorder
-from learners.resume import LAST_NAME, load_training_state, save_training_state
+from learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 from rollout.batch import TransitionBatch
 from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
 from rollout.policies import ConfiguredPolicyFactory
@@ -200,7 +200,8 @@ class PPOLearner:
         # One module over both networks, so the resume state holds them and their shared optimizer.
         networks, last_path, resumed_after = torch.nn.ModuleDict({"policy": policy, "value": value}), \
             self.out_dir / LAST_NAME, []
-        if cfg.resume and last_path.is_file():  # a restarted learner goes on after its last iteration
+        owner = training_owner("ppo", run_id=f"{self.run_id} from {cfg.ppo.init_checkpoint or 'fresh weights'}")
+        if cfg.resume and resumable(last_path, owner, self._log):  # a restarted learner goes on after its last one
             state = load_training_state(last_path, networks, optimizer)
             version, env_steps, best = state.epoch, state.extra["env_steps"], state.extra["best"]
             history = [PPORecord(**record) for record in state.extra["history"]]
@@ -255,7 +256,7 @@ class PPOLearner:
                 if cfg.resume:
                     save_training_state(last_path, version, networks, optimizer, extra={
                         "env_steps": env_steps, "best": best, "history": [asdict(r) for r in history],
-                        "resumed_after": resumed_after})
+                        "resumed_after": resumed_after}, owner=owner)
                 if (p.stop_at_return is not None and record.episode_return is not None
                         and record.episode_return >= p.stop_at_return):
                     self._log.info("episode return {:.1f} >= {:g} after {} env steps: stopping", record.episode_return,

@@ -34,8 +34,9 @@ class TrainingState:
 def save_training_state(path: Path, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         schedule: Any = None, generator: torch.Generator | None = None,
                         extra: dict[str, Any] | None = None,
-                        extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write everything needed to continue after `epoch` to `path`."""
+                        extra_tensors: dict[str, torch.Tensor] | None = None, owner: str | None = None) -> Path:
+    """Write everything needed to continue after `epoch` to `path`; `owner` names the training it
+    belongs to (see `training_owner`), so another training never goes on from it."""
     tensors = {f"model/{name}": tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     tensors.update({f"extra/{name}": tensor.detach().to("cpu").contiguous()
                     for name, tensor in (extra_tensors or {}).items()})
@@ -51,12 +52,41 @@ def save_training_state(path: Path, epoch: int, model: torch.nn.Module, optimize
         tensors["rng/generator"] = generator.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
     header = {"epoch": epoch, "optimizer_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars,
-              "schedule": schedule.state_dict() if schedule is not None else None, "extra": extra or {}}
+              "schedule": schedule.state_dict() if schedule is not None else None, "extra": extra or {},
+              "owner": owner}
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     save_file(tensors, str(partial), metadata={"harvest_training_state": json.dumps(header)})
     partial.replace(path)
     return path
+
+
+def training_owner(algorithm: str, dataset: Any = None, run_id: str | None = None) -> str:
+    """Who a training state belongs to: the algorithm and the dataset it learns from (its run id,
+    creation time and rows, which a dataset written again does not share) or, without one (PPO),
+    the run."""
+    if dataset is not None:
+        manifest = dataset.manifest
+        return f"{algorithm} on dataset {manifest.run_id} written {manifest.created_at} ({manifest.rows} rows)"
+    return f"{algorithm} in run {run_id}"
+
+
+def resumable(path: Path, owner: str, log: Any) -> bool:
+    """Whether `path` holds a training state of `owner` to go on from. A state left by another
+    training (an earlier run's, or one on a dataset since written again) is removed, and said."""
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = json.loads((handle.metadata() or {}).get("harvest_training_state", "{}"))
+    except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError derives from Exception only
+        header = {"owner": f"an unreadable file ({err})"}
+    if header.get("owner") == owner:
+        return True
+    log.warning("{}: written by {}, not by this training ({}); starting afresh", path,
+                header.get("owner") or "an unnamed training", owner)
+    path.unlink()
+    return False
 
 
 def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
