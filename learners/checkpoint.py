@@ -17,10 +17,9 @@ from safetensors.torch import save_file
 
 from envs.spaces import space_from_json, space_to_json
 from learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model
+from rollout.policies import CHECKPOINT_HEADER_KEY, CheckpointError, CheckpointSpaceError
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not written by Harvest."""
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointSpaceError", "load_checkpoint", "save_checkpoint"]
 
 
 @dataclass
@@ -43,7 +42,7 @@ def save_checkpoint(path: Path, model: PolicyModel | ConvPolicyModel, spec: Mode
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"harvest": json.dumps(header)})
+    save_file(tensors, str(tmp), metadata={CHECKPOINT_HEADER_KEY: json.dumps(header)})
     tmp.replace(path)
     return path
 
@@ -59,9 +58,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as err:  # safetensors raises its own SafetensorError, not exported stably
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {err}") from err
-    if "harvest" not in metadata:
-        raise CheckpointError(f"{path}: safetensors file has no 'harvest' metadata; not a Harvest checkpoint")
-    header = json.loads(metadata["harvest"])
+    if CHECKPOINT_HEADER_KEY not in metadata:
+        raise CheckpointError(f"{path}: safetensors file has no {CHECKPOINT_HEADER_KEY!r} metadata; "
+                              "not a Harvest checkpoint")
+    header = json.loads(metadata[CHECKPOINT_HEADER_KEY])
     observation_space: gym.Space = space_from_json(header["observation_space"])
     action_space: gym.Space = space_from_json(header["action_space"])
     spec = ModelSpec.from_json(header["model"]) if "model" in header else ModelSpec("mlp", header["hidden_sizes"])

@@ -11,7 +11,7 @@ import ray
 from envs.config import EnvConfig
 from rollout.config import RolloutConfig
 from rollout.cutter import FinishedEpisode
-from rollout.policies import PolicyFactory
+from rollout.policies import ConfiguredPolicyFactory, PolicyFactory, env_spaces
 from rollout.worker import RolloutWorker
 
 
@@ -51,12 +51,33 @@ def wilson_interval(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
+def check_policy_spaces(policies: dict[str, PolicyFactory], env_cfg: EnvConfig) -> None:
+    """Check every checkpoint among `policies` against the env's spaces, in this process (one env
+    copy is built only when a checkpoint is there to check).
+
+    Raises:
+        CheckpointSpaceError: a checkpoint was trained for other spaces; the message names both.
+    """
+    checked = [factory for factory in policies.values()
+               if isinstance(factory, ConfiguredPolicyFactory) and factory.cfg.kind == "torch"]
+    if checked:
+        spaces = env_spaces(env_cfg)
+        for factory in checked:
+            factory.check_spaces(*spaces)
+
+
 def evaluate_policies(policies: dict[str, PolicyFactory], env_cfg: EnvConfig, cfg: RolloutConfig,
                       num_episodes: int, num_workers: int, run_id: str, seed: int = 10_000,
                       timeout_s: float = 600.0) -> dict[str, EvalResult]:
     """Blocks: each policy plays `num_episodes` episodes split over `num_workers` rollout actors
-    (as itself: the collection's exploration, `cfg.policy.epsilon`, is off)."""
+    (as itself: the collection's exploration, `cfg.policy.epsilon`, is off).
+
+    Raises:
+        CheckpointSpaceError: a checkpoint was trained for other spaces than the env's (before any
+            actor starts).
+    """
     cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, epsilon=0.0))
+    check_policy_spaces(policies, env_cfg)
     worker_actor = ray.remote(RolloutWorker)
     per_worker = [num_episodes // num_workers + (i < num_episodes % num_workers) for i in range(num_workers)]
     results = {}

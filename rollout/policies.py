@@ -7,14 +7,18 @@ A collector receives a *policy factory* (a picklable callable
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 import gymnasium as gym
 import numpy as np
 
-from envs.registry import load_entry_point
-from envs.spaces import ColumnSpec
+from envs.config import EnvConfig
+from envs.registry import load_entry_point, make_vector_env
+from envs.spaces import ColumnSpec, leaf_spaces, space_from_json
 from rollout.config import PolicyConfig
 
 
@@ -43,6 +47,120 @@ class Policy(Protocol):
 
 
 PolicyFactory = Callable[[gym.Space, gym.Space], Policy]
+
+
+CHECKPOINT_HEADER_KEY = "harvest"
+"""A learner checkpoint's safetensors metadata key: JSON with its spaces, model and info."""
+CHECKPOINT_ACTION_SET_KEY = "action_set"
+"""`info[...]` of a checkpoint learned over an action set (it plays a Box env through the set)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not written by Harvest."""
+
+
+class CheckpointSpaceError(CheckpointError):
+    """A checkpoint's observation or action space is not the one of the env it is asked to play."""
+
+
+def checkpoint_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a learner checkpoint (spaces, model, version, info), read without its weights.
+
+    Raises:
+        CheckpointError: no such file, not a safetensors file, or not one written by Harvest.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # safetensors raises its own SafetensorError, not exported stably
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {err}") from err
+    if CHECKPOINT_HEADER_KEY not in metadata:
+        raise CheckpointError(f"{path}: safetensors file has no {CHECKPOINT_HEADER_KEY!r} metadata; "
+                              "not a Harvest checkpoint")
+    return json.loads(metadata[CHECKPOINT_HEADER_KEY])
+
+
+def describe_space(space: gym.Space) -> str:
+    """A short name of a space for messages: `Box(4,) float32`, `Discrete(3)`, `Dict(grid: Box(3, 4, 4) uint8)`."""
+    if isinstance(space, gym.spaces.Box):
+        return f"Box{space.shape} {space.dtype}"
+    if isinstance(space, gym.spaces.Dict):
+        return "Dict(" + ", ".join(f"{key}: {describe_space(sub)}" for key, sub in space.spaces.items()) + ")"
+    if isinstance(space, gym.spaces.Tuple):
+        return "Tuple(" + ", ".join(describe_space(sub) for sub in space.spaces) + ")"
+    return str(space)
+
+
+def _leaf_signature(space: gym.Space) -> tuple:
+    """What a model depends on in one leaf space: a Box's shape and dtype (not its bounds), a
+    Discrete's size and start, a MultiDiscrete's sizes, a MultiBinary's shape."""
+    if isinstance(space, gym.spaces.Box):
+        return "Box", space.shape, str(space.dtype)
+    if isinstance(space, gym.spaces.Discrete):
+        return "Discrete", int(space.n), int(space.start)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return "MultiDiscrete", tuple(space.nvec.ravel().tolist()), space.nvec.shape
+    if isinstance(space, gym.spaces.MultiBinary):
+        return "MultiBinary", tuple(np.atleast_1d(space.n).tolist())
+    return (str(space),)
+
+
+def _same_layout(trained: gym.Space, env: gym.Space) -> bool:
+    """Whether both spaces have the same leaves (by name) with the same signature."""
+    def signature(space: gym.Space) -> dict[str, tuple]:
+        return {name: _leaf_signature(leaf) for name, leaf in leaf_spaces(space, "").items()}
+    return signature(trained) == signature(env)
+
+
+def check_spaces(checkpoint: str | Path, env_id: str, observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Refuse a checkpoint whose spaces are not those of the env it is to play (same leaves,
+    shapes, dtypes and sizes; Box bounds may differ). A checkpoint learned over an action set
+    (Discrete) plays a Box env whose actions have the set's shape.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read.
+        CheckpointSpaceError: the spaces differ; one line names both.
+    """
+    header = checkpoint_header(checkpoint)
+    trained_obs = space_from_json(header["observation_space"])
+    trained_action = space_from_json(header["action_space"])
+    action_fits = _same_layout(trained_action, action_space)
+    action_set = header.get("info", {}).get(CHECKPOINT_ACTION_SET_KEY)
+    if (not action_fits and action_set is not None and isinstance(trained_action, gym.spaces.Discrete)
+            and isinstance(action_space, gym.spaces.Box)):
+        action_fits = np.asarray(action_set).shape[1:] == action_space.shape
+    if _same_layout(trained_obs, observation_space) and action_fits:
+        return
+    raise CheckpointSpaceError(
+        f"{checkpoint}: trained for obs {describe_space(trained_obs)} / action {describe_space(trained_action)}, "
+        f"but env {env_id} has obs {describe_space(observation_space)} / action {describe_space(action_space)}")
+
+
+def env_spaces(env_cfg: EnvConfig) -> tuple[gym.Space, gym.Space]:
+    """The observation and action space of one copy of `env_cfg`'s env, wrappers included (as a
+    collector sees them), from one env built in this process and closed again."""
+    one = dataclasses.replace(env_cfg, num_envs=1,
+                              vectorization="sync" if env_cfg.vectorization == "async" else env_cfg.vectorization)
+    env = make_vector_env(one)
+    try:
+        return env.single_observation_space, env.single_action_space
+    finally:
+        env.close()
+
+
+def check_checkpoint_spaces(checkpoint: str | Path, env_cfg: EnvConfig) -> None:
+    """`check_spaces` against the env `env_cfg` builds: call it in the driver before actors start.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read.
+        CheckpointSpaceError: its spaces are not the env's.
+    """
+    check_spaces(checkpoint, env_cfg.id, *env_spaces(env_cfg))
 
 
 class RandomPolicy:
@@ -219,11 +337,17 @@ class ConfiguredPolicyFactory:
     seed: int | None = None
 
     def __call__(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
+        self.check_spaces(observation_space, action_space)
         policy = self._build(observation_space, action_space)
         if self.cfg.label_with == "expert":
             return LabeledPolicy(policy, self._expert(observation_space, action_space), action_space,
                                  self.cfg.label_mix, self.seed)
         return policy
+
+    def check_spaces(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        """For `kind: torch`, refuse a checkpoint trained for other spaces (`CheckpointSpaceError`)."""
+        if self.cfg.kind == "torch" and self.cfg.checkpoint:
+            check_spaces(self.cfg.checkpoint, self.env_id, observation_space, action_space)
 
     def _expert(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
         if self.env_id not in _EXPERTS:

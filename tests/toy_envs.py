@@ -152,3 +152,26 @@ class FirstActionPolicy:
         from rollout.policies import PolicyOutput
 
         return PolicyOutput(np.zeros(len(obs), np.int64))
+
+
+class ThreeActionEnv(gym.Env):
+    """CartPole's observation shape (Box(4,) float32) with three actions; episodes of 5 steps.
+
+    With `played_file`, its first reset creates that file: a test sees whether any episode began."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, played_file: str | None = None) -> None:
+        self._played_file, self._t = played_file, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if self._played_file:
+            open(self._played_file, "a").close()
+        self._t = 0
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action):
+        self._t += 1
+        return np.full(4, self._t, np.float32), float(action), self._t >= 5, False, {}
