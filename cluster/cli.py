@@ -214,6 +214,13 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _unwind_on_sigterm() -> Any:
+    """SIGTERM raises `Terminated` in the driver (main thread only); the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def _root_cause(err: BaseException) -> BaseException:
     """The user's error inside Ray's wrappers (a task's or an actor's creation error)."""
     import ray.exceptions
@@ -266,16 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     setup_logging("INFO")
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) \
-        if threading.current_thread() is threading.main_thread() else None
+    previous_sigterm = _unwind_on_sigterm()
     try:
         return _command(args)
     except (KeyboardInterrupt, Terminated) as err:
         code = EXIT_SIGINT if isinstance(err, KeyboardInterrupt) else EXIT_SIGTERM
-        run_id = getattr(args, "_run_id", None)
-        resumable = run_id is not None and args.command in ("run", "collect")
+        resume_hint = getattr(args, "_resume_hint", None)
         logger.warning("interrupted by {}{}", "SIGINT" if code == EXIT_SIGINT else "SIGTERM",
-                       f"; go on with `harvest {args.command} --resume {run_id}`" if resumable else "")
+                       f"; go on with `{resume_hint}`" if resume_hint else "")
         return code
     except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
         cause = _root_cause(err)
@@ -341,7 +346,10 @@ def _command(args: argparse.Namespace) -> int:
     stage = hasattr(args, "run_dir")
     mode = "stage" if stage else "resume" if resume else "overwrite" if getattr(args, "overwrite", False) else "new"
     run_id, paths = pipeline.prepare_run(cfg, mode, args.command)
-    args._run_id = run_id
+    if args.command in ("run", "collect"):
+        default_dir = Path(load_config(None).run.output_dir)
+        args._resume_hint = f"harvest {args.command} --resume {run_id}" + (
+            f" --set run.output_dir={cfg.run.output_dir}" if Path(cfg.run.output_dir) != default_dir else "")
     setup_logging(cfg.run.log_level, paths.log)
     logger.info("run {} → {}", run_id, paths.root)
     if stage:
@@ -355,6 +363,7 @@ def _command(args: argparse.Namespace) -> int:
         live = LiveConfig(args.config, _overrides(args), cfg, paths.log)
     started_ray = not ray.is_initialized()
     init_ray(cfg.ray)
+    _unwind_on_sigterm()  # after Ray, whose core worker installs a handler that aborts the process
     try:
         if args.command == "run":
             pipeline.print_summary(pipeline.run(cfg, run_id, paths, live, resume))

@@ -28,7 +28,7 @@ from aggregation.rotate import Rotation
 from aggregation.storage import Location, location
 from aggregation.manifest import Manifest
 from aggregation.robocode_seed import write_dataset_npz
-from cluster.config import ROBOCODE_ENV_ID, RunConfig, dump_config, robocode_battles
+from cluster.config import ROBOCODE_ENV_ID, ConfigError, RunConfig, dump_config, robocode_battles
 from cluster.progress import console, summary_table, wait_with_progress
 from cluster.run_folder import RunFolderError, RunMode, claim_run_folder
 from cluster.run_folder import record_stage as record_stage_in
@@ -193,7 +193,13 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
                        "memory only, so collection starts over")
     replay = _started_replay(cfg, schema, paths)
     if resume and cfg.replay.wal_dir:
-        logger.info("resuming: the replay came back with {:,} rows from {}", replay.inserted_rows(), cfg.replay.wal_dir)
+        stored = replay.inserted_rows()
+        logger.info("resuming: the replay came back with {:,} rows from {}", stored, cfg.replay.wal_dir)
+        if stored > rollout.steps:
+            replay.kill()
+            raise ConfigError(f"rollout.steps={rollout.steps:,}: the interrupted run's replay already holds "
+                              f"{stored:,} rows (in {cfg.replay.wal_dir}); resume with rollout.steps >= {stored:,}, "
+                              "or start a new run")
     run_root = (paths or RunPaths(Path(cfg.run.output_dir).expanduser() / run_id)).root
     session = shadow = shadow_policy = None
     if cfg.human is not None and cfg.human.shadow is not None:  # a learner trains on the person as they play
