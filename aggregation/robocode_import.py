@@ -3,20 +3,20 @@
 Each file is one battle (`expert_game_states_<collector>_<timestamp>.json`, as the collectors
 and the seeds' containers write them); every robot-round becomes an episode with the same
 columns the collectors push (`rollout.robocode_collector.robocode_schema()`). A malformed file
-is named with its entry and skipped; the other files are still imported.
+is named with its entry and skipped, the other files are still imported; NaN/inf values are kept
+and flagged per file and column (see `aggregation.importers`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from loguru import logger
 
 from aggregation.config import AggregationConfig
-from aggregation.manifest import Manifest
+from aggregation.importers import ImportResult, flag_nonfinite, unique_files
 from aggregation.robocode_seed import NPZ_NAME, SeedFormatError, read_seed_file, write_dataset_npz
 from rollout.cutter import EpisodeIds
 from rollout.robocode_collector import robocode_schema, robot_rounds, rows_of_rounds
@@ -24,46 +24,46 @@ from rollout.robocode_collector import robocode_schema, robot_rounds, rows_of_ro
 IMPORT_ENV_ID = "robocode"
 _COLLECTOR = re.compile(r"expert_game_states_(\d+)_")
 
-
-@dataclass
-class ImportReport:
-    manifest: Manifest | None
-    files: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
 def seed_json_files(paths: list[str | Path]) -> list[Path]:
-    """The JSON files named, and those inside named folders (recursively), sorted."""
-    files: set[Path] = set()
+    """The JSON files named, and those inside named folders (recursively, sorted), in order."""
+    files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files.update(path.rglob("*.json"))
+            files += sorted(path.rglob("*.json"))
         elif path.is_file():
-            files.add(path)
+            files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    return sorted(files)
+    return files
 
 
 def import_robocode_json(paths: list[str | Path], out_dir: str | Path, run_id: str = "import",
-                         cfg: AggregationConfig | None = None) -> ImportReport:
+                         cfg: AggregationConfig | None = None) -> ImportResult:
     """Write the dataset folder `out_dir` (Parquet + manifest + `aggregated_expert_data.npz`)
-    from seed-format JSON files; `seed` is -1 (unknown), `battle_id` the file's index."""
+    from seed-format JSON files; `seed` is -1 (unknown), `battle_id` the file's index.
+
+    Raises:
+        SeedFormatError: no file is importable (every file's problem, one line each); nothing is written.
+    """
     cfg = cfg or AggregationConfig(formats=["parquet"])
-    report = ImportReport(None)
+    report = ImportResult(None)
     schema, batches = robocode_schema(), []
     episode_ids = EpisodeIds(0)
-    for index, path in enumerate(seed_json_files(paths)):
+    for index, path in enumerate(unique_files(seed_json_files(paths), report)):
         try:
             parts = robot_rounds(read_seed_file(path))
+            if not parts:
+                raise SeedFormatError(f"{path}: no robot-round with two turns or more; nothing to import")
         except SeedFormatError as err:
             report.errors.append(str(err))
             logger.warning("skipped {}", err)
             continue
         match = _COLLECTOR.match(path.name)
         collector_id = int(match.group(1)) if match else 0
-        batches.append(rows_of_rounds(parts, episode_ids.next(len(parts)), collector_id, index, -1,
-                                      np.datetime64(int(path.stat().st_mtime_ns), "ns")))
+        batch = rows_of_rounds(parts, episode_ids.next(len(parts)), collector_id, index, -1,
+                               np.datetime64(int(path.stat().st_mtime_ns), "ns"))
+        flag_nonfinite(str(path), {name: batch.columns[name] for name in ("obs", "action", "reward")}, report)
+        batches.append(batch)
         report.files.append(str(path))
     if not report.files:
         raise SeedFormatError(f"no importable Robocode game-state files in {[str(p) for p in paths]}: "
@@ -73,6 +73,8 @@ def import_robocode_json(paths: list[str | Path], out_dir: str | Path, run_id: s
     report.manifest = write_dataset(batches, schema, Path(out_dir), cfg, run_id, IMPORT_ENV_ID)
     write_dataset_npz(out_dir, Path(out_dir) / NPZ_NAME,
                       f"imported from {len(report.files)} Robocode game-state files")
-    logger.info("imported {} files ({} rows, {} episodes) into {}; {} files skipped", len(report.files),
-                report.manifest.rows, report.manifest.episodes, out_dir, len(report.errors))
+    for warning in report.warnings:
+        logger.warning("flagged: {}", warning)
+    logger.info("imported {} files ({} rows, {} episodes) into {}; {} files skipped, {} flagged", len(report.files),
+                report.manifest.rows, report.manifest.episodes, out_dir, len(report.errors), len(report.warnings))
     return report

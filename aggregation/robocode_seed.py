@@ -87,6 +87,12 @@ def _from_seed_entry(entry: Any, where: str) -> dict[str, Any]:
     bullets = [{"id": bullet["id"], "owner": bullet["owner"], "power": bullet["power"],
                 "state": bullet.get("state", "MOVING")} for bullet in entry.get("bullet_states", [])
                if isinstance(bullet, dict) and {"id", "owner", "power"} <= set(bullet)]
+    for index, bullet in enumerate(bullets):
+        if not (isinstance(bullet["id"], int) and isinstance(bullet["owner"], int)
+                and 0 <= bullet["owner"] < len(robots) and isinstance(bullet["power"], (int, float))):
+            raise SeedFormatError(f"{where}, bullet_states[{index}]: id {bullet['id']!r}, owner {bullet['owner']!r}, "
+                                  f"power {bullet['power']!r}; expected an integer id, the owner's index in bot_states "
+                                  f"(0 to {len(robots) - 1}) and a numeric power")
     try:
         turn, round_number = int(entry["turn"]), int(entry["round"]) - 1
     except (KeyError, TypeError, ValueError) as err:
@@ -114,9 +120,19 @@ def read_seed_file(path: Path) -> list[dict[str, Any]]:
         entries = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise SeedFormatError(f"{path}: not JSON ({err})") from err
-    if not isinstance(entries, list):
-        raise SeedFormatError(f"{path}: expected a JSON list of turn entries")
-    return [_from_seed_entry(entry, f"{path}, entry {index}") for index, entry in enumerate(entries)]
+    if not isinstance(entries, list) or not entries:
+        raise SeedFormatError(f"{path}: expected a JSON list of turn entries, got "
+                              f"{'an empty list' if entries == [] else type(entries).__name__}")
+    messages = [_from_seed_entry(entry, f"{path}, entry {index}") for index, entry in enumerate(entries)]
+    first_of_round: dict[int, int] = {}
+    for index, message in enumerate(messages):
+        first = first_of_round.setdefault(message["round"], index)
+        names = [robot["name"] for robot in message["robots"]]
+        first_names = [robot["name"] for robot in messages[first]["robots"]]
+        if names != first_names:
+            raise SeedFormatError(f"{path}, entry {index}: robots {names}; entry {first} of the same round has "
+                                  f"{first_names} (a round keeps its robots, dead ones included)")
+    return messages
 
 
 def import_seed_files(paths: list[str | Path]) -> SeedImport:
