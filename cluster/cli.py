@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         elif code is None:
             logger.opt(exception=err).debug("internal error")  # the run's harvest.log has the traceback
             logger.error("internal error: {}: {} (a bug in Harvest; `--debug` prints the traceback)",
-                         type(cause).__name__, _one_line(cause))
+                         type(cause).__name__, _one_line(cause).splitlines()[0])
         else:
             logger.error("{}", _one_line(cause))
         return EXIT_INTERNAL if code is None else code
@@ -420,9 +420,8 @@ def _import(args: argparse.Namespace) -> int:
     except (FileNotFoundError, SeedFormatError, importers.ImportFormatError) as err:
         logger.error("{}", err)
         return 2
-    for error in report.errors:
-        logger.error("skipped: {}", error)
-    logger.info("dataset {}: {} rows from {} files", args.out, report.manifest.rows, len(report.files))
+    logger.info("dataset {}: {} rows from {} files; {} left out, {} flagged", args.out, report.manifest.rows,
+                len(report.files), len(report.errors), len(report.warnings))
     return 1 if report.errors else 0
 
 
