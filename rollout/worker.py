@@ -48,6 +48,14 @@ def node_memory_used() -> float:
     return (memory.total - memory.available) / memory.total
 
 
+def split_latest(batch: TransitionBatch, keep_rows: int) -> tuple[TransitionBatch, TransitionBatch]:
+    """(the `keep_rows` earliest rows, the rest), each in the batch's order. The rest are rows of
+    the latest vector steps, so holding them back leaves no gap in an episode: each env's rows
+    after them are cut later still."""
+    order = np.argsort(batch["timestamp"], kind="stable") if "timestamp" in batch else np.arange(batch.num_rows)
+    return batch.take(np.sort(order[:keep_rows])), batch.take(np.sort(order[keep_rows:]))
+
+
 def collector_source(collector_id: int, incarnation: int = 0) -> str:
     """The source name a collector's pushes carry: `collector 3`, then `collector 3 #1` after a restart."""
     return f"collector {collector_id}" + (f" #{incarnation}" if incarnation else "")
@@ -168,6 +176,8 @@ class RolloutWorker:
                                         num_shards=self._replay.num_shards if self._replay is not None else 1,
                                         info_columns=tuple(row_columns(self._env)))
         self._episodes_observed = 0
+        self._carry: TransitionBatch | None = None  # rows cut past the last chunk, pushed first in the next
+        self._chunk_left: int | None = None  # rows the running `collect` may still route (None: no limit)
         seed = None if self._seed is None else self._seed + 7919 * incarnation
         obs, _ = self._env.reset(seed=seed)
         self._obs = obs
@@ -241,14 +251,23 @@ class RolloutWorker:
         self._policy.set_weights(weights, version)
 
     def collect(self, num_rows: int) -> CollectResult:
-        """Step until at least `num_rows` rows are cut and acknowledged by the replay."""
+        """Step until `num_rows` rows are cut and acknowledged by the replay: exactly that many in
+        `step` and `buffer` modes (a vector step's rows past them are held over, pushed first by
+        the next call), whole episodes in `trajectory` mode (at least that many)."""
         if self._replay is None:
             raise RuntimeError(f"RolloutWorker[{self.collector_id}] was started without a replay")
         started = time.perf_counter()
         wait_before = self._push_wait_s
         first_episode = len(self._cutter.finished_episodes)
         rows_before, pushed_before, steps = self._cutter.rows_cut, self._rows_pushed, 0
-        while self._progress(rows_before, pushed_before) < num_rows:
+        carried = 0
+        if self._gate is None:
+            self._chunk_left = num_rows
+            held, self._carry = self._carry, None
+            if held is not None:
+                carried = held.num_rows
+                self._route(held)
+        while self._progress(rows_before, pushed_before) + carried < num_rows:
             batch = self._step()
             steps += 1
             if batch is not None:
@@ -258,6 +277,7 @@ class RolloutWorker:
                 raise RuntimeError(f"RolloutWorker[{self.collector_id}]: {steps * self._env.num_envs} env steps and "
                                    f"no episode passed rollout.trajectory_filter {self.cfg.trajectory_filter}")
         self._drain()
+        self._chunk_left = None
         self._activity = Activity("idle", time.time())
         self._observe_episodes()
         episodes = self._cutter.finished_episodes[first_episode:]
@@ -340,7 +360,15 @@ class RolloutWorker:
                 "pushes_in_flight": len(self._in_flight), "peak_bytes": self._peak_local_bytes}
 
     def _route(self, batch: TransitionBatch) -> None:
-        """A cut batch to the replay as `rollout.mode` says: now, once its episodes pass, or via the buffer."""
+        """A cut batch to the replay as `rollout.mode` says: now, once its episodes pass, or via the
+        buffer; rows past the running chunk's limit are held over for the next one."""
+        if self._chunk_left is not None:
+            if batch.num_rows > self._chunk_left:
+                batch, held = split_latest(batch, self._chunk_left)
+                self._carry = held if self._carry is None else TransitionBatch.concat([self._carry, held])
+            self._chunk_left -= batch.num_rows
+            if not batch.num_rows:
+                return
         if self._gate is not None:
             released = self._gate.add(batch)
             ready = [released] if released is not None else []
