@@ -4,21 +4,93 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 import ray
 from loguru import logger
+from ray._private import ray_constants
 
-from cluster.config import RaySection
+if TYPE_CHECKING:
+    from ray.client_builder import BaseContext
+
+    from cluster.config import RaySection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+WORKER_CWD_ENV = "HARVEST_WORKER_CWD"
+"""Environment variable naming the folder `setup_worker` makes a worker's current directory."""
 
 
-def worker_runtime_env(extra_pythonpath: str | None = None) -> dict:
-    """The runtime_env Harvest's local Ray gives every worker: imports and logging."""
+def worker_runtime_env(extra_pythonpath: str | None = None, working_dir: str | None = None) -> dict:
+    """The runtime_env Harvest's local Ray gives every worker: imports, logging and (given) the current folder."""
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), extra_pythonpath]))
-    return {"env_vars": {"PYTHONPATH": pythonpath},
-            "worker_process_setup_hook": "cluster.logging.setup_worker_logging"}
+    env_vars = {"PYTHONPATH": pythonpath, **({WORKER_CWD_ENV: working_dir} if working_dir else {})}
+    return {"env_vars": env_vars, "worker_process_setup_hook": "cluster.local.setup_worker"}
+
+
+def setup_worker() -> None:
+    """Ray `worker_process_setup_hook`: the folder `harvest` was started in as current directory, loguru lines."""
+    from cluster.logging import setup_worker_logging
+
+    if os.environ.get(WORKER_CWD_ENV):
+        os.chdir(os.environ[WORKER_CWD_ENV])
+    setup_worker_logging()
+
+
+@contextmanager
+def _loopback_stays_loopback() -> Iterator[None]:
+    # Ray binds its gRPC servers (GCS, raylet, every worker), the dashboard agent, the metrics export
+    # and the runtime-env agent to the node's IP address, or to 127.0.0.1 when that address is
+    # loopback. But ray.init turns a loopback `_node_ip_address` or GCS address into the machine's
+    # address (ray/_private/services.py: resolve_ip_for_localhost -> get_node_ip_address) unless
+    # ray_constants.ENABLE_RAY_CLUSTER is off - how Ray keeps macOS and Windows nodes on loopback. It is
+    # read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, on import, hence the constant itself, and only
+    # while ray.init runs: Ray's processes get the address on their command lines, and the variable
+    # would stop `ray start --address` (a worker node) in any process started from here.
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
+
+
+@contextmanager
+def _current_directory(folder: Path) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def start_local_ray(**init_args: Any) -> BaseContext:
+    """`ray.init` of a Ray for this machine alone; returns its context.
+
+    Every listener of the new cluster binds 127.0.0.1 (GCS, raylet, workers, agents, metrics, the
+    dashboard unless `dashboard_host` says otherwise). Ray puts the driver's current directory at the
+    front of every worker's `sys.path` (`JobConfig._py_driver_sys_path`, ray/_private/worker.py
+    `connect`), where a `rollout/` or `envs/` folder there would shadow Harvest's: Ray starts from
+    Harvest's root instead, so workers find Harvest first and the user's folder through PYTHONPATH,
+    after it (see `init_ray`). Ray's processes are started there too; `setup_worker` moves workers to
+    `HARVEST_WORKER_CWD`. The current directory changes while Ray starts: call this before other threads
+    resolve relative paths.
+    """
+    with _loopback_stays_loopback(), _current_directory(REPO_ROOT):
+        return ray.init(_node_ip_address=LOOPBACK, **init_args)
+
+
+def connect_ray(address: str, **init_args: Any) -> BaseContext:
+    """`ray.init(address=...)` that also reaches a cluster listening on loopback only (`start_local_ray`).
+
+    Ray would rewrite `127.0.0.1:PORT` (and what `auto` finds) to the machine's own address, where such
+    a cluster does not listen; the driver takes its node's address from the GCS either way.
+    """
+    with _loopback_stays_loopback():
+        return ray.init(address=address, **init_args)
 
 
 def init_ray(cfg: RaySection) -> str | None:
@@ -26,15 +98,18 @@ def init_ray(cfg: RaySection) -> str | None:
     if ray.is_initialized():
         return None
     if cfg.address is None:
-        context = ray.init(
-            num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard, dashboard_host="127.0.0.1",
+        cwd = os.getcwd()
+        # Workers import Harvest's packages from the repo whether or not it is pip-installed, and
+        # then a user's own env modules from the current folder.
+        pythonpath = [cwd, *(os.path.abspath(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                             if entry)]
+        context = start_local_ray(
+            num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard, dashboard_host=LOOPBACK,
             dashboard_port=cfg.dashboard_port, object_store_memory=cfg.object_store_memory_bytes,
             namespace="harvest", logging_level=logging.WARNING, _metrics_export_port=cfg.metrics_export_port,
-            # Workers import Harvest's packages from the repo whether or not it is pip-installed,
-            # and a user's own env modules from the current folder.
-            runtime_env=worker_runtime_env(os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))))
+            runtime_env=worker_runtime_env(os.pathsep.join(pythonpath), working_dir=cwd))
     else:
-        context = ray.init(address=cfg.address, namespace="harvest", logging_level=logging.WARNING)
+        context = connect_ray(cfg.address, namespace="harvest", logging_level=logging.WARNING)
     port = metrics_port()
     if port:
         logger.info("Prometheus metrics (harvest_*): http://127.0.0.1:{}/metrics", port)

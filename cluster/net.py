@@ -6,12 +6,19 @@ import ipaddress
 import socket
 
 
+def _is_loopback_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    # An IPv6 socket bound to 127.0.0.1 reports it as ::ffff:127.0.0.1, which Python 3.11 does not call loopback.
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
 def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and names that resolve only to them (e.g. localhost)."""
+    """True for 127.0.0.0/8, ::1, ::ffff:127.x.y.z and names that resolve only to them (e.g. localhost)."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return _is_loopback_address(host)
     except ValueError:
         try:
-            return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+            return all(_is_loopback_address(info[4][0]) for info in socket.getaddrinfo(host, None))
         except OSError:
             return False
