@@ -2,8 +2,10 @@
 Arrow Flight server and client; order, filters, cursors, overruns, tokens, and a load test."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 from pyarrow import flight
@@ -132,6 +134,70 @@ def test_flight_serves_the_stream_with_a_token_and_refuses_clients_without_it(re
         ray.kill(actor)
     with pytest.raises(ValueError, match="set a token"):
         ReplayFlightServer(replay, host="0.0.0.0")
+
+
+BAD_FLIGHT_CALLS = {  # what a careless or hostile client sends, and what the one-line reply must say
+    "a ticket that is not JSON": (lambda client, options: client.do_get(flight.Ticket(b"{not json"), options).read_all(),
+                                  flight.FlightServerError, "bad ticket"),
+    "a ticket that is not an object": (lambda client, options: client.do_get(flight.Ticket(b"[1, 2]"), options)
+                                       .read_all(), flight.FlightServerError, "expected a JSON object"),
+    "a ticket with a bad value": (lambda client, options: client.do_get(flight.Ticket(b'{"batch_size": "x"}'), options)
+                                  .read_all(), flight.FlightServerError, "invalid literal"),
+    "a ticket with an unknown field": (lambda client, options: client.do_get(flight.Ticket(b'{"nope": 1}'), options)
+                                       .read_all(), flight.FlightServerError, "unknown fields"),
+    "a filter on a column the rows lack": (lambda client, options: client.do_get(
+        flight.Ticket(b'{"where": {"game_id": [1]}}'), options).read_all(), flight.FlightServerError, "game_id"),
+    "a cursor for another replay's shards": (lambda client, options: client.do_get(
+        flight.Ticket(b'{"start": [1, 2, 3]}'), options).read_all(), flight.FlightServerError, "3 shard positions"),
+    "a descriptor of no flight": (lambda client, options: client.get_flight_info(
+        flight.FlightDescriptor.for_path("etc", "passwd"), options), flight.FlightServerError, "no flight at path"),
+    "a command descriptor": (lambda client, options: client.get_flight_info(
+        flight.FlightDescriptor.for_command(b"DROP"), options), flight.FlightServerError, "no flight at command"),
+    "a write": (lambda client, options: client.do_put(flight.FlightDescriptor.for_path("replay"),
+                                                      pa.schema([("a", pa.int64())]), options)[0].close(),
+                flight.FlightServerError, "do_put is not served"),
+    "an action": (lambda client, options: list(client.do_action(flight.Action("shutdown", b""), options)),
+                  flight.FlightServerError, "do_action 'shutdown' is not served"),
+    "a wrong token": (lambda client, options: client.do_get(flight.Ticket(b"{}"), flight.FlightCallOptions(
+        headers=[(b"authorization", b"Bearer guess")])).read_all(), flight.FlightUnauthenticatedError, "wrong token"),
+}
+
+
+def assert_one_clean_line(message: str) -> None:
+    """An error reply as a client sees it: one line, none of the server's traceback or file paths."""
+    repo = str(Path(__file__).resolve().parents[1])
+    for leak in ("\n", "Traceback", 'File "', ".py\"", ".pyx", repo, "site-packages"):
+        assert leak not in message, f"{leak!r} in the reply: {message}"
+
+
+@pytest.mark.parametrize("call", list(BAD_FLIGHT_CALLS))
+def test_flight_error_replies_are_one_line_without_server_tracebacks_or_paths(replay, call):
+    produce(replay, 0, 100)
+    actor, location = start_flight_service(replay, token="s3cret")
+    send, error, says = BAD_FLIGHT_CALLS[call]
+    client = flight.FlightClient(location)
+    try:
+        with pytest.raises(error, match=says) as caught:
+            send(client, flight.FlightCallOptions(headers=[(b"authorization", b"Bearer s3cret")]))
+        assert str(caught.value).startswith("replay Flight server: ")
+        assert_one_clean_line(str(caught.value))
+    finally:
+        client.close()
+        ray.kill(actor)
+
+
+def test_flight_says_in_one_line_that_the_replay_is_gone(ray_cluster):
+    replay = start_replay(ReplayConfig(num_shards=1, num_cpus=0.1), SCHEMA)
+    actor, location = start_flight_service(replay)
+    client = flight.FlightClient(location)
+    try:
+        replay.kill()
+        with pytest.raises(flight.FlightInternalError, match="failed \\(ActorDiedError\\)") as caught:
+            client.do_get(flight.Ticket(b"{}")).read_all()
+        assert_one_clean_line(str(caught.value))
+    finally:
+        client.close()
+        ray.kill(actor)
 
 
 def test_flight_tells_a_consumer_the_ring_overtook(ray_cluster):

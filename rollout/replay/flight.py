@@ -5,7 +5,10 @@ A `do_get` ticket is the JSON of a `StreamSpec` (filters, batch size, follow, st
 policy); the server runs the same `ReplayReader` as `stream_experiences` and sends each batch
 with app metadata `{"cursor": [...], "skipped_rows": n, "lag_rows": n}`. The server binds to
 127.0.0.1 unless told otherwise, and refuses to listen elsewhere without a token; with a
-token every call must carry the header `authorization: Bearer <token>`.
+token every call must carry the header `authorization: Bearer <token>`. Every error reply is one
+line without the server's traceback or file paths: a refused request is a `FlightServerError`
+with `extra_info` b"bad-request" (`ReplayClient` raises ValueError), anything else a
+`FlightInternalError` naming the call and the error type, the traceback going to the server's log.
 
 Any Flight client can read it, e.g. in Python without Harvest:
 
@@ -32,6 +35,8 @@ from rollout.replay.stream import (OnOverrun, ReplayReader, Start, StreamBatch, 
                                    StreamSpec, take_rows)
 
 _OVERRUN_MARK = "[replay-overrun] "
+_BAD_REQUEST = b"bad-request"
+_DESCRIPTOR_PATH = [b"replay"]
 _KEY_FIELD = pa.field("key", pa.int64(), nullable=False)
 
 
@@ -51,6 +56,15 @@ class _TokenCheck(flight.ServerMiddlewareFactory):
             raise flight.FlightUnauthenticatedError(
                 "replay Flight server: missing or wrong token; send the header 'authorization: Bearer <token>'")
         return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _bad_request(message: str) -> flight.FlightServerError:
+    """The reply to a request the server refuses (pyarrow sends any other exception's traceback)."""
+    return flight.FlightServerError(_one_line(f"replay Flight server: {message}"), extra_info=_BAD_REQUEST)
 
 
 class ReplayFlightServer(flight.FlightServerBase):
@@ -78,19 +92,29 @@ class ReplayFlightServer(flight.FlightServerBase):
         return f"grpc://{host}:{self.port}"
 
     def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        # Every stream has this schema, so any descriptor gets it: pyarrow's _get_schema callback
+        # (pyarrow/_flight.pyx) sends whatever get_schema raises with its traceback, FlightError too.
         return flight.SchemaResult(self._schema)
 
     def get_flight_info(self, context: flight.ServerCallContext,
                         descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+        if descriptor.descriptor_type != flight.DescriptorType.PATH or descriptor.path != _DESCRIPTOR_PATH:
+            asked = f"path {[part.decode(errors='replace') for part in descriptor.path]}" \
+                if descriptor.descriptor_type == flight.DescriptorType.PATH else f"command {descriptor.command[:200]!r}"
+            raise _bad_request(f"no flight at {asked}; the one flight here is path ['replay'] "
+                               "(do_get takes a ticket with the stream's filters)")
         endpoint = flight.FlightEndpoint(json.dumps(StreamSpec().to_json()).encode(), [self.location])
         return flight.FlightInfo(self._schema, descriptor, [endpoint], -1, -1)
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.GeneratorStream:
         try:
-            spec = StreamSpec.from_json(json.loads(ticket.ticket))
+            request = json.loads(ticket.ticket)
+            if not isinstance(request, dict):
+                raise ValueError(f"expected a JSON object, got {type(request).__name__}")
+            spec = StreamSpec.from_json(request)
             reader = ReplayReader(self.replay.shards, self.replay.schema, spec)
-        except (ValueError, TypeError, json.JSONDecodeError) as err:
-            raise pa.ArrowInvalid(f"replay Flight server: bad ticket {ticket.ticket[:200]!r}: {err}") from err
+        except (ValueError, TypeError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise _bad_request(f"bad ticket {ticket.ticket[:200]!r}: {err}") from err
         self._log.info("stream {!r} for {}: {}", spec.name, context.peer(), spec.to_json())
         return flight.GeneratorStream(self._schema, self._batches(reader))
 
@@ -104,7 +128,36 @@ class ReplayFlightServer(flight.FlightServerBase):
                             "lag_rows": item.lag_rows}
                 yield record, json.dumps(metadata).encode()
         except StreamOverrun as err:
-            raise flight.FlightServerError(_OVERRUN_MARK + str(err)) from err
+            raise flight.FlightServerError(_one_line(_OVERRUN_MARK + str(err))) from err
+        except ValueError as err:  # the request does not fit this replay, e.g. a cursor for other shards
+            raise _bad_request(str(err)) from err
+        except Exception as err:  # noqa: BLE001 - the client gets one line, the log the traceback
+            self._log.opt(exception=err).error("stream {!r} failed", reader.spec.name)
+            raise flight.FlightInternalError(
+                f"replay Flight server: stream {reader.spec.name!r} failed ({type(err).__name__}); "
+                "the server's log has the details") from err
+
+    def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
+        yield self.get_flight_info(context, flight.FlightDescriptor.for_path(*_DESCRIPTOR_PATH))
+
+    def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+               reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter) -> None:
+        raise self._read_only("do_put")
+
+    def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+                    reader: flight.MetadataRecordBatchReader, writer: flight.MetadataRecordBatchWriter) -> None:
+        raise self._read_only("do_exchange")
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> None:
+        raise self._read_only(f"do_action {action.type!r}")
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[flight.ActionType]:
+        return []
+
+    @staticmethod
+    def _read_only(call: str) -> flight.FlightServerError:
+        return _bad_request(f"{call} is not served; the replay is read-only here "
+                            "(do_get, get_flight_info, get_schema, list_flights)")
 
 
 class FlightService:
@@ -127,6 +180,14 @@ def start_flight_service(replay, host: str = "127.0.0.1", port: int = 0, token: 
     location = ray.get(actor.location.remote(), timeout=timeout_s)
     logger.info("replay stream served over Arrow Flight at {}{}", location, " (token required)" if token else "")
     return actor, location
+
+
+def _client_error(err: flight.FlightServerError) -> Exception:
+    """What `ReplayClient` raises for the server's error reply: StreamOverrun, ValueError or the reply."""
+    message = str(err).split(". Detail:")[0]
+    if _OVERRUN_MARK in message:
+        return StreamOverrun(message.split(_OVERRUN_MARK, 1)[1])
+    return ValueError(message) if err.extra_info == _BAD_REQUEST else err
 
 
 class ReplayClient:
@@ -157,22 +218,23 @@ class ReplayClient:
 
         Raises:
             StreamOverrun: the ring overwrote rows this consumer had not read (with "raise").
+            ValueError: the server refused the request (e.g. a filter on a column the rows lack).
             pyarrow.flight.FlightUnauthenticatedError: the server wants a (different) token.
         """
         spec = StreamSpec(RowFilter.of(game_id=game_ids, player_id=player_ids, collector_id=collector_ids),
                           batch_size, follow, start, on_overrun, poll_s, name)
-        reader = self._client.do_get(flight.Ticket(json.dumps(spec.to_json()).encode()), self._options)
+        try:
+            reader = self._client.do_get(flight.Ticket(json.dumps(spec.to_json()).encode()), self._options)
+        except flight.FlightServerError as err:
+            raise _client_error(err) from err
         try:
             while True:
                 try:
                     chunk = reader.read_chunk()
                 except StopIteration:
                     return
-                except flight.FlightError as err:
-                    if _OVERRUN_MARK in str(err):
-                        message = str(err).split(_OVERRUN_MARK, 1)[1].split(". Detail:")[0]
-                        raise StreamOverrun(message) from err
-                    raise
+                except flight.FlightServerError as err:
+                    raise _client_error(err) from err
                 metadata = json.loads(chunk.app_metadata.to_pybytes())
                 yield StreamBatch(TransitionBatch.from_arrow(chunk.data), StreamCursor.from_json(metadata["cursor"]),
                                   metadata["skipped_rows"], metadata["lag_rows"])
