@@ -90,8 +90,9 @@ def report_listeners(timeout_s: float = 180.0) -> None:
 def test_a_local_run_listens_on_loopback_only():
     env = dict(os.environ, AUTOSCALER_METRIC_PORT=str(free_port()), DASHBOARD_METRIC_PORT=str(free_port()),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, "-c", "from tests.test_loopback import report_listeners; report_listeners()"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=360)
+    report_code = "from tests.test_loopback import report_listeners; report_listeners()"
+    done = subprocess.run([sys.executable, "-c", report_code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=360)
     assert done.returncode == 0, done.stderr[-5000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert not report["missing_ports"] and not report["silent_workers"], f"never listened: {report}"
@@ -130,7 +131,8 @@ print(ray.util.get_node_ip_address(), ray.get(worker_pid.remote(), timeout=120))
 @pytest.mark.parametrize(("host", "loopback"), [
     ("127.0.0.1", True), ("127.0.0.5", True), ("::1", True), ("localhost", True),
     ("::ffff:127.0.0.1", True),  # how an IPv6 socket bound to 127.0.0.1 reports its address
-    ("0.0.0.0", False), ("::", False), ("192.0.2.2", False), ("::ffff:192.0.2.2", False), ("no.such.host.invalid", False),
+    ("0.0.0.0", False), ("::", False), ("192.0.2.2", False), ("::ffff:192.0.2.2", False),
+    ("no.such.host.invalid", False),
 ])
 def test_is_loopback_knows_every_spelling_of_this_machine(host, loopback):
     assert is_loopback(host) is loopback
@@ -154,9 +156,9 @@ def test_code_in_the_current_folder_runs_in_no_worker_ahead_of_harvest(tmp_path)
         "    return gymnasium.make('CartPole-v1', **kwargs)\n")
     harvest = Path(sys.executable).with_name("harvest")
     overrides = [*TINY, "env.id=my_cartpole:make", f"run.output_dir={tmp_path / 'runs'}"]
-    done = subprocess.run([str(harvest), "run", "--run-id", "shadow", *sum((["--set", item] for item in overrides), [])],
-                          cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
-                          timeout=540)
+    argv = [str(harvest), "run", "--run-id", "shadow", *sum((["--set", item] for item in overrides), [])]
+    done = subprocess.run(argv, cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True,
+                          text=True, timeout=540)
     assert done.returncode == 0, done.stderr[-5000:]
     assert not (tmp_path / "shadowed.txt").exists(), (tmp_path / "shadowed.txt").read_text()
     env_pids = {path.stem.split("-")[1]: path.read_text() for path in tmp_path.glob("env-*.txt")}

@@ -136,30 +136,35 @@ def test_flight_serves_the_stream_with_a_token_and_refuses_clients_without_it(re
         ReplayFlightServer(replay, host="0.0.0.0")
 
 
+def _do_get(ticket: bytes, token: bytes = b"s3cret"):
+    return lambda client: client.do_get(flight.Ticket(ticket), flight.FlightCallOptions(
+        headers=[(b"authorization", b"Bearer " + token)])).read_all()
+
+
+def _call(method: str, *args):
+    return lambda client: getattr(client, method)(*args, flight.FlightCallOptions(
+        headers=[(b"authorization", b"Bearer s3cret")]))
+
+
 BAD_FLIGHT_CALLS = {  # what a careless or hostile client sends, and what the one-line reply must say
-    "a ticket that is not JSON": (lambda client, options: client.do_get(flight.Ticket(b"{not json"), options).read_all(),
-                                  flight.FlightServerError, "bad ticket"),
-    "a ticket that is not an object": (lambda client, options: client.do_get(flight.Ticket(b"[1, 2]"), options)
-                                       .read_all(), flight.FlightServerError, "expected a JSON object"),
-    "a ticket with a bad value": (lambda client, options: client.do_get(flight.Ticket(b'{"batch_size": "x"}'), options)
-                                  .read_all(), flight.FlightServerError, "invalid literal"),
-    "a ticket with an unknown field": (lambda client, options: client.do_get(flight.Ticket(b'{"nope": 1}'), options)
-                                       .read_all(), flight.FlightServerError, "unknown fields"),
-    "a filter on a column the rows lack": (lambda client, options: client.do_get(
-        flight.Ticket(b'{"where": {"game_id": [1]}}'), options).read_all(), flight.FlightServerError, "game_id"),
-    "a cursor for another replay's shards": (lambda client, options: client.do_get(
-        flight.Ticket(b'{"start": [1, 2, 3]}'), options).read_all(), flight.FlightServerError, "3 shard positions"),
-    "a descriptor of no flight": (lambda client, options: client.get_flight_info(
-        flight.FlightDescriptor.for_path("etc", "passwd"), options), flight.FlightServerError, "no flight at path"),
-    "a command descriptor": (lambda client, options: client.get_flight_info(
-        flight.FlightDescriptor.for_command(b"DROP"), options), flight.FlightServerError, "no flight at command"),
-    "a write": (lambda client, options: client.do_put(flight.FlightDescriptor.for_path("replay"),
-                                                      pa.schema([("a", pa.int64())]), options)[0].close(),
+    "a ticket that is not JSON": (_do_get(b"{not json"), flight.FlightServerError, "bad ticket"),
+    "a ticket that is not an object": (_do_get(b"[1, 2]"), flight.FlightServerError, "expected a JSON object"),
+    "a ticket with a bad value": (_do_get(b'{"batch_size": "x"}'), flight.FlightServerError, "invalid literal"),
+    "a ticket with an unknown field": (_do_get(b'{"nope": 1}'), flight.FlightServerError, "unknown fields"),
+    "a filter on a column the rows lack": (_do_get(b'{"where": {"game_id": [1]}}'), flight.FlightServerError,
+                                           "no 'game_id' column"),
+    "a cursor for another replay's shards": (_do_get(b'{"start": [1, 2, 3]}'), flight.FlightServerError,
+                                             "3 shard positions"),
+    "a wrong token": (_do_get(b"{}", token=b"guess"), flight.FlightUnauthenticatedError, "wrong token"),
+    "a descriptor of no flight": (_call("get_flight_info", flight.FlightDescriptor.for_path("etc", "passwd")),
+                                  flight.FlightServerError, "no flight at path"),
+    "a command descriptor": (_call("get_flight_info", flight.FlightDescriptor.for_command(b"DROP")),
+                             flight.FlightServerError, "no flight at command"),
+    "a write": (lambda client: _call("do_put", flight.FlightDescriptor.for_path("replay"),
+                                     pa.schema([("a", pa.int64())]))(client)[0].close(),
                 flight.FlightServerError, "do_put is not served"),
-    "an action": (lambda client, options: list(client.do_action(flight.Action("shutdown", b""), options)),
+    "an action": (lambda client: list(_call("do_action", flight.Action("shutdown", b""))(client)),
                   flight.FlightServerError, "do_action 'shutdown' is not served"),
-    "a wrong token": (lambda client, options: client.do_get(flight.Ticket(b"{}"), flight.FlightCallOptions(
-        headers=[(b"authorization", b"Bearer guess")])).read_all(), flight.FlightUnauthenticatedError, "wrong token"),
 }
 
 
@@ -178,7 +183,7 @@ def test_flight_error_replies_are_one_line_without_server_tracebacks_or_paths(re
     client = flight.FlightClient(location)
     try:
         with pytest.raises(error, match=says) as caught:
-            send(client, flight.FlightCallOptions(headers=[(b"authorization", b"Bearer s3cret")]))
+            send(client)
         assert str(caught.value).startswith("replay Flight server: ")
         assert_one_clean_line(str(caught.value))
     finally:
