@@ -25,7 +25,7 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.local import worker_runtime_env  # noqa: E402
+from cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
 from envs.config import EnvConfig  # noqa: E402
 from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig  # noqa: E402
 from rollout.batch import BatchSchema  # noqa: E402
@@ -98,8 +98,8 @@ def main() -> None:
     cutting = [cutting_rows_per_s(args.env, args.num_envs, args.batch_rows, args.shards, args.seconds)
                for _ in range(args.repeats)]
 
-    ray.init(num_cpus=max(2, args.collectors), include_dashboard=False, logging_level=logging.WARNING,
-             object_store_memory=args.object_store_mb * 2**20,
+    start_local_ray(num_cpus=max(2, args.collectors), include_dashboard=False, logging_level=logging.WARNING,
+                    object_store_memory=args.object_store_mb * 2**20,
              runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     env_cfg = EnvConfig(id=args.env, num_envs=args.num_envs)
     rollout = RolloutConfig(num_collectors=args.collectors, batch_rows=args.batch_rows, max_pushes_in_flight=4,

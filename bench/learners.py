@@ -119,11 +119,12 @@ def harvest_ppo(max_steps: int) -> dict:
 
     import ray
 
+    from cluster.local import start_local_ray
     from learners.config import PPOConfig
     from learners.ppo import PPOLearner
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                    runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = LearnerConfig(algorithm="ppo", hidden_sizes=[64, 64], lr=1e-3, num_cpus=1,

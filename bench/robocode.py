@@ -30,7 +30,7 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.local import worker_runtime_env  # noqa: E402
+from cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
 from envs.robocode.host import RobocodeInstall, compile_runner, engine_command, prepare_home  # noqa: E402
 from rollout.config import ReplayConfig  # noqa: E402
 from rollout.replay.replay import start_replay  # noqa: E402
@@ -105,8 +105,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-gui", dest="gui", action="store_false", help="skip the GUI vs headless comparison")
     args = parser.parse_args()
-    ray.init(num_cpus=max(2, max(args.collectors)), include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
+    start_local_ray(num_cpus=max(2, max(args.collectors)), include_dashboard=False, logging_level=logging.WARNING,
+                    runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-robocode-") as tmp:
         for k in args.collectors:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cluster import pipeline  # noqa: E402
 from cluster.config import parse_config  # noqa: E402
-from cluster.local import worker_runtime_env  # noqa: E402
+from cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
 from cluster.logging import setup_logging  # noqa: E402
 
 KINDS = ("RolloutWorker", "ReplayShard", "ShardRotator")
@@ -151,8 +151,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging("WARNING")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=512 * 2**20,
-             runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
+    start_local_ray(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=512 * 2**20,
+                    runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     with tempfile.TemporaryDirectory(prefix="harvest-soak-") as tmp:
         root = Path(tmp)
         calibration, seconds = collect(

@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     # Like `python -m`: a user's env or policy given as "package.module:Class" imports from the
     # current folder (collectors get it through PYTHONPATH, see cluster.local.init_ray) - after
     # Harvest's own packages, so a user's `envs/` or `rollout/` folder shadows none of them.
+    import aggregation, envs, learners, rollout  # noqa: F401, E401 - Harvest's packages are bound before the cwd joins
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     setup_logging("INFO")

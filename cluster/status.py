@@ -41,7 +41,9 @@ def endpoints(address: str) -> list[str]:
     """The metrics endpoints of the cluster's live nodes (asks Ray once, then disconnects)."""
     import ray
 
-    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    from cluster.local import connect_ray
+
+    connect_ray(address, logging_level=logging.ERROR, log_to_driver=False)
     try:
         return [f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
                 for node in ray.nodes() if node["Alive"] and node.get("MetricsExportPort")]

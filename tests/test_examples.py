@@ -1,0 +1,92 @@
+"""Every config in examples/ runs, shrunk, from the repo root with its default (relative)
+output folder, as the README tells a newcomer to run it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cluster.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted(path.name for path in (REPO_ROOT / "examples").glob("*.yaml"))
+
+SMALL = ["rollout.num_collectors=1", "rollout.num_cpus=0.25", "replay.num_cpus=0.1", "aggregation.num_cpus=0.1",
+         "learner.num_cpus=0.5", "learner.epochs=1", "learner.max_rows=2000", "eval.episodes=1",
+         "eval.num_workers=1"]
+"""Settings every example is shrunk with (a 2-CPU test cluster, seconds instead of minutes)."""
+CAR_RACING = ["env.num_envs=1", "env.max_episode_steps=60", "rollout.steps=120", "rollout.batch_rows=60"]
+DQFD = ["learner.dqfd.pretrain_steps=50", "learner.dqfd.online_env_steps=100", "learner.dqfd.log_every=50",
+        "learner.dqfd.eval_episodes=1"]
+GENERALS = ["env.num_envs=2", "env.kwargs.max_steps=100", "rollout.steps=600", "rollout.batch_rows=300",
+            "learner.conv_channels=[8, 8]"]
+PPO = ["learner.ppo.num_collectors=1", "learner.ppo.collector_num_cpus=0.1", "learner.ppo.rows_per_collector=256",
+       "learner.ppo.minibatch_size=128", "learner.ppo.epochs=1", "learner.ppo.env_steps=512",
+       "learner.ppo.eval_every=1", "learner.ppo.eval_episodes=1"]
+
+SHRUNK: dict[str, tuple[str, list[str]]] = {
+    "car_racing_bc.yaml": ("run", CAR_RACING),
+    "car_racing_dagger.yaml": ("dagger", [*CAR_RACING, "learner.dagger.rounds=1", "learner.dagger.steps_per_round=60",
+                                          "learner.dagger.epochs=1", "learner.dagger.eval_episodes=1"]),
+    "car_racing_teleop.yaml": ("teleop", [*CAR_RACING, "human.driver=scripted", "human.lockstep=true",
+                                          "human.max_frames=60", "human.discard=never",
+                                          "human.shadow.updates_per_round=5"]),
+    "cartpole_bc.yaml": ("run", ["rollout.steps=2000"]),
+    "cartpole_bc_dqfd.yaml": ("run", ["rollout.steps=1000", *DQFD]),
+    "cartpole_bc_ppo.yaml": ("run", ["rollout.steps=1000", *PPO]),
+    "cartpole_dqfd.yaml": ("run", ["rollout.steps=1000", *DQFD]),
+    "generals_bc.yaml": ("run", [*GENERALS, "eval.scenarios.vs_random.max_steps=100"]),
+    "generals_bc_ppo.yaml": ("run", [*GENERALS, *PPO, "learner.ppo.eval_max_steps=100",
+                                     "learner.ppo.eval_env_kwargs.max_steps=100",
+                                     "eval.scenarios.vs_expert.max_steps=100"]),
+    "generals_dqfd.yaml": ("run", [*GENERALS, *DQFD, "learner.dqfd.eval_max_steps=100",
+                                   "eval.scenarios.vs_expert.max_steps=100"]),
+    "robocode_bc.yaml": ("run", ["rollout.steps=400", "env.kwargs.rounds_per_battle=2"]),
+}
+
+
+def test_every_example_has_a_shrunk_run():
+    assert sorted(SHRUNK) == EXAMPLES
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_an_example_runs_from_the_repo_root_with_the_default_output_folder(example, ray_cluster, monkeypatch,
+                                                                           request):
+    command, settings = SHRUNK[example]
+    if example.startswith("robocode"):
+        if shutil.which("javac") is None or shutil.which("Xvfb") is None:
+            pytest.skip("needs a JDK and Xvfb (Debian packages default-jdk, xvfb, robocode)")
+    extra = []
+    if command == "teleop":
+        if shutil.which("Xvfb") is None or shutil.which("xdotool") is None:
+            pytest.skip("needs Xvfb and xdotool (Debian packages xvfb, xdotool)")
+        extra = [f"human.display={request.getfixturevalue('xvfb')}"]
+    monkeypatch.chdir(REPO_ROOT)
+    run_id = f"test-{example.removesuffix('.yaml')}-{uuid.uuid4().hex[:6]}"
+    run_dir = REPO_ROOT / "artifacts" / run_id
+    try:
+        argv = [command, f"examples/{example}", "--run-id", run_id,
+                *sum((["--set", item] for item in [*SMALL, *settings, *extra]), [])]
+        assert main(argv) == 0
+        assert (run_dir / "config.yaml").is_file() and (run_dir / "dataset" / "manifest.json").is_file()
+        if command == "run":
+            evaluation = json.loads((run_dir / "eval.json").read_text())
+            assert all(len(result["returns"]) >= 1 for result in evaluation.values())
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture()
+def xvfb():
+    from pyvirtualdisplay import Display
+
+    display = Display(visible=False, size=(800, 600))
+    display.start()
+    yield display.new_display_var
+    display.stop()
