@@ -261,6 +261,8 @@ class CollectorSupervisor:
                 task = progress.add_task("collect", total=self._total)
                 while True:
                     self._scale()
+                    # again every turn: Ray stops exporting a gauge that is not set within two export intervals
+                    metrics.collectors().set(self._wanted)
                     stored = sum(self._stored_by_collector())
                     self._hand_out(stored)
                     busy = [c for c in self._collectors if c.ref is not None]

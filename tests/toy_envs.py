@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -175,3 +176,69 @@ class ThreeActionEnv(gym.Env):
     def step(self, action):
         self._t += 1
         return np.full(4, self._t, np.float32), float(action), self._t >= 5, False, {}
+
+
+GATE_OPEN = "open"
+"""The file in a gate folder that lets every env waiting at the gate go on."""
+
+
+def wait_at_gate(gate_dir: str, timeout_s: float = 300.0) -> None:
+    """Say that this process waits (an empty file `waiting-<pid>` in `gate_dir`), then block until
+    the test opens the gate (`open_gate`); after `timeout_s` go on anyway, so that a broken test
+    fails on its assertions rather than hanging."""
+    gate = Path(gate_dir)
+    gate.mkdir(parents=True, exist_ok=True)
+    (gate / f"waiting-{os.getpid()}").touch()
+    deadline = time.monotonic() + timeout_s
+    while not (gate / GATE_OPEN).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def waiting_pids(gate_dir: str | Path) -> set[int]:
+    """The processes that have reached the gate (whether or not it is open now)."""
+    return {int(path.name.split("-", 1)[1]) for path in Path(gate_dir).glob("waiting-*")}
+
+
+def open_gate(gate_dir: str | Path) -> None:
+    Path(gate_dir).mkdir(parents=True, exist_ok=True)
+    (Path(gate_dir) / GATE_OPEN).touch()
+
+
+class StepGate:
+    """Counts an env copy's steps; the `at_step`-th waits at the gate in `gate_dir`."""
+
+    def __init__(self, gate_dir: str, at_step: int) -> None:
+        self.gate_dir, self.at_step, self.steps = gate_dir, at_step, 0
+
+    def count_step(self) -> None:
+        self.steps += 1
+        if self.steps == self.at_step:
+            wait_at_gate(self.gate_dir)
+
+
+class GatedEnv(HangingEnv):
+    """A CountingEnv (steps of `step_s`) whose step number `gate_at_step` waits at the gate in
+    `gate_dir` (see `wait_at_gate`): a test acts while every collector is mid-run at a known
+    point, and lets them go on when it is done. A copy made after the gate opened passes it."""
+
+    def __init__(self, gate_dir: str, gate_at_step: int = 100, step_s: float = 0.0, offset: int = 0) -> None:
+        super().__init__(step_s=step_s, offset=offset)
+        self._gate = StepGate(gate_dir, gate_at_step)
+
+    def step(self, action):
+        self._gate.count_step()
+        return super().step(action)
+
+
+class GatedRewardEnv(WeightedRewardEnv):
+    """A WeightedRewardEnv whose step number `gate_at_step` waits at the gate in `gate_dir`; the
+    step that waited is rewarded with the weights in force once the gate opens."""
+
+    def __init__(self, gate_dir: str, gate_at_step: int = 100, rewards: dict | None = None,
+                 step_s: float = 0.0) -> None:
+        super().__init__(rewards=rewards, step_s=step_s)
+        self._gate = StepGate(gate_dir, gate_at_step)
+
+    def step(self, action):
+        self._gate.count_step()
+        return super().step(action)
