@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 import json
 import shutil
-import time
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +21,7 @@ from rollout.keymap import KeyMap, KeyMapError
 from rollout.replay.replay import start_replay
 from rollout.config import ReplayConfig
 from rollout.teleop import KeyboardRobot, x_keysym
+from tests.waiting import wait_for
 
 needs_x = pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xdotool") is None,
                              reason="needs Xvfb and xdotool (Debian packages xvfb, xdotool)")
@@ -104,12 +105,45 @@ def replay_rows(replay) -> dict[str, np.ndarray]:
     return {name: column[order] for name, column in rows.items()}
 
 
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout_s}s")
-        time.sleep(0.2)
+class WindowWatch:
+    """The window as the person at the keyboard sees it: they send a frame's keys once the window
+    has taken the last ones (its picture changed), as a person does - keys sent ahead pile up,
+    and SDL merges a key's release and its next press that arrive together into one held key."""
+
+    def __init__(self, display: str, person: KeyboardRobot, title: str, timeout_s: float = 240) -> None:
+        self.display = display
+        self.window_id = person.focus_window(title, timeout_s=timeout_s)
+        self.x, self.y, self.width, self.height = person.geometry(self.window_id)
+
+    def pixels(self) -> np.ndarray:
+        from PIL import ImageGrab
+
+        screen = np.asarray(ImageGrab.grab(xdisplay=self.display).convert("RGB"))
+        return screen[self.y:self.y + self.height, self.x:self.x + self.width]
+
+    def wait_for_the_first_frame(self, timeout_s: float = 120) -> None:
+        """Until the window shows a frame below its status lines (the black `starting` picture before)."""
+        wait_for(lambda: self.pixels()[80:].max() > 0, timeout_s, "the window's first frame")
+
+    def act(self, send: Callable[[], None], timeout_s: float = 120) -> None:
+        """`send()` the keys of one frame, and wait until the window shows what they did."""
+        before = self.pixels()
+        send()
+        wait_for(lambda: not np.array_equal(self.pixels(), before), timeout_s, "the window to take the keys",
+                 poll_s=0.02)
+
+    def wait_for_frames(self, count: int, timeout_s: float = 240) -> None:
+        """Until the window has shown `count` new pictures (at least `count` frames passed)."""
+        shown, last = 0, self.pixels()
+
+        def counted() -> bool:
+            nonlocal shown, last
+            now = self.pixels()
+            if not np.array_equal(now, last):
+                shown, last = shown + 1, now
+            return shown >= count
+
+        wait_for(counted, timeout_s, f"{count} frames in the window", poll_s=0.02)
 
 
 @needs_x
@@ -130,7 +164,7 @@ def test_the_scripted_driver_plays_car_racing_through_real_key_events_frame_for_
                                                                         str(tmp_path / "sessions"))
     try:
         session = collector.run.remote()
-        wait_for(lambda: replay.inserted_rows() >= 128, 120, "rows in the replay")
+        wait_for(lambda: replay.inserted_rows() >= 128, 200, "rows in the replay")
         # the window as a person sees it: the track (grey) on grass (green), the status line on top
         person = KeyboardRobot(xvfb, None)
         x, y, width, height = person.geometry(person.focus_window("Harvest teleop"))
@@ -189,17 +223,18 @@ def test_a_person_resets_pauses_and_ends_a_session_by_keys(ray_cluster, xvfb):
     try:
         session = collector.run.remote()
         person = KeyboardRobot(xvfb, None)
-        person.focus_window("Harvest teleop")
+        window = WindowWatch(xvfb, person, "Harvest teleop")
+        window.wait_for_the_first_frame()
         for key in ["left"] * 3 + ["right"] * 3:
-            person.hold({key}, then_press="f12")
+            window.act(lambda: person.hold({key}, then_press="f12"))
         person.hold(set(), then_press="r")  # reset: the episode ends after 6 steps
-        person.press("f12")
+        window.act(lambda: person.press("f12"))
         person.press("p")  # pause: frames pass, nothing is played
-        person.press("f12")
-        person.press("f12")
+        window.act(lambda: person.press("f12"))  # the status line says PAUSED
+        person.press("f12")  # a paused frame shows what the last one showed
         person.press("p")
         for _ in range(4):
-            person.hold({"right"}, then_press="f12")
+            window.act(lambda: person.hold({"right"}, then_press="f12"))
         person.release_all()
         person.press("escape")
         result = ray.get(session, timeout=120)
@@ -274,10 +309,10 @@ def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray
 
     def hand_over_and_back() -> None:  # a person hands the controls to the shadow, then takes them back
         person = KeyboardRobot(xvfb, None)
-        person.focus_window("Harvest teleop", timeout_s=240)
-        time.sleep(6)
+        window = WindowWatch(xvfb, person, "Harvest teleop")
+        window.wait_for_frames(100)  # the shadow has had rounds to learn
         person.press("h")
-        time.sleep(1.5)
+        window.wait_for_frames(30)  # taken within 2 frames: the shadow drives at least 28
         person.press("h")
 
     overrides = ["env.id=CarRacing-v3", "rollout.num_collectors=0", "replay.num_cpus=0.1", "aggregation.num_cpus=0.1",
@@ -327,12 +362,13 @@ def test_a_reviewer_labels_an_agents_frames_through_the_review_window(xvfb, tmp_
                          action=np.tile(np.array([0, 0.5, 0], np.float32), (12, 1)))
     write_dataset([batch], schema, tmp_path / "play", AggregationConfig(formats=["parquet"]), run_id="p", env_id="x")
 
-    def reviewer() -> None:
+    def reviewer() -> None:  # every key shows the next (or the previous) frame
         person = KeyboardRobot(xvfb, None)
-        person.focus_window("Harvest review")
+        window = WindowWatch(xvfb, person, "Harvest review")
+        window.wait_for_the_first_frame()
         for keys, then in [({"up"}, "return"), ({"left", "up"}, "return"), (set(), "space"), ({"down"}, "return"),
                            (set(), "backspace"), ({"right"}, "return")]:
-            person.hold(keys, then_press=then)
+            window.act(lambda: person.hold(keys, then_press=then))
         person.release_all()
         person.press("escape")
 
