@@ -2,7 +2,8 @@
 
 Rows are sorted by (`episode_id`, `step`) inside each shard (an episode never spans
 shards), so every episode is contiguous and a row's `next_obs` is the next row's `obs`.
-Files are cut at episode boundaries.
+Files are cut at episode boundaries. A new dataset is written all-or-nothing
+(`storage.staged_folder`) and never over an existing one (`check_new_dataset`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,28 @@ from loguru import logger
 from aggregation.config import AggregationConfig
 from aggregation.filters import FilterReport, filter_table
 from aggregation.hdf5 import write_hdf5
-from aggregation.manifest import FileEntry, Manifest
+from aggregation.integrity import DatasetError, DatasetIntegrityError
+from aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
 from aggregation.npz import write_npz
-from aggregation.storage import Location, location
+from aggregation.storage import Location, location, staged_folder
 from aggregation.tfrecord import write_tfrecord
 from rollout.images import check_image_column, with_encoded_images
 from rollout.batch import BatchSchema, TransitionBatch
 from rollout.replay.replay import Replay
+
+
+class DatasetExistsError(FileExistsError):
+    """A dataset is already where a new one was to be written."""
+
+
+def check_new_dataset(out: Location) -> None:
+    """Refuse to write a dataset where one already is (`manifest.json` there): choose a new folder.
+
+    Raises:
+        DatasetExistsError: naming the folder.
+    """
+    if out.join(MANIFEST_NAME).exists():
+        raise DatasetExistsError(f"{out}: a dataset is already there; choose a new folder")
 
 
 @dataclass
@@ -88,9 +104,20 @@ def read_rows(shard: ray.actor.ActorHandle, schema: BatchSchema, cursor: int, ch
 
 
 def read_snapshot(path: Path) -> Iterator[pa.RecordBatch]:
-    """Record batches of a replay snapshot (Arrow IPC stream) written by `snapshot_replay`."""
-    with pa.OSFile(str(path), "rb") as source, pa.ipc.open_stream(source) as reader:
-        yield from reader
+    """Record batches of a replay snapshot (Arrow IPC stream) written by `snapshot_replay`.
+
+    Raises:
+        DatasetError: the file is not there.
+        DatasetIntegrityError: it is not a whole Arrow IPC stream (cut off or damaged).
+    """
+    try:
+        with pa.OSFile(str(path), "rb") as source, pa.ipc.open_stream(source) as reader:
+            yield from reader
+    except FileNotFoundError as err:
+        raise DatasetError(f"{path}: no such replay snapshot") from err
+    except (pa.ArrowInvalid, OSError) as err:  # a stream cut inside a message body is a plain OSError
+        raise DatasetIntegrityError(f"{path}: not a whole Arrow IPC stream, cut off or damaged "
+                                    f"({str(err).splitlines()[0]})") from err
 
 
 def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], schema: BatchSchema,
@@ -289,33 +316,51 @@ def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: Bat
                    cfg: AggregationConfig, run_id: str, env_id: str, timeout_s: float = 600.0) -> Manifest:
     """Blocks: compact every shard (actor or snapshot file) in parallel Ray tasks, then write
     `manifest.json`, the partitions' `_index.json` and the other `cfg.formats` into `out` (a
-    folder or an object-store URI)."""
+    folder or an object-store URI), all-or-nothing and never over an existing dataset.
+
+    Raises:
+        DatasetExistsError: a dataset is already at `out`.
+        DatasetError: a snapshot file is missing or damaged (named; nothing is left at `out`).
+    """
     out = location(out)
     check_layout(schema, cfg)
-    out.make_dirs()
-    task = ray.remote(compact_source).options(num_cpus=cfg.num_cpus)
-    refs = [task.remote(source, schema, index, out, cfg) for index, source in enumerate(sources)]
-    results: list[ShardCompaction] = ray.get(refs, timeout=timeout_s)
-    return finish_dataset(results, schema, out, cfg, run_id, env_id)
+    check_new_dataset(out)
+    with staged_folder(out, last=MANIFEST_NAME) as staging:
+        task = ray.remote(compact_source).options(num_cpus=cfg.num_cpus)
+        refs = [task.remote(source, schema, index, staging, cfg) for index, source in enumerate(sources)]
+        try:
+            results: list[ShardCompaction] = ray.get(refs, timeout=timeout_s)
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, DatasetError):  # one line naming the file; the task's traceback adds nothing
+                raise err.cause from None
+            raise
+        return finish_dataset(results, schema, staging, cfg, run_id, env_id)
 
 
 def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out: Location | str | Path,
                   cfg: AggregationConfig, run_id: str, env_id: str, parents: list[str] | None = None) -> Manifest:
     """In this process, without Ray: write rows already in memory as a dataset, the same files
-    and manifest that compacting a replay gives (for importers, tests, benches)."""
+    and manifest that compacting a replay gives (for importers, tests, benches); all-or-nothing,
+    and never over an existing dataset.
+
+    Raises:
+        DatasetExistsError: a dataset is already at `out`.
+    """
     out = location(out)
     check_layout(schema, cfg)
-    out.make_dirs()
+    check_new_dataset(out)
     record_batches = [batch.to_arrow(schema) for batch in batches]
-    result = compact_source(record_batches, schema, 0, out, cfg)
-    return finish_dataset([result], schema, out, cfg, run_id, env_id, parents)
+    with staged_folder(out, last=MANIFEST_NAME) as staging:
+        result = compact_source(record_batches, schema, 0, staging, cfg)
+        return finish_dataset([result], schema, staging, cfg, run_id, env_id, parents)
 
 
 def finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Location, cfg: AggregationConfig,
                    run_id: str, env_id: str, parents: list[str] | None = None, in_progress: bool = False,
-                   rotations: int = 0) -> Manifest:
+                   rotations: int = 0, filtered: dict | None = None) -> Manifest:
     """The manifest over every shard's files (and the other formats on request), written into
-    `out`; `in_progress` (a rotation during the run) writes the manifest alone, so marked."""
+    `out`; `in_progress` (a rotation during the run) writes the manifest alone, so marked.
+    `filtered` replaces the shards' own filter reports (an edit's, with its criteria)."""
     all_episode_ids = np.concatenate([result.episode_ids for result in results])
     files = [entry for result in results for entry in result.files]
     manifest = Manifest(
@@ -326,7 +371,7 @@ def finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Loc
         schema=schema.to_json(), files=files,
         evicted_rows={str(index): result.skipped_rows for index, result in enumerate(results)},
         partition_by=list(cfg.partition_by), parents=list(parents or []), image_columns=dict(cfg.image_compression),
-        filtered=_merged_reports([result.filtered for result in results]),
+        filtered=filtered if filtered is not None else _merged_reports([result.filtered for result in results]),
         first_timestamp=min((e.first_timestamp for e in files if e.first_timestamp), default=None),
         last_timestamp=max((e.last_timestamp for e in files if e.last_timestamp), default=None),
         in_progress=in_progress, rotations=rotations)

@@ -1,5 +1,6 @@
 """`Dataset`: a compacted dataset (manifest + Parquet files) on disk or in an object store,
-read with pyarrow or Ray Data."""
+read with pyarrow or Ray Data, each file checked against the manifest as it is read
+(`aggregation.integrity`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,13 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
+from loguru import logger
 
-from aggregation.manifest import MANIFEST_NAME, Manifest
+from aggregation.integrity import DatasetError, DatasetIntegrityError, FileReader, VerifyingHandler, check_manifest
+from aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
 from aggregation.storage import Location, StorageError, location
 from rollout.batch import BatchSchema, TransitionBatch
-
-
-class DatasetError(ValueError):
-    """A dataset folder is missing, incomplete or inconsistent with its manifest."""
 
 
 def episode_runs(ids: np.ndarray) -> list[tuple[int, int]]:
@@ -28,11 +27,13 @@ def episode_runs(ids: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), np.r_[starts[1:], ids.size].tolist()))
 
 
-def iter_record_batches(root: Location, manifest: Manifest, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
-    """A dataset's rows in manifest order (each episode contiguous), a record batch at a time."""
+def iter_record_batches(root: Location, manifest: Manifest, batch_rows: int = 65_536,
+                        verify: bool = True) -> Iterator[pa.RecordBatch]:
+    """A dataset's rows in manifest order (each episode contiguous), a record batch at a time,
+    each file checked against its entry first unless not `verify`."""
+    reader = FileReader(root, verify)
     for entry in manifest.files:
-        with root.fs.open_input_file(root.join(entry.path).path) as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
+        yield from reader.iter_batches(entry, batch_rows)
 
 
 def iter_episodes(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
@@ -59,59 +60,123 @@ def _decode_batch(table: pa.Table) -> dict[str, np.ndarray]:
 class Dataset:
     """A dataset written by compaction: a local folder or an object-store prefix (`s3://...`).
 
+    Every read checks the files against the manifest (`aggregation.integrity`): `open` refuses
+    paths outside the folder, files listed twice, missing files and, with `verify`, files of
+    the wrong size; reads check each file's sha256 the first time they read it (`verify=False`
+    skips sizes and hashes). With `skip_damaged` (for `harvest inspect`), damaged files are left
+    out of every read instead and each problem is kept in `problems`.
+
     Example:
         >>> dataset = Dataset.open("artifacts/run-1/dataset")
-        >>> dataset.to_pyarrow().to_table(columns=["obs", "action"])
+        >>> dataset.read_columns(["obs", "action"])
         >>> dataset.to_ray().iter_torch_batches(batch_size=256)
+
+    Raises:
+        DatasetIntegrityError: a file differs from the manifest (one line per file).
     """
 
-    def __init__(self, folder: Location, manifest: Manifest) -> None:
+    def __init__(self, folder: Location, manifest: Manifest, verify: bool = True, skip_damaged: bool = False,
+                 entries: list[FileEntry] | None = None, problems: list[str] | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
         self.schema = BatchSchema.from_json(manifest.schema)
+        self.verify, self.skip_damaged = verify, skip_damaged
+        self.entries = list(manifest.files if entries is None else entries)
+        """The files this dataset reads: the manifest's, less the damaged ones when skipping them."""
+        self.problems = list(problems or [])
+        """Integrity problems found so far (with `skip_damaged`), one line each."""
+        self.reader = FileReader(folder, verify)
 
     @classmethod
-    def open(cls, where: str | Path | Location) -> "Dataset":
+    def open(cls, where: str | Path | Location, verify: bool = True, skip_damaged: bool = False) -> "Dataset":
+        """The dataset at `where`, its manifest checked (see the class doc).
+
+        Raises:
+            DatasetError: no manifest, or one that cannot be read.
+            DatasetIntegrityError: the manifest lists bad paths or files that are missing or (with
+                `verify`) of the wrong size; never with `skip_damaged`.
+        """
         folder = location(where)
         try:
             if not folder.join(MANIFEST_NAME).is_file():
                 raise DatasetError(f"{folder}: no {MANIFEST_NAME}; expected a dataset written by `harvest compact`")
             manifest = Manifest.read(folder)
-            missing = [entry.path for entry in manifest.files if not folder.join(entry.path).is_file()]
+            entries, problems = check_manifest(folder, manifest, check_sizes=verify)
         except (StorageError, ValueError) as err:
             if isinstance(err, DatasetError):
                 raise
             raise DatasetError(str(err)) from err
-        if missing:
-            raise DatasetError(f"{folder}: files listed in {MANIFEST_NAME} are missing: {missing}")
-        return cls(folder, manifest)
+        if problems and not skip_damaged:
+            raise DatasetIntegrityError("\n".join(problems))
+        for problem in problems:
+            logger.warning("{} (left out)", problem)
+        return cls(folder, manifest, verify, skip_damaged, entries, problems)
 
     @property
     def files(self) -> list[str]:
         """The Parquet files as paths on `self.folder.fs` (for pyarrow and Ray Data with `filesystem=`)."""
-        return [self.folder.join(entry.path).path for entry in self.manifest.files]
+        return [self.folder.join(entry.path).path for entry in self.entries]
 
     @property
-    def filesystem(self):
+    def filesystem(self) -> pafs.FileSystem:
         return self.folder.fs
 
     def to_pyarrow(self) -> pads.Dataset:
+        """A `pyarrow.dataset` of the files; with `verify`, its scans check each file on first open
+        (a damaged one raises `DatasetIntegrityError`, even with `skip_damaged`)."""
         if not self.files:  # a dataset with no rows (and, when partitioned, no files)
             return pads.dataset(pa.Table.from_batches([], schema=self.schema.arrow_schema()))
-        return pads.dataset(self.files, format="parquet", filesystem=self.folder.fs)
+        filesystem = pafs.PyFileSystem(VerifyingHandler(self.reader, self.entries)) if self.verify else self.folder.fs
+        return pads.dataset(self.files, format="parquet", filesystem=filesystem)
 
-    def to_ray(self, **read_kwargs: Any) -> Any:
-        """A Ray Data dataset of the rows (image columns decoded to their pixels)."""
+    def to_ray(self, columns: list[str] | None = None, **read_kwargs: Any) -> Any:
+        """A Ray Data dataset of the rows (image columns decoded to their pixels).
+
+        With `verify`, one Ray task per file reads its bytes once, checks them and parses them,
+        so no file is read twice (`ray.data.read_parquet` would open files on the driver first to
+        learn the schema and sizes); `read_kwargs` for `read_parquet` then need `verify=False`.
+        """
         import ray.data
 
-        rows = ray.data.read_parquet(self.files, filesystem=self.folder.fs, **read_kwargs)
+        if not self.verify:
+            rows = ray.data.read_parquet(self.files, filesystem=self.folder.fs, **read_kwargs)
+            rows = rows if columns is None else rows.select_columns(columns)
+        elif read_kwargs:
+            raise TypeError(f"{self.folder}: to_ray({', '.join(read_kwargs)}=...) passes options to "
+                            "ray.data.read_parquet, which does not verify; open the dataset with verify=False")
+        else:
+            rows = ray.data.from_items([{"path": entry.path} for entry in self.entries],
+                                       override_num_blocks=max(1, len(self.entries)))
+            rows = rows.map_batches(_ReadFiles(self.reader, self.entries, columns), batch_size=1,
+                                    batch_format="pyarrow")
         if self.manifest.image_columns:
             rows = rows.map_batches(_decode_batch, batch_format="pyarrow")
         return rows
 
+    def read_file(self, entry: FileEntry, columns: list[str] | None = None) -> pa.Table:
+        """One file's rows as stored (image columns still encoded), checked on its first read."""
+        return self.reader.read_table(entry, columns)
+
+    def record_batches(self, batch_rows: int = 65_536, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Record batches as stored, in manifest order; with `skip_damaged`, a damaged file is
+        left out (rows it gave before the damage showed stay given) and named in `problems`."""
+        for entry in self.entries:
+            try:
+                yield from self.reader.iter_batches(entry, batch_rows, columns)
+            except DatasetIntegrityError as err:
+                self._leave_out(err)
+
+    def _leave_out(self, err: DatasetIntegrityError) -> None:
+        """Re-raise `err`, unless damaged files are skipped: then record it (once) and go on."""
+        if not self.skip_damaged:
+            raise err
+        if str(err) not in self.problems:
+            self.problems.append(str(err))
+            logger.warning("{} (left out)", err)
+
     def iter_batches(self, batch_rows: int = 65_536) -> Iterator[dict[str, np.ndarray]]:
         """Every column, `batch_rows` rows at a time, in manifest order (episodes contiguous)."""
-        for batch in iter_record_batches(self.folder, self.manifest, batch_rows):
+        for batch in self.record_batches(batch_rows):
             yield TransitionBatch.from_arrow(batch).columns
 
     def iter_episodes(self) -> Iterator[dict[str, np.ndarray]]:
@@ -119,19 +184,36 @@ class Dataset:
         return iter_episodes(self.iter_batches())
 
     def read_columns(self, columns: list[str], max_rows: int | None = None) -> dict[str, np.ndarray]:
-        """Numpy arrays of `columns`, streaming record batches until `max_rows` rows are read."""
+        """Numpy arrays of `columns`, file by file until `max_rows` rows are read."""
         unknown = [name for name in columns if name not in self.schema.columns]
         if unknown:
             raise DatasetError(f"{self.folder}: no columns {unknown}; it has {list(self.schema.columns)}")
-        if max_rows is None:
-            return TransitionBatch.from_arrow(self.to_pyarrow().to_table(columns=columns)).columns
         parts, rows = [], 0
-        for record_batch in self.to_pyarrow().to_batches(columns=columns):
-            parts.append(TransitionBatch.from_arrow(record_batch))
-            rows += record_batch.num_rows
-            if rows >= max_rows:
+        for entry in self.entries:
+            if max_rows is not None and rows >= max_rows:
                 break
+            try:
+                table = self.read_file(entry, columns)
+            except DatasetIntegrityError as err:
+                self._leave_out(err)
+                continue
+            parts.append(TransitionBatch.from_arrow(table))
+            rows += table.num_rows
         if not parts:
             return {name: np.empty((0, *self.schema.columns[name].shape), self.schema.columns[name].dtype)
                     for name in columns}
-        return TransitionBatch.concat(parts).take(slice(0, max_rows)).columns
+        batch = parts[0] if len(parts) == 1 else TransitionBatch.concat(parts)
+        return (batch if max_rows is None else batch.take(slice(0, max_rows))).columns
+
+
+class _ReadFiles:
+    """Ray Data map_batches callable: the rows of the files named in its input rows, each read
+    once and checked (the reader travels with the task)."""
+
+    def __init__(self, reader: FileReader, entries: list[FileEntry], columns: list[str] | None) -> None:
+        self.reader, self.columns = reader, columns
+        self.entries = {entry.path: entry for entry in entries}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tables = [self.reader.read_table(self.entries[path], self.columns) for path in batch["path"].to_pylist()]
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)

@@ -1,9 +1,11 @@
 """Editing datasets: filter, delete episodes, split, re-partition and merge. Each writes a new
 dataset (never touching its sources) whose manifest lists them under `parents`.
 
-All of them stream file by file: every Parquet file holds whole episodes, so a file is read,
-its rows are selected by episode, and they are written again with the output's partitioning
-and file size (`compact_source`, the code compaction uses).
+All of them stream file by file: every Parquet file holds whole episodes, so a file is read
+(checked against its source's manifest), its rows are selected by episode, and they are
+written again with the output's partitioning and file size (`compact_source`, the code
+compaction uses). The output is written all-or-nothing (a failed edit leaves nothing at `out`)
+and never over an existing dataset.
 """
 
 from __future__ import annotations
@@ -16,15 +18,14 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from loguru import logger
 
-from aggregation.compact import ShardCompaction, compact_source, finish_dataset
+from aggregation.compact import ShardCompaction, check_new_dataset, compact_source, finish_dataset
 from aggregation.config import AggregationConfig
 from aggregation.dataset import Dataset
 from aggregation.filters import EpisodeFilter, FilterReport, filter_table
-from aggregation.manifest import Manifest
-from aggregation.storage import Location, location
+from aggregation.manifest import MANIFEST_NAME, Manifest
+from aggregation.storage import Location, location, staged_folder
 from rollout.batch import TransitionBatch
 
 Selector = Callable[[pa.Table], pa.Table]
@@ -40,22 +41,28 @@ def _layout(dataset: Dataset, partition_by: list[str] | None = None, rows_per_fi
 
 
 def rewrite(sources: list[Dataset], out: str | Path | Location, select: Selector, cfg: AggregationConfig,
-            run_id: str, operation: str) -> Manifest:
-    """Every file of `sources`, through `select`, written as one new dataset at `out`."""
+            run_id: str, operation: str, filtered: Callable[[], dict] | None = None) -> Manifest:
+    """Every file of `sources`, through `select`, written as one new dataset at `out`
+    (`filtered()`, asked once every file is through, describes what a filter kept).
+
+    Raises:
+        DatasetExistsError: a dataset is already at `out`.
+        DatasetIntegrityError: a source file differs from its manifest (nothing is left at `out`).
+    """
     out = location(out)
-    if out.join("manifest.json").exists():
-        raise FileExistsError(f"{out}: a dataset is already there; choose a new folder")
+    check_new_dataset(out)
     schema = sources[0].schema
     results: list[ShardCompaction] = []
-    for dataset in sources:
-        for entry in dataset.manifest.files:
-            with dataset.filesystem.open_input_file(dataset.folder.join(entry.path).path) as handle:
-                table = select(pq.read_table(handle))
-            if dataset.manifest.image_columns:  # back to pixels; the output encodes them again
-                table = pa.Table.from_batches([TransitionBatch.from_arrow(table).to_arrow(schema)])
-            results.append(compact_source(table.to_batches(), schema, len(results), out, cfg))
-    manifest = finish_dataset(results, schema, out, cfg, run_id, sources[0].manifest.env_id,
-                               parents=[str(dataset.folder) for dataset in sources])
+    with staged_folder(out, last=MANIFEST_NAME) as staging:
+        for dataset in sources:
+            for entry in dataset.entries:
+                table = select(dataset.read_file(entry))
+                if dataset.manifest.image_columns:  # back to pixels; the output encodes them again
+                    table = pa.Table.from_batches([TransitionBatch.from_arrow(table).to_arrow(schema)])
+                results.append(compact_source(table.to_batches(), schema, len(results), staging, cfg))
+        manifest = finish_dataset(results, schema, staging, cfg, run_id, sources[0].manifest.env_id,
+                                  parents=[str(dataset.folder) for dataset in sources],
+                                  filtered=filtered() if filtered is not None else None)
     logger.info("{} {} -> {}: {:,} rows, {} episodes", operation, ", ".join(str(d.folder) for d in sources), out,
                 manifest.rows, manifest.episodes)
     return manifest
@@ -77,11 +84,10 @@ def filter_dataset(dataset: Dataset, out: str | Path | Location, criteria: Episo
         totals = totals.merge(report)
         return kept
 
-    manifest = rewrite([dataset], out, select, _layout(dataset), _edit_id("filter"), "filter")
     criteria_json = {key: value.isoformat() if isinstance(value, datetime) else value
                      for key, value in asdict(criteria).items()}
-    manifest.filtered = {**asdict(totals), "criteria": criteria_json}
-    manifest.write(location(out))
+    manifest = rewrite([dataset], out, select, _layout(dataset), _edit_id("filter"), "filter",
+                       filtered=lambda: {**asdict(totals), "criteria": criteria_json})
     logger.info("filter kept {} of {} episodes; dropped {}", totals.kept_episodes, totals.episodes,
                 totals.dropped or "none")
     return manifest

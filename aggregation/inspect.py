@@ -15,6 +15,11 @@ episode length and return distributions, and runs the checks:
 | `stuck_action` | warning | the same action for `stuck_steps` steps or more |
 | `jerky_action` | warning | continuous actions jumping by more than `jerk_fraction` of their range between steps |
 | `short_episode` | warning | episodes shorter than `min_episode_length` |
+| `integrity` | error | files of another size or sha256 than the manifest says, unreadable, missing, listed twice |
+
+Open the dataset with `Dataset.open(where, skip_damaged=True)` so that damaged files are left
+out and every one of them is named here, while the rest of the report covers the good files
+(`verify=False` skips sizes and hashes; the structural checks stay).
 
 The report prints as terminal tables and is written as HTML with PNG plots; errors make the
 command exit non-zero, so it can gate a pipeline.
@@ -235,7 +240,11 @@ def inspect_dataset(dataset: Dataset, thresholds: Thresholds = Thresholds()) -> 
                 "last_timestamp": None if last_time is None else str(np.datetime64(int(last_time), "ns")),
                 "duration_s": None if first_time is None else (last_time - first_time) / 1e9,
                 "episode_length": _percentiles(lengths), "episode_return": _percentiles(returns)}
-    if manifest.rows != overview["rows"]:
+    if dataset.problems:  # every one named, not a sample: each is a file to look at
+        checks.found["integrity"] = Finding("integrity", "error", "files that differ from the manifest or cannot be "
+                                            "read (left out of this report)", len(dataset.problems),
+                                            list(dataset.problems))
+    elif manifest.rows != overview["rows"]:
         checks.flag("manifest_rows", "error", "the manifest's row count differs from the rows in the files", 1,
                     f"manifest {manifest.rows}, files {overview['rows']}")
     order = {"error": 0, "warning": 1, "info": 2}
@@ -256,6 +265,7 @@ def print_report(report: Report) -> None:
     """Readable terminal tables (rich)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(stderr=True)
     overview = Table(title=f"Dataset {report.dataset}", title_justify="left", show_header=False)
@@ -281,6 +291,10 @@ def print_report(report: Report) -> None:
     if not report.findings:
         checks.add_row("[green]ok[/]", "all", "0", "no problems found", "")
     console.print(checks)
+    for finding in report.findings:
+        if finding.check == "integrity":
+            for problem in finding.examples:
+                console.print(Text.assemble(("integrity ", "red"), problem), soft_wrap=True)
 
 
 def _fmt(stats: dict[str, float] | None) -> str:

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 
+from aggregation.integrity import FileReader
 from aggregation.manifest import Manifest
 from aggregation.storage import Location
 from rollout.batch import TransitionBatch
@@ -27,9 +27,11 @@ def npz_key(column: str) -> str:
 
 
 def write_npz(root: Location, manifest: Manifest) -> Location:
-    """Write the dataset's Parquet files as one NPZ; loads with `np.load(path, allow_pickle=False)`."""
-    files = [root.join(entry.path).path for entry in manifest.files]
-    table = pads.dataset(files, format="parquet", filesystem=root.fs).to_table() if files else None
+    """Write the dataset's Parquet files as one NPZ (each file checked against the manifest as it
+    is read); loads with `np.load(path, allow_pickle=False)`."""
+    reader = FileReader(root)
+    tables = [reader.read_table(entry) for entry in manifest.files]
+    table = pa.concat_tables(tables) if tables else None
     arrays: dict[str, np.ndarray] = {}
     if table is not None:
         table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])

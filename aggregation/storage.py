@@ -10,18 +10,22 @@ roles). Keys are never part of a location's printed form.
 
 Writes are all-or-nothing: a local file is written under a temporary name in its folder and
 renamed when complete; an object is uploaded in one request (S3 shows an object only once its
-upload has finished). A reader therefore never sees half a file.
+upload has finished). A reader therefore never sees half a file. A whole folder of files (a
+dataset) is written through `staged_folder`: locally into a temporary sibling folder that is
+renamed into place at the end, so a failed write leaves no stray files behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -165,6 +169,54 @@ class Location:
         names = sorted(info.path[len(root):] for info in infos
                        if info.type == pafs.FileType.File and info.path.endswith(suffix) and TMP_MARK not in info.path)
         return [self.join(name) for name in names]
+
+
+@contextlib.contextmanager
+def staged_folder(target: Location, last: str) -> Iterator[Location]:
+    """Where to write the files of a new folder `target`, all-or-nothing.
+
+    Locally, a temporary sibling (`<target>.tmp-XXXXXXXX`) that becomes `target` when the block
+    ends without an error: renamed in one step when `target` does not exist (or is empty),
+    otherwise its files are moved into `target` one by one, `last` (the manifest) after all the
+    others, so a reader never sees a manifest before the files it lists. When the block raises,
+    the temporary folder is removed with everything in it. On an object store, which has no
+    folders to rename, the block writes into `target` itself (each object appears whole; write
+    `last` last) and the objects it wrote are deleted when it raises.
+    """
+    if not target.is_local:
+        before = {found.path for found in target.list_files()}
+        try:
+            yield target
+        except BaseException:
+            with contextlib.suppress(OSError):  # a cleanup that fails must not hide the error
+                if not before:  # the whole prefix is ours (and the folder markers pyarrow leaves)
+                    target.fs.delete_dir(target.path)
+                for written in target.list_files() if before else []:
+                    if written.path not in before:
+                        written.fs.delete_file(written.path)
+            raise
+        return
+    tag = f"{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    staging = Location(target.fs, f"{target.path.rstrip('/')}{tag}", f"{target.uri.rstrip('/')}{tag}")
+    staging.make_dirs()
+    try:
+        yield staging
+        _move_into(Path(staging.path), Path(target.path), last)
+    finally:
+        shutil.rmtree(staging.path, ignore_errors=True)
+
+
+def _move_into(staging: Path, target: Path, last: str) -> None:
+    """Move a staged folder's files into `target` (see `staged_folder`)."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        os.replace(staging, target)  # the whole folder appears at once
+        return
+    files = sorted((path for path in staging.rglob("*") if path.is_file()),
+                   key=lambda path: path.relative_to(staging).as_posix() == last)
+    for path in files:
+        destination = target / path.relative_to(staging)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, destination)
 
 
 class _HashingSink(io.RawIOBase):

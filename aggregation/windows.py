@@ -11,8 +11,9 @@ every selected column stacked to (H, ...) plus `episode_id`, `first_step` (negat
 windows) and `mask` (H booleans, false on padding).
 
 The dataset is built lazily: one Ray Data task per Parquet file reads that file's columns
-(an episode never spans files) and cuts its windows, so training can iterate it directly
-(`iter_torch_batches`) without the windows ever being materialized together.
+(an episode never spans files; the file is checked against the manifest as it is read) and
+cuts its windows, so training can iterate it directly (`iter_torch_batches`) without the
+windows ever being materialized together.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from aggregation.dataset import Dataset, episode_runs
 from rollout.batch import TransitionBatch
@@ -85,13 +85,14 @@ class _FileWindows:
     """Ray Data map_batches callable: the windows of one Parquet file per input row."""
 
     def __init__(self, dataset: Dataset, history: int, stride: int, pad: Pad, names: list[str]) -> None:
-        self.fs, self.history, self.stride, self.pad, self.names = dataset.filesystem, history, stride, pad, names
+        self.reader, self.entries = dataset.reader, {entry.path: entry for entry in dataset.entries}
+        self.history, self.stride, self.pad, self.names = history, stride, pad, names
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         parts = []
         for path in batch["path"]:
-            with self.fs.open_input_file(str(path)) as handle:
-                table = pq.read_table(handle, columns=list(dict.fromkeys([*self.names, "episode_id", "step"])))
+            table = self.reader.read_table(self.entries[str(path)],
+                                           columns=list(dict.fromkeys([*self.names, "episode_id", "step"])))
             columns = TransitionBatch.from_arrow(table.sort_by([("episode_id", "ascending"),
                                                                 ("step", "ascending")])).columns
             parts.append(cut_windows(columns, self.history, self.stride, self.pad, self.names))
@@ -111,6 +112,7 @@ def windows(dataset: Dataset, history: int, stride: int | None = None, pad: Pad 
     if unknown:
         raise ValueError(f"{dataset.folder}: windows over unknown columns {unknown}; it has "
                          f"{list(dataset.schema.columns)}")
-    files = ray.data.from_items([{"path": path} for path in dataset.files], override_num_blocks=max(1, len(dataset.files)))
+    files = ray.data.from_items([{"path": entry.path} for entry in dataset.entries],
+                                override_num_blocks=max(1, len(dataset.entries)))
     return files.map_batches(_FileWindows(dataset, history, stride, pad, names), batch_size=1,
                              batch_format="numpy")

@@ -9,16 +9,22 @@
 * Windowed reading for training (`aggregation.windows`, H = 16, stride 4, through Ray Data)
   beside Ray Data reading the plain columns of the same files: rows of the underlying data per
   second.
+* Reading with integrity checks (each file's size and sha256 against the manifest, a freshly
+  opened `Dataset` each time) beside `verify=False`, three ways: streaming every column
+  (`iter_batches`: inspect, export, HDF5), the columns BC trains on (`read_columns`: the hash
+  still reads every byte of a file) and Ray Data (`to_ray`: one task per file against
+  `read_parquet`). Target ratio >= 0.9.
 
 Two row kinds: CartPole (4 floats) and a Generals-like 9x20x20 float32 board. Each figure is
 the median of `--repeats` alternating runs; the ratio is Harvest / reference (target >= 0.8
-on writes).
+on writes, >= 0.9 for verified reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -63,10 +69,15 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def bench_kind(name: str, schema: BatchSchema, batch: TransitionBatch, repeats: int, scratch: Path) -> None:
+def bench_kind(name: str, schema: BatchSchema, batch: TransitionBatch, repeats: int, scratch: Path,
+               only_reads: bool = False) -> None:
     rows = batch.num_rows
     megabytes = sum(column.nbytes for column in batch.columns.values()) / 1e6
     cfg = AggregationConfig(formats=["parquet"])  # the defaults a run uses (files of up to 500,000 rows)
+    if only_reads:
+        write_dataset([batch], schema, scratch / f"{name}-h0", cfg, "bench", "x")
+        bench_verified_reads(name, scratch / f"{name}-h0", rows, repeats)
+        return
     table = batch.to_arrow(schema)
     import pyarrow as pa
 
@@ -112,6 +123,26 @@ def bench_kind(name: str, schema: BatchSchema, batch: TransitionBatch, repeats: 
     h, r = statistics.median(harvest), statistics.median(reference)
     print(f"{name:10s} read (Ray Data) windows H=16/4 {rows / h:12,.0f} rows/s   plain columns "
           f"{rows / r:12,.0f} rows/s   ratio {r / h:.2f}  (each window reads 16 rows and yields 16x their bytes)")
+    bench_verified_reads(name, scratch / f"{name}-h0", rows, repeats)
+
+
+def bench_verified_reads(name: str, folder: Path, rows: int, repeats: int) -> None:
+    """Reads of a freshly opened dataset with and without the integrity checks, alternating."""
+    reads = {
+        "iter_batches (all columns)": lambda dataset: sum(1 for _ in dataset.iter_batches()),
+        "read_columns (obs, action, episode_id)": lambda dataset: dataset.read_columns(["obs", "action",
+                                                                                         "episode_id"]),
+        "to_ray (obs, action)": lambda dataset: sum(1 for _ in dataset.to_ray(columns=["obs", "action"])
+                                                    .iter_batches(batch_size=4096)),
+    }
+    for what, read in reads.items():
+        verified, unverified = [], []
+        for _ in range(repeats):
+            verified.append(timed(lambda: read(Dataset.open(folder))))
+            unverified.append(timed(lambda: read(Dataset.open(folder, verify=False))))
+        v, u = statistics.median(verified), statistics.median(unverified)
+        print(f"{name:10s} read {what:38s} verified {rows / v:12,.0f} rows/s   verify=False {rows / u:12,.0f} rows/s"
+              f"   ratio {u / v:.2f}")
 
 
 def main() -> None:
@@ -119,18 +150,20 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="CartPole rows")
     parser.add_argument("--board-rows", type=int, default=20_000, help="9x20x20 board rows")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only-reads", action="store_true", help="only the verified-read comparison")
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     from loguru import logger
 
     logger.remove()
+    print(f"{os.cpu_count()} cores; medians of {args.repeats} runs")
     try:
         with tempfile.TemporaryDirectory(prefix="harvest-bench-") as scratch:
             bench_kind("cartpole", *make_rows(gym.spaces.Box(-5, 5, (4,), np.float32), args.rows, 200),
-                       args.repeats, Path(scratch))
+                       args.repeats, Path(scratch), args.only_reads)
             bench_kind("board", *make_rows(gym.spaces.Box(0, 1, (9, 20, 20), np.float32), args.board_rows, 200),
-                       args.repeats, Path(scratch))
+                       args.repeats, Path(scratch), args.only_reads)
     finally:
         ray.shutdown()
 

@@ -99,7 +99,7 @@ class BCLearner:
                  dataset_weights: list[float] | None = None) -> None:
         self.cfg = cfg
         folders = dataset_dir if isinstance(dataset_dir, list) else [dataset_dir]
-        self.datasets = [Dataset.open(folder) for folder in folders]
+        self.datasets = [Dataset.open(folder, verify=cfg.verify_dataset) for folder in folders]
         self.dataset = self.datasets[0]
         self.dataset_weights = list(dataset_weights) if dataset_weights is not None else [1.0] * len(folders)
         if len(self.dataset_weights) != len(self.datasets):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import ConfigDict, Field, StrictInt
+from pydantic import ConfigDict, Field, StrictBool, StrictInt
 from pydantic.dataclasses import dataclass
 
 from rollout.config import PlacementConfig
@@ -210,6 +210,11 @@ class LearnerConfig:
     Robocode's `collision`, `disabled`, `post_round`, whose recovered actions are not exact)."""
     max_rows: Optional[StrictInt] = Field(default=None, ge=1)
     """Read at most this many rows of the dataset (None: all)."""
+    verify_dataset: StrictBool = True
+    """Check every dataset file the learner reads against the manifest's size and sha256 as it
+    reads it (a damaged file stops training with one line naming it); false
+    (`harvest train --no-verify`) reads the files as they are. Paths outside the dataset folder,
+    files listed twice and missing files are refused either way."""
     num_gpus: float = Field(default=0.0, ge=0)
     """GPUs for the learner actor (per worker with `num_workers`); it trains on CUDA when Ray gives it one."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

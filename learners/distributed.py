@@ -115,7 +115,7 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    dataset = Dataset.open(dataset_dir)
+    dataset = Dataset.open(dataset_dir, verify=cfg.verify_dataset)
     schema, out = dataset.schema, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     obs_names, action_names = schema.obs_columns, schema.action_columns

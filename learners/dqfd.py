@@ -147,7 +147,7 @@ class DQfDLearner:
     def __init__(self, cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str,
                  env_cfg: EnvConfig | None = None) -> None:
         self.cfg, self.d = cfg, cfg.dqfd
-        self.dataset = Dataset.open(dataset_dir)
+        self.dataset = Dataset.open(dataset_dir, verify=cfg.verify_dataset)
         self.out_dir = Path(out_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = Precision(cfg.precision, self.device)
