@@ -12,7 +12,11 @@
   the env is recorded for `recover_environment()` when the dataset's env id is a Gymnasium id.
   Episodes the collection cut off (neither terminated nor truncated) are left out of it.
 
-All read the dataset record batch by record batch in manifest order (episodes contiguous).
+All read the dataset record batch by record batch in manifest order (episodes contiguous),
+each file checked against the manifest as it is read. An export's file is refused
+(`ExportTargetError`) when its extension is not one the export writes (`.hdf5`/`.h5`/`.npz`
+for offline-rl, `.safetensors` for teacher-student), when it is inside a dataset folder, or when
+it exists already (unless `overwrite`).
 """
 
 from __future__ import annotations
@@ -31,11 +35,39 @@ import pyarrow as pa
 from loguru import logger
 
 from aggregation.dataset import Dataset
+from aggregation.manifest import INDEX_NAME, MANIFEST_NAME
 from aggregation.storage import Location, location
 from envs.spaces import unflatten_value
 
 EXPORTS = ("offline-rl", "teacher-student", "minari")
 TEACHER_COLUMNS = {"policy_logits": "teacher_logits", "action_probs": "teacher_probs"}
+OFFLINE_RL_FORMATS = {".hdf5": "hdf5", ".h5": "hdf5", ".npz": "npz"}
+"""File extensions `export_offline_rl` writes, and the format each one means."""
+TEACHER_STUDENT_SUFFIX = ".safetensors"
+
+
+class ExportTargetError(ValueError):
+    """An export's output file is refused: an extension the export does not write, a path inside
+    a dataset folder, or a file that exists (without `overwrite`)."""
+
+
+def check_export_target(target: Location, suffixes: list[str], overwrite: bool = False) -> str:
+    """`target`'s extension (one of `suffixes`), once the file may be written there.
+
+    Raises:
+        ExportTargetError: naming the file and what is wrong with it.
+    """
+    suffix = "." + target.name.rsplit(".", 1)[-1].lower() if "." in target.name else ""
+    if suffix not in suffixes:
+        raise ExportTargetError(f"{target}: this export writes {' or '.join(suffixes)} files, not "
+                                f"{suffix or 'a file without an extension'}; name the output with one of those")
+    parent = target.parent()
+    if parent.join(MANIFEST_NAME).exists() or parent.join(INDEX_NAME).exists():
+        raise ExportTargetError(f"{target}: inside the dataset folder {parent}; write exports outside it")
+    if target.exists() and (not overwrite or not target.is_file()):
+        raise ExportTargetError(f"{target}: already exists; choose a new name"
+                                + (" or ask to overwrite it (--overwrite)" if target.is_file() else ""))
+    return suffix
 
 
 def _d4rl_key(column: str) -> str | None:
@@ -48,10 +80,19 @@ def _d4rl_key(column: str) -> str | None:
     return None if key is None else key + ("/" + rest.replace(".", "/") if dot else "")
 
 
-def export_offline_rl(dataset: Dataset, out: str | Path | Location, file_format: Literal["hdf5", "npz"] = "hdf5",
-                      compression: str | None = "gzip") -> Location:
-    """The D4RL dict (see the module doc) at `out` (`.hdf5` or `.npz`)."""
+def export_offline_rl(dataset: Dataset, out: str | Path | Location, file_format: Literal["hdf5", "npz"] | None = None,
+                      compression: str | None = "gzip", overwrite: bool = False) -> Location:
+    """The D4RL dict (see the module doc) at `out` (`.hdf5`/`.h5` or `.npz`: the extension says
+    which; `file_format`, when given, must agree with it).
+
+    Raises:
+        ExportTargetError: `out` is refused (see the module doc).
+    """
     target = location(out)
+    implied = OFFLINE_RL_FORMATS[check_export_target(target, list(OFFLINE_RL_FORMATS), overwrite)]
+    if file_format is not None and file_format != implied:
+        raise ExportTargetError(f"{target}: file_format {file_format!r}, but the extension says {implied}")
+    file_format = implied
     keys = {name: key for name in dataset.schema.columns if (key := _d4rl_key(name))}
     with tempfile.TemporaryDirectory(prefix="harvest-export-") as scratch:
         local = Path(scratch) / target.name
@@ -84,10 +125,16 @@ def export_offline_rl(dataset: Dataset, out: str | Path | Location, file_format:
     return target
 
 
-def export_teacher_student(dataset: Dataset, out: str | Path | Location) -> Location:
-    """Observations, teacher actions and (where recorded) logits/probabilities as safetensors."""
+def export_teacher_student(dataset: Dataset, out: str | Path | Location, overwrite: bool = False) -> Location:
+    """Observations, teacher actions and (where recorded) logits/probabilities as safetensors.
+
+    Raises:
+        ExportTargetError: `out` is refused (see the module doc).
+    """
     from safetensors.numpy import save
 
+    target = location(out)
+    check_export_target(target, [TEACHER_STUDENT_SUFFIX], overwrite)
     schema = dataset.schema
     wanted = {name: "observations" + name[3:] for name in schema.obs_columns}
     wanted.update({"action": "teacher_actions", "episode_id": "episode_ids", "step": "steps"})
@@ -97,7 +144,6 @@ def export_teacher_student(dataset: Dataset, out: str | Path | Location) -> Loca
     for key, values in tensors.items():
         if values.dtype == np.bool_:
             tensors[key] = values.astype(np.uint8)
-    target = location(out)
     target.write_bytes(save(tensors, metadata={"env_id": dataset.manifest.env_id, "source": str(dataset.folder),
                                                 "run_id": dataset.manifest.run_id,
                                                 "teacher_outputs": ",".join(sorted(set(wanted.values()) & set(
