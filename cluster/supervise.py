@@ -229,22 +229,54 @@ class CollectorSupervisor:
     def _set_everywhere(self, method: str, *args: Any) -> None:
         """Call `method(*args)` on every started collector, and remember it for the others (a
         collector that starts or restarts later gets it before its first chunk). A ValueError
-        of a collector (the same env everywhere: all or none refuse) is raised as one."""
+        of a collector (the same env everywhere: all or none refuse) is raised as one. With no
+        collector started yet, the first to start checks the setting before it is remembered:
+        one no collector took would stop each of them when it starts."""
+        first = self._first_to_start(method)
+        if first is not None:
+            self._call(method, args, [first])
         with self._lock:
             previous = self._settings.get(method)
             self._settings[method] = args
             actors = [c.actor for c in self._collectors if not c.retired and c.ready is None]
         try:
-            ray.get([getattr(actor, method).remote(*args) for actor in actors], timeout=_RESTART_TIMEOUT_S)
-        except ray.exceptions.RayTaskError as err:
-            if not isinstance(err.cause, ValueError):
-                raise
+            self._call(method, args, actors)
+        except ValueError:
             with self._lock:
                 if previous is None:
                     self._settings.pop(method, None)
                 else:
                     self._settings[method] = previous
+            raise
+
+    @staticmethod
+    def _call(method: str, args: tuple[Any, ...], actors: list) -> None:
+        """`method(*args)` on each actor; a ValueError of one is raised as a ValueError."""
+        try:
+            ray.get([getattr(actor, method).remote(*args) for actor in actors], timeout=_RESTART_TIMEOUT_S)
+        except ray.exceptions.RayTaskError as err:
+            if not isinstance(err.cause, ValueError):
+                raise
             raise ValueError(str(err.cause)) from err
+
+    def _first_to_start(self, method: str) -> Any:
+        """None when a collector has started; else the first to start (waited for, from any thread).
+
+        Raises:
+            ValueError: none started within `_RESTART_TIMEOUT_S`.
+        """
+        with self._lock:
+            if any(c.ready is None for c in self._collectors if not c.retired):
+                return None
+            waiting = {c.ready: c.actor for c in self._collectors if not c.retired}
+        if not waiting:
+            return None
+        self._log.warning("{}: no collector has started yet; the first to start checks the live edit", method)
+        started, _ = ray.wait(list(waiting), num_returns=1, timeout=_RESTART_TIMEOUT_S)
+        if not started:
+            raise ValueError(f"{method}: no collector started within {_RESTART_TIMEOUT_S:.0f}s to check the live edit "
+                             "on; edit the file again once collectors run")
+        return waiting[started[0]]
 
     def _send_settings(self, collector: _Collector) -> None:
         with self._lock:

@@ -145,3 +145,27 @@ def test_a_live_edit_changes_the_reward_weights_and_the_exploration_from_the_nex
     assert (action[before] == 0).all(), "no exploration before the edit"
     np.testing.assert_array_equal(reward[after], 3 * (10 * step[after] + action[after]))  # scale 3
     assert 0.4 < action[after].mean() < 0.6, "epsilon 1: uniformly random actions"
+
+
+@pytest.mark.timeout(600)
+def test_a_live_edit_made_before_any_collector_started_is_checked_by_the_first_to_start(ray_cluster, tmp_path):
+    # Weights the env refuses, written while both collectors are still being built: before, the
+    # edit was "applied" unchecked and every collector then failed as it started.
+    config, gate = tmp_path / "run.yaml", tmp_path / "gate"
+    base = {"run": {"output_dir": str(tmp_path / "artifacts")},
+            "env": {"id": "tests.toy_envs:StartGatedRewardEnv", "num_envs": 2,
+                    "kwargs": {"step_s": 0.002, "rewards": {"scale": 1.0}, "gate_dir": str(gate)}},
+            "rollout": {"num_collectors": 2, "steps": 2000, "batch_rows": 100, "num_cpus": 0.25,
+                        "policy": {"kind": "random"}},
+            "replay": {"num_cpus": 0.1}, "aggregation": {"num_cpus": 0.1}}
+    try:
+        runner, codes, log = _collect_in_background(config, base, "early", gate, collectors=2)
+        wrong = {**base, "env": {**base["env"], "kwargs": {**base["env"]["kwargs"], "rewards": {"bonus": 2.0}}}}
+        _write(config, wrong)
+        wait_for(lambda: "no collector has started yet" in log.read_text(), 120, "the edit to wait for a collector")
+    finally:
+        open_gate(gate)
+    runner.join(timeout=300)
+    assert codes == [0]
+    (change,) = json.loads((tmp_path / "artifacts" / "early" / "summary.json").read_text())["collect"]["config_changes"]
+    assert change["status"] == "rejected" and "WeightedRewardEnv: rewards takes `scale` only" in change["error"]

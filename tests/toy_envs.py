@@ -242,3 +242,16 @@ class GatedRewardEnv(WeightedRewardEnv):
     def step(self, action):
         self._gate.count_step()
         return super().step(action)
+
+
+class StartGatedRewardEnv(WeightedRewardEnv):
+    """A WeightedRewardEnv whose copies built inside a Ray actor wait at the gate in `gate_dir`
+    before they exist: collectors that have not started yet for as long as the test wants (the
+    driver's copy, which reads the spaces, does not wait)."""
+
+    def __init__(self, gate_dir: str, rewards: dict | None = None, step_s: float = 0.0) -> None:
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            wait_at_gate(gate_dir)
+        super().__init__(rewards=rewards, step_s=step_s)
