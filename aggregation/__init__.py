@@ -2,7 +2,8 @@
 and read them back."""
 
 from aggregation.compact import compact_replay, snapshot_replay, write_dataset
-from aggregation.dataset import Dataset, DatasetError
+from aggregation.dataset import Dataset, DatasetError, DatasetIntegrityError
 from aggregation.manifest import MANIFEST_NAME, Manifest
 
-__all__ = ["Dataset", "DatasetError", "MANIFEST_NAME", "Manifest", "compact_replay", "snapshot_replay", "write_dataset"]
+__all__ = ["Dataset", "DatasetError", "DatasetIntegrityError", "MANIFEST_NAME", "Manifest", "compact_replay",
+           "snapshot_replay", "write_dataset"]
