@@ -204,7 +204,7 @@ def test_a_collector_pauses_while_the_nodes_memory_is_above_the_limit_and_says_s
         replay.kill()
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)  # a whole run twice (collect, train, evaluate): minutes on a busy machine
 def test_harvest_run_resume_goes_on_from_the_durable_shards_and_rotators_of_an_interrupted_run(ray_cluster,
                                                                                               tmp_path):
     # The run rotates its dataset while collecting (the longer path: durable shards plus the

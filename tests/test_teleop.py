@@ -118,8 +118,8 @@ class WindowWatch:
     def pixels(self) -> np.ndarray:
         from PIL import ImageGrab
 
-        screen = np.asarray(ImageGrab.grab(xdisplay=self.display).convert("RGB"))
-        return screen[self.y:self.y + self.height, self.x:self.x + self.width]
+        box = (self.x, self.y, self.x + self.width, self.y + self.height)
+        return np.asarray(ImageGrab.grab(bbox=box, xdisplay=self.display).convert("RGB"))
 
     def wait_for_the_first_frame(self, timeout_s: float = 120) -> None:
         """Until the window shows a frame below its status lines (the black `starting` picture before)."""
@@ -143,7 +143,7 @@ class WindowWatch:
                 shown, last = shown + 1, now
             return shown >= count
 
-        wait_for(counted, timeout_s, f"{count} frames in the window", poll_s=0.02)
+        wait_for(counted, timeout_s, f"{count} frames in the window", poll_s=0.05)
 
 
 @needs_x
@@ -300,7 +300,7 @@ def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_s
 
 
 @needs_x
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)  # 1,200 frames of CarRacing beside a learner: minutes on a busy machine
 def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray_cluster, xvfb, tmp_path):
     import threading
 
@@ -310,9 +310,9 @@ def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray
     def hand_over_and_back() -> None:  # a person hands the controls to the shadow, then takes them back
         person = KeyboardRobot(xvfb, None)
         window = WindowWatch(xvfb, person, "Harvest teleop")
-        window.wait_for_frames(100)  # the shadow has had rounds to learn
+        window.wait_for_frames(30)  # the shadow has had rounds to learn
         person.press("h")
-        window.wait_for_frames(30)  # taken within 2 frames: the shadow drives at least 28
+        window.wait_for_frames(10)  # taken within 2 frames: the shadow drives at least 8
         person.press("h")
 
     overrides = ["env.id=CarRacing-v3", "rollout.num_collectors=0", "replay.num_cpus=0.1", "aggregation.num_cpus=0.1",
