@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,8 @@ import pytest
 
 from aggregation.dataset import Dataset
 from cluster.local_nodes import LocalCluster
+from tests.toy_envs import open_gate, waiting_pids
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["env.num_envs=4", "rollout.batch_rows=500", "rollout.num_cpus=0.25", "replay.num_cpus=0.1",
@@ -100,9 +101,11 @@ def test_a_client_without_the_clusters_token_is_refused(two_nodes, tmp_path):
 @pytest.mark.timeout(600)
 def test_killing_the_second_node_mid_run_loses_no_acknowledged_row(two_nodes, tmp_path):
     cluster, second = two_nodes
-    out, wal = tmp_path / "artifacts", tmp_path / "wal"
+    out, wal, gate = tmp_path / "artifacts", tmp_path / "wal", tmp_path / "gate"
+    # every env copy waits at its 200th step (rows stored before it) until the second node is gone
+    gated = f"env.kwargs={{step_s: 0.002, gate_dir: '{gate}', gate_at_step: 200}}"
     submitted = harvest("submit", "--address", cluster.dashboard_url, "--run-id", "nodeloss", "--output-dir", str(out),
-                        *sets(*SMALL, "env.id=tests.toy_envs:HangingEnv", "env.kwargs={step_s: 0.002}",
+                        *sets(*SMALL, "env.id=tests.toy_envs:GatedEnv", gated,
                                           "env.num_envs=2", "rollout.policy.kind=random", "rollout.steps=16000",
                                           "rollout.batch_rows=200", f"replay.wal_dir={wal}", "replay.max_restarts=3",
                                           "replay.checkpoint_every_rows=3000", "learner.epochs=1",
@@ -117,12 +120,12 @@ def test_killing_the_second_node_mid_run_loses_no_acknowledged_row(two_nodes, tm
             return []
         return [p.pid for p in children if (p.cmdline() or [""])[0].startswith("ray::RolloutWorker")]
 
-    deadline = time.monotonic() + 300
-    while not collectors_on(second) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert collectors_on(second), "a collector ran on the second node"
-    time.sleep(3)  # let it store some rows
-    assert cluster.kill_node(second) > 0
+    try:
+        wait_for(lambda: set(collectors_on(second)) & waiting_pids(gate), 300,
+                 "a collector on the second node to reach the gate")
+        assert cluster.kill_node(second) > 0
+    finally:
+        open_gate(gate)
     followed = harvest("jobs", "logs", "harvest-nodeloss", "--follow", "--address", cluster.dashboard_url,
                        env=cluster.env, timeout=500)
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
