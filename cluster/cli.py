@@ -50,6 +50,7 @@ EXIT_CODES = """exit codes:
   1    the data failed a check (integrity, quality checks, inputs skipped on import)
   2    a usage or config error, named in one line
   3    an internal error (a bug; --debug prints the traceback)
+  4    the run failed in its parts: an env hung, an actor or node died past its restarts (named)
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM): `harvest run --resume RUN_ID` goes on"""
 
 
@@ -105,11 +106,18 @@ def _parser() -> argparse.ArgumentParser:
                            help="clear the run folder of --run-id first if it exists (without it, an existing "
                                 "run id is refused)")
         add_overrides(p)
+    def add_no_verify(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-verify", action="store_true",
+                       help="read the dataset's files without checking their sizes and sha256 against the manifest "
+                            "(paths outside the dataset folder and files listed twice are refused all the same)")
+
     for name, help_text in (("compact", "write the dataset from a collect snapshot"),
                             ("train", "train the learner on the dataset"),
                             ("eval", "evaluate the trained policy against the baselines")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("run_dir", help="a run folder, e.g. artifacts/<run-id>")
+        if name == "train":
+            add_no_verify(p)
         add_overrides(p)
     p = sub.add_parser("import", help="turn existing recordings into a Harvest dataset")
     p.add_argument("kind", choices=["robocode-json", "driving-session", "sequence-json", "minari", "offline-rl",
@@ -133,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
                         "the datasets folder (Minari's MINARI_DATASETS_PATH)")
     p.add_argument("--minari-id", help="minari: the dataset id, e.g. harvest/cartpole-expert-v0 (default: "
                                        "harvest/<run id>-v0)")
+    p.add_argument("--overwrite", action="store_true", help="replace the file --out if it exists (without it, an "
+                                                            "existing file is refused)")
+    add_no_verify(p)
     add_filter_arguments(p)
     p = sub.add_parser("edit", help="filter, delete episodes, split, re-partition or merge datasets into a new one")
     p.add_argument("operation", choices=["filter", "delete", "split", "repartition", "merge"])
@@ -144,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="split: shuffling seed")
     p.add_argument("--by", default="", help="repartition: comma-separated `time` and/or columns ('' for none)")
     p.add_argument("--rows-per-file", type=int)
+    add_no_verify(p)
     p = sub.add_parser("inspect", help="a dataset's statistics and quality checks (exit 1 on errors)")
     p.add_argument("dataset")
     p.add_argument("--html", help="report folder (index.html + PNG plots); default: DATASET/report for a local "
@@ -153,11 +165,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stuck-steps", type=int, default=200)
     p.add_argument("--jerk-fraction", type=float, default=0.5)
     p.add_argument("--gap-factor", type=float, default=5.0)
+    add_no_verify(p)
     p = sub.add_parser("windows", help="count the sliding-window samples a dataset yields")
     p.add_argument("dataset")
     p.add_argument("--history", type=int, required=True)
     p.add_argument("--stride", type=int, help="default: a quarter of the history")
     p.add_argument("--pad", choices=["none", "repeat_first", "zeros"], default="none")
+    add_no_verify(p)
     p = sub.add_parser("dashboard", help="write the Grafana dashboard of Harvest's metrics (JSON)")
     p.add_argument("--out", default="harvest-dashboard.json")
     from cluster.jobs import add_arguments as add_job_arguments
@@ -179,6 +193,8 @@ def _config_for(args: argparse.Namespace) -> RunConfig:
                               "`harvest run`")
         overrides = [f"run.id={Path(args.run_dir).name}",
                      f"run.output_dir={Path(args.run_dir).parent}", *args.overrides]
+        if getattr(args, "no_verify", False):
+            overrides.append("learner.verify_dataset=false")
         return load_config(config_path, overrides)
     if getattr(args, "resume", None):
         if args.config or args.run_id or getattr(args, "overwrite", False):
@@ -198,11 +214,12 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return list(args.overrides) + ([f"run.id={args.run_id}"] if args.run_id else [])
 
 
-EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_INTERNAL, EXIT_FAILED = 0, 1, 2, 3, 4
 """Exit codes: 0 done; 1 the data failed a check (integrity, quality, rows skipped on import);
 2 a usage or config error (nothing ran, or it stopped before writing); 3 an internal error
-(a bug: the traceback is in the run's harvest.log, `--debug` prints it); 130 / 143 interrupted
-by SIGINT (Ctrl-C) / SIGTERM."""
+(a bug: the traceback is in the run's harvest.log, `--debug` prints it); 4 the run failed in
+its parts (an env that hangs, an actor or node that died past its restarts); 130 / 143
+interrupted by SIGINT (Ctrl-C) / SIGTERM."""
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 
@@ -237,22 +254,42 @@ def _root_cause(err: BaseException) -> BaseException:
 def _exit_code(err: BaseException) -> int | None:
     """The exit code of a user-facing error; None for an unexpected one (a bug)."""
     from aggregation.dataset import DatasetError
+    from aggregation.integrity import DatasetIntegrityError
     from aggregation.storage import StorageError
     from envs.registry import EnvNotFoundError
 
-    if isinstance(err, DatasetError):
+    if isinstance(err, DatasetIntegrityError):
         return EXIT_DATA
-    if isinstance(err, (ConfigError, RunFolderError, EnvNotFoundError, StorageError, FileNotFoundError,
+    if isinstance(err, TimeoutError) or _died(err):
+        return EXIT_FAILED
+    if isinstance(err, (ConfigError, RunFolderError, EnvNotFoundError, StorageError, DatasetError, FileNotFoundError,
                         FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)):
         return EXIT_USAGE
     user_errors = tuple(_user_error_classes())
     return EXIT_USAGE if user_errors and isinstance(err, user_errors) else None
 
 
+def _died(err: BaseException) -> bool:
+    """Whether a Ray actor, worker or node died (past its restarts) - a failed run, not a bug."""
+    import ray.exceptions
+
+    return isinstance(err, (ray.exceptions.ActorDiedError, ray.exceptions.WorkerCrashedError,
+                            ray.exceptions.NodeDiedError, ray.exceptions.ActorUnavailableError))
+
+
+def _dataset_error(err: Exception) -> int:
+    """A dataset command's error in one line (one per damaged file); its exit code: 1 for files
+    that differ from their manifest, 2 for everything else (a missing dataset, a bad option)."""
+    from aggregation.integrity import DatasetIntegrityError
+
+    logger.error("{}", _one_line(err))
+    return EXIT_DATA if isinstance(err, DatasetIntegrityError) else EXIT_USAGE
+
+
 def _user_error_classes() -> list[type[BaseException]]:
     """Errors of Harvest's libraries that describe a user's input (imported only if loaded)."""
     names = {"aggregation.importers": "ImportFormatError", "aggregation.robocode_seed": "SeedFormatError",
-             "rollout.policies": "CheckpointSpaceError", "learners.checkpoint": "CheckpointSpaceError"}
+             "rollout.policies": "CheckpointError", "learners.checkpoint": "CheckpointError"}
     return [getattr(sys.modules[module], name) for module, name in names.items()
             if module in sys.modules and hasattr(sys.modules[module], name)]
 
@@ -436,7 +473,7 @@ def _export(args: argparse.Namespace) -> int:
     scratch = None
 
     try:
-        dataset = Dataset.open(args.dataset)
+        dataset = Dataset.open(args.dataset, verify=not args.no_verify)
         criteria = episode_filter(args)
         if not criteria.is_empty():  # export the episodes that pass (a filtered copy in a scratch folder)
             from aggregation.edit import filter_dataset
@@ -444,19 +481,17 @@ def _export(args: argparse.Namespace) -> int:
             scratch = tempfile.mkdtemp(prefix="harvest-export-")
             filter_dataset(dataset, Path(scratch) / "filtered", criteria)
             dataset = Dataset.open(Path(scratch) / "filtered")
-        if args.to == "offline-rl":
-            file_format = "npz" if str(args.out).endswith(".npz") else "hdf5"
-            logger.info("wrote {}", export_offline_rl(dataset, args.out, file_format))
+        if args.to == "offline-rl":  # HDF5 or NPZ, as the file's extension says
+            logger.info("wrote {}", export_offline_rl(dataset, args.out, overwrite=args.overwrite))
         elif args.to == "teacher-student":
-            logger.info("wrote {}", export_teacher_student(dataset, args.out))
+            logger.info("wrote {}", export_teacher_student(dataset, args.out, overwrite=args.overwrite))
         else:
             dataset_id = args.minari_id or f"harvest/{dataset.manifest.run_id}-v0"
             minari_dataset = export_minari(dataset, dataset_id, args.out)
             logger.info("Minari dataset {} in {}: {} episodes, {} steps", dataset_id, args.out,
                         minari_dataset.total_episodes, minari_dataset.total_steps)
-    except (DatasetError, StorageError, ValueError, ValidationError) as err:
-        logger.error("{}", err)
-        return 2
+    except (DatasetError, StorageError, ValueError, ValidationError, FileExistsError) as err:
+        return _dataset_error(err)
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -471,7 +506,7 @@ def _edit(args: argparse.Namespace) -> int:
     from aggregation.storage import StorageError
 
     try:
-        datasets = [Dataset.open(where) for where in args.datasets]
+        datasets = [Dataset.open(where, verify=not args.no_verify) for where in args.datasets]
         if args.operation != "merge" and len(datasets) != 1:
             raise ValueError(f"edit {args.operation} takes one dataset, got {len(datasets)}")
         if args.operation == "filter":
@@ -488,8 +523,7 @@ def _edit(args: argparse.Namespace) -> int:
         else:
             edit.merge_datasets(datasets, args.out)
     except (DatasetError, StorageError, ValueError, ValidationError, FileExistsError) as err:
-        logger.error("{}", err)
-        return 2
+        return _dataset_error(err)
     return 0
 
 
@@ -500,34 +534,47 @@ def _inspect(args: argparse.Namespace) -> int:
     from aggregation.inspect import Thresholds, inspect_dataset, print_report, write_html
     from aggregation.storage import StorageError
 
-    try:
-        dataset = Dataset.open(args.dataset)
+    try:  # damaged files are left out and reported as the `integrity` check, the good ones inspected
+        dataset = Dataset.open(args.dataset, verify=not args.no_verify, skip_damaged=True)
     except (DatasetError, StorageError) as err:
-        logger.error("{}", err)
-        return 2
+        return _dataset_error(err)
     report = inspect_dataset(dataset, Thresholds(args.min_episode_length, args.stuck_steps, args.jerk_fraction,
                                                  args.gap_factor))
     print_report(report)
-    local = dataset.folder.local_path()
-    folder = Path(args.html) if args.html else (local / "report" if local else Path(f"report-{dataset.manifest.run_id}"))
-    logger.info("HTML report: {}", write_html(report, folder))
+    logger.info("HTML report: {}", write_html(report, _report_folder(args.html, dataset)))
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2, default=str))
+        try:
+            Path(args.json).write_text(json.dumps(report.to_json(), indent=2, default=str))
+        except OSError as err:
+            logger.error("--json {}: {}", args.json, err.strerror or err)
+            return EXIT_USAGE
     if report.errors:
         logger.error("{}: {} check(s) failed", dataset.folder, report.errors)
-        return 1
-    return 0
+        return EXIT_DATA
+    return EXIT_OK
+
+
+def _report_folder(asked: str | None, dataset: Any) -> Path:
+    """Where `inspect` writes its HTML report: `--html`, else DATASET/report for a local dataset
+    folder we may write in, else ./report-<run id>."""
+    if asked:
+        return Path(asked)
+    local = dataset.folder.local_path()
+    if local is not None and os.access(local, os.W_OK):
+        return local / "report"
+    return Path(f"report-{dataset.manifest.run_id}")
 
 
 def _windows(args: argparse.Namespace) -> int:
     from aggregation.dataset import Dataset, DatasetError
+    from aggregation.storage import StorageError
     from aggregation.windows import count_windows
 
     try:
-        counts = count_windows(Dataset.open(args.dataset), args.history, args.stride, args.pad)
-    except (DatasetError, ValueError) as err:
-        logger.error("{}", err)
-        return 2
+        counts = count_windows(Dataset.open(args.dataset, verify=not args.no_verify), args.history, args.stride,
+                               args.pad)
+    except (DatasetError, StorageError, ValueError) as err:
+        return _dataset_error(err)
     sys.stdout.write(f"{counts['windows']:,} windows of {counts['history']} steps (stride {counts['stride']}, pad "
                      f"{counts['pad']}) from {counts['episodes']:,} episodes, {counts['rows']:,} rows; "
                      f"{counts['episodes_too_short']:,} episodes give none\n")

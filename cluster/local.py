@@ -78,7 +78,12 @@ def start_local_ray(**init_args: Any) -> BaseContext:
     after it (see `init_ray`). Ray's processes are started there too; `setup_worker` moves workers to
     `HARVEST_WORKER_CWD`. The current directory changes while Ray starts: call this before other threads
     resolve relative paths.
+
+    Workers run at the driver's priority (`RAY_worker_niceness=0`, unless set): Ray's default of
+    nice 15 lets any other busy process on the machine starve the collectors and learners that do
+    the run's work, while the driver waits for them.
     """
+    os.environ.setdefault("RAY_worker_niceness", "0")
     with _loopback_stays_loopback(), _current_directory(REPO_ROOT):
         return ray.init(_node_ip_address=LOOPBACK, **init_args)
 

@@ -52,7 +52,8 @@ class LocalCluster:
         self.root = Path(root)
         self.object_store_mb = object_store_mb
         self._health_env = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
-                            "RAY_health_check_failure_threshold": str(max(1, int(node_timeout_s / 0.5)))}
+                            "RAY_health_check_failure_threshold": str(max(1, int(node_timeout_s / 0.5))),
+                            "RAY_worker_niceness": "0"}  # as a local run's (cluster.local.start_local_ray)
         # Ray's temp dirs hold Unix sockets, whose paths may not exceed 107 bytes: a short folder
         # of its own under /tmp, removed by stop().
         self.temp_dir = Path(tempfile.mkdtemp(prefix="harvest-ray-"))

@@ -13,11 +13,22 @@ from loguru import logger
 _FORMAT = "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> <cyan>{extra[actor]}</cyan> {message}"
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written: a driver that outlives its stderr (an
+    in-process `harvest` call under pytest's capture, a notebook) keeps logging to the current one."""
+
+    def write(self, message: str) -> None:
+        sys.stderr.write(message)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str = "INFO", log_file: Path | None = None) -> None:
     """Log to stderr at `level`, and everything from DEBUG up to `log_file` when given."""
     logger.remove()
     logger.configure(extra={"actor": "driver"})
-    logger.add(sys.stderr, level=level, format=_FORMAT, colorize=sys.stderr.isatty())
+    logger.add(_Stderr(), level=level, format=_FORMAT, colorize=sys.stderr.isatty())
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         logger.add(log_file, level="DEBUG", format=_FORMAT, colorize=False)

@@ -46,7 +46,7 @@ from learners.shadow import ShadowLearner
 from rollout.batch import BatchSchema
 from rollout.config import EpisodeFilter, PolicyConfig, RolloutConfig
 from rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
-from rollout.policies import ConfiguredPolicyFactory
+from rollout.policies import ConfiguredPolicyFactory, check_checkpoint_spaces
 from rollout.human import HumanCollector, HumanSessionResult, human_schema_for
 from rollout.human_config import HumanConfig
 from rollout.replay.replay import Replay, start_replay
@@ -471,6 +471,7 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
     options = {"num_cpus": learner_cfg.num_cpus, "num_gpus": learner_cfg.num_gpus, "max_concurrency": 2,
                "max_restarts": learner_cfg.max_restarts, "max_task_retries": learner_cfg.max_restarts,
                **learner_cfg.placement.options()}
+    _check_init_checkpoint(cfg, learner_cfg)
     if algorithm == "ppo":
         learner = ray.remote(PPOLearner).options(**options).remote(learner_cfg, cfg.env, str(out_dir), run_id)
         total, unit = learner_cfg.ppo.env_steps, "env steps"
@@ -506,6 +507,20 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
         logger.info("best checkpoint: epoch {} (validation loss {:.4f}) on {}", result.best_epoch,
                     result.best_validation_loss, result.device)
     return result
+
+
+def _check_init_checkpoint(cfg: RunConfig, learner_cfg: LearnerConfig) -> None:
+    """A PPO or DQfD stage's starting checkpoint against the env it plays, in the driver before
+    the learner starts: another env's checkpoint is one line (`CheckpointSpaceError`), not a
+    tensor-size error from inside the learner."""
+    algorithm = learner_cfg.algorithm
+    init = {"ppo": learner_cfg.ppo.init_checkpoint, "dqfd": learner_cfg.dqfd.init_checkpoint}.get(algorithm)
+    if not init or cfg.env.id == ROBOCODE_ENV_ID:
+        return
+    env_cfg = cfg.env
+    if algorithm == "dqfd":  # DQfD plays with its own env kwargs on top of the run's
+        env_cfg = dataclasses.replace(env_cfg, kwargs={**cfg.env.kwargs, **learner_cfg.dqfd.env_kwargs})
+    check_checkpoint_spaces(init, env_cfg)
 
 
 def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResult]:

@@ -134,3 +134,21 @@ def test_harvest_eval_in_another_env_exits_2_with_one_line_and_plays_nothing(tmp
     assert result.returncode == 2, result.stderr[-3000:]
     assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert not played.exists() and not (run_dir / "eval.json").exists()
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "dqfd"])
+def test_a_ppo_or_dqfd_stage_from_another_envs_checkpoint_exits_2_before_its_learner_starts(ray_cluster, tmp_path,
+                                                                                          capfd, algorithm):
+    from cluster.cli import main
+
+    run_dir = tmp_path / "runs" / "acrobot"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("env:\n  id: Acrobot-v1\n  num_envs: 1\n")
+    checkpoint = cartpole_checkpoint(tmp_path / "cartpole.safetensors")
+    code = main(["train", str(run_dir), "--set", f"learner.algorithm={algorithm}",
+                 "--set", f"learner.{algorithm}.init_checkpoint={checkpoint}"])
+    err = capfd.readouterr().err
+    assert code == 2, err[-3000:]
+    assert (f"{checkpoint}: trained for obs Box(4,) float32 / action Discrete(2), but env Acrobot-v1 has obs "
+            "Box(6,) float32 / action Discrete(3)") in err and "Traceback" not in err, err[-3000:]
+    assert "learner (" not in err, "no learner actor was started"

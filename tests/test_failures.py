@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -351,11 +352,15 @@ def test_the_watchdog_names_a_full_object_store(ray_cluster):
 
 
 @pytest.mark.timeout(200)
-def test_a_ppo_iteration_whose_collector_hangs_fails_naming_the_collector_and_its_call(ray_cluster, tmp_path):
+def test_a_ppo_iteration_whose_collector_hangs_fails_naming_the_collector_and_its_call(ray_cluster, tmp_path,
+                                                                                      capfd):
     _run_folder(tmp_path / "hang", "env.id=tests.toy_envs:HangingEnv")
     ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=4000", "learner.ppo.num_collectors=1",
            "learner.ppo.rows_per_collector=500", "learner.ppo.collect_timeout_s=5", "learner.hidden_sizes=[16]",
            "learner.num_cpus=0.5", f"env.kwargs={{hang_at_step: 100, flag_file: {tmp_path / 'hung'}}}"]
-    with pytest.raises(ray.exceptions.RayTaskError, match=r"collectors not done after 5s: collector 0: env\.step for"):
-        main(["train", str(tmp_path / "hang"), *sum((["--set", item] for item in ppo), [])])
+    code = main(["train", str(tmp_path / "hang"), *sum((["--set", item] for item in ppo), [])])
+    err = capfd.readouterr().err
+    assert code == 4, err[-3000:]  # the run failed in its parts: not a bug in Harvest (3)
+    assert re.search(r"ERROR .*collectors not done after 5s: collector 0: env\.step for", err), err[-3000:]
+    assert "Traceback" not in err and "a bug in Harvest" not in err
     assert (tmp_path / "hung").exists()

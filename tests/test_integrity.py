@@ -297,3 +297,91 @@ def test_a_learner_refuses_a_tampered_dataset_unless_told_not_to_verify(tmp_path
         BCLearner(cfg, str(tmp_path / "d"), str(tmp_path / "learner")).train()
     unverified = LearnerConfig(epochs=1, batch_size=32, hidden_sizes=[8], verify_dataset=False)
     assert BCLearner(unverified, str(tmp_path / "d"), str(tmp_path / "learner")).train().train_rows > 0
+
+
+# --- the same through the `harvest` command: exit 1 for damaged files, one line each; --no-verify
+
+
+def harvest_in_process(capfd, *argv: str) -> tuple[int, str]:
+    from cluster.cli import main
+
+    code = main([str(arg) for arg in argv])
+    return code, capfd.readouterr().err
+
+
+def test_harvest_inspect_exits_1_naming_the_tampered_the_truncated_and_the_duplicated_file(tmp_path):
+    import subprocess
+    import sys
+
+    make_dataset(tmp_path / "d")
+    rewrite_rewards(tmp_path / "d", 0, keep_size=True)
+    truncate(tmp_path / "d", 1)
+    list_twice(tmp_path / "d", 2)
+    names = [str(file_path(tmp_path / "d", index)) for index in range(3)]
+    result = subprocess.run([sys.executable, "-m", "cluster.cli", "inspect", str(tmp_path / "d"), "--json",
+                             str(tmp_path / "report.json")], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output
+    assert f"{names[0]}: sha256 " in output and f"{names[1]}: " in output and f"{names[2]}: listed twice" in output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["overview"]["rows"] == 40, "the good file is still inspected"
+    assert (tmp_path / "d" / "report" / "index.html").is_file()
+
+
+def test_harvest_inspect_no_verify_reads_the_tampered_file_as_it_is(tmp_path, capfd):
+    make_dataset(tmp_path / "d")
+    rewrite_rewards(tmp_path / "d", 0, keep_size=True)
+    harvest_in_process(capfd, "inspect", tmp_path / "d", "--no-verify", "--json", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())  # (the toy rows fail the next_obs check: exit 1)
+    assert report["overview"]["rows"] == 120 and report["columns"]["reward"]["max"] > 10
+    assert "integrity" not in [finding["check"] for finding in report["findings"]]
+
+
+@pytest.mark.parametrize("command", [["export", "{d}", "--to", "offline-rl", "--out", "{tmp}/out.npz"],
+                                     ["edit", "filter", "{d}", "--out", "{tmp}/filtered", "--min-length", "1"],
+                                     ["windows", "{d}", "--history", "4"]],
+                         ids=["export", "edit filter", "windows"])
+def test_dataset_commands_exit_1_on_a_tampered_file_and_read_it_with_no_verify(tmp_path, capfd, command):
+    make_dataset(tmp_path / "d")
+    fake_hash(tmp_path / "d", 1)
+    argv = [part.format(d=tmp_path / "d", tmp=tmp_path) for part in command]
+    code, err = harvest_in_process(capfd, *argv)
+    assert code == 1, err[-3000:]
+    [line] = [line for line in err.splitlines() if "ERROR" in line]
+    assert f"{file_path(tmp_path / 'd', 1)}: sha256 " in line and "the manifest says 000" in line
+    assert not (tmp_path / "out.npz").exists() and not (tmp_path / "filtered").exists()
+    code, err = harvest_in_process(capfd, *argv, "--no-verify")
+    assert code == 0, err[-3000:]
+
+
+def test_harvest_export_refuses_an_existing_file_unless_overwrite(tmp_path, capfd):
+    make_dataset(tmp_path / "d")
+    (tmp_path / "out.h5").write_bytes(b"mine")
+    argv = ["export", tmp_path / "d", "--to", "offline-rl", "--out", tmp_path / "out.h5"]
+    code, err = harvest_in_process(capfd, *argv)
+    assert code == 2 and "--overwrite" in err and str(tmp_path / "out.h5") in err, err[-3000:]
+    assert (tmp_path / "out.h5").read_bytes() == b"mine"
+    code, err = harvest_in_process(capfd, *argv, "--overwrite")
+    assert code == 0, err[-3000:]
+    import h5py
+
+    with h5py.File(tmp_path / "out.h5") as written:
+        assert written["rewards"].shape == (120,)
+
+
+def test_a_missing_dataset_is_a_usage_error_not_a_data_error(tmp_path, capfd):
+    code, err = harvest_in_process(capfd, "inspect", tmp_path / "nothing")
+    assert code == 2 and "no manifest.json" in err, err[-3000:]
+
+
+def test_harvest_train_no_verify_tells_the_learner_not_to_verify(tmp_path):
+    from cluster.cli import _config_for, _parser
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("env: {id: CartPole-v1}\n")
+    args = _parser().parse_args(["train", str(tmp_path / "run"), "--no-verify"])
+    assert _config_for(args).learner.verify_dataset is False
+    args = _parser().parse_args(["train", str(tmp_path / "run")])
+    assert _config_for(args).learner.verify_dataset is True

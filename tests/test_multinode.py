@@ -67,6 +67,9 @@ def test_a_submitted_job_spreads_collectors_and_trains_where_the_learner_resourc
     out = tmp_path / "artifacts"
     result = harvest("submit", "--address", cluster.dashboard_url, "--run-id", "placed", "--output-dir", str(out),
                      "--wait", *sets(*SMALL, "rollout.steps=3000",
+                                     # SPREAD is Ray's best effort (a node slow to report gets nothing on a
+                                     # busy machine); 1.5 of each node's 2 collector slots place one per node
+                                     "rollout.placement={resources: {collector: 1.5}}",
                                      "learner.placement={label_selector: {harvest-role: learner}}"),
                      env=cluster.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
