@@ -1,9 +1,24 @@
 """Aggregation: Ray tasks that compact the replay into datasets (Parquet + manifest, NPZ)
-and read them back."""
+and read them back.
 
-from aggregation.compact import compact_replay, snapshot_replay, write_dataset
-from aggregation.dataset import Dataset, DatasetError, DatasetIntegrityError
-from aggregation.manifest import MANIFEST_NAME, Manifest
+The names below are imported when first used: a process that only reads datasets (a
+learner, `harvest inspect`) does not load the replay and compaction stack with them.
+"""
 
-__all__ = ["Dataset", "DatasetError", "DatasetIntegrityError", "MANIFEST_NAME", "Manifest", "compact_replay",
-           "snapshot_replay", "write_dataset"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"compact_replay": "aggregation.compact", "snapshot_replay": "aggregation.compact",
+            "write_dataset": "aggregation.compact", "Dataset": "aggregation.dataset",
+            "DatasetError": "aggregation.dataset", "DatasetIntegrityError": "aggregation.dataset",
+            "MANIFEST_NAME": "aggregation.manifest", "Manifest": "aggregation.manifest"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'aggregation' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -531,7 +531,7 @@ def _inspect(args: argparse.Namespace) -> int:
     import json
 
     from aggregation.dataset import Dataset, DatasetError
-    from aggregation.inspect import Thresholds, inspect_dataset, print_report, write_html
+    from aggregation.inspect import Thresholds, inspect_dataset, print_report
     from aggregation.storage import StorageError
 
     try:  # damaged files are left out and reported as the `integrity` check, the good ones inspected
@@ -541,7 +541,7 @@ def _inspect(args: argparse.Namespace) -> int:
     report = inspect_dataset(dataset, Thresholds(args.min_episode_length, args.stuck_steps, args.jerk_fraction,
                                                  args.gap_factor))
     print_report(report)
-    logger.info("HTML report: {}", write_html(report, _report_folder(args.html, dataset)))
+    logger.info("HTML report: {}", _write_report(report, args.html, dataset))
     if args.json:
         try:
             Path(args.json).write_text(json.dumps(report.to_json(), indent=2, default=str))
@@ -554,15 +554,22 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report_folder(asked: str | None, dataset: Any) -> Path:
-    """Where `inspect` writes its HTML report: `--html`, else DATASET/report for a local dataset
-    folder we may write in, else ./report-<run id>."""
+def _write_report(report: Any, asked: str | None, dataset: Any) -> Path:
+    """`inspect`'s HTML report: in `--html`, else DATASET/report for a local dataset, else (an
+    object store, or a folder we may not write in) ./report-<run id>."""
+    from aggregation.inspect import write_html
+
     if asked:
-        return Path(asked)
+        return write_html(report, Path(asked))
+    fallback = Path(f"report-{dataset.manifest.run_id}")
     local = dataset.folder.local_path()
-    if local is not None and os.access(local, os.W_OK):
-        return local / "report"
-    return Path(f"report-{dataset.manifest.run_id}")
+    if local is not None:
+        try:
+            return write_html(report, local / "report")
+        except OSError as err:
+            logger.info("{}: cannot write the report there ({}); writing it in {}", local / "report",
+                        err.strerror or err, fallback.resolve())
+    return write_html(report, fallback)
 
 
 def _windows(args: argparse.Namespace) -> int:

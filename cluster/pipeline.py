@@ -517,10 +517,9 @@ def _check_init_checkpoint(cfg: RunConfig, learner_cfg: LearnerConfig) -> None:
     init = {"ppo": learner_cfg.ppo.init_checkpoint, "dqfd": learner_cfg.dqfd.init_checkpoint}.get(algorithm)
     if not init or cfg.env.id == ROBOCODE_ENV_ID:
         return
-    env_cfg = cfg.env
-    if algorithm == "dqfd":  # DQfD plays with its own env kwargs on top of the run's
-        env_cfg = dataclasses.replace(env_cfg, kwargs={**cfg.env.kwargs, **learner_cfg.dqfd.env_kwargs})
-    check_checkpoint_spaces(init, env_cfg)
+    # each plays with its own env kwargs over the run's (e.g. Generals against the expert, not in self-play)
+    own_kwargs = learner_cfg.ppo.env_kwargs if algorithm == "ppo" else learner_cfg.dqfd.env_kwargs
+    check_checkpoint_spaces(init, dataclasses.replace(cfg.env, kwargs={**cfg.env.kwargs, **own_kwargs}))
 
 
 def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResult]:

@@ -60,6 +60,9 @@ def test_each_stage_runs_alone_on_the_previous_outputs(ray_cluster, tmp_path):
     assert main(["compact", str(run_dir)]) == 0
     manifest = json.loads((run_dir / "dataset" / "manifest.json").read_text())
     assert manifest["rows"] >= 3000 and manifest["run_id"] == "staged"
+    written = {path.name: path.stat().st_mtime_ns for path in (run_dir / "dataset").iterdir()}
+    assert main(["compact", str(run_dir)]) == 2, "a second compact is refused: the dataset is there"
+    assert {path.name: path.stat().st_mtime_ns for path in (run_dir / "dataset").iterdir()} == written
     with np.load(run_dir / "dataset" / "dataset.npz", allow_pickle=False) as npz:
         assert npz["observations"].shape == (manifest["rows"], 4)
     assert main(["train", str(run_dir)]) == 0

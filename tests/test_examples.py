@@ -15,10 +15,12 @@ from cluster.cli import main
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(path.name for path in (REPO_ROOT / "examples").glob("*.yaml"))
 
-SMALL = ["rollout.num_collectors=1", "rollout.num_cpus=0.25", "replay.num_cpus=0.1", "aggregation.num_cpus=0.1",
-         "learner.num_cpus=0.5", "learner.epochs=1", "learner.max_rows=2000", "eval.episodes=1",
-         "eval.num_workers=1"]
-"""Settings every example is shrunk with (a 2-CPU test cluster, seconds instead of minutes)."""
+SMALL = ["rollout.num_collectors=1", "rollout.num_cpus=0.25", "replay.num_shards=1", "replay.num_cpus=0.1",
+         "aggregation.num_cpus=0.1", "learner.num_cpus=0.5", "learner.epochs=1", "learner.max_rows=2000",
+         "eval.episodes=1", "eval.num_workers=1", "eval.baselines=[]"]
+"""Settings every example is shrunk with (a 2-CPU test cluster, seconds instead of minutes): one
+collector, one shard, one evaluation episode of the trained policy (and of earlier stages) per
+scenario - every actor costs a process start."""
 CAR_RACING = ["env.num_envs=1", "env.max_episode_steps=60", "rollout.steps=120", "rollout.batch_rows=60"]
 DQFD = ["learner.dqfd.pretrain_steps=50", "learner.dqfd.online_env_steps=100", "learner.dqfd.log_every=50",
         "learner.dqfd.eval_episodes=1"]

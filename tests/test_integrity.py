@@ -385,3 +385,23 @@ def test_harvest_train_no_verify_tells_the_learner_not_to_verify(tmp_path):
     assert _config_for(args).learner.verify_dataset is False
     args = _parser().parse_args(["train", str(tmp_path / "run")])
     assert _config_for(args).learner.verify_dataset is True
+
+
+def test_harvest_inspect_of_a_dataset_it_may_not_write_in_puts_the_report_in_the_current_folder(tmp_path, capfd,
+                                                                                              monkeypatch):
+    import subprocess
+
+    make_dataset(tmp_path / "d")
+    # read-only even for root (the suite runs as root in CI): the immutable attribute
+    if subprocess.run(["chattr", "+i", str(tmp_path / "d")], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        (tmp_path / "cwd").mkdir()
+        monkeypatch.chdir(tmp_path / "cwd")
+        code, err = harvest_in_process(capfd, "inspect", tmp_path / "d", "--json", tmp_path / "r.json")
+        assert code in (0, 1) and "Traceback" not in err, err[-3000:]
+        assert (tmp_path / "cwd" / "report-integrity" / "index.html").is_file(), err[-3000:]
+        assert "cannot write the report there" in err and not (tmp_path / "d" / "report").exists()
+        assert json.loads((tmp_path / "r.json").read_text())["overview"]["rows"] == 120
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp_path / "d")], check=True)

@@ -39,7 +39,7 @@ def _wait_for_log_line(log: Path, words: str, driver: subprocess.Popen, timeout_
 def test_a_signal_ends_the_run_with_one_line_and_it_resumes(tmp_path, signum, code):
     driver = _start_run(tmp_path, "cut", "--set", "rollout.steps=20000", "--set", f"replay.wal_dir={tmp_path}/wal",
                         "--set", "learner.epochs=1", "--set", "learner.max_rows=5000", "--set", "eval.episodes=2",
-                        "--set", "eval.num_workers=1")
+                        "--set", "eval.num_workers=1", "--set", "eval.baselines=[]", "--set", "replay.num_shards=1")
     _wait_for_log_line(tmp_path / "cut" / "harvest.log", "collecting", driver)
     driver.send_signal(signum)
     _, stderr = driver.communicate(timeout=180)
