@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import uuid
+from pathlib import Path
 
 import pytest
 import ray
@@ -19,3 +23,18 @@ def ray_cluster():
                               runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
     yield context
     ray.shutdown()
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def repo_root_run(monkeypatch, request):
+    """(run id, run folder) of a run made as the README makes it: from the repo root, into the
+    default relative `artifacts/` (paths handed to actors and engines must be made absolute for
+    this to work); the folder is removed afterwards."""
+    monkeypatch.chdir(REPO_ROOT)
+    run_id = f"test-{re.sub(r'[^A-Za-z0-9_-]+', '-', request.node.name)[:48]}-{uuid.uuid4().hex[:6]}"
+    run_dir = REPO_ROOT / "artifacts" / run_id
+    yield run_id, run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)

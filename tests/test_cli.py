@@ -110,17 +110,17 @@ def test_a_users_own_dict_env_runs_through_the_whole_pipeline(ray_cluster, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_generals_run_records_both_players_with_legal_actions(ray_cluster, tmp_path):
-    # examples/generals_bc.yaml, shrunk: the real collectors, replay, Parquet, CNN and eval scenarios.
+def test_generals_run_records_both_players_with_legal_actions(ray_cluster, repo_root_run):
+    # examples/generals_bc.yaml, shrunk, from the repo root into artifacts/ (the example's run for
+    # tests/test_examples.py): the real collectors, replay, Parquet, CNN and eval scenarios.
+    run_id, run_dir = repo_root_run
     tiny = ["env.num_envs=4", "env.kwargs.map={min_size: 6, max_size: 7, min_general_distance: 3}",
             "env.kwargs.max_steps=60", "rollout.steps=3000", "rollout.batch_rows=512", "rollout.num_cpus=0.25",
             "replay.num_cpus=0.1", "aggregation.num_cpus=0.1", "learner.epochs=1", "learner.conv_channels=[8]",
             "learner.num_cpus=0.5", "eval.episodes=4", "eval.baselines=[random]",
             "eval.scenarios={vs_random: {players: first, opponent: random, max_steps: 60}}"]
-    argv = ["run", "examples/generals_bc.yaml", "--run-id", "generals", "--set", f"run.output_dir={tmp_path}",
-            *sum((["--set", item] for item in tiny), [])]
+    argv = ["run", "examples/generals_bc.yaml", "--run-id", run_id, *sum((["--set", item] for item in tiny), [])]
     assert main(argv) == 0
-    run_dir = tmp_path / "generals"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["eval"]) == {"trained @ vs_random", "random @ vs_random"}
     assert "win_rate" in summary["eval"]["trained @ vs_random"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
@@ -41,47 +40,50 @@ SHRUNK: dict[str, tuple[str, list[str]]] = {
     "cartpole_bc_dqfd.yaml": ("run", ["rollout.steps=1000", *DQFD]),
     "cartpole_bc_ppo.yaml": ("run", ["rollout.steps=1000", *PPO]),
     "cartpole_dqfd.yaml": ("run", ["rollout.steps=1000", *DQFD]),
-    "generals_bc.yaml": ("run", [*GENERALS, "eval.scenarios.vs_random.max_steps=100"]),
-    "generals_bc_ppo.yaml": ("run", [*GENERALS, *PPO, "learner.ppo.eval_max_steps=100",
-                                     "learner.ppo.eval_env_kwargs.max_steps=100",
-                                     "eval.scenarios.vs_expert.max_steps=100"]),
     "generals_dqfd.yaml": ("run", [*GENERALS, *DQFD, "learner.dqfd.eval_max_steps=100",
                                    "eval.scenarios.vs_expert.max_steps=100"]),
-    "robocode_bc.yaml": ("run", ["rollout.steps=400", "env.kwargs.rounds_per_battle=2"]),
 }
+
+RUN_ELSEWHERE = {
+    "generals_bc.yaml": "tests/test_cli.py::test_generals_run_records_both_players_with_legal_actions",
+    "generals_bc_ppo.yaml":
+        "tests/test_ppo.py::test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_stages",
+    "robocode_bc.yaml":
+        "tests/test_robocode_pipeline.py::test_harvest_run_trains_a_tank_and_evaluates_it_beside_the_expert_and_random",
+}
+"""Examples whose shrunk run is a test of its own, with more checks, made the same way (from the
+repo root into `artifacts/`, the `repo_root_run` fixture): not run twice."""
 
 
 def test_every_example_has_a_shrunk_run():
-    assert sorted(SHRUNK) == EXAMPLES
+    assert sorted([*SHRUNK, *RUN_ELSEWHERE]) == EXAMPLES
+    for example, test in RUN_ELSEWHERE.items():  # each of those runs its example the README's way
+        path, name = test.split("::")
+        source = (REPO_ROOT / path).read_text()
+        body = source[source.index(f"def {name}("):]
+        body = body[:body.find("\ndef ", 1)]
+        assert f'"examples/{example}"' in body and "repo_root_run" in body and "output_dir" not in body, test
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("example", EXAMPLES)
-def test_an_example_runs_from_the_repo_root_with_the_default_output_folder(example, ray_cluster, monkeypatch,
+@pytest.mark.parametrize("example", sorted(SHRUNK))
+def test_an_example_runs_from_the_repo_root_with_the_default_output_folder(example, ray_cluster, repo_root_run,
                                                                            request):
     command, settings = SHRUNK[example]
-    if example.startswith("robocode"):
-        if shutil.which("javac") is None or shutil.which("Xvfb") is None:
-            pytest.skip("needs a JDK and Xvfb (Debian packages default-jdk, xvfb, robocode)")
     extra = []
     if command == "teleop":
         if shutil.which("Xvfb") is None or shutil.which("xdotool") is None:
             pytest.skip("needs Xvfb and xdotool (Debian packages xvfb, xdotool)")
         extra = [f"human.display={request.getfixturevalue('xvfb')}"]
-    monkeypatch.chdir(REPO_ROOT)
-    run_id = f"test-{example.removesuffix('.yaml')}-{uuid.uuid4().hex[:6]}"
-    run_dir = REPO_ROOT / "artifacts" / run_id
-    try:
-        argv = [command, f"examples/{example}", "--run-id", run_id,
-                *sum((["--set", item] for item in [*SMALL, *settings, *extra]), [])]
-        assert main(argv) == 0
-        assert (run_dir / "config.yaml").is_file() and (run_dir / "dataset" / "manifest.json").is_file()
-        if command == "run":
-            evaluation = json.loads((run_dir / "eval.json").read_text())
-            assert all(len(result["returns"]) >= 1 for result in evaluation.values())
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    run_id, run_dir = repo_root_run
+    argv = [command, f"examples/{example}", "--run-id", run_id,
+            *sum((["--set", item] for item in [*SMALL, *settings, *extra]), [])]
+    assert main(argv) == 0
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "dataset" / "manifest.json").is_file()
+    if command == "run":
+        evaluation = json.loads((run_dir / "eval.json").read_text())
+        assert evaluation and all(len(result["returns"]) >= 1 for result in evaluation.values())
 
 
 @pytest.fixture()

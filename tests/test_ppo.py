@@ -145,14 +145,15 @@ GENERALS_TINY = ["env.num_envs=4", "env.kwargs.map={min_size: 6, max_size: 7, mi
 
 
 @pytest.mark.slow
-def test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_stages(ray_cluster, tmp_path):
-    # examples/generals_bc_ppo.yaml, shrunk: expert self-play -> BC -> PPO as player 0 against the expert.
+def test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_stages(ray_cluster, repo_root_run):
+    # examples/generals_bc_ppo.yaml, shrunk, from the repo root into artifacts/ (the example's run
+    # for tests/test_examples.py): expert self-play -> BC -> PPO as player 0 against the expert.
     from cluster.cli import main
 
-    argv = ["run", "examples/generals_bc_ppo.yaml", "--run-id", "g", "--set", f"run.output_dir={tmp_path}",
+    run_id, run_dir = repo_root_run
+    argv = ["run", "examples/generals_bc_ppo.yaml", "--run-id", run_id,
             *sum((["--set", item] for item in GENERALS_TINY), [])]
     assert main(argv) == 0
-    run_dir = tmp_path / "g"
     history = json.loads((run_dir / "learner" / "2-ppo" / "training_history.json").read_text())
     assert history["config"]["ppo"]["env_kwargs"] == {"players": "first", "opponent": "expert"}
     assert history["config"]["ppo"]["init_checkpoint"] == str(run_dir / "learner" / "1-bc" / "best.safetensors")

@@ -158,20 +158,22 @@ def test_a_killed_engine_is_restarted_and_the_replay_holds_complete_battles_only
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_harvest_run_trains_a_tank_and_evaluates_it_beside_the_expert_and_random(ray_cluster, tmp_path):
-    # examples/robocode_bc.yaml, shrunk: engines → replay → Parquet + NPZ → BC → the bridge tank
-    # in harvest/Robocode-v0 against both opponents, and SpinBot itself in the engine.
+def test_harvest_run_trains_a_tank_and_evaluates_it_beside_the_expert_and_random(ray_cluster, repo_root_run):
+    # examples/robocode_bc.yaml, shrunk, from the repo root into artifacts/ (the example's run for
+    # tests/test_examples.py; a relative home once broke every engine there): engines → replay →
+    # Parquet + NPZ → BC → the bridge tank in harvest/Robocode-v0 against both opponents, and
+    # SpinBot itself in the engine.
+    run_id, run_dir = repo_root_run
     tiny = [*TINY, "learner.epochs=2", "learner.num_cpus=0.5", "eval.episodes=2", "eval.num_workers=1",
             "eval.scenarios={vs_target: {opponent: sample.Target, max_turns: 300}, "
             "vs_spinbot: {opponent: sample.SpinBot, max_turns: 300}}"]
-    argv = ["run", "examples/robocode_bc.yaml", "--run-id", "tank", "--set", f"run.output_dir={tmp_path}",
-            *sum((["--set", item] for item in tiny), [])]
+    argv = ["run", "examples/robocode_bc.yaml", "--run-id", run_id, *sum((["--set", item] for item in tiny), [])]
     assert main(argv) == 0
-    summary = json.loads((tmp_path / "tank" / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["eval"]) == {f"{policy} @ {scenario}" for policy in ("trained", "expert", "random")
                                     for scenario in ("vs_target", "vs_spinbot")}
     for result in summary["eval"].values():
         assert result["episodes"] == 2 and "win_rate" in result
-    evaluation = json.loads((tmp_path / "tank" / "eval.json").read_text())
+    evaluation = json.loads((run_dir / "eval.json").read_text())
     assert all(length <= 301 for length in [evaluation["expert @ vs_target"]["mean_length"]])
-    assert (tmp_path / "tank" / "dataset" / "aggregated_expert_data.npz").is_file()
+    assert (run_dir / "dataset" / "aggregated_expert_data.npz").is_file()
