@@ -97,3 +97,16 @@ def test_an_unknown_env_is_named_before_ray_starts(tmp_path):
     assert "NoSuchEnv-v0" in done.stderr and "Traceback" not in done.stderr
     assert "Prometheus" not in done.stderr and "Ray" not in done.stderr  # Ray never started
     assert not any(tmp_path.iterdir()), "nothing is written for a run that cannot start"
+
+
+def test_a_run_that_fails_in_its_parts_exits_4_not_as_a_bug():
+    import ray.exceptions
+
+    from aggregation.integrity import DatasetError, DatasetIntegrityError
+    from cluster.cli import _exit_code
+
+    assert _exit_code(TimeoutError("PPO: collectors not done after 5s")) == 4
+    assert _exit_code(ray.exceptions.ActorDiedError()) == 4
+    assert _exit_code(DatasetIntegrityError("x.parquet: sha256 ...")) == 1
+    assert _exit_code(DatasetError("d: no manifest.json")) == 2
+    assert _exit_code(KeyError("a bug")) is None  # exit 3, "a bug in Harvest"
