@@ -231,7 +231,7 @@ class HumanCollector:
                     controls = self._driver.controls(env)
                     intended = self.keymap.action(controls)
                     self._robot.hold({self.keymap.key_for(c) for c in controls}, then_press=cfg.advance_key)
-                received = self.window.wait_advance(30.0) if cfg.lockstep else self.window.poll()
+                received = self.window.wait_advance(cfg.lockstep_timeout_s) if cfg.lockstep else self.window.poll()
                 if received.end:
                     ended_by = "window_closed" if received.closed else "end_key"
                     break

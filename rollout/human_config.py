@@ -80,6 +80,9 @@ class HumanConfig:
     """Frames per second; None: the env's `render_fps` (CarRacing: 50), or 60 without one."""
     lockstep: bool = False
     """Advance one frame per press of `advance_key` instead of by the clock (frame-exact input)."""
+    lockstep_timeout_s: float = Field(default=120.0, gt=0)
+    """`lockstep`: how long a frame waits for its `advance_key` press before the session fails
+    (the scripted driver's presses come late on a busy machine; a person may pause with P)."""
     keys: Optional[dict[str, str]] = None
     """pygame key name -> control name. None: W/up throttle, S/down brake, A/left and D/right
     steer (driving, for Box(3) actions), or left/right/up/down/1-9 for Discrete actions."""

@@ -64,16 +64,25 @@ def dataset_keys(run_dir: Path) -> tuple[Dataset, np.ndarray]:
 @pytest.mark.timeout(600)
 def test_a_submitted_job_spreads_collectors_and_trains_where_the_learner_resource_is(two_nodes, tmp_path):
     cluster, _ = two_nodes
-    out = tmp_path / "artifacts"
-    result = harvest("submit", "--address", cluster.dashboard_url, "--run-id", "placed", "--output-dir", str(out),
-                     "--wait", *sets(*SMALL, "rollout.steps=3000",
-                                     # SPREAD is Ray's best effort (a node slow to report gets nothing on a
-                                     # busy machine); 1.5 of each node's 2 collector slots place one per node
-                                     "rollout.placement={resources: {collector: 1.5}}",
-                                     "learner.placement={label_selector: {harvest-role: learner}}"),
-                     env=cluster.env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "submitted job harvest-placed" in result.stderr
+    out, gate = tmp_path / "artifacts", tmp_path / "gate"
+    # SPREAD is Ray's best effort (a node slow to report gets nothing on a busy machine): 1.5 of
+    # each node's 2 collector slots place one collector per node. Each env copy waits at its 50th
+    # step until both collectors are there: one that starts late still collects its share.
+    submitted = harvest("submit", "--address", cluster.dashboard_url, "--run-id", "placed", "--output-dir", str(out),
+                        *sets(*SMALL, "rollout.steps=3000", "env.id=tests.toy_envs:GatedEnv",
+                              f"env.kwargs={{gate_dir: '{gate}', gate_at_step: 50}}", "rollout.policy.kind=random",
+                              "rollout.placement={resources: {collector: 1.5}}",
+                              "learner.placement={label_selector: {harvest-role: learner}}"),
+                        env=cluster.env)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "submitted job harvest-placed" in submitted.stderr
+    try:
+        wait_for(lambda: len(waiting_pids(gate)) >= 2, 300, "both collectors to reach the gate")
+    finally:
+        open_gate(gate)
+    followed = harvest("jobs", "logs", "harvest-placed", "--follow", "--address", cluster.dashboard_url,
+                       env=cluster.env, timeout=500)
+    assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
     run_dir = out / "placed"  # where the README says: <output-dir>/<run id>/ on the head node
     summary = json.loads((run_dir / "summary.json").read_text())
     role = roles(cluster)
