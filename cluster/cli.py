@@ -289,7 +289,7 @@ def _dataset_error(err: Exception) -> int:
 def _user_error_classes() -> list[type[BaseException]]:
     """Errors of Harvest's libraries that describe a user's input (imported only if loaded)."""
     names = {"aggregation.importers": "ImportFormatError", "aggregation.robocode_seed": "SeedFormatError",
-             "rollout.policies": "CheckpointError", "learners.checkpoint": "CheckpointError"}
+             "rollout.policies": "CheckpointError"}  # learners.checkpoint re-exports it
     return [getattr(sys.modules[module], name) for module, name in names.items()
             if module in sys.modules and hasattr(sys.modules[module], name)]
 
