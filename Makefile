@@ -32,14 +32,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]" "$(TORCH_PIN)"
 	touch $@
 
+# Harvest's own modules compiled once (where PYTHONDONTWRITEBYTECODE is set, every process -
+# each Ray worker - would otherwise compile them again as it imports them); cheap when up to date.
+SOURCES := envs rollout aggregation learners cluster
+# Test processes run side by side (pytest-xdist), each with its own small local Ray cluster.
+TEST_WORKERS ?= 2
+
 run: setup
+	@$(PY) -m compileall -q $(SOURCES) >/dev/null
 	$(VENV)/bin/harvest run $(CONFIG)
 
 test: setup
-	$(PY) -m pytest
+	@$(PY) -m compileall -q $(SOURCES) tests >/dev/null
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	@$(PY) -m compileall -q $(SOURCES) tests >/dev/null
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]" "$(TORCH_PIN)"

@@ -41,7 +41,9 @@ def test_harvest_run_with_no_arguments_clones_the_expert(tmp_path):
     assert trained >= 0.9 * expert, summary["eval"]
     assert summary["collect"]["rows"] >= 20_000
     dataset = Dataset.open(run_dir / "dataset")
-    assert dataset.manifest.rows == summary["collect"]["rows"] and dataset.manifest.collectors == [0, 1]
+    # (both collectors ran; on a busy machine the first can store every row before the second starts)
+    assert dataset.manifest.rows == summary["collect"]["rows"] and set(dataset.manifest.collectors) <= {0, 1}
+    assert len(summary["collect"]["restarts"]) == 2
     table = pads.dataset(dataset.files).to_table()
     assert table.num_rows == dataset.manifest.rows
     for name in ("config.yaml", "harvest.log", "eval.json", "learner/best.safetensors", "learner/final.safetensors",

@@ -269,18 +269,20 @@ def test_a_run_writes_partitioned_parquet_to_s3_and_ray_data_reads_it_back(ray_c
     argv = ["run", "--run-id", "to-s3", "--set", f"run.output_dir={tmp_path}",
             "--set", f"aggregation.output=s3://{bucket}/runs", "--set", "aggregation.partition_by=[collector_id, time]",
             "--set", "aggregation.formats=[parquet, hdf5]", *sum((["--set", item] for item in TINY), [])]
-    assert main(argv) == 0
+    assert main(argv) == 0, (tmp_path / "to-s3" / "harvest.log").read_text()[-6000:]  # an internal error's traceback
     prefix = f"s3://{bucket}/runs/to-s3"
     dataset = Dataset.open(prefix)
     names = object_names(bucket, "runs/to-s3/")
     indexes = [name for name in names if name.endswith("/_index.json")]
-    assert {name.split("/")[2] for name in indexes} == {"collector_id=0", "collector_id=1"}
+    # (which collectors stored rows depends on how fast each started: on a busy machine one may take them all)
+    collectors = dataset.manifest.collectors
+    assert collectors and {name.split("/")[2] for name in indexes} == {f"collector_id={c}" for c in collectors}
     assert sum(json.loads(location(f"s3://{bucket}/{name}").read_text())["rows"] for name in indexes) == \
         dataset.manifest.rows >= 3000
     # Ray Data reads the prefix (hive folders and all) with the same pyarrow file system.
     rows = ray.data.read_parquet(dataset.folder.path, filesystem=dataset.filesystem, file_extensions=["parquet"])
     assert rows.count() == dataset.manifest.rows
-    assert sorted(set(rows.unique("collector_id"))) == [0, 1]
+    assert sorted(set(rows.unique("collector_id"))) == collectors
     summary = json.loads((tmp_path / "to-s3" / "summary.json").read_text())
     assert summary["train"]["train_rows"] > 0 and not (tmp_path / "to-s3" / "dataset").exists()
     for text in [(tmp_path / "to-s3" / name).read_text() for name in ("harvest.log", "config.yaml", "summary.json")] + \
