@@ -56,8 +56,8 @@ def object_store_report() -> tuple[float, str] | None:
     summary; None when Ray does not say. Best effort: the summary's API is Ray's internal one."""
     from ray._private.internal_api import memory_summary
 
-    try:
-        match = _PLASMA.search(memory_summary(stats_only=True))
+    try:  # this driver's cluster (without an address Ray looks for one on the machine and fails when there are two)
+        match = _PLASMA.search(memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True))
     except Exception:  # noqa: BLE001 - a diagnosis must not fail the run it diagnoses
         return None
     if match is None:
