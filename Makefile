@@ -28,13 +28,14 @@ system:
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip uninstall --quiet --yes harvest 2>/dev/null || true  # the distribution's name before harvest-rl
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[test]" "$(TORCH_PIN)"
 	touch $@
 
 # Harvest's own modules compiled once (where PYTHONDONTWRITEBYTECODE is set, every process -
 # each Ray worker - would otherwise compile them again as it imports them); cheap when up to date.
-SOURCES := envs rollout aggregation learners cluster
+SOURCES := harvest
 # Test processes run side by side (pytest-xdist), each with its own small local Ray cluster.
 TEST_WORKERS ?= 2
 

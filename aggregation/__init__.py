@@ -10,15 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"compact_replay": "aggregation.compact", "snapshot_replay": "aggregation.compact",
-            "write_dataset": "aggregation.compact", "Dataset": "aggregation.dataset",
-            "DatasetError": "aggregation.dataset", "DatasetIntegrityError": "aggregation.dataset",
-            "MANIFEST_NAME": "aggregation.manifest", "Manifest": "aggregation.manifest"}
+_EXPORTS = {"compact_replay": "harvest.aggregation.compact", "snapshot_replay": "harvest.aggregation.compact",
+            "write_dataset": "harvest.aggregation.compact", "Dataset": "harvest.aggregation.dataset",
+            "DatasetError": "harvest.aggregation.dataset", "DatasetIntegrityError": "harvest.aggregation.dataset",
+            "MANIFEST_NAME": "harvest.aggregation.manifest", "Manifest": "harvest.aggregation.manifest"}
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'aggregation' has no attribute {name!r}")
+        raise AttributeError(f"module 'harvest.aggregation' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)

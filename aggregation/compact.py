@@ -21,17 +21,17 @@ import pyarrow.parquet as pq
 import ray
 from loguru import logger
 
-from aggregation.config import AggregationConfig
-from aggregation.filters import FilterReport, filter_table
-from aggregation.hdf5 import write_hdf5
-from aggregation.integrity import DatasetError, DatasetIntegrityError
-from aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
-from aggregation.npz import write_npz
-from aggregation.storage import Location, location, staged_folder
-from aggregation.tfrecord import write_tfrecord
-from rollout.images import check_image_column, with_encoded_images
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.replay.replay import Replay
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.filters import FilterReport, filter_table
+from harvest.aggregation.hdf5 import write_hdf5
+from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError
+from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
+from harvest.aggregation.npz import write_npz
+from harvest.aggregation.storage import Location, location, staged_folder
+from harvest.aggregation.tfrecord import write_tfrecord
+from harvest.rollout.images import check_image_column, with_encoded_images
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.replay.replay import Replay
 
 
 class DatasetExistsError(FileExistsError):

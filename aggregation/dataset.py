@@ -13,10 +13,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from loguru import logger
 
-from aggregation.integrity import DatasetError, DatasetIntegrityError, FileReader, VerifyingHandler, check_manifest
-from aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
-from aggregation.storage import Location, StorageError, location
-from rollout.batch import BatchSchema, TransitionBatch
+from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError, FileReader, VerifyingHandler, check_manifest
+from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
+from harvest.aggregation.storage import Location, StorageError, location
+from harvest.rollout.batch import BatchSchema, TransitionBatch
 
 
 def episode_runs(ids: np.ndarray) -> list[tuple[int, int]]:

@@ -20,13 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from loguru import logger
 
-from aggregation.compact import ShardCompaction, check_new_dataset, compact_source, finish_dataset
-from aggregation.config import AggregationConfig
-from aggregation.dataset import Dataset
-from aggregation.filters import EpisodeFilter, FilterReport, filter_table
-from aggregation.manifest import MANIFEST_NAME, Manifest
-from aggregation.storage import Location, location, staged_folder
-from rollout.batch import TransitionBatch
+from harvest.aggregation.compact import ShardCompaction, check_new_dataset, compact_source, finish_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.filters import EpisodeFilter, FilterReport, filter_table
+from harvest.aggregation.manifest import MANIFEST_NAME, Manifest
+from harvest.aggregation.storage import Location, location, staged_folder
+from harvest.rollout.batch import TransitionBatch
 
 Selector = Callable[[pa.Table], pa.Table]
 

@@ -34,10 +34,10 @@ import numpy as np
 import pyarrow as pa
 from loguru import logger
 
-from aggregation.dataset import Dataset
-from aggregation.manifest import INDEX_NAME, MANIFEST_NAME
-from aggregation.storage import Location, location
-from envs.spaces import unflatten_value
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.manifest import INDEX_NAME, MANIFEST_NAME
+from harvest.aggregation.storage import Location, location
+from harvest.envs.spaces import unflatten_value
 
 EXPORTS = ("offline-rl", "teacher-student", "minari")
 TEACHER_COLUMNS = {"policy_logits": "teacher_logits", "action_probs": "teacher_probs"}

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregation.dataset import episode_runs
-from rollout.config import EpisodeFilter
+from harvest.aggregation.dataset import episode_runs
+from harvest.rollout.config import EpisodeFilter
 
 __all__ = ["EpisodeFilter", "FilterReport", "filter_table", "keep_mask", "episode_summary", "episode_hashes"]
 
@@ -150,7 +150,7 @@ def filter_table(table: pa.Table, criteria: EpisodeFilter, seen_hashes: set[str]
     summary = episode_summary(table, ids)
     hashes = None
     if criteria.dedupe:
-        from rollout.batch import TransitionBatch
+        from harvest.rollout.batch import TransitionBatch
 
         names = obs_action or [name for name in table.column_names if name.startswith("obs") or name == "action"]
         columns = TransitionBatch.from_arrow(table.select(["episode_id", *names])).columns

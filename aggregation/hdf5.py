@@ -24,11 +24,11 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from aggregation.config import Hdf5Config
-from aggregation.dataset import episode_runs, iter_episodes, iter_record_batches
-from aggregation.manifest import Manifest
-from aggregation.storage import Location
-from rollout.batch import TransitionBatch
+from harvest.aggregation.config import Hdf5Config
+from harvest.aggregation.dataset import episode_runs, iter_episodes, iter_record_batches
+from harvest.aggregation.manifest import Manifest
+from harvest.aggregation.storage import Location
+from harvest.rollout.batch import TransitionBatch
 
 HDF5_NAME = "dataset.h5"
 HDF5_FORMAT = 1

@@ -44,11 +44,11 @@ import numpy as np
 import pyarrow as pa
 from loguru import logger
 
-from aggregation.compact import write_dataset
-from aggregation.config import AggregationConfig
-from aggregation.manifest import Manifest
-from envs.spaces import ColumnSpec, flatten_value
-from rollout.batch import BatchSchema, TransitionBatch
+from harvest.aggregation.compact import write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.manifest import Manifest
+from harvest.envs.spaces import ColumnSpec, flatten_value
+from harvest.rollout.batch import BatchSchema, TransitionBatch
 
 DRIVING_COLUMNS = ["episode", "frame", "timestamp", "screenshot_filename", "throttle", "brake", "steering",
                    "gear_up", "gear_down", "clutch", "speed", "rpm", "gear", "lap_time"]
@@ -459,7 +459,7 @@ def import_minari(dataset_id: str, out: str | Path, datasets_path: str | Path | 
     """A Minari dataset (by id, from `datasets_path` or Minari's default folder) → a dataset."""
     import minari
 
-    from aggregation.export import _minari_root
+    from harvest.aggregation.export import _minari_root
 
     with _minari_root(datasets_path):
         source = minari.load_dataset(dataset_id)
@@ -612,7 +612,7 @@ def import_parquet(paths: list[str | Path], out: str | Path, cfg: AggregationCon
     gave (the rule of `harvest edit merge`: an episode comes from one source) is named and left out."""
     import pyarrow.parquet as pq
 
-    from rollout.batch import BatchSchemaError
+    from harvest.rollout.batch import BatchSchemaError
 
     found = [p for path in map(Path, paths) for p in (sorted(path.rglob("*.parquet")) if path.is_dir() else [path])]
     missing = [str(p) for p in found if not p.exists()]

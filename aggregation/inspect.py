@@ -35,7 +35,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from aggregation.dataset import Dataset
+from harvest.aggregation.dataset import Dataset
 
 PATH_SUFFIXES = ("_path", "screenshot", "image_file")
 

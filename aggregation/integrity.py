@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
-from aggregation.storage import Location, StorageError
+from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
+from harvest.aggregation.storage import Location, StorageError
 
 
 class DatasetError(ValueError):

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aggregation.storage import Location
+from harvest.aggregation.storage import Location
 
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "_index.json"

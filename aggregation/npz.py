@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from aggregation.integrity import FileReader
-from aggregation.manifest import Manifest
-from aggregation.storage import Location
-from rollout.batch import TransitionBatch
+from harvest.aggregation.integrity import FileReader
+from harvest.aggregation.manifest import Manifest
+from harvest.aggregation.storage import Location
+from harvest.rollout.batch import TransitionBatch
 
 NPZ_NAME = "dataset.npz"
 

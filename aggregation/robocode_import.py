@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
-from aggregation.config import AggregationConfig
-from aggregation.importers import ImportResult, flag_nonfinite, unique_files
-from aggregation.robocode_seed import NPZ_NAME, SeedFormatError, read_seed_file, write_dataset_npz
-from rollout.cutter import EpisodeIds
-from rollout.robocode_collector import robocode_schema, robot_rounds, rows_of_rounds
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.importers import ImportResult, flag_nonfinite, unique_files
+from harvest.aggregation.robocode_seed import NPZ_NAME, SeedFormatError, read_seed_file, write_dataset_npz
+from harvest.rollout.cutter import EpisodeIds
+from harvest.rollout.robocode_collector import robocode_schema, robot_rounds, rows_of_rounds
 
 IMPORT_ENV_ID = "robocode"
 _COLLECTOR = re.compile(r"expert_game_states_(\d+)_")
@@ -68,7 +68,7 @@ def import_robocode_json(paths: list[str | Path], out_dir: str | Path, run_id: s
     if not report.files:
         raise SeedFormatError(f"no importable Robocode game-state files in {[str(p) for p in paths]}: "
                               + "; ".join(report.errors or ["no .json files"]))
-    from aggregation.compact import write_dataset
+    from harvest.aggregation.compact import write_dataset
 
     report.manifest = write_dataset(batches, schema, Path(out_dir), cfg, run_id, IMPORT_ENV_ID)
     write_dataset_npz(out_dir, Path(out_dir) / NPZ_NAME,

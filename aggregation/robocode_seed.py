@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from aggregation.storage import Location, location
-from envs.robocode.transitions import STATE_FIELDS, RobotRound, round_transitions, split_rounds
+from harvest.aggregation.storage import Location, location
+from harvest.envs.robocode.transitions import STATE_FIELDS, RobotRound, round_transitions, split_rounds
 
 NPZ_NAME = "aggregated_expert_data.npz"
 BOT_KEYS = ("x", "y", "direction", "gunDirection", "radarDirection", "speed", "gunHeat", "energy")
@@ -162,7 +162,7 @@ def write_dataset_npz(dataset_dir: str | Path | Location, path: str | Path | Loc
                       description: str | None = None) -> Location:
     """`aggregated_expert_data.npz` of a compacted Robocode dataset (default: inside its folder),
     rows in the dataset's order (episode by episode)."""
-    from aggregation.dataset import Dataset
+    from harvest.aggregation.dataset import Dataset
 
     dataset = Dataset.open(dataset_dir)
     for name, width in (("obs", 8), ("action", 5)):

@@ -36,13 +36,13 @@ import pyarrow.compute as pc
 import ray
 from loguru import logger
 
-from aggregation.compact import ShardCompaction, check_layout, compact_table, finish_dataset, read_rows
-from aggregation.config import AggregationConfig
-from aggregation.filters import FilterReport
-from aggregation.manifest import FileEntry, Manifest
-from aggregation.storage import Location, location
-from rollout.batch import BatchSchema
-from rollout.replay.replay import Replay
+from harvest.aggregation.compact import ShardCompaction, check_layout, compact_table, finish_dataset, read_rows
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.filters import FilterReport
+from harvest.aggregation.manifest import FileEntry, Manifest
+from harvest.aggregation.storage import Location, location
+from harvest.rollout.batch import BatchSchema
+from harvest.rollout.replay.replay import Replay
 
 
 class RotationError(RuntimeError):

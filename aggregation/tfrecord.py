@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.dataset import iter_record_batches
-from aggregation.manifest import Manifest
-from aggregation.storage import Location
-from rollout.batch import TransitionBatch
+from harvest.aggregation.dataset import iter_record_batches
+from harvest.aggregation.manifest import Manifest
+from harvest.aggregation.storage import Location
+from harvest.rollout.batch import TransitionBatch
 
 TFRECORD_NAME = "dataset.tfrecord"
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aggregation.dataset import Dataset, episode_runs
-from rollout.batch import TransitionBatch
+from harvest.aggregation.dataset import Dataset, episode_runs
+from harvest.rollout.batch import TransitionBatch
 
 Pad = Literal["none", "repeat_first", "zeros"]
 

@@ -25,15 +25,15 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
-from envs.config import EnvConfig  # noqa: E402
-from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig  # noqa: E402
-from rollout.batch import BatchSchema  # noqa: E402
-from rollout.cutter import EpisodeIds, TransitionCutter  # noqa: E402
-from rollout.memory import keep_batch_buffers_on_heap  # noqa: E402
-from rollout.policies import CartPoleExpert, ConfiguredPolicyFactory  # noqa: E402
-from rollout.replay.replay import start_replay  # noqa: E402
-from rollout.worker import RolloutWorker, schema_for  # noqa: E402
+from harvest.cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
+from harvest.envs.config import EnvConfig  # noqa: E402
+from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig  # noqa: E402
+from harvest.rollout.batch import BatchSchema  # noqa: E402
+from harvest.rollout.cutter import EpisodeIds, TransitionCutter  # noqa: E402
+from harvest.rollout.memory import keep_batch_buffers_on_heap  # noqa: E402
+from harvest.rollout.policies import CartPoleExpert, ConfiguredPolicyFactory  # noqa: E402
+from harvest.rollout.replay.replay import start_replay  # noqa: E402
+from harvest.rollout.worker import RolloutWorker, schema_for  # noqa: E402
 
 
 def raw_steps_per_s(env_id: str, num_envs: int, seconds: float) -> float:

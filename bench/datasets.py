@@ -39,12 +39,12 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregation.compact import write_dataset  # noqa: E402
-from aggregation.config import AggregationConfig, Hdf5Config  # noqa: E402
-from aggregation.dataset import Dataset  # noqa: E402
-from aggregation.hdf5 import write_hdf5  # noqa: E402
-from aggregation.windows import windows  # noqa: E402
-from rollout.batch import BatchSchema, TransitionBatch  # noqa: E402
+from harvest.aggregation.compact import write_dataset  # noqa: E402
+from harvest.aggregation.config import AggregationConfig, Hdf5Config  # noqa: E402
+from harvest.aggregation.dataset import Dataset  # noqa: E402
+from harvest.aggregation.hdf5 import write_hdf5  # noqa: E402
+from harvest.aggregation.windows import windows  # noqa: E402
+from harvest.rollout.batch import BatchSchema, TransitionBatch  # noqa: E402
 
 
 def make_rows(observation_space: gym.Space, rows: int, episode_length: int) -> tuple[BatchSchema, TransitionBatch]:

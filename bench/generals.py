@@ -43,10 +43,10 @@ from generals.envs.gymnasium_generals import GymnasiumGenerals  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs.generals.actions import action_mask, decode  # noqa: E402
-from envs.generals.games import GeneralsConfig, GeneralsGames, MapConfig  # noqa: E402
-from envs.generals.maps import MapLayout, MapSettings, generate_map  # noqa: E402
-from envs.generals.players import RandomLegalPlayer  # noqa: E402
+from harvest.envs.generals.actions import action_mask, decode  # noqa: E402
+from harvest.envs.generals.games import GeneralsConfig, GeneralsGames, MapConfig  # noqa: E402
+from harvest.envs.generals.maps import MapLayout, MapSettings, generate_map  # noqa: E402
+from harvest.envs.generals.players import RandomLegalPlayer  # noqa: E402
 
 AGENTS = ["player_0", "player_1"]
 

@@ -32,16 +32,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregation.compact import write_dataset  # noqa: E402
-from aggregation.config import AggregationConfig  # noqa: E402
-from envs.config import EnvConfig  # noqa: E402
-from envs.registry import make_vector_env  # noqa: E402
-from learners.bc import BCLearner, bc_loss  # noqa: E402
-from learners.config import LearnerConfig  # noqa: E402
-from learners.models import build_policy_model  # noqa: E402
-from rollout.batch import BatchSchema  # noqa: E402
-from rollout.cutter import EpisodeIds, TransitionCutter  # noqa: E402
-from rollout.policies import CartPoleExpert  # noqa: E402
+from harvest.aggregation.compact import write_dataset  # noqa: E402
+from harvest.aggregation.config import AggregationConfig  # noqa: E402
+from harvest.envs.config import EnvConfig  # noqa: E402
+from harvest.envs.registry import make_vector_env  # noqa: E402
+from harvest.learners.bc import BCLearner, bc_loss  # noqa: E402
+from harvest.learners.config import LearnerConfig  # noqa: E402
+from harvest.learners.models import build_policy_model  # noqa: E402
+from harvest.rollout.batch import BatchSchema  # noqa: E402
+from harvest.rollout.cutter import EpisodeIds, TransitionCutter  # noqa: E402
+from harvest.rollout.policies import CartPoleExpert  # noqa: E402
 
 
 def expert_dataset(folder: Path, rows: int) -> Path:
@@ -119,9 +119,9 @@ def harvest_ppo(max_steps: int) -> dict:
 
     import ray
 
-    from cluster.local import start_local_ray
-    from learners.config import PPOConfig
-    from learners.ppo import PPOLearner
+    from harvest.cluster.local import start_local_ray
+    from harvest.learners.config import PPOConfig
+    from harvest.learners.ppo import PPOLearner
 
     start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
                     runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})

@@ -40,11 +40,11 @@ from loguru import logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs.spaces import ColumnSpec  # noqa: E402
-from rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch  # noqa: E402
-from rollout.config import ReplayConfig  # noqa: E402
-from rollout.memory import keep_batch_buffers_on_heap  # noqa: E402
-from rollout.replay.shard import ReplayShard  # noqa: E402
+from harvest.envs.spaces import ColumnSpec  # noqa: E402
+from harvest.rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch  # noqa: E402
+from harvest.rollout.config import ReplayConfig  # noqa: E402
+from harvest.rollout.memory import keep_batch_buffers_on_heap  # noqa: E402
+from harvest.rollout.replay.shard import ReplayShard  # noqa: E402
 
 INSERT_ROWS = 1_000
 SAMPLE_ROWS = 256

@@ -30,11 +30,11 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
-from envs.robocode.host import RobocodeInstall, compile_runner, engine_command, prepare_home  # noqa: E402
-from rollout.config import ReplayConfig  # noqa: E402
-from rollout.replay.replay import start_replay  # noqa: E402
-from rollout.robocode_collector import RobocodeBattles, RobocodeCollector, robocode_schema  # noqa: E402
+from harvest.cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
+from harvest.envs.robocode.host import RobocodeInstall, compile_runner, engine_command, prepare_home  # noqa: E402
+from harvest.rollout.config import ReplayConfig  # noqa: E402
+from harvest.rollout.replay.replay import start_replay  # noqa: E402
+from harvest.rollout.robocode_collector import RobocodeBattles, RobocodeCollector, robocode_schema  # noqa: E402
 
 CACHE = Path("~/.cache/harvest/robocode").expanduser()
 

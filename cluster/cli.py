@@ -40,9 +40,10 @@ from typing import Any
 
 from loguru import logger
 
-from cluster.config import ConfigError, RunConfig, dump_config, load_config
-from cluster.logging import setup_logging
-from cluster.run_folder import RunFolderError
+import harvest
+from harvest.cluster.config import ConfigError, RunConfig, dump_config, load_config
+from harvest.cluster.logging import setup_logging
+from harvest.cluster.run_folder import RunFolderError
 
 
 EXIT_CODES = """exit codes:
@@ -71,7 +72,7 @@ def add_filter_arguments(p: argparse.ArgumentParser) -> None:
 
 def episode_filter(args: argparse.Namespace):
     """The `EpisodeFilter` the flags describe."""
-    from aggregation.filters import EpisodeFilter
+    from harvest.aggregation.filters import EpisodeFilter
 
     return EpisodeFilter(min_return=args.min_return, max_return=args.max_return, min_length=args.min_length,
                          max_length=args.max_length, ended=args.ended, sources=args.sources,
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harvest", description=__doc__, epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    parser.add_argument("--version", action="version", version=f"harvest {harvest.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_overrides(p: argparse.ArgumentParser) -> None:
@@ -174,11 +176,11 @@ def _parser() -> argparse.ArgumentParser:
     add_no_verify(p)
     p = sub.add_parser("dashboard", help="write the Grafana dashboard of Harvest's metrics (JSON)")
     p.add_argument("--out", default="harvest-dashboard.json")
-    from cluster.jobs import add_arguments as add_job_arguments
-    from cluster.watch import add_arguments
+    from harvest.cluster.jobs import add_arguments as add_job_arguments
+    from harvest.cluster.watch import add_arguments
 
     add_job_arguments(sub)
-    from cluster.status import add_arguments as add_status_arguments
+    from harvest.cluster.status import add_arguments as add_status_arguments
 
     add_status_arguments(sub)
     add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
@@ -253,10 +255,10 @@ def _root_cause(err: BaseException) -> BaseException:
 
 def _exit_code(err: BaseException) -> int | None:
     """The exit code of a user-facing error; None for an unexpected one (a bug)."""
-    from aggregation.dataset import DatasetError
-    from aggregation.integrity import DatasetIntegrityError
-    from aggregation.storage import StorageError
-    from envs.registry import EnvNotFoundError
+    from harvest.aggregation.dataset import DatasetError
+    from harvest.aggregation.integrity import DatasetIntegrityError
+    from harvest.aggregation.storage import StorageError
+    from harvest.envs.registry import EnvNotFoundError
 
     if isinstance(err, DatasetIntegrityError):
         return EXIT_DATA
@@ -280,7 +282,7 @@ def _died(err: BaseException) -> bool:
 def _dataset_error(err: Exception) -> int:
     """A dataset command's error in one line (one per damaged file); its exit code: 1 for files
     that differ from their manifest, 2 for everything else (a missing dataset, a bad option)."""
-    from aggregation.integrity import DatasetIntegrityError
+    from harvest.aggregation.integrity import DatasetIntegrityError
 
     logger.error("{}", _one_line(err))
     return EXIT_DATA if isinstance(err, DatasetIntegrityError) else EXIT_USAGE
@@ -288,8 +290,8 @@ def _dataset_error(err: Exception) -> int:
 
 def _user_error_classes() -> list[type[BaseException]]:
     """Errors of Harvest's libraries that describe a user's input (imported only if loaded)."""
-    names = {"aggregation.importers": "ImportFormatError", "aggregation.robocode_seed": "SeedFormatError",
-             "rollout.policies": "CheckpointError"}  # learners.checkpoint re-exports it
+    names = {"harvest.aggregation.importers": "ImportFormatError", "harvest.aggregation.robocode_seed": "SeedFormatError",
+             "harvest.rollout.policies": "CheckpointError"}  # harvest.learners.checkpoint re-exports it
     return [getattr(sys.modules[module], name) for module, name in names.items()
             if module in sys.modules and hasattr(sys.modules[module], name)]
 
@@ -305,9 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     """The `harvest` command; returns its exit code (see `EXIT_*`)."""
     args = _parser().parse_args(argv)
     # Like `python -m`: a user's env or policy given as "package.module:Class" imports from the
-    # current folder (collectors get it through PYTHONPATH, see cluster.local.init_ray) - after
-    # Harvest's own packages, so a user's `envs/` or `rollout/` folder shadows none of them.
-    import aggregation, envs, learners, rollout  # noqa: F401, E401 - Harvest's packages are bound before the cwd joins
+    # current folder (collectors get it through PYTHONPATH, see cluster.local.init_ray). Harvest's
+    # packages live under `harvest.`, so a user's `envs/` or `rollout/` folder shadows none of them.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     setup_logging("INFO")
@@ -339,14 +340,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     if args.command == "generals-gif":
-        from cluster.watch import write_game_gif
+        from harvest.cluster.watch import write_game_gif
 
         write_game_gif(args)
         return 0
     if args.command == "import":
         return _import(args)
     if args.command == "dashboard":
-        from cluster.dashboard import write_dashboard
+        from harvest.cluster.dashboard import write_dashboard
 
         logger.info("Grafana dashboard: {} (import it with the Prometheus data source that scrapes Ray)",
                     write_dashboard(args.out))
@@ -354,11 +355,11 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "export":
         return _export(args)
     if args.command == "status":
-        from cluster.status import status
+        from harvest.cluster.status import status
 
         return status(args)
     if args.command in ("submit", "jobs"):
-        from cluster import jobs
+        from harvest.cluster import jobs
 
         try:
             return jobs.submit(args) if args.command == "submit" else jobs.jobs(args)
@@ -376,71 +377,44 @@ def _command(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_config(cfg))
         return 0
 
-    from cluster import pipeline
-    from cluster.local import init_ray, shutdown_ray
+    from harvest.cluster import api, pipeline
 
-    _check_before_ray(cfg)
-    resume = bool(getattr(args, "resume", None))
-    stage = hasattr(args, "run_dir")
-    mode = "stage" if stage else "resume" if resume else "overwrite" if getattr(args, "overwrite", False) else "new"
-    run_id, paths = pipeline.prepare_run(cfg, mode, args.command)
     if args.command in ("run", "collect"):
+        resume = bool(getattr(args, "resume", None))
+        run_id = cfg.run.id or pipeline.new_run_id()
         default_dir = Path(load_config(None).run.output_dir)
         args._resume_hint = f"harvest {args.command} --resume {run_id}" + (
             f" --set run.output_dir={cfg.run.output_dir}" if Path(cfg.run.output_dir) != default_dir else "")
-    setup_logging(cfg.run.log_level, paths.log)
-    logger.info("run {} → {}", run_id, paths.root)
-    if stage:
-        pipeline.record_stage(paths, args.command, list(args.overrides))
-    import ray
+        live = None
+        if args.config:  # edits of the file take effect while it collects
+            from harvest.cluster.live import LiveConfig
 
-    live = None
-    if args.command in ("run", "collect") and args.config:  # edits of the file take effect while it collects
-        from cluster.live import LiveConfig
-
-        live = LiveConfig(args.config, _overrides(args), cfg, paths.log)
-    started_ray = not ray.is_initialized()
-    init_ray(cfg.ray)
-    _unwind_on_sigterm()  # after Ray, whose core worker installs a handler that aborts the process
-    try:
-        if args.command == "run":
-            pipeline.print_summary(pipeline.run(cfg, run_id, paths, live, resume))
-        elif args.command == "collect":
-            pipeline.print_summary(pipeline.collect_only(cfg, run_id, paths, live, resume))
-        elif args.command == "teleop":
+            log = pipeline.RunPaths(Path(cfg.run.output_dir).expanduser().absolute() / run_id).log
+            live = LiveConfig(args.config, _overrides(args), cfg, log)
+        job = api.run if args.command == "run" else api.collect
+        result = job(cfg, run_id=run_id, resume=resume, overwrite=getattr(args, "overwrite", False), live=live)
+        pipeline.print_summary(result.summary)
+    elif args.command == "teleop":
+        with api.session(cfg, "overwrite" if args.overwrite else "new", "teleop") as (run_id, paths):
             pipeline.print_summary(pipeline.teleop(cfg, run_id, paths))
-        elif args.command == "dagger":
-            from cluster.dagger import dagger
+    elif args.command == "dagger":
+        from harvest.cluster.dagger import dagger
 
+        with api.session(cfg, "overwrite" if args.overwrite else "new", "dagger") as (run_id, paths):
             dagger(cfg, run_id, paths)
-        elif args.command == "compact":
-            pipeline.compact_snapshot(cfg, run_id, paths)
-        elif args.command == "train":
-            pipeline.train(cfg, paths, run_id)
-        elif args.command == "eval":
-            pipeline.evaluate(cfg, paths, run_id)
-    finally:
-        if started_ray:
-            shutdown_ray()
-    logger.info("outputs in {}", paths.root)
+    elif args.command == "compact":
+        api.compact(args.run_dir, args.overrides)
+    elif args.command == "train":
+        api.train(args.run_dir, args.overrides, verify=not args.no_verify)
+    elif args.command == "eval":
+        api.evaluate(args.run_dir, args.overrides)
     return 0
 
 
-def _check_before_ray(cfg: RunConfig) -> None:
-    """What can be checked in the driver is, before Ray starts (which takes seconds): the env ids."""
-    from cluster.config import ROBOCODE_ENV_ID
-    from envs.registry import check_env_id
-
-    if cfg.env.id != ROBOCODE_ENV_ID:
-        check_env_id(cfg.env)
-    if cfg.eval.env is not None:
-        check_env_id(cfg.eval.env)
-
-
 def _import(args: argparse.Namespace) -> int:
-    from aggregation import importers
-    from aggregation.robocode_import import import_robocode_json
-    from aggregation.robocode_seed import SeedFormatError
+    from harvest.aggregation import importers
+    from harvest.aggregation.robocode_import import import_robocode_json
+    from harvest.aggregation.robocode_seed import SeedFormatError
 
     try:
         if args.kind == "robocode-json":
@@ -464,11 +438,11 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from aggregation.dataset import Dataset, DatasetError
+    from harvest.aggregation.dataset import Dataset, DatasetError
     from pydantic import ValidationError
 
-    from aggregation.export import export_minari, export_offline_rl, export_teacher_student
-    from aggregation.storage import StorageError
+    from harvest.aggregation.export import export_minari, export_offline_rl, export_teacher_student
+    from harvest.aggregation.storage import StorageError
 
     scratch = None
 
@@ -476,7 +450,7 @@ def _export(args: argparse.Namespace) -> int:
         dataset = Dataset.open(args.dataset, verify=not args.no_verify)
         criteria = episode_filter(args)
         if not criteria.is_empty():  # export the episodes that pass (a filtered copy in a scratch folder)
-            from aggregation.edit import filter_dataset
+            from harvest.aggregation.edit import filter_dataset
 
             scratch = tempfile.mkdtemp(prefix="harvest-export-")
             filter_dataset(dataset, Path(scratch) / "filtered", criteria)
@@ -501,9 +475,9 @@ def _export(args: argparse.Namespace) -> int:
 def _edit(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from aggregation import edit
-    from aggregation.dataset import Dataset, DatasetError
-    from aggregation.storage import StorageError
+    from harvest.aggregation import edit
+    from harvest.aggregation.dataset import Dataset, DatasetError
+    from harvest.aggregation.storage import StorageError
 
     try:
         datasets = [Dataset.open(where, verify=not args.no_verify) for where in args.datasets]
@@ -530,9 +504,9 @@ def _edit(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
-    from aggregation.dataset import Dataset, DatasetError
-    from aggregation.inspect import Thresholds, inspect_dataset, print_report
-    from aggregation.storage import StorageError
+    from harvest.aggregation.dataset import Dataset, DatasetError
+    from harvest.aggregation.inspect import Thresholds, inspect_dataset, print_report
+    from harvest.aggregation.storage import StorageError
 
     try:  # damaged files are left out and reported as the `integrity` check, the good ones inspected
         dataset = Dataset.open(args.dataset, verify=not args.no_verify, skip_damaged=True)
@@ -557,7 +531,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _write_report(report: Any, asked: str | None, dataset: Any) -> Path:
     """`inspect`'s HTML report: in `--html`, else DATASET/report for a local dataset, else (an
     object store, or a folder we may not write in) ./report-<run id>."""
-    from aggregation.inspect import write_html
+    from harvest.aggregation.inspect import write_html
 
     if asked:
         return write_html(report, Path(asked))
@@ -573,9 +547,9 @@ def _write_report(report: Any, asked: str | None, dataset: Any) -> Path:
 
 
 def _windows(args: argparse.Namespace) -> int:
-    from aggregation.dataset import Dataset, DatasetError
-    from aggregation.storage import StorageError
-    from aggregation.windows import count_windows
+    from harvest.aggregation.dataset import Dataset, DatasetError
+    from harvest.aggregation.storage import StorageError
+    from harvest.aggregation.windows import count_windows
 
     try:
         counts = count_windows(Dataset.open(args.dataset, verify=not args.no_verify), args.history, args.stride,

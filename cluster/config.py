@@ -24,11 +24,11 @@ import yaml
 from pydantic import ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
-from aggregation.config import AggregationConfig
-from envs.config import EnvConfig
-from learners.config import LearnerConfig
-from rollout.config import ReplayConfig, RolloutConfig
-from rollout.human_config import HumanConfig
+from harvest.aggregation.config import AggregationConfig
+from harvest.envs.config import EnvConfig
+from harvest.learners.config import LearnerConfig
+from harvest.rollout.config import ReplayConfig, RolloutConfig
+from harvest.rollout.human_config import HumanConfig
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -167,7 +167,7 @@ ROBOCODE_ENV_ID = "robocode"
 
 def robocode_battles(cfg: RunConfig, source: str = "<config>", collector_id: int = 0) -> Any:
     """The `RobocodeBattles` of collector `collector_id` of a Robocode run, seeded from `run.seed`."""
-    from rollout.robocode_collector import RobocodeBattles
+    from harvest.rollout.robocode_collector import RobocodeBattles
 
     kwargs = dict(cfg.env.kwargs)
     if "seed" in kwargs:

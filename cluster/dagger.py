@@ -28,23 +28,23 @@ import ray
 from loguru import logger
 from rich.table import Table
 
-from aggregation.compact import compact_replay, write_dataset
-from aggregation.config import AggregationConfig
-from aggregation.dataset import Dataset
-from aggregation.manifest import Manifest
-from cluster.config import RunConfig
-from cluster.pipeline import RunPaths, RunSummary, _collect_and_compact, collect, train
-from cluster.progress import console, wait_with_progress
-from envs.spaces import ColumnSpec
-from learners.bc import BCLearner, TrainResult
-from learners.plots import plot_rounds
-from learners.models import image_column
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.config import PolicyConfig
-from rollout.evaluation import evaluate_policies
-from rollout.human_config import HumanConfig
-from rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory
-from rollout.review import review_frames
+from harvest.aggregation.compact import compact_replay, write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.manifest import Manifest
+from harvest.cluster.config import RunConfig
+from harvest.cluster.pipeline import RunPaths, RunSummary, _collect_and_compact, collect, train
+from harvest.cluster.progress import console, wait_with_progress
+from harvest.envs.spaces import ColumnSpec
+from harvest.learners.bc import BCLearner, TrainResult
+from harvest.learners.plots import plot_rounds
+from harvest.learners.models import image_column
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.config import PolicyConfig
+from harvest.rollout.evaluation import evaluate_policies
+from harvest.rollout.human_config import HumanConfig
+from harvest.rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory
+from harvest.rollout.review import review_frames
 
 
 @dataclass

@@ -9,7 +9,7 @@ resolved config as `harvest-job.yaml`, and, with `--pip`, whose `runtime_env.pip
 project's dependencies (pyproject.toml), for nodes whose Python lacks them. (Without it the
 nodes' Python must have them, as a venv made by `make setup` does: Ray's pip environments
 clone the node's Python, and one running from a virtualenv cannot import Ray in the clone.) The job runs
-`python -m cluster.cli run harvest-job.yaml` on the head node, joined to the cluster
+`python -m harvest run harvest-job.yaml` on the head node, joined to the cluster
 (`ray.address: auto`). Its outputs go to `--output-dir` on the head node (default
 `~/harvest/artifacts`; the job's own working directory is temporary), or, for the dataset,
 wherever `aggregation.output` says (e.g. s3://).
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from cluster.config import ConfigError, dump_config, load_config
+from harvest.cluster.config import ConfigError, dump_config, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JOB_CONFIG = "harvest-job.yaml"
@@ -106,7 +106,7 @@ def submit(args: argparse.Namespace) -> int:
         working_dir = Path(staging) / "harvest"
         shutil.copytree(REPO_ROOT, working_dir, ignore=shutil.ignore_patterns(*EXCLUDES))
         (working_dir / JOB_CONFIG).write_text(dump_config(cfg))
-        client.submit_job(entrypoint=f"python -m cluster.cli run {JOB_CONFIG}", submission_id=job_id,
+        client.submit_job(entrypoint=f"python -m harvest run {JOB_CONFIG}", submission_id=job_id,
                           runtime_env=runtime_env(working_dir, pip=args.pip),
                           metadata={"harvest_run_id": run_id, "harvest_output_dir": cfg.run.output_dir,
                                     "harvest_env": cfg.env.id})
@@ -169,6 +169,6 @@ def jobs(args: argparse.Namespace) -> int:
 
 
 def _new_run_id() -> str:
-    from cluster.pipeline import new_run_id
+    from harvest.cluster.pipeline import new_run_id
 
     return new_run_id()

@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator
 
 from loguru import logger
 
-from cluster.config import ConfigError, RunConfig, load_config
-from cluster.logging import setup_logging
+from harvest.cluster.config import ConfigError, RunConfig, load_config
+from harvest.cluster.logging import setup_logging
 
 LIVE_KEYS = ("run.log_level", "rollout.num_collectors", "rollout.trajectory_filter", "aggregation.filter",
              "replay.rate_limit", "env.kwargs.rewards", "rollout.policy.epsilon", "rollout.policy.deterministic")

@@ -12,12 +12,16 @@ import ray
 from loguru import logger
 from ray._private import ray_constants
 
+import harvest
+
 if TYPE_CHECKING:
     from ray.client_builder import BaseContext
 
-    from cluster.config import RaySection
+    from harvest.cluster.config import RaySection
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(harvest.__file__).resolve().parents[1]
+"""The folder that holds the `harvest` package (the checkout, or site-packages for an install):
+what workers need on their path to import Harvest, and nothing else of the user's."""
 LOOPBACK = "127.0.0.1"
 WORKER_CWD_ENV = "HARVEST_WORKER_CWD"
 """Environment variable naming the folder `setup_worker` makes a worker's current directory."""
@@ -25,14 +29,14 @@ WORKER_CWD_ENV = "HARVEST_WORKER_CWD"
 
 def worker_runtime_env(extra_pythonpath: str | None = None, working_dir: str | None = None) -> dict:
     """The runtime_env Harvest's local Ray gives every worker: imports, logging and (given) the current folder."""
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), extra_pythonpath]))
+    pythonpath = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), extra_pythonpath]))
     env_vars = {"PYTHONPATH": pythonpath, **({WORKER_CWD_ENV: working_dir} if working_dir else {})}
-    return {"env_vars": env_vars, "worker_process_setup_hook": "cluster.local.setup_worker"}
+    return {"env_vars": env_vars, "worker_process_setup_hook": "harvest.cluster.local.setup_worker"}
 
 
 def setup_worker() -> None:
     """Ray `worker_process_setup_hook`: the folder `harvest` was started in as current directory, loguru lines."""
-    from cluster.logging import setup_worker_logging
+    from harvest.cluster.logging import setup_worker_logging
 
     if os.environ.get(WORKER_CWD_ENV):
         os.chdir(os.environ[WORKER_CWD_ENV])
@@ -84,7 +88,7 @@ def start_local_ray(**init_args: Any) -> BaseContext:
     the run's work, while the driver waits for them.
     """
     os.environ.setdefault("RAY_worker_niceness", "0")
-    with _loopback_stays_loopback(), _current_directory(REPO_ROOT):
+    with _loopback_stays_loopback(), _current_directory(PACKAGE_ROOT):
         return ray.init(_node_ip_address=LOOPBACK, **init_args)
 
 

@@ -76,7 +76,7 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """The environment for `ray` commands and clients of this cluster (its token)."""
         # This Python's bin folder first, as after activating its venv: a job's entrypoint
-        # (`python -m cluster.cli ...`) runs the Python the nodes run.
+        # (`python -m harvest ...`) runs the Python the nodes run.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                 "RAY_USAGE_STATS_ENABLED": "0"}

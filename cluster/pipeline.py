@@ -22,37 +22,37 @@ import ray
 from loguru import logger
 from rich.table import Table
 
-from aggregation.compact import compact_replay, snapshot_replay
-from aggregation.dataset import Dataset
-from aggregation.rotate import Rotation
-from aggregation.storage import Location, location
-from aggregation.manifest import Manifest
-from aggregation.robocode_seed import write_dataset_npz
-from cluster.config import ROBOCODE_ENV_ID, ConfigError, RunConfig, dump_config, robocode_battles
-from cluster.progress import console, summary_table, wait_with_progress
-from cluster.run_folder import RunFolderError, RunMode, claim_run_folder
-from cluster.run_folder import record_stage as record_stage_in
-from cluster.sessions import review_sessions, stopped_shadow
-from cluster.live import LiveConfig, collect_appliers
-from cluster.supervise import CollectorSupervisor, SupervisedResult
-from envs.config import EnvConfig
-from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
-from learners.config import LearnerConfig
-from learners.resume import LAST_NAME
-from learners.distributed import train_bc_data_parallel
-from learners.dqfd import DQfDLearner
-from learners.ppo import PPOLearner
-from learners.shadow import ShadowLearner
-from rollout.batch import BatchSchema
-from rollout.config import EpisodeFilter, PolicyConfig, RolloutConfig
-from rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
-from rollout.policies import ConfiguredPolicyFactory, check_checkpoint_spaces
-from rollout.human import HumanCollector, HumanSessionResult, human_schema_for
-from rollout.human_config import HumanConfig
-from rollout.replay.replay import Replay, start_replay
-from rollout.sources import merged_schema
-from rollout.robocode_collector import RobocodeCollectResult, RobocodeCollector, expert_episodes, robocode_schema
-from rollout.worker import CollectResult, RolloutWorker, collector_uid, schema_for
+from harvest.aggregation.compact import compact_replay, snapshot_replay
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.rotate import Rotation
+from harvest.aggregation.storage import Location, location
+from harvest.aggregation.manifest import Manifest
+from harvest.aggregation.robocode_seed import write_dataset_npz
+from harvest.cluster.config import ROBOCODE_ENV_ID, ConfigError, RunConfig, dump_config, robocode_battles
+from harvest.cluster.progress import console, summary_table, wait_with_progress
+from harvest.cluster.run_folder import RunFolderError, RunMode, claim_run_folder
+from harvest.cluster.run_folder import record_stage as record_stage_in
+from harvest.cluster.sessions import review_sessions, stopped_shadow
+from harvest.cluster.live import LiveConfig, collect_appliers
+from harvest.cluster.supervise import CollectorSupervisor, SupervisedResult
+from harvest.envs.config import EnvConfig
+from harvest.learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
+from harvest.learners.config import LearnerConfig
+from harvest.learners.resume import LAST_NAME
+from harvest.learners.distributed import train_bc_data_parallel
+from harvest.learners.dqfd import DQfDLearner
+from harvest.learners.ppo import PPOLearner
+from harvest.learners.shadow import ShadowLearner
+from harvest.rollout.batch import BatchSchema
+from harvest.rollout.config import EpisodeFilter, PolicyConfig, RolloutConfig
+from harvest.rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
+from harvest.rollout.policies import ConfiguredPolicyFactory, check_checkpoint_spaces
+from harvest.rollout.human import HumanCollector, HumanSessionResult, human_schema_for
+from harvest.rollout.human_config import HumanConfig
+from harvest.rollout.replay.replay import Replay, start_replay
+from harvest.rollout.sources import merged_schema
+from harvest.rollout.robocode_collector import RobocodeCollectResult, RobocodeCollector, expert_episodes, robocode_schema
+from harvest.rollout.worker import CollectResult, RolloutWorker, collector_uid, schema_for
 
 ROBOCODE_GYM_ID = "harvest/Robocode-v0"
 CONFIG_NAME = "config.yaml"

@@ -11,10 +11,10 @@ import ray
 from loguru import logger
 from rich.table import Table
 
-from cluster.config import RunConfig
-from cluster.progress import console
-from learners.plots import plot_shadow_session
-from rollout.human import HumanSessionResult
+from harvest.cluster.config import RunConfig
+from harvest.cluster.progress import console
+from harvest.learners.plots import plot_shadow_session
+from harvest.rollout.human import HumanSessionResult
 
 
 def review_sessions(cfg: RunConfig, sessions: list[dict[str, Any]]) -> list[int]:

@@ -41,7 +41,7 @@ def endpoints(address: str) -> list[str]:
     """The metrics endpoints of the cluster's live nodes (asks Ray once, then disconnects)."""
     import ray
 
-    from cluster.local import connect_ray
+    from harvest.cluster.local import connect_ray
 
     connect_ray(address, logging_level=logging.ERROR, log_to_driver=False)
     try:

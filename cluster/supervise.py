@@ -32,11 +32,11 @@ from typing import Any, Callable
 import ray
 from loguru import logger
 
-from cluster import metrics
-from cluster.config import WatchdogSection
-from cluster.progress import progress_bar
-from rollout.replay.replay import Replay
-from rollout.worker import collector_source
+from harvest.cluster import metrics
+from harvest.cluster.config import WatchdogSection
+from harvest.cluster.progress import progress_bar
+from harvest.rollout.replay.replay import Replay
+from harvest.rollout.worker import collector_source
 
 _SOURCE = re.compile(r"^collector (\d+)(?: #(\d+))?$")
 """A collector's push source (`collector_source`): its index and incarnation."""

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
-from envs.generals.env import GeneralsEnv
-from envs.generals.players import ExpertPlayer, RandomLegalPlayer
-from envs.generals.render import write_gif
-from envs.generals.replays import GameRecord, replay_frames
+from harvest.envs.generals.env import GeneralsEnv
+from harvest.envs.generals.players import ExpertPlayer, RandomLegalPlayer
+from harvest.envs.generals.render import write_gif
+from harvest.envs.generals.replays import GameRecord, replay_frames
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def _live_frames(args: argparse.Namespace) -> tuple[list[np.ndarray], str]:
     elif args.player == "random":
         act = RandomLegalPlayer(seed=args.seed).act
     else:
-        from learners.policy import load_torch_policy
+        from harvest.learners.policy import load_torch_policy
 
         policy = load_torch_policy(args.player, deterministic=True, seed=args.seed)
         act = lambda obs: policy.compute_actions(obs).actions  # noqa: E731

@@ -6,10 +6,10 @@ The env's spaces define the dataset schema (`columns_for_space`). Importing `env
 Harvest's Gymnasium ids (`harvest/Robocode-v0`).
 """
 
-import envs.robocode  # noqa: F401  (registers harvest/Robocode-v0 with Gymnasium)
-from envs.config import EnvConfig
-from envs.registry import EnvNotFoundError, make_vector_env, register_env, registered_envs
-from envs.spaces import (
+import harvest.envs.robocode  # noqa: F401  (registers harvest/Robocode-v0 with Gymnasium)
+from harvest.envs.config import EnvConfig
+from harvest.envs.registry import EnvNotFoundError, make_vector_env, register_env, registered_envs
+from harvest.envs.spaces import (
     ColumnSpec,
     UnsupportedSpaceError,
     columns_for_space,

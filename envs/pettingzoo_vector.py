@@ -18,7 +18,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 from pettingzoo import ParallelEnv
 
-from envs.spaces import ColumnSpec
+from harvest.envs.spaces import ColumnSpec
 
 ROW_COLUMNS = {"agent_id": ColumnSpec(np.int64, ()), "game_id": ColumnSpec(np.int64, ())}
 

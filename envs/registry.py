@@ -9,8 +9,8 @@ from typing import Any, Callable
 import gymnasium as gym
 from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv
 
-from envs.config import EnvConfig
-from envs.spaces import ColumnSpec
+from harvest.envs.config import EnvConfig
+from harvest.envs.spaces import ColumnSpec
 
 
 class EnvNotFoundError(LookupError):
@@ -18,7 +18,7 @@ class EnvNotFoundError(LookupError):
 
 
 _HARVEST_ENVS: dict[str, str] = {
-    "generals": "envs.generals.env:GeneralsVectorEnv",
+    "generals": "harvest.envs.generals.env:GeneralsVectorEnv",
 }
 
 ROW_COLUMNS_KEY = "harvest_row_columns"
@@ -114,7 +114,7 @@ def env_wrappers(cfg: EnvConfig) -> list[Callable[[gym.Env], gym.Env]]:
     """The wrappers `env.action_set` and `env.frame_stack` put around each env copy, in order."""
     wrappers: list[Callable[[gym.Env], gym.Env]] = []
     if cfg.action_set is not None:
-        from envs.action_sets import DiscreteActions
+        from harvest.envs.action_sets import DiscreteActions
 
         wrappers.append(lambda env: DiscreteActions(env, cfg.action_set))
     if cfg.frame_stack is not None:
@@ -164,7 +164,7 @@ def _vectorize(factory: Callable[..., Any], cfg: EnvConfig) -> VectorEnv:
                                    "env.action_set wrap single envs")
         return factory(num_envs=cfg.num_envs, **cfg.kwargs)
     if _is_parallel_env(factory, cfg):
-        from envs.pettingzoo_vector import ParallelEnvVector
+        from harvest.envs.pettingzoo_vector import ParallelEnvVector
 
         return ParallelEnvVector(factory, cfg.num_envs, **cfg.kwargs)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.action_sets import nearest_index
+from harvest.envs.action_sets import nearest_index
 
 ACTION_SET_KEY = "action_set"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from learners.config import AugmentConfig
+from harvest.learners.config import AugmentConfig
 
 
 def augment_images(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:

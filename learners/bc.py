@@ -19,19 +19,19 @@ import torch
 from loguru import logger
 from torch import nn
 
-from aggregation.dataset import Dataset
-from aggregation.storage import Location
-from cluster import metrics
-from learners.checkpoint import load_checkpoint, save_checkpoint
-from learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
-from envs.action_sets import resolve_action_set
-from learners.action_sets import action_set_info, map_to_action_set
-from learners.augment import augment_images
-from learners.config import AugmentConfig, LearnerConfig
-from learners.models import ConvPolicyModel, PolicyModel, build_policy_model, image_column, resolve_model_spec
-from learners.plots import plot_training_curve
-from learners.precision import Precision
-from learners.records import TrainingRecorder
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.storage import Location
+from harvest.cluster import metrics
+from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
+from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
+from harvest.envs.action_sets import resolve_action_set
+from harvest.learners.action_sets import action_set_info, map_to_action_set
+from harvest.learners.augment import augment_images
+from harvest.learners.config import AugmentConfig, LearnerConfig
+from harvest.learners.models import ConvPolicyModel, PolicyModel, build_policy_model, image_column, resolve_model_spec
+from harvest.learners.plots import plot_training_curve
+from harvest.learners.precision import Precision
+from harvest.learners.records import TrainingRecorder
 
 HISTORY_NAME = "training_history.json"
 BEST_NAME = "best.safetensors"

@@ -15,9 +15,9 @@ import gymnasium as gym
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from envs.spaces import space_from_json, space_to_json
-from learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model
-from rollout.policies import CHECKPOINT_HEADER_KEY, CheckpointError, CheckpointSpaceError
+from harvest.envs.spaces import space_from_json, space_to_json
+from harvest.learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model
+from harvest.rollout.policies import CHECKPOINT_HEADER_KEY, CheckpointError, CheckpointSpaceError
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointSpaceError", "load_checkpoint", "save_checkpoint"]
 

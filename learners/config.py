@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import ConfigDict, Field, StrictBool, StrictInt
 from pydantic.dataclasses import dataclass
 
-from rollout.config import PlacementConfig
+from harvest.rollout.config import PlacementConfig
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))

@@ -20,16 +20,16 @@ import numpy as np
 import torch
 from loguru import logger
 
-from aggregation.dataset import Dataset
-from aggregation.storage import Location
-from learners.bc import (BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, EpochRecord, TrainResult, bc_loss,
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.storage import Location
+from harvest.learners.bc import (BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, EpochRecord, TrainResult, bc_loss,
                          loss_from_output, split_by_episode)
-from learners.checkpoint import save_checkpoint
-from learners.config import LearnerConfig
-from learners.models import build_policy_model, resolve_model_spec
-from learners.plots import plot_training_curve
-from learners.precision import Precision
-from learners.records import TrainingRecorder
+from harvest.learners.checkpoint import save_checkpoint
+from harvest.learners.config import LearnerConfig
+from harvest.learners.models import build_policy_model, resolve_model_spec
+from harvest.learners.plots import plot_training_curve
+from harvest.learners.precision import Precision
+from harvest.learners.records import TrainingRecorder
 
 
 def _train_loop(config: dict) -> None:

@@ -37,27 +37,27 @@ import torch
 from loguru import logger
 from torch import nn
 
-from aggregation.dataset import Dataset
-from aggregation.storage import Location
-from cluster import metrics
-from envs.config import EnvConfig
-from envs.registry import make_vector_env
-from envs.spaces import ColumnSpec, columns_for_space, flatten_value
-from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainProgress, TrainResult
-from learners.checkpoint import load_checkpoint, save_checkpoint
-from envs.action_sets import resolve_action_set
-from learners.action_sets import action_set_info, map_to_action_set
-from learners.augment import augment_images
-from learners.config import AugmentConfig, LearnerConfig
-from learners.models import build_policy_model, image_column, resolve_model_spec
-from learners.play import greedy_return
-from learners.plots import plot_training_curve
-from learners.precision import Precision
-from learners.records import TrainingRecorder
-from learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.config import ReplayConfig
-from rollout.replay.shard import ReplayShard, importance_weights
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.storage import Location
+from harvest.cluster import metrics
+from harvest.envs.config import EnvConfig
+from harvest.envs.registry import make_vector_env
+from harvest.envs.spaces import ColumnSpec, columns_for_space, flatten_value
+from harvest.learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainProgress, TrainResult
+from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
+from harvest.envs.action_sets import resolve_action_set
+from harvest.learners.action_sets import action_set_info, map_to_action_set
+from harvest.learners.augment import augment_images
+from harvest.learners.config import AugmentConfig, LearnerConfig
+from harvest.learners.models import build_policy_model, image_column, resolve_model_spec
+from harvest.learners.play import greedy_return
+from harvest.learners.plots import plot_training_curve
+from harvest.learners.precision import Precision
+from harvest.learners.records import TrainingRecorder
+from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.config import ReplayConfig
+from harvest.rollout.replay.shard import ReplayShard, importance_weights
 
 NSTEP_OBS = "n_obs"
 AGENT_REPLAY_DIR = "agent-replay"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.spaces import columns_for_space, leaf_spaces
+from harvest.envs.spaces import columns_for_space, leaf_spaces
 
 MASK_COLUMN = "obs.action_mask"
 MASKED_LOGIT = -1e9

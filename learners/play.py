@@ -6,9 +6,9 @@ import dataclasses
 import numpy as np
 import torch
 
-from envs.config import EnvConfig
-from envs.registry import make_vector_env
-from envs.spaces import flatten_value
+from harvest.envs.config import EnvConfig
+from harvest.envs.registry import make_vector_env
+from harvest.envs.spaces import flatten_value
 
 
 @torch.no_grad()

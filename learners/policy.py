@@ -8,11 +8,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.spaces import ColumnSpec, flatten_value
-from learners.action_sets import ACTION_SET_KEY
-from learners.checkpoint import load_checkpoint
-from learners.models import ConvPolicyModel, PolicyModel
-from rollout.policies import PolicyOutput
+from harvest.envs.spaces import ColumnSpec, flatten_value
+from harvest.learners.action_sets import ACTION_SET_KEY
+from harvest.learners.checkpoint import load_checkpoint
+from harvest.learners.models import ConvPolicyModel, PolicyModel
+from harvest.rollout.policies import PolicyOutput
 
 LOGITS_COLUMN = "policy_logits"
 """Rows a logits-recording policy collects carry its log-probabilities (log-softmax of the

@@ -33,24 +33,24 @@ import torch
 from loguru import logger
 from torch import nn
 
-from cluster import metrics
-from envs.config import EnvConfig
-from envs.registry import make_vector_env
-from envs.spaces import leaf_spaces
-from learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, TrainProgress, TrainResult
-from learners.checkpoint import load_checkpoint, save_checkpoint
-from learners.config import LearnerConfig
-from learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model, resolve_model_spec
-from learners.play import greedy_return
-from learners.plots import plot_training_curve
-from learners.precision import Precision
-from learners.records import TrainingRecorder
-from learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
-from rollout.batch import TransitionBatch
-from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
-from rollout.policies import ConfiguredPolicyFactory
-from rollout.replay.replay import start_replay
-from rollout.worker import RolloutWorker, schema_for
+from harvest.cluster import metrics
+from harvest.envs.config import EnvConfig
+from harvest.envs.registry import make_vector_env
+from harvest.envs.spaces import leaf_spaces
+from harvest.learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, TrainProgress, TrainResult
+from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
+from harvest.learners.config import LearnerConfig
+from harvest.learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model, resolve_model_spec
+from harvest.learners.play import greedy_return
+from harvest.learners.plots import plot_training_curve
+from harvest.learners.precision import Precision
+from harvest.learners.records import TrainingRecorder
+from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
+from harvest.rollout.batch import TransitionBatch
+from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+from harvest.rollout.policies import ConfiguredPolicyFactory
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.worker import RolloutWorker, schema_for
 
 INITIAL_NAME = "initial.safetensors"
 

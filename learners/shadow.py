@@ -23,15 +23,15 @@ import ray
 import torch
 from loguru import logger
 
-from learners.augment import augment_images
-from learners.bc import bc_loss
-from learners.checkpoint import save_checkpoint
-from learners.config import LearnerConfig
-from learners.models import build_policy_model, image_column, resolve_model_spec
-from rollout.batch import BatchSchema
-from rollout.human_config import ShadowConfig
-from rollout.replay.replay import Replay
-from rollout.replay.row_filter import RowFilter
+from harvest.learners.augment import augment_images
+from harvest.learners.bc import bc_loss
+from harvest.learners.checkpoint import save_checkpoint
+from harvest.learners.config import LearnerConfig
+from harvest.learners.models import build_policy_model, image_column, resolve_model_spec
+from harvest.rollout.batch import BatchSchema
+from harvest.rollout.human_config import ShadowConfig
+from harvest.rollout.replay.replay import Replay
+from harvest.rollout.replay.row_filter import RowFilter
 
 INITIAL_NAME, FINAL_NAME, HISTORY_NAME = "initial.safetensors", "final.safetensors", "training_history.json"
 

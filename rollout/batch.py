@@ -20,8 +20,8 @@ import gymnasium as gym
 import numpy as np
 import pyarrow as pa
 
-from envs.spaces import ColumnSpec, columns_for_space, space_from_json, space_to_json
-from rollout.images import decode_images, image_format
+from harvest.envs.spaces import ColumnSpec, columns_for_space, space_from_json, space_to_json
+from harvest.rollout.images import decode_images, image_format
 
 TIMESTAMP_DTYPE = np.dtype("datetime64[ns]")
 SCHEMA_METADATA_KEY = b"harvest.schema"

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 from pydantic import ConfigDict, Field, StrictInt, model_validator
 from pydantic.dataclasses import dataclass
 
-from cluster.net import is_loopback
+from harvest.cluster.net import is_loopback
 
 _STRICT = ConfigDict(extra="forbid")
 

@@ -24,9 +24,9 @@ from typing import Any, Mapping
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from envs.spaces import flatten_value
-from rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
-from rollout.routing import shard_of
+from harvest.envs.spaces import flatten_value
+from harvest.rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
+from harvest.rollout.routing import shard_of
 
 
 class EpisodeIds:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from envs.config import EnvConfig
-from rollout.config import RolloutConfig
-from rollout.cutter import FinishedEpisode
-from rollout.policies import ConfiguredPolicyFactory, PolicyFactory, env_spaces
-from rollout.worker import RolloutWorker
+from harvest.envs.config import EnvConfig
+from harvest.rollout.config import RolloutConfig
+from harvest.rollout.cutter import FinishedEpisode
+from harvest.rollout.policies import ConfiguredPolicyFactory, PolicyFactory, env_spaces
+from harvest.rollout.worker import RolloutWorker
 
 
 @dataclass(frozen=True)

@@ -26,22 +26,22 @@ import numpy as np
 import ray
 from loguru import logger
 
-from envs.car_racing import TELEMETRY_NAMES, CarRacingDriver, car_racing_telemetry
-from envs.config import EnvConfig
-from envs.registry import make_env
-from envs.spaces import ColumnSpec
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.cutter import EpisodeIds
-from rollout.human_config import HumanConfig
-from rollout.keymap import KeyMap, is_driving_space
-from rollout.policies import PolicyFactory
-from rollout.replay.replay import Replay
-from rollout.session_folder import SessionFolderWriter
-from rollout.session_quality import EpisodeTrace, check_episode, episode_report
-from rollout.shadow_beside import ShadowBeside
-from rollout.sources import shared_columns, with_filled
-from rollout.teleop import KeyboardRobot, TeleopError, TeleopWindow, open_display
-from rollout.worker import PushTimeoutError, collector_uid
+from harvest.envs.car_racing import TELEMETRY_NAMES, CarRacingDriver, car_racing_telemetry
+from harvest.envs.config import EnvConfig
+from harvest.envs.registry import make_env
+from harvest.envs.spaces import ColumnSpec
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.cutter import EpisodeIds
+from harvest.rollout.human_config import HumanConfig
+from harvest.rollout.keymap import KeyMap, is_driving_space
+from harvest.rollout.policies import PolicyFactory
+from harvest.rollout.replay.replay import Replay
+from harvest.rollout.session_folder import SessionFolderWriter
+from harvest.rollout.session_quality import EpisodeTrace, check_episode, episode_report
+from harvest.rollout.shadow_beside import ShadowBeside
+from harvest.rollout.sources import shared_columns, with_filled
+from harvest.rollout.teleop import KeyboardRobot, TeleopError, TeleopWindow, open_display
+from harvest.rollout.worker import PushTimeoutError, collector_uid
 
 SOURCE_HUMAN = "human"
 _TELEMETRY: dict[str, tuple[tuple[str, ...], Callable[[gym.Env], dict[str, float]]]] = {

@@ -59,7 +59,7 @@ def decode_images(array: pa.Array | pa.ChunkedArray, shape: tuple[int, ...] | No
 
 def with_encoded_images(table: pa.Table, columns: dict[str, str], quality: int = 90) -> pa.Table:
     """`table` with the named uint8 tensor columns replaced by encoded images (field metadata marks them)."""
-    from rollout.batch import _to_numpy
+    from harvest.rollout.batch import _to_numpy
 
     for name, fmt in columns.items():
         index = table.schema.get_field_index(name)

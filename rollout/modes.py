@@ -12,15 +12,15 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.config import EpisodeFilter
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.config import EpisodeFilter
 
 
 class TrajectoryGate:
     """Whole episodes only, and only those `criteria` keeps (all finished ones when None)."""
 
     def __init__(self, schema: BatchSchema, criteria: EpisodeFilter | None) -> None:
-        from aggregation.filters import FilterReport
+        from harvest.aggregation.filters import FilterReport
 
         self.schema, self.criteria = schema, criteria
         self._pending: TransitionBatch | None = None
@@ -37,7 +37,7 @@ class TrajectoryGate:
 
     def add(self, batch: TransitionBatch) -> TransitionBatch | None:
         """The rows of the episodes `batch` finishes that pass; the rest of their rows wait."""
-        from aggregation.filters import FilterReport, filter_table
+        from harvest.aggregation.filters import FilterReport, filter_table
 
         rows = batch if self._pending is None else TransitionBatch.concat([self._pending, batch])
         ended = rows["terminated"] | rows["truncated"]

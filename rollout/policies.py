@@ -16,10 +16,10 @@ from typing import Any, Callable, Mapping, Protocol
 import gymnasium as gym
 import numpy as np
 
-from envs.config import EnvConfig
-from envs.registry import load_entry_point, make_vector_env
-from envs.spaces import ColumnSpec, leaf_spaces, space_from_json
-from rollout.config import PolicyConfig
+from harvest.envs.config import EnvConfig
+from harvest.envs.registry import load_entry_point, make_vector_env
+from harvest.envs.spaces import ColumnSpec, leaf_spaces, space_from_json
+from harvest.rollout.config import PolicyConfig
 
 
 @dataclass
@@ -245,7 +245,7 @@ class CarRacingExpert:
         return {}
 
     def bind_env(self, env: Any) -> None:
-        from envs.car_racing import CarRacingDriver
+        from harvest.envs.car_racing import CarRacingDriver
 
         sub_envs = getattr(env, "envs", None)
         if sub_envs is None or type(sub_envs[0].unwrapped).__name__ != "CarRacing":
@@ -257,8 +257,8 @@ class CarRacingExpert:
             self._action_set = np.asarray(sub_envs[0].get_wrapper_attr("action_set"))
 
     def compute_actions(self, obs: Any) -> PolicyOutput:
-        from envs.action_sets import nearest_index
-        from envs.car_racing import driving_action
+        from harvest.envs.action_sets import nearest_index
+        from harvest.envs.car_racing import driving_action
 
         if not self._envs:
             raise RuntimeError("CarRacingExpert: bind_env(vector_env) first (it drives from the simulator's state)")
@@ -268,16 +268,16 @@ class CarRacingExpert:
 
 def generals_expert(observation_space: gym.Space, action_space: gym.Space) -> PlayerPolicy:
     """The scripted Generals.io expert (`envs.generals.players.ExpertPlayer`)."""
-    from envs.generals.players import ExpertPlayer
+    from harvest.envs.generals.players import ExpertPlayer
 
     return PlayerPolicy(ExpertPlayer())
 
 
 _EXPERTS: dict[str, str] = {
-    "CartPole-v0": "rollout.policies:CartPoleExpert",
-    "CartPole-v1": "rollout.policies:CartPoleExpert",
-    "generals": "rollout.policies:generals_expert",
-    "CarRacing-v3": "rollout.policies:CarRacingExpert",
+    "CartPole-v0": "harvest.rollout.policies:CartPoleExpert",
+    "CartPole-v1": "harvest.rollout.policies:CartPoleExpert",
+    "generals": "harvest.rollout.policies:generals_expert",
+    "CarRacing-v3": "harvest.rollout.policies:CarRacingExpert",
 }
 
 
@@ -362,7 +362,7 @@ class ConfiguredPolicyFactory:
             return self._expert(observation_space, action_space)
         if self.cfg.kind == "torch":
             # Imported by name so that rollout does not depend on learners.
-            factory = load_entry_point("learners.policy:load_torch_policy", "policy")
+            factory = load_entry_point("harvest.learners.policy:load_torch_policy", "policy")
             return factory(self.cfg.checkpoint, deterministic=self.cfg.deterministic, seed=self.seed,
                            record_logits=self.cfg.record_logits, env_action_space=action_space)
         return load_entry_point(self.cfg.entry_point, "policy.entry_point")(observation_space, action_space)

@@ -21,14 +21,14 @@ from loguru import logger
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from envs.robocode.host import RobocodeError, RobocodeHost
-from envs.robocode.spaces import ACTION_SPACE, OBSERVATION_SPACE
-from aggregation.robocode_seed import write_seed_json
-from envs.robocode.transitions import RobotRound, round_transitions, split_rounds
-from envs.spaces import ColumnSpec
-from rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
-from rollout.cutter import EpisodeIds
-from rollout.replay.replay import Replay
+from harvest.envs.robocode.host import RobocodeError, RobocodeHost
+from harvest.envs.robocode.spaces import ACTION_SPACE, OBSERVATION_SPACE
+from harvest.aggregation.robocode_seed import write_seed_json
+from harvest.envs.robocode.transitions import RobotRound, round_transitions, split_rounds
+from harvest.envs.spaces import ColumnSpec
+from harvest.rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
+from harvest.rollout.cutter import EpisodeIds
+from harvest.rollout.replay.replay import Replay
 
 ROW_COLUMNS = {
     "battle_id": ColumnSpec(np.int64, ()), "round": ColumnSpec(np.int64, ()), "turn": ColumnSpec(np.int64, ()),

@@ -11,8 +11,8 @@ import gymnasium as gym
 import numpy as np
 import ray
 
-from cluster import metrics
-from rollout.human_config import ShadowConfig
+from harvest.cluster import metrics
+from harvest.rollout.human_config import ShadowConfig
 
 
 class ShadowBeside:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.batch import BatchSchema, TransitionBatch
 
 SOURCE_BY_POLICY = {"expert": "expert", "torch": "agent", "custom": "agent", "random": "random"}
 """The `source` a simulator's rows carry, by `rollout.policy.kind`."""

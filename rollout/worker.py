@@ -13,17 +13,17 @@ import ray
 from gymnasium.vector import VectorEnv
 from loguru import logger
 
-from cluster import metrics
-from envs.config import EnvConfig
-from envs.registry import make_vector_env, row_columns
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.config import RolloutConfig
-from rollout.cutter import EpisodeIds, FinishedEpisode, TransitionCutter
-from rollout.memory import keep_batch_buffers_on_heap
-from rollout.modes import LocalBuffer, TrajectoryGate
-from rollout.policies import Policy, PolicyFactory, PolicyOutput, RandomPolicy
-from rollout.replay.replay import Replay
-from rollout.sources import SOURCE_BY_POLICY, shared_columns, with_filled
+from harvest.cluster import metrics
+from harvest.envs.config import EnvConfig
+from harvest.envs.registry import make_vector_env, row_columns
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.config import RolloutConfig
+from harvest.rollout.cutter import EpisodeIds, FinishedEpisode, TransitionCutter
+from harvest.rollout.memory import keep_batch_buffers_on_heap
+from harvest.rollout.modes import LocalBuffer, TrajectoryGate
+from harvest.rollout.policies import Policy, PolicyFactory, PolicyOutput, RandomPolicy
+from harvest.rollout.replay.replay import Replay
+from harvest.rollout.sources import SOURCE_BY_POLICY, shared_columns, with_filled
 
 
 INCARNATION_SHIFT = 24

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from cluster.local import start_local_ray, worker_runtime_env
+from harvest.cluster.local import start_local_ray, worker_runtime_env
 
 
 @pytest.fixture(scope="session")

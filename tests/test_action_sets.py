@@ -4,16 +4,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from aggregation.compact import write_dataset
-from aggregation.config import AggregationConfig
-from envs.action_sets import PRESETS, DiscreteActions, nearest_index, resolve_action_set
-from envs.config import EnvConfig
-from envs.registry import make_env, make_vector_env
-from learners.bc import BCLearner
-from learners.config import DQfDConfig, LearnerConfig
-from learners.dqfd import DQfDLearner
-from learners.policy import load_torch_policy
-from rollout.batch import BatchSchema, TransitionBatch
+from harvest.aggregation.compact import write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.envs.action_sets import PRESETS, DiscreteActions, nearest_index, resolve_action_set
+from harvest.envs.config import EnvConfig
+from harvest.envs.registry import make_env, make_vector_env
+from harvest.learners.bc import BCLearner
+from harvest.learners.config import DQfDConfig, LearnerConfig
+from harvest.learners.dqfd import DQfDLearner
+from harvest.learners.policy import load_torch_policy
+from harvest.rollout.batch import BatchSchema, TransitionBatch
 from tests.toy_envs import ReachEnv
 
 GRID = [[x, y] for x in (-1.0, 0.0, 1.0) for y in (-1.0, 0.0, 1.0)]

@@ -8,14 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from aggregation.compact import _episode_cut_points, compact_replay, snapshot_replay
-from aggregation.config import AggregationConfig
-from aggregation.dataset import Dataset, DatasetError
-from envs.config import EnvConfig
-from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
-from rollout.policies import ConfiguredPolicyFactory
-from rollout.replay.replay import start_replay
-from rollout.worker import RolloutWorker, schema_for
+from harvest.aggregation.compact import _episode_cut_points, compact_replay, snapshot_replay
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.dataset import Dataset, DatasetError
+from harvest.envs.config import EnvConfig
+from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+from harvest.rollout.policies import ConfiguredPolicyFactory
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.worker import RolloutWorker, schema_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -66,7 +66,7 @@ def test_compaction_writes_parquet_manifest_and_npz(filled_replay, tmp_path):
         table = pq.read_table(tmp_path / entry.path)
         assert table.num_rows == entry.rows
         episodes_per_file.append(set(table.column("episode_id").to_pylist()))
-        from rollout.batch import TransitionBatch
+        from harvest.rollout.batch import TransitionBatch
         assert_episodes_chain(TransitionBatch.from_arrow(table).columns)
     assert sum(len(ids) for ids in episodes_per_file) == len(set().union(*episodes_per_file))
     table = pads.dataset([str(tmp_path / e.path) for e in manifest.files], format="parquet").to_table()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from learners.augment import augment_images
-from learners.config import AugmentConfig
+from harvest.learners.augment import augment_images
+from harvest.learners.config import AugmentConfig
 
 
 def bright_dot(batch: int, frames: int | None = None) -> torch.Tensor:
@@ -50,8 +50,8 @@ def test_no_augmentation_returns_the_input_untouched():
 
 @pytest.mark.parametrize("cfg", [AugmentConfig(shift=4, brightness=0.2, contrast=0.2)])
 def test_a_pixel_clone_still_learns_with_augmentation(tmp_path, cfg):
-    from learners.bc import BCLearner
-    from learners.config import LearnerConfig
+    from harvest.learners.bc import BCLearner
+    from harvest.learners.config import LearnerConfig
     from tests.test_learners import pixel_square_dataset
 
     dataset = pixel_square_dataset(tmp_path)

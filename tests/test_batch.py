@@ -3,7 +3,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rollout.batch import BatchSchema, BatchSchemaError, TransitionBatch
+from harvest.rollout.batch import BatchSchema, BatchSchemaError, TransitionBatch
 from tests.test_envs import SPACES
 
 
@@ -71,7 +71,7 @@ def test_validation_names_the_column_and_what_was_expected(mutate, message):
 
 
 def test_extras_join_the_schema_but_may_not_replace_core_columns():
-    from envs.spaces import ColumnSpec
+    from harvest.envs.spaces import ColumnSpec
 
     schema = BatchSchema.for_spaces(SPACES["box"], SPACES["discrete"], extras={"action_mask": ColumnSpec(bool, (2,))})
     assert schema.columns["action_mask"].shape == (2,)

@@ -12,13 +12,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.config import EnvConfig
-from learners.checkpoint import save_checkpoint
-from learners.models import ModelSpec, build_policy_model
-from rollout.config import PolicyConfig, RolloutConfig
-from rollout.evaluation import evaluate_policies
-from rollout.policies import CheckpointError, CheckpointSpaceError, ConfiguredPolicyFactory, check_checkpoint_spaces
-from rollout.worker import RolloutWorker
+from harvest.envs.config import EnvConfig
+from harvest.learners.checkpoint import save_checkpoint
+from harvest.learners.models import ModelSpec, build_policy_model
+from harvest.rollout.config import PolicyConfig, RolloutConfig
+from harvest.rollout.evaluation import evaluate_policies
+from harvest.rollout.policies import CheckpointError, CheckpointSpaceError, ConfiguredPolicyFactory, check_checkpoint_spaces
+from harvest.rollout.worker import RolloutWorker
 
 REPO = Path(__file__).resolve().parents[1]
 THREE_ACTIONS = "tests.toy_envs:ThreeActionEnv"
@@ -126,7 +126,7 @@ def test_harvest_eval_in_another_env_exits_2_with_one_line_and_plays_nothing(tmp
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [
         str(REPO), os.environ.get("PYTHONPATH")])))
     kwargs = json.dumps({"played_file": str(played)})
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "eval", str(run_dir),
+    result = subprocess.run([sys.executable, "-m", "harvest", "eval", str(run_dir),
                              "--set", f"env.id={THREE_ACTIONS}", "--set", f"env.kwargs={kwargs}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     expected = (f"{checkpoint}: trained for obs Box(4,) float32 / action Discrete(2), but env {THREE_ACTIONS} has "
@@ -139,7 +139,7 @@ def test_harvest_eval_in_another_env_exits_2_with_one_line_and_plays_nothing(tmp
 @pytest.mark.parametrize("algorithm", ["ppo", "dqfd"])
 def test_a_ppo_or_dqfd_stage_from_another_envs_checkpoint_exits_2_before_its_learner_starts(ray_cluster, tmp_path,
                                                                                           capfd, algorithm):
-    from cluster.cli import main
+    from harvest.cluster.cli import main
 
     run_dir = tmp_path / "runs" / "acrobot"
     run_dir.mkdir(parents=True)

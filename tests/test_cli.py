@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from aggregation.dataset import Dataset
-from cluster.cli import main
+from harvest.aggregation.dataset import Dataset
+from harvest.cluster.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["env.num_envs=4", "rollout.steps=3000", "rollout.batch_rows=512", "rollout.num_cpus=0.25",
@@ -29,7 +29,7 @@ def only_run_dir(root: Path) -> Path:
 def test_harvest_run_with_no_arguments_clones_the_expert(tmp_path):
     # The README's first command, in a fresh folder: local Ray, CartPole, BC, evaluation.
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "run"], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "harvest", "run"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stderr[-5000:]
     assert "Ray dashboard: http://127.0.0.1:" in result.stderr

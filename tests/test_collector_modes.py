@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from aggregation.dataset import Dataset
-from cluster.cli import main
-from envs.config import EnvConfig
-from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
-from rollout.policies import ConfiguredPolicyFactory
-from rollout.replay.replay import start_replay
-from rollout.worker import RolloutWorker, schema_for
+from harvest.aggregation.dataset import Dataset
+from harvest.cluster.cli import main
+from harvest.envs.config import EnvConfig
+from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+from harvest.rollout.policies import ConfiguredPolicyFactory
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.worker import RolloutWorker, schema_for
 from tests.test_cli import TINY
 from tests.test_datasets import read_back
 

@@ -2,7 +2,7 @@ import pytest
 
 from pathlib import Path
 
-from cluster.config import ConfigError, RunConfig, dump_config, load_config, parse_config
+from harvest.cluster.config import ConfigError, RunConfig, dump_config, load_config, parse_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -68,7 +68,7 @@ def test_the_example_config_is_valid():
 
 @pytest.mark.parametrize("name", sorted(path.name for path in EXAMPLES.glob("*.yaml")))
 def test_every_example_config_validates_and_builds_its_env(name):
-    from envs.registry import make_vector_env
+    from harvest.envs.registry import make_vector_env
 
     cfg = load_config(EXAMPLES / name)
     if cfg.env.id != "robocode":  # the Robocode collectors host the engine; their env needs a JVM
@@ -77,7 +77,7 @@ def test_every_example_config_validates_and_builds_its_env(name):
 
 @pytest.mark.parametrize("run_id", ["../escape", "a/b", ".hidden", "/abs", "x" * 200])
 def test_a_run_id_that_could_leave_the_output_folder_is_refused(tmp_path, run_id):
-    from cluster.cli import main
+    from harvest.cluster.cli import main
 
     with pytest.raises(ConfigError, match="run.id: String should match pattern"):
         load_config(None, [f"run.id={run_id!r}"])

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.cutter import EpisodeIds, TransitionCutter
-from rollout.routing import shard_of
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.cutter import EpisodeIds, TransitionCutter
+from harvest.rollout.routing import shard_of
 from tests.toy_envs import CountingEnv, DictObsEnv
 
 MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP]

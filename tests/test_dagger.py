@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from aggregation.dataset import Dataset
-from cluster.cli import main
+from harvest.aggregation.dataset import Dataset
+from harvest.cluster.cli import main
 
 
 @pytest.mark.timeout(600)
@@ -37,8 +37,8 @@ def test_dagger_with_the_scripted_critic_fixes_a_weak_clone(ray_cluster, tmp_pat
 def test_a_labelled_policy_records_the_critics_action_and_plays_it_with_the_mixing_probability(mix):
     import gymnasium as gym
 
-    from rollout.config import PolicyConfig
-    from rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory, LabeledPolicy
+    from harvest.rollout.config import PolicyConfig
+    from harvest.rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory, LabeledPolicy
 
     space = gym.spaces.Box(-1, 1, (4,), np.float32)
     policy = ConfiguredPolicyFactory(PolicyConfig(kind="random", label_with="expert", label_mix=mix), "CartPole-v1",

@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from aggregation.compact import write_dataset
-from aggregation.config import AggregationConfig, Hdf5Config
-from aggregation.dataset import Dataset
-from aggregation.filters import EpisodeFilter
-from aggregation.hdf5 import read_hdf5
-from aggregation.storage import TMP_MARK, StorageError, location
-from rollout.batch import BatchSchema, TransitionBatch
+from harvest.aggregation.compact import write_dataset
+from harvest.aggregation.config import AggregationConfig, Hdf5Config
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.filters import EpisodeFilter
+from harvest.aggregation.hdf5 import read_hdf5
+from harvest.aggregation.storage import TMP_MARK, StorageError, location
+from harvest.rollout.batch import BatchSchema, TransitionBatch
 from tests.test_batch import random_batch
 
 HOUR = np.timedelta64(3600, "s")
@@ -135,7 +135,7 @@ def test_hdf5_episodes_layout_has_a_group_per_episode(tmp_path):
 
 
 def test_tfrecord_export_reads_back_without_tensorflow(tmp_path):
-    from aggregation.tfrecord import read_tfrecord
+    from harvest.aggregation.tfrecord import read_tfrecord
 
     schema, batch = episodes_batch([6, 3, 11], seed=8)
     manifest = write_dataset([batch], schema, tmp_path / "d", AggregationConfig(formats=["parquet", "tfrecord"]),
@@ -229,10 +229,10 @@ def test_writers_and_readers_work_on_s3(bucket, tmp_path):
 
 
 def test_inspect_windows_exports_and_edits_read_and_write_s3(ray_cluster, bucket):
-    from aggregation.edit import split_dataset
-    from aggregation.export import export_offline_rl
-    from aggregation.inspect import inspect_dataset
-    from aggregation.windows import count_windows, windows
+    from harvest.aggregation.edit import split_dataset
+    from harvest.aggregation.export import export_offline_rl
+    from harvest.aggregation.inspect import inspect_dataset
+    from harvest.aggregation.windows import count_windows, windows
 
     lengths = [30, 5, 200, 12]
     schema, batch = episodes_batch(lengths, seed=6)
@@ -263,7 +263,7 @@ def test_inspect_windows_exports_and_edits_read_and_write_s3(ray_cluster, bucket
 def test_a_run_writes_partitioned_parquet_to_s3_and_ray_data_reads_it_back(ray_cluster, bucket, tmp_path):
     import ray.data
 
-    from cluster.cli import main
+    from harvest.cluster.cli import main
     from tests.test_cli import TINY
 
     argv = ["run", "--run-id", "to-s3", "--set", f"run.output_dir={tmp_path}",
@@ -306,7 +306,7 @@ def pixel_batch(rows: int = 40):
 def test_pixel_columns_are_stored_as_images_and_read_back_as_pixels(ray_cluster, tmp_path, fmt):
     import pyarrow.parquet as pq
 
-    from aggregation import edit
+    from harvest.aggregation import edit
 
     schema, batch = pixel_batch()
     plain = write_dataset([batch], schema, tmp_path / "plain", AggregationConfig(formats=["parquet"]), "t", "x")

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from aggregation.compact import write_dataset
-from aggregation.config import AggregationConfig
-from learners.bc import BCLearner
-from learners.checkpoint import load_checkpoint
-from learners.config import DQfDConfig, LearnerConfig
-from learners.dqfd import DQfDLearner, n_step_returns
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.policies import CartPoleExpert, RandomPolicy
+from harvest.aggregation.compact import write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.learners.bc import BCLearner
+from harvest.learners.checkpoint import load_checkpoint
+from harvest.learners.config import DQfDConfig, LearnerConfig
+from harvest.learners.dqfd import DQfDLearner, n_step_returns
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.policies import CartPoleExpert, RandomPolicy
 from tests.test_learners import tensorboard_scalars
 
 pytestmark = pytest.mark.timeout(600)

@@ -6,14 +6,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from aggregation import edit
-from aggregation.compact import write_dataset
-from aggregation.config import AggregationConfig
-from aggregation.dataset import Dataset
-from aggregation.filters import EpisodeFilter
-from aggregation.windows import count_windows, windows
-from cluster.cli import main
-from rollout.batch import BatchSchema, TransitionBatch
+from harvest.aggregation import edit
+from harvest.aggregation.compact import write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.filters import EpisodeFilter
+from harvest.aggregation.windows import count_windows, windows
+from harvest.cluster.cli import main
+from harvest.rollout.batch import BatchSchema, TransitionBatch
 from tests.test_datasets import episodes_batch, read_back
 
 LENGTHS = [1, 3, 15, 16, 17, 40, 100, 7]

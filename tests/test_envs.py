@@ -2,7 +2,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs import (EnvConfig, EnvNotFoundError, UnsupportedSpaceError, columns_for_space, flatten_value,
+from harvest.envs import (EnvConfig, EnvNotFoundError, UnsupportedSpaceError, columns_for_space, flatten_value,
                   make_vector_env, register_env, space_from_json, space_to_json, unflatten_value)
 
 SPACES = {

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from cluster.config import load_config
-from cluster.pipeline import _merged, _win_rate
-from rollout.evaluation import EvalResult
+from harvest.cluster.config import load_config
+from harvest.cluster.pipeline import _merged, _win_rate
+from harvest.rollout.evaluation import EvalResult
 
 
 def test_scenario_overrides_merge_nested_env_kwargs():
@@ -31,8 +31,8 @@ def test_eval_reports_confidence_intervals_for_means_and_win_rates():
     import pytest
     from rich.console import Console
 
-    from cluster.pipeline import eval_table
-    from rollout.evaluation import wilson_interval
+    from harvest.cluster.pipeline import eval_table
+    from harvest.rollout.evaluation import wilson_interval
 
     assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))  # 0 wins is not "certainly 0 %"
     assert wilson_interval(5, 10) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from aggregation.dataset import Dataset
-from cluster.cli import main
+from harvest.aggregation.dataset import Dataset
+from harvest.cluster.cli import main
 from tests.test_cli import TINY
 from tests.test_datasets import read_back
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import main
+from harvest.cluster.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(path.name for path in (REPO_ROOT / "examples").glob("*.yaml"))

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from aggregation.compact import write_dataset
-from aggregation.config import AggregationConfig
-from aggregation.dataset import Dataset
-from cluster.cli import main
-from envs.spaces import ColumnSpec
-from learners.models import build_policy_model
-from learners.policy import LOGITS_COLUMN, TorchPolicy
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.policies import CartPoleExpert
+from harvest.aggregation.compact import write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.dataset import Dataset
+from harvest.cluster.cli import main
+from harvest.envs.spaces import ColumnSpec
+from harvest.learners.models import build_policy_model
+from harvest.learners.policy import LOGITS_COLUMN, TorchPolicy
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.policies import CartPoleExpert
 
 
 def cartpole_dataset(folder, episodes=4, unfinished=True, teacher=None):
@@ -134,7 +134,7 @@ def test_export_of_a_missing_dataset_names_it(tmp_path, capsys):
 
 
 def test_an_export_is_refused_over_an_existing_file_inside_a_dataset_or_with_an_unknown_extension(tmp_path):
-    from aggregation.export import ExportTargetError, export_offline_rl, export_teacher_student
+    from harvest.aggregation.export import ExportTargetError, export_offline_rl, export_teacher_student
 
     dataset, _ = cartpole_dataset(tmp_path / "data")
     manifest = (tmp_path / "data" / "manifest.json").read_bytes()

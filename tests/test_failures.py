@@ -19,8 +19,8 @@ import pyarrow.dataset as pads
 import pytest
 import ray
 
-from aggregation.dataset import Dataset
-from cluster.cli import main
+from harvest.aggregation.dataset import Dataset
+from harvest.cluster.cli import main
 from tests.toy_envs import open_gate, waiting_pids
 from tests.waiting import wait_for
 
@@ -36,7 +36,7 @@ def _args(tmp_path: Path, *overrides: str) -> list[str]:
 
 def _run_folder(run_dir: Path, *overrides: str) -> None:
     """A run folder with its config.yaml and nothing else (PPO collects its own rows)."""
-    from cluster.config import dump_config, load_config
+    from harvest.cluster.config import dump_config, load_config
 
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(dump_config(load_config(None, [*SMALL, *overrides])))
@@ -184,11 +184,11 @@ def _backpressure(worker: ray.actor.ActorHandle):
 def test_a_collector_pauses_while_the_nodes_memory_is_above_the_limit_and_says_so(ray_cluster):
     import ray
 
-    from envs.config import EnvConfig
-    from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
-    from rollout.policies import ConfiguredPolicyFactory
-    from rollout.replay.replay import start_replay
-    from rollout.worker import PushTimeoutError, RolloutWorker, node_memory_used, schema_for
+    from harvest.envs.config import EnvConfig
+    from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+    from harvest.rollout.policies import ConfiguredPolicyFactory
+    from harvest.rollout.replay.replay import start_replay
+    from harvest.rollout.worker import PushTimeoutError, RolloutWorker, node_memory_used, schema_for
 
     env = EnvConfig(id="tests.toy_envs:CountingEnv", num_envs=2)
     rollout = RolloutConfig(batch_rows=50, push_timeout_s=3.0, policy=PolicyConfig(kind="random"),
@@ -227,7 +227,7 @@ def test_harvest_run_resume_goes_on_from_the_durable_shards_and_rotators_of_an_i
                      "learner.epochs=1", "learner.hidden_sizes=[16]", "learner.num_cpus=0.5", "eval.episodes=2",
                      "eval.baselines=[random]", f"ray.address={ray_cluster.address_info['gcs_address']}",
                      "aggregation.rotate_every_s=1")
-    driver = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--run-id", "cut", *settings], cwd=repo,
+    driver = subprocess.Popen([sys.executable, "-m", "harvest", "run", "--run-id", "cut", *settings], cwd=repo,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = tmp_path / "cut" / "dataset" / "manifest.json"
 
@@ -329,9 +329,9 @@ def test_a_collector_ray_cannot_place_holds_no_rows_back_and_is_named(ray_cluste
 
 @pytest.mark.timeout(180)
 def test_a_resumed_run_does_not_train_its_finished_stages_again(ray_cluster, tmp_path):
-    from cluster.config import load_config
-    from cluster.pipeline import RunPaths, train
-    from learners.bc import BCLearner
+    from harvest.cluster.config import load_config
+    from harvest.cluster.pipeline import RunPaths, train
+    from harvest.learners.bc import BCLearner
     from tests.test_dqfd import mixed_dataset
 
     paths = RunPaths(tmp_path / "staged")
@@ -351,7 +351,7 @@ def test_a_resumed_run_does_not_train_its_finished_stages_again(ray_cluster, tmp
 
 
 def test_the_watchdog_names_a_full_object_store(ray_cluster):
-    from cluster.supervise import object_store_report
+    from harvest.cluster.supervise import object_store_report
 
     held = [ray.put(np.ones(40 * 2**20, np.uint8)) for _ in range(6)]  # 240 of the test cluster's 256 MiB
     # (the raylets' memory summary can miss its deadline on a busy machine: None until it answers)

@@ -8,8 +8,8 @@ counter, winner and both players' observations must be equal.
 import numpy as np
 import pytest
 
-from envs.generals.engine import GeneralsEngine
-from envs.generals.maps import MapError, MapSettings, generate_map, land_distance, parse_map
+from harvest.envs.generals.engine import GeneralsEngine
+from harvest.envs.generals.maps import MapError, MapSettings, generate_map, land_distance, parse_map
 
 reference_game = pytest.importorskip("generals.core.game")
 reference_grid = pytest.importorskip("generals.core.grid")

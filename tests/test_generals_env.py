@@ -6,16 +6,16 @@ from gymnasium.utils.env_checker import check_env
 from pettingzoo.test import parallel_api_test
 from PIL import Image
 
-from envs.config import EnvConfig
-from envs.generals.actions import action_mask, decode, encode, num_actions, pass_action
-from envs.generals.env import GeneralsEnv, GeneralsParallelEnv, GeneralsVectorEnv
-from envs.generals.players import ExpertPlayer, RandomLegalPlayer
-from envs.generals.render import render_game, write_gif
-from envs.generals.rewards import RewardWeights, step_rewards
-from envs.registry import make_vector_env, row_columns
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.cutter import EpisodeIds, TransitionCutter
-from rollout.policies import RandomPolicy
+from harvest.envs.config import EnvConfig
+from harvest.envs.generals.actions import action_mask, decode, encode, num_actions, pass_action
+from harvest.envs.generals.env import GeneralsEnv, GeneralsParallelEnv, GeneralsVectorEnv
+from harvest.envs.generals.players import ExpertPlayer, RandomLegalPlayer
+from harvest.envs.generals.render import render_game, write_gif
+from harvest.envs.generals.rewards import RewardWeights, step_rewards
+from harvest.envs.registry import make_vector_env, row_columns
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.cutter import EpisodeIds, TransitionCutter
+from harvest.rollout.policies import RandomPolicy
 
 SMALL_MAPS = {"min_size": 6, "max_size": 8, "min_general_distance": 3}
 
@@ -209,8 +209,8 @@ def test_render_frames_and_a_gif(tmp_path):
 
 
 def test_game_records_replay_to_the_same_end_and_make_gifs(tmp_path):
-    from cluster.cli import main
-    from envs.generals.replays import GameRecord, RecordError, replay_frames
+    from harvest.cluster.cli import main
+    from harvest.envs.generals.replays import GameRecord, RecordError, replay_frames
 
     env = GeneralsVectorEnv(num_envs=4, players="first", opponent="random", max_steps=100, map=SMALL_MAPS,
                             record_dir=str(tmp_path / "records"))
@@ -242,9 +242,9 @@ def test_game_records_replay_to_the_same_end_and_make_gifs(tmp_path):
 
 
 def test_board_channels_of_a_hand_made_map():
-    from envs.generals.engine import GeneralsEngine
-    from envs.generals.maps import parse_map
-    from envs.generals.observations import CHANNELS, player_observations
+    from harvest.envs.generals.engine import GeneralsEngine
+    from harvest.envs.generals.maps import parse_map
+    from harvest.envs.generals.observations import CHANNELS, player_observations
 
     engine = GeneralsEngine(1, 4, 5)  # the 4x4 map is padded with a mountain column
     engine.load(np.zeros(1, np.int64), [parse_map("A.#.\n.5..\n....\n...B")])

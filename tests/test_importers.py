@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from aggregation.dataset import Dataset
-from aggregation.importers import (ImportFormatError, import_driving_sessions, import_json_sequences, import_minari,
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.importers import (ImportFormatError, import_driving_sessions, import_json_sequences, import_minari,
                                    import_offline_rl, import_parquet)
-from aggregation.robocode_import import import_robocode_json
-from aggregation.robocode_seed import SeedFormatError
-from cluster.cli import main
+from harvest.aggregation.robocode_import import import_robocode_json
+from harvest.aggregation.robocode_seed import SeedFormatError
+from harvest.cluster.cli import main
 from tests.test_datasets import read_back
 from tests.test_exports import cartpole_dataset
 
@@ -66,7 +66,7 @@ def test_json_sequences_import_and_broken_files_are_named(tmp_path):
 
 
 def test_a_minari_dataset_imports_back_equal(tmp_path):
-    from aggregation.export import export_minari
+    from harvest.aggregation.export import export_minari
 
     dataset, _ = cartpole_dataset(tmp_path / "data", unfinished=False)
     export_minari(dataset, "harvest/roundtrip-v0", tmp_path / "minari")

@@ -7,13 +7,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from aggregation.compact import write_dataset
-from aggregation.config import AggregationConfig
-from aggregation.dataset import Dataset
-from aggregation.inspect import inspect_dataset
-from cluster.cli import main
-from envs.spaces import ColumnSpec
-from rollout.batch import BatchSchema, TransitionBatch
+from harvest.aggregation.compact import write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.inspect import inspect_dataset
+from harvest.cluster.cli import main
+from harvest.envs.spaces import ColumnSpec
+from harvest.rollout.batch import BatchSchema, TransitionBatch
 
 DEFECTS = {"nan_inf", "action_space", "step_gap", "next_obs", "timestamp_gap", "stuck_action", "jerky_action",
            "short_episode", "missing_file"}

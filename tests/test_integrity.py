@@ -15,15 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aggregation.compact import DatasetExistsError, compact_replay, write_dataset
-from aggregation.config import AggregationConfig
-from aggregation.dataset import Dataset, DatasetError, DatasetIntegrityError
-from aggregation.edit import filter_dataset
-from aggregation.export import export_offline_rl
-from aggregation.filters import EpisodeFilter
-from aggregation.inspect import inspect_dataset
-from aggregation.storage import TMP_MARK, location, staged_folder
-from aggregation.windows import count_windows, windows
+from harvest.aggregation.compact import DatasetExistsError, compact_replay, write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.dataset import Dataset, DatasetError, DatasetIntegrityError
+from harvest.aggregation.edit import filter_dataset
+from harvest.aggregation.export import export_offline_rl
+from harvest.aggregation.filters import EpisodeFilter
+from harvest.aggregation.inspect import inspect_dataset
+from harvest.aggregation.storage import TMP_MARK, location, staged_folder
+from harvest.aggregation.windows import count_windows, windows
 from tests.test_datasets import bucket, episodes_batch, object_names, s3_endpoint  # noqa: F401 (fixtures)
 
 LENGTHS = [20, 20, 20, 20, 20, 20]
@@ -287,8 +287,8 @@ def test_a_dataset_is_never_written_over_another(tmp_path):
 
 
 def test_a_learner_refuses_a_tampered_dataset_unless_told_not_to_verify(tmp_path):
-    from learners.bc import BCLearner
-    from learners.config import LearnerConfig
+    from harvest.learners.bc import BCLearner
+    from harvest.learners.config import LearnerConfig
 
     make_dataset(tmp_path / "d")
     fake_hash(tmp_path / "d", 1)
@@ -303,7 +303,7 @@ def test_a_learner_refuses_a_tampered_dataset_unless_told_not_to_verify(tmp_path
 
 
 def harvest_in_process(capfd, *argv: str) -> tuple[int, str]:
-    from cluster.cli import main
+    from harvest.cluster.cli import main
 
     code = main([str(arg) for arg in argv])
     return code, capfd.readouterr().err
@@ -318,7 +318,7 @@ def test_harvest_inspect_exits_1_naming_the_tampered_the_truncated_and_the_dupli
     truncate(tmp_path / "d", 1)
     list_twice(tmp_path / "d", 2)
     names = [str(file_path(tmp_path / "d", index)) for index in range(3)]
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "inspect", str(tmp_path / "d"), "--json",
+    result = subprocess.run([sys.executable, "-m", "harvest", "inspect", str(tmp_path / "d"), "--json",
                              str(tmp_path / "report.json")], capture_output=True, text=True, timeout=300,
                             cwd=Path(__file__).resolve().parents[1])
     output = result.stdout + result.stderr
@@ -377,7 +377,7 @@ def test_a_missing_dataset_is_a_usage_error_not_a_data_error(tmp_path, capfd):
 
 
 def test_harvest_train_no_verify_tells_the_learner_not_to_verify(tmp_path):
-    from cluster.cli import _config_for, _parser
+    from harvest.cluster.cli import _config_for, _parser
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("env: {id: CartPole-v1}\n")

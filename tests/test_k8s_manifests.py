@@ -21,7 +21,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
-from cluster.config import load_config
+from harvest.cluster.config import load_config
 
 try:
     import tomllib
@@ -288,8 +288,8 @@ def test_rayjob_cluster_has_the_groups_of_raycluster():
 
 def test_rayjob_runs_an_example_config_on_its_own_cluster():
     argv = shlex.split(load_manifest("rayjob.yaml")["spec"]["entrypoint"])
-    # `harvest` is the console script for cluster.cli:main; the job does not install Harvest.
-    assert argv[:4] == ["python", "-m", "cluster.cli", "run"]
+    # `harvest` is the console script for harvest.cluster.cli:main; the job does not install Harvest.
+    assert argv[:4] == ["python", "-m", "harvest", "run"]
     config_path, options = argv[4], argv[5:]
     overrides = options[1::2]
     assert options[::2] == ["--set"] * len(overrides)

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from aggregation.compact import write_dataset as aggregation_write_dataset
-from aggregation.config import AggregationConfig
-from aggregation.dataset import Dataset
-from learners.bc import BCLearner, bc_loss, split_by_episode
-from learners.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from learners.config import LearnerConfig
-from learners.models import ModelSpec, build_policy_model, resolve_model_spec
-from learners.policy import load_torch_policy
-from envs.spaces import ColumnSpec, flatten_value
-from rollout.batch import BatchSchema, TransitionBatch
+from harvest.aggregation.compact import write_dataset as aggregation_write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.dataset import Dataset
+from harvest.learners.bc import BCLearner, bc_loss, split_by_episode
+from harvest.learners.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from harvest.learners.config import LearnerConfig
+from harvest.learners.models import ModelSpec, build_policy_model, resolve_model_spec
+from harvest.learners.policy import load_torch_policy
+from harvest.envs.spaces import ColumnSpec, flatten_value
+from harvest.rollout.batch import BatchSchema, TransitionBatch
 from tests.test_batch import random_batch
 
 
@@ -100,7 +100,7 @@ def test_squashed_gaussian_matches_torchs_transformed_distribution_and_stays_in_
 
 
 def test_precision_autocasts_where_asked_and_stays_fp32_on_the_cpu_by_default():
-    from learners.precision import Precision, resolve_precision
+    from harvest.learners.precision import Precision, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
@@ -263,7 +263,7 @@ def test_learner_actor_trains_on_the_gpu_ray_gives_it(ray_cluster, tmp_path):
 
 
 def generals_spaces(size: int = 6):
-    from envs.generals.env import GeneralsVectorEnv
+    from harvest.envs.generals.env import GeneralsVectorEnv
 
     env = GeneralsVectorEnv(num_envs=2, map={"min_size": size, "max_size": size, "min_general_distance": 2})
     return env, env.single_observation_space, env.single_action_space
@@ -311,8 +311,8 @@ def test_cnn_refuses_spaces_it_cannot_lay_out():
 
 
 def test_bc_with_a_cnn_learns_the_generals_expert(tmp_path):
-    from envs.generals.players import ExpertPlayer
-    from envs.registry import row_columns
+    from harvest.envs.generals.players import ExpertPlayer
+    from harvest.envs.registry import row_columns
     from tests.test_generals_env import collect_rows
 
     env, observation_space, action_space = generals_spaces(size=6)

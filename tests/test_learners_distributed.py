@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from learners.checkpoint import load_checkpoint
-from learners.config import LearnerConfig
-from learners.distributed import train_bc_data_parallel
+from harvest.learners.checkpoint import load_checkpoint
+from harvest.learners.config import LearnerConfig
+from harvest.learners.distributed import train_bc_data_parallel
 from tests.test_learners import synthetic, tensorboard_scalars, write_dataset
 
 pytestmark = pytest.mark.timeout(300)

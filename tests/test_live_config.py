@@ -12,9 +12,9 @@ import pyarrow.dataset as pads
 import pytest
 import yaml
 
-from aggregation.dataset import Dataset
-from cluster.cli import main
-from cluster.local import metrics_port
+from harvest.aggregation.dataset import Dataset
+from harvest.cluster.cli import main
+from harvest.cluster.local import metrics_port
 from tests.test_metrics import scrape
 from tests.toy_envs import open_gate, waiting_pids
 from tests.waiting import wait_for

@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster.local_nodes import free_port
-from cluster.net import is_loopback
+from harvest.cluster.local_nodes import free_port
+from harvest.cluster.net import is_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["env.num_envs=2", "rollout.steps=600", "rollout.batch_rows=256", "rollout.num_cpus=0.25",
@@ -49,8 +49,8 @@ def report_listeners(timeout_s: float = 180.0) -> None:
     """
     import ray
 
-    from cluster.config import RaySection
-    from cluster.local import init_ray
+    from harvest.cluster.config import RaySection
+    from harvest.cluster.local import init_ray
 
     dashboard_url = init_ray(RaySection(num_cpus=2, dashboard_port=0))
 
@@ -111,8 +111,8 @@ def test_another_process_joins_the_loopback_cluster_by_its_address(ray_cluster):
     assert address.startswith("127.0.0.1:"), "the session cluster of tests/conftest.py is loopback-bound too"
     joiner = f"""
 import os, ray
-from cluster.config import RaySection
-from cluster.local import init_ray
+from harvest.cluster.config import RaySection
+from harvest.cluster.local import init_ray
 init_ray(RaySection(address={address!r}))
 
 

@@ -9,14 +9,14 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.cli import main
-from cluster.local import metrics_port
-from cluster.status import by, read
-from rollout.config import ReplayConfig
-from rollout.policies import ConfiguredPolicyFactory
-from rollout.replay.replay import start_replay
-from rollout.replay.stream import stream_experiences
-from rollout.worker import RolloutWorker, schema_for
+from harvest.cluster.cli import main
+from harvest.cluster.local import metrics_port
+from harvest.cluster.status import by, read
+from harvest.rollout.config import ReplayConfig
+from harvest.rollout.policies import ConfiguredPolicyFactory
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.replay.stream import stream_experiences
+from harvest.rollout.worker import RolloutWorker, schema_for
 from tests.test_rollout_actors import COUNTING, ROLLOUT
 
 pytestmark = pytest.mark.timeout(240)
@@ -96,9 +96,9 @@ def test_the_grafana_dashboard_queries_only_metrics_harvest_exports(tmp_path):
     import json
     import re
 
-    from cluster import metrics
-    from cluster.cli import main
-    from cluster.dashboard import dashboard
+    from harvest.cluster import metrics
+    from harvest.cluster.cli import main
+    from harvest.cluster.dashboard import dashboard
 
     exported = set()
     for make in metrics.ALL_METRICS:

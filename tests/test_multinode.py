@@ -15,8 +15,8 @@ import psutil
 import pyarrow.dataset as pads
 import pytest
 
-from aggregation.dataset import Dataset
-from cluster.local_nodes import LocalCluster
+from harvest.aggregation.dataset import Dataset
+from harvest.cluster.local_nodes import LocalCluster
 from tests.toy_envs import open_gate, waiting_pids
 from tests.waiting import wait_for
 
@@ -42,7 +42,7 @@ def two_nodes(tmp_path_factory):
 
 
 def harvest(*args: str, env: dict[str, str], timeout: float = 500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "harvest", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -152,7 +152,7 @@ def test_killing_the_second_node_mid_run_loses_no_acknowledged_row(two_nodes, tm
 
 
 def test_submit_sends_the_project_and_with_pip_its_requirements():
-    from cluster.jobs import EXCLUDES, runtime_env
+    from harvest.cluster.jobs import EXCLUDES, runtime_env
 
     env = runtime_env(REPO, pip=True)
     assert env["working_dir"] == str(REPO) and ".venv" in env["excludes"] and "artifacts" in EXCLUDES

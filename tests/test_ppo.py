@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from aggregation.compact import write_dataset
-from aggregation.config import AggregationConfig
-from envs.config import EnvConfig
-from learners.bc import BCLearner
-from learners.checkpoint import load_checkpoint
-from learners.config import LearnerConfig, PPOConfig
-from learners.ppo import PPOLearner, gae
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.policies import CartPoleExpert
+from harvest.aggregation.compact import write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.envs.config import EnvConfig
+from harvest.learners.bc import BCLearner
+from harvest.learners.checkpoint import load_checkpoint
+from harvest.learners.config import LearnerConfig, PPOConfig
+from harvest.learners.ppo import PPOLearner, gae
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.policies import CartPoleExpert
 from tests.test_dqfd import greedy_return, play
 from tests.test_learners import tensorboard_scalars
 
@@ -94,8 +94,8 @@ def test_ppo_learns_box_actions_with_a_tanh_squashed_gaussian(ray_cluster, tmp_p
 
 
 def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_cluster, tmp_path):
-    from cluster.config import load_config
-    from cluster.pipeline import RunPaths, train
+    from harvest.cluster.config import load_config
+    from harvest.cluster.pipeline import RunPaths, train
 
     env = gym.make("CartPole-v1")
     paths = RunPaths(tmp_path / "run")
@@ -125,7 +125,7 @@ def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_
             "throughput/env_steps_per_s"} <= set(scalars)
     assert all(tensorboard_scalars(paths.learner / stage) for stage in ("1-bc", "2-dqfd"))
     # The evaluation plays every stage's best checkpoint beside the last one.
-    from cluster.pipeline import evaluate
+    from harvest.cluster.pipeline import evaluate
 
     cfg = load_config(None, ["learner.stages=[bc, dqfd, ppo]", "eval.episodes=2", "eval.num_workers=1",
                              "eval.baselines=[random]", "env.num_envs=2"])
@@ -148,7 +148,7 @@ GENERALS_TINY = ["env.num_envs=4", "env.kwargs.map={min_size: 6, max_size: 7, mi
 def test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_stages(ray_cluster, repo_root_run):
     # examples/generals_bc_ppo.yaml, shrunk, from the repo root into artifacts/ (the example's run
     # for tests/test_examples.py): expert self-play -> BC -> PPO as player 0 against the expert.
-    from cluster.cli import main
+    from harvest.cluster.cli import main
 
     run_id, run_dir = repo_root_run
     argv = ["run", "examples/generals_bc_ppo.yaml", "--run-id", run_id,
@@ -179,7 +179,7 @@ def test_generals_bc_then_ppo_wins_more_often_against_the_expert_than_bc_alone(t
               "learner.ppo.collector_num_cpus=0.3"] if small else []
     device = ["learner.num_gpus=1"] if torch.cuda.is_available() else []
     overrides = [f"run.output_dir={tmp_path}", *sizing, *device, "eval.baselines=[]"]
-    subprocess.run([sys.executable, "-m", "cluster.cli", "run", "examples/generals_bc_ppo.yaml", "--run-id", "g",
+    subprocess.run([sys.executable, "-m", "harvest", "run", "examples/generals_bc_ppo.yaml", "--run-id", "g",
                     *sum((["--set", item] for item in overrides), [])], cwd=repo, check=True,
                    env={**os.environ, "RAY_ADDRESS": ""})
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())["eval"]

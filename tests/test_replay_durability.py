@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import ray
 
-from rollout.config import ReplayConfig
-from rollout.replay.replay import start_replay
-from rollout.replay.shard import ReplayShard
+from harvest.rollout.config import ReplayConfig
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.replay.shard import ReplayShard
 from tests.test_replay_shard import SCHEMA, numbered_batch
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import ray
 
-from envs.spaces import ColumnSpec
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.config import ReplayConfig
-from rollout.replay.replay import start_replay
-from rollout.replay.shard import ReplayMemoryError, ReplayShard
+from harvest.envs.spaces import ColumnSpec
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.config import ReplayConfig
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.replay.shard import ReplayMemoryError, ReplayShard
 from tests.test_batch import random_batch
 
 BOARD = BatchSchema.for_spaces(gym.spaces.Box(0, 100, (9, 20, 20), np.float32), gym.spaces.Discrete(801),
@@ -115,7 +115,7 @@ def test_the_memory_report_through_ray_and_a_shard_that_cannot_start(ray_cluster
 
 
 def test_large_copies_split_over_threads_store_and_gather_the_same_rows():
-    from rollout.replay.ring import ColumnRing
+    from harvest.rollout.replay.ring import ColumnRing
 
     ring = ColumnRing(BOARD, capacity_rows=700, copy_threads=3)
     batches = [board_batch(first, 300) for first in range(0, 1200, 300)]  # wraps the ring twice

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import ray
 
-from rollout.config import RateLimitConfig, ReplayConfig
-from rollout.replay.limiter import RateLimited, SampleToInsertRatio
-from rollout.replay.replay import start_replay
-from rollout.replay.shard import ReplayShard
-from rollout.replay.sum_tree import SumTree
+from harvest.rollout.config import RateLimitConfig, ReplayConfig
+from harvest.rollout.replay.limiter import RateLimited, SampleToInsertRatio
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.replay.shard import ReplayShard
+from harvest.rollout.replay.sum_tree import SumTree
 from tests.test_replay_shard import SCHEMA, numbered_batch
 
 

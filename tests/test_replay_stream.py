@@ -10,11 +10,11 @@ import pytest
 import ray
 from pyarrow import flight
 
-from rollout.config import ReplayConfig
-from rollout.replay.flight import ReplayClient, ReplayFlightServer, start_flight_service
-from rollout.replay.replay import start_replay
-from rollout.replay.shard import KEY_SHARD_SHIFT
-from rollout.replay.stream import StreamOverrun, stream_experiences
+from harvest.rollout.config import ReplayConfig
+from harvest.rollout.replay.flight import ReplayClient, ReplayFlightServer, start_flight_service
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.replay.shard import KEY_SHARD_SHIFT
+from harvest.rollout.replay.stream import StreamOverrun, stream_experiences
 from tests.test_replay_shard import SCHEMA, numbered_batch
 
 
@@ -262,7 +262,7 @@ def test_ten_consumers_five_in_ray_five_over_flight_each_get_exactly_10000_rows_
 def test_a_run_config_starts_the_flight_server_and_refuses_exposure_without_a_token(ray_cluster, monkeypatch):
     from pydantic import ValidationError
 
-    from rollout.config import FlightConfig
+    from harvest.rollout.config import FlightConfig
 
     with pytest.raises(ValidationError, match="exposes the replay beyond this machine"):
         FlightConfig(host="0.0.0.0")

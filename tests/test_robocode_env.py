@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs import EnvConfig, make_vector_env
-from envs.robocode.env import RobocodeEnv
-from envs.robocode import host as host_module
-from envs.robocode.host import RobocodeHost, RobocodeNotInstalled
-from envs.robocode.transitions import OBS_FIELDS, round_transitions, split_rounds
+from harvest.envs import EnvConfig, make_vector_env
+from harvest.envs.robocode.env import RobocodeEnv
+from harvest.envs.robocode import host as host_module
+from harvest.envs.robocode.host import RobocodeHost, RobocodeNotInstalled
+from harvest.envs.robocode.transitions import OBS_FIELDS, round_transitions, split_rounds
 from tests.test_robocode_host import needs_robocode
 
 pytestmark = pytest.mark.robocode

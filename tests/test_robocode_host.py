@@ -6,8 +6,8 @@ import signal
 import numpy as np
 import pytest
 
-from envs.robocode import host as host_module
-from envs.robocode.host import EngineStalled, RobocodeError, RobocodeHost, RobocodeInstall, RobocodeNotInstalled
+from harvest.envs.robocode import host as host_module
+from harvest.envs.robocode.host import EngineStalled, RobocodeError, RobocodeHost, RobocodeInstall, RobocodeNotInstalled
 
 pytestmark = pytest.mark.robocode
 ROBOTS = ["sample.SpinBot", "sample.Target"]
@@ -104,7 +104,7 @@ def test_200_consecutive_seeded_rounds_never_stall(tmp_path, cache_root):
 
 @needs_robocode
 def test_actions_recovered_from_an_expert_battle_obey_robocode_physics(tmp_path, cache_root):
-    from envs.robocode.transitions import ACTION_FIELDS, OBS_FIELDS, round_transitions, split_rounds
+    from harvest.envs.robocode.transitions import ACTION_FIELDS, OBS_FIELDS, round_transitions, split_rounds
 
     with RobocodeHost(tmp_path / "engine", cache_root) as engine:
         messages = list(engine.battle(ROBOTS, rounds=3, seed=5, turn_timeout_s=10))
@@ -140,8 +140,8 @@ def test_actions_recovered_from_an_expert_battle_obey_robocode_physics(tmp_path,
 def test_seed_format_files_round_trip_and_bad_files_are_named(tmp_path, cache_root):
     import json
 
-    from aggregation.robocode_seed import import_seed_files, write_aggregated_npz, write_seed_json
-    from envs.robocode.transitions import round_transitions, split_rounds
+    from harvest.aggregation.robocode_seed import import_seed_files, write_aggregated_npz, write_seed_json
+    from harvest.envs.robocode.transitions import round_transitions, split_rounds
 
     with RobocodeHost(tmp_path / "engine", cache_root) as engine:
         messages = list(engine.battle(ROBOTS, rounds=2, seed=9, turn_timeout_s=10))

@@ -10,12 +10,12 @@ import pyarrow.dataset as pads
 import pytest
 import ray
 
-from aggregation.dataset import Dataset
-from cluster.cli import main
-from rollout.batch import TransitionBatch
-from rollout.config import ReplayConfig
-from rollout.replay.replay import start_replay
-from rollout.robocode_collector import RobocodeBattles, RobocodeCollector, robocode_schema
+from harvest.aggregation.dataset import Dataset
+from harvest.cluster.cli import main
+from harvest.rollout.batch import TransitionBatch
+from harvest.rollout.config import ReplayConfig
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.robocode_collector import RobocodeBattles, RobocodeCollector, robocode_schema
 from tests.test_robocode_host import needs_robocode
 
 pytestmark = [pytest.mark.robocode, needs_robocode]

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from envs.robocode.sightings import MAX_AGE, UNSEEN, RadarMemory, bounding_box, radar_sees, radar_sightings
-from envs.robocode.transitions import OBS_FIELDS, round_transitions
+from harvest.envs.robocode.sightings import MAX_AGE, UNSEEN, RadarMemory, bounding_box, radar_sees, radar_sightings
+from harvest.envs.robocode.transitions import OBS_FIELDS, round_transitions
 
 
 def box_at(x: float, y: float) -> tuple[float, float, float, float]:

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import ray
 
-from envs.config import EnvConfig
-from rollout.batch import BatchSchemaError, TransitionBatch
-from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
-from rollout.evaluation import evaluate_policies
-from rollout.policies import ConfiguredPolicyFactory
-from rollout.replay.replay import Replay, start_replay
-from rollout.replay.shard import ReplayShard
-from rollout.worker import RolloutWorker, schema_for
+from harvest.envs.config import EnvConfig
+from harvest.rollout.batch import BatchSchemaError, TransitionBatch
+from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+from harvest.rollout.evaluation import evaluate_policies
+from harvest.rollout.policies import ConfiguredPolicyFactory
+from harvest.rollout.replay.replay import Replay, start_replay
+from harvest.rollout.replay.shard import ReplayShard
+from harvest.rollout.worker import RolloutWorker, schema_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,15 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from aggregation.compact import compact_replay, write_dataset
-from aggregation.config import AggregationConfig
-from aggregation.dataset import Dataset
-from aggregation.rotate import Rotation, RotationError
-from envs.config import EnvConfig
-from rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
-from rollout.policies import ConfiguredPolicyFactory
-from rollout.replay.replay import start_replay
-from rollout.worker import RolloutWorker, schema_for
+from harvest.aggregation.compact import compact_replay, write_dataset
+from harvest.aggregation.config import AggregationConfig
+from harvest.aggregation.dataset import Dataset
+from harvest.aggregation.rotate import Rotation, RotationError
+from harvest.envs.config import EnvConfig
+from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+from harvest.rollout.policies import ConfiguredPolicyFactory
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.worker import RolloutWorker, schema_for
 from tests.test_datasets import episodes_batch, read_back
 
 pytestmark = pytest.mark.timeout(300)
@@ -106,8 +106,8 @@ def test_a_failed_rotation_is_retried_with_nothing_lost(replay_and_worker, tmp_p
 
 def test_a_run_rotates_while_collecting(ray_cluster, tmp_path):
     """The pipeline's collect stage with `rotate_every_s`: real collector actors, rotations on a timer."""
-    from cluster import pipeline
-    from cluster.config import load_config
+    from harvest.cluster import pipeline
+    from harvest.cluster.config import load_config
     from tests.test_cli import TINY
 
     cfg = load_config(None, [*TINY, f"run.output_dir={tmp_path}", "rollout.policy.kind=random",

@@ -10,13 +10,13 @@ import gymnasium as gym
 import pytest
 import torch
 
-from cluster import pipeline
-from cluster.cli import main
-from cluster.config import load_config
-from cluster.run_folder import RunFolderError
-from learners.bc import BCLearner
-from learners.config import LearnerConfig
-from learners.resume import LAST_NAME, save_training_state
+from harvest.cluster import pipeline
+from harvest.cluster.cli import main
+from harvest.cluster.config import load_config
+from harvest.cluster.run_folder import RunFolderError
+from harvest.learners.bc import BCLearner
+from harvest.learners.config import LearnerConfig
+from harvest.learners.resume import LAST_NAME, save_training_state
 from tests.test_learners import synthetic, write_dataset
 
 

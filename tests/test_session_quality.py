@@ -4,7 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rollout.session_quality import EpisodeTrace, check_episode
+from harvest.rollout.session_quality import EpisodeTrace, check_episode
 
 DRIVING = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
 FPS = 50
@@ -57,11 +57,11 @@ def test_an_idle_car_that_still_rolls_is_not_idle():
 
 
 def test_discarded_episodes_are_left_out_of_the_dataset_and_counted(tmp_path):
-    from aggregation.compact import write_dataset
-    from aggregation.config import AggregationConfig
-    from aggregation.filters import EpisodeFilter
-    from cluster.config import load_config
-    from cluster.sessions import review_sessions
+    from harvest.aggregation.compact import write_dataset
+    from harvest.aggregation.config import AggregationConfig
+    from harvest.aggregation.filters import EpisodeFilter
+    from harvest.cluster.config import load_config
+    from harvest.cluster.sessions import review_sessions
     from tests.test_datasets import episodes_batch
 
     session = {"session_id": "s", "operator": "ada", "episodes": [

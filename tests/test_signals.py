@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _start_run(tmp_path: Path, run_id: str, *settings: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "cluster.cli", "run", "--run-id", run_id, "--set", f"run.output_dir={tmp_path}",
+    argv = [sys.executable, "-m", "harvest", "run", "--run-id", run_id, "--set", f"run.output_dir={tmp_path}",
             "--set", "ray.include_dashboard=false", "--set", "ray.num_cpus=2", "--set", "rollout.num_cpus=0.25",
             "--set", "replay.num_cpus=0.25", "--set", "learner.num_cpus=0.5", *settings]
     return subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -50,7 +50,7 @@ def test_a_signal_ends_the_run_with_one_line_and_it_resumes(tmp_path, signum, co
     assert hint in (tmp_path / "cut" / "harvest.log").read_text()
     if signum != signal.SIGINT:
         return
-    resumed = subprocess.run([sys.executable, "-m", "cluster.cli", "run", "--resume", "cut", "--set",
+    resumed = subprocess.run([sys.executable, "-m", "harvest", "run", "--resume", "cut", "--set",
                               f"run.output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
                              timeout=600, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]

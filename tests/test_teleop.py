@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import ray
 
-from envs.car_racing import CarRacingDriver
-from envs.config import EnvConfig
-from envs.registry import make_env
-from rollout.human import HumanCollector, human_schema
-from rollout.human_config import AxisConfig, ControlConfig, GamepadConfig, HumanConfig
-from rollout.keymap import KeyMap, KeyMapError
-from rollout.replay.replay import start_replay
-from rollout.config import ReplayConfig
-from rollout.teleop import KeyboardRobot, x_keysym
+from harvest.envs.car_racing import CarRacingDriver
+from harvest.envs.config import EnvConfig
+from harvest.envs.registry import make_env
+from harvest.rollout.human import HumanCollector, human_schema
+from harvest.rollout.human_config import AxisConfig, ControlConfig, GamepadConfig, HumanConfig
+from harvest.rollout.keymap import KeyMap, KeyMapError
+from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.config import ReplayConfig
+from harvest.rollout.teleop import KeyboardRobot, x_keysym
 from tests.waiting import wait_for
 
 needs_x = pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xdotool") is None,
@@ -151,8 +151,8 @@ class WindowWatch:
 def test_the_scripted_driver_plays_car_racing_through_real_key_events_frame_for_frame(ray_cluster, xvfb, tmp_path):
     from PIL import ImageGrab
 
-    from aggregation.dataset import Dataset
-    from aggregation.importers import import_driving_sessions
+    from harvest.aggregation.dataset import Dataset
+    from harvest.aggregation.importers import import_driving_sessions
 
     env_cfg = EnvConfig(id="CarRacing-v3")
     cfg = HumanConfig(driver="scripted", lockstep=True, display=xvfb, operator="pilot", seed=3, batch_rows=64,
@@ -258,8 +258,8 @@ def test_a_person_resets_pauses_and_ends_a_session_by_keys(ray_cluster, xvfb):
 @needs_x
 @pytest.mark.timeout(300)
 def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_source(ray_cluster, xvfb, tmp_path):
-    from aggregation.dataset import Dataset
-    from cluster.cli import main
+    from harvest.aggregation.dataset import Dataset
+    from harvest.cluster.cli import main
 
     overrides = ["env.id=CarRacing-v3", "env.num_envs=2", "rollout.num_collectors=1", "rollout.steps=200",
                  "rollout.policy.kind=random", "rollout.batch_rows=100", "rollout.num_cpus=0.25", "replay.num_cpus=0.1",
@@ -286,12 +286,12 @@ def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_s
              "learner.dqfd.pretrain_steps=40", "learner.dqfd.n_step=3", "learner.dqfd.log_every=40",
              "learner.dqfd.eval_episodes=1", "learner.dqfd.eval_max_steps=50", "learner.num_cpus=0.5"]
     assert main(["train", str(tmp_path / "tele"), *sum((["--set", item] for item in train), [])]) == 0
-    from learners.checkpoint import load_checkpoint
+    from harvest.learners.checkpoint import load_checkpoint
 
     for stage in ("1-bc", "2-dqfd"):
         loaded = load_checkpoint(tmp_path / "tele" / "learner" / stage / "best.safetensors")
         assert loaded.model.action_space == gym.spaces.Discrete(9) and len(loaded.info["action_set"]) == 9
-    from learners.policy import load_torch_policy
+    from harvest.learners.policy import load_torch_policy
 
     policy = load_torch_policy(str(tmp_path / "tele" / "learner" / "best.safetensors"),
                                env_action_space=gym.make("CarRacing-v3").action_space)
@@ -304,8 +304,8 @@ def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_s
 def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray_cluster, xvfb, tmp_path):
     import threading
 
-    from aggregation.dataset import Dataset
-    from cluster.cli import main
+    from harvest.aggregation.dataset import Dataset
+    from harvest.cluster.cli import main
 
     def hand_over_and_back() -> None:  # a person hands the controls to the shadow, then takes them back
         person = KeyboardRobot(xvfb, None)
@@ -348,11 +348,11 @@ def test_a_reviewer_labels_an_agents_frames_through_the_review_window(xvfb, tmp_
     """The person's side of DAgger: step through frames, hold the better action, label, skip, go back."""
     import threading
 
-    from aggregation.compact import write_dataset
-    from aggregation.config import AggregationConfig
-    from aggregation.dataset import Dataset
-    from cluster.dagger import reviewed_corrections
-    from rollout.batch import BatchSchema
+    from harvest.aggregation.compact import write_dataset
+    from harvest.aggregation.config import AggregationConfig
+    from harvest.aggregation.dataset import Dataset
+    from harvest.cluster.dagger import reviewed_corrections
+    from harvest.rollout.batch import BatchSchema
     from tests.test_batch import random_batch
 
     observation_space = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)

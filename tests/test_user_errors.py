@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import EXIT_USAGE, main
+from harvest.cluster.cli import EXIT_USAGE, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BOMB = """env:
@@ -90,7 +90,7 @@ def test_debug_prints_the_traceback(workspace, capfd):
 
 
 def test_an_unknown_env_is_named_before_ray_starts(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "cluster.cli", "run", "--set", f"run.output_dir={tmp_path}",
+    done = subprocess.run([sys.executable, "-m", "harvest", "run", "--set", f"run.output_dir={tmp_path}",
                            "--set", "env.id=NoSuchEnv-v0"], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert done.returncode == EXIT_USAGE
@@ -102,8 +102,8 @@ def test_an_unknown_env_is_named_before_ray_starts(tmp_path):
 def test_a_run_that_fails_in_its_parts_exits_4_not_as_a_bug():
     import ray.exceptions
 
-    from aggregation.integrity import DatasetError, DatasetIntegrityError
-    from cluster.cli import _exit_code
+    from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError
+    from harvest.cluster.cli import _exit_code
 
     assert _exit_code(TimeoutError("PPO: collectors not done after 5s")) == 4
     assert _exit_code(ray.exceptions.ActorDiedError()) == 4

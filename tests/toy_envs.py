@@ -150,7 +150,7 @@ class FirstActionPolicy:
         return {}
 
     def compute_actions(self, obs):
-        from rollout.policies import PolicyOutput
+        from harvest.rollout.policies import PolicyOutput
 
         return PolicyOutput(np.zeros(len(obs), np.int64))
 

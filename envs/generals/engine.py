@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.generals.maps import MapLayout
+from harvest.envs.generals.maps import MapLayout
 
 NEUTRAL = -1
 """`owner` of a tile no player holds (plain land, unowned cities; mountains too)."""

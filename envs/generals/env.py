@@ -22,11 +22,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from pettingzoo import ParallelEnv
 
-from envs.generals.games import GeneralsConfig, GeneralsGames
-from envs.generals.observations import observation_space
-from envs.generals.players import ExpertPlayer, RandomLegalPlayer
-from envs.generals.render import render_game
-from envs.spaces import ColumnSpec
+from harvest.envs.generals.games import GeneralsConfig, GeneralsGames
+from harvest.envs.generals.observations import observation_space
+from harvest.envs.generals.players import ExpertPlayer, RandomLegalPlayer
+from harvest.envs.generals.render import render_game
+from harvest.envs.spaces import ColumnSpec
 
 ROW_COLUMNS = {"game_id": ColumnSpec(np.int64, ()), "player_id": ColumnSpec(np.int8, ())}
 

@@ -11,12 +11,12 @@ import numpy as np
 from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass
 
-from envs.generals.actions import decode, num_actions
-from envs.generals.engine import GeneralsEngine
-from envs.generals.maps import MapLayout, MapSettings, generate_map, parse_map
-from envs.generals.observations import player_observations
-from envs.generals.replays import GameRecord
-from envs.generals.rewards import RewardWeights, step_rewards
+from harvest.envs.generals.actions import decode, num_actions
+from harvest.envs.generals.engine import GeneralsEngine
+from harvest.envs.generals.maps import MapLayout, MapSettings, generate_map, parse_map
+from harvest.envs.generals.observations import player_observations
+from harvest.envs.generals.replays import GameRecord
+from harvest.envs.generals.rewards import RewardWeights, step_rewards
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))

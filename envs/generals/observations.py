@@ -14,8 +14,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from envs.generals.actions import action_mask, num_actions
-from envs.generals.engine import GeneralsEngine
+from harvest.envs.generals.actions import action_mask, num_actions
+from harvest.envs.generals.engine import GeneralsEngine
 
 NUM_CHANNELS = 9
 MAX_ARMY = 2**31 - 1

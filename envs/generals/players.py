@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.generals.actions import encode, pass_action
+from harvest.envs.generals.actions import encode, pass_action
 
 _UNREACHED = np.iinfo(np.int32).max
 

@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from envs.generals.engine import NEUTRAL, GeneralsEngine
+from harvest.envs.generals.engine import NEUTRAL, GeneralsEngine
 
 CELL_PX = 24
 PLAYER_COLOURS = np.array([(220, 70, 70), (60, 110, 225)], np.uint8)

@@ -14,10 +14,10 @@ from typing import Iterator
 
 import numpy as np
 
-from envs.generals.actions import decode
-from envs.generals.engine import GeneralsEngine
-from envs.generals.maps import parse_map
-from envs.generals.render import render_game
+from harvest.envs.generals.actions import decode
+from harvest.envs.generals.engine import GeneralsEngine
+from harvest.envs.generals.maps import parse_map
+from harvest.envs.generals.render import render_game
 
 
 class RecordError(ValueError):

@@ -6,4 +6,4 @@ Gymnasium; the env module itself (and its JVM) loads only when the env is made.
 
 import gymnasium as gym
 
-gym.register(id="harvest/Robocode-v0", entry_point="envs.robocode.env:RobocodeEnv")
+gym.register(id="harvest/Robocode-v0", entry_point="harvest.envs.robocode.env:RobocodeEnv")

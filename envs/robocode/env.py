@@ -31,10 +31,10 @@ import gymnasium as gym
 import numpy as np
 from loguru import logger
 
-from envs.robocode.host import BRIDGE_ROBOT, EngineStalled, RobocodeError, RobocodeHost
-from envs.robocode.sightings import RadarMemory
-from envs.robocode.spaces import ACTION_SPACE, OBSERVATION_SPACE
-from envs.robocode.transitions import observations, step_rewards
+from harvest.envs.robocode.host import BRIDGE_ROBOT, EngineStalled, RobocodeError, RobocodeHost
+from harvest.envs.robocode.sightings import RadarMemory
+from harvest.envs.robocode.spaces import ACTION_SPACE, OBSERVATION_SPACE
+from harvest.envs.robocode.transitions import observations, step_rewards
 
 BRIDGE_INDEX = 0
 """The bridge is the first robot of every battle the env starts."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from envs.robocode.sightings import MAX_AGE
-from envs.robocode.transitions import ACTION_FIELDS, OBS_FIELDS
+from harvest.envs.robocode.sightings import MAX_AGE
+from harvest.envs.robocode.transitions import ACTION_FIELDS, OBS_FIELDS
 
 OBSERVATION_SPACE = gym.spaces.Box(
     low=np.array([0, 0, 0, 0, 0, -8, 0, 0] + [-180, 0, 0, 0, -8, 0], np.float32),

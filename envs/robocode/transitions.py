@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.robocode.sightings import SIGHTING_FIELDS, RadarMemory, degrees_turned
+from harvest.envs.robocode.sightings import SIGHTING_FIELDS, RadarMemory, degrees_turned
 
 STATE_FIELDS = ("x", "y", "heading", "gun_heading", "radar_heading", "velocity", "gun_heat", "energy")
 OBS_FIELDS = STATE_FIELDS + SIGHTING_FIELDS

@@ -1,9 +1,9 @@
 """The sharded replay: `ReplayShard` actors holding rows in column rings, and `Replay`, the
 handle that routes each episode to one shard."""
 
-from rollout.replay.replay import Replay, ReplayStats, start_replay
-from rollout.replay.ring import ColumnRing
-from rollout.replay.shard import InsertAck, ReadResult, ReplayShard, ShardStats
+from harvest.rollout.replay.replay import Replay, ReplayStats, start_replay
+from harvest.rollout.replay.ring import ColumnRing
+from harvest.rollout.replay.shard import InsertAck, ReadResult, ReplayShard, ShardStats
 
 __all__ = ["ColumnRing", "InsertAck", "ReadResult", "Replay", "ReplayShard", "ReplayStats",
            "ShardStats", "start_replay"]

@@ -28,10 +28,10 @@ import ray
 from loguru import logger
 from pyarrow import flight
 
-from cluster.net import is_loopback
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.replay.row_filter import RowFilter
-from rollout.replay.stream import (OnOverrun, ReplayReader, Start, StreamBatch, StreamCursor, StreamOverrun,
+from harvest.cluster.net import is_loopback
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.replay.row_filter import RowFilter
+from harvest.rollout.replay.stream import (OnOverrun, ReplayReader, Start, StreamBatch, StreamCursor, StreamOverrun,
                                    StreamSpec, take_rows)
 
 _OVERRUN_MARK = "[replay-overrun] "

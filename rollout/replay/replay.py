@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.config import ReplayConfig
-from rollout.replay.flight import start_flight_service
-from rollout.replay.shard import KEY_SHARD_SHIFT, PriorityUpdate, ReplayShard, ShardStats, importance_weights
-from rollout.routing import shard_of
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.config import ReplayConfig
+from harvest.rollout.replay.flight import start_flight_service
+from harvest.rollout.replay.shard import KEY_SHARD_SHIFT, PriorityUpdate, ReplayShard, ShardStats, importance_weights
+from harvest.rollout.routing import shard_of
 
 
 @dataclass(frozen=True)

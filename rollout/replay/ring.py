@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 import pyarrow as pa
 
-from rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.batch import BatchSchema, TransitionBatch
 
 PACKED_ROW_OVERHEAD_BYTES = 41
 """What one stored compressed row costs beyond its bytes: a `bytes` object header (33) and

@@ -7,7 +7,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from rollout.batch import BatchSchema
+from harvest.rollout.batch import BatchSchema
 
 FILTERABLE_COLUMNS = ("game_id", "player_id", "collector_id", "episode_id", "policy_version")
 """Scalar integer columns a stream can be filtered on (`game_id` and `player_id` exist only in

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rollout.replay.sum_tree import SumTree
+from harvest.rollout.replay.sum_tree import SumTree
 
 
 class Uniform:

@@ -13,15 +13,15 @@ import numpy as np
 import pyarrow as pa
 from loguru import logger
 
-from cluster import metrics
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.config import RateLimitConfig, ReplayConfig
-from rollout.memory import keep_batch_buffers_on_heap
-from rollout.replay.durability import Restored, WriteAheadLog
-from rollout.replay.limiter import MinSize, RateLimited, SampleToInsertRatio
-from rollout.replay.ring import ColumnRing
-from rollout.replay.row_filter import RowFilter
-from rollout.replay.selectors import make_selector
+from harvest.cluster import metrics
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.config import RateLimitConfig, ReplayConfig
+from harvest.rollout.memory import keep_batch_buffers_on_heap
+from harvest.rollout.replay.durability import Restored, WriteAheadLog
+from harvest.rollout.replay.limiter import MinSize, RateLimited, SampleToInsertRatio
+from harvest.rollout.replay.ring import ColumnRing
+from harvest.rollout.replay.row_filter import RowFilter
+from harvest.rollout.replay.selectors import make_selector
 
 
 class ReplayMemoryError(ValueError):

@@ -27,10 +27,10 @@ import numpy as np
 import ray
 from loguru import logger
 
-from cluster import metrics
-from rollout.batch import BatchSchema, TransitionBatch
-from rollout.replay.row_filter import RowFilter
-from rollout.replay.shard import KEY_SHARD_SHIFT
+from harvest.cluster import metrics
+from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.replay.row_filter import RowFilter
+from harvest.rollout.replay.shard import KEY_SHARD_SHIFT
 
 Start = Literal["earliest", "latest"]
 OnOverrun = Literal["raise", "report"]
