@@ -12,9 +12,12 @@ TORCH_PIN ?= torch==2.13.0
 SYSTEM_PACKAGES := robocode default-jdk xvfb xdotool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system run test test-fast bench clean
+.PHONY: setup setup-core system run test test-fast bench clean
 
+# `make run` needs the core alone (CartPole needs no system package); `make setup` and `make test`
+# install everything: every extra, the test tools and the system packages.
 setup: system $(VENV)/.installed
+setup-core: $(VENV)/.core
 
 system:
 	@if command -v javac >/dev/null && command -v Xvfb >/dev/null && command -v xdotool >/dev/null && ls /usr/share/java/robocode.battle-*.jar >/dev/null 2>&1; then \
@@ -25,12 +28,16 @@ system:
 		echo "warning: no apt-get here; install $(SYSTEM_PACKAGES) yourself for Robocode (its tests are skipped)"; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip uninstall --quiet --yes harvest 2>/dev/null || true  # the distribution's name before harvest-rl
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[test]" "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e . "$(TORCH_PIN)"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.core
+	$(PY) -m pip install --quiet -e ".[all,test]" "$(TORCH_PIN)"
 	touch $@
 
 # Harvest's own modules compiled once (where PYTHONDONTWRITEBYTECODE is set, every process -
@@ -39,7 +46,7 @@ SOURCES := harvest
 # Test processes run side by side (pytest-xdist), each with its own small local Ray cluster.
 TEST_WORKERS ?= 2
 
-run: setup
+run: setup-core
 	@$(PY) -m compileall -q $(SOURCES) >/dev/null
 	$(VENV)/bin/harvest run $(CONFIG)
 

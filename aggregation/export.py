@@ -182,7 +182,9 @@ def export_minari(dataset: Dataset, dataset_id: str, datasets_path: str | Path |
                   episodes_per_write: int = 256):
     """A Minari dataset `dataset_id` (e.g. `harvest/cartpole-expert-v0`) under `datasets_path`
     (default: Minari's own, $MINARI_DATASETS_PATH or ~/.minari/datasets). Returns it loaded."""
-    import minari
+    from harvest.cluster.extras import require
+
+    minari = require("minari", "harvest export --to minari")
     from minari.data_collector import EpisodeBuffer
 
     schema = dataset.schema

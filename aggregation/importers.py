@@ -457,9 +457,10 @@ def import_json_sequences(paths: list[str | Path], out: str | Path, cfg: Aggrega
 def import_minari(dataset_id: str, out: str | Path, datasets_path: str | Path | None = None,
                   cfg: AggregationConfig | None = None) -> ImportResult:
     """A Minari dataset (by id, from `datasets_path` or Minari's default folder) → a dataset."""
-    import minari
-
     from harvest.aggregation.export import _minari_root
+    from harvest.cluster.extras import require
+
+    minari = require("minari", "harvest import minari")
 
     with _minari_root(datasets_path):
         source = minari.load_dataset(dataset_id)

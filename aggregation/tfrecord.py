@@ -37,7 +37,9 @@ def feature_kinds(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def write_tfrecord(root: Location, manifest: Manifest) -> Location:
     """`dataset.tfrecord` + `dataset.tfrecord.json` beside the Parquet files."""
-    from tfrecord.writer import TFRecordWriter
+    from harvest.cluster.extras import require
+
+    TFRecordWriter = require("tfrecord.writer", "aggregation.formats: [tfrecord]").TFRecordWriter
 
     kinds = feature_kinds(manifest.schema)
     target = root.join(TFRECORD_NAME)
@@ -67,7 +69,9 @@ def write_tfrecord(root: Location, manifest: Manifest) -> Location:
 
 def read_tfrecord(path: str | Path) -> dict[str, np.ndarray]:
     """Every row of a `dataset.tfrecord` as columns, with `tfrecord`'s own loader (no TensorFlow)."""
-    from tfrecord.reader import tfrecord_loader
+    from harvest.cluster.extras import require
+
+    tfrecord_loader = require("tfrecord.reader", "reading a dataset.tfrecord").tfrecord_loader
 
     spec = json.loads(Path(f"{path}.json").read_text())["features"]
     parts: dict[str, list[Any]] = {name: [] for name in spec}

@@ -36,14 +36,16 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 import harvest
-from harvest.cluster.config import ConfigError, RunConfig, dump_config, load_config
-from harvest.cluster.logging import setup_logging
-from harvest.cluster.run_folder import RunFolderError
+if TYPE_CHECKING:
+    from harvest.cluster.config import RunConfig
+
+# (the config, logging and run-folder modules are imported where used: `harvest --help` parses
+# arguments without loading pydantic, pyarrow or Ray)
 
 
 EXIT_CODES = """exit codes:
@@ -58,13 +60,16 @@ EXIT_CODES = """exit codes:
 def add_filter_arguments(p: argparse.ArgumentParser) -> None:
     """The episode filter's flags (`harvest edit filter`, `harvest export`)."""
     group = p.add_argument_group("episode filter (whole episodes)")
-    group.add_argument("--min-return", type=float)
-    group.add_argument("--max-return", type=float)
-    group.add_argument("--min-length", type=int)
-    group.add_argument("--max-length", type=int)
-    group.add_argument("--ended", action="append", choices=["terminated", "truncated", "unfinished"], default=[])
-    group.add_argument("--source", dest="sources", action="append", default=[])
-    group.add_argument("--collector-id", dest="collector_ids", action="append", type=int, default=[])
+    group.add_argument("--min-return", type=float, help="keep episodes whose return is at least this")
+    group.add_argument("--max-return", type=float, help="keep episodes whose return is at most this")
+    group.add_argument("--min-length", type=int, help="keep episodes of at least this many steps")
+    group.add_argument("--max-length", type=int, help="keep episodes of at most this many steps")
+    group.add_argument("--ended", action="append", choices=["terminated", "truncated", "unfinished"], default=[],
+                       help="keep episodes that ended so (repeat for several)")
+    group.add_argument("--source", dest="sources", action="append", default=[],
+                       help="keep rows of this source: expert, human, agent, correction, ... (repeat for several)")
+    group.add_argument("--collector-id", dest="collector_ids", action="append", type=int, default=[],
+                       help="keep episodes of this collector (repeat for several)")
     group.add_argument("--start", help="first step at or after this ISO time (UTC)")
     group.add_argument("--end", help="first step before this ISO time (UTC)")
     group.add_argument("--dedupe", action="store_true", help="drop repeated episodes")
@@ -77,6 +82,61 @@ def episode_filter(args: argparse.Namespace):
     return EpisodeFilter(min_return=args.min_return, max_return=args.max_return, min_length=args.min_length,
                          max_length=args.max_length, ended=args.ended, sources=args.sources,
                          collector_ids=args.collector_ids, start=args.start, end=args.end, dedupe=args.dedupe)
+
+
+COMMANDS: dict[str, tuple[str, list[str]]] = {
+    "run": ("Collect with the config's collectors into the sharded replay, compact it into a dataset, train the "
+            "learner on it and evaluate the trained policy beside the baselines; outputs in run.output_dir/<run id>.",
+            ["harvest run", "harvest run examples/cartpole_bc.yaml --set rollout.steps=50000",
+             "harvest run --resume 20261203-101500-ab12"]),
+    "collect": ("Collect into the replay and snapshot it to <run>/replay/ (compact, train and eval it later).",
+                ["harvest collect examples/generals_bc.yaml --run-id games"]),
+    "teleop": ("Play the env in a window (keyboard or gamepad) beside the simulated collectors; the session's rows "
+               "and theirs go into one dataset, tagged by source.",
+               ["harvest teleop examples/car_racing_teleop.yaml",
+                "harvest teleop examples/car_racing_teleop.yaml --set human.shadow.updates_per_round=20"]),
+    "dagger": ("Demonstrations, then behaviour cloning, then rounds of play in which the expert labels what the "
+               "clone did and the clone is fine-tuned on the corrections.",
+               ["harvest dagger examples/car_racing_dagger.yaml --set learner.dagger.rounds=3"]),
+    "config": ("Print the resolved config: the embedded default or CONFIG, with --set applied.",
+               ["harvest config", "harvest config examples/cartpole_bc.yaml --set env.num_envs=16"]),
+    "compact": ("Write the dataset of a `harvest collect` run from its replay snapshot.",
+                ["harvest compact artifacts/games"]),
+    "train": ("Train the run's learner (each stage of learner.stages) on its dataset.",
+              ["harvest train artifacts/games", "harvest train artifacts/games --set learner.epochs=20"]),
+    "eval": ("Evaluate the run's trained policy beside the expert and random baselines.",
+             ["harvest eval artifacts/games --set eval.episodes=100"]),
+    "import": ("Turn recordings (Robocode game states, driving sessions, JSON sequences, offline-RL files, Parquet) "
+               "or a Minari dataset into a Harvest dataset; bad files and rows are named and left out.",
+               ["harvest import driving-session recordings/session_* --out datasets/driving",
+                "harvest import minari D4RL/door/human-v2 --out datasets/door"]),
+    "export": ("Write a dataset in the form its consumer reads: the offline-RL dict (HDF5 or NPZ), teacher actions "
+               "and logits (safetensors), or a Minari dataset.",
+               ["harvest export artifacts/run/dataset --to offline-rl --out expert.hdf5 --min-return 400",
+                "harvest export artifacts/run/dataset --to minari --out ~/.minari/datasets"]),
+    "edit": ("Make a new dataset from existing ones (never in place): filter, delete episodes, split, "
+             "re-partition or merge; the new manifest records its parents.",
+             ["harvest edit filter artifacts/run/dataset --min-return 200 --out datasets/good",
+              "harvest edit split datasets/good --fractions train=0.9,val=0.1 --out datasets/good-split",
+              "harvest edit merge datasets/a datasets/b --out datasets/ab"]),
+    "inspect": ("A dataset's statistics and quality checks (short, stuck, jerky episodes, time gaps, NaNs) as an "
+                "HTML report with plots; exit 1 when a check fails or a file differs from the manifest.",
+                ["harvest inspect artifacts/run/dataset", "harvest inspect s3://bucket/runs/r1 --json report.json"]),
+    "windows": ("Count the sliding-window samples (history H, stride S) a dataset yields, per episode and in all.",
+                ["harvest windows artifacts/run/dataset --history 8 --stride 2 --pad repeat_first"]),
+    "dashboard": ("Write the Grafana dashboard of Harvest's metrics, for the Prometheus that scrapes Ray.",
+                  ["harvest dashboard --out harvest-dashboard.json"]),
+    "submit": ("Submit a run to a Ray cluster as a job (Ray Job Submission API): the config and the project go "
+               "with it.", ["harvest submit examples/cartpole_bc.yaml --address http://head:8265 --wait"]),
+    "jobs": ("List Harvest's jobs on a Ray cluster, or show one's status or logs, or stop it.",
+             ["harvest jobs list --address http://head:8265", "harvest jobs logs harvest-r1 --address http://head:8265"]),
+    "status": ("What a running run's collectors, replay shards and learners are doing, its stalls and memory, from "
+               "its Prometheus endpoint.", ["harvest status", "harvest status --watch 5"]),
+    "generals-gif": ("A Generals.io game, recorded (env.kwargs.record_dir) or played live, as a GIF.",
+                     ["harvest generals-gif --player expert --opponent random --out game.gif",
+                      "harvest generals-gif --record artifacts/run/games/game-12.json --out game12.gif"]),
+}
+"""Every command's description and examples (its `--help`)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,7 +208,9 @@ def _parser() -> argparse.ArgumentParser:
     add_no_verify(p)
     add_filter_arguments(p)
     p = sub.add_parser("edit", help="filter, delete episodes, split, re-partition or merge datasets into a new one")
-    p.add_argument("operation", choices=["filter", "delete", "split", "repartition", "merge"])
+    p.add_argument("operation", choices=["filter", "delete", "split", "repartition", "merge"],
+                   help="filter: the episodes that pass; delete: all but --episodes; split: by --fractions; "
+                        "repartition: by --by; merge: the datasets' episodes together")
     p.add_argument("datasets", nargs="+", help="dataset folders or URIs (merge: two or more)")
     p.add_argument("--out", required=True, help="the new dataset (split: a folder that gets one per part)")
     add_filter_arguments(p)
@@ -156,26 +218,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", default="train=0.8,validation=0.1,test=0.1", help="split: name=fraction,...")
     p.add_argument("--seed", type=int, default=0, help="split: shuffling seed")
     p.add_argument("--by", default="", help="repartition: comma-separated `time` and/or columns ('' for none)")
-    p.add_argument("--rows-per-file", type=int)
+    p.add_argument("--rows-per-file", type=int, help="rows per Parquet file of the new dataset (default: the "
+                                                     "aggregation default)")
     add_no_verify(p)
     p = sub.add_parser("inspect", help="a dataset's statistics and quality checks (exit 1 on errors)")
-    p.add_argument("dataset")
+    p.add_argument("dataset", help="a dataset folder or URI (e.g. artifacts/<run-id>/dataset)")
     p.add_argument("--html", help="report folder (index.html + PNG plots); default: DATASET/report for a local "
                                   "dataset, ./report-<run id> otherwise")
     p.add_argument("--json", help="also write the report as JSON here")
-    p.add_argument("--min-episode-length", type=int, default=2)
-    p.add_argument("--stuck-steps", type=int, default=200)
-    p.add_argument("--jerk-fraction", type=float, default=0.5)
-    p.add_argument("--gap-factor", type=float, default=5.0)
+    p.add_argument("--min-episode-length", type=int, default=2,
+                   help="episodes shorter than this are flagged (default: %(default)s)")
+    p.add_argument("--stuck-steps", type=int, default=200,
+                   help="this many steps with the same observation are flagged as stuck (default: %(default)s)")
+    p.add_argument("--jerk-fraction", type=float, default=0.5,
+                   help="an episode whose actions change on more than this fraction of steps is flagged as "
+                        "jerky (default: %(default)s)")
+    p.add_argument("--gap-factor", type=float, default=5.0,
+                   help="a time gap between rows this many times the median is flagged (default: %(default)s)")
     add_no_verify(p)
     p = sub.add_parser("windows", help="count the sliding-window samples a dataset yields")
-    p.add_argument("dataset")
-    p.add_argument("--history", type=int, required=True)
+    p.add_argument("dataset", help="a dataset folder or URI")
+    p.add_argument("--history", type=int, required=True, help="steps per window (a model's history length)")
     p.add_argument("--stride", type=int, help="default: a quarter of the history")
-    p.add_argument("--pad", choices=["none", "repeat_first", "zeros"], default="none")
+    p.add_argument("--pad", choices=["none", "repeat_first", "zeros"], default="none",
+                   help="windows that start before an episode's first step: none (left out), repeat_first or "
+                        "zeros (default: %(default)s)")
     add_no_verify(p)
     p = sub.add_parser("dashboard", help="write the Grafana dashboard of Harvest's metrics (JSON)")
-    p.add_argument("--out", default="harvest-dashboard.json")
+    p.add_argument("--out", default="harvest-dashboard.json", help="the JSON file to write (default: %(default)s)")
     from harvest.cluster.jobs import add_arguments as add_job_arguments
     from harvest.cluster.watch import add_arguments
 
@@ -184,10 +254,17 @@ def _parser() -> argparse.ArgumentParser:
 
     add_status_arguments(sub)
     add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
+    for name, subparser in sub.choices.items():  # each command's --help: what it does, and examples
+        description, examples = COMMANDS[name]
+        subparser.description = description
+        subparser.epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
+        subparser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
 def _config_for(args: argparse.Namespace) -> RunConfig:
+    from harvest.cluster.config import ConfigError, load_config
+
     if hasattr(args, "run_dir"):
         config_path = Path(args.run_dir) / "config.yaml"
         if not config_path.is_file():
@@ -264,8 +341,15 @@ def _exit_code(err: BaseException) -> int | None:
         return EXIT_DATA
     if isinstance(err, TimeoutError) or _died(err):
         return EXIT_FAILED
+    from harvest.cluster.config import ConfigError
+    from harvest.cluster.run_folder import RunFolderError
+
     if isinstance(err, (ConfigError, RunFolderError, EnvNotFoundError, StorageError, DatasetError, FileNotFoundError,
                         FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return EXIT_USAGE
+    from harvest.cluster.extras import MissingExtraError
+
+    if isinstance(err, MissingExtraError):
         return EXIT_USAGE
     user_errors = tuple(_user_error_classes())
     return EXIT_USAGE if user_errors and isinstance(err, user_errors) else None
@@ -311,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     # packages live under `harvest.`, so a user's `envs/` or `rollout/` folder shadows none of them.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
+    from harvest.cluster.logging import setup_logging
+
     setup_logging("INFO")
     previous_sigterm = _unwind_on_sigterm()
     try:
@@ -368,6 +454,8 @@ def _command(args: argparse.Namespace) -> int:
             return 1
     if args.command in ("edit", "windows", "inspect"):
         return {"edit": _edit, "windows": _windows, "inspect": _inspect}[args.command](args)
+    from harvest.cluster.config import ConfigError, dump_config, load_config
+
     try:
         cfg = _config_for(args)
     except ConfigError as err:

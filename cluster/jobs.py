@@ -32,7 +32,6 @@ from pathlib import Path
 
 from loguru import logger
 
-from harvest.cluster.config import ConfigError, dump_config, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JOB_CONFIG = "harvest-job.yaml"
@@ -58,7 +57,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (as for `harvest run`)")
     p = sub.add_parser("jobs", help="list Harvest's jobs on a cluster, or show one's status or logs, or stop it")
-    p.add_argument("action", choices=["list", "status", "logs", "stop"])
+    p.add_argument("action", choices=["list", "status", "logs", "stop"],
+                   help="list the jobs, or the status, the logs (followed) of JOB_ID, or stop it")
     p.add_argument("job_id", nargs="?", help="status|logs|stop: the job id harvest submit printed")
     p.add_argument("--address", default=None, help="the cluster's dashboard (default: $RAY_ADDRESS, else "
                                                    "http://127.0.0.1:8265)")
@@ -93,6 +93,8 @@ def runtime_env(working_dir: Path, pip: bool) -> dict:
 
 
 def submit(args: argparse.Namespace) -> int:
+    from harvest.cluster.config import ConfigError, dump_config, load_config
+
     overrides = [*args.overrides, f"run.output_dir={args.output_dir}", "ray.address=auto"]
     run_id = args.run_id or _new_run_id()
     try:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 from loguru import logger
 
-from harvest.envs.generals.env import GeneralsEnv
-from harvest.envs.generals.players import ExpertPlayer, RandomLegalPlayer
-from harvest.envs.generals.render import write_gif
-from harvest.envs.generals.replays import GameRecord, replay_frames
+if TYPE_CHECKING:  # (imported when a GIF is made: `harvest --help` loads no env)
+    import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=10, help="rows and columns of the live game's map")
     parser.add_argument("--max-steps", type=int, default=500, help="the live game is cut after this many steps")
     parser.add_argument("--seed", type=int, default=0, help="seeds the live game's map and players")
-    parser.add_argument("--fps", type=float, default=6.0)
+    parser.add_argument("--fps", type=float, default=6.0, help="frames per second of the GIF (default: %(default)s)")
     parser.add_argument("--out", required=True, help="the GIF to write")
 
 
 def write_game_gif(args: argparse.Namespace) -> Path:
+    from harvest.envs.generals.render import write_gif
+    from harvest.envs.generals.replays import GameRecord, replay_frames
+
     if args.record:
         record = GameRecord.load(args.record)
         frames = list(replay_frames(record))
@@ -40,6 +42,9 @@ def write_game_gif(args: argparse.Namespace) -> Path:
 
 
 def _live_frames(args: argparse.Namespace) -> tuple[list[np.ndarray], str]:
+    from harvest.envs.generals.env import GeneralsEnv
+    from harvest.envs.generals.players import ExpertPlayer, RandomLegalPlayer
+
     env = GeneralsEnv(render_mode="rgb_array", opponent=args.opponent, max_steps=args.max_steps,
                       map={"min_size": args.size, "max_size": args.size})
     if args.player == "expert":

@@ -2,11 +2,10 @@
 
 `make_vector_env(EnvConfig(...))` returns a Gymnasium vector env for any Gymnasium id,
 a Harvest-registered name, or a user's own env given as ``"package.module:Class"``.
-The env's spaces define the dataset schema (`columns_for_space`). Importing `envs` registers
-Harvest's Gymnasium ids (`harvest/Robocode-v0`).
+The env's spaces define the dataset schema (`columns_for_space`). `import harvest` registers
+Harvest's Gymnasium ids (`harvest/Generals-v0`, `harvest/Robocode-v0`: `harvest.GYMNASIUM_IDS`).
 """
 
-import harvest.envs.robocode  # noqa: F401  (registers harvest/Robocode-v0 with Gymnasium)
 from harvest.envs.config import EnvConfig
 from harvest.envs.registry import EnvNotFoundError, make_vector_env, register_env, registered_envs
 from harvest.envs.spaces import (

@@ -106,8 +106,11 @@ def make_vector_env(cfg: EnvConfig) -> VectorEnv:
     kwargs = dict(cfg.kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
-    return gym.make_vec(cfg.id, num_envs=cfg.num_envs, vectorization_mode=mode,
-                        **({"wrappers": wrappers} if wrappers else {}), **kwargs)
+    try:
+        return gym.make_vec(cfg.id, num_envs=cfg.num_envs, vectorization_mode=mode,
+                            **({"wrappers": wrappers} if wrappers else {}), **kwargs)
+    except gym.error.DependencyNotInstalled as err:
+        raise _missing_extra(cfg.id, err) from err
 
 
 def env_wrappers(cfg: EnvConfig) -> list[Callable[[gym.Env], gym.Env]]:
@@ -143,6 +146,8 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
             kwargs["max_episode_steps"] = cfg.max_episode_steps
         try:
             return _wrapped(gym.make(cfg.id, **kwargs), cfg)
+        except gym.error.DependencyNotInstalled as err:
+            raise _missing_extra(cfg.id, err) from err
         except gym.error.Error as err:
             raise EnvNotFoundError(f"env.id: {cfg.id!r} is not a Gymnasium id or an entry point "
                                    f"'package.module:Class': {err}") from err
@@ -189,8 +194,23 @@ def check_env_id(cfg: EnvConfig) -> None:
         load_entry_point(entry_point)
         return
     try:
-        gym.spec(cfg.id)
+        spec = gym.spec(cfg.id)
     except gym.error.Error as err:
         raise EnvNotFoundError(
             f"env.id: {cfg.id!r} is not a Gymnasium id, a Harvest env ({sorted(_HARVEST_ENVS)}) "
             f"or an entry point 'package.module:Class': {err}") from err
+    if isinstance(spec.entry_point, str) and ":" in spec.entry_point:  # its module's own imports (e.g. Box2D)
+        try:
+            importlib.import_module(spec.entry_point.partition(":")[0])
+        except gym.error.DependencyNotInstalled as err:
+            raise _missing_extra(cfg.id, err) from err
+
+
+def _missing_extra(env_id: str, err: Exception) -> ImportError:
+    """Gymnasium's "X is not installed" for `env_id`, with the Harvest extra that installs X."""
+    from harvest.cluster.extras import EXTRA_OF_MODULE, MissingExtraError, install_hint
+
+    text = str(err).splitlines()[0]
+    extra = next((extra for module, extra in EXTRA_OF_MODULE.items() if module.lower() in text.lower()), None)
+    return MissingExtraError(f"env.id: {env_id!r} needs a package that is not installed ({text})"
+                             + (f": {install_hint(extra)}" if extra else ""))

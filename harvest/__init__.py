@@ -42,6 +42,25 @@ _EXPORTS = {
 
 __all__ = ["DISTRIBUTION", "__version__", *sorted(_EXPORTS)]
 
+GYMNASIUM_IDS = {
+    "harvest/Generals-v0": ("harvest.envs.generals.env:GeneralsEnv", "harvest.envs.generals.env:GeneralsVectorEnv"),
+    "harvest/Robocode-v0": ("harvest.envs.robocode.env:RobocodeEnv", None),
+}
+"""Harvest's Gymnasium ids, registered by `import harvest`: `gym.make("harvest/Generals-v0")`
+is one game against the scripted opponent, `gym.make_vec("harvest/Generals-v0", num_envs=N)`
+the batched engine; the env modules load only when an env is made."""
+
+
+def _register_gymnasium_ids() -> None:
+    import gymnasium
+
+    for env_id, (entry_point, vector_entry_point) in GYMNASIUM_IDS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point=entry_point, vector_entry_point=vector_entry_point)
+
+
+_register_gymnasium_ids()
+
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:

@@ -52,9 +52,9 @@ class TeleopWindow:
                  advance_key: str, gamepad: bool = True, handover_key: str | None = None) -> None:
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-        import pygame
+        from harvest.cluster.extras import require
 
-        self._pg = pygame
+        self._pg = pygame = require("pygame", "the teleoperation window")
         if not os.environ.get("DISPLAY") and os.environ.get("SDL_VIDEODRIVER") != "dummy":
             raise TeleopError("teleoperation window: no X display ($DISPLAY is unset); set human.display or "
                               "run under Xvfb")

@@ -61,6 +61,34 @@ def test_gymnasium_env_passes_the_env_checker():
     check_env(GeneralsEnv(max_steps=50, map=SMALL_MAPS), skip_render_check=False)
 
 
+def test_generals_is_a_gymnasium_id_and_make_vec_gives_the_batched_engine():
+    import subprocess
+    import sys
+
+    # `import harvest` registers it (in a fresh process: no other test's import did it before).
+    code = ("import gymnasium as gym, harvest\n"
+            "from gymnasium.utils.env_checker import check_env\n"
+            "from harvest.envs.generals.env import GeneralsEnv, GeneralsVectorEnv\n"
+            "env = gym.make('harvest/Generals-v0', max_steps=50)\n"
+            "assert isinstance(env.unwrapped, GeneralsEnv)\n"
+            "check_env(env.unwrapped)\n"
+            "vec = gym.make_vec('harvest/Generals-v0', num_envs=4, max_steps=50)\n"
+            "assert isinstance(vec, GeneralsVectorEnv) and vec.num_envs == 4\n"
+            "obs, info = vec.reset(seed=0)\n"
+            "vec.step(vec.action_space.sample())\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_parallel_env_is_pettingzoos_constructor():
+    from harvest.envs.generals import parallel_env
+
+    env = parallel_env(max_steps=50, map=SMALL_MAPS)
+    assert isinstance(env, GeneralsParallelEnv)
+    parallel_api_test(env, num_cycles=50)
+
+
 def test_pettingzoo_env_passes_the_parallel_api_test():
     parallel_api_test(GeneralsParallelEnv(max_steps=50, map=SMALL_MAPS), num_cycles=200)
 

@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import orjson
 from loguru import logger
+
+from harvest.cluster.extras import require
+
+orjson = require("orjson", "the Robocode engine host")
 
 DEBIAN_PACKAGES = "robocode default-jdk xvfb"
 JAR_DIR = Path("/usr/share/java")
