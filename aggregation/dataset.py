@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from loguru import logger
@@ -86,6 +87,8 @@ class Dataset:
         self.problems = list(problems or [])
         """Integrity problems found so far (with `skip_damaged`), one line each."""
         self.reader = FileReader(folder, verify)
+        self._episode_files: dict[int, list[int]] | None = None
+        """Episode id -> the indexes in `entries` of the files holding its rows (`episode_ids`)."""
 
     @classmethod
     def open(cls, where: str | Path | Location, verify: bool = True, skip_damaged: bool = False) -> "Dataset":
@@ -182,6 +185,53 @@ class Dataset:
     def iter_episodes(self) -> Iterator[dict[str, np.ndarray]]:
         """Every column of one whole episode at a time."""
         return iter_episodes(self.iter_batches())
+
+    # Episodes by index, as Minari's datasets give them: len(dataset), dataset[i], sample_episodes(n).
+
+    def episode_ids(self) -> np.ndarray:
+        """The episode ids in dataset order (manifest order, then order within a file); read once."""
+        if self._episode_files is None:
+            files: dict[int, list[int]] = {}
+            for index, entry in enumerate(self.entries):
+                ids = self.read_file(entry, ["episode_id"]).column("episode_id").to_numpy()
+                _, first = np.unique(ids, return_index=True)
+                for episode in ids[np.sort(first)].tolist():
+                    files.setdefault(episode, []).append(index)
+            self._episode_files = files
+        return np.fromiter(self._episode_files, np.int64, len(self._episode_files))
+
+    def __len__(self) -> int:
+        """The number of episodes (complete or cut off by the collection's end)."""
+        return len(self.episode_ids())
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        """Every column of the `index`-th episode (negative counts from the end), images decoded."""
+        ids = self.episode_ids()
+        if not -ids.size <= index < ids.size:
+            raise IndexError(f"{self.folder}: episode index {index} out of range; the dataset has {ids.size} episodes")
+        return self.episode(int(ids[index]))
+
+    def episode(self, episode_id: int) -> dict[str, np.ndarray]:
+        """Every column of the episode with this `episode_id`, in step order.
+
+        Raises:
+            KeyError: no episode has that id.
+        """
+        self.episode_ids()
+        if episode_id not in self._episode_files:
+            raise KeyError(f"{self.folder}: no episode {episode_id}")
+        parts = [self.read_file(self.entries[index]) for index in self._episode_files[episode_id]]
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        table = table.filter(pc.equal(table.column("episode_id"), episode_id)).sort_by("step")
+        return TransitionBatch.from_arrow(table).columns
+
+    def sample_episodes(self, n: int, seed: int | None = None) -> list[dict[str, np.ndarray]]:
+        """`n` distinct episodes drawn uniformly at random (`seed` repeats the draw)."""
+        ids = self.episode_ids()
+        if not 0 <= n <= ids.size:
+            raise ValueError(f"sample_episodes: n={n}; the dataset has {ids.size} episodes")
+        chosen = np.random.default_rng(seed).choice(ids.size, size=n, replace=False)
+        return [self.episode(int(ids[index])) for index in chosen]
 
     def read_columns(self, columns: list[str], max_rows: int | None = None) -> dict[str, np.ndarray]:
         """Numpy arrays of `columns`, file by file until `max_rows` rows are read."""
