@@ -4,9 +4,11 @@
     harvest jobs list|status|logs|stop [JOB_ID] --address http://HEAD:8265
 
 `submit` checks the config here first (a bad key fails before anything is uploaded), then
-sends a job whose `working_dir` is this project (without .venv, .git, artifacts) plus the
-resolved config as `harvest-job.yaml`, and, with `--pip`, whose `runtime_env.pip` is the
-project's dependencies (pyproject.toml), for nodes whose Python lacks them. (Without it the
+sends a job that carries Harvest itself (the installed `harvest` package as `py_modules`, from
+a wheel or a checkout alike), a working dir with the resolved config as `harvest-job.yaml` and,
+with `--project DIR`, the user's own project (the modules a config names, e.g. `env.id:
+mypkg.envs:MyEnv`; without .venv, .git, artifacts), and, with `--pip`, Harvest's dependencies
+as installed here (`runtime_env.pip`), for nodes whose Python lacks them. (Without it the
 nodes' Python must have them, as a venv made by `make setup` does: Ray's pip environments
 clone the node's Python, and one running from a virtualenv cannot import Ray in the clone.) The job runs
 `python -m harvest run harvest-job.yaml` on the head node, joined to the cluster
@@ -27,13 +29,13 @@ import shutil
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 from loguru import logger
 
+import harvest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
 JOB_CONFIG = "harvest-job.yaml"
 DEFAULT_OUTPUT_DIR = "~/harvest/artifacts"
 EXCLUDES = (".venv", ".git", "artifacts", "__pycache__", "*.egg-info", ".pytest_cache", "*.pyc", "build", "dist")
@@ -48,8 +50,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-id", help="run id (default: a timestamp); the job id is harvest-<run id>")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
                    help=f"run.output_dir on the head node (default {DEFAULT_OUTPUT_DIR})")
+    p.add_argument("--project", metavar="DIR",
+                   help="your project folder, sent as the job's working dir: the modules your config names "
+                        "(env.id: mypkg.envs:MyEnv, policy entry points) import from it (default: none; Harvest "
+                        "itself always goes with the job)")
     p.add_argument("--pip", action="store_true",
-                   help="send the project's dependencies as runtime_env.pip, for nodes whose Python lacks them "
+                   help="send Harvest's dependencies as runtime_env.pip, for nodes whose Python lacks them "
                         "(a stock rayproject/ray image); not for nodes running Ray from a virtualenv, where Ray's "
                         "pip environments cannot import Ray")
     p.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit 1 unless it "
@@ -79,14 +85,28 @@ def _client(address: str | None):
 
 
 def requirements() -> list[str]:
-    """The project's dependencies (pyproject.toml), for the job's `runtime_env.pip`."""
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    return list(project["dependencies"])
+    """Harvest's core dependencies as installed (the distribution's metadata, not a checkout's
+    pyproject.toml), for the job's `runtime_env.pip`."""
+    from importlib import metadata
+
+    try:
+        required = metadata.requires(harvest.DISTRIBUTION) or []
+    except metadata.PackageNotFoundError as err:
+        raise RuntimeError(f"--pip: {harvest.DISTRIBUTION} is not installed here (pip install -e . in a "
+                           "checkout), so its requirements are unknown") from err
+    return [item for item in required if "extra ==" not in item]
+
+
+def harvest_package() -> Path:
+    """The installed `harvest` package's folder (site-packages/harvest, or a checkout's harvest/)."""
+    return Path(harvest.__file__).parent
 
 
 def runtime_env(working_dir: Path, pip: bool) -> dict:
-    env: dict = {"working_dir": str(working_dir), "excludes": list(EXCLUDES),
-                 "env_vars": {"PYTHONUNBUFFERED": "1"}}
+    """The job's runtime_env: Harvest as a `py_modules` package (what is installed here, never
+    site-packages as a whole), the working dir (the job's config and the user's project files)."""
+    env: dict = {"working_dir": str(working_dir), "py_modules": [str(harvest_package())],
+                 "excludes": list(EXCLUDES), "env_vars": {"PYTHONUNBUFFERED": "1"}}
     if pip:
         env["pip"] = requirements()
     return env
@@ -105,8 +125,15 @@ def submit(args: argparse.Namespace) -> int:
     client = _client(args.address)
     job_id = f"harvest-{run_id}"
     with tempfile.TemporaryDirectory(prefix="harvest-job-") as staging:
-        working_dir = Path(staging) / "harvest"
-        shutil.copytree(REPO_ROOT, working_dir, ignore=shutil.ignore_patterns(*EXCLUDES))
+        working_dir = Path(staging) / "job"
+        if args.project:
+            project = Path(args.project)
+            if not project.is_dir():
+                logger.error("--project {}: no such folder", project)
+                return 2
+            shutil.copytree(project, working_dir, ignore=shutil.ignore_patterns(*EXCLUDES))
+        else:
+            working_dir.mkdir()
         (working_dir / JOB_CONFIG).write_text(dump_config(cfg))
         client.submit_job(entrypoint=f"python -m harvest run {JOB_CONFIG}", submission_id=job_id,
                           runtime_env=runtime_env(working_dir, pip=args.pip),

@@ -69,6 +69,7 @@ def test_a_submitted_job_spreads_collectors_and_trains_where_the_learner_resourc
     # each node's 2 collector slots place one collector per node. Each env copy waits at its 50th
     # step until both collectors are there: one that starts late still collects its share.
     submitted = harvest("submit", "--address", cluster.dashboard_url, "--run-id", "placed", "--output-dir", str(out),
+                        "--project", ".",  # the test envs (tests.toy_envs) import from the repo
                         *sets(*SMALL, "rollout.steps=3000", "env.id=tests.toy_envs:GatedEnv",
                               f"env.kwargs={{gate_dir: '{gate}', gate_at_step: 50}}", "rollout.policy.kind=random",
                               "rollout.placement={resources: {collector: 1.5}}",
@@ -117,6 +118,7 @@ def test_killing_the_second_node_mid_run_loses_no_acknowledged_row(two_nodes, tm
     # every env copy waits at its 200th step (rows stored before it) until the second node is gone
     gated = f"env.kwargs={{step_s: 0.002, gate_dir: '{gate}', gate_at_step: 200}}"
     submitted = harvest("submit", "--address", cluster.dashboard_url, "--run-id", "nodeloss", "--output-dir", str(out),
+                        "--project", ".",
                         *sets(*SMALL, "env.id=tests.toy_envs:GatedEnv", gated,
                                           "env.num_envs=2", "rollout.policy.kind=random", "rollout.steps=16000",
                                           "rollout.batch_rows=200", f"replay.wal_dir={wal}", "replay.max_restarts=3",
@@ -151,10 +153,13 @@ def test_killing_the_second_node_mid_run_loses_no_acknowledged_row(two_nodes, tm
     assert np.unique(keys, axis=0).shape[0] == keys.shape[0], "no row stored twice"
 
 
-def test_submit_sends_the_project_and_with_pip_its_requirements():
-    from harvest.cluster.jobs import EXCLUDES, runtime_env
+def test_submit_sends_harvest_as_a_package_the_project_when_named_and_with_pip_its_requirements(tmp_path):
+    from harvest.cluster.jobs import EXCLUDES, harvest_package, runtime_env
 
-    env = runtime_env(REPO, pip=True)
-    assert env["working_dir"] == str(REPO) and ".venv" in env["excludes"] and "artifacts" in EXCLUDES
-    assert "torch>=2.3,<3" in env["pip"] and any(item.startswith("ray[") for item in env["pip"])
-    assert "pip" not in runtime_env(REPO, pip=False)
+    env = runtime_env(tmp_path, pip=True)
+    assert env["working_dir"] == str(tmp_path) and ".venv" in env["excludes"] and "artifacts" in EXCLUDES
+    assert env["py_modules"] == [str(harvest_package())] and (harvest_package() / "__init__.py").is_file()
+    assert harvest_package().name == "harvest" and (harvest_package() / "cluster" / "jobs.py").is_file()
+    assert any(item.startswith("torch") for item in env["pip"]) and any(item.startswith("ray[") for item in env["pip"])
+    assert not any("pygame" in item or "minari" in item for item in env["pip"]), "the core's, not the extras'"
+    assert "pip" not in runtime_env(tmp_path, pip=False)
