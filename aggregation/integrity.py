@@ -192,7 +192,8 @@ class FileReader:
                         break
                 check()
                 yield from held
-                yield from batches
+                for batch in batches:  # (not `yield from`: pyarrow's Cython generator, once exhausted by the
+                    yield batch        # loop above, raises StopIteration through it - "generator raised StopIteration")
             except (pa.ArrowInvalid, OSError) as err:
                 check()
                 raise self.unreadable(entry, err) from err

@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
 
+from loguru import logger
+
 from harvest.cluster.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config, resolve_paths
 from harvest.cluster.logging import setup_logging
 
 if TYPE_CHECKING:
     from harvest.aggregation.dataset import Dataset
-    from harvest.envs.config import EnvConfig
     from harvest.aggregation.manifest import Manifest
     from harvest.cluster.live import LiveConfig
     from harvest.cluster.pipeline import RunPaths, RunSummary
+    from harvest.envs.config import EnvConfig
     from harvest.learners.bc import TrainResult
     from harvest.rollout.evaluation import EvalResult
     from harvest.rollout.policies import Policy
@@ -105,8 +107,6 @@ def session(cfg: RunConfig, mode: RunMode = "new", command: str = "run",
     check_before_ray(cfg)
     run_id, paths = pipeline.prepare_run(cfg, mode, command)
     setup_logging(cfg.run.log_level, paths.log)
-    from loguru import logger
-
     logger.info("run {} → {}", run_id, paths.root)
     if mode == "stage":
         pipeline.record_stage(paths, command, list(stage_overrides))

@@ -405,3 +405,18 @@ def test_harvest_inspect_of_a_dataset_it_may_not_write_in_puts_the_report_in_the
         assert json.loads((tmp_path / "r.json").read_text())["overview"]["rows"] == 120
     finally:
         subprocess.run(["chattr", "-i", str(tmp_path / "d")], check=True)
+
+
+@pytest.mark.parametrize("hash_first", [True, False])
+def test_a_files_batches_all_come_whether_its_hash_or_its_parsing_finishes_first(tmp_path, monkeypatch, hash_first):
+    # The reader parses while the hash runs and holds batches until it matches. When parsing ends
+    # first, the loop has used up pyarrow's batch generator: going on with it must end cleanly (a
+    # `yield from` over it raised "generator raised StopIteration" in CI, on a busy machine).
+    from harvest.aggregation.integrity import FileReader, _PendingCheck
+
+    dataset = make_dataset(tmp_path / "d")
+    monkeypatch.setattr(_PendingCheck, "done", lambda self: hash_first)  # which finished first, made certain
+    reader = FileReader(dataset.folder)
+    for entry in dataset.manifest.files:
+        batches = list(reader.iter_batches(entry, batch_rows=7))
+        assert sum(batch.num_rows for batch in batches) == entry.rows and len(batches) == -(-entry.rows // 7)
