@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.filters import FilterReport, filter_table
 from harvest.aggregation.hdf5 import write_hdf5
 from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError
-from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
+from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest, has_manifest
 from harvest.aggregation.npz import write_npz
 from harvest.aggregation.storage import Location, location, staged_folder
 from harvest.aggregation.tfrecord import write_tfrecord
@@ -39,12 +40,12 @@ class DatasetExistsError(FileExistsError):
 
 
 def check_new_dataset(out: Location) -> None:
-    """Refuse to write a dataset where one already is (`manifest.json` there): choose a new folder.
+    """Refuse to write a dataset where one already is (a manifest there): choose a new folder.
 
     Raises:
         DatasetExistsError: naming the folder.
     """
-    if out.join(MANIFEST_NAME).exists():
+    if has_manifest(out):
         raise DatasetExistsError(f"{out}: a dataset is already there; choose a new folder")
 
 
@@ -226,8 +227,9 @@ def episode_partitions(table: pa.Table, starts: np.ndarray, partition_by: list[s
                 parts[i].append(f"year={years[i]:04d}/month={months[i]:02d}/day={days[i]:02d}/hour={hours[i]:02d}")
         else:
             values = table.column(name).take(pa.array(starts)).to_pylist()
-            for i, value in enumerate(values):
-                parts[i].append(f"{name}={int(value) if isinstance(value, bool) else value}")
+            for i, value in enumerate(values):  # (strings URI-encoded, as pyarrow's hive partitioning reads them)
+                text = str(int(value)) if isinstance(value, (bool, int)) else quote(str(value), safe="")
+                parts[i].append(f"{name}={text}")
     return ["/".join(p) for p in parts]
 
 
@@ -256,6 +258,7 @@ def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, f
     cuts = _episode_cut_points(episode_ids, _row_group_rows(table, cfg))
     compression = None if cfg.compression == "none" else cfg.compression
     partition = dict(part.split("=", 1) for part in folder.split("/")) if folder else {}
+    in_folder_names = [name for name in partition if name in table.column_names]  # not stored twice (Hive's layout)
     entries: list[FileEntry] = []
     group = 0  # the next row group (cuts[group]:cuts[group + 1]) to write
     while group < len(cuts) - 1 or not entries:
@@ -266,7 +269,7 @@ def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, f
             nonlocal group
             writer = None
             while group < len(cuts) - 1:
-                piece = table.slice(cuts[group], cuts[group + 1] - cuts[group])
+                piece = table.slice(cuts[group], cuts[group + 1] - cuts[group]).drop_columns(in_folder_names)
                 if cfg.image_compression:
                     piece = with_encoded_images(piece, cfg.image_compression, cfg.jpeg_quality)
                 writer = writer or pq.ParquetWriter(sink, piece.schema, compression=compression)
@@ -315,7 +318,7 @@ def _iso(scalar: pa.Scalar) -> str | None:
 def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: BatchSchema, out: Location | str | Path,
                    cfg: AggregationConfig, run_id: str, env_id: str, timeout_s: float = 600.0) -> Manifest:
     """Blocks: compact every shard (actor or snapshot file) in parallel Ray tasks, then write
-    `manifest.json`, the partitions' `_index.json` and the other `cfg.formats` into `out` (a
+    `_manifest.json`, the partitions' `_index.json` and the other `cfg.formats` into `out` (a
     folder or an object-store URI), all-or-nothing and never over an existing dataset.
 
     Raises:

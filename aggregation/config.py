@@ -12,7 +12,7 @@ from harvest.aggregation.filters import EpisodeFilter
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Hdf5Config:
-    """`aggregation.hdf5`: the `dataset.h5` written when `formats` has `hdf5`."""
+    """`aggregation.hdf5`: the `_dataset.h5` written when `formats` has `hdf5`."""
 
     layout: Literal["columns", "episodes"] = "columns"
     """`columns`: one dataset per column under `/data` (rows in episode order) plus an
@@ -30,10 +30,11 @@ class AggregationConfig:
     formats: list[Literal["parquet", "npz", "hdf5", "tfrecord", "robocode_npz"]] = Field(
         default_factory=lambda: ["parquet", "npz"])
     """Dataset formats to write. Parquet is always written (it is what the learners read);
-    `npz`: `dataset.npz`; `hdf5`: `dataset.h5` (see `hdf5`); `tfrecord`: `dataset.tfrecord`
-    (one tf.train.Example per row, readable without TensorFlow; `dataset.tfrecord.json` gives
-    the shapes); `robocode_npz`: the Robocode teams'
-    `aggregated_expert_data.npz` (observations (N, 8), actions (N, 5), JSON metadata) next to it."""
+    `npz`: `_dataset.npz`; `hdf5`: `_dataset.h5` (see `hdf5`); `tfrecord`: `_dataset.tfrecord`
+    (one tf.train.Example per row, readable without TensorFlow; `_dataset.tfrecord.json` gives
+    the shapes); `robocode_npz`: the Robocode teams' `aggregated_expert_data.npz` (observations
+    (N, 8), actions (N, 5), JSON metadata) as `_aggregated_expert_data.npz`. Every file but the
+    Parquet ones starts with `_`, so pyarrow, pandas, polars and DuckDB read the folder directly."""
     output: Optional[str] = None
     """Where datasets go: None writes `<run>/dataset`; a folder or an object-store URI
     (`s3://bucket/prefix`, credentials and endpoint from the AWS environment) gets the run's

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 from loguru import logger
 
 from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError, FileReader, VerifyingHandler, check_manifest
-from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest
+from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest, has_manifest
 from harvest.aggregation.storage import Location, StorageError, location
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 
@@ -32,7 +32,7 @@ def iter_record_batches(root: Location, manifest: Manifest, batch_rows: int = 65
                         verify: bool = True) -> Iterator[pa.RecordBatch]:
     """A dataset's rows in manifest order (each episode contiguous), a record batch at a time,
     each file checked against its entry first unless not `verify`."""
-    reader = FileReader(root, verify)
+    reader = FileReader.for_manifest(root, manifest, verify)
     for entry in manifest.files:
         yield from reader.iter_batches(entry, batch_rows)
 
@@ -86,7 +86,7 @@ class Dataset:
         """The files this dataset reads: the manifest's, less the damaged ones when skipping them."""
         self.problems = list(problems or [])
         """Integrity problems found so far (with `skip_damaged`), one line each."""
-        self.reader = FileReader(folder, verify)
+        self.reader = FileReader.for_manifest(folder, manifest, verify)
         self._episode_files: dict[int, list[int]] | None = None
         """Episode id -> the indexes in `entries` of the files holding its rows (`episode_ids`)."""
 
@@ -101,7 +101,7 @@ class Dataset:
         """
         folder = location(where)
         try:
-            if not folder.join(MANIFEST_NAME).is_file():
+            if not has_manifest(folder):
                 raise DatasetError(f"{folder}: no {MANIFEST_NAME}; expected a dataset written by `harvest compact`")
             manifest = Manifest.read(folder)
             entries, problems = check_manifest(folder, manifest, check_sizes=verify)
@@ -130,7 +130,13 @@ class Dataset:
         if not self.files:  # a dataset with no rows (and, when partitioned, no files)
             return pads.dataset(pa.Table.from_batches([], schema=self.schema.arrow_schema()))
         filesystem = pafs.PyFileSystem(VerifyingHandler(self.reader, self.entries)) if self.verify else self.folder.fs
-        return pads.dataset(self.files, format="parquet", filesystem=filesystem)
+        columns = self.manifest.partition_columns()
+        if not columns:
+            return pads.dataset(self.files, format="parquet", filesystem=filesystem)
+        schema = self.schema.arrow_schema()  # partition columns from the folder names, typed as the schema says
+        partitioning = pads.partitioning(pa.schema([schema.field(name) for name in columns]), flavor="hive")
+        return pads.dataset(self.files, format="parquet", filesystem=filesystem, schema=schema,
+                            partitioning=partitioning, partition_base_dir=self.folder.path)
 
     def to_ray(self, columns: list[str] | None = None, **read_kwargs: Any) -> Any:
         """A Ray Data dataset of the rows (image columns decoded to their pixels).
@@ -142,6 +148,7 @@ class Dataset:
         import ray.data
 
         if not self.verify:
+            read_kwargs.setdefault("partitioning", self._ray_partitioning())
             rows = ray.data.read_parquet(self.files, filesystem=self.folder.fs, **read_kwargs)
             rows = rows if columns is None else rows.select_columns(columns)
         elif read_kwargs:
@@ -155,6 +162,14 @@ class Dataset:
         if self.manifest.image_columns:
             rows = rows.map_batches(_decode_batch, batch_format="pyarrow")
         return rows
+
+    def _ray_partitioning(self) -> Any:
+        """Ray Data's hive partitioning of the folder, partition columns typed as in the schema."""
+        from ray.data.datasource import Partitioning
+
+        kinds = {name: np.dtype(self.schema.columns[name].dtype).kind for name in self.manifest.partition_columns()}
+        return Partitioning("hive", base_dir=self.folder.path,
+                            field_types={name: int if kind in "iub" else str for name, kind in kinds.items()})
 
     def read_file(self, entry: FileEntry, columns: list[str] | None = None) -> pa.Table:
         """One file's rows as stored (image columns still encoded), checked on its first read."""

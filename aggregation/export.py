@@ -35,7 +35,7 @@ import pyarrow as pa
 from loguru import logger
 
 from harvest.aggregation.dataset import Dataset
-from harvest.aggregation.manifest import INDEX_NAME, MANIFEST_NAME
+from harvest.aggregation.manifest import INDEX_NAME, has_manifest
 from harvest.aggregation.storage import Location, location
 from harvest.envs.spaces import unflatten_value
 
@@ -62,7 +62,7 @@ def check_export_target(target: Location, suffixes: list[str], overwrite: bool =
         raise ExportTargetError(f"{target}: this export writes {' or '.join(suffixes)} files, not "
                                 f"{suffix or 'a file without an extension'}; name the output with one of those")
     parent = target.parent()
-    if parent.join(MANIFEST_NAME).exists() or parent.join(INDEX_NAME).exists():
+    if has_manifest(parent) or parent.join(INDEX_NAME).exists():
         raise ExportTargetError(f"{target}: inside the dataset folder {parent}; write exports outside it")
     if target.exists() and (not overwrite or not target.is_file()):
         raise ExportTargetError(f"{target}: already exists; choose a new name"

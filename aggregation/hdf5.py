@@ -1,4 +1,4 @@
-"""HDF5 export: `dataset.h5` written with h5py, streaming the Parquet files record batch by
+"""HDF5 export: `_dataset.h5` written with h5py, streaming the Parquet files record batch by
 record batch (a dataset larger than memory is fine).
 
 Layout `columns` (the default):
@@ -30,7 +30,7 @@ from harvest.aggregation.manifest import Manifest
 from harvest.aggregation.storage import Location
 from harvest.rollout.batch import TransitionBatch
 
-HDF5_NAME = "dataset.h5"
+HDF5_NAME = "_dataset.h5"
 HDF5_FORMAT = 1
 _EPISODE_DTYPE = np.dtype([("episode_id", np.int64), ("start", np.int64), ("length", np.int64),
                            ("return", np.float64), ("terminated", np.bool_), ("truncated", np.bool_)])
@@ -50,7 +50,7 @@ def _h5_dtype(values: np.ndarray):
 
 
 def write_hdf5(root: Location, manifest: Manifest, cfg: Hdf5Config) -> Location:
-    """Write `dataset.h5` beside the Parquet files (see the module doc for the layouts)."""
+    """Write `_dataset.h5` beside the Parquet files (see the module doc for the layouts)."""
     target = root.join(HDF5_NAME)
     with tempfile.TemporaryDirectory(prefix="harvest-h5-") as scratch:
         local = Path(root.local_path() or scratch) / (f"{HDF5_NAME}.tmp" if root.is_local else HDF5_NAME)
@@ -151,7 +151,7 @@ def _write_episodes(h5: h5py.File, batches: Iterator[dict[str, np.ndarray]], cfg
 
 
 def read_hdf5(path: str | Path) -> dict[str, np.ndarray]:
-    """Every column of a `columns`-layout `dataset.h5` (timestamps back as datetime64[ns])."""
+    """Every column of a `columns`-layout `_dataset.h5` (timestamps back as datetime64[ns])."""
     with h5py.File(path, "r") as h5:
         if h5.attrs.get("layout") != "columns":
             raise ValueError(f"{path}: layout {h5.attrs.get('layout')!r}; read_hdf5 reads the `columns` layout")

@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -101,6 +102,19 @@ def size_problem(target: Location, actual: int, expected: int) -> str:
     return f"{target}: {actual:,} bytes, the manifest says {expected:,}"
 
 
+Rows = TypeVar("Rows", pa.Table, pa.RecordBatch)
+
+
+def partition_value(text: str, field: pa.Field) -> object:
+    """A partition folder's value (`collector_id=3` -> 3) as the column's type: integers and
+    booleans (written 0/1) as numbers, strings URI-decoded as pyarrow's hive partitioning does."""
+    if pa.types.is_integer(field.type):
+        return int(text)
+    if pa.types.is_boolean(field.type):
+        return bool(int(text))
+    return unquote(text)
+
+
 class FileReader:
     """Reads a dataset's Parquet files, checking each against its manifest entry on its first
     read (see the module doc). Picklable: a Ray task reads through its own copy, which hashes
@@ -109,15 +123,32 @@ class FileReader:
     Args:
         folder: the dataset's root; entries' paths are relative to it.
         verify: check sizes and hashes (False: parse the files as they are).
+        schema: the dataset's Arrow schema, needed when it is partitioned by columns.
+        partition_columns: columns whose values are in the folder names, not in the files (a
+            file written before format 3 may also hold them; its own values are kept).
     """
 
-    def __init__(self, folder: Location, verify: bool = True) -> None:
+    def __init__(self, folder: Location, verify: bool = True, schema: pa.Schema | None = None,
+                 partition_columns: list[str] | tuple[str, ...] = ()) -> None:
         self.folder, self.verify = folder, verify
+        self.schema, self.partition_columns = schema, tuple(partition_columns)
+        if self.partition_columns and schema is None:
+            raise ValueError(f"{folder}: a FileReader of a dataset partitioned by {list(partition_columns)} needs its schema")
         self._verified: set[str] = set()
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_manifest(cls, folder: Location, manifest: Manifest, verify: bool = True) -> "FileReader":
+        """The reader of the dataset `manifest` describes, partition columns put back."""
+        from harvest.rollout.batch import BatchSchema
+
+        columns = manifest.partition_columns()
+        schema = BatchSchema.from_json(manifest.schema).arrow_schema() if columns else None
+        return cls(folder, verify, schema, columns)
+
     def __getstate__(self) -> dict:
-        return {"folder": self.folder, "verify": self.verify, "_verified": set(self._verified)}
+        return {"folder": self.folder, "verify": self.verify, "schema": self.schema,
+                "partition_columns": self.partition_columns, "_verified": set(self._verified)}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -170,12 +201,12 @@ class FileReader:
         handle, check = self._open(entry)
         with handle:
             try:
-                table = pq.read_table(handle, columns=columns)
+                table = pq.read_table(handle, columns=self._file_columns(columns))
             except (pa.ArrowInvalid, OSError) as err:  # Parquet's own errors about damaged data are OSErrors
                 check()  # a hash that differs says more than the parser
                 raise self.unreadable(entry, err) from err
         check()
-        return table
+        return self._with_partitions(table, entry, columns)
 
     def iter_batches(self, entry: FileEntry, batch_rows: int = 65_536,
                      columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -184,19 +215,45 @@ class FileReader:
         handle, check = self._open(entry)
         with handle:
             try:
-                batches = pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
+                batches = pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=self._file_columns(columns))
                 held = []
                 for batch in batches:
                     held.append(batch)
                     if check.done():
                         break
                 check()
-                yield from held
+                for batch in held:
+                    yield self._with_partitions(batch, entry, columns)
                 for batch in batches:  # (not `yield from`: pyarrow's Cython generator, once exhausted by the
-                    yield batch        # loop above, raises StopIteration through it - "generator raised StopIteration")
+                    yield self._with_partitions(batch, entry, columns)  # loop above, raises StopIteration through it)
             except (pa.ArrowInvalid, OSError) as err:
                 check()
                 raise self.unreadable(entry, err) from err
+
+    def _file_columns(self, columns: list[str] | None) -> list[str] | None:
+        """The columns to parse from a file: those asked for, less the partition columns."""
+        return None if columns is None else [name for name in columns if name not in self.partition_columns]
+
+    def _with_partitions(self, rows: Rows, entry: FileEntry, columns: list[str] | None) -> Rows:
+        """`rows` with the partition columns asked for filled from `entry.partition`, in the
+        dataset schema's order (or the order of `columns`)."""
+        wanted = [name for name in self.partition_columns if columns is None or name in columns]
+        missing = [name for name in wanted if rows.schema.get_field_index(name) < 0]
+        if not missing:
+            return rows
+        fields = {field.name: field for field in rows.schema}
+        arrays = dict(zip(rows.schema.names, rows.columns))
+        for name in missing:
+            field = self.schema.field(name)
+            if name not in entry.partition:
+                raise DatasetIntegrityError(f"{self.folder.join(entry.path)}: not in a {name}= folder, but the "
+                                            f"dataset is partitioned by {name}")
+            fields[name] = field
+            arrays[name] = pa.repeat(pa.scalar(partition_value(entry.partition[name], field), field.type), rows.num_rows)
+        order = list(columns) if columns is not None else [name for name in self.schema.names if name in fields] + [
+            name for name in fields if self.schema.get_field_index(name) < 0]
+        schema = pa.schema([fields[name] for name in order], metadata=rows.schema.metadata)
+        return type(rows).from_arrays([arrays[name] for name in order], schema=schema)
 
     def unreadable(self, entry: FileEntry, err: Exception) -> DatasetIntegrityError:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -1,4 +1,4 @@
-"""The dataset manifest: `manifest.json` at the dataset's root, `_index.json` in each partition.
+"""The dataset manifest: `_manifest.json` at the dataset's root, `_index.json` in each partition.
 
 The manifest lists every Parquet file (path relative to the root, rows, bytes, sha256,
 episodes, time range, partition values), the schema, the partitioning, the other formats
@@ -6,6 +6,14 @@ written beside the Parquet files, and the datasets this one was made from (`pare
 partition folder (`year=2026/month=11/day=23/hour=14/`, `collector_id=3/`, ...) also gets an
 `_index.json` with its own files, rows and time range, so a folder copied alone still says what
 is in it.
+
+The data folder holds only Parquet files and hive partition folders: the manifest, the other
+formats (`_dataset.npz`, `_dataset.h5`, ...) and `harvest inspect`'s `_report/` have names that
+start with `_`, which pyarrow, pandas, polars and DuckDB skip, so they read the folder as it is.
+A column the files are partitioned by lives in the folder names alone (`collector_id=3/`), as
+Hive, Spark and pyarrow lay it out; Harvest's readers put it back from `FileEntry.partition`.
+Datasets written before format 3 (`manifest.json`, partition columns also in the files) open
+as they are.
 """
 
 from __future__ import annotations
@@ -16,10 +24,28 @@ from typing import Any
 
 from harvest.aggregation.storage import Location
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "_manifest.json"
+LEGACY_MANIFEST_NAME = "manifest.json"
+"""The manifest's name in datasets written before format 3 (still read)."""
 INDEX_NAME = "_index.json"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+TIME_PARTITION = "time"
+"""`partition_by` entry for `year=/month=/day=/hour=` folders (no column of that name)."""
+
+
+def manifest_location(root: Location) -> Location:
+    """The manifest of the dataset at `root`: `_manifest.json`, or `manifest.json` in a dataset
+    written before format 3 (the new name when neither is there)."""
+    current = root.join(MANIFEST_NAME)
+    if not current.is_file() and root.join(LEGACY_MANIFEST_NAME).is_file():
+        return root.join(LEGACY_MANIFEST_NAME)
+    return current
+
+
+def has_manifest(root: Location) -> bool:
+    """Whether a dataset (a manifest, in either layout) is at `root`."""
+    return manifest_location(root).is_file()
 
 
 @dataclass
@@ -73,7 +99,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def write(self, root: Location) -> Location:
-        """`manifest.json` at `root` and an `_index.json` in every partition folder."""
+        """`_manifest.json` at `root` and an `_index.json` in every partition folder (a manifest
+        of the layout before format 3 at `root` is replaced)."""
         for folder, entries in self.partitions().items():
             index = {"dataset": self.run_id, "env_id": self.env_id, "partition": entries[0].partition,
                      "rows": sum(entry.rows for entry in entries),
@@ -84,7 +111,14 @@ class Manifest:
             root.join(folder, INDEX_NAME).write_text(json.dumps(index, indent=2))
         target = root.join(MANIFEST_NAME)
         target.write_text(json.dumps(asdict(self), indent=2))
+        legacy = root.join(LEGACY_MANIFEST_NAME)
+        if legacy.is_file():
+            legacy.fs.delete_file(legacy.path)
         return target
+
+    def partition_columns(self) -> list[str]:
+        """The columns the files are partitioned by (their values are in the folder names)."""
+        return [name for name in self.partition_by if name != TIME_PARTITION]
 
     def partitions(self) -> dict[str, list[FileEntry]]:
         """Files by partition folder (relative to the root); the root itself when unpartitioned."""
@@ -97,7 +131,8 @@ class Manifest:
 
     @classmethod
     def read(cls, root: Location) -> "Manifest":
-        target = root.join(MANIFEST_NAME)
+        """The manifest of the dataset at `root` (either layout, see the module doc)."""
+        target = manifest_location(root)
         try:
             data = json.loads(target.read_text())
         except json.JSONDecodeError as err:

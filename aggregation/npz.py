@@ -1,4 +1,4 @@
-"""NPZ export: one `dataset.npz` with plural column names and JSON metadata (no pickle)."""
+"""NPZ export: one `_dataset.npz` with plural column names and JSON metadata (no pickle)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from harvest.aggregation.manifest import Manifest
 from harvest.aggregation.storage import Location
 from harvest.rollout.batch import TransitionBatch
 
-NPZ_NAME = "dataset.npz"
+NPZ_NAME = "_dataset.npz"
 
 # Harvest column -> NPZ key (dict observations keep their suffix: obs.pos -> observations.pos).
 _NPZ_KEYS = {"obs": "observations", "next_obs": "next_observations", "action": "actions", "reward": "rewards",
@@ -29,7 +29,7 @@ def npz_key(column: str) -> str:
 def write_npz(root: Location, manifest: Manifest) -> Location:
     """Write the dataset's Parquet files as one NPZ (each file checked against the manifest as it
     is read); loads with `np.load(path, allow_pickle=False)`."""
-    reader = FileReader(root)
+    reader = FileReader.for_manifest(root, manifest)
     tables = [reader.read_table(entry) for entry in manifest.files]
     table = pa.concat_tables(tables) if tables else None
     arrays: dict[str, np.ndarray] = {}

@@ -39,7 +39,7 @@ def seed_json_files(paths: list[str | Path]) -> list[Path]:
 
 def import_robocode_json(paths: list[str | Path], out_dir: str | Path, run_id: str = "import",
                          cfg: AggregationConfig | None = None) -> ImportResult:
-    """Write the dataset folder `out_dir` (Parquet + manifest + `aggregated_expert_data.npz`)
+    """Write the dataset folder `out_dir` (Parquet + manifest + `_aggregated_expert_data.npz`)
     from seed-format JSON files; `seed` is -1 (unknown), `battle_id` the file's index.
 
     Raises:

@@ -33,7 +33,7 @@ import pyarrow as pa
 from harvest.aggregation.storage import Location, location
 from harvest.envs.robocode.transitions import STATE_FIELDS, RobotRound, round_transitions, split_rounds
 
-NPZ_NAME = "aggregated_expert_data.npz"
+NPZ_NAME = "_aggregated_expert_data.npz"
 BOT_KEYS = ("x", "y", "direction", "gunDirection", "radarDirection", "speed", "gunHeat", "energy")
 
 
@@ -160,7 +160,8 @@ def write_aggregated_npz(rounds: list[RobotRound], path: str | Path | Location, 
 
 def write_dataset_npz(dataset_dir: str | Path | Location, path: str | Path | Location | None = None,
                       description: str | None = None) -> Location:
-    """`aggregated_expert_data.npz` of a compacted Robocode dataset (default: inside its folder),
+    """`aggregated_expert_data.npz` of a compacted Robocode dataset (default: `_aggregated_expert_data.npz`
+    inside its folder),
     rows in the dataset's order (episode by episode)."""
     from harvest.aggregation.dataset import Dataset
 

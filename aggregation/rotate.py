@@ -5,7 +5,7 @@ A long run cannot keep everything it collects in the replay's rings. With
 last rotation (the shard's cursor read), writes the episodes that have finished as new Parquet
 files (`shard-NNN-rRRRRR-part-NNNNN.parquet`, in the run's partition folders) and keeps the rows of
 unfinished episodes for the next rotation, so an episode is never split across files. After
-each rotation the driver rewrites `manifest.json` (marked `in_progress`) and the partitions'
+each rotation the driver rewrites `_manifest.json` (marked `in_progress`) and the partitions'
 `_index.json`, so the dataset is readable during the run; the last rotation, once collecting
 is over, writes every remaining row and the other formats, as a one-off compaction would.
 

@@ -1,8 +1,8 @@
 """TFRecord export through the `tfrecord` package (readable without TensorFlow).
 
-`dataset.tfrecord` holds one `tf.train.Example` per row: every column flattened into a float
+`_dataset.tfrecord` holds one `tf.train.Example` per row: every column flattened into a float
 list (floats), an int64 list (integers, booleans, timestamps in ns since the epoch) or a bytes
-list (strings). `dataset.tfrecord.json` says how to get the rows back: each feature's kind,
+list (strings). `_dataset.tfrecord.json` says how to get the rows back: each feature's kind,
 dtype and shape (what `tfrecord.reader.tfrecord_loader`'s `description` needs, and what
 `tf.io.parse_single_example` would). Streamed record batch by record batch; on object storage
 the file is written locally, then uploaded whole.
@@ -22,7 +22,7 @@ from harvest.aggregation.manifest import Manifest
 from harvest.aggregation.storage import Location
 from harvest.rollout.batch import TransitionBatch
 
-TFRECORD_NAME = "dataset.tfrecord"
+TFRECORD_NAME = "_dataset.tfrecord"
 
 
 def feature_kinds(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -36,7 +36,7 @@ def feature_kinds(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def write_tfrecord(root: Location, manifest: Manifest) -> Location:
-    """`dataset.tfrecord` + `dataset.tfrecord.json` beside the Parquet files."""
+    """`_dataset.tfrecord` + `_dataset.tfrecord.json` beside the Parquet files."""
     from harvest.cluster.extras import require
 
     TFRecordWriter = require("tfrecord.writer", "aggregation.formats: [tfrecord]").TFRecordWriter
@@ -68,10 +68,10 @@ def write_tfrecord(root: Location, manifest: Manifest) -> Location:
 
 
 def read_tfrecord(path: str | Path) -> dict[str, np.ndarray]:
-    """Every row of a `dataset.tfrecord` as columns, with `tfrecord`'s own loader (no TensorFlow)."""
+    """Every row of a `_dataset.tfrecord` as columns, with `tfrecord`'s own loader (no TensorFlow)."""
     from harvest.cluster.extras import require
 
-    tfrecord_loader = require("tfrecord.reader", "reading a dataset.tfrecord").tfrecord_loader
+    tfrecord_loader = require("tfrecord.reader", "reading a _dataset.tfrecord").tfrecord_loader
 
     spec = json.loads(Path(f"{path}.json").read_text())["features"]
     parts: dict[str, list[Any]] = {name: [] for name in spec}

@@ -223,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     add_no_verify(p)
     p = sub.add_parser("inspect", help="a dataset's statistics and quality checks (exit 1 on errors)")
     p.add_argument("dataset", help="a dataset folder or URI (e.g. artifacts/<run-id>/dataset)")
-    p.add_argument("--html", help="report folder (index.html + PNG plots); default: DATASET/report for a local "
+    p.add_argument("--html", help="report folder (index.html + PNG plots); default: DATASET/_report for a local "
                                   "dataset, ./report-<run id> otherwise")
     p.add_argument("--json", help="also write the report as JSON here")
     p.add_argument("--min-episode-length", type=int, default=2,
@@ -617,8 +617,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _write_report(report: Any, asked: str | None, dataset: Any) -> Path:
-    """`inspect`'s HTML report: in `--html`, else DATASET/report for a local dataset, else (an
-    object store, or a folder we may not write in) ./report-<run id>."""
+    """`inspect`'s HTML report: in `--html`, else DATASET/_report for a local dataset (a name
+    Parquet readers skip), else (an object store, or a folder we may not write in) ./report-<run id>."""
     from harvest.aggregation.inspect import write_html
 
     if asked:
@@ -627,9 +627,9 @@ def _write_report(report: Any, asked: str | None, dataset: Any) -> Path:
     local = dataset.folder.local_path()
     if local is not None:
         try:
-            return write_html(report, local / "report")
+            return write_html(report, local / "_report")
         except OSError as err:
-            logger.info("{}: cannot write the report there ({}); writing it in {}", local / "report",
+            logger.info("{}: cannot write the report there ({}); writing it in {}", local / "_report",
                         err.strerror or err, fallback.resolve())
     return write_html(report, fallback)
 

@@ -26,7 +26,7 @@ from harvest.aggregation.compact import compact_replay, snapshot_replay
 from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.rotate import Rotation
 from harvest.aggregation.storage import Location, location
-from harvest.aggregation.manifest import Manifest
+from harvest.aggregation.manifest import Manifest, has_manifest
 from harvest.aggregation.robocode_seed import write_dataset_npz
 from harvest.cluster.config import ROBOCODE_ENV_ID, ConfigError, RunConfig, dump_config, robocode_battles
 from harvest.cluster.progress import console, summary_table, wait_with_progress
@@ -680,7 +680,7 @@ def _collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: 
                                   state_dir=rotation_state, resume=resume))
         return rotations[-1]
 
-    if resume and cfg.aggregation.rotate_every_s and paths.dataset.join("manifest.json").exists() and (
+    if resume and cfg.aggregation.rotate_every_s and has_manifest(paths.dataset) and (
             rotation_state is None or not any(rotation_state.glob("rotator-*.arrow"))):
         raise RuntimeError(f"{paths.dataset}: its rotation had started writing the dataset, but no rotator state is "
                            f"left to go on from (it lives in <replay.wal_dir>/rotation/; replay.wal_dir is "

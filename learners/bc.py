@@ -91,7 +91,7 @@ class BCLearner:
 
     Args:
         cfg: the run's `learner:` section.
-        dataset_dir: a dataset written by compaction (`manifest.json` + Parquet), a folder or a URI.
+        dataset_dir: a dataset written by compaction (`_manifest.json` + Parquet), a folder or a URI.
         out_dir: where `best.safetensors`, `final.safetensors` and `training_history.json` go.
     """
 

@@ -56,7 +56,7 @@ def test_compaction_writes_parquet_manifest_and_npz(filled_replay, tmp_path):
     assert manifest.collectors == [0]
     assert manifest.episodes_complete == len(result.episodes)
     assert len(manifest.files) > 2 and all(entry.rows >= 1 for entry in manifest.files)
-    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    on_disk = json.loads((tmp_path / "_manifest.json").read_text())
     assert on_disk["schema"]["columns"]["obs"] == {"dtype": "<f4", "shape": [4]}
     assert set(on_disk) >= {"files", "rows", "schema", "episodes", "collectors", "created_at"}
 
@@ -79,7 +79,7 @@ def test_compaction_writes_parquet_manifest_and_npz(filled_replay, tmp_path):
     assert dataset.to_ray().count() == manifest.rows
 
     # NPZ without pickle.
-    with np.load(tmp_path / "dataset.npz", allow_pickle=False) as npz:
+    with np.load(tmp_path / "_dataset.npz", allow_pickle=False) as npz:
         assert npz["observations"].shape == (manifest.rows, 4)
         assert npz["actions"].dtype == np.int64
         metadata = json.loads(str(npz["metadata"]))
@@ -122,7 +122,7 @@ def test_cut_points_fall_on_episode_starts():
 
 
 def test_opening_a_broken_dataset_names_the_problem(tmp_path):
-    with pytest.raises(DatasetError, match="no manifest.json"):
+    with pytest.raises(DatasetError, match="no _manifest.json"):
         Dataset.open(tmp_path)
 
 

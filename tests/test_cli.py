@@ -46,8 +46,9 @@ def test_harvest_run_with_no_arguments_clones_the_expert(tmp_path):
     assert len(summary["collect"]["restarts"]) == 2
     table = pads.dataset(dataset.files).to_table()
     assert table.num_rows == dataset.manifest.rows
+    assert pads.dataset(run_dir / "dataset").count_rows() == dataset.manifest.rows  # the folder as it is, too
     for name in ("config.yaml", "harvest.log", "eval.json", "learner/best.safetensors", "learner/final.safetensors",
-                 "learner/training_history.json", "dataset/dataset.npz", "dataset/manifest.json"):
+                 "learner/training_history.json", "dataset/_dataset.npz", "dataset/_manifest.json"):
         assert (run_dir / name).is_file(), name
 
 
@@ -60,12 +61,12 @@ def test_each_stage_runs_alone_on_the_previous_outputs(ray_cluster, tmp_path):
     assert sorted(p.name for p in (run_dir / "replay").iterdir()) == ["schema.json", "shard-000.arrow",
                                                                         "shard-001.arrow"]
     assert main(["compact", str(run_dir)]) == 0
-    manifest = json.loads((run_dir / "dataset" / "manifest.json").read_text())
+    manifest = json.loads((run_dir / "dataset" / "_manifest.json").read_text())
     assert manifest["rows"] >= 3000 and manifest["run_id"] == "staged"
     written = {path.name: path.stat().st_mtime_ns for path in (run_dir / "dataset").iterdir()}
     assert main(["compact", str(run_dir)]) == 2, "a second compact is refused: the dataset is there"
     assert {path.name: path.stat().st_mtime_ns for path in (run_dir / "dataset").iterdir()} == written
-    with np.load(run_dir / "dataset" / "dataset.npz", allow_pickle=False) as npz:
+    with np.load(run_dir / "dataset" / "_dataset.npz", allow_pickle=False) as npz:
         assert npz["observations"].shape == (manifest["rows"], 4)
     assert main(["train", str(run_dir)]) == 0
     history = json.loads((run_dir / "learner" / "training_history.json").read_text())
@@ -104,7 +105,7 @@ def test_a_users_own_dict_env_runs_through_the_whole_pipeline(ray_cluster, tmp_p
     assert {"obs.grid", "obs.phase", "obs.position", "next_obs.grid", "action"} <= set(dataset.schema.columns)
     table = dataset.to_pyarrow().to_table()
     assert table.column("obs.grid").type.shape == [3, 4, 4]
-    with np.load(tmp_path / "dict" / "dataset" / "dataset.npz", allow_pickle=False) as npz:
+    with np.load(tmp_path / "dict" / "dataset" / "_dataset.npz", allow_pickle=False) as npz:
         assert npz["observations.grid"].shape[1:] == (3, 4, 4) and npz["actions"].shape[1:] == (2,)
     evaluation = json.loads((tmp_path / "dict" / "eval.json").read_text())
     assert len(evaluation["trained"]["returns"]) == 2

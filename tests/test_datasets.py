@@ -104,11 +104,11 @@ def test_hdf5_columns_layout_round_trips_with_an_episode_table(tmp_path, compres
     cfg = AggregationConfig(formats=["parquet", "hdf5"], rows_per_file=10, hdf5=Hdf5Config(compression=compression,
                                                                                            chunk_rows=8))
     manifest = write_dataset([batch], schema, tmp_path / "d", cfg, run_id="t", env_id="CartPole-v1")
-    assert manifest.formats["hdf5"] == "dataset.h5"
-    columns = read_hdf5(tmp_path / "d" / "dataset.h5")
+    assert manifest.formats["hdf5"] == "_dataset.h5"
+    columns = read_hdf5(tmp_path / "d" / "_dataset.h5")
     for name, column in batch.columns.items():
         np.testing.assert_array_equal(columns[name], column)
-    with h5py.File(tmp_path / "d" / "dataset.h5") as h5:
+    with h5py.File(tmp_path / "d" / "_dataset.h5") as h5:
         assert h5.attrs["env_id"] == "CartPole-v1" and json.loads(h5.attrs["schema"]) == schema.to_json()
         assert h5["data/obs"].compression == (None if compression == "none" else compression)
         assert h5["data/obs"].chunks == (8, 3)
@@ -124,14 +124,14 @@ def test_hdf5_episodes_layout_has_a_group_per_episode(tmp_path):
     schema, batch = episodes_batch([5, 9, 2], seed=4)
     write_dataset([batch], schema, tmp_path / "d", AggregationConfig(
         formats=["parquet", "hdf5"], hdf5=Hdf5Config(layout="episodes")), run_id="t", env_id="x")
-    with h5py.File(tmp_path / "d" / "dataset.h5") as h5:
+    with h5py.File(tmp_path / "d" / "_dataset.h5") as h5:
         assert sorted(h5["episodes"]) == ["0", "1", "2"]
         episode = h5["episodes/1"]
         assert episode.attrs["length"] == 9 and bool(episode.attrs["terminated"])
         np.testing.assert_array_equal(episode["obs"][()], batch["obs"][5:14])
         assert episode.attrs["return"] == pytest.approx(float(batch["reward"][5:14].sum()))
     with pytest.raises(ValueError, match="layout 'episodes'"):
-        read_hdf5(tmp_path / "d" / "dataset.h5")
+        read_hdf5(tmp_path / "d" / "_dataset.h5")
 
 
 def test_tfrecord_export_reads_back_without_tensorflow(tmp_path):
@@ -140,10 +140,10 @@ def test_tfrecord_export_reads_back_without_tensorflow(tmp_path):
     schema, batch = episodes_batch([6, 3, 11], seed=8)
     manifest = write_dataset([batch], schema, tmp_path / "d", AggregationConfig(formats=["parquet", "tfrecord"]),
                              run_id="t", env_id="x")
-    assert manifest.formats["tfrecord"] == "dataset.tfrecord"
+    assert manifest.formats["tfrecord"] == "_dataset.tfrecord"
     with pytest.raises(ImportError):
         __import__("tensorflow")
-    columns = read_tfrecord(tmp_path / "d" / "dataset.tfrecord")
+    columns = read_tfrecord(tmp_path / "d" / "_dataset.tfrecord")
     for name, column in batch.columns.items():
         np.testing.assert_array_equal(columns[name], column, err_msg=name)
 
@@ -207,8 +207,8 @@ def test_writers_and_readers_work_on_s3(bucket, tmp_path):
     manifest = write_dataset([batch], schema, uri, AggregationConfig(
         formats=["parquet", "npz", "hdf5"], partition_by=["time"], rows_per_file=50), run_id="s3", env_id="x")
     names = object_names(bucket)
-    assert "datasets/one/manifest.json" in names and "datasets/one/dataset.h5" in names
-    assert "datasets/one/dataset.npz" in names
+    assert "datasets/one/_manifest.json" in names and "datasets/one/_dataset.h5" in names
+    assert "datasets/one/_dataset.npz" in names
     assert "datasets/one/year=2026/month=11/day=23/hour=13/_index.json" in names
     assert {f"datasets/one/{entry.path}" for entry in manifest.files} <= set(names)
     assert not [name for name in names if TMP_MARK in name]
@@ -222,9 +222,9 @@ def test_writers_and_readers_work_on_s3(bucket, tmp_path):
         np.testing.assert_array_equal(back[name], column)
     np.testing.assert_array_equal(dataset.read_columns(["obs"])["obs"].shape, (247, 3))
     local = tmp_path / "copy.h5"
-    local.write_bytes(location(f"{uri}/dataset.h5").read_bytes())
+    local.write_bytes(location(f"{uri}/_dataset.h5").read_bytes())
     np.testing.assert_array_equal(read_hdf5(local)["action"], batch["action"])
-    with pytest.raises(Exception, match=f"s3://{bucket}/datasets/missing: no manifest.json"):
+    with pytest.raises(Exception, match=f"s3://{bucket}/datasets/missing: no _manifest.json"):
         Dataset.open(f"s3://{bucket}/datasets/missing")
 
 
@@ -280,13 +280,17 @@ def test_a_run_writes_partitioned_parquet_to_s3_and_ray_data_reads_it_back(ray_c
     assert sum(json.loads(location(f"s3://{bucket}/{name}").read_text())["rows"] for name in indexes) == \
         dataset.manifest.rows >= 3000
     # Ray Data reads the prefix (hive folders and all) with the same pyarrow file system.
+    # (the partition column is in the folder names alone, as Hive lays it out: untyped, Ray Data gives strings)
     rows = ray.data.read_parquet(dataset.folder.path, filesystem=dataset.filesystem, file_extensions=["parquet"])
     assert rows.count() == dataset.manifest.rows
-    assert sorted(set(rows.unique("collector_id"))) == collectors
+    assert sorted(set(rows.unique("collector_id"))) == [str(c) for c in collectors]
+    for verify in (True, False):  # Harvest's own readers give the column its type back
+        typed = Dataset.open(prefix, verify=verify).to_ray()
+        assert sorted(set(typed.unique("collector_id"))) == collectors and typed.count() == dataset.manifest.rows
     summary = json.loads((tmp_path / "to-s3" / "summary.json").read_text())
     assert summary["train"]["train_rows"] > 0 and not (tmp_path / "to-s3" / "dataset").exists()
     for text in [(tmp_path / "to-s3" / name).read_text() for name in ("harvest.log", "config.yaml", "summary.json")] + \
-            [location(f"{prefix}/manifest.json").read_text()]:
+            [location(f"{prefix}/_manifest.json").read_text()]:
         assert SECRET not in text
 
 

@@ -80,7 +80,7 @@ def test_an_example_runs_from_the_repo_root_with_the_default_output_folder(examp
     argv = [command, f"examples/{example}", "--run-id", run_id,
             *sum((["--set", item] for item in [*SMALL, *settings, *extra]), [])]
     assert main(argv) == 0
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "dataset" / "manifest.json").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "dataset" / "_manifest.json").is_file()
     if command == "run":
         evaluation = json.loads((run_dir / "eval.json").read_text())
         assert evaluation and all(len(result["returns"]) >= 1 for result in evaluation.values())

@@ -130,26 +130,26 @@ def test_teacher_student_export_carries_the_teachers_log_probabilities(tmp_path)
 def test_export_of_a_missing_dataset_names_it(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--to", "offline-rl", "--out", str(tmp_path / "x.hdf5")]) == 2
     assert not (tmp_path / "x.hdf5").exists()
-    assert f"{tmp_path / 'nothing'}: no manifest.json" in capsys.readouterr().err
+    assert f"{tmp_path / 'nothing'}: no _manifest.json" in capsys.readouterr().err
 
 
 def test_an_export_is_refused_over_an_existing_file_inside_a_dataset_or_with_an_unknown_extension(tmp_path):
     from harvest.aggregation.export import ExportTargetError, export_offline_rl, export_teacher_student
 
     dataset, _ = cartpole_dataset(tmp_path / "data")
-    manifest = (tmp_path / "data" / "manifest.json").read_bytes()
+    manifest = (tmp_path / "data" / "_manifest.json").read_bytes()
     refused = {
         tmp_path / "e.csv": r"e.csv: this export writes .hdf5 or .h5 or .npz files, not .csv",
         tmp_path / "e": r"e: this export writes .hdf5 or .h5 or .npz files, not a file without an extension",
-        tmp_path / "data" / "manifest.json": r"writes .hdf5 or .h5 or .npz files, not .json",
+        tmp_path / "data" / "_manifest.json": r"writes .hdf5 or .h5 or .npz files, not .json",
         tmp_path / "data" / "copy.hdf5": rf"copy.hdf5: inside the dataset folder {tmp_path / 'data'}; write exports "
                                          "outside it",
     }
     for out, says in refused.items():
         with pytest.raises(ExportTargetError, match=says):
             export_offline_rl(dataset, out)
-        assert not out.exists() or out.name == "manifest.json"
-    assert (tmp_path / "data" / "manifest.json").read_bytes() == manifest
+        assert not out.exists() or out.name == "_manifest.json"
+    assert (tmp_path / "data" / "_manifest.json").read_bytes() == manifest
     with pytest.raises(ExportTargetError, match="file_format 'npz', but the extension says hdf5"):
         export_offline_rl(dataset, tmp_path / "e.h5", file_format="npz")
     export_offline_rl(dataset, tmp_path / "e.h5")

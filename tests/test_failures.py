@@ -229,7 +229,7 @@ def test_harvest_run_resume_goes_on_from_the_durable_shards_and_rotators_of_an_i
                      "aggregation.rotate_every_s=1")
     driver = subprocess.Popen([sys.executable, "-m", "harvest", "run", "--run-id", "cut", *settings], cwd=repo,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = tmp_path / "cut" / "dataset" / "manifest.json"
+    manifest = tmp_path / "cut" / "dataset" / "_manifest.json"
 
     try:  # interrupt it mid-collection, after a rotation wrote files: the driver dies, with its actors
         wait_for(lambda: manifest.is_file() and json.loads(manifest.read_text())["rows"], 200,

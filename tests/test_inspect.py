@@ -80,11 +80,11 @@ def test_a_clean_dataset_passes_and_its_html_report_opens_with_plots(tmp_path):
     assert report["overview"]["episodes"] == 9 and report["overview"]["rows"] == sum([30, 20, 20, 21, 20, 20, 250,
                                                                                        20, 5])
     assert report["columns"]["reward"]["mean"] == pytest.approx(1.0)
-    page = (tmp_path / "clean" / "report" / "index.html").read_text()
+    page = (tmp_path / "clean" / "_report" / "index.html").read_text()
     images = re.findall(r"<img src='([^']+)'", page)
     assert {"episode_lengths.png", "episode_returns.png", "actions.png"} <= set(images)
     for name in images:
-        assert (tmp_path / "clean" / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / "clean" / "_report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_planted_defect_is_flagged_with_an_example(tmp_path, capsys):

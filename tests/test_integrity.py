@@ -40,13 +40,13 @@ def make_dataset(folder: Path) -> Dataset:
 
 
 def edit_manifest(folder: Path, change) -> None:
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / "_manifest.json").read_text())
     change(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "_manifest.json").write_text(json.dumps(manifest))
 
 
 def file_path(folder: Path, index: int) -> Path:
-    return folder / json.loads((folder / "manifest.json").read_text())["files"][index]["path"]
+    return folder / json.loads((folder / "_manifest.json").read_text())["files"][index]["path"]
 
 
 def append_byte(folder: Path, index: int) -> None:
@@ -99,7 +99,7 @@ DAMAGES = {
     "rewritten, the size mended": (lambda f, i: rewrite_rewards(f, i, keep_size=True),
                                    r"sha256 [0-9a-f]{64}, the manifest says [0-9a-f]{64}", False),
     "a faked hash": (fake_hash, r"sha256 [0-9a-f]{64}, the manifest says 0{64}", False),
-    "listed twice": (list_twice, r"listed twice in manifest.json \(files 1 and 3\)", True),
+    "listed twice": (list_twice, r"listed twice in _manifest.json \(files 1 and 3\)", True),
 }
 
 
@@ -123,7 +123,7 @@ def test_paths_outside_the_dataset_folder_are_refused_even_without_verification(
     make_dataset(tmp_path / "d")
     tamper(tmp_path / "d", 0)
     for verify in (True, False):
-        with pytest.raises(DatasetIntegrityError, match=r"manifest.json: file 0 has the path .*outside the dataset "
+        with pytest.raises(DatasetIntegrityError, match=r"_manifest.json: file 0 has the path .*outside the dataset "
                                                         r"folder"):
             Dataset.open(tmp_path / "d", verify=verify)
     list_twice(tmp_path / "d", 1)
@@ -205,9 +205,9 @@ def test_a_dataset_on_s3_is_verified_as_it_is_read(bucket):
     schema, batch = episodes_batch(LENGTHS)
     uri = f"s3://{bucket}/d"
     write_dataset([batch], schema, uri, AggregationConfig(formats=["parquet"], rows_per_file=40), "s3", "x")
-    manifest = json.loads(location(f"{uri}/manifest.json").read_text())
+    manifest = json.loads(location(f"{uri}/_manifest.json").read_text())
     manifest["files"][1]["sha256"] = "0" * 64
-    location(f"{uri}/manifest.json").write_text(json.dumps(manifest))
+    location(f"{uri}/_manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetIntegrityError, match=rf"^{uri}/{manifest['files'][1]['path']}: sha256 "):
         Dataset.open(uri).read_columns(["reward"])
     assert Dataset.open(uri, verify=False).read_columns(["reward"])["reward"].size == sum(LENGTHS)
@@ -327,7 +327,7 @@ def test_harvest_inspect_exits_1_naming_the_tampered_the_truncated_and_the_dupli
     assert f"{names[0]}: sha256 " in output and f"{names[1]}: " in output and f"{names[2]}: listed twice" in output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["overview"]["rows"] == 40, "the good file is still inspected"
-    assert (tmp_path / "d" / "report" / "index.html").is_file()
+    assert (tmp_path / "d" / "_report" / "index.html").is_file()
 
 
 def test_harvest_inspect_no_verify_reads_the_tampered_file_as_it_is(tmp_path, capfd):
@@ -373,7 +373,7 @@ def test_harvest_export_refuses_an_existing_file_unless_overwrite(tmp_path, capf
 
 def test_a_missing_dataset_is_a_usage_error_not_a_data_error(tmp_path, capfd):
     code, err = harvest_in_process(capfd, "inspect", tmp_path / "nothing")
-    assert code == 2 and "no manifest.json" in err, err[-3000:]
+    assert code == 2 and "no _manifest.json" in err, err[-3000:]
 
 
 def test_harvest_train_no_verify_tells_the_learner_not_to_verify(tmp_path):
@@ -401,7 +401,7 @@ def test_harvest_inspect_of_a_dataset_it_may_not_write_in_puts_the_report_in_the
         code, err = harvest_in_process(capfd, "inspect", tmp_path / "d", "--json", tmp_path / "r.json")
         assert code in (0, 1) and "Traceback" not in err, err[-3000:]
         assert (tmp_path / "cwd" / "report-integrity" / "index.html").is_file(), err[-3000:]
-        assert "cannot write the report there" in err and not (tmp_path / "d" / "report").exists()
+        assert "cannot write the report there" in err and not (tmp_path / "d" / "_report").exists()
         assert json.loads((tmp_path / "r.json").read_text())["overview"]["rows"] == 120
     finally:
         subprocess.run(["chattr", "-i", str(tmp_path / "d")], check=True)

@@ -50,7 +50,7 @@ def test_a_robocode_run_writes_parquet_seed_json_and_npz_and_repeats_exactly(ray
     assert sorted(np.unique(rows["collector_id"]).tolist()) == [0, 1]
 
     # The Robocode teams' NPZ, next to the Parquet files.
-    with np.load(run_dir / "dataset" / "aggregated_expert_data.npz", allow_pickle=False) as npz:
+    with np.load(run_dir / "dataset" / "_aggregated_expert_data.npz", allow_pickle=False) as npz:
         assert npz["observations"].shape == (rows.num_rows, 8) and npz["actions"].shape == (rows.num_rows, 5)
         metadata = json.loads(str(npz["metadata"]))
     assert metadata["total_steps"] == rows.num_rows and metadata["num_collectors"] == 2
@@ -176,4 +176,4 @@ def test_harvest_run_trains_a_tank_and_evaluates_it_beside_the_expert_and_random
         assert result["episodes"] == 2 and "win_rate" in result
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert all(length <= 301 for length in [evaluation["expert @ vs_target"]["mean_length"]])
-    assert (run_dir / "dataset" / "aggregated_expert_data.npz").is_file()
+    assert (run_dir / "dataset" / "_aggregated_expert_data.npz").is_file()

@@ -51,9 +51,9 @@ def test_rotations_write_finished_episodes_during_collection_and_the_rest_at_the
     rotation = Rotation(replay, out, cfg, "rot", ENV.id)
     worker.collect(1500)
     first = rotation.rotate()
-    on_disk = json.loads((out / "manifest.json").read_text())
+    on_disk = json.loads((out / "_manifest.json").read_text())
     assert on_disk["in_progress"] and on_disk["rotations"] == 1 and on_disk["rows"] == first.rows > 0
-    assert not (out / "dataset.npz").exists(), "other formats wait for the end of the run"
+    assert not (out / "_dataset.npz").exists(), "other formats wait for the end of the run"
     held = sum(ray.get([rotator.held_rows.remote() for rotator in rotation._rotators]))
     assert held > 0 and first.rows + held == 1500, "the rows of unfinished episodes wait for the next rotation"
     rows = read_back(Dataset.open(out))  # readable mid-run: whole, finished episodes only
@@ -64,7 +64,7 @@ def test_rotations_write_finished_episodes_during_collection_and_the_rest_at_the
     worker.collect(1500)  # the episodes held back go on in these rows
     assert rotation.rotate().rows > first.rows
     final = rotation.finish()
-    assert not final.in_progress and final.rotations == 3 and (out / "dataset.npz").exists()
+    assert not final.in_progress and final.rotations == 3 and (out / "_dataset.npz").exists()
     assert final.rows == replay.stats().inserted_rows == 3000 and sum(final.evicted_rows.values()) == 0
     assert {entry.path.split("-r")[1][:5] for entry in final.files} >= {"00000", "00001"}
     assert all(len(files) == 1 for files in files_of_each_episode(out, final).values()), "an episode was split"

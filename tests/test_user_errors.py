@@ -65,10 +65,10 @@ CASES = [
     ("train {w}/not-a-run", EXIT_USAGE, "no such file"),
     ("eval {w}/out/taken --set env.id=NoSuchEnv-v0", EXIT_USAGE, "is not a Gymnasium id"),
     ("config {w}/dup.yaml", EXIT_USAGE, "given twice"),
-    ("inspect {w}/not-a-dataset", EXIT_USAGE, "no manifest.json"),
-    ("export {w}/not-a-dataset --to offline-rl --out {w}/x.hdf5", EXIT_USAGE, "no manifest.json"),
-    ("edit filter {w}/not-a-dataset --out {w}/filtered --min-return 1", EXIT_USAGE, "no manifest.json"),
-    ("windows {w}/not-a-dataset --history 4", EXIT_USAGE, "no manifest.json"),
+    ("inspect {w}/not-a-dataset", EXIT_USAGE, "no _manifest.json"),
+    ("export {w}/not-a-dataset --to offline-rl --out {w}/x.hdf5", EXIT_USAGE, "no _manifest.json"),
+    ("edit filter {w}/not-a-dataset --out {w}/filtered --min-return 1", EXIT_USAGE, "no _manifest.json"),
+    ("windows {w}/not-a-dataset --history 4", EXIT_USAGE, "no _manifest.json"),
     ("import parquet {w}/no-such.parquet --out {w}/imported", EXIT_USAGE, "no-such.parquet"),
 ]
 
@@ -108,5 +108,5 @@ def test_a_run_that_fails_in_its_parts_exits_4_not_as_a_bug():
     assert _exit_code(TimeoutError("PPO: collectors not done after 5s")) == 4
     assert _exit_code(ray.exceptions.ActorDiedError()) == 4
     assert _exit_code(DatasetIntegrityError("x.parquet: sha256 ...")) == 1
-    assert _exit_code(DatasetError("d: no manifest.json")) == 2
+    assert _exit_code(DatasetError("d: no _manifest.json")) == 2
     assert _exit_code(KeyError("a bug")) is None  # exit 3, "a bug in Harvest"
