@@ -9,6 +9,7 @@ Files are cut at episode boundaries. A new dataset is written all-or-nothing
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,7 @@ from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError
 from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest, has_manifest
 from harvest.aggregation.npz import write_npz
 from harvest.aggregation.storage import Location, location, staged_folder
+from harvest.cluster.progress import track
 from harvest.aggregation.tfrecord import write_tfrecord
 from harvest.rollout.images import check_image_column, with_encoded_images
 from harvest.rollout.batch import BatchSchema, TransitionBatch
@@ -332,12 +334,28 @@ def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: Bat
         task = ray.remote(compact_source).options(num_cpus=cfg.num_cpus)
         refs = [task.remote(source, schema, index, staging, cfg) for index, source in enumerate(sources)]
         try:
-            results: list[ShardCompaction] = ray.get(refs, timeout=timeout_s)
+            done = dict(track(_as_completed(refs, timeout_s), "compact", "rows", size=lambda item: item[1].rows))
         except ray.exceptions.RayTaskError as err:
             if isinstance(err.cause, DatasetError):  # one line naming the file; the task's traceback adds nothing
                 raise err.cause from None
             raise
-        return finish_dataset(results, schema, staging, cfg, run_id, env_id)
+        return finish_dataset([done[index] for index in range(len(refs))], schema, staging, cfg, run_id, env_id)
+
+
+def _as_completed(refs: list[ray.ObjectRef], timeout_s: float) -> Iterator[tuple[int, ShardCompaction]]:
+    """(index, result) of each task as it finishes.
+
+    Raises:
+        GetTimeoutError: not all are done within `timeout_s`.
+    """
+    deadline = time.monotonic() + timeout_s
+    index_of = {ref: index for index, ref in enumerate(refs)}
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
+        if not ready:
+            raise ray.exceptions.GetTimeoutError(f"compaction: {len(pending)} shard(s) not done within {timeout_s:.0f}s")
+        yield index_of[ready[0]], ray.get(ready[0])
 
 
 def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out: Location | str | Path,

@@ -26,6 +26,7 @@ from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.filters import EpisodeFilter, FilterReport, filter_table
 from harvest.aggregation.manifest import MANIFEST_NAME, Manifest
 from harvest.aggregation.storage import Location, location, staged_folder
+from harvest.cluster.progress import track
 from harvest.rollout.batch import TransitionBatch
 
 Selector = Callable[[pa.Table], pa.Table]
@@ -54,12 +55,13 @@ def rewrite(sources: list[Dataset], out: str | Path | Location, select: Selector
     schema = sources[0].schema
     results: list[ShardCompaction] = []
     with staged_folder(out, last=MANIFEST_NAME) as staging:
-        for dataset in sources:
-            for entry in dataset.entries:
-                table = select(dataset.read_file(entry))
-                if dataset.manifest.image_columns:  # back to pixels; the output encodes them again
-                    table = pa.Table.from_batches([TransitionBatch.from_arrow(table).to_arrow(schema)])
-                results.append(compact_source(table.to_batches(), schema, len(results), staging, cfg))
+        files = [(dataset, entry) for dataset in sources for entry in dataset.entries]
+        for dataset, entry in track(files, operation, "rows", sum(entry.rows for _, entry in files),
+                                    lambda file: file[1].rows):
+            table = select(dataset.read_file(entry))
+            if dataset.manifest.image_columns:  # back to pixels; the output encodes them again
+                table = pa.Table.from_batches([TransitionBatch.from_arrow(table).to_arrow(schema)])
+            results.append(compact_source(table.to_batches(), schema, len(results), staging, cfg))
         manifest = finish_dataset(results, schema, staging, cfg, run_id, sources[0].manifest.env_id,
                                   parents=[str(dataset.folder) for dataset in sources],
                                   filtered=filtered() if filtered is not None else None)

@@ -37,7 +37,9 @@ from loguru import logger
 from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.manifest import INDEX_NAME, has_manifest
 from harvest.aggregation.storage import Location, location
+from harvest.cluster.progress import column_rows, track
 from harvest.envs.spaces import unflatten_value
+from harvest.rollout.batch import TransitionBatch
 
 EXPORTS = ("offline-rl", "teacher-student", "minari")
 TEACHER_COLUMNS = {"policy_logits": "teacher_logits", "action_probs": "teacher_probs"}
@@ -98,7 +100,7 @@ def export_offline_rl(dataset: Dataset, out: str | Path | Location, file_format:
         local = Path(scratch) / target.name
         if file_format == "npz":
             parts: dict[str, list[np.ndarray]] = {key: [] for key in keys.values()}
-            for columns in dataset.iter_batches():
+            for columns in track(dataset.iter_batches(), "export", "rows", dataset.manifest.rows, column_rows):
                 for name, key in keys.items():
                     parts[key].append(columns[name])
             arrays = {key: np.concatenate(chunks) if chunks else np.zeros((0, *dataset.schema.columns[name].shape),
@@ -115,7 +117,7 @@ def export_offline_rl(dataset: Dataset, out: str | Path | Location, file_format:
                 spec = dataset.schema.columns[name]
                 h5.create_dataset(key, shape=(0, *spec.shape), maxshape=(None, *spec.shape), dtype=spec.dtype,
                                   chunks=(4096, *spec.shape), compression=compression)
-            for columns in dataset.iter_batches():
+            for columns in track(dataset.iter_batches(), "export", "rows", dataset.manifest.rows, column_rows):
                 for name, key in keys.items():
                     values = columns[name]
                     h5[key].resize(h5[key].shape[0] + values.shape[0], axis=0)
@@ -139,7 +141,9 @@ def export_teacher_student(dataset: Dataset, out: str | Path | Location, overwri
     wanted = {name: "observations" + name[3:] for name in schema.obs_columns}
     wanted.update({"action": "teacher_actions", "episode_id": "episode_ids", "step": "steps"})
     wanted.update({name: key for name, key in TEACHER_COLUMNS.items() if name in schema.columns})
-    columns = dataset.read_columns(list(wanted))
+    parts = [TransitionBatch.from_arrow(batch) for batch in track(
+        dataset.record_batches(columns=list(wanted)), "export", "rows", dataset.manifest.rows, lambda batch: batch.num_rows)]
+    columns = TransitionBatch.concat(parts).columns if parts else dataset.read_columns(list(wanted))
     tensors = {key: np.ascontiguousarray(columns[name]) for name, key in wanted.items()}
     for key, values in tensors.items():
         if values.dtype == np.bool_:
@@ -209,7 +213,7 @@ def export_minari(dataset: Dataset, dataset_id: str, datasets_path: str | Path |
                 created.update_dataset_from_buffer(buffers)
         buffers = []
 
-    for episode in dataset.iter_episodes():
+    for episode in track(dataset.iter_episodes(), "export", "rows", dataset.manifest.rows, column_rows):
         if not (episode["terminated"][-1] or episode["truncated"][-1]):
             skipped += 1
             continue

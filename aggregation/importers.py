@@ -47,6 +47,7 @@ from loguru import logger
 from harvest.aggregation.compact import write_dataset
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.manifest import Manifest
+from harvest.cluster.progress import track
 from harvest.envs.spaces import ColumnSpec, flatten_value
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 
@@ -245,7 +246,7 @@ def import_driving_sessions(paths: list[str | Path], out: str | Path, image_size
     result = ImportResult(None)
     batches, shape = [], None
     episode_base = 0
-    for session in unique_files(found, result):
+    for session in track(unique_files(found, result), "import", "files"):
         csv_path = session / "metadata" / "expert_data.csv"
         data = _read_driving_csv(csv_path, result)
         if data is None:
@@ -423,7 +424,7 @@ def import_json_sequences(paths: list[str | Path], out: str | Path, cfg: Aggrega
             raise FileNotFoundError(f"{path}: no such file or folder")
     result = ImportResult(None)
     episodes, dims, names = [], None, None
-    for index, file in enumerate(unique_files(found, result)):
+    for index, file in enumerate(track(unique_files(found, result), "import", "files")):
         try:
             states, actions, rewards, stamps, file_names = _read_sequence(file, result)
             shape = (states.shape[1], actions.shape[1])
@@ -468,7 +469,7 @@ def import_minari(dataset_id: str, out: str | Path, datasets_path: str | Path | 
     env_id = source.spec.env_spec.id if source.spec.env_spec is not None else f"minari:{dataset_id}"
     schema = BatchSchema.for_spaces(source.observation_space, source.action_space)
     batches, start = [], np.datetime64("1970-01-01T00:00:00", "ns")
-    for episode in source.iterate_episodes():
+    for episode in track(source.iterate_episodes(), "import", "episodes", source.total_episodes):
         length = len(episode.actions) if not isinstance(episode.actions, dict) else len(
             next(iter(flatten_value(episode.actions, "action").values())))
         obs = flatten_value(episode.observations, "obs")
@@ -563,7 +564,7 @@ def import_offline_rl(paths: list[str | Path], out: str | Path, env_id: str = "o
     found = [p for path in map(Path, paths) for p in (sorted(path.rglob("*")) if path.is_dir() else [path])
              if p.suffix in (".h5", ".hdf5", ".npz")]
     result, loaded = ImportResult(None), []
-    for file in unique_files(found, result):
+    for file in track(unique_files(found, result), "import", "files"):
         try:
             data = _read_d4rl(file)
             _check_d4rl(file, data, loaded[0] if loaded else None)
@@ -620,7 +621,7 @@ def import_parquet(paths: list[str | Path], out: str | Path, cfg: AggregationCon
     if missing:
         raise FileNotFoundError(f"{missing}: no such files")
     result, readable = ImportResult(None), []
-    for file in unique_files(found, result):
+    for file in track(unique_files(found, result), "import", "files"):
         try:
             table = pq.read_table(file)
             readable.append((file, table, BatchSchema.from_arrow_schema(table.schema)))

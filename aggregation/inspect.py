@@ -36,6 +36,7 @@ import gymnasium as gym
 import numpy as np
 
 from harvest.aggregation.dataset import Dataset
+from harvest.cluster.progress import column_rows, track
 
 PATH_SUFFIXES = ("_path", "screenshot", "image_file")
 
@@ -142,7 +143,7 @@ def inspect_dataset(dataset: Dataset, thresholds: Thresholds = Thresholds()) -> 
     lengths, returns, sources, collectors = [], [], {}, set()
     first_time, last_time = None, None
     obs_names = [n for n in schema.obs_columns if "next_" + n in schema.columns]
-    for episode in dataset.iter_episodes():
+    for episode in track(dataset.iter_episodes(), "inspect", "rows", sum(e.rows for e in dataset.entries), column_rows):
         episode_id, length = int(episode["episode_id"][0]), int(episode["episode_id"].size)
         where = f"episode {episode_id}"
         lengths.append(length)

@@ -18,6 +18,7 @@ from loguru import logger
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.importers import ImportResult, flag_nonfinite, unique_files
 from harvest.aggregation.robocode_seed import NPZ_NAME, SeedFormatError, read_seed_file, write_dataset_npz
+from harvest.cluster.progress import track
 from harvest.rollout.cutter import EpisodeIds
 from harvest.rollout.robocode_collector import robocode_schema, robot_rounds, rows_of_rounds
 
@@ -49,7 +50,7 @@ def import_robocode_json(paths: list[str | Path], out_dir: str | Path, run_id: s
     report = ImportResult(None)
     schema, batches = robocode_schema(), []
     episode_ids = EpisodeIds(0)
-    for index, path in enumerate(unique_files(seed_json_files(paths), report)):
+    for index, path in enumerate(track(unique_files(seed_json_files(paths), report), "import", "files")):
         try:
             parts = robot_rounds(read_seed_file(path))
             if not parts:

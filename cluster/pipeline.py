@@ -379,15 +379,15 @@ def compact(sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, pat
             rotation: Rotation | None = None) -> Manifest:
     """Write the dataset folder (Parquet + manifest, other formats on request) from shards or
     snapshots, or finish the `rotation` that has been writing it during the run."""
-    formats = " + ".join(name.upper() for name in cfg.aggregation.formats if name != "parquet")
-    with console.status("[bold]compact[/] writing Parquet" + f" + {formats}" * bool(formats)):
-        if rotation is not None:
+    if rotation is not None:
+        formats = " + ".join(name.upper() for name in cfg.aggregation.formats if name != "parquet")
+        with console.status("[bold]compact[/] writing the last rotation" + f" + {formats}" * bool(formats)):
             manifest = rotation.finish()
-        else:
-            manifest = compact_replay(sources, schema, paths.dataset, cfg.aggregation, run_id, cfg.env.id)
-        if "robocode_npz" in cfg.aggregation.formats:
-            npz = write_dataset_npz(paths.dataset, description=_robocode_description(cfg))
-            logger.info("Robocode NPZ {}", npz)
+    else:  # (a bar with rows/s as the shards' tasks finish)
+        manifest = compact_replay(sources, schema, paths.dataset, cfg.aggregation, run_id, cfg.env.id)
+    if "robocode_npz" in cfg.aggregation.formats:
+        npz = write_dataset_npz(paths.dataset, description=_robocode_description(cfg))
+        logger.info("Robocode NPZ {}", npz)
     logger.info("dataset {}: {:,} rows, {} episodes ({} complete), {} Parquet files{}", paths.dataset,
                 manifest.rows, manifest.episodes, manifest.episodes_complete, len(manifest.files),
                 f", {manifest.npz}" if manifest.npz else "")

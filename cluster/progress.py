@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Sized, TypeVar
 
-import ray
 from rich.console import Console
+from rich.errors import LiveError
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
+if TYPE_CHECKING:
+    import ray
+
 console = Console(stderr=True)
+Item = TypeVar("Item")
 
 
 class RateColumn(TextColumn):
@@ -23,6 +27,9 @@ class RateColumn(TextColumn):
 
     def render(self, task):  # type: ignore[override]
         speed = task.finished_speed or task.speed
+        seconds = task.finished_time or task.elapsed
+        if not speed and task.completed and seconds:  # (rich estimates from several updates; a few big ones give none)
+            speed = task.completed / seconds
         return f"{speed:,.0f} {self.unit}/s" if speed else f"- {self.unit}/s"
 
 
@@ -32,12 +39,43 @@ def progress_bar(unit: str) -> Progress:
                     transient=False)
 
 
-def wait_with_progress(refs: Sequence[ray.ObjectRef], description: str, unit: str, total: int,
+def track(items: Iterable[Item], description: str, unit: str, total: int | None = None,
+          size: Callable[[Item], int] = lambda item: 1) -> Iterator[Item]:
+    """`items`, each counted (`size(item)` units: rows of a batch, 1 for a file) on a bar with
+    its rate once the caller is done with it. Where another bar is already showing (one live
+    display at a time), the items come without a bar of their own."""
+    if total is None and isinstance(items, Sized):
+        total = len(items)
+    bar = progress_bar(unit)
+    try:
+        bar.start()
+    except LiveError:
+        yield from items
+        return
+    try:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task, size(item))
+        if total is None or bar.tasks[0].completed < total:  # (fewer than announced: a filter, left-out files)
+            bar.update(task, total=bar.tasks[0].completed)
+    finally:
+        bar.stop()
+
+
+def column_rows(columns: dict) -> int:
+    """Rows in a dict of columns (`size` for `track` over column batches or episodes)."""
+    return len(next(iter(columns.values()))) if columns else 0
+
+
+def wait_with_progress(refs: Sequence["ray.ObjectRef"], description: str, unit: str, total: int,
                        poll: Callable[[], int], timeout_s: float, interval_s: float = 0.5) -> list:
     """Block on `refs` while a bar shows `poll()` (units done so far) out of `total`.
 
     Raises GetTimeoutError when the refs are not done within `timeout_s`.
     """
+    import ray
+
     deadline = time.monotonic() + timeout_s
     pending = list(refs)
     with progress_bar(unit) as progress:

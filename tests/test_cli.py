@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,13 +55,16 @@ def test_harvest_run_with_no_arguments_clones_the_expert(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_each_stage_runs_alone_on_the_previous_outputs(ray_cluster, tmp_path):
+def test_each_stage_runs_alone_on_the_previous_outputs(ray_cluster, tmp_path, capsys):
     base = ["--set", f"run.output_dir={tmp_path}", *sum((["--set", item] for item in TINY), [])]
     assert main(["collect", "--run-id", "staged", *base]) == 0
     run_dir = tmp_path / "staged"
     assert sorted(p.name for p in (run_dir / "replay").iterdir()) == ["schema.json", "shard-000.arrow",
                                                                         "shard-001.arrow"]
+    capsys.readouterr()
     assert main(["compact", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"compact .* [\d,]+/[\d,]+ [\d,]+ rows/s", err), err  # a bar with its rate
     manifest = json.loads((run_dir / "dataset" / "_manifest.json").read_text())
     assert manifest["rows"] >= 3000 and manifest["run_id"] == "staged"
     written = {path.name: path.stat().st_mtime_ns for path in (run_dir / "dataset").iterdir()}
