@@ -12,7 +12,7 @@ TORCH_PIN ?= torch==2.13.0
 SYSTEM_PACKAGES := robocode default-jdk xvfb xdotool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-core system run test test-fast bench clean
+.PHONY: setup setup-core system run test test-fast docs bench clean
 
 # `make run` needs the core alone (CartPole needs no system package); `make setup` and `make test`
 # install everything: every extra, the test tools and the system packages.
@@ -50,13 +50,27 @@ run: setup-core
 	@$(PY) -m compileall -q $(SOURCES) >/dev/null
 	$(VENV)/bin/harvest run $(CONFIG)
 
-test: setup
+# The docs build is part of the tests: a page that names a config key, command or option the code
+# no longer has fails it (see `docs`).
+test: setup docs
 	@$(PY) -m compileall -q $(SOURCES) tests >/dev/null
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: setup
 	@$(PY) -m compileall -q $(SOURCES) tests >/dev/null
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow"
+
+# The docs site (mkdocs.yml, docs/) in site/. --strict makes every warning an error: a broken link
+# or anchor, and what docs/hooks.py finds - the config and CLI references are generated from the
+# pydantic models and the argparse parser at every build, and a page naming a key, command or
+# option they lack is a warning. It needs the core and the `docs` extra, no system package.
+# NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2 on every build.
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+$(VENV)/.docs: $(VENV)/.core
+	$(PY) -m pip install --quiet -e ".[docs]" "$(TORCH_PIN)"
+	touch $@
 
 bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]" "$(TORCH_PIN)"
