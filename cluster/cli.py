@@ -132,6 +132,9 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
              ["harvest jobs list --address http://head:8265", "harvest jobs logs harvest-r1 --address http://head:8265"]),
     "status": ("What a running run's collectors, replay shards and learners are doing, its stalls and memory, from "
                "its Prometheus endpoint.", ["harvest status", "harvest status --watch 5"]),
+    "example": ("Print an example config (installed with Harvest) to start your own from (`harvest example NAME > "
+                "my.yaml`, then `harvest run my.yaml`); without a name, list them.",
+                ["harvest example", "harvest example cartpole_bc"]),
     "generals-gif": ("A Generals.io game, recorded (env.kwargs.record_dir) or played live, as a GIF.",
                      ["harvest generals-gif --player expert --opponent random --out game.gif",
                       "harvest generals-gif --record artifacts/run/games/game-12.json --out game12.gif"]),
@@ -254,6 +257,8 @@ def _parser() -> argparse.ArgumentParser:
 
     add_status_arguments(sub)
     add_arguments(sub.add_parser("generals-gif", help="write a Generals.io game (recorded or live) as a GIF"))
+    p = sub.add_parser("example", help="print an example config (or list them)")
+    p.add_argument("name", nargs="?", help="the example, e.g. cartpole_bc (see `harvest example`)")
     for name, subparser in sub.choices.items():  # each command's --help: what it does, and examples
         description, examples = COMMANDS[name]
         subparser.description = description
@@ -425,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.command == "example":
+        return _example(args)
     if args.command == "generals-gif":
         from harvest.cluster.watch import write_game_gif
 
@@ -632,6 +639,23 @@ def _write_report(report: Any, asked: str | None, dataset: Any) -> Path:
             logger.info("{}: cannot write the report there ({}); writing it in {}", local / "_report",
                         err.strerror or err, fallback.resolve())
     return write_html(report, fallback)
+
+
+def _example(args: argparse.Namespace) -> int:
+    from harvest.cluster.examples import UnknownExampleError, example_names, example_summary, example_text
+
+    if args.name is None:
+        names = example_names()
+        width = max(len(name) for name in names)
+        sys.stdout.write("".join(f"{name:<{width}}  {example_summary(name)}\n" for name in names))
+        sys.stdout.write("\nharvest example NAME > my.yaml   writes one to start from\n")
+        return EXIT_OK
+    try:
+        sys.stdout.write(example_text(args.name))
+    except UnknownExampleError as err:
+        logger.error("{}", err)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _windows(args: argparse.Namespace) -> int:

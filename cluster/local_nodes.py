@@ -47,9 +47,11 @@ class Node:
 
 class LocalCluster:
     def __init__(self, root: Path, token: str | None = None, object_store_mb: int = 200,
-                 node_timeout_s: float = 3.0) -> None:
-        """`node_timeout_s`: how long a node may miss health checks before the GCS declares it dead."""
+                 node_timeout_s: float = 3.0, python: str | Path = sys.executable) -> None:
+        """`node_timeout_s`: how long a node may miss health checks before the GCS declares it dead;
+        `python`: the Python (of a venv) whose `ray` starts the nodes and runs the jobs."""
         self.root = Path(root)
+        self.bin_dir = Path(python).parent
         self.object_store_mb = object_store_mb
         self._health_env = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
                             "RAY_health_check_failure_threshold": str(max(1, int(node_timeout_s / 0.5))),
@@ -77,7 +79,7 @@ class LocalCluster:
         """The environment for `ray` commands and clients of this cluster (its token)."""
         # This Python's bin folder first, as after activating its venv: a job's entrypoint
         # (`python -m harvest ...`) runs the Python the nodes run.
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        path = os.pathsep.join([str(self.bin_dir), os.environ.get("PATH", "")])
         return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                 "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -106,7 +108,7 @@ class LocalCluster:
                labels: dict[str, str] | None) -> Node:
         before = set(self._raylets())
         low = self._worker_ports + 100 * len(self.nodes)
-        command = [str(Path(sys.executable).with_name("ray")), "start", *args, f"--num-cpus={num_cpus}",
+        command = [str(self.bin_dir / "ray"), "start", *args, f"--num-cpus={num_cpus}",
                    f"--resources={json.dumps(resources or {})}", f"--node-manager-port={free_port()}",
                    f"--object-manager-port={free_port()}", f"--metrics-export-port={free_port()}",
                    f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
@@ -187,7 +189,7 @@ class LocalCluster:
         raise TimeoutError(f"local cluster: {count} nodes not alive within {timeout_s:.0f}s")
 
     def alive_nodes(self) -> list[dict]:
-        result = subprocess.run([str(Path(sys.executable).with_name("ray")), "list", "nodes", "--format=json",
+        result = subprocess.run([str(self.bin_dir / "ray"), "list", "nodes", "--format=json",
                                  f"--address={self.dashboard_url}", "--filter", "state=ALIVE"],
                                 env=self.env, capture_output=True, text=True, timeout=60)
         if result.returncode != 0:

@@ -7,6 +7,7 @@ import argparse
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,17 @@ def test_help_and_version_load_no_ray_torch_or_pyarrow():
             "print(sorted(m for m in ('ray', 'torch', 'pyarrow', 'pydantic', 'numba') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr[-3000:]
+
+
+def test_the_example_configs_come_with_harvest(capsys):
+    from harvest.cluster.cli import EXIT_USAGE, main
+
+    files = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert main(["example"]) == 0
+    listed = capsys.readouterr().out
+    assert [line.split()[0] for line in listed.splitlines()[:len(files)]] == [path.stem for path in files]
+    for path in files:
+        assert main(["example", path.stem]) == 0 and capsys.readouterr().out == path.read_text()
+    assert main(["example", "cartpole_bc.yaml"]) == 0 and "env:" in capsys.readouterr().out
+    assert main(["example", "nope"]) == EXIT_USAGE
+    assert "no example 'nope'; the examples are: car_racing_bc," in capsys.readouterr().err

@@ -61,7 +61,8 @@ def test_the_built_wheel_holds_harvest_alone(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"harvest"}
     for expected in ("harvest/__init__.py", "harvest/__main__.py", "harvest/cluster/cli.py",
-                     "harvest/envs/robocode/java/HarvestBridge.java", "harvest/rollout/replay/shard.py"):
+                     "harvest/envs/robocode/java/HarvestBridge.java", "harvest/rollout/replay/shard.py",
+                     "harvest/examples/cartpole_bc.yaml", "harvest/examples/robocode_bc.yaml"):
         assert expected in names, expected
     entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))
     assert "harvest = harvest.cluster.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

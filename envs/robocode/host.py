@@ -34,8 +34,6 @@ from loguru import logger
 
 from harvest.cluster.extras import require
 
-orjson = require("orjson", "the Robocode engine host")
-
 DEBIAN_PACKAGES = "robocode default-jdk xvfb"
 JAR_DIR = Path("/usr/share/java")
 HOME_TEMPLATE = Path("/usr/share/games/robocode")
@@ -193,6 +191,7 @@ class RobocodeHost:
 
     def __init__(self, workdir: Path, cache_root: Path, lockstep: bool = True, start_timeout_s: float = 120.0,
                  gui: bool = False, bridge_port: int | None = None) -> None:
+        self._orjson = require("orjson", "the Robocode engine host")  # (here: a CartPole run never needs it)
         self.install = RobocodeInstall.find()
         self.workdir = Path(workdir)
         self.lockstep, self.gui, self.start_timeout_s = lockstep, gui, start_timeout_s
@@ -310,7 +309,7 @@ class RobocodeHost:
             # would copy it ~100 times).
             *complete, self._partial = (self._partial + chunk).split(b"\n")
             self._lines.extend(complete)
-        return orjson.loads(self._lines.popleft())
+        return self._orjson.loads(self._lines.popleft())
 
     def log_tail(self, num_lines: int = 20) -> str:
         self._log.flush()
