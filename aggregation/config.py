@@ -34,7 +34,8 @@ class AggregationConfig:
     (one tf.train.Example per row, readable without TensorFlow; `_dataset.tfrecord.json` gives
     the shapes); `robocode_npz`: the Robocode teams' `aggregated_expert_data.npz` (observations
     (N, 8), actions (N, 5), JSON metadata) as `_aggregated_expert_data.npz`. Every file but the
-    Parquet ones starts with `_`, so pyarrow, pandas, polars and DuckDB read the folder directly."""
+    Parquet ones starts with `_`, so pyarrow and pandas read the folder directly (polars and DuckDB
+    its `**/*.parquet`)."""
     output: Optional[str] = None
     """Where datasets go: None writes `<run>/dataset`; a folder or an object-store URI
     (`s3://bucket/prefix`, credentials and endpoint from the AWS environment) gets the run's

@@ -159,12 +159,13 @@ def export_teacher_student(dataset: Dataset, out: str | Path | Location, overwri
 
 @contextlib.contextmanager
 def _minari_root(path: str | Path | None):
-    """Minari keeps datasets under $MINARI_DATASETS_PATH; point it at `path` for the call."""
+    """Minari keeps datasets under $MINARI_DATASETS_PATH; point it at `path` for the call (made
+    absolute: Minari joins a relative one onto itself)."""
     if path is None:
         yield
         return
     previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    os.environ["MINARI_DATASETS_PATH"] = str(Path(path).expanduser().resolve())
     try:
         yield
     finally:

@@ -9,7 +9,8 @@ is in it.
 
 The data folder holds only Parquet files and hive partition folders: the manifest, the other
 formats (`_dataset.npz`, `_dataset.h5`, ...) and `harvest inspect`'s `_report/` have names that
-start with `_`, which pyarrow, pandas, polars and DuckDB skip, so they read the folder as it is.
+start with `_`, which pyarrow and pandas skip, so they read the folder as it is (polars and DuckDB
+read its `**/*.parquet`).
 A column the files are partitioned by lives in the folder names alone (`collector_id=3/`), as
 Hive, Spark and pyarrow lay it out; Harvest's readers put it back from `FileEntry.partition`.
 Datasets written before format 3 (`manifest.json`, partition columns also in the files) open

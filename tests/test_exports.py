@@ -78,6 +78,15 @@ def test_minari_export_loads_in_minari_and_recovers_the_env(tmp_path):
     assert dataset.manifest.episodes == 5
 
 
+def test_minari_export_and_import_take_a_relative_datasets_folder(tmp_path, monkeypatch):
+    dataset, _ = cartpole_dataset(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "data", "--to", "minari", "--out", "minari", "--minari-id", "harvest/demo-v0"]) == 0
+    assert (tmp_path / "minari" / "harvest" / "demo-v0" / "data" / "main_data.hdf5").is_file()
+    assert main(["import", "minari", "harvest/demo-v0", "--minari-path", "minari", "--out", "back"]) == 0
+    assert Dataset.open(tmp_path / "back").manifest.rows == dataset.manifest.rows - 10  # (less the cut-off episode)
+
+
 @pytest.mark.parametrize("suffix", ["hdf5", "npz"])
 def test_offline_rl_export_is_the_d4rl_dict(tmp_path, suffix):
     _, columns = cartpole_dataset(tmp_path / "data")
