@@ -270,16 +270,11 @@ def _parser() -> argparse.ArgumentParser:
 def _config_for(args: argparse.Namespace) -> RunConfig:
     from harvest.cluster.config import ConfigError, load_config
 
-    if hasattr(args, "run_dir"):
-        config_path = Path(args.run_dir) / "config.yaml"
-        if not config_path.is_file():
-            raise ConfigError(f"{config_path}: no such file; expected a run folder made by `harvest collect` or "
-                              "`harvest run`")
-        overrides = [f"run.id={Path(args.run_dir).name}",
-                     f"run.output_dir={Path(args.run_dir).parent}", *args.overrides]
-        if getattr(args, "no_verify", False):
-            overrides.append("learner.verify_dataset=false")
-        return load_config(config_path, overrides)
+    if hasattr(args, "run_dir"):  # (a stage: checked here, before it starts, as the API will read it)
+        from harvest.cluster.api import stage_config
+
+        return stage_config(args.run_dir, [*args.overrides, *(["learner.verify_dataset=false"]
+                                                              if getattr(args, "no_verify", False) else [])])
     if getattr(args, "resume", None):
         if args.config or args.run_id or getattr(args, "overwrite", False):
             raise ConfigError("--resume RUN_ID takes the run's own config.yaml and id and goes on with it: give "
@@ -484,7 +479,7 @@ def _command(args: argparse.Namespace) -> int:
         if args.config:  # edits of the file take effect while it collects
             from harvest.cluster.live import LiveConfig
 
-            log = pipeline.RunPaths(Path(cfg.run.output_dir).expanduser().absolute() / run_id).log
+            log = pipeline.RunPaths.of(cfg, run_id).log
             live = LiveConfig(args.config, _overrides(args), cfg, log)
         job = api.run if args.command == "run" else api.collect
         result = job(cfg, run_id=run_id, resume=resume, overwrite=getattr(args, "overwrite", False), live=live)

@@ -66,6 +66,12 @@ class RunPaths:
     dataset_output: str | None = None
     """`aggregation.output`: the dataset goes to `<dataset_output>/<run id>` instead of `<root>/dataset`."""
 
+    @classmethod
+    def of(cls, cfg: RunConfig, run_id: str) -> "RunPaths":
+        """The folders of run `run_id` of `cfg`: `<run.output_dir>/<run id>`, made absolute once
+        here (every path handed to an actor or a subprocess comes from it)."""
+        return cls(Path(cfg.run.output_dir).expanduser().absolute() / run_id, cfg.aggregation.output)
+
     @property
     def config(self) -> Path:
         return self.root / CONFIG_NAME
@@ -156,7 +162,7 @@ def prepare_run(cfg: RunConfig, mode: RunMode = "new", command: str = "run") -> 
     run refuses an existing folder); the resolved config is written there, except by a stage
     command (`mode="stage"`), which leaves the run's config as it was."""
     run_id = cfg.run.id or new_run_id()
-    paths = RunPaths(Path(cfg.run.output_dir).expanduser().absolute() / run_id, cfg.aggregation.output)
+    paths = RunPaths.of(cfg, run_id)
     claim_run_folder(paths.root, run_id, mode, command)
     if mode in ("new", "overwrite") and paths.dataset_output and paths.dataset.exists():
         if mode == "new":
@@ -181,8 +187,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     edits of the config file as they come (`live`). With `resume`, durable shards come back
     with the interrupted run's rows and the collectors collect only what is missing."""
     if cfg.env.id == ROBOCODE_ENV_ID:
-        return collect_robocode(cfg, run_id, paths or RunPaths(Path(cfg.run.output_dir).expanduser() / run_id,
-                                                                                cfg.aggregation.output), during)
+        return collect_robocode(cfg, run_id, paths or RunPaths.of(cfg, run_id), during)
     rollout = cfg.rollout
     factory = ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed)
     schema: BatchSchema = schema_for(cfg.env, factory)
@@ -200,7 +205,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
             raise ConfigError(f"rollout.steps={rollout.steps:,}: the interrupted run's replay already holds "
                               f"{stored:,} rows (in {cfg.replay.wal_dir}); resume with rollout.steps >= {stored:,}, "
                               "or start a new run")
-    run_root = (paths or RunPaths(Path(cfg.run.output_dir).expanduser() / run_id)).root
+    run_root = (paths or RunPaths.of(cfg, run_id)).root
     session = shadow = shadow_policy = None
     if cfg.human is not None and cfg.human.shadow is not None:  # a learner trains on the person as they play
         shadow = ray.remote(ShadowLearner).options(num_cpus=cfg.human.shadow.num_cpus, num_gpus=cfg.learner.num_gpus) \
