@@ -59,7 +59,8 @@ class RaySection:
     include_dashboard: bool = True
     """Start the Ray dashboard with the local Ray (bound to 127.0.0.1)."""
     dashboard_port: StrictInt = Field(default=8265, ge=0, le=65535)
-    """Dashboard port of the local Ray (0: a free one)."""
+    """Dashboard port of the local Ray (0: a free one; when another process holds it, e.g. a second
+    run on the machine, a free one too, with a warning)."""
     object_store_memory_bytes: Optional[StrictInt] = None
     """Object store size of the local Ray (None: Ray's default)."""
     metrics_export_port: Optional[StrictInt] = Field(default=None, ge=1, le=65535)

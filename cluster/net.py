@@ -22,3 +22,13 @@ def is_loopback(host: str) -> bool:
             return all(_is_loopback_address(info[4][0]) for info in socket.getaddrinfo(host, None))
         except OSError:
             return False
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether something on this machine already listens on (or holds) `host:port`."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False

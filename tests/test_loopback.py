@@ -165,3 +165,18 @@ def test_code_in_the_current_folder_runs_in_no_worker_ahead_of_harvest(tmp_path)
     assert len(env_pids) >= 2, "the user's env module loads in Ray's workers (collectors, evaluation)"
     assert set(env_pids.values()) == {str(tmp_path)}, "workers run in the folder harvest was started in"
     assert (tmp_path / "runs" / "shadow" / "eval.json").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_a_taken_dashboard_port_gives_the_run_a_free_one_and_says_so():
+    """Two runs on one machine (or another Ray's dashboard on 8265): the second still starts."""
+    code = ("import socket\nfrom harvest.cluster.config import RaySection\nfrom harvest.cluster.local import init_ray\n"
+            "import ray\nholder = socket.socket()\nholder.bind(('127.0.0.1', 0))\nholder.listen()\n"
+            "taken = holder.getsockname()[1]\n"
+            "url = init_ray(RaySection(num_cpus=1, dashboard_port=taken))\n"
+            "print(taken, url)\nray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    taken, url = done.stdout.split()[-2:]
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(f":{taken}")
+    assert f"port {taken} is taken (another Ray's dashboard?)" in done.stderr
