@@ -322,9 +322,9 @@ def test_a_collector_ray_cannot_place_holds_no_rows_back_and_is_named(ray_cluste
     _assert_exact(collect, dataset, keys, 6000)
     assert len(collect["nodes"]) == 2 and not collect["stalls"]
     sources = set(pads.dataset(dataset.files).to_table(columns=["collector_id"])["collector_id"].to_pylist())
-    assert sources == {0, 1}
+    (waiting,) = {0, 1, 2} - sources  # (which two Ray places first is its choice)
     log = (tmp_path / "crowded" / "harvest.log").read_text()
-    assert "collector 2 has not started yet (waiting for RolloutWorker[2]: resources to start it" in log
+    assert f"collector {waiting} has not started yet (waiting for RolloutWorker[{waiting}]: resources to start it" in log
 
 
 @pytest.mark.timeout(180)
