@@ -19,6 +19,7 @@ class Hdf5Config:
     `/episodes` table of (episode_id, start, length, return); `episodes`: a group per episode,
     `/episodes/<episode_id>/<column>`, with length, return and how it ended as attributes."""
     compression: Literal["gzip", "lzf", "none"] = "gzip"
+    """HDF5 filter of every dataset: gzip (smaller, portable), lzf (faster, h5py only) or none."""
     compression_level: int = Field(default=4, ge=0, le=9)
     """gzip level (lzf has none)."""
     chunk_rows: StrictInt = Field(default=4096, ge=1)
@@ -49,6 +50,7 @@ class AggregationConfig:
     """Pixel columns stored as one PNG (lossless) or JPEG image per row in the Parquet files,
     e.g. `{obs: png, next_obs: png}` (uint8 (H, W[, C]) columns); every reader decodes them."""
     jpeg_quality: StrictInt = Field(default=90, ge=1, le=100)
+    """JPEG quality of `image_compression: jpeg` columns (1-100)."""
     filter: Optional[EpisodeFilter] = None
     """Keep only whole episodes that pass (`min_return`, `min_length`, `ended`, ids, time range,
     `dedupe` within each shard); the manifest counts what was dropped and why."""

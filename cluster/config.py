@@ -109,12 +109,15 @@ class RunConfig:
     run: RunSection = Field(default_factory=RunSection)
     ray: RaySection = Field(default_factory=RaySection)
     env: EnvConfig = Field(default_factory=EnvConfig)
+    """The environment every collector steps: a Gymnasium id or `module:Class`, its kwargs and how
+    many copies each collector's vector env holds."""
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
+    """Finds collectors stuck in one call (an env step, a replay ack), names them, and restarts them."""
     human: Optional[HumanConfig] = None
     """A person (or the scripted driver) plays one env copy in a window while the simulators
     collect; their rows share the replay, tagged by `source`. `harvest teleop` sets it."""

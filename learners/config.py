@@ -19,19 +19,25 @@ class DQfDConfig:
     online_env_steps: StrictInt = Field(default=0, ge=0)
     """Env steps of ε-greedy interaction after pre-training (0: offline only)."""
     updates_per_env_step: StrictInt = Field(default=1, ge=1)
+    """Gradient updates per env step while interacting."""
     gamma: float = Field(default=0.99, gt=0, le=1)
+    """Discount factor of the 1-step and n-step TD targets."""
     n_step: StrictInt = Field(default=10, ge=1)
     """n of the n-step TD loss (the paper's 10)."""
     margin: float = Field(default=0.8, ge=0)
     """Large-margin supervised loss: Q(s, a) + margin for a != a_E must not exceed Q(s, a_E)."""
     lambda_n_step: float = Field(default=1.0, ge=0)
+    """Weight of the n-step TD loss (the 1-step TD loss has weight 1)."""
     lambda_margin: float = Field(default=1.0, ge=0)
+    """Weight of the large-margin loss (on demonstration rows only)."""
     l2: float = Field(default=1e-5, ge=0)
     """L2 regularisation (Adam weight decay)."""
     target_update_every: StrictInt = Field(default=500, ge=1)
     """Updates between copies of the network into the target network."""
     priority_alpha: float = Field(default=0.4, ge=0)
+    """Prioritized replay: how strongly TD errors set sampling priorities (0: uniform)."""
     priority_beta: float = Field(default=0.6, ge=0, le=1)
+    """Prioritized replay: importance-sampling correction (1: full)."""
     eps_demo: float = Field(default=1.0, gt=0)
     """ε_d: priority bonus of demonstration rows (keeps them sampled)."""
     eps_agent: float = Field(default=0.001, gt=0)
@@ -44,11 +50,13 @@ class DQfDConfig:
     epsilon: float = Field(default=0.01, ge=0, le=1)
     """Exploration while interacting."""
     max_grad_norm: float = Field(default=10.0, gt=0)
+    """Gradients are clipped to this global norm."""
     log_every: StrictInt = Field(default=1000, ge=1)
     """Updates between history entries (and evaluations)."""
     eval_episodes: StrictInt = Field(default=10, ge=0)
     """Greedy episodes played at every history entry; the best mean return picks best.safetensors."""
     eval_max_steps: StrictInt = Field(default=10_000, ge=1)
+    """Steps after which an evaluation episode is cut off."""
     init_checkpoint: Optional[str] = None
     """Start from these weights (a BC checkpoint; in `harvest run` stages, the previous
     stage's best): its action logits become the initial Q-values."""
@@ -78,14 +86,21 @@ class PPOConfig:
     minibatch_size: StrictInt = Field(default=64, ge=1)
     """Rows per update (about 32 updates per collector-iteration of 1,024 rows x 2, as CleanRL's ratio)."""
     gamma: float = Field(default=0.99, gt=0, le=1)
+    """Discount factor."""
     gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    """λ of generalized advantage estimation (1: Monte Carlo returns, 0: one-step TD)."""
     clip: float = Field(default=0.2, gt=0)
+    """PPO's clip range ε of the probability ratio."""
     value_coef: float = Field(default=0.5, ge=0)
+    """Weight of the value loss."""
     entropy_coef: float = Field(default=0.0, ge=0)
+    """Weight of the entropy bonus (more exploration)."""
     kl_coef: float = Field(default=0.0, ge=0)
     """Weight of KL(initial policy || policy), which keeps fine-tuning near the demonstrations."""
     normalize_advantages: bool = True
+    """Normalize advantages per minibatch (zero mean, unit std)."""
     max_grad_norm: float = Field(default=0.5, gt=0)
+    """Gradients are clipped to this global norm."""
     value_warmup_iterations: StrictInt = Field(default=1, ge=0)
     """Iterations that fit only the (new) value network, so a good initial policy is not pushed
     around by advantages from an untrained critic."""
@@ -94,7 +109,9 @@ class PPOConfig:
     stop_at_return: Optional[float] = None
     """Stop early once an iteration's collected episodes average at least this return."""
     eval_episodes: StrictInt = Field(default=10, ge=1)
+    """Greedy episodes per evaluation."""
     eval_max_steps: StrictInt = Field(default=10_000, ge=1)
+    """Steps after which an evaluation episode is cut off."""
     collect_timeout_s: float = Field(default=600.0, gt=0)
     """How long an iteration waits for its collectors before failing; after a fifth of it, the
     ones not done are logged with the call they are in (`collector 1: env.step for 130s`)."""
@@ -119,6 +136,7 @@ class DaggerConfig:
     """`learner.dagger`: `harvest dagger` rounds of play -> label -> aggregate -> retrain."""
 
     rounds: StrictInt = Field(default=2, ge=1)
+    """Rounds of play, labelling and fine-tuning after the first behaviour cloning."""
     steps_per_round: StrictInt = Field(default=5_000, ge=1)
     """Env steps the current policy plays each round (over `rollout.num_collectors` collectors);
     the critic labels every state it visits."""
@@ -131,6 +149,7 @@ class DaggerConfig:
     """Probability the critic's own action is played (per step) in round 1, times `beta_decay`
     each later round (DAgger's mixture policy; 0: the learner always drives)."""
     beta_decay: float = Field(default=0.5, ge=0, le=1)
+    """`beta` is multiplied by this after each round."""
     lr: float = Field(default=5e-5, gt=0)
     """Fine-tuning learning rate of each round (lower than `learner.lr`, the first BC's)."""
     epochs: StrictInt = Field(default=3, ge=1)

@@ -60,14 +60,21 @@ class EpisodeFilter:
     (applied by aggregation/filters.py)."""
 
     min_return: Optional[float] = None
+    """Keep episodes whose return (sum of rewards) is at least this."""
     max_return: Optional[float] = None
+    """... and at most this."""
     min_length: Optional[StrictInt] = Field(default=None, ge=1)
+    """Keep episodes of at least this many steps."""
     max_length: Optional[StrictInt] = Field(default=None, ge=1)
+    """... and at most this many."""
     ended: list[Literal["terminated", "truncated", "unfinished"]] = Field(default_factory=list)
     """Keep episodes that ended this way (unfinished: cut off by the end of collection); []: any."""
     game_ids: list[int] = Field(default_factory=list)
+    """Generals: keep these games (the `game_id` column); []: any."""
     player_ids: list[int] = Field(default_factory=list)
+    """Generals: keep these players' episodes (the `player_id` column); []: any."""
     collector_ids: list[int] = Field(default_factory=list)
+    """Keep episodes collected by these collectors; []: any."""
     sources: list[str] = Field(default_factory=list)
     """Values of the `source` column (`expert`, `human`, `agent`, ...) to keep; []: any."""
     start: Optional[datetime] = None

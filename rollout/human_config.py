@@ -17,7 +17,9 @@ class ControlConfig:
     a Discrete one, `value` is the action itself (the last control pressed wins)."""
 
     index: StrictInt = Field(default=0, ge=0)
+    """Box actions: the action component the control moves."""
     value: float = 1.0
+    """Box actions: added to component `index` while held; Discrete: the action itself."""
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -26,11 +28,15 @@ class AxisConfig:
     when the axis is outside `deadzone` of its rest position."""
 
     index: StrictInt = Field(ge=0)
+    """The action component the axis moves."""
     scale: float = 1.0
+    """Multiplies the axis position (-1..1); negative flips it."""
     offset: float = 0.0
+    """Added after scaling (e.g. 1 with scale 0.5 maps a trigger's -1..1 to 0..1)."""
     rest: float = 0.0
     """The axis position when untouched (triggers rest at -1)."""
     deadzone: float = Field(default=0.1, ge=0, lt=1)
+    """Positions closer than this to rest count as rest (no input)."""
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -38,6 +44,7 @@ class GamepadConfig:
     """The first gamepad pygame finds, if any: axes add analog values, buttons hold controls."""
 
     enabled: bool = True
+    """Read the first gamepad pygame finds (false: keyboard only)."""
     axes: Optional[dict[int, AxisConfig]] = None
     """None: the driving default for Box(3) (steer, gas, brake) actions: stick 0 x steers,
     right trigger (axis 5) is gas, left trigger (axis 4) brakes; none for other action spaces."""
@@ -91,9 +98,13 @@ class HumanConfig:
     noop_action: StrictInt = 0
     """Discrete actions: the action while no control is held."""
     reset_key: str = "r"
+    """Key that resets the env (the episode ends as truncated)."""
     end_key: str = "escape"
+    """Key that ends the session."""
     pause_key: str = "p"
+    """Key that pauses and resumes play."""
     advance_key: str = "f12"
+    """`lockstep`: the key that advances one frame."""
     gamepad: GamepadConfig = Field(default_factory=GamepadConfig)
     window_size: list[StrictInt] = Field(default_factory=lambda: [600, 400], min_length=2, max_length=2)
     """The window's width and height in pixels (the env's frame is scaled to fit)."""
