@@ -54,6 +54,12 @@ def iter_episodes(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str
         yield {name: np.concatenate(parts) for name, parts in pending.items()}
 
 
+def _as_booleans(table: pa.Table, names: list[str]) -> pa.Table:
+    for name in names:
+        table = table.set_column(table.schema.get_field_index(name), name, pc.cast(table[name], pa.bool_()))
+    return table
+
+
 def _decode_batch(table: pa.Table) -> dict[str, np.ndarray]:
     return TransitionBatch.from_arrow(table).columns
 
@@ -151,6 +157,10 @@ class Dataset:
             read_kwargs.setdefault("partitioning", self._ray_partitioning())
             rows = ray.data.read_parquet(self.files, filesystem=self.folder.fs, **read_kwargs)
             rows = rows if columns is None else rows.select_columns(columns)
+            booleans = [name for name in self.manifest.partition_columns() if (columns is None or name in columns)
+                        and np.dtype(self.schema.columns[name].dtype).kind == "b"]
+            if booleans:  # (Ray's partitioning has no bool type: the folder's 0/1 come as integers)
+                rows = rows.map_batches(_as_booleans, fn_kwargs={"names": booleans}, batch_format="pyarrow")
         elif read_kwargs:
             raise TypeError(f"{self.folder}: to_ray({', '.join(read_kwargs)}=...) passes options to "
                             "ray.data.read_parquet, which does not verify; open the dataset with verify=False")

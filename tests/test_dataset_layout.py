@@ -125,3 +125,14 @@ def test_a_dataset_written_before_format_3_still_opens_and_reads_the_same(tmp_pa
     assert (tmp_path / "new" / MANIFEST_NAME).is_file() and not (tmp_path / "new" / LEGACY_MANIFEST_NAME).exists()
     assert Dataset.open(tmp_path / "new").manifest.format_version == 3
     assert sorted(pd.read_parquet(tmp_path / "new")["collector_id"].astype(int).tolist()) == [0] * 11 + [1] * 4
+
+
+def test_ray_data_gives_partition_columns_their_types_with_and_without_verify(ray_cluster, tmp_path):
+    schema, batch = episodes_batch([10, 5, 7, 4], seed=1)
+    write_dataset([batch], schema, tmp_path / "d", AggregationConfig(formats=["parquet"],
+                                                                       partition_by=["collector_id", "truncated"]),
+                  run_id="t", env_id="x")
+    for verify in (True, False):
+        frame = Dataset.open(tmp_path / "d", verify=verify).to_ray().to_pandas()
+        assert len(frame) == 26 and frame["truncated"].dtype.kind == "b", (verify, frame.dtypes)
+        assert frame["collector_id"].dtype.kind == "i" and sorted(set(frame["collector_id"])) == [0, 1]
