@@ -17,6 +17,7 @@ from loguru import logger
 from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError, FileReader, VerifyingHandler, check_manifest
 from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest, has_manifest
 from harvest.aggregation.storage import Location, StorageError, location
+from harvest.cluster.progress import track
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 
 
@@ -154,11 +155,11 @@ class Dataset:
         import ray.data
 
         if not self.verify:
-            read_kwargs.setdefault("partitioning", self._ray_partitioning())
+            partitioning, booleans = self._ray_partitioning()
+            read_kwargs.setdefault("partitioning", partitioning)
             rows = ray.data.read_parquet(self.files, filesystem=self.folder.fs, **read_kwargs)
             rows = rows if columns is None else rows.select_columns(columns)
-            booleans = [name for name in self.manifest.partition_columns() if (columns is None or name in columns)
-                        and np.dtype(self.schema.columns[name].dtype).kind == "b"]
+            booleans = [name for name in booleans if columns is None or name in columns]
             if booleans:  # (Ray's partitioning has no bool type: the folder's 0/1 come as integers)
                 rows = rows.map_batches(_as_booleans, fn_kwargs={"names": booleans}, batch_format="pyarrow")
         elif read_kwargs:
@@ -173,13 +174,15 @@ class Dataset:
             rows = rows.map_batches(_decode_batch, batch_format="pyarrow")
         return rows
 
-    def _ray_partitioning(self) -> Any:
-        """Ray Data's hive partitioning of the folder, partition columns typed as in the schema."""
+    def _ray_partitioning(self) -> tuple[Any, list[str]]:
+        """Ray Data's hive partitioning of the folder, partition columns typed as in the schema,
+        and the boolean ones among them (read as 0/1 integers, to be cast)."""
         from ray.data.datasource import Partitioning
 
         kinds = {name: np.dtype(self.schema.columns[name].dtype).kind for name in self.manifest.partition_columns()}
-        return Partitioning("hive", base_dir=self.folder.path,
-                            field_types={name: int if kind in "iub" else str for name, kind in kinds.items()})
+        partitioning = Partitioning("hive", base_dir=self.folder.path,
+                                    field_types={name: int if kind in "iub" else str for name, kind in kinds.items()})
+        return partitioning, [name for name, kind in kinds.items() if kind == "b"]
 
     def read_file(self, entry: FileEntry, columns: list[str] | None = None) -> pa.Table:
         """One file's rows as stored (image columns still encoded), checked on its first read."""
@@ -258,13 +261,17 @@ class Dataset:
         chosen = np.random.default_rng(seed).choice(ids.size, size=n, replace=False)
         return [self.episode(int(ids[index])) for index in chosen]
 
-    def read_columns(self, columns: list[str], max_rows: int | None = None) -> dict[str, np.ndarray]:
-        """Numpy arrays of `columns`, file by file until `max_rows` rows are read."""
+    def read_columns(self, columns: list[str], max_rows: int | None = None,
+                     progress: str | None = None) -> dict[str, np.ndarray]:
+        """Numpy arrays of `columns`, file by file until `max_rows` rows are read (a bar named
+        `progress` counting the rows, when given)."""
         unknown = [name for name in columns if name not in self.schema.columns]
         if unknown:
             raise DatasetError(f"{self.folder}: no columns {unknown}; it has {list(self.schema.columns)}")
         parts, rows = [], 0
-        for entry in self.entries:
+        entries = self.entries if progress is None else track(
+            self.entries, progress, "rows", sum(entry.rows for entry in self.entries), lambda entry: entry.rows)
+        for entry in entries:
             if max_rows is not None and rows >= max_rows:
                 break
             try:

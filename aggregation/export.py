@@ -39,7 +39,6 @@ from harvest.aggregation.manifest import INDEX_NAME, has_manifest
 from harvest.aggregation.storage import Location, location
 from harvest.cluster.progress import column_rows, track
 from harvest.envs.spaces import unflatten_value
-from harvest.rollout.batch import TransitionBatch
 
 EXPORTS = ("offline-rl", "teacher-student", "minari")
 TEACHER_COLUMNS = {"policy_logits": "teacher_logits", "action_probs": "teacher_probs"}
@@ -141,9 +140,7 @@ def export_teacher_student(dataset: Dataset, out: str | Path | Location, overwri
     wanted = {name: "observations" + name[3:] for name in schema.obs_columns}
     wanted.update({"action": "teacher_actions", "episode_id": "episode_ids", "step": "steps"})
     wanted.update({name: key for name, key in TEACHER_COLUMNS.items() if name in schema.columns})
-    parts = [TransitionBatch.from_arrow(batch) for batch in track(
-        dataset.record_batches(columns=list(wanted)), "export", "rows", dataset.manifest.rows, lambda batch: batch.num_rows)]
-    columns = TransitionBatch.concat(parts).columns if parts else dataset.read_columns(list(wanted))
+    columns = dataset.read_columns(list(wanted), progress="export")
     tensors = {key: np.ascontiguousarray(columns[name]) for name, key in wanted.items()}
     for key, values in tensors.items():
         if values.dtype == np.bool_:
