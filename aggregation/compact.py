@@ -24,14 +24,14 @@ import ray
 from loguru import logger
 
 from harvest.aggregation.config import AggregationConfig
-from harvest.aggregation.filters import FilterReport, filter_table
+from harvest.rollout.episode_filter import FilterReport, filter_table
 from harvest.aggregation.hdf5 import write_hdf5
 from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError
 from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest, has_manifest
 from harvest.aggregation.npz import write_npz
 from harvest.aggregation.storage import Location, location, staged_folder
 from harvest.aggregation.tfrecord import write_tfrecord
-from harvest.cluster.progress import track
+from harvest.cluster.logging import track
 from harvest.rollout.images import check_image_column, with_encoded_images
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.replay.replay import Replay

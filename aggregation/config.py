@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass
 
-from harvest.aggregation.filters import EpisodeFilter
+from harvest.rollout.episode_filter import EpisodeFilter
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))

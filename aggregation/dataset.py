@@ -17,16 +17,9 @@ from loguru import logger
 from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError, FileReader, VerifyingHandler, check_manifest
 from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest, has_manifest
 from harvest.aggregation.storage import Location, StorageError, location
-from harvest.cluster.progress import track
+from harvest.cluster.logging import track
 from harvest.rollout.batch import BatchSchema, TransitionBatch
-
-
-def episode_runs(ids: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) of each run of equal consecutive episode ids."""
-    if ids.size == 0:
-        return []
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    return list(zip(starts.tolist(), np.r_[starts[1:], ids.size].tolist()))
+from harvest.rollout.episode_filter import episode_runs
 
 
 def iter_record_batches(root: Location, manifest: Manifest, batch_rows: int = 65_536,

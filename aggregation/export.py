@@ -37,7 +37,7 @@ from loguru import logger
 from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.manifest import INDEX_NAME, has_manifest
 from harvest.aggregation.storage import Location, location
-from harvest.cluster.progress import column_rows, track
+from harvest.cluster.logging import column_rows, track
 from harvest.envs.spaces import unflatten_value
 
 EXPORTS = ("offline-rl", "teacher-student", "minari")
@@ -184,7 +184,7 @@ def export_minari(dataset: Dataset, dataset_id: str, datasets_path: str | Path |
                   episodes_per_write: int = 256):
     """A Minari dataset `dataset_id` (e.g. `harvest/cartpole-expert-v0`) under `datasets_path`
     (default: Minari's own, $MINARI_DATASETS_PATH or ~/.minari/datasets). Returns it loaded."""
-    from harvest.cluster.extras import require
+    from harvest.envs.extras import require
 
     minari = require("minari", "harvest export --to minari")
     from minari.data_collector import EpisodeBuffer

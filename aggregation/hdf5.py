@@ -25,7 +25,8 @@ import h5py
 import numpy as np
 
 from harvest.aggregation.config import Hdf5Config
-from harvest.aggregation.dataset import episode_runs, iter_episodes, iter_record_batches
+from harvest.aggregation.dataset import iter_episodes, iter_record_batches
+from harvest.rollout.episode_filter import episode_runs
 from harvest.aggregation.manifest import Manifest
 from harvest.aggregation.storage import Location
 from harvest.rollout.batch import TransitionBatch

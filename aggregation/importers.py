@@ -47,7 +47,7 @@ from loguru import logger
 from harvest.aggregation.compact import write_dataset
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.manifest import Manifest
-from harvest.cluster.progress import track
+from harvest.cluster.logging import track
 from harvest.envs.spaces import ColumnSpec, flatten_value
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 
@@ -459,7 +459,7 @@ def import_minari(dataset_id: str, out: str | Path, datasets_path: str | Path | 
                   cfg: AggregationConfig | None = None) -> ImportResult:
     """A Minari dataset (by id, from `datasets_path` or Minari's default folder) → a dataset."""
     from harvest.aggregation.export import _minari_root
-    from harvest.cluster.extras import require
+    from harvest.envs.extras import require
 
     minari = require("minari", "harvest import minari")
 

@@ -36,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 
 from harvest.aggregation.dataset import Dataset
-from harvest.cluster.progress import column_rows, track
+from harvest.cluster.logging import column_rows, track
 
 PATH_SUFFIXES = ("_path", "screenshot", "image_file")
 

@@ -17,15 +17,16 @@ from loguru import logger
 
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.importers import ImportResult, flag_nonfinite, unique_files
-from harvest.aggregation.robocode_seed import NPZ_NAME, SeedFormatError, read_seed_file, write_dataset_npz
-from harvest.cluster.progress import track
+from harvest.aggregation.robocode_npz import NPZ_NAME, write_dataset_npz
+from harvest.envs.robocode.team_files import TeamFileError, read_team_file
+from harvest.cluster.logging import track
 from harvest.rollout.cutter import EpisodeIds
 from harvest.rollout.robocode_collector import robocode_schema, robot_rounds, rows_of_rounds
 
 IMPORT_ENV_ID = "robocode"
 _COLLECTOR = re.compile(r"expert_game_states_(\d+)_")
 
-def seed_json_files(paths: list[str | Path]) -> list[Path]:
+def team_json_files(paths: list[str | Path]) -> list[Path]:
     """The JSON files named, and those inside named folders (recursively, sorted), in order."""
     files: list[Path] = []
     for path in map(Path, paths):
@@ -41,21 +42,21 @@ def seed_json_files(paths: list[str | Path]) -> list[Path]:
 def import_robocode_json(paths: list[str | Path], out_dir: str | Path, run_id: str = "import",
                          cfg: AggregationConfig | None = None) -> ImportResult:
     """Write the dataset folder `out_dir` (Parquet + manifest + `_aggregated_expert_data.npz`)
-    from seed-format JSON files; `seed` is -1 (unknown), `battle_id` the file's index.
+    from the teams' game-state JSON files; `seed` is -1 (unknown), `battle_id` the file's index.
 
     Raises:
-        SeedFormatError: no file is importable (every file's problem, one line each); nothing is written.
+        TeamFileError: no file is importable (every file's problem, one line each); nothing is written.
     """
     cfg = cfg or AggregationConfig(formats=["parquet"])
     report = ImportResult(None)
     schema, batches = robocode_schema(), []
     episode_ids = EpisodeIds(0)
-    for index, path in enumerate(track(unique_files(seed_json_files(paths), report), "import", "files")):
+    for index, path in enumerate(track(unique_files(team_json_files(paths), report), "import", "files")):
         try:
-            parts = robot_rounds(read_seed_file(path))
+            parts = robot_rounds(read_team_file(path))
             if not parts:
-                raise SeedFormatError(f"{path}: no robot-round with two turns or more; nothing to import")
-        except SeedFormatError as err:
+                raise TeamFileError(f"{path}: no robot-round with two turns or more; nothing to import")
+        except TeamFileError as err:
             report.errors.append(str(err))
             logger.warning("skipped {}", err)
             continue
@@ -67,7 +68,7 @@ def import_robocode_json(paths: list[str | Path], out_dir: str | Path, run_id: s
         batches.append(batch)
         report.files.append(str(path))
     if not report.files:
-        raise SeedFormatError(f"no importable Robocode game-state files in {[str(p) for p in paths]}: "
+        raise TeamFileError(f"no importable Robocode game-state files in {[str(p) for p in paths]}: "
                               + "; ".join(report.errors or ["no .json files"]))
     from harvest.aggregation.compact import write_dataset
 

@@ -38,7 +38,7 @@ from loguru import logger
 
 from harvest.aggregation.compact import ShardCompaction, check_layout, compact_table, finish_dataset, read_rows
 from harvest.aggregation.config import AggregationConfig
-from harvest.aggregation.filters import FilterReport
+from harvest.rollout.episode_filter import FilterReport
 from harvest.aggregation.manifest import FileEntry, Manifest
 from harvest.aggregation.storage import Location, location
 from harvest.rollout.batch import BatchSchema

@@ -37,7 +37,7 @@ def feature_kinds(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def write_tfrecord(root: Location, manifest: Manifest) -> Location:
     """`_dataset.tfrecord` + `_dataset.tfrecord.json` beside the Parquet files."""
-    from harvest.cluster.extras import require
+    from harvest.envs.extras import require
 
     TFRecordWriter = require("tfrecord.writer", "aggregation.formats: [tfrecord]").TFRecordWriter
 
@@ -69,7 +69,7 @@ def write_tfrecord(root: Location, manifest: Manifest) -> Location:
 
 def read_tfrecord(path: str | Path) -> dict[str, np.ndarray]:
     """Every row of a `_dataset.tfrecord` as columns, with `tfrecord`'s own loader (no TensorFlow)."""
-    from harvest.cluster.extras import require
+    from harvest.envs.extras import require
 
     tfrecord_loader = require("tfrecord.reader", "reading a _dataset.tfrecord").tfrecord_loader
 

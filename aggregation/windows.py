@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harvest.aggregation.dataset import Dataset, episode_runs
+from harvest.aggregation.dataset import Dataset
+from harvest.rollout.episode_filter import episode_runs
 from harvest.rollout.batch import TransitionBatch
 
 Pad = Literal["none", "repeat_first", "zeros"]

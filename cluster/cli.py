@@ -77,7 +77,7 @@ def add_filter_arguments(p: argparse.ArgumentParser) -> None:
 
 def episode_filter(args: argparse.Namespace):
     """The `EpisodeFilter` the flags describe."""
-    from harvest.aggregation.filters import EpisodeFilter
+    from harvest.rollout.episode_filter import EpisodeFilter
 
     return EpisodeFilter(min_return=args.min_return, max_return=args.max_return, min_length=args.min_length,
                          max_length=args.max_length, ended=args.ended, sources=args.sources,
@@ -347,7 +347,7 @@ def _exit_code(err: BaseException) -> int | None:
     if isinstance(err, (ConfigError, RunFolderError, EnvNotFoundError, StorageError, DatasetError, FileNotFoundError,
                         FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)):
         return EXIT_USAGE
-    from harvest.cluster.extras import MissingExtraError
+    from harvest.envs.extras import MissingExtraError
 
     if isinstance(err, MissingExtraError):
         return EXIT_USAGE
@@ -374,7 +374,7 @@ def _dataset_error(err: Exception) -> int:
 
 def _user_error_classes() -> list[type[BaseException]]:
     """Errors of Harvest's libraries that describe a user's input (imported only if loaded)."""
-    names = {"harvest.aggregation.importers": "ImportFormatError", "harvest.aggregation.robocode_seed": "SeedFormatError",
+    names = {"harvest.aggregation.importers": "ImportFormatError", "harvest.envs.robocode.team_files": "TeamFileError",
              "harvest.rollout.policies": "CheckpointError"}  # harvest.learners.checkpoint re-exports it
     return [getattr(sys.modules[module], name) for module, name in names.items()
             if module in sys.modules and hasattr(sys.modules[module], name)]
@@ -504,7 +504,7 @@ def _command(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from harvest.aggregation import importers
     from harvest.aggregation.robocode_import import import_robocode_json
-    from harvest.aggregation.robocode_seed import SeedFormatError
+    from harvest.envs.robocode.team_files import TeamFileError
 
     try:
         if args.kind == "robocode-json":
@@ -519,7 +519,7 @@ def _import(args: argparse.Namespace) -> int:
             report = importers.import_parquet(args.paths, args.out)
         else:
             report = importers.import_minari(args.paths[0], args.out, args.minari_path)
-    except (FileNotFoundError, SeedFormatError, importers.ImportFormatError) as err:
+    except (FileNotFoundError, TeamFileError, importers.ImportFormatError) as err:
         logger.error("{}", err)
         return 2
     logger.info("dataset {}: {} rows from {} files; {} left out, {} flagged", args.out, report.manifest.rows,

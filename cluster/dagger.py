@@ -34,7 +34,7 @@ from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.manifest import Manifest
 from harvest.cluster.config import RunConfig
 from harvest.cluster.pipeline import RunPaths, RunSummary, _collect_and_compact, collect, train
-from harvest.cluster.progress import console, wait_with_progress
+from harvest.cluster.logging import console, wait_with_progress
 from harvest.envs.spaces import ColumnSpec
 from harvest.learners.bc import BCLearner, TrainResult
 from harvest.learners.plots import plot_rounds
@@ -43,6 +43,7 @@ from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import PolicyConfig
 from harvest.rollout.evaluation import evaluate_policies
 from harvest.rollout.human_config import HumanConfig
+from harvest.learners.policy import load_torch_policy
 from harvest.rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory
 from harvest.rollout.review import review_frames
 
@@ -104,7 +105,7 @@ def _write_corrections(play: Dataset, columns: dict[str, np.ndarray], labels: np
 
 def _scored(cfg: RunConfig, checkpoint: str, run_id: str, episodes: int) -> tuple[float, float, list[float]]:
     policy = ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=checkpoint,
-                                                  deterministic=cfg.eval.deterministic), cfg.env.id, seed=cfg.run.seed)
+                                                  deterministic=cfg.eval.deterministic), cfg.env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
     with console.status(f"[bold]eval[/] {episodes} episodes"):
         result = evaluate_policies({"policy": policy}, cfg.env, cfg.rollout, episodes, cfg.eval.num_workers, run_id,
                                    seed=cfg.run.seed + 10_000)["policy"]

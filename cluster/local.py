@@ -13,7 +13,7 @@ from loguru import logger
 from ray._private import ray_constants
 
 import harvest
-from harvest.cluster.net import port_taken
+from harvest.rollout.net import port_taken
 
 if TYPE_CHECKING:
     from ray.client_builder import BaseContext

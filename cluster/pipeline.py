@@ -27,9 +27,9 @@ from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.rotate import Rotation
 from harvest.aggregation.storage import Location, location
 from harvest.aggregation.manifest import Manifest, has_manifest
-from harvest.aggregation.robocode_seed import write_dataset_npz
+from harvest.aggregation.robocode_npz import write_dataset_npz
 from harvest.cluster.config import ROBOCODE_ENV_ID, ConfigError, RunConfig, dump_config, robocode_battles
-from harvest.cluster.progress import console, summary_table, wait_with_progress
+from harvest.cluster.logging import console, summary_table, wait_with_progress
 from harvest.cluster.run_folder import RunFolderError, RunMode, claim_run_folder
 from harvest.cluster.run_folder import record_stage as record_stage_in
 from harvest.cluster.sessions import review_sessions, stopped_shadow
@@ -46,6 +46,7 @@ from harvest.learners.shadow import ShadowLearner
 from harvest.rollout.batch import BatchSchema
 from harvest.rollout.config import EpisodeFilter, PolicyConfig, RolloutConfig
 from harvest.rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
+from harvest.learners.policy import load_torch_policy
 from harvest.rollout.policies import ConfiguredPolicyFactory, check_checkpoint_spaces
 from harvest.rollout.human import HumanCollector, HumanSessionResult, human_schema_for
 from harvest.rollout.human_config import HumanConfig
@@ -189,7 +190,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     if cfg.env.id == ROBOCODE_ENV_ID:
         return collect_robocode(cfg, run_id, paths or RunPaths.of(cfg, run_id), during)
     rollout = cfg.rollout
-    factory = ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed)
+    factory = ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
     schema: BatchSchema = schema_for(cfg.env, factory)
     if cfg.human is not None:  # the person's rows and the simulators' share the replay, tagged by source
         schema = merged_schema(human_schema_for(cfg.env, cfg.human), schema)
@@ -213,7 +214,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
                     collector_id=rollout.num_collectors)  # the session's collector id (after the simulators')
         shadow_policy = ConfiguredPolicyFactory(
             PolicyConfig(kind="torch", checkpoint=ray.get(shadow.get_initial_checkpoint.remote(), timeout=300)),
-            cfg.env.id, seed=cfg.run.seed)
+            cfg.env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
     if cfg.human is not None:
         session = ray.remote(HumanCollector).options(num_cpus=rollout.num_cpus).remote(
             cfg.env, cfg.human, replay, rollout.num_collectors, run_id, str(run_root / "sessions"), shadow,
@@ -230,7 +231,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
 
     def start_collector(index: int) -> ray.actor.ActorHandle:
         return worker_actor.remote(cfg.env, rollout, ConfiguredPolicyFactory(rollout.policy, cfg.env.id,
-                                                                             seed=cfg.run.seed + index),
+                                                                             seed=cfg.run.seed + index, load_torch=load_torch_policy),
                                    replay_ref, index, run_id, cfg.run.seed + index)
 
     supervisor = None
@@ -284,7 +285,7 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
 def collect_robocode(cfg: RunConfig, run_id: str, paths: RunPaths,
                      during: Callable[[Replay], AbstractContextManager] | None = None) -> tuple[Replay, CollectSummary]:
     """`num_collectors` RobocodeCollector actors (one engine each) play seeded expert battles
-    until the replay holds `rollout.steps` rows; engines live in `<run>/robocode/`, seed-format
+    until the replay holds `rollout.steps` rows; engines live in `<run>/robocode/`, team-file
     game states (with `env.kwargs.game_states`) go to `<run>/game_states/`."""
     rollout = cfg.rollout
     replay = _started_replay(cfg, robocode_schema(), paths)
@@ -541,11 +542,11 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
             checkpoints[f"{index}-{stage}"] = stage_checkpoint
     policies = {name: ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=str(path.resolve()),
                                                            deterministic=cfg.eval.deterministic),
-                                              eval_env.id, seed=cfg.run.seed)
+                                              eval_env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
                 for name, path in checkpoints.items()}
     for baseline in cfg.eval.baselines:
         if not (robocode_expert and baseline == "expert"):
-            policies[baseline] = ConfiguredPolicyFactory(PolicyConfig(kind=baseline), eval_env.id, seed=cfg.run.seed)
+            policies[baseline] = ConfiguredPolicyFactory(PolicyConfig(kind=baseline), eval_env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
     scenarios = {name: dataclasses.replace(eval_env, kwargs=_merged(eval_env.kwargs, overrides))
                  for name, overrides in cfg.eval.scenarios.items()} or {"": eval_env}
     results: dict[str, EvalResult] = {}

@@ -12,7 +12,7 @@ from loguru import logger
 from rich.table import Table
 
 from harvest.cluster.config import RunConfig
-from harvest.cluster.progress import console
+from harvest.cluster.logging import console
 from harvest.learners.plots import plot_shadow_session
 from harvest.rollout.human import HumanSessionResult
 

@@ -34,7 +34,7 @@ from loguru import logger
 
 from harvest.cluster import metrics
 from harvest.cluster.config import WatchdogSection
-from harvest.cluster.progress import progress_bar
+from harvest.cluster.logging import progress_bar
 from harvest.rollout.replay.replay import Replay
 from harvest.rollout.worker import collector_source
 

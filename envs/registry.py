@@ -208,7 +208,7 @@ def check_env_id(cfg: EnvConfig) -> None:
 
 def _missing_extra(env_id: str, err: Exception) -> ImportError:
     """Gymnasium's "X is not installed" for `env_id`, with the Harvest extra that installs X."""
-    from harvest.cluster.extras import EXTRA_OF_MODULE, MissingExtraError, install_hint
+    from harvest.envs.extras import EXTRA_OF_MODULE, MissingExtraError, install_hint
 
     text = str(err).splitlines()[0]
     extra = next((extra for module, extra in EXTRA_OF_MODULE.items() if module.lower() in text.lower()), None)

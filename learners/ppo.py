@@ -48,6 +48,7 @@ from harvest.learners.records import TrainingRecorder
 from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 from harvest.rollout.batch import TransitionBatch
 from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+from harvest.learners.policy import load_torch_policy
 from harvest.rollout.policies import ConfiguredPolicyFactory
 from harvest.rollout.replay.replay import start_replay
 from harvest.rollout.worker import RolloutWorker, schema_for
@@ -182,13 +183,13 @@ class PPOLearner:
         rollout = RolloutConfig(num_collectors=p.num_collectors, steps=p.env_steps,
                                 batch_rows=p.rows_per_collector, num_cpus=p.collector_num_cpus,
                                 policy=PolicyConfig(kind="torch", checkpoint=str(start), deterministic=False))
-        factory = ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed)
+        factory = ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed, load_torch=load_torch_policy)
         schema = schema_for(self.env_cfg, factory)
         rows_per_iteration = p.num_collectors * (p.rows_per_collector + self.env_cfg.num_envs)
         replay = start_replay(ReplayConfig(num_shards=1, capacity_rows=4 * rows_per_iteration, num_cpus=0.1), schema)
         worker = ray.remote(RolloutWorker)
         workers = [worker.options(num_cpus=rollout.num_cpus, max_concurrency=2).remote(  # activity() answers
-            self.env_cfg, rollout, ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed + i),
+            self.env_cfg, rollout, ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed + i, load_torch=load_torch_policy),
             replay, i, self.run_id, cfg.seed + i) for i in range(p.num_collectors)]
         self._wait_until_started(workers)
         self._log.info("PPO on {} from {}: {} env steps, {} collectors x {} rows per iteration, on {}",

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 from pydantic import ConfigDict, Field, StrictInt, model_validator
 from pydantic.dataclasses import dataclass
 
-from harvest.cluster.net import is_loopback
+from harvest.rollout.net import is_loopback
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -57,7 +57,7 @@ class PolicyConfig:
 @dataclass(frozen=True, config=_STRICT)
 class EpisodeFilter:
     """Episodes to keep: `aggregation.filter`, `rollout.trajectory_filter`, `harvest edit filter`
-    (applied by aggregation/filters.py)."""
+    (applied by rollout/episode_filter.py)."""
 
     min_return: Optional[float] = None
     """Keep episodes whose return (sum of rewards) is at least this."""

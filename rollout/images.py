@@ -59,12 +59,11 @@ def decode_images(array: pa.Array | pa.ChunkedArray, shape: tuple[int, ...] | No
 
 def with_encoded_images(table: pa.Table, columns: dict[str, str], quality: int = 90) -> pa.Table:
     """`table` with the named uint8 tensor columns replaced by encoded images (field metadata marks them)."""
-    from harvest.rollout.batch import _to_numpy
-
     for name, fmt in columns.items():
         index = table.schema.get_field_index(name)
         field = pa.field(name, pa.binary(), nullable=False, metadata={IMAGE_METADATA_KEY: fmt.encode()})
-        table = table.set_column(index, field, encode_images(_to_numpy(table.column(name)), fmt, quality))
+        pixels = table.column(name).combine_chunks().to_numpy_ndarray()  # images are (H, W[, C]) tensor columns
+        table = table.set_column(index, field, encode_images(pixels, fmt, quality))
     return table
 
 

@@ -14,14 +14,13 @@ import pyarrow as pa
 
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import EpisodeFilter
+from harvest.rollout.episode_filter import FilterReport, filter_table
 
 
 class TrajectoryGate:
     """Whole episodes only, and only those `criteria` keeps (all finished ones when None)."""
 
     def __init__(self, schema: BatchSchema, criteria: EpisodeFilter | None) -> None:
-        from harvest.aggregation.filters import FilterReport
-
         self.schema, self.criteria = schema, criteria
         self._pending: TransitionBatch | None = None
         self._seen: set[str] = set()
@@ -37,8 +36,6 @@ class TrajectoryGate:
 
     def add(self, batch: TransitionBatch) -> TransitionBatch | None:
         """The rows of the episodes `batch` finishes that pass; the rest of their rows wait."""
-        from harvest.aggregation.filters import FilterReport, filter_table
-
         rows = batch if self._pending is None else TransitionBatch.concat([self._pending, batch])
         ended = rows["terminated"] | rows["truncated"]
         finished = np.isin(rows["episode_id"], np.unique(rows["episode_id"][ended]))

@@ -335,6 +335,9 @@ class ConfiguredPolicyFactory:
     cfg: PolicyConfig
     env_id: str
     seed: int | None = None
+    load_torch: Callable[..., Policy] | None = None
+    """Plays a `kind: torch` checkpoint: the learners' `load_torch_policy`, given by whoever composes
+    the run (rollout does not depend on learners)."""
 
     def __call__(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
         self.check_spaces(observation_space, action_space)
@@ -361,8 +364,9 @@ class ConfiguredPolicyFactory:
         if self.cfg.kind == "expert":
             return self._expert(observation_space, action_space)
         if self.cfg.kind == "torch":
-            # Imported by name so that rollout does not depend on learners.
-            factory = load_entry_point("harvest.learners.policy:load_torch_policy", "policy")
-            return factory(self.cfg.checkpoint, deterministic=self.cfg.deterministic, seed=self.seed,
+            if self.load_torch is None:
+                raise ValueError(f"policy.kind: torch ({self.cfg.checkpoint}) needs a loader: build the factory with "
+                                 "load_torch=harvest.learners.policy.load_torch_policy")
+            return self.load_torch(self.cfg.checkpoint, deterministic=self.cfg.deterministic, seed=self.seed,
                            record_logits=self.cfg.record_logits, env_action_space=action_space)
         return load_entry_point(self.cfg.entry_point, "policy.entry_point")(observation_space, action_space)

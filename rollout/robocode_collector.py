@@ -23,7 +23,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from harvest.envs.robocode.host import RobocodeError, RobocodeHost
 from harvest.envs.robocode.spaces import ACTION_SPACE, OBSERVATION_SPACE
-from harvest.aggregation.robocode_seed import write_seed_json
+from harvest.envs.robocode.team_files import write_team_json
 from harvest.envs.robocode.transitions import RobotRound, round_transitions, split_rounds
 from harvest.envs.spaces import ColumnSpec
 from harvest.rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
@@ -65,7 +65,7 @@ class RobocodeBattles:
     gui: bool = False
     """Show the real battle window on the collector's own Xvfb display."""
     game_states: bool = False
-    """Also write every battle as `expert_game_states_<collector>_<timestamp>.json` (the seeds' layout)."""
+    """Also write every battle as `expert_game_states_<collector>_<timestamp>.json` (the teams' file layout, `envs.robocode.team_files`)."""
 
     def __post_init__(self) -> None:
         if len(self.robots) < 2:
@@ -180,7 +180,7 @@ class RobocodeCollector:
         stamp = datetime.now().strftime("%Y%m%d_%H%M%S_%f")
         path = self._game_states_dir / f"expert_game_states_{self.collector_id}_{stamp}.json"
         partial = path.with_suffix(".json.partial")
-        write_seed_json(messages, partial)
+        write_team_json(messages, partial)
         return partial.replace(path)  # readers never see a half-written file
 
     def close(self) -> None:

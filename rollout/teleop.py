@@ -52,7 +52,7 @@ class TeleopWindow:
                  advance_key: str, gamepad: bool = True, handover_key: str | None = None) -> None:
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-        from harvest.cluster.extras import require
+        from harvest.envs.extras import require
 
         self._pg = pygame = require("pygame", "the teleoperation window")
         if not os.environ.get("DISPLAY") and os.environ.get("SDL_VIDEODRIVER") != "dummy":

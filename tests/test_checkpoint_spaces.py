@@ -17,6 +17,7 @@ from harvest.learners.checkpoint import save_checkpoint
 from harvest.learners.models import ModelSpec, build_policy_model
 from harvest.rollout.config import PolicyConfig, RolloutConfig
 from harvest.rollout.evaluation import evaluate_policies
+from harvest.learners.policy import load_torch_policy
 from harvest.rollout.policies import CheckpointError, CheckpointSpaceError, ConfiguredPolicyFactory, check_checkpoint_spaces
 from harvest.rollout.worker import RolloutWorker
 
@@ -33,7 +34,8 @@ def cartpole_checkpoint(path: Path, action_set: list | None = None) -> Path:
 
 
 def torch_factory(checkpoint: Path, env_id: str) -> ConfiguredPolicyFactory:
-    return ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=str(checkpoint)), env_id, seed=0)
+    return ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=str(checkpoint)), env_id, seed=0,
+                                   load_torch=load_torch_policy)
 
 
 MISMATCHES = [

@@ -14,7 +14,7 @@ import pytest
 from harvest.aggregation.compact import write_dataset
 from harvest.aggregation.config import AggregationConfig, Hdf5Config
 from harvest.aggregation.dataset import Dataset
-from harvest.aggregation.filters import EpisodeFilter
+from harvest.rollout.episode_filter import EpisodeFilter
 from harvest.aggregation.hdf5 import read_hdf5
 from harvest.aggregation.storage import TMP_MARK, StorageError, location
 from harvest.rollout.batch import BatchSchema, TransitionBatch

@@ -10,7 +10,7 @@ from harvest.aggregation import edit
 from harvest.aggregation.compact import write_dataset
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.dataset import Dataset
-from harvest.aggregation.filters import EpisodeFilter
+from harvest.rollout.episode_filter import EpisodeFilter
 from harvest.aggregation.windows import count_windows, windows
 from harvest.cluster.cli import main
 from harvest.rollout.batch import BatchSchema, TransitionBatch

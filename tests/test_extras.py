@@ -42,7 +42,7 @@ def test_a_minari_export_without_minari_names_the_formats_extra(tmp_path):
 
 
 def test_the_teleoperation_window_without_pygame_names_the_human_extra():
-    from harvest.cluster.extras import MissingExtraError, require
+    from harvest.envs.extras import MissingExtraError, require
 
     sys.modules["pygame_is_hidden_here"] = None  # (a module of that extra's kind is looked up by its top name)
     try:

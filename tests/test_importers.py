@@ -18,7 +18,7 @@ from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.importers import (ImportFormatError, import_driving_sessions, import_json_sequences, import_minari,
                                    import_offline_rl, import_parquet)
 from harvest.aggregation.robocode_import import import_robocode_json
-from harvest.aggregation.robocode_seed import SeedFormatError
+from harvest.envs.robocode.team_files import TeamFileError
 from harvest.cluster.cli import main
 from tests.test_datasets import read_back
 from tests.test_exports import cartpole_dataset
@@ -272,7 +272,7 @@ def test_json_sequences_keep_their_good_frames_and_flag_nan_and_inf(tmp_path):
 
 def test_robocode_json_files_that_are_all_bad_end_in_one_error_and_no_dataset(tmp_path):
     bad = DATA / "robocode" / "bad"
-    with pytest.raises(SeedFormatError) as raised:
+    with pytest.raises(TeamFileError) as raised:
         import_robocode_json([bad], tmp_path / "lib")
     message = str(raised.value)
     for problem in ("bot_fields.json, entry 0, bot_states[0]: missing or non-numeric ['y'",

@@ -20,7 +20,7 @@ from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.dataset import Dataset, DatasetError, DatasetIntegrityError
 from harvest.aggregation.edit import filter_dataset
 from harvest.aggregation.export import export_offline_rl
-from harvest.aggregation.filters import EpisodeFilter
+from harvest.rollout.episode_filter import EpisodeFilter
 from harvest.aggregation.inspect import inspect_dataset
 from harvest.aggregation.storage import TMP_MARK, location, staged_folder
 from harvest.aggregation.windows import count_windows, windows

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from harvest.cluster.local_nodes import free_port
-from harvest.cluster.net import is_loopback
+from harvest.rollout.net import is_loopback
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["env.num_envs=2", "rollout.steps=600", "rollout.batch_rows=256", "rollout.num_cpus=0.25",

@@ -9,7 +9,7 @@ import pytest
 from harvest.aggregation.compact import write_dataset
 from harvest.aggregation.config import AggregationConfig
 from harvest.cluster.cli import main
-from harvest.cluster.progress import progress_bar, track
+from harvest.cluster.logging import progress_bar, track
 from tests.test_datasets import episodes_batch
 
 DATA = Path(__file__).parent / "data"

@@ -140,13 +140,14 @@ def test_actions_recovered_from_an_expert_battle_obey_robocode_physics(tmp_path,
 def test_seed_format_files_round_trip_and_bad_files_are_named(tmp_path, cache_root):
     import json
 
-    from harvest.aggregation.robocode_seed import import_seed_files, write_aggregated_npz, write_seed_json
+    from harvest.aggregation.robocode_npz import import_team_files, write_aggregated_npz
+    from harvest.envs.robocode.team_files import write_team_json
     from harvest.envs.robocode.transitions import round_transitions, split_rounds
 
     with RobocodeHost(tmp_path / "engine", cache_root) as engine:
         messages = list(engine.battle(ROBOTS, rounds=2, seed=9, turn_timeout_s=10))
     direct = [part for turns in split_rounds(messages).values() for part in round_transitions(turns)]
-    good = write_seed_json(messages, tmp_path / "seeds" / "expert_game_states_0_1.json")
+    good = write_team_json(messages, tmp_path / "seeds" / "expert_game_states_0_1.json")
     entries = json.loads(good.read_text())
     assert entries[0]["round"] == 1 and set(entries[0]["bot_states"][0]) >= {"x", "direction", "gunHeat", "energy"}
     del entries[5]["bot_states"][1]["speed"]
@@ -154,7 +155,7 @@ def test_seed_format_files_round_trip_and_bad_files_are_named(tmp_path, cache_ro
     bad.write_text(json.dumps(entries))
     (tmp_path / "seeds" / "expert_game_states_2_1.json").write_text("[{")
 
-    imported = import_seed_files(sorted((tmp_path / "seeds").glob("*.json")))
+    imported = import_team_files(sorted((tmp_path / "seeds").glob("*.json")))
     assert imported.files == [str(good)]
     assert len(imported.errors) == 2
     assert f"{bad}, entry 5, bot_states[1]: missing or non-numeric ['speed']" in imported.errors

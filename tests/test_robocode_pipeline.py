@@ -56,7 +56,7 @@ def test_a_robocode_run_writes_parquet_seed_json_and_npz_and_repeats_exactly(ray
     assert metadata["total_steps"] == rows.num_rows and metadata["num_collectors"] == 2
     assert "sample.SpinBot vs sample.Target" in metadata["description"]
 
-    # One seed-format JSON file per battle; importing them gives the same SpinBot rows back.
+    # One team-format JSON file per battle; importing them gives the same SpinBot rows back.
     files = sorted((run_dir / "game_states").glob("expert_game_states_*.json"))
     assert len(files) == len(np.unique(rows["battle_id"]))
     assert all(f.name.startswith(("expert_game_states_0_", "expert_game_states_1_")) for f in files)

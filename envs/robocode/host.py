@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 from loguru import logger
 
-from harvest.cluster.extras import require
+from harvest.envs.extras import require
 
 DEBIAN_PACKAGES = "robocode default-jdk xvfb"
 JAR_DIR = Path("/usr/share/java")

@@ -28,7 +28,7 @@ import ray
 from loguru import logger
 from pyarrow import flight
 
-from harvest.cluster.net import is_loopback
+from harvest.rollout.net import is_loopback
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.replay.row_filter import RowFilter
 from harvest.rollout.replay.stream import (OnOverrun, ReplayReader, Start, StreamBatch, StreamCursor, StreamOverrun,

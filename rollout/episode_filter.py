@@ -17,12 +17,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from harvest.aggregation.dataset import episode_runs
 from harvest.rollout.config import EpisodeFilter
 
-__all__ = ["EpisodeFilter", "FilterReport", "filter_table", "keep_mask", "episode_summary", "episode_hashes"]
+__all__ = ["EpisodeFilter", "FilterReport", "filter_table", "keep_mask", "episode_summary", "episode_hashes",
+           "episode_runs"]
 
 ID_COLUMNS = ("game_id", "player_id", "collector_id", "source")
+
+
+def episode_runs(ids: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of equal consecutive episode ids."""
+    if ids.size == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return list(zip(starts.tolist(), np.r_[starts[1:], ids.size].tolist()))
+
 
 
 @dataclass
