@@ -359,8 +359,10 @@ def _died(err: BaseException) -> bool:
     """Whether a Ray actor, worker or node died (past its restarts) - a failed run, not a bug."""
     import ray.exceptions
 
+    from harvest.rollout.fleet import CollectorFailedError
+
     return isinstance(err, (ray.exceptions.ActorDiedError, ray.exceptions.WorkerCrashedError,
-                            ray.exceptions.NodeDiedError, ray.exceptions.ActorUnavailableError))
+                            ray.exceptions.NodeDiedError, ray.exceptions.ActorUnavailableError, CollectorFailedError))
 
 
 def _dataset_error(err: Exception) -> int:

@@ -27,7 +27,7 @@ from pydantic.dataclasses import dataclass
 from harvest.aggregation.config import AggregationConfig
 from harvest.envs.config import EnvConfig
 from harvest.learners.config import LearnerConfig
-from harvest.rollout.config import ReplayConfig, RolloutConfig
+from harvest.rollout.config import ReplayConfig, RolloutConfig, WatchdogConfig
 from harvest.rollout.human_config import HumanConfig
 
 _STRICT = ConfigDict(extra="forbid")
@@ -92,19 +92,6 @@ class EvalConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
-class WatchdogSection:
-    stall_after_s: Optional[float] = Field(default=120.0, gt=0)
-    """A collector that has been in one call (an env step, waiting for a replay ack, ...) this
-    long, or that does not answer, is reported as stalled: what it waits for is logged and goes
-    to `harvest_stalled`. None: no watchdog."""
-    check_every_s: float = Field(default=5.0, gt=0)
-    """How often the watchdog asks every collector what it is doing."""
-    recover: bool = True
-    """Kill a stalled collector so Ray restarts it (within `rollout.max_restarts`); it collects
-    the rows its predecessor had not stored."""
-
-
-@dataclass(frozen=True, config=_STRICT)
 class RunConfig:
     run: RunSection = Field(default_factory=RunSection)
     ray: RaySection = Field(default_factory=RaySection)
@@ -116,7 +103,7 @@ class RunConfig:
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     """Finds collectors stuck in one call (an env step, a replay ack), names them, and restarts them."""
     human: Optional[HumanConfig] = None
     """A person (or the scripted driver) plays one env copy in a window while the simulators

@@ -34,7 +34,6 @@ from harvest.cluster.run_folder import RunFolderError, RunMode, claim_run_folder
 from harvest.cluster.run_folder import record_stage as record_stage_in
 from harvest.cluster.sessions import review_sessions, stopped_shadow
 from harvest.cluster.live import LiveConfig, collect_appliers
-from harvest.cluster.supervise import CollectorSupervisor, SupervisedResult
 from harvest.envs.config import EnvConfig
 from harvest.learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
 from harvest.learners.config import LearnerConfig
@@ -50,6 +49,7 @@ from harvest.learners.policy import load_torch_policy
 from harvest.rollout.policies import ConfiguredPolicyFactory, check_checkpoint_spaces
 from harvest.rollout.human import HumanCollector, HumanSessionResult, human_schema_for
 from harvest.rollout.human_config import HumanConfig
+from harvest.rollout.fleet import Fleet, FleetResult
 from harvest.rollout.replay.replay import Replay, start_replay
 from harvest.rollout.sources import merged_schema
 from harvest.rollout.robocode_collector import RobocodeCollectResult, RobocodeCollector, expert_episodes, robocode_schema
@@ -236,10 +236,8 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
 
     supervisor = None
     if rollout.num_collectors:
-        supervisor = CollectorSupervisor(start_collector, rollout.num_collectors, rollout.steps,
-                                         rollout.chunk_rows or max(rollout.batch_rows,
-                                                                   rollout.steps // (8 * rollout.num_collectors)),
-                                         replay, rollout.max_restarts, cfg.watchdog, resume=resume)
+        supervisor = Fleet(start_collector, rollout.num_collectors, replay, rollout.max_restarts, cfg.watchdog,
+                           resume=resume)
     logger.info("collecting {:,} transitions of {} with {} collectors x {} envs into {} replay shards{}",
                 rollout.steps if supervisor else 0, cfg.env.id, rollout.num_collectors, cfg.env.num_envs,
                 cfg.replay.num_shards, f", and {cfg.human.operator}'s session ({cfg.human.driver})" if session else "")
@@ -320,8 +318,8 @@ def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None)
 
 def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s: float, close: bool = False,
                  during: Callable[[Replay], AbstractContextManager] | None = None,
-                 session: ray.actor.ActorHandle | None = None, supervisor: CollectorSupervisor | None = None
-                 ) -> tuple[list, float, HumanSessionResult | None, SupervisedResult | None]:
+                 session: ray.actor.ActorHandle | None = None, supervisor: Fleet | None = None
+                 ) -> tuple[list, float, HumanSessionResult | None, FleetResult | None]:
     """Blocks: the `supervisor`'s collectors, or the `actors` (each given its share), collect
     `rollout.steps` rows (shown as a progress bar over the replay's count) while the `session`
     (a `HumanCollector`) plays until the person ends it; then all are closed (with `close`) and
@@ -334,7 +332,8 @@ def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s
         session_ref = session.run.remote() if session is not None else None
         with during(replay) if during is not None else nullcontext():
             if supervisor is not None:
-                supervised = supervisor.run(timeout_s)
+                chunk = rollout.chunk_rows or max(rollout.batch_rows, rollout.steps // (8 * rollout.num_collectors))
+                supervised = supervisor.fill(rollout.steps, chunk, timeout_s)
             elif actors:
                 refs = [actor.collect.remote(rows) for actor, rows in zip(actors, per_actor)]
                 results = wait_with_progress(refs, "collect", "rows", rollout.steps, poll=replay.inserted_rows,
@@ -352,7 +351,7 @@ def _fill_replay(actors: list, replay: Replay, rollout: RolloutConfig, timeout_s
     return results, time.perf_counter() - started, played, supervised
 
 
-def _acknowledged_rows(replay: Replay, results: list[CollectResult], supervised: SupervisedResult | None) -> int:
+def _acknowledged_rows(replay: Replay, results: list[CollectResult], supervised: FleetResult | None) -> int:
     """Rows the collectors stored: their acks, or, where some died, every incarnation's rows as the
     replay counted them (a dead incarnation's acks died with it); the live incarnations' acks must
     match the replay's count of their source exactly."""

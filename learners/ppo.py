@@ -47,10 +47,11 @@ from harvest.learners.precision import Precision
 from harvest.learners.records import TrainingRecorder
 from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 from harvest.rollout.batch import TransitionBatch
-from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig
+from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig, WatchdogConfig
 from harvest.learners.policy import load_torch_policy
 from harvest.rollout.policies import ConfiguredPolicyFactory
 from harvest.rollout.replay.replay import start_replay
+from harvest.rollout.fleet import Fleet
 from harvest.rollout.worker import RolloutWorker, schema_for
 
 INITIAL_NAME = "initial.safetensors"
@@ -187,11 +188,21 @@ class PPOLearner:
         schema = schema_for(self.env_cfg, factory)
         rows_per_iteration = p.num_collectors * (p.rows_per_collector + self.env_cfg.num_envs)
         replay = start_replay(ReplayConfig(num_shards=1, capacity_rows=4 * rows_per_iteration, num_cpus=0.1), schema)
-        worker = ray.remote(RolloutWorker)
-        workers = [worker.options(num_cpus=rollout.num_cpus, max_concurrency=2).remote(  # activity() answers
-            self.env_cfg, rollout, ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed + i, load_torch=load_torch_policy),
-            replay, i, self.run_id, cfg.seed + i) for i in range(p.num_collectors)]
-        self._wait_until_started(workers)
+        worker = ray.remote(RolloutWorker).options(num_cpus=rollout.num_cpus, max_concurrency=2,  # activity() answers
+                                                   max_restarts=rollout.max_restarts)
+
+        def start_collector(i: int) -> ray.actor.ActorHandle:
+            factory = ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed + i,
+                                              load_torch=load_torch_policy)
+            return worker.remote(self.env_cfg, rollout, factory, replay, i, self.run_id, cfg.seed + i)
+
+        fleet = Fleet(start_collector, p.num_collectors, replay, rollout.max_restarts, WatchdogConfig())
+        try:
+            fleet.wait_started(120.0, f"each asks for {p.collector_num_cpus} CPU (learner.ppo.collector_num_cpus); "
+                                      "lower learner.ppo.num_collectors or collector_num_cpus, or add nodes")
+        except RuntimeError as err:
+            replay.kill()
+            raise RuntimeError(f"PPO: {err}") from None
         self._log.info("PPO on {} from {}: {} env steps, {} collectors x {} rows per iteration, on {}",
                        self.env_cfg.id, p.init_checkpoint or "fresh weights", p.env_steps, p.num_collectors,
                        p.rows_per_collector, self.device)
@@ -214,8 +225,8 @@ class PPOLearner:
                 version += 1
                 started = time.perf_counter()
                 weights = ray.put({name: tensor.detach().cpu() for name, tensor in policy.state_dict().items()})
-                ray.get([w.set_policy_weights.remote(weights, version) for w in workers], timeout=120)
-                results = self._collect(workers, p.rows_per_collector, p.collect_timeout_s / 5, p.collect_timeout_s)
+                fleet.apply("set_policy_weights", weights, version)  # a restarted collector gets them too
+                results = fleet.each("collect", [(p.rows_per_collector,)] * p.num_collectors, p.collect_timeout_s)
                 env_steps += sum(result.env_steps for result in results)
                 read = ray.get(replay.shards[0].read.remote(cursor, 10 * rows_per_iteration), timeout=120)
                 if read.skipped_rows:
@@ -271,8 +282,7 @@ class PPOLearner:
                     break
         finally:
             recorder.close()
-            for w in workers:
-                ray.kill(w, no_restart=True)
+            fleet.stop()
             replay.kill()
         self._save(policy, FINAL_NAME, version, history[-1])
         last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh
@@ -281,7 +291,7 @@ class PPOLearner:
         history_path.write_text(json.dumps({"config": asdict(cfg), "algorithm": "ppo", "device": str(self.device),
                                             "precision": self.precision.name, "resumed_after": resumed_after,
                                             "env": self.env_cfg.id, "best_eval_return": best,
-                                            "iterations": entries}, indent=2))
+                                            "collector_restarts": fleet.restarts, "iterations": entries}, indent=2))
         plot_training_curve([{"epoch": e["env_steps"], "train_loss": abs(e["policy_loss"]) + 1e-9,
                               "validation_loss": e["value_loss"] + 1e-9} for e in entries],
                             self.out_dir / CURVE_NAME, f"PPO on {self.env_cfg.id}", x_label="env steps",
@@ -291,51 +301,6 @@ class PPOLearner:
         return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
                            best_record.iteration, best_record.value_loss, env_steps, 0, str(self.device), [], "ppo",
                            best_record.eval_return)
-
-    def _collect(self, workers: list, rows: int, warn_after_s: float, timeout_s: float) -> list:
-        """Every collector's `collect(rows)`; one that takes longer than `warn_after_s` is named
-        with what it is doing (the call and for how long), and after `timeout_s` the error says so."""
-        refs = [w.collect.remote(rows) for w in workers]
-        started, warned = time.monotonic(), False
-        while True:
-            _, pending = ray.wait(refs, num_returns=len(refs), timeout=warn_after_s if not warned else
-                                  max(timeout_s - (time.monotonic() - started), 0))
-            if not pending:
-                return ray.get(refs)
-            doing = self._doing([workers[refs.index(ref)] for ref in pending], [refs.index(ref) for ref in pending])
-            if warned:
-                raise TimeoutError(f"PPO: collectors not done after {timeout_s:.0f}s: {doing}")
-            self._log.warning("PPO: waiting {:.0f}s for collectors: {}", time.monotonic() - started, doing)
-            warned = True
-
-    @staticmethod
-    def _doing(workers: list, indices: list[int]) -> str:
-        """What each collector says it is doing, e.g. `collector 1: env.step for 130s`."""
-        asks = [w.activity.remote() for w in workers]
-        ready, _ = ray.wait(asks, num_returns=len(asks), timeout=5)
-        now, parts = time.time(), []
-        for index, ask in zip(indices, asks):
-            if ask in ready:
-                activity = ray.get(ask)
-                parts.append(f"collector {index}: {activity.what} for {now - activity.since:.0f}s")
-            else:
-                parts.append(f"collector {index}: no answer within 5s")
-        return ", ".join(parts)
-
-    def _wait_until_started(self, workers: list, timeout_s: float = 120.0) -> None:
-        """Every collector has started, or an error naming what they ask for and what is free."""
-        p = self.cfg.ppo
-        _, pending = ray.wait([w.__ray_ready__.remote() for w in workers], num_returns=len(workers),
-                              timeout=timeout_s)
-        if pending:
-            for w in workers:
-                ray.kill(w, no_restart=True)
-            free = {key: round(value, 2) for key, value in ray.available_resources().items()
-                    if "memory" not in key and not key.startswith("node:")}
-            raise RuntimeError(
-                f"PPO: {len(pending)} of its {len(workers)} collectors could not start within {timeout_s:.0f}s: each "
-                f"asks for {p.collector_num_cpus} CPU (learner.ppo.collector_num_cpus), free now {free}; lower "
-                "learner.ppo.num_collectors or collector_num_cpus, or add nodes")
 
     def _evaluate(self, policy) -> float:
         """Evaluation return in the env (with `ppo.eval_env_kwargs` merged over the training kwargs)."""

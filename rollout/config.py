@@ -158,6 +158,21 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class WatchdogConfig:
+    """`watchdog:` - finds collectors stuck in one call, names what they wait for, restarts them."""
+
+    stall_after_s: Optional[float] = Field(default=120.0, gt=0)
+    """A collector that has been in one call (an env step, waiting for a replay ack, ...) this
+    long, or that does not answer, is reported as stalled: what it waits for is logged and goes
+    to `harvest_stalled`. None: no watchdog."""
+    check_every_s: float = Field(default=5.0, gt=0)
+    """How often the watchdog asks every collector what it is doing."""
+    recover: bool = True
+    """Kill a stalled collector so Ray restarts it (within `rollout.max_restarts`); it collects
+    the rows its predecessor had not stored."""
+
+
+@dataclass(frozen=True, config=_STRICT)
 class RateLimitConfig:
     samples_per_insert: float = Field(gt=0)
     """Samples drawn per inserted row that the replay holds collectors and learners to."""

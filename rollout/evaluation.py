@@ -9,8 +9,9 @@ import numpy as np
 import ray
 
 from harvest.envs.config import EnvConfig
-from harvest.rollout.config import RolloutConfig
+from harvest.rollout.config import RolloutConfig, WatchdogConfig
 from harvest.rollout.cutter import FinishedEpisode
+from harvest.rollout.fleet import Fleet
 from harvest.rollout.policies import ConfiguredPolicyFactory, PolicyFactory, env_spaces
 from harvest.rollout.worker import RolloutWorker
 
@@ -78,24 +79,20 @@ def evaluate_policies(policies: dict[str, PolicyFactory], env_cfg: EnvConfig, cf
     """
     cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, epsilon=0.0))
     check_policy_spaces(policies, env_cfg)
-    worker_actor = ray.remote(RolloutWorker)
-    per_worker = [num_episodes // num_workers + (i < num_episodes % num_workers) for i in range(num_workers)]
+    worker_actor = ray.remote(RolloutWorker).options(num_cpus=cfg.num_cpus, max_concurrency=2,  # activity() answers
+                                                     max_restarts=cfg.max_restarts)
+    per_worker = [n for n in (num_episodes // num_workers + (i < num_episodes % num_workers)
+                              for i in range(num_workers)) if n]
     results = {}
     for name, factory in policies.items():
-        workers, refs = [], []
-        for index, episodes in enumerate(per_worker):
-            if episodes == 0:
-                continue
-            worker_env = dataclasses.replace(env_cfg, num_envs=min(env_cfg.num_envs, episodes))
-            worker = worker_actor.options(num_cpus=cfg.num_cpus).remote(
-                worker_env, cfg, factory, None, index, f"{run_id}-eval-{name}", seed + 1000 * index)
-            workers.append(worker)
-            refs.append(worker.play_episodes.remote(episodes))
-        try:
-            finished: list[list[FinishedEpisode]] = ray.get(refs, timeout=timeout_s)
-        finally:
-            for worker in workers:
-                ray.kill(worker, no_restart=True)
+        def start_worker(index: int, factory: PolicyFactory = factory, name: str = name) -> ray.actor.ActorHandle:
+            worker_env = dataclasses.replace(env_cfg, num_envs=min(env_cfg.num_envs, per_worker[index]))
+            return worker_actor.remote(worker_env, cfg, factory, None, index, f"{run_id}-eval-{name}",
+                                       seed + 1000 * index)
+
+        with Fleet(start_worker, len(per_worker), None, cfg.max_restarts, WatchdogConfig()) as fleet:
+            finished: list[list[FinishedEpisode]] = fleet.each("play_episodes", [(n,) for n in per_worker],
+                                                               timeout_s)
         episodes = [episode for part in finished for episode in part]
         results[name] = EvalResult(name, [e.episode_return for e in episodes], [e.length for e in episodes])
     return results

@@ -274,6 +274,30 @@ def test_a_ppo_learner_killed_mid_training_goes_on_after_its_last_iteration(ray_
     assert not last.exists()
 
 
+@pytest.mark.timeout(400)
+def test_a_ppo_collector_killed_mid_training_is_restarted_and_training_goes_on(ray_cluster, tmp_path):
+    """PPO's collectors are a fleet like the pipeline's: Ray restarts a killed one, it gets the
+    current weights again and the iteration it died in is collected in full."""
+    _run_folder(tmp_path / "ppo")
+    last = tmp_path / "ppo" / "learner" / "last.safetensors"
+    ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=6000", "learner.ppo.num_collectors=2",
+           "learner.ppo.rows_per_collector=500", "learner.ppo.eval_every=100", "learner.ppo.eval_episodes=1",
+           "learner.ppo.eval_max_steps=50", "learner.hidden_sizes=[32]", "learner.num_cpus=0.5",
+           "learner.ppo.collector_num_cpus=0.25"]
+    with killing_once("ray::RolloutWorker", when=last.is_file) as killed:  # after the first iteration
+        assert main(["train", str(tmp_path / "ppo"), *sum((["--set", item] for item in ppo), [])]) == 0
+    assert killed, "a collector was killed mid-training"
+    history = json.loads((tmp_path / "ppo" / "learner" / "training_history.json").read_text())
+    assert sorted(history["collector_restarts"]) == [0, 1], "the killed collector came back once"
+    assert history["resumed_after"] == [], "the learner itself was not restarted"
+    iterations = history["iterations"]
+    assert [entry["iteration"] for entry in iterations] == list(range(1, len(iterations) + 1))
+    # every iteration has both collectors' rows: the one a collector died in was collected again
+    steps = np.diff([0] + [entry["env_steps"] for entry in iterations])
+    assert (steps >= 2 * 500).all(), steps
+    assert iterations[-1]["env_steps"] >= 6000
+
+
 def _saved_env_steps(last: Path) -> int:
     """Env steps in a DQfD learner's resume state (0 while there is none)."""
     from safetensors import safe_open
@@ -351,7 +375,7 @@ def test_a_resumed_run_does_not_train_its_finished_stages_again(ray_cluster, tmp
 
 
 def test_the_watchdog_names_a_full_object_store(ray_cluster):
-    from harvest.cluster.supervise import object_store_report
+    from harvest.rollout.fleet import object_store_report
 
     held = [ray.put(np.ones(40 * 2**20, np.uint8)) for _ in range(6)]  # 240 of the test cluster's 256 MiB
     # (the raylets' memory summary can miss its deadline on a busy machine: None until it answers)

@@ -1,20 +1,27 @@
-"""Collectors kept going: restarts after a death, and a watchdog that says what a stall waits for.
+"""A fleet of collector actors: started, kept going, watched and stopped together.
 
-`CollectorSupervisor.run` hands the collectors chunks of rows (`collect(rows)`) until the
-replay holds the run's total of theirs, showing a progress bar over the replay's count. What is
-left to hand out is always the total minus what the replay has stored from them (counted per
-source by the shards) minus the chunks being collected, so:
+Every collector kind (`RolloutWorker`, a user's own) is a Ray actor that answers the `Collector`
+protocol below; whoever composes a run (the pipeline, PPO, evaluation, DAgger) hands a `Fleet`
+a function that starts collector `index`, and the fleet does the rest:
 
-- when a collector dies (its process killed, its node lost, or killed here because it stalled),
-  Ray restarts it (`rollout.max_restarts`); the supervisor tells it its new incarnation, so its
-  episode ids and push source are new, and the rows its dead chunk did not store are handed
-  out again. Rows a dead incarnation had acknowledged stay in the replay;
-- the number of collectors can change while it runs (`set_num_collectors`, from a live config
-  edit): new collectors share the rows not yet handed out; surplus ones finish their running
-  chunk, whose every push is acknowledged before `collect` returns, and stop.
+- `fill(total, chunk_rows)` hands the collectors chunks of rows (`collect(rows)`) until the
+  replay holds `total` of theirs, showing a progress bar over the replay's count. What is left
+  to hand out is always the total minus what the replay has stored from them (counted per
+  source by the shards) minus the chunks being collected;
+- `each(method, args)` calls `method` once on every collector (a PPO iteration's `collect`,
+  evaluation's `play_episodes`) and returns their answers.
 
-The watchdog asks every busy collector what it is doing (`RolloutWorker.activity`, answered
-from a second thread while `collect` runs). A collector in one call for longer than
+In both, when a collector dies (its process killed, its node lost, or killed here because it
+stalled), Ray restarts it (`max_restarts`); the fleet tells it its new incarnation, so its
+episode ids and push source are new, sends it the live settings again (`apply`: a live config
+edit, a learner's weights), and hands out again what its dead call did not finish. Rows a dead
+incarnation had acknowledged stay in the replay. The number of collectors can change while
+`fill` runs (`set_num_collectors`, from a live config edit): new collectors share the rows not
+yet handed out; surplus ones finish their running chunk, whose every push is acknowledged
+before `collect` returns, and stop.
+
+The watchdog asks every busy collector what it is doing (`activity()`, answered from a second
+thread while `collect` runs). A collector in one call for longer than
 `watchdog.stall_after_s`, or one that does not answer, is reported with the call it is stuck in
 and, for a replay acknowledgement, what holds the replay back (rate limiter, memory limit, a
 shard not answering). Stalls in the collector itself are recovered by killing it, so Ray
@@ -27,16 +34,16 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import ray
 from loguru import logger
 
 from harvest.cluster import metrics
-from harvest.cluster.config import WatchdogSection
 from harvest.cluster.logging import progress_bar
+from harvest.rollout.config import WatchdogConfig
 from harvest.rollout.replay.replay import Replay
-from harvest.rollout.worker import collector_source
+from harvest.rollout.worker import Activity, collector_source
 
 _SOURCE = re.compile(r"^collector (\d+)(?: #(\d+))?$")
 """A collector's push source (`collector_source`): its index and incarnation."""
@@ -69,6 +76,39 @@ def object_store_report() -> tuple[float, str] | None:
 
 class CollectorFailedError(RuntimeError):
     """A collector died more often than `rollout.max_restarts` allows."""
+
+
+class CollectedRows(Protocol):
+    """What a collector's `collect` returns (`CollectResult`, or a kind's own result type)."""
+
+    collector_id: int
+    rows: int
+    """Rows the replay acknowledged."""
+    source: str
+    """The source its pushes carried (`collector_source(collector_id, incarnation)`)."""
+
+
+class Collector(Protocol):
+    """What a fleet asks of a collector actor (each method called through Ray).
+
+    A collector pushes its rows to the replay it was started with, as `collector_source(index,
+    incarnation)`, and answers `activity` while `collect` runs (the actor needs
+    `max_concurrency >= 2`). Live settings (`set_exploration`, `set_trajectory_filter`,
+    `set_reward_weights`, `set_policy_weights`, ...) are whatever methods the kind has; a
+    ValueError from one refuses the edit.
+    """
+
+    def collect(self, num_rows: int) -> CollectedRows:
+        """Collect until at least `num_rows` rows are acknowledged by the replay."""
+
+    def activity(self) -> Activity:
+        """What it is doing now (`env.step`, `replay.insert (ack)`, `idle`, ...) and since when."""
+
+    def restarted(self, incarnation: int) -> int:
+        """After Ray restarted it: start over as `incarnation` (new episode ids and push source)."""
+
+    def close(self) -> None:
+        """Release what it holds (envs, engines) before the fleet kills it."""
 
 
 @dataclass
@@ -122,7 +162,7 @@ class _Collector:
 
 
 @dataclass
-class SupervisedResult:
+class FleetResult:
     results: list[Any]
     """Every `CollectResult` of every collector's finished calls (several per collector: one per chunk)."""
     rows_by_collector: list[int]
@@ -142,28 +182,31 @@ class SupervisedResult:
         return [asdict(stall) for stall in self.stalls]
 
 
-class CollectorSupervisor:
-    """Hands RolloutWorker actors chunks of rows (`collect(rows)`) until the replay holds `total`
-    of theirs; restarts those that die, watches for stalls, and scales their number when told.
+class Fleet:
+    """Collector actors started together, kept going (restarts, live settings), watched for
+    stalls and stopped together (`stop`, or leaving a `with Fleet(...)` block).
 
     Args:
-        start_collector: starts collector `index` (an actor with `max_restarts` and
-            `max_concurrency >= 2`, so `activity` is answered during `collect`).
+        start_collector: starts collector `index`: an actor answering `Collector`, with
+            `max_restarts` and `max_concurrency >= 2` (so `activity` is answered during `collect`).
         num_collectors: how many to start.
-        total: rows the collectors must store between them.
-        chunk_rows: rows asked of one `collect` call; smaller chunks let a scaled-up count
-            share the remaining work sooner.
-        replay: where they store them (asked for rows per source).
+        replay: where they store their rows (asked for rows per source); None for collectors
+            that only play (evaluation's `play_episodes`).
         max_restarts: restarts allowed per collector.
         watchdog: the `watchdog:` section (stall_after_s None: no watchdog).
+        resume: the replay holds an interrupted run's rows: each collector goes on as the
+            incarnation after the last one there, and its rows count towards `fill`'s total.
+        kind: the collectors' class name, for messages (`RolloutWorker[3]`).
     """
 
-    def __init__(self, start_collector: Callable[[int], Any], num_collectors: int, total: int, chunk_rows: int,
-                 replay: Replay, max_restarts: int, watchdog: WatchdogSection, resume: bool = False) -> None:
-        self._start_collector, self._total, self._chunk_rows = start_collector, total, chunk_rows
+    def __init__(self, start_collector: Callable[[int], Any], num_collectors: int, replay: Replay | None,
+                 max_restarts: int, watchdog: WatchdogConfig, resume: bool = False,
+                 kind: str = "RolloutWorker") -> None:
+        self._start_collector, self._kind = start_collector, kind
+        self._total = self._chunk_rows = 0
         self._collectors = [_Collector(index, start_collector(index)) for index in range(num_collectors)]
         self._dead_sources: set[str] = set()
-        self._log = logger.bind(actor="CollectorSupervisor")
+        self._log = logger.bind(actor="Fleet")
         if resume:
             self._continue_after(replay.rows_by_source())
         self._wanted = num_collectors
@@ -197,6 +240,11 @@ class CollectorSupervisor:
                               sum(by_source.get(source, 0) for source in collector.sources))
 
     @property
+    def restarts(self) -> list[int]:
+        """Restarts so far, per collector (its incarnation)."""
+        return [c.incarnation for c in self._collectors]
+
+    @property
     def actors(self) -> list:
         return [c.actor for c in self._collectors]
 
@@ -225,6 +273,11 @@ class CollectorSupervisor:
     def set_exploration(self, epsilon: float, deterministic: bool) -> None:
         """`rollout.policy.epsilon` / `deterministic`: how the collectors explore from now on."""
         self._set_everywhere("set_exploration", epsilon, deterministic)
+
+    def apply(self, method: str, *args: Any) -> None:
+        """A setting every collector must have, now and after any restart: `method(*args)` on
+        each (e.g. `set_policy_weights(weights, version)`); see `_set_everywhere`."""
+        self._set_everywhere(method, *args)
 
     def _set_everywhere(self, method: str, *args: Any) -> None:
         """Call `method(*args)` on every started collector, and remember it for the others (a
@@ -284,9 +337,83 @@ class CollectorSupervisor:
         ray.get([getattr(collector.actor, method).remote(*args) for method, args in settings],
                 timeout=_RESTART_TIMEOUT_S)
 
-    def run(self, timeout_s: float, interval_s: float = 0.5) -> SupervisedResult:
-        """Blocks until the collectors have stored `total` rows; raises CollectorFailedError or
+    def __enter__(self) -> "Fleet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Kill every collector (no restart). Their acknowledged rows stay in the replay."""
+        for collector in self._collectors:
+            ray.kill(collector.actor, no_restart=True)
+
+    def wait_started(self, timeout_s: float, hint: str = "") -> None:
+        """Blocks until every collector has started; otherwise stops them and raises a
+        RuntimeError naming how many could not be placed, what is free and `hint` (what to lower)."""
+        pending = [c for c in self._collectors if c.ready is not None]
+        if not pending:
+            return
+        _, unready = ray.wait([c.ready for c in pending], num_returns=len(pending), timeout=timeout_s)
+        if unready:
+            self.stop()
+            free = {key: round(value, 2) for key, value in ray.available_resources().items()
+                    if "memory" not in key and not key.startswith("node:")}
+            raise RuntimeError(f"{len(unready)} of {len(self._collectors)} collectors could not start within "
+                               f"{timeout_s:.0f}s; free now {free}" + (f"; {hint}" if hint else ""))
+        for collector in pending:
+            self._has_started(collector)
+
+    def each(self, method: str, args: Sequence[tuple[Any, ...]], timeout_s: float,
+             interval_s: float = 0.5) -> list[Any]:
+        """`method(*args[i])` on collector i, all at once (after each has started); their answers
+        in collector order. A collector that dies is restarted and asked again; the watchdog
+        watches them meanwhile.
+
+        Raises:
+            CollectorFailedError: one died more often than `max_restarts` allows.
+            ray.exceptions.GetTimeoutError: not all answered within `timeout_s`; the message names
+                what each busy collector is doing (`collector 0: env.step for 130s`).
+        """
+        if len(args) != len(self._collectors):
+            raise ValueError(f"{method}: {len(args)} argument tuples for {len(self._collectors)} collectors")
+        self.wait_started(timeout_s)
+        answers: dict[int, Any] = {}
+        for collector, call_args in zip(self._collectors, args):
+            collector.ref = getattr(collector.actor, method).remote(*call_args)
+        started = time.monotonic()
+        next_check = started + self._watchdog.check_every_s
+        while len(answers) < len(self._collectors):
+            busy = [c for c in self._collectors if c.ref is not None]
+            ready, _ = ray.wait([c.ref for c in busy], num_returns=len(busy), timeout=interval_s)
+            for collector in busy:
+                if collector.ref not in ready:
+                    continue
+                try:
+                    answers[collector.index] = ray.get(collector.ref)
+                    collector.ref = None
+                    self._cleared(collector)
+                except ray.exceptions.RayActorError as err:
+                    collector.ref = None
+                    self._restart(collector, err)
+                    collector.ref = getattr(collector.actor, method).remote(*args[collector.index])
+            if len(answers) == len(self._collectors):
+                break
+            if time.monotonic() - started > timeout_s:
+                busy = [c for c in self._collectors if c.ref is not None]
+                raise ray.exceptions.GetTimeoutError(
+                    f"{method}: collectors not done after {timeout_s:.0f}s: {self._doing(busy)}")
+            if self._watchdog.stall_after_s is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + self._watchdog.check_every_s
+                self._check_stalls([c for c in self._collectors if c.ref is not None])
+        return [answers[index] for index in range(len(self._collectors))]
+
+    def fill(self, total: int, chunk_rows: int, timeout_s: float, interval_s: float = 0.5) -> FleetResult:
+        """Blocks until the collectors have stored `total` rows (a resumed fleet's earlier rows
+        included), handing out chunks of `chunk_rows` (smaller chunks let a scaled-up count share
+        the remaining work sooner); then stops them. Raises CollectorFailedError or
         GetTimeoutError (naming what each collector was doing) when that cannot happen."""
+        self._total, self._chunk_rows = total, chunk_rows
         deadline, next_check = self._started + timeout_s, self._started + self._watchdog.check_every_s
         try:
             with progress_bar("rows") as progress:
@@ -318,12 +445,11 @@ class CollectorSupervisor:
             running = [c for c in self._collectors if not c.retired and self._has_started(c)]
             nodes = ray.get([c.actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
                              for c in running], timeout=_ASK_TIMEOUT_S * 6)
-            return SupervisedResult([r for c in self._collectors for r in c.results], self._stored_by_collector(),
-                                    [c.incarnation for c in self._collectors], nodes, self._stalls,
-                                    time.monotonic() - self._started, set(self._dead_sources), list(self._scaled))
+            return FleetResult([r for c in self._collectors for r in c.results], self._stored_by_collector(),
+                               [c.incarnation for c in self._collectors], nodes, self._stalls,
+                               time.monotonic() - self._started, set(self._dead_sources), list(self._scaled))
         finally:
-            for collector in self._collectors:
-                ray.kill(collector.actor, no_restart=True)
+            self.stop()
 
     def _scale(self) -> None:
         with self._lock:
@@ -426,7 +552,7 @@ class CollectorSupervisor:
                           collector.incarnation, stored)
 
     def _stored_by_collector(self) -> list[int]:
-        by_source = self._replay.rows_by_source()
+        by_source = self._replay.rows_by_source() if self._replay is not None else {}
         return [sum(by_source.get(source, 0) for source in c.sources) for c in self._collectors]
 
     def _activities(self, busy: list[_Collector]) -> list[Any]:
@@ -461,7 +587,7 @@ class CollectorSupervisor:
                 self._cleared(collector)
                 continue
             call = activity.what.split(":")[0]
-            waiting_for = f"RolloutWorker[{collector.index}].{activity.what}"
+            waiting_for = f"{self._kind}[{collector.index}].{activity.what}"
             if call.startswith("replay."):
                 waiting_for += f": {self._replay_holding_back()}"
             # a wait for the replay or for memory is not the collector's fault: restarting it would not help
@@ -474,7 +600,7 @@ class CollectorSupervisor:
         # The GCS actor table (no dashboard needed, unlike ray.util.state); private, so best effort.
         from ray._private.state import actors
 
-        name = f"RolloutWorker[{collector.index}]"
+        name = f"{self._kind}[{collector.index}]"
         try:
             state = actors(collector.actor._actor_id.hex()).get("State", "unknown")
         except Exception as err:  # noqa: BLE001 - best effort: the report says what failed
@@ -487,6 +613,8 @@ class CollectorSupervisor:
         return f"{name}: an answer (its process does not answer; actor state {state})", True
 
     def _replay_holding_back(self) -> str:
+        if self._replay is None:
+            return "no replay"
         asks = [shard.holding_back.remote() for shard in self._replay.shards]
         ready, _ = ray.wait(asks, num_returns=len(asks), timeout=_ASK_TIMEOUT_S)
         reasons = []
