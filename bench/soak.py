@@ -31,6 +31,7 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harvest.cluster import pipeline  # noqa: E402
+from harvest.cluster import run_folder  # noqa: E402
 from harvest.cluster.config import parse_config  # noqa: E402
 from harvest.cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
 from harvest.cluster.logging import setup_logging  # noqa: E402
@@ -130,10 +131,10 @@ def plot_memory(samples: list[dict[str, float]], kills: list[tuple[float, str, i
 def collect(cfg_dict: dict, run_id: str) -> tuple[pipeline.RunSummary, float]:
     """`harvest run`'s collect and compact (rotating), as the pipeline runs them."""
     cfg = parse_config({**cfg_dict, "run": {**cfg_dict["run"], "id": run_id}}, "<soak>")
-    run_id, paths = pipeline.prepare_run(cfg)
+    run_id, paths = run_folder.prepare_run(cfg)
     summary = pipeline.RunSummary(run_id, str(paths.root))
     started = time.perf_counter()
-    pipeline._collect_and_compact(cfg, run_id, paths, summary)
+    pipeline.collect_and_compact(cfg, run_id, paths, summary)
     return summary, time.perf_counter() - started
 
 

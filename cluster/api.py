@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from harvest.aggregation.dataset import Dataset
     from harvest.aggregation.manifest import Manifest
     from harvest.cluster.live import LiveConfig
-    from harvest.cluster.pipeline import RunPaths, RunSummary
+    from harvest.cluster.pipeline import RunSummary
+    from harvest.cluster.run_folder import RunPaths
     from harvest.envs.config import EnvConfig
     from harvest.learners.bc import TrainResult
     from harvest.rollout.evaluation import EvalResult
@@ -86,7 +87,7 @@ class RunResult:
     def dataset(self, verify: bool = True) -> Dataset:
         """The run's dataset (its folder, or its prefix in `aggregation.output`)."""
         from harvest.aggregation.dataset import Dataset
-        from harvest.cluster.pipeline import RunPaths
+        from harvest.cluster.run_folder import RunPaths
 
         cfg = load_config(self.run_dir / "config.yaml")
         return Dataset.open(RunPaths(self.run_dir, cfg.aggregation.output).dataset, verify=verify)
@@ -101,15 +102,15 @@ def session(cfg: RunConfig, mode: RunMode = "new", command: str = "run",
     would replace it with one that aborts the process without unwinding)."""
     import ray
 
-    from harvest.cluster import pipeline
+    from harvest.cluster import run_folder
     from harvest.cluster.local import init_ray, shutdown_ray
 
     check_before_ray(cfg)
-    run_id, paths = pipeline.prepare_run(cfg, mode, command)
+    run_id, paths = run_folder.prepare_run(cfg, mode, command)
     setup_logging(cfg.run.log_level, paths.log)
     logger.info("run {} → {}", run_id, paths.root)
     if mode == "stage":
-        pipeline.record_stage(paths, command, list(stage_overrides))
+        run_folder.record_stage(paths.root, command, list(stage_overrides))
     started_ray = not ray.is_initialized()
     main_thread = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
@@ -172,30 +173,30 @@ def stage_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfi
 
 def compact(run_dir: str | Path, overrides: Sequence[str] = ()) -> Manifest:
     """Write the dataset of a collected run from its replay snapshot (`harvest compact`)."""
-    from harvest.cluster import pipeline
+    from harvest.cluster.stages import compact as compact_stage
 
     cfg = stage_config(run_dir, overrides)
     with session(cfg, "stage", "compact", overrides) as (run_id, paths):
-        return pipeline.compact_snapshot(cfg, run_id, paths)
+        return compact_stage.compact_snapshot(cfg, run_id, paths)
 
 
 def train(run_dir: str | Path, overrides: Sequence[str] = (), *, verify: bool = True) -> TrainResult:
     """Train the run's learner (every stage of `learner.stages`) on its dataset (`harvest train`)."""
-    from harvest.cluster import pipeline
+    from harvest.cluster.stages import train as train_stage
 
     overrides = [*overrides, *([] if verify else ["learner.verify_dataset=false"])]
     cfg = stage_config(run_dir, overrides)
     with session(cfg, "stage", "train", overrides) as (run_id, paths):
-        return pipeline.train(cfg, paths, run_id)
+        return train_stage.train(cfg, paths, run_id)
 
 
 def evaluate(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, EvalResult]:
     """Evaluate the run's trained policy beside its baselines (`harvest eval`)."""
-    from harvest.cluster import pipeline
+    from harvest.cluster.stages import evaluate as evaluate_stage
 
     cfg = stage_config(run_dir, overrides)
     with session(cfg, "stage", "eval", overrides) as (run_id, paths):
-        return pipeline.evaluate(cfg, paths, run_id)
+        return evaluate_stage.evaluate(cfg, paths, run_id)
 
 
 def load_policy(checkpoint: str | Path, env: str | EnvConfig | None = None, deterministic: bool = True,

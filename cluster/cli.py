@@ -470,10 +470,11 @@ def _command(args: argparse.Namespace) -> int:
         return 0
 
     from harvest.cluster import api, pipeline
+    from harvest.cluster import run_folder
 
     if args.command in ("run", "collect"):
         resume = bool(getattr(args, "resume", None))
-        run_id = cfg.run.id or pipeline.new_run_id()
+        run_id = cfg.run.id or run_folder.new_run_id()
         default_dir = Path(load_config(None).run.output_dir)
         args._resume_hint = f"harvest {args.command} --resume {run_id}" + (
             f" --set run.output_dir={cfg.run.output_dir}" if Path(cfg.run.output_dir) != default_dir else "")
@@ -481,7 +482,7 @@ def _command(args: argparse.Namespace) -> int:
         if args.config:  # edits of the file take effect while it collects
             from harvest.cluster.live import LiveConfig
 
-            log = pipeline.RunPaths.of(cfg, run_id).log
+            log = run_folder.RunPaths.of(cfg, run_id).log
             live = LiveConfig(args.config, _overrides(args), cfg, log)
         job = api.run if args.command == "run" else api.collect
         result = job(cfg, run_id=run_id, resume=resume, overwrite=getattr(args, "overwrite", False), live=live)

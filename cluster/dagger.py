@@ -33,7 +33,10 @@ from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.manifest import Manifest
 from harvest.cluster.config import RunConfig
-from harvest.cluster.pipeline import RunPaths, RunSummary, _collect_and_compact, collect, train
+from harvest.cluster.pipeline import RunSummary, collect_and_compact
+from harvest.cluster.run_folder import RunPaths
+from harvest.cluster.stages.collect import collect
+from harvest.cluster.stages.train import train
 from harvest.cluster.logging import console, wait_with_progress
 from harvest.envs.spaces import ColumnSpec
 from harvest.learners.bc import BCLearner, TrainResult
@@ -137,7 +140,7 @@ def dagger(cfg: RunConfig, run_id: str, paths: RunPaths) -> list[DaggerRound]:
     folder = paths.root / "dagger"
     folder.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(run_id, str(paths.root))
-    _collect_and_compact(cfg, run_id, paths, summary)
+    collect_and_compact(cfg, run_id, paths, summary)
     started = time.perf_counter()
     checkpoint = train(cfg, paths, run_id).best_checkpoint
     mean, std, returns = _scored(cfg, checkpoint, run_id, d.eval_episodes)

@@ -198,6 +198,6 @@ def jobs(args: argparse.Namespace) -> int:
 
 
 def _new_run_id() -> str:
-    from harvest.cluster.pipeline import new_run_id
+    from harvest.cluster.run_folder import new_run_id
 
     return new_run_id()

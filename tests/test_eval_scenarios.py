@@ -3,13 +3,13 @@
 import numpy as np
 
 from harvest.cluster.config import load_config
-from harvest.cluster.pipeline import _merged, _win_rate
+from harvest.cluster.stages.evaluate import merge_kwargs, win_rate
 from harvest.rollout.evaluation import EvalResult
 
 
 def test_scenario_overrides_merge_nested_env_kwargs():
     base = {"players": "both", "map": {"min_size": 8, "max_size": 10}, "rewards": {"win": 1.0, "city": 0.1}}
-    merged = _merged(base, {"players": "first", "rewards": {"city": 0.0}})
+    merged = merge_kwargs(base, {"players": "first", "rewards": {"city": 0.0}})
     assert merged == {"players": "first", "map": {"min_size": 8, "max_size": 10},
                       "rewards": {"win": 1.0, "city": 0.0}}
     assert base["rewards"]["city"] == 0.1, "the run's own kwargs are left alone"
@@ -17,8 +17,8 @@ def test_scenario_overrides_merge_nested_env_kwargs():
 
 def test_win_rate_counts_returns_at_or_above_the_threshold():
     result = EvalResult("trained", [1.0, -1.0, 0.0, 1.0], [10, 10, 10, 10])
-    assert _win_rate(result, 1.0)["win_rate"] == 0.5
-    assert _win_rate(result, None) == {}
+    assert win_rate(result, 1.0)["win_rate"] == 0.5
+    assert win_rate(result, None) == {}
 
 
 def test_the_generals_example_config_validates():
@@ -31,7 +31,7 @@ def test_eval_reports_confidence_intervals_for_means_and_win_rates():
     import pytest
     from rich.console import Console
 
-    from harvest.cluster.pipeline import eval_table
+    from harvest.cluster.stages.evaluate import eval_table
     from harvest.rollout.evaluation import wilson_interval
 
     assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))  # 0 wins is not "certainly 0 %"
@@ -41,7 +41,7 @@ def test_eval_reports_confidence_intervals_for_means_and_win_rates():
     low, high = result.mean_ci95
     half = 1.96 * np.std(result.returns, ddof=1) / np.sqrt(8)
     assert (low, high) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
-    wins = _win_rate(result, win_return=1.0)
+    wins = win_rate(result, win_return=1.0)
     assert wins["win_rate"] == 0.625 and wins["win_rate_ci95"] == list(wilson_interval(5, 8))
     console = Console(record=True, width=140)
     console.print(eval_table({"trained": result}, win_return=1.0))

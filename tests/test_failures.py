@@ -354,7 +354,8 @@ def test_a_collector_ray_cannot_place_holds_no_rows_back_and_is_named(ray_cluste
 @pytest.mark.timeout(180)
 def test_a_resumed_run_does_not_train_its_finished_stages_again(ray_cluster, tmp_path):
     from harvest.cluster.config import load_config
-    from harvest.cluster.pipeline import RunPaths, train
+    from harvest.cluster.run_folder import RunPaths
+    from harvest.cluster.stages.train import train
     from harvest.learners.bc import BCLearner
     from tests.test_dqfd import mixed_dataset
 

@@ -95,7 +95,8 @@ def test_ppo_learns_box_actions_with_a_tanh_squashed_gaussian(ray_cluster, tmp_p
 
 def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_cluster, tmp_path):
     from harvest.cluster.config import load_config
-    from harvest.cluster.pipeline import RunPaths, train
+    from harvest.cluster.run_folder import RunPaths
+    from harvest.cluster.stages.train import train
 
     env = gym.make("CartPole-v1")
     paths = RunPaths(tmp_path / "run")
@@ -125,7 +126,7 @@ def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_
             "throughput/env_steps_per_s"} <= set(scalars)
     assert all(tensorboard_scalars(paths.learner / stage) for stage in ("1-bc", "2-dqfd"))
     # The evaluation plays every stage's best checkpoint beside the last one.
-    from harvest.cluster.pipeline import evaluate
+    from harvest.cluster.stages.evaluate import evaluate
 
     cfg = load_config(None, ["learner.stages=[bc, dqfd, ppo]", "eval.episodes=2", "eval.num_workers=1",
                              "eval.baselines=[random]", "env.num_envs=2"])

@@ -106,22 +106,24 @@ def test_a_failed_rotation_is_retried_with_nothing_lost(replay_and_worker, tmp_p
 
 def test_a_run_rotates_while_collecting(ray_cluster, tmp_path):
     """The pipeline's collect stage with `rotate_every_s`: real collector actors, rotations on a timer."""
-    from harvest.cluster import pipeline
+    from harvest.cluster import run_folder
+    from harvest.cluster.stages import collect as collect_stage
+    from harvest.cluster.stages import compact as compact_stage
     from harvest.cluster.config import load_config
     from tests.test_cli import TINY
 
     cfg = load_config(None, [*TINY, f"run.output_dir={tmp_path}", "rollout.policy.kind=random",
                              "aggregation.rotate_every_s=0.1", "aggregation.formats=[parquet]"])
-    run_id, paths = pipeline.prepare_run(cfg)
+    run_id, paths = run_folder.prepare_run(cfg)
     rotations = []
 
     def rotating(replay):
         rotations.append(Rotation(replay, paths.dataset, cfg.aggregation, run_id, cfg.env.id))
         return rotations[-1]
 
-    replay, summary = pipeline.collect(cfg, run_id, paths, during=rotating)
+    replay, summary = collect_stage.collect(cfg, run_id, paths, during=rotating)
     try:
-        manifest = pipeline.compact([], replay.schema, cfg, run_id, paths, rotation=rotations[0])
+        manifest = compact_stage.compact([], replay.schema, cfg, run_id, paths, rotation=rotations[0])
     finally:
         replay.kill()
     assert manifest.rotations >= 2 and rotations[0].failures == 0

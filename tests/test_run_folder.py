@@ -10,7 +10,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-from harvest.cluster import pipeline
+from harvest.cluster import run_folder
 from harvest.cluster.cli import main
 from harvest.cluster.config import load_config
 from harvest.cluster.run_folder import RunFolderError
@@ -22,13 +22,13 @@ from tests.test_learners import synthetic, write_dataset
 
 def test_a_new_run_refuses_an_existing_run_folder_and_overwrite_clears_it(tmp_path):
     cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.id=again"])
-    run_id, paths = pipeline.prepare_run(cfg)
+    run_id, paths = run_folder.prepare_run(cfg)
     (paths.root / "dataset.h5").write_text("the old run's data")
     (paths.root / "replay_flight.json").write_text("{}")
     with pytest.raises(RunFolderError, match="--resume again"):
-        pipeline.prepare_run(cfg)
+        run_folder.prepare_run(cfg)
     assert (paths.root / "dataset.h5").is_file()
-    _, paths = pipeline.prepare_run(cfg, "overwrite")
+    _, paths = run_folder.prepare_run(cfg, "overwrite")
     assert sorted(path.name for path in paths.root.iterdir()) == ["config.yaml"]
 
 
@@ -37,7 +37,7 @@ def test_overwrite_leaves_a_folder_that_is_not_a_run_alone(tmp_path):
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.id=mine"])
     with pytest.raises(RunFolderError, match="not a Harvest run folder"):
-        pipeline.prepare_run(cfg, "overwrite")
+        run_folder.prepare_run(cfg, "overwrite")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
 
@@ -58,7 +58,7 @@ def _trained_run(tmp_path: Path) -> Path:
     run_dir = tmp_path / "staged"
     cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.id=staged", "learner.epochs=1",
                              "learner.hidden_sizes=[8]"])
-    pipeline.prepare_run(cfg)
+    run_folder.prepare_run(cfg)
     space = gym.make("CartPole-v1")
     schema, batch = synthetic(space.observation_space, space.action_space, 400,
                               lambda b: (b.columns["obs"][:, 2] > 0).astype("int64"))
