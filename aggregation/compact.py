@@ -24,16 +24,17 @@ import ray
 from loguru import logger
 
 from harvest.aggregation.config import AggregationConfig
-from harvest.rollout.episode_filter import FilterReport, filter_table
 from harvest.aggregation.hdf5 import write_hdf5
 from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError
 from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest, has_manifest
 from harvest.aggregation.npz import write_npz
+from harvest.aggregation.robocode_npz import write_dataset_npz
 from harvest.aggregation.storage import Location, location, staged_folder
 from harvest.aggregation.tfrecord import write_tfrecord
 from harvest.cluster.logging import track
-from harvest.rollout.images import check_image_column, with_encoded_images
 from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.episode_filter import FilterReport, filter_table
+from harvest.rollout.images import check_image_column, with_encoded_images
 from harvest.rollout.replay.replay import Replay
 
 
@@ -318,10 +319,12 @@ def _iso(scalar: pa.Scalar) -> str | None:
 
 
 def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: BatchSchema, out: Location | str | Path,
-                   cfg: AggregationConfig, run_id: str, env_id: str, timeout_s: float = 600.0) -> Manifest:
+                   cfg: AggregationConfig, run_id: str, env_id: str, timeout_s: float = 600.0,
+                   description: str | None = None) -> Manifest:
     """Blocks: compact every shard (actor or snapshot file) in parallel Ray tasks, then write
     `_manifest.json`, the partitions' `_index.json` and the other `cfg.formats` into `out` (a
     folder or an object-store URI), all-or-nothing and never over an existing dataset.
+    `description` is the rows' one-sentence description where a format keeps one (`robocode_npz`).
 
     Raises:
         DatasetExistsError: a dataset is already at `out`.
@@ -339,7 +342,8 @@ def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: Bat
             if isinstance(err.cause, DatasetError):  # one line naming the file; the task's traceback adds nothing
                 raise err.cause from None
             raise
-        return finish_dataset([done[index] for index in range(len(refs))], schema, staging, cfg, run_id, env_id)
+        return finish_dataset([done[index] for index in range(len(refs))], schema, staging, cfg, run_id, env_id,
+                              description=description)
 
 
 def _as_completed(refs: list[ray.ObjectRef], timeout_s: float) -> Iterator[tuple[int, ShardCompaction]]:
@@ -378,7 +382,7 @@ def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out: Loca
 
 def finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Location, cfg: AggregationConfig,
                    run_id: str, env_id: str, parents: list[str] | None = None, in_progress: bool = False,
-                   rotations: int = 0, filtered: dict | None = None) -> Manifest:
+                   rotations: int = 0, filtered: dict | None = None, description: str | None = None) -> Manifest:
     """The manifest over every shard's files (and the other formats on request), written into
     `out`; `in_progress` (a rotation during the run) writes the manifest alone, so marked.
     `filtered` replaces the shards' own filter reports (an edit's, with its criteria)."""
@@ -411,6 +415,9 @@ def finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Loc
     if "tfrecord" in cfg.formats:
         manifest.formats["tfrecord"] = write_tfrecord(out, manifest).name
     manifest.write(out)
+    if "robocode_npz" in cfg.formats:  # read back through the manifest just written
+        manifest.formats["robocode_npz"] = write_dataset_npz(out, description=description).name
+        manifest.write(out)
     return manifest
 
 

@@ -14,7 +14,13 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 from loguru import logger
 
-from harvest.aggregation.integrity import DatasetError, DatasetIntegrityError, FileReader, VerifyingHandler, check_manifest
+from harvest.aggregation.integrity import (
+    DatasetError,
+    DatasetIntegrityError,
+    FileReader,
+    VerifyingHandler,
+    check_manifest,
+)
 from harvest.aggregation.manifest import MANIFEST_NAME, FileEntry, Manifest, has_manifest
 from harvest.aggregation.storage import Location, StorageError, location
 from harvest.cluster.logging import track

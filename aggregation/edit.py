@@ -23,11 +23,11 @@ from loguru import logger
 from harvest.aggregation.compact import ShardCompaction, check_new_dataset, compact_source, finish_dataset
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.dataset import Dataset
-from harvest.rollout.episode_filter import EpisodeFilter, FilterReport, filter_table
 from harvest.aggregation.manifest import MANIFEST_NAME, Manifest
 from harvest.aggregation.storage import Location, location, staged_folder
 from harvest.cluster.logging import track
 from harvest.rollout.batch import TransitionBatch
+from harvest.rollout.episode_filter import EpisodeFilter, FilterReport, filter_table
 
 Selector = Callable[[pa.Table], pa.Table]
 

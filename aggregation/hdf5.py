@@ -26,10 +26,10 @@ import numpy as np
 
 from harvest.aggregation.config import Hdf5Config
 from harvest.aggregation.dataset import iter_episodes, iter_record_batches
-from harvest.rollout.episode_filter import episode_runs
 from harvest.aggregation.manifest import Manifest
 from harvest.aggregation.storage import Location
 from harvest.rollout.batch import TransitionBatch
+from harvest.rollout.episode_filter import episode_runs
 
 HDF5_NAME = "_dataset.h5"
 HDF5_FORMAT = 1

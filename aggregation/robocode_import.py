@@ -18,8 +18,8 @@ from loguru import logger
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.importers import ImportResult, flag_nonfinite, unique_files
 from harvest.aggregation.robocode_npz import NPZ_NAME, write_dataset_npz
-from harvest.envs.robocode.team_files import TeamFileError, read_team_file
 from harvest.cluster.logging import track
+from harvest.envs.robocode.team_files import TeamFileError, read_team_file
 from harvest.rollout.cutter import EpisodeIds
 from harvest.rollout.robocode_collector import robocode_schema, robot_rounds, rows_of_rounds
 

@@ -38,10 +38,10 @@ from loguru import logger
 
 from harvest.aggregation.compact import ShardCompaction, check_layout, compact_table, finish_dataset, read_rows
 from harvest.aggregation.config import AggregationConfig
-from harvest.rollout.episode_filter import FilterReport
 from harvest.aggregation.manifest import FileEntry, Manifest
 from harvest.aggregation.storage import Location, location
 from harvest.rollout.batch import BatchSchema
+from harvest.rollout.episode_filter import FilterReport
 from harvest.rollout.replay.replay import Replay
 
 
@@ -156,12 +156,13 @@ class Rotation:
 
     def __init__(self, replay: Replay, out: Location | str | Path, cfg: AggregationConfig, run_id: str,
                  env_id: str, timeout_s: float = 600.0, state_dir: str | Path | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, description: str | None = None) -> None:
         if cfg.rotate_every_s is None:
             raise ValueError("Rotation needs aggregation.rotate_every_s (seconds between rotations)")
         check_layout(replay.schema, cfg)
         self._out, self._cfg, self._schema = location(out), cfg, replay.schema
         self._run_id, self._env_id, self._timeout_s = run_id, env_id, timeout_s
+        self._description = description
         self._out.make_dirs()
         self._state_dir = str(state_dir) if state_dir is not None else None
         if self._state_dir is not None and not resume:
@@ -222,7 +223,8 @@ class Rotation:
                 raise RotationError(f"the last rotation into {self._out} failed (the replay still holds the rows): "
                                     + "; ".join(failed))
             manifest = finish_dataset(self._shard_results(), self._schema, self._out, self._cfg, self._run_id,
-                                      self._env_id, in_progress=not final, rotations=self.rotations)
+                                      self._env_id, in_progress=not final, rotations=self.rotations,
+                                      description=self._description)
             rows, files = self._count()
             if failed:
                 raise RotationError(f"rotation {self.rotations} into {self._out}: " + "; ".join(failed))

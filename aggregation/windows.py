@@ -23,8 +23,8 @@ from typing import Any, Literal
 import numpy as np
 
 from harvest.aggregation.dataset import Dataset
-from harvest.rollout.episode_filter import episode_runs
 from harvest.rollout.batch import TransitionBatch
+from harvest.rollout.episode_filter import episode_runs
 
 Pad = Literal["none", "repeat_first", "zeros"]
 

@@ -127,11 +127,10 @@ def session(cfg: RunConfig, mode: RunMode = "new", command: str = "run",
 
 def check_before_ray(cfg: RunConfig) -> None:
     """What can be checked in the driver is, before Ray starts (which takes seconds): the env ids."""
-    from harvest.cluster.config import ROBOCODE_ENV_ID
     from harvest.envs.registry import check_env_id
+    from harvest.rollout.env_kinds import env_kind
 
-    if cfg.env.id != ROBOCODE_ENV_ID:
-        check_env_id(cfg.env)
+    env_kind(cfg.env).check_env(cfg.env)
     if cfg.eval.env is not None:
         check_env_id(cfg.eval.env)
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 import harvest
+
 if TYPE_CHECKING:
     from harvest.cluster.config import RunConfig
 
@@ -469,8 +470,7 @@ def _command(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_config(cfg))
         return 0
 
-    from harvest.cluster import api, pipeline
-    from harvest.cluster import run_folder
+    from harvest.cluster import api, pipeline, run_folder
 
     if args.command in ("run", "collect"):
         resume = bool(getattr(args, "resume", None))
@@ -531,9 +531,9 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from harvest.aggregation.dataset import Dataset, DatasetError
     from pydantic import ValidationError
 
+    from harvest.aggregation.dataset import Dataset, DatasetError
     from harvest.aggregation.export import export_minari, export_offline_rl, export_teacher_student
     from harvest.aggregation.storage import StorageError
 

@@ -87,8 +87,8 @@ class EvalConfig:
     win_return: Optional[float] = None
     """An episode whose return is at least this counts as a win; the summary then shows win rates."""
     env: Optional[EnvConfig] = None
-    """The env policies are evaluated in (None: the run's `env`). Robocode runs collect expert
-    battles (`env.id: robocode`) and evaluate in the Gymnasium env `harvest/Robocode-v0`."""
+    """The env policies are evaluated in (None: the one the run's env kind names, `EnvKind.eval_env`:
+    the run's `env` itself for Gymnasium envs)."""
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -113,8 +113,11 @@ class RunConfig:
     def _someone_collects(self) -> "RunConfig":
         if self.rollout.num_collectors == 0 and self.human is None:
             raise ValueError("rollout.num_collectors: 0 needs a `human:` section (someone has to collect)")
-        if self.human is not None and self.env.id == ROBOCODE_ENV_ID:
-            raise ValueError("human: teleoperation plays Gymnasium envs; Robocode battles are collected by engines")
+        from harvest.rollout.env_kinds import env_kind  # (it imports Ray: loaded when a config is checked)
+
+        refusal = env_kind(self.env).human_refusal
+        if self.human is not None and refusal is not None:
+            raise ValueError(f"human: {refusal}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,28 +149,13 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunCo
         cfg = _ADAPTER.validate_python(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from err
-    if cfg.env.id == ROBOCODE_ENV_ID:
-        robocode_battles(cfg, source)
-    return cfg
+    from harvest.rollout.env_kinds import env_kind
 
-
-ROBOCODE_ENV_ID = "robocode"
-"""`env.id` of runs that collect expert battles in the Robocode engine (`env.kwargs` are a
-`rollout.robocode_collector.RobocodeBattles`)."""
-
-
-def robocode_battles(cfg: RunConfig, source: str = "<config>", collector_id: int = 0) -> Any:
-    """The `RobocodeBattles` of collector `collector_id` of a Robocode run, seeded from `run.seed`."""
-    from harvest.rollout.robocode_collector import RobocodeBattles
-
-    kwargs = dict(cfg.env.kwargs)
-    if "seed" in kwargs:
-        raise ConfigError(f"{source}: env.kwargs.seed: unexpected key (battles are seeded from run.seed)")
     try:
-        return TypeAdapter(RobocodeBattles).validate_python({**kwargs, "seed": cfg.run.seed + 1000 * collector_id})
-    except ValidationError as err:
-        errors = _format_errors(err, source).replace(f"{source}: ", f"{source}: env.kwargs.")
-        raise ConfigError(errors.replace("env.kwargs.(top level)", "env.kwargs")) from err
+        env_kind(cfg.env).check_kwargs(cfg.env, cfg.run.seed)
+    except ValueError as err:
+        raise ConfigError("\n".join(f"{source}: {line}" for line in str(err).splitlines())) from None
+    return cfg
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

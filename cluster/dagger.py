@@ -33,20 +33,20 @@ from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.manifest import Manifest
 from harvest.cluster.config import RunConfig
+from harvest.cluster.logging import console, wait_with_progress
 from harvest.cluster.pipeline import RunSummary, collect_and_compact
 from harvest.cluster.run_folder import RunPaths
 from harvest.cluster.stages.collect import collect
 from harvest.cluster.stages.train import train
-from harvest.cluster.logging import console, wait_with_progress
 from harvest.envs.spaces import ColumnSpec
 from harvest.learners.bc import BCLearner, TrainResult
-from harvest.learners.plots import plot_rounds
 from harvest.learners.models import image_column
+from harvest.learners.plots import plot_rounds
+from harvest.learners.policy import load_torch_policy
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import PolicyConfig
 from harvest.rollout.evaluation import evaluate_policies
 from harvest.rollout.human_config import HumanConfig
-from harvest.learners.policy import load_torch_policy
 from harvest.rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory
 from harvest.rollout.review import review_frames
 

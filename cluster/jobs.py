@@ -35,7 +35,6 @@ from loguru import logger
 
 import harvest
 
-
 JOB_CONFIG = "harvest-job.yaml"
 DEFAULT_OUTPUT_DIR = "~/harvest/artifacts"
 EXCLUDES = (".venv", ".git", "artifacts", "__pycache__", "*.egg-info", ".pytest_cache", "*.pyc", "build", "dist")

@@ -14,8 +14,15 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Sized,
 from loguru import logger
 from rich.console import Console
 from rich.errors import LiveError
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 if TYPE_CHECKING:

@@ -115,14 +115,6 @@ class RunPaths:
         return self.root / SUMMARY_NAME
 
     @property
-    def robocode(self) -> Path:
-        return self.root / "robocode"
-
-    @property
-    def game_states(self) -> Path:
-        return self.root / "game_states"
-
-    @property
     def log(self) -> Path:
         return self.root / "harvest.log"
 

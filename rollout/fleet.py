@@ -51,6 +51,8 @@ _ASK_TIMEOUT_S = 5.0
 """How long the watchdog waits for a collector to say what it is doing."""
 _RESTART_TIMEOUT_S = 300.0
 """How long a restarted collector may take to come back (its env is built again)."""
+_CLOSE_TIMEOUT_S = 60.0
+"""How long collectors may take to close (engines shut down) before they are killed."""
 
 
 _STORE_FULL = 0.9
@@ -204,6 +206,7 @@ class Fleet:
                  kind: str = "RolloutWorker") -> None:
         self._start_collector, self._kind = start_collector, kind
         self._total = self._chunk_rows = 0
+        self._stopped = False
         self._collectors = [_Collector(index, start_collector(index)) for index in range(num_collectors)]
         self._dead_sources: set[str] = set()
         self._log = logger.bind(actor="Fleet")
@@ -344,9 +347,24 @@ class Fleet:
         self.stop()
 
     def stop(self) -> None:
-        """Kill every collector (no restart). Their acknowledged rows stay in the replay."""
+        """Close every started collector that is idle (its envs, engines), then kill them all (no
+        restart). Their acknowledged rows stay in the replay. Once: later calls do nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._close([c for c in self._collectors if not c.retired and c.ref is None and c.ready is None])
         for collector in self._collectors:
             ray.kill(collector.actor, no_restart=True)
+
+    def _close(self, collectors: list[_Collector]) -> None:
+        """`close()` on each (best effort, bounded: one that does not answer is killed anyway)."""
+        closing = [c.actor.close.remote() for c in collectors]
+        ready, _ = ray.wait(closing, num_returns=len(closing), timeout=_CLOSE_TIMEOUT_S)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as err:
+                self._log.warning("a collector failed to close: {}", err)
 
     def wait_started(self, timeout_s: float, hint: str = "") -> None:
         """Blocks until every collector has started; otherwise stops them and raises a
@@ -477,6 +495,7 @@ class Fleet:
             if collector.ref is not None or collector.retired:
                 continue
             if collector.retiring:
+                self._close([collector])
                 ray.kill(collector.actor, no_restart=True)
                 collector.retired = True
                 self._cleared(collector)

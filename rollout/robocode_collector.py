@@ -29,6 +29,7 @@ from harvest.envs.spaces import ColumnSpec
 from harvest.rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
 from harvest.rollout.cutter import EpisodeIds
 from harvest.rollout.replay.replay import Replay
+from harvest.rollout.worker import INCARNATION_SHIFT, Activity, collector_source
 
 ROW_COLUMNS = {
     "battle_id": ColumnSpec(np.int64, ()), "round": ColumnSpec(np.int64, ()), "turn": ColumnSpec(np.int64, ()),
@@ -87,6 +88,23 @@ class RobocodeCollectResult:
     dropped_battles: list[int] = field(default_factory=list)
     episodes: int = 0
     """Robot-rounds pushed (each is an episode)."""
+    source: str = ""
+    """The source its pushes carried (`collector 3`, `collector 3 #1` after a restart)."""
+    push_wait_seconds: float = 0.0
+
+    @property
+    def episode_count(self) -> int:
+        return self.episodes
+
+    @property
+    def episode_returns(self) -> list[float]:
+        """Not kept: a Robocode row's reward is the recovered one, not the battle's score."""
+        return []
+
+    def details(self) -> str:
+        """What the per-collector log line adds: battles, engine restarts, dropped battles."""
+        return (f"{self.battles} battles, {self.restarts} engine restarts, battles dropped: "
+                f"{self.dropped_battles or 'none'}")
 
 
 class RobocodeCollector:
@@ -116,10 +134,29 @@ class RobocodeCollector:
         if battles.game_states:
             self._game_states_dir = Path(game_states_dir) if game_states_dir else self._workdir / "game_states"
         self.engine = RobocodeHost(self._workdir, Path(cache_root).expanduser(), gui=battles.gui)
-        self._episode_ids = EpisodeIds(episode_uid)
+        self._episode_uid = episode_uid
         self._recorded = [index for index, robot in enumerate(battles.robots)
                           if battles.record is None or robot in battles.record]
-        self._next_battle = 0
+        self._activity = Activity("idle", time.time())
+        self._start(incarnation=0)
+
+    def _start(self, incarnation: int) -> None:
+        """Episode ids, battle numbers and the push source of `incarnation` (n after the n-th restart):
+        a restarted collector plays new battles (numbered from `incarnation << 16`), never repeats."""
+        self.incarnation = incarnation
+        self._source = collector_source(self.collector_id, incarnation)
+        self._episode_ids = EpisodeIds(self._episode_uid, first=incarnation << INCARNATION_SHIFT)
+        self._next_battle = incarnation << 16
+
+    def restarted(self, incarnation: int) -> int:
+        """After Ray restarted this actor (a fresh engine): go on as `incarnation`."""
+        self._start(incarnation)
+        self._log.warning("restarted as incarnation {} (pushes as {!r})", incarnation, self._source)
+        return incarnation
+
+    def activity(self) -> Activity:
+        """What this collector is doing now and since when (answered while `collect` runs)."""
+        return self._activity
 
     def engine_pid(self) -> int:
         """The process id of this collector's JVM (for supervision and tests)."""
@@ -133,16 +170,20 @@ class RobocodeCollector:
         replay does not depend on failures.
         """
         started = time.perf_counter()
-        result = RobocodeCollectResult(self.collector_id, 0, 0, 0, 0, 0, 0.0)
+        result = RobocodeCollectResult(self.collector_id, 0, 0, 0, 0, 0, 0.0, source=self._source)
         while result.rows < num_rows:
             battle_index = self._next_battle
             self._next_battle += 1
+            self._activity = Activity(f"battle {battle_index}", time.time())
             messages = self._play(battle_index, result)
             if messages is None:
                 result.dropped_battles.append(battle_index)
                 continue
             batch = self._rows(battle_index, messages)
-            ray.get(self.replay.insert_async(batch, f"robocode collector {self.collector_id}", battle_index), timeout=120)
+            self._activity = Activity("replay.insert (ack)", time.time())
+            waited = time.perf_counter()
+            ray.get(self.replay.insert_async(batch, self._source, battle_index), timeout=120)
+            result.push_wait_seconds += time.perf_counter() - waited
             if self._game_states_dir is not None:
                 self._write_game_states(messages)
             result.rows += batch.num_rows
@@ -151,6 +192,7 @@ class RobocodeCollector:
             result.battles += 1
             result.rounds += self.battles.rounds_per_battle
         result.seconds = time.perf_counter() - started
+        self._activity = Activity("idle", time.time())
         self._log.info("collected {} rows from {} battles in {:.1f}s ({} restarts)", result.rows, result.battles,
                        result.seconds, result.restarts)
         return result

@@ -25,7 +25,6 @@ from harvest.rollout.policies import Policy, PolicyFactory, PolicyOutput, Random
 from harvest.rollout.replay.replay import Replay
 from harvest.rollout.sources import SOURCE_BY_POLICY, shared_columns, with_filled
 
-
 INCARNATION_SHIFT = 24
 """A collector's episode counter starts at `incarnation << 24`: 16 M episodes per incarnation."""
 
@@ -76,6 +75,22 @@ class CollectResult:
     """`mode: trajectory`: episodes and rows seen and kept, and why the others were dropped."""
     source: str = ""
     """The source its pushes carried (`collector 3`, `collector 3 #1` after a restart)."""
+
+    @property
+    def episode_count(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def episode_returns(self) -> list[float]:
+        return [episode.episode_return for episode in self.episodes]
+
+    def details(self) -> str:
+        """What the per-collector log line adds: memory held, and a trajectory filter's report."""
+        text = f"at most {self.peak_local_bytes / 2**20:.1f} MB held locally"
+        if self.filtered is not None:
+            text += (f"; kept {self.filtered['kept_episodes']} of {self.filtered['episodes']} finished episodes, "
+                     f"dropped {self.filtered['dropped'] or 'none'}")
+        return text
 
 
 def collector_uid(run_id: str, collector_id: int) -> int:

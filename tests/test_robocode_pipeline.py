@@ -110,7 +110,7 @@ def test_a_killed_engine_is_restarted_and_the_replay_holds_complete_battles_only
     killed = []
 
     def kill_first_engine_mid_run():
-        while not replay.rows_by_source().get("robocode collector 0"):  # its battle is in, the next one runs
+        while not replay.rows_by_source().get("collector 0"):  # its battle is in, the next one runs
             time.sleep(0.02)
         pid = ray.get(collectors[0].engine_pid.remote(), timeout=30)
         import os

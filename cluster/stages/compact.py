@@ -9,12 +9,12 @@ from loguru import logger
 from harvest.aggregation.compact import compact_replay
 from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.manifest import Manifest
-from harvest.aggregation.robocode_npz import write_dataset_npz
 from harvest.aggregation.rotate import Rotation
-from harvest.cluster.config import ROBOCODE_ENV_ID, RunConfig, robocode_battles
+from harvest.cluster.config import RunConfig
 from harvest.cluster.logging import console
 from harvest.cluster.run_folder import RunPaths
 from harvest.rollout.batch import BatchSchema
+from harvest.rollout.env_kinds import env_kind
 
 
 def compact(sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, paths: RunPaths,
@@ -26,13 +26,11 @@ def compact(sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, pat
         with console.status("[bold]compact[/] writing the last rotation" + f" + {formats}" * bool(formats)):
             manifest = rotation.finish()
     else:  # (a bar with rows/s as the shards' tasks finish)
-        manifest = compact_replay(sources, schema, paths.dataset, cfg.aggregation, run_id, cfg.env.id)
-    if "robocode_npz" in cfg.aggregation.formats:
-        npz = write_dataset_npz(paths.dataset, description=_robocode_description(cfg))
-        logger.info("Robocode NPZ {}", npz)
+        manifest = compact_replay(sources, schema, paths.dataset, cfg.aggregation, run_id, cfg.env.id,
+                                  description=env_kind(cfg.env).describe(cfg.env, cfg.run.seed))
     logger.info("dataset {}: {:,} rows, {} episodes ({} complete), {} Parquet files{}", paths.dataset,
                 manifest.rows, manifest.episodes, manifest.episodes_complete, len(manifest.files),
-                f", {manifest.npz}" if manifest.npz else "")
+                "".join(f", {name}" for name in manifest.formats.values()))
     return manifest
 
 
@@ -54,12 +52,3 @@ def finished_dataset(paths: RunPaths) -> Manifest | None:
     except (FileNotFoundError, ValueError, OSError):
         return None
     return None if getattr(manifest, "in_progress", False) else manifest
-
-
-def _robocode_description(cfg: RunConfig) -> str:
-    if cfg.env.id != ROBOCODE_ENV_ID:
-        return f"{cfg.env.id} transitions"
-    battles = robocode_battles(cfg)
-    recorded = ", ".join(battles.record or battles.robots)
-    return (f"Robocode expert battles {' vs '.join(battles.robots)} ({battles.width}x{battles.height}, "
-            f"{battles.rounds_per_battle} rounds each, run seed {cfg.run.seed}); rows of {recorded}")

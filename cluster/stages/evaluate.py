@@ -7,21 +7,17 @@ import json
 from typing import Any
 
 import numpy as np
-import ray
 from loguru import logger
 from rich.table import Table
 
-from harvest.cluster.config import ROBOCODE_ENV_ID, RunConfig, robocode_battles
+from harvest.cluster.config import RunConfig
 from harvest.cluster.logging import console
 from harvest.cluster.run_folder import RunPaths
-from harvest.envs.config import EnvConfig
 from harvest.learners.policy import load_torch_policy
 from harvest.rollout.config import PolicyConfig
+from harvest.rollout.env_kinds import env_kind
 from harvest.rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
 from harvest.rollout.policies import ConfiguredPolicyFactory
-from harvest.rollout.robocode_collector import expert_episodes
-
-ROBOCODE_GYM_ID = "harvest/Robocode-v0"
 
 
 def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResult]:
@@ -29,8 +25,9 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
     `eval.scenarios` entry, if there are any). With several `learner.stages`, each earlier
     stage's checkpoint plays too (as `1-bc`, ...), so the table shows what every stage added."""
     checkpoint = paths.learner / f"{cfg.eval.checkpoint}.safetensors"
-    eval_env = _eval_env(cfg)
-    robocode_expert = cfg.env.id == ROBOCODE_ENV_ID and "expert" in cfg.eval.baselines
+    kind = env_kind(cfg.env)
+    eval_env = kind.eval_env(cfg.env, cfg.eval.env, cfg.run.seed)
+    own_expert = kind.own_expert and "expert" in cfg.eval.baselines
     checkpoints = {"trained": checkpoint}
     for index, stage in enumerate(cfg.learner.stages[:-1], 1):
         stage_checkpoint = paths.learner / f"{index}-{stage}" / f"{cfg.eval.checkpoint}.safetensors"
@@ -41,8 +38,8 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
                                               eval_env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
                 for name, path in checkpoints.items()}
     for baseline in cfg.eval.baselines:
-        if not (robocode_expert and baseline == "expert"):
-            policies[baseline] = ConfiguredPolicyFactory(PolicyConfig(kind=baseline), eval_env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
+        if not (own_expert and baseline == "expert"):
+            policies[baseline] = ConfiguredPolicyFactory(PolicyConfig(kind=baseline), eval_env.id, seed=cfg.run.seed)
     scenarios = {name: dataclasses.replace(eval_env, kwargs=merge_kwargs(eval_env.kwargs, overrides))
                  for name, overrides in cfg.eval.scenarios.items()} or {"": eval_env}
     results: dict[str, EvalResult] = {}
@@ -51,8 +48,10 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
         with console.status(f"[bold]eval{where}[/] {cfg.eval.episodes} episodes x {len(policies)} policies"):
             scenario_results = evaluate_policies(policies, env_cfg, cfg.rollout, cfg.eval.episodes,
                                                  cfg.eval.num_workers, run_id, seed=cfg.run.seed + 10_000)
-            if robocode_expert:
-                scenario_results["expert"] = _robocode_expert(cfg, env_cfg, paths)
+            if own_expert:
+                scenario_results["expert"] = kind.expert_baseline(cfg.env, env_cfg, cfg.eval.episodes,
+                                                                  cfg.eval.num_workers, cfg.run.seed,
+                                                                  cfg.rollout.num_cpus, paths.root)
         results.update({f"{name}{' @ ' + scenario if scenario else ''}": result
                         for name, result in scenario_results.items()})
     report = {name: {"mean_return": r.mean_return, "std_return": r.std_return, "mean_return_ci95": list(r.mean_ci95),
@@ -65,36 +64,6 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
                     result.std_return, len(result.returns), f", win rate {wins['win_rate']:.0%}" if wins else "")
     console.print(eval_table(results, cfg.eval.win_return))
     return results
-
-
-def _eval_env(cfg: RunConfig) -> EnvConfig:
-    """`eval.env`, or the run's env; a Robocode run's default is the Gymnasium tank against the
-    collection's second robot on the same battlefield."""
-    if cfg.eval.env is not None:
-        return cfg.eval.env
-    if cfg.env.id != ROBOCODE_ENV_ID:
-        return cfg.env
-    battles = robocode_battles(cfg)
-    return EnvConfig(id=ROBOCODE_GYM_ID, num_envs=1, kwargs={"opponent": battles.robots[1], "width": battles.width,
-                                                               "height": battles.height})
-
-
-def _robocode_expert(cfg: RunConfig, env_cfg: EnvConfig, paths: RunPaths) -> EvalResult:
-    """The collection's expert robot (a Java robot, not a Python policy) in engine battles
-    against the scenario's opponent, scored as the Gymnasium env scores the trained tank."""
-    battles = robocode_battles(cfg)
-    kwargs = env_cfg.kwargs
-    opponent = kwargs.get("opponent", battles.robots[1])
-    per_worker = [cfg.eval.episodes // cfg.eval.num_workers + (i < cfg.eval.episodes % cfg.eval.num_workers)
-                  for i in range(cfg.eval.num_workers)]
-    task = ray.remote(expert_episodes).options(num_cpus=cfg.rollout.num_cpus)
-    refs = [task.remote([battles.robots[0], opponent], rounds, cfg.run.seed + 20_000 + 1000 * index,
-                        kwargs.get("width", battles.width), kwargs.get("height", battles.height),
-                        kwargs.get("max_turns"), str(paths.robocode / f"expert-eval-{index}"))
-            for index, rounds in enumerate(per_worker) if rounds]
-    parts = ray.get(refs, timeout=1800)
-    return EvalResult("expert", [r for returns, _ in parts for r in returns],
-                      [n for _, lengths in parts for n in lengths])
 
 
 def merge_kwargs(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

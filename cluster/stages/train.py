@@ -11,7 +11,7 @@ import ray
 from loguru import logger
 
 from harvest.aggregation.dataset import Dataset
-from harvest.cluster.config import ROBOCODE_ENV_ID, RunConfig
+from harvest.cluster.config import RunConfig
 from harvest.cluster.logging import wait_with_progress
 from harvest.cluster.run_folder import RunPaths
 from harvest.learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainResult
@@ -20,6 +20,7 @@ from harvest.learners.distributed import train_bc_data_parallel
 from harvest.learners.dqfd import DQfDLearner
 from harvest.learners.ppo import PPOLearner
 from harvest.learners.resume import LAST_NAME
+from harvest.rollout.env_kinds import env_kind
 from harvest.rollout.policies import check_checkpoint_spaces
 
 
@@ -135,11 +136,12 @@ def _check_init_checkpoint(cfg: RunConfig, learner_cfg: LearnerConfig) -> None:
     tensor-size error from inside the learner."""
     algorithm = learner_cfg.algorithm
     init = {"ppo": learner_cfg.ppo.init_checkpoint, "dqfd": learner_cfg.dqfd.init_checkpoint}.get(algorithm)
-    if not init or cfg.env.id == ROBOCODE_ENV_ID:
+    played = env_kind(cfg.env).learner_env(cfg.env)
+    if not init or played is None:
         return
     # each plays with its own env kwargs over the run's (e.g. Generals against the expert, not in self-play)
     own_kwargs = learner_cfg.ppo.env_kwargs if algorithm == "ppo" else learner_cfg.dqfd.env_kwargs
-    check_checkpoint_spaces(init, dataclasses.replace(cfg.env, kwargs={**cfg.env.kwargs, **own_kwargs}))
+    check_checkpoint_spaces(init, dataclasses.replace(played, kwargs={**played.kwargs, **own_kwargs}))
 
 
 def train_summary(result: TrainResult) -> dict[str, Any]:

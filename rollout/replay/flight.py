@@ -28,11 +28,19 @@ import ray
 from loguru import logger
 from pyarrow import flight
 
-from harvest.rollout.net import is_loopback
 from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.net import is_loopback
 from harvest.rollout.replay.row_filter import RowFilter
-from harvest.rollout.replay.stream import (OnOverrun, ReplayReader, Start, StreamBatch, StreamCursor, StreamOverrun,
-                                   StreamSpec, take_rows)
+from harvest.rollout.replay.stream import (
+    OnOverrun,
+    ReplayReader,
+    Start,
+    StreamBatch,
+    StreamCursor,
+    StreamOverrun,
+    StreamSpec,
+    take_rows,
+)
 
 _OVERRUN_MARK = "[replay-overrun] "
 _BAD_REQUEST = b"bad-request"
