@@ -36,8 +36,9 @@ from harvest.aggregation.compact import write_dataset  # noqa: E402
 from harvest.aggregation.config import AggregationConfig  # noqa: E402
 from harvest.envs.config import EnvConfig  # noqa: E402
 from harvest.envs.registry import make_vector_env  # noqa: E402
-from harvest.learners.bc import BCLearner, bc_loss  # noqa: E402
+from harvest.learners.bc import BCLearner  # noqa: E402
 from harvest.learners.config import LearnerConfig  # noqa: E402
+from harvest.learners.losses import bc_loss  # noqa: E402
 from harvest.learners.models import build_policy_model  # noqa: E402
 from harvest.rollout.batch import BatchSchema  # noqa: E402
 from harvest.rollout.cutter import EpisodeIds, TransitionCutter  # noqa: E402

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from harvest.cluster.pipeline import RunSummary
     from harvest.cluster.run_folder import RunPaths
     from harvest.envs.config import EnvConfig
-    from harvest.learners.bc import TrainResult
+    from harvest.learners.learner import TrainResult
     from harvest.rollout.evaluation import EvalResult
     from harvest.rollout.policies import Policy
 

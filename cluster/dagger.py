@@ -39,7 +39,8 @@ from harvest.cluster.run_folder import RunPaths
 from harvest.cluster.stages.collect import collect
 from harvest.cluster.stages.train import train
 from harvest.envs.spaces import ColumnSpec
-from harvest.learners.bc import BCLearner, TrainResult
+from harvest.learners.bc import BCLearner
+from harvest.learners.learner import TrainResult
 from harvest.learners.models import image_column
 from harvest.learners.plots import plot_rounds
 from harvest.learners.policy import load_torch_policy

@@ -187,13 +187,10 @@ def print_summary(summary: RunSummary) -> None:
         rows.append(("dataset", f"{summary.dataset_rows:,} rows, {summary.dataset_episodes} episodes"))
     if summary.train:
         t = summary.train
-        if t.get("algorithm") in ("dqfd", "ppo"):
-            rows.append(("learner", f"{t['algorithm'].upper()}, best at {t['best_update']}, evaluation return "
-                                    f"{t['best_eval_return']:.1f} on {t['device']}"))
-        else:
-            accuracy = "" if t["validation_accuracy"] is None else f", accuracy {t['validation_accuracy']:.3f}"
-            rows.append(("learner", f"best epoch {t['best_epoch']}, validation loss "
-                                    f"{t['best_validation_loss']:.4f}{accuracy} on {t['device']}"))
+        score = "n/a" if t["best_score"] is None else f"{t['best_score']:.4g}"
+        accuracy = "" if t.get("validation_accuracy") is None else f", accuracy {t['validation_accuracy']:.3f}"
+        rows.append(("learner", f"{t['algorithm'].upper()}, best {t['step_name']} {t['best_step']}, "
+                                f"{t['score_name']} {score}{accuracy} on {t['device']}"))
     if summary.eval:
         for name, result in summary.eval.items():
             wins = f", win rate {result['win_rate']:.0%}" if "win_rate" in result else ""

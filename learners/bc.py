@@ -7,83 +7,47 @@ into memory, then every epoch shuffles the training rows into minibatches on the
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from loguru import logger
-from torch import nn
 
 from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.storage import Location
 from harvest.cluster import metrics
-from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
-from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 from harvest.envs.action_sets import resolve_action_set
+from harvest.envs.config import EnvConfig
 from harvest.learners.action_sets import action_set_info, map_to_action_set
 from harvest.learners.augment import augment_images
+from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
 from harvest.learners.config import AugmentConfig, LearnerConfig
-from harvest.learners.models import ConvPolicyModel, PolicyModel, build_policy_model, image_column, resolve_model_spec
-from harvest.learners.plots import plot_training_curve
+from harvest.learners.learner import (
+    BEST_NAME,
+    FINAL_NAME,
+    EpochRecord,
+    LearnerOutputs,
+    LearnerProgress,
+    TrainProgress,
+    TrainResult,
+    epochs_result,
+    split_by_episode,
+)
+from harvest.learners.losses import action_scale, bc_loss
+from harvest.learners.models import (
+    ConvPolicyModel,
+    PolicyModel,
+    build_policy_model,
+    fit_normalizer,
+    image_column,
+    resolve_model_spec,
+)
 from harvest.learners.precision import Precision
-from harvest.learners.records import TrainingRecorder
-
-HISTORY_NAME = "training_history.json"
-BEST_NAME = "best.safetensors"
-FINAL_NAME = "final.safetensors"
-CURVE_NAME = "training_curve.png"
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    validation_loss: float
-    validation_accuracy: float | None
-    samples_per_s: float
-    seconds: float
-
-
-@dataclass
-class TrainResult:
-    best_checkpoint: str
-    final_checkpoint: str
-    history_path: str
-    best_epoch: int
-    best_validation_loss: float
-    train_rows: int
-    validation_rows: int
-    device: str
-    history: list[EpochRecord]
-    algorithm: str = "bc"
-    best_eval_return: float | None = None
-    """DQfD: the best checkpoint's greedy evaluation return during training (it picks the best)."""
-    node_id: str = ""
-    """The Ray node the learner ran on (set by the pipeline)."""
-
-
-@dataclass
-class TrainProgress:
-    epoch: int
-    epochs: int
-    samples: int
-    train_loss: float | None
-
-
-def split_by_episode(episode_ids: np.ndarray, validation_fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of validation rows: whole episodes, about `validation_fraction` of them."""
-    unique_ids = np.unique(episode_ids)
-    if validation_fraction == 0 or unique_ids.size < 2:
-        return np.zeros(episode_ids.shape, dtype=bool)
-    rng = np.random.default_rng(seed)
-    num_validation = min(unique_ids.size - 1, max(1, round(validation_fraction * unique_ids.size)))
-    validation_ids = rng.choice(unique_ids, size=num_validation, replace=False)
-    return np.isin(episode_ids, validation_ids)
+from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 
 
 class BCLearner:
@@ -117,13 +81,43 @@ class BCLearner:
         self._log = logger.bind(actor="BCLearner")
         self.action_set: np.ndarray | None = None
         """`learner.action_set` resolved (set by `train`): the checkpoints record it."""
-        self._progress = TrainProgress(0, cfg.epochs, 0, None)
-        self._lock = threading.Lock()
+        self._progress = LearnerProgress(cfg.epochs)
+
+    algorithm = "bc"
+
+    @classmethod
+    def actor_args(cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str,
+                   run_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (cfg, dataset, out_dir), {}
+
+    @classmethod
+    def work(cls, cfg: LearnerConfig, dataset: Location) -> tuple[int, str]:
+        """Samples: the training split's rows (of `max_rows` at most) times the epochs."""
+        rows = Dataset.open(dataset).manifest.rows
+        if cfg.max_rows:
+            rows = min(rows, cfg.max_rows)
+        return int(rows * (1 - cfg.validation_fraction)) * cfg.epochs, "samples"
+
+    @classmethod
+    def after_stage(cls, cfg: LearnerConfig, previous: str | None) -> LearnerConfig:
+        return cfg  # BC learns from the dataset alone
+
+    @classmethod
+    def check(cls, cfg: LearnerConfig, env: EnvConfig | None) -> None:
+        pass
+
+    @classmethod
+    def train_without_actor(cls, cfg: LearnerConfig, dataset: Location, out_dir: str) -> TrainResult | None:
+        """`learner.num_workers` > 1: data-parallel on Ray Train workers."""
+        if cfg.num_workers <= 1:
+            return None
+        from harvest.learners.distributed import train_bc_data_parallel
+
+        return train_bc_data_parallel(cfg, dataset, out_dir)
 
     def progress(self) -> TrainProgress:
         """Where training is (safe to call from another thread while `train` runs)."""
-        with self._lock:
-            return TrainProgress(**asdict(self._progress))
+        return self._progress.snapshot()
 
     def train(self) -> TrainResult:
         cfg, schema = self.cfg, self.dataset.schema
@@ -168,7 +162,7 @@ class BCLearner:
         if cfg.init_checkpoint:  # fine-tuning (DAgger rounds): the checkpoint's weights and normalizer
             self._load_initial(model, cfg.init_checkpoint)
         else:
-            self._fit_normalizer(model, tensors, obs_names, train_index)
+            fit_normalizer(model, tensors, obs_names, train_index)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = -(-train_index.numel() // cfg.batch_size)
         schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps_per_epoch * cfg.epochs))
@@ -188,7 +182,7 @@ class BCLearner:
                        self.precision.name)
         history: list[EpochRecord] = []
         best_loss, best_epoch = float("inf"), 0
-        recorder = TrainingRecorder(self.out_dir, "bc")
+        outputs = LearnerOutputs(self.out_dir, "bc")
         generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         image_name = image_column(schema.observation_space)
         if image_name is None and cfg.augment != AugmentConfig():
@@ -202,8 +196,7 @@ class BCLearner:
             best_loss, best_epoch = state.extra["best_loss"], state.extra["best_epoch"]
             first_epoch = state.epoch + 1
             resumed_after = [*state.extra.get("resumed_after", []), state.epoch]
-            with self._lock:
-                self._progress.samples = state.extra["samples"]
+            self._progress.update(samples=state.extra["samples"])
             self._log.warning("resuming from {} after epoch {} of {}", last_path, state.epoch, cfg.epochs)
         for epoch in range(first_epoch, cfg.epochs + 1):
             started = time.perf_counter()
@@ -223,8 +216,7 @@ class BCLearner:
                 if schedule is not None:
                     schedule.step()
                 losses.append(loss.detach())
-                with self._lock:
-                    self._progress.samples += rows.numel()
+                self._progress.add_samples(rows.numel())
             train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
             validation_loss, validation_accuracy = self._validate(model, tensors, obs_names, action,
                                                                   validation_index if validation_index.numel()
@@ -233,14 +225,13 @@ class BCLearner:
             record = EpochRecord(epoch, train_loss, validation_loss, validation_accuracy,
                                  train_index.numel() / seconds, seconds)
             history.append(record)
-            recorder.scalars(epoch, {"loss/train": train_loss, "loss/validation": validation_loss,
+            outputs.scalars(epoch, {"loss/train": train_loss, "loss/validation": validation_loss,
                                      "accuracy/validation": validation_accuracy,
                                      "throughput/samples_per_s": record.samples_per_s,
                                      "lr": optimizer.param_groups[0]["lr"]})
             metrics.learner_samples().inc(train_index.numel(), tags={"learner": "bc"})
             metrics.learner_loss().set(train_loss, tags={"learner": "bc"})
-            with self._lock:
-                self._progress.epoch, self._progress.train_loss = epoch, train_loss
+            self._progress.update(epoch=epoch, train_loss=train_loss)
             if validation_loss < best_loss:
                 best_loss, best_epoch = validation_loss, epoch
                 self._save(model, BEST_NAME, epoch, record)
@@ -251,19 +242,15 @@ class BCLearner:
             if cfg.resume:
                 save_training_state(last_path, epoch, model, optimizer, schedule, generator, {
                     "history": [asdict(r) for r in history], "best_loss": best_loss, "best_epoch": best_epoch,
-                    "samples": self._progress.samples, "resumed_after": resumed_after}, owner=owner)
-        recorder.close()
+                    "samples": self._progress.snapshot().samples, "resumed_after": resumed_after}, owner=owner)
         self._save(model, FINAL_NAME, cfg.epochs, history[-1])
         last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh
-        history_path = self.out_dir / HISTORY_NAME
         epochs = [asdict(r) for r in history]
-        history_path.write_text(json.dumps({"config": asdict(cfg), "device": str(self.device),
-                                            "precision": self.precision.name, "best_epoch": best_epoch,
-                                            "resumed_after": resumed_after, "epochs": epochs}, indent=2))
-        plot_training_curve(epochs, self.out_dir / CURVE_NAME, f"BC on {self.dataset.manifest.env_id}")
-        return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
-                           best_epoch, best_loss, int(train_index.numel()), int(validation_index.numel()),
-                           str(self.device), history)
+        outputs.finish({"config": asdict(cfg), "device": str(self.device), "precision": self.precision.name,
+                        "best_epoch": best_epoch, "resumed_after": resumed_after, "epochs": epochs},
+                       epochs, f"BC on {self.dataset.manifest.env_id}")
+        return epochs_result("bc", self.out_dir, history, best_epoch, int(train_index.numel()), int(validation_index.numel()),
+                         str(self.device))
 
     def _load_initial(self, model: PolicyModel | ConvPolicyModel, path: str) -> None:
         loaded = load_checkpoint(path, str(self.device))
@@ -272,18 +259,6 @@ class BCLearner:
                              f"builds ({self.model_spec}); fine-tuning needs the same architecture")
         model.load_state_dict(loaded.model.state_dict())
         self._log.info("fine-tuning from {}", path)
-
-    @staticmethod
-    def _fit_normalizer(model: PolicyModel | ConvPolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
-                        train_index: torch.Tensor) -> None:
-        if not isinstance(model, PolicyModel):
-            return  # the CNN reads boards already scaled to [0, 1]
-        with torch.no_grad():
-            sample = train_index[:100_000]
-            features = model.encoder.features({name: tensors[name][sample] for name in obs_names})
-            model.encoder.mean.copy_(features.mean(0))
-            model.encoder.std.copy_(features.std(0).clamp_min(1e-6) if features.shape[0] > 1
-                                    else torch.ones_like(model.encoder.std))
 
     @torch.no_grad()
     def _validate(self, model: PolicyModel | ConvPolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
@@ -307,42 +282,3 @@ class BCLearner:
                               "validation_loss": record.validation_loss,
                               "validation_accuracy": record.validation_accuracy,
                               **action_set_info(self.action_set)})
-
-
-def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor,
-            action_scale: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy for discrete actions (summed over MultiDiscrete parts), MSE for Box actions
-    (each dimension divided by `action_scale` when given); a weighted mean with `weight` per row."""
-    return loss_from_output(model(obs), model.action_space, action, action_scale, weight)
-
-
-def loss_from_output(out: torch.Tensor, space: gym.Space, action: torch.Tensor,
-                     action_scale: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """`bc_loss` from the model's output (for wrappers such as DDP that must do the forward)."""
-    out = out.float()  # under autocast the head's output may be bf16/fp16; losses are taken in fp32
-    if isinstance(space, gym.spaces.Discrete):
-        per_row = nn.functional.cross_entropy(out, action.long() - int(space.start), reduction="none")
-    elif isinstance(space, gym.spaces.MultiDiscrete):
-        targets = (action.long() - torch.as_tensor(space.start, device=action.device)).reshape(action.shape[0], -1)
-        parts = out.split(space.nvec.reshape(-1).tolist(), dim=-1)
-        per_row = sum(nn.functional.cross_entropy(logits, targets[:, i], reduction="none")
-                      for i, logits in enumerate(parts))
-    else:
-        error = out - action.reshape(action.shape[0], -1).float()
-        if action_scale is not None:
-            error = error / action_scale
-        per_row = error.square().mean(-1)
-    if weight is None:
-        return per_row.mean()
-    return (per_row * weight).sum() / weight.sum().clamp_min(1e-12)
-
-
-def action_scale(actions: torch.Tensor, space: gym.spaces.Box, floor_fraction: float = 0.01) -> torch.Tensor:
-    """Per-dimension spread of demonstrated Box actions: their standard deviation, at least
-    `floor_fraction` of the dimension's range (1e-3 where unbounded), so a dimension the
-    expert never varies (a gun that never turns) is fitted as tightly as the others."""
-    flat = actions.reshape(actions.shape[0], -1).float()
-    spread = torch.as_tensor((space.high - space.low).reshape(-1), dtype=torch.float32, device=flat.device)
-    floor = torch.where(torch.isfinite(spread), spread * floor_fraction, torch.full_like(spread, 1e-3))
-    std = flat.std(0) if flat.shape[0] > 1 else torch.zeros_like(floor)
-    return torch.maximum(std, floor)

@@ -22,11 +22,20 @@ from loguru import logger
 
 from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.storage import Location
-from harvest.learners.bc import (BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, EpochRecord, TrainResult, bc_loss,
-                         loss_from_output, split_by_episode)
 from harvest.learners.checkpoint import save_checkpoint
 from harvest.learners.config import LearnerConfig
-from harvest.learners.models import build_policy_model, resolve_model_spec
+from harvest.learners.learner import (
+    BEST_NAME,
+    CURVE_NAME,
+    FINAL_NAME,
+    HISTORY_NAME,
+    EpochRecord,
+    TrainResult,
+    epochs_result,
+    split_by_episode,
+)
+from harvest.learners.losses import bc_loss, loss_from_output
+from harvest.learners.models import build_policy_model, fit_normalizer, resolve_model_spec
 from harvest.learners.plots import plot_training_curve
 from harvest.learners.precision import Precision
 from harvest.learners.records import TrainingRecorder
@@ -130,7 +139,7 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
     normalizer = None
     if hasattr(probe, "encoder"):
         tensors = {name: torch.from_numpy(np.array(sample[name])) for name in obs_names}
-        BCLearner._fit_normalizer(probe, tensors, obs_names, torch.arange(len(next(iter(sample.values())))))
+        fit_normalizer(probe, tensors, obs_names, torch.arange(len(next(iter(sample.values())))))
         normalizer = (probe.encoder.mean.numpy().copy(), probe.encoder.std.numpy().copy())
     rows = dataset.to_ray(columns=[*obs_names, "action", "episode_id"])
 
@@ -162,8 +171,7 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
     plot_training_curve([asdict(record) for record in history], out / CURVE_NAME,
                         f"BC on {dataset.manifest.env_id} ({cfg.num_workers} workers)")
     validation_count = int(np.isin(episode_ids, validation_ids).sum())
-    return TrainResult(str(out / BEST_NAME), str(out / FINAL_NAME), str(out / HISTORY_NAME), best.epoch,
-                       best.validation_loss, len(episode_ids) - validation_count, validation_count,
-                       f"ray-train x{cfg.num_workers} ({'cuda' if cfg.num_gpus else 'cpu'})", history)
+    return epochs_result("bc", out, history, best.epoch, len(episode_ids) - validation_count, validation_count,
+                     f"ray-train x{cfg.num_workers} ({'cuda' if cfg.num_gpus else 'cpu'})")
 
 

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -40,23 +39,22 @@ from torch import nn
 from harvest.aggregation.dataset import Dataset
 from harvest.aggregation.storage import Location
 from harvest.cluster import metrics
+from harvest.envs.action_sets import resolve_action_set
 from harvest.envs.config import EnvConfig
 from harvest.envs.registry import make_vector_env
 from harvest.envs.spaces import ColumnSpec, columns_for_space, flatten_value
-from harvest.learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, BCLearner, TrainProgress, TrainResult
-from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
-from harvest.envs.action_sets import resolve_action_set
 from harvest.learners.action_sets import action_set_info, map_to_action_set
 from harvest.learners.augment import augment_images
+from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
 from harvest.learners.config import AugmentConfig, LearnerConfig
-from harvest.learners.models import build_policy_model, image_column, resolve_model_spec
+from harvest.learners.learner import BEST_NAME, FINAL_NAME, LearnerOutputs, LearnerProgress, TrainProgress, TrainResult
+from harvest.learners.models import build_policy_model, fit_normalizer, image_column, resolve_model_spec
 from harvest.learners.play import greedy_return
-from harvest.learners.plots import plot_training_curve
 from harvest.learners.precision import Precision
-from harvest.learners.records import TrainingRecorder
 from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import ReplayConfig
+from harvest.rollout.policies import check_checkpoint_spaces
 from harvest.rollout.replay.shard import ReplayShard, importance_weights
 
 NSTEP_OBS = "n_obs"
@@ -170,12 +168,42 @@ class DQfDLearner:
         self._image_name = image_column(schema.observation_space) if cfg.augment != AugmentConfig() else None
         self._log = logger.bind(actor="DQfDLearner")
         total = self.d.pretrain_steps + self.d.online_env_steps * self.d.updates_per_env_step
-        self._progress = TrainProgress(0, total, 0, None)
-        self._lock = threading.Lock()
+        self._progress = LearnerProgress(total)
+
+    algorithm = "dqfd"
+
+    @classmethod
+    def actor_args(cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str,
+                   run_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """It plays the run's env, wrappers and all, with `learner.dqfd.env_kwargs` over the env's."""
+        dqfd = dataclasses.replace(cfg.dqfd, env_kwargs={**env.kwargs, **cfg.dqfd.env_kwargs})
+        return (dataclasses.replace(cfg, dqfd=dqfd), dataset, out_dir), {"env_cfg": env}
+
+    @classmethod
+    def work(cls, cfg: LearnerConfig, dataset: Location) -> tuple[int, str]:
+        d = cfg.dqfd
+        return d.pretrain_steps + d.online_env_steps * d.updates_per_env_step, "updates"
+
+    @classmethod
+    def after_stage(cls, cfg: LearnerConfig, previous: str | None) -> LearnerConfig:
+        """It starts from the previous stage's best checkpoint unless its own `init_checkpoint` says otherwise."""
+        if not previous or cfg.dqfd.init_checkpoint:
+            return cfg
+        return dataclasses.replace(cfg, dqfd=dataclasses.replace(cfg.dqfd, init_checkpoint=previous))
+
+    @classmethod
+    def check(cls, cfg: LearnerConfig, env: EnvConfig | None) -> None:
+        """Its starting checkpoint against the env it plays (`CheckpointSpaceError`: one line)."""
+        if cfg.dqfd.init_checkpoint and env is not None:
+            check_checkpoint_spaces(cfg.dqfd.init_checkpoint,
+                                    dataclasses.replace(env, kwargs={**env.kwargs, **cfg.dqfd.env_kwargs}))
+
+    @classmethod
+    def train_without_actor(cls, cfg: LearnerConfig, dataset: Location, out_dir: str) -> TrainResult | None:
+        return None
 
     def progress(self) -> TrainProgress:
-        with self._lock:
-            return TrainProgress(**asdict(self._progress))
+        return self._progress.snapshot()
 
     def train(self) -> TrainResult:
         cfg, d, schema = self.cfg, self.d, self.dataset.schema
@@ -219,9 +247,8 @@ class DQfDLearner:
                                                  cfg.hidden_sizes, cfg.conv_channels)
             model = build_policy_model(schema.observation_space, action_space, self.model_spec).to(self.device)
         if not d.init_checkpoint:
-            BCLearner._fit_normalizer(model, {name: torch.from_numpy(np.array(demos[name]))
-                                              for name in schema.obs_columns},
-                                      schema.obs_columns, torch.arange(demos.num_rows))
+            fit_normalizer(model, {name: torch.from_numpy(np.array(demos[name])) for name in schema.obs_columns},
+                           schema.obs_columns, torch.arange(demos.num_rows))
         target = copy.deepcopy(model).eval()
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=d.l2)
         self._log.info("DQfD on {}: {} demonstration rows, {} pre-training steps, {} env steps of interaction, on {}",
@@ -234,7 +261,7 @@ class DQfDLearner:
         self._resumed_after: list[int] = []
         if resuming:
             self._load_state(last_path)
-        self._recorder = TrainingRecorder(self.out_dir, "dqfd")
+        self._outputs = LearnerOutputs(self.out_dir, "dqfd")
         for _ in range(max(0, d.pretrain_steps - self._updates)):
             self._step(model, target, optimizer, demo_only=True, phase="pretrain")
         if d.pretrain_steps and not self._env_steps and (not self._history or self._history[-1].step != self._updates):
@@ -244,26 +271,23 @@ class DQfDLearner:
         if not self._history or self._history[-1].step != self._updates:
             self._record("online" if d.online_env_steps else "pretrain")
         history, update = self._history, self._updates
-        self._recorder.close()
         self._save(model, FINAL_NAME, update, history[-1])
         if self._best == -float("inf"):  # no evaluation: the final weights are the best we know
             self._save(model, BEST_NAME, update, history[-1])
         last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh
         shutil.rmtree(agent_wal, ignore_errors=True)
-        history_path = self.out_dir / HISTORY_NAME
         entries = [asdict(entry) for entry in history]
-        history_path.write_text(json.dumps({"config": asdict(cfg), "device": str(self.device), "algorithm": "dqfd",
-                                            "precision": self.precision.name,
-                                            "resumed_after": self._resumed_after,
-                                            "best_eval_return": None if self._best == -float("inf") else self._best,
-                                            "steps": entries}, indent=2))
-        plot_training_curve([{"epoch": e["step"], "train_loss": e["loss"], "validation_loss": e["margin_loss"]}
-                             for e in entries], self.out_dir / CURVE_NAME, f"DQfD on {self.dataset.manifest.env_id}",
-                            x_label="update", labels=("loss", "margin loss"),
-                            extra=("eval return", [e["eval_return"] for e in entries]))
+        outputs = self._outputs
+        outputs.finish({"config": asdict(cfg), "device": str(self.device), "algorithm": "dqfd",
+                        "precision": self.precision.name, "resumed_after": self._resumed_after,
+                        "best_eval_return": None if self._best == -float("inf") else self._best, "steps": entries},
+                       [{"epoch": e["step"], "train_loss": e["loss"], "validation_loss": e["margin_loss"]}
+                        for e in entries], f"DQfD on {self.dataset.manifest.env_id}", x_label="update",
+                       labels=("loss", "margin loss"), extra=("eval return", [e["eval_return"] for e in entries]))
         best = max((e for e in history if e.eval_return is not None), key=lambda e: e.eval_return, default=history[-1])
-        return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
-                           best.step, best.loss, demos.num_rows, 0, str(self.device), [], "dqfd", best.eval_return)
+        return TrainResult("dqfd", str(outputs.best), str(outputs.final), str(outputs.history), best.step, "update",
+                           best.eval_return, "evaluation return", str(self.device), demos.num_rows, history,
+                           {"best_update": best.step, "best_eval_return": best.eval_return, "rows": demos.num_rows})
 
     def _step(self, model, target, optimizer, demo_only: bool, phase: str) -> None:
         """One update; the target network copy, the history entry and progress on schedule."""
@@ -273,8 +297,7 @@ class DQfDLearner:
             target.load_state_dict(model.state_dict())
         if self._updates % self.d.log_every == 0:
             self._record(phase)
-        with self._lock:
-            self._progress.epoch = self._progress.samples = self._updates
+        self._progress.update(epoch=self._updates, samples=self._updates)
 
     def _record(self, phase: str) -> None:
         """A history entry: the mean losses since the last one, and the greedy evaluation return
@@ -288,7 +311,7 @@ class DQfDLearner:
                            len(window) / max(time.perf_counter() - self._window_started, 1e-9),
                            self.agent_shard.sampling_mass()[1])
         self._history.append(entry)
-        self._recorder.scalars(entry.step, {"loss/total": entry.loss, "loss/td": entry.td_loss,
+        self._outputs.scalars(entry.step, {"loss/total": entry.loss, "loss/td": entry.td_loss,
                                             "loss/n_step": entry.n_step_loss, "loss/margin": entry.margin_loss,
                                             "replay/demo_fraction": entry.demo_fraction, "eval/return": eval_return,
                                             "env_steps": entry.env_steps, "lr": self._optimizer.param_groups[0]["lr"],

@@ -419,3 +419,16 @@ def build_policy_model(observation_space: gym.Space, action_space: gym.Space,
     if spec.kind == "pixels":
         return PolicyModel(observation_space, action_space, spec.hidden_sizes, spec.conv_channels)
     return PolicyModel(observation_space, action_space, spec.hidden_sizes)
+
+
+def fit_normalizer(model: PolicyModel | ConvPolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
+                   train_index: torch.Tensor) -> None:
+    """An MLP's input normalizer from (up to 100,000 of) the training rows: their mean and std."""
+    if not isinstance(model, PolicyModel):
+        return  # the CNN reads boards already scaled to [0, 1]
+    with torch.no_grad():
+        sample = train_index[:100_000]
+        features = model.encoder.features({name: tensors[name][sample] for name in obs_names})
+        model.encoder.mean.copy_(features.mean(0))
+        model.encoder.std.copy_(features.std(0).clamp_min(1e-6) if features.shape[0] > 1
+                                else torch.ones_like(model.encoder.std))

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -33,25 +31,24 @@ import torch
 from loguru import logger
 from torch import nn
 
+from harvest.aggregation.storage import Location
 from harvest.cluster import metrics
 from harvest.envs.config import EnvConfig
 from harvest.envs.registry import make_vector_env
 from harvest.envs.spaces import leaf_spaces
-from harvest.learners.bc import BEST_NAME, CURVE_NAME, FINAL_NAME, HISTORY_NAME, TrainProgress, TrainResult
 from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
 from harvest.learners.config import LearnerConfig
+from harvest.learners.learner import BEST_NAME, FINAL_NAME, LearnerOutputs, LearnerProgress, TrainProgress, TrainResult
 from harvest.learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model, resolve_model_spec
 from harvest.learners.play import greedy_return
-from harvest.learners.plots import plot_training_curve
+from harvest.learners.policy import load_torch_policy
 from harvest.learners.precision import Precision
-from harvest.learners.records import TrainingRecorder
 from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 from harvest.rollout.batch import TransitionBatch
 from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig, WatchdogConfig
-from harvest.learners.policy import load_torch_policy
-from harvest.rollout.policies import ConfiguredPolicyFactory
-from harvest.rollout.replay.replay import start_replay
 from harvest.rollout.fleet import Fleet
+from harvest.rollout.policies import ConfiguredPolicyFactory, check_checkpoint_spaces
+from harvest.rollout.replay.replay import start_replay
 from harvest.rollout.worker import RolloutWorker, schema_for
 
 INITIAL_NAME = "initial.safetensors"
@@ -147,12 +144,39 @@ class PPOLearner:
         if cfg.num_cpus >= 1:
             torch.set_num_threads(int(cfg.num_cpus))
         self._log = logger.bind(actor="PPOLearner")
-        self._progress = TrainProgress(0, self.p.env_steps, 0, None)
-        self._lock = threading.Lock()
+        self._progress = LearnerProgress(self.p.env_steps)
+
+    algorithm = "ppo"
+
+    @classmethod
+    def actor_args(cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str,
+                   run_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (cfg, env, out_dir, run_id), {}
+
+    @classmethod
+    def work(cls, cfg: LearnerConfig, dataset: Location) -> tuple[int, str]:
+        return cfg.ppo.env_steps, "env steps"
+
+    @classmethod
+    def after_stage(cls, cfg: LearnerConfig, previous: str | None) -> LearnerConfig:
+        """It starts from the previous stage's best checkpoint unless its own `init_checkpoint` says otherwise."""
+        if not previous or cfg.ppo.init_checkpoint:
+            return cfg
+        return dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, init_checkpoint=previous))
+
+    @classmethod
+    def check(cls, cfg: LearnerConfig, env: EnvConfig | None) -> None:
+        """Its starting checkpoint against the env it plays (`CheckpointSpaceError`: one line)."""
+        if cfg.ppo.init_checkpoint and env is not None:
+            check_checkpoint_spaces(cfg.ppo.init_checkpoint,
+                                    dataclasses.replace(env, kwargs={**env.kwargs, **cfg.ppo.env_kwargs}))
+
+    @classmethod
+    def train_without_actor(cls, cfg: LearnerConfig, dataset: Location, out_dir: str) -> TrainResult | None:
+        return None
 
     def progress(self) -> TrainProgress:
-        with self._lock:
-            return TrainProgress(**asdict(self._progress))
+        return self._progress.snapshot()
 
     def _initial_model(self) -> tuple[PolicyModel | ConvPolicyModel, ModelSpec]:
         """The checkpoint to fine-tune, or fresh weights for the env's spaces."""
@@ -219,7 +243,7 @@ class PPOLearner:
             history = [PPORecord(**record) for record in state.extra["history"]]
             resumed_after = [*state.extra.get("resumed_after", []), version]
             self._log.warning("resuming from {} after iteration {} ({} env steps)", last_path, version, env_steps)
-        recorder = TrainingRecorder(self.out_dir, "ppo")
+        outputs = LearnerOutputs(self.out_dir, "ppo")
         try:
             while env_steps < p.env_steps:
                 version += 1
@@ -247,7 +271,7 @@ class PPOLearner:
                                    env_steps_per_s=sum(r.env_steps for r in results) / (time.perf_counter() - started),
                                    **losses)
                 history.append(record)
-                recorder.scalars(env_steps, {
+                outputs.scalars(env_steps, {
                     "loss/policy": record.policy_loss, "loss/value": record.value_loss, "entropy": record.entropy,
                     "kl/initial": record.kl_initial, "kl/approx": record.approx_kl,
                     "clip_fraction": record.clip_fraction,
@@ -263,8 +287,7 @@ class PPOLearner:
                 if eval_return is not None and eval_return > best:
                     best = eval_return
                     self._save(policy, BEST_NAME, version, record)
-                with self._lock:
-                    self._progress.epoch, self._progress.samples = version, env_steps
+                self._progress.update(epoch=version, samples=env_steps)
                 if cfg.resume:
                     save_training_state(last_path, version, networks, optimizer, extra={
                         "env_steps": env_steps, "best": best, "history": [asdict(r) for r in history],
@@ -281,26 +304,23 @@ class PPOLearner:
                             self._save(policy, BEST_NAME, version, record)
                     break
         finally:
-            recorder.close()
             fleet.stop()
             replay.kill()
         self._save(policy, FINAL_NAME, version, history[-1])
         last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh
-        history_path = self.out_dir / HISTORY_NAME
         entries = [asdict(record) for record in history]
-        history_path.write_text(json.dumps({"config": asdict(cfg), "algorithm": "ppo", "device": str(self.device),
-                                            "precision": self.precision.name, "resumed_after": resumed_after,
-                                            "env": self.env_cfg.id, "best_eval_return": best,
-                                            "collector_restarts": fleet.restarts, "iterations": entries}, indent=2))
-        plot_training_curve([{"epoch": e["env_steps"], "train_loss": abs(e["policy_loss"]) + 1e-9,
-                              "validation_loss": e["value_loss"] + 1e-9} for e in entries],
-                            self.out_dir / CURVE_NAME, f"PPO on {self.env_cfg.id}", x_label="env steps",
-                            labels=("|policy loss|", "value loss"),
-                            extra=("episode return", [e["episode_return"] for e in entries]))
+        outputs.finish({"config": asdict(cfg), "algorithm": "ppo", "device": str(self.device),
+                        "precision": self.precision.name, "resumed_after": resumed_after, "env": self.env_cfg.id,
+                        "best_eval_return": best, "collector_restarts": fleet.restarts, "iterations": entries},
+                       [{"epoch": e["env_steps"], "train_loss": abs(e["policy_loss"]) + 1e-9,
+                         "validation_loss": e["value_loss"] + 1e-9} for e in entries], f"PPO on {self.env_cfg.id}",
+                       x_label="env steps", labels=("|policy loss|", "value loss"),
+                       extra=("episode return", [e["episode_return"] for e in entries]))
         best_record = max((r for r in history if r.eval_return is not None), key=lambda r: r.eval_return)
-        return TrainResult(str(self.out_dir / BEST_NAME), str(self.out_dir / FINAL_NAME), str(history_path),
-                           best_record.iteration, best_record.value_loss, env_steps, 0, str(self.device), [], "ppo",
-                           best_record.eval_return)
+        return TrainResult("ppo", str(outputs.best), str(outputs.final), str(outputs.history), best_record.iteration,
+                           "iteration", best_record.eval_return, "evaluation return", str(self.device), env_steps,
+                           history, {"best_update": best_record.iteration, "best_eval_return": best_record.eval_return,
+                                     "rows": env_steps})
 
     def _evaluate(self, policy) -> float:
         """Evaluation return in the env (with `ppo.eval_env_kwargs` merged over the training kwargs)."""

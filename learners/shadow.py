@@ -24,9 +24,9 @@ import torch
 from loguru import logger
 
 from harvest.learners.augment import augment_images
-from harvest.learners.bc import bc_loss
 from harvest.learners.checkpoint import save_checkpoint
 from harvest.learners.config import LearnerConfig
+from harvest.learners.losses import bc_loss
 from harvest.learners.models import build_policy_model, image_column, resolve_model_spec
 from harvest.rollout.batch import BatchSchema
 from harvest.rollout.human_config import ShadowConfig

@@ -86,5 +86,5 @@ def test_dqfd_learns_a_box_dataset_over_an_action_set(tmp_path):
                         dqfd=DQfDConfig(pretrain_steps=1500, n_step=3, log_every=500, eval_episodes=5))
     learner = DQfDLearner(cfg, str(data), str(tmp_path / "dqfd"), EnvConfig(id=REACH))
     result = learner.train()
-    assert learner.env_cfg.action_set == GRID and result.best_eval_return > -3.0
+    assert learner.env_cfg.action_set == GRID and result.best_score > -3.0
     assert reach_return(result.best_checkpoint) > -3.0

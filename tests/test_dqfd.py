@@ -116,7 +116,7 @@ def test_dqfd_interacts_mixes_its_own_rows_in_and_writes_its_records(tmp_path):
     assert steps[0]["demo_fraction"] == 1.0 and steps[-1]["demo_fraction"] < 1.0, "the agent's rows are sampled"
     assert steps[-1]["env_steps"] == 400 and steps[-1]["step"] == 500
     assert all(entry["eval_return"] is not None for entry in steps)
-    assert result.best_eval_return == max(entry["eval_return"] for entry in steps)
+    assert result.best_score == max(entry["eval_return"] for entry in steps)
     assert (tmp_path / "out" / "training_curve.png").stat().st_size > 0
     scalars = tensorboard_scalars(tmp_path / "out")
     assert [step for step, _ in scalars["loss/margin"]] == [100, 200, 300, 400, 500]

@@ -296,7 +296,7 @@ def test_a_learner_refuses_a_tampered_dataset_unless_told_not_to_verify(tmp_path
     with pytest.raises(DatasetIntegrityError, match=rf"^{file_path(tmp_path / 'd', 1)}: sha256 "):
         BCLearner(cfg, str(tmp_path / "d"), str(tmp_path / "learner")).train()
     unverified = LearnerConfig(epochs=1, batch_size=32, hidden_sizes=[8], verify_dataset=False)
-    assert BCLearner(unverified, str(tmp_path / "d"), str(tmp_path / "learner")).train().train_rows > 0
+    assert BCLearner(unverified, str(tmp_path / "d"), str(tmp_path / "learner")).train().trained_on > 0
 
 
 # --- the same through the `harvest` command: exit 1 for damaged files, one line each; --no-verify

@@ -146,9 +146,9 @@ def test_bc_learns_a_discrete_rule(tmp_path):
                         str(tmp_path / "learner"))
     result = learner.train()
     assert result.history[-1].validation_accuracy > 0.95
-    assert result.train_rows + result.validation_rows == 3000
+    assert result.trained_on + result.details["validation_rows"] == 3000
     history = json.loads(Path(result.history_path).read_text())
-    assert len(history["epochs"]) == 8 and history["best_epoch"] == result.best_epoch
+    assert len(history["epochs"]) == 8 and history["best_epoch"] == result.best_step
     assert (tmp_path / "learner" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     scalars = tensorboard_scalars(tmp_path / "learner")
     assert [step for step, _ in scalars["loss/train"]] == list(range(1, 9))
@@ -158,7 +158,7 @@ def test_bc_learns_a_discrete_rule(tmp_path):
     policy = load_torch_policy(result.best_checkpoint)
     obs = np.array([[0.5, 0.4], [-0.5, -0.1]], dtype=np.float32)
     assert policy.compute_actions(obs).actions.tolist() == [1, 0]
-    assert policy.version == result.best_epoch
+    assert policy.version == result.best_step
 
 
 def test_bc_regresses_continuous_actions(tmp_path):
@@ -169,7 +169,7 @@ def test_bc_regresses_continuous_actions(tmp_path):
     result = BCLearner(LearnerConfig(epochs=15, batch_size=64, hidden_sizes=[32]), str(dataset),
                        str(tmp_path / "learner")).train()
     assert result.history[-1].validation_accuracy is None
-    assert result.best_validation_loss < 0.01
+    assert result.best_score < 0.01
 
 
 def test_an_action_dimension_the_demonstrations_never_vary_is_played_exactly(tmp_path):
@@ -199,7 +199,7 @@ def test_flagged_rows_are_left_out_of_training(tmp_path):
     dataset = write_dataset(tmp_path, schema, batch)
     cfg = LearnerConfig(epochs=6, batch_size=64, hidden_sizes=[32], skip_rows_where=["noisy"])
     result = BCLearner(cfg, str(dataset), str(tmp_path / "learner")).train()
-    assert result.train_rows + result.validation_rows == int((~noisy).sum())
+    assert result.trained_on + result.details["validation_rows"] == int((~noisy).sum())
     assert result.history[-1].validation_accuracy > 0.95
     with pytest.raises(ValueError, match=r"skip_rows_where: \['step'\] must name boolean columns; .*'noisy'"):
         BCLearner(LearnerConfig(skip_rows_where=["step"]), str(dataset), str(tmp_path / "l2")).train()
@@ -273,6 +273,7 @@ def test_auto_model_is_a_cnn_over_the_board_with_masked_per_tile_logits():
     env, observation_space, action_space = generals_spaces()
     spec = resolve_model_spec("auto", observation_space, action_space, [8], [4, 4])
     assert spec.kind == "cnn"
+    torch.manual_seed(0)
     assert resolve_model_spec("auto", gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), [8], [4]).kind == "mlp"
     model = build_policy_model(observation_space, action_space, spec)
     assert model.actions_per_tile == 8
@@ -291,7 +292,8 @@ def test_auto_model_is_a_cnn_over_the_board_with_masked_per_tile_logits():
     unmasked = {"obs.board": board, "obs.action_mask": torch.ones(1, 6 * 6 * 8 + 1)}
     tiles = model(unmasked)[0, :-1].reshape(6, 6, 8)
     tiles_shifted = model({**unmasked, "obs.board": shifted})[0, :-1].reshape(6, 6, 8)
-    torch.testing.assert_close(tiles_shifted[2, 3], tiles[2, 2])
+    # (equal up to float rounding: the convolution sums in another order at another offset)
+    torch.testing.assert_close(tiles_shifted[2, 3], tiles[2, 2], atol=1e-4, rtol=1e-3)
 
 
 def test_cnn_checkpoint_round_trip(tmp_path):
@@ -321,7 +323,7 @@ def test_bc_with_a_cnn_learns_the_generals_expert(tmp_path):
     dataset = write_dataset(tmp_path, schema, rows)
     cfg = LearnerConfig(model="auto", conv_channels=[16, 16], epochs=4, batch_size=128, lr=3e-3)
     result = BCLearner(cfg, str(dataset), str(tmp_path / "learner")).train()
-    accuracy = result.history[result.best_epoch - 1].validation_accuracy
+    accuracy = result.history[result.best_step - 1].validation_accuracy
     assert accuracy > 0.3, f"validation accuracy {accuracy:.2f}; legal moves number in the tens"
     assert json.loads(Path(result.history_path).read_text())["epochs"][0]["epoch"] == 1
     policy = load_torch_policy(result.best_checkpoint)

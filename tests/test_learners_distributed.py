@@ -24,7 +24,7 @@ def test_bc_trains_data_parallel_on_two_ray_train_workers(ray_cluster, tmp_path)
     result = train_bc_data_parallel(cfg, str(dataset), str(tmp_path / "learner"))
     assert [record.epoch for record in result.history] == [1, 2]
     assert result.history[-1].validation_accuracy > 0.9
-    assert result.train_rows + result.validation_rows == 4000 and result.validation_rows > 0
+    assert result.trained_on + result.details["validation_rows"] == 4000 and result.details["validation_rows"] > 0
     best = load_checkpoint(result.best_checkpoint)
     assert best.info["workers"] == 2
     obs = torch.tensor([[0.6, -0.2], [-0.5, 0.3]])
