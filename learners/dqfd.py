@@ -47,14 +47,22 @@ from harvest.learners.action_sets import action_set_info, map_to_action_set
 from harvest.learners.augment import augment_images
 from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
 from harvest.learners.config import AugmentConfig, LearnerConfig
-from harvest.learners.learner import BEST_NAME, FINAL_NAME, LearnerOutputs, LearnerProgress, TrainProgress, TrainResult
+from harvest.learners.learner import (
+    BEST_NAME,
+    FINAL_NAME,
+    LearnerOutputs,
+    LearnerProgress,
+    TrainProgress,
+    TrainResult,
+    check_starting_checkpoint,
+    starting_from,
+)
 from harvest.learners.models import build_policy_model, fit_normalizer, image_column, resolve_model_spec
 from harvest.learners.play import greedy_return
 from harvest.learners.precision import Precision
 from harvest.learners.resume import LAST_NAME, load_training_state, resumable, save_training_state, training_owner
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import ReplayConfig
-from harvest.rollout.policies import check_checkpoint_spaces
 from harvest.rollout.replay.shard import ReplayShard, importance_weights
 
 NSTEP_OBS = "n_obs"
@@ -187,16 +195,12 @@ class DQfDLearner:
     @classmethod
     def after_stage(cls, cfg: LearnerConfig, previous: str | None) -> LearnerConfig:
         """It starts from the previous stage's best checkpoint unless its own `init_checkpoint` says otherwise."""
-        if not previous or cfg.dqfd.init_checkpoint:
-            return cfg
-        return dataclasses.replace(cfg, dqfd=dataclasses.replace(cfg.dqfd, init_checkpoint=previous))
+        return starting_from(cfg, "dqfd", previous)
 
     @classmethod
     def check(cls, cfg: LearnerConfig, env: EnvConfig | None) -> None:
         """Its starting checkpoint against the env it plays (`CheckpointSpaceError`: one line)."""
-        if cfg.dqfd.init_checkpoint and env is not None:
-            check_checkpoint_spaces(cfg.dqfd.init_checkpoint,
-                                    dataclasses.replace(env, kwargs={**env.kwargs, **cfg.dqfd.env_kwargs}))
+        check_starting_checkpoint(cfg.dqfd, env)
 
     @classmethod
     def train_without_actor(cls, cfg: LearnerConfig, dataset: Location, out_dir: str) -> TrainResult | None:

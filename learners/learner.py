@@ -141,6 +141,24 @@ def epochs_result(algorithm: str, out_dir: Path, history: list[EpochRecord], bes
 
 
 
+def starting_from(cfg: LearnerConfig, section: str, previous: str | None) -> LearnerConfig:
+    """`cfg` with `<section>.init_checkpoint` set to `previous` (the stage before's best
+    checkpoint), unless the section names its own."""
+    own = getattr(cfg, section)
+    if not previous or own.init_checkpoint:
+        return cfg
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(own, init_checkpoint=previous)})
+
+
+def check_starting_checkpoint(own: Any, env: EnvConfig | None) -> None:
+    """A section's `init_checkpoint` against the env it plays (with the section's `env_kwargs`
+    over the env's): another env's checkpoint is one line (`CheckpointSpaceError`)."""
+    if own.init_checkpoint and env is not None:
+        from harvest.rollout.policies import check_checkpoint_spaces
+
+        check_checkpoint_spaces(own.init_checkpoint, dataclasses.replace(env, kwargs={**env.kwargs, **own.env_kwargs}))
+
+
 class LearnerOutputs:
     """The files of one training stage in `out_dir`: checkpoints, history, curve, TensorBoard."""
 

@@ -38,7 +38,16 @@ from harvest.envs.registry import make_vector_env
 from harvest.envs.spaces import leaf_spaces
 from harvest.learners.checkpoint import load_checkpoint, save_checkpoint
 from harvest.learners.config import LearnerConfig
-from harvest.learners.learner import BEST_NAME, FINAL_NAME, LearnerOutputs, LearnerProgress, TrainProgress, TrainResult
+from harvest.learners.learner import (
+    BEST_NAME,
+    FINAL_NAME,
+    LearnerOutputs,
+    LearnerProgress,
+    TrainProgress,
+    TrainResult,
+    check_starting_checkpoint,
+    starting_from,
+)
 from harvest.learners.models import ConvPolicyModel, ModelSpec, PolicyModel, build_policy_model, resolve_model_spec
 from harvest.learners.play import greedy_return
 from harvest.learners.policy import load_torch_policy
@@ -47,7 +56,7 @@ from harvest.learners.resume import LAST_NAME, load_training_state, resumable, s
 from harvest.rollout.batch import TransitionBatch
 from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig, WatchdogConfig
 from harvest.rollout.fleet import Fleet
-from harvest.rollout.policies import ConfiguredPolicyFactory, check_checkpoint_spaces
+from harvest.rollout.policies import ConfiguredPolicyFactory
 from harvest.rollout.replay.replay import start_replay
 from harvest.rollout.worker import RolloutWorker, schema_for
 
@@ -160,16 +169,12 @@ class PPOLearner:
     @classmethod
     def after_stage(cls, cfg: LearnerConfig, previous: str | None) -> LearnerConfig:
         """It starts from the previous stage's best checkpoint unless its own `init_checkpoint` says otherwise."""
-        if not previous or cfg.ppo.init_checkpoint:
-            return cfg
-        return dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, init_checkpoint=previous))
+        return starting_from(cfg, "ppo", previous)
 
     @classmethod
     def check(cls, cfg: LearnerConfig, env: EnvConfig | None) -> None:
         """Its starting checkpoint against the env it plays (`CheckpointSpaceError`: one line)."""
-        if cfg.ppo.init_checkpoint and env is not None:
-            check_checkpoint_spaces(cfg.ppo.init_checkpoint,
-                                    dataclasses.replace(env, kwargs={**env.kwargs, **cfg.ppo.env_kwargs}))
+        check_starting_checkpoint(cfg.ppo, env)
 
     @classmethod
     def train_without_actor(cls, cfg: LearnerConfig, dataset: Location, out_dir: str) -> TrainResult | None:
