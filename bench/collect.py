@@ -20,15 +20,14 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harvest.cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
 from harvest.envs.config import EnvConfig  # noqa: E402
-from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig  # noqa: E402
 from harvest.rollout.batch import BatchSchema  # noqa: E402
+from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig  # noqa: E402
 from harvest.rollout.cutter import EpisodeIds, TransitionCutter  # noqa: E402
 from harvest.rollout.memory import keep_batch_buffers_on_heap  # noqa: E402
 from harvest.rollout.policies import CartPoleExpert, ConfiguredPolicyFactory  # noqa: E402

@@ -30,8 +30,10 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harvest.cluster import pipeline  # noqa: E402
-from harvest.cluster import run_folder  # noqa: E402
+from harvest.cluster import (
+    pipeline,  # noqa: E402
+    run_folder,  # noqa: E402
+)
 from harvest.cluster.config import parse_config  # noqa: E402
 from harvest.cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
 from harvest.cluster.logging import setup_logging  # noqa: E402

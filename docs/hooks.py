@@ -23,14 +23,13 @@ import re
 import typing
 from typing import Iterator
 
+# MkDocs puts this folder on sys.path while it loads the hooks.
+from cli_reference import CLI_PAGE, check_command, cli_reference
+from config_reference import CONFIG_PAGE, config_keys, config_reference, escape, griffe_class, resolve_key, type_text
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.plugins import get_plugin_logger
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
-
-# MkDocs puts this folder on sys.path while it loads the hooks.
-from cli_reference import CLI_PAGE, check_command, cli_reference
-from config_reference import CONFIG_PAGE, config_keys, config_reference, escape, griffe_class, resolve_key, type_text
 
 log = get_plugin_logger("harvest")
 

@@ -15,10 +15,15 @@ import pytest
 from harvest.envs.config import EnvConfig
 from harvest.learners.checkpoint import save_checkpoint
 from harvest.learners.models import ModelSpec, build_policy_model
+from harvest.learners.policy import load_torch_policy
 from harvest.rollout.config import PolicyConfig, RolloutConfig
 from harvest.rollout.evaluation import evaluate_policies
-from harvest.learners.policy import load_torch_policy
-from harvest.rollout.policies import CheckpointError, CheckpointSpaceError, ConfiguredPolicyFactory, check_checkpoint_spaces
+from harvest.rollout.policies import (
+    CheckpointError,
+    CheckpointSpaceError,
+    ConfiguredPolicyFactory,
+    check_checkpoint_spaces,
+)
 from harvest.rollout.worker import RolloutWorker
 
 REPO = Path(__file__).resolve().parents[1]

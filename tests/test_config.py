@@ -1,6 +1,6 @@
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from harvest.cluster.config import ConfigError, RunConfig, dump_config, load_config, parse_config
 

@@ -17,11 +17,11 @@ from harvest.aggregation import edit
 from harvest.aggregation.compact import DatasetExistsError, check_new_dataset, write_dataset
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.dataset import Dataset
-from harvest.rollout.episode_filter import EpisodeFilter
 from harvest.aggregation.importers import import_parquet
 from harvest.aggregation.manifest import LEGACY_MANIFEST_NAME, MANIFEST_NAME
 from harvest.aggregation.storage import location
 from harvest.cluster.cli import main
+from harvest.rollout.episode_filter import EpisodeFilter
 from tests.test_datasets import episodes_batch, read_back
 
 DATA = Path(__file__).parent / "data"

@@ -14,10 +14,10 @@ import pytest
 from harvest.aggregation.compact import write_dataset
 from harvest.aggregation.config import AggregationConfig, Hdf5Config
 from harvest.aggregation.dataset import Dataset
-from harvest.rollout.episode_filter import EpisodeFilter
 from harvest.aggregation.hdf5 import read_hdf5
 from harvest.aggregation.storage import TMP_MARK, StorageError, location
 from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.episode_filter import EpisodeFilter
 from tests.test_batch import random_batch
 
 HOUR = np.timedelta64(3600, "s")

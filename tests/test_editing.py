@@ -10,10 +10,10 @@ from harvest.aggregation import edit
 from harvest.aggregation.compact import write_dataset
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.dataset import Dataset
-from harvest.rollout.episode_filter import EpisodeFilter
 from harvest.aggregation.windows import count_windows, windows
 from harvest.cluster.cli import main
 from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.episode_filter import EpisodeFilter
 from tests.test_datasets import episodes_batch, read_back
 
 LENGTHS = [1, 3, 15, 16, 17, 40, 100, 7]

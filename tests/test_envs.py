@@ -2,8 +2,18 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from harvest.envs import (EnvConfig, EnvNotFoundError, UnsupportedSpaceError, columns_for_space, flatten_value,
-                  make_vector_env, register_env, space_from_json, space_to_json, unflatten_value)
+from harvest.envs import (
+    EnvConfig,
+    EnvNotFoundError,
+    UnsupportedSpaceError,
+    columns_for_space,
+    flatten_value,
+    make_vector_env,
+    register_env,
+    space_from_json,
+    space_to_json,
+    unflatten_value,
+)
 
 SPACES = {
     "box": gym.spaces.Box(-1.0, np.array([1.0, np.inf]), dtype=np.float32),

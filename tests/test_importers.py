@@ -15,11 +15,17 @@ import pytest
 from PIL import Image
 
 from harvest.aggregation.dataset import Dataset
-from harvest.aggregation.importers import (ImportFormatError, import_driving_sessions, import_json_sequences, import_minari,
-                                   import_offline_rl, import_parquet)
+from harvest.aggregation.importers import (
+    ImportFormatError,
+    import_driving_sessions,
+    import_json_sequences,
+    import_minari,
+    import_offline_rl,
+    import_parquet,
+)
 from harvest.aggregation.robocode_import import import_robocode_json
-from harvest.envs.robocode.team_files import TeamFileError
 from harvest.cluster.cli import main
+from harvest.envs.robocode.team_files import TeamFileError
 from tests.test_datasets import read_back
 from tests.test_exports import cartpole_dataset
 

@@ -20,10 +20,10 @@ from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.dataset import Dataset, DatasetError, DatasetIntegrityError
 from harvest.aggregation.edit import filter_dataset
 from harvest.aggregation.export import export_offline_rl
-from harvest.rollout.episode_filter import EpisodeFilter
 from harvest.aggregation.inspect import inspect_dataset
 from harvest.aggregation.storage import TMP_MARK, location, staged_folder
 from harvest.aggregation.windows import count_windows, windows
+from harvest.rollout.episode_filter import EpisodeFilter
 from tests.test_datasets import bucket, episodes_batch, object_names, s3_endpoint  # noqa: F401 (fixtures)
 
 LENGTHS = [20, 20, 20, 20, 20, 20]

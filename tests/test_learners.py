@@ -11,12 +11,12 @@ import torch
 from harvest.aggregation.compact import write_dataset as aggregation_write_dataset
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.dataset import Dataset
+from harvest.envs.spaces import ColumnSpec, flatten_value
 from harvest.learners.bc import BCLearner, bc_loss, split_by_episode
 from harvest.learners.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from harvest.learners.config import LearnerConfig
 from harvest.learners.models import ModelSpec, build_policy_model, resolve_model_spec
 from harvest.learners.policy import load_torch_policy
-from harvest.envs.spaces import ColumnSpec, flatten_value
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from tests.test_batch import random_batch
 

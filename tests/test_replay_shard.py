@@ -6,10 +6,10 @@ import pytest
 
 from harvest.rollout.batch import BatchSchema, BatchSchemaError, TransitionBatch
 from harvest.rollout.config import ReplayConfig
-from harvest.rollout.routing import shard_of
 from harvest.rollout.replay.replay import Replay
 from harvest.rollout.replay.ring import ColumnRing
 from harvest.rollout.replay.shard import ReplayShard
+from harvest.rollout.routing import shard_of
 from tests.test_batch import random_batch
 
 SCHEMA = BatchSchema.for_spaces(gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(4))

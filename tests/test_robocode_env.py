@@ -10,8 +10,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from harvest.envs import EnvConfig, make_vector_env
-from harvest.envs.robocode.env import RobocodeEnv
 from harvest.envs.robocode import host as host_module
+from harvest.envs.robocode.env import RobocodeEnv
 from harvest.envs.robocode.host import RobocodeHost, RobocodeNotInstalled
 from harvest.envs.robocode.transitions import OBS_FIELDS, round_transitions, split_rounds
 from tests.test_robocode_host import needs_robocode

@@ -107,9 +107,9 @@ def test_a_failed_rotation_is_retried_with_nothing_lost(replay_and_worker, tmp_p
 def test_a_run_rotates_while_collecting(ray_cluster, tmp_path):
     """The pipeline's collect stage with `rotate_every_s`: real collector actors, rotations on a timer."""
     from harvest.cluster import run_folder
+    from harvest.cluster.config import load_config
     from harvest.cluster.stages import collect as collect_stage
     from harvest.cluster.stages import compact as compact_stage
-    from harvest.cluster.config import load_config
     from tests.test_cli import TINY
 
     cfg = load_config(None, [*TINY, f"run.output_dir={tmp_path}", "rollout.policy.kind=random",

@@ -59,9 +59,9 @@ def test_an_idle_car_that_still_rolls_is_not_idle():
 def test_discarded_episodes_are_left_out_of_the_dataset_and_counted(tmp_path):
     from harvest.aggregation.compact import write_dataset
     from harvest.aggregation.config import AggregationConfig
-    from harvest.rollout.episode_filter import EpisodeFilter
     from harvest.cluster.config import load_config
     from harvest.cluster.sessions import review_sessions
+    from harvest.rollout.episode_filter import EpisodeFilter
     from tests.test_datasets import episodes_batch
 
     session = {"session_id": "s", "operator": "ada", "episodes": [

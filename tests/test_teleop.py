@@ -2,9 +2,9 @@
 played through real key events (xdotool) into the sharded replay."""
 
 import csv
-from pathlib import Path
 import json
 import shutil
+from pathlib import Path
 from typing import Callable
 
 import gymnasium as gym
@@ -15,11 +15,11 @@ import ray
 from harvest.envs.car_racing import CarRacingDriver
 from harvest.envs.config import EnvConfig
 from harvest.envs.registry import make_env
+from harvest.rollout.config import ReplayConfig
 from harvest.rollout.human import HumanCollector, human_schema
 from harvest.rollout.human_config import AxisConfig, ControlConfig, GamepadConfig, HumanConfig
 from harvest.rollout.keymap import KeyMap, KeyMapError
 from harvest.rollout.replay.replay import start_replay
-from harvest.rollout.config import ReplayConfig
 from harvest.rollout.teleop import KeyboardRobot, x_keysym
 from tests.waiting import wait_for
 
