@@ -12,7 +12,7 @@ TORCH_PIN ?= torch==2.13.0
 SYSTEM_PACKAGES := robocode default-jdk xvfb xdotool
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-core system run test test-fast docs bench clean
+.PHONY: setup setup-core system run test test-fast lint format docs bench clean
 
 # `make run` needs the core alone (CartPole needs no system package); `make setup` and `make test`
 # install everything: every extra, the test tools and the system packages.
@@ -52,9 +52,18 @@ run: setup-core
 
 # The docs build is part of the tests: a page that names a config key, command or option the code
 # no longer has fails it (see `docs`).
-test: setup docs
+test: setup docs lint
 	@$(PY) -m compileall -q $(SOURCES) tests >/dev/null
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+
+# ruff: lint and format, checked (settings in pyproject.toml); `make format` applies both.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test-fast: setup
 	@$(PY) -m compileall -q $(SOURCES) tests >/dev/null

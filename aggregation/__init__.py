@@ -10,10 +10,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"compact_replay": "harvest.aggregation.compact", "snapshot_replay": "harvest.aggregation.compact",
-            "write_dataset": "harvest.aggregation.compact", "Dataset": "harvest.aggregation.dataset",
-            "DatasetError": "harvest.aggregation.dataset", "DatasetIntegrityError": "harvest.aggregation.dataset",
-            "MANIFEST_NAME": "harvest.aggregation.manifest", "Manifest": "harvest.aggregation.manifest"}
+_EXPORTS = {
+    "compact_replay": "harvest.aggregation.compact",
+    "snapshot_replay": "harvest.aggregation.compact",
+    "write_dataset": "harvest.aggregation.compact",
+    "Dataset": "harvest.aggregation.dataset",
+    "DatasetError": "harvest.aggregation.dataset",
+    "DatasetIntegrityError": "harvest.aggregation.dataset",
+    "MANIFEST_NAME": "harvest.aggregation.manifest",
+    "Manifest": "harvest.aggregation.manifest",
+}
 
 __all__ = sorted(_EXPORTS)
 

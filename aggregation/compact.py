@@ -64,17 +64,25 @@ class ShardCompaction:
 
     def merged(self, later: "ShardCompaction") -> "ShardCompaction":
         """This shard's files and counts followed by a later compaction's (rotations)."""
-        filtered = self.filtered if later.filtered is None else (
-            later.filtered if self.filtered is None else self.filtered.merge(later.filtered))
-        return ShardCompaction(self.files + later.files, self.rows + later.rows,
-                               self.skipped_rows + later.skipped_rows,
-                               np.concatenate([self.episode_ids, later.episode_ids]),
-                               self.complete_episodes + later.complete_episodes,
-                               sorted({*self.collectors, *later.collectors}), filtered)
+        filtered = (
+            self.filtered
+            if later.filtered is None
+            else (later.filtered if self.filtered is None else self.filtered.merge(later.filtered))
+        )
+        return ShardCompaction(
+            self.files + later.files,
+            self.rows + later.rows,
+            self.skipped_rows + later.skipped_rows,
+            np.concatenate([self.episode_ids, later.episode_ids]),
+            self.complete_episodes + later.complete_episodes,
+            sorted({*self.collectors, *later.collectors}),
+            filtered,
+        )
 
 
-def read_shard(shard: ray.actor.ActorHandle, schema: BatchSchema, chunk_rows: int,
-               timeout_s: float = 120.0) -> Iterator[pa.RecordBatch | int]:
+def read_shard(
+    shard: ray.actor.ActorHandle, schema: BatchSchema, chunk_rows: int, timeout_s: float = 120.0
+) -> Iterator[pa.RecordBatch | int]:
     """Record batches of a shard actor in insertion order; an int is a count of lost rows."""
     cursor = 0
     while True:
@@ -87,8 +95,9 @@ def read_shard(shard: ray.actor.ActorHandle, schema: BatchSchema, chunk_rows: in
         cursor = result.next_cursor
 
 
-def read_rows(shard: ray.actor.ActorHandle, schema: BatchSchema, cursor: int, chunk_rows: int,
-              timeout_s: float = 120.0) -> tuple[pa.Table, int, int]:
+def read_rows(
+    shard: ray.actor.ActorHandle, schema: BatchSchema, cursor: int, chunk_rows: int, timeout_s: float = 120.0
+) -> tuple[pa.Table, int, int]:
     """The rows a shard actor stored from `cursor` up to its end when the first read answered
     (rows inserted meanwhile wait for the next call), the cursor after them, and how many rows
     the ring had evicted before they could be read."""
@@ -120,12 +129,18 @@ def read_snapshot(path: Path) -> Iterator[pa.RecordBatch]:
     except FileNotFoundError as err:
         raise DatasetError(f"{path}: no such replay snapshot") from err
     except (pa.ArrowInvalid, OSError) as err:  # a stream cut inside a message body is a plain OSError
-        raise DatasetIntegrityError(f"{path}: not a whole Arrow IPC stream, cut off or damaged "
-                                    f"({str(err).splitlines()[0]})") from err
+        raise DatasetIntegrityError(
+            f"{path}: not a whole Arrow IPC stream, cut off or damaged ({str(err).splitlines()[0]})"
+        ) from err
 
 
-def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], schema: BatchSchema,
-                   shard_index: int, out: Location | str, cfg: AggregationConfig) -> ShardCompaction:
+def compact_source(
+    source: ray.actor.ActorHandle | str | list[pa.RecordBatch],
+    schema: BatchSchema,
+    shard_index: int,
+    out: Location | str,
+    cfg: AggregationConfig,
+) -> ShardCompaction:
     """Write one shard's rows as sorted Parquet files under `out` (in partition folders when
     `cfg.partition_by` asks); the rows come from its actor, a snapshot file path, or a list of
     record batches already in memory."""
@@ -139,9 +154,18 @@ def compact_source(source: ray.actor.ActorHandle | str | list[pa.RecordBatch], s
     return compact_table(table, schema, shard_index, location(out), cfg, skipped_rows=skipped)
 
 
-def compact_table(table: pa.Table, schema: BatchSchema, shard_index: int, out: Location, cfg: AggregationConfig,
-                  skipped_rows: int = 0, stem: str | None = None, seen_hashes: set[str] | None = None,
-                  write_empty: bool = True, log_level: str = "INFO") -> ShardCompaction:
+def compact_table(
+    table: pa.Table,
+    schema: BatchSchema,
+    shard_index: int,
+    out: Location,
+    cfg: AggregationConfig,
+    skipped_rows: int = 0,
+    stem: str | None = None,
+    seen_hashes: set[str] | None = None,
+    write_empty: bool = True,
+    log_level: str = "INFO",
+) -> ShardCompaction:
     """Sort `table` by (episode_id, step), filter its episodes (`cfg.filter`; `seen_hashes`
     carries dedupe state across calls) and write them as files named `<stem>-part-NNNNN.parquet`
     (default stem `shard-NNN`); an empty table still gives one empty file unless not `write_empty`."""
@@ -150,10 +174,18 @@ def compact_table(table: pa.Table, schema: BatchSchema, shard_index: int, out: L
         table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
     report = None
     if cfg.filter is not None and not cfg.filter.is_empty():
-        table, report = filter_table(table, cfg.filter, seen_hashes,
-                                     obs_action=[*schema.obs_columns, *schema.action_columns])
-        log.log(log_level, "shard {}: kept {} of {} episodes ({} dropped: {})", shard_index, report.kept_episodes,
-                 report.episodes, report.episodes - report.kept_episodes, report.dropped or "none")
+        table, report = filter_table(
+            table, cfg.filter, seen_hashes, obs_action=[*schema.obs_columns, *schema.action_columns]
+        )
+        log.log(
+            log_level,
+            "shard {}: kept {} of {} episodes ({} dropped: {})",
+            shard_index,
+            report.kept_episodes,
+            report.episodes,
+            report.episodes - report.kept_episodes,
+            report.dropped or "none",
+        )
     episode_ids = table.column("episode_id").to_numpy()
     done = pc.or_(table.column("terminated"), table.column("truncated")).to_numpy(zero_copy_only=False)
     files = []
@@ -161,8 +193,15 @@ def compact_table(table: pa.Table, schema: BatchSchema, shard_index: int, out: L
         files = _write_parquet_files(table, episode_ids, out, stem or f"shard-{shard_index:03d}", shard_index, cfg)
     unique_ids = np.unique(episode_ids)
     collectors = sorted(int(c) for c in np.unique(table.column("collector_id").to_numpy()))
-    log.log(log_level, "shard {}: {} rows, {} episodes, {} files{}", shard_index, table.num_rows, unique_ids.size,
-             len(files), f", {skipped_rows} rows lost to eviction" if skipped_rows else "")
+    log.log(
+        log_level,
+        "shard {}: {} rows, {} episodes, {} files{}",
+        shard_index,
+        table.num_rows,
+        unique_ids.size,
+        len(files),
+        f", {skipped_rows} rows lost to eviction" if skipped_rows else "",
+    )
     return ShardCompaction(files, table.num_rows, skipped_rows, unique_ids, int(done.sum()), collectors, report)
 
 
@@ -194,8 +233,9 @@ def check_layout(schema: BatchSchema, cfg: AggregationConfig) -> None:
     check_partition_by(schema, cfg.partition_by)
     for name in cfg.image_compression:
         if name not in schema.columns:
-            raise ValueError(f"aggregation.image_compression: no column {name!r}; the dataset has "
-                             f"{list(schema.columns)}")
+            raise ValueError(
+                f"aggregation.image_compression: no column {name!r}; the dataset has {list(schema.columns)}"
+            )
         check_image_column(name, schema.columns[name].dtype, schema.columns[name].shape)
 
 
@@ -206,11 +246,15 @@ def check_partition_by(schema: BatchSchema, partition_by: list[str]) -> None:
             continue
         spec = schema.columns.get(name)
         if spec is None:
-            raise ValueError(f"aggregation.partition_by: no column {name!r}; use `time` or one of "
-                             f"{[n for n, c in schema.columns.items() if c.shape == ()]}")
+            raise ValueError(
+                f"aggregation.partition_by: no column {name!r}; use `time` or one of "
+                f"{[n for n, c in schema.columns.items() if c.shape == ()]}"
+            )
         if spec.shape != () or np.dtype(spec.dtype).kind not in "iubUSO":
-            raise ValueError(f"aggregation.partition_by: column {name!r} is {np.dtype(spec.dtype)}{list(spec.shape)}; "
-                             "partitions need a scalar integer, boolean or string column")
+            raise ValueError(
+                f"aggregation.partition_by: column {name!r} is {np.dtype(spec.dtype)}{list(spec.shape)}; "
+                "partitions need a scalar integer, boolean or string column"
+            )
 
 
 def episode_partitions(table: pa.Table, starts: np.ndarray, partition_by: list[str]) -> list[str]:
@@ -236,8 +280,9 @@ def episode_partitions(table: pa.Table, starts: np.ndarray, partition_by: list[s
     return ["/".join(p) for p in parts]
 
 
-def _write_parquet_files(table: pa.Table, episode_ids: np.ndarray, out: Location, stem: str, shard_index: int,
-                         cfg: AggregationConfig) -> list[FileEntry]:
+def _write_parquet_files(
+    table: pa.Table, episode_ids: np.ndarray, out: Location, stem: str, shard_index: int, cfg: AggregationConfig
+) -> list[FileEntry]:
     out.make_dirs()
     if episode_ids.size == 0 or not cfg.partition_by:
         return _write_part_files(table, episode_ids, out, "", stem, shard_index, cfg)
@@ -253,8 +298,15 @@ def _write_parquet_files(table: pa.Table, episode_ids: np.ndarray, out: Location
     return entries
 
 
-def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, folder: str, stem: str,
-                      shard_index: int, cfg: AggregationConfig) -> list[FileEntry]:
+def _write_part_files(
+    table: pa.Table,
+    episode_ids: np.ndarray,
+    out: Location,
+    folder: str,
+    stem: str,
+    shard_index: int,
+    cfg: AggregationConfig,
+) -> list[FileEntry]:
     """`table`'s rows as files in `out/folder`, cut at episode boundaries once a file holds
     `cfg.rows_per_file` rows or `cfg.max_file_bytes` bytes; each file is stored all-or-nothing
     and hashed as it is written."""
@@ -268,7 +320,7 @@ def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, f
         start = cuts[group]
         name = f"{folder}/" * bool(folder) + f"{stem}-part-{len(entries):05d}.parquet"
 
-        def produce(sink) -> None:
+        def produce(sink, start: int = start) -> None:
             nonlocal group
             writer = None
             while group < len(cuts) - 1:
@@ -278,19 +330,28 @@ def _write_part_files(table: pa.Table, episode_ids: np.ndarray, out: Location, f
                 writer = writer or pq.ParquetWriter(sink, piece.schema, compression=compression)
                 writer.write_table(piece)
                 group += 1
-                if (cuts[group] - start >= cfg.rows_per_file
-                        or (cfg.max_file_bytes is not None and sink.size >= cfg.max_file_bytes)):
+                if cuts[group] - start >= cfg.rows_per_file or (
+                    cfg.max_file_bytes is not None and sink.size >= cfg.max_file_bytes
+                ):
                     break
             writer.close()
 
         size, sha256 = out.join(name).write_hashed(produce)
         stop = cuts[group]
         timestamps = table.column("timestamp").slice(start, stop - start)
-        entries.append(FileEntry(
-            path=name, rows=stop - start, bytes=size, sha256=sha256,
-            shard_index=shard_index, episodes=int(np.unique(episode_ids[start:stop]).size),
-            first_timestamp=_iso(pc.min(timestamps)), last_timestamp=_iso(pc.max(timestamps)),
-            partition=partition))
+        entries.append(
+            FileEntry(
+                path=name,
+                rows=stop - start,
+                bytes=size,
+                sha256=sha256,
+                shard_index=shard_index,
+                episodes=int(np.unique(episode_ids[start:stop]).size),
+                first_timestamp=_iso(pc.min(timestamps)),
+                last_timestamp=_iso(pc.max(timestamps)),
+                partition=partition,
+            )
+        )
     return entries
 
 
@@ -318,9 +379,16 @@ def _iso(scalar: pa.Scalar) -> str | None:
     return scalar.as_py().isoformat() if scalar.is_valid else None
 
 
-def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: BatchSchema, out: Location | str | Path,
-                   cfg: AggregationConfig, run_id: str, env_id: str, timeout_s: float = 600.0,
-                   description: str | None = None) -> Manifest:
+def compact_replay(
+    sources: list[ray.actor.ActorHandle] | list[str],
+    schema: BatchSchema,
+    out: Location | str | Path,
+    cfg: AggregationConfig,
+    run_id: str,
+    env_id: str,
+    timeout_s: float = 600.0,
+    description: str | None = None,
+) -> Manifest:
     """Blocks: compact every shard (actor or snapshot file) in parallel Ray tasks, then write
     `_manifest.json`, the partitions' `_index.json` and the other `cfg.formats` into `out` (a
     folder or an object-store URI), all-or-nothing and never over an existing dataset.
@@ -342,8 +410,9 @@ def compact_replay(sources: list[ray.actor.ActorHandle] | list[str], schema: Bat
             if isinstance(err.cause, DatasetError):  # one line naming the file; the task's traceback adds nothing
                 raise err.cause from None
             raise
-        return finish_dataset([done[index] for index in range(len(refs))], schema, staging, cfg, run_id, env_id,
-                              description=description)
+        return finish_dataset(
+            [done[index] for index in range(len(refs))], schema, staging, cfg, run_id, env_id, description=description
+        )
 
 
 def _as_completed(refs: list[ray.ObjectRef], timeout_s: float) -> Iterator[tuple[int, ShardCompaction]]:
@@ -358,12 +427,21 @@ def _as_completed(refs: list[ray.ObjectRef], timeout_s: float) -> Iterator[tuple
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0))
         if not ready:
-            raise ray.exceptions.GetTimeoutError(f"compaction: {len(pending)} shard(s) not done within {timeout_s:.0f}s")
+            raise ray.exceptions.GetTimeoutError(
+                f"compaction: {len(pending)} shard(s) not done within {timeout_s:.0f}s"
+            )
         yield index_of[ready[0]], ray.get(ready[0])
 
 
-def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out: Location | str | Path,
-                  cfg: AggregationConfig, run_id: str, env_id: str, parents: list[str] | None = None) -> Manifest:
+def write_dataset(
+    batches: list[TransitionBatch],
+    schema: BatchSchema,
+    out: Location | str | Path,
+    cfg: AggregationConfig,
+    run_id: str,
+    env_id: str,
+    parents: list[str] | None = None,
+) -> Manifest:
     """In this process, without Ray: write rows already in memory as a dataset, the same files
     and manifest that compacting a replay gives (for importers, tests, benches); all-or-nothing,
     and never over an existing dataset.
@@ -380,33 +458,53 @@ def write_dataset(batches: list[TransitionBatch], schema: BatchSchema, out: Loca
         return finish_dataset([result], schema, staging, cfg, run_id, env_id, parents)
 
 
-def finish_dataset(results: list[ShardCompaction], schema: BatchSchema, out: Location, cfg: AggregationConfig,
-                   run_id: str, env_id: str, parents: list[str] | None = None, in_progress: bool = False,
-                   rotations: int = 0, filtered: dict | None = None, description: str | None = None) -> Manifest:
+def finish_dataset(
+    results: list[ShardCompaction],
+    schema: BatchSchema,
+    out: Location,
+    cfg: AggregationConfig,
+    run_id: str,
+    env_id: str,
+    parents: list[str] | None = None,
+    in_progress: bool = False,
+    rotations: int = 0,
+    filtered: dict | None = None,
+    description: str | None = None,
+) -> Manifest:
     """The manifest over every shard's files (and the other formats on request), written into
     `out`; `in_progress` (a rotation during the run) writes the manifest alone, so marked.
     `filtered` replaces the shards' own filter reports (an edit's, with its criteria)."""
     all_episode_ids = np.concatenate([result.episode_ids for result in results])
     files = [entry for result in results for entry in result.files]
     manifest = Manifest(
-        run_id=run_id, created_at=datetime.now(timezone.utc).isoformat(), env_id=env_id,
-        rows=sum(result.rows for result in results), episodes=int(np.unique(all_episode_ids).size),
+        run_id=run_id,
+        created_at=datetime.now(timezone.utc).isoformat(),
+        env_id=env_id,
+        rows=sum(result.rows for result in results),
+        episodes=int(np.unique(all_episode_ids).size),
         episodes_complete=sum(result.complete_episodes for result in results),
         collectors=sorted({c for result in results for c in result.collectors}),
-        schema=schema.to_json(), files=files,
+        schema=schema.to_json(),
+        files=files,
         evicted_rows={str(index): result.skipped_rows for index, result in enumerate(results)},
-        partition_by=list(cfg.partition_by), parents=list(parents or []), image_columns=dict(cfg.image_compression),
+        partition_by=list(cfg.partition_by),
+        parents=list(parents or []),
+        image_columns=dict(cfg.image_compression),
         filtered=filtered if filtered is not None else _merged_reports([result.filtered for result in results]),
         first_timestamp=min((e.first_timestamp for e in files if e.first_timestamp), default=None),
         last_timestamp=max((e.last_timestamp for e in files if e.last_timestamp), default=None),
-        in_progress=in_progress, rotations=rotations)
+        in_progress=in_progress,
+        rotations=rotations,
+    )
     if in_progress:
         manifest.write(out)
         return manifest
     lost = sum(manifest.evicted_rows.values())
     if lost:
-        logger.warning("the replay had evicted {} rows before compaction; raise replay.capacity_rows "
-                       "to keep every collected row", lost)
+        logger.warning(
+            "the replay had evicted {} rows before compaction; raise replay.capacity_rows to keep every collected row",
+            lost,
+        )
     if "npz" in cfg.formats:
         manifest.npz = write_npz(out, manifest).name
         manifest.formats["npz"] = manifest.npz
@@ -437,7 +535,8 @@ def snapshot_replay(replay: Replay, out_dir: Path, chunk_rows: int = 65_536, tim
 
     task = ray.remote(write_one).options(num_cpus=0.25)
     paths = [out_dir / f"shard-{index:03d}.arrow" for index in range(replay.num_shards)]
-    ray.get([task.remote(shard, str(path), replay.schema) for shard, path in zip(replay.shards, paths)],
-            timeout=timeout_s)
+    ray.get(
+        [task.remote(shard, str(path), replay.schema) for shard, path in zip(replay.shards, paths)], timeout=timeout_s
+    )
     (out_dir / "schema.json").write_text(json.dumps(replay.schema.to_json(), indent=2))
     return paths

@@ -29,7 +29,8 @@ class Hdf5Config:
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class AggregationConfig:
     formats: list[Literal["parquet", "npz", "hdf5", "tfrecord", "robocode_npz"]] = Field(
-        default_factory=lambda: ["parquet", "npz"])
+        default_factory=lambda: ["parquet", "npz"]
+    )
     """Dataset formats to write. Parquet is always written (it is what the learners read);
     `npz`: `_dataset.npz`; `hdf5`: `_dataset.h5` (see `hdf5`); `tfrecord`: `_dataset.tfrecord`
     (one tf.train.Example per row, readable without TensorFlow; `_dataset.tfrecord.json` gives

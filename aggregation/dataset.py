@@ -28,8 +28,9 @@ from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.episode_filter import episode_runs
 
 
-def iter_record_batches(root: Location, manifest: Manifest, batch_rows: int = 65_536,
-                        verify: bool = True) -> Iterator[pa.RecordBatch]:
+def iter_record_batches(
+    root: Location, manifest: Manifest, batch_rows: int = 65_536, verify: bool = True
+) -> Iterator[pa.RecordBatch]:
     """A dataset's rows in manifest order (each episode contiguous), a record batch at a time,
     each file checked against its entry first unless not `verify`."""
     reader = FileReader.for_manifest(root, manifest, verify)
@@ -82,8 +83,15 @@ class Dataset:
         DatasetIntegrityError: a file differs from the manifest (one line per file).
     """
 
-    def __init__(self, folder: Location, manifest: Manifest, verify: bool = True, skip_damaged: bool = False,
-                 entries: list[FileEntry] | None = None, problems: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Location,
+        manifest: Manifest,
+        verify: bool = True,
+        skip_damaged: bool = False,
+        entries: list[FileEntry] | None = None,
+        problems: list[str] | None = None,
+    ) -> None:
         self.folder = folder
         self.manifest = manifest
         self.schema = BatchSchema.from_json(manifest.schema)
@@ -141,8 +149,14 @@ class Dataset:
             return pads.dataset(self.files, format="parquet", filesystem=filesystem)
         schema = self.schema.arrow_schema()  # partition columns from the folder names, typed as the schema says
         partitioning = pads.partitioning(pa.schema([schema.field(name) for name in columns]), flavor="hive")
-        return pads.dataset(self.files, format="parquet", filesystem=filesystem, schema=schema,
-                            partitioning=partitioning, partition_base_dir=self.folder.path)
+        return pads.dataset(
+            self.files,
+            format="parquet",
+            filesystem=filesystem,
+            schema=schema,
+            partitioning=partitioning,
+            partition_base_dir=self.folder.path,
+        )
 
     def to_ray(self, columns: list[str] | None = None, **read_kwargs: Any) -> Any:
         """A Ray Data dataset of the rows (image columns decoded to their pixels).
@@ -162,13 +176,17 @@ class Dataset:
             if booleans:  # (Ray's partitioning has no bool type: the folder's 0/1 come as integers)
                 rows = rows.map_batches(_as_booleans, fn_kwargs={"names": booleans}, batch_format="pyarrow")
         elif read_kwargs:
-            raise TypeError(f"{self.folder}: to_ray({', '.join(read_kwargs)}=...) passes options to "
-                            "ray.data.read_parquet, which does not verify; open the dataset with verify=False")
+            raise TypeError(
+                f"{self.folder}: to_ray({', '.join(read_kwargs)}=...) passes options to "
+                "ray.data.read_parquet, which does not verify; open the dataset with verify=False"
+            )
         else:
-            rows = ray.data.from_items([{"path": entry.path} for entry in self.entries],
-                                       override_num_blocks=max(1, len(self.entries)))
-            rows = rows.map_batches(_ReadFiles(self.reader, self.entries, columns), batch_size=1,
-                                    batch_format="pyarrow")
+            rows = ray.data.from_items(
+                [{"path": entry.path} for entry in self.entries], override_num_blocks=max(1, len(self.entries))
+            )
+            rows = rows.map_batches(
+                _ReadFiles(self.reader, self.entries, columns), batch_size=1, batch_format="pyarrow"
+            )
         if self.manifest.image_columns:
             rows = rows.map_batches(_decode_batch, batch_format="pyarrow")
         return rows
@@ -179,8 +197,11 @@ class Dataset:
         from ray.data.datasource import Partitioning
 
         kinds = {name: np.dtype(self.schema.columns[name].dtype).kind for name in self.manifest.partition_columns()}
-        partitioning = Partitioning("hive", base_dir=self.folder.path,
-                                    field_types={name: int if kind in "iub" else str for name, kind in kinds.items()})
+        partitioning = Partitioning(
+            "hive",
+            base_dir=self.folder.path,
+            field_types={name: int if kind in "iub" else str for name, kind in kinds.items()},
+        )
         return partitioning, [name for name, kind in kinds.items() if kind == "b"]
 
     def read_file(self, entry: FileEntry, columns: list[str] | None = None) -> pa.Table:
@@ -260,16 +281,22 @@ class Dataset:
         chosen = np.random.default_rng(seed).choice(ids.size, size=n, replace=False)
         return [self.episode(int(ids[index])) for index in chosen]
 
-    def read_columns(self, columns: list[str], max_rows: int | None = None,
-                     progress: str | None = None) -> dict[str, np.ndarray]:
+    def read_columns(
+        self, columns: list[str], max_rows: int | None = None, progress: str | None = None
+    ) -> dict[str, np.ndarray]:
         """Numpy arrays of `columns`, file by file until `max_rows` rows are read (a bar named
         `progress` counting the rows, when given)."""
         unknown = [name for name in columns if name not in self.schema.columns]
         if unknown:
             raise DatasetError(f"{self.folder}: no columns {unknown}; it has {list(self.schema.columns)}")
         parts, rows = [], 0
-        entries = self.entries if progress is None else track(
-            self.entries, progress, "rows", sum(entry.rows for entry in self.entries), lambda entry: entry.rows)
+        entries = (
+            self.entries
+            if progress is None
+            else track(
+                self.entries, progress, "rows", sum(entry.rows for entry in self.entries), lambda entry: entry.rows
+            )
+        )
         for entry in entries:
             if max_rows is not None and rows >= max_rows:
                 break
@@ -281,8 +308,10 @@ class Dataset:
             parts.append(TransitionBatch.from_arrow(table))
             rows += table.num_rows
         if not parts:
-            return {name: np.empty((0, *self.schema.columns[name].shape), self.schema.columns[name].dtype)
-                    for name in columns}
+            return {
+                name: np.empty((0, *self.schema.columns[name].shape), self.schema.columns[name].dtype)
+                for name in columns
+            }
         batch = parts[0] if len(parts) == 1 else TransitionBatch.concat(parts)
         return (batch if max_rows is None else batch.take(slice(0, max_rows))).columns
 

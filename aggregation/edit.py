@@ -32,17 +32,28 @@ from harvest.rollout.episode_filter import EpisodeFilter, FilterReport, filter_t
 Selector = Callable[[pa.Table], pa.Table]
 
 
-def _layout(dataset: Dataset, partition_by: list[str] | None = None, rows_per_file: int | None = None) -> AggregationConfig:
+def _layout(
+    dataset: Dataset, partition_by: list[str] | None = None, rows_per_file: int | None = None
+) -> AggregationConfig:
     """An output config that keeps the source's layout unless told otherwise."""
     rows = max((entry.rows for entry in dataset.manifest.files), default=500_000)
-    return AggregationConfig(formats=["parquet"], partition_by=list(dataset.manifest.partition_by
-                                                                    if partition_by is None else partition_by),
-                             rows_per_file=rows_per_file or max(rows, 1),
-                             image_compression=dict(dataset.manifest.image_columns))
+    return AggregationConfig(
+        formats=["parquet"],
+        partition_by=list(dataset.manifest.partition_by if partition_by is None else partition_by),
+        rows_per_file=rows_per_file or max(rows, 1),
+        image_compression=dict(dataset.manifest.image_columns),
+    )
 
 
-def rewrite(sources: list[Dataset], out: str | Path | Location, select: Selector, cfg: AggregationConfig,
-            run_id: str, operation: str, filtered: Callable[[], dict] | None = None) -> Manifest:
+def rewrite(
+    sources: list[Dataset],
+    out: str | Path | Location,
+    select: Selector,
+    cfg: AggregationConfig,
+    run_id: str,
+    operation: str,
+    filtered: Callable[[], dict] | None = None,
+) -> Manifest:
     """Every file of `sources`, through `select`, written as one new dataset at `out`
     (`filtered()`, asked once every file is through, describes what a filter kept).
 
@@ -56,17 +67,31 @@ def rewrite(sources: list[Dataset], out: str | Path | Location, select: Selector
     results: list[ShardCompaction] = []
     with staged_folder(out, last=MANIFEST_NAME) as staging:
         files = [(dataset, entry) for dataset in sources for entry in dataset.entries]
-        for dataset, entry in track(files, operation, "rows", sum(entry.rows for _, entry in files),
-                                    lambda file: file[1].rows):
+        for dataset, entry in track(
+            files, operation, "rows", sum(entry.rows for _, entry in files), lambda file: file[1].rows
+        ):
             table = select(dataset.read_file(entry))
             if dataset.manifest.image_columns:  # back to pixels; the output encodes them again
                 table = pa.Table.from_batches([TransitionBatch.from_arrow(table).to_arrow(schema)])
             results.append(compact_source(table.to_batches(), schema, len(results), staging, cfg))
-        manifest = finish_dataset(results, schema, staging, cfg, run_id, sources[0].manifest.env_id,
-                                  parents=[str(dataset.folder) for dataset in sources],
-                                  filtered=filtered() if filtered is not None else None)
-    logger.info("{} {} -> {}: {:,} rows, {} episodes", operation, ", ".join(str(d.folder) for d in sources), out,
-                manifest.rows, manifest.episodes)
+        manifest = finish_dataset(
+            results,
+            schema,
+            staging,
+            cfg,
+            run_id,
+            sources[0].manifest.env_id,
+            parents=[str(dataset.folder) for dataset in sources],
+            filtered=filtered() if filtered is not None else None,
+        )
+    logger.info(
+        "{} {} -> {}: {:,} rows, {} episodes",
+        operation,
+        ", ".join(str(d.folder) for d in sources),
+        out,
+        manifest.rows,
+        manifest.episodes,
+    )
     return manifest
 
 
@@ -81,17 +106,27 @@ def filter_dataset(dataset: Dataset, out: str | Path | Location, criteria: Episo
 
     def select(table: pa.Table) -> pa.Table:
         nonlocal totals
-        kept, report = filter_table(table, criteria, seen,
-                                    obs_action=[*dataset.schema.obs_columns, *dataset.schema.action_columns])
+        kept, report = filter_table(
+            table, criteria, seen, obs_action=[*dataset.schema.obs_columns, *dataset.schema.action_columns]
+        )
         totals = totals.merge(report)
         return kept
 
-    criteria_json = {key: value.isoformat() if isinstance(value, datetime) else value
-                     for key, value in asdict(criteria).items()}
-    manifest = rewrite([dataset], out, select, _layout(dataset), _edit_id("filter"), "filter",
-                       filtered=lambda: {**asdict(totals), "criteria": criteria_json})
-    logger.info("filter kept {} of {} episodes; dropped {}", totals.kept_episodes, totals.episodes,
-                totals.dropped or "none")
+    criteria_json = {
+        key: value.isoformat() if isinstance(value, datetime) else value for key, value in asdict(criteria).items()
+    }
+    manifest = rewrite(
+        [dataset],
+        out,
+        select,
+        _layout(dataset),
+        _edit_id("filter"),
+        "filter",
+        filtered=lambda: {**asdict(totals), "criteria": criteria_json},
+    )
+    logger.info(
+        "filter kept {} of {} episodes; dropped {}", totals.kept_episodes, totals.episodes, totals.dropped or "none"
+    )
     return manifest
 
 
@@ -102,12 +137,19 @@ def delete_episodes(dataset: Dataset, out: str | Path | Location, episode_ids: l
     if unknown:
         raise ValueError(f"{dataset.folder}: no episodes {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
     drop = pa.array(np.asarray(episode_ids, np.int64))
-    return rewrite([dataset], out, lambda t: t.filter(pc.invert(pc.is_in(t["episode_id"], value_set=drop))),
-                   _layout(dataset), _edit_id("delete"), "delete")
+    return rewrite(
+        [dataset],
+        out,
+        lambda t: t.filter(pc.invert(pc.is_in(t["episode_id"], value_set=drop))),
+        _layout(dataset),
+        _edit_id("delete"),
+        "delete",
+    )
 
 
-def split_dataset(dataset: Dataset, out: str | Path | Location, fractions: dict[str, float],
-                  seed: int = 0) -> dict[str, Manifest]:
+def split_dataset(
+    dataset: Dataset, out: str | Path | Location, fractions: dict[str, float], seed: int = 0
+) -> dict[str, Manifest]:
     """Whole episodes shuffled with `seed` and dealt into `out/<name>` by `fractions` (e.g.
     {train: 0.8, validation: 0.1, test: 0.1}; they must sum to 1)."""
     if not fractions or any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
@@ -119,16 +161,29 @@ def split_dataset(dataset: Dataset, out: str | Path | Location, fractions: dict[
     manifests = {}
     for (name, _), low, high in zip(fractions.items(), bounds[:-1], bounds[1:]):
         mine = pa.array(np.sort(shuffled[low:high]))
-        manifests[name] = rewrite([dataset], root.join(name), lambda t, m=mine: t.filter(
-            pc.is_in(t["episode_id"], value_set=m)), _layout(dataset), _edit_id(f"split-{name}"), f"split {name}")
+        manifests[name] = rewrite(
+            [dataset],
+            root.join(name),
+            lambda t, m=mine: t.filter(pc.is_in(t["episode_id"], value_set=m)),
+            _layout(dataset),
+            _edit_id(f"split-{name}"),
+            f"split {name}",
+        )
     return manifests
 
 
-def repartition(dataset: Dataset, out: str | Path | Location, partition_by: list[str],
-                rows_per_file: int | None = None) -> Manifest:
+def repartition(
+    dataset: Dataset, out: str | Path | Location, partition_by: list[str], rows_per_file: int | None = None
+) -> Manifest:
     """The same rows, laid out by `partition_by` (and cut at `rows_per_file`)."""
-    return rewrite([dataset], out, lambda t: t, _layout(dataset, partition_by, rows_per_file),
-                   _edit_id("repartition"), "repartition")
+    return rewrite(
+        [dataset],
+        out,
+        lambda t: t,
+        _layout(dataset, partition_by, rows_per_file),
+        _edit_id("repartition"),
+        "repartition",
+    )
 
 
 def schema_differences(first: Dataset, other: Dataset) -> list[str]:

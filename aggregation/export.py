@@ -60,29 +60,47 @@ def check_export_target(target: Location, suffixes: list[str], overwrite: bool =
     """
     suffix = "." + target.name.rsplit(".", 1)[-1].lower() if "." in target.name else ""
     if suffix not in suffixes:
-        raise ExportTargetError(f"{target}: this export writes {' or '.join(suffixes)} files, not "
-                                f"{suffix or 'a file without an extension'}; name the output with one of those")
+        raise ExportTargetError(
+            f"{target}: this export writes {' or '.join(suffixes)} files, not "
+            f"{suffix or 'a file without an extension'}; name the output with one of those"
+        )
     parent = target.parent()
     if has_manifest(parent) or parent.join(INDEX_NAME).exists():
         raise ExportTargetError(f"{target}: inside the dataset folder {parent}; write exports outside it")
     if target.exists() and (not overwrite or not target.is_file()):
-        raise ExportTargetError(f"{target}: already exists; choose a new name"
-                                + (" or ask to overwrite it (--overwrite)" if target.is_file() else ""))
+        raise ExportTargetError(
+            f"{target}: already exists; choose a new name"
+            + (" or ask to overwrite it (--overwrite)" if target.is_file() else "")
+        )
     return suffix
 
 
 def _d4rl_key(column: str) -> str | None:
     """Harvest column -> D4RL key (`obs.pos` -> `observations/pos`); None: not exported."""
     head, dot, rest = column.partition(".")
-    base = {"obs": "observations", "next_obs": "next_observations", "action": "actions", "reward": "rewards",
-            "terminated": "terminals", "truncated": "timeouts", "episode_id": "infos/episode_id",
-            "step": "infos/step", "collector_id": "infos/collector_id", "policy_version": "infos/policy_version"}
+    base = {
+        "obs": "observations",
+        "next_obs": "next_observations",
+        "action": "actions",
+        "reward": "rewards",
+        "terminated": "terminals",
+        "truncated": "timeouts",
+        "episode_id": "infos/episode_id",
+        "step": "infos/step",
+        "collector_id": "infos/collector_id",
+        "policy_version": "infos/policy_version",
+    }
     key = base.get(head)
     return None if key is None else key + ("/" + rest.replace(".", "/") if dot else "")
 
 
-def export_offline_rl(dataset: Dataset, out: str | Path | Location, file_format: Literal["hdf5", "npz"] | None = None,
-                      compression: str | None = "gzip", overwrite: bool = False) -> Location:
+def export_offline_rl(
+    dataset: Dataset,
+    out: str | Path | Location,
+    file_format: Literal["hdf5", "npz"] | None = None,
+    compression: str | None = "gzip",
+    overwrite: bool = False,
+) -> Location:
     """The D4RL dict (see the module doc) at `out` (`.hdf5`/`.h5` or `.npz`: the extension says
     which; `file_format`, when given, must agree with it).
 
@@ -102,25 +120,35 @@ def export_offline_rl(dataset: Dataset, out: str | Path | Location, file_format:
             for columns in track(dataset.iter_batches(), "export", "rows", dataset.manifest.rows, column_rows):
                 for name, key in keys.items():
                     parts[key].append(columns[name])
-            arrays = {key: np.concatenate(chunks) if chunks else np.zeros((0, *dataset.schema.columns[name].shape),
-                                                                           dataset.schema.columns[name].dtype)
-                      for (name, key), chunks in zip(keys.items(), parts.values())}
+            arrays = {
+                key: np.concatenate(chunks)
+                if chunks
+                else np.zeros((0, *dataset.schema.columns[name].shape), dataset.schema.columns[name].dtype)
+                for (name, key), chunks in zip(keys.items(), parts.values())
+            }
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)
             target.write_bytes(pa.py_buffer(buffer.getbuffer()))
             return target
         with h5py.File(local, "w") as h5:
-            h5.attrs.update({"env_id": dataset.manifest.env_id, "source": str(dataset.folder),
-                             "run_id": dataset.manifest.run_id})
+            h5.attrs.update(
+                {"env_id": dataset.manifest.env_id, "source": str(dataset.folder), "run_id": dataset.manifest.run_id}
+            )
             for name, key in keys.items():
                 spec = dataset.schema.columns[name]
-                h5.create_dataset(key, shape=(0, *spec.shape), maxshape=(None, *spec.shape), dtype=spec.dtype,
-                                  chunks=(4096, *spec.shape), compression=compression)
+                h5.create_dataset(
+                    key,
+                    shape=(0, *spec.shape),
+                    maxshape=(None, *spec.shape),
+                    dtype=spec.dtype,
+                    chunks=(4096, *spec.shape),
+                    compression=compression,
+                )
             for columns in track(dataset.iter_batches(), "export", "rows", dataset.manifest.rows, column_rows):
                 for name, key in keys.items():
                     values = columns[name]
                     h5[key].resize(h5[key].shape[0] + values.shape[0], axis=0)
-                    h5[key][-values.shape[0]:] = values
+                    h5[key][-values.shape[0] :] = values
         target.upload(local)
     logger.info("offline-RL export {}: {:,} transitions", target, dataset.manifest.rows)
     return target
@@ -145,10 +173,17 @@ def export_teacher_student(dataset: Dataset, out: str | Path | Location, overwri
     for key, values in tensors.items():
         if values.dtype == np.bool_:
             tensors[key] = values.astype(np.uint8)
-    target.write_bytes(save(tensors, metadata={"env_id": dataset.manifest.env_id, "source": str(dataset.folder),
-                                                "run_id": dataset.manifest.run_id,
-                                                "teacher_outputs": ",".join(sorted(set(wanted.values()) & set(
-                                                    TEACHER_COLUMNS.values())))}))
+    target.write_bytes(
+        save(
+            tensors,
+            metadata={
+                "env_id": dataset.manifest.env_id,
+                "source": str(dataset.folder),
+                "run_id": dataset.manifest.run_id,
+                "teacher_outputs": ",".join(sorted(set(wanted.values()) & set(TEACHER_COLUMNS.values()))),
+            },
+        )
+    )
     if not any(name in schema.columns for name in TEACHER_COLUMNS):
         logger.info("{}: no policy_logits / action_probs columns; the export has teacher actions only", dataset.folder)
     return target
@@ -180,8 +215,9 @@ def _is_gymnasium_id(env_id: str) -> bool:
         return False
 
 
-def export_minari(dataset: Dataset, dataset_id: str, datasets_path: str | Path | None = None,
-                  episodes_per_write: int = 256):
+def export_minari(
+    dataset: Dataset, dataset_id: str, datasets_path: str | Path | None = None, episodes_per_write: int = 256
+):
     """A Minari dataset `dataset_id` (e.g. `harvest/cartpole-expert-v0`) under `datasets_path`
     (default: Minari's own, $MINARI_DATASETS_PATH or ~/.minari/datasets). Returns it loaded."""
     from harvest.envs.extras import require
@@ -193,8 +229,12 @@ def export_minari(dataset: Dataset, dataset_id: str, datasets_path: str | Path |
     env_id = dataset.manifest.env_id
     env = env_id if _is_gymnasium_id(env_id) else None
     if env is None:
-        logger.warning("{}: env {!r} is not a Gymnasium id; the Minari dataset records the spaces but cannot "
-                       "recover the environment", dataset.folder, env_id)
+        logger.warning(
+            "{}: env {!r} is not a Gymnasium id; the Minari dataset records the spaces but cannot "
+            "recover the environment",
+            dataset.folder,
+            env_id,
+        )
     created, buffers, skipped = None, [], 0
 
     def flush() -> None:
@@ -204,9 +244,14 @@ def export_minari(dataset: Dataset, dataset_id: str, datasets_path: str | Path |
         with _minari_root(datasets_path):
             if created is None:
                 created = minari.create_dataset_from_buffers(
-                    dataset_id, buffers, env=env, observation_space=schema.observation_space,
-                    action_space=schema.action_space, algorithm_name="harvest",
-                    description=f"Exported by Harvest from {dataset.folder} (run {dataset.manifest.run_id}).")
+                    dataset_id,
+                    buffers,
+                    env=env,
+                    observation_space=schema.observation_space,
+                    action_space=schema.action_space,
+                    algorithm_name="harvest",
+                    description=f"Exported by Harvest from {dataset.folder} (run {dataset.manifest.run_id}).",
+                )
             else:
                 created.update_dataset_from_buffer(buffers)
         buffers = []
@@ -217,10 +262,16 @@ def export_minari(dataset: Dataset, dataset_id: str, datasets_path: str | Path |
             continue
         obs = _stack_obs(episode, schema)
         action = unflatten_value({"action": episode["action"]}, schema.action_space, "action")
-        buffers.append(EpisodeBuffer(id=None, observations=obs, actions=action,
-                                     rewards=episode["reward"].astype(np.float64).tolist(),
-                                     terminations=episode["terminated"].tolist(),
-                                     truncations=episode["truncated"].tolist()))
+        buffers.append(
+            EpisodeBuffer(
+                id=None,
+                observations=obs,
+                actions=action,
+                rewards=episode["reward"].astype(np.float64).tolist(),
+                terminations=episode["terminated"].tolist(),
+                truncations=episode["truncated"].tolist(),
+            )
+        )
         if len(buffers) >= episodes_per_write:
             flush()
     flush()

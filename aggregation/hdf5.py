@@ -33,8 +33,16 @@ from harvest.rollout.episode_filter import episode_runs
 
 HDF5_NAME = "_dataset.h5"
 HDF5_FORMAT = 1
-_EPISODE_DTYPE = np.dtype([("episode_id", np.int64), ("start", np.int64), ("length", np.int64),
-                           ("return", np.float64), ("terminated", np.bool_), ("truncated", np.bool_)])
+_EPISODE_DTYPE = np.dtype(
+    [
+        ("episode_id", np.int64),
+        ("start", np.int64),
+        ("length", np.int64),
+        ("return", np.float64),
+        ("terminated", np.bool_),
+        ("truncated", np.bool_),
+    ]
+)
 
 
 def _storable(values: np.ndarray) -> np.ndarray:
@@ -58,10 +66,18 @@ def write_hdf5(root: Location, manifest: Manifest, cfg: Hdf5Config) -> Location:
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
             with h5py.File(local, "w") as h5:
-                h5.attrs.update({"env_id": manifest.env_id, "run_id": manifest.run_id,
-                                 "created_at": manifest.created_at, "rows": manifest.rows,
-                                 "episodes": manifest.episodes, "schema": json.dumps(manifest.schema),
-                                 "harvest_format": HDF5_FORMAT, "layout": cfg.layout})
+                h5.attrs.update(
+                    {
+                        "env_id": manifest.env_id,
+                        "run_id": manifest.run_id,
+                        "created_at": manifest.created_at,
+                        "rows": manifest.rows,
+                        "episodes": manifest.episodes,
+                        "schema": json.dumps(manifest.schema),
+                        "harvest_format": HDF5_FORMAT,
+                        "layout": cfg.layout,
+                    }
+                )
                 batches = (TransitionBatch.from_arrow(batch).columns for batch in iter_record_batches(root, manifest))
                 if cfg.layout == "columns":
                     _write_columns(h5, batches, cfg)
@@ -127,13 +143,18 @@ def _write_columns(h5: h5py.File, batches: Iterator[dict[str, np.ndarray]], cfg:
             stored = _storable(values)
             if name not in datasets:
                 datasets[name] = group.create_dataset(
-                    name, shape=(0, *stored.shape[1:]), maxshape=(None, *stored.shape[1:]), dtype=_h5_dtype(stored),
-                    chunks=(cfg.chunk_rows, *stored.shape[1:]), **_compression(cfg))
+                    name,
+                    shape=(0, *stored.shape[1:]),
+                    maxshape=(None, *stored.shape[1:]),
+                    dtype=_h5_dtype(stored),
+                    chunks=(cfg.chunk_rows, *stored.shape[1:]),
+                    **_compression(cfg),
+                )
                 if values.dtype.kind == "M":
                     datasets[name].attrs["unit"] = "ns since 1970-01-01T00:00:00Z"
             dataset = datasets[name]
             dataset.resize(dataset.shape[0] + stored.shape[0], axis=0)
-            dataset[-stored.shape[0]:] = stored
+            dataset[-stored.shape[0] :] = stored
     h5.create_dataset("episodes", data=episodes.finish())
 
 
@@ -143,12 +164,21 @@ def _write_episodes(h5: h5py.File, batches: Iterator[dict[str, np.ndarray]], cfg
         episode = group.create_group(str(int(columns["episode_id"][0])))
         for name, values in columns.items():
             stored = _storable(values)
-            episode.create_dataset(name, data=stored, dtype=_h5_dtype(stored),
-                                   chunks=(min(cfg.chunk_rows, max(1, stored.shape[0])), *stored.shape[1:]),
-                                   **_compression(cfg))
-        episode.attrs.update({"length": columns["episode_id"].size, "return": float(columns["reward"].sum()),
-                              "terminated": bool(columns["terminated"][-1]),
-                              "truncated": bool(columns["truncated"][-1])})
+            episode.create_dataset(
+                name,
+                data=stored,
+                dtype=_h5_dtype(stored),
+                chunks=(min(cfg.chunk_rows, max(1, stored.shape[0])), *stored.shape[1:]),
+                **_compression(cfg),
+            )
+        episode.attrs.update(
+            {
+                "length": columns["episode_id"].size,
+                "return": float(columns["reward"].sum()),
+                "terminated": bool(columns["terminated"][-1]),
+                "truncated": bool(columns["truncated"][-1]),
+            }
+        )
 
 
 def read_hdf5(path: str | Path) -> dict[str, np.ndarray]:

@@ -67,8 +67,9 @@ class _Running:
         self.low, self.high = np.inf, -np.inf
 
     def add(self, values: np.ndarray) -> None:
-        values = values[np.isfinite(values)].astype(np.float64) if values.dtype.kind == "f" else \
-            values.astype(np.float64)
+        values = (
+            values[np.isfinite(values)].astype(np.float64) if values.dtype.kind == "f" else values.astype(np.float64)
+        )
         if values.size == 0:
             return
         n, mean = values.size, float(values.mean())
@@ -82,8 +83,7 @@ class _Running:
     def result(self) -> dict[str, float | int | None]:
         if self.n == 0:
             return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
-        return {"count": self.n, "mean": self.mean, "std": (self.m2 / self.n) ** 0.5, "min": self.low,
-                "max": self.high}
+        return {"count": self.n, "mean": self.mean, "std": (self.m2 / self.n) ** 0.5, "min": self.low, "max": self.high}
 
 
 @dataclass
@@ -157,8 +157,13 @@ def inspect_dataset(dataset: Dataset, thresholds: Thresholds = Thresholds()) -> 
         for name in floats:
             bad = ~np.isfinite(episode[name].reshape(length, -1)).all(axis=1)
             if bad.any():
-                checks.flag("nan_inf", "error", "NaN or Inf values", int(bad.sum()),
-                            f"{name}, {where}, step {int(episode['step'][np.argmax(bad)])}")
+                checks.flag(
+                    "nan_inf",
+                    "error",
+                    "NaN or Inf values",
+                    int(bad.sum()),
+                    f"{name}, {where}, step {int(episode['step'][np.argmax(bad)])}",
+                )
         action = np.asarray(episode["action"])
         if bounds is not None:
             flat = action.reshape(length, -1).astype(np.float64)
@@ -166,8 +171,13 @@ def inspect_dataset(dataset: Dataset, thresholds: Thresholds = Thresholds()) -> 
             tolerance = 1e-6 * np.maximum(1.0, np.abs(np.where(np.isfinite(high), high, 0)))
             outside = ((flat < low - tolerance) | (flat > high + tolerance)).any(axis=1)
             if outside.any():
-                checks.flag("action_space", "error", f"actions outside {space}", int(outside.sum()),
-                            f"{where}, step {int(episode['step'][np.argmax(outside)])}: {action[np.argmax(outside)]}")
+                checks.flag(
+                    "action_space",
+                    "error",
+                    f"actions outside {space}",
+                    int(outside.sum()),
+                    f"{where}, step {int(episode['step'][np.argmax(outside)])}: {action[np.argmax(outside)]}",
+                )
         if isinstance(space, gym.spaces.Discrete):
             for value, count in zip(*np.unique(action, return_counts=True)):
                 action_counts[int(value)] = action_counts.get(int(value), 0) + int(count)
@@ -176,14 +186,24 @@ def inspect_dataset(dataset: Dataset, thresholds: Thresholds = Thresholds()) -> 
         steps = episode["step"]
         if not np.array_equal(steps, np.arange(steps[0], steps[0] + length)) or steps[0] != 0:
             wrong = int(np.argmax(np.r_[steps[0] != 0, np.diff(steps) != 1]))
-            checks.flag("step_gap", "error", "steps of an episode are not 0, 1, 2, ...", 1,
-                        f"{where}: step {int(steps[wrong - 1]) if wrong else '-'} then {int(steps[wrong])}")
+            checks.flag(
+                "step_gap",
+                "error",
+                "steps of an episode are not 0, 1, 2, ...",
+                1,
+                f"{where}: step {int(steps[wrong - 1]) if wrong else '-'} then {int(steps[wrong])}",
+            )
         for name in obs_names:
             current, following = episode["next_" + name][:-1], episode[name][1:]
             if length > 1 and not np.array_equal(current, following):
                 mismatch = ~(current.reshape(length - 1, -1) == following.reshape(length - 1, -1)).all(axis=1)
-                checks.flag("next_obs", "error", "next_obs differs from the next step's obs", int(mismatch.sum()),
-                            f"{name}, {where}, step {int(steps[np.argmax(mismatch)])}")
+                checks.flag(
+                    "next_obs",
+                    "error",
+                    "next_obs differs from the next step's obs",
+                    int(mismatch.sum()),
+                    f"{name}, {where}, step {int(steps[np.argmax(mismatch)])}",
+                )
         times = episode["timestamp"].astype("datetime64[ns]").astype(np.int64)
         first_time = times.min() if first_time is None else min(first_time, times.min())
         last_time = times.max() if last_time is None else max(last_time, times.max())
@@ -193,9 +213,13 @@ def inspect_dataset(dataset: Dataset, thresholds: Thresholds = Thresholds()) -> 
             gaps = deltas > t.gap_factor * median if median > 0 else np.zeros(deltas.size, bool)
             if gaps.any():
                 at = int(np.argmax(gaps))
-                checks.flag("timestamp_gap", "warning", f"steps more than {t.gap_factor:g}x the median step time "
-                            "apart", int(gaps.sum()), f"{where}: {deltas[at] / 1e9:.3f} s before step "
-                            f"{int(steps[at + 1])} (median {median / 1e9:.3f} s)")
+                checks.flag(
+                    "timestamp_gap",
+                    "warning",
+                    f"steps more than {t.gap_factor:g}x the median step time apart",
+                    int(gaps.sum()),
+                    f"{where}: {deltas[at] / 1e9:.3f} s before step {int(steps[at + 1])} (median {median / 1e9:.3f} s)",
+                )
         flat_actions = action.reshape(length, -1)
         if length >= t.stuck_steps:
             changes = np.r_[True, (flat_actions[1:] != flat_actions[:-1]).any(axis=1)]
@@ -203,63 +227,111 @@ def inspect_dataset(dataset: Dataset, thresholds: Thresholds = Thresholds()) -> 
             runs = np.diff(np.r_[run_starts, length])
             if (runs >= t.stuck_steps).any():
                 longest = int(np.argmax(runs))
-                checks.flag("stuck_action", "warning", f"the same action for {t.stuck_steps}+ steps",
-                            int((runs >= t.stuck_steps).sum()),
-                            f"{where}: {int(runs[longest])} steps of {action[run_starts[longest]]} from step "
-                            f"{int(steps[run_starts[longest]])}")
+                checks.flag(
+                    "stuck_action",
+                    "warning",
+                    f"the same action for {t.stuck_steps}+ steps",
+                    int((runs >= t.stuck_steps).sum()),
+                    f"{where}: {int(runs[longest])} steps of {action[run_starts[longest]]} from step "
+                    f"{int(steps[run_starts[longest]])}",
+                )
         if isinstance(space, gym.spaces.Box) and length > 1:
             span = np.where(np.isfinite(space.high - space.low), space.high - space.low, np.nan).reshape(-1)
             jumps = np.abs(np.diff(flat_actions.astype(np.float64), axis=0)) / span
             jerky = (np.nan_to_num(jumps) > t.jerk_fraction).any(axis=1)
             if jerky.any():
-                checks.flag("jerky_action", "warning", f"continuous actions jumping by more than "
-                            f"{t.jerk_fraction:.0%} of their range in one step", int(jerky.sum()),
-                            f"{where}, step {int(steps[np.argmax(jerky) + 1])}")
+                checks.flag(
+                    "jerky_action",
+                    "warning",
+                    f"continuous actions jumping by more than {t.jerk_fraction:.0%} of their range in one step",
+                    int(jerky.sum()),
+                    f"{where}, step {int(steps[np.argmax(jerky) + 1])}",
+                )
         if length < t.min_episode_length:
-            checks.flag("short_episode", "warning", f"episodes shorter than {t.min_episode_length} steps", 1,
-                        f"{where}: {length} steps")
+            checks.flag(
+                "short_episode",
+                "warning",
+                f"episodes shorter than {t.min_episode_length} steps",
+                1,
+                f"{where}: {length} steps",
+            )
         for name in paths:
             for value in np.unique(episode[name]):
                 if value and not dataset.folder.join(str(value)).exists():
-                    checks.flag("missing_file", "error", "files named in the dataset are missing", 1,
-                                f"{name}: {value} ({where})")
+                    checks.flag(
+                        "missing_file",
+                        "error",
+                        "files named in the dataset are missing",
+                        1,
+                        f"{name}: {value} ({where})",
+                    )
     actions: dict[str, Any] = {"space": str(space)}
     if isinstance(space, gym.spaces.Discrete):
         actions["histogram"] = {str(k): v for k, v in sorted(action_counts.items())}
     elif box_values:
         values = np.concatenate(box_values)
-        actions["histogram"] = {f"dim {d}": np.histogram(values[:, d], bins=20)[0].tolist()
-                                for d in range(values.shape[1])}
-        actions["edges"] = {f"dim {d}": np.histogram(values[:, d], bins=20)[1].tolist()
-                            for d in range(values.shape[1])}
+        actions["histogram"] = {
+            f"dim {d}": np.histogram(values[:, d], bins=20)[0].tolist() for d in range(values.shape[1])
+        }
+        actions["edges"] = {f"dim {d}": np.histogram(values[:, d], bins=20)[1].tolist() for d in range(values.shape[1])}
     manifest = dataset.manifest
-    overview = {"env_id": manifest.env_id, "run_id": manifest.run_id, "rows": int(sum(lengths)),
-                "episodes": len(lengths), "files": len(manifest.files),
-                "bytes": sum(entry.bytes for entry in manifest.files), "collectors": sorted(collectors),
-                "sources": sources, "discrete_actions": discrete,
-                "first_timestamp": None if first_time is None else str(np.datetime64(int(first_time), "ns")),
-                "last_timestamp": None if last_time is None else str(np.datetime64(int(last_time), "ns")),
-                "duration_s": None if first_time is None else (last_time - first_time) / 1e9,
-                "episode_length": _percentiles(lengths), "episode_return": _percentiles(returns)}
+    overview = {
+        "env_id": manifest.env_id,
+        "run_id": manifest.run_id,
+        "rows": int(sum(lengths)),
+        "episodes": len(lengths),
+        "files": len(manifest.files),
+        "bytes": sum(entry.bytes for entry in manifest.files),
+        "collectors": sorted(collectors),
+        "sources": sources,
+        "discrete_actions": discrete,
+        "first_timestamp": None if first_time is None else str(np.datetime64(int(first_time), "ns")),
+        "last_timestamp": None if last_time is None else str(np.datetime64(int(last_time), "ns")),
+        "duration_s": None if first_time is None else (last_time - first_time) / 1e9,
+        "episode_length": _percentiles(lengths),
+        "episode_return": _percentiles(returns),
+    }
     if dataset.problems:  # every one named, not a sample: each is a file to look at
-        checks.found["integrity"] = Finding("integrity", "error", "files that differ from the manifest or cannot be "
-                                            "read (left out of this report)", len(dataset.problems),
-                                            list(dataset.problems))
+        checks.found["integrity"] = Finding(
+            "integrity",
+            "error",
+            "files that differ from the manifest or cannot be read (left out of this report)",
+            len(dataset.problems),
+            list(dataset.problems),
+        )
     elif manifest.rows != overview["rows"]:
-        checks.flag("manifest_rows", "error", "the manifest's row count differs from the rows in the files", 1,
-                    f"manifest {manifest.rows}, files {overview['rows']}")
+        checks.flag(
+            "manifest_rows",
+            "error",
+            "the manifest's row count differs from the rows in the files",
+            1,
+            f"manifest {manifest.rows}, files {overview['rows']}",
+        )
     order = {"error": 0, "warning": 1, "info": 2}
     findings = sorted(checks.found.values(), key=lambda f: (order[f.severity], f.check))
-    return Report(str(dataset.folder), overview, {name: s.result() for name, s in stats.items()}, actions,
-                  lengths, returns, findings)
+    return Report(
+        str(dataset.folder),
+        overview,
+        {name: s.result() for name, s in stats.items()},
+        actions,
+        lengths,
+        returns,
+        findings,
+    )
 
 
 def _percentiles(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     array = np.asarray(values, np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std()), "min": float(array.min()),
-            "p50": float(np.median(array)), "p90": float(np.percentile(array, 90)), "max": float(array.max())}
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        "min": float(array.min()),
+        "p50": float(np.median(array)),
+        "p90": float(np.percentile(array, 90)),
+        "max": float(array.max()),
+    }
 
 
 def print_report(report: Report) -> None:
@@ -271,10 +343,17 @@ def print_report(report: Report) -> None:
     console = Console(stderr=True)
     overview = Table(title=f"Dataset {report.dataset}", title_justify="left", show_header=False)
     o = report.overview
-    for key, value in (("env", o["env_id"]), ("rows", f"{o['rows']:,}"), ("episodes", f"{o['episodes']:,}"),
-                       ("files", f"{o['files']} ({o['bytes'] / 1e6:.1f} MB)"), ("collectors", o["collectors"]),
-                       ("sources", o["sources"] or "-"), ("time", f"{o['first_timestamp']} .. {o['last_timestamp']}"),
-                       ("episode length", _fmt(o["episode_length"])), ("episode return", _fmt(o["episode_return"]))):
+    for key, value in (
+        ("env", o["env_id"]),
+        ("rows", f"{o['rows']:,}"),
+        ("episodes", f"{o['episodes']:,}"),
+        ("files", f"{o['files']} ({o['bytes'] / 1e6:.1f} MB)"),
+        ("collectors", o["collectors"]),
+        ("sources", o["sources"] or "-"),
+        ("time", f"{o['first_timestamp']} .. {o['last_timestamp']}"),
+        ("episode length", _fmt(o["episode_length"])),
+        ("episode return", _fmt(o["episode_return"])),
+    ):
         overview.add_row(key, str(value))
     console.print(overview)
     columns = Table(title="Columns", title_justify="left")
@@ -301,8 +380,10 @@ def print_report(report: Report) -> None:
 def _fmt(stats: dict[str, float] | None) -> str:
     if not stats:
         return "-"
-    return (f"mean {stats['mean']:.3g} ± {stats['std']:.3g}, min {stats['min']:.3g}, median {stats['p50']:.3g}, "
-            f"max {stats['max']:.3g}")
+    return (
+        f"mean {stats['mean']:.3g} ± {stats['std']:.3g}, min {stats['min']:.3g}, median {stats['p50']:.3g}, "
+        f"max {stats['max']:.3g}"
+    )
 
 
 def write_html(report: Report, folder: str | Path) -> Path:
@@ -326,32 +407,55 @@ def write_html(report: Report, folder: str | Path) -> Path:
         plots.append((name, title))
 
     if report.episode_lengths:
-        save("episode_lengths.png", "Episode length", lambda ax: (ax.hist(report.episode_lengths, bins=30),
-                                                                  ax.set_xlabel("steps"), ax.set_ylabel("episodes")))
-        save("episode_returns.png", "Episode return", lambda ax: (ax.hist(report.episode_returns, bins=30),
-                                                                  ax.set_xlabel("return"), ax.set_ylabel("episodes")))
+        save(
+            "episode_lengths.png",
+            "Episode length",
+            lambda ax: (ax.hist(report.episode_lengths, bins=30), ax.set_xlabel("steps"), ax.set_ylabel("episodes")),
+        )
+        save(
+            "episode_returns.png",
+            "Episode return",
+            lambda ax: (ax.hist(report.episode_returns, bins=30), ax.set_xlabel("return"), ax.set_ylabel("episodes")),
+        )
     histogram = report.actions.get("histogram")
     if histogram and "edges" not in report.actions:
-        save("actions.png", "Actions", lambda ax: (ax.bar(list(histogram), list(histogram.values())),
-                                                   ax.set_xlabel("action"), ax.set_ylabel("rows")))
+        save(
+            "actions.png",
+            "Actions",
+            lambda ax: (
+                ax.bar(list(histogram), list(histogram.values())),
+                ax.set_xlabel("action"),
+                ax.set_ylabel("rows"),
+            ),
+        )
     elif histogram:
+
         def draw(ax):
             for dim, counts in histogram.items():
                 edges = np.asarray(report.actions["edges"][dim])
                 ax.stairs(counts, edges, label=dim)
             ax.legend(fontsize=7)
             ax.set_xlabel("action value")
+
         save("actions.png", "Actions (per dimension)", draw)
     e = html.escape
-    rows = "".join(f"<tr><td class='{e(f.severity)}'>{e(f.severity)}</td><td>{e(f.check)}</td><td>{f.count}</td>"
-                   f"<td>{e(f.message)}</td><td>{e('; '.join(f.examples))}</td></tr>" for f in report.findings)
-    columns = "".join(f"<tr><td>{e(name)}</td>" + "".join(
-        f"<td>{s[k]:.4g}</td>" if s[k] is not None else "<td>-</td>" for k in ("mean", "std", "min", "max"))
-        + "</tr>" for name, s in report.columns.items())
+    rows = "".join(
+        f"<tr><td class='{e(f.severity)}'>{e(f.severity)}</td><td>{e(f.check)}</td><td>{f.count}</td>"
+        f"<td>{e(f.message)}</td><td>{e('; '.join(f.examples))}</td></tr>"
+        for f in report.findings
+    )
+    columns = "".join(
+        f"<tr><td>{e(name)}</td>"
+        + "".join(f"<td>{s[k]:.4g}</td>" if s[k] is not None else "<td>-</td>" for k in ("mean", "std", "min", "max"))
+        + "</tr>"
+        for name, s in report.columns.items()
+    )
     overview = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in report.overview.items())
-    images = "".join(f"<figure><img src='{e(name)}' alt='{e(title)}'><figcaption>{e(title)}</figcaption></figure>"
-                     for name, title in plots)
-    status = (f"<p class='error'>{report.errors} error(s)</p>" if report.errors else "<p class='ok'>no errors</p>")
+    images = "".join(
+        f"<figure><img src='{e(name)}' alt='{e(title)}'><figcaption>{e(title)}</figcaption></figure>"
+        for name, title in plots
+    )
+    status = f"<p class='error'>{report.errors} error(s)</p>" if report.errors else "<p class='ok'>no errors</p>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Harvest dataset report: {e(report.dataset)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}

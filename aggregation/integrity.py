@@ -56,8 +56,9 @@ class DatasetIntegrityError(DatasetError):
 def outside_folder(path: str) -> bool:
     """Whether a manifest path could name something outside the dataset folder: absolute, with
     a `..` part, empty, or not in normal form (`./x`, `a//b`), which the writers never produce."""
-    return (not path or path.startswith("/") or "\\" in path or ".." in path.split("/")
-            or posixpath.normpath(path) != path)
+    return (
+        not path or path.startswith("/") or "\\" in path or ".." in path.split("/") or posixpath.normpath(path) != path
+    )
 
 
 def check_manifest(folder: Location, manifest: Manifest, check_sizes: bool = True) -> tuple[list[FileEntry], list[str]]:
@@ -73,11 +74,15 @@ def check_manifest(folder: Location, manifest: Manifest, check_sizes: bool = Tru
     inside: list[FileEntry] = []
     for index, entry in enumerate(manifest.files):
         if outside_folder(entry.path):
-            problems.append(f"{folder.join(MANIFEST_NAME)}: file {index} has the path {entry.path!r}, outside the "
-                            "dataset folder (absolute, with `..`, or not in normal form); refused")
+            problems.append(
+                f"{folder.join(MANIFEST_NAME)}: file {index} has the path {entry.path!r}, outside the "
+                "dataset folder (absolute, with `..`, or not in normal form); refused"
+            )
         elif entry.path in first_index:
-            problems.append(f"{folder.join(entry.path)}: listed twice in {MANIFEST_NAME} (files "
-                            f"{first_index[entry.path]} and {index}); the second is refused")
+            problems.append(
+                f"{folder.join(entry.path)}: listed twice in {MANIFEST_NAME} (files "
+                f"{first_index[entry.path]} and {index}); the second is refused"
+            )
         else:
             first_index[entry.path] = index
             inside.append(entry)
@@ -128,12 +133,19 @@ class FileReader:
             file written before format 3 may also hold them; its own values are kept).
     """
 
-    def __init__(self, folder: Location, verify: bool = True, schema: pa.Schema | None = None,
-                 partition_columns: list[str] | tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        folder: Location,
+        verify: bool = True,
+        schema: pa.Schema | None = None,
+        partition_columns: list[str] | tuple[str, ...] = (),
+    ) -> None:
         self.folder, self.verify = folder, verify
         self.schema, self.partition_columns = schema, tuple(partition_columns)
         if self.partition_columns and schema is None:
-            raise ValueError(f"{folder}: a FileReader of a dataset partitioned by {list(partition_columns)} needs its schema")
+            raise ValueError(
+                f"{folder}: a FileReader of a dataset partitioned by {list(partition_columns)} needs its schema"
+            )
         self._verified: set[str] = set()
         self._lock = threading.Lock()
 
@@ -147,8 +159,13 @@ class FileReader:
         return cls(folder, verify, schema, columns)
 
     def __getstate__(self) -> dict:
-        return {"folder": self.folder, "verify": self.verify, "schema": self.schema,
-                "partition_columns": self.partition_columns, "_verified": set(self._verified)}
+        return {
+            "folder": self.folder,
+            "verify": self.verify,
+            "schema": self.schema,
+            "partition_columns": self.partition_columns,
+            "_verified": set(self._verified),
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -208,14 +225,17 @@ class FileReader:
         check()
         return self._with_partitions(table, entry, columns)
 
-    def iter_batches(self, entry: FileEntry, batch_rows: int = 65_536,
-                     columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    def iter_batches(
+        self, entry: FileEntry, batch_rows: int = 65_536, columns: list[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         """The file's rows as stored, `batch_rows` at a time; the first batches are parsed while
         the hash runs and held until it matches."""
         handle, check = self._open(entry)
         with handle:
             try:
-                batches = pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=self._file_columns(columns))
+                batches = pq.ParquetFile(handle).iter_batches(
+                    batch_size=batch_rows, columns=self._file_columns(columns)
+                )
                 held = []
                 for batch in batches:
                     held.append(batch)
@@ -246,12 +266,19 @@ class FileReader:
         for name in missing:
             field = self.schema.field(name)
             if name not in entry.partition:
-                raise DatasetIntegrityError(f"{self.folder.join(entry.path)}: not in a {name}= folder, but the "
-                                            f"dataset is partitioned by {name}")
+                raise DatasetIntegrityError(
+                    f"{self.folder.join(entry.path)}: not in a {name}= folder, but the dataset is partitioned by {name}"
+                )
             fields[name] = field
-            arrays[name] = pa.repeat(pa.scalar(partition_value(entry.partition[name], field), field.type), rows.num_rows)
-        order = list(columns) if columns is not None else [name for name in self.schema.names if name in fields] + [
-            name for name in fields if self.schema.get_field_index(name) < 0]
+            arrays[name] = pa.repeat(
+                pa.scalar(partition_value(entry.partition[name], field), field.type), rows.num_rows
+            )
+        order = (
+            list(columns)
+            if columns is not None
+            else [name for name in self.schema.names if name in fields]
+            + [name for name in fields if self.schema.get_field_index(name) < 0]
+        )
         schema = pa.schema([fields[name] for name in order], metadata=rows.schema.metadata)
         return type(rows).from_arrays([arrays[name] for name in order], schema=schema)
 

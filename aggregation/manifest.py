@@ -103,12 +103,16 @@ class Manifest:
         """`_manifest.json` at `root` and an `_index.json` in every partition folder (a manifest
         of the layout before format 3 at `root` is replaced)."""
         for folder, entries in self.partitions().items():
-            index = {"dataset": self.run_id, "env_id": self.env_id, "partition": entries[0].partition,
-                     "rows": sum(entry.rows for entry in entries),
-                     "first_timestamp": min((e.first_timestamp for e in entries if e.first_timestamp), default=None),
-                     "last_timestamp": max((e.last_timestamp for e in entries if e.last_timestamp), default=None),
-                     "files": [{**asdict(entry), "path": entry.path.rsplit("/", 1)[-1]} for entry in entries],
-                     "schema": self.schema}
+            index = {
+                "dataset": self.run_id,
+                "env_id": self.env_id,
+                "partition": entries[0].partition,
+                "rows": sum(entry.rows for entry in entries),
+                "first_timestamp": min((e.first_timestamp for e in entries if e.first_timestamp), default=None),
+                "last_timestamp": max((e.last_timestamp for e in entries if e.last_timestamp), default=None),
+                "files": [{**asdict(entry), "path": entry.path.rsplit("/", 1)[-1]} for entry in entries],
+                "schema": self.schema,
+            }
             root.join(folder, INDEX_NAME).write_text(json.dumps(index, indent=2))
         target = root.join(MANIFEST_NAME)
         target.write_text(json.dumps(asdict(self), indent=2))
@@ -139,8 +143,9 @@ class Manifest:
         except json.JSONDecodeError as err:
             raise ValueError(f"{target}: not JSON ({err}); the manifest is damaged") from err
         if data.get("format_version") not in READABLE_VERSIONS:
-            raise ValueError(f"{target}: format_version {data.get('format_version')!r}, expected one of "
-                             f"{list(READABLE_VERSIONS)}")
+            raise ValueError(
+                f"{target}: format_version {data.get('format_version')!r}, expected one of {list(READABLE_VERSIONS)}"
+            )
         data["files"] = [FileEntry(**entry) for entry in data["files"]]
         data["format_version"] = FORMAT_VERSION
         return cls(**data)

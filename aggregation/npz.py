@@ -16,9 +16,19 @@ from harvest.rollout.batch import TransitionBatch
 NPZ_NAME = "_dataset.npz"
 
 # Harvest column -> NPZ key (dict observations keep their suffix: obs.pos -> observations.pos).
-_NPZ_KEYS = {"obs": "observations", "next_obs": "next_observations", "action": "actions", "reward": "rewards",
-             "terminated": "terminated", "truncated": "truncated", "episode_id": "episode_ids", "step": "steps",
-             "collector_id": "collector_ids", "policy_version": "policy_versions", "timestamp": "timestamps"}
+_NPZ_KEYS = {
+    "obs": "observations",
+    "next_obs": "next_observations",
+    "action": "actions",
+    "reward": "rewards",
+    "terminated": "terminated",
+    "truncated": "truncated",
+    "episode_id": "episode_ids",
+    "step": "steps",
+    "collector_id": "collector_ids",
+    "policy_version": "policy_versions",
+    "timestamp": "timestamps",
+}
 
 
 def npz_key(column: str) -> str:
@@ -37,9 +47,15 @@ def write_npz(root: Location, manifest: Manifest) -> Location:
         table = table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
         for name, column in TransitionBatch.from_arrow(table).columns.items():
             arrays[npz_key(name)] = column
-    metadata = {"run_id": manifest.run_id, "env_id": manifest.env_id, "created_at": manifest.created_at,
-                "rows": manifest.rows, "episodes": manifest.episodes, "schema": manifest.schema,
-                "keys": {name: npz_key(name) for name in manifest.schema["columns"]}}
+    metadata = {
+        "run_id": manifest.run_id,
+        "env_id": manifest.env_id,
+        "created_at": manifest.created_at,
+        "rows": manifest.rows,
+        "episodes": manifest.episodes,
+        "schema": manifest.schema,
+        "keys": {name: npz_key(name) for name in manifest.schema["columns"]},
+    }
     arrays["metadata"] = np.array(json.dumps(metadata))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)

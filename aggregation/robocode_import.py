@@ -26,6 +26,7 @@ from harvest.rollout.robocode_collector import robocode_schema, robot_rounds, ro
 IMPORT_ENV_ID = "robocode"
 _COLLECTOR = re.compile(r"expert_game_states_(\d+)_")
 
+
 def team_json_files(paths: list[str | Path]) -> list[Path]:
     """The JSON files named, and those inside named folders (recursively, sorted), in order."""
     files: list[Path] = []
@@ -39,8 +40,9 @@ def team_json_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def import_robocode_json(paths: list[str | Path], out_dir: str | Path, run_id: str = "import",
-                         cfg: AggregationConfig | None = None) -> ImportResult:
+def import_robocode_json(
+    paths: list[str | Path], out_dir: str | Path, run_id: str = "import", cfg: AggregationConfig | None = None
+) -> ImportResult:
     """Write the dataset folder `out_dir` (Parquet + manifest + `_aggregated_expert_data.npz`)
     from the teams' game-state JSON files; `seed` is -1 (unknown), `battle_id` the file's index.
 
@@ -62,21 +64,35 @@ def import_robocode_json(paths: list[str | Path], out_dir: str | Path, run_id: s
             continue
         match = _COLLECTOR.match(path.name)
         collector_id = int(match.group(1)) if match else 0
-        batch = rows_of_rounds(parts, episode_ids.next(len(parts)), collector_id, index, -1,
-                               np.datetime64(int(path.stat().st_mtime_ns), "ns"))
+        batch = rows_of_rounds(
+            parts,
+            episode_ids.next(len(parts)),
+            collector_id,
+            index,
+            -1,
+            np.datetime64(int(path.stat().st_mtime_ns), "ns"),
+        )
         flag_nonfinite(str(path), {name: batch.columns[name] for name in ("obs", "action", "reward")}, report)
         batches.append(batch)
         report.files.append(str(path))
     if not report.files:
-        raise TeamFileError(f"no importable Robocode game-state files in {[str(p) for p in paths]}: "
-                              + "; ".join(report.errors or ["no .json files"]))
+        raise TeamFileError(
+            f"no importable Robocode game-state files in {[str(p) for p in paths]}: "
+            + "; ".join(report.errors or ["no .json files"])
+        )
     from harvest.aggregation.compact import write_dataset
 
     report.manifest = write_dataset(batches, schema, Path(out_dir), cfg, run_id, IMPORT_ENV_ID)
-    write_dataset_npz(out_dir, Path(out_dir) / NPZ_NAME,
-                      f"imported from {len(report.files)} Robocode game-state files")
+    write_dataset_npz(out_dir, Path(out_dir) / NPZ_NAME, f"imported from {len(report.files)} Robocode game-state files")
     for warning in report.warnings:
         logger.warning("flagged: {}", warning)
-    logger.info("imported {} files ({} rows, {} episodes) into {}; {} files skipped, {} flagged", len(report.files),
-                report.manifest.rows, report.manifest.episodes, out_dir, len(report.errors), len(report.warnings))
+    logger.info(
+        "imported {} files ({} rows, {} episodes) into {}; {} files skipped, {} flagged",
+        len(report.files),
+        report.manifest.rows,
+        report.manifest.episodes,
+        out_dir,
+        len(report.errors),
+        len(report.warnings),
+    )
     return report

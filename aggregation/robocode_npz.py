@@ -45,16 +45,18 @@ def import_team_files(paths: list[str | Path]) -> TeamFileImport:
     return result
 
 
-def write_aggregated_npz(rounds: list[RobotRound], path: str | Path | Location, num_collectors: int,
-                         description: str) -> Location:
+def write_aggregated_npz(
+    rounds: list[RobotRound], path: str | Path | Location, num_collectors: int, description: str
+) -> Location:
     """`observations` (N, 8), `actions` (N, 5) and JSON `metadata`, loadable with allow_pickle=False."""
     observations = np.concatenate([part.obs for part in rounds]) if rounds else np.zeros((0, 8), np.float32)
     actions = np.concatenate([part.action for part in rounds]) if rounds else np.zeros((0, 5), np.float32)
     return _save_npz(observations, actions, path, num_collectors, description)
 
 
-def write_dataset_npz(dataset_dir: str | Path | Location, path: str | Path | Location | None = None,
-                      description: str | None = None) -> Location:
+def write_dataset_npz(
+    dataset_dir: str | Path | Location, path: str | Path | Location | None = None, description: str | None = None
+) -> Location:
     """`aggregated_expert_data.npz` of a compacted Robocode dataset (default: `_aggregated_expert_data.npz`
     inside its folder),
     rows in the dataset's order (episode by episode)."""
@@ -64,18 +66,27 @@ def write_dataset_npz(dataset_dir: str | Path | Location, path: str | Path | Loc
     for name, width in (("obs", 8), ("action", 5)):
         shape = dataset.schema.columns[name].shape if name in dataset.schema.columns else None
         if shape is None or len(shape) != 1 or shape[0] < width:
-            raise ValueError(f"{dataset.folder}: column {name!r} has shape {shape}; a Robocode dataset has at "
-                             f"least {width} values per row")
+            raise ValueError(
+                f"{dataset.folder}: column {name!r} has shape {shape}; a Robocode dataset has at "
+                f"least {width} values per row"
+            )
     columns = dataset.read_columns(["obs", "action"])
-    description = description or (f"{dataset.manifest.rows} Robocode transitions of run "
-                                  f"{dataset.manifest.run_id} ({dataset.manifest.env_id})")
-    return _save_npz(columns["obs"], columns["action"], path or dataset.folder.join(NPZ_NAME),
-                     len(dataset.manifest.collectors), description)
+    description = description or (
+        f"{dataset.manifest.rows} Robocode transitions of run {dataset.manifest.run_id} ({dataset.manifest.env_id})"
+    )
+    return _save_npz(
+        columns["obs"],
+        columns["action"],
+        path or dataset.folder.join(NPZ_NAME),
+        len(dataset.manifest.collectors),
+        description,
+    )
 
 
-def _save_npz(observations: np.ndarray, actions: np.ndarray, path: str | Path | Location, num_collectors: int,
-              description: str) -> Location:
-    observations = np.ascontiguousarray(observations[:, :len(STATE_FIELDS)], np.float32)  # the teams' 8 values
+def _save_npz(
+    observations: np.ndarray, actions: np.ndarray, path: str | Path | Location, num_collectors: int, description: str
+) -> Location:
+    observations = np.ascontiguousarray(observations[:, : len(STATE_FIELDS)], np.float32)  # the teams' 8 values
     actions = np.ascontiguousarray(actions, np.float32)
     metadata = {"total_steps": int(len(observations)), "num_collectors": num_collectors, "description": description}
     buffer = io.BytesIO()

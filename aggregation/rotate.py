@@ -57,8 +57,16 @@ class ShardRotator:
     """Compacts one replay shard a slice at a time: each `rotate` writes the episodes finished
     since the previous one and holds back the rows of episodes still being played."""
 
-    def __init__(self, shard: ray.actor.ActorHandle, schema: BatchSchema, shard_index: int, out: Location,
-                 cfg: AggregationConfig, read_timeout_s: float = 120.0, state_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        shard: ray.actor.ActorHandle,
+        schema: BatchSchema,
+        shard_index: int,
+        out: Location,
+        cfg: AggregationConfig,
+        read_timeout_s: float = 120.0,
+        state_dir: str | None = None,
+    ) -> None:
         self._shard, self._schema, self._shard_index, self._out, self._cfg = shard, schema, shard_index, out, cfg
         self._read_timeout_s = read_timeout_s
         self._cursor = 0
@@ -73,17 +81,27 @@ class ShardRotator:
     def rotate(self, final: bool = False) -> ShardCompaction:
         """Write what finished since the last rotation (everything left when `final`); returns
         everything this shard has written so far, so a caller that missed an answer loses nothing."""
-        new_rows, cursor, skipped_rows = read_rows(self._shard, self._schema, self._cursor, self._cfg.read_chunk_rows,
-                                                   self._read_timeout_s)
+        new_rows, cursor, skipped_rows = read_rows(
+            self._shard, self._schema, self._cursor, self._cfg.read_chunk_rows, self._read_timeout_s
+        )
         table = pa.concat_tables([self._held, new_rows]) if new_rows.num_rows else self._held
         if final:
             ready, held = table, table.schema.empty_table()
         else:
             ready, held = _split_finished(table)
         seen_hashes = set(self._seen_hashes)
-        result = compact_table(ready, self._schema, self._shard_index, self._out, self._cfg,
-                               skipped_rows=skipped_rows, seen_hashes=seen_hashes, write_empty=False,
-                               stem=f"shard-{self._shard_index:03d}-r{self._rotations:05d}", log_level="DEBUG")
+        result = compact_table(
+            ready,
+            self._schema,
+            self._shard_index,
+            self._out,
+            self._cfg,
+            skipped_rows=skipped_rows,
+            seen_hashes=seen_hashes,
+            write_empty=False,
+            stem=f"shard-{self._shard_index:03d}-r{self._rotations:05d}",
+            log_level="DEBUG",
+        )
         # the files are written: only now does this shard move on (a failure above retries it all)
         self._cursor, self._held, self._seen_hashes = cursor, held, seen_hashes
         self._rotations += 1
@@ -98,14 +116,23 @@ class ShardRotator:
 
     def _save_state(self) -> None:
         written = self._written
-        state = {"cursor": self._cursor, "rotations": self._rotations, "seen_hashes": sorted(self._seen_hashes),
-                 "written": {"files": [asdict(entry) for entry in written.files], "rows": written.rows,
-                             "skipped_rows": written.skipped_rows,
-                             "episode_ids": base64.b64encode(written.episode_ids.astype("<i8").tobytes()).decode(),
-                             "complete_episodes": written.complete_episodes, "collectors": written.collectors,
-                             "filtered": asdict(written.filtered) if written.filtered is not None else None}}
-        held = self._held.replace_schema_metadata({**(self._held.schema.metadata or {}),
-                                                   _STATE_KEY: json.dumps(state).encode()})
+        state = {
+            "cursor": self._cursor,
+            "rotations": self._rotations,
+            "seen_hashes": sorted(self._seen_hashes),
+            "written": {
+                "files": [asdict(entry) for entry in written.files],
+                "rows": written.rows,
+                "skipped_rows": written.skipped_rows,
+                "episode_ids": base64.b64encode(written.episode_ids.astype("<i8").tobytes()).decode(),
+                "complete_episodes": written.complete_episodes,
+                "collectors": written.collectors,
+                "filtered": asdict(written.filtered) if written.filtered is not None else None,
+            },
+        }
+        held = self._held.replace_schema_metadata(
+            {**(self._held.schema.metadata or {}), _STATE_KEY: json.dumps(state).encode()}
+        )
         self._state.parent.mkdir(parents=True, exist_ok=True)
         partial = self._state.with_suffix(".partial")
         with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, held.schema) as writer:
@@ -118,16 +145,30 @@ class ShardRotator:
         metadata = dict(held.schema.metadata or {})
         state = json.loads(metadata.pop(_STATE_KEY))
         written = state["written"]
-        self._cursor, self._rotations, self._seen_hashes = state["cursor"], state["rotations"], set(state["seen_hashes"])
+        self._cursor, self._rotations, self._seen_hashes = (
+            state["cursor"],
+            state["rotations"],
+            set(state["seen_hashes"]),
+        )
         self._held = held.replace_schema_metadata(metadata)
         self._written = ShardCompaction(
-            [FileEntry(**entry) for entry in written["files"]], written["rows"], written["skipped_rows"],
+            [FileEntry(**entry) for entry in written["files"]],
+            written["rows"],
+            written["skipped_rows"],
             np.frombuffer(base64.b64decode(written["episode_ids"]), "<i8").astype(np.int64),
-            written["complete_episodes"], written["collectors"],
-            FilterReport(**written["filtered"]) if written["filtered"] is not None else None)
+            written["complete_episodes"],
+            written["collectors"],
+            FilterReport(**written["filtered"]) if written["filtered"] is not None else None,
+        )
         logger.bind(actor=f"ShardRotator[{self._shard_index}]").warning(
             "resuming after rotation {} from {}: {:,} rows in {} files written, {:,} held, cursor {:,}",
-            self._rotations, self._state, written["rows"], len(written["files"]), held.num_rows, self._cursor)
+            self._rotations,
+            self._state,
+            written["rows"],
+            len(written["files"]),
+            held.num_rows,
+            self._cursor,
+        )
 
     def held_rows(self) -> int:
         """Rows of unfinished episodes waiting for a later rotation."""
@@ -154,9 +195,18 @@ class Rotation:
         >>> manifest = rotation.finish()           # the last rows, the other formats, the manifest
     """
 
-    def __init__(self, replay: Replay, out: Location | str | Path, cfg: AggregationConfig, run_id: str,
-                 env_id: str, timeout_s: float = 600.0, state_dir: str | Path | None = None,
-                 resume: bool = False, description: str | None = None) -> None:
+    def __init__(
+        self,
+        replay: Replay,
+        out: Location | str | Path,
+        cfg: AggregationConfig,
+        run_id: str,
+        env_id: str,
+        timeout_s: float = 600.0,
+        state_dir: str | Path | None = None,
+        resume: bool = False,
+        description: str | None = None,
+    ) -> None:
         if cfg.rotate_every_s is None:
             raise ValueError("Rotation needs aggregation.rotate_every_s (seconds between rotations)")
         check_layout(replay.schema, cfg)
@@ -168,8 +218,10 @@ class Rotation:
         if self._state_dir is not None and not resume:
             shutil.rmtree(self._state_dir, ignore_errors=True)  # another run's rotation state is not ours
         actor = ray.remote(ShardRotator).options(num_cpus=cfg.num_cpus)
-        self._rotators = [actor.remote(shard, replay.schema, index, self._out, cfg, state_dir=self._state_dir)
-                          for index, shard in enumerate(replay.shards)]
+        self._rotators = [
+            actor.remote(shard, replay.schema, index, self._out, cfg, state_dir=self._state_dir)
+            for index, shard in enumerate(replay.shards)
+        ]
         self._results: list[ShardCompaction | None] = [None] * len(self._rotators)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -220,18 +272,33 @@ class Rotation:
                     failed.append(f"shard {index}: {getattr(err, 'cause', None) or err}")
             self.rotations += 1
             if failed and final:
-                raise RotationError(f"the last rotation into {self._out} failed (the replay still holds the rows): "
-                                    + "; ".join(failed))
-            manifest = finish_dataset(self._shard_results(), self._schema, self._out, self._cfg, self._run_id,
-                                      self._env_id, in_progress=not final, rotations=self.rotations,
-                                      description=self._description)
+                raise RotationError(
+                    f"the last rotation into {self._out} failed (the replay still holds the rows): " + "; ".join(failed)
+                )
+            manifest = finish_dataset(
+                self._shard_results(),
+                self._schema,
+                self._out,
+                self._cfg,
+                self._run_id,
+                self._env_id,
+                in_progress=not final,
+                rotations=self.rotations,
+                description=self._description,
+            )
             rows, files = self._count()
             if failed:
                 raise RotationError(f"rotation {self.rotations} into {self._out}: " + "; ".join(failed))
             if not final:
-                logger.info("rotation {}: {:,} rows in {} new files; {} now holds {:,} rows, {} episodes",
-                            self.rotations, rows - rows_before, files - files_before, self._out, manifest.rows,
-                            manifest.episodes)
+                logger.info(
+                    "rotation {}: {:,} rows in {} new files; {} now holds {:,} rows, {} episodes",
+                    self.rotations,
+                    rows - rows_before,
+                    files - files_before,
+                    self._out,
+                    manifest.rows,
+                    manifest.episodes,
+                )
             return manifest
 
     def _count(self) -> tuple[int, int]:

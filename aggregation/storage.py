@@ -45,8 +45,11 @@ def _s3(uri: str) -> tuple[pafs.FileSystem, str]:
     parts = urlsplit(uri)
     options: dict = {}
     if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        options.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-                       session_token=os.environ.get("AWS_SESSION_TOKEN"))
+        options.update(
+            access_key=os.environ["AWS_ACCESS_KEY_ID"],
+            secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         options["region"] = region
@@ -166,8 +169,11 @@ class Location:
         except OSError as err:
             raise StorageError(f"{self.uri}: cannot list it: {err}") from err
         root = self.path.rstrip("/") + "/"
-        names = sorted(info.path[len(root):] for info in infos
-                       if info.type == pafs.FileType.File and info.path.endswith(suffix) and TMP_MARK not in info.path)
+        names = sorted(
+            info.path[len(root) :]
+            for info in infos
+            if info.type == pafs.FileType.File and info.path.endswith(suffix) and TMP_MARK not in info.path
+        )
         return [self.join(name) for name in names]
 
 
@@ -211,8 +217,10 @@ def _move_into(staging: Path, target: Path, last: str) -> None:
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         os.replace(staging, target)  # the whole folder appears at once
         return
-    files = sorted((path for path in staging.rglob("*") if path.is_file()),
-                   key=lambda path: path.relative_to(staging).as_posix() == last)
+    files = sorted(
+        (path for path in staging.rglob("*") if path.is_file()),
+        key=lambda path: path.relative_to(staging).as_posix() == last,
+    )
     for path in files:
         destination = target / path.relative_to(staging)
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -248,8 +256,10 @@ def location(where: str | Path | Location) -> Location:
         return Location(pafs.LocalFileSystem(), path, path)
     parts = urlsplit(text)
     if parts.username or parts.password:
-        raise StorageError(f"{parts.scheme}://{parts.hostname}{parts.path}: credentials in the URI are refused; "
-                           "use the AWS environment variables")
+        raise StorageError(
+            f"{parts.scheme}://{parts.hostname}{parts.path}: credentials in the URI are refused; "
+            "use the AWS environment variables"
+        )
     try:
         if scheme == "s3":
             fs, path = _s3(text)

@@ -57,13 +57,23 @@ def write_tfrecord(root: Location, manifest: Manifest) -> Location:
                         values = values.astype(np.int64)
                     flat[name] = values.reshape(values.shape[0], -1) if kinds[name]["kind"] != "byte" else values
                 for row in range(record_batch.num_rows):
-                    writer.write({name: (values[row].encode() if kinds[name]["kind"] == "byte" else values[row],
-                                         kinds[name]["kind"]) for name, values in flat.items()})
+                    writer.write(
+                        {
+                            name: (
+                                values[row].encode() if kinds[name]["kind"] == "byte" else values[row],
+                                kinds[name]["kind"],
+                            )
+                            for name, values in flat.items()
+                        }
+                    )
         finally:
             writer.close()
         target.upload(local)
-    root.join(TFRECORD_NAME + ".json").write_text(json.dumps(
-        {"features": kinds, "rows": manifest.rows, "env_id": manifest.env_id, "run_id": manifest.run_id}, indent=2))
+    root.join(TFRECORD_NAME + ".json").write_text(
+        json.dumps(
+            {"features": kinds, "rows": manifest.rows, "env_id": manifest.env_id, "run_id": manifest.run_id}, indent=2
+        )
+    )
     return target
 
 

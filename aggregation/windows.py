@@ -49,13 +49,20 @@ def count_windows(dataset: Dataset, history: int, stride: int | None = None, pad
     ids = dataset.read_columns(["episode_id"])["episode_id"]
     _, lengths = np.unique(ids, return_counts=True)
     per_episode = windows_per_episode(lengths, history, stride, pad)
-    return {"history": history, "stride": stride, "pad": pad, "episodes": int(lengths.size),
-            "rows": int(lengths.sum()), "windows": int(per_episode.sum()),
-            "episodes_too_short": int((per_episode == 0).sum())}
+    return {
+        "history": history,
+        "stride": stride,
+        "pad": pad,
+        "episodes": int(lengths.size),
+        "rows": int(lengths.sum()),
+        "windows": int(per_episode.sum()),
+        "episodes_too_short": int((per_episode == 0).sum()),
+    }
 
 
-def cut_windows(columns: dict[str, np.ndarray], history: int, stride: int, pad: Pad = "none",
-                names: list[str] | None = None) -> dict[str, np.ndarray]:
+def cut_windows(
+    columns: dict[str, np.ndarray], history: int, stride: int, pad: Pad = "none", names: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """Windows of the episodes in `columns` (each episode contiguous, in step order)."""
     names = names or [name for name in columns if name != "episode_id"]
     ids = columns["episode_id"]
@@ -73,8 +80,9 @@ def cut_windows(columns: dict[str, np.ndarray], history: int, stride: int, pad: 
     safe = np.maximum(index, start)  # padding repeats the first step...
     out = {}
     for name in names:
-        values = columns[name][safe] if first.size else np.zeros((0, history, *columns[name].shape[1:]),
-                                                                 columns[name].dtype)
+        values = (
+            columns[name][safe] if first.size else np.zeros((0, history, *columns[name].shape[1:]), columns[name].dtype)
+        )
         if pad == "zeros":  # ...or is zero
             values = np.where(mask.reshape(mask.shape + (1,) * (values.ndim - 2)), values, np.zeros_like(values))
         out[name] = values
@@ -92,16 +100,19 @@ class _FileWindows:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         parts = []
         for path in batch["path"]:
-            table = self.reader.read_table(self.entries[str(path)],
-                                           columns=list(dict.fromkeys([*self.names, "episode_id", "step"])))
-            columns = TransitionBatch.from_arrow(table.sort_by([("episode_id", "ascending"),
-                                                                ("step", "ascending")])).columns
+            table = self.reader.read_table(
+                self.entries[str(path)], columns=list(dict.fromkeys([*self.names, "episode_id", "step"]))
+            )
+            columns = TransitionBatch.from_arrow(
+                table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
+            ).columns
             parts.append(cut_windows(columns, self.history, self.stride, self.pad, self.names))
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-def windows(dataset: Dataset, history: int, stride: int | None = None, pad: Pad = "none",
-            columns: list[str] | None = None):
+def windows(
+    dataset: Dataset, history: int, stride: int | None = None, pad: Pad = "none", columns: list[str] | None = None
+):
     """A lazy `ray.data.Dataset` of windows (see the module doc); `columns` default to the
     observations, the action and the reward."""
     import ray.data
@@ -111,9 +122,10 @@ def windows(dataset: Dataset, history: int, stride: int | None = None, pad: Pad 
     names = columns or [*dataset.schema.obs_columns, "action", "reward"]
     unknown = [name for name in names if name not in dataset.schema.columns]
     if unknown:
-        raise ValueError(f"{dataset.folder}: windows over unknown columns {unknown}; it has "
-                         f"{list(dataset.schema.columns)}")
-    files = ray.data.from_items([{"path": entry.path} for entry in dataset.entries],
-                                override_num_blocks=max(1, len(dataset.entries)))
-    return files.map_batches(_FileWindows(dataset, history, stride, pad, names), batch_size=1,
-                             batch_format="numpy")
+        raise ValueError(
+            f"{dataset.folder}: windows over unknown columns {unknown}; it has {list(dataset.schema.columns)}"
+        )
+    files = ray.data.from_items(
+        [{"path": entry.path} for entry in dataset.entries], override_num_blocks=max(1, len(dataset.entries))
+    )
+    return files.map_batches(_FileWindows(dataset, history, stride, pad, names), batch_size=1, batch_format="numpy")

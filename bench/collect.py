@@ -67,8 +67,9 @@ def cutting_rows_per_s(env_id: str, num_envs: int, batch_rows: int, num_shards: 
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     policy = CartPoleExpert(env.single_observation_space, env.single_action_space)
     schema = BatchSchema.for_spaces(env.single_observation_space, env.single_action_space)
-    cutter = TransitionCutter(schema, num_envs, batch_rows, env.metadata["autoreset_mode"], 0, EpisodeIds(0),
-                              num_shards=num_shards)
+    cutter = TransitionCutter(
+        schema, num_envs, batch_rows, env.metadata["autoreset_mode"], 0, EpisodeIds(0), num_shards=num_shards
+    )
     obs, _ = env.reset(seed=0)
     cutter.reset(obs)
     rows_before, started = cutter.rows_cut, time.perf_counter()
@@ -89,26 +90,44 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=131_072)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one measurement")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--object-store-mb", type=int, default=512,
-                        help="a small store is reused, so batches land on pages already mapped")
+    parser.add_argument(
+        "--object-store-mb",
+        type=int,
+        default=512,
+        help="a small store is reused, so batches land on pages already mapped",
+    )
     args = parser.parse_args()
 
     concurrent = concurrent_raw_steps_per_s(args.env, args.num_envs, args.seconds, args.collectors)
-    cutting = [cutting_rows_per_s(args.env, args.num_envs, args.batch_rows, args.shards, args.seconds)
-               for _ in range(args.repeats)]
+    cutting = [
+        cutting_rows_per_s(args.env, args.num_envs, args.batch_rows, args.shards, args.seconds)
+        for _ in range(args.repeats)
+    ]
 
-    start_local_ray(num_cpus=max(2, args.collectors), include_dashboard=False, logging_level=logging.WARNING,
-                    object_store_memory=args.object_store_mb * 2**20,
-             runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
+    start_local_ray(
+        num_cpus=max(2, args.collectors),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        object_store_memory=args.object_store_mb * 2**20,
+        runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")),
+    )
     env_cfg = EnvConfig(id=args.env, num_envs=args.num_envs)
-    rollout = RolloutConfig(num_collectors=args.collectors, batch_rows=args.batch_rows, max_pushes_in_flight=4,
-                            num_cpus=0.5, policy=PolicyConfig(kind="expert"))
+    rollout = RolloutConfig(
+        num_collectors=args.collectors,
+        batch_rows=args.batch_rows,
+        max_pushes_in_flight=4,
+        num_cpus=0.5,
+        policy=PolicyConfig(kind="expert"),
+    )
     factory = ConfiguredPolicyFactory(rollout.policy, args.env)
-    replay = start_replay(ReplayConfig(num_shards=args.shards, capacity_rows=500_000, num_cpus=0.1),
-                          schema_for(env_cfg, factory))
+    replay = start_replay(
+        ReplayConfig(num_shards=args.shards, capacity_rows=500_000, num_cpus=0.1), schema_for(env_cfg, factory)
+    )
     worker_actor = ray.remote(RolloutWorker)
-    workers = [worker_actor.options(num_cpus=0.5).remote(env_cfg, rollout, factory, replay, i, "bench", i)
-               for i in range(args.collectors)]
+    workers = [
+        worker_actor.options(num_cpus=0.5).remote(env_cfg, rollout, factory, replay, i, "bench", i)
+        for i in range(args.collectors)
+    ]
     ray.get([w.collect.remote(args.batch_rows * 2) for w in workers], timeout=600)  # warm-up
     # Raw and Harvest alternate, so a slower or faster phase of a shared host hits both alike;
     # each ratio compares a Harvest run with the raw runs just before and after it.
@@ -128,17 +147,27 @@ def main() -> None:
     ray.shutdown()
 
     raw_median, harvest_median = statistics.median(raw), statistics.median(harvest)
-    print(f"machine: {os.cpu_count()} cores; env {args.env}, {args.collectors} collectors x {args.num_envs} envs, "
-          f"{args.shards} shards, batches of {args.batch_rows:,} rows; {stats.inserted_rows:,} rows stored")
+    print(
+        f"machine: {os.cpu_count()} cores; env {args.env}, {args.collectors} collectors x {args.num_envs} envs, "
+        f"{args.shards} shards, batches of {args.batch_rows:,} rows; {stats.inserted_rows:,} rows stored"
+    )
     print(f"raw make_vec loop (1 process): {raw_median:,.0f} steps/s   (runs: {', '.join(f'{r:,.0f}' for r in raw)})")
-    print(f"raw make_vec loop, {args.collectors} processes at once: {concurrent:,.0f} steps/s in total "
-          f"(= {concurrent / raw_median:.2f} x one process: the machine's real ceiling)")
-    print(f"harvest row cutting only (1 process, no Ray): {statistics.median(cutting):,.0f} rows/s   "
-          f"(ratio to raw {statistics.median(cutting) / raw_median:.2f})")
-    print(f"harvest ({args.collectors} collectors + replay): {harvest_median:,.0f} rows/s   "
-          f"(runs: {', '.join(f'{h:,.0f}' for h in harvest)})")
-    print(f"ratio harvest / ({args.collectors} x raw) = {statistics.median(ratios):.2f}   "
-          f"(runs: {', '.join(f'{r:.2f}' for r in ratios)}; harvest / concurrent raw = {harvest_median / concurrent:.2f})")
+    print(
+        f"raw make_vec loop, {args.collectors} processes at once: {concurrent:,.0f} steps/s in total "
+        f"(= {concurrent / raw_median:.2f} x one process: the machine's real ceiling)"
+    )
+    print(
+        f"harvest row cutting only (1 process, no Ray): {statistics.median(cutting):,.0f} rows/s   "
+        f"(ratio to raw {statistics.median(cutting) / raw_median:.2f})"
+    )
+    print(
+        f"harvest ({args.collectors} collectors + replay): {harvest_median:,.0f} rows/s   "
+        f"(runs: {', '.join(f'{h:,.0f}' for h in harvest)})"
+    )
+    print(
+        f"ratio harvest / ({args.collectors} x raw) = {statistics.median(ratios):.2f}   "
+        f"(runs: {', '.join(f'{r:.2f}' for r in ratios)}; harvest / concurrent raw = {harvest_median / concurrent:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -53,13 +53,21 @@ def make_rows(observation_space: gym.Space, rows: int, episode_length: int) -> t
     shape = observation_space.shape
     obs = rng.random((rows, *shape), dtype=np.float32)
     episode = np.arange(rows) // episode_length
-    columns = {"obs": obs, "next_obs": np.roll(obs, -1, axis=0), "action": rng.integers(0, 4, rows),
-               "reward": rng.random(rows, dtype=np.float32), "terminated": (np.arange(rows) + 1) % episode_length == 0,
-               "truncated": np.zeros(rows, bool), "episode_id": episode.astype(np.int64),
-               "step": (np.arange(rows) % episode_length).astype(np.int64),
-               "collector_id": np.zeros(rows, np.int64), "policy_version": np.zeros(rows, np.int64),
-               "timestamp": (np.datetime64("2026-11-23T12:00:00", "ns")
-                             + np.arange(rows).astype("timedelta64[ms]")).astype("datetime64[ns]")}
+    columns = {
+        "obs": obs,
+        "next_obs": np.roll(obs, -1, axis=0),
+        "action": rng.integers(0, 4, rows),
+        "reward": rng.random(rows, dtype=np.float32),
+        "terminated": (np.arange(rows) + 1) % episode_length == 0,
+        "truncated": np.zeros(rows, bool),
+        "episode_id": episode.astype(np.int64),
+        "step": (np.arange(rows) % episode_length).astype(np.int64),
+        "collector_id": np.zeros(rows, np.int64),
+        "policy_version": np.zeros(rows, np.int64),
+        "timestamp": (np.datetime64("2026-11-23T12:00:00", "ns") + np.arange(rows).astype("timedelta64[ms]")).astype(
+            "datetime64[ns]"
+        ),
+    }
     return schema, TransitionBatch({name: columns[name].astype(spec.dtype) for name, spec in schema.columns.items()})
 
 
@@ -69,8 +77,9 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def bench_kind(name: str, schema: BatchSchema, batch: TransitionBatch, repeats: int, scratch: Path,
-               only_reads: bool = False) -> None:
+def bench_kind(
+    name: str, schema: BatchSchema, batch: TransitionBatch, repeats: int, scratch: Path, only_reads: bool = False
+) -> None:
     rows = batch.num_rows
     megabytes = sum(column.nbytes for column in batch.columns.values()) / 1e6
     cfg = AggregationConfig(formats=["parquet"])  # the defaults a run uses (files of up to 500,000 rows)
@@ -84,11 +93,17 @@ def bench_kind(name: str, schema: BatchSchema, batch: TransitionBatch, repeats: 
     table = pa.Table.from_batches([table])
     harvest, reference = [], []
     for run in range(repeats):
-        harvest.append(timed(lambda: write_dataset([batch], schema, scratch / f"{name}-h{run}", cfg, "bench", "x")))
-        reference.append(timed(lambda: pq.write_table(table, scratch / f"{name}-ref{run}.parquet", compression="zstd")))
+        harvest.append(
+            timed(lambda run=run: write_dataset([batch], schema, scratch / f"{name}-h{run}", cfg, "bench", "x"))
+        )
+        reference.append(
+            timed(lambda run=run: pq.write_table(table, scratch / f"{name}-ref{run}.parquet", compression="zstd"))
+        )
     h, r = statistics.median(harvest), statistics.median(reference)
-    print(f"{name:10s} Parquet write  Harvest {rows / h:12,.0f} rows/s {megabytes / h:8.1f} MB/s   "
-          f"pyarrow.write_table {rows / r:12,.0f} rows/s {megabytes / r:8.1f} MB/s   ratio {r / h:.2f}")
+    print(
+        f"{name:10s} Parquet write  Harvest {rows / h:12,.0f} rows/s {megabytes / h:8.1f} MB/s   "
+        f"pyarrow.write_table {rows / r:12,.0f} rows/s {megabytes / r:8.1f} MB/s   ratio {r / h:.2f}"
+    )
 
     dataset = Dataset.open(scratch / f"{name}-h0")
     columns = batch.columns
@@ -101,12 +116,20 @@ def bench_kind(name: str, schema: BatchSchema, batch: TransitionBatch, repeats: 
             with h5py.File(scratch / f"{name}-ref{run}.h5", "w") as h5:
                 for column, values in columns.items():
                     stored = values.astype("datetime64[ns]").astype(np.int64) if values.dtype.kind == "M" else values
-                    h5.create_dataset(f"data/{column}", data=stored, chunks=(min(4096, len(stored)), *stored.shape[1:]),
-                                      compression="gzip", compression_opts=4)
+                    h5.create_dataset(
+                        f"data/{column}",
+                        data=stored,
+                        chunks=(min(4096, len(stored)), *stored.shape[1:]),
+                        compression="gzip",
+                        compression_opts=4,
+                    )
+
         reference.append(timed(direct))
     h, r = statistics.median(harvest), statistics.median(reference)
-    print(f"{name:10s} HDF5 write     Harvest {rows / h:12,.0f} rows/s {megabytes / h:8.1f} MB/s   "
-          f"h5py from memory    {rows / r:12,.0f} rows/s {megabytes / r:8.1f} MB/s   ratio {r / h:.2f}")
+    print(
+        f"{name:10s} HDF5 write     Harvest {rows / h:12,.0f} rows/s {megabytes / h:8.1f} MB/s   "
+        f"h5py from memory    {rows / r:12,.0f} rows/s {megabytes / r:8.1f} MB/s   ratio {r / h:.2f}"
+    )
 
     def read_windows():
         for _ in windows(dataset, 16, 4, columns=["obs", "action"]).iter_batches(batch_size=256):
@@ -121,8 +144,10 @@ def bench_kind(name: str, schema: BatchSchema, batch: TransitionBatch, repeats: 
         harvest.append(timed(read_windows))
         reference.append(timed(read_plain))
     h, r = statistics.median(harvest), statistics.median(reference)
-    print(f"{name:10s} read (Ray Data) windows H=16/4 {rows / h:12,.0f} rows/s   plain columns "
-          f"{rows / r:12,.0f} rows/s   ratio {r / h:.2f}  (each window reads 16 rows and yields 16x their bytes)")
+    print(
+        f"{name:10s} read (Ray Data) windows H=16/4 {rows / h:12,.0f} rows/s   plain columns "
+        f"{rows / r:12,.0f} rows/s   ratio {r / h:.2f}  (each window reads 16 rows and yields 16x their bytes)"
+    )
     bench_verified_reads(name, scratch / f"{name}-h0", rows, repeats)
 
 
@@ -130,19 +155,21 @@ def bench_verified_reads(name: str, folder: Path, rows: int, repeats: int) -> No
     """Reads of a freshly opened dataset with and without the integrity checks, alternating."""
     reads = {
         "iter_batches (all columns)": lambda dataset: sum(1 for _ in dataset.iter_batches()),
-        "read_columns (obs, action, episode_id)": lambda dataset: dataset.read_columns(["obs", "action",
-                                                                                         "episode_id"]),
-        "to_ray (obs, action)": lambda dataset: sum(1 for _ in dataset.to_ray(columns=["obs", "action"])
-                                                    .iter_batches(batch_size=4096)),
+        "read_columns (obs, action, episode_id)": lambda dataset: dataset.read_columns(["obs", "action", "episode_id"]),
+        "to_ray (obs, action)": lambda dataset: sum(
+            1 for _ in dataset.to_ray(columns=["obs", "action"]).iter_batches(batch_size=4096)
+        ),
     }
     for what, read in reads.items():
         verified, unverified = [], []
         for _ in range(repeats):
-            verified.append(timed(lambda: read(Dataset.open(folder))))
-            unverified.append(timed(lambda: read(Dataset.open(folder, verify=False))))
+            verified.append(timed(lambda read=read: read(Dataset.open(folder))))
+            unverified.append(timed(lambda read=read: read(Dataset.open(folder, verify=False))))
         v, u = statistics.median(verified), statistics.median(unverified)
-        print(f"{name:10s} read {what:38s} verified {rows / v:12,.0f} rows/s   verify=False {rows / u:12,.0f} rows/s"
-              f"   ratio {u / v:.2f}")
+        print(
+            f"{name:10s} read {what:38s} verified {rows / v:12,.0f} rows/s   verify=False {rows / u:12,.0f} rows/s"
+            f"   ratio {u / v:.2f}"
+        )
 
 
 def main() -> None:
@@ -152,18 +179,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only-reads", action="store_true", help="only the verified-read comparison")
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}},
+    )
     from loguru import logger
 
     logger.remove()
     print(f"{os.cpu_count()} cores; medians of {args.repeats} runs")
     try:
         with tempfile.TemporaryDirectory(prefix="harvest-bench-") as scratch:
-            bench_kind("cartpole", *make_rows(gym.spaces.Box(-5, 5, (4,), np.float32), args.rows, 200),
-                       args.repeats, Path(scratch), args.only_reads)
-            bench_kind("board", *make_rows(gym.spaces.Box(0, 1, (9, 20, 20), np.float32), args.board_rows, 200),
-                       args.repeats, Path(scratch), args.only_reads)
+            bench_kind(
+                "cartpole",
+                *make_rows(gym.spaces.Box(-5, 5, (4,), np.float32), args.rows, 200),
+                args.repeats,
+                Path(scratch),
+                args.only_reads,
+            )
+            bench_kind(
+                "board",
+                *make_rows(gym.spaces.Box(0, 1, (9, 20, 20), np.float32), args.board_rows, 200),
+                args.repeats,
+                Path(scratch),
+                args.only_reads,
+            )
     finally:
         ray.shutdown()
 

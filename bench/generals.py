@@ -78,8 +78,9 @@ class ReferenceRunner:
     def __init__(self, maps: MapPool, size: int, max_steps: int, seed: int) -> None:
         self.maps = maps
         factory = GridFactory(min_grid_dims=(size, size), max_grid_dims=(size, size), seed=seed)
-        self.env = GymnasiumGenerals(agents=AGENTS, grid_factory=factory, pad_observations_to=size,
-                                     truncation=max_steps)
+        self.env = GymnasiumGenerals(
+            agents=AGENTS, grid_factory=factory, pad_observations_to=size, truncation=max_steps
+        )
         self.rng = np.random.default_rng(seed)
         self.infos = self._reset()
 
@@ -201,8 +202,12 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=500, help="games are truncated after this many steps")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one measurement")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup-steps", type=int, default=200,
-                        help="untimed steps before measuring (Harvest games start staggered across them)")
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=200,
+        help="untimed steps before measuring (Harvest games start staggered across them)",
+    )
     parser.add_argument("--maps", type=int, default=512, help="maps in the shared pool")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -228,22 +233,32 @@ def main() -> None:
     # so a slower or faster phase of a shared host cancels out; the table shows their median.
     ratios = {b: [h / r for h, r in zip(harvest_runs[b], reference_runs)] for b in args.batch_sizes}
     engine_ratios = {b: [e / r for e, r in zip(engine_runs[b], reference_runs)] for b in args.batch_sizes}
-    print(f"machine: {os.cpu_count()} cores, 1 process; {args.size}x{args.size} maps, random legal actions, "
-          f"games truncated at {args.max_steps} steps; {args.repeats} runs of {args.seconds:g} s, medians")
-    print(f"reference generals-bots GymnasiumGenerals.step (1 game): {reference_median:,.0f} game-steps/s   "
-          f"(runs: {_runs(reference_runs)})")
+    print(
+        f"machine: {os.cpu_count()} cores, 1 process; {args.size}x{args.size} maps, random legal actions, "
+        f"games truncated at {args.max_steps} steps; {args.repeats} runs of {args.seconds:g} s, medians"
+    )
+    print(
+        f"reference generals-bots GymnasiumGenerals.step (1 game): {reference_median:,.0f} game-steps/s   "
+        f"(runs: {_runs(reference_runs)})"
+    )
     print("ratio: median over repeats of (harvest run / reference run of the same repeat)")
     print()
-    print(f"{'B':>5}  {'harvest game-steps/s':>21}  {'reference game-steps/s':>23}  {'ratio':>7}  "
-          f"{'bare engine steps/s':>20}  {'ratio':>7}")
+    print(
+        f"{'B':>5}  {'harvest game-steps/s':>21}  {'reference game-steps/s':>23}  {'ratio':>7}  "
+        f"{'bare engine steps/s':>20}  {'ratio':>7}"
+    )
     for b in args.batch_sizes:
-        print(f"{b:>5}  {statistics.median(harvest_runs[b]):>21,.0f}  {reference_median:>23,.0f}  "
-              f"{statistics.median(ratios[b]):>6.1f}x  {statistics.median(engine_runs[b]):>20,.0f}  "
-              f"{statistics.median(engine_ratios[b]):>6.1f}x")
+        print(
+            f"{b:>5}  {statistics.median(harvest_runs[b]):>21,.0f}  {reference_median:>23,.0f}  "
+            f"{statistics.median(ratios[b]):>6.1f}x  {statistics.median(engine_runs[b]):>20,.0f}  "
+            f"{statistics.median(engine_ratios[b]):>6.1f}x"
+        )
     print()
     for b in args.batch_sizes:
-        print(f"B={b}: harvest runs {_runs(harvest_runs[b])} (ratios {', '.join(f'{r:.1f}' for r in ratios[b])}); "
-              f"bare engine runs {_runs(engine_runs[b])}")
+        print(
+            f"B={b}: harvest runs {_runs(harvest_runs[b])} (ratios {', '.join(f'{r:.1f}' for r in ratios[b])}); "
+            f"bare engine runs {_runs(engine_runs[b])}"
+        )
     if 256 in ratios:
         print(f"ratio at B=256: {statistics.median(ratios[256]):.1f} x (target >= 20x)")
 

@@ -79,7 +79,7 @@ def bare_torch_samples_per_s(dataset: Path, cfg: LearnerConfig, device: torch.de
         started = time.perf_counter()
         permutation = torch.randperm(obs.shape[0], device=device)
         for start in range(0, obs.shape[0], cfg.batch_size):
-            rows = permutation[start:start + cfg.batch_size]
+            rows = permutation[start : start + cfg.batch_size]
             loss = bc_loss(model, {"obs": obs[rows]}, action[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -124,14 +124,30 @@ def harvest_ppo(max_steps: int) -> dict:
     from harvest.learners.config import PPOConfig
     from harvest.learners.ppo import PPOLearner
 
-    start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                    runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    start_local_ray(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}},
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = LearnerConfig(algorithm="ppo", hidden_sizes=[64, 64], lr=1e-3, num_cpus=1,
-                                ppo=PPOConfig(env_steps=max_steps, num_collectors=2, rows_per_collector=1024,
-                                              minibatch_size=64, epochs=4, eval_every=1_000_000,
-                                              value_warmup_iterations=0, stop_at_return=475))
+            cfg = LearnerConfig(
+                algorithm="ppo",
+                hidden_sizes=[64, 64],
+                lr=1e-3,
+                num_cpus=1,
+                ppo=PPOConfig(
+                    env_steps=max_steps,
+                    num_collectors=2,
+                    rows_per_collector=1024,
+                    minibatch_size=64,
+                    epochs=4,
+                    eval_every=1_000_000,
+                    value_warmup_iterations=0,
+                    stop_at_return=475,
+                ),
+            )
             started = time.perf_counter()
             result = PPOLearner(cfg, EnvConfig(id="CartPole-v1", num_envs=8), tmp, "bench").train()
             seconds = time.perf_counter() - started
@@ -139,16 +155,24 @@ def harvest_ppo(max_steps: int) -> dict:
     finally:
         ray.shutdown()
     last = history[-1]
-    return {"env_steps": last["env_steps"], "seconds": seconds, "return": last["episode_return"],
-            "reached": (last["episode_return"] or 0) >= 475}
+    return {
+        "env_steps": last["env_steps"],
+        "seconds": seconds,
+        "return": last["episode_return"],
+        "reached": (last["episode_return"] or 0) >= 475,
+    }
 
 
 def rllib_ppo(python: Path, max_steps: int) -> dict | str:
     """RLlib's PPO in its own venv; a reason string where it cannot run."""
     if not python.exists():
         return f"no RLlib venv at {python} (make bench builds .venv-rllib)"
-    done = subprocess.run([str(python), "-c", RLLIB_SCRIPT, str(max_steps), str(os.cpu_count())],
-                          capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(
+        [str(python), "-c", RLLIB_SCRIPT, str(max_steps), str(os.cpu_count())],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if done.returncode != 0:
         return f"RLlib failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -156,19 +180,25 @@ def rllib_ppo(python: Path, max_steps: int) -> dict | str:
 
 def ppo_table(max_steps: int, rllib_python: Path) -> None:
     rows = {"harvest PPOLearner": harvest_ppo(max_steps), "RLlib PPO 2.60": rllib_ppo(rllib_python, max_steps)}
-    print(f"PPO from scratch on CartPole-v1 until an iteration's episodes average >= 475 (at most {max_steps:,} "
-          "env steps); 2 collectors / env runners x 8 envs, batch 2,048, minibatch 64, 4 epochs")
+    print(
+        f"PPO from scratch on CartPole-v1 until an iteration's episodes average >= 475 (at most {max_steps:,} "
+        "env steps); 2 collectors / env runners x 8 envs, batch 2,048, minibatch 64, 4 epochs"
+    )
     print(f"{'library':<22} {'reached':>8} {'env steps':>10} {'wall s':>8} {'env steps/s':>12}")
     for name, row in rows.items():
         if isinstance(row, str):
             print(f"{name:<22} {'-':>8}   {row}")
             continue
-        print(f"{name:<22} {str(row['reached']):>8} {row['env_steps']:>10,} {row['seconds']:>8.1f} "
-              f"{row['env_steps'] / row['seconds']:>12,.0f}")
+        print(
+            f"{name:<22} {str(row['reached']):>8} {row['env_steps']:>10,} {row['seconds']:>8.1f} "
+            f"{row['env_steps'] / row['seconds']:>12,.0f}"
+        )
     harvest, rllib = rows["harvest PPOLearner"], rows["RLlib PPO 2.60"]
     if not isinstance(rllib, str) and harvest["reached"] and rllib["reached"]:
-        print(f"harvest / RLlib: {rllib['env_steps'] / harvest['env_steps']:.2f}x fewer env steps, "
-              f"{rllib['seconds'] / harvest['seconds']:.2f}x less wall time")
+        print(
+            f"harvest / RLlib: {rllib['env_steps'] / harvest['env_steps']:.2f}x fewer env steps, "
+            f"{rllib['seconds'] / harvest['seconds']:.2f}x less wall time"
+        )
 
 
 def main() -> None:
@@ -178,8 +208,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="alternating BC measurement pairs")
     parser.add_argument("--ppo-steps", type=int, default=300_000)
-    parser.add_argument("--rllib-python", type=Path,
-                        default=Path(__file__).resolve().parents[1] / ".venv-rllib" / "bin" / "python")
+    parser.add_argument(
+        "--rllib-python", type=Path, default=Path(__file__).resolve().parents[1] / ".venv-rllib" / "bin" / "python"
+    )
     parser.add_argument("--skip-bc", action="store_true")
     parser.add_argument("--skip-ppo", action="store_true")
     args = parser.parse_args()
@@ -193,26 +224,34 @@ def main() -> None:
 def bc_table(args: argparse.Namespace) -> None:
     """Harvest and the bare loop take turns `--repeats` times, so a slow phase of the host hits
     both; the ratio is taken per pair and its median printed."""
-    cfg = LearnerConfig(epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1,
-                        num_cpus=float(torch.get_num_threads()))
+    cfg = LearnerConfig(
+        epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1, num_cpus=float(torch.get_num_threads())
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     harvest, reference = [], []
     with tempfile.TemporaryDirectory() as tmp:
         dataset = expert_dataset(Path(tmp), args.rows)
         for repeat in range(args.repeats):
             result = BCLearner(cfg, str(dataset), str(Path(tmp) / f"learner{repeat}")).train()
-            harvest.append(statistics.median([r.samples_per_s for r in result.history[1:]] or
-                                             [result.history[0].samples_per_s]))
+            harvest.append(
+                statistics.median([r.samples_per_s for r in result.history[1:]] or [result.history[0].samples_per_s])
+            )
             # The learner trains on the 90 % train split; the reference on all rows (per-sample rates compare).
             reference.append(bare_torch_samples_per_s(dataset, cfg, device))
     ratios = [h / r for h, r in zip(harvest, reference)]
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; {args.rows:,} CartPole rows, MLP {cfg.hidden_sizes}, batch {cfg.batch_size}; "
-          f"{args.repeats} alternating pairs")
-    print(f"bare torch loop: {statistics.median(reference):,.0f} samples/s (each: "
-          f"{', '.join(f'{r:,.0f}' for r in reference)})")
-    print(f"harvest BCLearner: {statistics.median(harvest):,.0f} samples/s (each: "
-          f"{', '.join(f'{h:,.0f}' for h in harvest)}; validation accuracy {result.history[-1].validation_accuracy:.3f})")
+    print(
+        f"device: {name}; {args.rows:,} CartPole rows, MLP {cfg.hidden_sizes}, batch {cfg.batch_size}; "
+        f"{args.repeats} alternating pairs"
+    )
+    print(
+        f"bare torch loop: {statistics.median(reference):,.0f} samples/s (each: "
+        f"{', '.join(f'{r:,.0f}' for r in reference)})"
+    )
+    print(
+        f"harvest BCLearner: {statistics.median(harvest):,.0f} samples/s (each: "
+        f"{', '.join(f'{h:,.0f}' for h in harvest)}; validation accuracy {result.history[-1].validation_accuracy:.3f})"
+    )
     print(f"ratio harvest / bare = {statistics.median(ratios):.2f} (pairs: {', '.join(f'{r:.2f}' for r in ratios)})")
 
 

@@ -63,8 +63,11 @@ class RowKind:
 
 def row_kinds() -> list[RowKind]:
     cartpole = BatchSchema.for_spaces(gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2))
-    generals = BatchSchema.for_spaces(gym.spaces.Box(0.0, np.inf, (9, 20, 20), np.float32), gym.spaces.Discrete(801),
-                                      extras={"action_mask": ColumnSpec(np.bool_, (801,))})
+    generals = BatchSchema.for_spaces(
+        gym.spaces.Box(0.0, np.inf, (9, 20, 20), np.float32),
+        gym.spaces.Discrete(801),
+        extras={"action_mask": ColumnSpec(np.bool_, (801,))},
+    )
     # 20k Generals rows are ≈ 0.6 GB per library; three libraries are alive at once.
     return [RowKind("CartPole", cartpole, 100_000, 100), RowKind("9x20x20", generals, 20_000, 500)]
 
@@ -88,8 +91,9 @@ def random_batch(kind: RowKind, num_rows: int, first_episode_id: int, rng: np.ra
     columns["step"][:] = np.arange(num_rows) - starts[episode_index]
     columns["collector_id"][:] = 0
     columns["policy_version"][:] = 0
-    columns["timestamp"][:] = (np.datetime64("2026-01-01T00:00:00", "ns")
-                               + np.arange(num_rows) * np.timedelta64(250, "us"))
+    columns["timestamp"][:] = np.datetime64("2026-01-01T00:00:00", "ns") + np.arange(num_rows) * np.timedelta64(
+        250, "us"
+    )
     if "action_mask" in columns:
         mask = rng.random((num_rows, num_actions)) < 0.1
         mask[np.arange(num_rows), columns["action"]] = True  # the action taken was legal
@@ -99,8 +103,10 @@ def random_batch(kind: RowKind, num_rows: int, first_episode_id: int, rng: np.ra
 
 def numpy_columns(batch: TransitionBatch) -> dict[str, np.ndarray]:
     """The batch's columns with timestamps as int64 (torch and cpprb have no datetime type)."""
-    return {name: column.view(np.int64) if column.dtype == TIMESTAMP_DTYPE else column
-            for name, column in batch.columns.items()}
+    return {
+        name: column.view(np.int64) if column.dtype == TIMESTAMP_DTYPE else column
+        for name, column in batch.columns.items()
+    }
 
 
 class Contender:
@@ -122,12 +128,23 @@ class Contender:
 class HarvestShard(Contender):
     library = "harvest"
 
-    def __init__(self, kind: RowKind, sampler: str, batches: list[TransitionBatch], td_errors: np.ndarray,
-                 compression: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: RowKind,
+        sampler: str,
+        batches: list[TransitionBatch],
+        td_errors: np.ndarray,
+        compression: str | None = None,
+    ) -> None:
         self.label = f"harvest ReplayShard ({sampler}{', obs ' + compression if compression else ''})"
         # As many CPUs as torch's intra-op threads get (os.cpu_count()): large copies use them.
-        self.cfg = ReplayConfig(num_shards=1, capacity_rows=kind.capacity_rows, sampler=sampler, num_cpus=os.cpu_count(),
-                                compression={"obs": compression, "next_obs": compression} if compression else {})
+        self.cfg = ReplayConfig(
+            num_shards=1,
+            capacity_rows=kind.capacity_rows,
+            sampler=sampler,
+            num_cpus=os.cpu_count(),
+            compression={"obs": compression, "next_obs": compression} if compression else {},
+        )
         self.shard = ReplayShard(self.cfg, kind.schema, seed=0)
         self.batches, self.td_errors = batches, td_errors
         self.prioritized = sampler == "prioritized"
@@ -159,14 +176,24 @@ class TorchRLBuffer(Contender):
         if sampler == "prioritized":
             config = ReplayConfig()
             self.label = "TorchRL PrioritizedReplayBuffer + LazyTensorStorage"
-            self.buffer = PrioritizedReplayBuffer(alpha=config.priority_alpha, beta=config.priority_beta,
-                                                  eps=config.priority_eps, storage=storage, batch_size=SAMPLE_ROWS)
+            self.buffer = PrioritizedReplayBuffer(
+                alpha=config.priority_alpha,
+                beta=config.priority_beta,
+                eps=config.priority_eps,
+                storage=storage,
+                batch_size=SAMPLE_ROWS,
+            )
         else:
             self.label = "TorchRL ReplayBuffer + LazyTensorStorage"
             self.buffer = ReplayBuffer(storage=storage, batch_size=SAMPLE_ROWS)
         self.prioritized = sampler == "prioritized"
-        self.batches = [TensorDict({name: torch.from_numpy(column) for name, column in numpy_columns(batch).items()},
-                                   batch_size=[batch.num_rows]) for batch in batches]
+        self.batches = [
+            TensorDict(
+                {name: torch.from_numpy(column) for name, column in numpy_columns(batch).items()},
+                batch_size=[batch.num_rows],
+            )
+            for batch in batches
+        ]
         self.priorities = [torch.from_numpy(np.abs(errors) + ReplayConfig().priority_eps) for errors in td_errors]
 
     def insert(self, index: int) -> None:
@@ -188,14 +215,17 @@ class CpprbBuffer(Contender):
     def __init__(self, kind: RowKind, sampler: str, batches: list[TransitionBatch], td_errors: np.ndarray) -> None:
         import cpprb
 
-        env_dict = {name: {"shape": spec.shape or 1, "dtype": np.int64 if spec.dtype == TIMESTAMP_DTYPE else spec.dtype}
-                    for name, spec in kind.schema.columns.items()}
+        env_dict = {
+            name: {"shape": spec.shape or 1, "dtype": np.int64 if spec.dtype == TIMESTAMP_DTYPE else spec.dtype}
+            for name, spec in kind.schema.columns.items()
+        }
         config = ReplayConfig()
         self.prioritized = sampler == "prioritized"
         if self.prioritized:
             self.label = "cpprb PrioritizedReplayBuffer"
-            self.buffer = cpprb.PrioritizedReplayBuffer(kind.capacity_rows, env_dict, alpha=config.priority_alpha,
-                                                        eps=config.priority_eps)
+            self.buffer = cpprb.PrioritizedReplayBuffer(
+                kind.capacity_rows, env_dict, alpha=config.priority_alpha, eps=config.priority_eps
+            )
         else:
             self.label = "cpprb ReplayBuffer"
             self.buffer = cpprb.ReplayBuffer(kind.capacity_rows, env_dict)
@@ -256,8 +286,9 @@ class Measured:
     capacity_rows: int
 
 
-def measure(kind: RowKind, sampler: str, makers: list[type[Contender]], seconds: float, repeats: int,
-            rng: np.random.Generator) -> list[Measured]:
+def measure(
+    kind: RowKind, sampler: str, makers: list[type[Contender]], seconds: float, repeats: int, rng: np.random.Generator
+) -> list[Measured]:
     """Fill every contender to capacity, then time inserts and samples, taking turns each repeat."""
     batches = [random_batch(kind, INSERT_ROWS, 1_000_000 * index, rng) for index in range(DISTINCT_BATCHES)]
     td_errors = [rng.standard_normal(SAMPLE_ROWS) for _ in range(64)]
@@ -267,16 +298,25 @@ def measure(kind: RowKind, sampler: str, makers: list[type[Contender]], seconds:
             contender.insert(index)
         for index in range(10):
             contender.sample(index)
-    results = [Measured(kind.name, sampler, c.label, c.library, [], [], c.storage_bytes(), kind.capacity_rows)
-               for c in contenders]
-    for repeat in range(repeats):
+    results = [
+        Measured(kind.name, sampler, c.label, c.library, [], [], c.storage_bytes(), kind.capacity_rows)
+        for c in contenders
+    ]
+    for _ in range(repeats):
         for contender, result in zip(contenders, results):
             result.insert.append(rows_per_s(contender.insert, INSERT_ROWS, seconds))
         for contender, result in zip(contenders, results):
             result.sample.append(rows_per_s(contender.sample, SAMPLE_ROWS, seconds))
-    logger.info("{} {} rows/s, each repeat: {}", kind.name, sampler, "; ".join(
-        f"{r.library} insert {', '.join(f'{rate:,.0f}' for rate in r.insert)} "
-        f"sample {', '.join(f'{rate:,.0f}' for rate in r.sample)}" for r in results))
+    logger.info(
+        "{} {} rows/s, each repeat: {}",
+        kind.name,
+        sampler,
+        "; ".join(
+            f"{r.library} insert {', '.join(f'{rate:,.0f}' for rate in r.insert)} "
+            f"sample {', '.join(f'{rate:,.0f}' for rate in r.sample)}"
+            for r in results
+        ),
+    )
     del contenders, batches
     gc.collect()
     return results
@@ -295,8 +335,10 @@ def board_batches(kind: RowKind, rng: np.random.Generator) -> list[TransitionBat
 def compression_rows(kind: RowKind, seconds: float, repeats: int, rng: np.random.Generator) -> None:
     """Context, not a target: what per-column compression buys (bytes) and costs (rows/s)."""
     batches = board_batches(kind, rng)
-    print(f"compression of obs and next_obs ({kind.name}, Generals-like boards: 85 % empty tiles); "
-          "raw bytes/row is the reference")
+    print(
+        f"compression of obs and next_obs ({kind.name}, Generals-like boards: 85 % empty tiles); "
+        "raw bytes/row is the reference"
+    )
     print(f"{'library':<52} {'insert rows/s':>14} {'sample rows/s':>14} {'bytes/row':>10} {'/ raw':>7}")
     for codec in (None, "lz4", "zstd"):
         shard = HarvestShard(kind, "uniform", batches, np.zeros(0), compression=codec)
@@ -305,24 +347,29 @@ def compression_rows(kind: RowKind, seconds: float, repeats: int, rng: np.random
         inserts = [rows_per_s(shard.insert, INSERT_ROWS, seconds) for _ in range(repeats)]
         samples = [rows_per_s(shard.sample, SAMPLE_ROWS, seconds) for _ in range(repeats)]
         report = shard.shard.memory()
-        print(f"{shard.label:<52} {statistics.median(inserts):>14,.0f} {statistics.median(samples):>14,.0f} "
-              f"{report['bytes_per_row']:>10,.0f} {report['bytes_per_row'] / kind.schema.row_bytes:>7.2f}")
+        print(
+            f"{shard.label:<52} {statistics.median(inserts):>14,.0f} {statistics.median(samples):>14,.0f} "
+            f"{report['bytes_per_row']:>10,.0f} {report['bytes_per_row'] / kind.schema.row_bytes:>7.2f}"
+        )
         del shard
         gc.collect()
 
 
 def print_throughput(results: list[Measured]) -> list[str]:
     """The throughput table; returns the rows where Harvest is below its reference."""
-    header = (f"{'rows':<9} {'sampler':<12} {'library':<52} {'insert rows/s':>14} {'sample rows/s':>14}  "
-              "harvest / this (insert, sample)")
+    header = (
+        f"{'rows':<9} {'sampler':<12} {'library':<52} {'insert rows/s':>14} {'sample rows/s':>14}  "
+        "harvest / this (insert, sample)"
+    )
     print(header)
     print("-" * len(header))
     below = []
     for kind, sampler in dict.fromkeys((r.kind, r.sampler) for r in results):
         group = [r for r in results if (r.kind, r.sampler) == (kind, sampler)]
         harvest = next(r for r in group if r.library == "harvest")
-        reference = next((r for r in group if r.library == "torchrl"), None) or \
-            next((r for r in group if r.library == "cpprb"), None)
+        reference = next((r for r in group if r.library == "torchrl"), None) or next(
+            (r for r in group if r.library == "cpprb"), None
+        )
         for result in group:
             insert, sample = statistics.median(result.insert), statistics.median(result.sample)
             ratio = ""
@@ -331,25 +378,38 @@ def print_throughput(results: list[Measured]) -> list[str]:
                 sample_ratio = statistics.median(harvest.sample) / sample
                 ratio = f"{insert_ratio:5.2f}x {sample_ratio:5.2f}x" + ("   <- reference" * (result is reference))
                 if result is reference:
-                    below += [f"{kind} {sampler} {what}: {value:.2f}x {result.library}"
-                              for what, value in (("insert", insert_ratio), ("sample", sample_ratio)) if value < 1.0]
+                    below += [
+                        f"{kind} {sampler} {what}: {value:.2f}x {result.library}"
+                        for what, value in (("insert", insert_ratio), ("sample", sample_ratio))
+                        if value < 1.0
+                    ]
             print(f"{kind:<9} {sampler:<12} {result.label:<52} {insert:>14,.0f} {sample:>14,.0f}  {ratio}")
     return below
 
 
 def print_memory(results: list[Measured], kinds: list[RowKind]) -> None:
-    print(f"{'rows':<9} {'capacity':>9} {'raw bytes/row':>14} {'harvest bytes/row':>18} {'harvest / raw':>14} "
-          f"{'TorchRL bytes/row':>18} {'TorchRL / raw':>14}")
+    print(
+        f"{'rows':<9} {'capacity':>9} {'raw bytes/row':>14} {'harvest bytes/row':>18} {'harvest / raw':>14} "
+        f"{'TorchRL bytes/row':>18} {'TorchRL / raw':>14}"
+    )
     for kind in kinds:
         raw = kind.schema.row_bytes
         group = [r for r in results if r.kind == kind.name and r.sampler == "uniform"]
         harvest = next(r for r in group if r.library == "harvest")
         torchrl = next((r for r in group if r.library == "torchrl"), None)
         harvest_per_row = harvest.storage_bytes / harvest.capacity_rows
-        torchrl_text = (f"{torchrl.storage_bytes / torchrl.capacity_rows:>18,.1f} "
-                        f"{torchrl.storage_bytes / torchrl.capacity_rows / raw:>14.2f}") if torchrl else f"{'n/a':>18}"
-        print(f"{kind.name:<9} {kind.capacity_rows:>9,} {raw:>14,} {harvest_per_row:>18,.1f} "
-              f"{harvest_per_row / raw:>14.2f} {torchrl_text}")
+        torchrl_text = (
+            (
+                f"{torchrl.storage_bytes / torchrl.capacity_rows:>18,.1f} "
+                f"{torchrl.storage_bytes / torchrl.capacity_rows / raw:>14.2f}"
+            )
+            if torchrl
+            else f"{'n/a':>18}"
+        )
+        print(
+            f"{kind.name:<9} {kind.capacity_rows:>9,} {raw:>14,} {harvest_per_row:>18,.1f} "
+            f"{harvest_per_row / raw:>14.2f} {torchrl_text}"
+        )
 
 
 def main() -> None:
@@ -377,8 +437,10 @@ def main() -> None:
         if failure is None:
             makers["prioritized"].append(TorchRLBuffer)
         else:
-            notes.append(f"TorchRL {torchrl.__version__} PrioritizedReplayBuffer: not run, {failure}; "
-                         "cpprb is the prioritized reference")
+            notes.append(
+                f"TorchRL {torchrl.__version__} PrioritizedReplayBuffer: not run, {failure}; "
+                "cpprb is the prioritized reference"
+            )
     try:
         import cpprb  # noqa: F401
     except ImportError as err:
@@ -390,17 +452,24 @@ def main() -> None:
     rng = np.random.default_rng(0)
     kinds = row_kinds()
     started = time.perf_counter()
-    results = [result for kind in kinds for sampler in ("uniform", "prioritized")
-               for result in measure(kind, sampler, makers[sampler], seconds, repeats, rng)]
+    results = [
+        result
+        for kind in kinds
+        for sampler in ("uniform", "prioritized")
+        for result in measure(kind, sampler, makers[sampler], seconds, repeats, rng)
+    ]
 
     try:
         import torch
+
         threads = f"; torch {torch.__version__}, {torch.get_num_threads()} threads"
     except ImportError:
         threads = ""
-    print(f"machine: {os.cpu_count()} cores{threads}; inserts of {INSERT_ROWS:,} rows, samples of {SAMPLE_ROWS} "
-          f"(prioritized: + a priority update); median of {repeats} x {seconds:g} s; "
-          f"{time.perf_counter() - started:.0f} s in all")
+    print(
+        f"machine: {os.cpu_count()} cores{threads}; inserts of {INSERT_ROWS:,} rows, samples of {SAMPLE_ROWS} "
+        f"(prioritized: + a priority update); median of {repeats} x {seconds:g} s; "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )
     for note in notes:
         print(note)
     print()
@@ -411,8 +480,10 @@ def main() -> None:
     print()
     compression_rows(kinds[1], seconds, repeats, rng)
     print()
-    print("target harvest >= 1x the reference on every row: " +
-          ("met" if not below else f"missed on {len(below)}: " + "; ".join(below)))
+    print(
+        "target harvest >= 1x the reference on every row: "
+        + ("met" if not below else f"missed on {len(below)}: " + "; ".join(below))
+    )
 
 
 if __name__ == "__main__":

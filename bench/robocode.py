@@ -47,8 +47,13 @@ def bare_turns_per_s(num_engines: int, rounds: int, seed: int, workdir: Path) ->
     for index in range(num_engines):
         home = prepare_home(install, workdir / f"bare-{index}")
         output = (workdir / f"bare-{index}.jsonl").open("wb")
-        process = subprocess.Popen(engine_command(install, classes, home), stdin=subprocess.PIPE, stdout=output,
-                                   stderr=subprocess.DEVNULL, cwd=home)
+        process = subprocess.Popen(
+            engine_command(install, classes, home),
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.DEVNULL,
+            cwd=home,
+        )
         processes.append(process)
         outputs.append(output)
     time.sleep(0.1)
@@ -85,8 +90,10 @@ def harvest_turns_per_s(num_collectors: int, rounds: int, seed: int, workdir: Pa
     replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=1_000_000, num_cpus=0.1), robocode_schema())
     battles = RobocodeBattles(rounds_per_battle=rounds, seed=seed, gui=gui)
     actor = ray.remote(RobocodeCollector)
-    collectors = [actor.options(num_cpus=0.5).remote(battles, replay, index, 100 + index, str(workdir / f"h-{index}"),
-                                                     str(CACHE)) for index in range(num_collectors)]
+    collectors = [
+        actor.options(num_cpus=0.5).remote(battles, replay, index, 100 + index, str(workdir / f"h-{index}"), str(CACHE))
+        for index in range(num_collectors)
+    ]
     ray.get([collector.collect.remote(1) for collector in collectors], timeout=600)  # warm-up: one battle each
     started = time.perf_counter()
     results = ray.get([collector.collect.remote(1) for collector in collectors], timeout=600)  # one battle each
@@ -105,8 +112,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-gui", dest="gui", action="store_false", help="skip the GUI vs headless comparison")
     args = parser.parse_args()
-    start_local_ray(num_cpus=max(2, max(args.collectors)), include_dashboard=False, logging_level=logging.WARNING,
-                    runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
+    start_local_ray(
+        num_cpus=max(2, max(args.collectors)),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")),
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-robocode-") as tmp:
         for k in args.collectors:
@@ -118,21 +129,31 @@ def main() -> None:
             rows.append((k, statistics.median(bare), statistics.median(harvest), bare, harvest))
         gui_rows = []
         for repeat in range(args.repeats if args.gui else 0):
-            gui_rows.append((harvest_turns_per_s(1, args.rounds, 1000 * repeat, Path(tmp) / f"gui-r{repeat}", gui=True),
-                             harvest_turns_per_s(1, args.rounds, 1000 * repeat, Path(tmp) / f"hl-r{repeat}")))
+            gui_rows.append(
+                (
+                    harvest_turns_per_s(1, args.rounds, 1000 * repeat, Path(tmp) / f"gui-r{repeat}", gui=True),
+                    harvest_turns_per_s(1, args.rounds, 1000 * repeat, Path(tmp) / f"hl-r{repeat}"),
+                )
+            )
     ray.shutdown()
-    print(f"machine: {os.cpu_count()} cores; sample.SpinBot vs sample.Target, lockstep, {args.rounds}-round battles, "
-          f"medians of {args.repeats}")
+    print(
+        f"machine: {os.cpu_count()} cores; sample.SpinBot vs sample.Target, lockstep, {args.rounds}-round battles, "
+        f"medians of {args.repeats}"
+    )
     print(f"{'K':>3}  {'bare engines turns/s':>21}  {'harvest turns/s':>16}  {'ratio':>6}")
     for k, bare, harvest, bare_runs, harvest_runs in rows:
-        print(f"{k:>3}  {bare:>21,.0f}  {harvest:>16,.0f}  {harvest / bare:>6.2f}   "
-              f"(bare runs {', '.join(f'{v:,.0f}' for v in bare_runs)}; "
-              f"harvest runs {', '.join(f'{v:,.0f}' for v in harvest_runs)})")
+        print(
+            f"{k:>3}  {bare:>21,.0f}  {harvest:>16,.0f}  {harvest / bare:>6.2f}   "
+            f"(bare runs {', '.join(f'{v:,.0f}' for v in bare_runs)}; "
+            f"harvest runs {', '.join(f'{v:,.0f}' for v in harvest_runs)})"
+        )
     if gui_rows:
         gui, headless = (statistics.median(values) for values in zip(*gui_rows))
-        print(f"\n1 collector, battle window on Xvfb vs headless: gui {gui:,.0f} turns/s, headless {headless:,.0f} "
-              f"turns/s, ratio {gui / headless:.2f}   (gui runs {', '.join(f'{g:,.0f}' for g, _ in gui_rows)}; "
-              f"headless runs {', '.join(f'{h:,.0f}' for _, h in gui_rows)})")
+        print(
+            f"\n1 collector, battle window on Xvfb vs headless: gui {gui:,.0f} turns/s, headless {headless:,.0f} "
+            f"turns/s, ratio {gui / headless:.2f}   (gui runs {', '.join(f'{g:,.0f}' for g, _ in gui_rows)}; "
+            f"headless runs {', '.join(f'{h:,.0f}' for _, h in gui_rows)})"
+        )
 
 
 if __name__ == "__main__":

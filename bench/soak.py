@@ -42,15 +42,28 @@ KINDS = ("RolloutWorker", "ReplayShard", "ShardRotator")
 
 
 def soak_config(root: Path, collectors: int, steps: int, watchdog_s: float) -> dict:
-    return {"run": {"output_dir": str(root / "artifacts")},
-            "env": {"id": "CartPole-v1", "num_envs": 8},
-            "rollout": {"num_collectors": collectors, "steps": steps, "batch_rows": 2000, "num_cpus": 0.25,
-                        "max_restarts": 1000},
-            # rows only wait in the ring until the next rotation writes them (every 10 s)
-            "replay": {"num_shards": 2, "capacity_rows": min(steps, 2_000_000), "num_cpus": 0.1, "wal_dir": str(root / "wal"),
-                       "checkpoint_every_rows": 1_000_000, "max_restarts": -1},
-            "aggregation": {"rotate_every_s": 10, "num_cpus": 0.1, "formats": ["parquet"]},
-            "watchdog": {"stall_after_s": watchdog_s, "check_every_s": 5}}
+    return {
+        "run": {"output_dir": str(root / "artifacts")},
+        "env": {"id": "CartPole-v1", "num_envs": 8},
+        "rollout": {
+            "num_collectors": collectors,
+            "steps": steps,
+            "batch_rows": 2000,
+            "num_cpus": 0.25,
+            "max_restarts": 1000,
+        },
+        # rows only wait in the ring until the next rotation writes them (every 10 s)
+        "replay": {
+            "num_shards": 2,
+            "capacity_rows": min(steps, 2_000_000),
+            "num_cpus": 0.1,
+            "wal_dir": str(root / "wal"),
+            "checkpoint_every_rows": 1_000_000,
+            "max_restarts": -1,
+        },
+        "aggregation": {"rotate_every_s": 10, "num_cpus": 0.1, "formats": ["parquet"]},
+        "watchdog": {"stall_after_s": watchdog_s, "check_every_s": 5},
+    }
 
 
 def processes_by_kind() -> dict[str, list[psutil.Process]]:
@@ -147,23 +160,36 @@ def main() -> None:
     parser.add_argument("--collectors", type=int, default=3)
     parser.add_argument("--watchdog-s", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calibration-rows", type=int, default=3_000_000,
-                        help="rows of the kill-free reference run (enough to reach the steady rate)")
+    parser.add_argument(
+        "--calibration-rows",
+        type=int,
+        default=3_000_000,
+        help="rows of the kill-free reference run (enough to reach the steady rate)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "soak"))
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging("WARNING")
-    start_local_ray(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=512 * 2**20,
-                    runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")))
+    start_local_ray(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        object_store_memory=512 * 2**20,
+        runtime_env=worker_runtime_env(os.environ.get("PYTHONPATH")),
+    )
     with tempfile.TemporaryDirectory(prefix="harvest-soak-") as tmp:
         root = Path(tmp)
         calibration, seconds = collect(
-            soak_config(root / "calibration", args.collectors, args.calibration_rows, args.watchdog_s), "calibration")
+            soak_config(root / "calibration", args.collectors, args.calibration_rows, args.watchdog_s), "calibration"
+        )
         reference_rate = calibration.collect.rows / calibration.collect.seconds
         steps = int(reference_rate * args.minutes * 60)
-        print(f"calibration: {calibration.collect.rows:,} rows in {calibration.collect.seconds:.1f}s, no kills "
-              f"({reference_rate:,.0f} rows/s); soaking for ~{args.minutes:g} min = {steps:,} rows", flush=True)
+        print(
+            f"calibration: {calibration.collect.rows:,} rows in {calibration.collect.seconds:.1f}s, no kills "
+            f"({reference_rate:,.0f} rows/s); soaking for ~{args.minutes:g} min = {steps:,} rows",
+            flush=True,
+        )
         killer, sampler = Killer(args.kill_every_s, args.seed), MemorySampler()
         killer.start()
         sampler.start()
@@ -179,19 +205,35 @@ def main() -> None:
     kills = {kind: sum(1 for _, k, _ in killer.kills if k == kind) for kind in ("RolloutWorker", "ReplayShard")}
     plot = out / "soak-memory.png"
     plot_memory(sampler.samples, killer.kills, plot)
-    peak = {kind: max(s[kind] for s in sampler.samples) / 2**20 for kind in ("driver", *KINDS)} if sampler.samples else {}
-    report = {"minutes": seconds / 60, "rows_acknowledged": collected.rows, "rows_in_dataset": summary.dataset_rows,
-              "equal": collected.rows == summary.dataset_rows, "kills": kills,
-              "collector_restarts": sum(collected.restarts), "stalls": len(collected.stalls),
-              "rows_per_s_with_kills": collected.rows / collected.seconds, "rows_per_s_reference": reference_rate,
-              "peak_rss_mib": peak, "memory_plot": str(plot)}
+    peak = (
+        {kind: max(s[kind] for s in sampler.samples) / 2**20 for kind in ("driver", *KINDS)} if sampler.samples else {}
+    )
+    report = {
+        "minutes": seconds / 60,
+        "rows_acknowledged": collected.rows,
+        "rows_in_dataset": summary.dataset_rows,
+        "equal": collected.rows == summary.dataset_rows,
+        "kills": kills,
+        "collector_restarts": sum(collected.restarts),
+        "stalls": len(collected.stalls),
+        "rows_per_s_with_kills": collected.rows / collected.seconds,
+        "rows_per_s_reference": reference_rate,
+        "peak_rss_mib": peak,
+        "memory_plot": str(plot),
+    }
     (out / "soak.json").write_text(json.dumps(report, indent=2))
-    print(f"soak: {report['minutes']:.1f} min, {kills['RolloutWorker']} collector and {kills['ReplayShard']} shard "
-          f"kills, {report['collector_restarts']} collector restarts, {report['stalls']} stalls detected")
-    print(f"rows acknowledged {collected.rows:,} | rows in the dataset {summary.dataset_rows:,} | "
-          f"{'EQUAL' if report['equal'] else 'DIFFERENT'}")
-    print(f"rate with kills {report['rows_per_s_with_kills']:,.0f} rows/s vs the kill-free reference "
-          f"{reference_rate:,.0f} rows/s ({report['rows_per_s_with_kills'] / reference_rate:.2f})")
+    print(
+        f"soak: {report['minutes']:.1f} min, {kills['RolloutWorker']} collector and {kills['ReplayShard']} shard "
+        f"kills, {report['collector_restarts']} collector restarts, {report['stalls']} stalls detected"
+    )
+    print(
+        f"rows acknowledged {collected.rows:,} | rows in the dataset {summary.dataset_rows:,} | "
+        f"{'EQUAL' if report['equal'] else 'DIFFERENT'}"
+    )
+    print(
+        f"rate with kills {report['rows_per_s_with_kills']:,.0f} rows/s vs the kill-free reference "
+        f"{reference_rate:,.0f} rows/s ({report['rows_per_s_with_kills'] / reference_rate:.2f})"
+    )
     print("peak RSS (MiB): " + ", ".join(f"{kind} {value:.0f}" for kind, value in peak.items()))
     print(f"memory over time: {plot}")
     sys.exit(0 if report["equal"] else 1)

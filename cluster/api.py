@@ -52,7 +52,9 @@ def make_config(source: ConfigLike = None, overrides: Sequence[str] = ()) -> Run
     if isinstance(source, RunConfig):
         if not overrides:
             return source
-        return resolve_paths(parse_config(apply_overrides(source.to_dict(), list(overrides)), "<RunConfig> (with overrides)"))
+        return resolve_paths(
+            parse_config(apply_overrides(source.to_dict(), list(overrides)), "<RunConfig> (with overrides)")
+        )
     if isinstance(source, Mapping):
         data = apply_overrides(dict(source), list(overrides)) if overrides else dict(source)
         return resolve_paths(parse_config(data, "<dict>"))
@@ -94,8 +96,9 @@ class RunResult:
 
 
 @contextlib.contextmanager
-def session(cfg: RunConfig, mode: RunMode = "new", command: str = "run",
-            stage_overrides: Sequence[str] = ()) -> Iterator[tuple[str, RunPaths]]:
+def session(
+    cfg: RunConfig, mode: RunMode = "new", command: str = "run", stage_overrides: Sequence[str] = ()
+) -> Iterator[tuple[str, RunPaths]]:
     """The run's id and folder (claimed for `mode`), its log, and Ray while the block runs: a
     local Ray is started (or `ray.address` joined) unless this process has one, and shut down
     after the block if it was started here. The process's SIGTERM handler stays its own (Ray
@@ -135,8 +138,15 @@ def check_before_ray(cfg: RunConfig) -> None:
         check_env_id(cfg.eval.env)
 
 
-def run(config: ConfigLike = None, overrides: Sequence[str] = (), *, run_id: str | None = None,
-        resume: bool = False, overwrite: bool = False, live: LiveConfig | None = None) -> RunResult:
+def run(
+    config: ConfigLike = None,
+    overrides: Sequence[str] = (),
+    *,
+    run_id: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    live: LiveConfig | None = None,
+) -> RunResult:
     """Collect, compact, train and evaluate one run (`harvest run`); `resume` goes on with an
     interrupted run of the same `run.id`, `overwrite` replaces a run folder of that id."""
     from harvest.cluster import pipeline
@@ -147,8 +157,15 @@ def run(config: ConfigLike = None, overrides: Sequence[str] = (), *, run_id: str
     return RunResult(run_id_, paths.root, summary)
 
 
-def collect(config: ConfigLike = None, overrides: Sequence[str] = (), *, run_id: str | None = None,
-            resume: bool = False, overwrite: bool = False, live: LiveConfig | None = None) -> RunResult:
+def collect(
+    config: ConfigLike = None,
+    overrides: Sequence[str] = (),
+    *,
+    run_id: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    live: LiveConfig | None = None,
+) -> RunResult:
     """Collect into the replay and snapshot it into the run folder (`harvest collect`); `compact`
     turns the snapshot into the dataset later."""
     from harvest.cluster import pipeline
@@ -165,8 +182,9 @@ def stage_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfi
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise ConfigError(f"{config_path}: no such file; expected a run folder made by `harvest collect` or "
-                          "`harvest run`")
+        raise ConfigError(
+            f"{config_path}: no such file; expected a run folder made by `harvest collect` or `harvest run`"
+        )
     return load_config(config_path, [f"run.id={run_dir.name}", f"run.output_dir={run_dir.parent}", *overrides])
 
 
@@ -198,8 +216,9 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Ev
         return evaluate_stage.evaluate(cfg, paths, run_id)
 
 
-def load_policy(checkpoint: str | Path, env: str | EnvConfig | None = None, deterministic: bool = True,
-                seed: int | None = None) -> Policy:
+def load_policy(
+    checkpoint: str | Path, env: str | EnvConfig | None = None, deterministic: bool = True, seed: int | None = None
+) -> Policy:
     """A trained policy from a learner checkpoint (`learner/best.safetensors`), on the CPU:
     `policy.compute_actions(obs).actions` for a batch of observations of the env it learned.
     Given `env` (a Gymnasium id, "module:Class" or an `EnvConfig`), the checkpoint is first

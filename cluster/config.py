@@ -191,7 +191,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice, on line {seen[key]} and on line {line}", None)
+                    None, None, f"key {key!r} is given twice, on line {seen[key]} and on line {line}", None
+                )
             if isinstance(key, (str, int, float, bool)):
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
@@ -218,19 +219,29 @@ def load_yaml(text: str, source: str) -> Any:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"{source}: not valid YAML: {err.context + ', ' if err.context else ''}"
-                          f"{err.problem}{where}") from err
+        raise ConfigError(
+            f"{source}: not valid YAML: {err.context + ', ' if err.context else ''}{err.problem}{where}"
+        ) from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from err
     size = _expanded_size(data, {})
     if size > MAX_YAML_VALUES:
-        raise ConfigError(f"{source}: expands to {size:,} values (more than {MAX_YAML_VALUES:,}); YAML aliases "
-                          "(&name / *name) repeat whole subtrees - write the values out")
+        raise ConfigError(
+            f"{source}: expands to {size:,} values (more than {MAX_YAML_VALUES:,}); YAML aliases "
+            "(&name / *name) repeat whole subtrees - write the values out"
+        )
     return data
 
 
-PATH_KEYS = ("run.output_dir", "replay.wal_dir", "aggregation.output", "rollout.policy.checkpoint",
-             "learner.init_checkpoint", "learner.dqfd.init_checkpoint", "learner.ppo.init_checkpoint")
+PATH_KEYS = (
+    "run.output_dir",
+    "replay.wal_dir",
+    "aggregation.output",
+    "rollout.policy.checkpoint",
+    "learner.init_checkpoint",
+    "learner.dqfd.init_checkpoint",
+    "learner.ppo.init_checkpoint",
+)
 """Config keys that name files or folders: `resolve_paths` makes them absolute."""
 
 

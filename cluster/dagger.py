@@ -83,8 +83,12 @@ def reviewed_corrections(play: Dataset, out: Path, human: HumanConfig, every: in
     image = image_column(play.schema.observation_space)
     frames = columns[image][shown] if image is not None else columns[play.schema.obs_columns[0]][shown]
     review = review_frames(frames, columns["action"][shown], play.schema.action_space, human)
-    logger.info("review: {} frames labelled, {} skipped (the agent was right){}", len(review.labels), review.skipped,
-                ", ended early" if review.ended_early else "")
+    logger.info(
+        "review: {} frames labelled, {} skipped (the agent was right){}",
+        len(review.labels),
+        review.skipped,
+        ", ended early" if review.ended_early else "",
+    )
     picked = shown[sorted(review.labels)]
     kept = {name: column[picked] for name, column in columns.items()}
     labels = np.asarray([review.labels[index] for index in sorted(review.labels)])
@@ -95,41 +99,65 @@ def _core(play: Dataset) -> BatchSchema:
     return BatchSchema.for_spaces(play.schema.observation_space, play.schema.action_space)
 
 
-def _write_corrections(play: Dataset, columns: dict[str, np.ndarray], labels: np.ndarray, out: Path,
-                       run_id: str) -> Manifest:
+def _write_corrections(
+    play: Dataset, columns: dict[str, np.ndarray], labels: np.ndarray, out: Path, run_id: str
+) -> Manifest:
     schema = play.schema
     columns = dict(columns)
     columns["agent_action"], columns["action"] = columns["action"], labels.astype(columns["action"].dtype)
     columns["source"] = np.full(len(labels), "correction", dtype=object)
-    corrected = BatchSchema.for_spaces(schema.observation_space, schema.action_space, extras={
-        "source": ColumnSpec(object, ()), "agent_action": _core(play).columns["action"]})
-    return write_dataset([TransitionBatch(columns)], corrected, out, AggregationConfig(formats=["parquet"]),
-                         run_id=run_id, env_id=play.manifest.env_id, parents=[str(play.folder)])
+    corrected = BatchSchema.for_spaces(
+        schema.observation_space,
+        schema.action_space,
+        extras={"source": ColumnSpec(object, ()), "agent_action": _core(play).columns["action"]},
+    )
+    return write_dataset(
+        [TransitionBatch(columns)],
+        corrected,
+        out,
+        AggregationConfig(formats=["parquet"]),
+        run_id=run_id,
+        env_id=play.manifest.env_id,
+        parents=[str(play.folder)],
+    )
 
 
 def _scored(cfg: RunConfig, checkpoint: str, run_id: str, episodes: int) -> tuple[float, float, list[float]]:
-    policy = ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=checkpoint,
-                                                  deterministic=cfg.eval.deterministic), cfg.env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
+    policy = ConfiguredPolicyFactory(
+        PolicyConfig(kind="torch", checkpoint=checkpoint, deterministic=cfg.eval.deterministic),
+        cfg.env.id,
+        seed=cfg.run.seed,
+        load_torch=load_torch_policy,
+    )
     with console.status(f"[bold]eval[/] {episodes} episodes"):
-        result = evaluate_policies({"policy": policy}, cfg.env, cfg.rollout, episodes, cfg.eval.num_workers, run_id,
-                                   seed=cfg.run.seed + 10_000)["policy"]
+        result = evaluate_policies(
+            {"policy": policy}, cfg.env, cfg.rollout, episodes, cfg.eval.num_workers, run_id, seed=cfg.run.seed + 10_000
+        )["policy"]
     return result.mean_return, result.std_return, result.returns
 
 
-def _fine_tune(cfg: RunConfig, datasets: list[Path | str], weights: list[float], checkpoint: str,
-               out_dir: Path) -> TrainResult:
+def _fine_tune(
+    cfg: RunConfig, datasets: list[Path | str], weights: list[float], checkpoint: str, out_dir: Path
+) -> TrainResult:
     d = cfg.learner.dagger
-    learner_cfg = dataclasses.replace(cfg.learner, algorithm="bc", stages=[], lr=d.lr, epochs=d.epochs,
-                                      init_checkpoint=checkpoint)
-    learner = ray.remote(BCLearner).options(num_cpus=learner_cfg.num_cpus, num_gpus=learner_cfg.num_gpus,
-                                            max_concurrency=2).remote(learner_cfg, [str(p) for p in datasets],
-                                                                      str(out_dir), weights)
+    learner_cfg = dataclasses.replace(
+        cfg.learner, algorithm="bc", stages=[], lr=d.lr, epochs=d.epochs, init_checkpoint=checkpoint
+    )
+    learner = (
+        ray.remote(BCLearner)
+        .options(num_cpus=learner_cfg.num_cpus, num_gpus=learner_cfg.num_gpus, max_concurrency=2)
+        .remote(learner_cfg, [str(p) for p in datasets], str(out_dir), weights)
+    )
     rows = sum(Dataset.open(folder).manifest.rows for folder in datasets)
     try:
-        (result,) = wait_with_progress([learner.train.remote()], "train (DAgger)", "samples",
-                                       int(rows * (1 - learner_cfg.validation_fraction)) * d.epochs,
-                                       poll=lambda: ray.get(learner.progress.remote(), timeout=30).samples,
-                                       timeout_s=3600)
+        (result,) = wait_with_progress(
+            [learner.train.remote()],
+            "train (DAgger)",
+            "samples",
+            int(rows * (1 - learner_cfg.validation_fraction)) * d.epochs,
+            poll=lambda: ray.get(learner.progress.remote(), timeout=30).samples,
+            timeout_s=3600,
+        )
     finally:
         ray.kill(learner, no_restart=True)
     return result
@@ -150,27 +178,46 @@ def dagger(cfg: RunConfig, run_id: str, paths: RunPaths) -> list[DaggerRound]:
     logger.info("DAgger round 0 (BC on {:,} demonstration rows): return {:.1f} ± {:.1f}", rows, mean, std)
     datasets: list[Path | str] = [str(paths.dataset)]
     weights = [1.0]
-    play_aggregation = dataclasses.replace(cfg.aggregation, formats=["parquet"], output=None, rotate_every_s=None,
-                                           filter=None, partition_by=[])
+    play_aggregation = dataclasses.replace(
+        cfg.aggregation, formats=["parquet"], output=None, rotate_every_s=None, filter=None, partition_by=[]
+    )
     for number in range(1, d.rounds + 1):
         started = time.perf_counter()
         round_dir = folder / f"round-{number}"
         play_cfg = dataclasses.replace(
-            cfg, human=None, aggregation=play_aggregation,
-            rollout=dataclasses.replace(cfg.rollout, steps=d.steps_per_round, mode="step", policy=PolicyConfig(
-                kind="torch", checkpoint=checkpoint, deterministic=cfg.eval.deterministic,
-                label_with="expert" if d.critic == "expert" else None,
-                label_mix=d.beta * d.beta_decay ** (number - 1) if d.critic == "expert" else 0.0)))
+            cfg,
+            human=None,
+            aggregation=play_aggregation,
+            rollout=dataclasses.replace(
+                cfg.rollout,
+                steps=d.steps_per_round,
+                mode="step",
+                policy=PolicyConfig(
+                    kind="torch",
+                    checkpoint=checkpoint,
+                    deterministic=cfg.eval.deterministic,
+                    label_with="expert" if d.critic == "expert" else None,
+                    label_mix=d.beta * d.beta_decay ** (number - 1) if d.critic == "expert" else 0.0,
+                ),
+            ),
+        )
         replay, _ = collect(play_cfg, f"{run_id}-dagger-{number}", RunPaths(round_dir))
         try:
-            compact_replay(list(replay.shards), replay.schema, round_dir / "play", play_aggregation,
-                           f"{run_id}-dagger-{number}", cfg.env.id)
+            compact_replay(
+                list(replay.shards),
+                replay.schema,
+                round_dir / "play",
+                play_aggregation,
+                f"{run_id}-dagger-{number}",
+                cfg.env.id,
+            )
         finally:
             replay.kill()
         play = Dataset.open(round_dir / "play")
         if d.critic == "person":
-            corrections = reviewed_corrections(play, round_dir / "corrections", cfg.human or HumanConfig(),
-                                               d.review_every, f"{run_id}-dagger-{number}")
+            corrections = reviewed_corrections(
+                play, round_dir / "corrections", cfg.human or HumanConfig(), d.review_every, f"{run_id}-dagger-{number}"
+            )
         else:
             corrections = corrections_from(play, round_dir / "corrections", f"{run_id}-dagger-{number}")
         datasets.append(str(round_dir / "corrections"))
@@ -179,13 +226,23 @@ def dagger(cfg: RunConfig, run_id: str, paths: RunPaths) -> list[DaggerRound]:
         checkpoint = result.best_checkpoint
         mean, std, returns = _scored(cfg, checkpoint, run_id, d.eval_episodes)
         rows += corrections.rows
-        rounds.append(DaggerRound(number, checkpoint, corrections.rows, rows, mean, std, returns,
-                                  time.perf_counter() - started))
-        logger.info("DAgger round {}: {:,} corrections ({}), return {:.1f} ± {:.1f}", number, corrections.rows,
-                    _disagreement(round_dir / "corrections"), mean, std)
+        rounds.append(
+            DaggerRound(number, checkpoint, corrections.rows, rows, mean, std, returns, time.perf_counter() - started)
+        )
+        logger.info(
+            "DAgger round {}: {:,} corrections ({}), return {:.1f} ± {:.1f}",
+            number,
+            corrections.rows,
+            _disagreement(round_dir / "corrections"),
+            mean,
+            std,
+        )
     (folder / "rounds.json").write_text(json.dumps([dataclasses.asdict(r) for r in rounds], indent=2))
-    plot_rounds(folder / "rounds.png", [(r.round, r.mean_return, r.std_return) for r in rounds],
-                f"DAgger on {cfg.env.id} ({d.critic} critic)")
+    plot_rounds(
+        folder / "rounds.png",
+        [(r.round, r.mean_return, r.std_return) for r in rounds],
+        f"DAgger on {cfg.env.id} ({d.critic} critic)",
+    )
     console.print(rounds_table(rounds))
     return rounds
 
@@ -199,7 +256,9 @@ def _disagreement(corrections: Path) -> str:
     if not len(label):
         return "no rows"
     if isinstance(dataset.schema.action_space, gym.spaces.Box):
-        return "mean |label - action| " + str(np.round(np.abs(label - agent).reshape(len(label), -1).mean(0), 3).tolist())
+        return "mean |label - action| " + str(
+            np.round(np.abs(label - agent).reshape(len(label), -1).mean(0), 3).tolist()
+        )
     return f"the critic disagreed on {(label != agent).reshape(len(label), -1).any(-1).mean():.0%}"
 
 
@@ -208,6 +267,11 @@ def rounds_table(rounds: list[DaggerRound]) -> Table:
     for column in ("round", "corrections", "training rows", "return mean ± std", "time"):
         table.add_column(column, justify="right")
     for r in rounds:
-        table.add_row("BC" if r.round == 0 else str(r.round), f"{r.corrections:,}", f"{r.training_rows:,}",
-                      f"{r.mean_return:.1f} ± {r.std_return:.1f}", f"{r.seconds:.0f} s")
+        table.add_row(
+            "BC" if r.round == 0 else str(r.round),
+            f"{r.corrections:,}",
+            f"{r.training_rows:,}",
+            f"{r.mean_return:.1f} ± {r.std_return:.1f}",
+            f"{r.seconds:.0f} s",
+        )
     return table

@@ -44,29 +44,52 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 def add_arguments(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="submit a run to a Ray cluster as a job (Ray Job Submission API)")
     p.add_argument("config", nargs="?", help="YAML run config (default: the embedded CartPole run)")
-    p.add_argument("--address", default=None, help="the cluster's dashboard, e.g. http://HEAD:8265 "
-                                                   "(default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="the cluster's dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
+    )
     p.add_argument("--run-id", help="run id (default: a timestamp); the job id is harvest-<run id>")
-    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
-                   help=f"run.output_dir on the head node (default {DEFAULT_OUTPUT_DIR})")
-    p.add_argument("--project", metavar="DIR",
-                   help="your project folder, sent as the job's working dir: the modules your config names "
-                        "(env.id: mypkg.envs:MyEnv, policy entry points) import from it (default: none; Harvest "
-                        "itself always goes with the job)")
-    p.add_argument("--pip", action="store_true",
-                   help="send Harvest's dependencies as runtime_env.pip, for nodes whose Python lacks them "
-                        "(a stock rayproject/ray image); not for nodes running Ray from a virtualenv, where Ray's "
-                        "pip environments cannot import Ray")
-    p.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit 1 unless it "
-                                                       "succeeded")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (as for `harvest run`)")
+    p.add_argument(
+        "--output-dir",
+        default=DEFAULT_OUTPUT_DIR,
+        help=f"run.output_dir on the head node (default {DEFAULT_OUTPUT_DIR})",
+    )
+    p.add_argument(
+        "--project",
+        metavar="DIR",
+        help="your project folder, sent as the job's working dir: the modules your config names "
+        "(env.id: mypkg.envs:MyEnv, policy entry points) import from it (default: none; Harvest "
+        "itself always goes with the job)",
+    )
+    p.add_argument(
+        "--pip",
+        action="store_true",
+        help="send Harvest's dependencies as runtime_env.pip, for nodes whose Python lacks them "
+        "(a stock rayproject/ray image); not for nodes running Ray from a virtualenv, where Ray's "
+        "pip environments cannot import Ray",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="follow the job's logs until it ends; exit 1 unless it succeeded"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (as for `harvest run`)",
+    )
     p = sub.add_parser("jobs", help="list Harvest's jobs on a cluster, or show one's status or logs, or stop it")
-    p.add_argument("action", choices=["list", "status", "logs", "stop"],
-                   help="list the jobs, or the status, the logs (followed) of JOB_ID, or stop it")
+    p.add_argument(
+        "action",
+        choices=["list", "status", "logs", "stop"],
+        help="list the jobs, or the status, the logs (followed) of JOB_ID, or stop it",
+    )
     p.add_argument("job_id", nargs="?", help="status|logs|stop: the job id harvest submit printed")
-    p.add_argument("--address", default=None, help="the cluster's dashboard (default: $RAY_ADDRESS, else "
-                                                   "http://127.0.0.1:8265)")
+    p.add_argument(
+        "--address", default=None, help="the cluster's dashboard (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
+    )
     p.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
 
 
@@ -75,8 +98,10 @@ def _client(address: str | None):
 
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     if not address.startswith("http"):
-        raise ValueError(f"--address {address}: expected the dashboard's http(s)://HOST:PORT (Ray's Job "
-                         "Submission API), e.g. http://127.0.0.1:8265")
+        raise ValueError(
+            f"--address {address}: expected the dashboard's http(s)://HOST:PORT (Ray's Job "
+            "Submission API), e.g. http://127.0.0.1:8265"
+        )
     try:
         return JobSubmissionClient(address)
     except Exception as err:  # Ray raises ConnectionError, or RuntimeError for a refused token
@@ -91,8 +116,10 @@ def requirements() -> list[str]:
     try:
         required = metadata.requires(harvest.DISTRIBUTION) or []
     except metadata.PackageNotFoundError as err:
-        raise RuntimeError(f"--pip: {harvest.DISTRIBUTION} is not installed here (pip install -e . in a "
-                           "checkout), so its requirements are unknown") from err
+        raise RuntimeError(
+            f"--pip: {harvest.DISTRIBUTION} is not installed here (pip install -e . in a "
+            "checkout), so its requirements are unknown"
+        ) from err
     return [item for item in required if "extra ==" not in item]
 
 
@@ -104,8 +131,12 @@ def harvest_package() -> Path:
 def runtime_env(working_dir: Path, pip: bool) -> dict:
     """The job's runtime_env: Harvest as a `py_modules` package (what is installed here, never
     site-packages as a whole), the working dir (the job's config and the user's project files)."""
-    env: dict = {"working_dir": str(working_dir), "py_modules": [str(harvest_package())],
-                 "excludes": list(EXCLUDES), "env_vars": {"PYTHONUNBUFFERED": "1"}}
+    env: dict = {
+        "working_dir": str(working_dir),
+        "py_modules": [str(harvest_package())],
+        "excludes": list(EXCLUDES),
+        "env_vars": {"PYTHONUNBUFFERED": "1"},
+    }
     if pip:
         env["pip"] = requirements()
     return env
@@ -134,10 +165,12 @@ def submit(args: argparse.Namespace) -> int:
         else:
             working_dir.mkdir()
         (working_dir / JOB_CONFIG).write_text(dump_config(cfg))
-        client.submit_job(entrypoint=f"python -m harvest run {JOB_CONFIG}", submission_id=job_id,
-                          runtime_env=runtime_env(working_dir, pip=args.pip),
-                          metadata={"harvest_run_id": run_id, "harvest_output_dir": cfg.run.output_dir,
-                                    "harvest_env": cfg.env.id})
+        client.submit_job(
+            entrypoint=f"python -m harvest run {JOB_CONFIG}",
+            submission_id=job_id,
+            runtime_env=runtime_env(working_dir, pip=args.pip),
+            metadata={"harvest_run_id": run_id, "harvest_output_dir": cfg.run.output_dir, "harvest_env": cfg.env.id},
+        )
     logger.info("submitted job {} (run {}) to {}", job_id, run_id, client.get_address())
     logger.info("outputs on the head node: {}/{}/", cfg.run.output_dir, run_id)
     logger.info("follow it: harvest jobs logs {} --follow --address {}", job_id, client.get_address())
@@ -159,8 +192,9 @@ def follow_logs(client, job_id: str, timeout_s: float = 24 * 3600) -> str:
         printed = len(logs)
         if status in TERMINAL:
             info = client.get_job_info(job_id)
-            (logger.info if status == "SUCCEEDED" else logger.error)("job {}: {}{}", job_id, status,
-                                                                     f" ({info.message})" if info.message else "")
+            (logger.info if status == "SUCCEEDED" else logger.error)(
+                "job {}: {}{}", job_id, status, f" ({info.message})" if info.message else ""
+            )
             return status
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id}: still {status} after {timeout_s:.0f}s")
@@ -183,8 +217,9 @@ def jobs(args: argparse.Namespace) -> int:
         metadata = info.metadata or {}
         sys.stdout.write(f"{args.job_id}: {info.status.value}{f' ({info.message})' if info.message else ''}\n")
         if "harvest_run_id" in metadata:
-            sys.stdout.write(f"outputs: {metadata['harvest_output_dir']}/{metadata['harvest_run_id']}/ on the head "
-                             "node\n")
+            sys.stdout.write(
+                f"outputs: {metadata['harvest_output_dir']}/{metadata['harvest_run_id']}/ on the head node\n"
+            )
         return 0
     if args.action == "logs":
         if args.follow:

@@ -34,8 +34,16 @@ from loguru import logger
 from harvest.cluster.config import ConfigError, RunConfig, load_config
 from harvest.cluster.logging import setup_logging
 
-LIVE_KEYS = ("run.log_level", "rollout.num_collectors", "rollout.trajectory_filter", "aggregation.filter",
-             "replay.rate_limit", "env.kwargs.rewards", "rollout.policy.epsilon", "rollout.policy.deterministic")
+LIVE_KEYS = (
+    "run.log_level",
+    "rollout.num_collectors",
+    "rollout.trajectory_filter",
+    "aggregation.filter",
+    "replay.rate_limit",
+    "env.kwargs.rewards",
+    "rollout.policy.epsilon",
+    "rollout.policy.deterministic",
+)
 
 Applier = Callable[[RunConfig], None]
 """Makes a new config's value take effect; raises ValueError when it cannot (nothing applied yet)."""
@@ -58,8 +66,11 @@ def _blank(value: Any) -> bool:
 def diff(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
     """Changed leaves; a section appearing (None -> its defaults) shows only the keys set in it."""
     before, after = flatten(old.to_dict()), flatten(new.to_dict())
-    return {key: (before.get(key), after.get(key)) for key in sorted(set(before) | set(after))
-            if before.get(key) != after.get(key) and not (_blank(before.get(key)) and _blank(after.get(key)))}
+    return {
+        key: (before.get(key), after.get(key))
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key) and not (_blank(before.get(key)) and _blank(after.get(key)))
+    }
 
 
 def _live_key(key: str) -> str | None:
@@ -76,8 +87,9 @@ class LiveConfig:
         log_file: the run's log file (kept when the log level changes).
     """
 
-    def __init__(self, path: str | Path, overrides: list[str], cfg: RunConfig, log_file: Path | None = None,
-                 poll_s: float = 1.0) -> None:
+    def __init__(
+        self, path: str | Path, overrides: list[str], cfg: RunConfig, log_file: Path | None = None, poll_s: float = 1.0
+    ) -> None:
         self.path, self.overrides, self.current, self.log_file = Path(path), list(overrides), cfg, log_file
         self.poll_s = poll_s
         self.changes: list[dict[str, Any]] = []
@@ -133,8 +145,12 @@ class LiveConfig:
             return None
         fixed = sorted(key for key in changed if _live_key(key) is None)
         if fixed:
-            return self._record(when, "rejected", changed, f"{', '.join(fixed)} cannot change while the run goes "
-                                                            f"on (live keys: {', '.join(LIVE_KEYS)})")
+            return self._record(
+                when,
+                "rejected",
+                changed,
+                f"{', '.join(fixed)} cannot change while the run goes on (live keys: {', '.join(LIVE_KEYS)})",
+            )
         keys = sorted({_live_key(key) for key in changed})
         missing = [key for key in keys if key not in self._appliers]
         if missing:
@@ -148,20 +164,31 @@ class LiveConfig:
         return self._record(when, "applied", changed, None)
 
     def _record(self, when: str, status: str, changed: dict[str, tuple[Any, Any]], error: str | None) -> dict:
-        record = {"at": when, "file": str(self.path), "status": status,
-                  "diff": {key: [old, new] for key, (old, new) in changed.items()}, "error": error}
+        record = {
+            "at": when,
+            "file": str(self.path),
+            "status": status,
+            "diff": {key: [old, new] for key, (old, new) in changed.items()},
+            "error": error,
+        }
         self.changes.append(record)
         lines = "".join(f"\n    {key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
         if status == "applied":
             self._log.warning("config edit of {} applied, effective {}:{}", self.path, when, lines)
         else:
-            self._log.error("config edit of {} rejected at {} ({}); the run goes on with the config it had{}",
-                            self.path, when, error, lines)
+            self._log.error(
+                "config edit of {} rejected at {} ({}); the run goes on with the config it had{}",
+                self.path,
+                when,
+                error,
+                lines,
+            )
         return record
 
 
-def collect_appliers(live: LiveConfig, supervisor, cfg: RunConfig, replay=None, rotating: bool = False
-                     ) -> dict[str, Applier]:
+def collect_appliers(
+    live: LiveConfig, supervisor, cfg: RunConfig, replay=None, rotating: bool = False
+) -> dict[str, Applier]:
     """How a collection applies live edits: collectors scaled by the supervisor, filters sent to
     them, the rate limit to the shards, the compaction filter kept for the end."""
     import ray
@@ -170,8 +197,10 @@ def collect_appliers(live: LiveConfig, supervisor, cfg: RunConfig, replay=None, 
         if supervisor is None:
             raise ValueError("rollout.num_collectors: this collection has no simulator collectors to scale")
         if new.human is not None:
-            raise ValueError("rollout.num_collectors: cannot change beside a teleoperation session (its "
-                             "collector id follows the simulators')")
+            raise ValueError(
+                "rollout.num_collectors: cannot change beside a teleoperation session (its "
+                "collector id follows the simulators')"
+            )
         supervisor.set_num_collectors(new.rollout.num_collectors)
 
     def trajectory_filter(new: RunConfig) -> None:
@@ -181,8 +210,10 @@ def collect_appliers(live: LiveConfig, supervisor, cfg: RunConfig, replay=None, 
 
     def aggregation_filter(new: RunConfig) -> None:
         if rotating:
-            raise ValueError("aggregation.filter: rotation (aggregation.rotate_every_s) is already writing the "
-                             "dataset with the filter it started with")
+            raise ValueError(
+                "aggregation.filter: rotation (aggregation.rotate_every_s) is already writing the "
+                "dataset with the filter it started with"
+            )
         # compaction reads live.current when collection ends
 
     def rate_limit(new: RunConfig) -> None:
@@ -200,12 +231,20 @@ def collect_appliers(live: LiveConfig, supervisor, cfg: RunConfig, replay=None, 
             raise ValueError("rollout.policy: this collection has no simulator collectors")
         policy, before = new.rollout.policy, live.current.rollout.policy
         if not policy.deterministic and policy.kind != "torch":
-            raise ValueError(f"rollout.policy.deterministic: false needs a policy that samples (kind: torch), "
-                             f"not kind: {policy.kind}")
-        supervisor.set_exploration(policy.epsilon,
-                                   None if policy.deterministic == before.deterministic else policy.deterministic)
+            raise ValueError(
+                f"rollout.policy.deterministic: false needs a policy that samples (kind: torch), "
+                f"not kind: {policy.kind}"
+            )
+        supervisor.set_exploration(
+            policy.epsilon, None if policy.deterministic == before.deterministic else policy.deterministic
+        )
 
-    return {"rollout.num_collectors": num_collectors, "rollout.trajectory_filter": trajectory_filter,
-            "aggregation.filter": aggregation_filter, "replay.rate_limit": rate_limit,
-            "env.kwargs.rewards": reward_weights, "rollout.policy.epsilon": exploration,
-            "rollout.policy.deterministic": exploration}
+    return {
+        "rollout.num_collectors": num_collectors,
+        "rollout.trajectory_filter": trajectory_filter,
+        "aggregation.filter": aggregation_filter,
+        "replay.rate_limit": rate_limit,
+        "env.kwargs.rewards": reward_weights,
+        "rollout.policy.epsilon": exploration,
+        "rollout.policy.deterministic": exploration,
+    }

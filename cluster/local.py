@@ -111,18 +111,29 @@ def init_ray(cfg: RaySection) -> str | None:
         cwd = os.getcwd()
         # Workers import Harvest's packages from the repo whether or not it is pip-installed, and
         # then a user's own env modules from the current folder.
-        pythonpath = [cwd, *(os.path.abspath(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                             if entry)]
+        pythonpath = [
+            cwd,
+            *(os.path.abspath(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry),
+        ]
         dashboard_port = cfg.dashboard_port
         if cfg.include_dashboard and dashboard_port and port_taken(LOOPBACK, dashboard_port):
-            logger.warning("port {} is taken (another Ray's dashboard?): this run's dashboard gets a free port "
-                           "(ray.dashboard_port chooses one)", dashboard_port)
+            logger.warning(
+                "port {} is taken (another Ray's dashboard?): this run's dashboard gets a free port "
+                "(ray.dashboard_port chooses one)",
+                dashboard_port,
+            )
             dashboard_port = 0
         context = start_local_ray(
-            num_cpus=cfg.num_cpus, include_dashboard=cfg.include_dashboard, dashboard_host=LOOPBACK,
-            dashboard_port=dashboard_port, object_store_memory=cfg.object_store_memory_bytes,
-            namespace="harvest", logging_level=logging.WARNING, _metrics_export_port=cfg.metrics_export_port,
-            runtime_env=worker_runtime_env(os.pathsep.join(pythonpath), working_dir=cwd))
+            num_cpus=cfg.num_cpus,
+            include_dashboard=cfg.include_dashboard,
+            dashboard_host=LOOPBACK,
+            dashboard_port=dashboard_port,
+            object_store_memory=cfg.object_store_memory_bytes,
+            namespace="harvest",
+            logging_level=logging.WARNING,
+            _metrics_export_port=cfg.metrics_export_port,
+            runtime_env=worker_runtime_env(os.pathsep.join(pythonpath), working_dir=cwd),
+        )
     else:
         context = connect_ray(cfg.address, namespace="harvest", logging_level=logging.WARNING)
     port = metrics_port()

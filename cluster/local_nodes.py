@@ -46,16 +46,25 @@ class Node:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, token: str | None = None, object_store_mb: int = 200,
-                 node_timeout_s: float = 3.0, python: str | Path = sys.executable) -> None:
+    def __init__(
+        self,
+        root: Path,
+        token: str | None = None,
+        object_store_mb: int = 200,
+        node_timeout_s: float = 3.0,
+        python: str | Path = sys.executable,
+    ) -> None:
         """`node_timeout_s`: how long a node may miss health checks before the GCS declares it dead;
         `python`: the Python (of a venv) whose `ray` starts the nodes and runs the jobs."""
         self.root = Path(root)
         self.bin_dir = Path(python).parent
         self.object_store_mb = object_store_mb
-        self._health_env = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
-                            "RAY_health_check_failure_threshold": str(max(1, int(node_timeout_s / 0.5))),
-                            "RAY_worker_niceness": "0"}  # as a local run's (cluster.local.start_local_ray)
+        self._health_env = {
+            "RAY_health_check_period_ms": "500",
+            "RAY_health_check_timeout_ms": "500",
+            "RAY_health_check_failure_threshold": str(max(1, int(node_timeout_s / 0.5))),
+            "RAY_worker_niceness": "0",
+        }  # as a local run's (cluster.local.start_local_ray)
         # Ray's temp dirs hold Unix sockets, whose paths may not exceed 107 bytes: a short folder
         # of its own under /tmp, removed by stop().
         self.temp_dir = Path(tempfile.mkdtemp(prefix="harvest-ray-"))
@@ -80,52 +89,92 @@ class LocalCluster:
         # This Python's bin folder first, as after activating its venv: a job's entrypoint
         # (`python -m harvest ...`) runs the Python the nodes run.
         path = os.pathsep.join([str(self.bin_dir), os.environ.get("PATH", "")])
-        return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                "RAY_USAGE_STATS_ENABLED": "0"}
+        return {
+            **os.environ,
+            "PATH": path,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
 
     def client_env(self) -> dict[str, str]:
         """What a client of this cluster needs in its environment (the token)."""
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
-    def start_head(self, num_cpus: int, resources: dict[str, float] | None = None,
-                   labels: dict[str, str] | None = None) -> Node:
+    def start_head(
+        self, num_cpus: int, resources: dict[str, float] | None = None, labels: dict[str, str] | None = None
+    ) -> Node:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
-        return self._start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
-                                    "--dashboard-host=127.0.0.1", f"--temp-dir={self.temp_dir / 'head'}",
-                                    f"--ray-client-server-port={free_port()}"], num_cpus, resources, labels)
+        return self._start(
+            "head",
+            [
+                "--head",
+                f"--port={self.gcs_port}",
+                f"--dashboard-port={self.dashboard_port}",
+                "--dashboard-host=127.0.0.1",
+                f"--temp-dir={self.temp_dir / 'head'}",
+                f"--ray-client-server-port={free_port()}",
+            ],
+            num_cpus,
+            resources,
+            labels,
+        )
 
-    def add_node(self, num_cpus: int, resources: dict[str, float] | None = None,
-                 labels: dict[str, str] | None = None) -> Node:
+    def add_node(
+        self, num_cpus: int, resources: dict[str, float] | None = None, labels: dict[str, str] | None = None
+    ) -> Node:
         # A temp dir of its own: nodes on one machine sharing one would unpack a job's working_dir
         # into the same folder, each under the other's feet.
         name = f"node-{len(self.nodes)}"
         temp_dir = self.temp_dir / name
         temp_dir.mkdir()
-        return self._start(name, [f"--address={self.address}", f"--temp-dir={temp_dir}"], num_cpus, resources,
-                           labels)
+        return self._start(name, [f"--address={self.address}", f"--temp-dir={temp_dir}"], num_cpus, resources, labels)
 
-    def _start(self, name: str, args: list[str], num_cpus: int, resources: dict[str, float] | None,
-               labels: dict[str, str] | None) -> Node:
+    def _start(
+        self,
+        name: str,
+        args: list[str],
+        num_cpus: int,
+        resources: dict[str, float] | None,
+        labels: dict[str, str] | None,
+    ) -> Node:
         before = set(self._raylets())
         low = self._worker_ports + 100 * len(self.nodes)
-        command = [str(self.bin_dir / "ray"), "start", *args, f"--num-cpus={num_cpus}",
-                   f"--resources={json.dumps(resources or {})}", f"--node-manager-port={free_port()}",
-                   f"--object-manager-port={free_port()}", f"--metrics-export-port={free_port()}",
-                   f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                   f"--runtime-env-agent-port={free_port()}", f"--min-worker-port={low}",
-                   f"--max-worker-port={low + 99}", f"--object-store-memory={self.object_store_mb * 2**20}",
-                   "--disable-usage-stats"]
+        command = [
+            str(self.bin_dir / "ray"),
+            "start",
+            *args,
+            f"--num-cpus={num_cpus}",
+            f"--resources={json.dumps(resources or {})}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--min-worker-port={low}",
+            f"--max-worker-port={low + 99}",
+            f"--object-store-memory={self.object_store_mb * 2**20}",
+            "--disable-usage-stats",
+        ]
         if labels:
             command.append("--labels=" + ",".join(f"{key}={value}" for key, value in labels.items()))
-        result = subprocess.run(command, env={**self.env, **self._health_env}, capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run(
+            command, env={**self.env, **self._health_env}, capture_output=True, text=True, timeout=120
+        )
         if result.returncode != 0:
             raise RuntimeError(f"ray start ({name}) failed with {result.returncode}:\n{result.stderr[-4000:]}")
         (raylet,) = set(self._raylets()) - before
         node = Node(name, raylet, dict(labels or {}))
         self.nodes.append(node)
-        logger.info("local cluster: {} up (raylet pid {}, {} CPUs, resources {}, labels {})", name, raylet,
-                    num_cpus, resources or {}, labels or {})
+        logger.info(
+            "local cluster: {} up (raylet pid {}, {} CPUs, resources {}, labels {})",
+            name,
+            raylet,
+            num_cpus,
+            resources or {},
+            labels or {},
+        )
         return node
 
     def _raylets(self) -> list[int]:
@@ -137,8 +186,11 @@ class LocalCluster:
         found = []
         for process in psutil.process_iter(["cmdline", "status"]):
             cmdline = process.info["cmdline"] or []
-            if process.pid != me and process.info["status"] != psutil.STATUS_ZOMBIE and \
-                    any(marker in part for part in cmdline):
+            if (
+                process.pid != me
+                and process.info["status"] != psutil.STATUS_ZOMBIE
+                and any(marker in part for part in cmdline)
+            ):
                 found.append(process)
         return found
 
@@ -189,9 +241,21 @@ class LocalCluster:
         raise TimeoutError(f"local cluster: {count} nodes not alive within {timeout_s:.0f}s")
 
     def alive_nodes(self) -> list[dict]:
-        result = subprocess.run([str(self.bin_dir / "ray"), "list", "nodes", "--format=json",
-                                 f"--address={self.dashboard_url}", "--filter", "state=ALIVE"],
-                                env=self.env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [
+                str(self.bin_dir / "ray"),
+                "list",
+                "nodes",
+                "--format=json",
+                f"--address={self.dashboard_url}",
+                "--filter",
+                "state=ALIVE",
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if result.returncode != 0:
             return []
         return json.loads(result.stdout)

@@ -56,8 +56,7 @@ def setup_worker_logging() -> None:
     """Ray `worker_process_setup_hook`: short loguru lines in actors (Ray prefixes the actor and pid)."""
     logger.remove()
     logger.configure(extra={"actor": ""})
-    logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {level: <7} {extra[actor]} {message}",
-               colorize=False)
+    logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {level: <7} {extra[actor]} {message}", colorize=False)
 
 
 console = Console(stderr=True)
@@ -80,13 +79,26 @@ class RateColumn(TextColumn):
 
 
 def progress_bar(unit: str) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                    transient=False)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
-def track(items: Iterable[Item], description: str, unit: str, total: int | None = None,
-          size: Callable[[Item], int] = lambda item: 1) -> Iterator[Item]:
+def track(
+    items: Iterable[Item],
+    description: str,
+    unit: str,
+    total: int | None = None,
+    size: Callable[[Item], int] = lambda item: 1,
+) -> Iterator[Item]:
     """`items`, each counted (`size(item)` units: rows of a batch, 1 for a file) on a bar with
     its rate once the caller is done with it. Where another bar is already showing (one live
     display at a time), the items come without a bar of their own."""
@@ -114,8 +126,15 @@ def column_rows(columns: dict) -> int:
     return len(next(iter(columns.values()))) if columns else 0
 
 
-def wait_with_progress(refs: Sequence["ray.ObjectRef"], description: str, unit: str, total: int,
-                       poll: Callable[[], int], timeout_s: float, interval_s: float = 0.5) -> list:
+def wait_with_progress(
+    refs: Sequence["ray.ObjectRef"],
+    description: str,
+    unit: str,
+    total: int,
+    poll: Callable[[], int],
+    timeout_s: float,
+    interval_s: float = 0.5,
+) -> list:
     """Block on `refs` while a bar shows `poll()` (units done so far) out of `total`.
 
     Raises GetTimeoutError when the refs are not done within `timeout_s`.

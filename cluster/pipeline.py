@@ -71,8 +71,9 @@ class RunSummary:
         return True
 
 
-def run(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None,
-        resume: bool = False) -> RunSummary:
+def run(
+    cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None, resume: bool = False
+) -> RunSummary:
     """Collect, compact, train and evaluate one run (applying config edits while it collects).
     With `resume`, an interrupted run goes on: a finished dataset is kept, a collection goes on
     from its durable shards, and training from the learner's last epoch."""
@@ -87,8 +88,14 @@ def run(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = 
     return summary
 
 
-def collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: RunSummary,
-                         live: LiveConfig | None = None, resume: bool = False) -> Manifest:
+def collect_and_compact(
+    cfg: RunConfig,
+    run_id: str,
+    paths: RunPaths,
+    summary: RunSummary,
+    live: LiveConfig | None = None,
+    resume: bool = False,
+) -> Manifest:
     """Fill the replay, then write the dataset (rotating it during the collection when
     `aggregation.rotate_every_s` says so); stage times and sizes go into `summary`."""
     timer = time.perf_counter()
@@ -98,17 +105,27 @@ def collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: R
     rotation_state = Path(cfg.replay.wal_dir).expanduser() / "rotation" if cfg.replay.wal_dir else None
 
     def rotating(replay: Replay) -> Rotation:  # rotation by time: the dataset grows while collecting
-        rotations.append(Rotation(replay, paths.dataset, cfg.aggregation, run_id, cfg.env.id,
-                                  state_dir=rotation_state, resume=resume))
+        rotations.append(
+            Rotation(
+                replay, paths.dataset, cfg.aggregation, run_id, cfg.env.id, state_dir=rotation_state, resume=resume
+            )
+        )
         return rotations[-1]
 
-    if resume and cfg.aggregation.rotate_every_s and has_manifest(paths.dataset) and (
-            rotation_state is None or not any(rotation_state.glob("rotator-*.arrow"))):
-        raise RuntimeError(f"{paths.dataset}: its rotation had started writing the dataset, but no rotator state is "
-                           f"left to go on from (it lives in <replay.wal_dir>/rotation/; replay.wal_dir is "
-                           f"{cfg.replay.wal_dir}); run it again under a new id")
-    replay, summary.collect = collect(cfg, run_id, paths, during=rotating if cfg.aggregation.rotate_every_s else None,
-                                      live=live, resume=resume)
+    if (
+        resume
+        and cfg.aggregation.rotate_every_s
+        and has_manifest(paths.dataset)
+        and (rotation_state is None or not any(rotation_state.glob("rotator-*.arrow")))
+    ):
+        raise RuntimeError(
+            f"{paths.dataset}: its rotation had started writing the dataset, but no rotator state is "
+            f"left to go on from (it lives in <replay.wal_dir>/rotation/; replay.wal_dir is "
+            f"{cfg.replay.wal_dir}); run it again under a new id"
+        )
+    replay, summary.collect = collect(
+        cfg, run_id, paths, during=rotating if cfg.aggregation.rotate_every_s else None, live=live, resume=resume
+    )
     summary.stage_seconds["collect"] = time.perf_counter() - timer
     if live is not None:  # edits made while collecting (filters, collector count) hold from here on
         cfg = live.current
@@ -116,16 +133,25 @@ def collect_and_compact(cfg: RunConfig, run_id: str, paths: RunPaths, summary: R
     discarded = review_sessions(cfg, summary.collect.human_sessions)
     if discarded:
         if rotations:
-            logger.warning("episodes {} were discarded after rotation wrote them; `harvest edit delete` removes "
-                           "them from the dataset", discarded)
+            logger.warning(
+                "episodes {} were discarded after rotation wrote them; `harvest edit delete` removes "
+                "them from the dataset",
+                discarded,
+            )
         else:
             criteria = cfg.aggregation.filter or EpisodeFilter()
-            cfg = dataclasses.replace(cfg, aggregation=dataclasses.replace(cfg.aggregation, filter=dataclasses.replace(
-                criteria, exclude_episodes=[*criteria.exclude_episodes, *discarded])))
+            cfg = dataclasses.replace(
+                cfg,
+                aggregation=dataclasses.replace(
+                    cfg.aggregation,
+                    filter=dataclasses.replace(criteria, exclude_episodes=[*criteria.exclude_episodes, *discarded]),
+                ),
+            )
     try:
         timer = time.perf_counter()
-        manifest = compact(list(replay.shards), replay.schema, cfg, run_id, paths,
-                           rotation=rotations[0] if rotations else None)
+        manifest = compact(
+            list(replay.shards), replay.schema, cfg, run_id, paths, rotation=rotations[0] if rotations else None
+        )
         summary.stage_seconds["compact"] = time.perf_counter() - timer
     finally:
         replay.kill()
@@ -144,12 +170,15 @@ def teleop(cfg: RunConfig, run_id: str, paths: RunPaths) -> RunSummary:
     return summary
 
 
-def collect_only(cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None,
-                 resume: bool = False) -> RunSummary:
+def collect_only(
+    cfg: RunConfig, run_id: str, paths: RunPaths, live: LiveConfig | None = None, resume: bool = False
+) -> RunSummary:
     """`harvest collect`: fill the replay, then snapshot it to `replay/` for a later `harvest compact`."""
     if cfg.aggregation.rotate_every_s:
-        logger.warning("aggregation.rotate_every_s applies to `harvest run`; `harvest collect` snapshots the "
-                       "replay once, at the end")
+        logger.warning(
+            "aggregation.rotate_every_s applies to `harvest run`; `harvest collect` snapshots the "
+            "replay once, at the end"
+        )
     summary = RunSummary(run_id, str(paths.root))
     timer = time.perf_counter()
     replay, summary.collect = collect(cfg, run_id, paths, live=live, resume=resume)
@@ -176,11 +205,15 @@ def print_summary(summary: RunSummary) -> None:
             rows.append(("collection return", f"{c.episode_return_mean:.1f} (mean)"))
         for session in c.human_sessions:
             returns = [episode["return"] for episode in session["episodes"]]
-            rows.append((f"session {session['operator']}",
-                         f"{session['frames']:,} frames, {len(returns)} episodes (return "
-                         f"{np.mean(returns) if returns else float('nan'):.1f}), {session['achieved_fps']:.1f} FPS "
-                         f"(target {session['target_fps']:.0f}, {session['late_frames']} late), ended by "
-                         f"{session['ended_by']}"))
+            rows.append(
+                (
+                    f"session {session['operator']}",
+                    f"{session['frames']:,} frames, {len(returns)} episodes (return "
+                    f"{np.mean(returns) if returns else float('nan'):.1f}), {session['achieved_fps']:.1f} FPS "
+                    f"(target {session['target_fps']:.0f}, {session['late_frames']} late), ended by "
+                    f"{session['ended_by']}",
+                )
+            )
             if session["session_folder"]:
                 rows.append(("session folder", session["session_folder"]))
     if summary.dataset_rows is not None:
@@ -189,13 +222,22 @@ def print_summary(summary: RunSummary) -> None:
         t = summary.train
         score = "n/a" if t["best_score"] is None else f"{t['best_score']:.4g}"
         accuracy = "" if t.get("validation_accuracy") is None else f", accuracy {t['validation_accuracy']:.3f}"
-        rows.append(("learner", f"{t['algorithm'].upper()}, best {t['step_name']} {t['best_step']}, "
-                                f"{t['score_name']} {score}{accuracy} on {t['device']}"))
+        rows.append(
+            (
+                "learner",
+                f"{t['algorithm'].upper()}, best {t['step_name']} {t['best_step']}, "
+                f"{t['score_name']} {score}{accuracy} on {t['device']}",
+            )
+        )
     if summary.eval:
         for name, result in summary.eval.items():
             wins = f", win rate {result['win_rate']:.0%}" if "win_rate" in result else ""
-            rows.append((f"eval {name}", f"{result['mean_return']:.2f} ± {result['std_return']:.2f} "
-                                         f"({result['episodes']} episodes{wins})"))
+            rows.append(
+                (
+                    f"eval {name}",
+                    f"{result['mean_return']:.2f} ± {result['std_return']:.2f} ({result['episodes']} episodes{wins})",
+                )
+            )
         if "expert" in summary.eval and "trained" in summary.eval and summary.eval["expert"]["mean_return"]:
             ratio = summary.eval["trained"]["mean_return"] / summary.eval["expert"]["mean_return"]
             rows.append(("trained / expert", f"{ratio:.1%}"))

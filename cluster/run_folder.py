@@ -33,20 +33,25 @@ def claim_run_folder(root: Path, run_id: str, mode: RunMode, command: str = "run
     """Make `root` ready for a run in `mode`, or raise `RunFolderError` saying why not."""
     if mode in ("resume", "stage"):
         if not (root / "config.yaml").is_file():
-            raise RunFolderError(f"{root}: no config.yaml; expected the folder of a run made by `harvest run` or "
-                                 "`harvest collect`")
+            raise RunFolderError(
+                f"{root}: no config.yaml; expected the folder of a run made by `harvest run` or `harvest collect`"
+            )
         return
     entries = sorted(path.name for path in root.iterdir()) if root.is_dir() else []
     if root.exists() and not root.is_dir():
         raise RunFolderError(f"{root}: is a file; run.output_dir/run.id must name a folder")
     if entries and mode == "new":
         shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-        raise RunFolderError(f"{root}: run {run_id!r} exists ({shown}); `harvest {command} --resume {run_id}` goes "
-                             f"on with it, `--overwrite` clears it first, or choose another --run-id")
+        raise RunFolderError(
+            f"{root}: run {run_id!r} exists ({shown}); `harvest {command} --resume {run_id}` goes "
+            f"on with it, `--overwrite` clears it first, or choose another --run-id"
+        )
     if entries and mode == "overwrite":
         if not (root / "config.yaml").is_file():
-            raise RunFolderError(f"{root}: holds {len(entries)} entries but no config.yaml, so it is not a Harvest "
-                                 "run folder; --overwrite clears run folders only")
+            raise RunFolderError(
+                f"{root}: holds {len(entries)} entries but no config.yaml, so it is not a Harvest "
+                "run folder; --overwrite clears run folders only"
+            )
         shutil.rmtree(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -65,8 +70,9 @@ def record_stage(root: Path, stage: str, overrides: list[str]) -> None:
     run's `config.yaml` stays as the run was made, so one stage's `--set` is a one-off."""
     path = root / STAGES_NAME
     stages = json.loads(path.read_text()) if path.is_file() else []
-    stages.append({"stage": stage, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "overrides": overrides})
+    stages.append(
+        {"stage": stage, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "overrides": overrides}
+    )
     path.write_text(json.dumps(stages, indent=2))
 
 
@@ -132,8 +138,10 @@ def prepare_run(cfg: RunConfig, mode: RunMode = "new", command: str = "run") -> 
     claim_run_folder(paths.root, run_id, mode, command)
     if mode in ("new", "overwrite") and paths.dataset_output and paths.dataset.exists():
         if mode == "new":
-            raise RunFolderError(f"{paths.dataset}: run {run_id!r} already has a dataset in aggregation.output; "
-                                 "`--overwrite` replaces it, or choose another --run-id")
+            raise RunFolderError(
+                f"{paths.dataset}: run {run_id!r} already has a dataset in aggregation.output; "
+                "`--overwrite` replaces it, or choose another --run-id"
+            )
         paths.dataset.fs.delete_dir(paths.dataset.path)
     if mode != "stage":
         paths.config.write_text(dump_config(cfg))

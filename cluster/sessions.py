@@ -29,8 +29,12 @@ def review_sessions(cfg: RunConfig, sessions: list[dict[str, Any]]) -> list[int]
             discarded += flagged
         elif cfg.human.discard == "ask":
             if not sys.stdin.isatty():
-                logger.info("not at a terminal: every episode of {} is kept ({} with errors); human.discard: errors "
-                            "leaves those out", session["session_id"], len(flagged))
+                logger.info(
+                    "not at a terminal: every episode of {} is kept ({} with errors); human.discard: errors "
+                    "leaves those out",
+                    session["session_id"],
+                    len(flagged),
+                )
                 continue
             answer = console.input("Episodes to discard (numbers, comma separated; Enter keeps all): ")
             by_number = {e["number"]: e["episode_id"] for e in episodes}
@@ -51,10 +55,15 @@ def quality_table(session: dict[str, Any]) -> Table:
         table.add_column(column, justify="left" if column == "findings" else "right")
     for episode in session["episodes"]:
         findings = episode["quality"]["findings"]
-        text = "; ".join(f"[{'red' if f['severity'] == 'error' else 'yellow'}]{f['check']}[/]: {f['message']}"
-                         for f in findings) or "[green]clean[/]"
-        table.add_row(str(episode["number"]), f"{episode['length']:,}", f"{episode['return']:.1f}", episode["ended"],
-                      text)
+        text = (
+            "; ".join(
+                f"[{'red' if f['severity'] == 'error' else 'yellow'}]{f['check']}[/]: {f['message']}" for f in findings
+            )
+            or "[green]clean[/]"
+        )
+        table.add_row(
+            str(episode["number"]), f"{episode['length']:,}", f"{episode['return']:.1f}", episode["ended"], text
+        )
     return table
 
 
@@ -62,11 +71,21 @@ def stopped_shadow(shadow: ray.actor.ActorHandle, played: HumanSessionResult | N
     """Stop the shadow learner (its checkpoint and history are written) and plot its session."""
     result = ray.get(shadow.stop.remote(), timeout=900)
     if played is not None:
-        result["agreement_plot"] = str(plot_shadow_session(
-            run_root / "shadow" / "agreement.png", result["rounds"], played.shadow_agreement,
-            f"shadow policy beside {played.operator} ({played.session_id})"))
+        result["agreement_plot"] = str(
+            plot_shadow_session(
+                run_root / "shadow" / "agreement.png",
+                result["rounds"],
+                played.shadow_agreement,
+                f"shadow policy beside {played.operator} ({played.session_id})",
+            )
+        )
         agreement = [point["agreement"] for point in played.shadow_agreement]
-        logger.info("shadow: {} versions; agreement with {} from {:.2f} to {:.2f}; plot {}", result["versions"],
-                    played.operator, agreement[0] if agreement else float("nan"),
-                    agreement[-1] if agreement else float("nan"), result["agreement_plot"])
+        logger.info(
+            "shadow: {} versions; agreement with {} from {:.2f} to {:.2f}; plot {}",
+            result["versions"],
+            played.operator,
+            agreement[0] if agreement else float("nan"),
+            agreement[-1] if agreement else float("nan"),
+            result["agreement_plot"],
+        )
     return result

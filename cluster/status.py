@@ -30,10 +30,17 @@ RAY_GAUGES = ("ray_object_store_memory", "ray_node_mem_used", "ray_node_mem_tota
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="live state of running runs (collectors, replay, learners, stalls, memory)")
-    p.add_argument("--address", default="auto", help="the Ray cluster whose nodes' metrics to read (default: the "
-                                                     "one running on this machine)")
-    p.add_argument("--metrics", action="append", default=[],
-                   help="a Prometheus endpoint to read instead (http://HOST:PORT/metrics; repeatable)")
+    p.add_argument(
+        "--address",
+        default="auto",
+        help="the Ray cluster whose nodes' metrics to read (default: the one running on this machine)",
+    )
+    p.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        help="a Prometheus endpoint to read instead (http://HOST:PORT/metrics; repeatable)",
+    )
     p.add_argument("--watch", type=float, help="redraw every this many seconds until Ctrl-C")
 
 
@@ -45,8 +52,11 @@ def endpoints(address: str) -> list[str]:
 
     connect_ray(address, logging_level=logging.ERROR, log_to_driver=False)
     try:
-        return [f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-                for node in ray.nodes() if node["Alive"] and node.get("MetricsExportPort")]
+        return [
+            f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+            for node in ray.nodes()
+            if node["Alive"] and node.get("MetricsExportPort")
+        ]
     finally:
         ray.shutdown()
 
@@ -77,6 +87,7 @@ def total(samples: Samples, name: str) -> float:
 
 def status_table(now: Samples, before: Samples | None, seconds: float) -> Table:
     """The table of one read (`before`: the previous read, `seconds` before, for rates)."""
+
     def rate(name: str, tag: str) -> dict[str, str]:
         current = by(now, name, tag)
         if before is None or seconds <= 0:
@@ -91,16 +102,22 @@ def status_table(now: Samples, before: Samples | None, seconds: float) -> Table:
     if "ray_harvest_collectors" in now:
         table.add_row("collectors wanted", f"{wanted:.0f}")
     held = by(now, "ray_harvest_rollout_local_bytes", "collector")
-    for collector, rows in sorted(rate("ray_harvest_rollout_env_steps_total", "collector").items(),
-                                  key=lambda item: int(item[0] or 0)):
+    for collector, rows in sorted(
+        rate("ray_harvest_rollout_env_steps_total", "collector").items(), key=lambda item: int(item[0] or 0)
+    ):
         table.add_row(f"collector {collector}", f"{rows} rows, {held.get(collector, 0) / 2**20:.1f} MB held")
     sizes = by(now, "ray_harvest_replay_size_rows", "shard")
     fill = by(now, "ray_harvest_replay_utilization", "shard")
     memory = by(now, "ray_harvest_replay_memory_bytes", "shard")
     for shard in sorted(sizes, key=lambda key: int(key or 0)):
-        table.add_row(f"replay shard {shard}", f"{sizes[shard]:,.0f} rows, {fill.get(shard, 0):.0%} full, "
-                                               f"{memory.get(shard, 0) / 2**20:.1f} MB")
-    inserted, sampled = total(now, "ray_harvest_replay_inserted_rows_total"), total(now, "ray_harvest_replay_sampled_rows_total")
+        table.add_row(
+            f"replay shard {shard}",
+            f"{sizes[shard]:,.0f} rows, {fill.get(shard, 0):.0%} full, {memory.get(shard, 0) / 2**20:.1f} MB",
+        )
+    inserted, sampled = (
+        total(now, "ray_harvest_replay_inserted_rows_total"),
+        total(now, "ray_harvest_replay_sampled_rows_total"),
+    )
     if inserted:
         table.add_row("sample / insert", f"{sampled / inserted:.2f} ({sampled:,.0f} sampled, {inserted:,.0f} inserted)")
     losses = by(now, "ray_harvest_learner_loss", "learner")
@@ -110,8 +127,14 @@ def status_table(now: Samples, before: Samples | None, seconds: float) -> Table:
     for labels, _ in stalled:
         table.add_row("[red]stalled", f"{labels.get('component')} waiting for {labels.get('waiting_for')}")
     table.add_row("stalls seen", f"{total(now, 'ray_harvest_stalls_total'):.0f} ({len(stalled)} now)")
-    table.add_row("restarts", ", ".join(f"{component} {count:.0f}" for component, count in
-                                        by(now, "ray_harvest_actor_restarts_total", "component").items()) or "none")
+    table.add_row(
+        "restarts",
+        ", ".join(
+            f"{component} {count:.0f}"
+            for component, count in by(now, "ray_harvest_actor_restarts_total", "component").items()
+        )
+        or "none",
+    )
     store = total(now, "ray_object_store_memory")
     if store:
         table.add_row("object store", f"{store / 2**20:,.0f} MB in use (all nodes)")

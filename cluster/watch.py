@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--record", help="a game record (game-<id>.json, written by env.kwargs.record_dir)")
     source.add_argument("--player", help="play a live game: expert, random, or a checkpoint (.safetensors)")
-    parser.add_argument("--opponent", default="random", choices=["random", "expert", "pass"],
-                        help="who plays player 1 in a live game")
+    parser.add_argument(
+        "--opponent", default="random", choices=["random", "expert", "pass"], help="who plays player 1 in a live game"
+    )
     parser.add_argument("--size", type=int, default=10, help="rows and columns of the live game's map")
     parser.add_argument("--max-steps", type=int, default=500, help="the live game is cut after this many steps")
     parser.add_argument("--seed", type=int, default=0, help="seeds the live game's map and players")
@@ -44,8 +45,12 @@ def _live_frames(args: argparse.Namespace) -> tuple[list[np.ndarray], str]:
     from harvest.envs.generals.env import GeneralsEnv
     from harvest.envs.generals.players import ExpertPlayer, RandomLegalPlayer
 
-    env = GeneralsEnv(render_mode="rgb_array", opponent=args.opponent, max_steps=args.max_steps,
-                      map={"min_size": args.size, "max_size": args.size})
+    env = GeneralsEnv(
+        render_mode="rgb_array",
+        opponent=args.opponent,
+        max_steps=args.max_steps,
+        map={"min_size": args.size, "max_size": args.size},
+    )
     if args.player == "expert":
         act = ExpertPlayer(seed=args.seed).act
     elif args.player == "random":

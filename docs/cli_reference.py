@@ -61,16 +61,23 @@ def _option_default(action: argparse.Action) -> str:
 def _arguments_tables(parser: argparse.ArgumentParser) -> list[str]:
     lines = []
     for group in parser._action_groups:
-        actions = [action for action in group._group_actions
-                   if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))]
+        actions = [
+            action
+            for action in group._group_actions
+            if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+        ]
         if not actions:
             continue
         lines += [f"**{group.title}**", "", "| argument | default | description |", "| --- | --- | --- |"]
         for action in actions:
-            notes = [" (required)" if action.required and action.option_strings else "",
-                     " (repeat for several)" if isinstance(action, argparse._AppendAction) else ""]
-            lines.append(f"| `{_invocation(action)}`{''.join(notes)} | {_option_default(action)} | "
-                         f"{escape(_help_text(action, parser.prog))} |")
+            notes = [
+                " (required)" if action.required and action.option_strings else "",
+                " (repeat for several)" if isinstance(action, argparse._AppendAction) else "",
+            ]
+            lines.append(
+                f"| `{_invocation(action)}`{''.join(notes)} | {_option_default(action)} | "
+                f"{escape(_help_text(action, parser.prog))} |"
+            )
         lines.append("")
     return lines
 
@@ -105,8 +112,17 @@ def cli_reference() -> str:
         "",
     ]
     for name, subparser in _subparsers(parser).items():
-        lines += [f"## `harvest {name}` {{#harvest-{name}}}", "", escape(subparser.description or ""), "",
-                  "```text", _usage(subparser), "```", "", *_arguments_tables(subparser)]
+        lines += [
+            f"## `harvest {name}` {{#harvest-{name}}}",
+            "",
+            escape(subparser.description or ""),
+            "",
+            "```text",
+            _usage(subparser),
+            "```",
+            "",
+            *_arguments_tables(subparser),
+        ]
         examples = COMMANDS.get(name, ("", []))[1]
         if examples:
             lines += ["Examples:", "", "```bash", *examples, "```", ""]
@@ -125,7 +141,7 @@ def check_command(line: str) -> list[str]:
         return []
     for stop in ("|", "||", "&&", ";", ">", "2>&1"):
         if stop in words:
-            words = words[:words.index(stop)]
+            words = words[: words.index(stop)]
     parser = _parser()
     global_options = {option for action in parser._actions for option in action.option_strings}
     words = words[1:]

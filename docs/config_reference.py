@@ -119,11 +119,22 @@ def _section_keys(model: type, prefix: str) -> list[ConfigKey]:
         sections = _sections_in(info.annotation)
         section = sections[0][1] if sections else None
         infix = sections[0][0] if sections else ""
-        description = (_field_description(model, name, info) or (_class_description(section) if section else "")
-                       or (_top_level_summaries().get(name, "") if not prefix else ""))
-        keys.append(ConfigKey(path, info.annotation, info, description, section=section,
-                              section_path=path + infix if section else "",
-                              free_form=not sections and _is_free_form(info.annotation)))
+        description = (
+            _field_description(model, name, info)
+            or (_class_description(section) if section else "")
+            or (_top_level_summaries().get(name, "") if not prefix else "")
+        )
+        keys.append(
+            ConfigKey(
+                path,
+                info.annotation,
+                info,
+                description,
+                section=section,
+                section_path=path + infix if section else "",
+                free_form=not sections and _is_free_form(info.annotation),
+            )
+        )
         if section is not None:
             keys.extend(_section_keys(section, f"{path}{infix}."))
     return keys
@@ -148,8 +159,15 @@ def type_text(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-_BOUNDS = (("ge", "≥ {}"), ("gt", "> {}"), ("le", "≤ {}"), ("lt", "< {}"), ("min_length", "length ≥ {}"),
-           ("max_length", "length ≤ {}"), ("pattern", "matches `{}`"))
+_BOUNDS = (
+    ("ge", "≥ {}"),
+    ("gt", "> {}"),
+    ("le", "≤ {}"),
+    ("lt", "< {}"),
+    ("min_length", "length ≥ {}"),
+    ("max_length", "length ≤ {}"),
+    ("pattern", "matches `{}`"),
+)
 
 
 def _constraints(info: Any) -> list[str]:
@@ -193,8 +211,16 @@ def escape(text: str) -> str:
     taken literally outside code spans (where Markdown keeps them as they are)."""
     parts = re.split(r"(`[^`]*`)", " ".join(text.split()))
     for index in range(0, len(parts), 2):
-        parts[index] = (parts[index].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-                        .replace("*", r"\*").replace("|", r"\|").replace("[", r"\[").replace("]", r"\]"))
+        parts[index] = (
+            parts[index]
+            .replace("&", "&amp;")
+            .replace("<", "&lt;")
+            .replace(">", "&gt;")
+            .replace("*", r"\*")
+            .replace("|", r"\|")
+            .replace("[", r"\[")
+            .replace("]", r"\]")
+        )
     return "".join(parts)
 
 
@@ -245,8 +271,12 @@ def config_reference() -> str:
         description = _class_description(model)
         if description and model is not RunConfig:
             lines += [escape(description), ""]
-        lines += [f"*`{model.__module__}.{model.__qualname__}`*", "",
-                  "| key | type | default | description |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"*`{model.__module__}.{model.__qualname__}`*",
+            "",
+            "| key | type | default | description |",
+            "| --- | --- | --- | --- |",
+        ]
         for key in keys:
             parent = key.path.rsplit(".", 1)[0] if "." in key.path else ""
             if parent != prefix:

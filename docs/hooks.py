@@ -35,8 +35,27 @@ log = get_plugin_logger("harvest")
 
 API_PAGE = "reference/api.md"
 
-FILE_EXTENSIONS = {"yaml", "yml", "json", "jsonl", "py", "md", "npz", "h5", "hdf5", "parquet", "png", "gif", "html",
-                   "csv", "tfrecord", "safetensors", "log", "arrow", "txt"}
+FILE_EXTENSIONS = {
+    "yaml",
+    "yml",
+    "json",
+    "jsonl",
+    "py",
+    "md",
+    "npz",
+    "h5",
+    "hdf5",
+    "parquet",
+    "png",
+    "gif",
+    "html",
+    "csv",
+    "tfrecord",
+    "safetensors",
+    "log",
+    "arrow",
+    "txt",
+}
 """Last parts that make `run.yaml` or `eval.json` a file name, not a config key."""
 
 
@@ -52,8 +71,7 @@ _MANIFEST_NOTES = {
         "episodes": "Episodes with rows in the dataset (complete or cut off by the end of collection).",
         "episodes_complete": "Episodes that ended (`terminated` or `truncated`) inside the dataset.",
         "collectors": "The `collector_id`s that gave rows.",
-        "schema": "Every column's dtype and per-row shape, and the env's spaces (JSON); readers check rows "
-                  "against it.",
+        "schema": "Every column's dtype and per-row shape, and the env's spaces (JSON); readers check rows against it.",
         "files": "The Parquet files, one entry each (below).",
         "npz": "The NPZ file's name, when `aggregation.formats` has `npz` (also in `formats`).",
         "first_timestamp": "The earliest row's `timestamp` (ISO 8601, UTC).",
@@ -84,8 +102,10 @@ def _dataclass_fields_table(cls: type) -> list[str]:
         member = found.members.get(field.name) if found is not None else None
         description = member.docstring.value if member is not None and member.docstring else notes.get(field.name)
         if not description:
-            log.warning(f"{cls.__module__}.{cls.__name__}.{field.name}: no description; write a docstring under "
-                        "the field, or a line in docs/hooks.py _MANIFEST_NOTES")
+            log.warning(
+                f"{cls.__module__}.{cls.__name__}.{field.name}: no description; write a docstring under "
+                "the field, or a line in docs/hooks.py _MANIFEST_NOTES"
+            )
         lines.append(f"| `{field.name}` | `{type_text(hints[field.name])}` | {escape(description or '')} |")
     for name in notes:
         if name not in {field.name for field in dataclasses.fields(cls)}:
@@ -96,17 +116,21 @@ def _dataclass_fields_table(cls: type) -> list[str]:
 def _manifest_fields() -> str:
     from harvest.aggregation.manifest import FileEntry, Manifest
 
-    return "\n".join(_dataclass_fields_table(Manifest) + ["Each entry of `files`:", ""]
-                     + _dataclass_fields_table(FileEntry))
+    return "\n".join(
+        _dataclass_fields_table(Manifest) + ["Each entry of `files`:", ""] + _dataclass_fields_table(FileEntry)
+    )
 
 
 def _format_versions() -> str:
     from harvest.aggregation import manifest
 
     older = [str(version) for version in manifest.READABLE_VERSIONS if version != manifest.FORMAT_VERSION]
-    return (f"Harvest writes `format_version: {manifest.FORMAT_VERSION}` in `{manifest.MANIFEST_NAME}` and reads "
-            f"versions {', '.join(str(v) for v in manifest.READABLE_VERSIONS)}"
-            + (f" (datasets written in {', '.join(older)} open as they are)" if older else "") + ".")
+    return (
+        f"Harvest writes `format_version: {manifest.FORMAT_VERSION}` in `{manifest.MANIFEST_NAME}` and reads "
+        f"versions {', '.join(str(v) for v in manifest.READABLE_VERSIONS)}"
+        + (f" (datasets written in {', '.join(older)} open as they are)" if older else "")
+        + "."
+    )
 
 
 BLOCKS = {"manifest-fields": _manifest_fields, "format-versions": _format_versions}
@@ -173,8 +197,11 @@ def _check_and_link(markdown: str, page: Page) -> str:
         if code.startswith(("harvest ", "--set ")):
             warn(check_command(code if code.startswith("harvest ") else f"harvest run {code}"))
             return found.group(0)
-        if not _CONFIG_KEY.fullmatch(code) or code.split(".")[0] not in sections \
-                or code.rsplit(".", 1)[-1] in FILE_EXTENSIONS:
+        if (
+            not _CONFIG_KEY.fullmatch(code)
+            or code.split(".")[0] not in sections
+            or code.rsplit(".", 1)[-1] in FILE_EXTENSIONS
+        ):
             return found.group(0)
         target = resolve_key(code)
         if target is None:
@@ -193,7 +220,7 @@ def _check_and_link(markdown: str, page: Page) -> str:
             warn(check_command(command.removeprefix(".venv/bin/")))
         fenced = []
         heading = line.lstrip().startswith("#")
-        out.append(_INLINE_CODE.sub(lambda found: inline(found, linking=not heading), line))
+        out.append(_INLINE_CODE.sub(lambda found, heading=heading: inline(found, linking=not heading), line))
     return "\n".join(out[:-1])
 
 

@@ -17,8 +17,9 @@ import numpy as np
 ActionSetSpec = Union[str, Sequence[Sequence[float]]]
 
 PRESETS: dict[str, list[list[float]]] = {
-    "driving": [[steer, gas, brake] for steer in (-1.0, 0.0, 1.0) for gas, brake in ((0.0, 0.0), (1.0, 0.0),
-                                                                                      (0.0, 0.8))],
+    "driving": [
+        [steer, gas, brake] for steer in (-1.0, 0.0, 1.0) for gas, brake in ((0.0, 0.0), (1.0, 0.0), (0.0, 0.8))
+    ],
 }
 
 

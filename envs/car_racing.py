@@ -40,8 +40,15 @@ class CarRacingDriver:
         steer_gain: full lock at 1 / `steer_gain` radians of heading error.
     """
 
-    def __init__(self, lookahead: int = 6, max_speed: float = 150.0, lateral_accel: float = 80.0,
-                 braking: float = 80.0, steer_gain: float = 2.0, min_speed: float = 25.0) -> None:
+    def __init__(
+        self,
+        lookahead: int = 6,
+        max_speed: float = 150.0,
+        lateral_accel: float = 80.0,
+        braking: float = 80.0,
+        steer_gain: float = 2.0,
+        min_speed: float = 25.0,
+    ) -> None:
         self.lookahead, self.max_speed, self.lateral_accel = lookahead, max_speed, lateral_accel
         self.braking, self.steer_gain, self.min_speed = braking, steer_gain, min_speed
         self.reset()
@@ -72,11 +79,13 @@ class CarRacingDriver:
         steer = float(np.clip(-self.steer_gain * heading_error, -1.0, 1.0))  # CarRacing: -1 is left
 
         ahead = np.arange(60)
-        bend = np.abs(_wrap(directions[(self._tile + ahead + 5) % len(track)]
-                            - directions[(self._tile + ahead) % len(track)]))
-        corner_speed = np.clip(np.sqrt(self.lateral_accel * 5 * TILE_SPACING / np.maximum(bend, 1e-3)),
-                               self.min_speed, self.max_speed)
-        target_speed = float(np.min(np.sqrt(corner_speed ** 2 + 2 * self.braking * ahead * TILE_SPACING)))
+        bend = np.abs(
+            _wrap(directions[(self._tile + ahead + 5) % len(track)] - directions[(self._tile + ahead) % len(track)])
+        )
+        corner_speed = np.clip(
+            np.sqrt(self.lateral_accel * 5 * TILE_SPACING / np.maximum(bend, 1e-3)), self.min_speed, self.max_speed
+        )
+        target_speed = float(np.min(np.sqrt(corner_speed**2 + 2 * self.braking * ahead * TILE_SPACING)))
         throttle = float(np.clip((target_speed - speed) / 3.0, 0.0, 1.0)) * (1 - 0.2 * abs(steer))
         if abs(heading_error) > 1.0 or abs(hull.angularVelocity) > 3.0:  # turned round or spinning
             throttle = 0.0
@@ -115,9 +124,11 @@ def car_racing_telemetry(env: gym.Env) -> dict[str, float]:
     """Speed, steering angle (front wheels, radians), wheel speeds and lap progress of the car."""
     game = env.unwrapped
     hull, wheels = game.car.hull, game.car.wheels
-    return {"speed": float(math.hypot(*hull.linearVelocity)),
-            "steering_angle": float(wheels[0].joint.angle),
-            "wheel_omega_front": float(np.mean([wheels[0].omega, wheels[1].omega])),
-            "wheel_omega_rear": float(np.mean([wheels[2].omega, wheels[3].omega])),
-            "lap_time": float(game.t),
-            "tiles_visited": float(game.tile_visited_count) / max(len(game.track), 1)}
+    return {
+        "speed": float(math.hypot(*hull.linearVelocity)),
+        "steering_angle": float(wheels[0].joint.angle),
+        "wheel_omega_front": float(np.mean([wheels[0].omega, wheels[1].omega])),
+        "wheel_omega_rear": float(np.mean([wheels[2].omega, wheels[3].omega])),
+        "lap_time": float(game.t),
+        "tiles_visited": float(game.tile_visited_count) / max(len(game.track), 1),
+    }

@@ -16,8 +16,13 @@ from types import ModuleType
 
 DISTRIBUTION = "harvest-rl"
 
-EXTRA_OF_MODULE = {"pygame": "human", "Box2D": "human", "minari": "formats", "tfrecord": "formats",
-                   "orjson": "robocode"}
+EXTRA_OF_MODULE = {
+    "pygame": "human",
+    "Box2D": "human",
+    "minari": "formats",
+    "tfrecord": "formats",
+    "orjson": "robocode",
+}
 """Top-level module -> the extra that installs it."""
 
 
@@ -37,5 +42,6 @@ def require(module: str, feature: str) -> ModuleType:
         top = module.split(".")[0]
         if top not in EXTRA_OF_MODULE or (err.name or "").split(".")[0] != top:
             raise  # not a missing optional package: a real import error
-        raise MissingExtraError(f"{feature} needs {top}, which is not installed: "
-                                f"{install_hint(EXTRA_OF_MODULE[top])}") from err
+        raise MissingExtraError(
+            f"{feature} needs {top}, which is not installed: {install_hint(EXTRA_OF_MODULE[top])}"
+        ) from err

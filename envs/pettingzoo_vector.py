@@ -33,12 +33,16 @@ class ParallelEnvVector(VectorEnv):
         agents = list(probe.possible_agents)
         self.agents = agents
         if num_envs % len(agents):
-            raise ValueError(f"env.num_envs={num_envs}: a multiple of the {len(agents)} agents {agents} is needed "
-                             "(every agent of every copy is a sub-env)")
+            raise ValueError(
+                f"env.num_envs={num_envs}: a multiple of the {len(agents)} agents {agents} is needed "
+                "(every agent of every copy is a sub-env)"
+            )
         first_obs, first_action = probe.observation_space(agents[0]), probe.action_space(agents[0])
         if any(probe.observation_space(a) != first_obs or probe.action_space(a) != first_action for a in agents):
-            raise ValueError(f"{type(probe).__name__}: agents {agents} have different observation or action spaces; "
-                             "Harvest collects parallel envs whose agents share one of each")
+            raise ValueError(
+                f"{type(probe).__name__}: agents {agents} have different observation or action spaces; "
+                "Harvest collects parallel envs whose agents share one of each"
+            )
         self.copies = [probe] + [factory(**kwargs) for _ in range(num_envs // len(agents) - 1)]
         self.num_envs = num_envs
         self.single_observation_space = probe.observation_space(agents[0])
@@ -67,12 +71,17 @@ class ParallelEnvVector(VectorEnv):
 
     def _batch(self, per_copy: list[dict[str, Any]]) -> Any:
         out = create_empty_array(self.single_observation_space, self.num_envs)
-        return concatenate(self.single_observation_space,
-                           [observations[agent] for observations in per_copy for agent in self.agents], out)
+        return concatenate(
+            self.single_observation_space,
+            [observations[agent] for observations in per_copy for agent in self.agents],
+            out,
+        )
 
     def _infos(self) -> dict[str, np.ndarray]:
-        return {"agent_id": np.tile(np.arange(len(self.agents), dtype=np.int64), len(self.copies)),
-                "game_id": np.repeat(self._game_ids, len(self.agents))}
+        return {
+            "agent_id": np.tile(np.arange(len(self.agents), dtype=np.int64), len(self.copies)),
+            "game_id": np.repeat(self._game_ids, len(self.agents)),
+        }
 
     def step(self, actions):
         count = len(self.agents)
@@ -90,8 +99,10 @@ class ParallelEnvVector(VectorEnv):
             observations, reward, term, trunc, _ = env.step(actions_c)
             done = [bool(term.get(a, False) or trunc.get(a, False)) for a in self.agents]
             if any(done) and not all(done):
-                raise ValueError(f"{type(env).__name__}: agents {[a for a, d in zip(self.agents, done) if d]} ended "
-                                 "while others play on; Harvest collects parallel envs whose agents end together")
+                raise ValueError(
+                    f"{type(env).__name__}: agents {[a for a, d in zip(self.agents, done) if d]} ended "
+                    "while others play on; Harvest collects parallel envs whose agents end together"
+                )
             self._last[c] = {a: observations.get(a, self._last[c][a]) for a in self.agents}
             rewards[rows] = [reward.get(a, 0.0) for a in self.agents]
             terminated[rows] = [bool(term.get(a, False)) for a in self.agents]

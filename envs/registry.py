@@ -35,8 +35,10 @@ def row_columns(env: gym.Env | VectorEnv) -> dict[str, ColumnSpec]:
     declared = dict(env.metadata.get(ROW_COLUMNS_KEY, {}))
     for name, spec in declared.items():
         if not isinstance(spec, ColumnSpec):
-            raise TypeError(f"{type(env).__name__}.metadata[{ROW_COLUMNS_KEY!r}][{name!r}]: expected a ColumnSpec, "
-                            f"got {type(spec).__name__}")
+            raise TypeError(
+                f"{type(env).__name__}.metadata[{ROW_COLUMNS_KEY!r}][{name!r}]: expected a ColumnSpec, "
+                f"got {type(spec).__name__}"
+            )
     return declared
 
 
@@ -60,8 +62,9 @@ def load_entry_point(entry_point: str, what: str = "env.id") -> Callable[..., An
     except ImportError as err:
         top = sys.modules.get(module_name.split(".")[0])
         found = f" ({module_name.split('.')[0]!r} was found at {list(getattr(top, '__path__', []))})" if top else ""
-        raise EnvNotFoundError(f"{what}: cannot import module {module_name!r} of {entry_point!r}: {err}{found}; "
-                               f"searched {sys.path}") from err
+        raise EnvNotFoundError(
+            f"{what}: cannot import module {module_name!r} of {entry_point!r}: {err}{found}; searched {sys.path}"
+        ) from err
     try:
         return getattr(module, attr)
     except AttributeError as err:
@@ -95,20 +98,28 @@ def make_vector_env(cfg: EnvConfig) -> VectorEnv:
     except gym.error.Error as err:
         raise EnvNotFoundError(
             f"env.id: {cfg.id!r} is not a Gymnasium id, a Harvest env ({sorted(_HARVEST_ENVS)}) "
-            f"or an entry point 'package.module:Class': {err}") from err
+            f"or an entry point 'package.module:Class': {err}"
+        ) from err
     mode = cfg.vectorization
     wrappers = env_wrappers(cfg)
     if mode == "auto":
         mode = "vector_entry_point" if spec.vector_entry_point is not None and not wrappers else "sync"
     if mode == "vector_entry_point" and wrappers:
-        raise EnvNotFoundError(f"env.vectorization: vector_entry_point cannot wrap {cfg.id!r}'s copies "
-                               "(env.frame_stack / env.action_set); use sync or async")
+        raise EnvNotFoundError(
+            f"env.vectorization: vector_entry_point cannot wrap {cfg.id!r}'s copies "
+            "(env.frame_stack / env.action_set); use sync or async"
+        )
     kwargs = dict(cfg.kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     try:
-        return gym.make_vec(cfg.id, num_envs=cfg.num_envs, vectorization_mode=mode,
-                            **({"wrappers": wrappers} if wrappers else {}), **kwargs)
+        return gym.make_vec(
+            cfg.id,
+            num_envs=cfg.num_envs,
+            vectorization_mode=mode,
+            **({"wrappers": wrappers} if wrappers else {}),
+            **kwargs,
+        )
     except gym.error.DependencyNotInstalled as err:
         raise _missing_extra(cfg.id, err) from err
 
@@ -149,8 +160,9 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
         except gym.error.DependencyNotInstalled as err:
             raise _missing_extra(cfg.id, err) from err
         except gym.error.Error as err:
-            raise EnvNotFoundError(f"env.id: {cfg.id!r} is not a Gymnasium id or an entry point "
-                                   f"'package.module:Class': {err}") from err
+            raise EnvNotFoundError(
+                f"env.id: {cfg.id!r} is not a Gymnasium id or an entry point 'package.module:Class': {err}"
+            ) from err
     factory = load_entry_point(entry_point)
     if isinstance(factory, type) and issubclass(factory, VectorEnv):
         raise EnvNotFoundError(f"env.id: {cfg.id!r} is a vector env; one gymnasium.Env is needed here")
@@ -165,8 +177,9 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
 def _vectorize(factory: Callable[..., Any], cfg: EnvConfig) -> VectorEnv:
     if isinstance(factory, type) and issubclass(factory, VectorEnv):
         if env_wrappers(cfg):
-            raise EnvNotFoundError(f"env.id: {cfg.id!r} is a vector env of its own; env.frame_stack and "
-                                   "env.action_set wrap single envs")
+            raise EnvNotFoundError(
+                f"env.id: {cfg.id!r} is a vector env of its own; env.frame_stack and env.action_set wrap single envs"
+            )
         return factory(num_envs=cfg.num_envs, **cfg.kwargs)
     if _is_parallel_env(factory, cfg):
         from harvest.envs.pettingzoo_vector import ParallelEnvVector
@@ -198,7 +211,8 @@ def check_env_id(cfg: EnvConfig) -> None:
     except gym.error.Error as err:
         raise EnvNotFoundError(
             f"env.id: {cfg.id!r} is not a Gymnasium id, a Harvest env ({sorted(_HARVEST_ENVS)}) "
-            f"or an entry point 'package.module:Class': {err}") from err
+            f"or an entry point 'package.module:Class': {err}"
+        ) from err
     if isinstance(spec.entry_point, str) and ":" in spec.entry_point:  # its module's own imports (e.g. Box2D)
         try:
             importlib.import_module(spec.entry_point.partition(":")[0])
@@ -212,5 +226,7 @@ def _missing_extra(env_id: str, err: Exception) -> ImportError:
 
     text = str(err).splitlines()[0]
     extra = next((extra for module, extra in EXTRA_OF_MODULE.items() if module.lower() in text.lower()), None)
-    return MissingExtraError(f"env.id: {env_id!r} needs a package that is not installed ({text})"
-                             + (f": {install_hint(extra)}" if extra else ""))
+    return MissingExtraError(
+        f"env.id: {env_id!r} needs a package that is not installed ({text})"
+        + (f": {install_hint(extra)}" if extra else "")
+    )

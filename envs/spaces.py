@@ -77,7 +77,8 @@ def _leaf_column(name: str, space: gym.Space) -> ColumnSpec:
         return ColumnSpec(np.int8, np.atleast_1d(space.n).tolist())
     raise UnsupportedSpaceError(
         f"{name}: {type(space).__name__} has no fixed per-row shape; "
-        "expected Box, Discrete, MultiDiscrete, MultiBinary, Dict or Tuple")
+        "expected Box, Discrete, MultiDiscrete, MultiBinary, Dict or Tuple"
+    )
 
 
 def flatten_value(value: Any, prefix: str) -> dict[str, Any]:
@@ -110,6 +111,7 @@ def _bounds_to_json(bounds: np.ndarray) -> Any:
         if isinstance(value, list):
             return [encode(item) for item in value]
         return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+
     return encode(bounds.tolist())
 
 
@@ -118,8 +120,13 @@ def space_to_json(space: gym.Space) -> dict[str, Any]:
     if isinstance(space, gym.spaces.Box):
         low = space.low.astype(np.float64) if space.dtype.kind == "f" else space.low
         high = space.high.astype(np.float64) if space.dtype.kind == "f" else space.high
-        return {"type": "Box", "dtype": space.dtype.str, "shape": list(space.shape),
-                "low": _bounds_to_json(low), "high": _bounds_to_json(high)}
+        return {
+            "type": "Box",
+            "dtype": space.dtype.str,
+            "shape": list(space.shape),
+            "low": _bounds_to_json(low),
+            "high": _bounds_to_json(high),
+        }
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, gym.spaces.MultiDiscrete):

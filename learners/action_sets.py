@@ -21,8 +21,14 @@ def map_to_action_set(actions: np.ndarray, action_set: np.ndarray, where: object
     """`actions` [N, dims] as indices into `action_set`, with a line on how well they fit."""
     indices, worst = nearest_index(actions, action_set)
     counts = np.bincount(indices, minlength=len(action_set))
-    log.info("{}: {} actions mapped to the {}-action set (largest distance {:.3f}); per action: {}", where,
-             len(indices), len(action_set), worst, counts.tolist())
+    log.info(
+        "{}: {} actions mapped to the {}-action set (largest distance {:.3f}); per action: {}",
+        where,
+        len(indices),
+        len(action_set),
+        worst,
+        counts.tolist(),
+    )
     return indices
 
 

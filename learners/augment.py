@@ -29,8 +29,8 @@ def augment_images(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Ge
         pad = cfg.shift
         padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
         offsets = torch.randint(0, 2 * pad + 1, (batch, 2), device=device, generator=generator)
-        rows = (torch.arange(height, device=device)[None, :] + offsets[:, :1])  # [B, H]
-        cols = (torch.arange(width, device=device)[None, :] + offsets[:, 1:])  # [B, W]
+        rows = torch.arange(height, device=device)[None, :] + offsets[:, :1]  # [B, H]
+        cols = torch.arange(width, device=device)[None, :] + offsets[:, 1:]  # [B, W]
         index = rows[:, None, :, None] * (width + 2 * pad) + cols[:, None, None, :]  # [B, 1, H, W]
         flat = padded.reshape(batch, padded.shape[1], -1)
         x = torch.gather(flat, 2, index.reshape(batch, 1, -1).expand(-1, flat.shape[1], -1)).reshape(x.shape)

@@ -31,14 +31,20 @@ class Checkpoint:
     """What rebuilds the model (saved with it)."""
 
 
-def save_checkpoint(path: Path, model: PolicyModel | ConvPolicyModel, spec: ModelSpec | list[int], version: int,
-                    info: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: Path, model: PolicyModel | ConvPolicyModel, spec: ModelSpec | list[int], version: int, info: dict[str, Any]
+) -> Path:
     """Write `model`'s weights and what rebuilds it (spaces, `spec`) to `path` (a .safetensors file)."""
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec("mlp", list(spec))
-    header = {"observation_space": space_to_json(model.observation_space),
-              "action_space": space_to_json(model.action_space),
-              "model": spec.to_json(), "hidden_sizes": spec.hidden_sizes, "version": version, "info": info}
+    header = {
+        "observation_space": space_to_json(model.observation_space),
+        "action_space": space_to_json(model.action_space),
+        "model": spec.to_json(),
+        "hidden_sizes": spec.hidden_sizes,
+        "version": version,
+        "info": info,
+    }
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -59,8 +65,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     except Exception as err:  # safetensors raises its own SafetensorError, not exported stably
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {err}") from err
     if CHECKPOINT_HEADER_KEY not in metadata:
-        raise CheckpointError(f"{path}: safetensors file has no {CHECKPOINT_HEADER_KEY!r} metadata; "
-                              "not a Harvest checkpoint")
+        raise CheckpointError(
+            f"{path}: safetensors file has no {CHECKPOINT_HEADER_KEY!r} metadata; not a Harvest checkpoint"
+        )
     header = json.loads(metadata[CHECKPOINT_HEADER_KEY])
     observation_space: gym.Space = space_from_json(header["observation_space"])
     action_space: gym.Space = space_from_json(header["action_space"])
@@ -68,8 +75,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     model = build_policy_model(observation_space, action_space, spec)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or set(missing) - {"log_std"}:
-        raise CheckpointError(f"{path}: weights do not fit the model its header describes ({spec.kind}): "
-                              f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        raise CheckpointError(
+            f"{path}: weights do not fit the model its header describes ({spec.kind}): "
+            f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
     # Box checkpoints written before the Gaussian head have no log_std: it keeps its initial value.
     model.to(device).eval()
     return Checkpoint(model, int(header["version"]), header.get("info", {}), spec)

@@ -69,7 +69,8 @@ def _train_loop(config: dict) -> None:
         started, losses, rows = time.perf_counter(), [], 0
         model.train()
         for batch in ray.train.get_dataset_shard("train").iter_torch_batches(
-                batch_size=cfg.batch_size, device=device, local_shuffle_buffer_size=4 * cfg.batch_size):
+            batch_size=cfg.batch_size, device=device, local_shuffle_buffer_size=4 * cfg.batch_size
+        ):
             # Through the DDP wrapper, so that backward averages the gradients across workers.
             with precision.autocast():
                 out = model({name: batch[name] for name in obs_names})
@@ -79,8 +80,11 @@ def _train_loop(config: dict) -> None:
             precision.step(optimizer)
             losses.append(loss.detach())
             rows += int(batch["action"].shape[0])
-        totals = torch.tensor([float(torch.stack(losses).sum()) if losses else 0.0, len(losses), rows, 0.0, 0.0, 0.0],
-                              dtype=torch.float64, device=device)
+        totals = torch.tensor(
+            [float(torch.stack(losses).sum()) if losses else 0.0, len(losses), rows, 0.0, 0.0, 0.0],
+            dtype=torch.float64,
+            device=device,
+        )
         model.eval()
         with torch.no_grad():
             for batch in ray.train.get_dataset_shard("validation").iter_torch_batches(batch_size=8192, device=device):
@@ -98,23 +102,51 @@ def _train_loop(config: dict) -> None:
         record = EpochRecord(epoch, train_loss, validation_loss, accuracy, float(totals[2]) / seconds, seconds)
         history.append(asdict(record))
         if rank == 0:
-            recorder.scalars(epoch, {"loss/train": train_loss, "loss/validation": validation_loss,
-                                     "accuracy/validation": accuracy, "throughput/samples_per_s": record.samples_per_s,
-                                     "lr": cfg.lr})
-            info = {"algorithm": "bc", "epoch": epoch, "dataset": config["dataset"], "validation_loss": validation_loss,
-                    "validation_accuracy": accuracy, "workers": ray.train.get_context().get_world_size()}
+            recorder.scalars(
+                epoch,
+                {
+                    "loss/train": train_loss,
+                    "loss/validation": validation_loss,
+                    "accuracy/validation": accuracy,
+                    "throughput/samples_per_s": record.samples_per_s,
+                    "lr": cfg.lr,
+                },
+            )
+            info = {
+                "algorithm": "bc",
+                "epoch": epoch,
+                "dataset": config["dataset"],
+                "validation_loss": validation_loss,
+                "validation_accuracy": accuracy,
+                "workers": ray.train.get_context().get_world_size(),
+            }
             if validation_loss < best_loss:
                 best_loss = validation_loss
                 save_checkpoint(out_dir / BEST_NAME, inner, spec, epoch, info)
             if epoch == cfg.epochs:
                 save_checkpoint(out_dir / FINAL_NAME, inner, spec, epoch, info)
-            (out_dir / HISTORY_NAME).write_text(json.dumps(
-                {"config": asdict(cfg), "device": str(device), "precision": precision.name,
-                 "workers": ray.train.get_context().get_world_size(),
-                 "best_epoch": min(history, key=lambda entry: entry["validation_loss"])["epoch"],
-                 "epochs": history}, indent=2))
-        ray.train.report({"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss,
-                          "validation_accuracy": accuracy, "samples_per_s": record.samples_per_s})
+            (out_dir / HISTORY_NAME).write_text(
+                json.dumps(
+                    {
+                        "config": asdict(cfg),
+                        "device": str(device),
+                        "precision": precision.name,
+                        "workers": ray.train.get_context().get_world_size(),
+                        "best_epoch": min(history, key=lambda entry: entry["validation_loss"])["epoch"],
+                        "epochs": history,
+                    },
+                    indent=2,
+                )
+            )
+        ray.train.report(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "validation_loss": validation_loss,
+                "validation_accuracy": accuracy,
+                "samples_per_s": record.samples_per_s,
+            }
+        )
     if recorder is not None:
         recorder.close()
 
@@ -132,8 +164,9 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
         raise ValueError(f"{dataset.folder}: data-parallel BC supports one action column, got {action_names}")
     episode_ids = dataset.read_columns(["episode_id"])["episode_id"]
     validation_ids = np.unique(episode_ids[split_by_episode(episode_ids, cfg.validation_fraction, cfg.seed)])
-    spec = resolve_model_spec(cfg.model, schema.observation_space, schema.action_space, cfg.hidden_sizes,
-                              cfg.conv_channels)
+    spec = resolve_model_spec(
+        cfg.model, schema.observation_space, schema.action_space, cfg.hidden_sizes, cfg.conv_channels
+    )
     sample = dataset.read_columns(obs_names, max_rows=100_000)
     probe = build_policy_model(schema.observation_space, schema.action_space, spec)
     normalizer = None
@@ -150,28 +183,51 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
     rows = rows.map_batches(held_out, batch_format="numpy")
     train_rows = rows.filter(lambda row: not row["validation"]).drop_columns(["validation", "episode_id"])
     validation_rows = rows.filter(lambda row: row["validation"]).drop_columns(["validation", "episode_id"])
-    config = {"cfg": cfg, "schema": schema, "spec": spec, "obs_names": obs_names, "normalizer": normalizer,
-              "out_dir": str(out.resolve()), "dataset": str(dataset.folder),
-              "discrete": not hasattr(schema.action_space, "low")}
+    config = {
+        "cfg": cfg,
+        "schema": schema,
+        "spec": spec,
+        "obs_names": obs_names,
+        "normalizer": normalizer,
+        "out_dir": str(out.resolve()),
+        "dataset": str(dataset.folder),
+        "discrete": not hasattr(schema.action_space, "low"),
+    }
     trainer = TorchTrainer(
-        _train_loop, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.num_gpus > 0,
-                                     resources_per_worker={"CPU": cfg.num_cpus,
-                                                           **({"GPU": cfg.num_gpus} if cfg.num_gpus else {})}),
+        _train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.num_gpus > 0,
+            resources_per_worker={"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {})},
+        ),
         datasets={"train": train_rows, "validation": validation_rows},
-        run_config=RunConfig(name="bc", storage_path=str((out / "ray_train").resolve())))
-    logger.info("training BC data-parallel on {} Ray Train workers ({}) over {}", cfg.num_workers,
-                "GPU" if cfg.num_gpus else "CPU", dataset.folder)
+        run_config=RunConfig(name="bc", storage_path=str((out / "ray_train").resolve())),
+    )
+    logger.info(
+        "training BC data-parallel on {} Ray Train workers ({}) over {}",
+        cfg.num_workers,
+        "GPU" if cfg.num_gpus else "CPU",
+        dataset.folder,
+    )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
     written = json.loads((out / HISTORY_NAME).read_text())  # by rank 0, epoch by epoch
     history = [EpochRecord(**record) for record in written["epochs"]]
     best = min(history, key=lambda record: record.validation_loss)
-    plot_training_curve([asdict(record) for record in history], out / CURVE_NAME,
-                        f"BC on {dataset.manifest.env_id} ({cfg.num_workers} workers)")
+    plot_training_curve(
+        [asdict(record) for record in history],
+        out / CURVE_NAME,
+        f"BC on {dataset.manifest.env_id} ({cfg.num_workers} workers)",
+    )
     validation_count = int(np.isin(episode_ids, validation_ids).sum())
-    return epochs_result("bc", out, history, best.epoch, len(episode_ids) - validation_count, validation_count,
-                     f"ray-train x{cfg.num_workers} ({'cuda' if cfg.num_gpus else 'cpu'})")
-
-
+    return epochs_result(
+        "bc",
+        out,
+        history,
+        best.epoch,
+        len(episode_ids) - validation_count,
+        validation_count,
+        f"ray-train x{cfg.num_workers} ({'cuda' if cfg.num_gpus else 'cpu'})",
+    )

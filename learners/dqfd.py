@@ -83,8 +83,15 @@ class NStep:
     """The episode terminated inside the window: no bootstrap."""
 
 
-def n_step_returns(reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, episode_id: np.ndarray,
-                   step: np.ndarray, n: int, gamma: float) -> NStep:
+def n_step_returns(
+    reward: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    episode_id: np.ndarray,
+    step: np.ndarray,
+    n: int,
+    gamma: float,
+) -> NStep:
     """n-step targets for rows given in any order; a window stops at the episode's end
     (terminated: no bootstrap; truncated: bootstrap) and at a gap in the steps."""
     order = np.lexsort((step, episode_id))
@@ -104,26 +111,37 @@ def n_step_returns(reward: np.ndarray, terminated: np.ndarray, truncated: np.nda
         alive = valid & ~ended[idx]
     inverse = np.empty(size, np.int64)
     inverse[order] = np.arange(size)
-    return NStep(returns[inverse].astype(np.float32), order[last[inverse]], discount[inverse].astype(np.float32),
-                 done[inverse])
+    return NStep(
+        returns[inverse].astype(np.float32), order[last[inverse]], discount[inverse].astype(np.float32), done[inverse]
+    )
 
 
 def dqfd_schema(observation_space: gym.Space, action_space: gym.Space) -> BatchSchema:
     """Transition rows plus the n-step columns and the demonstration flag."""
-    extras: dict[str, ColumnSpec] = {"n_return": ColumnSpec(np.float32, ()), "n_discount": ColumnSpec(np.float32, ()),
-                                     "n_done": ColumnSpec(np.bool_, ()), "is_demo": ColumnSpec(np.bool_, ())}
+    extras: dict[str, ColumnSpec] = {
+        "n_return": ColumnSpec(np.float32, ()),
+        "n_discount": ColumnSpec(np.float32, ()),
+        "n_done": ColumnSpec(np.bool_, ()),
+        "is_demo": ColumnSpec(np.bool_, ()),
+    }
     extras.update(columns_for_space(observation_space, NSTEP_OBS))
     return BatchSchema.for_spaces(observation_space, action_space, extras)
 
 
-def with_n_step(rows: dict[str, np.ndarray], schema: BatchSchema, n: int, gamma: float,
-                is_demo: bool) -> TransitionBatch:
+def with_n_step(
+    rows: dict[str, np.ndarray], schema: BatchSchema, n: int, gamma: float, is_demo: bool
+) -> TransitionBatch:
     """`rows` (the schema's core columns) completed with n-step targets and the demo flag."""
-    nstep = n_step_returns(rows["reward"], rows["terminated"], rows["truncated"], rows["episode_id"], rows["step"],
-                           n, gamma)
+    nstep = n_step_returns(
+        rows["reward"], rows["terminated"], rows["truncated"], rows["episode_id"], rows["step"], n, gamma
+    )
     columns = {name: rows[name] for name in schema.columns if name in rows}
-    columns.update(n_return=nstep.returns, n_discount=nstep.discount, n_done=nstep.done,
-                   is_demo=np.full(nstep.returns.size, is_demo))
+    columns.update(
+        n_return=nstep.returns,
+        n_discount=nstep.discount,
+        n_done=nstep.done,
+        is_demo=np.full(nstep.returns.size, is_demo),
+    )
     for name in schema.obs_columns:
         columns[NSTEP_OBS + name[3:]] = rows["next_" + name][nstep.last]
     return TransitionBatch(columns)
@@ -150,8 +168,9 @@ class DQfDLearner:
     holds its settings. Same outputs as `BCLearner`: best (by evaluation return) and final
     checkpoints, `training_history.json`, `training_curve.png`."""
 
-    def __init__(self, cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str,
-                 env_cfg: EnvConfig | None = None) -> None:
+    def __init__(
+        self, cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str, env_cfg: EnvConfig | None = None
+    ) -> None:
         self.cfg, self.d = cfg, cfg.dqfd
         self.dataset = Dataset.open(dataset_dir, verify=cfg.verify_dataset)
         self.out_dir = Path(out_dir)
@@ -160,17 +179,24 @@ class DQfDLearner:
         if cfg.num_cpus >= 1:
             torch.set_num_threads(int(cfg.num_cpus))
         schema = self.dataset.schema
-        self.action_set = (resolve_action_set(cfg.action_set, schema.action_space, "learner.action_set")
-                           if cfg.action_set is not None else None)
-        self.action_space = (gym.spaces.Discrete(len(self.action_set)) if self.action_set is not None
-                             else schema.action_space)
+        self.action_set = (
+            resolve_action_set(cfg.action_set, schema.action_space, "learner.action_set")
+            if cfg.action_set is not None
+            else None
+        )
+        self.action_space = (
+            gym.spaces.Discrete(len(self.action_set)) if self.action_set is not None else schema.action_space
+        )
         if not isinstance(self.action_space, gym.spaces.Discrete):
-            raise ValueError(f"{self.dataset.folder}: DQfD needs a Discrete action space, the dataset has "
-                             f"{schema.action_space}; set learner.action_set (e.g. `driving`) to learn it over a "
-                             "discrete set of its actions")
+            raise ValueError(
+                f"{self.dataset.folder}: DQfD needs a Discrete action space, the dataset has "
+                f"{schema.action_space}; set learner.action_set (e.g. `driving`) to learn it over a "
+                "discrete set of its actions"
+            )
         # the env it interacts in and is evaluated in: the run's (wrappers and all), or the dataset's by id
-        self.env_cfg = dataclasses.replace(env_cfg or EnvConfig(id=self.dataset.manifest.env_id), num_envs=1,
-                                           kwargs=self.d.env_kwargs)
+        self.env_cfg = dataclasses.replace(
+            env_cfg or EnvConfig(id=self.dataset.manifest.env_id), num_envs=1, kwargs=self.d.env_kwargs
+        )
         if self.action_set is not None:
             self.env_cfg = dataclasses.replace(self.env_cfg, action_set=self.action_set.tolist())
         self._image_name = image_column(schema.observation_space) if cfg.augment != AugmentConfig() else None
@@ -181,8 +207,9 @@ class DQfDLearner:
     algorithm = "dqfd"
 
     @classmethod
-    def actor_args(cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str,
-                   run_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def actor_args(
+        cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str, run_id: str
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """It plays the run's env, wrappers and all, with `learner.dqfd.env_kwargs` over the env's."""
         dqfd = dataclasses.replace(cfg.dqfd, env_kwargs={**env.kwargs, **cfg.dqfd.env_kwargs})
         return (dataclasses.replace(cfg, dqfd=dqfd), dataset, out_dir), {"env_cfg": env}
@@ -215,16 +242,29 @@ class DQfDLearner:
         self._rng = np.random.default_rng(cfg.seed)
         action_space = self.action_space
         self.schema = dqfd_schema(schema.observation_space, action_space)
-        core = [*schema.obs_columns, "action", "reward", *[f"next_{n}" for n in schema.obs_columns], "terminated",
-                "truncated", "episode_id", "step"]
+        core = [
+            *schema.obs_columns,
+            "action",
+            "reward",
+            *[f"next_{n}" for n in schema.obs_columns],
+            "terminated",
+            "truncated",
+            "episode_id",
+            "step",
+        ]
         rows = self.dataset.read_columns(core, cfg.max_rows)
         if self.action_set is not None:
             rows["action"] = map_to_action_set(rows["action"], self.action_set, self.dataset.folder, self._log)
         demos = with_n_step({**rows, **self._provenance(len(rows["reward"]))}, self.schema, d.n_step, d.gamma, True)
-        replay_cfg = dict(sampler="prioritized", priority_alpha=d.priority_alpha, priority_beta=d.priority_beta,
-                          priority_eps=d.eps_demo)
-        self.demo_shard = ReplayShard(ReplayConfig(capacity_rows=demos.num_rows, **replay_cfg), self.schema, 0,
-                                      cfg.seed)
+        replay_cfg = dict(
+            sampler="prioritized",
+            priority_alpha=d.priority_alpha,
+            priority_beta=d.priority_beta,
+            priority_eps=d.eps_demo,
+        )
+        self.demo_shard = ReplayShard(
+            ReplayConfig(capacity_rows=demos.num_rows, **replay_cfg), self.schema, 0, cfg.seed
+        )
         self.demo_shard.insert(demos, source="demonstrations")
         # With learner.resume, the agent's replay is durable (a write-ahead log beside
         # last.safetensors, checkpointed once per capacity of rows), so a restarted learner gets
@@ -235,28 +275,47 @@ class DQfDLearner:
         resuming = cfg.resume and resumable(last_path, self._owner, self._log)
         if not resuming:
             shutil.rmtree(agent_wal, ignore_errors=True)
-        self.agent_shard = ReplayShard(ReplayConfig(capacity_rows=d.agent_capacity_rows,
-                                                    wal_dir=str(agent_wal) if cfg.resume else None,
-                                                    checkpoint_every_rows=d.agent_capacity_rows,
-                                                    **{**replay_cfg, "priority_eps": d.eps_agent}),
-                                       self.schema, 1, cfg.seed + 1)
+        self.agent_shard = ReplayShard(
+            ReplayConfig(
+                capacity_rows=d.agent_capacity_rows,
+                wal_dir=str(agent_wal) if cfg.resume else None,
+                checkpoint_every_rows=d.agent_capacity_rows,
+                **{**replay_cfg, "priority_eps": d.eps_agent},
+            ),
+            self.schema,
+            1,
+            cfg.seed + 1,
+        )
         if d.init_checkpoint:
             loaded = load_checkpoint(d.init_checkpoint, str(self.device))
             if loaded.model.action_space != action_space:
-                raise ValueError(f"learner.dqfd.init_checkpoint {d.init_checkpoint}: its actions "
-                                 f"{loaded.model.action_space} are not the dataset's {action_space}")
+                raise ValueError(
+                    f"learner.dqfd.init_checkpoint {d.init_checkpoint}: its actions "
+                    f"{loaded.model.action_space} are not the dataset's {action_space}"
+                )
             model, self.model_spec = loaded.model.train(), loaded.spec
         else:
-            self.model_spec = resolve_model_spec(cfg.model, schema.observation_space, action_space,
-                                                 cfg.hidden_sizes, cfg.conv_channels)
+            self.model_spec = resolve_model_spec(
+                cfg.model, schema.observation_space, action_space, cfg.hidden_sizes, cfg.conv_channels
+            )
             model = build_policy_model(schema.observation_space, action_space, self.model_spec).to(self.device)
         if not d.init_checkpoint:
-            fit_normalizer(model, {name: torch.from_numpy(np.array(demos[name])) for name in schema.obs_columns},
-                           schema.obs_columns, torch.arange(demos.num_rows))
+            fit_normalizer(
+                model,
+                {name: torch.from_numpy(np.array(demos[name])) for name in schema.obs_columns},
+                schema.obs_columns,
+                torch.arange(demos.num_rows),
+            )
         target = copy.deepcopy(model).eval()
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=d.l2)
-        self._log.info("DQfD on {}: {} demonstration rows, {} pre-training steps, {} env steps of interaction, on {}",
-                       self.dataset.folder, demos.num_rows, d.pretrain_steps, d.online_env_steps, self.device)
+        self._log.info(
+            "DQfD on {}: {} demonstration rows, {} pre-training steps, {} env steps of interaction, on {}",
+            self.dataset.folder,
+            demos.num_rows,
+            d.pretrain_steps,
+            d.online_env_steps,
+            self.device,
+        )
         self._history: list[DQfDRecord] = []
         self._best = -float("inf")
         self._window: list[dict[str, float]] = []
@@ -282,16 +341,37 @@ class DQfDLearner:
         shutil.rmtree(agent_wal, ignore_errors=True)
         entries = [asdict(entry) for entry in history]
         outputs = self._outputs
-        outputs.finish({"config": asdict(cfg), "device": str(self.device), "algorithm": "dqfd",
-                        "precision": self.precision.name, "resumed_after": self._resumed_after,
-                        "best_eval_return": None if self._best == -float("inf") else self._best, "steps": entries},
-                       [{"epoch": e["step"], "train_loss": e["loss"], "validation_loss": e["margin_loss"]}
-                        for e in entries], f"DQfD on {self.dataset.manifest.env_id}", x_label="update",
-                       labels=("loss", "margin loss"), extra=("eval return", [e["eval_return"] for e in entries]))
+        outputs.finish(
+            {
+                "config": asdict(cfg),
+                "device": str(self.device),
+                "algorithm": "dqfd",
+                "precision": self.precision.name,
+                "resumed_after": self._resumed_after,
+                "best_eval_return": None if self._best == -float("inf") else self._best,
+                "steps": entries,
+            },
+            [{"epoch": e["step"], "train_loss": e["loss"], "validation_loss": e["margin_loss"]} for e in entries],
+            f"DQfD on {self.dataset.manifest.env_id}",
+            x_label="update",
+            labels=("loss", "margin loss"),
+            extra=("eval return", [e["eval_return"] for e in entries]),
+        )
         best = max((e for e in history if e.eval_return is not None), key=lambda e: e.eval_return, default=history[-1])
-        return TrainResult("dqfd", str(outputs.best), str(outputs.final), str(outputs.history), best.step, "update",
-                           best.eval_return, "evaluation return", str(self.device), demos.num_rows, history,
-                           {"best_update": best.step, "best_eval_return": best.eval_return, "rows": demos.num_rows})
+        return TrainResult(
+            "dqfd",
+            str(outputs.best),
+            str(outputs.final),
+            str(outputs.history),
+            best.step,
+            "update",
+            best.eval_return,
+            "evaluation return",
+            str(self.device),
+            demos.num_rows,
+            history,
+            {"best_update": best.step, "best_eval_return": best.eval_return, "rows": demos.num_rows},
+        )
 
     def _step(self, model, target, optimizer, demo_only: bool, phase: str) -> None:
         """One update; the target network copy, the history entry and progress on schedule."""
@@ -309,21 +389,46 @@ class DQfDLearner:
         model, window = self._model, self._window
         eval_return = self._evaluate(model) if self.d.eval_episodes else None
         means = {key: float(np.mean([w[key] for w in window])) for key in window[0]} if window else {}
-        entry = DQfDRecord(self._updates, phase, means.get("loss", float("nan")), means.get("td", float("nan")),
-                           means.get("n_step", float("nan")), means.get("margin", float("nan")),
-                           means.get("demo_fraction", float("nan")), eval_return, self._env_steps,
-                           len(window) / max(time.perf_counter() - self._window_started, 1e-9),
-                           self.agent_shard.sampling_mass()[1])
+        entry = DQfDRecord(
+            self._updates,
+            phase,
+            means.get("loss", float("nan")),
+            means.get("td", float("nan")),
+            means.get("n_step", float("nan")),
+            means.get("margin", float("nan")),
+            means.get("demo_fraction", float("nan")),
+            eval_return,
+            self._env_steps,
+            len(window) / max(time.perf_counter() - self._window_started, 1e-9),
+            self.agent_shard.sampling_mass()[1],
+        )
         self._history.append(entry)
-        self._outputs.scalars(entry.step, {"loss/total": entry.loss, "loss/td": entry.td_loss,
-                                            "loss/n_step": entry.n_step_loss, "loss/margin": entry.margin_loss,
-                                            "replay/demo_fraction": entry.demo_fraction, "eval/return": eval_return,
-                                            "env_steps": entry.env_steps, "lr": self._optimizer.param_groups[0]["lr"],
-                                            "throughput/updates_per_s": entry.updates_per_s})
-        self._log.info("{} update {}: loss {:.4f} (TD {:.4f}, n-step {:.4f}, margin {:.4f}), demo share {:.2f}, "
-                       "{} env steps{}", phase, entry.step, entry.loss, entry.td_loss, entry.n_step_loss,
-                       entry.margin_loss, entry.demo_fraction, entry.env_steps,
-                       "" if eval_return is None else f", eval return {eval_return:.1f}")
+        self._outputs.scalars(
+            entry.step,
+            {
+                "loss/total": entry.loss,
+                "loss/td": entry.td_loss,
+                "loss/n_step": entry.n_step_loss,
+                "loss/margin": entry.margin_loss,
+                "replay/demo_fraction": entry.demo_fraction,
+                "eval/return": eval_return,
+                "env_steps": entry.env_steps,
+                "lr": self._optimizer.param_groups[0]["lr"],
+                "throughput/updates_per_s": entry.updates_per_s,
+            },
+        )
+        self._log.info(
+            "{} update {}: loss {:.4f} (TD {:.4f}, n-step {:.4f}, margin {:.4f}), demo share {:.2f}, {} env steps{}",
+            phase,
+            entry.step,
+            entry.loss,
+            entry.td_loss,
+            entry.n_step_loss,
+            entry.margin_loss,
+            entry.demo_fraction,
+            entry.env_steps,
+            "" if eval_return is None else f", eval return {eval_return:.1f}",
+        )
         metrics.learner_loss().set(entry.loss, tags={"learner": "dqfd"})
         metrics.learner_samples().inc(len(window) * self.cfg.batch_size, tags={"learner": "dqfd"})
         if eval_return is not None and eval_return > self._best:
@@ -342,11 +447,24 @@ class DQfDLearner:
         the history and random states, and the demonstrations' priorities; the agent's replay is
         logged as it grows. An episode under way is not kept: a resumed learner starts a new one."""
         priorities, scalars = self.demo_shard.sampler_state()
-        save_training_state(self.out_dir / LAST_NAME, self._updates, self._networks(), self._optimizer, extra={
-            "env_steps": self._env_steps, "best": self._best, "history": [asdict(r) for r in self._history],
-            "resumed_after": self._resumed_after, "rng": self._rng.bit_generator.state, "demo_sampler": scalars,
-        }, extra_tensors={f"demo/{name}": torch.from_numpy(np.ascontiguousarray(values))
-                          for name, values in priorities.items()}, owner=self._owner)
+        save_training_state(
+            self.out_dir / LAST_NAME,
+            self._updates,
+            self._networks(),
+            self._optimizer,
+            extra={
+                "env_steps": self._env_steps,
+                "best": self._best,
+                "history": [asdict(r) for r in self._history],
+                "resumed_after": self._resumed_after,
+                "rng": self._rng.bit_generator.state,
+                "demo_sampler": scalars,
+            },
+            extra_tensors={
+                f"demo/{name}": torch.from_numpy(np.ascontiguousarray(values)) for name, values in priorities.items()
+            },
+            owner=self._owner,
+        )
 
     def _load_state(self, path: Path) -> None:
         state = load_training_state(path, self._networks(), self._optimizer)
@@ -355,22 +473,36 @@ class DQfDLearner:
         self._history = [DQfDRecord(**record) for record in extra["history"]]
         self._resumed_after = [*extra["resumed_after"], state.epoch]
         self._rng.bit_generator.state = extra["rng"]
-        self.demo_shard.restore_sampler_state({name[len("demo/"):]: tensor.numpy() for name, tensor
-                                               in state.tensors.items() if name.startswith("demo/")},
-                                              extra["demo_sampler"])
-        self._log.warning("resuming from {} after update {} ({} env steps, {} agent rows kept)", path, state.epoch,
-                          self._env_steps, self.agent_shard.sampling_mass()[1])
+        self.demo_shard.restore_sampler_state(
+            {
+                name[len("demo/") :]: tensor.numpy()
+                for name, tensor in state.tensors.items()
+                if name.startswith("demo/")
+            },
+            extra["demo_sampler"],
+        )
+        self._log.warning(
+            "resuming from {} after update {} ({} env steps, {} agent rows kept)",
+            path,
+            state.epoch,
+            self._env_steps,
+            self.agent_shard.sampling_mass()[1],
+        )
 
     def _provenance(self, num_rows: int) -> dict[str, np.ndarray]:
-        return {"collector_id": np.zeros(num_rows, np.int64), "policy_version": np.zeros(num_rows, np.int64),
-                "timestamp": np.zeros(num_rows, "datetime64[ns]")}
+        return {
+            "collector_id": np.zeros(num_rows, np.int64),
+            "policy_version": np.zeros(num_rows, np.int64),
+            "timestamp": np.zeros(num_rows, "datetime64[ns]"),
+        }
 
     def _sample(self, demo_only: bool) -> TransitionBatch:
         """A minibatch across the two shards, in proportion to their priority mass (or
         `demo_ratio`), with P(i) and importance weights over both."""
         d, batch_size = self.d, self.cfg.batch_size
-        shards = [self.demo_shard] if demo_only or self.agent_shard.bounds()[1] == 0 else [self.demo_shard,
-                                                                                            self.agent_shard]
+        shards = (
+            [self.demo_shard] if demo_only or self.agent_shard.bounds()[1] == 0 else [self.demo_shard, self.agent_shard]
+        )
         mass_and_size = [shard.sampling_mass() for shard in shards]
         masses = np.array([mass for mass, _ in mass_and_size])
         stored = sum(size for _, size in mass_and_size)
@@ -391,8 +523,11 @@ class DQfDLearner:
         return batch
 
     def _tensors(self, batch: TransitionBatch, prefix: str) -> dict[str, torch.Tensor]:
-        return {"obs" + name[len(prefix):]: torch.from_numpy(batch[name]).to(self.device)
-                for name in batch.columns if name == prefix or name.startswith(prefix + ".")}
+        return {
+            "obs" + name[len(prefix) :]: torch.from_numpy(batch[name]).to(self.device)
+            for name in batch.columns
+            if name == prefix or name.startswith(prefix + ".")
+        }
 
     def _update(self, model, target, optimizer, demo_only: bool) -> dict[str, float]:
         d = self.d
@@ -433,8 +568,13 @@ class DQfDLearner:
             mine = (keys >> 48) == index
             if mine.any():
                 shard.update_priorities(keys[mine], priorities[mine])
-        return {"loss": loss.item(), "td": td_loss.item(), "n_step": n_loss.item(), "margin": margin_loss.item(),
-                "demo_fraction": is_demo.mean().item()}
+        return {
+            "loss": loss.item(),
+            "td": td_loss.item(),
+            "n_step": n_loss.item(),
+            "margin": margin_loss.item(),
+            "demo_fraction": is_demo.mean().item(),
+        }
 
     @staticmethod
     def _double_q(model, target, obs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -456,10 +596,16 @@ class DQfDLearner:
                 next_obs, reward, terminated, truncated, _ = env.step(action)
                 self._env_steps += 1
                 if not reset_next:  # gymnasium's next-step autoreset: this step only reset the env
-                    row = {**{name: value[0] for name, value in flatten_value(obs, "obs").items()},
-                           **{name: value[0] for name, value in flatten_value(next_obs, "next_obs").items()},
-                           "action": action[0], "reward": np.float32(reward[0]), "terminated": bool(terminated[0]),
-                           "truncated": bool(truncated[0]), "episode_id": episode_id, "step": step_in_episode}
+                    row = {
+                        **{name: value[0] for name, value in flatten_value(obs, "obs").items()},
+                        **{name: value[0] for name, value in flatten_value(next_obs, "next_obs").items()},
+                        "action": action[0],
+                        "reward": np.float32(reward[0]),
+                        "terminated": bool(terminated[0]),
+                        "truncated": bool(truncated[0]),
+                        "episode_id": episode_id,
+                        "step": step_in_episode,
+                    }
                     for key, value in row.items():
                         episode.setdefault(key, []).append(value)
                     step_in_episode += 1
@@ -480,8 +626,10 @@ class DQfDLearner:
 
     @torch.no_grad()
     def _act(self, model, obs, epsilon: float) -> np.ndarray:
-        tensors = {name: torch.as_tensor(np.asarray(value)).to(self.device)
-                   for name, value in flatten_value(obs, "obs").items()}
+        tensors = {
+            name: torch.as_tensor(np.asarray(value)).to(self.device)
+            for name, value in flatten_value(obs, "obs").items()
+        }
         model.eval()
         greedy = model.act(tensors, deterministic=True).cpu().numpy()
         model.train()
@@ -493,11 +641,22 @@ class DQfDLearner:
         return greedy
 
     def _evaluate(self, model) -> float:
-        return greedy_return(model, self.env_cfg, self.d.eval_episodes, 10_000 + self.cfg.seed,
-                             self.d.eval_max_steps, self.device)
+        return greedy_return(
+            model, self.env_cfg, self.d.eval_episodes, 10_000 + self.cfg.seed, self.d.eval_max_steps, self.device
+        )
 
     def _save(self, model, name: str, update: int, entry: DQfDRecord) -> None:
-        save_checkpoint(self.out_dir / name, model, self.model_spec, version=update,
-                        info={"algorithm": "dqfd", "update": update, "dataset": str(self.dataset.folder),
-                              "eval_return": entry.eval_return, "loss": entry.loss,
-                              **action_set_info(self.action_set)})
+        save_checkpoint(
+            self.out_dir / name,
+            model,
+            self.model_spec,
+            version=update,
+            info={
+                "algorithm": "dqfd",
+                "update": update,
+                "dataset": str(self.dataset.folder),
+                "eval_return": entry.eval_return,
+                "loss": entry.loss,
+                **action_set_info(self.action_set),
+            },
+        )

@@ -92,18 +92,33 @@ class TrainResult:
 
     def describe(self) -> str:
         score = "n/a" if self.best_score is None else f"{self.best_score:.4g}"
-        return (f"best checkpoint ({self.algorithm}): {self.step_name} {self.best_step} ({self.score_name} {score}) "
-                f"on {self.device}")
+        return (
+            f"best checkpoint ({self.algorithm}): {self.step_name} {self.best_step} ({self.score_name} {score}) "
+            f"on {self.device}"
+        )
 
     def summary(self) -> dict[str, Any]:
-        return {"algorithm": self.algorithm, "best_checkpoint": self.best_checkpoint, "best_step": self.best_step,
-                "step_name": self.step_name, "best_score": self.best_score, "score_name": self.score_name,
-                "device": self.device, "trained_on": self.trained_on, "node": self.node_id, **self.details}
+        return {
+            "algorithm": self.algorithm,
+            "best_checkpoint": self.best_checkpoint,
+            "best_step": self.best_step,
+            "step_name": self.step_name,
+            "best_score": self.best_score,
+            "score_name": self.score_name,
+            "device": self.device,
+            "trained_on": self.trained_on,
+            "node": self.node_id,
+            **self.details,
+        }
 
     def moved(self, folder: Path) -> "TrainResult":
         """The same result with its outputs' paths in `folder` (the last stage's copied up)."""
-        return dataclasses.replace(self, best_checkpoint=str(folder / BEST_NAME),
-                                   final_checkpoint=str(folder / FINAL_NAME), history_path=str(folder / HISTORY_NAME))
+        return dataclasses.replace(
+            self,
+            best_checkpoint=str(folder / BEST_NAME),
+            final_checkpoint=str(folder / FINAL_NAME),
+            history_path=str(folder / HISTORY_NAME),
+        )
 
 
 @dataclass
@@ -127,18 +142,39 @@ def split_by_episode(episode_ids: np.ndarray, validation_fraction: float, seed: 
     return np.isin(episode_ids, validation_ids)
 
 
-def epochs_result(algorithm: str, out_dir: Path, history: list[EpochRecord], best_epoch: int, train_rows: int,
-                  validation_rows: int, device: str) -> TrainResult:
-    """A supervised stage's result (outputs in `out_dir`, records by epoch): the best epoch by validation loss, its accuracy
-    and speed in the summary."""
+def epochs_result(
+    algorithm: str,
+    out_dir: Path,
+    history: list[EpochRecord],
+    best_epoch: int,
+    train_rows: int,
+    validation_rows: int,
+    device: str,
+) -> TrainResult:
+    """A supervised stage's result (outputs in `out_dir`, records by epoch): the best epoch by
+    validation loss, its accuracy and speed in the summary."""
     best = history[best_epoch - 1]
-    return TrainResult(algorithm, str(out_dir / BEST_NAME), str(out_dir / FINAL_NAME),
-                       str(out_dir / HISTORY_NAME), best_epoch, "epoch",
-                       best.validation_loss, "validation loss", device, train_rows, history,
-                       {"best_epoch": best_epoch, "best_validation_loss": best.validation_loss,
-                        "validation_accuracy": best.validation_accuracy, "train_rows": train_rows,
-                        "validation_rows": validation_rows, "samples_per_s": best.samples_per_s})
-
+    return TrainResult(
+        algorithm,
+        str(out_dir / BEST_NAME),
+        str(out_dir / FINAL_NAME),
+        str(out_dir / HISTORY_NAME),
+        best_epoch,
+        "epoch",
+        best.validation_loss,
+        "validation loss",
+        device,
+        train_rows,
+        history,
+        {
+            "best_epoch": best_epoch,
+            "best_validation_loss": best.validation_loss,
+            "validation_accuracy": best.validation_accuracy,
+            "train_rows": train_rows,
+            "validation_rows": validation_rows,
+            "samples_per_s": best.samples_per_s,
+        },
+    )
 
 
 def starting_from(cfg: LearnerConfig, section: str, previous: str | None) -> LearnerConfig:
@@ -196,8 +232,9 @@ class Learner(Protocol):
     algorithm: str
 
     @classmethod
-    def actor_args(cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str,
-                   run_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def actor_args(
+        cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str, run_id: str
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The constructor's arguments for a stage of a run: the learner config, the run's env,
         its dataset, the stage's folder."""
 

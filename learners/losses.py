@@ -10,15 +10,25 @@ from torch import nn
 from harvest.learners.models import ConvPolicyModel, PolicyModel
 
 
-def bc_loss(model: PolicyModel | ConvPolicyModel, obs: dict[str, torch.Tensor], action: torch.Tensor,
-            action_scale: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+def bc_loss(
+    model: PolicyModel | ConvPolicyModel,
+    obs: dict[str, torch.Tensor],
+    action: torch.Tensor,
+    action_scale: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cross-entropy for discrete actions (summed over MultiDiscrete parts), MSE for Box actions
     (each dimension divided by `action_scale` when given); a weighted mean with `weight` per row."""
     return loss_from_output(model(obs), model.action_space, action, action_scale, weight)
 
 
-def loss_from_output(out: torch.Tensor, space: gym.Space, action: torch.Tensor,
-                     action_scale: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+def loss_from_output(
+    out: torch.Tensor,
+    space: gym.Space,
+    action: torch.Tensor,
+    action_scale: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`bc_loss` from the model's output (for wrappers such as DDP that must do the forward)."""
     out = out.float()  # under autocast the head's output may be bf16/fp16; losses are taken in fp32
     if isinstance(space, gym.spaces.Discrete):
@@ -26,8 +36,9 @@ def loss_from_output(out: torch.Tensor, space: gym.Space, action: torch.Tensor,
     elif isinstance(space, gym.spaces.MultiDiscrete):
         targets = (action.long() - torch.as_tensor(space.start, device=action.device)).reshape(action.shape[0], -1)
         parts = out.split(space.nvec.reshape(-1).tolist(), dim=-1)
-        per_row = sum(nn.functional.cross_entropy(logits, targets[:, i], reduction="none")
-                      for i, logits in enumerate(parts))
+        per_row = sum(
+            nn.functional.cross_entropy(logits, targets[:, i], reduction="none") for i, logits in enumerate(parts)
+        )
     else:
         error = out - action.reshape(action.shape[0], -1).float()
         if action_scale is not None:

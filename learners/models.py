@@ -52,8 +52,11 @@ class ModelSpec:
 def mask_column(observation_space: gym.Space, action_space: gym.Space) -> str | None:
     """`obs.action_mask` when the observation carries a mask over the Discrete action space."""
     leaf = leaf_spaces(observation_space, "obs").get(MASK_COLUMN)
-    if (isinstance(action_space, gym.spaces.Discrete) and isinstance(leaf, gym.spaces.MultiBinary)
-            and np.atleast_1d(leaf.n).tolist() == [int(action_space.n)]):
+    if (
+        isinstance(action_space, gym.spaces.Discrete)
+        and isinstance(leaf, gym.spaces.MultiBinary)
+        and np.atleast_1d(leaf.n).tolist() == [int(action_space.n)]
+    ):
         return MASK_COLUMN
     return None
 
@@ -61,8 +64,11 @@ def mask_column(observation_space: gym.Space, action_space: gym.Space) -> str | 
 def board_column(observation_space: gym.Space, action_space: gym.Space) -> str | None:
     """The one [C, H, W] Box leaf of the observation, if the Discrete actions are laid out over
     its tiles: index `(row * W + col) * k + j` for k actions per tile, plus one last action."""
-    boards = [name for name, leaf in leaf_spaces(observation_space, "obs").items()
-              if isinstance(leaf, gym.spaces.Box) and len(leaf.shape) == 3]
+    boards = [
+        name
+        for name, leaf in leaf_spaces(observation_space, "obs").items()
+        if isinstance(leaf, gym.spaces.Box) and len(leaf.shape) == 3
+    ]
     if len(boards) != 1 or not isinstance(action_space, gym.spaces.Discrete):
         return None
     _, height, width = leaf_spaces(observation_space, "obs")[boards[0]].shape
@@ -74,9 +80,14 @@ def image_column(observation_space: gym.Space) -> str | None:
     """The one image leaf of the observation: a Box of shape (H, W, C) with C in 1..4 or
     (k, H, W, C) for k stacked frames, H and W at least 16 (pixels, channels last, as
     Gymnasium's pixel envs give them)."""
-    images = [name for name, leaf in leaf_spaces(observation_space, "obs").items()
-              if isinstance(leaf, gym.spaces.Box) and len(leaf.shape) in (3, 4) and 1 <= leaf.shape[-1] <= 4
-              and min(leaf.shape[-3:-1]) >= 16]
+    images = [
+        name
+        for name, leaf in leaf_spaces(observation_space, "obs").items()
+        if isinstance(leaf, gym.spaces.Box)
+        and len(leaf.shape) in (3, 4)
+        and 1 <= leaf.shape[-1] <= 4
+        and min(leaf.shape[-3:-1]) >= 16
+    ]
     return images[0] if len(images) == 1 else None
 
 
@@ -96,8 +107,9 @@ class PixelEncoder(nn.Module):
             in_channels = out_channels
         self.net = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():
-            self.output_size = int(self.net(torch.zeros(1, channels * (frames[0] if frames else 1),
-                                                        height, width)).shape[1])
+            self.output_size = int(
+                self.net(torch.zeros(1, channels * (frames[0] if frames else 1), height, width)).shape[1]
+            )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         *_, height, width, channels = image.shape
@@ -152,15 +164,24 @@ class SquashedGaussian:
     same bijection for both policies, so the KL is exact; the entropy is the usual stand-in
     (a squashed Gaussian's has no closed form)."""
 
-    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
-                 bounded: torch.Tensor, fixed: torch.Tensor, fixed_value: torch.Tensor) -> None:
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        log_std: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        bounded: torch.Tensor,
+        fixed: torch.Tensor,
+        fixed_value: torch.Tensor,
+    ) -> None:
         self.mean, self.log_std = mean.float(), log_std.float().expand_as(mean)
         self.low, self.high, self.bounded, self.fixed, self.fixed_value = low, high, bounded, fixed, fixed_value
         self.free = (~fixed).float()
 
     def take(self, rows: torch.Tensor) -> "SquashedGaussian":
-        return SquashedGaussian(self.mean[rows], self.log_std[rows], self.low, self.high, self.bounded, self.fixed,
-                                self.fixed_value)
+        return SquashedGaussian(
+            self.mean[rows], self.log_std[rows], self.low, self.high, self.bounded, self.fixed, self.fixed_value
+        )
 
     def squash(self, u: torch.Tensor) -> torch.Tensor:
         squashed = self.low + (torch.tanh(u) + 1) * 0.5 * (self.high - self.low)
@@ -248,20 +269,30 @@ class PolicyModel(nn.Module):
     Box actions: a mean squashed into the bounds with tanh (where the bounds are finite), and a
     learned log-std that makes it a tanh-squashed Gaussian (`distribution`)."""
 
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space, hidden_sizes: Sequence[int],
-                 pixel_channels: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden_sizes: Sequence[int],
+        pixel_channels: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self.observation_space = observation_space
         self.action_space = action_space
         self.mask_name = mask_column(observation_space, action_space)
         self.image_name = image_column(observation_space) if pixel_channels else None
         if pixel_channels and self.image_name is None:
-            raise TypeError(f"model: pixels needs one image in the observation ((H, W, C) or stacked (k, H, W, C) "
-                            f"Box); got {observation_space}")
+            raise TypeError(
+                f"model: pixels needs one image in the observation ((H, W, C) or stacked (k, H, W, C) "
+                f"Box); got {observation_space}"
+            )
         exclude = [self.image_name] if self.image_name else []
         self.encoder = ObsEncoder(observation_space, exclude)
-        self.pixels = (PixelEncoder(leaf_spaces(observation_space, "obs")[self.image_name], pixel_channels)
-                       if self.image_name else None)
+        self.pixels = (
+            PixelEncoder(leaf_spaces(observation_space, "obs")[self.image_name], pixel_channels)
+            if self.image_name
+            else None
+        )
         layers: list[nn.Module] = []
         width = self.encoder.output_size + (self.pixels.output_size if self.pixels is not None else 0)
         for hidden in hidden_sizes:
@@ -285,8 +316,10 @@ class PolicyModel(nn.Module):
             self.register_buffer("action_fixed_value", torch.zeros(low.size))
             self.log_std = nn.Parameter(torch.full((low.size,), LOG_STD_INIT))
         else:
-            raise TypeError(f"action space {action_space} is not supported by the MLP policy; "
-                            "expected Discrete, MultiDiscrete or Box")
+            raise TypeError(
+                f"action space {action_space} is not supported by the MLP policy; "
+                "expected Discrete, MultiDiscrete or Box"
+            )
 
     def _head(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         features = self.encoder(obs)
@@ -302,8 +335,15 @@ class PolicyModel(nn.Module):
         return out
 
     def _gaussian(self, mean: torch.Tensor) -> SquashedGaussian:
-        return SquashedGaussian(mean, self.log_std, self.action_low, self.action_high, self.action_bounded,
-                                self.action_fixed, self.action_fixed_value)
+        return SquashedGaussian(
+            mean,
+            self.log_std,
+            self.action_low,
+            self.action_high,
+            self.action_bounded,
+            self.action_fixed,
+            self.action_fixed_value,
+        )
 
     def distribution(self, obs: dict[str, torch.Tensor]) -> CategoricalPolicy | SquashedGaussian:
         """The stochastic policy at `obs` (Discrete or Box actions)."""
@@ -329,18 +369,22 @@ class PolicyModel(nn.Module):
         self.action_fixed_value.copy_(torch.where(fixed, flat[0], torch.zeros_like(flat[0])))
         return [int(i) for i in torch.nonzero(fixed).flatten()]
 
-    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def act(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Actions in the env's format: int64 indices (plus start) or float actions of the Box's shape."""
         out = self.forward(obs)
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
             return _choose(out, deterministic, generator) + int(space.start)
         if isinstance(space, gym.spaces.MultiDiscrete):
-            chosen = [_choose(logits, deterministic, generator)
-                      for logits in out.split(space.nvec.reshape(-1).tolist(), dim=-1)]
+            chosen = [
+                _choose(logits, deterministic, generator)
+                for logits in out.split(space.nvec.reshape(-1).tolist(), dim=-1)
+            ]
             return (torch.stack(chosen, dim=-1) + torch.as_tensor(space.start.reshape(-1), device=out.device)).reshape(
-                out.shape[0], *space.nvec.shape)
+                out.shape[0], *space.nvec.shape
+            )
         if not deterministic:
             out = self.distribution(obs).sample(generator)
         return out.reshape(out.shape[0], *space.shape)
@@ -360,8 +404,10 @@ class ConvPolicyModel(nn.Module):
         super().__init__()
         board_name = board_column(observation_space, action_space)
         if board_name is None:
-            raise TypeError(f"model: cnn needs one [C, H, W] Box in the observation and Discrete actions laid out "
-                            f"over its tiles (n = H * W * k + 1); got {observation_space} and {action_space}")
+            raise TypeError(
+                f"model: cnn needs one [C, H, W] Box in the observation and Discrete actions laid out "
+                f"over its tiles (n = H * W * k + 1); got {observation_space} and {action_space}"
+            )
         if not conv_channels:
             raise ValueError("model: cnn needs at least one entry in conv_channels")
         self.observation_space, self.action_space = observation_space, action_space
@@ -390,13 +436,19 @@ class ConvPolicyModel(nn.Module):
     def distribution(self, obs: dict[str, torch.Tensor]) -> CategoricalPolicy:
         return CategoricalPolicy(self.forward(obs), int(self.action_space.start))
 
-    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def act(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         return _choose(self.forward(obs), deterministic, generator) + int(self.action_space.start)
 
 
-def resolve_model_spec(kind: Literal["auto", "mlp", "cnn", "pixels"], observation_space: gym.Space,
-                       action_space: gym.Space, hidden_sizes: Sequence[int], conv_channels: Sequence[int]) -> ModelSpec:
+def resolve_model_spec(
+    kind: Literal["auto", "mlp", "cnn", "pixels"],
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    hidden_sizes: Sequence[int],
+    conv_channels: Sequence[int],
+) -> ModelSpec:
     """`auto` picks the CNN where the observation has a board that the actions are laid out
     over, the pixel encoder where it has an image, the MLP otherwise."""
     if kind == "auto":
@@ -409,8 +461,9 @@ def resolve_model_spec(kind: Literal["auto", "mlp", "cnn", "pixels"], observatio
     return ModelSpec(kind, list(hidden_sizes), list(conv_channels))
 
 
-def build_policy_model(observation_space: gym.Space, action_space: gym.Space,
-                       spec: ModelSpec | Sequence[int]) -> PolicyModel | ConvPolicyModel:
+def build_policy_model(
+    observation_space: gym.Space, action_space: gym.Space, spec: ModelSpec | Sequence[int]
+) -> PolicyModel | ConvPolicyModel:
     """The one place a policy network is built from spaces (a list of ints means an MLP of those widths)."""
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec("mlp", list(spec))
@@ -421,8 +474,12 @@ def build_policy_model(observation_space: gym.Space, action_space: gym.Space,
     return PolicyModel(observation_space, action_space, spec.hidden_sizes)
 
 
-def fit_normalizer(model: PolicyModel | ConvPolicyModel, tensors: dict[str, torch.Tensor], obs_names: list[str],
-                   train_index: torch.Tensor) -> None:
+def fit_normalizer(
+    model: PolicyModel | ConvPolicyModel,
+    tensors: dict[str, torch.Tensor],
+    obs_names: list[str],
+    train_index: torch.Tensor,
+) -> None:
     """An MLP's input normalizer from (up to 100,000 of) the training rows: their mean and std."""
     if not isinstance(model, PolicyModel):
         return  # the CNN reads boards already scaled to [0, 1]
@@ -430,5 +487,6 @@ def fit_normalizer(model: PolicyModel | ConvPolicyModel, tensors: dict[str, torc
         sample = train_index[:100_000]
         features = model.encoder.features({name: tensors[name][sample] for name in obs_names})
         model.encoder.mean.copy_(features.mean(0))
-        model.encoder.std.copy_(features.std(0).clamp_min(1e-6) if features.shape[0] > 1
-                                else torch.ones_like(model.encoder.std))
+        model.encoder.std.copy_(
+            features.std(0).clamp_min(1e-6) if features.shape[0] > 1 else torch.ones_like(model.encoder.std)
+        )

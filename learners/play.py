@@ -13,11 +13,19 @@ from harvest.envs.spaces import flatten_value
 
 
 @torch.no_grad()
-def greedy_return(model: torch.nn.Module, env_cfg: EnvConfig, episodes: int, seed: int,
-                  max_steps: int = 10_000, device: torch.device | str = "cpu", deterministic: bool = True) -> float:
-    """Mean return of `model` playing `env_cfg`'s env (with its wrappers) by its most likely actions (or, with `deterministic=False`,
-    actions sampled from its distribution) for `episodes` episodes (one vector env copy each,
-    seeds from `seed`); an episode still running after `max_steps` counts what it has."""
+def greedy_return(
+    model: torch.nn.Module,
+    env_cfg: EnvConfig,
+    episodes: int,
+    seed: int,
+    max_steps: int = 10_000,
+    device: torch.device | str = "cpu",
+    deterministic: bool = True,
+) -> float:
+    """Mean return of `model` playing `env_cfg`'s env (with its wrappers) by its most likely
+    actions (or, with `deterministic=False`, actions sampled from its distribution) for
+    `episodes` episodes (one vector env copy each, seeds from `seed`); an episode still running
+    after `max_steps` counts what it has."""
     env = make_vector_env(dataclasses.replace(env_cfg, num_envs=episodes))
     was_training = model.training
     model.eval()
@@ -26,10 +34,12 @@ def greedy_return(model: torch.nn.Module, env_cfg: EnvConfig, episodes: int, see
         obs, _ = env.reset(seed=seed)
         returns, done = np.zeros(episodes), np.zeros(episodes, bool)
         for _ in range(max_steps):
-            tensors = {name: torch.as_tensor(np.asarray(value)).to(device)
-                       for name, value in flatten_value(obs, "obs").items()}
-            obs, reward, terminated, truncated, _ = env.step(model.act(tensors, deterministic=deterministic,
-                                                                      generator=generator).cpu().numpy())
+            tensors = {
+                name: torch.as_tensor(np.asarray(value)).to(device) for name, value in flatten_value(obs, "obs").items()
+            }
+            obs, reward, terminated, truncated, _ = env.step(
+                model.act(tensors, deterministic=deterministic, generator=generator).cpu().numpy()
+            )
             returns += np.where(done, 0.0, reward)
             done |= terminated | truncated
             if done.all():

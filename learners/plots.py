@@ -11,9 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_training_curve(epochs: Sequence[dict], path: Path, title: str, x_label: str = "epoch",
-                        labels: tuple[str, str] = ("train loss", "validation loss"),
-                        extra: tuple[str, Sequence[float | None]] | None = None) -> Path:
+def plot_training_curve(
+    epochs: Sequence[dict],
+    path: Path,
+    title: str,
+    x_label: str = "epoch",
+    labels: tuple[str, str] = ("train loss", "validation loss"),
+    extra: tuple[str, Sequence[float | None]] | None = None,
+) -> Path:
     """Two losses per epoch (or update), log scale, and on a second axis validation accuracy
     when every record has one, or `extra` = (label, values) (None values are skipped)."""
     numbers = [record["epoch"] for record in epochs]
@@ -51,8 +56,9 @@ def plot_shadow_session(path: Path, rounds: Sequence[dict], agreement: Sequence[
     agree_axis.set_ylabel("agreement")
     agree_axis.set_xlabel("frame")
     version_axis = agree_axis.twinx()
-    version_axis.step(frames, [point["version"] for point in agreement], where="post", color="tab:gray",
-                      label="weights version")
+    version_axis.step(
+        frames, [point["version"] for point in agreement], where="post", color="tab:gray", label="weights version"
+    )
     version_axis.set_ylabel("version")
     agree_axis.set_title(title)
     if rounds:

@@ -22,8 +22,15 @@ masked logits) under this column."""
 class TorchPolicy:
     """Plays a `PolicyModel` or `ConvPolicyModel` on the CPU; `version` is written on every row it produces."""
 
-    def __init__(self, model: PolicyModel | ConvPolicyModel, version: int = 0, deterministic: bool = True,
-                 seed: int | None = None, record_logits: bool = False, action_lookup: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        model: PolicyModel | ConvPolicyModel,
+        version: int = 0,
+        deterministic: bool = True,
+        seed: int | None = None,
+        record_logits: bool = False,
+        action_lookup: np.ndarray | None = None,
+    ) -> None:
         self.model = model.to("cpu").eval()
         self.action_lookup = action_lookup
         """A model trained over an action set, playing a Box env: its index -> the set's action."""
@@ -50,23 +57,42 @@ class TorchPolicy:
             actions = self.model.act(tensors, deterministic=self.deterministic, generator=self._generator).numpy()
             return PolicyOutput(actions if self.action_lookup is None else self.action_lookup[actions])
         distribution = self.model.distribution(tensors)
-        actions = (distribution.logits.argmax(-1) + distribution.start if self.deterministic
-                   else distribution.sample(self._generator))
+        actions = (
+            distribution.logits.argmax(-1) + distribution.start
+            if self.deterministic
+            else distribution.sample(self._generator)
+        )
         return PolicyOutput(actions.numpy(), {LOGITS_COLUMN: distribution.logits.numpy().astype(np.float32)})
 
 
-def load_torch_policy(checkpoint: str, deterministic: bool = True, seed: int | None = None,
-                      record_logits: bool = False, env_action_space: gym.Space | None = None) -> TorchPolicy:
+def load_torch_policy(
+    checkpoint: str,
+    deterministic: bool = True,
+    seed: int | None = None,
+    record_logits: bool = False,
+    env_action_space: gym.Space | None = None,
+) -> TorchPolicy:
     """The policy stored in a learner checkpoint (a `.safetensors` file). A model learned over an
     action set plays a Box `env_action_space` through the set its checkpoint records."""
     loaded = load_checkpoint(checkpoint, device="cpu")
     torch.set_num_threads(1)  # collectors are one-CPU actors; more threads only contend
     lookup = None
-    if (isinstance(env_action_space, gym.spaces.Box) and isinstance(loaded.model.action_space, gym.spaces.Discrete)
-            and ACTION_SET_KEY in loaded.info):
+    if (
+        isinstance(env_action_space, gym.spaces.Box)
+        and isinstance(loaded.model.action_space, gym.spaces.Discrete)
+        and ACTION_SET_KEY in loaded.info
+    ):
         lookup = np.asarray(loaded.info[ACTION_SET_KEY], env_action_space.dtype)
         if lookup.shape[1:] != env_action_space.shape:
-            raise ValueError(f"{checkpoint}: its action set has actions of shape {lookup.shape[1:]}, the env's are "
-                             f"{env_action_space.shape}")
-    return TorchPolicy(loaded.model, loaded.version, deterministic=deterministic, seed=seed,
-                       record_logits=record_logits, action_lookup=lookup)
+            raise ValueError(
+                f"{checkpoint}: its action set has actions of shape {lookup.shape[1:]}, the env's are "
+                f"{env_action_space.shape}"
+            )
+    return TorchPolicy(
+        loaded.model,
+        loaded.version,
+        deterministic=deterministic,
+        seed=seed,
+        record_logits=record_logits,
+        action_lookup=lookup,
+    )

@@ -68,8 +68,9 @@ class ValueModel(nn.Module):
     features, and the pixel CNN where there is one), or a small CNN over the board for a
     `ConvPolicyModel`."""
 
-    def __init__(self, policy: PolicyModel | ConvPolicyModel, hidden_sizes: Sequence[int],
-                 conv_channels: Sequence[int]) -> None:
+    def __init__(
+        self, policy: PolicyModel | ConvPolicyModel, hidden_sizes: Sequence[int], conv_channels: Sequence[int]
+    ) -> None:
         super().__init__()
         self.board_name = getattr(policy, "board_name", None)
         if self.board_name is None:
@@ -98,9 +99,17 @@ class ValueModel(nn.Module):
         return self.net(self.trunk(obs[self.board_name].float()).mean(dim=(2, 3)))[:, 0]
 
 
-def gae(reward: np.ndarray, value: np.ndarray, next_value: np.ndarray, terminated: np.ndarray,
-        truncated: np.ndarray, episode_id: np.ndarray, step: np.ndarray, gamma: float,
-        lam: float) -> tuple[np.ndarray, np.ndarray]:
+def gae(
+    reward: np.ndarray,
+    value: np.ndarray,
+    next_value: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    episode_id: np.ndarray,
+    step: np.ndarray,
+    gamma: float,
+    lam: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Advantages and returns (advantage + value) for rows in any order: δ_t = r_t +
     γ V(s'_t)(1 - terminated_t) - V(s_t), accumulated backwards over the following rows of the
     same episode (consecutive steps); a truncated or unfinished episode bootstraps from V(s')."""
@@ -158,8 +167,9 @@ class PPOLearner:
     algorithm = "ppo"
 
     @classmethod
-    def actor_args(cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str,
-                   run_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def actor_args(
+        cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str, run_id: str
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (cfg, env, out_dir, run_id), {}
 
     @classmethod
@@ -190,8 +200,13 @@ class PPOLearner:
             return loaded.model, loaded.spec
         env = make_vector_env(EnvConfig(id=self.env_cfg.id, num_envs=1, kwargs=self.env_cfg.kwargs))
         try:
-            spec = resolve_model_spec(self.cfg.model, env.single_observation_space, env.single_action_space,
-                                      self.cfg.hidden_sizes, self.cfg.conv_channels)
+            spec = resolve_model_spec(
+                self.cfg.model,
+                env.single_observation_space,
+                env.single_action_space,
+                self.cfg.hidden_sizes,
+                self.cfg.conv_channels,
+            )
             return build_policy_model(env.single_observation_space, env.single_action_space, spec), spec
         finally:
             env.close()
@@ -210,37 +225,57 @@ class PPOLearner:
         value = ValueModel(policy, cfg.hidden_sizes, cfg.conv_channels).to(self.device)
         optimizer = torch.optim.Adam([*policy.parameters(), *value.parameters()], lr=cfg.lr, eps=1e-5)
         start = save_checkpoint(self.out_dir / INITIAL_NAME, policy, self.model_spec, 0, {"algorithm": "ppo-init"})
-        rollout = RolloutConfig(num_collectors=p.num_collectors, steps=p.env_steps,
-                                batch_rows=p.rows_per_collector, num_cpus=p.collector_num_cpus,
-                                policy=PolicyConfig(kind="torch", checkpoint=str(start), deterministic=False))
+        rollout = RolloutConfig(
+            num_collectors=p.num_collectors,
+            steps=p.env_steps,
+            batch_rows=p.rows_per_collector,
+            num_cpus=p.collector_num_cpus,
+            policy=PolicyConfig(kind="torch", checkpoint=str(start), deterministic=False),
+        )
         factory = ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed, load_torch=load_torch_policy)
         schema = schema_for(self.env_cfg, factory)
         rows_per_iteration = p.num_collectors * (p.rows_per_collector + self.env_cfg.num_envs)
         replay = start_replay(ReplayConfig(num_shards=1, capacity_rows=4 * rows_per_iteration, num_cpus=0.1), schema)
-        worker = ray.remote(RolloutWorker).options(num_cpus=rollout.num_cpus, max_concurrency=2,  # activity() answers
-                                                   max_restarts=rollout.max_restarts)
+        worker = ray.remote(RolloutWorker).options(
+            num_cpus=rollout.num_cpus,
+            max_concurrency=2,  # activity() answers
+            max_restarts=rollout.max_restarts,
+        )
 
         def start_collector(i: int) -> ray.actor.ActorHandle:
-            factory = ConfiguredPolicyFactory(rollout.policy, self.env_cfg.id, seed=cfg.seed + i,
-                                              load_torch=load_torch_policy)
+            factory = ConfiguredPolicyFactory(
+                rollout.policy, self.env_cfg.id, seed=cfg.seed + i, load_torch=load_torch_policy
+            )
             return worker.remote(self.env_cfg, rollout, factory, replay, i, self.run_id, cfg.seed + i)
 
         fleet = Fleet(start_collector, p.num_collectors, replay, rollout.max_restarts, WatchdogConfig())
         try:
-            fleet.wait_started(120.0, f"each asks for {p.collector_num_cpus} CPU (learner.ppo.collector_num_cpus); "
-                                      "lower learner.ppo.num_collectors or collector_num_cpus, or add nodes")
+            fleet.wait_started(
+                120.0,
+                f"each asks for {p.collector_num_cpus} CPU (learner.ppo.collector_num_cpus); "
+                "lower learner.ppo.num_collectors or collector_num_cpus, or add nodes",
+            )
         except RuntimeError as err:
             replay.kill()
             raise RuntimeError(f"PPO: {err}") from None
-        self._log.info("PPO on {} from {}: {} env steps, {} collectors x {} rows per iteration, on {}",
-                       self.env_cfg.id, p.init_checkpoint or "fresh weights", p.env_steps, p.num_collectors,
-                       p.rows_per_collector, self.device)
+        self._log.info(
+            "PPO on {} from {}: {} env steps, {} collectors x {} rows per iteration, on {}",
+            self.env_cfg.id,
+            p.init_checkpoint or "fresh weights",
+            p.env_steps,
+            p.num_collectors,
+            p.rows_per_collector,
+            self.device,
+        )
         history: list[PPORecord] = []
         best = -float("inf")
         cursor, env_steps, version = 0, 0, 0
         # One module over both networks, so the resume state holds them and their shared optimizer.
-        networks, last_path, resumed_after = torch.nn.ModuleDict({"policy": policy, "value": value}), \
-            self.out_dir / LAST_NAME, []
+        networks, last_path, resumed_after = (
+            torch.nn.ModuleDict({"policy": policy, "value": value}),
+            self.out_dir / LAST_NAME,
+            [],
+        )
         owner = training_owner("ppo", run_id=f"{self.run_id} from {cfg.ppo.init_checkpoint or 'fresh weights'}")
         if cfg.resume and resumable(last_path, owner, self._log):  # a restarted learner goes on after its last one
             state = load_training_state(last_path, networks, optimizer)
@@ -259,34 +294,66 @@ class PPOLearner:
                 env_steps += sum(result.env_steps for result in results)
                 read = ray.get(replay.shards[0].read.remote(cursor, 10 * rows_per_iteration), timeout=120)
                 if read.skipped_rows:
-                    raise RuntimeError(f"PPO: the replay overwrote {read.skipped_rows} rows before the learner "
-                                       "read them")
+                    raise RuntimeError(
+                        f"PPO: the replay overwrote {read.skipped_rows} rows before the learner read them"
+                    )
                 cursor = read.next_cursor
                 batch = read.batch
                 current = batch["policy_version"] == version
                 batch = batch.take(np.flatnonzero(current))
-                losses = self._update(policy, value, initial, optimizer, batch, schema.obs_columns,
-                                      value_only=version <= p.value_warmup_iterations)
+                losses = self._update(
+                    policy,
+                    value,
+                    initial,
+                    optimizer,
+                    batch,
+                    schema.obs_columns,
+                    value_only=version <= p.value_warmup_iterations,
+                )
                 returns = [episode.episode_return for result in results for episode in result.episodes]
                 eval_return = None
                 if version % p.eval_every == 0 or env_steps >= p.env_steps:
                     eval_return = self._evaluate(policy)
-                record = PPORecord(version, version, env_steps, len(returns),
-                                   float(np.mean(returns)) if returns else None, eval_return, lr=cfg.lr,
-                                   env_steps_per_s=sum(r.env_steps for r in results) / (time.perf_counter() - started),
-                                   **losses)
+                record = PPORecord(
+                    version,
+                    version,
+                    env_steps,
+                    len(returns),
+                    float(np.mean(returns)) if returns else None,
+                    eval_return,
+                    lr=cfg.lr,
+                    env_steps_per_s=sum(r.env_steps for r in results) / (time.perf_counter() - started),
+                    **losses,
+                )
                 history.append(record)
-                outputs.scalars(env_steps, {
-                    "loss/policy": record.policy_loss, "loss/value": record.value_loss, "entropy": record.entropy,
-                    "kl/initial": record.kl_initial, "kl/approx": record.approx_kl,
-                    "clip_fraction": record.clip_fraction,
-                    "return/episode": record.episode_return, "eval/return": eval_return, "lr": record.lr,
-                    "policy_version": version, "throughput/env_steps_per_s": record.env_steps_per_s})
-                self._log.info("iteration {}: {} env steps, episode return {}, eval {}, policy loss {:.4f}, value "
-                               "loss {:.4f}, entropy {:.3f}, KL to initial {:.4f}", version, env_steps,
-                               "n/a" if record.episode_return is None else f"{record.episode_return:.1f}",
-                               "-" if eval_return is None else f"{eval_return:.1f}", record.policy_loss,
-                               record.value_loss, record.entropy, record.kl_initial)
+                outputs.scalars(
+                    env_steps,
+                    {
+                        "loss/policy": record.policy_loss,
+                        "loss/value": record.value_loss,
+                        "entropy": record.entropy,
+                        "kl/initial": record.kl_initial,
+                        "kl/approx": record.approx_kl,
+                        "clip_fraction": record.clip_fraction,
+                        "return/episode": record.episode_return,
+                        "eval/return": eval_return,
+                        "lr": record.lr,
+                        "policy_version": version,
+                        "throughput/env_steps_per_s": record.env_steps_per_s,
+                    },
+                )
+                self._log.info(
+                    "iteration {}: {} env steps, episode return {}, eval {}, policy loss {:.4f}, value "
+                    "loss {:.4f}, entropy {:.3f}, KL to initial {:.4f}",
+                    version,
+                    env_steps,
+                    "n/a" if record.episode_return is None else f"{record.episode_return:.1f}",
+                    "-" if eval_return is None else f"{eval_return:.1f}",
+                    record.policy_loss,
+                    record.value_loss,
+                    record.entropy,
+                    record.kl_initial,
+                )
                 metrics.learner_loss().set(record.policy_loss, tags={"learner": "ppo"})
                 metrics.learner_samples().inc(batch.num_rows * p.epochs, tags={"learner": "ppo"})
                 if eval_return is not None and eval_return > best:
@@ -294,13 +361,30 @@ class PPOLearner:
                     self._save(policy, BEST_NAME, version, record)
                 self._progress.update(epoch=version, samples=env_steps)
                 if cfg.resume:
-                    save_training_state(last_path, version, networks, optimizer, extra={
-                        "env_steps": env_steps, "best": best, "history": [asdict(r) for r in history],
-                        "resumed_after": resumed_after}, owner=owner)
-                if (p.stop_at_return is not None and record.episode_return is not None
-                        and record.episode_return >= p.stop_at_return):
-                    self._log.info("episode return {:.1f} >= {:g} after {} env steps: stopping", record.episode_return,
-                                   p.stop_at_return, env_steps)
+                    save_training_state(
+                        last_path,
+                        version,
+                        networks,
+                        optimizer,
+                        extra={
+                            "env_steps": env_steps,
+                            "best": best,
+                            "history": [asdict(r) for r in history],
+                            "resumed_after": resumed_after,
+                        },
+                        owner=owner,
+                    )
+                if (
+                    p.stop_at_return is not None
+                    and record.episode_return is not None
+                    and record.episode_return >= p.stop_at_return
+                ):
+                    self._log.info(
+                        "episode return {:.1f} >= {:g} after {} env steps: stopping",
+                        record.episode_return,
+                        p.stop_at_return,
+                        env_steps,
+                    )
                     if eval_return is None:
                         eval_return = self._evaluate(policy)
                         record.eval_return = eval_return
@@ -314,28 +398,64 @@ class PPOLearner:
         self._save(policy, FINAL_NAME, version, history[-1])
         last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh
         entries = [asdict(record) for record in history]
-        outputs.finish({"config": asdict(cfg), "algorithm": "ppo", "device": str(self.device),
-                        "precision": self.precision.name, "resumed_after": resumed_after, "env": self.env_cfg.id,
-                        "best_eval_return": best, "collector_restarts": fleet.restarts, "iterations": entries},
-                       [{"epoch": e["env_steps"], "train_loss": abs(e["policy_loss"]) + 1e-9,
-                         "validation_loss": e["value_loss"] + 1e-9} for e in entries], f"PPO on {self.env_cfg.id}",
-                       x_label="env steps", labels=("|policy loss|", "value loss"),
-                       extra=("episode return", [e["episode_return"] for e in entries]))
+        outputs.finish(
+            {
+                "config": asdict(cfg),
+                "algorithm": "ppo",
+                "device": str(self.device),
+                "precision": self.precision.name,
+                "resumed_after": resumed_after,
+                "env": self.env_cfg.id,
+                "best_eval_return": best,
+                "collector_restarts": fleet.restarts,
+                "iterations": entries,
+            },
+            [
+                {
+                    "epoch": e["env_steps"],
+                    "train_loss": abs(e["policy_loss"]) + 1e-9,
+                    "validation_loss": e["value_loss"] + 1e-9,
+                }
+                for e in entries
+            ],
+            f"PPO on {self.env_cfg.id}",
+            x_label="env steps",
+            labels=("|policy loss|", "value loss"),
+            extra=("episode return", [e["episode_return"] for e in entries]),
+        )
         best_record = max((r for r in history if r.eval_return is not None), key=lambda r: r.eval_return)
-        return TrainResult("ppo", str(outputs.best), str(outputs.final), str(outputs.history), best_record.iteration,
-                           "iteration", best_record.eval_return, "evaluation return", str(self.device), env_steps,
-                           history, {"best_update": best_record.iteration, "best_eval_return": best_record.eval_return,
-                                     "rows": env_steps})
+        return TrainResult(
+            "ppo",
+            str(outputs.best),
+            str(outputs.final),
+            str(outputs.history),
+            best_record.iteration,
+            "iteration",
+            best_record.eval_return,
+            "evaluation return",
+            str(self.device),
+            env_steps,
+            history,
+            {"best_update": best_record.iteration, "best_eval_return": best_record.eval_return, "rows": env_steps},
+        )
 
     def _evaluate(self, policy) -> float:
         """Evaluation return in the env (with `ppo.eval_env_kwargs` merged over the training kwargs)."""
         p = self.p
         env_cfg = dataclasses.replace(self.env_cfg, kwargs={**self.env_cfg.kwargs, **p.eval_env_kwargs})
-        return greedy_return(policy, env_cfg, p.eval_episodes, 20_000 + self.cfg.seed, p.eval_max_steps, self.device,
-                             p.eval_deterministic)
+        return greedy_return(
+            policy,
+            env_cfg,
+            p.eval_episodes,
+            20_000 + self.cfg.seed,
+            p.eval_max_steps,
+            self.device,
+            p.eval_deterministic,
+        )
 
-    def _update(self, policy, value, initial, optimizer, batch: TransitionBatch, obs_names: list[str],
-                value_only: bool) -> dict[str, float]:
+    def _update(
+        self, policy, value, initial, optimizer, batch: TransitionBatch, obs_names: list[str], value_only: bool
+    ) -> dict[str, float]:
         p, device = self.p, self.device
         obs = {name: torch.from_numpy(np.array(batch[name])).to(device) for name in obs_names}
         next_obs = {name: torch.from_numpy(np.array(batch["next_" + name])).to(device) for name in obs_names}
@@ -344,14 +464,30 @@ class PPOLearner:
             old_logp = _batched(lambda chunk, rows: policy.distribution(chunk).log_prob(action[rows]), obs)
             values = _batched(lambda chunk, _: value(chunk).float(), obs).cpu().numpy()
             next_values = _batched(lambda chunk, _: value(chunk).float(), next_obs).cpu().numpy()
-        advantage, returns = gae(batch["reward"], values, next_values, batch["terminated"], batch["truncated"],
-                                 batch["episode_id"], batch["step"], p.gamma, p.gae_lambda)
+        advantage, returns = gae(
+            batch["reward"],
+            values,
+            next_values,
+            batch["terminated"],
+            batch["truncated"],
+            batch["episode_id"],
+            batch["step"],
+            p.gamma,
+            p.gae_lambda,
+        )
         advantage_t, returns_t = torch.from_numpy(advantage).to(device), torch.from_numpy(returns).to(device)
-        sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "kl_initial": 0.0, "approx_kl": 0.0,
-                "clip_fraction": 0.0}
+        sums = {
+            "policy_loss": 0.0,
+            "value_loss": 0.0,
+            "entropy": 0.0,
+            "kl_initial": 0.0,
+            "approx_kl": 0.0,
+            "clip_fraction": 0.0,
+        }
         count = 0
-        generator = torch.Generator(device="cpu").manual_seed(self.cfg.seed + int(batch["policy_version"][0])
-                                                             if batch.num_rows else 0)
+        generator = torch.Generator(device="cpu").manual_seed(
+            self.cfg.seed + int(batch["policy_version"][0]) if batch.num_rows else 0
+        )
         parameters = [*policy.parameters(), *value.parameters()]
         for _ in range(p.epochs):
             for rows in torch.randperm(batch.num_rows, generator=generator).to(device).split(p.minibatch_size):
@@ -389,14 +525,25 @@ class PPOLearner:
         return {key: total / max(count, 1) for key, total in sums.items()}
 
     def _save(self, policy, name: str, version: int, record: PPORecord) -> None:
-        save_checkpoint(self.out_dir / name, policy, self.model_spec, version=version,
-                        info={"algorithm": "ppo", "policy_version": version, "env_steps": record.env_steps,
-                              "eval_return": record.eval_return, "init_checkpoint": self.p.init_checkpoint})
+        save_checkpoint(
+            self.out_dir / name,
+            policy,
+            self.model_spec,
+            version=version,
+            info={
+                "algorithm": "ppo",
+                "policy_version": version,
+                "env_steps": record.env_steps,
+                "eval_return": record.eval_return,
+                "init_checkpoint": self.p.init_checkpoint,
+            },
+        )
 
 
-def _batched(fn: Callable[[dict[str, torch.Tensor], slice], torch.Tensor], obs: dict[str, torch.Tensor],
-             size: int = 8192) -> torch.Tensor:
+def _batched(
+    fn: Callable[[dict[str, torch.Tensor], slice], torch.Tensor], obs: dict[str, torch.Tensor], size: int = 8192
+) -> torch.Tensor:
     """`fn(chunk, rows)` over `obs` in chunks of `size` rows, concatenated."""
     count = next(iter(obs.values())).shape[0]
-    chunks = [fn({k: v[i:i + size] for k, v in obs.items()}, slice(i, i + size)) for i in range(0, count, size)]
+    chunks = [fn({k: v[i : i + size] for k, v in obs.items()}, slice(i, i + size)) for i in range(0, count, size)]
     return torch.cat(chunks) if count else torch.zeros(0)

@@ -45,8 +45,12 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Parameter] | None = None,
-             max_grad_norm: float | None = None) -> None:
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        parameters: Iterable[nn.Parameter] | None = None,
+        max_grad_norm: float | None = None,
+    ) -> None:
         """Unscale, clip the gradients' norm to `max_grad_norm` (when given) and step."""
         if max_grad_norm is not None:
             self.scaler.unscale_(optimizer)

@@ -1,6 +1,6 @@
 """TensorBoard event files for a training stage: `<out_dir>/tensorboard/`.
 
-    tensorboard --logdir artifacts/<run>/learner
+tensorboard --logdir artifacts/<run>/learner
 """
 
 from __future__ import annotations

@@ -31,15 +31,23 @@ class TrainingState:
     """The learner's own tensors (`extra_tensors` when saved), on the CPU."""
 
 
-def save_training_state(path: Path, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        schedule: Any = None, generator: torch.Generator | None = None,
-                        extra: dict[str, Any] | None = None,
-                        extra_tensors: dict[str, torch.Tensor] | None = None, owner: str | None = None) -> Path:
+def save_training_state(
+    path: Path,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any = None,
+    generator: torch.Generator | None = None,
+    extra: dict[str, Any] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    owner: str | None = None,
+) -> Path:
     """Write everything needed to continue after `epoch` to `path`; `owner` names the training it
     belongs to (see `training_owner`), so another training never goes on from it."""
     tensors = {f"model/{name}": tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
-    tensors.update({f"extra/{name}": tensor.detach().to("cpu").contiguous()
-                    for name, tensor in (extra_tensors or {}).items()})
+    tensors.update(
+        {f"extra/{name}": tensor.detach().to("cpu").contiguous() for name, tensor in (extra_tensors or {}).items()}
+    )
     optimizer_state = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, values in optimizer_state["state"].items():
@@ -51,9 +59,14 @@ def save_training_state(path: Path, epoch: int, model: torch.nn.Module, optimize
     if generator is not None:
         tensors["rng/generator"] = generator.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
-    header = {"epoch": epoch, "optimizer_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars,
-              "schedule": schedule.state_dict() if schedule is not None else None, "extra": extra or {},
-              "owner": owner}
+    header = {
+        "epoch": epoch,
+        "optimizer_groups": optimizer_state["param_groups"],
+        "optimizer_scalars": scalars,
+        "schedule": schedule.state_dict() if schedule is not None else None,
+        "extra": extra or {},
+        "owner": owner,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     save_file(tensors, str(partial), metadata={"harvest_training_state": json.dumps(header)})
@@ -83,14 +96,23 @@ def resumable(path: Path, owner: str, log: Any) -> bool:
         header = {"owner": f"an unreadable file ({err})"}
     if header.get("owner") == owner:
         return True
-    log.warning("{}: written by {}, not by this training ({}); starting afresh", path,
-                header.get("owner") or "an unnamed training", owner)
+    log.warning(
+        "{}: written by {}, not by this training ({}); starting afresh",
+        path,
+        header.get("owner") or "an unnamed training",
+        owner,
+    )
     path.unlink()
     return False
 
 
-def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        schedule: Any = None, generator: torch.Generator | None = None) -> TrainingState:
+def load_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any = None,
+    generator: torch.Generator | None = None,
+) -> TrainingState:
     """Load `path` into the model, optimizer, schedule and generator; the epoch and extras."""
     device = next(model.parameters()).device
     with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -99,11 +121,13 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
             raise ValueError(f"{path}: not a Harvest training state (no 'harvest_training_state' metadata)")
         header = json.loads(metadata["harvest_training_state"])
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    model_state = {name[len("model/"):]: tensor for name, tensor in tensors.items() if name.startswith("model/")}
+    model_state = {name[len("model/") :]: tensor for name, tensor in tensors.items() if name.startswith("model/")}
     missing, unexpected = model.load_state_dict(model_state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: its weights do not fit this learner's model: missing {sorted(missing)}, "
-                         f"unexpected {sorted(unexpected)} (was the config changed since it was written?)")
+        raise ValueError(
+            f"{path}: its weights do not fit this learner's model: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)} (was the config changed since it was written?)"
+        )
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         if name.startswith("optimizer/"):
@@ -117,5 +141,5 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     if generator is not None and "rng/generator" in tensors:
         generator.set_state(tensors["rng/generator"])
     torch.set_rng_state(tensors["rng/torch"])
-    own = {name[len("extra/"):]: tensor for name, tensor in tensors.items() if name.startswith("extra/")}
+    own = {name[len("extra/") :]: tensor for name, tensor in tensors.items() if name.startswith("extra/")}
     return TrainingState(int(header["epoch"]), header["extra"], own)

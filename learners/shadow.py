@@ -50,8 +50,15 @@ class ShadowLearner:
     """Trains the shadow policy on the person's rows in rounds, in a thread of its own; a plain
     class made an actor where it is started."""
 
-    def __init__(self, cfg: LearnerConfig, shadow: ShadowConfig, replay: Replay, out_dir: str, seed: int = 0,
-                 collector_id: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        shadow: ShadowConfig,
+        replay: Replay,
+        out_dir: str,
+        seed: int = 0,
+        collector_id: int | None = None,
+    ) -> None:
         self.cfg, self.shadow, self.replay, self.out_dir = cfg, shadow, replay, Path(out_dir)
         # the session's collector: the shards send only its rows, not the simulators' beside it
         self._where = RowFilter.of(collector_id=[collector_id] if collector_id is not None else None)
@@ -64,13 +71,15 @@ class ShadowLearner:
         schema: BatchSchema = replay.schema
         self.schema = schema
         self.obs_names = schema.obs_columns
-        self.spec = resolve_model_spec(cfg.model, schema.observation_space, schema.action_space, cfg.hidden_sizes,
-                                       cfg.conv_channels)
+        self.spec = resolve_model_spec(
+            cfg.model, schema.observation_space, schema.action_space, cfg.hidden_sizes, cfg.conv_channels
+        )
         self.model = build_policy_model(schema.observation_space, schema.action_space, self.spec).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.image_name = image_column(schema.observation_space)
-        self.initial_checkpoint = str(save_checkpoint(self.out_dir / INITIAL_NAME, self.model, self.spec, 0,
-                                                      {"algorithm": "shadow-init"}))
+        self.initial_checkpoint = str(
+            save_checkpoint(self.out_dir / INITIAL_NAME, self.model, self.spec, 0, {"algorithm": "shadow-init"})
+        )
         self._generator = torch.Generator(device=self.device).manual_seed(seed)  # augmentation, on the device
         self._sampler = torch.Generator().manual_seed(seed)  # minibatch rows, on the CPU with the window
         self._cursors = [0] * replay.num_shards
@@ -111,8 +120,13 @@ class ShadowLearner:
                 state = {name: tensor.detach().cpu() for name, tensor in self.model.state_dict().items()}
                 self._weights = ray.put(state)
                 self._history.append(ShadowRound(self._version, time.perf_counter() - self._started, rows, loss))
-                self._log.info("shadow v{}: {} updates on the person's last {} rows, loss {:.4f}", self._version,
-                               self.shadow.updates_per_round, rows, loss)
+                self._log.info(
+                    "shadow v{}: {} updates on the person's last {} rows, loss {:.4f}",
+                    self._version,
+                    self.shadow.updates_per_round,
+                    rows,
+                    loss,
+                )
         except BaseException as err:  # noqa: BLE001 - reported by latest() and stop()
             self._error = err
             self._log.exception("shadow training stopped")
@@ -134,7 +148,7 @@ class ShadowLearner:
                 kept = np.asarray(batch[name])[mine]
                 old = self._window.get(name)
                 joined = kept if old is None else np.concatenate([old, kept])
-                self._window[name] = joined[-self.shadow.max_rows:]
+                self._window[name] = joined[-self.shadow.max_rows :]
 
     def _train_round(self, rows: int) -> float:
         cfg = self.cfg
@@ -159,8 +173,13 @@ class ShadowLearner:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=600)
-        final = save_checkpoint(self.out_dir / FINAL_NAME, self.model, self.spec, self._version,
-                                {"algorithm": "shadow", "rounds": len(self._history)})
+        final = save_checkpoint(
+            self.out_dir / FINAL_NAME,
+            self.model,
+            self.spec,
+            self._version,
+            {"algorithm": "shadow", "rounds": len(self._history)},
+        )
         history = [asdict(record) for record in self._history]
         (self.out_dir / HISTORY_NAME).write_text(json.dumps({"rounds": history}, indent=2))
         if self._error is not None:

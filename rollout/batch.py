@@ -54,8 +54,9 @@ class BatchSchema:
     action_space: gym.Space
 
     @classmethod
-    def for_spaces(cls, observation_space: gym.Space, action_space: gym.Space,
-                   extras: Mapping[str, ColumnSpec] | None = None) -> "BatchSchema":
+    def for_spaces(
+        cls, observation_space: gym.Space, action_space: gym.Space, extras: Mapping[str, ColumnSpec] | None = None
+    ) -> "BatchSchema":
         """The schema of transitions in an env with these (single-env) spaces."""
         columns: dict[str, ColumnSpec] = {}
         columns.update(columns_for_space(observation_space, "obs"))
@@ -91,41 +92,51 @@ class BatchSchema:
         unexpected = [name for name in batch.columns if name not in self.columns]
         if unexpected:
             raise BatchSchemaError(
-                f"batch from {source}: unexpected columns {unexpected}; expected {list(self.columns)}")
+                f"batch from {source}: unexpected columns {unexpected}; expected {list(self.columns)}"
+            )
         num_rows = batch.num_rows
         for name, spec in self.columns.items():
             column = batch.columns[name]
             if not isinstance(column, np.ndarray):
                 raise BatchSchemaError(
-                    f"column {name!r} from {source}: expected a numpy array, got {type(column).__name__}")
+                    f"column {name!r} from {source}: expected a numpy array, got {type(column).__name__}"
+                )
             strings = spec.dtype.kind == "O" and column.dtype.kind in "OU"  # string columns: object or <U
             if (column.dtype != spec.dtype and not strings) or column.shape[1:] != spec.shape:
                 raise BatchSchemaError(
                     f"column {name!r} from {source}: expected {spec.describe()}, "
-                    f"got {column.dtype}{list(column.shape[1:])}")
+                    f"got {column.dtype}{list(column.shape[1:])}"
+                )
             if column.shape[0] != num_rows:
                 raise BatchSchemaError(
                     f"column {name!r} from {source}: has {column.shape[0]} rows, expected {num_rows} "
-                    f"like column {next(iter(batch.columns))!r}")
+                    f"like column {next(iter(batch.columns))!r}"
+                )
 
     def empty(self, num_rows: int) -> "TransitionBatch":
         """A batch of `num_rows` uninitialised rows (preallocated storage)."""
-        return TransitionBatch({name: np.empty((num_rows, *spec.shape), spec.dtype)
-                                for name, spec in self.columns.items()})
+        return TransitionBatch(
+            {name: np.empty((num_rows, *spec.shape), spec.dtype) for name, spec in self.columns.items()}
+        )
 
     def arrow_schema(self) -> pa.Schema:
         fields = [pa.field(name, _arrow_type(spec), nullable=False) for name, spec in self.columns.items()]
         return pa.schema(fields, metadata={SCHEMA_METADATA_KEY: json.dumps(self.to_json()).encode()})
 
     def to_json(self) -> dict[str, Any]:
-        return {"columns": {name: spec.to_json() for name, spec in self.columns.items()},
-                "observation_space": space_to_json(self.observation_space),
-                "action_space": space_to_json(self.action_space)}
+        return {
+            "columns": {name: spec.to_json() for name, spec in self.columns.items()},
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "BatchSchema":
-        return cls({name: ColumnSpec.from_json(spec) for name, spec in data["columns"].items()},
-                   space_from_json(data["observation_space"]), space_from_json(data["action_space"]))
+        return cls(
+            {name: ColumnSpec.from_json(spec) for name, spec in data["columns"].items()},
+            space_from_json(data["observation_space"]),
+            space_from_json(data["action_space"]),
+        )
 
     @classmethod
     def from_arrow_schema(cls, schema: pa.Schema) -> "BatchSchema":
@@ -184,9 +195,14 @@ class TransitionBatch:
         for field in data.schema:
             if image_format(field) is not None:
                 metadata = data.schema.metadata or {}
-                logical = json.loads(metadata[SCHEMA_METADATA_KEY])["columns"].get(field.name) \
-                    if SCHEMA_METADATA_KEY in metadata else None
-                columns[field.name] = decode_images(data.column(field.name), tuple(logical["shape"]) if logical else None)
+                logical = (
+                    json.loads(metadata[SCHEMA_METADATA_KEY])["columns"].get(field.name)
+                    if SCHEMA_METADATA_KEY in metadata
+                    else None
+                )
+                columns[field.name] = decode_images(
+                    data.column(field.name), tuple(logical["shape"]) if logical else None
+                )
             else:
                 columns[field.name] = _to_numpy(data.column(field.name))
         return cls(columns)
@@ -196,8 +212,7 @@ class TransitionBatch:
         batches = list(batches)
         if not batches:
             raise ValueError("concat needs at least one batch")
-        return cls({name: np.concatenate([batch.columns[name] for batch in batches])
-                    for name in batches[0].columns})
+        return cls({name: np.concatenate([batch.columns[name] for batch in batches]) for name in batches[0].columns})
 
     def iter_slices(self, max_rows: int) -> Iterator["TransitionBatch"]:
         for start in range(0, self.num_rows, max_rows):

@@ -92,13 +92,22 @@ class TransitionCutter:
         push(cutter.flush())
     """
 
-    def __init__(self, schema: BatchSchema, num_envs: int, batch_rows: int, autoreset_mode: Any,
-                 collector_id: int, episode_ids: EpisodeIds, num_shards: int = 1,
-                 info_columns: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        schema: BatchSchema,
+        num_envs: int,
+        batch_rows: int,
+        autoreset_mode: Any,
+        collector_id: int,
+        episode_ids: EpisodeIds,
+        num_shards: int = 1,
+        info_columns: tuple[str, ...] = (),
+    ) -> None:
         mode = AutoresetMode(autoreset_mode) if autoreset_mode is not None else AutoresetMode.NEXT_STEP
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
-            raise ValueError(f"vector env autoreset mode {mode.value!r} is not supported; "
-                             "expected NEXT_STEP or SAME_STEP")
+            raise ValueError(
+                f"vector env autoreset mode {mode.value!r} is not supported; expected NEXT_STEP or SAME_STEP"
+            )
         if not 1 <= num_shards <= 65_535:
             raise ValueError(f"num_shards={num_shards}: expected 1 to 65535")
         self.schema = schema
@@ -112,12 +121,19 @@ class TransitionCutter:
         steps = self.steps_per_batch
         self._obs_names = schema.obs_columns
         next_obs_names = {"next_" + name for name in self._obs_names}
-        self._step_columns = [name for name in schema.columns if name not in self._obs_names
-                              and name not in next_obs_names and name not in _ROW_DERIVED]
-        self._obs_seq = {name: np.empty((steps + 1, num_envs, *schema.columns[name].shape), schema.columns[name].dtype)
-                         for name in self._obs_names}
-        self._per_step = {name: np.empty((steps, num_envs, *schema.columns[name].shape), schema.columns[name].dtype)
-                          for name in self._step_columns}
+        self._step_columns = [
+            name
+            for name in schema.columns
+            if name not in self._obs_names and name not in next_obs_names and name not in _ROW_DERIVED
+        ]
+        self._obs_seq = {
+            name: np.empty((steps + 1, num_envs, *schema.columns[name].shape), schema.columns[name].dtype)
+            for name in self._obs_names
+        }
+        self._per_step = {
+            name: np.empty((steps, num_envs, *schema.columns[name].shape), schema.columns[name].dtype)
+            for name in self._step_columns
+        }
         self._valid = np.empty((steps, num_envs), dtype=bool)
         self._reward = self._per_step["reward"]
         self._terminated = self._per_step["terminated"]
@@ -151,9 +167,17 @@ class TransitionCutter:
         self._current_return[:] = 0.0
         self._resetting[:] = False
 
-    def add_step(self, next_obs: Any, actions: Any, reward: np.ndarray, terminated: np.ndarray,
-                 truncated: np.ndarray, info: Mapping[str, Any], extras: Mapping[str, np.ndarray] | None = None,
-                 policy_version: int = 0) -> TransitionBatch | None:
+    def add_step(
+        self,
+        next_obs: Any,
+        actions: Any,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        info: Mapping[str, Any],
+        extras: Mapping[str, np.ndarray] | None = None,
+        policy_version: int = 0,
+    ) -> TransitionBatch | None:
         """Record one vector step; returns a full batch when the buffer fills, else None."""
         t = self._t
         step = self._per_step
@@ -167,8 +191,10 @@ class TransitionCutter:
                 step[name][t] = value
         for name in self.info_columns:
             if name not in info:
-                raise KeyError(f"the vector env declares row column {name!r} but its step info has no {name!r} "
-                               f"(info keys: {sorted(info)})")
+                raise KeyError(
+                    f"the vector env declares row column {name!r} but its step info has no {name!r} "
+                    f"(info keys: {sorted(info)})"
+                )
             step[name][t] = info[name]
         self._reward[t] = reward
         self._terminated[t] = terminated
@@ -227,9 +253,15 @@ class TransitionCutter:
 
     def _finish(self, env_indices: np.ndarray, terminated: np.ndarray) -> None:
         for env_index in env_indices:
-            self.finished_episodes.append(FinishedEpisode(
-                int(self._current_episode[env_index]), int(env_index), int(self._current_step[env_index]),
-                float(self._current_return[env_index]), bool(terminated[env_index])))
+            self.finished_episodes.append(
+                FinishedEpisode(
+                    int(self._current_episode[env_index]),
+                    int(env_index),
+                    int(self._current_step[env_index]),
+                    float(self._current_return[env_index]),
+                    bool(terminated[env_index]),
+                )
+            )
 
     def _start_episodes(self, env_indices: np.ndarray) -> None:
         new_ids = self._episode_ids.next(env_indices.size)
@@ -241,8 +273,7 @@ class TransitionCutter:
 
     def _patch_final_obs(self, t: int, env_indices: np.ndarray, info: Mapping[str, Any]) -> None:
         if "final_obs" not in info:
-            raise KeyError("SAME_STEP autoreset: the vector env reported a finished episode "
-                           "without info['final_obs']")
+            raise KeyError("SAME_STEP autoreset: the vector env reported a finished episode without info['final_obs']")
         for env_index in env_indices:
             final = flatten_value(info["final_obs"][env_index], "obs")
             self._patches.append(_Patch(t, int(env_index), {name: np.asarray(v) for name, v in final.items()}))
@@ -258,6 +289,7 @@ class TransitionCutter:
             counts = np.bincount(shards, minlength=self.num_shards)
             shard_offsets = (0, *(int(offset) for offset in np.cumsum(counts)))
         columns: dict[str, np.ndarray] = {}
+
         def rows_of(buffer: np.ndarray) -> np.ndarray:
             # [steps, env, ...] -> the valid rows; np.take is ~10x faster than fancy indexing on n-d rows.
             return np.take(buffer.reshape(steps * num_envs, *buffer.shape[2:]), rows, axis=0)
@@ -266,7 +298,7 @@ class TransitionCutter:
             if name in self._obs_seq:
                 sequence = self._obs_seq[name]
                 columns[name] = rows_of(sequence[:steps])
-                columns["next_" + name] = rows_of(sequence[1:steps + 1])
+                columns["next_" + name] = rows_of(sequence[1 : steps + 1])
             elif name in self._per_step:
                 columns[name] = rows_of(self._per_step[name][:steps])
         columns["collector_id"] = np.full(rows.size, self.collector_id, dtype=np.int64)

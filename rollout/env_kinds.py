@@ -91,10 +91,15 @@ class EnvKind:
         """Collector `index`: an actor with `max_restarts` and `max_concurrency=2` (`activity`
         is answered while `collect` runs)."""
         rollout = setup.rollout
-        actor = ray.remote(RolloutWorker).options(num_cpus=rollout.num_cpus, max_restarts=rollout.max_restarts,
-                                                  max_concurrency=2, **rollout.placement.options())
-        policy = ConfiguredPolicyFactory(rollout.policy, setup.env.id, seed=setup.seed + index,
-                                         load_torch=setup.load_torch)
+        actor = ray.remote(RolloutWorker).options(
+            num_cpus=rollout.num_cpus,
+            max_restarts=rollout.max_restarts,
+            max_concurrency=2,
+            **rollout.placement.options(),
+        )
+        policy = ConfiguredPolicyFactory(
+            rollout.policy, setup.env.id, seed=setup.seed + index, load_torch=setup.load_torch
+        )
         return actor.remote(setup.env, rollout, policy, setup.replay, index, setup.run_id, setup.seed + index)
 
     def eval_env(self, env: EnvConfig, configured: EnvConfig | None, seed: int) -> EnvConfig:
@@ -105,8 +110,16 @@ class EnvKind:
         """The env an interacting learner (PPO, DQfD) plays; None: learners cannot play this kind."""
         return env
 
-    def expert_baseline(self, env: EnvConfig, scenario: EnvConfig, episodes: int, num_workers: int, seed: int,
-                        num_cpus: float, folder: Path) -> EvalResult:
+    def expert_baseline(
+        self,
+        env: EnvConfig,
+        scenario: EnvConfig,
+        episodes: int,
+        num_workers: int,
+        seed: int,
+        num_cpus: float,
+        folder: Path,
+    ) -> EvalResult:
         """The `expert` baseline's results in `scenario`, for a kind with `own_expert` (an expert
         that is not a Python policy); the others' scripted expert plays as a policy."""
         raise NotImplementedError(f"env kind {self.name!r} has no expert of its own")

@@ -19,8 +19,15 @@ import pyarrow.compute as pc
 
 from harvest.rollout.config import EpisodeFilter
 
-__all__ = ["EpisodeFilter", "FilterReport", "filter_table", "keep_mask", "episode_summary", "episode_hashes",
-           "episode_runs"]
+__all__ = [
+    "EpisodeFilter",
+    "FilterReport",
+    "filter_table",
+    "keep_mask",
+    "episode_summary",
+    "episode_hashes",
+    "episode_runs",
+]
 
 ID_COLUMNS = ("game_id", "player_id", "collector_id", "source")
 
@@ -31,7 +38,6 @@ def episode_runs(ids: np.ndarray) -> list[tuple[int, int]]:
         return []
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     return list(zip(starts.tolist(), np.r_[starts[1:], ids.size].tolist()))
-
 
 
 @dataclass
@@ -49,15 +55,24 @@ class FilterReport:
         dropped = dict(self.dropped)
         for reason, count in other.dropped.items():
             dropped[reason] = dropped.get(reason, 0) + count
-        return FilterReport(self.episodes + other.episodes, self.kept_episodes + other.kept_episodes,
-                            self.rows + other.rows, self.kept_rows + other.kept_rows, dropped)
+        return FilterReport(
+            self.episodes + other.episodes,
+            self.kept_episodes + other.kept_episodes,
+            self.rows + other.rows,
+            self.kept_rows + other.kept_rows,
+            dropped,
+        )
 
 
 def needed_columns(criteria: EpisodeFilter, available: list[str]) -> list[str]:
     """The columns `episode_summary` reads for these criteria (checked against `available`)."""
     columns = ["episode_id", "reward", "terminated", "truncated", "timestamp"]
-    for name, values in (("game_id", criteria.game_ids), ("player_id", criteria.player_ids),
-                         ("collector_id", criteria.collector_ids), ("source", criteria.sources)):
+    for name, values in (
+        ("game_id", criteria.game_ids),
+        ("player_id", criteria.player_ids),
+        ("collector_id", criteria.collector_ids),
+        ("source", criteria.sources),
+    ):
         if values:
             if name not in available:
                 raise ValueError(f"filter on {name}s: the dataset has no {name!r} column (it has {available})")
@@ -68,13 +83,23 @@ def needed_columns(criteria: EpisodeFilter, available: list[str]) -> list[str]:
 def episode_summary(table: pa.Table, id_columns: list[str]) -> pa.Table:
     """One row per episode: episode_id, length, return, terminated, truncated, first timestamp,
     and the first value of each id column."""
-    aggregations = [("step" if "step" in table.column_names else "episode_id", "count"), ("reward", "sum"),
-                    ("terminated", "max"), ("truncated", "max"), ("timestamp", "min"),
-                    *((name, "first") for name in id_columns)]
+    aggregations = [
+        ("step" if "step" in table.column_names else "episode_id", "count"),
+        ("reward", "sum"),
+        ("terminated", "max"),
+        ("truncated", "max"),
+        ("timestamp", "min"),
+        *((name, "first") for name in id_columns),
+    ]
     summary = table.group_by("episode_id", use_threads=False).aggregate(aggregations)
-    names = {f"{'step' if 'step' in table.column_names else 'episode_id'}_count": "length", "reward_sum": "return",
-             "terminated_max": "terminated", "truncated_max": "truncated", "timestamp_min": "first_timestamp",
-             **{f"{name}_first": name for name in id_columns}}
+    names = {
+        f"{'step' if 'step' in table.column_names else 'episode_id'}_count": "length",
+        "reward_sum": "return",
+        "terminated_max": "terminated",
+        "truncated_max": "truncated",
+        "timestamp_min": "first_timestamp",
+        **{f"{name}_first": name for name in id_columns},
+    }
     return summary.rename_columns([names.get(name, name) for name in summary.column_names])
 
 
@@ -90,8 +115,12 @@ def episode_hashes(columns: dict[str, np.ndarray], names: list[str]) -> dict[int
     return out
 
 
-def keep_mask(summary: pa.Table, criteria: EpisodeFilter, seen_hashes: set[str] | None = None,
-              hashes: dict[int, str] | None = None) -> tuple[np.ndarray, FilterReport]:
+def keep_mask(
+    summary: pa.Table,
+    criteria: EpisodeFilter,
+    seen_hashes: set[str] | None = None,
+    hashes: dict[int, str] | None = None,
+) -> tuple[np.ndarray, FilterReport]:
     """Which episodes of `summary` pass, with the report. `seen_hashes` (updated) carries
     dedupe state across calls."""
     count = summary.num_rows
@@ -118,8 +147,12 @@ def keep_mask(summary: pa.Table, criteria: EpisodeFilter, seen_hashes: set[str] 
         truncated = summary["truncated"].to_numpy(zero_copy_only=False)
         how = np.where(terminated, "terminated", np.where(truncated, "truncated", "unfinished"))
         drop("ended", ~np.isin(how, criteria.ended))
-    for name, values in (("game_id", criteria.game_ids), ("player_id", criteria.player_ids),
-                         ("collector_id", criteria.collector_ids), ("source", criteria.sources)):
+    for name, values in (
+        ("game_id", criteria.game_ids),
+        ("player_id", criteria.player_ids),
+        ("collector_id", criteria.collector_ids),
+        ("source", criteria.sources),
+    ):
         if values:
             drop(name, ~np.isin(np.asarray(summary[name].to_pylist(), dtype=object), list(values)))
     if criteria.start is not None or criteria.end is not None:
@@ -152,8 +185,9 @@ def _utc(moment: datetime) -> np.datetime64:
     return np.datetime64(moment, "ns")
 
 
-def filter_table(table: pa.Table, criteria: EpisodeFilter, seen_hashes: set[str] | None = None,
-                 obs_action: list[str] | None = None) -> tuple[pa.Table, FilterReport]:
+def filter_table(
+    table: pa.Table, criteria: EpisodeFilter, seen_hashes: set[str] | None = None, obs_action: list[str] | None = None
+) -> tuple[pa.Table, FilterReport]:
     """The rows of the episodes in `table` that pass (`obs_action` names the columns dedupe hashes)."""
     ids = [name for name in ID_COLUMNS if name in needed_columns(criteria, table.column_names)]
     summary = episode_summary(table, ids)

@@ -59,17 +59,27 @@ def check_policy_spaces(policies: dict[str, PolicyFactory], env_cfg: EnvConfig) 
     Raises:
         CheckpointSpaceError: a checkpoint was trained for other spaces; the message names both.
     """
-    checked = [factory for factory in policies.values()
-               if isinstance(factory, ConfiguredPolicyFactory) and factory.cfg.kind == "torch"]
+    checked = [
+        factory
+        for factory in policies.values()
+        if isinstance(factory, ConfiguredPolicyFactory) and factory.cfg.kind == "torch"
+    ]
     if checked:
         spaces = env_spaces(env_cfg)
         for factory in checked:
             factory.check_spaces(*spaces)
 
 
-def evaluate_policies(policies: dict[str, PolicyFactory], env_cfg: EnvConfig, cfg: RolloutConfig,
-                      num_episodes: int, num_workers: int, run_id: str, seed: int = 10_000,
-                      timeout_s: float = 600.0) -> dict[str, EvalResult]:
+def evaluate_policies(
+    policies: dict[str, PolicyFactory],
+    env_cfg: EnvConfig,
+    cfg: RolloutConfig,
+    num_episodes: int,
+    num_workers: int,
+    run_id: str,
+    seed: int = 10_000,
+    timeout_s: float = 600.0,
+) -> dict[str, EvalResult]:
     """Blocks: each policy plays `num_episodes` episodes split over `num_workers` rollout actors
     (as itself: the collection's exploration, `cfg.policy.epsilon`, is off).
 
@@ -79,20 +89,25 @@ def evaluate_policies(policies: dict[str, PolicyFactory], env_cfg: EnvConfig, cf
     """
     cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, epsilon=0.0))
     check_policy_spaces(policies, env_cfg)
-    worker_actor = ray.remote(RolloutWorker).options(num_cpus=cfg.num_cpus, max_concurrency=2,  # activity() answers
-                                                     max_restarts=cfg.max_restarts)
-    per_worker = [n for n in (num_episodes // num_workers + (i < num_episodes % num_workers)
-                              for i in range(num_workers)) if n]
+    worker_actor = ray.remote(RolloutWorker).options(
+        num_cpus=cfg.num_cpus,
+        max_concurrency=2,  # activity() answers
+        max_restarts=cfg.max_restarts,
+    )
+    per_worker = [
+        n for n in (num_episodes // num_workers + (i < num_episodes % num_workers) for i in range(num_workers)) if n
+    ]
     results = {}
     for name, factory in policies.items():
+
         def start_worker(index: int, factory: PolicyFactory = factory, name: str = name) -> ray.actor.ActorHandle:
             worker_env = dataclasses.replace(env_cfg, num_envs=min(env_cfg.num_envs, per_worker[index]))
-            return worker_actor.remote(worker_env, cfg, factory, None, index, f"{run_id}-eval-{name}",
-                                       seed + 1000 * index)
+            return worker_actor.remote(
+                worker_env, cfg, factory, None, index, f"{run_id}-eval-{name}", seed + 1000 * index
+            )
 
         with Fleet(start_worker, len(per_worker), None, cfg.max_restarts, WatchdogConfig()) as fleet:
-            finished: list[list[FinishedEpisode]] = fleet.each("play_episodes", [(n,) for n in per_worker],
-                                                               timeout_s)
+            finished: list[list[FinishedEpisode]] = fleet.each("play_episodes", [(n,) for n in per_worker], timeout_s)
         episodes = [episode for part in finished for episode in part]
         results[name] = EvalResult(name, [e.episode_return for e in episodes], [e.length for e in episodes])
     return results

@@ -72,8 +72,10 @@ def object_store_report() -> tuple[float, str] | None:
     if match is None:
         return None
     mib, objects, percent = int(match.group(1)), int(match.group(2)), float(match.group(3))
-    return percent / 100, (f"Ray's object store is {percent:.0f}% full ({mib:,} MiB in {objects:,} objects): "
-                           "new objects wait for space or spill to disk")
+    return percent / 100, (
+        f"Ray's object store is {percent:.0f}% full ({mib:,} MiB in {objects:,} objects): "
+        "new objects wait for space or spill to disk"
+    )
 
 
 class CollectorFailedError(RuntimeError):
@@ -201,9 +203,16 @@ class Fleet:
         kind: the collectors' class name, for messages (`RolloutWorker[3]`).
     """
 
-    def __init__(self, start_collector: Callable[[int], Any], num_collectors: int, replay: Replay | None,
-                 max_restarts: int, watchdog: WatchdogConfig, resume: bool = False,
-                 kind: str = "RolloutWorker") -> None:
+    def __init__(
+        self,
+        start_collector: Callable[[int], Any],
+        num_collectors: int,
+        replay: Replay | None,
+        max_restarts: int,
+        watchdog: WatchdogConfig,
+        resume: bool = False,
+        kind: str = "RolloutWorker",
+    ) -> None:
         self._start_collector, self._kind = start_collector, kind
         self._total = self._chunk_rows = 0
         self._stopped = False
@@ -238,9 +247,12 @@ class Fleet:
             collector.incarnation = last[collector.index] + 1
             self._dead_sources.update(collector.sources[:-1])
             collector.first_calls.append(("restarted", (collector.incarnation,)))  # once Ray has started it
-            self._log.warning("{} resumes as incarnation {}: the interrupted run stored {:,} rows of its",
-                              collector.name, collector.incarnation,
-                              sum(by_source.get(source, 0) for source in collector.sources))
+            self._log.warning(
+                "{} resumes as incarnation {}: the interrupted run stored {:,} rows of its",
+                collector.name,
+                collector.incarnation,
+                sum(by_source.get(source, 0) for source in collector.sources),
+            )
 
     @property
     def restarts(self) -> list[int]:
@@ -330,15 +342,18 @@ class Fleet:
         self._log.warning("{}: no collector has started yet; the first to start checks the live edit", method)
         started, _ = ray.wait(list(waiting), num_returns=1, timeout=_RESTART_TIMEOUT_S)
         if not started:
-            raise ValueError(f"{method}: no collector started within {_RESTART_TIMEOUT_S:.0f}s to check the live edit "
-                             "on; edit the file again once collectors run")
+            raise ValueError(
+                f"{method}: no collector started within {_RESTART_TIMEOUT_S:.0f}s to check the live edit "
+                "on; edit the file again once collectors run"
+            )
         return waiting[started[0]]
 
     def _send_settings(self, collector: _Collector) -> None:
         with self._lock:
             settings = list(self._settings.items())
-        ray.get([getattr(collector.actor, method).remote(*args) for method, args in settings],
-                timeout=_RESTART_TIMEOUT_S)
+        ray.get(
+            [getattr(collector.actor, method).remote(*args) for method, args in settings], timeout=_RESTART_TIMEOUT_S
+        )
 
     def __enter__(self) -> "Fleet":
         return self
@@ -375,15 +390,21 @@ class Fleet:
         _, unready = ray.wait([c.ready for c in pending], num_returns=len(pending), timeout=timeout_s)
         if unready:
             self.stop()
-            free = {key: round(value, 2) for key, value in ray.available_resources().items()
-                    if "memory" not in key and not key.startswith("node:")}
-            raise RuntimeError(f"{len(unready)} of {len(self._collectors)} collectors could not start within "
-                               f"{timeout_s:.0f}s; free now {free}" + (f"; {hint}" if hint else ""))
+            free = {
+                key: round(value, 2)
+                for key, value in ray.available_resources().items()
+                if "memory" not in key and not key.startswith("node:")
+            }
+            raise RuntimeError(
+                f"{len(unready)} of {len(self._collectors)} collectors could not start within "
+                f"{timeout_s:.0f}s; free now {free}" + (f"; {hint}" if hint else "")
+            )
         for collector in pending:
             self._has_started(collector)
 
-    def each(self, method: str, args: Sequence[tuple[Any, ...]], timeout_s: float,
-             interval_s: float = 0.5) -> list[Any]:
+    def each(
+        self, method: str, args: Sequence[tuple[Any, ...]], timeout_s: float, interval_s: float = 0.5
+    ) -> list[Any]:
         """`method(*args[i])` on collector i, all at once (after each has started); their answers
         in collector order. A collector that dies is restarted and asked again; the watchdog
         watches them meanwhile.
@@ -420,7 +441,8 @@ class Fleet:
             if time.monotonic() - started > timeout_s:
                 busy = [c for c in self._collectors if c.ref is not None]
                 raise ray.exceptions.GetTimeoutError(
-                    f"{method}: collectors not done after {timeout_s:.0f}s: {self._doing(busy)}")
+                    f"{method}: collectors not done after {timeout_s:.0f}s: {self._doing(busy)}"
+                )
             if self._watchdog.stall_after_s is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._watchdog.check_every_s
                 self._check_stalls([c for c in self._collectors if c.ref is not None])
@@ -448,7 +470,8 @@ class Fleet:
                         break
                     if time.monotonic() > deadline:
                         raise ray.exceptions.GetTimeoutError(
-                            f"collect: not done within {timeout_s:.0f}s; {self._doing(busy)}")
+                            f"collect: not done within {timeout_s:.0f}s; {self._doing(busy)}"
+                        )
                     if not busy:  # nothing running and rows missing: the next hand-out gives chunks
                         time.sleep(interval_s)
                         continue
@@ -461,11 +484,20 @@ class Fleet:
                         self._check_stalls([c for c in self._collectors if c.ref is not None])
                 progress.update(task, completed=self._total)
             running = [c for c in self._collectors if not c.retired and self._has_started(c)]
-            nodes = ray.get([c.actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
-                             for c in running], timeout=_ASK_TIMEOUT_S * 6)
-            return FleetResult([r for c in self._collectors for r in c.results], self._stored_by_collector(),
-                               [c.incarnation for c in self._collectors], nodes, self._stalls,
-                               time.monotonic() - self._started, set(self._dead_sources), list(self._scaled))
+            nodes = ray.get(
+                [c.actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()) for c in running],
+                timeout=_ASK_TIMEOUT_S * 6,
+            )
+            return FleetResult(
+                [r for c in self._collectors for r in c.results],
+                self._stored_by_collector(),
+                [c.incarnation for c in self._collectors],
+                nodes,
+                self._stalls,
+                time.monotonic() - self._started,
+                set(self._dead_sources),
+                list(self._scaled),
+            )
         finally:
             self.stop()
 
@@ -477,15 +509,20 @@ class Fleet:
             return
         self._scaled.append({"at_s": round(time.monotonic() - self._started, 1), "from": len(active), "to": wanted})
         if wanted > len(active):
-            started = [_Collector(index, self._start_collector(index))
-                       for index in range(len(self._collectors), len(self._collectors) + wanted - len(active))]
+            started = [
+                _Collector(index, self._start_collector(index))
+                for index in range(len(self._collectors), len(self._collectors) + wanted - len(active))
+            ]
             self._collectors.extend(started)  # they get the live settings once they have started
             self._log.warning("scaled up to {} collectors (started {})", wanted, ", ".join(c.name for c in started))
         else:
             for collector in active[wanted:]:
                 collector.retiring = True
-            self._log.warning("scaling down to {} collectors: {} stop after their running chunk", wanted,
-                              ", ".join(c.name for c in active[wanted:]))
+            self._log.warning(
+                "scaling down to {} collectors: {} stop after their running chunk",
+                wanted,
+                ", ".join(c.name for c in active[wanted:]),
+            )
         metrics.collectors().set(wanted)
 
     def _hand_out(self, stored: int) -> None:
@@ -524,8 +561,11 @@ class Fleet:
         if not collector.waiting_logged and time.monotonic() - self._started > self._watchdog.check_every_s:
             collector.waiting_logged = True
             waiting_for, _ = self._unanswered(collector)
-            self._log.warning("{} has not started yet (waiting for {}); the started collectors share its rows",
-                              collector.name, waiting_for)
+            self._log.warning(
+                "{} has not started yet (waiting for {}); the started collectors share its rows",
+                collector.name,
+                waiting_for,
+            )
         return False
 
     def _finished(self, collector: _Collector) -> None:
@@ -545,13 +585,19 @@ class Fleet:
             self._cleared(collector)
             return
         if collector.incarnation >= self._max_restarts:
-            raise CollectorFailedError(f"{collector.name} died {collector.incarnation + 1} times, more than "
-                                       f"rollout.max_restarts={self._max_restarts}: {err}") from err
+            raise CollectorFailedError(
+                f"{collector.name} died {collector.incarnation + 1} times, more than "
+                f"rollout.max_restarts={self._max_restarts}: {err}"
+            ) from err
         collector.incarnation += 1
         collector.killed = False
         metrics.actor_restarts().inc(tags={"component": "collector"})
-        self._log.warning("{} died ({}); waiting for Ray to restart it as incarnation {}", collector.name,
-                          type(err).__name__, collector.incarnation)
+        self._log.warning(
+            "{} died ({}); waiting for Ray to restart it as incarnation {}",
+            collector.name,
+            type(err).__name__,
+            collector.incarnation,
+        )
         deadline = time.monotonic() + _RESTART_TIMEOUT_S
         while True:  # calls fail fast while Ray is still restarting it: ask again until it is back
             try:
@@ -559,16 +605,21 @@ class Fleet:
                 break
             except ray.exceptions.ActorUnavailableError as again:
                 if time.monotonic() > deadline:
-                    raise CollectorFailedError(f"{collector.name} did not come back within {_RESTART_TIMEOUT_S:.0f}s "
-                                               f"after dying: {again}") from again
+                    raise CollectorFailedError(
+                        f"{collector.name} did not come back within {_RESTART_TIMEOUT_S:.0f}s after dying: {again}"
+                    ) from again
                 time.sleep(0.5)
             except ray.exceptions.RayActorError as again:
                 raise CollectorFailedError(f"{collector.name} did not come back after dying: {again}") from again
         self._cleared(collector)
         self._send_settings(collector)
         stored = self._stored_by_collector()[collector.index]
-        self._log.warning("{} is back (incarnation {}); its incarnations have stored {:,} rows", collector.name,
-                          collector.incarnation, stored)
+        self._log.warning(
+            "{} is back (incarnation {}); its incarnations have stored {:,} rows",
+            collector.name,
+            collector.incarnation,
+            stored,
+        )
 
     def _stored_by_collector(self) -> list[int]:
         by_source = self._replay.rows_by_source() if self._replay is not None else {}
@@ -598,8 +649,9 @@ class Fleet:
                 collector.unanswered_since = collector.unanswered_since or now - _ASK_TIMEOUT_S
                 if now - collector.unanswered_since >= limit:
                     waiting_for, recoverable = self._unanswered(collector)
-                    self._stalled(collector, waiting_for, "no answer", now - collector.unanswered_since,
-                                  recover=recoverable)
+                    self._stalled(
+                        collector, waiting_for, "no answer", now - collector.unanswered_since, recover=recoverable
+                    )
                 continue
             collector.unanswered_since = None
             if activity.what == "idle" or now - activity.since < limit:
@@ -610,8 +662,13 @@ class Fleet:
             if call.startswith("replay."):
                 waiting_for += f": {self._replay_holding_back()}"
             # a wait for the replay or for memory is not the collector's fault: restarting it would not help
-            self._stalled(collector, waiting_for, call, now - activity.since,
-                          recover=not (call.startswith("replay.") or call == "backpressure"))
+            self._stalled(
+                collector,
+                waiting_for,
+                call,
+                now - activity.since,
+                recover=not (call.startswith("replay.") or call == "backpressure"),
+            )
 
     def _unanswered(self, collector: _Collector) -> tuple[str, bool]:
         """What a collector that does not answer is waiting for, as far as Ray's actor table says,
@@ -655,8 +712,13 @@ class Fleet:
             collector.stalled = stall
             metrics.stalls().inc(tags={"component": collector.name, "waiting_for": call})
             metrics.stalled().set(1, tags={"component": collector.name, "waiting_for": call})
-            self._log.error("stall: {} has been waiting {:.0f}s for {}{}", collector.name, seconds, waiting_for,
-                            "; killing it so Ray restarts it" if recover else "")
+            self._log.error(
+                "stall: {} has been waiting {:.0f}s for {}{}",
+                collector.name,
+                seconds,
+                waiting_for,
+                "; killing it so Ray restarts it" if recover else "",
+            )
         if recover and not collector.killed:
             ray.kill(collector.actor, no_restart=False)
             collector.killed = True  # once: the dead call's error starts the restart

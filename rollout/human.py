@@ -45,7 +45,8 @@ from harvest.rollout.worker import PushTimeoutError, collector_uid
 
 SOURCE_HUMAN = "human"
 _TELEMETRY: dict[str, tuple[tuple[str, ...], Callable[[gym.Env], dict[str, float]]]] = {
-    "CarRacing": (TELEMETRY_NAMES, car_racing_telemetry)}
+    "CarRacing": (TELEMETRY_NAMES, car_racing_telemetry)
+}
 """Per game (the unwrapped env's class): the telemetry it records and how to read it."""
 _SCRIPTED_DRIVERS: dict[str, Callable[[], Any]] = {"CarRacing": CarRacingDriver}
 
@@ -86,13 +87,20 @@ def _game_name(env: gym.Env) -> str:
 
 def human_schema(env: gym.Env, cfg: HumanConfig) -> BatchSchema:
     """The columns of a teleoperation session's rows in this env."""
-    extras = {"source": ColumnSpec(object, ()), "session": ColumnSpec(object, ()), "operator": ColumnSpec(object, ()),
-              "driver": ColumnSpec(object, ()), "frame": ColumnSpec(np.int64, ())}
+    extras = {
+        "source": ColumnSpec(object, ()),
+        "session": ColumnSpec(object, ()),
+        "operator": ColumnSpec(object, ()),
+        "driver": ColumnSpec(object, ()),
+        "frame": ColumnSpec(np.int64, ()),
+    }
     telemetry = _TELEMETRY.get(_game_name(env))
     if cfg.telemetry and telemetry is not None:
         extras.update({f"telemetry.{name}": ColumnSpec(np.float32, ()) for name in telemetry[0]})
     space = env.action_space
-    action_spec = ColumnSpec(space.dtype, space.shape) if isinstance(space, gym.spaces.Box) else ColumnSpec(np.int64, ())
+    action_spec = (
+        ColumnSpec(space.dtype, space.shape) if isinstance(space, gym.spaces.Box) else ColumnSpec(np.int64, ())
+    )
     if cfg.driver == "scripted":
         extras["intended_action"] = action_spec
     if cfg.shadow is not None:
@@ -131,8 +139,12 @@ class _Rows:
         count = len(self) - int(keep_last)
         if count <= 0:
             return None
-        batch = {name: np.asarray(values[:count], dtype=schema.columns[name].dtype).reshape(
-                 (count, *schema.columns[name].shape)) for name, values in self.columns.items()}
+        batch = {
+            name: np.asarray(values[:count], dtype=schema.columns[name].dtype).reshape(
+                (count, *schema.columns[name].shape)
+            )
+            for name, values in self.columns.items()
+        }
         self.columns = {name: values[count:] for name, values in self.columns.items()}
         return TransitionBatch(batch)
 
@@ -144,13 +156,23 @@ class HumanCollector:
     `cfg` (the `human:` section) and `session_root`, where the session folder goes.
     """
 
-    def __init__(self, env_cfg: EnvConfig, cfg: HumanConfig, replay: Replay | None, collector_id: int, run_id: str,
-                 session_root: str | None = None, shadow: Any = None, shadow_policy: PolicyFactory | None = None) -> None:
+    def __init__(
+        self,
+        env_cfg: EnvConfig,
+        cfg: HumanConfig,
+        replay: Replay | None,
+        collector_id: int,
+        run_id: str,
+        session_root: str | None = None,
+        shadow: Any = None,
+        shadow_policy: PolicyFactory | None = None,
+    ) -> None:
         self.cfg, self.collector_id = cfg, collector_id
         self._log = logger.bind(actor=f"HumanCollector[{collector_id}]")
         if cfg.driver == "scripted" and not cfg.lockstep:
-            raise TeleopError("human.driver: scripted plays through key events one frame at a time; set "
-                              "human.lockstep: true")
+            raise TeleopError(
+                "human.driver: scripted plays through key events one frame at a time; set human.lockstep: true"
+            )
         self.display, self._xvfb = open_display(cfg.display, tuple(cfg.window_size))
         self._env = make_env(env_cfg, render_mode="rgb_array")
         self.keymap = KeyMap(cfg, self._env.action_space)
@@ -167,21 +189,37 @@ class HumanCollector:
         if cfg.driver == "scripted":
             make_driver = _SCRIPTED_DRIVERS.get(_game_name(self._env))
             if make_driver is None:
-                raise TeleopError(f"human.driver: no scripted driver for {env_cfg.id} (there is one for "
-                                  f"{sorted(_SCRIPTED_DRIVERS)})")
+                raise TeleopError(
+                    f"human.driver: no scripted driver for {env_cfg.id} (there is one for {sorted(_SCRIPTED_DRIVERS)})"
+                )
             self._driver = make_driver()
         self.fps = cfg.fps or float(self._env.metadata.get("render_fps") or 60)
         self.session_id = datetime.now(timezone.utc).strftime("session_%Y%m%d_%H%M%S") + f"_{collector_id}"
         self._folder = None
         if cfg.session_folder and session_root is not None and is_driving_space(self._env.action_space):
             self._folder = SessionFolderWriter(Path(session_root), self.session_id)
-        self.shadow = ShadowBeside(shadow, shadow_policy(self._env.observation_space, self._env.action_space),
-                              cfg.shadow, self._env.action_space) if cfg.shadow is not None and shadow is not None else None
+        self.shadow = (
+            ShadowBeside(
+                shadow,
+                shadow_policy(self._env.observation_space, self._env.action_space),
+                cfg.shadow,
+                self._env.action_space,
+            )
+            if cfg.shadow is not None and shadow is not None
+            else None
+        )
         if cfg.shadow is not None and self.shadow is None:
             raise ValueError("human.shadow: the session needs the shadow learner and its policy factory")
-        self.window = TeleopWindow(tuple(cfg.window_size), f"Harvest teleop - {env_cfg.id} - {cfg.operator}",
-                                   cfg.reset_key, cfg.end_key, cfg.pause_key, cfg.advance_key, cfg.gamepad.enabled,
-                                   cfg.shadow.handover_key if cfg.shadow is not None else None)
+        self.window = TeleopWindow(
+            tuple(cfg.window_size),
+            f"Harvest teleop - {env_cfg.id} - {cfg.operator}",
+            cfg.reset_key,
+            cfg.end_key,
+            cfg.pause_key,
+            cfg.advance_key,
+            cfg.gamepad.enabled,
+            cfg.shadow.handover_key if cfg.shadow is not None else None,
+        )
         self._robot = KeyboardRobot(self.display, self.window.window_id) if self._driver is not None else None
         self._ids = EpisodeIds(collector_uid(run_id, collector_id))
         self._rows = _Rows()
@@ -214,18 +252,31 @@ class HumanCollector:
         def close_episode(ended: str) -> None:
             nonlocal trace
             findings = check_episode(trace, env.action_space, self.fps, cfg.lockstep)
-            episodes.append({"episode_id": episode_id, "number": episode_number, "length": step,
-                             "return": episode_return, "ended": ended,
-                             "quality": episode_report(trace, findings, episode_return)})
+            episodes.append(
+                {
+                    "episode_id": episode_id,
+                    "number": episode_number,
+                    "length": step,
+                    "return": episode_return,
+                    "ended": ended,
+                    "quality": episode_report(trace, findings, episode_return),
+                }
+            )
             trace = EpisodeTrace(episode_id + 1, episode_number + 1)  # ids are consecutive per collector
 
         try:
             while True:
                 achieved = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
-                self.window.show(env.render(), [
-                    f"{cfg.operator}  episode {episode_number}  step {step}  return {episode_return:.1f}",
-                    f"{achieved:.0f}/{self.fps:.0f} FPS" + ("  PAUSED (P)" if paused else "")
-                    + ("  lockstep" if cfg.lockstep else ""), *([self.shadow.status()] if self.shadow else [])])
+                self.window.show(
+                    env.render(),
+                    [
+                        f"{cfg.operator}  episode {episode_number}  step {step}  return {episode_return:.1f}",
+                        f"{achieved:.0f}/{self.fps:.0f} FPS"
+                        + ("  PAUSED (P)" if paused else "")
+                        + ("  lockstep" if cfg.lockstep else ""),
+                        *([self.shadow.status()] if self.shadow else []),
+                    ],
+                )
                 intended = None
                 if self._robot is not None and not paused:
                     controls = self._driver.controls(env)
@@ -243,7 +294,12 @@ class HumanCollector:
                     self._rows.mark_last_truncated()
                     close_episode("reset")
                     obs, _ = env.reset()
-                    episode_id, episode_number, step, episode_return = int(self._ids.next(1)[0]), episode_number + 1, 0, 0.0
+                    episode_id, episode_number, step, episode_return = (
+                        int(self._ids.next(1)[0]),
+                        episode_number + 1,
+                        0,
+                        0.0,
+                    )
                     self._reset_driver()
                     continue
                 if paused:
@@ -262,12 +318,24 @@ class HumanCollector:
                     else:
                         self.shadow.compare(action, shadow_action, frame, self.session_id)
                 next_obs, reward, terminated, truncated, _ = env.step(action)
-                row = {"obs": obs, "action": action, "reward": float(reward), "next_obs": next_obs,
-                       "terminated": bool(terminated), "truncated": bool(truncated), "episode_id": episode_id,
-                       "step": step, "collector_id": self.collector_id, "policy_version": 0,
-                       "timestamp": np.datetime64(time.time_ns(), "ns"), "source": SOURCE_HUMAN,
-                       "session": self.session_id, "operator": cfg.operator,
-                       "driver": driver, "frame": frame}
+                row = {
+                    "obs": obs,
+                    "action": action,
+                    "reward": float(reward),
+                    "next_obs": next_obs,
+                    "terminated": bool(terminated),
+                    "truncated": bool(truncated),
+                    "episode_id": episode_id,
+                    "step": step,
+                    "collector_id": self.collector_id,
+                    "policy_version": 0,
+                    "timestamp": np.datetime64(time.time_ns(), "ns"),
+                    "source": SOURCE_HUMAN,
+                    "session": self.session_id,
+                    "operator": cfg.operator,
+                    "driver": driver,
+                    "frame": frame,
+                }
                 telemetry = self._telemetry(env) if self._telemetry is not None else {}
                 row.update({f"telemetry.{name}": value for name, value in telemetry.items()})
                 trace.add(int(row["timestamp"].astype(np.int64)), action, False, telemetry.get("speed"))
@@ -278,8 +346,15 @@ class HumanCollector:
                 self._rows.add(row)
                 if self._folder is not None:
                     image = obs if isinstance(obs, np.ndarray) and obs.ndim == 3 else env.render()
-                    self._folder.add(episode_number, step, time.time(), image, np.asarray(action), telemetry,
-                                     {"intended_action": None if intended is None else np.asarray(intended).tolist()})
+                    self._folder.add(
+                        episode_number,
+                        step,
+                        time.time(),
+                        image,
+                        np.asarray(action),
+                        telemetry,
+                        {"intended_action": None if intended is None else np.asarray(intended).tolist()},
+                    )
                 episode_return += float(reward)
                 step += 1
                 frame += 1
@@ -293,7 +368,12 @@ class HumanCollector:
                         ended_by = "max_episodes"
                         break
                     obs, _ = env.reset()
-                    episode_id, episode_number, step, episode_return = int(self._ids.next(1)[0]), episode_number + 1, 0, 0.0
+                    episode_id, episode_number, step, episode_return = (
+                        int(self._ids.next(1)[0]),
+                        episode_number + 1,
+                        0,
+                        0.0,
+                    )
                     self._reset_driver()
                 if cfg.max_frames is not None and frame >= cfg.max_frames:
                     ended_by = "max_frames"
@@ -319,14 +399,36 @@ class HumanCollector:
         self._drain()
         folder = str(self._folder.close()) if self._folder is not None else None
         seconds = time.perf_counter() - started
-        result = HumanSessionResult(self.collector_id, self.session_id, cfg.operator, frame, self._rows_pushed, episodes,
-                                    seconds, self.fps, frame / seconds if seconds else 0.0, late, ended_by, folder,
-                                    self.window.gamepad_name, cfg.lockstep,
-                                    self.shadow.frames_driven if self.shadow else 0,
-                                    self.shadow.history if self.shadow else [])
-        self._log.info("session {} ended ({}): {} frames, {} episodes in {:.1f}s, {:.1f} FPS (target {:.0f}), "
-                       "{} late frames{}", self.session_id, ended_by, frame, len(episodes), seconds,
-                       result.achieved_fps, self.fps, late, f"; folder {folder}" if folder else "")
+        result = HumanSessionResult(
+            self.collector_id,
+            self.session_id,
+            cfg.operator,
+            frame,
+            self._rows_pushed,
+            episodes,
+            seconds,
+            self.fps,
+            frame / seconds if seconds else 0.0,
+            late,
+            ended_by,
+            folder,
+            self.window.gamepad_name,
+            cfg.lockstep,
+            self.shadow.frames_driven if self.shadow else 0,
+            self.shadow.history if self.shadow else [],
+        )
+        self._log.info(
+            "session {} ended ({}): {} frames, {} episodes in {:.1f}s, {:.1f} FPS (target {:.0f}), {} late frames{}",
+            self.session_id,
+            ended_by,
+            frame,
+            len(episodes),
+            seconds,
+            result.achieved_fps,
+            self.fps,
+            late,
+            f"; folder {folder}" if folder else "",
+        )
         return result
 
     def _reset_driver(self) -> None:
@@ -350,8 +452,10 @@ class HumanCollector:
             needed = len(self._in_flight) - 4
             ready, self._in_flight = ray.wait(self._in_flight, num_returns=needed, timeout=120)
             if len(ready) < needed:
-                raise PushTimeoutError(f"HumanCollector[{self.collector_id}]: the replay did not acknowledge a push "
-                                       f"within 120s ({len(self._in_flight)} in flight)")
+                raise PushTimeoutError(
+                    f"HumanCollector[{self.collector_id}]: the replay did not acknowledge a push "
+                    f"within 120s ({len(self._in_flight)} in flight)"
+                )
             ray.get(ready)
 
     def _drain(self) -> None:
@@ -360,8 +464,10 @@ class HumanCollector:
         try:
             ray.get(self._in_flight, timeout=120)
         except ray.exceptions.GetTimeoutError as err:
-            raise PushTimeoutError(f"HumanCollector[{self.collector_id}]: the replay did not acknowledge "
-                                   f"{len(self._in_flight)} pushes within 120s") from err
+            raise PushTimeoutError(
+                f"HumanCollector[{self.collector_id}]: the replay did not acknowledge "
+                f"{len(self._in_flight)} pushes within 120s"
+            ) from err
         self._in_flight = []
 
     def close(self) -> None:

@@ -22,8 +22,10 @@ IMAGE_FORMATS = ("png", "jpeg")
 def check_image_column(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
     """Raise a ValueError naming the column unless it is uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)."""
     if np.dtype(dtype) != np.uint8 or not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3, 4))):
-        raise ValueError(f"aggregation.image_compression: column {name!r} is {np.dtype(dtype)}{list(shape)}; "
-                         "images must be uint8 (H, W) or (H, W, C) with C in 1, 3, 4")
+        raise ValueError(
+            f"aggregation.image_compression: column {name!r} is {np.dtype(dtype)}{list(shape)}; "
+            "images must be uint8 (H, W) or (H, W, C) with C in 1, 3, 4"
+        )
 
 
 def _encode_one(pixels: np.ndarray, fmt: str, quality: int) -> bytes:

@@ -18,10 +18,21 @@ from harvest.envs.car_racing import BRAKE, CONTROL_EFFECTS, STEER_LEFT, STEER_RI
 from harvest.rollout.human_config import AxisConfig, ControlConfig, HumanConfig
 
 DRIVING_CONTROLS = {name: ControlConfig(index, value) for name, (index, value) in CONTROL_EFFECTS.items()}
-DRIVING_KEYS = {"w": THROTTLE, "up": THROTTLE, "s": BRAKE, "down": BRAKE,
-                "a": STEER_LEFT, "left": STEER_LEFT, "d": STEER_RIGHT, "right": STEER_RIGHT}
-DRIVING_AXES = {0: AxisConfig(index=0), 5: AxisConfig(index=1, scale=0.5, offset=0.5, rest=-1.0),
-                4: AxisConfig(index=2, scale=0.4, offset=0.4, rest=-1.0)}
+DRIVING_KEYS = {
+    "w": THROTTLE,
+    "up": THROTTLE,
+    "s": BRAKE,
+    "down": BRAKE,
+    "a": STEER_LEFT,
+    "left": STEER_LEFT,
+    "d": STEER_RIGHT,
+    "right": STEER_RIGHT,
+}
+DRIVING_AXES = {
+    0: AxisConfig(index=0),
+    5: AxisConfig(index=1, scale=0.5, offset=0.5, rest=-1.0),
+    4: AxisConfig(index=2, scale=0.4, offset=0.4, rest=-1.0),
+}
 
 
 class KeyMapError(ValueError):
@@ -52,15 +63,22 @@ class KeyMap:
         elif is_driving_space(action_space):
             default_controls, default_keys = DRIVING_CONTROLS, DRIVING_KEYS
         elif cfg.controls is None or cfg.keys is None:
-            raise KeyMapError(f"human.controls / human.keys: no default key map for the action space {action_space}; "
-                              "give both (key -> control, control -> {index, value})")
+            raise KeyMapError(
+                f"human.controls / human.keys: no default key map for the action space {action_space}; "
+                "give both (key -> control, control -> {index, value})"
+            )
         else:
             default_controls, default_keys = {}, {}
         self.controls: dict[str, ControlConfig] = dict(cfg.controls if cfg.controls is not None else default_controls)
-        self.keys: dict[str, str] = {key.lower(): control for key, control in
-                                     (cfg.keys if cfg.keys is not None else default_keys).items()}
+        self.keys: dict[str, str] = {
+            key.lower(): control for key, control in (cfg.keys if cfg.keys is not None else default_keys).items()
+        }
         self.noop_action = cfg.noop_action
-        axes = cfg.gamepad.axes if cfg.gamepad.axes is not None else (DRIVING_AXES if is_driving_space(action_space) else {})
+        axes = (
+            cfg.gamepad.axes
+            if cfg.gamepad.axes is not None
+            else (DRIVING_AXES if is_driving_space(action_space) else {})
+        )
         self.axes: dict[int, AxisConfig] = dict(axes)
         self.buttons: dict[int, str] = dict(cfg.gamepad.buttons)
         self._check()
@@ -71,8 +89,9 @@ class KeyMap:
                 raise KeyMapError(f"human.keys.{key}: no control {control!r}; controls are {sorted(self.controls)}")
         for button, control in self.buttons.items():
             if control not in self.controls:
-                raise KeyMapError(f"human.gamepad.buttons.{button}: no control {control!r}; controls are "
-                                  f"{sorted(self.controls)}")
+                raise KeyMapError(
+                    f"human.gamepad.buttons.{button}: no control {control!r}; controls are {sorted(self.controls)}"
+                )
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
             for name, control in self.controls.items():
@@ -83,8 +102,10 @@ class KeyMap:
             if self.axes:
                 raise KeyMapError("human.gamepad.axes: analog axes need a Box action space; map buttons instead")
         elif isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
-            for where, index in [*((f"controls.{n}", c.index) for n, c in self.controls.items()),
-                                 *((f"gamepad.axes.{a}", c.index) for a, c in self.axes.items())]:
+            for where, index in [
+                *((f"controls.{n}", c.index) for n, c in self.controls.items()),
+                *((f"gamepad.axes.{a}", c.index) for a, c in self.axes.items()),
+            ]:
                 if index >= space.shape[0]:
                     raise KeyMapError(f"human.{where}.index: {index}, but actions have {space.shape[0]} components")
         else:

@@ -29,8 +29,9 @@ def keep_batch_buffers_on_heap(mmap_threshold_bytes: int = 64 * 2**20, trim_thre
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    applied = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold_bytes)) and \
-        bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold_bytes))
+    applied = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold_bytes)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold_bytes)
+    )
     if not applied:
         logger.debug("mallopt refused the thresholds; batch buffers stay on mmap")
     return applied

@@ -48,8 +48,9 @@ class TrajectoryGate:
             self.report = self.report.merge(FilterReport(ids.size, ids.size, complete.num_rows, complete.num_rows))
             return complete
         table = pa.Table.from_batches([complete.to_arrow(self.schema)])
-        kept, report = filter_table(table, self.criteria, self._seen,
-                                    obs_action=[*self.schema.obs_columns, *self.schema.action_columns])
+        kept, report = filter_table(
+            table, self.criteria, self._seen, obs_action=[*self.schema.obs_columns, *self.schema.action_columns]
+        )
         self.report = self.report.merge(report)
         return TransitionBatch.from_arrow(kept) if kept.num_rows else None
 

@@ -80,8 +80,9 @@ def checkpoint_header(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # safetensors raises its own SafetensorError, not exported stably
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint: {err}") from err
     if CHECKPOINT_HEADER_KEY not in metadata:
-        raise CheckpointError(f"{path}: safetensors file has no {CHECKPOINT_HEADER_KEY!r} metadata; "
-                              "not a Harvest checkpoint")
+        raise CheckpointError(
+            f"{path}: safetensors file has no {CHECKPOINT_HEADER_KEY!r} metadata; not a Harvest checkpoint"
+        )
     return json.loads(metadata[CHECKPOINT_HEADER_KEY])
 
 
@@ -112,8 +113,10 @@ def _leaf_signature(space: gym.Space) -> tuple:
 
 def _same_layout(trained: gym.Space, env: gym.Space) -> bool:
     """Whether both spaces have the same leaves (by name) with the same signature."""
+
     def signature(space: gym.Space) -> dict[str, tuple]:
         return {name: _leaf_signature(leaf) for name, leaf in leaf_spaces(space, "").items()}
+
     return signature(trained) == signature(env)
 
 
@@ -131,21 +134,27 @@ def check_spaces(checkpoint: str | Path, env_id: str, observation_space: gym.Spa
     trained_action = space_from_json(header["action_space"])
     action_fits = _same_layout(trained_action, action_space)
     action_set = header.get("info", {}).get(CHECKPOINT_ACTION_SET_KEY)
-    if (not action_fits and action_set is not None and isinstance(trained_action, gym.spaces.Discrete)
-            and isinstance(action_space, gym.spaces.Box)):
+    if (
+        not action_fits
+        and action_set is not None
+        and isinstance(trained_action, gym.spaces.Discrete)
+        and isinstance(action_space, gym.spaces.Box)
+    ):
         action_fits = np.asarray(action_set).shape[1:] == action_space.shape
     if _same_layout(trained_obs, observation_space) and action_fits:
         return
     raise CheckpointSpaceError(
         f"{checkpoint}: trained for obs {describe_space(trained_obs)} / action {describe_space(trained_action)}, "
-        f"but env {env_id} has obs {describe_space(observation_space)} / action {describe_space(action_space)}")
+        f"but env {env_id} has obs {describe_space(observation_space)} / action {describe_space(action_space)}"
+    )
 
 
 def env_spaces(env_cfg: EnvConfig) -> tuple[gym.Space, gym.Space]:
     """The observation and action space of one copy of `env_cfg`'s env, wrappers included (as a
     collector sees them), from one env built in this process and closed again."""
-    one = dataclasses.replace(env_cfg, num_envs=1,
-                              vectorization="sync" if env_cfg.vectorization == "async" else env_cfg.vectorization)
+    one = dataclasses.replace(
+        env_cfg, num_envs=1, vectorization="sync" if env_cfg.vectorization == "async" else env_cfg.vectorization
+    )
     env = make_vector_env(one)
     try:
         return env.single_observation_space, env.single_action_space
@@ -183,8 +192,10 @@ class RandomPolicy:
         if isinstance(space, gym.spaces.Discrete) and isinstance(obs, dict) and "action_mask" in obs:
             legal = np.asarray(obs["action_mask"]) > 0
             if not legal.any(axis=1).all():
-                raise ValueError(f"RandomPolicy: env {int(np.flatnonzero(~legal.any(axis=1))[0])} of the batch "
-                                 "has no legal action in its action_mask")
+                raise ValueError(
+                    f"RandomPolicy: env {int(np.flatnonzero(~legal.any(axis=1))[0])} of the batch "
+                    "has no legal action in its action_mask"
+                )
             keys = np.where(legal, self._rng.random(legal.shape), -1.0)
             return PolicyOutput(space.start + keys.argmax(axis=1))
         if isinstance(space, gym.spaces.Discrete):
@@ -201,8 +212,10 @@ class CartPoleExpert:
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space) -> None:
         if observation_space.shape != (4,) or not isinstance(action_space, gym.spaces.Discrete):
-            raise ValueError(f"CartPoleExpert: expected a CartPole (Box(4,), Discrete(2)) env, "
-                             f"got {observation_space}, {action_space}")
+            raise ValueError(
+                f"CartPoleExpert: expected a CartPole (Box(4,), Discrete(2)) env, "
+                f"got {observation_space}, {action_space}"
+            )
 
     def extra_columns(self) -> Mapping[str, ColumnSpec]:
         return {}
@@ -249,8 +262,10 @@ class CarRacingExpert:
 
         sub_envs = getattr(env, "envs", None)
         if sub_envs is None or type(sub_envs[0].unwrapped).__name__ != "CarRacing":
-            raise ValueError(f"CarRacingExpert: needs a sync vector env of CarRacing in this process "
-                             f"(env.vectorization: sync), got {type(env).__name__}")
+            raise ValueError(
+                f"CarRacingExpert: needs a sync vector env of CarRacing in this process "
+                f"(env.vectorization: sync), got {type(env).__name__}"
+            )
         self._envs, self._drivers = list(sub_envs), [CarRacingDriver() for _ in sub_envs]
         self._action_set = None
         if isinstance(sub_envs[0].action_space, gym.spaces.Discrete):  # env.action_set: play the set's indices
@@ -288,8 +303,9 @@ class LabeledPolicy:
     """Plays `policy` while `critic` labels every state with the action it would take (in
     `label_action`): the relabelling DAgger aggregates. A privileged critic is bound to the env too."""
 
-    def __init__(self, policy: Policy, critic: Policy, action_space: gym.Space, mix: float = 0.0,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, policy: Policy, critic: Policy, action_space: gym.Space, mix: float = 0.0, seed: int | None = None
+    ) -> None:
         self.policy, self.critic, self._action_space = policy, critic, action_space
         self.mix = mix
         """Probability that a row plays the critic's action instead of the policy's."""
@@ -318,8 +334,9 @@ class LabeledPolicy:
         actions = np.asarray(played.actions)
         if self.mix > 0:
             critic_plays = self._rng.random(len(labels)) < self.mix
-            actions = np.where(critic_plays.reshape(-1, *[1] * (actions.ndim - 1)), labels.astype(actions.dtype),
-                               actions)
+            actions = np.where(
+                critic_plays.reshape(-1, *[1] * (actions.ndim - 1)), labels.astype(actions.dtype), actions
+            )
         return PolicyOutput(actions, {**played.extras, LABEL_COLUMN: labels})
 
 
@@ -343,8 +360,9 @@ class ConfiguredPolicyFactory:
         self.check_spaces(observation_space, action_space)
         policy = self._build(observation_space, action_space)
         if self.cfg.label_with == "expert":
-            return LabeledPolicy(policy, self._expert(observation_space, action_space), action_space,
-                                 self.cfg.label_mix, self.seed)
+            return LabeledPolicy(
+                policy, self._expert(observation_space, action_space), action_space, self.cfg.label_mix, self.seed
+            )
         return policy
 
     def check_spaces(self, observation_space: gym.Space, action_space: gym.Space) -> None:
@@ -354,8 +372,9 @@ class ConfiguredPolicyFactory:
 
     def _expert(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
         if self.env_id not in _EXPERTS:
-            raise LookupError(f"policy: no scripted expert is registered for env {self.env_id!r}; known: "
-                              f"{sorted(_EXPERTS)}")
+            raise LookupError(
+                f"policy: no scripted expert is registered for env {self.env_id!r}; known: {sorted(_EXPERTS)}"
+            )
         return load_entry_point(_EXPERTS[self.env_id], "expert")(observation_space, action_space)
 
     def _build(self, observation_space: gym.Space, action_space: gym.Space) -> Policy:
@@ -365,8 +384,15 @@ class ConfiguredPolicyFactory:
             return self._expert(observation_space, action_space)
         if self.cfg.kind == "torch":
             if self.load_torch is None:
-                raise ValueError(f"policy.kind: torch ({self.cfg.checkpoint}) needs a loader: build the factory with "
-                                 "load_torch=harvest.learners.policy.load_torch_policy")
-            return self.load_torch(self.cfg.checkpoint, deterministic=self.cfg.deterministic, seed=self.seed,
-                           record_logits=self.cfg.record_logits, env_action_space=action_space)
+                raise ValueError(
+                    f"policy.kind: torch ({self.cfg.checkpoint}) needs a loader: build the factory with "
+                    "load_torch=harvest.learners.policy.load_torch_policy"
+                )
+            return self.load_torch(
+                self.cfg.checkpoint,
+                deterministic=self.cfg.deterministic,
+                seed=self.seed,
+                record_logits=self.cfg.record_logits,
+                env_action_space=action_space,
+            )
         return load_entry_point(self.cfg.entry_point, "policy.entry_point")(observation_space, action_space)

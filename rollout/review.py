@@ -36,23 +36,39 @@ def _frame_picture(obs: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
     return np.zeros((size[1], size[0], 3), np.uint8)
 
 
-def review_frames(observations: np.ndarray, agent_actions: np.ndarray, action_space: gym.Space, cfg: HumanConfig,
-                  label_key: str = "return", skip_key: str = "space", back_key: str = "backspace",
-                  timeout_s: float = 3600.0) -> ReviewResult:
+def review_frames(
+    observations: np.ndarray,
+    agent_actions: np.ndarray,
+    action_space: gym.Space,
+    cfg: HumanConfig,
+    label_key: str = "return",
+    skip_key: str = "space",
+    back_key: str = "backspace",
+    timeout_s: float = 3600.0,
+) -> ReviewResult:
     """Blocks: the reviewer steps through the frames; their labels."""
     display, xvfb = open_display(cfg.display, tuple(cfg.window_size))
     keymap = KeyMap(cfg, action_space)
-    window = TeleopWindow(tuple(cfg.window_size), f"Harvest review - {cfg.operator}", cfg.reset_key, cfg.end_key,
-                          cfg.pause_key, cfg.advance_key, gamepad=False)
+    window = TeleopWindow(
+        tuple(cfg.window_size),
+        f"Harvest review - {cfg.operator}",
+        cfg.reset_key,
+        cfg.end_key,
+        cfg.pause_key,
+        cfg.advance_key,
+        gamepad=False,
+    )
     labels: dict[int, np.ndarray | int] = {}
     skipped: set[int] = set()
     index, total, ended = 0, len(agent_actions), False
     try:
         while index < total:
             obs = observations[index] if observations is not None else None
-            status = [f"frame {index + 1}/{total}  agent: {np.round(np.asarray(agent_actions[index]), 2).tolist()}",
-                      f"hold your action + {label_key.upper()} | {skip_key.upper()} agent was right | "
-                      f"{back_key.upper()} back | {cfg.end_key.upper()} done"]
+            status = [
+                f"frame {index + 1}/{total}  agent: {np.round(np.asarray(agent_actions[index]), 2).tolist()}",
+                f"hold your action + {label_key.upper()} | {skip_key.upper()} agent was right | "
+                f"{back_key.upper()} back | {cfg.end_key.upper()} done",
+            ]
             if obs is not None and np.asarray(obs).ndim < 3:
                 status.append(f"obs {np.round(np.asarray(obs, np.float64), 3).tolist()}")
             window.show(_frame_picture(None if obs is None else np.asarray(obs), window.size), status)

@@ -32,9 +32,14 @@ from harvest.rollout.replay.replay import Replay
 from harvest.rollout.worker import INCARNATION_SHIFT, Activity, collector_source
 
 ROW_COLUMNS = {
-    "battle_id": ColumnSpec(np.int64, ()), "round": ColumnSpec(np.int64, ()), "turn": ColumnSpec(np.int64, ()),
-    "seed": ColumnSpec(np.int64, ()), "robot_id": ColumnSpec(np.int64, ()),
-    "collision": ColumnSpec(np.bool_, ()), "disabled": ColumnSpec(np.bool_, ()), "post_round": ColumnSpec(np.bool_, ()),
+    "battle_id": ColumnSpec(np.int64, ()),
+    "round": ColumnSpec(np.int64, ()),
+    "turn": ColumnSpec(np.int64, ()),
+    "seed": ColumnSpec(np.int64, ()),
+    "robot_id": ColumnSpec(np.int64, ()),
+    "collision": ColumnSpec(np.bool_, ()),
+    "disabled": ColumnSpec(np.bool_, ()),
+    "post_round": ColumnSpec(np.bool_, ()),
 }
 
 
@@ -66,7 +71,8 @@ class RobocodeBattles:
     gui: bool = False
     """Show the real battle window on the collector's own Xvfb display."""
     game_states: bool = False
-    """Also write every battle as `expert_game_states_<collector>_<timestamp>.json` (the teams' file layout, `envs.robocode.team_files`)."""
+    """Also write every battle as `expert_game_states_<collector>_<timestamp>.json` (the teams'
+    file layout, `envs.robocode.team_files`)."""
 
     def __post_init__(self) -> None:
         if len(self.robots) < 2:
@@ -103,8 +109,10 @@ class RobocodeCollectResult:
 
     def details(self) -> str:
         """What the per-collector log line adds: battles, engine restarts, dropped battles."""
-        return (f"{self.battles} battles, {self.restarts} engine restarts, battles dropped: "
-                f"{self.dropped_battles or 'none'}")
+        return (
+            f"{self.battles} battles, {self.restarts} engine restarts, battles dropped: "
+            f"{self.dropped_battles or 'none'}"
+        )
 
 
 class RobocodeCollector:
@@ -121,9 +129,16 @@ class RobocodeCollector:
         game_states_dir: where `battles.game_states` files go (default: `<workdir>/game_states`).
     """
 
-    def __init__(self, battles: RobocodeBattles, replay: Replay, collector_id: int, episode_uid: int,
-                 workdir: str | None = None, cache_root: str = "~/.cache/harvest/robocode",
-                 game_states_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        battles: RobocodeBattles,
+        replay: Replay,
+        collector_id: int,
+        episode_uid: int,
+        workdir: str | None = None,
+        cache_root: str = "~/.cache/harvest/robocode",
+        game_states_dir: str | None = None,
+    ) -> None:
         self.battles, self.replay, self.collector_id = battles, replay, collector_id
         self.schema = robocode_schema()
         if replay.schema.columns != self.schema.columns:
@@ -135,8 +150,9 @@ class RobocodeCollector:
             self._game_states_dir = Path(game_states_dir) if game_states_dir else self._workdir / "game_states"
         self.engine = RobocodeHost(self._workdir, Path(cache_root).expanduser(), gui=battles.gui)
         self._episode_uid = episode_uid
-        self._recorded = [index for index, robot in enumerate(battles.robots)
-                          if battles.record is None or robot in battles.record]
+        self._recorded = [
+            index for index, robot in enumerate(battles.robots) if battles.record is None or robot in battles.record
+        ]
         self._activity = Activity("idle", time.time())
         self._start(incarnation=0)
 
@@ -193,21 +209,39 @@ class RobocodeCollector:
             result.rounds += self.battles.rounds_per_battle
         result.seconds = time.perf_counter() - started
         self._activity = Activity("idle", time.time())
-        self._log.info("collected {} rows from {} battles in {:.1f}s ({} restarts)", result.rows, result.battles,
-                       result.seconds, result.restarts)
+        self._log.info(
+            "collected {} rows from {} battles in {:.1f}s ({} restarts)",
+            result.rows,
+            result.battles,
+            result.seconds,
+            result.restarts,
+        )
         return result
 
     def _play(self, battle_index: int, result: RobocodeCollectResult) -> list[dict] | None:
         cfg = self.battles
         for attempt in range(cfg.max_restarts + 1):
             try:
-                return list(self.engine.battle(list(cfg.robots), cfg.rounds_per_battle, cfg.seed + battle_index,
-                                               cfg.width, cfg.height, cfg.turn_timeout_s))
+                return list(
+                    self.engine.battle(
+                        list(cfg.robots),
+                        cfg.rounds_per_battle,
+                        cfg.seed + battle_index,
+                        cfg.width,
+                        cfg.height,
+                        cfg.turn_timeout_s,
+                    )
+                )
             except RobocodeError as err:
                 if self.engine.process.poll() is None:
                     raise  # the engine is fine and refused the battle (e.g. a robot that is not installed)
-                self._log.warning("battle {} lost (attempt {} of {}), restarting the engine: {}", battle_index,
-                                  attempt + 1, cfg.max_restarts + 1, err)
+                self._log.warning(
+                    "battle {} lost (attempt {} of {}), restarting the engine: {}",
+                    battle_index,
+                    attempt + 1,
+                    cfg.max_restarts + 1,
+                    err,
+                )
                 result.restarts += 1
                 self.engine.restart()
         self._log.error("battle {} dropped after {} attempts", battle_index, cfg.max_restarts + 1)
@@ -215,8 +249,13 @@ class RobocodeCollector:
 
     def _rows(self, battle_index: int, messages: list[dict]) -> TransitionBatch:
         parts = [(part, robot_id) for part, robot_id in robot_rounds(messages) if robot_id in self._recorded]
-        return rows_of_rounds(parts, self._episode_ids.next(len(parts)), self.collector_id,
-                              (self.collector_id << 32) | battle_index, self.battles.seed + battle_index)
+        return rows_of_rounds(
+            parts,
+            self._episode_ids.next(len(parts)),
+            self.collector_id,
+            (self.collector_id << 32) | battle_index,
+            self.battles.seed + battle_index,
+        )
 
     def _write_game_states(self, messages: list[dict]) -> Path:
         stamp = datetime.now().strftime("%Y%m%d_%H%M%S_%f")
@@ -238,8 +277,14 @@ def robot_rounds(messages: list[dict]) -> list[tuple[RobotRound, int]]:
     return parts
 
 
-def rows_of_rounds(parts: list[tuple[RobotRound, int]], episode_ids: np.ndarray, collector_id: int, battle_id: int,
-                   seed: int, timestamp: np.datetime64 | None = None) -> TransitionBatch:
+def rows_of_rounds(
+    parts: list[tuple[RobotRound, int]],
+    episode_ids: np.ndarray,
+    collector_id: int,
+    battle_id: int,
+    seed: int,
+    timestamp: np.datetime64 | None = None,
+) -> TransitionBatch:
     """One batch of `robocode_schema()` rows: each robot-round an episode with its own id."""
     schema = robocode_schema()
     if not parts:
@@ -249,23 +294,41 @@ def rows_of_rounds(parts: list[tuple[RobotRound, int]], episode_ids: np.ndarray,
     for (part, robot_id), episode_id in zip(parts, episode_ids):
         rows = part.num_rows
         values = {
-            "obs": part.obs, "action": part.action, "reward": part.reward, "next_obs": part.next_obs,
-            "terminated": part.terminated, "truncated": np.zeros(rows, bool),
-            "episode_id": np.full(rows, episode_id, np.int64), "step": np.arange(rows, dtype=np.int64),
-            "collector_id": np.full(rows, collector_id, np.int64), "policy_version": np.zeros(rows, np.int64),
-            "timestamp": np.full(rows, now, TIMESTAMP_DTYPE), "battle_id": np.full(rows, battle_id, np.int64),
-            "round": np.full(rows, part.round, np.int64), "turn": part.turn, "seed": np.full(rows, seed, np.int64),
-            "robot_id": np.full(rows, robot_id, np.int64), "collision": part.collision,
-            "disabled": part.disabled, "post_round": part.post_round,
+            "obs": part.obs,
+            "action": part.action,
+            "reward": part.reward,
+            "next_obs": part.next_obs,
+            "terminated": part.terminated,
+            "truncated": np.zeros(rows, bool),
+            "episode_id": np.full(rows, episode_id, np.int64),
+            "step": np.arange(rows, dtype=np.int64),
+            "collector_id": np.full(rows, collector_id, np.int64),
+            "policy_version": np.zeros(rows, np.int64),
+            "timestamp": np.full(rows, now, TIMESTAMP_DTYPE),
+            "battle_id": np.full(rows, battle_id, np.int64),
+            "round": np.full(rows, part.round, np.int64),
+            "turn": part.turn,
+            "seed": np.full(rows, seed, np.int64),
+            "robot_id": np.full(rows, robot_id, np.int64),
+            "collision": part.collision,
+            "disabled": part.disabled,
+            "post_round": part.post_round,
         }
         for name in columns:
             columns[name].append(values[name])
     return TransitionBatch({name: np.concatenate(parts_of) for name, parts_of in columns.items()})
 
 
-def expert_episodes(robots: list[str], rounds: int, seed: int, width: int = 800, height: int = 600,
-                    max_turns: int | None = None, workdir: str | None = None,
-                    cache_root: str = "~/.cache/harvest/robocode") -> tuple[list[float], list[int]]:
+def expert_episodes(
+    robots: list[str],
+    rounds: int,
+    seed: int,
+    width: int = 800,
+    height: int = 600,
+    max_turns: int | None = None,
+    workdir: str | None = None,
+    cache_root: str = "~/.cache/harvest/robocode",
+) -> tuple[list[float], list[int]]:
     """Returns and lengths of `robots[0]` over `rounds` rounds against the others, scored as
     the Gymnasium env scores its tank: rows until the round is decided, at most `max_turns`.
 

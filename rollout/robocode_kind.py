@@ -68,42 +68,74 @@ class RobocodeKind(EnvKind):
 
     def start_collector(self, setup: CollectorSetup, index: int) -> ray.actor.ActorHandle:
         rollout = setup.rollout
-        actor = ray.remote(RobocodeCollector).options(num_cpus=rollout.num_cpus, max_restarts=rollout.max_restarts,
-                                                      max_concurrency=2, **rollout.placement.options())
-        return actor.remote(self.battles(setup.env, setup.seed, index), setup.replay, index,
-                            collector_uid(setup.run_id, index), str(setup.folder / "robocode" / f"collector-{index}"),
-                            game_states_dir=str(setup.folder / "game_states"))
+        actor = ray.remote(RobocodeCollector).options(
+            num_cpus=rollout.num_cpus,
+            max_restarts=rollout.max_restarts,
+            max_concurrency=2,
+            **rollout.placement.options(),
+        )
+        return actor.remote(
+            self.battles(setup.env, setup.seed, index),
+            setup.replay,
+            index,
+            collector_uid(setup.run_id, index),
+            str(setup.folder / "robocode" / f"collector-{index}"),
+            game_states_dir=str(setup.folder / "game_states"),
+        )
 
     def eval_env(self, env: EnvConfig, configured: EnvConfig | None, seed: int) -> EnvConfig:
         if configured is not None:
             return configured
         battles = self.battles(env, seed)
-        return EnvConfig(id=ROBOCODE_GYM_ID, num_envs=1, kwargs={"opponent": battles.robots[1], "width": battles.width,
-                                                                   "height": battles.height})
+        return EnvConfig(
+            id=ROBOCODE_GYM_ID,
+            num_envs=1,
+            kwargs={"opponent": battles.robots[1], "width": battles.width, "height": battles.height},
+        )
 
     def learner_env(self, env: EnvConfig) -> EnvConfig | None:
         return None
 
-    def expert_baseline(self, env: EnvConfig, scenario: EnvConfig, episodes: int, num_workers: int, seed: int,
-                        num_cpus: float, folder: Path) -> EvalResult:
+    def expert_baseline(
+        self,
+        env: EnvConfig,
+        scenario: EnvConfig,
+        episodes: int,
+        num_workers: int,
+        seed: int,
+        num_cpus: float,
+        folder: Path,
+    ) -> EvalResult:
         battles = self.battles(env, seed)
         kwargs: dict[str, Any] = scenario.kwargs
         opponent = kwargs.get("opponent", battles.robots[1])
         per_worker = [episodes // num_workers + (i < episodes % num_workers) for i in range(num_workers)]
         task = ray.remote(expert_episodes).options(num_cpus=num_cpus)
-        refs = [task.remote([battles.robots[0], opponent], rounds, seed + 20_000 + 1000 * index,
-                            kwargs.get("width", battles.width), kwargs.get("height", battles.height),
-                            kwargs.get("max_turns"), str(folder / "robocode" / f"expert-eval-{index}"))
-                for index, rounds in enumerate(per_worker) if rounds]
+        refs = [
+            task.remote(
+                [battles.robots[0], opponent],
+                rounds,
+                seed + 20_000 + 1000 * index,
+                kwargs.get("width", battles.width),
+                kwargs.get("height", battles.height),
+                kwargs.get("max_turns"),
+                str(folder / "robocode" / f"expert-eval-{index}"),
+            )
+            for index, rounds in enumerate(per_worker)
+            if rounds
+        ]
         parts = ray.get(refs, timeout=1800)
-        return EvalResult("expert", [r for returns, _ in parts for r in returns],
-                          [n for _, lengths in parts for n in lengths])
+        return EvalResult(
+            "expert", [r for returns, _ in parts for r in returns], [n for _, lengths in parts for n in lengths]
+        )
 
     def describe(self, env: EnvConfig, seed: int) -> str:
         battles = self.battles(env, seed)
         recorded = ", ".join(battles.record or battles.robots)
-        return (f"Robocode expert battles {' vs '.join(battles.robots)} ({battles.width}x{battles.height}, "
-                f"{battles.rounds_per_battle} rounds each, run seed {seed}); rows of {recorded}")
+        return (
+            f"Robocode expert battles {' vs '.join(battles.robots)} ({battles.width}x{battles.height}, "
+            f"{battles.rounds_per_battle} rounds each, run seed {seed}); rows of {recorded}"
+        )
 
 
 def _error_line(error: Any) -> str:

@@ -23,8 +23,22 @@ from typing import Any
 
 import numpy as np
 
-DRIVING_COLUMNS = ["episode", "frame", "timestamp", "screenshot_filename", "throttle", "brake", "steering",
-                   "gear_up", "gear_down", "clutch", "speed", "rpm", "gear", "lap_time"]
+DRIVING_COLUMNS = [
+    "episode",
+    "frame",
+    "timestamp",
+    "screenshot_filename",
+    "throttle",
+    "brake",
+    "steering",
+    "gear_up",
+    "gear_down",
+    "clutch",
+    "speed",
+    "rpm",
+    "gear",
+    "lap_time",
+]
 """The columns of `metadata/expert_data.csv`, in order."""
 
 
@@ -46,23 +60,57 @@ class SessionFolderWriter:
         self._thread.start()
         self.frames = 0
 
-    def add(self, episode: int, frame: int, timestamp_s: float, image: np.ndarray, action: np.ndarray,
-            telemetry: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+    def add(
+        self,
+        episode: int,
+        frame: int,
+        timestamp_s: float,
+        image: np.ndarray,
+        action: np.ndarray,
+        telemetry: dict[str, float],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """One frame: `action` is (steering, throttle, brake) as CarRacing orders them."""
         if self._error is not None:
             raise RuntimeError(f"{self.folder}: writing screenshots failed: {self._error}") from self._error
         name = f"episode_{episode:03d}_frame_{frame:06d}.png"
         self._queue.put((self.folder / "screenshots" / name, np.ascontiguousarray(image)))
         steering, throttle, brake = (float(value) for value in np.asarray(action, np.float64)[:3])
-        self._csv.writerow([episode, frame, f"{timestamp_s:.6f}", name, f"{throttle:.4f}", f"{brake:.4f}",
-                            f"{steering:.4f}", False, False, 0.0, f"{telemetry.get('speed', 0.0):.4f}",
-                            f"{telemetry.get('rpm', 0.0):.1f}", int(telemetry.get("gear", 1)),
-                            f"{telemetry.get('lap_time', 0.0):.4f}"])
+        self._csv.writerow(
+            [
+                episode,
+                frame,
+                f"{timestamp_s:.6f}",
+                name,
+                f"{throttle:.4f}",
+                f"{brake:.4f}",
+                f"{steering:.4f}",
+                False,
+                False,
+                0.0,
+                f"{telemetry.get('speed', 0.0):.4f}",
+                f"{telemetry.get('rpm', 0.0):.1f}",
+                int(telemetry.get("gear", 1)),
+                f"{telemetry.get('lap_time', 0.0):.4f}",
+            ]
+        )
         lines = self._telemetry.get(episode)
         if lines is None:
-            lines = self._telemetry[episode] = (self.folder / "telemetry" / f"episode_{episode:03d}.jsonl.partial").open("w")
-        lines.write(json.dumps({"frame": frame, "timestamp": timestamp_s, "action": np.asarray(action).tolist(),
-                                **telemetry, **(extra or {})}) + "\n")
+            lines = self._telemetry[episode] = (
+                self.folder / "telemetry" / f"episode_{episode:03d}.jsonl.partial"
+            ).open("w")
+        lines.write(
+            json.dumps(
+                {
+                    "frame": frame,
+                    "timestamp": timestamp_s,
+                    "action": np.asarray(action).tolist(),
+                    **telemetry,
+                    **(extra or {}),
+                }
+            )
+            + "\n"
+        )
         self.frames += 1
 
     def _write_images(self) -> None:

@@ -65,8 +65,13 @@ def _stretches(mask: np.ndarray) -> list[int]:
     return (edges[1::2] - edges[::2]).tolist()
 
 
-def check_episode(trace: EpisodeTrace, action_space: gym.Space, fps: float, lockstep: bool,
-                  thresholds: QualityThresholds = QualityThresholds()) -> list[QualityFinding]:
+def check_episode(
+    trace: EpisodeTrace,
+    action_space: gym.Space,
+    fps: float,
+    lockstep: bool,
+    thresholds: QualityThresholds = QualityThresholds(),
+) -> list[QualityFinding]:
     """The findings on one episode (none when it is clean)."""
     findings: list[QualityFinding] = []
     frames = len(trace.actions)
@@ -77,13 +82,23 @@ def check_episode(trace: EpisodeTrace, action_space: gym.Space, fps: float, lock
     if not lockstep:  # frame pacing only means something by the clock
         late = float(np.mean(trace.late))
         if late > thresholds.late_warning:
-            findings.append(QualityFinding("dropped_frames", "error" if late > 4 * thresholds.late_warning else "warning",
-                                           f"{late:.0%} of frames came late (over 1.5x the {1000 / fps:.0f} ms period)"))
+            findings.append(
+                QualityFinding(
+                    "dropped_frames",
+                    "error" if late > 4 * thresholds.late_warning else "warning",
+                    f"{late:.0%} of frames came late (over 1.5x the {1000 / fps:.0f} ms period)",
+                )
+            )
         seconds = np.diff(np.asarray(trace.timestamps_ns, np.int64)) / 1e9
         gap = max(thresholds.gap_s, 5 / fps)
         if (seconds > gap).any():
-            findings.append(QualityFinding("timestamp_gaps", "warning", f"{int((seconds > gap).sum())} gaps over "
-                                           f"{gap:.1f}s between frames (longest {seconds.max():.1f}s)"))
+            findings.append(
+                QualityFinding(
+                    "timestamp_gaps",
+                    "warning",
+                    f"{int((seconds > gap).sum())} gaps over {gap:.1f}s between frames (longest {seconds.max():.1f}s)",
+                )
+            )
     actions = np.stack(trace.actions)
     outside = np.array([not action_space.contains(_as_space_value(a, action_space)) for a in trace.actions])
     if outside.any():
@@ -96,13 +111,22 @@ def check_episode(trace: EpisodeTrace, action_space: gym.Space, fps: float, lock
         jumps = np.diff(actions.reshape(frames)) != 0
         neutral = np.zeros(frames, bool)
     if frames > 1 and jumps.mean() > thresholds.jerk_fraction:
-        findings.append(QualityFinding("jerky", "warning", f"the action jumps by over half its range on "
-                                       f"{jumps.mean():.0%} of frames"))
+        findings.append(
+            QualityFinding(
+                "jerky", "warning", f"the action jumps by over half its range on {jumps.mean():.0%} of frames"
+            )
+        )
     idle = neutral & (np.asarray(trace.speeds) < 1.0) if len(trace.speeds) == frames else neutral
     longest = max(_stretches(idle), default=0)
     if longest >= thresholds.idle_s * fps:
-        findings.append(QualityFinding("idle", "warning", f"{longest / fps:.1f}s without any control"
-                                       + (" while standing" if len(trace.speeds) == frames else "")))
+        findings.append(
+            QualityFinding(
+                "idle",
+                "warning",
+                f"{longest / fps:.1f}s without any control"
+                + (" while standing" if len(trace.speeds) == frames else ""),
+            )
+        )
     return findings
 
 
@@ -111,6 +135,11 @@ def _as_space_value(action: np.ndarray, space: gym.Space) -> Any:
 
 
 def episode_report(trace: EpisodeTrace, findings: list[QualityFinding], episode_return: float) -> dict[str, Any]:
-    return {"episode_id": trace.episode_id, "number": trace.number, "frames": len(trace.actions),
-            "return": episode_return, "findings": [asdict(finding) for finding in findings],
-            "errors": sum(finding.severity == "error" for finding in findings)}
+    return {
+        "episode_id": trace.episode_id,
+        "number": trace.number,
+        "frames": len(trace.actions),
+        "return": episode_return,
+        "findings": [asdict(finding) for finding in findings],
+        "errors": sum(finding.severity == "error" for finding in findings),
+    }

@@ -28,13 +28,16 @@ class ShadowBeside:
             self._spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
         self._recent: deque[float] = deque(maxlen=cfg.agreement_window)
         self._pending: ray.ObjectRef | None = None
-        self._asked_at = -10**9
+        self._asked_at = -(10**9)
         self.history: list[dict[str, float]] = []
 
     def act(self, obs: Any, frame: int) -> Any:
         self._refresh(frame)
-        batched = {key: np.asarray(value)[None] for key, value in obs.items()} if isinstance(obs, dict) \
+        batched = (
+            {key: np.asarray(value)[None] for key, value in obs.items()}
+            if isinstance(obs, dict)
             else np.asarray(obs)[None]
+        )
         self.frames_driven += int(self.driving)
         return np.asarray(self.policy.compute_actions(batched).actions)[0]
 
@@ -67,5 +70,6 @@ class ShadowBeside:
 
     def status(self) -> str:
         agreement = f"{np.mean(self._recent):.2f}" if self._recent else "-"
-        return (f"shadow v{self.version}  agreement {agreement}"
-                + ("  SHADOW DRIVING" if self.driving else f"  ({self.cfg.handover_key.upper()} hands over)"))
+        return f"shadow v{self.version}  agreement {agreement}" + (
+            "  SHADOW DRIVING" if self.driving else f"  ({self.cfg.handover_key.upper()} hands over)"
+        )

@@ -50,10 +50,15 @@ def shared_columns(replay_schema: BatchSchema, own_schema: BatchSchema, source: 
         raise ValueError(f"{who}: the replay has no columns {missing} (it has {sorted(replay_columns)})")
     different = sorted(name for name in own_columns if own_columns[name] != replay_columns[name])
     if different:
-        raise ValueError(f"{who}: columns {different} are {[own_columns[n].describe() for n in different]} here "
-                         f"but {[replay_columns[n].describe() for n in different]} in the replay")
-    return {name: _filler(name, spec.dtype, spec.shape, source)
-            for name, spec in replay_columns.items() if name not in own_columns}
+        raise ValueError(
+            f"{who}: columns {different} are {[own_columns[n].describe() for n in different]} here "
+            f"but {[replay_columns[n].describe() for n in different]} in the replay"
+        )
+    return {
+        name: _filler(name, spec.dtype, spec.shape, source)
+        for name, spec in replay_columns.items()
+        if name not in own_columns
+    }
 
 
 def with_filled(batch: TransitionBatch, fillers: dict[str, Filler], order: list[str]) -> TransitionBatch:
@@ -72,9 +77,13 @@ def merged_schema(first: BatchSchema, second: BatchSchema) -> BatchSchema:
         ValueError: naming the columns both have with different types, or different spaces.
     """
     if first.observation_space != second.observation_space or first.action_space != second.action_space:
-        raise ValueError(f"the collectors' spaces differ: {first.observation_space} / {first.action_space} vs "
-                         f"{second.observation_space} / {second.action_space}")
-    clash = sorted(name for name in set(first.columns) & set(second.columns) if first.columns[name] != second.columns[name])
+        raise ValueError(
+            f"the collectors' spaces differ: {first.observation_space} / {first.action_space} vs "
+            f"{second.observation_space} / {second.action_space}"
+        )
+    clash = sorted(
+        name for name in set(first.columns) & set(second.columns) if first.columns[name] != second.columns[name]
+    )
     if clash:
         raise ValueError(f"columns {clash} have different types in the collectors' rows")
     columns = {**first.columns, **{name: spec for name, spec in second.columns.items() if name not in first.columns}}

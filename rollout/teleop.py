@@ -21,9 +21,21 @@ from typing import Iterator
 
 import numpy as np
 
-_X_KEYSYMS = {"up": "Up", "down": "Down", "left": "Left", "right": "Right", "escape": "Escape", "return": "Return",
-              "space": "space", "tab": "Tab", "backspace": "BackSpace", "left shift": "Shift_L",
-              "right shift": "Shift_R", "left ctrl": "Control_L", "right ctrl": "Control_R"}
+_X_KEYSYMS = {
+    "up": "Up",
+    "down": "Down",
+    "left": "Left",
+    "right": "Right",
+    "escape": "Escape",
+    "return": "Return",
+    "space": "space",
+    "tab": "Tab",
+    "backspace": "BackSpace",
+    "left shift": "Shift_L",
+    "right shift": "Shift_R",
+    "left ctrl": "Control_L",
+    "right ctrl": "Control_R",
+}
 
 
 class TeleopError(RuntimeError):
@@ -48,24 +60,38 @@ class WindowInput:
 class TeleopWindow:
     """A window showing frames (scaled to `size`) with a status line, reading keys and a gamepad."""
 
-    def __init__(self, size: tuple[int, int], title: str, reset_key: str, end_key: str, pause_key: str,
-                 advance_key: str, gamepad: bool = True, handover_key: str | None = None) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        title: str,
+        reset_key: str,
+        end_key: str,
+        pause_key: str,
+        advance_key: str,
+        gamepad: bool = True,
+        handover_key: str | None = None,
+    ) -> None:
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         from harvest.envs.extras import require
 
         self._pg = pygame = require("pygame", "the teleoperation window")
         if not os.environ.get("DISPLAY") and os.environ.get("SDL_VIDEODRIVER") != "dummy":
-            raise TeleopError("teleoperation window: no X display ($DISPLAY is unset); set human.display or "
-                              "run under Xvfb")
+            raise TeleopError(
+                "teleoperation window: no X display ($DISPLAY is unset); set human.display or run under Xvfb"
+            )
         pygame.display.init()
         pygame.font.init()
         self.size = (int(size[0]), int(size[1]))
         self._screen = pygame.display.set_mode(self.size)
         pygame.display.set_caption(title)
         self._font = pygame.font.Font(None, 22)
-        self._special = {"reset": reset_key.lower(), "end": end_key.lower(), "pause": pause_key.lower(),
-                         "advance": advance_key.lower()}
+        self._special = {
+            "reset": reset_key.lower(),
+            "end": end_key.lower(),
+            "pause": pause_key.lower(),
+            "advance": advance_key.lower(),
+        }
         if handover_key is not None:
             self._special["handover"] = handover_key.lower()
         self._held: list[str] = []
@@ -118,7 +144,9 @@ class TeleopWindow:
     def wait_advance(self, timeout_s: float) -> WindowInput:
         """Handle events until the advance key is pressed (lockstep): a frame's worth of input."""
         received = WindowInput(held_keys=[])
-        for event in self._events(timeout_s, f"no {self._special['advance']!r} press (lockstep waits for one per frame)"):
+        for event in self._events(
+            timeout_s, f"no {self._special['advance']!r} press (lockstep waits for one per frame)"
+        ):
             if self._handle(event, received) == "advance" or received.end:
                 received.held_keys = list(self._held)
                 return received
@@ -239,27 +267,48 @@ class KeyboardRobot:
 
     def _focus(self, window_id: int) -> bool:
         """Give the window the keyboard focus; whether it has it (a window not yet mapped cannot)."""
-        subprocess.run(["xdotool", "windowfocus", "--sync", str(window_id)], env=self._env, capture_output=True,
-                       timeout=self._timeout_s)
-        focused = subprocess.run(["xdotool", "getwindowfocus"], env=self._env, capture_output=True, text=True,
-                                 timeout=self._timeout_s)
+        subprocess.run(
+            ["xdotool", "windowfocus", "--sync", str(window_id)],
+            env=self._env,
+            capture_output=True,
+            timeout=self._timeout_s,
+        )
+        focused = subprocess.run(
+            ["xdotool", "getwindowfocus"], env=self._env, capture_output=True, text=True, timeout=self._timeout_s
+        )
         return focused.stdout.strip() == str(window_id)
 
     def _find_window(self, title: str) -> int | None:
         # `search --name` misses SDL's windows (their title is in _NET_WM_NAME only): list, then ask each
-        listed = subprocess.run(["xdotool", "search", "--class", "."], env=self._env, capture_output=True, text=True,
-                                timeout=self._timeout_s)
+        listed = subprocess.run(
+            ["xdotool", "search", "--class", "."],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=self._timeout_s,
+        )
         for window_id in listed.stdout.split():
-            name = subprocess.run(["xdotool", "getwindowname", window_id], env=self._env, capture_output=True,
-                                  text=True, timeout=self._timeout_s)
+            name = subprocess.run(
+                ["xdotool", "getwindowname", window_id],
+                env=self._env,
+                capture_output=True,
+                text=True,
+                timeout=self._timeout_s,
+            )
             if name.returncode == 0 and title in name.stdout:
                 return int(window_id)
         return None
 
     def geometry(self, window_id: int) -> tuple[int, int, int, int]:
         """(x, y, width, height) of a window on the display."""
-        found = subprocess.run(["xdotool", "getwindowgeometry", "--shell", str(window_id)], env=self._env,
-                               capture_output=True, text=True, timeout=self._timeout_s, check=True)
+        found = subprocess.run(
+            ["xdotool", "getwindowgeometry", "--shell", str(window_id)],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=self._timeout_s,
+            check=True,
+        )
         values = dict(line.split("=", 1) for line in found.stdout.split())
         return int(values["X"]), int(values["Y"]), int(values["WIDTH"]), int(values["HEIGHT"])
 
@@ -284,8 +333,9 @@ class KeyboardRobot:
 
     def _xdotool(self, commands: list[str]) -> None:
         try:
-            subprocess.run(["xdotool", *commands], env=self._env, check=True, capture_output=True,
-                           timeout=self._timeout_s)
+            subprocess.run(
+                ["xdotool", *commands], env=self._env, check=True, capture_output=True, timeout=self._timeout_s
+            )
         except subprocess.CalledProcessError as err:
             raise TeleopError(f"xdotool {' '.join(commands)}: {err.stderr.decode(errors='replace').strip()}") from err
         except subprocess.TimeoutExpired as err:

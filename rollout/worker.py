@@ -88,8 +88,10 @@ class CollectResult:
         """What the per-collector log line adds: memory held, and a trajectory filter's report."""
         text = f"at most {self.peak_local_bytes / 2**20:.1f} MB held locally"
         if self.filtered is not None:
-            text += (f"; kept {self.filtered['kept_episodes']} of {self.filtered['episodes']} finished episodes, "
-                     f"dropped {self.filtered['dropped'] or 'none'}")
+            text += (
+                f"; kept {self.filtered['kept_episodes']} of {self.filtered['episodes']} finished episodes, "
+                f"dropped {self.filtered['dropped'] or 'none'}"
+            )
         return text
 
 
@@ -116,10 +118,13 @@ def _schema(env: VectorEnv, policy: Policy) -> BatchSchema:
     env_columns, policy_columns = row_columns(env), policy.extra_columns()
     clash = sorted(set(env_columns) & set(policy_columns))
     if clash:
-        raise ValueError(f"columns {clash} are declared both by the env {type(env).__name__} and by the policy "
-                         f"{type(policy).__name__}")
-    return BatchSchema.for_spaces(env.single_observation_space, env.single_action_space,
-                                  extras={**env_columns, **policy_columns})
+        raise ValueError(
+            f"columns {clash} are declared both by the env {type(env).__name__} and by the policy "
+            f"{type(policy).__name__}"
+        )
+    return BatchSchema.for_spaces(
+        env.single_observation_space, env.single_action_space, extras={**env_columns, **policy_columns}
+    )
 
 
 class RolloutWorker:
@@ -138,8 +143,16 @@ class RolloutWorker:
         seed: seeds the env's reset.
     """
 
-    def __init__(self, env_cfg: EnvConfig, cfg: RolloutConfig, policy_factory: PolicyFactory,
-                 replay: Replay | None, collector_id: int, run_id: str, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        env_cfg: EnvConfig,
+        cfg: RolloutConfig,
+        policy_factory: PolicyFactory,
+        replay: Replay | None,
+        collector_id: int,
+        run_id: str,
+        seed: int | None = None,
+    ) -> None:
         self.cfg = cfg
         self.collector_id = collector_id
         self._log = logger.bind(actor=f"RolloutWorker[{collector_id}]")
@@ -154,12 +167,15 @@ class RolloutWorker:
         if replay is not None and replay.schema.columns != self.schema.columns:
             # a replay shared with a person's session has columns of its own: fill them, or refuse
             try:
-                self._fillers = shared_columns(replay.schema, self.schema, SOURCE_BY_POLICY[cfg.policy.kind],
-                                               f"RolloutWorker[{collector_id}]")
+                self._fillers = shared_columns(
+                    replay.schema, self.schema, SOURCE_BY_POLICY[cfg.policy.kind], f"RolloutWorker[{collector_id}]"
+                )
             except ValueError as err:
-                raise ValueError(f"RolloutWorker[{collector_id}]: env {env_cfg.id!r} with this policy makes columns "
-                                 f"{self._describe(self.schema)}, the replay expects "
-                                 f"{self._describe(replay.schema)}: {err}") from err
+                raise ValueError(
+                    f"RolloutWorker[{collector_id}]: env {env_cfg.id!r} with this policy makes columns "
+                    f"{self._describe(self.schema)}, the replay expects "
+                    f"{self._describe(replay.schema)}: {err}"
+                ) from err
             self._replay_columns = list(replay.schema.columns)
         self._replay = replay
         self._run_id, self._seed = run_id, seed
@@ -168,8 +184,11 @@ class RolloutWorker:
         self._rows_pushed = 0
         self._peak_local_bytes = 0
         self._gate = TrajectoryGate(self.schema, cfg.trajectory_filter) if cfg.mode == "trajectory" else None
-        self._buffer = (LocalBuffer(self.schema, int(cfg.buffer_mb * 2**20), cfg.buffer_compression)
-                        if cfg.mode == "buffer" else None)
+        self._buffer = (
+            LocalBuffer(self.schema, int(cfg.buffer_mb * 2**20), cfg.buffer_compression)
+            if cfg.mode == "buffer"
+            else None
+        )
         self._tags = {"collector": str(collector_id)}
         self._activity = Activity("starting", time.time())
         self._epsilon = 0.0
@@ -184,12 +203,16 @@ class RolloutWorker:
         self.incarnation = incarnation
         self._source = collector_source(self.collector_id, incarnation)
         self._pushes = 0  # batch ids: a shard restarted by Ray recognises a retried push
-        self._cutter = TransitionCutter(self.schema, self._env.num_envs, self.cfg.batch_rows,
-                                        self._env.metadata.get("autoreset_mode"), self.collector_id,
-                                        EpisodeIds(collector_uid(self._run_id, self.collector_id),
-                                                   first=incarnation << INCARNATION_SHIFT),
-                                        num_shards=self._replay.num_shards if self._replay is not None else 1,
-                                        info_columns=tuple(row_columns(self._env)))
+        self._cutter = TransitionCutter(
+            self.schema,
+            self._env.num_envs,
+            self.cfg.batch_rows,
+            self._env.metadata.get("autoreset_mode"),
+            self.collector_id,
+            EpisodeIds(collector_uid(self._run_id, self.collector_id), first=incarnation << INCARNATION_SHIFT),
+            num_shards=self._replay.num_shards if self._replay is not None else 1,
+            info_columns=tuple(row_columns(self._env)),
+        )
         self._episodes_observed = 0
         self._carry: TransitionBatch | None = None  # rows cut past the last chunk, pushed first in the next
         self._chunk_left: int | None = None  # rows the running `collect` may still route (None: no limit)
@@ -202,7 +225,7 @@ class RolloutWorker:
     def restarted(self, incarnation: int) -> int:
         """After Ray restarted this actor: start over as `incarnation`, so its episode ids and
         batch ids never repeat those its predecessors stored. Returns the incarnation."""
-        if incarnation < 1 or incarnation >= 2**(32 - INCARNATION_SHIFT):
+        if incarnation < 1 or incarnation >= 2 ** (32 - INCARNATION_SHIFT):
             raise ValueError(f"RolloutWorker[{self.collector_id}]: incarnation {incarnation} out of range")
         self._start(incarnation)
         self._log.warning("restarted as incarnation {} (pushes as {!r})", incarnation, self._source)
@@ -211,8 +234,10 @@ class RolloutWorker:
     def set_trajectory_filter(self, criteria) -> None:
         """`mode: trajectory`: the episodes pushed from now on (a live config edit)."""
         if self._gate is None:
-            raise ValueError(f"RolloutWorker[{self.collector_id}]: rollout.trajectory_filter applies to "
-                             f"rollout.mode: trajectory, not {self.cfg.mode}")
+            raise ValueError(
+                f"RolloutWorker[{self.collector_id}]: rollout.trajectory_filter applies to "
+                f"rollout.mode: trajectory, not {self.cfg.mode}"
+            )
         self._gate.criteria = criteria
         self._log.info("trajectory filter now {}", criteria)
 
@@ -225,27 +250,38 @@ class RolloutWorker:
         if deterministic is not None and hasattr(player, "deterministic"):
             player.deterministic = deterministic
         elif deterministic is False:
-            raise ValueError(f"RolloutWorker[{self.collector_id}]: rollout.policy.deterministic: false needs a "
-                             f"policy that samples (kind: torch), not {type(player).__name__}")
+            raise ValueError(
+                f"RolloutWorker[{self.collector_id}]: rollout.policy.deterministic: false needs a "
+                f"policy that samples (kind: torch), not {type(player).__name__}"
+            )
         if epsilon and self._explorer is None:
-            self._explorer = RandomPolicy(self._env.single_observation_space, self._env.single_action_space,
-                                          seed=int(self._explore_rng.integers(2**31)))
+            self._explorer = RandomPolicy(
+                self._env.single_observation_space,
+                self._env.single_action_space,
+                seed=int(self._explore_rng.integers(2**31)),
+            )
         self._epsilon = epsilon
         if live:
-            self._log.info("exploration now epsilon {}{}", epsilon, "" if deterministic is None else
-                           f", {'greedy' if deterministic else 'sampled'} actions")
+            self._log.info(
+                "exploration now epsilon {}{}",
+                epsilon,
+                "" if deterministic is None else f", {'greedy' if deterministic else 'sampled'} actions",
+            )
 
     def set_reward_weights(self, weights: dict[str, float]) -> None:
         """The env's reward weights from the next step on (a live edit of `env.kwargs.rewards`),
         for envs that have `set_reward_weights` (Generals)."""
         env = self._env.unwrapped
         # a vector env of its own (Generals), or one env per copy (a SyncVectorEnv of Gymnasium envs)
-        targets = [env] if hasattr(env, "set_reward_weights") else [
-            sub_env.unwrapped for sub_env in getattr(env, "envs", [])]
+        targets = (
+            [env] if hasattr(env, "set_reward_weights") else [sub_env.unwrapped for sub_env in getattr(env, "envs", [])]
+        )
         if not targets or not all(hasattr(target, "set_reward_weights") for target in targets):
-            raise ValueError(f"RolloutWorker[{self.collector_id}]: env.kwargs.rewards cannot change while the run "
-                             f"goes on: {type(targets[0] if targets else env).__name__} has no "
-                             "set_reward_weights(weights)")
+            raise ValueError(
+                f"RolloutWorker[{self.collector_id}]: env.kwargs.rewards cannot change while the run "
+                f"goes on: {type(targets[0] if targets else env).__name__} has no "
+                "set_reward_weights(weights)"
+            )
         for target in targets:  # the first refuses weights it does not take, before any changed
             target.set_reward_weights(dict(weights))
         self._log.info("reward weights now {}", weights)
@@ -287,10 +323,15 @@ class RolloutWorker:
             steps += 1
             if batch is not None:
                 self._route(batch)
-            if self._gate is not None and steps * self._env.num_envs > 100 * num_rows + 100_000 and \
-                    self._rows_pushed == pushed_before:
-                raise RuntimeError(f"RolloutWorker[{self.collector_id}]: {steps * self._env.num_envs} env steps and "
-                                   f"no episode passed rollout.trajectory_filter {self.cfg.trajectory_filter}")
+            if (
+                self._gate is not None
+                and steps * self._env.num_envs > 100 * num_rows + 100_000
+                and self._rows_pushed == pushed_before
+            ):
+                raise RuntimeError(
+                    f"RolloutWorker[{self.collector_id}]: {steps * self._env.num_envs} env steps and "
+                    f"no episode passed rollout.trajectory_filter {self.cfg.trajectory_filter}"
+                )
         self._drain()
         self._chunk_left = None
         self._activity = Activity("idle", time.time())
@@ -298,13 +339,25 @@ class RolloutWorker:
         episodes = self._cutter.finished_episodes[first_episode:]
         if episodes:
             metrics.rollout_episodes().inc(len(episodes), tags=self._tags)
-        result = CollectResult(self.collector_id, self._rows_pushed - pushed_before, steps * self._env.num_envs,
-                               episodes, time.perf_counter() - started, self._push_wait_s - wait_before,
-                               self._peak_local_bytes,
-                               None if self._gate is None else dataclasses.asdict(self._gate.report), self._source)
-        self._log.info("collected {} rows, {} episodes in {:.1f}s ({:.0f} rows/s, {:.1f}s waiting for acks)",
-                       result.rows, len(episodes), result.seconds, result.rows / max(result.seconds, 1e-9),
-                       result.push_wait_seconds)
+        result = CollectResult(
+            self.collector_id,
+            self._rows_pushed - pushed_before,
+            steps * self._env.num_envs,
+            episodes,
+            time.perf_counter() - started,
+            self._push_wait_s - wait_before,
+            self._peak_local_bytes,
+            None if self._gate is None else dataclasses.asdict(self._gate.report),
+            self._source,
+        )
+        self._log.info(
+            "collected {} rows, {} episodes in {:.1f}s ({:.0f} rows/s, {:.1f}s waiting for acks)",
+            result.rows,
+            len(episodes),
+            result.seconds,
+            result.rows / max(result.seconds, 1e-9),
+            result.push_wait_seconds,
+        )
         return result
 
     def play_episodes(self, num_episodes: int, max_steps: int = 1_000_000) -> list[FinishedEpisode]:
@@ -323,11 +376,13 @@ class RolloutWorker:
             if finished_per_env.min() >= per_env:
                 break
             self._step()
-            for episode in self._cutter.finished_episodes[first_episode + int(finished_per_env.sum()):]:
+            for episode in self._cutter.finished_episodes[first_episode + int(finished_per_env.sum()) :]:
                 finished_per_env[episode.env_index] += 1
         else:
-            raise TimeoutError(f"RolloutWorker[{self.collector_id}]: {num_episodes} episodes did not finish "
-                               f"within {max_steps} vector steps")
+            raise TimeoutError(
+                f"RolloutWorker[{self.collector_id}]: {num_episodes} episodes did not finish "
+                f"within {max_steps} vector steps"
+            )
         self._cutter.flush()
         self._episodes_observed = len(self._cutter.finished_episodes)  # evaluation, not collection
         by_env: dict[int, list[FinishedEpisode]] = {}
@@ -344,8 +399,16 @@ class RolloutWorker:
         self._activity = Activity("env.step", time.time())
         obs, reward, terminated, truncated, info = self._env.step(output.actions)
         self._activity = Activity("cutting", time.time())
-        batch = self._cutter.add_step(obs, output.actions, reward, terminated, truncated, info,
-                                      extras=output.extras, policy_version=self._policy.version)
+        batch = self._cutter.add_step(
+            obs,
+            output.actions,
+            reward,
+            terminated,
+            truncated,
+            info,
+            extras=output.extras,
+            policy_version=self._policy.version,
+        )
         self._obs = obs
         return batch
 
@@ -356,8 +419,9 @@ class RolloutWorker:
         if not explore.any():
             return output
         random_actions = np.asarray(self._explorer.compute_actions(self._obs).actions, actions.dtype)
-        return PolicyOutput(np.where(explore.reshape(-1, *[1] * (actions.ndim - 1)), random_actions, actions),
-                            output.extras)
+        return PolicyOutput(
+            np.where(explore.reshape(-1, *[1] * (actions.ndim - 1)), random_actions, actions), output.extras
+        )
 
     def _progress(self, rows_before: int, pushed_before: int) -> int:
         """Rows collected so far in this call: cut (step and buffer modes) or pushed (trajectory)."""
@@ -370,9 +434,15 @@ class RolloutWorker:
         cutting = self._cutter.buffered_rows * self.schema.row_bytes
         waiting = self._gate.pending_bytes if self._gate is not None else 0
         buffered = self._buffer.nbytes if self._buffer is not None else 0
-        return {"collector": self.collector_id, "cutting_bytes": cutting, "trajectory_bytes": waiting,
-                "buffer_bytes": buffered, "total_bytes": cutting + waiting + buffered,
-                "pushes_in_flight": len(self._in_flight), "peak_bytes": self._peak_local_bytes}
+        return {
+            "collector": self.collector_id,
+            "cutting_bytes": cutting,
+            "trajectory_bytes": waiting,
+            "buffer_bytes": buffered,
+            "total_bytes": cutting + waiting + buffered,
+            "pushes_in_flight": len(self._in_flight),
+            "peak_bytes": self._peak_local_bytes,
+        }
 
     def _route(self, batch: TransitionBatch) -> None:
         """A cut batch to the replay as `rollout.mode` says: now, once its episodes pass, or via the
@@ -404,13 +474,16 @@ class RolloutWorker:
             return
         waited = time.perf_counter()
         while (used := node_memory_used()) > limit:
-            self._activity = Activity(f"backpressure: node memory {used:.0%} used, above "
-                                      f"rollout.pause_above_memory={limit:.0%}", self._activity.since
-                                      if self._activity.what.startswith("backpressure") else time.time())
+            self._activity = Activity(
+                f"backpressure: node memory {used:.0%} used, above rollout.pause_above_memory={limit:.0%}",
+                self._activity.since if self._activity.what.startswith("backpressure") else time.time(),
+            )
             if time.perf_counter() - waited > self.cfg.push_timeout_s:
-                raise PushTimeoutError(f"RolloutWorker[{self.collector_id}]: the node's memory stayed above "
-                                       f"rollout.pause_above_memory={limit:.0%} ({used:.0%} used) for "
-                                       f"{self.cfg.push_timeout_s}s")
+                raise PushTimeoutError(
+                    f"RolloutWorker[{self.collector_id}]: the node's memory stayed above "
+                    f"rollout.pause_above_memory={limit:.0%} ({used:.0%} used) for "
+                    f"{self.cfg.push_timeout_s}s"
+                )
             time.sleep(0.2)
         self._push_wait_s += time.perf_counter() - waited
 
@@ -425,11 +498,12 @@ class RolloutWorker:
             waited = time.perf_counter()
             self._activity = Activity("replay.insert (ack)", time.time())
             num_returns = len(self._in_flight) - self.cfg.max_pushes_in_flight + 1
-            ready, self._in_flight = ray.wait(self._in_flight, num_returns=num_returns,
-                                              timeout=self.cfg.push_timeout_s)
+            ready, self._in_flight = ray.wait(self._in_flight, num_returns=num_returns, timeout=self.cfg.push_timeout_s)
             if len(ready) < num_returns:
-                raise PushTimeoutError(f"RolloutWorker[{self.collector_id}]: replay did not acknowledge a push "
-                                       f"within {self.cfg.push_timeout_s}s ({len(self._in_flight)} in flight)")
+                raise PushTimeoutError(
+                    f"RolloutWorker[{self.collector_id}]: replay did not acknowledge a push "
+                    f"within {self.cfg.push_timeout_s}s ({len(self._in_flight)} in flight)"
+                )
             ray.get(ready)  # raises the shard's error, e.g. BatchSchemaError
             elapsed = time.perf_counter() - waited
             self._push_wait_s += elapsed
@@ -438,10 +512,11 @@ class RolloutWorker:
     def _observe_episodes(self) -> None:
         """Episode returns into the reward histogram, as episodes finish."""
         finished = self._cutter.finished_episodes
-        for episode in finished[self._episodes_observed:]:
+        for episode in finished[self._episodes_observed :]:
             value = float(episode.episode_return)
             metrics.rollout_episode_return().observe(
-                abs(value), tags={**self._tags, "sign": "negative" if value < 0 else "positive"})
+                abs(value), tags={**self._tags, "sign": "negative" if value < 0 else "positive"}
+            )
         self._episodes_observed = len(finished)
 
     def _next_batch_id(self) -> int:
@@ -462,8 +537,10 @@ class RolloutWorker:
             try:
                 ray.get(self._in_flight, timeout=self.cfg.push_timeout_s)
             except ray.exceptions.GetTimeoutError as err:
-                raise PushTimeoutError(f"RolloutWorker[{self.collector_id}]: replay did not acknowledge "
-                                       f"{len(self._in_flight)} pushes within {self.cfg.push_timeout_s}s") from err
+                raise PushTimeoutError(
+                    f"RolloutWorker[{self.collector_id}]: replay did not acknowledge "
+                    f"{len(self._in_flight)} pushes within {self.cfg.push_timeout_s}s"
+                ) from err
             self._in_flight = []
             self._push_wait_s += time.perf_counter() - waited
 

@@ -40,8 +40,9 @@ def coin_kwargs(env: EnvConfig) -> CoinKwargs:
     try:
         return TypeAdapter(CoinKwargs).validate_python(env.kwargs)
     except ValidationError as err:
-        raise ValueError("\n".join(f"env.kwargs.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                   for e in err.errors())) from None
+        raise ValueError(
+            "\n".join(f"env.kwargs.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        ) from None
 
 
 class CoinFlipEnv(gym.Env):
@@ -72,8 +73,9 @@ def coin_schema() -> BatchSchema:
     return BatchSchema.for_spaces(OBSERVATION_SPACE, ACTION_SPACE)
 
 
-def coin_episodes(kwargs: CoinKwargs, episode_ids: np.ndarray, rng: np.random.Generator, collector_id: int
-                  ) -> dict[str, np.ndarray]:
+def coin_episodes(
+    kwargs: CoinKwargs, episode_ids: np.ndarray, rng: np.random.Generator, collector_id: int
+) -> dict[str, np.ndarray]:
     """The expert's rows (it guesses the likelier side) of one episode per id."""
     length, count = kwargs.episode_length, len(episode_ids)
     flips = (rng.random((count, length)) < kwargs.p_heads).astype(np.float32)
@@ -83,12 +85,19 @@ def coin_episodes(kwargs: CoinKwargs, episode_ids: np.ndarray, rng: np.random.Ge
     rows = count * length
     obs = np.stack([t / length, last], axis=1).astype(np.float32)
     next_obs = np.stack([(t + 1) / length, flips.reshape(-1)], axis=1).astype(np.float32)
-    return {"obs": obs, "action": np.full(rows, guess, np.int64),
-            "reward": (flips.reshape(-1) == guess).astype(np.float32), "next_obs": next_obs,
-            "terminated": np.zeros(rows, bool), "truncated": t == length - 1,
-            "episode_id": np.repeat(episode_ids, length), "step": t.astype(np.int64),
-            "collector_id": np.full(rows, collector_id, np.int64), "policy_version": np.zeros(rows, np.int64),
-            "timestamp": np.full(rows, np.datetime64(time.time_ns(), "ns"), TIMESTAMP_DTYPE)}
+    return {
+        "obs": obs,
+        "action": np.full(rows, guess, np.int64),
+        "reward": (flips.reshape(-1) == guess).astype(np.float32),
+        "next_obs": next_obs,
+        "terminated": np.zeros(rows, bool),
+        "truncated": t == length - 1,
+        "episode_id": np.repeat(episode_ids, length),
+        "step": t.astype(np.int64),
+        "collector_id": np.full(rows, collector_id, np.int64),
+        "policy_version": np.zeros(rows, np.int64),
+        "timestamp": np.full(rows, np.datetime64(time.time_ns(), "ns"), TIMESTAMP_DTYPE),
+    }
 
 
 class CoinCollector:
@@ -161,15 +170,20 @@ class CoinKind(EnvKind):
         return coin_schema()
 
     def start_collector(self, setup: CollectorSetup, index: int):
-        actor = ray.remote(CoinCollector).options(num_cpus=setup.rollout.num_cpus, max_concurrency=2,
-                                                  max_restarts=setup.rollout.max_restarts)
-        return actor.remote(coin_kwargs(setup.env), setup.replay, index, collector_uid(setup.run_id, index),
-                            setup.seed + index)
+        actor = ray.remote(CoinCollector).options(
+            num_cpus=setup.rollout.num_cpus, max_concurrency=2, max_restarts=setup.rollout.max_restarts
+        )
+        return actor.remote(
+            coin_kwargs(setup.env), setup.replay, index, collector_uid(setup.run_id, index), setup.seed + index
+        )
 
     def eval_env(self, env: EnvConfig, configured: EnvConfig | None, seed: int) -> EnvConfig:
         kwargs = coin_kwargs(env)
-        return configured or EnvConfig(id="tests.custom_kind:CoinFlipEnv", num_envs=2,
-                                       kwargs={"p_heads": kwargs.p_heads, "episode_length": kwargs.episode_length})
+        return configured or EnvConfig(
+            id="tests.custom_kind:CoinFlipEnv",
+            num_envs=2,
+            kwargs={"p_heads": kwargs.p_heads, "episode_length": kwargs.episode_length},
+        )
 
     def learner_env(self, env: EnvConfig) -> EnvConfig | None:
         return self.eval_env(env, None, 0)

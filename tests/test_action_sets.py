@@ -32,10 +32,15 @@ def test_the_driving_preset_is_the_keyboards_combinations_and_wraps_car_racing()
     assert PRESETS["driving"][0] == [-1.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("flying", "no preset 'flying'"), ([[1.0, 2.0]], "at least 2 action vectors"),
-    ([[0.0], [1.0]], r"actions of shape \(1,\) do not fit"), ([[5.0, 0.0], [0.0, 0.0]], r"actions \[0\] lie outside"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("flying", "no preset 'flying'"),
+        ([[1.0, 2.0]], "at least 2 action vectors"),
+        ([[0.0], [1.0]], r"actions of shape \(1,\) do not fit"),
+        ([[5.0, 0.0], [0.0, 0.0]], r"actions \[0\] lie outside"),
+    ],
+)
 def test_a_set_that_does_not_fit_the_space_is_refused(spec, message):
     with pytest.raises(ValueError, match=message):
         resolve_action_set(spec, ReachEnv.action_space)
@@ -48,13 +53,22 @@ def reach_dataset(folder, rows: int = 4000):
     obs = rng.uniform(-1, 1, (rows + 1, 2)).astype(np.float32)
     action = np.round(obs[:-1]).astype(np.float32)
     episode = np.arange(rows) // 8
-    columns = {"obs": obs[:-1], "action": action, "reward": -np.square(action - obs[:-1]).sum(1).astype(np.float32),
-               "next_obs": obs[1:], "terminated": np.zeros(rows, bool), "truncated": np.arange(rows) % 8 == 7,
-               "episode_id": episode, "step": np.arange(rows) % 8, "collector_id": np.zeros(rows, np.int64),
-               "policy_version": np.zeros(rows, np.int64),
-               "timestamp": np.datetime64("2026-11-25T12:00:00", "ns") + np.arange(rows).astype("timedelta64[ms]")}
-    write_dataset([TransitionBatch(columns)], schema, folder, AggregationConfig(formats=["parquet"]), run_id="reach",
-                  env_id=REACH)
+    columns = {
+        "obs": obs[:-1],
+        "action": action,
+        "reward": -np.square(action - obs[:-1]).sum(1).astype(np.float32),
+        "next_obs": obs[1:],
+        "terminated": np.zeros(rows, bool),
+        "truncated": np.arange(rows) % 8 == 7,
+        "episode_id": episode,
+        "step": np.arange(rows) % 8,
+        "collector_id": np.zeros(rows, np.int64),
+        "policy_version": np.zeros(rows, np.int64),
+        "timestamp": np.datetime64("2026-11-25T12:00:00", "ns") + np.arange(rows).astype("timedelta64[ms]"),
+    }
+    write_dataset(
+        [TransitionBatch(columns)], schema, folder, AggregationConfig(formats=["parquet"]), run_id="reach", env_id=REACH
+    )
     return folder
 
 
@@ -74,16 +88,23 @@ def reach_return(checkpoint: str, episodes: int = 20) -> float:
 
 def test_bc_learns_a_box_dataset_over_an_action_set_and_plays_it_in_the_box_env(tmp_path):
     data = reach_dataset(tmp_path / "data")
-    result = BCLearner(LearnerConfig(action_set=GRID, epochs=6, hidden_sizes=[64], lr=3e-3), str(data),
-                       str(tmp_path / "bc")).train()
+    result = BCLearner(
+        LearnerConfig(action_set=GRID, epochs=6, hidden_sizes=[64], lr=3e-3), str(data), str(tmp_path / "bc")
+    ).train()
     assert result.history[-1].validation_accuracy > 0.9
     assert reach_return(result.best_checkpoint) > -2.0, "the grid at best: -1.33 per episode; random: about -21"
 
 
 def test_dqfd_learns_a_box_dataset_over_an_action_set(tmp_path):
     data = reach_dataset(tmp_path / "data")
-    cfg = LearnerConfig(algorithm="dqfd", action_set=GRID, hidden_sizes=[64], lr=1e-3, batch_size=64,
-                        dqfd=DQfDConfig(pretrain_steps=1500, n_step=3, log_every=500, eval_episodes=5))
+    cfg = LearnerConfig(
+        algorithm="dqfd",
+        action_set=GRID,
+        hidden_sizes=[64],
+        lr=1e-3,
+        batch_size=64,
+        dqfd=DQfDConfig(pretrain_steps=1500, n_step=3, log_every=500, eval_episodes=5),
+    )
     learner = DQfDLearner(cfg, str(data), str(tmp_path / "dqfd"), EnvConfig(id=REACH))
     result = learner.train()
     assert learner.env_cfg.action_set == GRID and result.best_score > -3.0

@@ -67,6 +67,7 @@ def test_compaction_writes_parquet_manifest_and_npz(filled_replay, tmp_path):
         assert table.num_rows == entry.rows
         episodes_per_file.append(set(table.column("episode_id").to_pylist()))
         from harvest.rollout.batch import TransitionBatch
+
         assert_episodes_chain(TransitionBatch.from_arrow(table).columns)
     assert sum(len(ids) for ids in episodes_per_file) == len(set().union(*episodes_per_file))
     table = pads.dataset([str(tmp_path / e.path) for e in manifest.files], format="parquet").to_table()
@@ -84,8 +85,14 @@ def test_compaction_writes_parquet_manifest_and_npz(filled_replay, tmp_path):
         assert npz["actions"].dtype == np.int64
         metadata = json.loads(str(npz["metadata"]))
         assert metadata["rows"] == manifest.rows and metadata["keys"]["next_obs"] == "next_observations"
-        assert_episodes_chain({"episode_id": npz["episode_ids"], "obs": npz["observations"],
-                               "next_obs": npz["next_observations"], "step": npz["steps"]})
+        assert_episodes_chain(
+            {
+                "episode_id": npz["episode_ids"],
+                "obs": npz["observations"],
+                "next_obs": npz["next_observations"],
+                "step": npz["steps"],
+            }
+        )
 
 
 def test_snapshot_then_compact_gives_the_same_rows(filled_replay, tmp_path):
@@ -106,8 +113,9 @@ def test_evicted_rows_are_reported_in_the_manifest(ray_cluster, tmp_path):
     worker = RolloutWorker(ENV, ROLLOUT, factory, replay, 0, "evict")
     try:
         result = worker.collect(1_200)
-        manifest = compact_replay(list(replay.shards), replay.schema, tmp_path, AggregationConfig(num_cpus=0.1),
-                                  "evict", ENV.id)
+        manifest = compact_replay(
+            list(replay.shards), replay.schema, tmp_path, AggregationConfig(num_cpus=0.1), "evict", ENV.id
+        )
     finally:
         replay.kill()
     assert manifest.rows == 500
@@ -128,8 +136,14 @@ def test_opening_a_broken_dataset_names_the_problem(tmp_path):
 
 def test_a_manifest_listing_a_missing_file_is_refused(filled_replay, tmp_path):
     replay, _ = filled_replay
-    manifest = compact_replay(list(replay.shards), replay.schema, tmp_path, AggregationConfig(formats=["parquet"],
-                              num_cpus=0.1), "agg", ENV.id)
+    manifest = compact_replay(
+        list(replay.shards),
+        replay.schema,
+        tmp_path,
+        AggregationConfig(formats=["parquet"], num_cpus=0.1),
+        "agg",
+        ENV.id,
+    )
     (tmp_path / manifest.files[0].path).unlink()
     with pytest.raises(DatasetError, match=f"missing: \\['{manifest.files[0].path}'\\]"):
         Dataset.open(tmp_path)

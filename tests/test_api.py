@@ -48,8 +48,13 @@ def test_harvest_run_from_python_with_a_users_expert_and_its_outputs(ray_cluster
     config = {
         "run": {"output_dir": str(tmp_path)},
         "env": {"id": "CartPole-v1", "num_envs": 4},
-        "rollout": {"num_collectors": 1, "steps": 3000, "batch_rows": 500, "num_cpus": 0.25,
-                    "policy": {"kind": "custom", "entry_point": "tests.test_api:PoleBalancer"}},
+        "rollout": {
+            "num_collectors": 1,
+            "steps": 3000,
+            "batch_rows": 500,
+            "num_cpus": 0.25,
+            "policy": {"kind": "custom", "entry_point": "tests.test_api:PoleBalancer"},
+        },
         "replay": {"num_shards": 1, "num_cpus": 0.1},
         "aggregation": {"num_cpus": 0.1},
         "learner": {"epochs": 3, "hidden_sizes": [32], "num_cpus": 0.5},

@@ -55,6 +55,9 @@ def test_a_pixel_clone_still_learns_with_augmentation(tmp_path, cfg):
     from tests.test_learners import pixel_square_dataset
 
     dataset = pixel_square_dataset(tmp_path)
-    result = BCLearner(LearnerConfig(epochs=6, batch_size=64, hidden_sizes=[32], conv_channels=[16, 32], augment=cfg),
-                       str(dataset), str(tmp_path / "learner")).train()
+    result = BCLearner(
+        LearnerConfig(epochs=6, batch_size=64, hidden_sizes=[32], conv_channels=[16, 32], augment=cfg),
+        str(dataset),
+        str(tmp_path / "learner"),
+    ).train()
     assert max(record.validation_accuracy for record in result.history) > 0.85

@@ -51,17 +51,28 @@ def test_numeric_columns_convert_without_copying():
     schema = BatchSchema.for_spaces(SPACES["image"], SPACES["discrete"])
     batch = random_batch(schema, 4)
     record_batch = batch.to_arrow(schema)
-    assert np.shares_memory(TransitionBatch.from_arrow(record_batch)["obs"], record_batch.column("obs").storage.values.to_numpy())
+    assert np.shares_memory(
+        TransitionBatch.from_arrow(record_batch)["obs"], record_batch.column("obs").storage.values.to_numpy()
+    )
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda c: c.update(obs=c["obs"].astype(np.float64)), r"column 'obs' from collector 7: expected float32\[2\], got float64\[2\]"),
-    (lambda c: c.update(obs=c["obs"][:, :1]), r"column 'obs' from collector 7: expected float32\[2\], got float32\[1\]"),
-    (lambda c: c.update(reward=c["reward"][:-1]), r"column 'reward' from collector 7: has 4 rows, expected 5"),
-    (lambda c: c.pop("terminated"), r"batch from collector 7: missing columns \['terminated'\]"),
-    (lambda c: c.update(surprise=np.zeros(5)), r"unexpected columns \['surprise'\]"),
-    (lambda c: c.update(action=list(c["action"])), r"column 'action' from collector 7: expected a numpy array"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda c: c.update(obs=c["obs"].astype(np.float64)),
+            r"column 'obs' from collector 7: expected float32\[2\], got float64\[2\]",
+        ),
+        (
+            lambda c: c.update(obs=c["obs"][:, :1]),
+            r"column 'obs' from collector 7: expected float32\[2\], got float32\[1\]",
+        ),
+        (lambda c: c.update(reward=c["reward"][:-1]), r"column 'reward' from collector 7: has 4 rows, expected 5"),
+        (lambda c: c.pop("terminated"), r"batch from collector 7: missing columns \['terminated'\]"),
+        (lambda c: c.update(surprise=np.zeros(5)), r"unexpected columns \['surprise'\]"),
+        (lambda c: c.update(action=list(c["action"])), r"column 'action' from collector 7: expected a numpy array"),
+    ],
+)
 def test_validation_names_the_column_and_what_was_expected(mutate, message):
     schema = BatchSchema.for_spaces(SPACES["box"], SPACES["discrete"])
     batch = random_batch(schema, 5)

@@ -15,9 +15,19 @@ from harvest.aggregation.dataset import Dataset
 from harvest.cluster.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["env.num_envs=4", "rollout.steps=3000", "rollout.batch_rows=512", "rollout.num_cpus=0.25",
-        "replay.num_cpus=0.1", "aggregation.num_cpus=0.1", "learner.epochs=2", "learner.hidden_sizes=[32]",
-        "learner.num_cpus=0.5", "eval.episodes=2", "eval.baselines=[random]"]
+TINY = [
+    "env.num_envs=4",
+    "rollout.steps=3000",
+    "rollout.batch_rows=512",
+    "rollout.num_cpus=0.25",
+    "replay.num_cpus=0.1",
+    "aggregation.num_cpus=0.1",
+    "learner.epochs=2",
+    "learner.hidden_sizes=[32]",
+    "learner.num_cpus=0.5",
+    "eval.episodes=2",
+    "eval.baselines=[random]",
+]
 
 
 def only_run_dir(root: Path) -> Path:
@@ -30,8 +40,9 @@ def only_run_dir(root: Path) -> Path:
 def test_harvest_run_with_no_arguments_clones_the_expert(tmp_path):
     # The README's first command, in a fresh folder: local Ray, CartPole, BC, evaluation.
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    result = subprocess.run([sys.executable, "-m", "harvest", "run"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=540)
+    result = subprocess.run(
+        [sys.executable, "-m", "harvest", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     assert "Ray dashboard: http://127.0.0.1:" in result.stderr
     assert "trained / expert" in result.stderr
@@ -48,8 +59,16 @@ def test_harvest_run_with_no_arguments_clones_the_expert(tmp_path):
     table = pads.dataset(dataset.files).to_table()
     assert table.num_rows == dataset.manifest.rows
     assert pads.dataset(run_dir / "dataset").count_rows() == dataset.manifest.rows  # the folder as it is, too
-    for name in ("config.yaml", "harvest.log", "eval.json", "learner/best.safetensors", "learner/final.safetensors",
-                 "learner/training_history.json", "dataset/_dataset.npz", "dataset/_manifest.json"):
+    for name in (
+        "config.yaml",
+        "harvest.log",
+        "eval.json",
+        "learner/best.safetensors",
+        "learner/final.safetensors",
+        "learner/training_history.json",
+        "dataset/_dataset.npz",
+        "dataset/_manifest.json",
+    ):
         assert (run_dir / name).is_file(), name
 
 
@@ -59,8 +78,11 @@ def test_each_stage_runs_alone_on_the_previous_outputs(ray_cluster, tmp_path, ca
     base = ["--set", f"run.output_dir={tmp_path}", *sum((["--set", item] for item in TINY), [])]
     assert main(["collect", "--run-id", "staged", *base]) == 0
     run_dir = tmp_path / "staged"
-    assert sorted(p.name for p in (run_dir / "replay").iterdir()) == ["schema.json", "shard-000.arrow",
-                                                                        "shard-001.arrow"]
+    assert sorted(p.name for p in (run_dir / "replay").iterdir()) == [
+        "schema.json",
+        "shard-000.arrow",
+        "shard-001.arrow",
+    ]
     capsys.readouterr()
     assert main(["compact", str(run_dir)]) == 0
     err = capsys.readouterr().err
@@ -102,8 +124,13 @@ def test_config_command_prints_the_resolved_config(capsys):
 def test_a_users_own_dict_env_runs_through_the_whole_pipeline(ray_cluster, tmp_path):
     # Dict observations (vector, image-like grid, discrete) and a MultiDiscrete action,
     # given by entry point: collect → Parquet/NPZ → BC → evaluation.
-    overrides = [*TINY, "env.id=tests.toy_envs:DictObsEnv", "rollout.policy.kind=random", "rollout.steps=600",
-                 f"run.output_dir={tmp_path}"]
+    overrides = [
+        *TINY,
+        "env.id=tests.toy_envs:DictObsEnv",
+        "rollout.policy.kind=random",
+        "rollout.steps=600",
+        f"run.output_dir={tmp_path}",
+    ]
     assert main(["run", "--run-id", "dict", *sum((["--set", item] for item in overrides), [])]) == 0
     dataset = Dataset.open(tmp_path / "dict" / "dataset")
     assert {"obs.grid", "obs.phase", "obs.position", "next_obs.grid", "action"} <= set(dataset.schema.columns)
@@ -121,18 +148,30 @@ def test_generals_run_records_both_players_with_legal_actions(ray_cluster, repo_
     # examples/generals_bc.yaml, shrunk, from the repo root into artifacts/ (the example's run for
     # tests/test_examples.py): the real collectors, replay, Parquet, CNN and eval scenarios.
     run_id, run_dir = repo_root_run
-    tiny = ["env.num_envs=4", "env.kwargs.map={min_size: 6, max_size: 7, min_general_distance: 3}",
-            "env.kwargs.max_steps=60", "rollout.steps=3000", "rollout.batch_rows=512", "rollout.num_cpus=0.25",
-            "replay.num_cpus=0.1", "aggregation.num_cpus=0.1", "learner.epochs=1", "learner.conv_channels=[8]",
-            "learner.num_cpus=0.5", "eval.episodes=4", "eval.baselines=[random]",
-            "eval.scenarios={vs_random: {players: first, opponent: random, max_steps: 60}}"]
+    tiny = [
+        "env.num_envs=4",
+        "env.kwargs.map={min_size: 6, max_size: 7, min_general_distance: 3}",
+        "env.kwargs.max_steps=60",
+        "rollout.steps=3000",
+        "rollout.batch_rows=512",
+        "rollout.num_cpus=0.25",
+        "replay.num_cpus=0.1",
+        "aggregation.num_cpus=0.1",
+        "learner.epochs=1",
+        "learner.conv_channels=[8]",
+        "learner.num_cpus=0.5",
+        "eval.episodes=4",
+        "eval.baselines=[random]",
+        "eval.scenarios={vs_random: {players: first, opponent: random, max_steps: 60}}",
+    ]
     argv = ["run", "examples/generals_bc.yaml", "--run-id", run_id, *sum((["--set", item] for item in tiny), [])]
     assert main(argv) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["eval"]) == {"trained @ vs_random", "random @ vs_random"}
     assert "win_rate" in summary["eval"]["trained @ vs_random"]
     table = pads.dataset(Dataset.open(run_dir / "dataset").files).to_table(
-        columns=["obs.action_mask", "action", "game_id", "player_id", "episode_id"])
+        columns=["obs.action_mask", "action", "game_id", "player_id", "episode_id"]
+    )
     assert table.num_rows >= 3000
     mask = np.stack(table["obs.action_mask"].to_numpy(zero_copy_only=False))
     action = table["action"].to_numpy()

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.timeout(600)
 
 def collect_and_compact(tmp_path, run_id, *overrides):
     """`harvest collect` then `harvest compact`: the real collectors, replay and compaction (no training)."""
-    argv = ["collect", "--run-id", run_id, "--set", f"run.output_dir={tmp_path}",
-            *sum((["--set", item] for item in [*TINY, *overrides]), [])]
+    argv = [
+        "collect",
+        "--run-id",
+        run_id,
+        "--set",
+        f"run.output_dir={tmp_path}",
+        *sum((["--set", item] for item in [*TINY, *overrides]), []),
+    ]
     assert main(argv) == 0
     summary = json.loads((tmp_path / run_id / "summary.json").read_text())
     assert main(["compact", str(tmp_path / run_id)]) == 0
@@ -29,21 +35,27 @@ def collect_and_compact(tmp_path, run_id, *overrides):
 
 
 def test_trajectory_mode_pushes_only_whole_episodes_that_pass(ray_cluster, tmp_path):
-    dataset, summary = collect_and_compact(tmp_path, "traj", "rollout.policy.kind=random", "rollout.mode=trajectory",
-                                           "rollout.trajectory_filter={min_length: 15}")
+    dataset, summary = collect_and_compact(
+        tmp_path,
+        "traj",
+        "rollout.policy.kind=random",
+        "rollout.mode=trajectory",
+        "rollout.trajectory_filter={min_length: 15}",
+    )
     rows = read_back(dataset)
     ids, starts, lengths = np.unique(rows["episode_id"], return_index=True, return_counts=True)
     assert lengths.min() >= 15 and dataset.manifest.episodes_complete == ids.size
     for start, length in zip(starts, lengths):
-        assert rows["step"][start:start + length].tolist() == list(range(length))
+        assert rows["step"][start : start + length].tolist() == list(range(length))
         assert rows["terminated"][start + length - 1] or rows["truncated"][start + length - 1]
     assert summary["collect"]["rows"] == dataset.manifest.rows >= 3000
 
 
 def test_buffer_mode_holds_compressed_batches_within_its_limit_and_loses_nothing(ray_cluster, tmp_path):
     env = EnvConfig(id="CartPole-v1", num_envs=4)
-    cfg = RolloutConfig(batch_rows=256, mode="buffer", buffer_mb=0.05, buffer_compression="zstd",
-                        policy=PolicyConfig(kind="random"))
+    cfg = RolloutConfig(
+        batch_rows=256, mode="buffer", buffer_mb=0.05, buffer_compression="zstd", policy=PolicyConfig(kind="random")
+    )
     factory = ConfiguredPolicyFactory(cfg.policy, env.id, seed=0)
     replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=100_000, num_cpus=0.1), schema_for(env, factory))
     try:
@@ -73,9 +85,14 @@ def read_replay(replay):
 
 
 def test_a_pettingzoo_parallel_env_is_collected_per_agent(ray_cluster, tmp_path):
-    dataset, _ = collect_and_compact(tmp_path, "rps", "env.id=pettingzoo.classic.rps_v2:parallel_env",
-                                     "env.kwargs={num_actions: 3, max_cycles: 10}", "rollout.policy.kind=random",
-                                     "aggregation.formats=[parquet]")
+    dataset, _ = collect_and_compact(
+        tmp_path,
+        "rps",
+        "env.id=pettingzoo.classic.rps_v2:parallel_env",
+        "env.kwargs={num_actions: 3, max_cycles: 10}",
+        "rollout.policy.kind=random",
+        "aggregation.formats=[parquet]",
+    )
     rows = read_back(dataset)
     assert {"agent_id", "game_id"} <= set(rows)
     assert set(rows["agent_id"].tolist()) == {0, 1}

@@ -16,24 +16,37 @@ def write(tmp_path, text):
 def test_default_config_is_the_embedded_cartpole_run():
     cfg = load_config(None)
     assert isinstance(cfg, RunConfig)
-    assert (cfg.env.id, cfg.rollout.num_collectors, cfg.replay.num_shards, cfg.rollout.steps) == \
-        ("CartPole-v1", 2, 2, 20_000)
+    assert (cfg.env.id, cfg.rollout.num_collectors, cfg.replay.num_shards, cfg.rollout.steps) == (
+        "CartPole-v1",
+        2,
+        2,
+        20_000,
+    )
     assert cfg.rollout.policy.kind == "expert" and cfg.learner.algorithm == "bc"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("replay:\n  capcity_rows: 5\n", "run.yaml: replay.capcity_rows: unexpected key"),
-    ("replya: {}\n", "run.yaml: replya: unexpected key"),
-    ("rollout:\n  num_collectors: 2.5\n", "run.yaml: rollout.num_collectors: Input should be a valid integer"),
-    ("env:\n  num_envs: '4'\n", "run.yaml: env.num_envs: Input should be a valid integer"),
-    ("env:\n  num_envs: 0\n", "run.yaml: env.num_envs: Input should be greater than or equal to 1"),
-    ("rollout:\n  policy: {kind: torch}\n", "run.yaml: rollout.policy: Value error, kind 'torch' needs 'checkpoint'"),
-    ("rollout:\n  policy: {kind: smart}\n", "run.yaml: rollout.policy.kind: Input should be"),
-    ("learner:\n  hidden_sizes: [64, x]\n", "run.yaml: learner.hidden_sizes.1: Input should be a valid integer"),
-    ("aggregation:\n  formats: [csv]\n", "run.yaml: aggregation.formats.0: Input should be 'parquet', 'npz', 'hdf5', 'tfrecord' or 'robocode_npz'"),
-    ("- just\n- a list\n", "run.yaml: expected a mapping of sections"),
-    ("env: [unclosed\n", "run.yaml: not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("replay:\n  capcity_rows: 5\n", "run.yaml: replay.capcity_rows: unexpected key"),
+        ("replya: {}\n", "run.yaml: replya: unexpected key"),
+        ("rollout:\n  num_collectors: 2.5\n", "run.yaml: rollout.num_collectors: Input should be a valid integer"),
+        ("env:\n  num_envs: '4'\n", "run.yaml: env.num_envs: Input should be a valid integer"),
+        ("env:\n  num_envs: 0\n", "run.yaml: env.num_envs: Input should be greater than or equal to 1"),
+        (
+            "rollout:\n  policy: {kind: torch}\n",
+            "run.yaml: rollout.policy: Value error, kind 'torch' needs 'checkpoint'",
+        ),
+        ("rollout:\n  policy: {kind: smart}\n", "run.yaml: rollout.policy.kind: Input should be"),
+        ("learner:\n  hidden_sizes: [64, x]\n", "run.yaml: learner.hidden_sizes.1: Input should be a valid integer"),
+        (
+            "aggregation:\n  formats: [csv]\n",
+            "run.yaml: aggregation.formats.0: Input should be 'parquet', 'npz', 'hdf5', 'tfrecord' or 'robocode_npz'",
+        ),
+        ("- just\n- a list\n", "run.yaml: expected a mapping of sections"),
+        ("env: [unclosed\n", "run.yaml: not valid YAML"),
+    ],
+)
 def test_bad_configs_name_the_key_path(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, text))

@@ -14,15 +14,23 @@ MODES = [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP]
 
 def run_cutter(env, steps: int, batch_rows: int, seed: int = 0, num_shards: int = 1):
     schema = BatchSchema.for_spaces(env.single_observation_space, env.single_action_space)
-    cutter = TransitionCutter(schema, env.num_envs, batch_rows, env.metadata["autoreset_mode"],
-                              collector_id=3, episode_ids=EpisodeIds(7), num_shards=num_shards)
+    cutter = TransitionCutter(
+        schema,
+        env.num_envs,
+        batch_rows,
+        env.metadata["autoreset_mode"],
+        collector_id=3,
+        episode_ids=EpisodeIds(7),
+        num_shards=num_shards,
+    )
     obs, _ = env.reset(seed=seed)
     cutter.reset(obs)
     rng = np.random.default_rng(seed)
     batches = []
     for _ in range(steps):
-        actions = env.action_space.sample() if not hasattr(env.single_action_space, "n") else \
-            rng.integers(0, 2, env.num_envs)
+        actions = (
+            env.action_space.sample() if not hasattr(env.single_action_space, "n") else rng.integers(0, 2, env.num_envs)
+        )
         obs, reward, terminated, truncated, info = env.step(actions)
         batch = cutter.add_step(obs, actions, reward, terminated, truncated, info, policy_version=4)
         if batch is not None:
@@ -65,8 +73,9 @@ def test_exact_rows_of_one_env_same_step():
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("num_envs, batch_rows, num_shards", [(1, 1, 1), (3, 7, 1), (4, 64, 1), (5, 1000, 1),
-                                                               (3, 7, 2), (5, 1000, 3)])
+@pytest.mark.parametrize(
+    "num_envs, batch_rows, num_shards", [(1, 1, 1), (3, 7, 1), (4, 64, 1), (5, 1000, 1), (3, 7, 2), (5, 1000, 3)]
+)
 def test_no_row_crosses_an_episode_boundary(mode, num_envs, batch_rows, num_shards):
     env = counting_env(num_envs, mode)
     schema, cutter, rows, batches = run_cutter(env, steps=41, batch_rows=batch_rows, num_shards=num_shards)

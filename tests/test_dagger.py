@@ -11,11 +11,25 @@ from harvest.cluster.cli import main
 
 @pytest.mark.timeout(600)
 def test_dagger_with_the_scripted_critic_fixes_a_weak_clone(ray_cluster, tmp_path):
-    overrides = [f"run.output_dir={tmp_path}", "rollout.steps=1000", "rollout.num_collectors=1", "env.num_envs=2",
-                 "rollout.num_cpus=0.25", "replay.num_cpus=0.1", "aggregation.num_cpus=0.1", "learner.epochs=2",
-                 "learner.hidden_sizes=[64, 64]", "learner.validation_fraction=0", "learner.num_cpus=0.5",
-                 "learner.dagger.rounds=2", "learner.dagger.steps_per_round=2000", "learner.dagger.eval_episodes=10",
-                 "learner.dagger.lr=0.001", "learner.dagger.epochs=5", "eval.num_workers=1"]
+    overrides = [
+        f"run.output_dir={tmp_path}",
+        "rollout.steps=1000",
+        "rollout.num_collectors=1",
+        "env.num_envs=2",
+        "rollout.num_cpus=0.25",
+        "replay.num_cpus=0.1",
+        "aggregation.num_cpus=0.1",
+        "learner.epochs=2",
+        "learner.hidden_sizes=[64, 64]",
+        "learner.validation_fraction=0",
+        "learner.num_cpus=0.5",
+        "learner.dagger.rounds=2",
+        "learner.dagger.steps_per_round=2000",
+        "learner.dagger.eval_episodes=10",
+        "learner.dagger.lr=0.001",
+        "learner.dagger.epochs=5",
+        "eval.num_workers=1",
+    ]
     assert main(["dagger", "--run-id", "dagger", *sum((["--set", item] for item in overrides), [])]) == 0
     folder = tmp_path / "dagger" / "dagger"
     rounds = json.loads((folder / "rounds.json").read_text())
@@ -41,8 +55,9 @@ def test_a_labelled_policy_records_the_critics_action_and_plays_it_with_the_mixi
     from harvest.rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory, LabeledPolicy
 
     space = gym.spaces.Box(-1, 1, (4,), np.float32)
-    policy = ConfiguredPolicyFactory(PolicyConfig(kind="random", label_with="expert", label_mix=mix), "CartPole-v1",
-                                     seed=0)(space, gym.spaces.Discrete(2))
+    policy = ConfiguredPolicyFactory(
+        PolicyConfig(kind="random", label_with="expert", label_mix=mix), "CartPole-v1", seed=0
+    )(space, gym.spaces.Discrete(2))
     assert isinstance(policy, LabeledPolicy) and LABEL_COLUMN in policy.extra_columns()
     obs = np.random.default_rng(1).uniform(-0.2, 0.2, (4000, 4)).astype(np.float32)
     out = policy.compute_actions(obs)

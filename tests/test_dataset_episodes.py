@@ -14,8 +14,12 @@ from tests.test_datasets import pixel_batch
 
 def test_episodes_by_index_id_and_sample(tmp_path):
     schema, batch = pixel_batch(rows=70)  # episodes 0..6 of 10 steps each
-    cfg = AggregationConfig(formats=["parquet"], rows_per_file=20, partition_by=["time"],
-                            image_compression={"obs": "png", "next_obs": "png"})
+    cfg = AggregationConfig(
+        formats=["parquet"],
+        rows_per_file=20,
+        partition_by=["time"],
+        image_compression={"obs": "png", "next_obs": "png"},
+    )
     write_dataset([batch], schema, tmp_path / "d", cfg, "t", "x")
     dataset = Dataset.open(tmp_path / "d")
     assert len(dataset) == dataset.manifest.episodes == 7 and len(dataset.entries) > 1

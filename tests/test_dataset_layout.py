@@ -53,8 +53,14 @@ def read_with_other_tools(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     read = {}
     for tool, table in tables.items():
         frame = table if isinstance(table, pd.DataFrame) else table.to_pandas()
-        read[tool] = by_step({name: frame[name].astype(str if name == "truncated" else np.float64 if name == "reward"
-                                                       else np.int64).to_numpy() for name in names})
+        read[tool] = by_step(
+            {
+                name: frame[name]
+                .astype(str if name == "truncated" else np.float64 if name == "reward" else np.int64)
+                .to_numpy()
+                for name in names
+            }
+        )
     return read
 
 
@@ -63,12 +69,21 @@ def test_pyarrow_pandas_polars_and_duckdb_read_every_dataset_folder_as_it_is(tmp
     partition_by, formats = LAYOUTS[layout]
     schema, batch = episodes_batch([30, 5, 70, 12, 40, 7], seed=2)
     folder = tmp_path / "data"
-    write_dataset([batch], schema, folder, AggregationConfig(formats=formats, partition_by=partition_by,
-                                                             rows_per_file=25), run_id="t", env_id="x")
+    write_dataset(
+        [batch],
+        schema,
+        folder,
+        AggregationConfig(formats=formats, partition_by=partition_by, rows_per_file=25),
+        run_id="t",
+        env_id="x",
+    )
     assert main(["inspect", str(folder), "--json", str(tmp_path / "report.json")]) in (0, 1)  # (1: quality flags)
     assert (folder / "_report" / "index.html").is_file() and (folder / MANIFEST_NAME).is_file()
-    outside_names_skipped = [path.relative_to(folder) for path in folder.rglob("*") if path.is_file()
-                             and not any(part.startswith("_") for part in path.relative_to(folder).parts)]
+    outside_names_skipped = [
+        path.relative_to(folder)
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith("_") for part in path.relative_to(folder).parts)
+    ]
     assert outside_names_skipped and all(path.suffix == ".parquet" for path in outside_names_skipped)
     for column in (c for c in partition_by if c != "time"):  # in the folder names, not in the files
         assert all(column not in pq.read_schema(folder / path).names for path in outside_names_skipped)
@@ -84,19 +99,28 @@ def test_pyarrow_pandas_polars_and_duckdb_read_every_dataset_folder_as_it_is(tmp
     # Harvest's own readers give the partition columns back with their types.
     dataset = Dataset.open(folder)
     back = read_back(dataset)
-    for name, column in batch.columns.items():
+    for name in batch.columns:
         np.testing.assert_array_equal(by_step(back)[name], by_step(batch.columns)[name], err_msg=name)
     table = dataset.to_pyarrow().to_table()
-    assert table.schema.names[:len(schema.columns)] == list(schema.arrow_schema().names)
+    assert table.schema.names[: len(schema.columns)] == list(schema.arrow_schema().names)
     assert table.schema.field("collector_id").type == schema.arrow_schema().field("collector_id").type
-    assert dataset.episode(2)["collector_id"].tolist() == [0] * 70 and dataset.episode(3)["collector_id"].tolist() == [1] * 12
+    assert (
+        dataset.episode(2)["collector_id"].tolist() == [0] * 70
+        and dataset.episode(3)["collector_id"].tolist() == [1] * 12
+    )
     assert dataset.read_columns(["collector_id", "truncated"])["truncated"].dtype == np.bool_
 
 
 def test_what_edit_and_import_write_is_a_plain_parquet_dataset_too(tmp_path):
     schema, batch = episodes_batch([20, 5, 9, 30], seed=4)
-    write_dataset([batch], schema, tmp_path / "src", AggregationConfig(formats=["parquet"], partition_by=["collector_id"]),
-                  run_id="t", env_id="x")
+    write_dataset(
+        [batch],
+        schema,
+        tmp_path / "src",
+        AggregationConfig(formats=["parquet"], partition_by=["collector_id"]),
+        run_id="t",
+        env_id="x",
+    )
     edit.filter_dataset(Dataset.open(tmp_path / "src"), tmp_path / "long", EpisodeFilter(min_length=9))
     import_parquet([DATA / "parquet" / "part_1.parquet", DATA / "parquet" / "part_2.parquet"], tmp_path / "imported")
     for folder, rows in ((tmp_path / "long", 59), (tmp_path / "imported", 50)):
@@ -113,7 +137,7 @@ def test_a_dataset_written_before_format_3_still_opens_and_reads_the_same(tmp_pa
     dataset = Dataset.open(old)
     assert dataset.manifest.partition_by == ["collector_id"] and dataset.manifest.rows == 18
     back = by_step(read_back(dataset))
-    for name, column in batch.columns.items():
+    for name in batch.columns:
         np.testing.assert_array_equal(back[name], by_step(batch.columns)[name], err_msg=name)
     assert sorted(dataset.to_pyarrow().to_table()["collector_id"].to_pylist()) == sorted(batch.columns["collector_id"])
     assert dataset.episode(1)["collector_id"].tolist() == [1] * 4
@@ -129,9 +153,14 @@ def test_a_dataset_written_before_format_3_still_opens_and_reads_the_same(tmp_pa
 
 def test_ray_data_gives_partition_columns_their_types_with_and_without_verify(ray_cluster, tmp_path):
     schema, batch = episodes_batch([10, 5, 7, 4], seed=1)
-    write_dataset([batch], schema, tmp_path / "d", AggregationConfig(formats=["parquet"],
-                                                                       partition_by=["collector_id", "truncated"]),
-                  run_id="t", env_id="x")
+    write_dataset(
+        [batch],
+        schema,
+        tmp_path / "d",
+        AggregationConfig(formats=["parquet"], partition_by=["collector_id", "truncated"]),
+        run_id="t",
+        env_id="x",
+    )
     for verify in (True, False):
         frame = Dataset.open(tmp_path / "d", verify=verify).to_ray().to_pandas()
         assert len(frame) == 26 and frame["truncated"].dtype.kind == "b", (verify, frame.dtypes)

@@ -32,11 +32,13 @@ def episodes_batch(lengths: list[int], seed: int = 0, minutes_apart: int = 25) -
     episode = np.repeat(np.arange(len(lengths)), lengths)
     step = np.concatenate([np.arange(n) for n in lengths])
     batch.columns.update(
-        episode_id=episode.astype(np.int64), step=step.astype(np.int64),
+        episode_id=episode.astype(np.int64),
+        step=step.astype(np.int64),
         collector_id=(episode % 2).astype(np.int64),
         terminated=np.concatenate([np.r_[np.zeros(n - 1, bool), True] for n in lengths]),
         truncated=np.zeros(sum(lengths), bool),
-        timestamp=START + (episode * minutes_apart * 60 + step).astype("timedelta64[s]"))
+        timestamp=START + (episode * minutes_apart * 60 + step).astype("timedelta64[s]"),
+    )
     return schema, batch
 
 
@@ -54,8 +56,15 @@ def test_time_partitions_follow_each_episodes_first_step_and_index_every_folder(
     starts = START + np.arange(len(lengths)) * np.timedelta64(25 * 60, "s")
     expected_hours = {f"year=2026/month=11/day=23/hour={str(t.astype('datetime64[h]'))[-2:]}" for t in starts}
     folders = {entry.path.rsplit("/", 1)[0] for entry in manifest.files}
-    assert folders == expected_hours == {"year=2026/month=11/day=23/hour=13", "year=2026/month=11/day=23/hour=14",
-                                         "year=2026/month=11/day=23/hour=15"}
+    assert (
+        folders
+        == expected_hours
+        == {
+            "year=2026/month=11/day=23/hour=13",
+            "year=2026/month=11/day=23/hour=14",
+            "year=2026/month=11/day=23/hour=15",
+        }
+    )
     by_episode = {}
     for entry in manifest.files:
         ids = pads.dataset(str(tmp_path / "data" / entry.path)).to_table(columns=["episode_id"])["episode_id"]
@@ -83,14 +92,25 @@ def test_time_partitions_follow_each_episodes_first_step_and_index_every_folder(
 
 def test_column_partitions_and_combinations(tmp_path):
     schema, batch = episodes_batch([10, 20, 30, 40])
-    manifest = write_dataset([batch], schema, tmp_path / "d", AggregationConfig(
-        formats=["parquet"], partition_by=["collector_id", "time"]), run_id="t", env_id="x")
+    manifest = write_dataset(
+        [batch],
+        schema,
+        tmp_path / "d",
+        AggregationConfig(formats=["parquet"], partition_by=["collector_id", "time"]),
+        run_id="t",
+        env_id="x",
+    )
     assert sorted({e.path.rsplit("/", 1)[0] for e in manifest.files}) == [
-        "collector_id=0/year=2026/month=11/day=23/hour=13", "collector_id=0/year=2026/month=11/day=23/hour=14",
-        "collector_id=1/year=2026/month=11/day=23/hour=13", "collector_id=1/year=2026/month=11/day=23/hour=14"]
+        "collector_id=0/year=2026/month=11/day=23/hour=13",
+        "collector_id=0/year=2026/month=11/day=23/hour=14",
+        "collector_id=1/year=2026/month=11/day=23/hour=13",
+        "collector_id=1/year=2026/month=11/day=23/hour=14",
+    ]
     # Readers that discover hive folders themselves (no manifest) see every row too.
-    assert pads.dataset(str(tmp_path / "d"), format="parquet", exclude_invalid_files=True,
-                        partitioning=None).count_rows() == 100
+    assert (
+        pads.dataset(str(tmp_path / "d"), format="parquet", exclude_invalid_files=True, partitioning=None).count_rows()
+        == 100
+    )
     with pytest.raises(ValueError, match="partition_by: no column 'game_id'"):
         write_dataset([batch], schema, tmp_path / "e", AggregationConfig(partition_by=["game_id"]), "t", "x")
     with pytest.raises(ValueError, match="column 'obs' is float32\\[3\\]"):
@@ -101,8 +121,9 @@ def test_column_partitions_and_combinations(tmp_path):
 def test_hdf5_columns_layout_round_trips_with_an_episode_table(tmp_path, compression):
     lengths = [7, 1, 19, 4]
     schema, batch = episodes_batch(lengths, seed=3)
-    cfg = AggregationConfig(formats=["parquet", "hdf5"], rows_per_file=10, hdf5=Hdf5Config(compression=compression,
-                                                                                           chunk_rows=8))
+    cfg = AggregationConfig(
+        formats=["parquet", "hdf5"], rows_per_file=10, hdf5=Hdf5Config(compression=compression, chunk_rows=8)
+    )
     manifest = write_dataset([batch], schema, tmp_path / "d", cfg, run_id="t", env_id="CartPole-v1")
     assert manifest.formats["hdf5"] == "_dataset.h5"
     columns = read_hdf5(tmp_path / "d" / "_dataset.h5")
@@ -115,15 +136,22 @@ def test_hdf5_columns_layout_round_trips_with_an_episode_table(tmp_path, compres
         table = h5["episodes"][()]
     assert table["length"].tolist() == lengths and table["start"].tolist() == [0, 7, 8, 27]
     rewards = batch["reward"]
-    np.testing.assert_allclose(table["return"], [rewards[s:s + n].sum() for s, n in zip([0, 7, 8, 27], lengths)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        table["return"], [rewards[s : s + n].sum() for s, n in zip([0, 7, 8, 27], lengths)], rtol=1e-6
+    )
     assert table["terminated"].all()
 
 
 def test_hdf5_episodes_layout_has_a_group_per_episode(tmp_path):
     schema, batch = episodes_batch([5, 9, 2], seed=4)
-    write_dataset([batch], schema, tmp_path / "d", AggregationConfig(
-        formats=["parquet", "hdf5"], hdf5=Hdf5Config(layout="episodes")), run_id="t", env_id="x")
+    write_dataset(
+        [batch],
+        schema,
+        tmp_path / "d",
+        AggregationConfig(formats=["parquet", "hdf5"], hdf5=Hdf5Config(layout="episodes")),
+        run_id="t",
+        env_id="x",
+    )
     with h5py.File(tmp_path / "d" / "_dataset.h5") as h5:
         assert sorted(h5["episodes"]) == ["0", "1", "2"]
         episode = h5["episodes/1"]
@@ -138,8 +166,9 @@ def test_tfrecord_export_reads_back_without_tensorflow(tmp_path):
     from harvest.aggregation.tfrecord import read_tfrecord
 
     schema, batch = episodes_batch([6, 3, 11], seed=8)
-    manifest = write_dataset([batch], schema, tmp_path / "d", AggregationConfig(formats=["parquet", "tfrecord"]),
-                             run_id="t", env_id="x")
+    manifest = write_dataset(
+        [batch], schema, tmp_path / "d", AggregationConfig(formats=["parquet", "tfrecord"]), run_id="t", env_id="x"
+    )
     assert manifest.formats["tfrecord"] == "_dataset.tfrecord"
     with pytest.raises(ImportError):
         __import__("tensorflow")
@@ -204,8 +233,14 @@ def object_names(bucket: str, prefix: str = "") -> list[str]:
 def test_writers_and_readers_work_on_s3(bucket, tmp_path):
     schema, batch = episodes_batch([30, 5, 200, 12], seed=5)
     uri = f"s3://{bucket}/datasets/one"
-    manifest = write_dataset([batch], schema, uri, AggregationConfig(
-        formats=["parquet", "npz", "hdf5"], partition_by=["time"], rows_per_file=50), run_id="s3", env_id="x")
+    manifest = write_dataset(
+        [batch],
+        schema,
+        uri,
+        AggregationConfig(formats=["parquet", "npz", "hdf5"], partition_by=["time"], rows_per_file=50),
+        run_id="s3",
+        env_id="x",
+    )
     names = object_names(bucket)
     assert "datasets/one/_manifest.json" in names and "datasets/one/_dataset.h5" in names
     assert "datasets/one/_dataset.npz" in names
@@ -240,8 +275,14 @@ def test_inspect_windows_exports_and_edits_read_and_write_s3(ray_cluster, bucket
     batch.columns["next_obs"][same_episode] = batch["obs"][1:][same_episode[:-1]]  # a clean dataset
     batch.columns["action"] = np.arange(batch.num_rows) % 4
     uri = f"s3://{bucket}/datasets/two"
-    write_dataset([batch], schema, uri, AggregationConfig(formats=["parquet"], partition_by=["collector_id"]),
-                  run_id="s3-2", env_id="x")
+    write_dataset(
+        [batch],
+        schema,
+        uri,
+        AggregationConfig(formats=["parquet"], partition_by=["collector_id"]),
+        run_id="s3-2",
+        env_id="x",
+    )
     dataset = Dataset.open(uri)
     report = inspect_dataset(dataset)
     assert report.overview["rows"] == 247 and report.overview["episodes"] == 4
@@ -266,9 +307,20 @@ def test_a_run_writes_partitioned_parquet_to_s3_and_ray_data_reads_it_back(ray_c
     from harvest.cluster.cli import main
     from tests.test_cli import TINY
 
-    argv = ["run", "--run-id", "to-s3", "--set", f"run.output_dir={tmp_path}",
-            "--set", f"aggregation.output=s3://{bucket}/runs", "--set", "aggregation.partition_by=[collector_id, time]",
-            "--set", "aggregation.formats=[parquet, hdf5]", *sum((["--set", item] for item in TINY), [])]
+    argv = [
+        "run",
+        "--run-id",
+        "to-s3",
+        "--set",
+        f"run.output_dir={tmp_path}",
+        "--set",
+        f"aggregation.output=s3://{bucket}/runs",
+        "--set",
+        "aggregation.partition_by=[collector_id, time]",
+        "--set",
+        "aggregation.formats=[parquet, hdf5]",
+        *sum((["--set", item] for item in TINY), []),
+    ]
     assert main(argv) == 0, (tmp_path / "to-s3" / "harvest.log").read_text()[-6000:]  # an internal error's traceback
     prefix = f"s3://{bucket}/runs/to-s3"
     dataset = Dataset.open(prefix)
@@ -277,8 +329,11 @@ def test_a_run_writes_partitioned_parquet_to_s3_and_ray_data_reads_it_back(ray_c
     # (which collectors stored rows depends on how fast each started: on a busy machine one may take them all)
     collectors = dataset.manifest.collectors
     assert collectors and {name.split("/")[2] for name in indexes} == {f"collector_id={c}" for c in collectors}
-    assert sum(json.loads(location(f"s3://{bucket}/{name}").read_text())["rows"] for name in indexes) == \
-        dataset.manifest.rows >= 3000
+    assert (
+        sum(json.loads(location(f"s3://{bucket}/{name}").read_text())["rows"] for name in indexes)
+        == dataset.manifest.rows
+        >= 3000
+    )
     # Ray Data reads the prefix (hive folders and all) with the same pyarrow file system.
     # (the partition column is in the folder names alone, as Hive lays it out: untyped, Ray Data gives strings)
     rows = ray.data.read_parquet(dataset.folder.path, filesystem=dataset.filesystem, file_extensions=["parquet"])
@@ -289,8 +344,9 @@ def test_a_run_writes_partitioned_parquet_to_s3_and_ray_data_reads_it_back(ray_c
         assert sorted(set(typed.unique("collector_id"))) == collectors and typed.count() == dataset.manifest.rows
     summary = json.loads((tmp_path / "to-s3" / "summary.json").read_text())
     assert summary["train"]["train_rows"] > 0 and not (tmp_path / "to-s3" / "dataset").exists()
-    for text in [(tmp_path / "to-s3" / name).read_text() for name in ("harvest.log", "config.yaml", "summary.json")] + \
-            [location(f"{prefix}/_manifest.json").read_text()]:
+    for text in [(tmp_path / "to-s3" / name).read_text() for name in ("harvest.log", "config.yaml", "summary.json")] + [
+        location(f"{prefix}/_manifest.json").read_text()
+    ]:
         assert SECRET not in text
 
 
@@ -299,10 +355,16 @@ def pixel_batch(rows: int = 40):
     schema = BatchSchema.for_spaces(gym.spaces.Box(0, 255, (32, 32, 3), np.uint8), gym.spaces.Discrete(3))
     batch = random_batch(schema, rows, 9)
     y, x = np.mgrid[0:32, 0:32]
-    frames = np.stack([np.stack([(x * 8 + t) % 256, (y * 8) % 256, np.full_like(x, (t * 5) % 256)], axis=-1)
-                       for t in range(rows + 1)]).astype(np.uint8)
-    batch.columns.update(obs=frames[:-1], next_obs=frames[1:], episode_id=np.arange(rows) // 10,
-                         step=np.arange(rows) % 10, action=np.arange(rows) % 3)
+    frames = np.stack(
+        [np.stack([(x * 8 + t) % 256, (y * 8) % 256, np.full_like(x, (t * 5) % 256)], axis=-1) for t in range(rows + 1)]
+    ).astype(np.uint8)
+    batch.columns.update(
+        obs=frames[:-1],
+        next_obs=frames[1:],
+        episode_id=np.arange(rows) // 10,
+        step=np.arange(rows) % 10,
+        action=np.arange(rows) % 3,
+    )
     return schema, batch
 
 
@@ -314,12 +376,19 @@ def test_pixel_columns_are_stored_as_images_and_read_back_as_pixels(ray_cluster,
 
     schema, batch = pixel_batch()
     plain = write_dataset([batch], schema, tmp_path / "plain", AggregationConfig(formats=["parquet"]), "t", "x")
-    manifest = write_dataset([batch], schema, tmp_path / "img", AggregationConfig(
-        formats=["parquet"], image_compression={"obs": fmt, "next_obs": fmt}), "t", "x")
+    manifest = write_dataset(
+        [batch],
+        schema,
+        tmp_path / "img",
+        AggregationConfig(formats=["parquet"], image_compression={"obs": fmt, "next_obs": fmt}),
+        "t",
+        "x",
+    )
     assert manifest.image_columns == {"obs": fmt, "next_obs": fmt}
     stored = pq.read_schema(tmp_path / "img" / manifest.files[0].path)
-    assert str(stored.field("obs").type) == "binary" and stored.field("obs").metadata == {b"harvest.image":
-                                                                                          fmt.encode()}
+    assert str(stored.field("obs").type) == "binary" and stored.field("obs").metadata == {
+        b"harvest.image": fmt.encode()
+    }
     assert manifest.files[0].bytes < plain.files[0].bytes
     dataset = Dataset.open(tmp_path / "img")
     pixels = dataset.read_columns(["obs"])["obs"]
@@ -334,5 +403,6 @@ def test_pixel_columns_are_stored_as_images_and_read_back_as_pixels(ray_cluster,
     kept = edit.filter_dataset(dataset, tmp_path / "kept", EpisodeFilter(min_length=10))
     assert kept.image_columns == manifest.image_columns and kept.rows == 40
     with pytest.raises(ValueError, match="image_compression: column 'action' is int64"):
-        write_dataset([batch], schema, tmp_path / "bad", AggregationConfig(image_compression={"action": "png"}),
-                      "t", "x")
+        write_dataset(
+            [batch], schema, tmp_path / "bad", AggregationConfig(image_compression={"action": "png"}), "t", "x"
+        )

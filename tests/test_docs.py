@@ -71,8 +71,12 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def options(parser: argparse.ArgumentParser) -> set[str]:
-    return {option for action in parser._actions for option in action.option_strings
-            if not isinstance(action, argparse._HelpAction)}
+    return {
+        option
+        for action in parser._actions
+        for option in action.option_strings
+        if not isinstance(action, argparse._HelpAction)
+    }
 
 
 def section_of(page: str, heading_id: str) -> str:
@@ -87,9 +91,24 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The site built as `make docs` builds it, from a folder other than the repository."""
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     out = elsewhere / "site"
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
-                           str(REPO / "mkdocs.yml"), "--site-dir", str(out)], cwd=elsewhere, capture_output=True,
-                          text=True, timeout=240, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(REPO / "mkdocs.yml"),
+            "--site-dir",
+            str(out),
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return out
 
@@ -101,7 +120,7 @@ def test_the_config_reference_holds_every_key_of_run_config(site):
     missing = [path for path in paths if f">{html.escape(path)}</code>" not in page]
     assert not missing, f"keys the config reference lacks: {missing}"
     entry = section_of(page, "replay")  # a key's row: its type and constraint, default and docstring
-    row = entry[entry.index('id="replay.num_shards"'):].split("</tr>")[0]
+    row = entry[entry.index('id="replay.num_shards"') :].split("</tr>")[0]
     assert "<code>int</code>, ≥ 1" in row and "<code>2</code>" in row and "every row of an episode" in row
 
 
@@ -127,14 +146,20 @@ def test_a_stale_page_fails_the_strict_build(tmp_path, caplog):
     docs = tmp_path / "docs"
     shutil.copytree(REPO / "docs", docs)
     with open(docs / "concepts.md", "a") as page:
-        page.write("\n\nStale: `replay.num_shardz`, `harvest inspect --htm`, [gone](reference/config.md#replay.gone).\n"
-                   "\n```bash\nharvest run my-run.yaml --set rollout.stepz=10\n```\n")
+        page.write(
+            "\n\nStale: `replay.num_shardz`, `harvest inspect --htm`, [gone](reference/config.md#replay.gone).\n"
+            "\n```bash\nharvest run my-run.yaml --set rollout.stepz=10\n```\n"
+        )
     (docs / "reference" / "config.md").write_text("# Config reference\n\nA hand copy: `replay.num_shards`.\n")
     config = load_config(str(REPO / "mkdocs.yml"), docs_dir=str(docs), site_dir=str(tmp_path / "site"), strict=True)
     with caplog.at_level(logging.WARNING, logger="mkdocs"), pytest.raises(Abort, match="strict mode"):
         build(config)
     warnings = "\n".join(record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING)
-    for stale in ("`replay.num_shardz`: no such config key", "`harvest inspect --htm`: no such option",
-                  "`--set rollout.stepz`: no such config key", "does not contain an anchor '#replay.gone'",
-                  "reference/config.md exists, but the page is generated"):
+    for stale in (
+        "`replay.num_shardz`: no such config key",
+        "`harvest inspect --htm`: no such option",
+        "`--set rollout.stepz`: no such config key",
+        "does not contain an anchor '#replay.gone'",
+        "reference/config.md exists, but the page is generated",
+    ):
         assert stale in warnings, warnings

@@ -30,8 +30,9 @@ def test_n_step_returns_match_a_hand_computation_in_any_row_order():
     terminated = np.array([0, 0, 0, 1, 0, 0, 0, 0, 0, 0], bool)
     truncated = np.array([0, 0, 0, 0, 0, 0, 1, 0, 0, 0], bool)
     order = np.random.default_rng(0).permutation(10)
-    got = n_step_returns(reward[order], terminated[order], truncated[order], episode_id[order], step[order],
-                         n=3, gamma=0.5)
+    got = n_step_returns(
+        reward[order], terminated[order], truncated[order], episode_id[order], step[order], n=3, gamma=0.5
+    )
     back = np.argsort(order)  # got is in the shuffled order; put it back
     returns, last, discount, done = (got.returns[back], order[got.last[back]], got.discount[back], got.done[back])
     np.testing.assert_allclose(returns, [1 + 1 + 0.75, 2 + 1.5 + 1, 3 + 2, 4, 5 + 3 + 1.75, 6 + 3.5, 7, 8 + 4.5, 9, 10])
@@ -54,22 +55,37 @@ def play(policy, episodes: int, seed: int, first_episode_id: int) -> dict[str, n
                 break
     obs, action, reward, next_obs, terminated, truncated, episode_id, step = map(np.array, zip(*rows))
     count = len(rows)
-    return {"obs": obs.astype(np.float32), "action": action.astype(np.int64), "reward": reward.astype(np.float32),
-            "next_obs": next_obs.astype(np.float32), "terminated": terminated, "truncated": truncated,
-            "episode_id": episode_id.astype(np.int64), "step": step.astype(np.int64),
-            "collector_id": np.zeros(count, np.int64), "policy_version": np.zeros(count, np.int64),
-            "timestamp": np.zeros(count, "datetime64[ns]")}
+    return {
+        "obs": obs.astype(np.float32),
+        "action": action.astype(np.int64),
+        "reward": reward.astype(np.float32),
+        "next_obs": next_obs.astype(np.float32),
+        "terminated": terminated,
+        "truncated": truncated,
+        "episode_id": episode_id.astype(np.int64),
+        "step": step.astype(np.int64),
+        "collector_id": np.zeros(count, np.int64),
+        "policy_version": np.zeros(count, np.int64),
+        "timestamp": np.zeros(count, "datetime64[ns]"),
+    }
 
 
 def mixed_dataset(folder: Path, seed: int, expert_episodes: int = 5, random_episodes: int = 45) -> Path:
     """The issue's data: a few expert episodes among many random-policy ones, as one dataset."""
     env = gym.make("CartPole-v1")
     expert = play(CartPoleExpert(env.observation_space, env.action_space), expert_episodes, 1000 * seed, 0)
-    randomly = play(RandomPolicy(env.observation_space, env.action_space, seed=seed), random_episodes,
-                    1000 * seed + 500, 100)
+    randomly = play(
+        RandomPolicy(env.observation_space, env.action_space, seed=seed), random_episodes, 1000 * seed + 500, 100
+    )
     batch = TransitionBatch({name: np.concatenate([expert[name], randomly[name]]) for name in expert})
-    write_dataset([batch], BatchSchema.for_spaces(env.observation_space, env.action_space), folder,
-                  AggregationConfig(formats=["parquet"]), run_id="dqfd-test", env_id="CartPole-v1")
+    write_dataset(
+        [batch],
+        BatchSchema.for_spaces(env.observation_space, env.action_space),
+        folder,
+        AggregationConfig(formats=["parquet"]),
+        run_id="dqfd-test",
+        env_id="CartPole-v1",
+    )
     return folder
 
 
@@ -95,8 +111,11 @@ def test_dqfd_beats_behaviour_cloning_on_demonstrations_diluted_with_random_play
         data = mixed_dataset(tmp_path / f"data{seed}", seed)
         bc = BCLearner(LearnerConfig(epochs=30, seed=seed), str(data), str(tmp_path / f"bc{seed}")).train()
         dqfd_cfg = DQfDConfig(pretrain_steps=2000, log_every=1000, eval_episodes=0)
-        dqfd = DQfDLearner(LearnerConfig(algorithm="dqfd", dqfd=dqfd_cfg, seed=seed, batch_size=64,
-                                         hidden_sizes=[64, 64]), str(data), str(tmp_path / f"dqfd{seed}")).train()
+        dqfd = DQfDLearner(
+            LearnerConfig(algorithm="dqfd", dqfd=dqfd_cfg, seed=seed, batch_size=64, hidden_sizes=[64, 64]),
+            str(data),
+            str(tmp_path / f"dqfd{seed}"),
+        ).train()
         bc_returns.append(greedy_return(bc.best_checkpoint))
         dqfd_returns.append(greedy_return(dqfd.best_checkpoint))
     # Measured: BC 51 / 398 / 57 (its best-validation checkpoint), DQfD 480-500 on each seed.
@@ -106,9 +125,20 @@ def test_dqfd_beats_behaviour_cloning_on_demonstrations_diluted_with_random_play
 
 def test_dqfd_interacts_mixes_its_own_rows_in_and_writes_its_records(tmp_path):
     data = mixed_dataset(tmp_path / "data", seed=4, expert_episodes=2, random_episodes=5)
-    cfg = LearnerConfig(algorithm="dqfd", batch_size=32, hidden_sizes=[32], seed=1,
-                        dqfd=DQfDConfig(pretrain_steps=100, online_env_steps=400, log_every=100, eval_episodes=2,
-                                        eval_max_steps=200, demo_ratio=None))
+    cfg = LearnerConfig(
+        algorithm="dqfd",
+        batch_size=32,
+        hidden_sizes=[32],
+        seed=1,
+        dqfd=DQfDConfig(
+            pretrain_steps=100,
+            online_env_steps=400,
+            log_every=100,
+            eval_episodes=2,
+            eval_max_steps=200,
+            demo_ratio=None,
+        ),
+    )
     result = DQfDLearner(cfg, str(data), str(tmp_path / "out")).train()
     history = json.loads(Path(result.history_path).read_text())
     steps = history["steps"]
@@ -131,7 +161,13 @@ def test_dqfd_refuses_continuous_actions_with_a_pointer_to_discretising(tmp_path
     schema = BatchSchema.for_spaces(gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32))
     from tests.test_batch import random_batch
 
-    write_dataset([random_batch(schema, 20)], schema, tmp_path / "data", AggregationConfig(formats=["parquet"]),
-                  run_id="t", env_id="Pendulum-v1")
+    write_dataset(
+        [random_batch(schema, 20)],
+        schema,
+        tmp_path / "data",
+        AggregationConfig(formats=["parquet"]),
+        run_id="t",
+        env_id="Pendulum-v1",
+    )
     with pytest.raises(ValueError, match="DQfD needs a Discrete action space.*set learner.action_set"):
         DQfDLearner(LearnerConfig(algorithm="dqfd"), str(tmp_path / "data"), str(tmp_path / "out"))

@@ -28,8 +28,10 @@ def by_hand(lengths, history, stride, pad):
     return count
 
 
-@pytest.mark.parametrize("history, stride, pad", [(16, 4, "none"), (16, None, "none"), (5, 3, "none"),
-                                                  (16, 1, "repeat_first"), (4, 3, "zeros"), (1, 1, "none")])
+@pytest.mark.parametrize(
+    "history, stride, pad",
+    [(16, 4, "none"), (16, None, "none"), (5, 3, "none"), (16, 1, "repeat_first"), (4, 3, "zeros"), (1, 1, "none")],
+)
 def test_window_counts_match_the_formula(tmp_path, history, stride, pad):
     schema, batch = episodes_batch(LENGTHS)
     write_dataset([batch], schema, tmp_path / "d", AggregationConfig(formats=["parquet"], rows_per_file=30), "t", "x")
@@ -49,8 +51,8 @@ def test_windows_are_a_lazy_ray_dataset_that_never_crosses_an_episode(ray_cluste
     for window in plain.iter_rows():
         episode = rows["episode_id"] == window["episode_id"]
         first = window["first_step"]
-        np.testing.assert_array_equal(window["obs"], rows["obs"][episode][first:first + 16])
-        np.testing.assert_array_equal(window["action"], rows["action"][episode][first:first + 16])
+        np.testing.assert_array_equal(window["obs"], rows["obs"][episode][first : first + 16])
+        np.testing.assert_array_equal(window["action"], rows["action"][episode][first : first + 16])
         assert window["mask"].all()
     stacked = windows(dataset, 4, 1, "repeat_first", columns=["obs"])
     assert stacked.count() == sum(LENGTHS)  # frame stacking: one sample per step
@@ -69,9 +71,18 @@ def test_windows_are_a_lazy_ray_dataset_that_never_crosses_an_episode(ray_cluste
 def test_a_run_keeps_only_the_episodes_its_filter_passes(ray_cluster, tmp_path):
     from tests.test_cli import TINY
 
-    argv = ["collect", "--run-id", "filtered", "--set", f"run.output_dir={tmp_path}", "--set",
-            "rollout.policy.kind=random", "--set", "aggregation.filter={min_length: 20, ended: [terminated]}",
-            *sum((["--set", item] for item in TINY), [])]
+    argv = [
+        "collect",
+        "--run-id",
+        "filtered",
+        "--set",
+        f"run.output_dir={tmp_path}",
+        "--set",
+        "rollout.policy.kind=random",
+        "--set",
+        "aggregation.filter={min_length: 20, ended: [terminated]}",
+        *sum((["--set", item] for item in TINY), []),
+    ]
     assert main(argv) == 0
     assert main(["compact", str(tmp_path / "filtered")]) == 0
     dataset = Dataset.open(tmp_path / "filtered" / "dataset")
@@ -105,8 +116,10 @@ def test_filter_delete_split_repartition_and_merge_write_new_datasets_with_paren
         edit.delete_episodes(source, tmp_path / "bad", [77])
 
     parts = edit.split_dataset(source, tmp_path / "split", {"train": 0.5, "validation": 0.25, "test": 0.25}, seed=1)
-    ids = {name: set(np.unique(read_back(Dataset.open(tmp_path / "split" / name))["episode_id"]).tolist())
-           for name in parts}
+    ids = {
+        name: set(np.unique(read_back(Dataset.open(tmp_path / "split" / name))["episode_id"]).tolist())
+        for name in parts
+    }
     assert [len(ids[name]) for name in ("train", "validation", "test")] == [4, 3, 2]  # bounds round(9 x 0.5, 0.75)
     assert set.union(*ids.values()) == set(range(8)) | {100} and sum(len(v) for v in ids.values()) == 9
     again = edit.split_dataset(source, tmp_path / "split2", {"train": 0.5, "validation": 0.25, "test": 0.25}, seed=1)
@@ -123,9 +136,22 @@ def test_filter_delete_split_repartition_and_merge_write_new_datasets_with_paren
     with pytest.raises(ValueError, match="episode 0 is in both"):
         edit.merge_datasets([source, source], tmp_path / "twice")
     boxed = BatchSchema.for_spaces(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(4))
-    write_dataset([TransitionBatch({**{k: v for k, v in other.columns.items()},
-                                    "obs": np.zeros((23, 4), np.float32), "next_obs": np.zeros((23, 4), np.float32)})],
-                  boxed, tmp_path / "wide", AggregationConfig(formats=["parquet"]), "w", "x")
+    write_dataset(
+        [
+            TransitionBatch(
+                {
+                    **{k: v for k, v in other.columns.items()},
+                    "obs": np.zeros((23, 4), np.float32),
+                    "next_obs": np.zeros((23, 4), np.float32),
+                }
+            )
+        ],
+        boxed,
+        tmp_path / "wide",
+        AggregationConfig(formats=["parquet"]),
+        "w",
+        "x",
+    )
     with pytest.raises(ValueError, match="schemas differ:\n  next_obs: .*shape.: \\[3\\].*\n  obs: "):
         edit.merge_datasets([source, Dataset.open(tmp_path / "wide")], tmp_path / "nope")
     assert main(["edit", "filter", str(tmp_path / "src"), "--out", str(tmp_path / "cli"), "--min-return", "1e9"]) == 0

@@ -23,8 +23,10 @@ from tests.custom_kind import CoinKind
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("robocode", "generals", "car_racing", "carracing", "cartpole", "coin")
 """Names of env families (Harvest's own, and the test's): the driver's code names none of them."""
-DRIVER = [REPO / "cluster" / name for name in ("pipeline.py", "api.py", "config.py", "run_folder.py", "live.py",
-                                                "jobs.py", "local.py")] + sorted((REPO / "cluster" / "stages").glob("*.py"))
+DRIVER = [
+    REPO / "cluster" / name
+    for name in ("pipeline.py", "api.py", "config.py", "run_folder.py", "live.py", "jobs.py", "local.py")
+] + sorted((REPO / "cluster" / "stages").glob("*.py"))
 
 
 @pytest.fixture()
@@ -50,10 +52,23 @@ def test_a_kinds_typed_kwargs_are_checked_when_the_config_loads(coin_kind):
 
 @pytest.mark.timeout(600)
 def test_harvest_run_on_a_kind_registered_from_outside_the_library(ray_cluster, coin_kind, tmp_path):
-    overrides = ["env.id=coin", "env.kwargs={p_heads: 0.9, episode_length: 8}", "rollout.num_collectors=2",
-                 "rollout.steps=4000", "rollout.batch_rows=512", "rollout.num_cpus=0.25", "replay.num_cpus=0.1", "aggregation.num_cpus=0.1",
-                 "learner.epochs=3", "learner.hidden_sizes=[16]", "learner.num_cpus=0.5", "eval.episodes=20",
-                 "eval.num_workers=1", "eval.baselines=[expert, random]", f"run.output_dir={tmp_path}"]
+    overrides = [
+        "env.id=coin",
+        "env.kwargs={p_heads: 0.9, episode_length: 8}",
+        "rollout.num_collectors=2",
+        "rollout.steps=4000",
+        "rollout.batch_rows=512",
+        "rollout.num_cpus=0.25",
+        "replay.num_cpus=0.1",
+        "aggregation.num_cpus=0.1",
+        "learner.epochs=3",
+        "learner.hidden_sizes=[16]",
+        "learner.num_cpus=0.5",
+        "eval.episodes=20",
+        "eval.num_workers=1",
+        "eval.baselines=[expert, random]",
+        f"run.output_dir={tmp_path}",
+    ]
     assert main(["run", "--run-id", "coins", *sum((["--set", item] for item in overrides), [])]) == 0
     summary = json.loads((tmp_path / "coins" / "summary.json").read_text())
     dataset = Dataset.open(tmp_path / "coins" / "dataset")

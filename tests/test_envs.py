@@ -21,8 +21,13 @@ SPACES = {
     "discrete": gym.spaces.Discrete(5, start=-2),
     "multidiscrete": gym.spaces.MultiDiscrete([3, 4]),
     "multibinary": gym.spaces.MultiBinary(6),
-    "dict": gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (2,)), "mode": gym.spaces.Discrete(3),
-                             "inner": gym.spaces.Dict({"grid": gym.spaces.MultiDiscrete([[2, 2], [2, 2]])})}),
+    "dict": gym.spaces.Dict(
+        {
+            "pos": gym.spaces.Box(-1, 1, (2,)),
+            "mode": gym.spaces.Discrete(3),
+            "inner": gym.spaces.Dict({"grid": gym.spaces.MultiDiscrete([[2, 2], [2, 2]])}),
+        }
+    ),
     "tuple": gym.spaces.Tuple([gym.spaces.Discrete(2), gym.spaces.Box(0, 1, (3,))]),
 }
 
@@ -71,11 +76,14 @@ def test_user_env_by_entry_point_and_registered_name():
     assert make_vector_env(EnvConfig(id="counting", num_envs=2)).num_envs == 2
 
 
-@pytest.mark.parametrize("env_id, message", [
-    ("NoSuchEnv-v9", "not a Gymnasium id"),
-    ("tests.no_such_module:Env", "cannot import module 'tests.no_such_module'"),
-    ("tests.toy_envs:Missing", "has no attribute 'Missing'"),
-])
+@pytest.mark.parametrize(
+    "env_id, message",
+    [
+        ("NoSuchEnv-v9", "not a Gymnasium id"),
+        ("tests.no_such_module:Env", "cannot import module 'tests.no_such_module'"),
+        ("tests.toy_envs:Missing", "has no attribute 'Missing'"),
+    ],
+)
 def test_unknown_envs_are_named_in_the_error(env_id, message):
     with pytest.raises(EnvNotFoundError, match=message):
         make_vector_env(EnvConfig(id=env_id))

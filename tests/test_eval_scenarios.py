@@ -10,8 +10,7 @@ from harvest.rollout.evaluation import EvalResult
 def test_scenario_overrides_merge_nested_env_kwargs():
     base = {"players": "both", "map": {"min_size": 8, "max_size": 10}, "rewards": {"win": 1.0, "city": 0.1}}
     merged = merge_kwargs(base, {"players": "first", "rewards": {"city": 0.0}})
-    assert merged == {"players": "first", "map": {"min_size": 8, "max_size": 10},
-                      "rewards": {"win": 1.0, "city": 0.0}}
+    assert merged == {"players": "first", "map": {"min_size": 8, "max_size": 10}, "rewards": {"win": 1.0, "city": 0.0}}
     assert base["rewards"]["city"] == 0.1, "the run's own kwargs are left alone"
 
 

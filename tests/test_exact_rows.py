@@ -20,10 +20,23 @@ pytestmark = pytest.mark.timeout(600)
 def test_rollout_steps_gives_exactly_that_many_rows_without_gaps(ray_cluster, tmp_path, mode):
     run_id = f"exact-{mode}"
     # 7 envs and 250-row chunks: almost no chunk ends on a vector step's last row
-    settings = [*TINY, "rollout.steps=3000", "env.num_envs=7", "rollout.chunk_rows=250", "rollout.batch_rows=100",
-                f"rollout.mode={mode}", "rollout.policy.kind=random"]
-    argv = ["collect", "--run-id", run_id, "--set", f"run.output_dir={tmp_path}",
-            *sum((["--set", item] for item in settings), [])]
+    settings = [
+        *TINY,
+        "rollout.steps=3000",
+        "env.num_envs=7",
+        "rollout.chunk_rows=250",
+        "rollout.batch_rows=100",
+        f"rollout.mode={mode}",
+        "rollout.policy.kind=random",
+    ]
+    argv = [
+        "collect",
+        "--run-id",
+        run_id,
+        "--set",
+        f"run.output_dir={tmp_path}",
+        *sum((["--set", item] for item in settings), []),
+    ]
     assert main(argv) == 0
     summary = json.loads((tmp_path / run_id / "summary.json").read_text())
     assert main(["compact", str(tmp_path / run_id)]) == 0

@@ -33,9 +33,20 @@ def cartpole_dataset(folder, episodes=4, unfinished=True, teacher=None):
                 action, extras = int(expert.compute_actions(obs).actions), {}
             next_obs, reward, terminated, truncated, _ = env.step(action)
             cut = unfinished and episode == episodes and step == 9
-            row = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated,
-                   "truncated": truncated, "episode_id": episode, "step": step, "collector_id": 0,
-                   "policy_version": 0, "timestamp": np.datetime64("2026-11-23T12:00:00", "ns"), **extras}
+            row = {
+                "obs": obs,
+                "action": action,
+                "reward": reward,
+                "next_obs": next_obs,
+                "terminated": terminated,
+                "truncated": truncated,
+                "episode_id": episode,
+                "step": step,
+                "collector_id": 0,
+                "policy_version": 0,
+                "timestamp": np.datetime64("2026-11-23T12:00:00", "ns"),
+                **extras,
+            }
             for name, value in row.items():
                 rows.setdefault(name, []).append(value)
             obs = next_obs
@@ -44,8 +55,14 @@ def cartpole_dataset(folder, episodes=4, unfinished=True, teacher=None):
     extras = {LOGITS_COLUMN: ColumnSpec(np.float32, (2,))} if teacher is not None else {}
     schema = BatchSchema.for_spaces(env.observation_space, env.action_space, extras=extras)
     columns = {name: np.asarray(values, dtype=schema.columns[name].dtype) for name, values in rows.items()}
-    write_dataset([TransitionBatch(columns)], schema, folder, AggregationConfig(formats=["parquet"]), run_id="exp",
-                  env_id="CartPole-v1")
+    write_dataset(
+        [TransitionBatch(columns)],
+        schema,
+        folder,
+        AggregationConfig(formats=["parquet"]),
+        run_id="exp",
+        env_id="CartPole-v1",
+    )
     return Dataset.open(folder), columns
 
 
@@ -55,8 +72,21 @@ def test_minari_export_loads_in_minari_and_recovers_the_env(tmp_path):
     import minari
 
     dataset, columns = cartpole_dataset(tmp_path / "data")
-    assert main(["export", str(tmp_path / "data"), "--to", "minari", "--out", str(tmp_path / "minari"),
-                 "--minari-id", "harvest/cartpole-expert-v0"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "data"),
+                "--to",
+                "minari",
+                "--out",
+                str(tmp_path / "minari"),
+                "--minari-id",
+                "harvest/cartpole-expert-v0",
+            ]
+        )
+        == 0
+    )
     os.environ["MINARI_DATASETS_PATH"] = str(tmp_path / "minari")
     try:
         loaded = minari.load_dataset("harvest/cartpole-expert-v0")
@@ -95,22 +125,32 @@ def test_offline_rl_export_is_the_d4rl_dict(tmp_path, suffix):
     if suffix == "hdf5":  # as D4RL's get_dataset reads its files: every dataset in the file, by path
         data = {}
         with h5py.File(out, "r") as h5:
-            h5.visititems(lambda name, item: data.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
-                          else None)
+            h5.visititems(
+                lambda name, item: data.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+            )
             assert h5.attrs["env_id"] == "CartPole-v1"
     else:
         with np.load(out, allow_pickle=False) as npz:
             data = dict(npz)
     order = np.lexsort((columns["step"], columns["episode_id"]))
-    for key, name in (("observations", "obs"), ("next_observations", "next_obs"), ("actions", "action"),
-                      ("rewards", "reward"), ("terminals", "terminated"), ("timeouts", "truncated"),
-                      ("infos/episode_id", "episode_id"), ("infos/step", "step")):
+    for key, name in (
+        ("observations", "obs"),
+        ("next_observations", "next_obs"),
+        ("actions", "action"),
+        ("rewards", "reward"),
+        ("terminals", "terminated"),
+        ("timeouts", "truncated"),
+        ("infos/episode_id", "episode_id"),
+        ("infos/step", "step"),
+    ):
         np.testing.assert_array_equal(data[key], columns[name][order], err_msg=key)
     assert data["timeouts"].sum() == 4  # the expert keeps the pole up until the 60-step limit
     # The same export with an episode filter: the 10-step episode cut off by the collection is left out.
     filtered = tmp_path / f"long.{suffix}"
-    assert main(["export", str(tmp_path / "data"), "--to", "offline-rl", "--out", str(filtered),
-                 "--min-length", "60"]) == 0
+    assert (
+        main(["export", str(tmp_path / "data"), "--to", "offline-rl", "--out", str(filtered), "--min-length", "60"])
+        == 0
+    )
     if suffix == "npz":
         with np.load(filtered, allow_pickle=False) as npz:
             assert npz["observations"].shape == (240, 4) and set(npz["infos/episode_id"]) == {0, 1, 2, 3}
@@ -152,7 +192,7 @@ def test_an_export_is_refused_over_an_existing_file_inside_a_dataset_or_with_an_
         tmp_path / "e": r"e: this export writes .hdf5 or .h5 or .npz files, not a file without an extension",
         tmp_path / "data" / "_manifest.json": r"writes .hdf5 or .h5 or .npz files, not .json",
         tmp_path / "data" / "copy.hdf5": rf"copy.hdf5: inside the dataset folder {tmp_path / 'data'}; write exports "
-                                         "outside it",
+        "outside it",
     }
     for out, says in refused.items():
         with pytest.raises(ExportTargetError, match=says):

@@ -17,14 +17,17 @@ from tests.test_batch import random_batch
 
 
 def harvest_without(modules: list[str], argv: list[str], cwd) -> subprocess.CompletedProcess:
-    code = (f"import sys\nfor name in {modules!r}: sys.modules[name] = None\n"
-            f"from harvest.cluster.cli import main\nsys.exit(main({argv!r}))\n")
+    code = (
+        f"import sys\nfor name in {modules!r}: sys.modules[name] = None\n"
+        f"from harvest.cluster.cli import main\nsys.exit(main({argv!r}))\n"
+    )
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=240)
 
 
 def test_car_racing_without_box2d_names_the_human_extra(tmp_path):
-    done = harvest_without(["Box2D"], ["run", "--set", "env.id=CarRacing-v3", "--set", f"run.output_dir={tmp_path}"],
-                           tmp_path)
+    done = harvest_without(
+        ["Box2D"], ["run", "--set", "env.id=CarRacing-v3", "--set", f"run.output_dir={tmp_path}"], tmp_path
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "CarRacing-v3" in errors[0] and "pip install 'harvest-rl[human]'" in errors[0], errors
@@ -34,11 +37,15 @@ def test_car_racing_without_box2d_names_the_human_extra(tmp_path):
 def test_a_minari_export_without_minari_names_the_formats_extra(tmp_path):
     schema = BatchSchema.for_spaces(gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(2))
     write_dataset([random_batch(schema, 40)], schema, tmp_path / "d", AggregationConfig(formats=["parquet"]), "t", "x")
-    done = harvest_without(["minari"], ["export", str(tmp_path / "d"), "--to", "minari", "--out",
-                                        str(tmp_path / "minari")], tmp_path)
+    done = harvest_without(
+        ["minari"], ["export", str(tmp_path / "d"), "--to", "minari", "--out", str(tmp_path / "minari")], tmp_path
+    )
     assert done.returncode == 2, done.stderr[-3000:]
-    assert "harvest export --to minari needs minari, which is not installed: pip install 'harvest-rl[formats]'" \
-        in done.stderr and "Traceback" not in done.stderr
+    assert (
+        "harvest export --to minari needs minari, which is not installed: pip install 'harvest-rl[formats]'"
+        in done.stderr
+        and "Traceback" not in done.stderr
+    )
 
 
 def test_the_teleoperation_window_without_pygame_names_the_human_extra():
@@ -57,8 +64,9 @@ def test_the_teleoperation_window_without_pygame_names_the_human_extra():
         try:
             require("pygame", "the teleoperation window")
         except MissingExtraError as err:
-            assert str(err) == ("the teleoperation window needs pygame, which is not installed: "
-                                "pip install 'harvest-rl[human]'")
+            assert str(err) == (
+                "the teleoperation window needs pygame, which is not installed: pip install 'harvest-rl[human]'"
+            )
         else:
             raise AssertionError("no MissingExtraError")
     finally:

@@ -24,10 +24,19 @@ from harvest.cluster.cli import main
 from tests.toy_envs import open_gate, waiting_pids
 from tests.waiting import wait_for
 
-SMALL = ["env.id=tests.toy_envs:CountingEnv", "env.num_envs=2", "rollout.policy.kind=random",
-         "rollout.num_collectors=2", "rollout.steps=6000", "rollout.batch_rows=100", "rollout.num_cpus=0.25",
-         "rollout.max_pushes_in_flight=2", "replay.num_cpus=0.1", "replay.capacity_rows=20000",
-         "aggregation.num_cpus=0.1"]
+SMALL = [
+    "env.id=tests.toy_envs:CountingEnv",
+    "env.num_envs=2",
+    "rollout.policy.kind=random",
+    "rollout.num_collectors=2",
+    "rollout.steps=6000",
+    "rollout.batch_rows=100",
+    "rollout.num_cpus=0.25",
+    "rollout.max_pushes_in_flight=2",
+    "replay.num_cpus=0.1",
+    "replay.capacity_rows=20000",
+    "aggregation.num_cpus=0.1",
+]
 
 
 def _args(tmp_path: Path, *overrides: str) -> list[str]:
@@ -62,8 +71,11 @@ def killing_once(title: str, when, timeout_s: float = 200):
     def kill() -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not killed and not done.is_set():
-            pids = [process.pid for process in psutil.Process().children(recursive=True)
-                    if _title(process).startswith(title)]
+            pids = [
+                process.pid
+                for process in psutil.Process().children(recursive=True)
+                if _title(process).startswith(title)
+            ]
             if pids and when():
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
@@ -97,8 +109,9 @@ def test_a_collector_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(r
 
     def kill_one_collector() -> None:  # SIGKILL a collector mid-run: both wait at the gate, rows pushed before it
         try:
-            pids = wait_for(lambda: len(waiting_pids(gate)) == 2 and waiting_pids(gate), 200,
-                            "both collectors to reach the gate")
+            pids = wait_for(
+                lambda: len(waiting_pids(gate)) == 2 and waiting_pids(gate), 200, "both collectors to reach the gate"
+            )
             os.kill(min(pids), signal.SIGKILL)
             killed.append(min(pids))
         finally:
@@ -124,8 +137,13 @@ def test_a_collector_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(r
 @pytest.mark.timeout(300)
 def test_a_planted_stall_is_reported_naming_the_collector_and_the_call_and_the_run_recovers(ray_cluster, tmp_path):
     flag = tmp_path / "hung"
-    args = _args(tmp_path, "env.id=tests.toy_envs:HangingEnv", f"env.kwargs={{hang_at_step: 400, flag_file: '{flag}'}}",
-                 "watchdog.stall_after_s=3", "watchdog.check_every_s=1")
+    args = _args(
+        tmp_path,
+        "env.id=tests.toy_envs:HangingEnv",
+        f"env.kwargs={{hang_at_step: 400, flag_file: '{flag}'}}",
+        "watchdog.stall_after_s=3",
+        "watchdog.check_every_s=1",
+    )
     assert main(["collect", "--run-id", "stalled", *args]) == 0
     assert flag.exists(), "an env step hung"
     assert main(["compact", str(tmp_path / "stalled")]) == 0
@@ -151,11 +169,28 @@ def _tensors(path: Path) -> dict:
 
 @pytest.mark.timeout(400)
 def test_a_learner_killed_mid_training_resumes_from_its_last_epoch_and_ends_where_an_uninterrupted_one_does(
-        ray_cluster, tmp_path):
+    ray_cluster, tmp_path
+):
 
-    assert main(["collect", "--run-id", "data", *_args(tmp_path, "rollout.steps=40000", "rollout.batch_rows=2000",
-                                                      "learner.epochs=8", "learner.hidden_sizes=[256, 256]",
-                                                      "learner.batch_size=64", "learner.num_cpus=0.5")]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "--run-id",
+                "data",
+                *_args(
+                    tmp_path,
+                    "rollout.steps=40000",
+                    "rollout.batch_rows=2000",
+                    "learner.epochs=8",
+                    "learner.hidden_sizes=[256, 256]",
+                    "learner.batch_size=64",
+                    "learner.num_cpus=0.5",
+                ),
+            ]
+        )
+        == 0
+    )
     assert main(["compact", str(tmp_path / "data")]) == 0
     shutil.copytree(tmp_path / "data", tmp_path / "again")
     assert main(["train", str(tmp_path / "again")]) == 0  # the reference: never interrupted
@@ -191,12 +226,19 @@ def test_a_collector_pauses_while_the_nodes_memory_is_above_the_limit_and_says_s
     from harvest.rollout.worker import PushTimeoutError, RolloutWorker, node_memory_used, schema_for
 
     env = EnvConfig(id="tests.toy_envs:CountingEnv", num_envs=2)
-    rollout = RolloutConfig(batch_rows=50, push_timeout_s=3.0, policy=PolicyConfig(kind="random"),
-                            pause_above_memory=max(0.001, node_memory_used() / 4))  # far below what is used now
+    rollout = RolloutConfig(
+        batch_rows=50,
+        push_timeout_s=3.0,
+        policy=PolicyConfig(kind="random"),
+        pause_above_memory=max(0.001, node_memory_used() / 4),
+    )  # far below what is used now
     factory = ConfiguredPolicyFactory(rollout.policy, env.id, seed=0)
     replay = start_replay(ReplayConfig(num_shards=1, capacity_rows=1000, num_cpus=0.1), schema_for(env, factory))
-    worker = ray.remote(RolloutWorker).options(num_cpus=0.25, max_concurrency=2).remote(env, rollout, factory, replay,
-                                                                                        0, "memory", 0)
+    worker = (
+        ray.remote(RolloutWorker)
+        .options(num_cpus=0.25, max_concurrency=2)
+        .remote(env, rollout, factory, replay, 0, "memory", 0)
+    )
     try:
         collecting = worker.collect.remote(200)
         # It pauses before its first push; its activity stays so once it gives up (push_timeout_s).
@@ -206,7 +248,7 @@ def test_a_collector_pauses_while_the_nodes_memory_is_above_the_limit_and_says_s
             try:
                 ray.get(collecting, timeout=60)
             except ray.exceptions.RayTaskError as err:
-                raise err.as_instanceof_cause()
+                raise err.as_instanceof_cause() from err
         assert replay.inserted_rows() == 0, "nothing was pushed while memory was above the limit"
     finally:
         ray.kill(worker, no_restart=True)
@@ -214,26 +256,40 @@ def test_a_collector_pauses_while_the_nodes_memory_is_above_the_limit_and_says_s
 
 
 @pytest.mark.timeout(900)  # a whole run twice (collect, train, evaluate): minutes on a busy machine
-def test_harvest_run_resume_goes_on_from_the_durable_shards_and_rotators_of_an_interrupted_run(ray_cluster,
-                                                                                              tmp_path):
+def test_harvest_run_resume_goes_on_from_the_durable_shards_and_rotators_of_an_interrupted_run(ray_cluster, tmp_path):
     # The run rotates its dataset while collecting (the longer path: durable shards plus the
     # rotators' state); a run that compacts at the end resumes through the same collection.
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    settings = _args(tmp_path, "env.id=tests.toy_envs:HangingEnv", "env.kwargs={step_s: 0.002}",
-                     "rollout.steps=8000", f"replay.wal_dir={tmp_path / 'wal'}", "replay.checkpoint_every_rows=2000",
-                     "learner.epochs=1", "learner.hidden_sizes=[16]", "learner.num_cpus=0.5", "eval.episodes=2",
-                     "eval.baselines=[random]", f"ray.address={ray_cluster.address_info['gcs_address']}",
-                     "aggregation.rotate_every_s=1")
-    driver = subprocess.Popen([sys.executable, "-m", "harvest", "run", "--run-id", "cut", *settings], cwd=repo,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    settings = _args(
+        tmp_path,
+        "env.id=tests.toy_envs:HangingEnv",
+        "env.kwargs={step_s: 0.002}",
+        "rollout.steps=8000",
+        f"replay.wal_dir={tmp_path / 'wal'}",
+        "replay.checkpoint_every_rows=2000",
+        "learner.epochs=1",
+        "learner.hidden_sizes=[16]",
+        "learner.num_cpus=0.5",
+        "eval.episodes=2",
+        "eval.baselines=[random]",
+        f"ray.address={ray_cluster.address_info['gcs_address']}",
+        "aggregation.rotate_every_s=1",
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "harvest", "run", "--run-id", "cut", *settings],
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     manifest = tmp_path / "cut" / "dataset" / "_manifest.json"
 
     try:  # interrupt it mid-collection, after a rotation wrote files: the driver dies, with its actors
-        wait_for(lambda: manifest.is_file() and json.loads(manifest.read_text())["rows"], 200,
-                 "a rotation to write files")
+        wait_for(
+            lambda: manifest.is_file() and json.loads(manifest.read_text())["rows"], 200, "a rotation to write files"
+        )
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -260,9 +316,17 @@ def test_harvest_run_resume_goes_on_from_the_durable_shards_and_rotators_of_an_i
 def test_a_ppo_learner_killed_mid_training_goes_on_after_its_last_iteration(ray_cluster, tmp_path):
     _run_folder(tmp_path / "ppo")
     last = tmp_path / "ppo" / "learner" / "last.safetensors"
-    ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=12000", "learner.ppo.num_collectors=1",
-           "learner.ppo.rows_per_collector=1000", "learner.ppo.eval_every=100", "learner.ppo.eval_episodes=1",
-           "learner.ppo.eval_max_steps=50", "learner.hidden_sizes=[32]", "learner.num_cpus=0.5"]
+    ppo = [
+        "learner.algorithm=ppo",
+        "learner.ppo.env_steps=12000",
+        "learner.ppo.num_collectors=1",
+        "learner.ppo.rows_per_collector=1000",
+        "learner.ppo.eval_every=100",
+        "learner.ppo.eval_episodes=1",
+        "learner.ppo.eval_max_steps=50",
+        "learner.hidden_sizes=[32]",
+        "learner.num_cpus=0.5",
+    ]
     with killing_once("ray::PPOLearner", when=last.is_file) as killed:
         assert main(["train", str(tmp_path / "ppo"), *sum((["--set", item] for item in ppo), [])]) == 0
     assert killed, "the learner was killed mid-training"
@@ -280,10 +344,18 @@ def test_a_ppo_collector_killed_mid_training_is_restarted_and_training_goes_on(r
     current weights again and the iteration it died in is collected in full."""
     _run_folder(tmp_path / "ppo")
     last = tmp_path / "ppo" / "learner" / "last.safetensors"
-    ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=6000", "learner.ppo.num_collectors=2",
-           "learner.ppo.rows_per_collector=500", "learner.ppo.eval_every=100", "learner.ppo.eval_episodes=1",
-           "learner.ppo.eval_max_steps=50", "learner.hidden_sizes=[32]", "learner.num_cpus=0.5",
-           "learner.ppo.collector_num_cpus=0.25"]
+    ppo = [
+        "learner.algorithm=ppo",
+        "learner.ppo.env_steps=6000",
+        "learner.ppo.num_collectors=2",
+        "learner.ppo.rows_per_collector=500",
+        "learner.ppo.eval_every=100",
+        "learner.ppo.eval_episodes=1",
+        "learner.ppo.eval_max_steps=50",
+        "learner.hidden_sizes=[32]",
+        "learner.num_cpus=0.5",
+        "learner.ppo.collector_num_cpus=0.25",
+    ]
     with killing_once("ray::RolloutWorker", when=last.is_file) as killed:  # after the first iteration
         assert main(["train", str(tmp_path / "ppo"), *sum((["--set", item] for item in ppo), [])]) == 0
     assert killed, "a collector was killed mid-training"
@@ -314,9 +386,17 @@ def test_a_dqfd_learner_killed_while_interacting_goes_on_with_its_replay_and_cou
     assert main(["collect", "--run-id", "dqfd", *_args(tmp_path, "rollout.steps=600")]) == 0
     assert main(["compact", str(tmp_path / "dqfd")]) == 0
     learner = tmp_path / "dqfd" / "learner"
-    dqfd = ["learner.algorithm=dqfd", "learner.hidden_sizes=[32]", "learner.batch_size=32", "learner.num_cpus=0.5",
-            "learner.dqfd.pretrain_steps=200", "learner.dqfd.online_env_steps=1500", "learner.dqfd.log_every=100",
-            "learner.dqfd.eval_episodes=1", "learner.dqfd.eval_max_steps=20"]
+    dqfd = [
+        "learner.algorithm=dqfd",
+        "learner.hidden_sizes=[32]",
+        "learner.batch_size=32",
+        "learner.num_cpus=0.5",
+        "learner.dqfd.pretrain_steps=200",
+        "learner.dqfd.online_env_steps=1500",
+        "learner.dqfd.log_every=100",
+        "learner.dqfd.eval_episodes=1",
+        "learner.dqfd.eval_max_steps=20",
+    ]
     with killing_once("ray::DQfDLearner", when=lambda: _saved_env_steps(learner / "last.safetensors") >= 500) as killed:
         assert main(["train", str(tmp_path / "dqfd"), *sum((["--set", item] for item in dqfd), [])]) == 0
     assert killed, "the learner was killed while interacting"
@@ -338,8 +418,14 @@ def test_a_dqfd_learner_killed_while_interacting_goes_on_with_its_replay_and_cou
 def test_a_collector_ray_cannot_place_holds_no_rows_back_and_is_named(ray_cluster, tmp_path):
     # 2 CPUs: two collectors of 0.75 CPU and the shards fit, the third never starts.
     slow = ["env.id=tests.toy_envs:HangingEnv", "env.kwargs={step_s: 0.001}"]  # ~1,000 rows/s per collector
-    args = _args(tmp_path, *slow, "rollout.num_collectors=3", "rollout.num_cpus=0.75", "rollout.chunk_rows=1000",
-                 "watchdog.check_every_s=1")
+    args = _args(
+        tmp_path,
+        *slow,
+        "rollout.num_collectors=3",
+        "rollout.num_cpus=0.75",
+        "rollout.chunk_rows=1000",
+        "watchdog.check_every_s=1",
+    )
     assert main(["collect", "--run-id", "crowded", *args]) == 0
     assert main(["compact", str(tmp_path / "crowded")]) == 0
     collect, dataset, keys = _collected(tmp_path / "crowded")
@@ -348,7 +434,9 @@ def test_a_collector_ray_cannot_place_holds_no_rows_back_and_is_named(ray_cluste
     sources = set(pads.dataset(dataset.files).to_table(columns=["collector_id"])["collector_id"].to_pylist())
     (waiting,) = {0, 1, 2} - sources  # (which two Ray places first is its choice)
     log = (tmp_path / "crowded" / "harvest.log").read_text()
-    assert f"collector {waiting} has not started yet (waiting for RolloutWorker[{waiting}]: resources to start it" in log
+    assert (
+        f"collector {waiting} has not started yet (waiting for RolloutWorker[{waiting}]: resources to start it" in log
+    )
 
 
 @pytest.mark.timeout(180)
@@ -361,10 +449,20 @@ def test_a_resumed_run_does_not_train_its_finished_stages_again(ray_cluster, tmp
 
     paths = RunPaths(tmp_path / "staged")
     mixed_dataset(paths.root / "dataset", seed=1, expert_episodes=2, random_episodes=5)
-    cfg = load_config(None, ["env.id=CartPole-v1", "learner.stages=[bc, dqfd]", "learner.epochs=2",
-                             "learner.hidden_sizes=[16]", "learner.num_cpus=0.5", "learner.dqfd.pretrain_steps=50",
-                             "learner.dqfd.log_every=50", "learner.dqfd.eval_episodes=1",
-                             "learner.dqfd.eval_max_steps=20"])
+    cfg = load_config(
+        None,
+        [
+            "env.id=CartPole-v1",
+            "learner.stages=[bc, dqfd]",
+            "learner.epochs=2",
+            "learner.hidden_sizes=[16]",
+            "learner.num_cpus=0.5",
+            "learner.dqfd.pretrain_steps=50",
+            "learner.dqfd.log_every=50",
+            "learner.dqfd.eval_episodes=1",
+            "learner.dqfd.eval_max_steps=20",
+        ],
+    )
     bc_dir, dqfd_dir = paths.learner / "1-bc", paths.learner / "2-dqfd"
     BCLearner(cfg.learner, str(paths.dataset), str(bc_dir)).train()  # the first stage had finished
     bc_written = {path.name: path.stat().st_mtime_ns for path in bc_dir.iterdir()}
@@ -386,12 +484,18 @@ def test_the_watchdog_names_a_full_object_store(ray_cluster):
 
 
 @pytest.mark.timeout(200)
-def test_a_ppo_iteration_whose_collector_hangs_fails_naming_the_collector_and_its_call(ray_cluster, tmp_path,
-                                                                                      capfd):
+def test_a_ppo_iteration_whose_collector_hangs_fails_naming_the_collector_and_its_call(ray_cluster, tmp_path, capfd):
     _run_folder(tmp_path / "hang", "env.id=tests.toy_envs:HangingEnv")
-    ppo = ["learner.algorithm=ppo", "learner.ppo.env_steps=4000", "learner.ppo.num_collectors=1",
-           "learner.ppo.rows_per_collector=500", "learner.ppo.collect_timeout_s=5", "learner.hidden_sizes=[16]",
-           "learner.num_cpus=0.5", f"env.kwargs={{hang_at_step: 100, flag_file: {tmp_path / 'hung'}}}"]
+    ppo = [
+        "learner.algorithm=ppo",
+        "learner.ppo.env_steps=4000",
+        "learner.ppo.num_collectors=1",
+        "learner.ppo.rows_per_collector=500",
+        "learner.ppo.collect_timeout_s=5",
+        "learner.hidden_sizes=[16]",
+        "learner.num_cpus=0.5",
+        f"env.kwargs={{hang_at_step: 100, flag_file: {tmp_path / 'hung'}}}",
+    ]
     code = main(["train", str(tmp_path / "hang"), *sum((["--set", item] for item in ppo), [])])
     err = capfd.readouterr().err
     assert code == 4, err[-3000:]  # the run failed in its parts: not a bug in Harvest (3)

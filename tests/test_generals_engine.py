@@ -16,8 +16,17 @@ reference_grid = pytest.importorskip("generals.core.grid")
 reference_action = pytest.importorskip("generals.core.action")
 
 AGENTS = ["p0", "p1"]
-OBSERVATION_FIELDS = ["armies", "generals", "cities", "mountains", "neutral_cells", "owned_cells",
-                      "opponent_cells", "fog_cells", "structures_in_fog"]
+OBSERVATION_FIELDS = [
+    "armies",
+    "generals",
+    "cities",
+    "mountains",
+    "neutral_cells",
+    "owned_cells",
+    "opponent_cells",
+    "fog_cells",
+    "structures_in_fog",
+]
 COUNT_FIELDS = ["owned_land_count", "owned_army_count", "opponent_land_count", "opponent_army_count"]
 
 
@@ -28,8 +37,9 @@ def reference_maps(num_games: int, seed: int) -> list[str]:
     for game in range(num_games):
         size = int(rng.integers(5, 15))
         if game % 2 == 0:
-            factory = reference_grid.GridFactory(mode="uniform", min_grid_dims=(size, size),
-                                                 max_grid_dims=(size, size), seed=seed * 100_000 + game)
+            factory = reference_grid.GridFactory(
+                mode="uniform", min_grid_dims=(size, size), max_grid_dims=(size, size), seed=seed * 100_000 + game
+            )
             texts.append(str(factory.generate()))
         else:
             settings = MapSettings(min_size=size, max_size=size, min_general_distance=2)
@@ -80,12 +90,17 @@ def assert_same_state(engine: GeneralsEngine, games: list, observations: list, a
             for name in COUNT_FIELDS + ["timestep"]:
                 expected_counts[name][index, player] = observation[name]
     inside = engine.inside[indices]
-    pairs = [("armies (state)", engine.armies[indices] * inside, expected_armies[indices]),
-             ("owner (state)", np.where(inside, engine.owner[indices], -1), expected_owner[indices]),
-             ("winner", engine.winner[indices],
-              [-1 if games[i].winner is None else AGENTS.index(games[i].winner) for i in indices]),
-             ("time", engine.time[indices], [games[i].time for i in indices]),
-             ("timestep", np.stack([engine.time[indices]] * 2, 1), expected_counts["timestep"][indices])]
+    pairs = [
+        ("armies (state)", engine.armies[indices] * inside, expected_armies[indices]),
+        ("owner (state)", np.where(inside, engine.owner[indices], -1), expected_owner[indices]),
+        (
+            "winner",
+            engine.winner[indices],
+            [-1 if games[i].winner is None else AGENTS.index(games[i].winner) for i in indices],
+        ),
+        ("time", engine.time[indices], [games[i].time for i in indices]),
+        ("timestep", np.stack([engine.time[indices]] * 2, 1), expected_counts["timestep"][indices]),
+    ]
     for name in OBSERVATION_FIELDS:
         pairs.append((name, getattr(views, name)[indices] * inside[:, None], expected[name][indices]))
     for name in COUNT_FIELDS:
@@ -96,8 +111,10 @@ def assert_same_state(engine: GeneralsEngine, games: list, observations: list, a
             differs = (ours != theirs).reshape(len(indices), -1).any(1)
             first = int(np.flatnonzero(differs)[0])
             game = games[indices[first]]
-            raise AssertionError(f"step {step}: {name} differs in {int(differs.sum())} games; first: game "
-                                 f"{indices[first]} ({game.grid_dims}), ours\n{ours[first]}\nreference\n{theirs[first]}")
+            raise AssertionError(
+                f"step {step}: {name} differs in {int(differs.sum())} games; first: game "
+                f"{indices[first]} ({game.grid_dims}), ours\n{ours[first]}\nreference\n{theirs[first]}"
+            )
 
 
 @pytest.mark.parametrize("seed, num_games, max_steps", [(1, 500, 120), (2, 460, 120), (3, 40, 700)])
@@ -118,13 +135,15 @@ def test_lockstep_with_the_reference(seed, num_games, max_steps):
             rows, cols = games[index].grid_dims  # the legal-move mask is the reference's
             for player, agent in enumerate(AGENTS):
                 reference_mask = reference_action.compute_valid_move_mask(observations[index][agent])
-                assert np.array_equal(legal[index, player, :rows, :cols], reference_mask.astype(bool)), \
+                assert np.array_equal(legal[index, player, :rows, :cols], reference_mask.astype(bool)), (
                     f"step {step}: legal moves of game {index}, {agent}"
+                )
         actions = random_actions(rng, engine, legal)
         engine.step(*(actions[..., field] for field in range(5)))
         for index in np.flatnonzero(active):
-            moves = {agent: reference_action.Action(*actions[index, player].tolist())
-                     for player, agent in enumerate(AGENTS)}
+            moves = {
+                agent: reference_action.Action(*actions[index, player].tolist()) for player, agent in enumerate(AGENTS)
+            }
             observations[index], _ = games[index].step(moves)
         assert_same_state(engine, games, observations, active, step)
         active &= ~engine.done

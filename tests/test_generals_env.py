@@ -43,17 +43,21 @@ def test_action_mask_allows_both_splits_of_a_legal_move_and_pass():
     assert np.flatnonzero(mask).tolist() == [encode(1, 2, 3, 0, 2, 3), encode(1, 2, 3, 1, 2, 3), 48]
 
 
-@pytest.mark.parametrize("winner, just_ended, before, after, army, expected", [
-    # no winner; player 0 took a city; armies 30 vs 10 -> advantage +-0.5
-    (-1, False, [[1, 0]], [[2, 0]], [[30, 10]], [[0.1 + 0.05 * 0.5, -0.05 * 0.5]]),
-    # player 1 wins and takes player 0's two cities with the land
-    (1, True, [[2, 1]], [[0, 3]], [[0, 40]], [[-1.0 - 0.2 - 0.05, 1.0 + 0.2 + 0.05]]),
-    # a game over on an earlier step gives no win reward again
-    (0, False, [[0, 0]], [[0, 0]], [[0, 0]], [[0.0, 0.0]]),
-])
+@pytest.mark.parametrize(
+    "winner, just_ended, before, after, army, expected",
+    [
+        # no winner; player 0 took a city; armies 30 vs 10 -> advantage +-0.5
+        (-1, False, [[1, 0]], [[2, 0]], [[30, 10]], [[0.1 + 0.05 * 0.5, -0.05 * 0.5]]),
+        # player 1 wins and takes player 0's two cities with the land
+        (1, True, [[2, 1]], [[0, 3]], [[0, 40]], [[-1.0 - 0.2 - 0.05, 1.0 + 0.2 + 0.05]]),
+        # a game over on an earlier step gives no win reward again
+        (0, False, [[0, 0]], [[0, 0]], [[0, 0]], [[0.0, 0.0]]),
+    ],
+)
 def test_step_rewards_by_hand(winner, just_ended, before, after, army, expected):
-    rewards = step_rewards(RewardWeights(), np.array([winner]), np.array([just_ended]), np.array(before),
-                           np.array(after), np.array(army))
+    rewards = step_rewards(
+        RewardWeights(), np.array([winner]), np.array([just_ended]), np.array(before), np.array(after), np.array(army)
+    )
     np.testing.assert_allclose(rewards, expected, atol=1e-6)
 
 
@@ -66,17 +70,19 @@ def test_generals_is_a_gymnasium_id_and_make_vec_gives_the_batched_engine():
     import sys
 
     # `import harvest` registers it (in a fresh process: no other test's import did it before).
-    code = ("import gymnasium as gym, harvest\n"
-            "from gymnasium.utils.env_checker import check_env\n"
-            "from harvest.envs.generals.env import GeneralsEnv, GeneralsVectorEnv\n"
-            "env = gym.make('harvest/Generals-v0', max_steps=50)\n"
-            "assert isinstance(env.unwrapped, GeneralsEnv)\n"
-            "check_env(env.unwrapped)\n"
-            "vec = gym.make_vec('harvest/Generals-v0', num_envs=4, max_steps=50)\n"
-            "assert isinstance(vec, GeneralsVectorEnv) and vec.num_envs == 4\n"
-            "obs, info = vec.reset(seed=0)\n"
-            "vec.step(vec.action_space.sample())\n"
-            "print('ok')\n")
+    code = (
+        "import gymnasium as gym, harvest\n"
+        "from gymnasium.utils.env_checker import check_env\n"
+        "from harvest.envs.generals.env import GeneralsEnv, GeneralsVectorEnv\n"
+        "env = gym.make('harvest/Generals-v0', max_steps=50)\n"
+        "assert isinstance(env.unwrapped, GeneralsEnv)\n"
+        "check_env(env.unwrapped)\n"
+        "vec = gym.make_vec('harvest/Generals-v0', num_envs=4, max_steps=50)\n"
+        "assert isinstance(vec, GeneralsVectorEnv) and vec.num_envs == 4\n"
+        "obs, info = vec.reset(seed=0)\n"
+        "vec.step(vec.action_space.sample())\n"
+        "print('ok')\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
@@ -103,8 +109,15 @@ def test_vector_env_is_the_registered_generals_env_and_declares_its_row_columns(
 
 def collect_rows(env: GeneralsVectorEnv, player, steps: int, seed: int = 0) -> TransitionBatch:
     schema = BatchSchema.for_spaces(env.single_observation_space, env.single_action_space, extras=row_columns(env))
-    cutter = TransitionCutter(schema, env.num_envs, 10_000, env.metadata["autoreset_mode"], 0, EpisodeIds(1),
-                              info_columns=tuple(row_columns(env)))
+    cutter = TransitionCutter(
+        schema,
+        env.num_envs,
+        10_000,
+        env.metadata["autoreset_mode"],
+        0,
+        EpisodeIds(1),
+        info_columns=tuple(row_columns(env)),
+    )
     obs, _ = env.reset(seed=seed)
     cutter.reset(obs)
     batches = []
@@ -129,8 +142,9 @@ def test_rows_of_both_players_share_the_game_id_and_every_action_is_legal():
     finished_games = 0
     for game_id in np.unique(rows["game_id"]):
         game_rows = rows["game_id"] == game_id
-        episodes = {int(player): np.unique(rows["episode_id"][game_rows & (rows["player_id"] == player)])
-                    for player in (0, 1)}
+        episodes = {
+            int(player): np.unique(rows["episode_id"][game_rows & (rows["player_id"] == player)]) for player in (0, 1)
+        }
         assert all(len(ids) == 1 for ids in episodes.values()), "one episode per player per game"
         assert episodes[0][0] != episodes[1][0]
         lengths = [np.count_nonzero(game_rows & (rows["player_id"] == player)) for player in (0, 1)]
@@ -240,8 +254,14 @@ def test_game_records_replay_to_the_same_end_and_make_gifs(tmp_path):
     from harvest.cluster.cli import main
     from harvest.envs.generals.replays import GameRecord, RecordError, replay_frames
 
-    env = GeneralsVectorEnv(num_envs=4, players="first", opponent="random", max_steps=100, map=SMALL_MAPS,
-                            record_dir=str(tmp_path / "records"))
+    env = GeneralsVectorEnv(
+        num_envs=4,
+        players="first",
+        opponent="random",
+        max_steps=100,
+        map=SMALL_MAPS,
+        record_dir=str(tmp_path / "records"),
+    )
     expert = ExpertPlayer()
     obs, _ = env.reset(seed=2)
     for _ in range(250):
@@ -253,8 +273,13 @@ def test_game_records_replay_to_the_same_end_and_make_gifs(tmp_path):
     for record in records:
         frames = list(replay_frames(record))  # raises if the replay ends with another winner
         assert len(frames) == len(record.actions) + 1
-    tampered = GameRecord(records[0].game_id, records[0].size, records[0].map, records[0].actions,
-                          winner=1 - records[0].winner if records[0].winner >= 0 else 0)
+    tampered = GameRecord(
+        records[0].game_id,
+        records[0].size,
+        records[0].map,
+        records[0].actions,
+        winner=1 - records[0].winner if records[0].winner >= 0 else 0,
+    )
     with pytest.raises(RecordError, match="the replay ends with winner"):
         list(replay_frames(tampered))
     (tmp_path / "bad.json").write_text("{}")
@@ -262,8 +287,22 @@ def test_game_records_replay_to_the_same_end_and_make_gifs(tmp_path):
         GameRecord.load(tmp_path / "bad.json")
 
     assert main(["generals-gif", "--record", str(paths[0]), "--out", str(tmp_path / "replay.gif")]) == 0
-    assert main(["generals-gif", "--player", "expert", "--size", "6", "--max-steps", "40",
-                 "--out", str(tmp_path / "live.gif")]) == 0
+    assert (
+        main(
+            [
+                "generals-gif",
+                "--player",
+                "expert",
+                "--size",
+                "6",
+                "--max-steps",
+                "40",
+                "--out",
+                str(tmp_path / "live.gif"),
+            ]
+        )
+        == 0
+    )
     for name in ("replay.gif", "live.gif"):
         with Image.open(tmp_path / name) as gif:
             assert gif.n_frames >= 2
@@ -277,16 +316,16 @@ def test_board_channels_of_a_hand_made_map():
     engine = GeneralsEngine(1, 4, 5)  # the 4x4 map is padded with a mountain column
     engine.load(np.zeros(1, np.int64), [parse_map("A.#.\n.5..\n....\n...B")])
     engine.armies[0, 0, 0] = 8
-    engine.owner[0, 0, 1], engine.armies[0, 0, 1] = 0, 2     # player 0 also holds (0, 1)
-    board = player_observations(engine)["board"][0, 0]       # player 0's view
+    engine.owner[0, 0, 1], engine.armies[0, 0, 1] = 0, 2  # player 0 also holds (0, 1)
+    board = player_observations(engine)["board"][0, 0]  # player 0's view
     channel = {name: board[index] for index, name in enumerate(CHANNELS)}
     visible = np.zeros((4, 5), bool)
-    visible[:2, :3] = True                                   # 3x3 around (0, 0) and (0, 1)
+    visible[:2, :3] = True  # 3x3 around (0, 0) and (0, 1)
     np.testing.assert_array_equal(channel["visible"], visible)
     np.testing.assert_array_equal(channel["fog"], np.pad(~visible[:, :4], ((0, 0), (0, 1))))
     np.testing.assert_allclose(channel["own_armies"][0, :2], [8 / 45, 2 / 45])  # scaled by the city (45) in view
-    assert channel["enemy_armies"].sum() == 0 and channel["enemy_land"].sum() == 0      # B is in the fog
+    assert channel["enemy_armies"].sum() == 0 and channel["enemy_land"].sum() == 0  # B is in the fog
     assert channel["cities"][1, 1] == 1 and channel["cities"].sum() == 1
-    assert channel["mountains"][0, 2] == 1 and channel["mountains"][:, 4].all()          # padding reads as mountain
+    assert channel["mountains"][0, 2] == 1 and channel["mountains"][:, 4].all()  # padding reads as mountain
     assert channel["neutral_land"][1, 0] == 1 and channel["neutral_land"][0, 0] == 0
     np.testing.assert_array_equal(channel["own_land"][:1, :2], [[1, 1]])

@@ -79,13 +79,21 @@ def layer(module: str) -> int:
 
 
 def test_the_walk_sees_every_kind_of_import():
-    found = imports_of("harvest.rollout.example", _write(
-        "from harvest.envs.spaces import ColumnSpec\n"
-        "from ..envs import registry\n"
-        "def f():\n    import harvest.aggregation.dataset\n"
-        "LOADER = 'harvest.learners.policy:load_torch_policy'\n"))
-    assert set(found) == {"harvest.envs.spaces", "harvest.envs.registry", "harvest.aggregation.dataset",
-                          "harvest.learners.policy"}
+    found = imports_of(
+        "harvest.rollout.example",
+        _write(
+            "from harvest.envs.spaces import ColumnSpec\n"
+            "from ..envs import registry\n"
+            "def f():\n    import harvest.aggregation.dataset\n"
+            "LOADER = 'harvest.learners.policy:load_torch_policy'\n"
+        ),
+    )
+    assert set(found) == {
+        "harvest.envs.spaces",
+        "harvest.envs.registry",
+        "harvest.aggregation.dataset",
+        "harvest.learners.policy",
+    }
 
 
 def _write(source: str) -> Path:
@@ -97,11 +105,15 @@ def _write(source: str) -> Path:
 
 
 def test_no_module_imports_a_package_above_its_own():
-    upward = [f"{MODULES[module].relative_to(REPO)}:{line} imports {target}"
-              for module, targets in GRAPH.items() for target, line in targets.items()
-              if target not in LEAVES and layer(target) > layer(module)]
-    assert not upward, "imports against the direction envs <- rollout <- aggregation <- learners <- cluster:\n" + \
-        "\n".join(upward)
+    upward = [
+        f"{MODULES[module].relative_to(REPO)}:{line} imports {target}"
+        for module, targets in GRAPH.items()
+        for target, line in targets.items()
+        if target not in LEAVES and layer(target) > layer(module)
+    ]
+    assert not upward, (
+        "imports against the direction envs <- rollout <- aggregation <- learners <- cluster:\n" + "\n".join(upward)
+    )
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))

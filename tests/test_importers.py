@@ -76,15 +76,28 @@ def test_a_minari_dataset_imports_back_equal(tmp_path):
 
     dataset, _ = cartpole_dataset(tmp_path / "data", unfinished=False)
     export_minari(dataset, "harvest/roundtrip-v0", tmp_path / "minari")
-    assert main(["import", "minari", "harvest/roundtrip-v0", "--minari-path", str(tmp_path / "minari"),
-                 "--out", str(tmp_path / "back")]) == 0
+    assert (
+        main(
+            [
+                "import",
+                "minari",
+                "harvest/roundtrip-v0",
+                "--minari-path",
+                str(tmp_path / "minari"),
+                "--out",
+                str(tmp_path / "back"),
+            ]
+        )
+        == 0
+    )
     back = Dataset.open(tmp_path / "back")
     assert back.manifest.env_id == "CartPole-v1" and back.manifest.rows == dataset.manifest.rows
     original, imported = read_back(dataset), read_back(back)
     for name in ("obs", "next_obs", "action", "reward", "terminated", "truncated", "step"):
         np.testing.assert_array_equal(imported[name], original[name], err_msg=name)
-    assert import_minari("harvest/roundtrip-v0", tmp_path / "again", tmp_path / "minari").manifest.parents == \
-        ["minari:harvest/roundtrip-v0"]
+    assert import_minari("harvest/roundtrip-v0", tmp_path / "again", tmp_path / "minari").manifest.parents == [
+        "minari:harvest/roundtrip-v0"
+    ]
 
 
 def test_broken_offline_rl_and_parquet_files_are_named_and_the_good_ones_import(tmp_path):
@@ -105,8 +118,9 @@ def test_broken_offline_rl_and_parquet_files_are_named_and_the_good_ones_import(
     assert "not_harvest.parquet: " in errors and "harvest" in errors
     assert "other_schema.parquet: columns ['next_obs', 'obs'] differ from the other files'" in errors
     assert Dataset.open(tmp_path / "parquet").manifest.rows == 50
-    assert main(["import", "parquet", str(DATA / "parquet" / "truncated.parquet"), "--out",
-                 str(tmp_path / "none")]) == 2
+    assert (
+        main(["import", "parquet", str(DATA / "parquet" / "truncated.parquet"), "--out", str(tmp_path / "none")]) == 2
+    )
     assert not (tmp_path / "none").exists()  # nothing half-written
 
 
@@ -151,11 +165,11 @@ def test_an_empty_offline_rl_file_beside_good_ones_is_named_and_the_good_ones_im
     (folder / "zero_bytes.npz").write_bytes(b"")
     result = import_offline_rl([folder], tmp_path / "lib")
     assert sorted(Path(f).name for f in result.files) == ["good.hdf5", "good.npz"]
-    assert sorted(result.errors) == [f"{folder / 'empty.hdf5'}: no rows (its arrays are empty); expected at least one "
-                                     "transition",
-                                     f"{folder / 'empty.npz'}: no rows (its arrays are empty); expected at least one "
-                                     "transition",
-                                     f"{folder / 'zero_bytes.npz'}: not a readable NPZ file: No data left in file"]
+    assert sorted(result.errors) == [
+        f"{folder / 'empty.hdf5'}: no rows (its arrays are empty); expected at least one transition",
+        f"{folder / 'empty.npz'}: no rows (its arrays are empty); expected at least one transition",
+        f"{folder / 'zero_bytes.npz'}: not a readable NPZ file: No data left in file",
+    ]
     assert Dataset.open(tmp_path / "lib").manifest.rows == 70 and result.warnings == []
 
     done = harvest_import("offline-rl", folder, "--out", tmp_path / "cli")
@@ -175,8 +189,10 @@ def test_nan_and_inf_in_offline_rl_arrays_are_kept_and_flagged_by_file_column_an
     spoiled = offline_copy(DATA / "offline" / "good.npz", tmp_path / "spoiled.npz", slice(None), spoil)
     result = import_offline_rl([DATA / "offline" / "good.hdf5", spoiled], tmp_path / "lib")
     assert result.errors == [] and len(result.files) == 2
-    assert result.warnings == [f"{spoiled}: column 'observations' holds 2 NaN and 1 inf values in 3 of 30 rows; kept",
-                               f"{spoiled}: column 'rewards' holds 1 inf values in 1 of 30 rows; kept"]
+    assert result.warnings == [
+        f"{spoiled}: column 'observations' holds 2 NaN and 1 inf values in 3 of 30 rows; kept",
+        f"{spoiled}: column 'rewards' holds 1 inf values in 1 of 30 rows; kept",
+    ]
     rows = read_back(Dataset.open(tmp_path / "lib"))
     assert rows["obs"].shape == (70, 3) and np.isnan(rows["obs"]).sum() == 2 and np.isinf(rows["reward"]).sum() == 1
 
@@ -185,11 +201,14 @@ def test_nan_and_inf_in_offline_rl_arrays_are_kept_and_flagged_by_file_column_an
     assert "spoiled.npz: column 'observations' holds 2 NaN and 1 inf values in 3 of 30 rows; kept" in done.stderr
 
 
-@pytest.mark.parametrize("case, exit_code, rows, named", [
-    ("empty_cell", 1, 4, "expert_data.csv:4: column 'throttle' is '': expected a number; row left out"),
-    ("abc_cell", 1, 4, "expert_data.csv:4: column 'steering' is 'abc': expected a number; row left out"),
-    ("nan_cell", 0, 5, "expert_data.csv: column 'throttle' holds 1 NaN values in 1 of 5 rows (line 4); kept"),
-])
+@pytest.mark.parametrize(
+    "case, exit_code, rows, named",
+    [
+        ("empty_cell", 1, 4, "expert_data.csv:4: column 'throttle' is '': expected a number; row left out"),
+        ("abc_cell", 1, 4, "expert_data.csv:4: column 'steering' is 'abc': expected a number; row left out"),
+        ("nan_cell", 0, 5, "expert_data.csv: column 'throttle' holds 1 NaN values in 1 of 5 rows (line 4); kept"),
+    ],
+)
 def test_a_bad_cell_in_a_driving_session_costs_its_row_only(tmp_path, case, exit_code, rows, named):
     done = harvest_import("driving-session", DATA / "driving_cells" / case, "--out", tmp_path / case)
     assert done.returncode == exit_code, done.stderr
@@ -205,10 +224,13 @@ def test_driving_sessions_with_bad_cells_import_every_good_row(tmp_path):
         f"{folder}/abc_cell/session_20241202_093000/metadata/expert_data.csv:4: column 'steering' is 'abc': "
         "expected a number; row left out",
         f"{folder}/empty_cell/session_20241202_090000/metadata/expert_data.csv:4: column 'throttle' is '': "
-        "expected a number; row left out"]
+        "expected a number; row left out",
+    ]
     nan_csv = f"{folder}/nan_cell/session_20241202_091500/metadata/expert_data.csv"
-    assert result.warnings == [f"{nan_csv}: column 'throttle' holds 1 NaN values in 1 of 5 rows (line 4); kept",
-                               f"{nan_csv}: column 'speed' holds 1 inf values in 1 of 5 rows (line 5); kept"]
+    assert result.warnings == [
+        f"{nan_csv}: column 'throttle' holds 1 NaN values in 1 of 5 rows (line 4); kept",
+        f"{nan_csv}: column 'speed' holds 1 inf values in 1 of 5 rows (line 5); kept",
+    ]
     rows = read_back(Dataset.open(tmp_path / "cells"))
     assert len(rows["step"]) == 4 + 4 + 5
     # The row left out is skipped, not invented: frame 1's next observation is frame 3's.
@@ -229,8 +251,10 @@ def test_the_same_parquet_file_twice_or_a_copy_of_it_is_imported_once_and_the_re
     copy = tmp_path / "copy.parquet"
     shutil.copy(part_1, copy)
     copied = import_parquet([part_1, copy], tmp_path / "copied")
-    assert copied.errors == [f"{copy}: episodes [0, 1, 2] are also in {part_1}; an episode comes from one file "
-                             "(as `harvest edit merge` requires)"]
+    assert copied.errors == [
+        f"{copy}: episodes [0, 1, 2] are also in {part_1}; an episode comes from one file "
+        "(as `harvest edit merge` requires)"
+    ]
     assert Dataset.open(tmp_path / "copied").manifest.rows == 30
 
     done = harvest_import("parquet", part_1, part_1, "--out", tmp_path / "cli")
@@ -244,8 +268,12 @@ def test_nan_in_parquet_files_is_flagged(tmp_path):
     table = pq.read_table(DATA / "parquet" / "part_2.parquet")
     reward = table.column("reward").to_numpy().copy()
     reward[[0, 3]] = np.nan
-    pq.write_table(table.set_column(table.schema.get_field_index("reward"), table.schema.field("reward"),
-                                    pa.array(reward, pa.float32())), tmp_path / "nan.parquet")
+    pq.write_table(
+        table.set_column(
+            table.schema.get_field_index("reward"), table.schema.field("reward"), pa.array(reward, pa.float32())
+        ),
+        tmp_path / "nan.parquet",
+    )
     result = import_parquet([DATA / "parquet" / "part_1.parquet", tmp_path / "nan.parquet"], tmp_path / "out")
     assert result.errors == [] and Dataset.open(tmp_path / "out").manifest.rows == 50
     assert result.warnings == [f"{tmp_path / 'nan.parquet'}: column 'reward' holds 2 NaN values in 2 of 20 rows; kept"]
@@ -258,21 +286,23 @@ def test_json_sequences_keep_their_good_frames_and_flag_nan_and_inf(tmp_path):
     bad_values, not_a_list = folder / "sequence_0102_bad_values.json", folder / "sequence_0103_not_a_list.json"
     assert result.errors == [
         f"{bad_values}: frame 1: states[1][1] is null; expected a number; frame left out",
-        f"{bad_values}: frame 2: actions[2][1] is \"abc\"; expected a number; frame left out",
+        f'{bad_values}: frame 2: actions[2][1] is "abc"; expected a number; frame left out',
         f"{bad_values}: frame 3: actions[3] is [1.0]; expected a list of 2 numbers; frame left out",
-        f"{not_a_list}: 'states' is 5; expected a list with one entry per frame"]
+        f"{not_a_list}: 'states' is 5; expected a list with one entry per frame",
+    ]
     nonfinite = folder / "sequence_0101_nonfinite.json"
     assert result.warnings == [
         f"{nonfinite}: column 'states' holds 2 NaN and 1 inf values in 3 of 4 rows; kept",
         f"{nonfinite}: column 'actions' holds 1 inf values in 1 of 4 rows; kept",
-        f"{nonfinite}: column 'rewards' holds 1 NaN values in 1 of 4 rows; kept"]
+        f"{nonfinite}: column 'rewards' holds 1 NaN values in 1 of 4 rows; kept",
+    ]
     rows = read_back(Dataset.open(tmp_path / "seq"))
     second = rows["episode_id"] == rows["episode_id"].max()
     np.testing.assert_allclose(rows["obs"][second], [[0, 1, 2], [4, 3, 4]])
     assert rows["timestamp"][second].tolist() == [10_000_000_000, 10_400_000_000]  # ns: 10.0 s and 10.4 s
 
     done = harvest_import("sequence-json", folder, "--out", tmp_path / "cli")
-    assert done.returncode == 1 and "frame 2: actions[2][1] is \"abc\"" in done.stderr
+    assert done.returncode == 1 and 'frame 2: actions[2][1] is "abc"' in done.stderr
     assert "sequence_0101_nonfinite.json: column 'states' holds 2 NaN and 1 inf values" in done.stderr
 
 
@@ -281,11 +311,15 @@ def test_robocode_json_files_that_are_all_bad_end_in_one_error_and_no_dataset(tm
     with pytest.raises(TeamFileError) as raised:
         import_robocode_json([bad], tmp_path / "lib")
     message = str(raised.value)
-    for problem in ("bot_fields.json, entry 0, bot_states[0]: missing or non-numeric ['y'",
-                    "bullet_owner.json, entry 2, bullet_states[0]: id 1, owner 5, power 1.0; expected",
-                    "empty.json: not JSON", "no_turns.json: expected a JSON list of turn entries, got an empty list",
-                    "not_json.json: not JSON", "object_not_list.json: expected a JSON list of turn entries, got dict",
-                    "robots_change.json, entry 3: robots ['sample.Corners']; entry 0 of the same round has"):
+    for problem in (
+        "bot_fields.json, entry 0, bot_states[0]: missing or non-numeric ['y'",
+        "bullet_owner.json, entry 2, bullet_states[0]: id 1, owner 5, power 1.0; expected",
+        "empty.json: not JSON",
+        "no_turns.json: expected a JSON list of turn entries, got an empty list",
+        "not_json.json: not JSON",
+        "object_not_list.json: expected a JSON list of turn entries, got dict",
+        "robots_change.json, entry 3: robots ['sample.Corners']; entry 0 of the same round has",
+    ):
         assert problem in message, problem
     assert "\n" not in message and not (tmp_path / "lib").exists()
 
@@ -304,5 +338,7 @@ def test_nan_in_robocode_json_is_flagged(tmp_path):
     spoiled.write_text(json.dumps(entries))
     report = import_robocode_json([spoiled], tmp_path / "out")
     assert report.errors == [] and report.manifest.rows == 12
-    assert [warning.split(": ", 1)[1].split(" holds")[0] for warning in report.warnings] == \
-        ["column 'obs'", "column 'reward'"]
+    assert [warning.split(": ", 1)[1].split(" holds")[0] for warning in report.warnings] == [
+        "column 'obs'",
+        "column 'reward'",
+    ]

@@ -15,8 +15,17 @@ from harvest.cluster.cli import main
 from harvest.envs.spaces import ColumnSpec
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 
-DEFECTS = {"nan_inf", "action_space", "step_gap", "next_obs", "timestamp_gap", "stuck_action", "jerky_action",
-           "short_episode", "missing_file"}
+DEFECTS = {
+    "nan_inf",
+    "action_space",
+    "step_gap",
+    "next_obs",
+    "timestamp_gap",
+    "stuck_action",
+    "jerky_action",
+    "short_episode",
+    "missing_file",
+}
 START = np.datetime64("2026-11-23T10:00:00", "ns")
 
 
@@ -54,19 +63,30 @@ def make_dataset(folder, planted: set[str]) -> Dataset:
             (folder / name).write_bytes(b"\x89PNG")
         if episode == 0 and "missing_file" in planted:
             (folder / names[3]).unlink()
-        row = {"obs": obs, "next_obs": next_obs, "action": action, "reward": np.ones(length, np.float32),
-               "terminated": t == length - 1, "truncated": np.zeros(length, bool),
-               "episode_id": np.full(length, episode), "step": step, "collector_id": np.zeros(length, np.int64),
-               "policy_version": np.zeros(length, np.int64),
-               "timestamp": START + episode * np.timedelta64(1, "h") + seconds.astype("timedelta64[s]"),
-               "screenshot_path": np.array(names, dtype=object)}
+        row = {
+            "obs": obs,
+            "next_obs": next_obs,
+            "action": action,
+            "reward": np.ones(length, np.float32),
+            "terminated": t == length - 1,
+            "truncated": np.zeros(length, bool),
+            "episode_id": np.full(length, episode),
+            "step": step,
+            "collector_id": np.zeros(length, np.int64),
+            "policy_version": np.zeros(length, np.int64),
+            "timestamp": START + episode * np.timedelta64(1, "h") + seconds.astype("timedelta64[s]"),
+            "screenshot_path": np.array(names, dtype=object),
+        }
         for name, values in row.items():
             columns.setdefault(name, []).append(values)
-    schema = BatchSchema.for_spaces(gym.spaces.Box(-10, 10, (3,), np.float32),
-                                    gym.spaces.Box(-1, 1, (2,), np.float32),
-                                    extras={"screenshot_path": ColumnSpec(object, ())})
-    batch = TransitionBatch({name: np.concatenate(parts).astype(schema.columns[name].dtype)
-                             for name, parts in columns.items()})
+    schema = BatchSchema.for_spaces(
+        gym.spaces.Box(-10, 10, (3,), np.float32),
+        gym.spaces.Box(-1, 1, (2,), np.float32),
+        extras={"screenshot_path": ColumnSpec(object, ())},
+    )
+    batch = TransitionBatch(
+        {name: np.concatenate(parts).astype(schema.columns[name].dtype) for name, parts in columns.items()}
+    )
     # The dataset's root is where the screenshots are: paths in the column are relative to it.
     write_dataset([batch], schema, folder, AggregationConfig(formats=["parquet"]), run_id="inspect", env_id="x")
     return Dataset.open(folder)
@@ -77,8 +97,9 @@ def test_a_clean_dataset_passes_and_its_html_report_opens_with_plots(tmp_path):
     assert main(["inspect", str(tmp_path / "clean"), "--json", str(tmp_path / "clean.json")]) == 0
     report = json.loads((tmp_path / "clean.json").read_text())
     assert report["findings"] == [] and report["errors"] == 0
-    assert report["overview"]["episodes"] == 9 and report["overview"]["rows"] == sum([30, 20, 20, 21, 20, 20, 250,
-                                                                                       20, 5])
+    assert report["overview"]["episodes"] == 9 and report["overview"]["rows"] == sum(
+        [30, 20, 20, 21, 20, 20, 250, 20, 5]
+    )
     assert report["columns"]["reward"]["mean"] == pytest.approx(1.0)
     page = (tmp_path / "clean" / "_report" / "index.html").read_text()
     images = re.findall(r"<img src='([^']+)'", page)

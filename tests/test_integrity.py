@@ -65,8 +65,11 @@ def rewrite_rewards(folder: Path, index: int, keep_size: bool = False) -> None:
     path = file_path(folder, index)
     table = pq.read_table(path)
     index_of_reward = table.schema.get_field_index("reward")
-    table = table.set_column(index_of_reward, table.schema.field(index_of_reward),  # same field, not null
-                             pa.compute.multiply(table["reward"], pa.scalar(100, table["reward"].type)))
+    table = table.set_column(
+        index_of_reward,
+        table.schema.field(index_of_reward),  # same field, not null
+        pa.compute.multiply(table["reward"], pa.scalar(100, table["reward"].type)),
+    )
     pq.write_table(table, path, compression="zstd")
     if keep_size:
         edit_manifest(folder, lambda m: m["files"][index].update(bytes=path.stat().st_size))
@@ -94,10 +97,16 @@ def absolute_path(folder: Path, index: int) -> None:
 DAMAGES = {
     "a byte appended": (append_byte, r"[\d,]+ bytes, the manifest says [\d,]+", True),
     "truncated": (truncate, r"[\d,]+ bytes, the manifest says [\d,]+", True),
-    "rewards x100 rewritten with pyarrow": (rewrite_rewards, r"([\d,]+ bytes|sha256 [0-9a-f]{64}), the manifest says",
-                                            True),
-    "rewritten, the size mended": (lambda f, i: rewrite_rewards(f, i, keep_size=True),
-                                   r"sha256 [0-9a-f]{64}, the manifest says [0-9a-f]{64}", False),
+    "rewards x100 rewritten with pyarrow": (
+        rewrite_rewards,
+        r"([\d,]+ bytes|sha256 [0-9a-f]{64}), the manifest says",
+        True,
+    ),
+    "rewritten, the size mended": (
+        lambda f, i: rewrite_rewards(f, i, keep_size=True),
+        r"sha256 [0-9a-f]{64}, the manifest says [0-9a-f]{64}",
+        False,
+    ),
     "a faked hash": (fake_hash, r"sha256 [0-9a-f]{64}, the manifest says 0{64}", False),
     "listed twice": (list_twice, r"listed twice in _manifest.json \(files 1 and 3\)", True),
 }
@@ -123,8 +132,11 @@ def test_paths_outside_the_dataset_folder_are_refused_even_without_verification(
     make_dataset(tmp_path / "d")
     tamper(tmp_path / "d", 0)
     for verify in (True, False):
-        with pytest.raises(DatasetIntegrityError, match=r"_manifest.json: file 0 has the path .*outside the dataset "
-                                                        r"folder"):
+        with pytest.raises(
+            DatasetIntegrityError,
+            match=r"_manifest.json: file 0 has the path .*outside the dataset "
+            r"folder",
+        ):
             Dataset.open(tmp_path / "d", verify=verify)
     list_twice(tmp_path / "d", 1)
     with pytest.raises(DatasetIntegrityError, match="listed twice"):
@@ -152,8 +164,17 @@ def read_with(reader: str, dataset: Dataset, tmp_path: Path) -> None:
         dataset.to_ray(columns=["reward"]).materialize()
 
 
-READERS = ["iter_batches", "read_columns", "read_columns max_rows", "to_pyarrow", "export", "edit filter",
-           "count windows", "windows (Ray Data)", "to_ray"]
+READERS = [
+    "iter_batches",
+    "read_columns",
+    "read_columns max_rows",
+    "to_pyarrow",
+    "export",
+    "edit filter",
+    "count windows",
+    "windows (Ray Data)",
+    "to_ray",
+]
 
 
 @pytest.mark.parametrize("reader", READERS)
@@ -173,8 +194,11 @@ def test_every_reader_checks_the_hash_and_verify_false_reads_the_file_as_it_is(r
 def test_a_truncated_file_read_without_verification_is_named_not_a_raw_arrow_error(tmp_path):
     make_dataset(tmp_path / "d")
     truncate(tmp_path / "d", 2)
-    with pytest.raises(DatasetIntegrityError, match=rf"^{file_path(tmp_path / 'd', 2)}: cannot be read as Parquet "
-                                                    r"\(Parquet magic bytes not found"):
+    with pytest.raises(
+        DatasetIntegrityError,
+        match=rf"^{file_path(tmp_path / 'd', 2)}: cannot be read as Parquet "
+        r"\(Parquet magic bytes not found",
+    ):
         list(Dataset.open(tmp_path / "d", verify=False).iter_batches())
 
 
@@ -214,16 +238,20 @@ def test_a_dataset_on_s3_is_verified_as_it_is_read(bucket):
     with pytest.raises(DatasetExistsError, match=f"{uri}: a dataset is already there"):
         write_dataset([batch], schema, uri, AggregationConfig(formats=["parquet"]), "again", "x")
     names = object_names(bucket)
-    with pytest.raises(RuntimeError, match="failed on purpose"), staged_folder(location(f"{uri}-2"),
-                                                                              "manifest.json") as staging:
+    with (
+        pytest.raises(RuntimeError, match="failed on purpose"),
+        staged_folder(location(f"{uri}-2"), "manifest.json") as staging,
+    ):
         staging.join("part.parquet").write_bytes(b"x")
         raise RuntimeError("failed on purpose")
     assert object_names(bucket) == names  # the object written before the failure is gone
 
 
 def test_a_failed_write_leaves_nothing_and_an_existing_folder_keeps_its_files(tmp_path):
-    with pytest.raises(RuntimeError, match="failed on purpose"), staged_folder(location(tmp_path / "new"),
-                                                                              "manifest.json") as staging:
+    with (
+        pytest.raises(RuntimeError, match="failed on purpose"),
+        staged_folder(location(tmp_path / "new"), "manifest.json") as staging,
+    ):
         staging.join("year=2026/part-0.parquet").write_bytes(b"rows")
         raise RuntimeError("failed on purpose")
     assert list(tmp_path.iterdir()) == []
@@ -233,8 +261,11 @@ def test_a_failed_write_leaves_nothing_and_an_existing_folder_keeps_its_files(tm
         staging.join("part-0.parquet").write_bytes(b"rows")
         staging.join("manifest.json").write_text("{}")
         assert not (tmp_path / "kept" / "part-0.parquet").exists()  # nothing shows before the end
-    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["manifest.json", "part-0.parquet",
-                                                                     "screenshot.png"]
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [
+        "manifest.json",
+        "part-0.parquet",
+        "screenshot.png",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
 
 
@@ -262,8 +293,9 @@ def test_compacting_a_truncated_snapshot_names_it_and_leaves_no_dataset(ray_clus
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size - 100])
     cfg = AggregationConfig(formats=["parquet"], num_cpus=0.25)
     sources = [str(path) for path in sorted(snapshots.glob("shard-*.arrow"))]
-    with pytest.raises(DatasetIntegrityError, match=rf"^{cut}: not a whole Arrow IPC stream, cut off or damaged") \
-            as raised:
+    with pytest.raises(
+        DatasetIntegrityError, match=rf"^{cut}: not a whole Arrow IPC stream, cut off or damaged"
+    ) as raised:
         compact_replay(sources, schema, tmp_path / "dataset", cfg, "snap", "x")
     assert "\n" not in str(raised.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["replay"]  # no dataset/, no temporary folder
@@ -275,8 +307,9 @@ def test_a_dataset_is_never_written_over_another(tmp_path):
     dataset = make_dataset(tmp_path / "d")
     before = {path.name: path.read_bytes() for path in (tmp_path / "d").rglob("*") if path.is_file()}
     schema, batch = episodes_batch([5])
-    with pytest.raises(DatasetExistsError, match=f"^{tmp_path / 'd'}: a dataset is already there; choose a new "
-                                                 "folder$"):
+    with pytest.raises(
+        DatasetExistsError, match=f"^{tmp_path / 'd'}: a dataset is already there; choose a new folder$"
+    ):
         write_dataset([batch], schema, tmp_path / "d", AggregationConfig(formats=["parquet"]), "import", "x")
     with pytest.raises(DatasetExistsError, match="a dataset is already there"):
         compact_replay([], schema, tmp_path / "d", AggregationConfig(formats=["parquet"]), "compact", "x")
@@ -318,9 +351,13 @@ def test_harvest_inspect_exits_1_naming_the_tampered_the_truncated_and_the_dupli
     truncate(tmp_path / "d", 1)
     list_twice(tmp_path / "d", 2)
     names = [str(file_path(tmp_path / "d", index)) for index in range(3)]
-    result = subprocess.run([sys.executable, "-m", "harvest", "inspect", str(tmp_path / "d"), "--json",
-                             str(tmp_path / "report.json")], capture_output=True, text=True, timeout=300,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "harvest", "inspect", str(tmp_path / "d"), "--json", str(tmp_path / "report.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "Traceback" not in output
@@ -339,10 +376,15 @@ def test_harvest_inspect_no_verify_reads_the_tampered_file_as_it_is(tmp_path, ca
     assert "integrity" not in [finding["check"] for finding in report["findings"]]
 
 
-@pytest.mark.parametrize("command", [["export", "{d}", "--to", "offline-rl", "--out", "{tmp}/out.npz"],
-                                     ["edit", "filter", "{d}", "--out", "{tmp}/filtered", "--min-length", "1"],
-                                     ["windows", "{d}", "--history", "4"]],
-                         ids=["export", "edit filter", "windows"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "{d}", "--to", "offline-rl", "--out", "{tmp}/out.npz"],
+        ["edit", "filter", "{d}", "--out", "{tmp}/filtered", "--min-length", "1"],
+        ["windows", "{d}", "--history", "4"],
+    ],
+    ids=["export", "edit filter", "windows"],
+)
 def test_dataset_commands_exit_1_on_a_tampered_file_and_read_it_with_no_verify(tmp_path, capfd, command):
     make_dataset(tmp_path / "d")
     fake_hash(tmp_path / "d", 1)
@@ -387,8 +429,9 @@ def test_harvest_train_no_verify_tells_the_learner_not_to_verify(tmp_path):
     assert _config_for(args).learner.verify_dataset is True
 
 
-def test_harvest_inspect_of_a_dataset_it_may_not_write_in_puts_the_report_in_the_current_folder(tmp_path, capfd,
-                                                                                              monkeypatch):
+def test_harvest_inspect_of_a_dataset_it_may_not_write_in_puts_the_report_in_the_current_folder(
+    tmp_path, capfd, monkeypatch
+):
     import subprocess
 
     make_dataset(tmp_path / "d")

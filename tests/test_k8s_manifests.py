@@ -35,9 +35,10 @@ CRD_FILE = REPO / "tests" / "data" / "kuberay" / "crds.yaml"
 RAY_VERSION = "2.60.0"
 CPU_IMAGE = f"rayproject/ray:{RAY_VERSION}-py311"
 GPU_IMAGE = f"{CPU_IMAGE}-gpu"
-TOKEN_ENV = [{"name": "RAY_AUTH_MODE", "value": "token"},
-             {"name": "RAY_AUTH_TOKEN",
-              "valueFrom": {"secretKeyRef": {"name": "harvest-ray-auth", "key": "auth_token"}}}]
+TOKEN_ENV = [
+    {"name": "RAY_AUTH_MODE", "value": "token"},
+    {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "harvest-ray-auth", "key": "auth_token"}}},
+]
 
 # What each worker group is for, as the comments in raycluster.yaml describe it.
 WORKER_GROUPS = {
@@ -50,12 +51,12 @@ FORMATS = FormatChecker()
 
 @FORMATS.checks("int32")
 def _is_int32(value: object) -> bool:
-    return not isinstance(value, int) or -2**31 <= value < 2**31
+    return not isinstance(value, int) or -(2**31) <= value < 2**31
 
 
 @FORMATS.checks("int64")
 def _is_int64(value: object) -> bool:
-    return not isinstance(value, int) or -2**63 <= value < 2**63
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
 
 
 def crd_schemas(path: Path) -> dict[str, dict]:
@@ -94,8 +95,10 @@ def reject_unknown_fields(schema: dict) -> dict:
 def schema_errors(manifest: dict, schemas: dict[str, dict]) -> list[str]:
     """Each way a manifest breaks the schema of its kind, as `dotted.path: message`."""
     validator = Draft202012Validator(reject_unknown_fields(schemas[manifest["kind"]]), format_checker=FORMATS)
-    return sorted(f"{'.'.join(str(part) for part in error.absolute_path) or '<root>'}: {error.message}"
-                  for error in validator.iter_errors(manifest))
+    return sorted(
+        f"{'.'.join(str(part) for part in error.absolute_path) or '<root>'}: {error.message}"
+        for error in validator.iter_errors(manifest)
+    )
 
 
 def load_manifest(name: str) -> dict:
@@ -149,16 +152,20 @@ def node_at(manifest: dict, path: tuple) -> Any:
 
 def renamed(path: tuple, old: str, new: str) -> Callable[[dict], None]:
     """A change that renames the field `old` of the object at `path` to `new`, as a typo would."""
+
     def mutate(manifest: dict) -> None:
         node = node_at(manifest, path)
         node[new] = node.pop(old)
+
     return mutate
 
 
 def set_to(path: tuple, key: str, value: Any) -> Callable[[dict], None]:
     """A change that sets the field `key` of the object at `path` to `value`."""
+
     def mutate(manifest: dict) -> None:
         node_at(manifest, path)[key] = value
+
     return mutate
 
 
@@ -168,34 +175,70 @@ HEAD_CONTAINER = ("spec", "headGroupSpec", "template", "spec", "containers", 0)
 
 # One broken field per case: the file, the change, and the error that must name it.
 BROKEN_MANIFESTS = [
-    ("raycluster.yaml", renamed(COLLECTORS, "minReplicas", "minReplica"),
-     "spec.workerGroupSpecs.0: Additional properties are not allowed ('minReplica' was unexpected)"),
-    ("raycluster.yaml", renamed(LEARNERS, "groupName", "name"),
-     "spec.workerGroupSpecs.1: 'groupName' is a required property"),
-    ("raycluster.yaml", renamed((*LEARNERS, "template", "spec", "containers", 0), "resources", "resource"),
-     "spec.workerGroupSpecs.1.template.spec.containers.0: Additional properties are not allowed "
-     "('resource' was unexpected)"),
-    ("raycluster.yaml", set_to(("spec", "headGroupSpec", "rayStartParams"), "num-cpus", 0),
-     "spec.headGroupSpec.rayStartParams.num-cpus: 0 is not of type 'string'"),
-    ("raycluster.yaml", set_to(COLLECTORS, "maxReplicas", 2**31),
-     "spec.workerGroupSpecs.0.maxReplicas: 2147483648 is not a 'int32'"),
-    ("raycluster.yaml", set_to(("spec", "autoscalerOptions"), "upscalingMode", "Fast"),
-     "spec.autoscalerOptions.upscalingMode: 'Fast' is not one of ['Default', 'Aggressive', 'Conservative']"),
-    ("raycluster.yaml", set_to((*HEAD_CONTAINER, "resources", "limits"), "memory", "8 GiB"),
-     "spec.headGroupSpec.template.spec.containers.0.resources.limits.memory: '8 GiB' does not match"),
-    ("raycluster.yaml", renamed((*HEAD_CONTAINER, "env", 1, "valueFrom", "secretKeyRef"), "key", "keys"),
-     "spec.headGroupSpec.template.spec.containers.0.env.1.valueFrom.secretKeyRef: 'key' is a required property"),
-    ("rayjob.yaml", renamed(("spec",), "shutdownAfterJobFinishes", "shutdownAfterJobFinish"),
-     "spec: Additional properties are not allowed ('shutdownAfterJobFinish' was unexpected)"),
-    ("rayjob.yaml", set_to(("spec", "rayClusterSpec"), "enableInTreeAutoscaling", "true"),
-     "spec.rayClusterSpec.enableInTreeAutoscaling: 'true' is not of type 'boolean'"),
-    ("rayjob.yaml", renamed(("spec", "submitterPodTemplate", "spec"), "containers", "container"),
-     "spec.submitterPodTemplate.spec: 'containers' is a required property"),
+    (
+        "raycluster.yaml",
+        renamed(COLLECTORS, "minReplicas", "minReplica"),
+        "spec.workerGroupSpecs.0: Additional properties are not allowed ('minReplica' was unexpected)",
+    ),
+    (
+        "raycluster.yaml",
+        renamed(LEARNERS, "groupName", "name"),
+        "spec.workerGroupSpecs.1: 'groupName' is a required property",
+    ),
+    (
+        "raycluster.yaml",
+        renamed((*LEARNERS, "template", "spec", "containers", 0), "resources", "resource"),
+        "spec.workerGroupSpecs.1.template.spec.containers.0: Additional properties are not allowed "
+        "('resource' was unexpected)",
+    ),
+    (
+        "raycluster.yaml",
+        set_to(("spec", "headGroupSpec", "rayStartParams"), "num-cpus", 0),
+        "spec.headGroupSpec.rayStartParams.num-cpus: 0 is not of type 'string'",
+    ),
+    (
+        "raycluster.yaml",
+        set_to(COLLECTORS, "maxReplicas", 2**31),
+        "spec.workerGroupSpecs.0.maxReplicas: 2147483648 is not a 'int32'",
+    ),
+    (
+        "raycluster.yaml",
+        set_to(("spec", "autoscalerOptions"), "upscalingMode", "Fast"),
+        "spec.autoscalerOptions.upscalingMode: 'Fast' is not one of ['Default', 'Aggressive', 'Conservative']",
+    ),
+    (
+        "raycluster.yaml",
+        set_to((*HEAD_CONTAINER, "resources", "limits"), "memory", "8 GiB"),
+        "spec.headGroupSpec.template.spec.containers.0.resources.limits.memory: '8 GiB' does not match",
+    ),
+    (
+        "raycluster.yaml",
+        renamed((*HEAD_CONTAINER, "env", 1, "valueFrom", "secretKeyRef"), "key", "keys"),
+        "spec.headGroupSpec.template.spec.containers.0.env.1.valueFrom.secretKeyRef: 'key' is a required property",
+    ),
+    (
+        "rayjob.yaml",
+        renamed(("spec",), "shutdownAfterJobFinishes", "shutdownAfterJobFinish"),
+        "spec: Additional properties are not allowed ('shutdownAfterJobFinish' was unexpected)",
+    ),
+    (
+        "rayjob.yaml",
+        set_to(("spec", "rayClusterSpec"), "enableInTreeAutoscaling", "true"),
+        "spec.rayClusterSpec.enableInTreeAutoscaling: 'true' is not of type 'boolean'",
+    ),
+    (
+        "rayjob.yaml",
+        renamed(("spec", "submitterPodTemplate", "spec"), "containers", "container"),
+        "spec.submitterPodTemplate.spec: 'containers' is a required property",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, mutate, expected_error", BROKEN_MANIFESTS,
-                         ids=[f"{name}:{error.split(':')[0]}" for name, _, error in BROKEN_MANIFESTS])
+@pytest.mark.parametrize(
+    "name, mutate, expected_error",
+    BROKEN_MANIFESTS,
+    ids=[f"{name}:{error.split(':')[0]}" for name, _, error in BROKEN_MANIFESTS],
+)
 def test_schema_check_names_a_broken_field(name, mutate, expected_error, schemas):
     manifest = load_manifest(name)
     mutate(manifest)
@@ -204,23 +247,32 @@ def test_schema_check_names_a_broken_field(name, mutate, expected_error, schemas
 
 
 # A small structural schema: an object with listed fields, one that keeps unknown fields, a map.
-OPENNESS_SCHEMA = {"type": "object", "properties": {
-    "listed": {"type": "object", "properties": {"a": {"type": "string"}}},
-    "preserved": {"type": "object", "properties": {"a": {"type": "string"}},
-                  "x-kubernetes-preserve-unknown-fields": True},
-    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-}}
+OPENNESS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "listed": {"type": "object", "properties": {"a": {"type": "string"}}},
+        "preserved": {
+            "type": "object",
+            "properties": {"a": {"type": "string"}},
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
 
 
-@pytest.mark.parametrize("document, accepted", [
-    ({"listed": {"a": "x"}}, True),
-    ({"listed": {"a": "x", "b": "y"}}, False),
-    ({"preserved": {"a": "x", "b": "y"}}, True),
-    ({"preserved": {"a": 1}}, False),
-    ({"labels": {"any-key": "x"}}, True),
-    ({"labels": {"any-key": 1}}, False),
-    ({"unlisted": {}}, False),
-])
+@pytest.mark.parametrize(
+    "document, accepted",
+    [
+        ({"listed": {"a": "x"}}, True),
+        ({"listed": {"a": "x", "b": "y"}}, False),
+        ({"preserved": {"a": "x", "b": "y"}}, True),
+        ({"preserved": {"a": 1}}, False),
+        ({"labels": {"any-key": "x"}}, True),
+        ({"labels": {"any-key": 1}}, False),
+        ({"unlisted": {}}, False),
+    ],
+)
 def test_unknown_fields_are_rejected_unless_the_schema_preserves_them(document, accepted):
     validator = Draft202012Validator(reject_unknown_fields(OPENNESS_SCHEMA))
     assert validator.is_valid(document) == accepted

@@ -35,34 +35,66 @@ def test_no_code_imports_harvests_packages_by_their_bare_names():
     found = []
     for path in python_files():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             found += [f"{path.relative_to(REPO)}:{node.lineno}: {name}" for name in names if BARE.match(name)]
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
-                    re.fullmatch(rf"({'|'.join(SUBPACKAGES)})(\.\w+)+:\w+", node.value):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and re.fullmatch(rf"({'|'.join(SUBPACKAGES)})(\.\w+)+:\w+", node.value)
+            ):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: entry point {node.value!r}")
     assert not found, "\n".join(found)
 
 
 def test_the_wheel_lists_every_package_under_harvest_only():
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    folders = sorted("harvest." + str(init.parent.relative_to(REPO)).replace("/", ".")
-                     for name in SUBPACKAGES for init in (REPO / name).rglob("__init__.py"))
+    folders = sorted(
+        "harvest." + str(init.parent.relative_to(REPO)).replace("/", ".")
+        for name in SUBPACKAGES
+        for init in (REPO / name).rglob("__init__.py")
+    )
     assert sorted(declared) == sorted(["harvest", *folders])
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_built_wheel_holds_harvest_alone(tmp_path):
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--wheel-dir", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=280)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp_path.glob("harvest_rl-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"harvest"}
-    for expected in ("harvest/__init__.py", "harvest/__main__.py", "harvest/cluster/cli.py",
-                     "harvest/envs/robocode/java/HarvestBridge.java", "harvest/rollout/replay/shard.py",
-                     "harvest/examples/cartpole_bc.yaml", "harvest/examples/robocode_bc.yaml"):
+    for expected in (
+        "harvest/__init__.py",
+        "harvest/__main__.py",
+        "harvest/cluster/cli.py",
+        "harvest/envs/robocode/java/HarvestBridge.java",
+        "harvest/rollout/replay/shard.py",
+        "harvest/examples/cartpole_bc.yaml",
+        "harvest/examples/robocode_bc.yaml",
+    ):
         assert expected in names, expected
     entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))
     assert "harvest = harvest.cluster.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -71,9 +103,13 @@ def test_the_built_wheel_holds_harvest_alone(tmp_path):
 def test_harvest_imports_from_a_checkout_without_installation(tmp_path):
     # What `ray job submit --working-dir .` relies on: the repo root on sys.path is enough.
     code = "import harvest.cluster.cli, harvest.cluster.pipeline, harvest.learners.bc; print('ok')"
-    result = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {[str(REPO)]!r}; "
-                             "import site; site.main(); " + code],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {[str(REPO)]!r}; import site; site.main(); " + code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.stdout.strip() == "ok", result.stderr
 
 
@@ -83,12 +119,19 @@ def test_a_users_folders_named_like_harvests_subpackages_shadow_nothing(tmp_path
     for package in SUBPACKAGES:
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text(f"raise ImportError('the user\\'s own {package}')\n")
-    script = ("import gymnasium as gym\nimport harvest.envs.spaces, harvest.envs.robocode, harvest.cluster.config\n"
-              "assert 'harvest/Robocode-v0' in gym.registry\nprint('ok')\n")
+    script = (
+        "import gymnasium as gym\nimport harvest.envs.spaces, harvest.envs.robocode, harvest.cluster.config\n"
+        "assert 'harvest/Robocode-v0' in gym.registry\nprint('ok')\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "ok", result.stderr[-3000:]
-    config = subprocess.run([sys.executable, "-m", "harvest", "config", "--set", "env.num_envs=3"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    config = subprocess.run(
+        [sys.executable, "-m", "harvest", "config", "--set", "env.num_envs=3"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert config.returncode == 0 and "num_envs: 3" in config.stdout, config.stderr[-3000:]
 
 
@@ -96,6 +139,5 @@ def test_harvest_has_a_version():
     import harvest
 
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", harvest.__version__), harvest.__version__
-    result = subprocess.run([sys.executable, "-m", "harvest", "--version"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-m", "harvest", "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.split() == ["harvest", harvest.__version__], result

@@ -23,8 +23,9 @@ from tests.test_batch import random_batch
 
 def write_dataset(folder: Path, schema: BatchSchema, batch: TransitionBatch) -> Path:
     """A dataset folder made by the real compaction code from an in-memory batch."""
-    aggregation_write_dataset([batch], schema, folder / "dataset", AggregationConfig(formats=["parquet"]),
-                              run_id="t", env_id="synthetic")
+    aggregation_write_dataset(
+        [batch], schema, folder / "dataset", AggregationConfig(formats=["parquet"]), run_id="t", env_id="synthetic"
+    )
     return folder / "dataset"
 
 
@@ -79,8 +80,12 @@ def test_squashed_gaussian_matches_torchs_transformed_distribution_and_stays_in_
     actions = dist.sample(torch.Generator().manual_seed(0))
     assert ((actions >= torch.from_numpy(low)) & (actions <= torch.from_numpy(high))).all()
     lo, hi = torch.from_numpy(low), torch.from_numpy(high)
-    reference = Independent(TransformedDistribution(Normal(dist.mean, dist.log_std.exp()), [
-        TanhTransform(), AffineTransform((lo + hi) / 2, (hi - lo) / 2)]), 1)
+    reference = Independent(
+        TransformedDistribution(
+            Normal(dist.mean, dist.log_std.exp()), [TanhTransform(), AffineTransform((lo + hi) / 2, (hi - lo) / 2)]
+        ),
+        1,
+    )
     torch.testing.assert_close(dist.log_prob(actions), reference.log_prob(actions), rtol=1e-4, atol=1e-4)
     # Actions at the bounds (as a clipped env would store them) get a finite log-probability.
     assert torch.isfinite(dist.log_prob(torch.from_numpy(np.stack([low, high])).repeat(32, 1))).all()
@@ -119,11 +124,18 @@ def test_precision_autocasts_where_asked_and_stays_fp32_on_the_cpu_by_default():
 
 
 def test_bc_trains_under_bf16_autocast(tmp_path):
-    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 3000,
-                              lambda b: (b["obs"][:, 0] + b["obs"][:, 1] > 0).astype(np.int64))
+    schema, batch = synthetic(
+        gym.spaces.Box(-1, 1, (2,), np.float32),
+        gym.spaces.Discrete(2),
+        3000,
+        lambda b: (b["obs"][:, 0] + b["obs"][:, 1] > 0).astype(np.int64),
+    )
     dataset = write_dataset(tmp_path, schema, batch)
-    result = BCLearner(LearnerConfig(epochs=8, batch_size=64, hidden_sizes=[32, 32], precision="bf16"),
-                       str(dataset), str(tmp_path / "learner")).train()
+    result = BCLearner(
+        LearnerConfig(epochs=8, batch_size=64, hidden_sizes=[32, 32], precision="bf16"),
+        str(dataset),
+        str(tmp_path / "learner"),
+    ).train()
     assert json.loads(Path(result.history_path).read_text())["precision"] == "bf16"
     assert result.history[-1].validation_accuracy > 0.95
     assert load_checkpoint(result.best_checkpoint).model.trunk[0].weight.dtype == torch.float32
@@ -139,11 +151,16 @@ def test_validation_split_holds_out_whole_episodes():
 
 
 def test_bc_learns_a_discrete_rule(tmp_path):
-    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 3000,
-                              lambda b: (b["obs"][:, 0] + b["obs"][:, 1] > 0).astype(np.int64))
+    schema, batch = synthetic(
+        gym.spaces.Box(-1, 1, (2,), np.float32),
+        gym.spaces.Discrete(2),
+        3000,
+        lambda b: (b["obs"][:, 0] + b["obs"][:, 1] > 0).astype(np.int64),
+    )
     dataset = write_dataset(tmp_path, schema, batch)
-    learner = BCLearner(LearnerConfig(epochs=8, batch_size=64, hidden_sizes=[32, 32]), str(dataset),
-                        str(tmp_path / "learner"))
+    learner = BCLearner(
+        LearnerConfig(epochs=8, batch_size=64, hidden_sizes=[32, 32]), str(dataset), str(tmp_path / "learner")
+    )
     result = learner.train()
     assert result.history[-1].validation_accuracy > 0.95
     assert result.trained_on + result.details["validation_rows"] == 3000
@@ -163,23 +180,34 @@ def test_bc_learns_a_discrete_rule(tmp_path):
 
 def test_bc_regresses_continuous_actions(tmp_path):
     space = gym.spaces.Box(-1, 1, (2,), np.float32)
-    schema, batch = synthetic(gym.spaces.Box(-1, 1, (3,), np.float32), space, 2000,
-                              lambda b: np.tanh(b["obs"][:, :2] * 0.8).astype(np.float32))
+    schema, batch = synthetic(
+        gym.spaces.Box(-1, 1, (3,), np.float32),
+        space,
+        2000,
+        lambda b: np.tanh(b["obs"][:, :2] * 0.8).astype(np.float32),
+    )
     dataset = write_dataset(tmp_path, schema, batch)
-    result = BCLearner(LearnerConfig(epochs=15, batch_size=64, hidden_sizes=[32]), str(dataset),
-                       str(tmp_path / "learner")).train()
+    result = BCLearner(
+        LearnerConfig(epochs=15, batch_size=64, hidden_sizes=[32]), str(dataset), str(tmp_path / "learner")
+    ).train()
     assert result.history[-1].validation_accuracy is None
     assert result.best_score < 0.01
 
 
 def test_an_action_dimension_the_demonstrations_never_vary_is_played_exactly(tmp_path):
     space = gym.spaces.Box(np.array([-1, -20, 0], np.float32), np.array([1, 20, 3], np.float32))
-    schema, batch = synthetic(gym.spaces.Box(-1, 1, (3,), np.float32), space, 2000,
-                              lambda b: np.stack([np.tanh(b["obs"][:, 0]), np.zeros(len(b["obs"])),
-                                                  np.full(len(b["obs"]), 1.5)], axis=1).astype(np.float32))
+    schema, batch = synthetic(
+        gym.spaces.Box(-1, 1, (3,), np.float32),
+        space,
+        2000,
+        lambda b: np.stack(
+            [np.tanh(b["obs"][:, 0]), np.zeros(len(b["obs"])), np.full(len(b["obs"]), 1.5)], axis=1
+        ).astype(np.float32),
+    )
     dataset = write_dataset(tmp_path, schema, batch)
-    cfg = LearnerConfig(epochs=3, batch_size=64, hidden_sizes=[16], lr_schedule="cosine",
-                        continuous_loss="standardized")
+    cfg = LearnerConfig(
+        epochs=3, batch_size=64, hidden_sizes=[16], lr_schedule="cosine", continuous_loss="standardized"
+    )
     result = BCLearner(cfg, str(dataset), str(tmp_path / "learner")).train()
     policy = load_torch_policy(result.best_checkpoint)  # the fixed dimensions survive the checkpoint
     actions = policy.compute_actions(np.random.default_rng(3).uniform(-3, 3, (500, 3)).astype(np.float32)).actions
@@ -189,10 +217,15 @@ def test_an_action_dimension_the_demonstrations_never_vary_is_played_exactly(tmp
 
 def test_flagged_rows_are_left_out_of_training(tmp_path):
     # Rows flagged `noisy` carry the wrong label; skipping them recovers the rule exactly.
-    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 3000,
-                              lambda b: (b["obs"][:, 0] > 0).astype(np.int64))
-    schema = BatchSchema({**schema.columns, "noisy": ColumnSpec(np.bool_, ())}, schema.observation_space,
-                         schema.action_space)
+    schema, batch = synthetic(
+        gym.spaces.Box(-1, 1, (2,), np.float32),
+        gym.spaces.Discrete(2),
+        3000,
+        lambda b: (b["obs"][:, 0] > 0).astype(np.int64),
+    )
+    schema = BatchSchema(
+        {**schema.columns, "noisy": ColumnSpec(np.bool_, ())}, schema.observation_space, schema.action_space
+    )
     noisy = np.random.default_rng(1).random(3000) < 0.4
     batch.columns["noisy"] = noisy
     batch.columns["action"] = np.where(noisy, 1 - batch["action"], batch["action"])
@@ -208,14 +241,21 @@ def test_flagged_rows_are_left_out_of_training(tmp_path):
 def test_dict_observations_and_multidiscrete_actions_train(tmp_path):
     from tests.toy_envs import DictObsEnv
 
-    schema, batch = synthetic(DictObsEnv.observation_space, DictObsEnv.action_space, 400,
-                              lambda b: np.stack([b["obs.phase"] % 3, (b["obs.position"][:, 0] > 0)], 1).astype(np.int64))
+    schema, batch = synthetic(
+        DictObsEnv.observation_space,
+        DictObsEnv.action_space,
+        400,
+        lambda b: np.stack([b["obs.phase"] % 3, (b["obs.position"][:, 0] > 0)], 1).astype(np.int64),
+    )
     batch.columns["obs.phase"] %= 3
     dataset = write_dataset(tmp_path, schema, batch)
     result = BCLearner(LearnerConfig(epochs=2, hidden_sizes=[16]), str(dataset), str(tmp_path / "l")).train()
     policy = load_torch_policy(result.final_checkpoint)
-    obs = {"position": np.zeros((3, 2), np.float32), "grid": np.zeros((3, 3, 4, 4), np.uint8),
-           "phase": np.array([0, 1, 2])}
+    obs = {
+        "position": np.zeros((3, 2), np.float32),
+        "grid": np.zeros((3, 3, 4, 4), np.uint8),
+        "phase": np.array([0, 1, 2]),
+    }
     actions = policy.compute_actions(obs).actions
     assert actions.shape == (3, 2) and DictObsEnv.action_space.contains(actions[0])
 
@@ -237,8 +277,12 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bc_trains_on_cuda(tmp_path):
-    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 2000,
-                              lambda b: (b["obs"][:, 0] > 0).astype(np.int64))
+    schema, batch = synthetic(
+        gym.spaces.Box(-1, 1, (2,), np.float32),
+        gym.spaces.Discrete(2),
+        2000,
+        lambda b: (b["obs"][:, 0] > 0).astype(np.int64),
+    )
     dataset = write_dataset(tmp_path, schema, batch)
     result = BCLearner(LearnerConfig(epochs=3), str(dataset), str(tmp_path / "learner")).train()
     assert result.device.startswith("cuda")
@@ -250,11 +294,18 @@ def test_bc_trains_on_cuda(tmp_path):
 def test_learner_actor_trains_on_the_gpu_ray_gives_it(ray_cluster, tmp_path):
     import ray
 
-    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 2000,
-                              lambda b: (b["obs"][:, 0] > 0).astype(np.int64))
+    schema, batch = synthetic(
+        gym.spaces.Box(-1, 1, (2,), np.float32),
+        gym.spaces.Discrete(2),
+        2000,
+        lambda b: (b["obs"][:, 0] > 0).astype(np.int64),
+    )
     dataset = write_dataset(tmp_path, schema, batch)
-    learner = ray.remote(BCLearner).options(num_gpus=1, num_cpus=0.5).remote(
-        LearnerConfig(epochs=2, num_gpus=1), str(dataset), str(tmp_path / "learner"))
+    learner = (
+        ray.remote(BCLearner)
+        .options(num_gpus=1, num_cpus=0.5)
+        .remote(LearnerConfig(epochs=2, num_gpus=1), str(dataset), str(tmp_path / "learner"))
+    )
     try:
         result = ray.get(learner.train.remote(), timeout=300)
     finally:
@@ -342,7 +393,7 @@ def pixel_square_dataset(tmp_path, rows: int = 1200):
     cols = np.where(left, rng.integers(0, 12, rows), rng.integers(22, 30, rows))
     tops = rng.integers(0, 28, rows)
     for i in range(rows):
-        frames[i, 1, tops[i]:tops[i] + 6, cols[i]:cols[i] + 6] = 255  # only the newest frame shows it
+        frames[i, 1, tops[i] : tops[i] + 6, cols[i] : cols[i] + 6] = 255  # only the newest frame shows it
     batch.columns["obs"], batch.columns["action"] = frames, left.astype(np.int64)
     return write_dataset(tmp_path, schema, batch)
 
@@ -352,8 +403,11 @@ def test_pixel_observations_get_a_convolutional_encoder_that_learns_and_reloads(
     assert resolve_model_spec("auto", space, gym.spaces.Discrete(2), [32], [16, 32]).kind == "pixels"
     dataset = pixel_square_dataset(tmp_path)
     frames = Dataset.open(dataset).read_columns(["obs"])["obs"]
-    result = BCLearner(LearnerConfig(epochs=6, batch_size=64, hidden_sizes=[32], conv_channels=[16, 32]),
-                       str(dataset), str(tmp_path / "learner")).train()
+    result = BCLearner(
+        LearnerConfig(epochs=6, batch_size=64, hidden_sizes=[32], conv_channels=[16, 32]),
+        str(dataset),
+        str(tmp_path / "learner"),
+    ).train()
     assert max(record.validation_accuracy for record in result.history) > 0.9
     loaded = load_checkpoint(result.best_checkpoint)
     assert loaded.spec.kind == "pixels" and loaded.model.pixels is not None

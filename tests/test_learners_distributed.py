@@ -17,8 +17,12 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_bc_trains_data_parallel_on_two_ray_train_workers(ray_cluster, tmp_path):
-    schema, batch = synthetic(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2), 4000,
-                              lambda b: (b["obs"][:, 0] - b["obs"][:, 1] > 0).astype(np.int64))
+    schema, batch = synthetic(
+        gym.spaces.Box(-1, 1, (2,), np.float32),
+        gym.spaces.Discrete(2),
+        4000,
+        lambda b: (b["obs"][:, 0] - b["obs"][:, 1] > 0).astype(np.int64),
+    )
     dataset = write_dataset(tmp_path, schema, batch)
     cfg = LearnerConfig(epochs=2, batch_size=32, lr=3e-3, hidden_sizes=[32, 32], num_workers=2, num_cpus=0.5)
     result = train_bc_data_parallel(cfg, str(dataset), str(tmp_path / "learner"))

@@ -21,9 +21,20 @@ from tests.toy_envs import open_gate, waiting_pids
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["env.num_envs=4", "rollout.batch_rows=500", "rollout.num_cpus=0.25", "replay.num_cpus=0.1",
-         "aggregation.num_cpus=0.1", "learner.epochs=2", "learner.hidden_sizes=[32]", "learner.num_cpus=0.5",
-         "eval.episodes=2", "eval.baselines=[random]", "eval.num_workers=1", "rollout.placement={resources: {collector: 1}}"]
+SMALL = [
+    "env.num_envs=4",
+    "rollout.batch_rows=500",
+    "rollout.num_cpus=0.25",
+    "replay.num_cpus=0.1",
+    "aggregation.num_cpus=0.1",
+    "learner.epochs=2",
+    "learner.hidden_sizes=[32]",
+    "learner.num_cpus=0.5",
+    "eval.episodes=2",
+    "eval.baselines=[random]",
+    "eval.num_workers=1",
+    "rollout.placement={resources: {collector: 1}}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +44,9 @@ def two_nodes(tmp_path_factory):
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
     try:
         cluster.start_head(num_cpus=2, resources={"collector": 2}, labels={"harvest-role": "head"})
-        second = cluster.add_node(num_cpus=2, resources={"collector": 2, "learner": 1},
-                                  labels={"harvest-role": "learner"})
+        second = cluster.add_node(
+            num_cpus=2, resources={"collector": 2, "learner": 1}, labels={"harvest-role": "learner"}
+        )
         cluster.wait_for_nodes(2)
         yield cluster, second
     finally:
@@ -42,8 +54,9 @@ def two_nodes(tmp_path_factory):
 
 
 def harvest(*args: str, env: dict[str, str], timeout: float = 500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harvest", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harvest", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def sets(*items: str) -> list[str]:
@@ -68,21 +81,36 @@ def test_a_submitted_job_spreads_collectors_and_trains_where_the_learner_resourc
     # SPREAD is Ray's best effort (a node slow to report gets nothing on a busy machine): 1.5 of
     # each node's 2 collector slots place one collector per node. Each env copy waits at its 50th
     # step until both collectors are there: one that starts late still collects its share.
-    submitted = harvest("submit", "--address", cluster.dashboard_url, "--run-id", "placed", "--output-dir", str(out),
-                        "--project", ".",  # the test envs (tests.toy_envs) import from the repo
-                        *sets(*SMALL, "rollout.steps=3000", "env.id=tests.toy_envs:GatedEnv",
-                              f"env.kwargs={{gate_dir: '{gate}', gate_at_step: 50}}", "rollout.policy.kind=random",
-                              "rollout.placement={resources: {collector: 1.5}}",
-                              "learner.placement={label_selector: {harvest-role: learner}}"),
-                        env=cluster.env)
+    submitted = harvest(
+        "submit",
+        "--address",
+        cluster.dashboard_url,
+        "--run-id",
+        "placed",
+        "--output-dir",
+        str(out),
+        "--project",
+        ".",  # the test envs (tests.toy_envs) import from the repo
+        *sets(
+            *SMALL,
+            "rollout.steps=3000",
+            "env.id=tests.toy_envs:GatedEnv",
+            f"env.kwargs={{gate_dir: '{gate}', gate_at_step: 50}}",
+            "rollout.policy.kind=random",
+            "rollout.placement={resources: {collector: 1.5}}",
+            "learner.placement={label_selector: {harvest-role: learner}}",
+        ),
+        env=cluster.env,
+    )
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "submitted job harvest-placed" in submitted.stderr
     try:
         wait_for(lambda: len(waiting_pids(gate)) >= 2, 300, "both collectors to reach the gate")
     finally:
         open_gate(gate)
-    followed = harvest("jobs", "logs", "harvest-placed", "--follow", "--address", cluster.dashboard_url,
-                       env=cluster.env, timeout=500)
+    followed = harvest(
+        "jobs", "logs", "harvest-placed", "--follow", "--address", cluster.dashboard_url, env=cluster.env, timeout=500
+    )
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
     run_dir = out / "placed"  # where the README says: <output-dir>/<run id>/ on the head node
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -117,14 +145,32 @@ def test_killing_the_second_node_mid_run_loses_no_acknowledged_row(two_nodes, tm
     out, wal, gate = tmp_path / "artifacts", tmp_path / "wal", tmp_path / "gate"
     # every env copy waits at its 200th step (rows stored before it) until the second node is gone
     gated = f"env.kwargs={{step_s: 0.002, gate_dir: '{gate}', gate_at_step: 200}}"
-    submitted = harvest("submit", "--address", cluster.dashboard_url, "--run-id", "nodeloss", "--output-dir", str(out),
-                        "--project", ".",
-                        *sets(*SMALL, "env.id=tests.toy_envs:GatedEnv", gated,
-                                          "env.num_envs=2", "rollout.policy.kind=random", "rollout.steps=16000",
-                                          "rollout.batch_rows=200", f"replay.wal_dir={wal}", "replay.max_restarts=3",
-                                          "replay.checkpoint_every_rows=3000", "learner.epochs=1",
-                                          "eval.episodes=1"),
-                        env=cluster.env)
+    submitted = harvest(
+        "submit",
+        "--address",
+        cluster.dashboard_url,
+        "--run-id",
+        "nodeloss",
+        "--output-dir",
+        str(out),
+        "--project",
+        ".",
+        *sets(
+            *SMALL,
+            "env.id=tests.toy_envs:GatedEnv",
+            gated,
+            "env.num_envs=2",
+            "rollout.policy.kind=random",
+            "rollout.steps=16000",
+            "rollout.batch_rows=200",
+            f"replay.wal_dir={wal}",
+            "replay.max_restarts=3",
+            "replay.checkpoint_every_rows=3000",
+            "learner.epochs=1",
+            "eval.episodes=1",
+        ),
+        env=cluster.env,
+    )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
 
     def collectors_on(node) -> list[int]:
@@ -135,13 +181,17 @@ def test_killing_the_second_node_mid_run_loses_no_acknowledged_row(two_nodes, tm
         return [p.pid for p in children if (p.cmdline() or [""])[0].startswith("ray::RolloutWorker")]
 
     try:
-        wait_for(lambda: set(collectors_on(second)) & waiting_pids(gate), 300,
-                 "a collector on the second node to reach the gate")
+        wait_for(
+            lambda: set(collectors_on(second)) & waiting_pids(gate),
+            300,
+            "a collector on the second node to reach the gate",
+        )
         assert cluster.kill_node(second) > 0
     finally:
         open_gate(gate)
-    followed = harvest("jobs", "logs", "harvest-nodeloss", "--follow", "--address", cluster.dashboard_url,
-                       env=cluster.env, timeout=500)
+    followed = harvest(
+        "jobs", "logs", "harvest-nodeloss", "--follow", "--address", cluster.dashboard_url, env=cluster.env, timeout=500
+    )
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
     run_dir = out / "nodeloss"
     collect = json.loads((run_dir / "summary.json").read_text())["collect"]

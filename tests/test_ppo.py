@@ -37,8 +37,17 @@ def test_gae_bootstraps_truncated_and_unfinished_episodes_and_stops_at_terminati
     truncated = np.array([0, 0, 0, 0, 1, 0, 0], bool)
     order = np.array([6, 2, 0, 4, 1, 5, 3])  # any row order
     gamma, lam = 0.9, 0.5
-    adv, ret = gae(reward[order], value[order], next_value[order], terminated[order], truncated[order],
-                   episode_id[order], step[order], gamma, lam)
+    adv, ret = gae(
+        reward[order],
+        value[order],
+        next_value[order],
+        terminated[order],
+        truncated[order],
+        episode_id[order],
+        step[order],
+        gamma,
+        lam,
+    )
     delta = reward + gamma * next_value * (1 - terminated) - value
     expected = delta.copy()
     for i in (1, 0):  # episode 1 backwards; row 2 terminated: no bootstrap (its V(s') is ignored)
@@ -52,13 +61,26 @@ def test_gae_bootstraps_truncated_and_unfinished_episodes_and_stops_at_terminati
 def test_bc_then_ppo_on_cartpole_reaches_475_within_100k_env_steps(ray_cluster, tmp_path):
     env = gym.make("CartPole-v1")
     rows = play(CartPoleExpert(env.observation_space, env.action_space), 2, 77, 0)  # two expert episodes
-    write_dataset([TransitionBatch(rows)], BatchSchema.for_spaces(env.observation_space, env.action_space),
-                  tmp_path / "data", AggregationConfig(formats=["parquet"]), run_id="t", env_id="CartPole-v1")
-    bc = BCLearner(LearnerConfig(epochs=2, hidden_sizes=[64, 64], validation_fraction=0), str(tmp_path / "data"),
-                   str(tmp_path / "bc")).train()
+    write_dataset(
+        [TransitionBatch(rows)],
+        BatchSchema.for_spaces(env.observation_space, env.action_space),
+        tmp_path / "data",
+        AggregationConfig(formats=["parquet"]),
+        run_id="t",
+        env_id="CartPole-v1",
+    )
+    bc = BCLearner(
+        LearnerConfig(epochs=2, hidden_sizes=[64, 64], validation_fraction=0),
+        str(tmp_path / "data"),
+        str(tmp_path / "bc"),
+    ).train()
     weak = greedy_return(bc.final_checkpoint, 10)
-    cfg = LearnerConfig(algorithm="ppo", hidden_sizes=[64, 64], num_cpus=1,
-                        ppo=PPOConfig(init_checkpoint=bc.final_checkpoint, env_steps=100_000, eval_every=2))
+    cfg = LearnerConfig(
+        algorithm="ppo",
+        hidden_sizes=[64, 64],
+        num_cpus=1,
+        ppo=PPOConfig(init_checkpoint=bc.final_checkpoint, env_steps=100_000, eval_every=2),
+    )
     result = PPOLearner(cfg, EnvConfig(id="CartPole-v1", num_envs=8), str(tmp_path / "ppo"), "ppo-test").train()
     history = json.loads(Path(result.history_path).read_text())["iterations"]
     reached = [entry["env_steps"] for entry in history if (entry["eval_return"] or 0) >= 475]
@@ -78,8 +100,13 @@ def test_ppo_learns_box_actions_with_a_tanh_squashed_gaussian(ray_cluster, tmp_p
     # ReachEnv: the action should equal the observed target; random actions score about -21 per
     # episode, always playing the centre about -5.3, the perfect policy 0.
     env = EnvConfig(id="tests.toy_envs:ReachEnv", num_envs=8)
-    cfg = LearnerConfig(algorithm="ppo", hidden_sizes=[64, 64], num_cpus=1, lr=3e-3,
-                        ppo=PPOConfig(env_steps=20_000, eval_every=2, rows_per_collector=512, eval_episodes=20))
+    cfg = LearnerConfig(
+        algorithm="ppo",
+        hidden_sizes=[64, 64],
+        num_cpus=1,
+        lr=3e-3,
+        ppo=PPOConfig(env_steps=20_000, eval_every=2, rows_per_collector=512, eval_episodes=20),
+    )
     result = PPOLearner(cfg, env, str(tmp_path / "ppo"), "ppo-box").train()
     history = json.loads(Path(result.history_path).read_text())["iterations"]
     assert history[0]["episode_return"] < -10, history[0]
@@ -101,14 +128,31 @@ def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_
     env = gym.make("CartPole-v1")
     paths = RunPaths(tmp_path / "run")
     rows = play(CartPoleExpert(env.observation_space, env.action_space), 2, 5, 0)
-    write_dataset([TransitionBatch(rows)], BatchSchema.for_spaces(env.observation_space, env.action_space),
-                  paths.dataset, AggregationConfig(formats=["parquet"]), run_id="t", env_id="CartPole-v1")
-    cfg = load_config(None, ["learner.stages=[bc, dqfd, ppo]", "learner.epochs=1", "learner.hidden_sizes=[16]",
-                             "learner.dqfd.pretrain_steps=50", "learner.dqfd.log_every=50",
-                             "learner.dqfd.eval_episodes=2", "learner.ppo.env_steps=3000",
-                             "learner.ppo.eval_every=1", "learner.ppo.eval_episodes=2", "env.num_envs=4",
-                             # evaluations in another setting of the env: 0 per step, -1 on failure
-                             "learner.ppo.eval_env_kwargs={sutton_barto_reward: true}"])
+    write_dataset(
+        [TransitionBatch(rows)],
+        BatchSchema.for_spaces(env.observation_space, env.action_space),
+        paths.dataset,
+        AggregationConfig(formats=["parquet"]),
+        run_id="t",
+        env_id="CartPole-v1",
+    )
+    cfg = load_config(
+        None,
+        [
+            "learner.stages=[bc, dqfd, ppo]",
+            "learner.epochs=1",
+            "learner.hidden_sizes=[16]",
+            "learner.dqfd.pretrain_steps=50",
+            "learner.dqfd.log_every=50",
+            "learner.dqfd.eval_episodes=2",
+            "learner.ppo.env_steps=3000",
+            "learner.ppo.eval_every=1",
+            "learner.ppo.eval_episodes=2",
+            "env.num_envs=4",
+            # evaluations in another setting of the env: 0 per step, -1 on failure
+            "learner.ppo.eval_env_kwargs={sutton_barto_reward: true}",
+        ],
+    )
     result = train(cfg, paths, "stages")
     assert sorted(p.name for p in paths.learner.iterdir() if p.is_dir()) == ["1-bc", "2-dqfd", "3-ppo"]
     dqfd_history = json.loads((paths.learner / "2-dqfd" / "training_history.json").read_text())
@@ -116,33 +160,67 @@ def test_harvest_run_stages_chain_bc_dqfd_and_ppo_from_each_best_checkpoint(ray_
     ppo_best = load_checkpoint(paths.learner / "3-ppo" / "best.safetensors")
     assert ppo_best.info["init_checkpoint"] == str(paths.learner / "2-dqfd" / "best.safetensors")
     assert result.best_checkpoint == str(paths.learner / "best.safetensors") and result.algorithm == "ppo"
-    assert (paths.learner / "best.safetensors").read_bytes() == (paths.learner / "3-ppo" / "best.safetensors").read_bytes()
+    assert (paths.learner / "best.safetensors").read_bytes() == (
+        paths.learner / "3-ppo" / "best.safetensors"
+    ).read_bytes()
     ppo_history = json.loads((paths.learner / "training_history.json").read_text())
     assert ppo_history["algorithm"] == "ppo"
     assert all(-1 <= entry["eval_return"] <= 0 for entry in ppo_history["iterations"])
     assert all(entry["episode_return"] is None or entry["episode_return"] > 0 for entry in ppo_history["iterations"])
     scalars = tensorboard_scalars(paths.learner / "3-ppo")
-    assert {"loss/policy", "loss/value", "entropy", "kl/initial", "return/episode", "eval/return", "lr",
-            "throughput/env_steps_per_s"} <= set(scalars)
+    assert {
+        "loss/policy",
+        "loss/value",
+        "entropy",
+        "kl/initial",
+        "return/episode",
+        "eval/return",
+        "lr",
+        "throughput/env_steps_per_s",
+    } <= set(scalars)
     assert all(tensorboard_scalars(paths.learner / stage) for stage in ("1-bc", "2-dqfd"))
     # The evaluation plays every stage's best checkpoint beside the last one.
     from harvest.cluster.stages.evaluate import evaluate
 
-    cfg = load_config(None, ["learner.stages=[bc, dqfd, ppo]", "eval.episodes=2", "eval.num_workers=1",
-                             "eval.baselines=[random]", "env.num_envs=2"])
+    cfg = load_config(
+        None,
+        [
+            "learner.stages=[bc, dqfd, ppo]",
+            "eval.episodes=2",
+            "eval.num_workers=1",
+            "eval.baselines=[random]",
+            "env.num_envs=2",
+        ],
+    )
     results = evaluate(cfg, paths, "stages-eval")
     assert set(results) == {"trained", "1-bc", "2-dqfd", "random"}
     assert all(len(r.returns) == 2 for r in results.values())
 
 
-GENERALS_TINY = ["env.num_envs=4", "env.kwargs.map={min_size: 6, max_size: 7, min_general_distance: 3}",
-                 "env.kwargs.max_steps=60", "rollout.num_collectors=1", "rollout.steps=2000",
-                 "rollout.batch_rows=512", "rollout.num_cpus=0.25", "replay.num_cpus=0.1", "learner.epochs=1",
-                 "learner.conv_channels=[8]", "learner.num_cpus=0.5", "learner.ppo.env_steps=1000",
-                 "learner.ppo.num_collectors=2", "learner.ppo.rows_per_collector=256",
-                 "learner.ppo.minibatch_size=64", "learner.ppo.eval_every=1", "learner.ppo.eval_episodes=2",
-                 "learner.ppo.eval_max_steps=60", "eval.episodes=4", "eval.num_workers=1", "eval.baselines=[expert]",
-                 "eval.scenarios={vs_expert: {players: first, opponent: expert, max_steps: 60}}"]
+GENERALS_TINY = [
+    "env.num_envs=4",
+    "env.kwargs.map={min_size: 6, max_size: 7, min_general_distance: 3}",
+    "env.kwargs.max_steps=60",
+    "rollout.num_collectors=1",
+    "rollout.steps=2000",
+    "rollout.batch_rows=512",
+    "rollout.num_cpus=0.25",
+    "replay.num_cpus=0.1",
+    "learner.epochs=1",
+    "learner.conv_channels=[8]",
+    "learner.num_cpus=0.5",
+    "learner.ppo.env_steps=1000",
+    "learner.ppo.num_collectors=2",
+    "learner.ppo.rows_per_collector=256",
+    "learner.ppo.minibatch_size=64",
+    "learner.ppo.eval_every=1",
+    "learner.ppo.eval_episodes=2",
+    "learner.ppo.eval_max_steps=60",
+    "eval.episodes=4",
+    "eval.num_workers=1",
+    "eval.baselines=[expert]",
+    "eval.scenarios={vs_expert: {players: first, opponent: expert, max_steps: 60}}",
+]
 
 
 @pytest.mark.slow
@@ -152,8 +230,13 @@ def test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_s
     from harvest.cluster.cli import main
 
     run_id, run_dir = repo_root_run
-    argv = ["run", "examples/generals_bc_ppo.yaml", "--run-id", run_id,
-            *sum((["--set", item] for item in GENERALS_TINY), [])]
+    argv = [
+        "run",
+        "examples/generals_bc_ppo.yaml",
+        "--run-id",
+        run_id,
+        *sum((["--set", item] for item in GENERALS_TINY), []),
+    ]
     assert main(argv) == 0
     history = json.loads((run_dir / "learner" / "2-ppo" / "training_history.json").read_text())
     assert history["config"]["ppo"]["env_kwargs"] == {"players": "first", "opponent": "expert"}
@@ -166,8 +249,10 @@ def test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_s
 
 @pytest.mark.slow
 @pytest.mark.timeout(4 * 3600)
-@pytest.mark.skipif(os.environ.get("HARVEST_LONG_TESTS") != "1",
-                    reason="about 35 minutes on 2 CPUs (600k Generals env steps): set HARVEST_LONG_TESTS=1")
+@pytest.mark.skipif(
+    os.environ.get("HARVEST_LONG_TESTS") != "1",
+    reason="about 35 minutes on 2 CPUs (600k Generals env steps): set HARVEST_LONG_TESTS=1",
+)
 def test_generals_bc_then_ppo_wins_more_often_against_the_expert_than_bc_alone(tmp_path):
     # The example in its own Ray (all CPUs; the GPU with one), then a one-sided two-proportion
     # z-test on the 1,000 games each policy plays against the expert (the final PPO policy and
@@ -176,13 +261,33 @@ def test_generals_bc_then_ppo_wins_more_often_against_the_expert_than_bc_alone(t
     # best.safetensors picked on 50 games instead gave 35.7 % vs 35.4 %.
     repo = Path(__file__).resolve().parents[1]
     small = (os.cpu_count() or 0) < 12  # 4 collectors of 6,144 rows: the example's 24,576-row iterations
-    sizing = ["learner.ppo.env_steps=600000", "learner.ppo.num_collectors=4", "learner.ppo.rows_per_collector=6144",
-              "learner.ppo.collector_num_cpus=0.3"] if small else []
+    sizing = (
+        [
+            "learner.ppo.env_steps=600000",
+            "learner.ppo.num_collectors=4",
+            "learner.ppo.rows_per_collector=6144",
+            "learner.ppo.collector_num_cpus=0.3",
+        ]
+        if small
+        else []
+    )
     device = ["learner.num_gpus=1"] if torch.cuda.is_available() else []
     overrides = [f"run.output_dir={tmp_path}", *sizing, *device, "eval.baselines=[]"]
-    subprocess.run([sys.executable, "-m", "harvest", "run", "examples/generals_bc_ppo.yaml", "--run-id", "g",
-                    *sum((["--set", item] for item in overrides), [])], cwd=repo, check=True,
-                   env={**os.environ, "RAY_ADDRESS": ""})
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harvest",
+            "run",
+            "examples/generals_bc_ppo.yaml",
+            "--run-id",
+            "g",
+            *sum((["--set", item] for item in overrides), []),
+        ],
+        cwd=repo,
+        check=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())["eval"]
     bc, ppo = summary["1-bc @ vs_expert"], summary["trained @ vs_expert"]
     n = bc["episodes"] + ppo["episodes"]

@@ -23,16 +23,19 @@ def dataset(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("command, bar", [
-    ("inspect {d} --json {tmp}/r.json", "inspect .* 164/164 [\\d,]+ rows/s"),
-    ("export {d} --to offline-rl --out {tmp}/x.npz", "export .* 164/164 [\\d,]+ rows/s"),
-    ("export {d} --to offline-rl --out {tmp}/x.hdf5", "export .* 164/164 [\\d,]+ rows/s"),
-    ("export {d} --to teacher-student --out {tmp}/x.safetensors", "export .* 164/164 [\\d,]+ rows/s"),
-    ("edit filter {d} --out {tmp}/f --min-length 10", "filter .* 164/164 [\\d,]+ rows/s"),
-    ("edit split {d} --out {tmp}/s --fractions train=0.5,test=0.5", "split .* 164/164 [\\d,]+ rows/s"),
-    ("import parquet {data}/parquet --out {tmp}/i", "import .* 5/5 [\\d,]+ files/s"),
-    ("import offline-rl {data}/offline --out {tmp}/o", "import .* \\d+/\\d+ [\\d,]+ files/s"),
-])
+@pytest.mark.parametrize(
+    "command, bar",
+    [
+        ("inspect {d} --json {tmp}/r.json", "inspect .* 164/164 [\\d,]+ rows/s"),
+        ("export {d} --to offline-rl --out {tmp}/x.npz", "export .* 164/164 [\\d,]+ rows/s"),
+        ("export {d} --to offline-rl --out {tmp}/x.hdf5", "export .* 164/164 [\\d,]+ rows/s"),
+        ("export {d} --to teacher-student --out {tmp}/x.safetensors", "export .* 164/164 [\\d,]+ rows/s"),
+        ("edit filter {d} --out {tmp}/f --min-length 10", "filter .* 164/164 [\\d,]+ rows/s"),
+        ("edit split {d} --out {tmp}/s --fractions train=0.5,test=0.5", "split .* 164/164 [\\d,]+ rows/s"),
+        ("import parquet {data}/parquet --out {tmp}/i", "import .* 5/5 [\\d,]+ files/s"),
+        ("import offline-rl {data}/offline --out {tmp}/o", "import .* \\d+/\\d+ [\\d,]+ files/s"),
+    ],
+)
 def test_dataset_commands_show_a_bar_with_a_rate(dataset, tmp_path, capsys, command, bar):
     argv = command.format(d=dataset, tmp=tmp_path, data=DATA).split()
     assert main(argv) in (0, 1)  # (1: quality flags or files left out; the bar is shown either way)

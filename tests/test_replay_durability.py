@@ -21,7 +21,7 @@ def all_steps(shard) -> np.ndarray:
 def test_a_restarted_shard_restores_checkpoint_log_and_sampler_state(tmp_path):
     cfg = ReplayConfig(capacity_rows=50, sampler="prioritized", wal_dir=str(tmp_path), checkpoint_every_rows=25)
     shard = ReplayShard(cfg, SCHEMA, shard_index=1)
-    for first in range(0, 60, 10):   # 60 rows: two checkpoints, the last 10 rows only in the log
+    for first in range(0, 60, 10):  # 60 rows: two checkpoints, the last 10 rows only in the log
         shard.insert(numbered_batch(first, 10), "c0", batch_id=first // 10)
     keys = shard.sample(200)["key"]
     shard.update_priorities(keys[:5], np.full(5, 7.0))
@@ -29,13 +29,20 @@ def test_a_restarted_shard_restores_checkpoint_log_and_sampler_state(tmp_path):
     shard.insert(numbered_batch(60, 10), "c0", batch_id=6)
     before = (all_steps(shard), shard.stats(), shard.sampling_mass())
     assert sorted(p.name for p in (tmp_path / "shard-001").iterdir()) == [
-        "checkpoint-000003.arrow", "checkpoint-000003.json", "wal-000003.arrow"]
+        "checkpoint-000003.arrow",
+        "checkpoint-000003.json",
+        "wal-000003.arrow",
+    ]
 
     restored = ReplayShard(cfg, SCHEMA, shard_index=1)  # what Ray's restart does: the same arguments
     np.testing.assert_array_equal(all_steps(restored), before[0])
     after = restored.stats()
     assert (after.size_rows, after.inserted_rows, after.evicted_rows, after.inserted_batches) == (
-        before[1].size_rows, before[1].inserted_rows, before[1].evicted_rows, before[1].inserted_batches)
+        before[1].size_rows,
+        before[1].inserted_rows,
+        before[1].evicted_rows,
+        before[1].inserted_batches,
+    )
     assert restored.sampling_mass() == pytest.approx(before[2])  # the priorities came back
     # A batch the shard already stored from that source is acknowledged again, not stored twice.
     again = restored.insert(numbered_batch(60, 10), "c0", batch_id=6)
@@ -56,8 +63,14 @@ def test_a_torn_log_tail_is_dropped_and_the_rest_restored(tmp_path):
 
 @pytest.mark.timeout(180)
 def test_a_durable_shard_killed_with_sigkill_mid_collection_loses_and_duplicates_nothing(ray_cluster, tmp_path):
-    cfg = ReplayConfig(num_shards=2, capacity_rows=100_000, num_cpus=0.1, wal_dir=str(tmp_path),
-                       checkpoint_every_rows=3000, max_restarts=2)
+    cfg = ReplayConfig(
+        num_shards=2,
+        capacity_rows=100_000,
+        num_cpus=0.1,
+        wal_dir=str(tmp_path),
+        checkpoint_every_rows=3000,
+        max_restarts=2,
+    )
     replay = start_replay(cfg, SCHEMA)
     acked, errors = [], []
     stop = threading.Event()
@@ -85,8 +98,9 @@ def test_a_durable_shard_killed_with_sigkill_mid_collection_loses_and_duplicates
         assert not errors, errors
         assert len(acked) == 400
         assert ray.get(replay.shards[0].pid.remote(), timeout=30) != pid, "Ray restarted the shard"
-        steps = np.concatenate([ray.get(shard.read.remote(0, 1_000_000), timeout=60).batch["step"]
-                                for shard in replay.shards])
+        steps = np.concatenate(
+            [ray.get(shard.read.remote(0, 1_000_000), timeout=60).batch["step"] for shard in replay.shards]
+        )
         assert steps.size == 400 * 50, "no acknowledged row lost, none stored twice"
         np.testing.assert_array_equal(np.sort(steps), np.arange(400 * 50))
     finally:

@@ -13,8 +13,11 @@ from harvest.rollout.replay.replay import start_replay
 from harvest.rollout.replay.shard import ReplayMemoryError, ReplayShard
 from tests.test_batch import random_batch
 
-BOARD = BatchSchema.for_spaces(gym.spaces.Box(0, 100, (9, 20, 20), np.float32), gym.spaces.Discrete(801),
-                               extras={"action_mask": ColumnSpec(np.bool_, (801,))})
+BOARD = BatchSchema.for_spaces(
+    gym.spaces.Box(0, 100, (9, 20, 20), np.float32),
+    gym.spaces.Discrete(801),
+    extras={"action_mask": ColumnSpec(np.bool_, (801,))},
+)
 
 
 def board_batch(first: int, num_rows: int, noise: bool = False) -> TransitionBatch:
@@ -66,8 +69,12 @@ def test_compressed_columns_give_back_exactly_what_was_stored_in_far_fewer_bytes
 
 def test_capacity_bytes_with_compression_evicts_the_oldest_rows_and_they_are_never_sampled():
     budget = 8_000_000  # 4.3 MB of plain columns for 5,000 rows, the rest for ~1,700 compressed boards
-    cfg = ReplayConfig(capacity_rows=5_000, capacity_bytes=budget, compression={"obs": "zstd", "next_obs": "zstd"},
-                       sampler="prioritized")
+    cfg = ReplayConfig(
+        capacity_rows=5_000,
+        capacity_bytes=budget,
+        compression={"obs": "zstd", "next_obs": "zstd"},
+        sampler="prioritized",
+    )
     shard = ReplayShard(cfg, BOARD, seed=2)
     for first in range(0, 3000, 250):
         shard.insert(board_batch(first, 250))
@@ -87,12 +94,16 @@ def test_a_shard_refuses_to_grow_past_its_memory_limit_and_keeps_what_it_has():
         ReplayShard(ReplayConfig(capacity_rows=1000, memory_limit_bytes=1_000_000), BOARD)
 
     plain_bytes = 1000 * (BOARD.row_bytes - 2 * 9 * 20 * 20 * 4)
-    cfg = ReplayConfig(capacity_rows=1000, compression={"obs": "lz4", "next_obs": "lz4"},
-                       memory_limit_bytes=plain_bytes + 4_000_000)
+    cfg = ReplayConfig(
+        capacity_rows=1000, compression={"obs": "lz4", "next_obs": "lz4"}, memory_limit_bytes=plain_bytes + 4_000_000
+    )
     shard = ReplayShard(cfg, BOARD)
     shard.insert(board_batch(0, 400))
-    with pytest.raises(ReplayMemoryError, match=r"storing 200 rows from noisy would take the shard to .* past "
-                                                r"replay.memory_limit_bytes=.*Nothing of this batch was stored"):
+    with pytest.raises(
+        ReplayMemoryError,
+        match=r"storing 200 rows from noisy would take the shard to .* past "
+        r"replay.memory_limit_bytes=.*Nothing of this batch was stored",
+    ):
         shard.insert(board_batch(400, 200, noise=True), source="noisy")
     assert shard.bounds() == (0, 400) and shard.stats().rejected_batches == 1
     shard.insert(board_batch(400, 200))  # compressible rows still fit
@@ -100,8 +111,9 @@ def test_a_shard_refuses_to_grow_past_its_memory_limit_and_keeps_what_it_has():
 
 
 def test_the_memory_report_through_ray_and_a_shard_that_cannot_start(ray_cluster):
-    replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=200, num_cpus=0.1,
-                                       compression={"obs": "zstd"}), BOARD)
+    replay = start_replay(
+        ReplayConfig(num_shards=2, capacity_rows=200, num_cpus=0.1, compression={"obs": "zstd"}), BOARD
+    )
     try:
         ray.get(replay.insert_async(board_batch(0, 300)), timeout=60)
         reports = ray.get([shard.memory.remote() for shard in replay.shards], timeout=60)
@@ -110,8 +122,9 @@ def test_the_memory_report_through_ray_and_a_shard_that_cannot_start(ray_cluster
     finally:
         replay.kill()
     with pytest.raises(Exception, match="more than replay.memory_limit_bytes"):
-        start_replay(ReplayConfig(num_shards=1, capacity_rows=100_000, num_cpus=0.1,
-                                  memory_limit_bytes=10_000_000), BOARD)
+        start_replay(
+            ReplayConfig(num_shards=1, capacity_rows=100_000, num_cpus=0.1, memory_limit_bytes=10_000_000), BOARD
+        )
 
 
 def test_large_copies_split_over_threads_store_and_gather_the_same_rows():

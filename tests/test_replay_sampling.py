@@ -30,8 +30,9 @@ def test_sum_tree_finds_leaves_in_proportion_and_keeps_exact_sums():
 
 
 def prioritized_shard(capacity=8, alpha=0.7, beta=0.5, shard_index=0):
-    cfg = ReplayConfig(capacity_rows=capacity, sampler="prioritized", priority_alpha=alpha, priority_beta=beta,
-                       priority_eps=1e-6)
+    cfg = ReplayConfig(
+        capacity_rows=capacity, sampler="prioritized", priority_alpha=alpha, priority_beta=beta, priority_eps=1e-6
+    )
     return ReplayShard(cfg, SCHEMA, shard_index=shard_index, seed=3)
 
 
@@ -86,8 +87,12 @@ def test_fifo_and_lifo_return_each_stored_row_once_in_order(sampler, order):
 
 
 def test_a_prioritized_replay_samples_across_shards_by_total_priority(ray_cluster):
-    replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=100, sampler="prioritized", priority_alpha=1.0,
-                                       priority_beta=1.0, num_cpus=0.1), SCHEMA)
+    replay = start_replay(
+        ReplayConfig(
+            num_shards=2, capacity_rows=100, sampler="prioritized", priority_alpha=1.0, priority_beta=1.0, num_cpus=0.1
+        ),
+        SCHEMA,
+    )
     try:
         batch = numbered_batch(0, 20)
         batch.columns["episode_id"] = np.arange(20)  # spread rows over both shards
@@ -112,36 +117,40 @@ def test_a_prioritized_replay_samples_across_shards_by_total_priority(ray_cluste
 def test_sample_to_insert_ratio_holds_each_side_to_the_window():
     limiter = SampleToInsertRatio(samples_per_insert=2.0, min_size=10, error_buffer=8.0)
     assert limiter.can_insert() and not limiter.can_sample(size=0)
-    limiter.on_insert(10)                        # diff 20, window [12, 28]
+    limiter.on_insert(10)  # diff 20, window [12, 28]
     assert limiter.can_sample(size=10) and limiter.can_insert()
-    limiter.on_insert(5)                         # diff 30 > 28: the learners are behind
+    limiter.on_insert(5)  # diff 30 > 28: the learners are behind
     assert not limiter.can_insert()
-    limiter.on_sample(2)                         # diff 28
+    limiter.on_sample(2)  # diff 28
     assert limiter.can_insert()
-    limiter.on_sample(15)                        # diff 13: one more sample leaves 12
+    limiter.on_sample(15)  # diff 13: one more sample leaves 12
     assert limiter.can_sample(size=15)
-    limiter.on_sample(1)                         # diff 12: samples wait for inserts
+    limiter.on_sample(1)  # diff 12: samples wait for inserts
     assert not limiter.can_sample(size=15)
     with pytest.raises(ValueError, match="error_buffer=1.0: expected at least max"):
         SampleToInsertRatio(samples_per_insert=2.0, min_size=10, error_buffer=1.0)
 
 
 def test_a_rate_limited_shard_actor_makes_inserts_and_samples_wait_for_each_other(ray_cluster):
-    cfg = ReplayConfig(capacity_rows=1000, min_size_to_sample=10, num_cpus=0.1,
-                       rate_limit=RateLimitConfig(samples_per_insert=1.0, error_buffer=10.0, timeout_s=30.0))
+    cfg = ReplayConfig(
+        capacity_rows=1000,
+        min_size_to_sample=10,
+        num_cpus=0.1,
+        rate_limit=RateLimitConfig(samples_per_insert=1.0, error_buffer=10.0, timeout_s=30.0),
+    )
     replay = start_replay(cfg, SCHEMA)
     shard = replay.shards[0]
     try:
-        ray.get(shard.insert_wait.remote(numbered_batch(0, 10)), timeout=30)    # diff 10, window [0, 20]
-        ray.get(shard.insert_wait.remote(numbered_batch(10, 11)), timeout=30)   # diff 21: inserts now wait
+        ray.get(shard.insert_wait.remote(numbered_batch(0, 10)), timeout=30)  # diff 10, window [0, 20]
+        ray.get(shard.insert_wait.remote(numbered_batch(10, 11)), timeout=30)  # diff 21: inserts now wait
         waiting = shard.insert_wait.remote(numbered_batch(21, 5))
         assert not ray.wait([waiting], timeout=1.0)[0], "the insert waits for samples"
-        assert ray.get(shard.sample_wait.remote(2), timeout=30).num_rows == 2   # diff 19: the insert goes in
-        assert ray.get(waiting, timeout=30).num_rows == 5                        # diff 24
+        assert ray.get(shard.sample_wait.remote(2), timeout=30).num_rows == 2  # diff 19: the insert goes in
+        assert ray.get(waiting, timeout=30).num_rows == 5  # diff 24
         assert ray.get(shard.sample_wait.remote(24), timeout=30).num_rows == 24  # diff 0
         waiting_sample = shard.sample_wait.remote(3)
         assert not ray.wait([waiting_sample], timeout=1.0)[0], "the sample waits for inserts"
-        ray.get(replay.insert_async(numbered_batch(26, 4)), timeout=30)          # through the Replay handle
+        ray.get(replay.insert_async(numbered_batch(26, 4)), timeout=30)  # through the Replay handle
         assert ray.get(waiting_sample, timeout=30).num_rows == 3
         with pytest.raises(RateLimited, match=r"a sample waited 0.5s for the rate limiter \(samples per insert 1"):
             ray.get(shard.sample_wait.remote(5, timeout_s=0.5), timeout=30)

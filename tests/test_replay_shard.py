@@ -23,13 +23,16 @@ def numbered_batch(first: int, num_rows: int) -> TransitionBatch:
     return batch
 
 
-@pytest.mark.parametrize("capacity, batch_sizes", [
-    (10, [3, 3, 3]),           # no wrap
-    (10, [4, 4, 4]),           # wraps once, evicts 2
-    (10, [7, 7, 7, 7]),        # wraps several times
-    (10, [25]),                # one batch larger than the ring keeps its newest rows
-    (1, [1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "capacity, batch_sizes",
+    [
+        (10, [3, 3, 3]),  # no wrap
+        (10, [4, 4, 4]),  # wraps once, evicts 2
+        (10, [7, 7, 7, 7]),  # wraps several times
+        (10, [25]),  # one batch larger than the ring keeps its newest rows
+        (1, [1, 2, 3]),
+    ],
+)
 def test_ring_keeps_the_newest_rows_in_order(capacity, batch_sizes):
     ring = ColumnRing(SCHEMA, capacity)
     inserted = 0
@@ -71,8 +74,9 @@ def test_shard_insert_ack_sample_and_stats():
     assert counts.sum() == 1000 and counts.max() < 50
     stats = shard.stats()
     assert (stats.size_rows, stats.inserted_rows, stats.evicted_rows, stats.inserted_batches) == (50, 60, 10, 2)
-    assert stats.episodes_completed == 2 + int(np.count_nonzero(
-        numbered_batch(30, 30)["terminated"] | numbered_batch(30, 30)["truncated"]))
+    assert stats.episodes_completed == 2 + int(
+        np.count_nonzero(numbered_batch(30, 30)["terminated"] | numbered_batch(30, 30)["truncated"])
+    )
     assert stats.memory_bytes == 50 * SCHEMA.row_bytes
 
 
@@ -137,5 +141,6 @@ def test_route_splits_a_grouped_batch_into_views_and_an_ungrouped_one_by_hash():
         assert (shard_of(part_b["episode_id"], 3) == shard_b).all()
         np.testing.assert_array_equal(part_a["step"], part_b["step"])
         assert np.shares_memory(part_b["obs"], grouped["obs"]), "a grouped batch is split without a copy"
-    assert replay.route(TransitionBatch(batch.columns, shard_offsets=(0, 200)))[0][1].num_rows < 200, \
+    assert replay.route(TransitionBatch(batch.columns, shard_offsets=(0, 200)))[0][1].num_rows < 200, (
         "offsets for another shard count are ignored"
+    )

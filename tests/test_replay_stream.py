@@ -95,8 +95,15 @@ def test_a_consumer_the_ring_overtook_is_told_never_silently_skipped(ray_cluster
                 pass
         stream.close()
 
-        reported = stream_experiences(replay, batch_size=50, follow=True, max_buffered=1, poll_s=0.1,
-                                      on_overrun="report", start=next(iter(stream_experiences(replay, batch_size=1))).cursor)
+        reported = stream_experiences(
+            replay,
+            batch_size=50,
+            follow=True,
+            max_buffered=1,
+            poll_s=0.1,
+            on_overrun="report",
+            start=next(iter(stream_experiences(replay, batch_size=1))).cursor,
+        )
         iterator = iter(reported)
         received, skipped = next(iterator).num_rows, 0
         produce(replay, 2100, 2000)
@@ -137,13 +144,15 @@ def test_flight_serves_the_stream_with_a_token_and_refuses_clients_without_it(re
 
 
 def _do_get(ticket: bytes, token: bytes = b"s3cret"):
-    return lambda client: client.do_get(flight.Ticket(ticket), flight.FlightCallOptions(
-        headers=[(b"authorization", b"Bearer " + token)])).read_all()
+    return lambda client: client.do_get(
+        flight.Ticket(ticket), flight.FlightCallOptions(headers=[(b"authorization", b"Bearer " + token)])
+    ).read_all()
 
 
 def _call(method: str, *args):
-    return lambda client: getattr(client, method)(*args, flight.FlightCallOptions(
-        headers=[(b"authorization", b"Bearer s3cret")]))
+    return lambda client: getattr(client, method)(
+        *args, flight.FlightCallOptions(headers=[(b"authorization", b"Bearer s3cret")])
+    )
 
 
 BAD_FLIGHT_CALLS = {  # what a careless or hostile client sends, and what the one-line reply must say
@@ -151,27 +160,46 @@ BAD_FLIGHT_CALLS = {  # what a careless or hostile client sends, and what the on
     "a ticket that is not an object": (_do_get(b"[1, 2]"), flight.FlightServerError, "expected a JSON object"),
     "a ticket with a bad value": (_do_get(b'{"batch_size": "x"}'), flight.FlightServerError, "invalid literal"),
     "a ticket with an unknown field": (_do_get(b'{"nope": 1}'), flight.FlightServerError, "unknown fields"),
-    "a filter on a column the rows lack": (_do_get(b'{"where": {"game_id": [1]}}'), flight.FlightServerError,
-                                           "no 'game_id' column"),
-    "a cursor for another replay's shards": (_do_get(b'{"start": [1, 2, 3]}'), flight.FlightServerError,
-                                             "3 shard positions"),
+    "a filter on a column the rows lack": (
+        _do_get(b'{"where": {"game_id": [1]}}'),
+        flight.FlightServerError,
+        "no 'game_id' column",
+    ),
+    "a cursor for another replay's shards": (
+        _do_get(b'{"start": [1, 2, 3]}'),
+        flight.FlightServerError,
+        "3 shard positions",
+    ),
     "a wrong token": (_do_get(b"{}", token=b"guess"), flight.FlightUnauthenticatedError, "wrong token"),
-    "a descriptor of no flight": (_call("get_flight_info", flight.FlightDescriptor.for_path("etc", "passwd")),
-                                  flight.FlightServerError, "no flight at path"),
-    "a command descriptor": (_call("get_flight_info", flight.FlightDescriptor.for_command(b"DROP")),
-                             flight.FlightServerError, "no flight at command"),
-    "a write": (lambda client: _call("do_put", flight.FlightDescriptor.for_path("replay"),
-                                     pa.schema([("a", pa.int64())]))(client)[0].close(),
-                flight.FlightServerError, "do_put is not served"),
-    "an action": (lambda client: list(_call("do_action", flight.Action("shutdown", b""))(client)),
-                  flight.FlightServerError, "do_action 'shutdown' is not served"),
+    "a descriptor of no flight": (
+        _call("get_flight_info", flight.FlightDescriptor.for_path("etc", "passwd")),
+        flight.FlightServerError,
+        "no flight at path",
+    ),
+    "a command descriptor": (
+        _call("get_flight_info", flight.FlightDescriptor.for_command(b"DROP")),
+        flight.FlightServerError,
+        "no flight at command",
+    ),
+    "a write": (
+        lambda client: _call("do_put", flight.FlightDescriptor.for_path("replay"), pa.schema([("a", pa.int64())]))(
+            client
+        )[0].close(),
+        flight.FlightServerError,
+        "do_put is not served",
+    ),
+    "an action": (
+        lambda client: list(_call("do_action", flight.Action("shutdown", b""))(client)),
+        flight.FlightServerError,
+        "do_action 'shutdown' is not served",
+    ),
 }
 
 
 def assert_one_clean_line(message: str) -> None:
     """An error reply as a client sees it: one line, none of the server's traceback or file paths."""
     repo = str(Path(__file__).resolve().parents[1])
-    for leak in ("\n", "Traceback", 'File "', ".py\"", ".pyx", repo, "site-packages"):
+    for leak in ("\n", "Traceback", 'File "', '.py"', ".pyx", repo, "site-packages"):
         assert leak not in message, f"{leak!r} in the reply: {message}"
 
 
@@ -234,10 +262,16 @@ def test_ten_consumers_five_in_ray_five_over_flight_each_get_exactly_10000_rows_
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append((name, err))
 
-    threads = [threading.Thread(target=consume, args=(f"ray-{i}", stream.take(10_000)))
-               for i, stream in enumerate(streams)]
-    threads += [threading.Thread(target=consume, args=(f"flight-{i}", ReplayClient(location).take(
-        10_000, batch_size=256, follow=True, name=f"flight-{i}"))) for i in range(5)]
+    threads = [
+        threading.Thread(target=consume, args=(f"ray-{i}", stream.take(10_000))) for i, stream in enumerate(streams)
+    ]
+    threads += [
+        threading.Thread(
+            target=consume,
+            args=(f"flight-{i}", ReplayClient(location).take(10_000, batch_size=256, follow=True, name=f"flight-{i}")),
+        )
+        for i in range(5)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -267,11 +301,13 @@ def test_a_run_config_starts_the_flight_server_and_refuses_exposure_without_a_to
     with pytest.raises(ValidationError, match="exposes the replay beyond this machine"):
         FlightConfig(host="0.0.0.0")
     with pytest.raises(ValueError, match="HARVEST_TEST_TOKEN is not set"):
-        start_replay(ReplayConfig(num_shards=1, num_cpus=0.1, flight=FlightConfig(token_env="HARVEST_TEST_TOKEN")),
-                     SCHEMA)
+        start_replay(
+            ReplayConfig(num_shards=1, num_cpus=0.1, flight=FlightConfig(token_env="HARVEST_TEST_TOKEN")), SCHEMA
+        )
     monkeypatch.setenv("HARVEST_TEST_TOKEN", "t0ken")
-    replay = start_replay(ReplayConfig(num_shards=1, num_cpus=0.1, flight=FlightConfig(token_env="HARVEST_TEST_TOKEN")),
-                          SCHEMA)
+    replay = start_replay(
+        ReplayConfig(num_shards=1, num_cpus=0.1, flight=FlightConfig(token_env="HARVEST_TEST_TOKEN")), SCHEMA
+    )
     try:
         produce(replay, 0, 10)
         rows = sum(item.num_rows for item in ReplayClient(replay.flight_location, token="t0ken").stream())

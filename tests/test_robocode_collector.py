@@ -23,9 +23,12 @@ def test_two_collectors_push_seeded_battles_that_repeat_exactly(ray_cluster, tmp
     replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=50_000, num_cpus=0.1), robocode_schema())
     actor = ray.remote(RobocodeCollector)
     battles = RobocodeBattles(rounds_per_battle=2, seed=40)
-    collectors = [actor.options(num_cpus=0.25).remote(battles, replay, index, 1000 + index,
-                                                      str(tmp_path / f"engine-{index}"), str(tmp_path / "cache"))
-                  for index in range(2)]
+    collectors = [
+        actor.options(num_cpus=0.25).remote(
+            battles, replay, index, 1000 + index, str(tmp_path / f"engine-{index}"), str(tmp_path / "cache")
+        )
+        for index in range(2)
+    ]
     try:
         results = ray.get([collector.collect.remote(1500) for collector in collectors], timeout=240)
     finally:

@@ -68,8 +68,9 @@ def test_check_env_passes_truncation_works_and_close_leaves_no_jvm(cache_root):
 @pytest.mark.timeout(120)
 def test_make_vector_env_builds_it_by_its_gymnasium_id(cache_root):
     before = java_children()
-    vector_env = make_vector_env(EnvConfig(id="harvest/Robocode-v0", num_envs=1,
-                                           kwargs={"cache_root": str(cache_root), "max_turns": 5}))
+    vector_env = make_vector_env(
+        EnvConfig(id="harvest/Robocode-v0", num_envs=1, kwargs={"cache_root": str(cache_root), "max_turns": 5})
+    )
     obs, _ = vector_env.reset(seed=3)
     assert obs.shape == (1, 14) and obs.dtype == np.float32
     truncations = 0
@@ -129,10 +130,18 @@ def test_sightings_from_snapshots_are_the_scanned_robot_events_the_bridge_gets(e
                 [scan] = info["scans"]
                 num_seen += 1
                 # the event's bearing is from the body: the bridge's own heading turns it absolute
-                bearing = obs[OBS_FIELDS.index("heading")] + math.degrees(scan["bearing"]) - obs[OBS_FIELDS.index(
-                    "gun_heading")]
-                expected = [(bearing + 180) % 360 - 180, scan["distance"], scan["energy"],
-                            math.degrees(scan["heading"]) % 360, scan["velocity"]]
+                bearing = (
+                    obs[OBS_FIELDS.index("heading")]
+                    + math.degrees(scan["bearing"])
+                    - obs[OBS_FIELDS.index("gun_heading")]
+                )
+                expected = [
+                    (bearing + 180) % 360 - 180,
+                    scan["distance"],
+                    scan["energy"],
+                    math.degrees(scan["heading"]) % 360,
+                    scan["velocity"],
+                ]
                 np.testing.assert_allclose(obs[8:13], expected, atol=1e-3, err_msg=f"seed {seed} turn {info['turn']}")
             if terminated or truncated:
                 break
@@ -149,13 +158,15 @@ def test_replaying_spinbots_recovered_actions_through_the_bridge_replays_its_bat
     assert turns[0]["t"] == "round_start"
     spin = next(part for part in round_transitions(turns) if part.robot == "sample.SpinBot")
     # ... and its first move, from the placed robots to turn 1 (a dataset row starts at turn 1).
-    first = next(part for part in round_transitions([{**turns[0], "t": "turn"}, turns[1]])
-                 if part.robot == "sample.SpinBot")
+    first = next(
+        part for part in round_transitions([{**turns[0], "t": "turn"}, turns[1]]) if part.robot == "sample.SpinBot"
+    )
     actions = np.concatenate([first.action, spin.action])
 
     obs, _ = env.reset(seed=7)
-    assert obs[:3].tolist() == pytest.approx([turns[0]["robots"][0]["x"], turns[0]["robots"][0]["y"],
-                                              math.degrees(turns[0]["robots"][0]["heading"])]), "the same spot"
+    assert obs[:3].tolist() == pytest.approx(
+        [turns[0]["robots"][0]["x"], turns[0]["robots"][0]["y"], math.degrees(turns[0]["robots"][0]["heading"])]
+    ), "the same spot"
     played, rewards = [], []
     for action in actions:
         obs, reward, terminated, truncated, info = env.step(action)
@@ -173,8 +184,9 @@ def test_replaying_spinbots_recovered_actions_through_the_bridge_replays_its_bat
     # Observations (sightings included) and rewards are the dataset's, turn for turn.
     np.testing.assert_allclose(played[:num_rows][unflagged], spin.obs[:num_rows][unflagged], atol=1e-3)
     num_rewards = len(rewards) - 1
-    np.testing.assert_allclose(np.array(rewards[1:])[unflagged[:num_rewards]],
-                               spin.reward[:num_rewards][unflagged[:num_rewards]], atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(rewards[1:])[unflagged[:num_rewards]], spin.reward[:num_rewards][unflagged[:num_rewards]], atol=1e-5
+    )
 
 
 def test_without_robocode_the_env_names_the_debian_packages(tmp_path, monkeypatch):

@@ -47,7 +47,9 @@ def test_a_seeded_battle_streams_every_turn_and_repeats_exactly(tmp_path, cache_
     for turn in turns:
         assert [robot["name"] for robot in turn["robots"]] == ROBOTS
         for robot in turn["robots"]:
-            assert 0 <= robot["x"] <= 800 and 0 <= robot["y"] <= 600 and 0 <= robot["energy"] <= 200  # hits give energy back
+            assert (
+                0 <= robot["x"] <= 800 and 0 <= robot["y"] <= 600 and 0 <= robot["energy"] <= 200
+            )  # hits give energy back
             assert abs(robot["velocity"]) <= 8 and 0 <= robot["heading"] < 6.2832
     assert any(turn["bullets"] for turn in turns), "SpinBot fires"
     assert again == first, "the same seed gives the same battle, turn for turn"
@@ -57,8 +59,11 @@ def test_a_seeded_battle_streams_every_turn_and_repeats_exactly(tmp_path, cache_
 @needs_robocode
 def test_an_unknown_robot_is_refused_naming_it(tmp_path, cache_root):
     with RobocodeHost(tmp_path / "engine", cache_root) as engine:
-        with pytest.raises(RobocodeError, match=r"robots sample.SpinBot,sample.NoSuchBot: only \[sample.SpinBot\] "
-                                                r"are installed \(Robocode: Can't find 'sample.NoSuchBot'\)"):
+        with pytest.raises(
+            RobocodeError,
+            match=r"robots sample.SpinBot,sample.NoSuchBot: only \[sample.SpinBot\] "
+            r"are installed \(Robocode: Can't find 'sample.NoSuchBot'\)",
+        ):
             list(engine.battle(["sample.SpinBot", "sample.NoSuchBot"]))
         assert run_battle(engine, seed=1)[-1]["t"] == "battle_end", "the engine goes on after a refused battle"
 
@@ -115,7 +120,7 @@ def test_actions_recovered_from_an_expert_battle_obey_robocode_physics(tmp_path,
     assert len(spin) == 3 and all(part.obs.shape[1] == len(OBS_FIELDS) for part in robot_rounds)
     for part in robot_rounds:
         assert part.action.shape == (part.num_rows, len(ACTION_FIELDS))
-        np.testing.assert_array_equal(part.obs[1:], part.next_obs[:-1])   # consecutive turns chain up
+        np.testing.assert_array_equal(part.obs[1:], part.next_obs[:-1])  # consecutive turns chain up
         assert part.terminated[-1] and part.terminated.sum() == 1
         exact = ~(part.collision | part.disabled)
         target_speed, turn_rate, gun_turn, radar_turn, fire_power = part.action[exact].T
@@ -125,8 +130,9 @@ def test_actions_recovered_from_an_expert_battle_obey_robocode_physics(tmp_path,
         assert (np.abs(target_speed - velocity) <= 2 + 1e-6).all() and (np.abs(target_speed) <= 8).all()
         assert ((fire_power == 0) | ((fire_power >= 0.1) & (fire_power <= 3))).all()
     # SpinBot: setMaxVelocity(5) and keeps turning right: at speed 5 its body turns 10 - 0.75 * 5 degrees a turn.
-    cruising = np.concatenate([part.action[(np.abs(part.obs[:, 5]) == 5) & ~part.collision & ~part.post_round]
-                               for part in spin])
+    cruising = np.concatenate(
+        [part.action[(np.abs(part.obs[:, 5]) == 5) & ~part.collision & ~part.post_round] for part in spin]
+    )
     assert len(cruising) > 100
     np.testing.assert_allclose(np.median(cruising[:, 1]), 6.25, atol=1e-4)
     assert (cruising[:, 4] > 0).any(), "SpinBot fires"
@@ -165,14 +171,21 @@ def test_seed_format_files_round_trip_and_bad_files_are_named(tmp_path, cache_ro
         np.testing.assert_allclose(ours.obs, theirs.obs, atol=1e-3)
         np.testing.assert_allclose(ours.action, theirs.action, atol=1e-3)
 
-    path = write_aggregated_npz(imported.rounds, tmp_path / "aggregated_expert_data.npz", num_collectors=1,
-                                description="SpinBot vs Target, seed 9")
+    path = write_aggregated_npz(
+        imported.rounds,
+        tmp_path / "aggregated_expert_data.npz",
+        num_collectors=1,
+        description="SpinBot vs Target, seed 9",
+    )
     with np.load(path.path, allow_pickle=False) as data:
         assert data["observations"].shape == (sum(p.num_rows for p in direct), 8)
         assert data["actions"].shape == (sum(p.num_rows for p in direct), 5)
         metadata = json.loads(str(data["metadata"]))
-    assert metadata == {"total_steps": sum(p.num_rows for p in direct), "num_collectors": 1,
-                        "description": "SpinBot vs Target, seed 9"}
+    assert metadata == {
+        "total_steps": sum(p.num_rows for p in direct),
+        "num_collectors": 1,
+        "description": "SpinBot vs Target, seed 9",
+    }
 
 
 @needs_robocode

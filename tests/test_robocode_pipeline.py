@@ -20,13 +20,23 @@ from tests.test_robocode_host import needs_robocode
 
 pytestmark = [pytest.mark.robocode, needs_robocode]
 
-TINY = ["env.kwargs.rounds_per_battle=2", "rollout.steps=2500", "rollout.num_cpus=0.25", "replay.num_cpus=0.1",
-        "aggregation.num_cpus=0.1"]
+TINY = [
+    "env.kwargs.rounds_per_battle=2",
+    "rollout.steps=2500",
+    "rollout.num_cpus=0.25",
+    "replay.num_cpus=0.1",
+    "aggregation.num_cpus=0.1",
+]
 
 
 def collect_and_compact(tmp_path, output: str) -> Dataset:
-    base = ["--run-id", "robocode", "--set", f"run.output_dir={tmp_path / output}",
-            *sum((["--set", item] for item in TINY), [])]
+    base = [
+        "--run-id",
+        "robocode",
+        "--set",
+        f"run.output_dir={tmp_path / output}",
+        *sum((["--set", item] for item in TINY), []),
+    ]
     assert main(["collect", "examples/robocode_bc.yaml", *base]) == 0
     assert main(["compact", str(tmp_path / output / "robocode")]) == 0
     return Dataset.open(tmp_path / output / "robocode" / "dataset")
@@ -80,10 +90,29 @@ def test_a_robocode_run_writes_parquet_seed_json_and_npz_and_repeats_exactly(ray
 
 
 def test_a_malformed_game_state_file_is_named_and_the_others_imported(tmp_path, capsys):
-    good = [{"turn": turn, "round": 1, "bot_states": [
-        {"name": name, "x": 100.0 + turn + 300 * i, "y": 100.0, "direction": 90.0, "gunDirection": 90.0,
-         "radarDirection": 90.0, "speed": 1.0, "gunHeat": 0.0, "energy": 100.0, "state": "ACTIVE"}
-        for i, name in enumerate(["sample.SpinBot", "sample.Target"])], "bullet_states": []} for turn in range(1, 6)]
+    good = [
+        {
+            "turn": turn,
+            "round": 1,
+            "bot_states": [
+                {
+                    "name": name,
+                    "x": 100.0 + turn + 300 * i,
+                    "y": 100.0,
+                    "direction": 90.0,
+                    "gunDirection": 90.0,
+                    "radarDirection": 90.0,
+                    "speed": 1.0,
+                    "gunHeat": 0.0,
+                    "energy": 100.0,
+                    "state": "ACTIVE",
+                }
+                for i, name in enumerate(["sample.SpinBot", "sample.Target"])
+            ],
+            "bullet_states": [],
+        }
+        for turn in range(1, 6)
+    ]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "expert_game_states_0_a.json").write_text(json.dumps(good))
     bad = good[:2] + [{"turn": 3, "round": 1, "bot_states": [{"name": "x", "x": "far"}]}]
@@ -104,9 +133,12 @@ def test_a_killed_engine_is_restarted_and_the_replay_holds_complete_battles_only
     replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=100_000, num_cpus=0.1), robocode_schema())
     battles = RobocodeBattles(rounds_per_battle=3, seed=70)
     actor = ray.remote(RobocodeCollector)
-    collectors = [actor.options(num_cpus=0.25, max_concurrency=2).remote(
-        battles, replay, index, 2000 + index, str(tmp_path / f"engine-{index}"), str(tmp_path / "cache"))
-        for index in range(2)]
+    collectors = [
+        actor.options(num_cpus=0.25, max_concurrency=2).remote(
+            battles, replay, index, 2000 + index, str(tmp_path / f"engine-{index}"), str(tmp_path / "cache")
+        )
+        for index in range(2)
+    ]
     killed = []
 
     def kill_first_engine_mid_run():
@@ -148,8 +180,10 @@ def test_a_killed_engine_is_restarted_and_the_replay_holds_complete_battles_only
                 assert battle["terminated"][battle["episode_id"] == episode_id].sum() >= 1
     # The battle the crash interrupted was played again from its seed: the killed collector's
     # rows are exactly the unharmed one's.
-    order = [np.lexsort((r["turn"], r["robot_id"], r["round"], r["seed"]))
-             for r in (rows.take(np.flatnonzero(rows["collector_id"] == c)) for c in (0, 1))]
+    order = [
+        np.lexsort((r["turn"], r["robot_id"], r["round"], r["seed"]))
+        for r in (rows.take(np.flatnonzero(rows["collector_id"] == c)) for c in (0, 1))
+    ]
     first, second = (rows.take(np.flatnonzero(rows["collector_id"] == c)) for c in (0, 1))
     assert first.num_rows == second.num_rows
     for name in ("obs", "action", "reward", "seed", "round", "turn", "robot_id"):
@@ -164,14 +198,23 @@ def test_harvest_run_trains_a_tank_and_evaluates_it_beside_the_expert_and_random
     # Parquet + NPZ → BC → the bridge tank in harvest/Robocode-v0 against both opponents, and
     # SpinBot itself in the engine.
     run_id, run_dir = repo_root_run
-    tiny = [*TINY, "learner.epochs=2", "learner.num_cpus=0.5", "eval.episodes=2", "eval.num_workers=1",
-            "eval.scenarios={vs_target: {opponent: sample.Target, max_turns: 300}, "
-            "vs_spinbot: {opponent: sample.SpinBot, max_turns: 300}}"]
+    tiny = [
+        *TINY,
+        "learner.epochs=2",
+        "learner.num_cpus=0.5",
+        "eval.episodes=2",
+        "eval.num_workers=1",
+        "eval.scenarios={vs_target: {opponent: sample.Target, max_turns: 300}, "
+        "vs_spinbot: {opponent: sample.SpinBot, max_turns: 300}}",
+    ]
     argv = ["run", "examples/robocode_bc.yaml", "--run-id", run_id, *sum((["--set", item] for item in tiny), [])]
     assert main(argv) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert set(summary["eval"]) == {f"{policy} @ {scenario}" for policy in ("trained", "expert", "random")
-                                    for scenario in ("vs_target", "vs_spinbot")}
+    assert set(summary["eval"]) == {
+        f"{policy} @ {scenario}"
+        for policy in ("trained", "expert", "random")
+        for scenario in ("vs_target", "vs_spinbot")
+    }
     for result in summary["eval"].values():
         assert result["episodes"] == 2 and "win_rate" in result
     evaluation = json.loads((run_dir / "eval.json").read_text())

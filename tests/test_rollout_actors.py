@@ -18,8 +18,14 @@ from harvest.rollout.worker import RolloutWorker, schema_for
 pytestmark = pytest.mark.timeout(180)
 
 COUNTING = EnvConfig(id="tests.toy_envs:CountingEnv", num_envs=3)
-ROLLOUT = RolloutConfig(num_collectors=2, batch_rows=16, max_pushes_in_flight=2, num_cpus=0.25, push_timeout_s=30,
-                        policy=PolicyConfig(kind="random"))
+ROLLOUT = RolloutConfig(
+    num_collectors=2,
+    batch_rows=16,
+    max_pushes_in_flight=2,
+    num_cpus=0.25,
+    push_timeout_s=30,
+    policy=PolicyConfig(kind="random"),
+)
 
 
 def read_all(replay: Replay) -> list[TransitionBatch]:
@@ -34,8 +40,10 @@ def test_collectors_fill_the_sharded_replay(ray_cluster):
     factory = ConfiguredPolicyFactory(ROLLOUT.policy, COUNTING.id, seed=0)
     replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=10_000, num_cpus=0.1), schema_for(COUNTING, factory))
     worker_actor = ray.remote(RolloutWorker)
-    workers = [worker_actor.options(num_cpus=0.25).remote(COUNTING, ROLLOUT, factory, replay, index, "test-run", index)
-               for index in range(2)]
+    workers = [
+        worker_actor.options(num_cpus=0.25).remote(COUNTING, ROLLOUT, factory, replay, index, "test-run", index)
+        for index in range(2)
+    ]
     try:
         results = ray.get([worker.collect.remote(300) for worker in workers], timeout=120)
         shards = read_all(replay)
@@ -69,8 +77,10 @@ class SlowShard(ReplayShard):
 def test_pushes_in_flight_stay_bounded(ray_cluster):
     factory = ConfiguredPolicyFactory(ROLLOUT.policy, COUNTING.id, seed=0)
     schema = schema_for(COUNTING, factory)
-    shards = tuple(ray.remote(SlowShard).options(num_cpus=0.1).remote(ReplayConfig(capacity_rows=1000), schema, i)
-                   for i in range(2))
+    shards = tuple(
+        ray.remote(SlowShard).options(num_cpus=0.1).remote(ReplayConfig(capacity_rows=1000), schema, i)
+        for i in range(2)
+    )
     replay = Replay(shards, schema)
     worker = RolloutWorker(COUNTING, ROLLOUT, factory, replay, collector_id=0, run_id="bounded")
     seen = []
@@ -116,7 +126,9 @@ def test_collector_refuses_a_replay_of_another_env(ray_cluster):
 
 def test_evaluation_reports_expert_far_above_random(ray_cluster):
     env_cfg = EnvConfig(id="CartPole-v1", num_envs=4)
-    policies = {name: ConfiguredPolicyFactory(PolicyConfig(kind=name), env_cfg.id, seed=1) for name in ("expert", "random")}
+    policies = {
+        name: ConfiguredPolicyFactory(PolicyConfig(kind=name), env_cfg.id, seed=1) for name in ("expert", "random")
+    }
     exploring = RolloutConfig(num_cpus=0.25, policy=PolicyConfig(epsilon=0.5))  # the collection's, not eval's
     results = evaluate_policies(policies, env_cfg, exploring, num_episodes=6, num_workers=2, run_id="eval-test")
     assert len(results["expert"].returns) == 6

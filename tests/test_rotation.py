@@ -70,8 +70,9 @@ def test_rotations_write_finished_episodes_during_collection_and_the_rest_at_the
     assert all(len(files) == 1 for files in files_of_each_episode(out, final).values()), "an episode was split"
 
     # the same rows as one compaction after the run, and the partitions' indexes list every rotation's files
-    once = compact_replay(list(replay.shards), replay.schema, tmp_path / "once", AggregationConfig(num_cpus=0.1),
-                          "once", ENV.id)
+    once = compact_replay(
+        list(replay.shards), replay.schema, tmp_path / "once", AggregationConfig(num_cpus=0.1), "once", ENV.id
+    )
     rotated, whole = read_back(Dataset.open(out)), read_back(Dataset.open(tmp_path / "once"))
     order = np.lexsort((rotated["step"], rotated["episode_id"]))
     for name, column in whole.items():
@@ -93,8 +94,9 @@ def test_a_failed_rotation_is_retried_with_nothing_lost(replay_and_worker, tmp_p
     with pytest.raises(RotationError, match=r"shard 0: .*shard-000-r00000-part-00000\.parquet"):
         rotation.rotate()
     written = Dataset.open(out).manifest
-    assert written.in_progress and {entry.shard_index for entry in written.files} == {1}, \
+    assert written.in_progress and {entry.shard_index for entry in written.files} == {1}, (
         "shard 1 wrote its files and the manifest lists them"
+    )
     shutil.rmtree(blocker)
     worker.collect(1000)
     final = rotation.finish()
@@ -112,8 +114,16 @@ def test_a_run_rotates_while_collecting(ray_cluster, tmp_path):
     from harvest.cluster.stages import compact as compact_stage
     from tests.test_cli import TINY
 
-    cfg = load_config(None, [*TINY, f"run.output_dir={tmp_path}", "rollout.policy.kind=random",
-                             "aggregation.rotate_every_s=0.1", "aggregation.formats=[parquet]"])
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            f"run.output_dir={tmp_path}",
+            "rollout.policy.kind=random",
+            "aggregation.rotate_every_s=0.1",
+            "aggregation.formats=[parquet]",
+        ],
+    )
     run_id, paths = run_folder.prepare_run(cfg)
     rotations = []
 

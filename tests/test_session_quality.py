@@ -16,8 +16,9 @@ def trace(actions, late=None, gaps_at=(), speeds=None) -> EpisodeTrace:
     now = 0
     for i, action in enumerate(actions):
         now += 20_000_000 + (2_000_000_000 if i in gaps_at else 0)
-        episode.add(now, action, bool(late[i]) if late is not None else False,
-                    None if speeds is None else float(speeds[i]))
+        episode.add(
+            now, action, bool(late[i]) if late is not None else False, None if speeds is None else float(speeds[i])
+        )
     return episode
 
 
@@ -34,16 +35,21 @@ def test_a_clean_episode_has_no_findings():
     assert checks(trace(steady())) == {}
 
 
-@pytest.mark.parametrize("planted, expected", [
-    (lambda: trace(steady(), late=np.arange(300) % 10 == 0), {"dropped_frames": "warning"}),
-    (lambda: trace(steady(), late=np.arange(300) % 3 == 0), {"dropped_frames": "error"}),
-    (lambda: trace(steady(), gaps_at=(100, 200)), {"timestamp_gaps": "warning"}),
-    (lambda: trace(steady()[:299] + [np.array([2.0, 1.0, 0.0], np.float32)]), {"action_range": "error"}),
-    (lambda: trace([np.array([(-1.0) ** i, 1.0, 0.0], np.float32) for i in range(300)]), {"jerky": "warning"}),
-    (lambda: trace(steady(100) + [np.zeros(3, np.float32)] * 200, speeds=[5.0] * 100 + [0.0] * 200),
-     {"idle": "warning"}),
-    (lambda: trace(steady(20)), {"short": "warning"}),
-])
+@pytest.mark.parametrize(
+    "planted, expected",
+    [
+        (lambda: trace(steady(), late=np.arange(300) % 10 == 0), {"dropped_frames": "warning"}),
+        (lambda: trace(steady(), late=np.arange(300) % 3 == 0), {"dropped_frames": "error"}),
+        (lambda: trace(steady(), gaps_at=(100, 200)), {"timestamp_gaps": "warning"}),
+        (lambda: trace(steady()[:299] + [np.array([2.0, 1.0, 0.0], np.float32)]), {"action_range": "error"}),
+        (lambda: trace([np.array([(-1.0) ** i, 1.0, 0.0], np.float32) for i in range(300)]), {"jerky": "warning"}),
+        (
+            lambda: trace(steady(100) + [np.zeros(3, np.float32)] * 200, speeds=[5.0] * 100 + [0.0] * 200),
+            {"idle": "warning"},
+        ),
+        (lambda: trace(steady(20)), {"short": "warning"}),
+    ],
+)
 def test_each_planted_defect_is_found(planted, expected):
     assert checks(planted()) == expected
 
@@ -64,15 +70,38 @@ def test_discarded_episodes_are_left_out_of_the_dataset_and_counted(tmp_path):
     from harvest.rollout.episode_filter import EpisodeFilter
     from tests.test_datasets import episodes_batch
 
-    session = {"session_id": "s", "operator": "ada", "episodes": [
-        {"episode_id": 0, "number": 1, "length": 30, "return": 1.0, "ended": "terminated",
-         "quality": {"findings": [], "errors": 0}},
-        {"episode_id": 1, "number": 2, "length": 5, "return": 0.0, "ended": "reset",
-         "quality": {"findings": [{"check": "action_range", "severity": "error", "message": "x"}], "errors": 1}}]}
+    session = {
+        "session_id": "s",
+        "operator": "ada",
+        "episodes": [
+            {
+                "episode_id": 0,
+                "number": 1,
+                "length": 30,
+                "return": 1.0,
+                "ended": "terminated",
+                "quality": {"findings": [], "errors": 0},
+            },
+            {
+                "episode_id": 1,
+                "number": 2,
+                "length": 5,
+                "return": 0.0,
+                "ended": "reset",
+                "quality": {"findings": [{"check": "action_range", "severity": "error", "message": "x"}], "errors": 1},
+            },
+        ],
+    }
     cfg = load_config(None, ["human={discard: errors}"])
     assert review_sessions(cfg, [session]) == [1]
     assert review_sessions(load_config(None, ["human={discard: never}"]), [session]) == []
     schema, batch = episodes_batch([30, 5, 12])
-    manifest = write_dataset([batch], schema, tmp_path, AggregationConfig(
-        formats=["parquet"], filter=EpisodeFilter(exclude_episodes=[1])), run_id="q", env_id="x")
+    manifest = write_dataset(
+        [batch],
+        schema,
+        tmp_path,
+        AggregationConfig(formats=["parquet"], filter=EpisodeFilter(exclude_episodes=[1])),
+        run_id="q",
+        env_id="x",
+    )
     assert manifest.episodes == 2 and manifest.rows == 42 and manifest.filtered["dropped"] == {"excluded": 1}

@@ -17,11 +17,35 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _start_run(tmp_path: Path, run_id: str, *settings: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "harvest", "run", "--run-id", run_id, "--set", f"run.output_dir={tmp_path}",
-            "--set", "ray.include_dashboard=false", "--set", "ray.num_cpus=2", "--set", "rollout.num_cpus=0.25",
-            "--set", "replay.num_cpus=0.25", "--set", "learner.num_cpus=0.5", *settings]
-    return subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    argv = [
+        sys.executable,
+        "-m",
+        "harvest",
+        "run",
+        "--run-id",
+        run_id,
+        "--set",
+        f"run.output_dir={tmp_path}",
+        "--set",
+        "ray.include_dashboard=false",
+        "--set",
+        "ray.num_cpus=2",
+        "--set",
+        "rollout.num_cpus=0.25",
+        "--set",
+        "replay.num_cpus=0.25",
+        "--set",
+        "learner.num_cpus=0.5",
+        *settings,
+    ]
+    return subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
 
 
 def _wait_for_log_line(log: Path, words: str, driver: subprocess.Popen, timeout_s: float = 240) -> None:
@@ -37,9 +61,26 @@ def _wait_for_log_line(log: Path, words: str, driver: subprocess.Popen, timeout_
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_ends_the_run_with_one_line_and_it_resumes(tmp_path, signum, code):
-    driver = _start_run(tmp_path, "cut", "--set", "rollout.steps=20000", "--set", f"replay.wal_dir={tmp_path}/wal",
-                        "--set", "learner.epochs=1", "--set", "learner.max_rows=5000", "--set", "eval.episodes=2",
-                        "--set", "eval.num_workers=1", "--set", "eval.baselines=[]", "--set", "replay.num_shards=1")
+    driver = _start_run(
+        tmp_path,
+        "cut",
+        "--set",
+        "rollout.steps=20000",
+        "--set",
+        f"replay.wal_dir={tmp_path}/wal",
+        "--set",
+        "learner.epochs=1",
+        "--set",
+        "learner.max_rows=5000",
+        "--set",
+        "eval.episodes=2",
+        "--set",
+        "eval.num_workers=1",
+        "--set",
+        "eval.baselines=[]",
+        "--set",
+        "replay.num_shards=1",
+    )
     _wait_for_log_line(tmp_path / "cut" / "harvest.log", "collecting", driver)
     driver.send_signal(signum)
     _, stderr = driver.communicate(timeout=180)
@@ -50,9 +91,14 @@ def test_a_signal_ends_the_run_with_one_line_and_it_resumes(tmp_path, signum, co
     assert hint in (tmp_path / "cut" / "harvest.log").read_text()
     if signum != signal.SIGINT:
         return
-    resumed = subprocess.run([sys.executable, "-m", "harvest", "run", "--resume", "cut", "--set",
-                              f"run.output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=600, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    resumed = subprocess.run(
+        [sys.executable, "-m", "harvest", "run", "--resume", "cut", "--set", f"run.output_dir={tmp_path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert summary["collect"]["rows"] == 20_000 and summary["eval"]["trained"]["episodes"] == 2

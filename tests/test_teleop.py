@@ -23,8 +23,10 @@ from harvest.rollout.replay.replay import start_replay
 from harvest.rollout.teleop import KeyboardRobot, x_keysym
 from tests.waiting import wait_for
 
-needs_x = pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xdotool") is None,
-                             reason="needs Xvfb and xdotool (Debian packages xvfb, xdotool)")
+needs_x = pytest.mark.skipif(
+    shutil.which("Xvfb") is None or shutil.which("xdotool") is None,
+    reason="needs Xvfb and xdotool (Debian packages xvfb, xdotool)",
+)
 DRIVING = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
 
 
@@ -44,22 +46,32 @@ def test_discrete_key_maps_and_configured_ones():
     keymap = KeyMap(HumanConfig(noop_action=1), gym.spaces.Discrete(3))
     assert keymap.action(keymap.controls_of(["left"])) == 0 and keymap.action([]) == 1
     assert keymap.action(keymap.controls_of(["3", "right"])) == 1, "the key pressed last wins"
-    custom = HumanConfig(keys={"space": "jump"}, controls={"jump": ControlConfig(value=2)},
-                         gamepad=GamepadConfig(buttons={0: "jump"}))
+    custom = HumanConfig(
+        keys={"space": "jump"}, controls={"jump": ControlConfig(value=2)}, gamepad=GamepadConfig(buttons={0: "jump"})
+    )
     assert KeyMap(custom, gym.spaces.Discrete(3)).action(["jump"]) == 2
-    box = HumanConfig(keys={"j": "push"}, controls={"push": ControlConfig(index=1, value=0.5)},
-                      gamepad=GamepadConfig(axes={2: AxisConfig(index=0)}))
+    box = HumanConfig(
+        keys={"j": "push"},
+        controls={"push": ControlConfig(index=1, value=0.5)},
+        gamepad=GamepadConfig(axes={2: AxisConfig(index=0)}),
+    )
     np.testing.assert_allclose(KeyMap(box, gym.spaces.Box(-1, 1, (2,))).action(["push"], {2: -0.5}), [-0.5, 0.5])
 
 
-@pytest.mark.parametrize("cfg, space, message", [
-    (HumanConfig(), gym.spaces.Box(-1, 1, (2,)), "no default key map"),
-    (HumanConfig(keys={"q": "fly"}), DRIVING, r"human.keys.q: no control 'fly'"),
-    (HumanConfig(controls={"jump": ControlConfig(value=7)}, keys={"j": "jump"}), gym.spaces.Discrete(3),
-     r"human.controls.jump.value: 7.0 is not an action"),
-    (HumanConfig(controls={"x": ControlConfig(index=3)}, keys={"x": "x"}), DRIVING, r"human.controls.x.index: 3"),
-    (HumanConfig(noop_action=5), gym.spaces.Discrete(3), "human.noop_action: 5"),
-])
+@pytest.mark.parametrize(
+    "cfg, space, message",
+    [
+        (HumanConfig(), gym.spaces.Box(-1, 1, (2,)), "no default key map"),
+        (HumanConfig(keys={"q": "fly"}), DRIVING, r"human.keys.q: no control 'fly'"),
+        (
+            HumanConfig(controls={"jump": ControlConfig(value=7)}, keys={"j": "jump"}),
+            gym.spaces.Discrete(3),
+            r"human.controls.jump.value: 7.0 is not an action",
+        ),
+        (HumanConfig(controls={"x": ControlConfig(index=3)}, keys={"x": "x"}), DRIVING, r"human.controls.x.index: 3"),
+        (HumanConfig(noop_action=5), gym.spaces.Discrete(3), "human.noop_action: 5"),
+    ],
+)
 def test_a_key_map_that_does_not_fit_the_action_space_is_refused_by_name(cfg, space, message):
     with pytest.raises(KeyMapError, match=message):
         KeyMap(cfg, space)
@@ -71,9 +83,16 @@ def test_x_keysyms_for_pygame_key_names():
 
 def test_the_scripted_driver_laps_car_racing_well():
     """The repeatable "person": key-press controls only, at least 700 on average."""
+
     def key_action(controls):
-        return np.array([("steer_right" in controls) - ("steer_left" in controls), "throttle" in controls,
-                         0.8 * ("brake" in controls)], np.float32)
+        return np.array(
+            [
+                ("steer_right" in controls) - ("steer_left" in controls),
+                "throttle" in controls,
+                0.8 * ("brake" in controls),
+            ],
+            np.float32,
+        )
 
     returns = []
     for seed in (0, 1, 2):
@@ -129,8 +148,9 @@ class WindowWatch:
         """`send()` the keys of one frame, and wait until the window shows what they did."""
         before = self.pixels()
         send()
-        wait_for(lambda: not np.array_equal(self.pixels(), before), timeout_s, "the window to take the keys",
-                 poll_s=0.02)
+        wait_for(
+            lambda: not np.array_equal(self.pixels(), before), timeout_s, "the window to take the keys", poll_s=0.02
+        )
 
     def wait_for_frames(self, count: int, timeout_s: float = 240) -> None:
         """Until the window has shown `count` new pictures (at least `count` frames passed)."""
@@ -155,13 +175,17 @@ def test_the_scripted_driver_plays_car_racing_through_real_key_events_frame_for_
     from harvest.aggregation.importers import import_driving_sessions
 
     env_cfg = EnvConfig(id="CarRacing-v3")
-    cfg = HumanConfig(driver="scripted", lockstep=True, display=xvfb, operator="pilot", seed=3, batch_rows=64,
-                      window_size=[600, 400])
+    cfg = HumanConfig(
+        driver="scripted", lockstep=True, display=xvfb, operator="pilot", seed=3, batch_rows=64, window_size=[600, 400]
+    )
     probe = make_env(env_cfg)
     replay = start_replay(ReplayConfig(num_shards=2, capacity_rows=20_000, num_cpus=0.1), human_schema(probe, cfg))
     probe.close()
-    collector = ray.remote(HumanCollector).options(num_cpus=0.5).remote(env_cfg, cfg, replay, 0, "teleop",
-                                                                        str(tmp_path / "sessions"))
+    collector = (
+        ray.remote(HumanCollector)
+        .options(num_cpus=0.5)
+        .remote(env_cfg, cfg, replay, 0, "teleop", str(tmp_path / "sessions"))
+    )
     try:
         session = collector.run.remote()
         wait_for(lambda: replay.inserted_rows() >= 128, 200, "rows in the replay")
@@ -169,7 +193,7 @@ def test_the_scripted_driver_plays_car_racing_through_real_key_events_frame_for_
         person = KeyboardRobot(xvfb, None)
         x, y, width, height = person.geometry(person.focus_window("Harvest teleop"))
         assert (width, height) == (600, 400)
-        pixels = np.asarray(ImageGrab.grab(xdisplay=xvfb).convert("RGB"))[y:y + height, x:x + width].astype(int)
+        pixels = np.asarray(ImageGrab.grab(xdisplay=xvfb).convert("RGB"))[y : y + height, x : x + width].astype(int)
         red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
         grass = (green > red + 60) & (green > blue + 60)
         road = (np.abs(red - green) < 12) & (np.abs(green - blue) < 12) & (red > 80) & (red < 130)
@@ -226,7 +250,7 @@ def test_a_person_resets_pauses_and_ends_a_session_by_keys(ray_cluster, xvfb):
         window = WindowWatch(xvfb, person, "Harvest teleop")
         window.wait_for_the_first_frame()
         for key in ["left"] * 3 + ["right"] * 3:
-            window.act(lambda: person.hold({key}, then_press="f12"))
+            window.act(lambda key=key: person.hold({key}, then_press="f12"))
         person.hold(set(), then_press="r")  # reset: the episode ends after 6 steps
         window.act(lambda: person.press("f12"))
         person.press("p")  # pause: frames pass, nothing is played
@@ -261,13 +285,24 @@ def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_s
     from harvest.aggregation.dataset import Dataset
     from harvest.cluster.cli import main
 
-    overrides = ["env.id=CarRacing-v3", "env.num_envs=2", "rollout.num_collectors=1", "rollout.steps=200",
-                 "rollout.policy.kind=random", "rollout.batch_rows=100", "rollout.num_cpus=0.25", "replay.num_cpus=0.1",
-                 "aggregation.num_cpus=0.1", "aggregation.formats=[parquet]", f"run.output_dir={tmp_path}",
-                 f"human={{driver: scripted, lockstep: true, max_frames: 150, operator: pilot, display: '{xvfb}'}}"]
+    overrides = [
+        "env.id=CarRacing-v3",
+        "env.num_envs=2",
+        "rollout.num_collectors=1",
+        "rollout.steps=200",
+        "rollout.policy.kind=random",
+        "rollout.batch_rows=100",
+        "rollout.num_cpus=0.25",
+        "replay.num_cpus=0.1",
+        "aggregation.num_cpus=0.1",
+        "aggregation.formats=[parquet]",
+        f"run.output_dir={tmp_path}",
+        f"human={{driver: scripted, lockstep: true, max_frames: 150, operator: pilot, display: '{xvfb}'}}",
+    ]
     assert main(["teleop", "--run-id", "tele", *sum((["--set", item] for item in overrides), [])]) == 0
     rows = Dataset.open(tmp_path / "tele" / "dataset").read_columns(
-        ["source", "driver", "operator", "session", "telemetry.speed", "intended_action", "action"])
+        ["source", "driver", "operator", "session", "telemetry.speed", "intended_action", "action"]
+    )
     human = rows["source"] == "human"
     assert human.sum() == 150 and set(rows["source"][~human]) == {"random"} and (~human).sum() >= 200
     assert set(rows["driver"][human]) == {"scripted"} and set(rows["operator"][human]) == {"pilot"}
@@ -281,10 +316,21 @@ def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_s
     assert summary["collect"]["rows"] == summary["dataset_rows"]
 
     # the driving data, learned over the keyboard's action set: BC, then DQfD from BC's checkpoint
-    train = ["learner.stages=[bc, dqfd]", "learner.action_set=driving", "learner.model=pixels", "learner.epochs=1",
-             "learner.conv_channels=[8, 16]", "learner.hidden_sizes=[32]", "learner.batch_size=32",
-             "learner.dqfd.pretrain_steps=40", "learner.dqfd.n_step=3", "learner.dqfd.log_every=40",
-             "learner.dqfd.eval_episodes=1", "learner.dqfd.eval_max_steps=50", "learner.num_cpus=0.5"]
+    train = [
+        "learner.stages=[bc, dqfd]",
+        "learner.action_set=driving",
+        "learner.model=pixels",
+        "learner.epochs=1",
+        "learner.conv_channels=[8, 16]",
+        "learner.hidden_sizes=[32]",
+        "learner.batch_size=32",
+        "learner.dqfd.pretrain_steps=40",
+        "learner.dqfd.n_step=3",
+        "learner.dqfd.log_every=40",
+        "learner.dqfd.eval_episodes=1",
+        "learner.dqfd.eval_max_steps=50",
+        "learner.num_cpus=0.5",
+    ]
     assert main(["train", str(tmp_path / "tele"), *sum((["--set", item] for item in train), [])]) == 0
     from harvest.learners.checkpoint import load_checkpoint
 
@@ -293,8 +339,9 @@ def test_harvest_teleop_puts_a_session_and_simulators_in_one_dataset_tagged_by_s
         assert loaded.model.action_space == gym.spaces.Discrete(9) and len(loaded.info["action_set"]) == 9
     from harvest.learners.policy import load_torch_policy
 
-    policy = load_torch_policy(str(tmp_path / "tele" / "learner" / "best.safetensors"),
-                               env_action_space=gym.make("CarRacing-v3").action_space)
+    policy = load_torch_policy(
+        str(tmp_path / "tele" / "learner" / "best.safetensors"), env_action_space=gym.make("CarRacing-v3").action_space
+    )
     frames = Dataset.open(tmp_path / "tele" / "dataset").read_columns(["obs"])["obs"][:4]
     assert policy.compute_actions(frames).actions.shape == (4, 3)
 
@@ -315,12 +362,22 @@ def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray
         window.wait_for_frames(10)  # taken within 2 frames: the shadow drives at least 8
         person.press("h")
 
-    overrides = ["env.id=CarRacing-v3", "rollout.num_collectors=0", "replay.num_cpus=0.1", "aggregation.num_cpus=0.1",
-                 "aggregation.formats=[parquet]", f"run.output_dir={tmp_path}", "learner.model=pixels",
-                 "learner.conv_channels=[16, 32, 32]", "learner.hidden_sizes=[64]", "learner.batch_size=32",
-                 "learner.lr=0.001", f"human={{driver: scripted, lockstep: true, max_frames: 1200, seed: 1, "
-                 f"display: '{xvfb}', shadow: {{interval_s: 1.0, updates_per_round: 20, agreement_window: 100, "
-                 f"num_cpus: 0.5}}}}"]
+    overrides = [
+        "env.id=CarRacing-v3",
+        "rollout.num_collectors=0",
+        "replay.num_cpus=0.1",
+        "aggregation.num_cpus=0.1",
+        "aggregation.formats=[parquet]",
+        f"run.output_dir={tmp_path}",
+        "learner.model=pixels",
+        "learner.conv_channels=[16, 32, 32]",
+        "learner.hidden_sizes=[64]",
+        "learner.batch_size=32",
+        "learner.lr=0.001",
+        f"human={{driver: scripted, lockstep: true, max_frames: 1200, seed: 1, "
+        f"display: '{xvfb}', shadow: {{interval_s: 1.0, updates_per_round: 20, agreement_window: 100, "
+        f"num_cpus: 0.5}}}}",
+    ]
     helper = threading.Thread(target=hand_over_and_back, daemon=True)
     helper.start()
     assert main(["teleop", "--run-id", "shadow", *sum((["--set", item] for item in overrides), [])]) == 0
@@ -334,7 +391,8 @@ def test_shadow_training_beside_live_play_agrees_more_as_the_session_goes_on(ray
     assert np.mean(agreement[-3:]) > agreement[0] + 0.05, agreement
 
     rows = Dataset.open(tmp_path / "shadow" / "dataset").read_columns(
-        ["driver", "action", "intended_action", "shadow_action", "shadow_version"])
+        ["driver", "action", "intended_action", "shadow_action", "shadow_version"]
+    )
     by_shadow = rows["driver"] == "shadow"
     assert 0 < by_shadow.sum() == session["shadow_frames"] and set(rows["driver"]) == {"scripted", "shadow"}
     np.testing.assert_array_equal(rows["action"][by_shadow], rows["shadow_action"][by_shadow])
@@ -358,24 +416,38 @@ def test_a_reviewer_labels_an_agents_frames_through_the_review_window(xvfb, tmp_
     observation_space = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
     schema = BatchSchema.for_spaces(observation_space, DRIVING)
     batch = random_batch(schema, 12, seed=4)
-    batch.columns.update(episode_id=np.zeros(12, np.int64), step=np.arange(12),
-                         action=np.tile(np.array([0, 0.5, 0], np.float32), (12, 1)))
+    batch.columns.update(
+        episode_id=np.zeros(12, np.int64),
+        step=np.arange(12),
+        action=np.tile(np.array([0, 0.5, 0], np.float32), (12, 1)),
+    )
     write_dataset([batch], schema, tmp_path / "play", AggregationConfig(formats=["parquet"]), run_id="p", env_id="x")
 
     def reviewer() -> None:  # every key shows the next (or the previous) frame
         person = KeyboardRobot(xvfb, None)
         window = WindowWatch(xvfb, person, "Harvest review")
         window.wait_for_the_first_frame()
-        for keys, then in [({"up"}, "return"), ({"left", "up"}, "return"), (set(), "space"), ({"down"}, "return"),
-                           (set(), "backspace"), ({"right"}, "return")]:
-            window.act(lambda: person.hold(keys, then_press=then))
+        for keys, then in [
+            ({"up"}, "return"),
+            ({"left", "up"}, "return"),
+            (set(), "space"),
+            ({"down"}, "return"),
+            (set(), "backspace"),
+            ({"right"}, "return"),
+        ]:
+            window.act(lambda keys=keys, then=then: person.hold(keys, then_press=then))
         person.release_all()
         person.press("escape")
 
     helper = threading.Thread(target=reviewer, daemon=True)
     helper.start()
-    manifest = reviewed_corrections(Dataset.open(tmp_path / "play"), tmp_path / "corrections",
-                                    HumanConfig(display=xvfb, window_size=[300, 300]), every=1, run_id="review")
+    manifest = reviewed_corrections(
+        Dataset.open(tmp_path / "play"),
+        tmp_path / "corrections",
+        HumanConfig(display=xvfb, window_size=[300, 300]),
+        every=1,
+        run_id="review",
+    )
     helper.join(timeout=30)
     rows = Dataset.open(tmp_path / "corrections").read_columns(["step", "action", "agent_action", "source"])
     assert manifest.rows == 3 and rows["step"].tolist() == [0, 1, 3]

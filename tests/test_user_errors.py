@@ -58,8 +58,7 @@ CASES = [
     ("run --resume nothing-here --set run.output_dir={w}/out", EXIT_USAGE, "no such file"),
     ("run --resume taken --overwrite --set run.output_dir={w}/out", EXIT_USAGE, "neither CONFIG, --run-id nor"),
     ("run --run-id x --set run.output_dir={w}/a-file/runs", EXIT_USAGE, "cannot create the run folder"),
-    ("run --run-id not-a-run --overwrite --set run.output_dir={w}", EXIT_USAGE,
-     "not a Harvest run folder"),
+    ("run --run-id not-a-run --overwrite --set run.output_dir={w}", EXIT_USAGE, "not a Harvest run folder"),
     ("collect --set env.id=NoSuchEnv-v0 --set run.output_dir={w}/out", EXIT_USAGE, "is not a Gymnasium id"),
     ("compact {w}/no-run", EXIT_USAGE, "no such file"),
     ("train {w}/not-a-run", EXIT_USAGE, "no such file"),
@@ -90,9 +89,14 @@ def test_debug_prints_the_traceback(workspace, capfd):
 
 
 def test_an_unknown_env_is_named_before_ray_starts(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "harvest", "run", "--set", f"run.output_dir={tmp_path}",
-                           "--set", "env.id=NoSuchEnv-v0"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "harvest", "run", "--set", f"run.output_dir={tmp_path}", "--set", "env.id=NoSuchEnv-v0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert done.returncode == EXIT_USAGE
     assert "NoSuchEnv-v0" in done.stderr and "Traceback" not in done.stderr
     assert "Prometheus" not in done.stderr and "Ray" not in done.stderr  # Ray never started

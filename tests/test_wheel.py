@@ -18,14 +18,23 @@ from harvest.cluster.local_nodes import LocalCluster
 REPO = Path(__file__).resolve().parents[1]
 TORCH_PIN = os.environ.get("TORCH_PIN", "torch==2.13.0")  # (the Makefile's: a CPU wheel on this machine)
 NOT_IN_THE_CORE = {"pytest", "pygame", "box2d", "minari", "tfrecord", "orjson", "polars", "duckdb", "mkdocs", "moto"}
-SHRUNK = ["env.num_envs=4", "rollout.steps=2000", "rollout.batch_rows=500", "learner.epochs=1",
-          "learner.hidden_sizes=[32]", "eval.episodes=2", "eval.baselines=[random]"]
+SHRUNK = [
+    "env.num_envs=4",
+    "rollout.steps=2000",
+    "rollout.batch_rows=500",
+    "learner.epochs=1",
+    "learner.hidden_sizes=[32]",
+    "eval.episodes=2",
+    "eval.baselines=[random]",
+]
 JUNK = "raise SystemExit('the user folder {name}/ was imported in place of harvest.{name}')\n"
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 400) -> str:
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{command[:3]} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert done.returncode == 0, (
+        f"{command[:3]} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    )
     return done.stdout
 
 
@@ -33,8 +42,22 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None, timeou
 def installed(tmp_path_factory) -> Path:
     """A fresh venv holding the wheel and the core dependencies only; its `bin` folder."""
     root = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
-         str(root / "dist"), str(REPO)], root, timeout=280)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(root / "dist"),
+            str(REPO),
+        ],
+        root,
+        timeout=280,
+    )
     (wheel,) = (root / "dist").glob("harvest_rl-*.whl")
     run([sys.executable, "-m", "venv", str(root / "venv")], root, timeout=120)
     bin_dir = root / "venv" / "bin"
@@ -65,16 +88,19 @@ def test_the_installed_wheel_runs_the_default_job_from_the_command_python_and_a_
     env = {**os.environ, "PATH": f"{installed}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)
     python = str(installed / "python")
-    located = run([python, "-c", "import harvest, harvest.envs; print(harvest.__file__, harvest.envs.__file__)"],
-                  user_folder, env)
+    located = run(
+        [python, "-c", "import harvest, harvest.envs; print(harvest.__file__, harvest.envs.__file__)"], user_folder, env
+    )
     assert all("site-packages/harvest/" in path for path in located.split()), located
 
     run([str(installed / "harvest"), "run", "--run-id", "from-the-command", *sets(*SHRUNK)], user_folder, env)
     summary = json.loads((out / "from-the-command" / "summary.json").read_text())
     assert summary["collect"]["rows"] == 2000 and summary["eval"]["trained"]["episodes"] == 2
 
-    code = (f"import harvest\nresult = harvest.run(overrides={SHRUNK!r}, run_id='from-python')\n"
-            "print(result.run_dir, result.rows)")
+    code = (
+        f"import harvest\nresult = harvest.run(overrides={SHRUNK!r}, run_id='from-python')\n"
+        "print(result.run_dir, result.rows)"
+    )
     printed = run([python, "-c", code], user_folder, env).split()
     assert printed[-2:] == [str(out / "from-python"), "2000"]
 
@@ -83,8 +109,23 @@ def test_the_installed_wheel_runs_the_default_job_from_the_command_python_and_a_
     try:
         cluster.start_head(num_cpus=2)
         cluster.wait_for_nodes(1)
-        run([str(installed / "harvest"), "submit", "my.yaml", "--address", cluster.dashboard_url, "--wait",
-             "--run-id", "submitted", "--output-dir", str(out), *sets(*SHRUNK)], user_folder, {**env, **cluster.env})
+        run(
+            [
+                str(installed / "harvest"),
+                "submit",
+                "my.yaml",
+                "--address",
+                cluster.dashboard_url,
+                "--wait",
+                "--run-id",
+                "submitted",
+                "--output-dir",
+                str(out),
+                *sets(*SHRUNK),
+            ],
+            user_folder,
+            {**env, **cluster.env},
+        )
     finally:
         cluster.stop()
     summary = json.loads((out / "submitted" / "summary.json").read_text())

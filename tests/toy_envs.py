@@ -49,11 +49,13 @@ class CountingEnv(gym.Env):
 class DictObsEnv(gym.Env):
     """A Dict observation (vector + grid + discrete) and a MultiDiscrete action; episodes of 3 steps."""
 
-    observation_space = gym.spaces.Dict({
-        "position": gym.spaces.Box(-10, 10, shape=(2,), dtype=np.float32),
-        "grid": gym.spaces.Box(0, 255, shape=(3, 4, 4), dtype=np.uint8),
-        "phase": gym.spaces.Discrete(3),
-    })
+    observation_space = gym.spaces.Dict(
+        {
+            "position": gym.spaces.Box(-10, 10, shape=(2,), dtype=np.float32),
+            "grid": gym.spaces.Box(0, 255, shape=(3, 4, 4), dtype=np.uint8),
+            "phase": gym.spaces.Discrete(3),
+        }
+    )
     action_space = gym.spaces.MultiDiscrete([3, 2])
 
     def __init__(self) -> None:
@@ -65,8 +67,11 @@ class DictObsEnv(gym.Env):
         return self._obs(), {}
 
     def _obs(self) -> dict:
-        return {"position": np.array([self._t, -self._t], dtype=np.float32),
-                "grid": np.full((3, 4, 4), self._t, dtype=np.uint8), "phase": self._t % 3}
+        return {
+            "position": np.array([self._t, -self._t], dtype=np.float32),
+            "grid": np.full((3, 4, 4), self._t, dtype=np.uint8),
+            "phase": self._t % 3,
+        }
 
     def step(self, action):
         self._t += 1
@@ -100,8 +105,9 @@ class HangingEnv(CountingEnv):
     atomically, so exactly one env of all collectors hangs) and sleeps for good. A restarted
     collector finds the flag and goes on."""
 
-    def __init__(self, hang_at_step: int | None = None, flag_file: str | None = None, step_s: float = 0.0,
-                 offset: int = 0) -> None:
+    def __init__(
+        self, hang_at_step: int | None = None, flag_file: str | None = None, step_s: float = 0.0, offset: int = 0
+    ) -> None:
         super().__init__(offset)
         self._hang_at, self._flag, self._step_s, self._steps = hang_at_step, flag_file, step_s, 0
 
@@ -234,8 +240,9 @@ class GatedRewardEnv(WeightedRewardEnv):
     """A WeightedRewardEnv whose step number `gate_at_step` waits at the gate in `gate_dir`; the
     step that waited is rewarded with the weights in force once the gate opens."""
 
-    def __init__(self, gate_dir: str, gate_at_step: int = 100, rewards: dict | None = None,
-                 step_s: float = 0.0) -> None:
+    def __init__(
+        self, gate_dir: str, gate_at_step: int = 100, rewards: dict | None = None, step_s: float = 0.0
+    ) -> None:
         super().__init__(rewards=rewards, step_s=step_s)
         self._gate = StepGate(gate_dir, gate_at_step)
 

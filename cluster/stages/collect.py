@@ -55,9 +55,14 @@ class CollectSummary:
     """The shadow learner's summary (versions, rounds, checkpoint, agreement plot) when `human.shadow` is set."""
 
 
-def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
-            during: Callable[[Replay], AbstractContextManager] | None = None,
-            live: LiveConfig | None = None, resume: bool = False) -> tuple[Replay, CollectSummary]:
+def collect(
+    cfg: RunConfig,
+    run_id: str,
+    paths: RunPaths | None = None,
+    during: Callable[[Replay], AbstractContextManager] | None = None,
+    live: LiveConfig | None = None,
+    resume: bool = False,
+) -> tuple[Replay, CollectSummary]:
     """Start the replay shards and a fleet of `rollout.num_collectors` collectors of the env's
     kind (`rollout.env_kinds`); fill the replay with `rollout.steps` rows (inside `during(replay)`,
     e.g. a `Rotation`, when given) while a person's session plays beside them (`human:`), applying
@@ -65,8 +70,9 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     the interrupted run's rows and the collectors collect only what is missing."""
     paths = paths or RunPaths.of(cfg, run_id)
     kind, rollout = env_kind(cfg.env), cfg.rollout
-    schema = kind.schema(cfg.env, ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed,
-                                                          load_torch=load_torch_policy))
+    schema = kind.schema(
+        cfg.env, ConfiguredPolicyFactory(rollout.policy, cfg.env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
+    )
     if cfg.human is not None:  # the person's rows and the simulators' share the replay, tagged by source
         schema = merged_schema(human_schema_for(cfg.env, cfg.human), schema)
     replay = _started_replay(cfg, schema, paths, resume)
@@ -77,18 +83,40 @@ def collect(cfg: RunConfig, run_id: str, paths: RunPaths | None = None,
     setup = CollectorSetup(cfg.env, rollout, ray.put(replay), run_id, cfg.run.seed, paths.root, load_torch_policy)
     fleet = None
     if rollout.num_collectors:
-        fleet = Fleet(lambda index: kind.start_collector(setup, index), rollout.num_collectors, replay,
-                      rollout.max_restarts, cfg.watchdog, resume=resume, kind=kind.collector)
-    logger.info("collecting {:,} transitions of {} with {} {} collectors into {} replay shards{}",
-                rollout.steps if fleet else 0, kind.describe(cfg.env, cfg.run.seed), rollout.num_collectors,
-                kind.collector, cfg.replay.num_shards, session.describe() if session else "")
-    watching = (live.watching(collect_appliers(live, fleet, cfg, replay, rotating=during is not None))
-                if live is not None else nullcontext())
+        fleet = Fleet(
+            lambda index: kind.start_collector(setup, index),
+            rollout.num_collectors,
+            replay,
+            rollout.max_restarts,
+            cfg.watchdog,
+            resume=resume,
+            kind=kind.collector,
+        )
+    logger.info(
+        "collecting {:,} transitions of {} with {} {} collectors into {} replay shards{}",
+        rollout.steps if fleet else 0,
+        kind.describe(cfg.env, cfg.run.seed),
+        rollout.num_collectors,
+        kind.collector,
+        cfg.replay.num_shards,
+        session.describe() if session else "",
+    )
+    watching = (
+        live.watching(collect_appliers(live, fleet, cfg, replay, rotating=during is not None))
+        if live is not None
+        else nullcontext()
+    )
     try:
         with watching:
-            seconds, played, supervised = _fill_replay(replay, rollout, kind.chunk_rows(rollout),
-                                                       max(600.0, rollout.steps / kind.min_rows_per_s), during,
-                                                       session, fleet)
+            seconds, played, supervised = _fill_replay(
+                replay,
+                rollout,
+                kind.chunk_rows(rollout),
+                max(600.0, rollout.steps / kind.min_rows_per_s),
+                during,
+                session,
+                fleet,
+            )
         if session is not None:
             session.stop_shadow(played, paths.root)
     finally:
@@ -117,14 +145,38 @@ class HumanSession:
         assert human is not None
         shadow = shadow_policy = None
         if human.shadow is not None:
-            shadow = ray.remote(ShadowLearner).options(num_cpus=human.shadow.num_cpus, num_gpus=cfg.learner.num_gpus) \
-                .remote(cfg.learner, human.shadow, replay, str(run_root / "shadow"), cfg.run.seed,
-                        collector_id=rollout.num_collectors)  # the session's collector id (after the simulators')
+            shadow = (
+                ray.remote(ShadowLearner)
+                .options(num_cpus=human.shadow.num_cpus, num_gpus=cfg.learner.num_gpus)
+                .remote(
+                    cfg.learner,
+                    human.shadow,
+                    replay,
+                    str(run_root / "shadow"),
+                    cfg.run.seed,
+                    collector_id=rollout.num_collectors,
+                )
+            )  # the session's collector id (after the simulators')
             shadow_policy = ConfiguredPolicyFactory(
                 PolicyConfig(kind="torch", checkpoint=ray.get(shadow.get_initial_checkpoint.remote(), timeout=300)),
-                cfg.env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
-        actor = ray.remote(HumanCollector).options(num_cpus=rollout.num_cpus).remote(
-            cfg.env, human, replay, rollout.num_collectors, run_id, str(run_root / "sessions"), shadow, shadow_policy)
+                cfg.env.id,
+                seed=cfg.run.seed,
+                load_torch=load_torch_policy,
+            )
+        actor = (
+            ray.remote(HumanCollector)
+            .options(num_cpus=rollout.num_cpus)
+            .remote(
+                cfg.env,
+                human,
+                replay,
+                rollout.num_collectors,
+                run_id,
+                str(run_root / "sessions"),
+                shadow,
+                shadow_policy,
+            )
+        )
         if shadow is not None:
             ray.get(shadow.start.remote(), timeout=60)
         return cls(actor, human.operator, human.driver, shadow)
@@ -147,27 +199,38 @@ def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None,
     """The replay's shards (and its Flight server, whose address goes to `<run>/replay_flight.json`);
     a resumed run's durable shards come back with the interrupted run's rows."""
     if resume and not cfg.replay.wal_dir:
-        logger.warning("resuming without durable shards (replay.wal_dir): the interrupted run's replay was in "
-                       "memory only, so collection starts over")
+        logger.warning(
+            "resuming without durable shards (replay.wal_dir): the interrupted run's replay was in "
+            "memory only, so collection starts over"
+        )
     replay = start_replay(cfg.replay, schema)
     if replay.flight_location and paths is not None:
         paths.root.mkdir(parents=True, exist_ok=True)
-        (paths.root / "replay_flight.json").write_text(json.dumps(
-            {"location": replay.flight_location, "token_env": cfg.replay.flight.token_env}, indent=2))
+        (paths.root / "replay_flight.json").write_text(
+            json.dumps({"location": replay.flight_location, "token_env": cfg.replay.flight.token_env}, indent=2)
+        )
     if resume and cfg.replay.wal_dir:
         stored = replay.inserted_rows()
         logger.info("resuming: the replay came back with {:,} rows from {}", stored, cfg.replay.wal_dir)
         if stored > cfg.rollout.steps:
             replay.kill()
-            raise ConfigError(f"rollout.steps={cfg.rollout.steps:,}: the interrupted run's replay already holds "
-                              f"{stored:,} rows (in {cfg.replay.wal_dir}); resume with rollout.steps >= {stored:,}, "
-                              "or start a new run")
+            raise ConfigError(
+                f"rollout.steps={cfg.rollout.steps:,}: the interrupted run's replay already holds "
+                f"{stored:,} rows (in {cfg.replay.wal_dir}); resume with rollout.steps >= {stored:,}, "
+                "or start a new run"
+            )
     return replay
 
 
-def _fill_replay(replay: Replay, rollout: RolloutConfig, chunk_rows: int, timeout_s: float,
-                 during: Callable[[Replay], AbstractContextManager] | None, session: HumanSession | None,
-                 fleet: Fleet | None) -> tuple[float, HumanSessionResult | None, FleetResult | None]:
+def _fill_replay(
+    replay: Replay,
+    rollout: RolloutConfig,
+    chunk_rows: int,
+    timeout_s: float,
+    during: Callable[[Replay], AbstractContextManager] | None,
+    session: HumanSession | None,
+    fleet: Fleet | None,
+) -> tuple[float, HumanSessionResult | None, FleetResult | None]:
     """Blocks: the `fleet` collects `rollout.steps` rows (a progress bar over the replay's count)
     while the `session` plays until the person ends it; then both are stopped. The time, the
     session's and the fleet's results."""
@@ -179,8 +242,10 @@ def _fill_replay(replay: Replay, rollout: RolloutConfig, chunk_rows: int, timeou
             if fleet is not None:
                 supervised = fleet.fill(rollout.steps, chunk_rows, timeout_s)
             if session_ref is not None:
-                logger.info("{}waiting for the teleoperation session to end (its end key, or a closed window)",
-                            "the simulators are done; " if fleet else "")
+                logger.info(
+                    "{}waiting for the teleoperation session to end (its end key, or a closed window)",
+                    "the simulators are done; " if fleet else "",
+                )
                 played = ray.get(session_ref)  # bounded by the session's own human.max_session_s
                 ray.get(session.actor.close.remote(), timeout=60)
     finally:
@@ -203,21 +268,29 @@ def _acknowledged_rows(replay: Replay, results: list[Any], supervised: FleetResu
         acked[result.source] = acked.get(result.source, 0) + result.rows
     for source, rows in acked.items():
         if source not in supervised.dead_sources and by_source.get(source, 0) != rows:
-            raise RuntimeError(f"{source} had {rows} rows acknowledged but the replay stored "
-                               f"{by_source.get(source, 0)} from it")
+            raise RuntimeError(
+                f"{source} had {rows} rows acknowledged but the replay stored {by_source.get(source, 0)} from it"
+            )
     return sum(supervised.rows_by_collector)
 
 
-def _summary(replay: Replay, played: HumanSessionResult | None, supervised: FleetResult | None,
-             seconds: float) -> CollectSummary:
+def _summary(
+    replay: Replay, played: HumanSessionResult | None, supervised: FleetResult | None, seconds: float
+) -> CollectSummary:
     """The collection summary (each collector's rows logged), once the replay's own count agrees
     with the collectors' acknowledgements."""
     results = supervised.results if supervised is not None else []
     if supervised is not None:
         for index, rows in enumerate(supervised.rows_by_collector):
             mine = [result for result in results if result.collector_id == index]
-            logger.info("collector {}: {:,} rows stored ({} chunks, {} restarts){}", index, rows, len(mine),
-                        supervised.restarts[index], f"; {mine[-1].details()}" if mine else "")
+            logger.info(
+                "collector {}: {:,} rows stored ({} chunks, {} restarts){}",
+                index,
+                rows,
+                len(mine),
+                supervised.restarts[index],
+                f"; {mine[-1].details()}" if mine else "",
+            )
     for shard, report in enumerate(ray.get([shard.memory.remote() for shard in replay.shards], timeout=60)):
         logger.info("replay shard {}: {:,} rows in {:.1f} MB", shard, report["rows"], report["bytes"] / 2**20)
     returns = [value for result in results for value in result.episode_returns]
@@ -229,13 +302,18 @@ def _summary(replay: Replay, played: HumanSessionResult | None, supervised: Flee
         rows += played.rows
     stats = replay.stats()
     if stats.inserted_rows != rows:
-        raise RuntimeError(f"collectors reported {rows} acknowledged rows but the replay counted "
-                           f"{stats.inserted_rows}")
-    summary = CollectSummary(rows=rows, episodes=episodes, seconds=seconds, rows_per_s=rows / seconds,
-                             episode_return_mean=float(np.mean(returns)) if returns else None,
-                             push_wait_seconds=sum(result.push_wait_seconds for result in results),
-                             replay_size_rows=stats.size_rows, replay_evicted_rows=stats.evicted_rows,
-                             human_sessions=[played.to_json()] if played is not None else [])
+        raise RuntimeError(f"collectors reported {rows} acknowledged rows but the replay counted {stats.inserted_rows}")
+    summary = CollectSummary(
+        rows=rows,
+        episodes=episodes,
+        seconds=seconds,
+        rows_per_s=rows / seconds,
+        episode_return_mean=float(np.mean(returns)) if returns else None,
+        push_wait_seconds=sum(result.push_wait_seconds for result in results),
+        replay_size_rows=stats.size_rows,
+        replay_evicted_rows=stats.evicted_rows,
+        human_sessions=[played.to_json()] if played is not None else [],
+    )
     if supervised is not None:
         summary.restarts, summary.stalls = supervised.restarts, supervised.stalls_json()
         summary.nodes, summary.scaled = supervised.nodes, supervised.scaled

@@ -17,8 +17,9 @@ from harvest.rollout.batch import BatchSchema
 from harvest.rollout.env_kinds import env_kind
 
 
-def compact(sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, paths: RunPaths,
-            rotation: Rotation | None = None) -> Manifest:
+def compact(
+    sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, paths: RunPaths, rotation: Rotation | None = None
+) -> Manifest:
     """Write the dataset folder (Parquet + manifest, other formats on request) from shards or
     snapshots, or finish the `rotation` that has been writing it during the run."""
     if rotation is not None:
@@ -26,11 +27,24 @@ def compact(sources: list, schema: BatchSchema, cfg: RunConfig, run_id: str, pat
         with console.status("[bold]compact[/] writing the last rotation" + f" + {formats}" * bool(formats)):
             manifest = rotation.finish()
     else:  # (a bar with rows/s as the shards' tasks finish)
-        manifest = compact_replay(sources, schema, paths.dataset, cfg.aggregation, run_id, cfg.env.id,
-                                  description=env_kind(cfg.env).describe(cfg.env, cfg.run.seed))
-    logger.info("dataset {}: {:,} rows, {} episodes ({} complete), {} Parquet files{}", paths.dataset,
-                manifest.rows, manifest.episodes, manifest.episodes_complete, len(manifest.files),
-                "".join(f", {name}" for name in manifest.formats.values()))
+        manifest = compact_replay(
+            sources,
+            schema,
+            paths.dataset,
+            cfg.aggregation,
+            run_id,
+            cfg.env.id,
+            description=env_kind(cfg.env).describe(cfg.env, cfg.run.seed),
+        )
+    logger.info(
+        "dataset {}: {:,} rows, {} episodes ({} complete), {} Parquet files{}",
+        paths.dataset,
+        manifest.rows,
+        manifest.episodes,
+        manifest.episodes_complete,
+        len(manifest.files),
+        "".join(f", {name}" for name in manifest.formats.values()),
+    )
     return manifest
 
 
@@ -39,8 +53,9 @@ def compact_snapshot(cfg: RunConfig, run_id: str, paths: RunPaths) -> Manifest:
     snapshots = sorted(paths.replay_snapshot.glob("shard-*.arrow"))
     schema_path = paths.replay_snapshot / "schema.json"
     if not snapshots or not schema_path.is_file():
-        raise FileNotFoundError(f"{paths.replay_snapshot}: no replay snapshot (shard-*.arrow and schema.json); "
-                                "run `harvest collect` first")
+        raise FileNotFoundError(
+            f"{paths.replay_snapshot}: no replay snapshot (shard-*.arrow and schema.json); run `harvest collect` first"
+        )
     schema = BatchSchema.from_json(json.loads(schema_path.read_text()))
     return compact([str(path) for path in snapshots], schema, cfg, run_id, paths)
 

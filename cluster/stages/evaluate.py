@@ -33,35 +33,70 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
         stage_checkpoint = paths.learner / f"{index}-{stage}" / f"{cfg.eval.checkpoint}.safetensors"
         if stage_checkpoint.is_file():
             checkpoints[f"{index}-{stage}"] = stage_checkpoint
-    policies = {name: ConfiguredPolicyFactory(PolicyConfig(kind="torch", checkpoint=str(path.resolve()),
-                                                           deterministic=cfg.eval.deterministic),
-                                              eval_env.id, seed=cfg.run.seed, load_torch=load_torch_policy)
-                for name, path in checkpoints.items()}
+    policies = {
+        name: ConfiguredPolicyFactory(
+            PolicyConfig(kind="torch", checkpoint=str(path.resolve()), deterministic=cfg.eval.deterministic),
+            eval_env.id,
+            seed=cfg.run.seed,
+            load_torch=load_torch_policy,
+        )
+        for name, path in checkpoints.items()
+    }
     for baseline in cfg.eval.baselines:
         if not (own_expert and baseline == "expert"):
             policies[baseline] = ConfiguredPolicyFactory(PolicyConfig(kind=baseline), eval_env.id, seed=cfg.run.seed)
-    scenarios = {name: dataclasses.replace(eval_env, kwargs=merge_kwargs(eval_env.kwargs, overrides))
-                 for name, overrides in cfg.eval.scenarios.items()} or {"": eval_env}
+    scenarios = {
+        name: dataclasses.replace(eval_env, kwargs=merge_kwargs(eval_env.kwargs, overrides))
+        for name, overrides in cfg.eval.scenarios.items()
+    } or {"": eval_env}
     results: dict[str, EvalResult] = {}
     for scenario, env_cfg in scenarios.items():
         where = f" {scenario}" if scenario else ""
         with console.status(f"[bold]eval{where}[/] {cfg.eval.episodes} episodes x {len(policies)} policies"):
-            scenario_results = evaluate_policies(policies, env_cfg, cfg.rollout, cfg.eval.episodes,
-                                                 cfg.eval.num_workers, run_id, seed=cfg.run.seed + 10_000)
+            scenario_results = evaluate_policies(
+                policies,
+                env_cfg,
+                cfg.rollout,
+                cfg.eval.episodes,
+                cfg.eval.num_workers,
+                run_id,
+                seed=cfg.run.seed + 10_000,
+            )
             if own_expert:
-                scenario_results["expert"] = kind.expert_baseline(cfg.env, env_cfg, cfg.eval.episodes,
-                                                                  cfg.eval.num_workers, cfg.run.seed,
-                                                                  cfg.rollout.num_cpus, paths.root)
-        results.update({f"{name}{' @ ' + scenario if scenario else ''}": result
-                        for name, result in scenario_results.items()})
-    report = {name: {"mean_return": r.mean_return, "std_return": r.std_return, "mean_return_ci95": list(r.mean_ci95),
-                     "mean_length": r.mean_length, "returns": r.returns, **win_rate(r, cfg.eval.win_return)}
-              for name, r in results.items()}
+                scenario_results["expert"] = kind.expert_baseline(
+                    cfg.env,
+                    env_cfg,
+                    cfg.eval.episodes,
+                    cfg.eval.num_workers,
+                    cfg.run.seed,
+                    cfg.rollout.num_cpus,
+                    paths.root,
+                )
+        results.update(
+            {f"{name}{' @ ' + scenario if scenario else ''}": result for name, result in scenario_results.items()}
+        )
+    report = {
+        name: {
+            "mean_return": r.mean_return,
+            "std_return": r.std_return,
+            "mean_return_ci95": list(r.mean_ci95),
+            "mean_length": r.mean_length,
+            "returns": r.returns,
+            **win_rate(r, cfg.eval.win_return),
+        }
+        for name, r in results.items()
+    }
     paths.eval.write_text(json.dumps(report, indent=2))
     for name, result in results.items():
         wins = win_rate(result, cfg.eval.win_return)
-        logger.info("eval {}: return {:.2f} ± {:.2f} over {} episodes{}", name, result.mean_return,
-                    result.std_return, len(result.returns), f", win rate {wins['win_rate']:.0%}" if wins else "")
+        logger.info(
+            "eval {}: return {:.2f} ± {:.2f} over {} episodes{}",
+            name,
+            result.mean_return,
+            result.std_return,
+            len(result.returns),
+            f", win rate {wins['win_rate']:.0%}" if wins else "",
+        )
     console.print(eval_table(results, cfg.eval.win_return))
     return results
 
@@ -70,8 +105,9 @@ def merge_kwargs(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
     """`base` with `overrides` merged in, nested dicts key by key."""
     merged = dict(base)
     for key, value in overrides.items():
-        merged[key] = merge_kwargs(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
+        merged[key] = (
+            merge_kwargs(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -87,22 +123,40 @@ def eval_table(results: dict[str, EvalResult], win_return: float | None) -> Tabl
     """Policies by rows: episodes, mean ± std, the mean's 95 % interval, and the win rate with
     its 95 % (Wilson) interval where `eval.win_return` defines a win."""
     table = Table(title="Evaluation", title_justify="left")
-    for column in ("policy", "episodes", "return mean ± std", "95 % CI of the mean",
-                   *(["win rate [95 % CI]"] if win_return is not None else [])):
+    for column in (
+        "policy",
+        "episodes",
+        "return mean ± std",
+        "95 % CI of the mean",
+        *(["win rate [95 % CI]"] if win_return is not None else []),
+    ):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, result in results.items():
         low, high = result.mean_ci95
-        row = [name, str(len(result.returns)), f"{result.mean_return:.2f} ± {result.std_return:.2f}",
-               f"[{low:.2f}, {high:.2f}]"]
+        row = [
+            name,
+            str(len(result.returns)),
+            f"{result.mean_return:.2f} ± {result.std_return:.2f}",
+            f"[{low:.2f}, {high:.2f}]",
+        ]
         if win_return is not None:
             wins = win_rate(result, win_return)
-            row.append(f"{wins['win_rate']:.0%} [{wins['win_rate_ci95'][0]:.0%}, {wins['win_rate_ci95'][1]:.0%}]"
-                       if wins else "-")
+            row.append(
+                f"{wins['win_rate']:.0%} [{wins['win_rate_ci95'][0]:.0%}, {wins['win_rate_ci95'][1]:.0%}]"
+                if wins
+                else "-"
+            )
         table.add_row(*row)
     return table
 
 
 def eval_summary(results: dict[str, EvalResult], win_return: float | None = None) -> dict[str, dict[str, float]]:
-    return {name: {"mean_return": r.mean_return, "std_return": r.std_return, "episodes": len(r.returns),
-                   **win_rate(r, win_return)}
-            for name, r in results.items()}
+    return {
+        name: {
+            "mean_return": r.mean_return,
+            "std_return": r.std_return,
+            "episodes": len(r.returns),
+            **win_rate(r, win_return),
+        }
+        for name, r in results.items()
+    }

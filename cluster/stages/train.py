@@ -32,13 +32,15 @@ def train(cfg: RunConfig, paths: RunPaths, run_id: str = "train", resume: bool =
         stage_dir = paths.learner / f"{index}-{stage}"
         if resume and index < len(stages) and _stage_finished(stage_dir):
             previous = str(stage_dir / BEST_NAME)
-            logger.info("learner stage {}/{}: {} finished before; going on from {}", index, len(stages), stage,
-                        previous)
+            logger.info(
+                "learner stage {}/{}: {} finished before; going on from {}", index, len(stages), stage, previous
+            )
             continue
         alone = dataclasses.replace(cfg.learner, algorithm=stage, stages=[])
         stage_cfg = learner_class(stage).after_stage(alone, previous)
-        logger.info("learner stage {}/{}: {}{}", index, len(stages), stage,
-                    f" from {previous}" if stage_cfg != alone else "")
+        logger.info(
+            "learner stage {}/{}: {}{}", index, len(stages), stage, f" from {previous}" if stage_cfg != alone else ""
+        )
         result = _train_stage(cfg, stage_cfg, paths, stage_dir, run_id)
         previous = result.best_checkpoint
     for name in (BEST_NAME, FINAL_NAME, HISTORY_NAME, CURVE_NAME):
@@ -48,8 +50,10 @@ def train(cfg: RunConfig, paths: RunPaths, run_id: str = "train", resume: bool =
 
 def _stage_finished(stage_dir: Path) -> bool:
     """A stage wrote its final records and no resume state is left (it is written last)."""
-    return all((stage_dir / name).is_file() for name in (BEST_NAME, FINAL_NAME, HISTORY_NAME)) and \
-        not (stage_dir / LAST_NAME).exists()
+    return (
+        all((stage_dir / name).is_file() for name in (BEST_NAME, FINAL_NAME, HISTORY_NAME))
+        and not (stage_dir / LAST_NAME).exists()
+    )
 
 
 def _samples_poll(learner: ray.actor.ActorHandle) -> Callable[[], int]:
@@ -66,8 +70,9 @@ def _samples_poll(learner: ray.actor.ActorHandle) -> Callable[[], int]:
     return poll
 
 
-def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, out_dir: Path,
-                 run_id: str) -> TrainResult:
+def _train_stage(
+    cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, out_dir: Path, run_id: str
+) -> TrainResult:
     """One learner actor (GPU when `learner.num_gpus` > 0 and Ray has one), with a progress bar
     over the work it reports (`Learner.work`)."""
     learner_cls = learner_class(learner_cfg.algorithm)
@@ -75,9 +80,14 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
     if result is not None:
         return result
     # A learner that dies is restarted and its `train` call runs again (it resumes from last.safetensors).
-    options = {"num_cpus": learner_cfg.num_cpus, "num_gpus": learner_cfg.num_gpus, "max_concurrency": 2,
-               "max_restarts": learner_cfg.max_restarts, "max_task_retries": learner_cfg.max_restarts,
-               **learner_cfg.placement.options()}
+    options = {
+        "num_cpus": learner_cfg.num_cpus,
+        "num_gpus": learner_cfg.num_gpus,
+        "max_concurrency": 2,
+        "max_restarts": learner_cfg.max_restarts,
+        "max_task_retries": learner_cfg.max_restarts,
+        **learner_cfg.placement.options(),
+    }
     learner_cls.check(learner_cfg, env_kind(cfg.env).learner_env(cfg.env))
     args, kwargs = learner_cls.actor_args(learner_cfg, cfg.env, paths.dataset, str(out_dir), run_id)
     learner = ray.remote(learner_cls).options(**options).remote(*args, **kwargs)
@@ -86,8 +96,9 @@ def _train_stage(cfg: RunConfig, learner_cfg: LearnerConfig, paths: RunPaths, ou
         node = ray.get(learner.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()), timeout=600)
         logger.info("learner ({}) on node {}", learner_cfg.algorithm, node)
         ref = learner.train.remote()
-        (result,) = wait_with_progress([ref], f"train ({learner_cfg.algorithm.upper()})", unit, total,
-                                       poll=_samples_poll(learner), timeout_s=3600)
+        (result,) = wait_with_progress(
+            [ref], f"train ({learner_cfg.algorithm.upper()})", unit, total, poll=_samples_poll(learner), timeout_s=3600
+        )
     finally:
         ray.kill(learner, no_restart=True)
     result = dataclasses.replace(result, node_id=node)

@@ -45,8 +45,10 @@ def decode(actions, height: int, width: int) -> Moves:
     actions = np.asarray(actions, np.int64)
     bad = (actions < 0) | (actions > pass_action(height, width))
     if bad.any():
-        raise ValueError(f"generals action {int(actions[bad].flat[0])}: expected 0 <= action <= "
-                         f"{pass_action(height, width)} on a {height}x{width} board")
+        raise ValueError(
+            f"generals action {int(actions[bad].flat[0])}: expected 0 <= action <= "
+            f"{pass_action(height, width)} on a {height}x{width} board"
+        )
     passes = actions == pass_action(height, width)
     move = np.where(passes, 0, actions)
     splits, move = move % 2, move // 2

@@ -79,8 +79,10 @@ class GeneralsEngine:
 
     def __init__(self, num_games: int, height: int, width: int) -> None:
         if num_games < 1 or height < 2 or width < 2:
-            raise ValueError(f"GeneralsEngine: expected num_games >= 1 and a map of at least 2x2, "
-                             f"got {num_games} games of {height}x{width}")
+            raise ValueError(
+                f"GeneralsEngine: expected num_games >= 1 and a map of at least 2x2, "
+                f"got {num_games} games of {height}x{width}"
+            )
         self.num_games, self.height, self.width = num_games, height, width
         shape = (num_games, height, width)
         self.armies = np.zeros(shape, np.int32)
@@ -89,7 +91,7 @@ class GeneralsEngine:
         self.city = np.zeros(shape, bool)
         self.general = np.zeros(shape, bool)
         self.inside = np.zeros(shape, bool)
-        self.map_size = np.zeros((num_games, 2), np.int64)           # (rows, cols) of each map
+        self.map_size = np.zeros((num_games, 2), np.int64)  # (rows, cols) of each map
         self.general_position = np.zeros((num_games, 2, 2), np.int64)  # [game, player, (row, col)]
         self.time = np.zeros(num_games, np.int64)
         self.winner = np.full(num_games, -1, np.int8)
@@ -124,8 +126,15 @@ class GeneralsEngine:
             self.time[game] = 0
             self.winner[game] = -1
 
-    def step(self, passes: np.ndarray, rows: np.ndarray, cols: np.ndarray, directions: np.ndarray,
-             splits: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+    def step(
+        self,
+        passes: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        directions: np.ndarray,
+        splits: np.ndarray,
+        active: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Apply one step of every game that is not over (and `active`, [B] bool, if given); each
         move argument is [B, 2] (game, player).
 
@@ -144,8 +153,19 @@ class GeneralsEngine:
         for mover in (first, 1 - first):
             live = stepped & ~self.done
             pick = (games, mover)
-            self._move(live, mover, passes[pick] == 1, rows[pick], cols[pick], directions[pick],
-                       dest_rows[pick], dest_cols[pick], source_in[pick], dest_in[pick], splits[pick] == 1)
+            self._move(
+                live,
+                mover,
+                passes[pick] == 1,
+                rows[pick],
+                cols[pick],
+                directions[pick],
+                dest_rows[pick],
+                dest_cols[pick],
+                source_in[pick],
+                dest_in[pick],
+                splits[pick] == 1,
+            )
         self.time += stepped
         ended = stepped & self.done
         if ended.any():
@@ -174,16 +194,25 @@ class GeneralsEngine:
         first = np.where(onto_leaving[0] | onto_leaving[1], np.where(onto_leaving[0], 0, 1), first)
         return np.where(default, 0, first)
 
-    def _move(self, live, mover, passing, rows, cols, directions, dest_rows, dest_cols, source_in, dest_in,
-              split) -> None:
+    def _move(
+        self, live, mover, passing, rows, cols, directions, dest_rows, dest_cols, source_in, dest_in, split
+    ) -> None:
         games = np.arange(self.num_games)
         rows_c, cols_c = np.clip(rows, 0, self.height - 1), np.clip(cols, 0, self.width - 1)
         dest_rows_c, dest_cols_c = np.clip(dest_rows, 0, self.height - 1), np.clip(dest_cols, 0, self.width - 1)
         army = self.armies[games, rows_c, cols_c].astype(np.int64)
         moving = np.minimum(np.where(split, army // 2, army - 1), army - 1)
-        valid = (live & ~passing & source_in & (moving >= 1) & (self.owner[games, rows_c, cols_c] == mover)
-                 & dest_in & (directions >= 0) & (directions <= 3)
-                 & ~self.mountain[games, dest_rows_c, dest_cols_c])
+        valid = (
+            live
+            & ~passing
+            & source_in
+            & (moving >= 1)
+            & (self.owner[games, rows_c, cols_c] == mover)
+            & dest_in
+            & (directions >= 0)
+            & (directions <= 3)
+            & ~self.mountain[games, dest_rows_c, dest_cols_c]
+        )
         if not valid.any():
             return
         g, mover = games[valid], mover[valid]
@@ -250,10 +279,10 @@ class GeneralsEngine:
         can_leave = (self.owner[:, None] == players) & (self.armies[:, None] >= 2)
         passable = ~self.mountain  # padding is mountain, so this also keeps moves on the map
         open_dest = np.zeros((self.num_games, self.height, self.width, 4), bool)
-        open_dest[:, 1:, :, 0] = passable[:, :-1, :]   # up: the tile above
-        open_dest[:, :-1, :, 1] = passable[:, 1:, :]   # down
-        open_dest[:, :, 1:, 2] = passable[:, :, :-1]   # left
-        open_dest[:, :, :-1, 3] = passable[:, :, 1:]   # right
+        open_dest[:, 1:, :, 0] = passable[:, :-1, :]  # up: the tile above
+        open_dest[:, :-1, :, 1] = passable[:, 1:, :]  # down
+        open_dest[:, :, 1:, 2] = passable[:, :, :-1]  # left
+        open_dest[:, :, :-1, 3] = passable[:, :, 1:]  # right
         return can_leave[..., None] & open_dest[:, None]
 
 

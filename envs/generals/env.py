@@ -62,15 +62,19 @@ class GeneralsVectorEnv(LiveRewards, VectorEnv):
         **kwargs: `GeneralsConfig` fields (`players`, `opponent`, `max_steps`, `map`, `rewards`).
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["rgb_array"],
-                "harvest_row_columns": ROW_COLUMNS}
+    metadata = {
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+        "render_modes": ["rgb_array"],
+        "harvest_row_columns": ROW_COLUMNS,
+    }
 
     def __init__(self, num_envs: int = 2, render_mode: str | None = None, **kwargs: Any) -> None:
         self.cfg = GeneralsConfig(**kwargs)
         both = self.cfg.players == "both"
         if both and num_envs % 2:
-            raise ValueError(f"generals: num_envs={num_envs} with players: both needs an even number "
-                             "(two sub-envs per game)")
+            raise ValueError(
+                f"generals: num_envs={num_envs} with players: both needs an even number (two sub-envs per game)"
+            )
         self.num_envs = num_envs
         self.players_per_game = 2 if both else 1
         self.games = GeneralsGames(num_envs // self.players_per_game, self.cfg)
@@ -108,18 +112,22 @@ class GeneralsVectorEnv(LiveRewards, VectorEnv):
         self._autoreset = terminated | truncated
         observations = self._observe()
         per_slot = lambda values: np.repeat(values, self.players_per_game)  # noqa: E731
-        rewards = rewards[:, :self.players_per_game].reshape(-1)
+        rewards = rewards[:, : self.players_per_game].reshape(-1)
         return observations, rewards, per_slot(terminated), per_slot(truncated), self._info()
 
     def _observe(self) -> dict[str, np.ndarray]:
         self._observations = self.games.observations()
-        return {key: value[:, :self.players_per_game].reshape(self.num_envs, *value.shape[2:])
-                for key, value in self._observations.items()}
+        return {
+            key: value[:, : self.players_per_game].reshape(self.num_envs, *value.shape[2:])
+            for key, value in self._observations.items()
+        }
 
     def _info(self) -> dict[str, np.ndarray]:
         players = np.arange(self.players_per_game, dtype=np.int8)
-        return {"game_id": np.repeat(self.games.game_id, self.players_per_game),
-                "player_id": np.tile(players, self.games.num_games)}
+        return {
+            "game_id": np.repeat(self.games.game_id, self.players_per_game),
+            "player_id": np.tile(players, self.games.num_games),
+        }
 
     def render(self) -> np.ndarray | None:
         if self.render_mode == "rgb_array":
@@ -219,17 +227,23 @@ class GeneralsParallelEnv(LiveRewards, ParallelEnv):
         rewards, terminated, truncated = self.games.step(flat)
         observations = self._observe()
         agents = self.agents
-        result = (observations, {agent: float(rewards[0, player]) for player, agent in enumerate(agents)},
-                  {agent: bool(terminated[0]) for agent in agents}, {agent: bool(truncated[0]) for agent in agents},
-                  {agent: self._info(player) for player, agent in enumerate(agents)})
+        result = (
+            observations,
+            {agent: float(rewards[0, player]) for player, agent in enumerate(agents)},
+            {agent: bool(terminated[0]) for agent in agents},
+            {agent: bool(truncated[0]) for agent in agents},
+            {agent: self._info(player) for player, agent in enumerate(agents)},
+        )
         if terminated[0] or truncated[0]:
             self.agents = []
         return result
 
     def _observe(self) -> dict[str, dict[str, np.ndarray]]:
         observations = self.games.observations()
-        return {agent: {key: value[0, player] for key, value in observations.items()}
-                for player, agent in enumerate(self.possible_agents)}
+        return {
+            agent: {key: value[0, player] for key, value in observations.items()}
+            for player, agent in enumerate(self.possible_agents)
+        }
 
     def _info(self, player: int) -> dict[str, Any]:
         return {"game_id": int(self.games.game_id[0]), "player_id": player}

@@ -35,8 +35,9 @@ class MapConfig:
     """Generals at least this many steps apart by land (None: half the larger side)."""
 
     def settings(self) -> MapSettings:
-        return MapSettings(self.min_size, self.max_size, self.mountain_density, self.city_density,
-                           self.min_general_distance)
+        return MapSettings(
+            self.min_size, self.max_size, self.mountain_density, self.city_density, self.min_general_distance
+        )
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -111,8 +112,7 @@ class GeneralsGames:
         """Every player's observation, each value [G, 2, ...]."""
         return player_observations(self.engine)
 
-    def step(self, actions: np.ndarray, active: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step with flat actions [G, 2]; returns rewards [G, 2], terminated [G] and truncated [G].
 
         Games not `active` (and games already over) do not move and get no reward.
@@ -135,8 +135,13 @@ class GeneralsGames:
     def _write_records(self, games: np.ndarray) -> None:
         for game in games.tolist():
             steps = int(self.engine.time[game])
-            GameRecord(int(self.game_id[game]), self.size, self.layouts[game].to_text(),
-                       self._action_log[game, :steps].tolist(), int(self.engine.winner[game])).save(self.cfg.record_dir)
+            GameRecord(
+                int(self.game_id[game]),
+                self.size,
+                self.layouts[game].to_text(),
+                self._action_log[game, :steps].tolist(),
+                int(self.engine.winner[game]),
+            ).save(self.cfg.record_dir)
 
     def _holdings(self) -> tuple[np.ndarray, np.ndarray]:
         """[G, 2] cities owned and [G, 2] total army of each player."""

@@ -29,7 +29,8 @@ class MapLayout:
         is_city = self.city_army > 0
         digits = self.city_army - 40
         cells[is_city & (digits >= 0) & (digits <= 9)] = np.char.mod("%d", digits)[
-            is_city & (digits >= 0) & (digits <= 9)]
+            is_city & (digits >= 0) & (digits <= 9)
+        ]
         cells[is_city & (self.city_army == 50)] = "x"
         for letter, (row, col) in zip("AB", self.generals):
             cells[row, col] = letter
@@ -86,11 +87,14 @@ class MapSettings:
 
     def __post_init__(self) -> None:
         if not 4 <= self.min_size <= self.max_size:
-            raise MapError(f"map: expected 4 <= min_size <= max_size, got min_size={self.min_size}, "
-                           f"max_size={self.max_size}")
+            raise MapError(
+                f"map: expected 4 <= min_size <= max_size, got min_size={self.min_size}, max_size={self.max_size}"
+            )
         if self.mountain_density < 0 or self.city_density < 0 or self.mountain_density + self.city_density >= 0.8:
-            raise MapError(f"map: mountain_density={self.mountain_density} and city_density={self.city_density}: "
-                           "expected non-negative densities that leave at least 20 % plain land")
+            raise MapError(
+                f"map: mountain_density={self.mountain_density} and city_density={self.city_density}: "
+                "expected non-negative densities that leave at least 20 % plain land"
+            )
 
 
 def generate_map(rng: np.random.Generator, settings: MapSettings, max_attempts: int = 100) -> MapLayout:
@@ -117,9 +121,11 @@ def generate_map(rng: np.random.Generator, settings: MapSettings, max_attempts: 
             continue
         second = tuple(int(v) for v in far[rng.integers(len(far))])
         return MapLayout(mountain, city_army, (first, second))
-    raise MapError(f"map: no {settings.min_size}-{settings.max_size} map with connected generals "
-                   f"{settings.min_general_distance or 'half the side'} apart in {max_attempts} attempts; "
-                   "lower the densities or the distance")
+    raise MapError(
+        f"map: no {settings.min_size}-{settings.max_size} map with connected generals "
+        f"{settings.min_general_distance or 'half the side'} apart in {max_attempts} attempts; "
+        "lower the densities or the distance"
+    )
 
 
 def land_distance(open_land: np.ndarray, start: tuple[int, int]) -> np.ndarray:

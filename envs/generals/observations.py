@@ -19,18 +19,29 @@ from harvest.envs.generals.engine import GeneralsEngine
 
 NUM_CHANNELS = 9
 MAX_ARMY = 2**31 - 1
-CHANNELS = ("own_armies", "enemy_armies", "own_land", "enemy_land", "neutral_land", "cities", "mountains",
-            "visible", "fog")
+CHANNELS = (
+    "own_armies",
+    "enemy_armies",
+    "own_land",
+    "enemy_land",
+    "neutral_land",
+    "cities",
+    "mountains",
+    "visible",
+    "fog",
+)
 
 
 def observation_space(height: int, width: int) -> gym.spaces.Dict:
     """One player's observation (the spaces of the keys `player_observations` returns)."""
-    return gym.spaces.Dict({
-        "board": gym.spaces.Box(0.0, 1.0, (NUM_CHANNELS, height, width), np.float32),
-        "armies": gym.spaces.Box(0, MAX_ARMY, (height, width), np.int32),
-        "generals": gym.spaces.MultiBinary((height, width)),
-        "action_mask": gym.spaces.MultiBinary(num_actions(height, width)),
-    })
+    return gym.spaces.Dict(
+        {
+            "board": gym.spaces.Box(0.0, 1.0, (NUM_CHANNELS, height, width), np.float32),
+            "armies": gym.spaces.Box(0, MAX_ARMY, (height, width), np.int32),
+            "generals": gym.spaces.MultiBinary((height, width)),
+            "action_mask": gym.spaces.MultiBinary(num_actions(height, width)),
+        }
+    )
 
 
 def player_observations(engine: GeneralsEngine) -> dict[str, np.ndarray]:
@@ -41,8 +52,10 @@ def player_observations(engine: GeneralsEngine) -> dict[str, np.ndarray]:
     board = np.empty((*armies.shape[:2], NUM_CHANNELS, *armies.shape[2:]), np.float32)
     np.multiply(armies * views.owned_cells, scale, out=board[:, :, 0])
     np.multiply(armies * views.opponent_cells, scale, out=board[:, :, 1])
-    for channel, tiles in enumerate((views.owned_cells, views.opponent_cells, views.neutral_cells, views.cities,
-                                     views.mountains, views.visible), start=2):
+    for channel, tiles in enumerate(
+        (views.owned_cells, views.opponent_cells, views.neutral_cells, views.cities, views.mountains, views.visible),
+        start=2,
+    ):
         board[:, :, channel] = tiles
     np.logical_or(views.fog_cells, views.structures_in_fog, out=board[:, :, 8], casting="unsafe")
     return {

@@ -59,14 +59,16 @@ class ExpertPlayer:
 
         seen_general = enemy_general.any((1, 2))
         seen_enemy = enemy.any((1, 2))
-        targets = np.where(seen_general[:, None, None], enemy_general,
-                           np.where(seen_enemy[:, None, None], enemy, fog & ~mountain))
+        targets = np.where(
+            seen_general[:, None, None], enemy_general, np.where(seen_enemy[:, None, None], enemy, fog & ~mountain)
+        )
         distance = _distance_to(targets, ~mountain)
         closer = legal & (_neighbours(distance) < distance[..., None])
         march = np.where(closer, own_army[..., None] + self.noise * self.rng.random(closer.shape), -np.inf)
 
-        capture_value = np.where(_neighbours(enemy), 3e6 + dest_army,
-                                 np.where(_neighbours(city & neutral), 2e6 - dest_army, 1e6 - moving))
+        capture_value = np.where(
+            _neighbours(enemy), 3e6 + dest_army, np.where(_neighbours(city & neutral), 2e6 - dest_army, 1e6 - moving)
+        )
         capture = np.where(captures, capture_value + self.noise * self.rng.random(captures.shape), -np.inf)
 
         flat = lambda score: score.reshape(num_obs, -1)  # noqa: E731

@@ -46,13 +46,19 @@ class GameRecord:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
-            return cls(int(data["game_id"]), int(data["size"]), str(data["map"]),
-                       [[int(a), int(b)] for a, b in data["actions"]], int(data["winner"]))
+            return cls(
+                int(data["game_id"]),
+                int(data["size"]),
+                str(data["map"]),
+                [[int(a), int(b)] for a, b in data["actions"]],
+                int(data["winner"]),
+            )
         except FileNotFoundError as err:
             raise RecordError(f"{path}: no such game record") from err
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise RecordError(f"{path}: not a Generals game record (expected JSON with game_id, size, map, "
-                              f"actions, winner): {err}") from err
+            raise RecordError(
+                f"{path}: not a Generals game record (expected JSON with game_id, size, map, actions, winner): {err}"
+            ) from err
 
 
 def replay_frames(record: GameRecord, cell_px: int = 24) -> Iterator[np.ndarray]:
@@ -68,5 +74,7 @@ def replay_frames(record: GameRecord, cell_px: int = 24) -> Iterator[np.ndarray]
         engine.step(*(field.reshape(1, 2) for field in decode(np.array(actions), record.size, record.size)))
         yield render_game(engine, 0, cell_px)
     if int(engine.winner[0]) != record.winner:
-        raise RecordError(f"game {record.game_id}: the replay ends with winner {int(engine.winner[0])}, "
-                          f"the record says {record.winner}")
+        raise RecordError(
+            f"game {record.game_id}: the replay ends with winner {int(engine.winner[0])}, "
+            f"the record says {record.winner}"
+        )

@@ -19,8 +19,14 @@ class RewardWeights:
     """Every step: this times (own army - enemy army) / (own + enemy), in [-w, +w]."""
 
 
-def step_rewards(weights: RewardWeights, winner: np.ndarray, just_ended: np.ndarray, cities_before: np.ndarray,
-                 cities_after: np.ndarray, army: np.ndarray) -> np.ndarray:
+def step_rewards(
+    weights: RewardWeights,
+    winner: np.ndarray,
+    just_ended: np.ndarray,
+    cities_before: np.ndarray,
+    cities_after: np.ndarray,
+    army: np.ndarray,
+) -> np.ndarray:
     """[G, 2] float32 rewards.
 
     Args:
@@ -32,6 +38,5 @@ def step_rewards(weights: RewardWeights, winner: np.ndarray, just_ended: np.ndar
     outcome = np.where(winner[:, None] == players, 1.0, -1.0) * just_ended[:, None]
     total = np.maximum(army.sum(1, keepdims=True), 1)
     advantage = (army - army[:, ::-1]) / total
-    rewards = (weights.win * outcome + weights.city * (cities_after - cities_before)
-               + weights.army_advantage * advantage)
+    rewards = weights.win * outcome + weights.city * (cities_after - cities_before) + weights.army_advantage * advantage
     return rewards.astype(np.float32)

@@ -70,9 +70,18 @@ class RobocodeEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, opponent: str = "sample.Target", width: int = 800, height: int = 600, max_turns: int = 2000,
-                 cache_root: str | Path = "~/.cache/harvest/robocode", workdir: str | Path | None = None,
-                 turn_timeout_s: float = 30.0, reward_scale: float = 100.0, win_reward: float = 1.0) -> None:
+    def __init__(
+        self,
+        opponent: str = "sample.Target",
+        width: int = 800,
+        height: int = 600,
+        max_turns: int = 2000,
+        cache_root: str | Path = "~/.cache/harvest/robocode",
+        workdir: str | Path | None = None,
+        turn_timeout_s: float = 30.0,
+        reward_scale: float = 100.0,
+        win_reward: float = 1.0,
+    ) -> None:
         if opponent == BRIDGE_ROBOT:
             raise ValueError(f"opponent={opponent!r}: the bridge robot cannot fight itself (one socket per env)")
         for name, value in (("width", width), ("height", height)):
@@ -89,8 +98,9 @@ class RobocodeEnv(gym.Env):
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(turn_timeout_s)
         try:
-            self.host = RobocodeHost(self.workdir, Path(cache_root).expanduser(),
-                                     bridge_port=self._server.getsockname()[1])
+            self.host = RobocodeHost(
+                self.workdir, Path(cache_root).expanduser(), bridge_port=self._server.getsockname()[1]
+            )
         except BaseException:  # e.g. RobocodeNotInstalled: leave nothing behind
             self._server.close()
             if self._own_workdir:
@@ -116,9 +126,16 @@ class RobocodeEnv(gym.Env):
             self.host.restart()
         self._seed = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
         setups = (options or {}).get("setups")
-        self._battle = self.host.battle([BRIDGE_ROBOT, self.opponent], rounds=1, seed=self._seed, width=self.width,
-                                        height=self.height, turn_timeout_s=self.turn_timeout_s, setups=setups,
-                                        live=True)
+        self._battle = self.host.battle(
+            [BRIDGE_ROBOT, self.opponent],
+            rounds=1,
+            seed=self._seed,
+            width=self.width,
+            height=self.height,
+            turn_timeout_s=self.turn_timeout_s,
+            setups=setups,
+            live=True,
+        )
         start = self._next_message(("round_start",))
         try:
             self._bridge, _ = self._server.accept()
@@ -146,10 +163,18 @@ class RobocodeEnv(gym.Env):
         while True:
             obs = observations(self._memory, before, turn)[BRIDGE_INDEX]
             energy, next_energy = ([[robot["energy"] for robot in message["robots"]]] for message in (before, turn))
-            alive, next_alive = ([[robot["state"] != "DEAD" for robot in message["robots"]]]
-                                 for message in (before, turn))
-            reward, dies, wins = step_rewards(np.array(energy), np.array(next_energy), np.array(alive),
-                                              np.array(next_alive), BRIDGE_INDEX, self.reward_scale, self.win_reward)
+            alive, next_alive = (
+                [[robot["state"] != "DEAD" for robot in message["robots"]]] for message in (before, turn)
+            )
+            reward, dies, wins = step_rewards(
+                np.array(energy),
+                np.array(next_energy),
+                np.array(alive),
+                np.array(next_alive),
+                BRIDGE_INDEX,
+                self.reward_scale,
+                self.win_reward,
+            )
             total += float(reward[0])
             survivors = [robot["name"] for robot in turn["robots"] if robot["state"] != "DEAD"]
             terminated = bool(dies[0] or wins[0] or len(survivors) <= 1)
@@ -187,11 +212,16 @@ class RobocodeEnv(gym.Env):
 
     def _info(self, turn: dict, report: dict | None, winner: str | None) -> dict[str, Any]:
         robots = turn["robots"]
-        return {"round": int(turn["round"]), "turn": int(turn["turn"]), "seed": self._seed,
-                "energy": float(robots[BRIDGE_INDEX]["energy"]),
-                "enemy_energy": float(sum(robot["energy"] for index, robot in enumerate(robots)
-                                          if index != BRIDGE_INDEX)),
-                "winner": winner, "scans": report["scans"] if report is not None else [], "skipped_turns": 0}
+        return {
+            "round": int(turn["round"]),
+            "turn": int(turn["turn"]),
+            "seed": self._seed,
+            "energy": float(robots[BRIDGE_INDEX]["energy"]),
+            "enemy_energy": float(sum(robot["energy"] for index, robot in enumerate(robots) if index != BRIDGE_INDEX)),
+            "winner": winner,
+            "scans": report["scans"] if report is not None else [],
+            "skipped_turns": 0,
+        }
 
     def _next_message(self, kinds: tuple[str, ...]) -> dict[str, Any]:
         assert self._battle is not None
@@ -206,12 +236,16 @@ class RobocodeEnv(gym.Env):
         except TimeoutError as err:
             self._stall(f"the bridge robot sent nothing for {self.turn_timeout_s:g}s in turn {turn['turn']}", err)
         if not line:
-            raise RobocodeError(f"engine in {self.workdir}: the bridge robot closed its socket in turn {turn['turn']}"
-                                f". Log tail:\n{self.host.log_tail()}")
+            raise RobocodeError(
+                f"engine in {self.workdir}: the bridge robot closed its socket in turn {turn['turn']}"
+                f". Log tail:\n{self.host.log_tail()}"
+            )
         report = json.loads(line)
         if report["round"] != turn["round"] or report["turn"] < turn["turn"]:
-            raise RobocodeError(f"engine in {self.workdir}: the bridge reported round {report['round']} turn "
-                                f"{report['turn']}, the engine round {turn['round']} turn {turn['turn']}")
+            raise RobocodeError(
+                f"engine in {self.workdir}: the bridge reported round {report['round']} turn "
+                f"{report['turn']}, the engine round {turn['round']} turn {turn['turn']}"
+            )
         return report
 
     def _send(self, line: str) -> None:

@@ -48,13 +48,22 @@ ROBOTS_DIR = "robots"
 Robocode's robot class loader, not the JVM's, loads them)."""
 SUPPORT_JARS = ("picocontainer.jar", "codesize.jar", "bcel.jar")
 AGENT_JAR = "harvest-agent.jar"
-JVM_FLAGS = ("-Xmx512m", "--add-opens", "java.base/sun.net.www.protocol.jar=ALL-UNNAMED", "-Dsun.io.useCanonCaches=false",
-             # the battle window: Robocode gives each robot its own AWT app context through sun.awt
-             "--add-opens", "java.desktop/sun.awt=ALL-UNNAMED", "--add-opens", "java.base/java.lang=ALL-UNNAMED",
-             # HarvestAgent rewrites one method with BCEL, which cannot rebuild its StackMapTable
-             "-XX:+UnlockDiagnosticVMOptions", "-XX:-BytecodeVerificationRemote")
+JVM_FLAGS = (
+    "-Xmx512m",
+    "--add-opens",
+    "java.base/sun.net.www.protocol.jar=ALL-UNNAMED",
+    "-Dsun.io.useCanonCaches=false",
+    # the battle window: Robocode gives each robot its own AWT app context through sun.awt
+    "--add-opens",
+    "java.desktop/sun.awt=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang=ALL-UNNAMED",
+    # HarvestAgent rewrites one method with BCEL, which cannot rebuild its StackMapTable
+    "-XX:+UnlockDiagnosticVMOptions",
+    "-XX:-BytecodeVerificationRemote",
+)
 ENGINE_PROPERTIES = {
-    "robocode.cpu.constant": "1000000",          # skip the 5 s CPU benchmark
+    "robocode.cpu.constant": "1000000",  # skip the 5 s CPU benchmark
     "robocode.options.battle.desiredTPS": "10000",
 }
 
@@ -89,12 +98,21 @@ class RobocodeInstall:
         java, javac = shutil.which("java"), shutil.which("javac")
         jars = sorted(str(path) for path in JAR_DIR.glob("robocode*.jar"))
         support = [str(JAR_DIR / name) for name in SUPPORT_JARS if (JAR_DIR / name).is_file()]
-        missing = [what for what, found in (("java", java), ("javac", javac), (f"{JAR_DIR}/robocode*.jar", jars),
-                                            (str(HOME_TEMPLATE / "robots"), (HOME_TEMPLATE / "robots").is_dir()))
-                   if not found]
+        missing = [
+            what
+            for what, found in (
+                ("java", java),
+                ("javac", javac),
+                (f"{JAR_DIR}/robocode*.jar", jars),
+                (str(HOME_TEMPLATE / "robots"), (HOME_TEMPLATE / "robots").is_dir()),
+            )
+            if not found
+        ]
         if missing:
-            raise RobocodeNotInstalled(f"Robocode needs {', '.join(missing)}: install the Debian packages "
-                                       f"`{DEBIAN_PACKAGES}` (apt-get install {DEBIAN_PACKAGES}, or `make setup`)")
+            raise RobocodeNotInstalled(
+                f"Robocode needs {', '.join(missing)}: install the Debian packages "
+                f"`{DEBIAN_PACKAGES}` (apt-get install {DEBIAN_PACKAGES}, or `make setup`)"
+            )
         version = next((path.split("-")[-1].removesuffix(".jar") for path in jars if "battle-" in path), "unknown")
         return cls(java, javac, tuple(jars + support), HOME_TEMPLATE, version)
 
@@ -118,11 +136,16 @@ def compile_runner(install: RobocodeInstall, cache_root: Path) -> Path:
     staging.mkdir(parents=True, exist_ok=True)
     classpath = os.pathsep.join(install.classpath)
     for output, sources_of in ((staging, (RUNNER_SOURCE, AGENT_SOURCE)), (staging / ROBOTS_DIR, (BRIDGE_SOURCE,))):
-        result = subprocess.run([install.javac, "-nowarn", "-d", str(output), "-cp", classpath, *map(str, sources_of)],
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [install.javac, "-nowarn", "-d", str(output), "-cp", classpath, *map(str, sources_of)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if result.returncode != 0:
-            raise RobocodeError(f"javac failed on {', '.join(path.name for path in sources_of)}:\n"
-                                f"{result.stderr[-3000:]}")
+            raise RobocodeError(
+                f"javac failed on {', '.join(path.name for path in sources_of)}:\n{result.stderr[-3000:]}"
+            )
     with zipfile.ZipFile(staging / AGENT_JAR, "w") as jar:
         jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nPremain-Class: HarvestAgent\n")
         for path in staging.glob("HarvestAgent*.class"):
@@ -162,11 +185,16 @@ def bridge_properties(port: int) -> dict[str, str]:
     return {"NOSECURITY": "true", "harvest.bridge.port": str(port)}
 
 
-def engine_command(install: RobocodeInstall, classes: Path, home: Path, lockstep: bool = True,
-                   properties: dict[str, str] | None = None) -> list[str]:
+def engine_command(
+    install: RobocodeInstall, classes: Path, home: Path, lockstep: bool = True, properties: dict[str, str] | None = None
+) -> list[str]:
     """The command line of one engine JVM (runner, agent, flags, `-Dkey=value` properties) for the home `home`."""
-    flags = [*JVM_FLAGS, f"-javaagent:{classes / AGENT_JAR}", *(["-Ddebug=true"] if lockstep else []),
-             *(f"-D{key}={value}" for key, value in (properties or {}).items())]
+    flags = [
+        *JVM_FLAGS,
+        f"-javaagent:{classes / AGENT_JAR}",
+        *(["-Ddebug=true"] if lockstep else []),
+        *(f"-D{key}={value}" for key, value in (properties or {}).items()),
+    ]
     classpath = os.pathsep.join([str(classes), *install.classpath])
     return [install.java, *flags, "-cp", classpath, "HarvestRunner", str(home)]
 
@@ -189,8 +217,15 @@ class RobocodeHost:
                 ...   # {"t": "turn", "round": 0, "turn": 1, "robots": [...], "bullets": [...]}, ...
     """
 
-    def __init__(self, workdir: Path, cache_root: Path, lockstep: bool = True, start_timeout_s: float = 120.0,
-                 gui: bool = False, bridge_port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        cache_root: Path,
+        lockstep: bool = True,
+        start_timeout_s: float = 120.0,
+        gui: bool = False,
+        bridge_port: int | None = None,
+    ) -> None:
         self._orjson = require("orjson", "the Robocode engine host")  # (here: a CartPole run never needs it)
         self.install = RobocodeInstall.find()
         self.workdir = Path(workdir)
@@ -215,21 +250,29 @@ class RobocodeHost:
         self._log = self.log_path.open("ab")
         command = engine_command(self.install, self.classes, self.home, self.lockstep, self.properties)
         command += ["gui"] if self.gui else []
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                        cwd=self.home, env=env)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=self.home, env=env
+        )
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
         self._lines: deque[bytes] = deque()  # complete lines not yet returned
-        self._partial = b""                   # the start of the next line
+        self._partial = b""  # the start of the next line
         ready = self._next_message(self.start_timeout_s, "the engine to start")
         if ready.get("t") != "ready":
             raise RobocodeError(f"engine in {self.workdir}: expected a ready line, got {ready}")
         self.version = ready["version"]
 
-    def battle(self, robots: list[str], rounds: int = 1, seed: int | None = None, width: int = 800,
-               height: int = 600, turn_timeout_s: float = 30.0,
-               setups: list[tuple[float, float, float] | None] | None = None,
-               live: bool = False) -> Iterator[dict[str, Any]]:
+    def battle(
+        self,
+        robots: list[str],
+        rounds: int = 1,
+        seed: int | None = None,
+        width: int = 800,
+        height: int = 600,
+        turn_timeout_s: float = 30.0,
+        setups: list[tuple[float, float, float] | None] | None = None,
+        live: bool = False,
+    ) -> Iterator[dict[str, Any]]:
         """Run one battle; yields its round_start, turn, round_end and battle_end messages as they come.
 
         Args:
@@ -245,8 +288,9 @@ class RobocodeHost:
         if seed is not None:
             command += f" seed={seed}"
         if setups is not None:
-            command += " setups=" + ";".join("random" if setup is None else ",".join(map(repr, map(float, setup)))
-                                             for setup in setups)
+            command += " setups=" + ";".join(
+                "random" if setup is None else ",".join(map(repr, map(float, setup))) for setup in setups
+            )
         if live:
             command += " live=1"
         self._send(command)
@@ -289,8 +333,10 @@ class RobocodeHost:
             self.process.stdin.flush()
         except OSError as err:  # BrokenPipeError: the JVM is gone (crashed or killed between battles)
             self.kill()
-            raise RobocodeError(f"engine in {self.workdir} exited (code {self.process.poll()}) before "
-                                f"{line.split()[0]}: {err}. Log tail:\n{self.log_tail()}") from err
+            raise RobocodeError(
+                f"engine in {self.workdir} exited (code {self.process.poll()}) before "
+                f"{line.split()[0]}: {err}. Log tail:\n{self.log_tail()}"
+            ) from err
 
     def _next_message(self, timeout_s: float, waiting_for: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -298,13 +344,17 @@ class RobocodeHost:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._selector.select(remaining):
                 self.kill()
-                raise EngineStalled(f"engine in {self.workdir}: nothing for {timeout_s:g}s while waiting for "
-                                    f"{waiting_for}; killed it. Log tail:\n{self.log_tail()}")
+                raise EngineStalled(
+                    f"engine in {self.workdir}: nothing for {timeout_s:g}s while waiting for "
+                    f"{waiting_for}; killed it. Log tail:\n{self.log_tail()}"
+                )
             chunk = os.read(self.process.stdout.fileno(), 1 << 16)
             if not chunk:
                 self.kill()
-                raise RobocodeError(f"engine in {self.workdir} exited (code {self.process.poll()}) while waiting for "
-                                    f"{waiting_for}. Log tail:\n{self.log_tail()}")
+                raise RobocodeError(
+                    f"engine in {self.workdir} exited (code {self.process.poll()}) while waiting for "
+                    f"{waiting_for}. Log tail:\n{self.log_tail()}"
+                )
             # Split a chunk once (a chunk holds ~100 turns; splitting the rest off line by line
             # would copy it ~100 times).
             *complete, self._partial = (self._partial + chunk).split(b"\n")

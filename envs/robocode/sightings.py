@@ -126,8 +126,10 @@ class _PieArc:
     def point(self, degrees: float) -> tuple[float, float]:
         """getStartPoint / getEndPoint: `degrees` is minus the arc angle."""
         angle = math.radians(degrees)
-        return (self.x + (math.cos(angle) * 0.5 + 0.5) * self.width,
-                self.y + (math.sin(angle) * 0.5 + 0.5) * self.height)
+        return (
+            self.x + (math.cos(angle) * 0.5 + 0.5) * self.width,
+            self.y + (math.sin(angle) * 0.5 + 0.5) * self.height,
+        )
 
     def start_point(self) -> tuple[float, float]:
         return self.point(-self.start)
@@ -171,12 +173,14 @@ class _PieArc:
         sx, sy = self.start_point()
         ex, ey = self.point(-self.start - self.extent)
         if y <= ayc <= yh:  # 0 and 180
-            if ((sx < xw and ex < xw and axc < xw and axw > x and self.contains_angle(0))
-                    or (sx > x and ex > x and axc > x and ax < xw and self.contains_angle(180))):
+            if (sx < xw and ex < xw and axc < xw and axw > x and self.contains_angle(0)) or (
+                sx > x and ex > x and axc > x and ax < xw and self.contains_angle(180)
+            ):
                 return True
         if x <= axc <= xw:  # 90 and 270
-            if ((sy > y and ey > y and ayc > y and ay < yh and self.contains_angle(90))
-                    or (sy < yh and ey < yh and ayc < yh and ayh > y and self.contains_angle(270))):
+            if (sy > y and ey > y and ayc > y and ay < yh and self.contains_angle(90)) or (
+                sy < yh and ey < yh and ayc < yh and ayh > y and self.contains_angle(270)
+            ):
                 return True
         rect = (x, y, w, h)
         if _intersects_line(rect, axc, ayc, sx, sy) or _intersects_line(rect, axc, ayc, ex, ey):
@@ -189,8 +193,12 @@ def bounding_box(robot: dict) -> tuple[float, float, float, float]:
     if "box_x" in robot:
         return robot["box_x"], robot["box_y"], ROBOT_SIZE, ROBOT_SIZE
     # BoundingRectangle is a Rectangle2D.Float: its corner is rounded to float32.
-    return (float(np.float32(robot["x"] - ROBOT_SIZE / 2)), float(np.float32(robot["y"] - ROBOT_SIZE / 2)), ROBOT_SIZE,
-            ROBOT_SIZE)
+    return (
+        float(np.float32(robot["x"] - ROBOT_SIZE / 2)),
+        float(np.float32(robot["y"] - ROBOT_SIZE / 2)),
+        ROBOT_SIZE,
+        ROBOT_SIZE,
+    )
 
 
 def _outside_sweep(start: float, sweep: float, dx: float, dy: float) -> bool:
@@ -204,8 +212,9 @@ def _outside_sweep(start: float, sweep: float, dx: float, dy: float) -> bool:
     return off > abs(sweep) / 2 + math.asin(_BOX_RADIUS / distance) + 1e-6
 
 
-def radar_sees(x: float, y: float, last_radar_heading: float, radar_heading: float,
-               box: tuple[float, float, float, float]) -> bool:
+def radar_sees(
+    x: float, y: float, last_radar_heading: float, radar_heading: float, box: tuple[float, float, float, float]
+) -> bool:
     """Whether a radar at (x, y) sweeping from `last_radar_heading` to `radar_heading`
     (radians) this turn sees a robot with the bounding box `box`: RobotPeer.scan's test."""
     dx, dy = box[0] + box[2] / 2 - x, box[1] + box[3] / 2 - y
@@ -220,8 +229,14 @@ def radar_sees(x: float, y: float, last_radar_heading: float, radar_heading: flo
     if _outside_sweep(start, sweep, dx, dy):
         return False
     start = _normal_absolute_angle(start - math.pi / 2)  # Robocode: y up, clockwise; Arc2D: y down, counter-clockwise
-    arc = _PieArc(x - RADAR_SCAN_RADIUS, y - RADAR_SCAN_RADIUS, 2 * RADAR_SCAN_RADIUS, 2 * RADAR_SCAN_RADIUS,
-                  180.0 * start / math.pi, 180.0 * sweep / math.pi)
+    arc = _PieArc(
+        x - RADAR_SCAN_RADIUS,
+        y - RADAR_SCAN_RADIUS,
+        2 * RADAR_SCAN_RADIUS,
+        2 * RADAR_SCAN_RADIUS,
+        180.0 * start / math.pi,
+        180.0 * sweep / math.pi,
+    )
     return _intersects_line(box, arc.center_x, arc.center_y, *arc.start_point()) or arc.intersects(*box)
 
 
@@ -243,11 +258,21 @@ def radar_sightings(before: dict | None, after: dict) -> list[list[Sighting]]:
         for target_index, target in enumerate(robots):
             if target_index == index or target["state"] == "DEAD":
                 continue
-            if radar_sees(robot["x"], robot["y"], earlier["radar_heading"], robot["radar_heading"],
-                          bounding_box(target)):
+            if radar_sees(
+                robot["x"], robot["y"], earlier["radar_heading"], robot["radar_heading"], bounding_box(target)
+            ):
                 dx, dy = target["x"] - robot["x"], target["y"] - robot["y"]
-                seen[index].append(Sighting(int(after["turn"]), target_index, math.atan2(dx, dy), math.hypot(dx, dy),
-                                            target["energy"], target["heading"], target["velocity"]))
+                seen[index].append(
+                    Sighting(
+                        int(after["turn"]),
+                        target_index,
+                        math.atan2(dx, dy),
+                        math.hypot(dx, dy),
+                        target["energy"],
+                        target["heading"],
+                        target["velocity"],
+                    )
+                )
     return seen
 
 
@@ -285,5 +310,11 @@ class RadarMemory:
         if sighting is None:
             return list(UNSEEN)
         gun_heading = math.degrees(turn["robots"][robot]["gun_heading"])
-        return [degrees_turned(gun_heading, math.degrees(sighting.bearing)), sighting.distance, sighting.energy,
-                math.degrees(sighting.heading), sighting.velocity, float(min(turn["turn"] - sighting.turn, MAX_AGE))]
+        return [
+            degrees_turned(gun_heading, math.degrees(sighting.bearing)),
+            sighting.distance,
+            sighting.energy,
+            math.degrees(sighting.heading),
+            sighting.velocity,
+            float(min(turn["turn"] - sighting.turn, MAX_AGE)),
+        ]

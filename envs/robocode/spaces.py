@@ -18,8 +18,10 @@ from harvest.envs.robocode.transitions import ACTION_FIELDS, OBS_FIELDS
 OBSERVATION_SPACE = gym.spaces.Box(
     low=np.array([0, 0, 0, 0, 0, -8, 0, 0] + [-180, 0, 0, 0, -8, 0], np.float32),
     high=np.array([5000, 5000, 360, 360, 360, 8, 5, 1000] + [180, 1300, 1000, 360, 8, MAX_AGE], np.float32),
-    dtype=np.float32)
+    dtype=np.float32,
+)
 ACTION_SPACE = gym.spaces.Box(
-    low=np.array([-8, -10, -20, -45, 0], np.float32), high=np.array([8, 10, 20, 45, 3], np.float32), dtype=np.float32)
+    low=np.array([-8, -10, -20, -45, 0], np.float32), high=np.array([8, 10, 20, 45, 3], np.float32), dtype=np.float32
+)
 
 assert OBSERVATION_SPACE.shape == (len(OBS_FIELDS),) and ACTION_SPACE.shape == (len(ACTION_FIELDS),)

@@ -33,19 +33,40 @@ def to_team_states(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for message in messages:
         if message.get("t") not in ("round_start", "turn"):
             continue
-        states.append({
-            "turn": message["turn"], "round": message["round"] + 1,
-            "bot_states": [{"name": robot["name"], "x": robot["x"], "y": robot["y"],
-                            "direction": math.degrees(robot["heading"]),
-                            "gunDirection": math.degrees(robot["gun_heading"]),
-                            "radarDirection": math.degrees(robot["radar_heading"]), "speed": robot["velocity"],
-                            "gunHeat": robot["gun_heat"], "energy": robot["energy"], "state": robot["state"],
-                            **({"boxX": robot["box_x"], "boxY": robot["box_y"]} if "box_x" in robot else {})}
-                           for robot in message["robots"]],
-            "bullet_states": [{"id": bullet["id"], "owner": bullet["owner"], "x": bullet["x"], "y": bullet["y"],
-                               "direction": math.degrees(bullet["heading"]), "power": bullet["power"],
-                               "state": bullet["state"]} for bullet in message["bullets"]],
-        })
+        states.append(
+            {
+                "turn": message["turn"],
+                "round": message["round"] + 1,
+                "bot_states": [
+                    {
+                        "name": robot["name"],
+                        "x": robot["x"],
+                        "y": robot["y"],
+                        "direction": math.degrees(robot["heading"]),
+                        "gunDirection": math.degrees(robot["gun_heading"]),
+                        "radarDirection": math.degrees(robot["radar_heading"]),
+                        "speed": robot["velocity"],
+                        "gunHeat": robot["gun_heat"],
+                        "energy": robot["energy"],
+                        "state": robot["state"],
+                        **({"boxX": robot["box_x"], "boxY": robot["box_y"]} if "box_x" in robot else {}),
+                    }
+                    for robot in message["robots"]
+                ],
+                "bullet_states": [
+                    {
+                        "id": bullet["id"],
+                        "owner": bullet["owner"],
+                        "x": bullet["x"],
+                        "y": bullet["y"],
+                        "direction": math.degrees(bullet["heading"]),
+                        "power": bullet["power"],
+                        "state": bullet["state"],
+                    }
+                    for bullet in message["bullets"]
+                ],
+            }
+        )
     return states
 
 
@@ -65,27 +86,49 @@ def _from_team_entry(entry: Any, where: str) -> dict[str, Any]:
         missing = [key for key in BOT_KEYS if not isinstance(bot, dict) or not isinstance(bot.get(key), (int, float))]
         if missing:
             raise TeamFileError(f"{where}, bot_states[{index}]: missing or non-numeric {missing}")
-        robots.append({"name": str(bot.get("name", f"robot{index}")), "x": bot["x"], "y": bot["y"],
-                       "heading": math.radians(bot["direction"]), "gun_heading": math.radians(bot["gunDirection"]),
-                       "radar_heading": math.radians(bot["radarDirection"]), "velocity": bot["speed"],
-                       "gun_heat": bot["gunHeat"], "energy": bot["energy"],
-                       "state": bot.get("state", "ACTIVE" if bot["energy"] > 0 else "DEAD"),
-                       **({"box_x": bot["boxX"], "box_y": bot["boxY"]} if "boxX" in bot else {})})
-    bullets = [{"id": bullet["id"], "owner": bullet["owner"], "power": bullet["power"],
-                "state": bullet.get("state", "MOVING")} for bullet in entry.get("bullet_states", [])
-               if isinstance(bullet, dict) and {"id", "owner", "power"} <= set(bullet)]
+        robots.append(
+            {
+                "name": str(bot.get("name", f"robot{index}")),
+                "x": bot["x"],
+                "y": bot["y"],
+                "heading": math.radians(bot["direction"]),
+                "gun_heading": math.radians(bot["gunDirection"]),
+                "radar_heading": math.radians(bot["radarDirection"]),
+                "velocity": bot["speed"],
+                "gun_heat": bot["gunHeat"],
+                "energy": bot["energy"],
+                "state": bot.get("state", "ACTIVE" if bot["energy"] > 0 else "DEAD"),
+                **({"box_x": bot["boxX"], "box_y": bot["boxY"]} if "boxX" in bot else {}),
+            }
+        )
+    bullets = [
+        {"id": bullet["id"], "owner": bullet["owner"], "power": bullet["power"], "state": bullet.get("state", "MOVING")}
+        for bullet in entry.get("bullet_states", [])
+        if isinstance(bullet, dict) and {"id", "owner", "power"} <= set(bullet)
+    ]
     for index, bullet in enumerate(bullets):
-        if not (isinstance(bullet["id"], int) and isinstance(bullet["owner"], int)
-                and 0 <= bullet["owner"] < len(robots) and isinstance(bullet["power"], (int, float))):
-            raise TeamFileError(f"{where}, bullet_states[{index}]: id {bullet['id']!r}, owner {bullet['owner']!r}, "
-                                  f"power {bullet['power']!r}; expected an integer id, the owner's index in bot_states "
-                                  f"(0 to {len(robots) - 1}) and a numeric power")
+        if not (
+            isinstance(bullet["id"], int)
+            and isinstance(bullet["owner"], int)
+            and 0 <= bullet["owner"] < len(robots)
+            and isinstance(bullet["power"], (int, float))
+        ):
+            raise TeamFileError(
+                f"{where}, bullet_states[{index}]: id {bullet['id']!r}, owner {bullet['owner']!r}, "
+                f"power {bullet['power']!r}; expected an integer id, the owner's index in bot_states "
+                f"(0 to {len(robots) - 1}) and a numeric power"
+            )
     try:
         turn, round_number = int(entry["turn"]), int(entry["round"]) - 1
     except (KeyError, TypeError, ValueError) as err:
         raise TeamFileError(f"{where}: 'turn' and 'round' must be integers ({err})") from err
-    return {"t": "round_start" if turn == 0 else "turn", "turn": turn, "round": round_number, "robots": robots,
-            "bullets": bullets}
+    return {
+        "t": "round_start" if turn == 0 else "turn",
+        "turn": turn,
+        "round": round_number,
+        "robots": robots,
+        "bullets": bullets,
+    }
 
 
 def read_team_file(path: Path) -> list[dict[str, Any]]:
@@ -99,8 +142,10 @@ def read_team_file(path: Path) -> list[dict[str, Any]]:
     except json.JSONDecodeError as err:
         raise TeamFileError(f"{path}: not JSON ({err})") from err
     if not isinstance(entries, list) or not entries:
-        raise TeamFileError(f"{path}: expected a JSON list of turn entries, got "
-                              f"{'an empty list' if entries == [] else type(entries).__name__}")
+        raise TeamFileError(
+            f"{path}: expected a JSON list of turn entries, got "
+            f"{'an empty list' if entries == [] else type(entries).__name__}"
+        )
     messages = [_from_team_entry(entry, f"{path}, entry {index}") for index, entry in enumerate(entries)]
     first_of_round: dict[int, int] = {}
     for index, message in enumerate(messages):
@@ -108,6 +153,8 @@ def read_team_file(path: Path) -> list[dict[str, Any]]:
         names = [robot["name"] for robot in message["robots"]]
         first_names = [robot["name"] for robot in messages[first]["robots"]]
         if names != first_names:
-            raise TeamFileError(f"{path}, entry {index}: robots {names}; entry {first} of the same round has "
-                                  f"{first_names} (a round keeps its robots, dead ones included)")
+            raise TeamFileError(
+                f"{path}, entry {index}: robots {names}; entry {first} of the same round has "
+                f"{first_names} (a round keeps its robots, dead ones included)"
+            )
     return messages

@@ -42,15 +42,15 @@ class RobotRound:
 
     robot: str
     round: int
-    turn: np.ndarray          # int64 [T], the turn of `obs`
-    obs: np.ndarray           # float32 [T, 14] (OBS_FIELDS)
-    action: np.ndarray        # float32 [T, 5]
-    next_obs: np.ndarray      # float32 [T, 14]
-    reward: np.ndarray        # float32 [T]
-    terminated: np.ndarray    # bool [T]
-    collision: np.ndarray     # bool [T]
-    disabled: np.ndarray      # bool [T]
-    post_round: np.ndarray    # bool [T]
+    turn: np.ndarray  # int64 [T], the turn of `obs`
+    obs: np.ndarray  # float32 [T, 14] (OBS_FIELDS)
+    action: np.ndarray  # float32 [T, 5]
+    next_obs: np.ndarray  # float32 [T, 14]
+    reward: np.ndarray  # float32 [T]
+    terminated: np.ndarray  # bool [T]
+    collision: np.ndarray  # bool [T]
+    disabled: np.ndarray  # bool [T]
+    post_round: np.ndarray  # bool [T]
 
     @property
     def num_rows(self) -> int:
@@ -59,8 +59,16 @@ class RobotRound:
 
 def robot_state(robot: dict) -> list[float]:
     """The 8 observation values of one robot in a turn message (headings in degrees)."""
-    return [robot["x"], robot["y"], math.degrees(robot["heading"]), math.degrees(robot["gun_heading"]),
-            math.degrees(robot["radar_heading"]), robot["velocity"], robot["gun_heat"], robot["energy"]]
+    return [
+        robot["x"],
+        robot["y"],
+        math.degrees(robot["heading"]),
+        math.degrees(robot["gun_heading"]),
+        math.degrees(robot["radar_heading"]),
+        robot["velocity"],
+        robot["gun_heat"],
+        robot["energy"],
+    ]
 
 
 def observations(memory: RadarMemory, before: dict | None, turn: dict) -> np.ndarray:
@@ -70,8 +78,15 @@ def observations(memory: RadarMemory, before: dict | None, turn: dict) -> np.nda
     return np.array([robot_state(robot) + memory.features(index, turn) for index, robot in enumerate(turn["robots"])])
 
 
-def step_rewards(energy: np.ndarray, next_energy: np.ndarray, alive: np.ndarray, next_alive: np.ndarray, robot: int,
-                 reward_scale: float = 100.0, win_reward: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def step_rewards(
+    energy: np.ndarray,
+    next_energy: np.ndarray,
+    alive: np.ndarray,
+    next_alive: np.ndarray,
+    robot: int,
+    reward_scale: float = 100.0,
+    win_reward: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robot `robot`'s rewards over N steps, and on which of them it dies and wins.
 
     Args:
@@ -135,14 +150,25 @@ def round_transitions(turns: list[dict], reward_scale: float = 100.0, win_reward
         gun = np.array([degrees_turned(b, a) for b, a in zip(before[:, 3], after[:, 3])])
         radar = np.array([degrees_turned(b, a) for b, a in zip(before[:, 4], after[:, 4])])
         action = np.stack([after[:, 5], body, gun - body, radar - gun, fired[rows + 1, robot]], axis=1)
-        reward, dies, _ = step_rewards(states[rows, :, 7], states[rows + 1, :, 7], alive[rows], alive[rows + 1], robot,
-                                       reward_scale, win_reward)
+        reward, dies, _ = step_rewards(
+            states[rows, :, 7], states[rows + 1, :, 7], alive[rows], alive[rows + 1], robot, reward_scale, win_reward
+        )
         others_alive_before = alive[rows][:, [other for other in range(len(names)) if other != robot]].any(axis=1)
         terminated = dies.copy()
         terminated[-1] = True
-        results.append(RobotRound(
-            robot=name, round=int(turns[0]["round"]), turn=np.array([turns[t]["turn"] for t in rows], np.int64),
-            obs=before.astype(np.float32), action=action.astype(np.float32), next_obs=after.astype(np.float32),
-            reward=reward.astype(np.float32), terminated=terminated, collision=collided[rows + 1, robot] | collided[
-                rows, robot], disabled=(before[:, 7] <= 0) | (after[:, 7] <= 0), post_round=~others_alive_before))
+        results.append(
+            RobotRound(
+                robot=name,
+                round=int(turns[0]["round"]),
+                turn=np.array([turns[t]["turn"] for t in rows], np.int64),
+                obs=before.astype(np.float32),
+                action=action.astype(np.float32),
+                next_obs=after.astype(np.float32),
+                reward=reward.astype(np.float32),
+                terminated=terminated,
+                collision=collided[rows + 1, robot] | collided[rows, robot],
+                disabled=(before[:, 7] <= 0) | (after[:, 7] <= 0),
+                post_round=~others_alive_before,
+            )
+        )
     return results

@@ -5,5 +5,13 @@ from harvest.rollout.replay.replay import Replay, ReplayStats, start_replay
 from harvest.rollout.replay.ring import ColumnRing
 from harvest.rollout.replay.shard import InsertAck, ReadResult, ReplayShard, ShardStats
 
-__all__ = ["ColumnRing", "InsertAck", "ReadResult", "Replay", "ReplayShard", "ReplayStats",
-           "ShardStats", "start_replay"]
+__all__ = [
+    "ColumnRing",
+    "InsertAck",
+    "ReadResult",
+    "Replay",
+    "ReplayShard",
+    "ReplayStats",
+    "ShardStats",
+    "start_replay",
+]

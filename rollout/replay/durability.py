@@ -47,8 +47,9 @@ class WriteAheadLog:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.arrow_schema, self.fsync = arrow_schema, fsync
-        self.generation = max((int(m.group(2)) for p in self.folder.iterdir() if (m := _NAME.match(p.name))),
-                              default=-1) + 1
+        self.generation = (
+            max((int(m.group(2)) for p in self.folder.iterdir() if (m := _NAME.match(p.name))), default=-1) + 1
+        )
         self._log = logger.bind(actor=f"WAL[{self.folder.name}]")
         self._open()
 

@@ -59,10 +59,12 @@ class _TokenCheck(flight.ServerMiddlewareFactory):
 
     def start_call(self, info: flight.CallInfo, headers: dict) -> None:
         sent = headers.get("authorization", [])
-        if not any(hmac.compare_digest(value.encode() if isinstance(value, str) else value, self._expected)
-                   for value in sent):
+        if not any(
+            hmac.compare_digest(value.encode() if isinstance(value, str) else value, self._expected) for value in sent
+        ):
             raise flight.FlightUnauthenticatedError(
-                "replay Flight server: missing or wrong token; send the header 'authorization: Bearer <token>'")
+                "replay Flight server: missing or wrong token; send the header 'authorization: Bearer <token>'"
+            )
         return None
 
 
@@ -87,8 +89,10 @@ class ReplayFlightServer(flight.FlightServerBase):
 
     def __init__(self, replay, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
         if not token and not is_loopback(host):
-            raise ValueError(f"replay Flight server: host {host!r} is reachable from other machines; "
-                             "set a token (replay.flight.token_env) or bind 127.0.0.1")
+            raise ValueError(
+                f"replay Flight server: host {host!r} is reachable from other machines; "
+                "set a token (replay.flight.token_env) or bind 127.0.0.1"
+            )
         super().__init__(f"grpc://{host}:{port}", middleware={"token": _TokenCheck(token)} if token else None)
         self.replay, self.host = replay, host
         self._schema = stream_arrow_schema(replay.schema)
@@ -104,13 +108,19 @@ class ReplayFlightServer(flight.FlightServerBase):
         # (pyarrow/_flight.pyx) sends whatever get_schema raises with its traceback, FlightError too.
         return flight.SchemaResult(self._schema)
 
-    def get_flight_info(self, context: flight.ServerCallContext,
-                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
         if descriptor.descriptor_type != flight.DescriptorType.PATH or descriptor.path != _DESCRIPTOR_PATH:
-            asked = f"path {[part.decode(errors='replace') for part in descriptor.path]}" \
-                if descriptor.descriptor_type == flight.DescriptorType.PATH else f"command {descriptor.command[:200]!r}"
-            raise _bad_request(f"no flight at {asked}; the one flight here is path ['replay'] "
-                               "(do_get takes a ticket with the stream's filters)")
+            asked = (
+                f"path {[part.decode(errors='replace') for part in descriptor.path]}"
+                if descriptor.descriptor_type == flight.DescriptorType.PATH
+                else f"command {descriptor.command[:200]!r}"
+            )
+            raise _bad_request(
+                f"no flight at {asked}; the one flight here is path ['replay'] "
+                "(do_get takes a ticket with the stream's filters)"
+            )
         endpoint = flight.FlightEndpoint(json.dumps(StreamSpec().to_json()).encode(), [self.location])
         return flight.FlightInfo(self._schema, descriptor, [endpoint], -1, -1)
 
@@ -132,8 +142,11 @@ class ReplayFlightServer(flight.FlightServerBase):
             for item in reader:
                 key = item.batch.columns.pop("key")
                 record = item.batch.to_arrow(schema).append_column(_KEY_FIELD, pa.array(key, pa.int64()))
-                metadata = {"cursor": item.cursor.to_json(), "skipped_rows": item.skipped_rows,
-                            "lag_rows": item.lag_rows}
+                metadata = {
+                    "cursor": item.cursor.to_json(),
+                    "skipped_rows": item.skipped_rows,
+                    "lag_rows": item.lag_rows,
+                }
                 yield record, json.dumps(metadata).encode()
         except StreamOverrun as err:
             raise flight.FlightServerError(_one_line(_OVERRUN_MARK + str(err))) from err
@@ -143,17 +156,28 @@ class ReplayFlightServer(flight.FlightServerBase):
             self._log.opt(exception=err).error("stream {!r} failed", reader.spec.name)
             raise flight.FlightInternalError(
                 f"replay Flight server: stream {reader.spec.name!r} failed ({type(err).__name__}); "
-                "the server's log has the details") from err
+                "the server's log has the details"
+            ) from err
 
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
         yield self.get_flight_info(context, flight.FlightDescriptor.for_path(*_DESCRIPTOR_PATH))
 
-    def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
-               reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter) -> None:
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
         raise self._read_only("do_put")
 
-    def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
-                    reader: flight.MetadataRecordBatchReader, writer: flight.MetadataRecordBatchWriter) -> None:
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
         raise self._read_only("do_exchange")
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> None:
@@ -164,8 +188,9 @@ class ReplayFlightServer(flight.FlightServerBase):
 
     @staticmethod
     def _read_only(call: str) -> flight.FlightServerError:
-        return _bad_request(f"{call} is not served; the replay is read-only here "
-                            "(do_get, get_flight_info, get_schema, list_flights)")
+        return _bad_request(
+            f"{call} is not served; the replay is read-only here (do_get, get_flight_info, get_schema, list_flights)"
+        )
 
 
 class FlightService:
@@ -181,8 +206,9 @@ class FlightService:
         self.server.shutdown()
 
 
-def start_flight_service(replay, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                         timeout_s: float = 60.0) -> tuple[ray.actor.ActorHandle, str]:
+def start_flight_service(
+    replay, host: str = "127.0.0.1", port: int = 0, token: str | None = None, timeout_s: float = 60.0
+) -> tuple[ray.actor.ActorHandle, str]:
     """Start the Flight server actor next to the replay; returns it and its location."""
     actor = ray.remote(FlightService).options(num_cpus=0).remote(replay, host, port, token)
     location = ray.get(actor.location.remote(), timeout=timeout_s)
@@ -211,17 +237,27 @@ class ReplayClient:
         self.location = location
         self._client = flight.FlightClient(location)
         self._options = flight.FlightCallOptions(
-            headers=[(b"authorization", f"Bearer {token}".encode())] if token else [])
+            headers=[(b"authorization", f"Bearer {token}".encode())] if token else []
+        )
 
     def schema(self) -> BatchSchema:
         """The replay's batch schema (the streamed rows also carry `key`)."""
         result = self._client.get_schema(flight.FlightDescriptor.for_path("replay"), self._options)
         return BatchSchema.from_arrow_schema(result.schema)
 
-    def stream(self, *, game_ids: Sequence[int] | None = None, player_ids: Sequence[int] | None = None,
-               collector_ids: Sequence[int] | None = None, batch_size: int = 1024, follow: bool = False,
-               start: Start | StreamCursor = "earliest", on_overrun: OnOverrun = "raise", poll_s: float = 0.25,
-               name: str = "flight-client") -> Iterator[StreamBatch]:
+    def stream(
+        self,
+        *,
+        game_ids: Sequence[int] | None = None,
+        player_ids: Sequence[int] | None = None,
+        collector_ids: Sequence[int] | None = None,
+        batch_size: int = 1024,
+        follow: bool = False,
+        start: Start | StreamCursor = "earliest",
+        on_overrun: OnOverrun = "raise",
+        poll_s: float = 0.25,
+        name: str = "flight-client",
+    ) -> Iterator[StreamBatch]:
         """The same stream as `stream_experiences` (see it for the arguments).
 
         Raises:
@@ -229,8 +265,15 @@ class ReplayClient:
             ValueError: the server refused the request (e.g. a filter on a column the rows lack).
             pyarrow.flight.FlightUnauthenticatedError: the server wants a (different) token.
         """
-        spec = StreamSpec(RowFilter.of(game_id=game_ids, player_id=player_ids, collector_id=collector_ids),
-                          batch_size, follow, start, on_overrun, poll_s, name)
+        spec = StreamSpec(
+            RowFilter.of(game_id=game_ids, player_id=player_ids, collector_id=collector_ids),
+            batch_size,
+            follow,
+            start,
+            on_overrun,
+            poll_s,
+            name,
+        )
         try:
             reader = self._client.do_get(flight.Ticket(json.dumps(spec.to_json()).encode()), self._options)
         except flight.FlightServerError as err:
@@ -244,8 +287,12 @@ class ReplayClient:
                 except flight.FlightServerError as err:
                     raise _client_error(err) from err
                 metadata = json.loads(chunk.app_metadata.to_pybytes())
-                yield StreamBatch(TransitionBatch.from_arrow(chunk.data), StreamCursor.from_json(metadata["cursor"]),
-                                  metadata["skipped_rows"], metadata["lag_rows"])
+                yield StreamBatch(
+                    TransitionBatch.from_arrow(chunk.data),
+                    StreamCursor.from_json(metadata["cursor"]),
+                    metadata["skipped_rows"],
+                    metadata["lag_rows"],
+                )
         finally:
             reader.cancel()
 

@@ -46,8 +46,10 @@ class SampleToInsertRatio(MinSize):
         if samples_per_insert <= 0:
             raise ValueError(f"replay.rate_limit.samples_per_insert={samples_per_insert}: expected > 0")
         if error_buffer < max(1.0, samples_per_insert):
-            raise ValueError(f"replay.rate_limit.error_buffer={error_buffer}: expected at least "
-                             f"max(1, samples_per_insert) = {max(1.0, samples_per_insert)}, or nothing could move")
+            raise ValueError(
+                f"replay.rate_limit.error_buffer={error_buffer}: expected at least "
+                f"max(1, samples_per_insert) = {max(1.0, samples_per_insert)}, or nothing could move"
+            )
         self.samples_per_insert, self.error_buffer = samples_per_insert, error_buffer
         offset = samples_per_insert * min_size
         self.min_diff, self.max_diff = offset - error_buffer, offset + error_buffer
@@ -63,5 +65,7 @@ class SampleToInsertRatio(MinSize):
         return size >= self.min_size and self.diff - 1 >= self.min_diff
 
     def describe(self) -> str:
-        return (f"samples per insert {self.samples_per_insert:g} ± {self.error_buffer:g} (inserted {self.inserted}, "
-                f"sampled {self.sampled}, min size {self.min_size})")
+        return (
+            f"samples per insert {self.samples_per_insert:g} ± {self.error_buffer:g} (inserted {self.inserted}, "
+            f"sampled {self.sampled}, min size {self.min_size})"
+        )

@@ -72,8 +72,11 @@ class Replay:
             return [(0, batch)]
         offsets = batch.shard_offsets
         if offsets is not None and len(offsets) == self.num_shards + 1:
-            return [(shard_index, batch.take(slice(offsets[shard_index], offsets[shard_index + 1])))
-                    for shard_index in range(self.num_shards) if offsets[shard_index + 1] > offsets[shard_index]]
+            return [
+                (shard_index, batch.take(slice(offsets[shard_index], offsets[shard_index + 1])))
+                for shard_index in range(self.num_shards)
+                if offsets[shard_index + 1] > offsets[shard_index]
+            ]
         shard_ids = shard_of(batch["episode_id"], self.num_shards)
         routed = []
         for shard_index in range(self.num_shards):
@@ -82,13 +85,16 @@ class Replay:
                 routed.append((shard_index, batch.take(rows)))
         return routed
 
-    def insert_async(self, batch: TransitionBatch, source: str = "unknown",
-                     batch_id: int | None = None) -> list[ray.ObjectRef]:
+    def insert_async(
+        self, batch: TransitionBatch, source: str = "unknown", batch_id: int | None = None
+    ) -> list[ray.ObjectRef]:
         """Push `batch` to its shards; each returned ref resolves to an `InsertAck` once stored.
         `batch_id` (increasing per source) lets a shard recognise a push retried after a restart."""
         method = "insert_wait" if self.rate_limited else "insert"  # insert_wait waits for the limiter
-        return [getattr(self.shards[shard_index], method).remote(part, source, batch_id)
-                for shard_index, part in self.route(batch)]
+        return [
+            getattr(self.shards[shard_index], method).remote(part, source, batch_id)
+            for shard_index, part in self.route(batch)
+        ]
 
     def stats(self, timeout_s: float = 30.0) -> ReplayStats:
         """Blocks: statistics of every shard."""
@@ -117,8 +123,9 @@ class Replay:
             return None
         counts = rng.multinomial(num_rows, mass / mass.sum())
         method = "sample_wait" if self.rate_limited else "sample"
-        refs = {index: getattr(self.shards[index], method).remote(int(count))
-                for index, count in enumerate(counts) if count}
+        refs = {
+            index: getattr(self.shards[index], method).remote(int(count)) for index, count in enumerate(counts) if count
+        }
         parts = []
         for index, part in zip(refs, ray.get(list(refs.values()), timeout=timeout_s)):
             if part is not None:
@@ -137,8 +144,10 @@ class Replay:
         shard_ids = keys >> KEY_SHARD_SHIFT
         if shard_ids.size and (shard_ids.min() < 0 or shard_ids.max() >= self.num_shards):
             raise ValueError(f"update_priorities: keys name shards outside [0, {self.num_shards})")
-        refs = [self.shards[index].update_priorities.remote(keys[shard_ids == index], td_errors[shard_ids == index])
-                for index in np.unique(shard_ids)]
+        refs = [
+            self.shards[index].update_priorities.remote(keys[shard_ids == index], td_errors[shard_ids == index])
+            for index in np.unique(shard_ids)
+        ]
         results = ray.get(refs, timeout=timeout_s)
         return PriorityUpdate(sum(r.updated for r in results), sum(r.overwritten for r in results))
 
@@ -148,14 +157,19 @@ class Replay:
                 ray.kill(actor, no_restart=True)
 
 
-def start_replay(cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None = None,
-                 timeout_s: float = 60.0) -> Replay:
+def start_replay(
+    cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None = None, timeout_s: float = 60.0
+) -> Replay:
     """Start `cfg.num_shards` shard actors and wait until they are up."""
     shard_actor = ray.remote(ReplayShard)
     shards = []
     for shard_index in range(cfg.num_shards):
-        options = {"num_cpus": cfg.num_cpus, "max_restarts": cfg.max_restarts,
-                   "max_task_retries": -1 if cfg.max_restarts else 0, **cfg.placement.options()}
+        options = {
+            "num_cpus": cfg.num_cpus,
+            "max_restarts": cfg.max_restarts,
+            "max_task_retries": -1 if cfg.max_restarts else 0,
+            **cfg.placement.options(),
+        }
         if name_prefix:
             options["name"] = f"{name_prefix}-replay-shard-{shard_index}"
         shards.append(shard_actor.options(**options).remote(cfg, schema, shard_index, shard_index))
@@ -168,7 +182,9 @@ def start_replay(cfg: ReplayConfig, schema: BatchSchema, name_prefix: str | None
         token = os.environ.get(cfg.flight.token_env)
         if not token:
             replay.kill()
-            raise ValueError(f"replay.flight.token_env: the environment variable {cfg.flight.token_env} "
-                             "is not set (it holds the token Flight clients must send)")
+            raise ValueError(
+                f"replay.flight.token_env: the environment variable {cfg.flight.token_env} "
+                "is not set (it holds the token Flight clients must send)"
+            )
     actor, location = start_flight_service(replay, cfg.flight.host, cfg.flight.port, token, timeout_s)
     return dataclasses.replace(replay, flight=actor, flight_location=location)

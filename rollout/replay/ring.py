@@ -30,8 +30,15 @@ class PackedColumn:
     """One column whose rows are stored compressed (zstd or lz4 through `pyarrow.Codec`), one
     blob per ring slot, and decompressed when read."""
 
-    def __init__(self, name: str, dtype: np.dtype, shape: tuple[int, ...], capacity_rows: int, codec: str,
-                 level: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        capacity_rows: int,
+        codec: str,
+        level: int | None = None,
+    ) -> None:
         self.name, self.dtype, self.shape = name, np.dtype(dtype), tuple(shape)
         self.row_bytes = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
         self.codec = pa.Codec(codec, compression_level=level)
@@ -79,9 +86,15 @@ class ColumnRing:
         (0, 6)
     """
 
-    def __init__(self, schema: BatchSchema, capacity_rows: int, compression: Mapping[str, str] | None = None,
-                 compression_level: int | None = None, capacity_bytes: int | None = None,
-                 copy_threads: int = 1) -> None:
+    def __init__(
+        self,
+        schema: BatchSchema,
+        capacity_rows: int,
+        compression: Mapping[str, str] | None = None,
+        compression_level: int | None = None,
+        capacity_bytes: int | None = None,
+        copy_threads: int = 1,
+    ) -> None:
         if capacity_rows < 1:
             raise ValueError(f"capacity_rows={capacity_rows}: expected at least 1")
         compression = dict(compression or {})
@@ -91,11 +104,17 @@ class ColumnRing:
         self.schema = schema
         self.capacity_rows = capacity_rows
         self.copy_threads = copy_threads
-        self._columns = {name: np.empty((capacity_rows, *spec.shape), spec.dtype)
-                         for name, spec in schema.columns.items() if name not in compression}
-        self._packed = {name: PackedColumn(name, schema.columns[name].dtype, schema.columns[name].shape,
-                                           capacity_rows, codec, compression_level)
-                        for name, codec in compression.items()}
+        self._columns = {
+            name: np.empty((capacity_rows, *spec.shape), spec.dtype)
+            for name, spec in schema.columns.items()
+            if name not in compression
+        }
+        self._packed = {
+            name: PackedColumn(
+                name, schema.columns[name].dtype, schema.columns[name].shape, capacity_rows, codec, compression_level
+            )
+            for name, codec in compression.items()
+        }
         self._packed_budget = None
         if capacity_bytes is not None and self._packed:
             self._packed_budget = capacity_bytes - self.plain_bytes
@@ -120,10 +139,16 @@ class ColumnRing:
 
     def memory_by_column(self) -> dict[str, dict[str, int]]:
         """Per column: bytes held now, and the raw bytes of the rows stored."""
-        report = {name: {"bytes": column.nbytes, "raw_bytes": self.size * self.schema.columns[name].row_bytes}
-                  for name, column in self._columns.items()}
-        report.update({name: {"bytes": column.nbytes, "raw_bytes": self.size * column.row_bytes}
-                       for name, column in self._packed.items()})
+        report = {
+            name: {"bytes": column.nbytes, "raw_bytes": self.size * self.schema.columns[name].row_bytes}
+            for name, column in self._columns.items()
+        }
+        report.update(
+            {
+                name: {"bytes": column.nbytes, "raw_bytes": self.size * column.row_bytes}
+                for name, column in self._packed.items()
+            }
+        )
         return report
 
     def packed_bytes_needed(self, batch: TransitionBatch) -> tuple[dict[str, list[bytes]], int]:
@@ -138,8 +163,9 @@ class ColumnRing:
             return self.memory_bytes
         overwritten = max(0, self.size + num_rows - self.capacity_rows)
         slots = self.slots(self.oldest_seq, self.oldest_seq + min(overwritten, self.size))
-        freed = sum(int(column.sizes[slots].sum()) + PACKED_ROW_OVERHEAD_BYTES * slots.size
-                    for column in self._packed.values())
+        freed = sum(
+            int(column.sizes[slots].sum()) + PACKED_ROW_OVERHEAD_BYTES * slots.size for column in self._packed.values()
+        )
         projected = self.memory_bytes + packed_bytes - freed
         return projected if self._packed_budget is None else min(projected, self.plain_bytes + self._packed_budget)
 
@@ -157,9 +183,9 @@ class ColumnRing:
         head = min(stored, self.capacity_rows - start_slot)
         for name, column in self._columns.items():
             source = batch.columns[name]
-            self._copy(column[start_slot:start_slot + head], source[skip:skip + head])
+            self._copy(column[start_slot : start_slot + head], source[skip : skip + head])
             if head < stored:
-                self._copy(column[:stored - head], source[skip + head:])
+                self._copy(column[: stored - head], source[skip + head :])
         for name, column in self._packed.items():
             blobs = packed[name][skip:]
             column.store(start_slot, blobs[:head])
@@ -209,8 +235,10 @@ class ColumnRing:
     def slots(self, first_seq: int, stop_seq: int) -> np.ndarray:
         """Ring slots of the sequence numbers [first_seq, stop_seq), which must be stored."""
         if first_seq < self.oldest_seq or stop_seq > self.next_seq:
-            raise IndexError(f"rows [{first_seq}, {stop_seq}) are not all stored; "
-                             f"the ring holds [{self.oldest_seq}, {self.next_seq})")
+            raise IndexError(
+                f"rows [{first_seq}, {stop_seq}) are not all stored; "
+                f"the ring holds [{self.oldest_seq}, {self.next_seq})"
+            )
         return np.arange(first_seq, stop_seq) % self.capacity_rows
 
     def stored_slots(self) -> np.ndarray:
@@ -219,15 +247,18 @@ class ColumnRing:
     def gather(self, slots: np.ndarray, columns: list[str] | None = None) -> TransitionBatch:
         """A copy of the rows at `slots`."""
         names = columns if columns is not None else list(self.schema.columns)
-        return TransitionBatch({name: self._packed[name].take(slots) if name in self._packed
-                                else self._take(self._columns[name], slots) for name in names})
+        return TransitionBatch(
+            {
+                name: self._packed[name].take(slots) if name in self._packed else self._take(self._columns[name], slots)
+                for name in names
+            }
+        )
 
     def _take(self, column: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """`np.take(column, slots, axis=0)`, split over `copy_threads` threads when large."""
         out = np.empty((len(slots), *column.shape[1:]), column.dtype)
         # mode="clip" (the slots are valid): with the default "raise", numpy buffers `out` and copies twice.
-        self._split(len(slots), out.nbytes,
-                    lambda a, b: np.take(column, slots[a:b], axis=0, out=out[a:b], mode="clip"))
+        self._split(len(slots), out.nbytes, lambda a, b: np.take(column, slots[a:b], axis=0, out=out[a:b], mode="clip"))
         return out
 
     def read(self, first_seq: int, max_rows: int) -> TransitionBatch:

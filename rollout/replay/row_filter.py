@@ -39,8 +39,10 @@ class RowFilter:
                 raise ValueError(f"{context}: cannot filter on {name!r}; expected one of {list(FILTERABLE_COLUMNS)}")
             spec = schema.columns.get(name)
             if spec is None:
-                raise ValueError(f"{context}: the replay's rows have no {name!r} column to filter on "
-                                 f"(it comes from multi-agent envs such as generals); columns: {list(schema.columns)}")
+                raise ValueError(
+                    f"{context}: the replay's rows have no {name!r} column to filter on "
+                    f"(it comes from multi-agent envs such as generals); columns: {list(schema.columns)}"
+                )
             if spec.shape != () or not np.issubdtype(spec.dtype, np.integer):
                 raise ValueError(f"{context}: column {name!r} is {spec.describe()}, expected a scalar integer")
 

@@ -48,8 +48,9 @@ class Uniform:
     def mass(self, oldest_seq: int, next_seq: int) -> float:
         return float(next_seq - oldest_seq)
 
-    def select(self, num_rows: int, rng: np.random.Generator, oldest_seq: int,
-               next_seq: int) -> tuple[np.ndarray, np.ndarray]:
+    def select(
+        self, num_rows: int, rng: np.random.Generator, oldest_seq: int, next_seq: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`num_rows` slots of stored rows (sequence numbers [oldest_seq, next_seq)) and their probabilities."""
         size = next_seq - oldest_seq
         slots = (oldest_seq + rng.integers(0, size, size=num_rows)) % self.capacity
@@ -76,7 +77,7 @@ class Prioritized(Uniform):
         self.max_priority = 1.0
 
     def inserted(self, slots: np.ndarray) -> None:
-        self.tree.update(slots, self.max_priority ** self.alpha)
+        self.tree.update(slots, self.max_priority**self.alpha)
 
     def evicted(self, slots: np.ndarray) -> None:
         self.tree.update(slots, 0.0)
@@ -88,8 +89,9 @@ class Prioritized(Uniform):
     def mass(self, oldest_seq: int, next_seq: int) -> float:
         return self.tree.total
 
-    def select(self, num_rows: int, rng: np.random.Generator, oldest_seq: int,
-               next_seq: int) -> tuple[np.ndarray, np.ndarray]:
+    def select(
+        self, num_rows: int, rng: np.random.Generator, oldest_seq: int, next_seq: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         total = self.tree.total
         targets = (np.arange(num_rows) + rng.random(num_rows)) * (total / num_rows)
         slots = self.tree.find(targets)
@@ -99,7 +101,7 @@ class Prioritized(Uniform):
         priorities = np.abs(np.asarray(td_errors, np.float64)) + self.eps
         if not np.isfinite(priorities).all():
             raise ValueError("update_priorities: TD errors must be finite")
-        self.tree.update(slots, priorities ** self.alpha)
+        self.tree.update(slots, priorities**self.alpha)
         self.max_priority = max(self.max_priority, float(priorities.max(initial=0.0)))
 
 
@@ -128,8 +130,9 @@ class Queue(Uniform):
         slots = np.arange(oldest_seq, next_seq) % self.capacity
         return float(slots.size - self.taken[slots].sum())
 
-    def select(self, num_rows: int, rng: np.random.Generator, oldest_seq: int,
-               next_seq: int) -> tuple[np.ndarray, np.ndarray]:
+    def select(
+        self, num_rows: int, rng: np.random.Generator, oldest_seq: int, next_seq: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         seqs = np.arange(oldest_seq, next_seq)
         if self.newest_first:
             seqs = seqs[::-1]

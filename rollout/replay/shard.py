@@ -111,18 +111,27 @@ class ReplayShard:
         self.schema = schema
         self.shard_index = shard_index
         capacity_rows = self._capacity_rows(cfg, schema)
-        self._ring = ColumnRing(schema, capacity_rows, cfg.compression, cfg.compression_level, cfg.capacity_bytes,
-                                copy_threads=max(1, int(cfg.num_cpus)))
+        self._ring = ColumnRing(
+            schema,
+            capacity_rows,
+            cfg.compression,
+            cfg.compression_level,
+            cfg.capacity_bytes,
+            copy_threads=max(1, int(cfg.num_cpus)),
+        )
         self._selector = make_selector(cfg.sampler, capacity_rows, cfg.priority_alpha, cfg.priority_eps)
         if cfg.memory_limit_bytes is not None and self.memory_bytes > cfg.memory_limit_bytes:
             raise ReplayMemoryError(
                 f"ReplayShard[{shard_index}]: {capacity_rows:,} rows of {schema.row_bytes:,} bytes take "
                 f"{self.memory_bytes:,} bytes with the sampler's state, more than replay.memory_limit_bytes="
                 f"{cfg.memory_limit_bytes:,}; lower replay.capacity_rows, set replay.capacity_bytes, or compress "
-                "large columns (replay.compression)")
-        self._limiter = (SampleToInsertRatio(cfg.rate_limit.samples_per_insert, cfg.min_size_to_sample,
-                                             cfg.rate_limit.error_buffer)
-                         if cfg.rate_limit is not None else MinSize(cfg.min_size_to_sample))
+                "large columns (replay.compression)"
+            )
+        self._limiter = (
+            SampleToInsertRatio(cfg.rate_limit.samples_per_insert, cfg.min_size_to_sample, cfg.rate_limit.error_buffer)
+            if cfg.rate_limit is not None
+            else MinSize(cfg.min_size_to_sample)
+        )
         self._changed: asyncio.Condition | None = None  # made in the actor's event loop on first use
         self._rng = np.random.default_rng(seed)
         self._inserted_batches = 0
@@ -148,14 +157,18 @@ class ReplayShard:
         if not cfg.compression:
             rows = min(cfg.capacity_rows, cfg.capacity_bytes // schema.row_bytes)
             if rows < 1:
-                raise ValueError(f"ReplayShard[{self.shard_index}]: replay.capacity_bytes={cfg.capacity_bytes:,} "
-                                 f"holds no row of {schema.row_bytes:,} bytes")
+                raise ValueError(
+                    f"ReplayShard[{self.shard_index}]: replay.capacity_bytes={cfg.capacity_bytes:,} "
+                    f"holds no row of {schema.row_bytes:,} bytes"
+                )
             return rows
         if cfg.capacity_rows * plain_row_bytes >= cfg.capacity_bytes:
-            raise ValueError(f"ReplayShard[{self.shard_index}]: the uncompressed columns of replay.capacity_rows="
-                             f"{cfg.capacity_rows:,} rows take {cfg.capacity_rows * plain_row_bytes:,} bytes, leaving "
-                             f"nothing of replay.capacity_bytes={cfg.capacity_bytes:,} for the compressed ones; "
-                             "lower capacity_rows or raise capacity_bytes")
+            raise ValueError(
+                f"ReplayShard[{self.shard_index}]: the uncompressed columns of replay.capacity_rows="
+                f"{cfg.capacity_rows:,} rows take {cfg.capacity_rows * plain_row_bytes:,} bytes, leaving "
+                f"nothing of replay.capacity_bytes={cfg.capacity_bytes:,} for the compressed ones; "
+                "lower capacity_rows or raise capacity_bytes"
+            )
         return cfg.capacity_rows
 
     @property
@@ -170,14 +183,24 @@ class ReplayShard:
         columns = ring.memory_by_column()
         rows_bytes = sum(column["bytes"] for column in columns.values())
         raw = sum(column["raw_bytes"] for column in columns.values())
-        return {"shard": self.shard_index, "bytes": self.memory_bytes, "rows_bytes": rows_bytes,
-                "sampler_bytes": self._selector.nbytes, "raw_bytes_stored": raw, "rows": ring.size,
-                "capacity_rows": ring.capacity_rows, "bytes_per_row": rows_bytes / ring.size if ring.size else None,
-                "raw_bytes_per_row": self.schema.row_bytes, "capacity_bytes": self.cfg.capacity_bytes,
-                "memory_limit_bytes": self.cfg.memory_limit_bytes, "columns": columns}
+        return {
+            "shard": self.shard_index,
+            "bytes": self.memory_bytes,
+            "rows_bytes": rows_bytes,
+            "sampler_bytes": self._selector.nbytes,
+            "raw_bytes_stored": raw,
+            "rows": ring.size,
+            "capacity_rows": ring.capacity_rows,
+            "bytes_per_row": rows_bytes / ring.size if ring.size else None,
+            "raw_bytes_per_row": self.schema.row_bytes,
+            "capacity_bytes": self.cfg.capacity_bytes,
+            "memory_limit_bytes": self.cfg.memory_limit_bytes,
+            "columns": columns,
+        }
 
-    def insert(self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown",
-               batch_id: int | None = None) -> InsertAck:
+    def insert(
+        self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown", batch_id: int | None = None
+    ) -> InsertAck:
         """Validate and store `batch`; the returned ack means the rows are stored (and, on a
         durable shard, in its write-ahead log).
 
@@ -192,8 +215,10 @@ class ReplayShard:
         if batch_id is not None and batch_id in self._acks.get(source, {}):
             return self._acks[source][batch_id]
         if not self._limiter.can_insert():
-            raise RateLimited(f"ReplayShard[{self.shard_index}]: inserts are held back by the rate limiter "
-                              f"({self._limiter.describe()})")
+            raise RateLimited(
+                f"ReplayShard[{self.shard_index}]: inserts are held back by the rate limiter "
+                f"({self._limiter.describe()})"
+            )
         started = time.perf_counter()
         if isinstance(batch, pa.RecordBatch):
             batch = TransitionBatch.from_arrow(batch)
@@ -213,8 +238,11 @@ class ReplayShard:
         metrics.replay_inserted_rows().inc(ack.num_rows, tags={**self._tags, "source": source})
         self._gauges()
         self._notify()
-        if (self.cfg.checkpoint_every_rows and self._wal is not None
-                and self._ring.next_seq - self._checkpointed_seq >= self.cfg.checkpoint_every_rows):
+        if (
+            self.cfg.checkpoint_every_rows
+            and self._wal is not None
+            and self._ring.next_seq - self._checkpointed_seq >= self.cfg.checkpoint_every_rows
+        ):
             self.checkpoint()
         return ack
 
@@ -233,14 +261,16 @@ class ReplayShard:
             if projected > limit:
                 self._rejected_batches += 1
                 raise ReplayMemoryError(
-                    f"ReplayShard[{self.shard_index}]: storing {batch.num_rows} rows from {source} would take the shard "
-                    f"to {projected:,} bytes, past replay.memory_limit_bytes={limit:,} (it holds {self._ring.size:,} "
-                    f"rows in {self.memory_bytes:,} bytes); set replay.capacity_bytes so old rows are evicted, or "
-                    "raise the limit. Nothing of this batch was stored")
+                    f"ReplayShard[{self.shard_index}]: storing {batch.num_rows} rows from {source} would take the "
+                    f"shard to {projected:,} bytes, past replay.memory_limit_bytes={limit:,} (it holds "
+                    f"{self._ring.size:,} rows in {self.memory_bytes:,} bytes); set replay.capacity_bytes so old "
+                    "rows are evicted, or raise the limit. Nothing of this batch was stored"
+                )
         return packed
 
-    def _store(self, batch: TransitionBatch, source: str, batch_id: int | None,
-               packed: dict[str, list[bytes]] | None = None) -> InsertAck:
+    def _store(
+        self, batch: TransitionBatch, source: str, batch_id: int | None, packed: dict[str, list[bytes]] | None = None
+    ) -> InsertAck:
         oldest_before = self._ring.oldest_seq
         first_seq, num_rows = self._ring.append(batch, packed)
         ring = self._ring
@@ -277,12 +307,20 @@ class ReplayShard:
         row_state, selector_state = self.sampler_state()
         for name, values in row_state.items():
             table = table.append_column(f"__{name}", pa.array(values))
-        state = {"oldest_seq": ring.oldest_seq, "next_seq": ring.next_seq, "inserted_batches": self._inserted_batches,
-                 "rejected_batches": self._rejected_batches, "episodes_completed": self._episodes_completed,
-                 "limiter": [self._limiter.inserted, self._limiter.sampled], "selector": selector_state,
-                 "acks": {source: [[batch_id, ack.first_seq, ack.num_rows] for batch_id, ack in acks.items()]
-                          for source, acks in self._acks.items()},
-                 "rows_by_source": self._rows_by_source}
+        state = {
+            "oldest_seq": ring.oldest_seq,
+            "next_seq": ring.next_seq,
+            "inserted_batches": self._inserted_batches,
+            "rejected_batches": self._rejected_batches,
+            "episodes_completed": self._episodes_completed,
+            "limiter": [self._limiter.inserted, self._limiter.sampled],
+            "selector": selector_state,
+            "acks": {
+                source: [[batch_id, ack.first_seq, ack.num_rows] for batch_id, ack in acks.items()]
+                for source, acks in self._acks.items()
+            },
+            "rows_by_source": self._rows_by_source,
+        }
         path = self._wal.checkpoint(table, state)
         self._checkpointed_seq = ring.next_seq
         self._log.info("checkpoint {}: {} rows", path.name, ring.size)
@@ -299,15 +337,19 @@ class ReplayShard:
         """Put back what `sampler_state` returned, into a shard holding the same rows."""
         ring = self._ring
         if any(len(values) != ring.size for values in rows.values()):
-            raise ValueError(f"ReplayShard[{self.shard_index}].restore_sampler_state: state for "
-                             f"{[len(v) for v in rows.values()]} rows, the shard holds {ring.size}")
+            raise ValueError(
+                f"ReplayShard[{self.shard_index}].restore_sampler_state: state for "
+                f"{[len(v) for v in rows.values()]} rows, the shard holds {ring.size}"
+            )
         self._selector.restore(np.arange(ring.oldest_seq, ring.next_seq) % ring.capacity_rows, rows, scalars)
 
     def _restore(self, restored: Restored) -> None:
         state = restored.checkpoint_state
         if restored.checkpoint_rows is not None:
             table = restored.checkpoint_rows
-            row_state = {name[2:]: table.column(name).to_numpy() for name in table.column_names if name.startswith("__")}
+            row_state = {
+                name[2:]: table.column(name).to_numpy() for name in table.column_names if name.startswith("__")
+            }
             table = table.select([name for name in table.column_names if not name.startswith("__")])
             self._ring.next_seq = self._ring.oldest_seq = state["oldest_seq"]
             if table.num_rows:
@@ -319,19 +361,27 @@ class ReplayShard:
             self._inserted_batches, self._rejected_batches = state["inserted_batches"], state["rejected_batches"]
             self._episodes_completed = state["episodes_completed"]
             self._limiter.inserted, self._limiter.sampled = state["limiter"]
-            self._acks = {source: {batch_id: InsertAck(self.shard_index, first_seq, num_rows)
-                                   for batch_id, first_seq, num_rows in acks}
-                          for source, acks in state["acks"].items()}
+            self._acks = {
+                source: {
+                    batch_id: InsertAck(self.shard_index, first_seq, num_rows) for batch_id, first_seq, num_rows in acks
+                }
+                for source, acks in state["acks"].items()
+            }
             self._rows_by_source = dict(state.get("rows_by_source", {}))
             self._checkpointed_seq = state["next_seq"]
         for record_batch, source, batch_id in restored.logged:
             self._store(TransitionBatch.from_arrow(record_batch), source, batch_id if batch_id >= 0 else None)
         if restored.checkpoint_rows is not None or restored.logged:
-            self._log.warning("restored {} rows (sequence {} to {}) from {}: a checkpoint{} and {} logged batches{}",
-                              self._ring.size, self._ring.oldest_seq, self._ring.next_seq, self.cfg.wal_dir,
-                              "" if restored.checkpoint_rows is not None else " (none)", len(restored.logged),
-                              f"; dropped {restored.torn_batches} torn, unacknowledged one(s)"
-                              if restored.torn_batches else "")
+            self._log.warning(
+                "restored {} rows (sequence {} to {}) from {}: a checkpoint{} and {} logged batches{}",
+                self._ring.size,
+                self._ring.oldest_seq,
+                self._ring.next_seq,
+                self.cfg.wal_dir,
+                "" if restored.checkpoint_rows is not None else " (none)",
+                len(restored.logged),
+                f"; dropped {restored.torn_batches} torn, unacknowledged one(s)" if restored.torn_batches else "",
+            )
 
     def pid(self) -> int:
         """This shard's process id (for supervision and tests)."""
@@ -354,13 +404,19 @@ class ReplayShard:
         seqs = ring.oldest_seq + (slots - ring.oldest_seq) % ring.capacity_rows
         batch.columns["key"] = (np.int64(self.shard_index) << KEY_SHARD_SHIFT) | seqs
         batch.columns["probability"] = probability.astype(np.float64)
-        batch.columns["weight"] = importance_weights(probability, ring.size, self.cfg.priority_beta
-                                                     if self.cfg.sampler == "prioritized" else 0.0)
+        batch.columns["weight"] = importance_weights(
+            probability, ring.size, self.cfg.priority_beta if self.cfg.sampler == "prioritized" else 0.0
+        )
         self._notify()
         return batch
 
-    async def insert_wait(self, batch: TransitionBatch | pa.RecordBatch, source: str = "unknown",
-                          batch_id: int | None = None, timeout_s: float | None = None) -> InsertAck:
+    async def insert_wait(
+        self,
+        batch: TransitionBatch | pa.RecordBatch,
+        source: str = "unknown",
+        batch_id: int | None = None,
+        timeout_s: float | None = None,
+    ) -> InsertAck:
         """`insert`, waiting (up to `timeout_s`, default `replay.rate_limit.timeout_s`) while the
         rate limiter holds inserts back. Only in the actor: other calls go on while it waits.
 
@@ -377,11 +433,16 @@ class ReplayShard:
         return self.sample(num_rows)
 
     async def _wait_for(self, ready, what: str, timeout_s: float | None) -> None:
-        timeout_s = timeout_s if timeout_s is not None else (
-            self.cfg.rate_limit.timeout_s if self.cfg.rate_limit is not None else 60.0)
+        timeout_s = (
+            timeout_s
+            if timeout_s is not None
+            else (self.cfg.rate_limit.timeout_s if self.cfg.rate_limit is not None else 60.0)
+        )
         if not await self._wait_until(ready, timeout_s):
-            raise RateLimited(f"ReplayShard[{self.shard_index}]: {what} waited {timeout_s:g}s for the rate "
-                              f"limiter ({self._limiter.describe()}); is the other side running?")
+            raise RateLimited(
+                f"ReplayShard[{self.shard_index}]: {what} waited {timeout_s:g}s for the rate "
+                f"limiter ({self._limiter.describe()}); is the other side running?"
+            )
 
     async def _wait_until(self, ready, timeout_s: float) -> bool:
         """Wait (in the actor's event loop) until `ready()`; False after `timeout_s`."""
@@ -425,23 +486,29 @@ class ReplayShard:
                 or shapes that do not match.
         """
         if self.cfg.sampler != "prioritized":
-            raise ValueError(f"ReplayShard[{self.shard_index}].update_priorities: replay.sampler is "
-                             f"{self.cfg.sampler!r}, not 'prioritized'")
+            raise ValueError(
+                f"ReplayShard[{self.shard_index}].update_priorities: replay.sampler is "
+                f"{self.cfg.sampler!r}, not 'prioritized'"
+            )
         keys, td_errors = np.asarray(keys, np.int64).reshape(-1), np.asarray(td_errors, np.float64).reshape(-1)
         if keys.shape != td_errors.shape:
-            raise ValueError(f"ReplayShard[{self.shard_index}].update_priorities: {keys.size} keys but "
-                             f"{td_errors.size} TD errors")
+            raise ValueError(
+                f"ReplayShard[{self.shard_index}].update_priorities: {keys.size} keys but {td_errors.size} TD errors"
+            )
         shards = keys >> KEY_SHARD_SHIFT
         seqs = keys & ((1 << KEY_SHARD_SHIFT) - 1)
         if (shards != self.shard_index).any() or (seqs >= self._ring.next_seq).any():
-            raise ValueError(f"ReplayShard[{self.shard_index}].update_priorities: keys of another shard or of rows "
-                             "never stored; pass back the `key` column that sample returned")
+            raise ValueError(
+                f"ReplayShard[{self.shard_index}].update_priorities: keys of another shard or of rows "
+                "never stored; pass back the `key` column that sample returned"
+            )
         live = seqs >= self._ring.oldest_seq
         self._selector.update(seqs[live] % self._ring.capacity_rows, td_errors[live])
         return PriorityUpdate(int(live.sum()), int((~live).sum()))
 
-    def read(self, cursor: int, max_rows: int, where: RowFilter | None = None,
-             stop_seq: int | None = None) -> ReadResult:
+    def read(
+        self, cursor: int, max_rows: int, where: RowFilter | None = None, stop_seq: int | None = None
+    ) -> ReadResult:
         """Rows in insertion order from sequence number `cursor` on: up to `max_rows` rows are
         scanned (never past `stop_seq`), and those `where` keeps are returned.
 
@@ -450,8 +517,7 @@ class ReplayShard:
         """
         ring = self._ring
         if cursor < 0 or cursor > ring.next_seq:
-            raise ValueError(f"ReplayShard[{self.shard_index}].read: cursor={cursor} is outside "
-                             f"[0, {ring.next_seq}]")
+            raise ValueError(f"ReplayShard[{self.shard_index}].read: cursor={cursor} is outside [0, {ring.next_seq}]")
         skipped_rows = max(0, ring.oldest_seq - cursor)
         if skipped_rows:
             self._log.warning("reader at cursor {} lost {} rows overwritten by the ring", cursor, skipped_rows)
@@ -466,8 +532,9 @@ class ReplayShard:
             batch, seqs = ring.gather(slots[keep]), np.arange(start, stop, dtype=np.int64)[keep]
         return ReadResult(batch, stop, skipped_rows, seqs, ring.next_seq)
 
-    async def read_wait(self, cursor: int, max_rows: int, where: RowFilter | None = None,
-                        timeout_s: float = 1.0) -> ReadResult:
+    async def read_wait(
+        self, cursor: int, max_rows: int, where: RowFilter | None = None, timeout_s: float = 1.0
+    ) -> ReadResult:
         """`read`, first waiting up to `timeout_s` for rows past `cursor` if there are none yet
         (an empty result after the wait: nothing new arrived). For readers that follow the replay."""
         if cursor >= self._ring.next_seq:
@@ -482,11 +549,17 @@ class ReplayShard:
         ring = self._ring
         episodes_stored = int(np.unique(ring.column("episode_id")).size) if ring.size else 0
         stats = ShardStats(
-            shard_index=self.shard_index, size_rows=ring.size, capacity_rows=ring.capacity_rows,
-            inserted_rows=ring.next_seq, evicted_rows=ring.evicted_rows,
-            inserted_batches=self._inserted_batches, rejected_batches=self._rejected_batches,
-            episodes_completed=self._episodes_completed, episodes_stored=episodes_stored,
-            memory_bytes=self.memory_bytes)
+            shard_index=self.shard_index,
+            size_rows=ring.size,
+            capacity_rows=ring.capacity_rows,
+            inserted_rows=ring.next_seq,
+            evicted_rows=ring.evicted_rows,
+            inserted_batches=self._inserted_batches,
+            rejected_batches=self._rejected_batches,
+            episodes_completed=self._episodes_completed,
+            episodes_stored=episodes_stored,
+            memory_bytes=self.memory_bytes,
+        )
         self._gauges()
         return stats
 
@@ -498,8 +571,9 @@ class ReplayShard:
         """New samples-per-insert numbers (a live config edit); the counts so far carry over."""
         if (rate_limit is None) != (self.cfg.rate_limit is None):
             raise ValueError(f"ReplayShard[{self.shard_index}]: replay.rate_limit can be changed, not turned on or off")
-        limiter = SampleToInsertRatio(rate_limit.samples_per_insert, self.cfg.min_size_to_sample,
-                                      rate_limit.error_buffer)
+        limiter = SampleToInsertRatio(
+            rate_limit.samples_per_insert, self.cfg.min_size_to_sample, rate_limit.error_buffer
+        )
         limiter.inserted, limiter.sampled = self._limiter.inserted, self._limiter.sampled
         self._limiter, self.cfg = limiter, dataclasses.replace(self.cfg, rate_limit=rate_limit)
         self._notify()  # waiters look again under the new numbers

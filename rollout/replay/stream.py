@@ -95,9 +95,15 @@ class StreamSpec:
 
     def to_json(self) -> dict:
         start = self.start.to_json() if isinstance(self.start, StreamCursor) else self.start
-        return {"where": self.where.to_json() if self.where else None, "batch_size": self.batch_size,
-                "follow": self.follow, "start": start, "on_overrun": self.on_overrun, "poll_s": self.poll_s,
-                "name": self.name}
+        return {
+            "where": self.where.to_json() if self.where else None,
+            "batch_size": self.batch_size,
+            "follow": self.follow,
+            "start": start,
+            "on_overrun": self.on_overrun,
+            "poll_s": self.poll_s,
+            "name": self.name,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "StreamSpec":
@@ -106,11 +112,15 @@ class StreamSpec:
         if unknown:
             raise ValueError(f"stream request: unknown fields {sorted(unknown)}; expected {sorted(known)}")
         start = data.get("start", "earliest")
-        return cls(where=RowFilter.from_json(data.get("where")), batch_size=int(data.get("batch_size", 1024)),
-                   follow=bool(data.get("follow", False)),
-                   start=StreamCursor.from_json(start) if isinstance(start, list) else start,
-                   on_overrun=data.get("on_overrun", "raise"), poll_s=float(data.get("poll_s", 0.25)),
-                   name=str(data.get("name", "consumer")))
+        return cls(
+            where=RowFilter.from_json(data.get("where")),
+            batch_size=int(data.get("batch_size", 1024)),
+            follow=bool(data.get("follow", False)),
+            start=StreamCursor.from_json(start) if isinstance(start, list) else start,
+            on_overrun=data.get("on_overrun", "raise"),
+            poll_s=float(data.get("poll_s", 0.25)),
+            name=str(data.get("name", "consumer")),
+        )
 
 
 def stream_columns(schema: BatchSchema) -> list[str]:
@@ -125,8 +135,9 @@ class ReplayReader:
     has been quiet for `poll_s` so the last rows of a run are not held back.
     """
 
-    def __init__(self, shards: Sequence[ray.actor.ActorHandle], schema: BatchSchema, spec: StreamSpec,
-                 timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, shards: Sequence[ray.actor.ActorHandle], schema: BatchSchema, spec: StreamSpec, timeout_s: float = 60.0
+    ) -> None:
         if spec.where is not None:
             spec.where.check(schema, f"stream {spec.name!r}")
         self.shards, self.schema, self.spec, self.timeout_s = list(shards), schema, spec, timeout_s
@@ -138,8 +149,10 @@ class ReplayReader:
         bounds = ray.get([shard.bounds.remote() for shard in self.shards], timeout=self.timeout_s)
         if isinstance(spec.start, StreamCursor):
             if len(spec.start.seqs) != num_shards:
-                raise ValueError(f"stream {spec.name!r}: the cursor has {len(spec.start.seqs)} shard positions, "
-                                 f"the replay has {num_shards} shards")
+                raise ValueError(
+                    f"stream {spec.name!r}: the cursor has {len(spec.start.seqs)} shard positions, "
+                    f"the replay has {num_shards} shards"
+                )
             cursors = list(spec.start.seqs)
         else:
             cursors = [oldest if spec.start == "earliest" else end for oldest, end in bounds]
@@ -190,10 +203,12 @@ class ReplayReader:
                 index = in_flight.pop(ready[0])
                 result = ray.get(ready[0])
                 if result.skipped_rows:
-                    message = (f"stream {spec.name!r}: shard {index} overwrote {result.skipped_rows} rows (sequence "
-                               f"{cursors[index]} to {cursors[index] + result.skipped_rows - 1}) before this "
-                               "consumer read them; read faster, give the replay more capacity, or pass "
-                               "on_overrun='report' to go on and count them")
+                    message = (
+                        f"stream {spec.name!r}: shard {index} overwrote {result.skipped_rows} rows (sequence "
+                        f"{cursors[index]} to {cursors[index] + result.skipped_rows - 1}) before this "
+                        "consumer read them; read faster, give the replay more capacity, or pass "
+                        "on_overrun='report' to go on and count them"
+                    )
                     if spec.on_overrun == "raise":
                         raise StreamOverrun(message)
                     self._log.warning(message)
@@ -234,8 +249,9 @@ def take_rows(batches: Iterable[StreamBatch], num_rows: int) -> Iterator[StreamB
             return
 
 
-def _stream_task(shards: Sequence[ray.actor.ActorHandle], schema: BatchSchema,
-                 spec: StreamSpec) -> Iterator[StreamBatch]:
+def _stream_task(
+    shards: Sequence[ray.actor.ActorHandle], schema: BatchSchema, spec: StreamSpec
+) -> Iterator[StreamBatch]:
     yield from ReplayReader(shards, schema, spec)
 
 
@@ -270,11 +286,21 @@ class ExperienceStream:
         self.close()
 
 
-def stream_experiences(replay, *, game_ids: Sequence[int] | None = None, player_ids: Sequence[int] | None = None,
-                       collector_ids: Sequence[int] | None = None, batch_size: int = 1024, follow: bool = False,
-                       start: Start | StreamCursor = "earliest", on_overrun: OnOverrun = "raise",
-                       max_buffered: int = 4, poll_s: float = 0.25, name: str | None = None,
-                       timeout_s: float | None = 120.0) -> ExperienceStream:
+def stream_experiences(
+    replay,
+    *,
+    game_ids: Sequence[int] | None = None,
+    player_ids: Sequence[int] | None = None,
+    collector_ids: Sequence[int] | None = None,
+    batch_size: int = 1024,
+    follow: bool = False,
+    start: Start | StreamCursor = "earliest",
+    on_overrun: OnOverrun = "raise",
+    max_buffered: int = 4,
+    poll_s: float = 0.25,
+    name: str | None = None,
+    timeout_s: float | None = 120.0,
+) -> ExperienceStream:
     """Stream the replay's rows in insertion order as a Ray streaming generator.
 
     Args:
@@ -292,13 +318,21 @@ def stream_experiences(replay, *, game_ids: Sequence[int] | None = None, player_
         >>> for item in stream_experiences(replay, batch_size=256, follow=True).take(10_000):
         ...     learner.train_on(item.batch)
     """
-    spec = StreamSpec(RowFilter.of(game_id=game_ids, player_id=player_ids, collector_id=collector_ids),
-                      batch_size, follow, start, on_overrun, poll_s, name or f"stream-{time.monotonic_ns() % 10**6}")
+    spec = StreamSpec(
+        RowFilter.of(game_id=game_ids, player_id=player_ids, collector_id=collector_ids),
+        batch_size,
+        follow,
+        start,
+        on_overrun,
+        poll_s,
+        name or f"stream-{time.monotonic_ns() % 10**6}",
+    )
     if spec.where is not None:
         spec.where.check(replay.schema, f"stream_experiences({spec.name!r})")
     if start == "latest":  # the rows stored from this call on, not from whenever the task starts
         bounds = ray.get([shard.bounds.remote() for shard in replay.shards], timeout=timeout_s)
         spec = dataclasses.replace(spec, start=StreamCursor(tuple(end for _, end in bounds)))
-    task = ray.remote(_stream_task).options(num_returns="streaming", num_cpus=0, max_retries=0,
-                                            _generator_backpressure_num_objects=max_buffered)
+    task = ray.remote(_stream_task).options(
+        num_returns="streaming", num_cpus=0, max_retries=0, _generator_backpressure_num_objects=max_buffered
+    )
     return ExperienceStream(task.remote(replay.shards, replay.schema, spec), timeout_s)
