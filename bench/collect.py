@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harvest.cluster.local import start_local_ray, worker_runtime_env  # noqa: E402
 from harvest.envs.config import EnvConfig  # noqa: E402
+from harvest.rollout.allocator import keep_batch_buffers_on_heap  # noqa: E402
 from harvest.rollout.batch import BatchSchema  # noqa: E402
 from harvest.rollout.config import PolicyConfig, ReplayConfig, RolloutConfig  # noqa: E402
 from harvest.rollout.cutter import EpisodeIds, TransitionCutter  # noqa: E402
-from harvest.rollout.memory import keep_batch_buffers_on_heap  # noqa: E402
 from harvest.rollout.policies import CartPoleExpert, ConfiguredPolicyFactory  # noqa: E402
 from harvest.rollout.replay.replay import start_replay  # noqa: E402
 from harvest.rollout.worker import RolloutWorker, schema_for  # noqa: E402

@@ -41,9 +41,9 @@ from loguru import logger
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harvest.envs.spaces import ColumnSpec  # noqa: E402
+from harvest.rollout.allocator import keep_batch_buffers_on_heap  # noqa: E402
 from harvest.rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch  # noqa: E402
 from harvest.rollout.config import ReplayConfig  # noqa: E402
-from harvest.rollout.memory import keep_batch_buffers_on_heap  # noqa: E402
 from harvest.rollout.replay.shard import ReplayShard  # noqa: E402
 
 INSERT_ROWS = 1_000

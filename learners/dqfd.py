@@ -171,7 +171,7 @@ class DQfDLearner:
     def __init__(
         self, cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str, env_cfg: EnvConfig | None = None
     ) -> None:
-        self.cfg, self.d = cfg, cfg.dqfd
+        self.cfg, self.dqfd = cfg, cfg.dqfd
         self.dataset = Dataset.open(dataset_dir, verify=cfg.verify_dataset)
         self.out_dir = Path(out_dir)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -195,13 +195,13 @@ class DQfDLearner:
             )
         # the env it interacts in and is evaluated in: the run's (wrappers and all), or the dataset's by id
         self.env_cfg = dataclasses.replace(
-            env_cfg or EnvConfig(id=self.dataset.manifest.env_id), num_envs=1, kwargs=self.d.env_kwargs
+            env_cfg or EnvConfig(id=self.dataset.manifest.env_id), num_envs=1, kwargs=self.dqfd.env_kwargs
         )
         if self.action_set is not None:
             self.env_cfg = dataclasses.replace(self.env_cfg, action_set=self.action_set.tolist())
         self._image_name = image_column(schema.observation_space) if cfg.augment != AugmentConfig() else None
         self._log = logger.bind(actor="DQfDLearner")
-        total = self.d.pretrain_steps + self.d.online_env_steps * self.d.updates_per_env_step
+        total = self.dqfd.pretrain_steps + self.dqfd.online_env_steps * self.dqfd.updates_per_env_step
         self._progress = LearnerProgress(total)
 
     algorithm = "dqfd"
@@ -237,7 +237,7 @@ class DQfDLearner:
         return self._progress.snapshot()
 
     def train(self) -> TrainResult:
-        cfg, d, schema = self.cfg, self.d, self.dataset.schema
+        cfg, d, schema = self.cfg, self.dqfd, self.dataset.schema
         torch.manual_seed(cfg.seed)
         self._rng = np.random.default_rng(cfg.seed)
         action_space = self.action_space
@@ -377,9 +377,9 @@ class DQfDLearner:
         """One update; the target network copy, the history entry and progress on schedule."""
         self._window.append(self._update(model, target, optimizer, demo_only))
         self._updates += 1
-        if self._updates % self.d.target_update_every == 0:
+        if self._updates % self.dqfd.target_update_every == 0:
             target.load_state_dict(model.state_dict())
-        if self._updates % self.d.log_every == 0:
+        if self._updates % self.dqfd.log_every == 0:
             self._record(phase)
         self._progress.update(epoch=self._updates, samples=self._updates)
 
@@ -387,7 +387,7 @@ class DQfDLearner:
         """A history entry: the mean losses since the last one, and the greedy evaluation return
         (a new best is saved as best.safetensors)."""
         model, window = self._model, self._window
-        eval_return = self._evaluate(model) if self.d.eval_episodes else None
+        eval_return = self._evaluate(model) if self.dqfd.eval_episodes else None
         means = {key: float(np.mean([w[key] for w in window])) for key in window[0]} if window else {}
         entry = DQfDRecord(
             self._updates,
@@ -499,7 +499,7 @@ class DQfDLearner:
     def _sample(self, demo_only: bool) -> TransitionBatch:
         """A minibatch across the two shards, in proportion to their priority mass (or
         `demo_ratio`), with P(i) and importance weights over both."""
-        d, batch_size = self.d, self.cfg.batch_size
+        d, batch_size = self.dqfd, self.cfg.batch_size
         shards = (
             [self.demo_shard] if demo_only or self.agent_shard.bounds()[1] == 0 else [self.demo_shard, self.agent_shard]
         )
@@ -530,7 +530,7 @@ class DQfDLearner:
         }
 
     def _update(self, model, target, optimizer, demo_only: bool) -> dict[str, float]:
-        d = self.d
+        d = self.dqfd
         batch = self._sample(demo_only)
         device = self.device
         obs, next_obs, n_obs = (self._tensors(batch, p) for p in ("obs", "next_obs", NSTEP_OBS))
@@ -584,7 +584,7 @@ class DQfDLearner:
     def _interact(self, model, target, optimizer) -> None:
         """ε-greedy play in the env; each finished episode goes to the agent shard with its
         n-step targets; `updates_per_env_step` updates per step."""
-        d = self.d
+        d = self.dqfd
         env = make_vector_env(self.env_cfg)
         restarts = len(self._resumed_after)  # a resumed learner plays new episodes, with ids of their own
         obs, _ = env.reset(seed=self.cfg.seed + 7919 * restarts)
@@ -622,7 +622,9 @@ class DQfDLearner:
     def _store_episode(self, episode: dict[str, list]) -> None:
         rows = {name: np.asarray(values, dtype=self.schema.columns[name].dtype) for name, values in episode.items()}
         rows.update(self._provenance(len(rows["reward"])))
-        self.agent_shard.insert(with_n_step(rows, self.schema, self.d.n_step, self.d.gamma, False), source="agent")
+        self.agent_shard.insert(
+            with_n_step(rows, self.schema, self.dqfd.n_step, self.dqfd.gamma, False), source="agent"
+        )
 
     @torch.no_grad()
     def _act(self, model, obs, epsilon: float) -> np.ndarray:
@@ -642,7 +644,7 @@ class DQfDLearner:
 
     def _evaluate(self, model) -> float:
         return greedy_return(
-            model, self.env_cfg, self.d.eval_episodes, 10_000 + self.cfg.seed, self.d.eval_max_steps, self.device
+            model, self.env_cfg, self.dqfd.eval_episodes, 10_000 + self.cfg.seed, self.dqfd.eval_max_steps, self.device
         )
 
     def _save(self, model, name: str, update: int, entry: DQfDRecord) -> None:

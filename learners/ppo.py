@@ -154,7 +154,7 @@ class PPOLearner:
     `training_history.json` and `training_curve.png` in `out_dir`."""
 
     def __init__(self, cfg: LearnerConfig, env_cfg: EnvConfig, out_dir: str, run_id: str = "ppo") -> None:
-        self.cfg, self.p = cfg, cfg.ppo
+        self.cfg, self.ppo = cfg, cfg.ppo
         self.env_cfg = dataclasses.replace(env_cfg, kwargs={**env_cfg.kwargs, **cfg.ppo.env_kwargs})
         self.out_dir, self.run_id = Path(out_dir), run_id
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -162,7 +162,7 @@ class PPOLearner:
         if cfg.num_cpus >= 1:
             torch.set_num_threads(int(cfg.num_cpus))
         self._log = logger.bind(actor="PPOLearner")
-        self._progress = LearnerProgress(self.p.env_steps)
+        self._progress = LearnerProgress(self.ppo.env_steps)
 
     algorithm = "ppo"
 
@@ -195,8 +195,8 @@ class PPOLearner:
 
     def _initial_model(self) -> tuple[PolicyModel | ConvPolicyModel, ModelSpec]:
         """The checkpoint to fine-tune, or fresh weights for the env's spaces."""
-        if self.p.init_checkpoint:
-            loaded = load_checkpoint(self.p.init_checkpoint)
+        if self.ppo.init_checkpoint:
+            loaded = load_checkpoint(self.ppo.init_checkpoint)
             return loaded.model, loaded.spec
         env = make_vector_env(EnvConfig(id=self.env_cfg.id, num_envs=1, kwargs=self.env_cfg.kwargs))
         try:
@@ -212,7 +212,7 @@ class PPOLearner:
             env.close()
 
     def train(self) -> TrainResult:
-        cfg, p = self.cfg, self.p
+        cfg, p = self.cfg, self.ppo
         torch.manual_seed(cfg.seed)
         policy, self.model_spec = self._initial_model()
         if not isinstance(policy.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
@@ -441,7 +441,7 @@ class PPOLearner:
 
     def _evaluate(self, policy) -> float:
         """Evaluation return in the env (with `ppo.eval_env_kwargs` merged over the training kwargs)."""
-        p = self.p
+        p = self.ppo
         env_cfg = dataclasses.replace(self.env_cfg, kwargs={**self.env_cfg.kwargs, **p.eval_env_kwargs})
         return greedy_return(
             policy,
@@ -456,7 +456,7 @@ class PPOLearner:
     def _update(
         self, policy, value, initial, optimizer, batch: TransitionBatch, obs_names: list[str], value_only: bool
     ) -> dict[str, float]:
-        p, device = self.p, self.device
+        p, device = self.ppo, self.device
         obs = {name: torch.from_numpy(np.array(batch[name])).to(device) for name in obs_names}
         next_obs = {name: torch.from_numpy(np.array(batch["next_" + name])).to(device) for name in obs_names}
         action = torch.from_numpy(np.array(batch["action"])).to(device)
@@ -535,7 +535,7 @@ class PPOLearner:
                 "policy_version": version,
                 "env_steps": record.env_steps,
                 "eval_return": record.eval_return,
-                "init_checkpoint": self.p.init_checkpoint,
+                "init_checkpoint": self.ppo.init_checkpoint,
             },
         )
 

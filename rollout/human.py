@@ -39,7 +39,7 @@ from harvest.rollout.replay.replay import Replay
 from harvest.rollout.session_folder import SessionFolderWriter
 from harvest.rollout.session_quality import EpisodeTrace, check_episode, episode_report
 from harvest.rollout.shadow_beside import ShadowBeside
-from harvest.rollout.sources import shared_columns, with_filled
+from harvest.rollout.source_columns import shared_columns, with_filled
 from harvest.rollout.teleop import KeyboardRobot, TeleopError, TeleopWindow, open_display
 from harvest.rollout.worker import PushTimeoutError, collector_uid
 

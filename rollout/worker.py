@@ -16,14 +16,14 @@ from loguru import logger
 from harvest.cluster import metrics
 from harvest.envs.config import EnvConfig
 from harvest.envs.registry import make_vector_env, row_columns
+from harvest.rollout.allocator import keep_batch_buffers_on_heap
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import RolloutConfig
 from harvest.rollout.cutter import EpisodeIds, FinishedEpisode, TransitionCutter
-from harvest.rollout.memory import keep_batch_buffers_on_heap
-from harvest.rollout.modes import LocalBuffer, TrajectoryGate
 from harvest.rollout.policies import Policy, PolicyFactory, PolicyOutput, RandomPolicy
+from harvest.rollout.push_modes import LocalBuffer, TrajectoryGate
 from harvest.rollout.replay.replay import Replay
-from harvest.rollout.sources import SOURCE_BY_POLICY, shared_columns, with_filled
+from harvest.rollout.source_columns import SOURCE_BY_POLICY, shared_columns, with_filled
 
 INCARNATION_SHIFT = 24
 """A collector's episode counter starts at `incarnation << 24`: 16 M episodes per incarnation."""

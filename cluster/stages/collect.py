@@ -26,7 +26,7 @@ from harvest.rollout.fleet import Fleet, FleetResult
 from harvest.rollout.human import HumanCollector, HumanSessionResult, human_schema_for
 from harvest.rollout.policies import ConfiguredPolicyFactory
 from harvest.rollout.replay.replay import Replay, start_replay
-from harvest.rollout.sources import merged_schema
+from harvest.rollout.source_columns import merged_schema
 
 
 @dataclass

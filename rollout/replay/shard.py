@@ -14,9 +14,9 @@ import pyarrow as pa
 from loguru import logger
 
 from harvest.cluster import metrics
+from harvest.rollout.allocator import keep_batch_buffers_on_heap
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import RateLimitConfig, ReplayConfig
-from harvest.rollout.memory import keep_batch_buffers_on_heap
 from harvest.rollout.replay.durability import Restored, WriteAheadLog
 from harvest.rollout.replay.limiter import MinSize, RateLimited, SampleToInsertRatio
 from harvest.rollout.replay.ring import ColumnRing
