@@ -87,6 +87,11 @@ class EnvKind:
         """Rows the fleet hands one `collect` call (`rollout.chunk_rows` when set)."""
         return rollout.chunk_rows or max(rollout.batch_rows, rollout.steps // (8 * max(rollout.num_collectors, 1)))
 
+    def shares(self, rollout: RolloutConfig) -> list[int] | None:
+        """Rows each collector collects, fixed (None: the fleet shares them out as collectors
+        become free, so a slow or late collector holds nothing back)."""
+        return None
+
     def start_collector(self, setup: CollectorSetup, index: int) -> ray.actor.ActorHandle:
         """Collector `index`: an actor with `max_restarts` and `max_concurrency=2` (`activity`
         is answered while `collect` runs)."""

@@ -215,6 +215,7 @@ class Fleet:
     ) -> None:
         self._start_collector, self._kind = start_collector, kind
         self._total = self._chunk_rows = 0
+        self._shares: list[int] | None = None
         self._stopped = False
         self._collectors = [_Collector(index, start_collector(index)) for index in range(num_collectors)]
         self._dead_sources: set[str] = set()
@@ -269,6 +270,11 @@ class Fleet:
         running chunk (every push of it acknowledged) and stop."""
         if count < 1:
             raise ValueError(f"rollout.num_collectors={count}: a running collection needs at least 1")
+        if self._shares is not None:
+            raise ValueError(
+                "rollout.num_collectors: this collection gives each collector a fixed share of the "
+                "rows (so it repeats exactly); its count cannot change while it runs"
+            )
         with self._lock:
             self._wanted = count
 
@@ -448,12 +454,25 @@ class Fleet:
                 self._check_stalls([c for c in self._collectors if c.ref is not None])
         return [answers[index] for index in range(len(self._collectors))]
 
-    def fill(self, total: int, chunk_rows: int, timeout_s: float, interval_s: float = 0.5) -> FleetResult:
+    def fill(
+        self,
+        total: int,
+        chunk_rows: int,
+        timeout_s: float,
+        interval_s: float = 0.5,
+        shares: Sequence[int] | None = None,
+    ) -> FleetResult:
         """Blocks until the collectors have stored `total` rows (a resumed fleet's earlier rows
         included), handing out chunks of `chunk_rows` (smaller chunks let a scaled-up count share
-        the remaining work sooner); then stops them. Raises CollectorFailedError or
-        GetTimeoutError (naming what each collector was doing) when that cannot happen."""
+        the remaining work sooner); then stops them. With `shares`, collector i collects
+        `shares[i]` rows, whatever the others do (a run that repeats exactly: which collector
+        plays what does not depend on which starts first), and the count is fixed. Raises
+        CollectorFailedError or GetTimeoutError (naming what each collector was doing) when that
+        cannot happen."""
+        if shares is not None and (len(shares) != len(self._collectors) or sum(shares) != total):
+            raise ValueError(f"shares {list(shares)}: one per collector ({len(self._collectors)}), {total} in all")
         self._total, self._chunk_rows = total, chunk_rows
+        self._shares = list(shares) if shares is not None else None
         deadline, next_check = self._started + timeout_s, self._started + self._watchdog.check_every_s
         try:
             with progress_bar("rows") as progress:
@@ -528,6 +547,9 @@ class Fleet:
     def _hand_out(self, stored: int) -> None:
         """Give idle collectors chunks of the rows neither stored nor being collected; stop retiring idle ones."""
         outstanding = self._total - stored - sum(c.chunk for c in self._collectors if c.ref is not None)
+        own = None
+        if self._shares is not None:  # each collector its share, less what its incarnations stored
+            own = [share - rows for share, rows in zip(self._shares, self._stored_by_collector())]
         for collector in self._collectors:
             if collector.ref is not None or collector.retired:
                 continue
@@ -538,9 +560,10 @@ class Fleet:
                 self._cleared(collector)
                 self._log.info("{} stopped (scaled down); every push it made was acknowledged", collector.name)
                 continue
-            if outstanding <= 0 or not self._has_started(collector):
+            left = outstanding if own is None else own[collector.index]
+            if left <= 0 or not self._has_started(collector):
                 continue
-            collector.chunk = min(self._chunk_rows, outstanding)
+            collector.chunk = min(self._chunk_rows, left)
             collector.ref = collector.actor.collect.remote(collector.chunk)
             outstanding -= collector.chunk
 

@@ -66,6 +66,12 @@ class RobocodeKind(EnvKind):
         """One chunk per collector: a battle is pushed whole, so every chunk ends past its rows."""
         return rollout.chunk_rows or -(-rollout.steps // max(rollout.num_collectors, 1))
 
+    def shares(self, rollout: RolloutConfig) -> list[int]:
+        """Fixed: collector i plays the battles seeded from its own seed until its share is in,
+        so a run with the same config and seed repeats exactly."""
+        n = max(rollout.num_collectors, 1)
+        return [rollout.steps // n + (i < rollout.steps % n) for i in range(n)]
+
     def start_collector(self, setup: CollectorSetup, index: int) -> ray.actor.ActorHandle:
         rollout = setup.rollout
         actor = ray.remote(RobocodeCollector).options(

@@ -169,6 +169,11 @@ class CoinKind(EnvKind):
     def schema(self, env, policy) -> BatchSchema:
         return coin_schema()
 
+    def shares(self, rollout) -> list[int]:
+        """Each collector its equal share: the dataset does not depend on which starts first."""
+        n = rollout.num_collectors
+        return [rollout.steps // n + (i < rollout.steps % n) for i in range(n)]
+
     def start_collector(self, setup: CollectorSetup, index: int):
         actor = ray.remote(CoinCollector).options(
             num_cpus=setup.rollout.num_cpus, max_concurrency=2, max_restarts=setup.rollout.max_restarts

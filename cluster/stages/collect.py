@@ -21,7 +21,7 @@ from harvest.learners.policy import load_torch_policy
 from harvest.learners.shadow import ShadowLearner
 from harvest.rollout.batch import BatchSchema
 from harvest.rollout.config import PolicyConfig, RolloutConfig
-from harvest.rollout.env_kinds import CollectorSetup, env_kind
+from harvest.rollout.env_kinds import CollectorSetup, EnvKind, env_kind
 from harvest.rollout.fleet import Fleet, FleetResult
 from harvest.rollout.human import HumanCollector, HumanSessionResult, human_schema_for
 from harvest.rollout.policies import ConfiguredPolicyFactory
@@ -111,7 +111,7 @@ def collect(
             seconds, played, supervised = _fill_replay(
                 replay,
                 rollout,
-                kind.chunk_rows(rollout),
+                kind,
                 max(600.0, rollout.steps / kind.min_rows_per_s),
                 during,
                 session,
@@ -225,7 +225,7 @@ def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None,
 def _fill_replay(
     replay: Replay,
     rollout: RolloutConfig,
-    chunk_rows: int,
+    kind: EnvKind,
     timeout_s: float,
     during: Callable[[Replay], AbstractContextManager] | None,
     session: HumanSession | None,
@@ -240,7 +240,7 @@ def _fill_replay(
         session_ref = session.actor.run.remote() if session is not None else None
         with during(replay) if during is not None else nullcontext():
             if fleet is not None:
-                supervised = fleet.fill(rollout.steps, chunk_rows, timeout_s)
+                supervised = fleet.fill(rollout.steps, kind.chunk_rows(rollout), timeout_s, shares=kind.shares(rollout))
             if session_ref is not None:
                 logger.info(
                     "{}waiting for the teleoperation session to end (its end key, or a closed window)",
