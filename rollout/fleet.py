@@ -485,7 +485,7 @@ class Fleet:
                     self._hand_out(stored)
                     busy = [c for c in self._collectors if c.ref is not None]
                     progress.update(task, completed=min(stored, self._total))
-                    if not busy and stored >= self._total:
+                    if not busy and self._filled(stored):
                         break
                     if time.monotonic() > deadline:
                         raise ray.exceptions.GetTimeoutError(
@@ -543,6 +543,12 @@ class Fleet:
                 ", ".join(c.name for c in active[wanted:]),
             )
         metrics.collectors().set(wanted)
+
+    def _filled(self, stored: int) -> bool:
+        """The total is in; with fixed shares, every collector's share is."""
+        if self._shares is None:
+            return stored >= self._total
+        return all(rows >= share for rows, share in zip(self._stored_by_collector(), self._shares))
 
     def _hand_out(self, stored: int) -> None:
         """Give idle collectors chunks of the rows neither stored nor being collected; stop retiring idle ones."""
