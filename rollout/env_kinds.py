@@ -96,12 +96,7 @@ class EnvKind:
         """Collector `index`: an actor with `max_restarts` and `max_concurrency=2` (`activity`
         is answered while `collect` runs)."""
         rollout = setup.rollout
-        actor = ray.remote(RolloutWorker).options(
-            num_cpus=rollout.num_cpus,
-            max_restarts=rollout.max_restarts,
-            max_concurrency=2,
-            **rollout.placement.options(),
-        )
+        actor = collector_actor(RolloutWorker, rollout)
         policy = ConfiguredPolicyFactory(
             rollout.policy, setup.env.id, seed=setup.seed + index, load_torch=setup.load_torch
         )
@@ -127,7 +122,8 @@ class EnvKind:
     ) -> EvalResult:
         """The `expert` baseline's results in `scenario`, for a kind with `own_expert` (an expert
         that is not a Python policy); the others' scripted expert plays as a policy."""
-        raise NotImplementedError(f"env kind {self.name!r} has no expert of its own")
+        # Asked only of kinds with `own_expert` (the evaluate stage checks it first).
+        raise NotImplementedError(f"env kind {self.name!r} sets own_expert but not expert_baseline")
 
     def describe(self, env: EnvConfig, seed: int) -> str:
         """One sentence about the rows (a dataset's description)."""
@@ -137,6 +133,16 @@ class EnvKind:
 ENTRY_POINT_GROUP = "harvest.env_kinds"
 """Installed kinds: each entry point of this group is an `EnvKind` subclass (Robocode's is one)."""
 _KINDS: list[EnvKind] = []
+
+
+def collector_actor(cls: type, rollout: RolloutConfig) -> Any:
+    """`cls` as the fleet's collectors run: `rollout.num_cpus`, `rollout.max_restarts` (Ray
+    restarts it), `max_concurrency=2` (`activity` answered while `collect` runs), its placement."""
+    return ray.remote(cls).options(
+        num_cpus=rollout.num_cpus, max_restarts=rollout.max_restarts, max_concurrency=2, **rollout.placement.options()
+    )
+
+
 _loaded = False
 
 

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from harvest.envs.config import EnvConfig
 from harvest.rollout.batch import BatchSchema
 from harvest.rollout.config import RolloutConfig
-from harvest.rollout.env_kinds import CollectorSetup, EnvKind
+from harvest.rollout.env_kinds import CollectorSetup, EnvKind, collector_actor
 from harvest.rollout.evaluation import EvalResult
 from harvest.rollout.policies import PolicyFactory
 from harvest.rollout.robocode_collector import RobocodeBattles, RobocodeCollector, expert_episodes, robocode_schema
@@ -74,13 +74,7 @@ class RobocodeKind(EnvKind):
 
     def start_collector(self, setup: CollectorSetup, index: int) -> ray.actor.ActorHandle:
         rollout = setup.rollout
-        actor = ray.remote(RobocodeCollector).options(
-            num_cpus=rollout.num_cpus,
-            max_restarts=rollout.max_restarts,
-            max_concurrency=2,
-            **rollout.placement.options(),
-        )
-        return actor.remote(
+        return collector_actor(RobocodeCollector, rollout).remote(
             self.battles(setup.env, setup.seed, index),
             setup.replay,
             index,
