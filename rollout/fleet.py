@@ -325,13 +325,18 @@ class Fleet:
 
     @staticmethod
     def _call(method: str, args: tuple[Any, ...], actors: list) -> None:
-        """`method(*args)` on each actor; a ValueError of one is raised as a ValueError."""
-        try:
-            ray.get([getattr(actor, method).remote(*args) for actor in actors], timeout=_RESTART_TIMEOUT_S)
-        except ray.exceptions.RayTaskError as err:
-            if not isinstance(err.cause, ValueError):
-                raise
-            raise ValueError(str(err.cause)) from err
+        """`method(*args)` on each actor; a ValueError of one is raised as a ValueError. An actor
+        that is dead or restarting is passed over: the fleet sends it every setting again once
+        Ray has restarted it (`_send_settings`), and its running call's error restarts it."""
+        for ref in [getattr(actor, method).remote(*args) for actor in actors]:
+            try:
+                ray.get(ref, timeout=_RESTART_TIMEOUT_S)
+            except ray.exceptions.RayTaskError as err:
+                if not isinstance(err.cause, ValueError):
+                    raise
+                raise ValueError(str(err.cause)) from err
+            except ray.exceptions.RayActorError:  # dead or restarting (ActorUnavailableError is one)
+                continue
 
     def _first_to_start(self, method: str) -> Any:
         """None when a collector has started; else the first to start (waited for, from any thread).
