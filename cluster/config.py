@@ -28,7 +28,7 @@ from harvest.aggregation.config import AggregationConfig
 from harvest.envs.config import EnvConfig
 from harvest.learners.config import LearnerConfig
 from harvest.rollout.config import ReplayConfig, RolloutConfig, WatchdogConfig
-from harvest.rollout.human_config import HumanConfig
+from harvest.rollout.human.config import HumanConfig
 
 _STRICT = ConfigDict(extra="forbid")
 

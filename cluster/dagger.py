@@ -47,9 +47,9 @@ from harvest.learners.policy import load_torch_policy
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import PolicyConfig
 from harvest.rollout.evaluation import evaluate_policies
-from harvest.rollout.human_config import HumanConfig
+from harvest.rollout.human.config import HumanConfig
+from harvest.rollout.human.review import review_frames
 from harvest.rollout.policies import LABEL_COLUMN, ConfiguredPolicyFactory
-from harvest.rollout.review import review_frames
 
 
 @dataclass

@@ -32,7 +32,7 @@ from harvest.cluster.stages.compact import compact, finished_dataset
 from harvest.cluster.stages.evaluate import eval_summary, evaluate
 from harvest.cluster.stages.train import train, train_summary
 from harvest.rollout.config import EpisodeFilter
-from harvest.rollout.human_config import HumanConfig
+from harvest.rollout.human.config import HumanConfig
 from harvest.rollout.replay.replay import Replay
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from harvest.cluster.config import RunConfig
 from harvest.cluster.logging import console
 from harvest.learners.plots import plot_shadow_session
-from harvest.rollout.human import HumanSessionResult
+from harvest.rollout.human.collector import HumanSessionResult
 
 
 def review_sessions(cfg: RunConfig, sessions: list[dict[str, Any]]) -> list[int]:

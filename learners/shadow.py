@@ -29,7 +29,7 @@ from harvest.learners.config import LearnerConfig
 from harvest.learners.losses import bc_loss
 from harvest.learners.models import build_policy_model, image_column, resolve_model_spec
 from harvest.rollout.batch import BatchSchema
-from harvest.rollout.human_config import ShadowConfig
+from harvest.rollout.human.config import ShadowConfig
 from harvest.rollout.replay.replay import Replay
 from harvest.rollout.replay.row_filter import RowFilter
 

@@ -4,7 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from harvest.rollout.session_quality import EpisodeTrace, check_episode
+from harvest.rollout.human.quality import EpisodeTrace, check_episode
 
 DRIVING = gym.spaces.Box(np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32))
 FPS = 50

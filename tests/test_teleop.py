@@ -16,11 +16,11 @@ from harvest.envs.car_racing import CarRacingDriver
 from harvest.envs.config import EnvConfig
 from harvest.envs.registry import make_env
 from harvest.rollout.config import ReplayConfig
-from harvest.rollout.human import HumanCollector, human_schema
-from harvest.rollout.human_config import AxisConfig, ControlConfig, GamepadConfig, HumanConfig
-from harvest.rollout.keymap import KeyMap, KeyMapError
+from harvest.rollout.human.collector import HumanCollector, human_schema
+from harvest.rollout.human.config import AxisConfig, ControlConfig, GamepadConfig, HumanConfig
+from harvest.rollout.human.keymap import KeyMap, KeyMapError
+from harvest.rollout.human.window import KeyboardRobot, x_keysym
 from harvest.rollout.replay.replay import start_replay
-from harvest.rollout.teleop import KeyboardRobot, x_keysym
 from tests.waiting import wait_for
 
 needs_x = pytest.mark.skipif(

@@ -23,7 +23,7 @@ from harvest.rollout.batch import BatchSchema
 from harvest.rollout.config import PolicyConfig, RolloutConfig
 from harvest.rollout.env_kinds import CollectorSetup, EnvKind, env_kind
 from harvest.rollout.fleet import Fleet, FleetResult
-from harvest.rollout.human import HumanCollector, HumanSessionResult, human_schema_for
+from harvest.rollout.human.collector import HumanCollector, HumanSessionResult, human_schema_for
 from harvest.rollout.policies import ConfiguredPolicyFactory
 from harvest.rollout.replay.replay import Replay, start_replay
 from harvest.rollout.source_columns import merged_schema

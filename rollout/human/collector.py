@@ -32,15 +32,15 @@ from harvest.envs.registry import make_env
 from harvest.envs.spaces import ColumnSpec
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.cutter import EpisodeIds
-from harvest.rollout.human_config import HumanConfig
-from harvest.rollout.keymap import KeyMap, is_driving_space
+from harvest.rollout.human.config import HumanConfig
+from harvest.rollout.human.keymap import KeyMap, is_driving_space
+from harvest.rollout.human.quality import EpisodeTrace, check_episode, episode_report
+from harvest.rollout.human.session_folder import SessionFolderWriter
+from harvest.rollout.human.shadow_policy import ShadowBeside
+from harvest.rollout.human.window import KeyboardRobot, TeleopError, TeleopWindow, open_display
 from harvest.rollout.policies import PolicyFactory
 from harvest.rollout.replay.replay import Replay
-from harvest.rollout.session_folder import SessionFolderWriter
-from harvest.rollout.session_quality import EpisodeTrace, check_episode, episode_report
-from harvest.rollout.shadow_beside import ShadowBeside
 from harvest.rollout.source_columns import shared_columns, with_filled
-from harvest.rollout.teleop import KeyboardRobot, TeleopError, TeleopWindow, open_display
 from harvest.rollout.worker import PushTimeoutError, collector_uid
 
 SOURCE_HUMAN = "human"

@@ -12,7 +12,7 @@ import numpy as np
 import ray
 
 from harvest.cluster import metrics
-from harvest.rollout.human_config import ShadowConfig
+from harvest.rollout.human.config import ShadowConfig
 
 
 class ShadowBeside:

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 from harvest.envs.car_racing import BRAKE, CONTROL_EFFECTS, STEER_LEFT, STEER_RIGHT, THROTTLE
-from harvest.rollout.human_config import AxisConfig, ControlConfig, HumanConfig
+from harvest.rollout.human.config import AxisConfig, ControlConfig, HumanConfig
 
 DRIVING_CONTROLS = {name: ControlConfig(index, value) for name, (index, value) in CONTROL_EFFECTS.items()}
 DRIVING_KEYS = {

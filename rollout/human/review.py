@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from harvest.rollout.human_config import HumanConfig
-from harvest.rollout.keymap import KeyMap
-from harvest.rollout.teleop import TeleopWindow, open_display
+from harvest.rollout.human.config import HumanConfig
+from harvest.rollout.human.keymap import KeyMap
+from harvest.rollout.human.window import TeleopWindow, open_display
 
 
 @dataclass
