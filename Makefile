@@ -56,10 +56,12 @@ test: setup docs lint
 	@$(PY) -m compileall -q $(SOURCES) tests >/dev/null
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
-# ruff: lint and format, checked (settings in pyproject.toml); `make format` applies both.
+# ruff: lint and format, checked; mypy: the types of package harvest (settings of both in
+# pyproject.toml). `make format` applies ruff's fixes and format.
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/python -m mypy
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

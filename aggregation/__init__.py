@@ -12,7 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "compact_replay": "harvest.aggregation.compact",
-    "snapshot_replay": "harvest.aggregation.compact",
+    "snapshot_replay": "harvest.aggregation.shard_rows",
     "write_dataset": "harvest.aggregation.compact",
     "Dataset": "harvest.aggregation.dataset",
     "DatasetError": "harvest.aggregation.dataset",

@@ -26,11 +26,16 @@ class Hdf5Config:
     """Rows per HDF5 chunk (compression and partial reads work chunk by chunk)."""
 
 
+DatasetFormat = Literal["parquet", "npz", "hdf5", "tfrecord", "robocode_npz"]
+
+
+def _parquet_and_npz() -> list[DatasetFormat]:  # (a lambda gets no Literal context from Field's overloads)
+    return ["parquet", "npz"]
+
+
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class AggregationConfig:
-    formats: list[Literal["parquet", "npz", "hdf5", "tfrecord", "robocode_npz"]] = Field(
-        default_factory=lambda: ["parquet", "npz"]
-    )
+    formats: list[DatasetFormat] = Field(default_factory=_parquet_and_npz)
     """Dataset formats to write. Parquet is always written (it is what the learners read);
     `npz`: `_dataset.npz`; `hdf5`: `_dataset.h5` (see `hdf5`); `tfrecord`: `_dataset.tfrecord`
     (one tf.train.Example per row, readable without TensorFlow; `_dataset.tfrecord.json` gives

@@ -4,6 +4,7 @@ read with pyarrow or Ray Data, each file checked against the manifest as it is r
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -174,7 +175,7 @@ class Dataset:
             rows = rows if columns is None else rows.select_columns(columns)
             booleans = [name for name in booleans if columns is None or name in columns]
             if booleans:  # (Ray's partitioning has no bool type: the folder's 0/1 come as integers)
-                rows = rows.map_batches(_as_booleans, fn_kwargs={"names": booleans}, batch_format="pyarrow")
+                rows = rows.map_batches(functools.partial(_as_booleans, names=booleans), batch_format="pyarrow")
         elif read_kwargs:
             raise TypeError(
                 f"{self.folder}: to_ray({', '.join(read_kwargs)}=...) passes options to "
@@ -194,11 +195,11 @@ class Dataset:
     def _ray_partitioning(self) -> tuple[Any, list[str]]:
         """Ray Data's hive partitioning of the folder, partition columns typed as in the schema,
         and the boolean ones among them (read as 0/1 integers, to be cast)."""
-        from ray.data.datasource import Partitioning
+        from ray.data.datasource import Partitioning, PartitionStyle
 
         kinds = {name: np.dtype(self.schema.columns[name].dtype).kind for name in self.manifest.partition_columns()}
         partitioning = Partitioning(
-            "hive",
+            PartitionStyle.HIVE,
             base_dir=self.folder.path,
             field_types={name: int if kind in "iub" else str for name, kind in kinds.items()},
         )
@@ -238,6 +239,11 @@ class Dataset:
 
     def episode_ids(self) -> np.ndarray:
         """The episode ids in dataset order (manifest order, then order within a file); read once."""
+        files = self._files_by_episode()
+        return np.fromiter(files, np.int64, len(files))
+
+    def _files_by_episode(self) -> dict[int, list[int]]:
+        """Episode id -> the indexes in `entries` of the files holding its rows (read on first use)."""
         if self._episode_files is None:
             files: dict[int, list[int]] = {}
             for index, entry in enumerate(self.entries):
@@ -246,7 +252,7 @@ class Dataset:
                 for episode in ids[np.sort(first)].tolist():
                     files.setdefault(episode, []).append(index)
             self._episode_files = files
-        return np.fromiter(self._episode_files, np.int64, len(self._episode_files))
+        return self._episode_files
 
     def __len__(self) -> int:
         """The number of episodes (complete or cut off by the collection's end)."""
@@ -265,10 +271,10 @@ class Dataset:
         Raises:
             KeyError: no episode has that id.
         """
-        self.episode_ids()
-        if episode_id not in self._episode_files:
+        files = self._files_by_episode()
+        if episode_id not in files:
             raise KeyError(f"{self.folder}: no episode {episode_id}")
-        parts = [self.read_file(self.entries[index]) for index in self._episode_files[episode_id]]
+        parts = [self.read_file(self.entries[index]) for index in files[episode_id]]
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         table = table.filter(pc.equal(table.column("episode_id"), episode_id)).sort_by("step")
         return TransitionBatch.from_arrow(table).columns

@@ -99,6 +99,11 @@ def _edit_id(operation: str) -> str:
     return f"{operation}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _episodes_in(episode_ids: pa.Array) -> Selector:
+    """Keeps the rows of these episodes."""
+    return lambda table: table.filter(pc.is_in(table["episode_id"], value_set=episode_ids))
+
+
 def filter_dataset(dataset: Dataset, out: str | Path | Location, criteria: EpisodeFilter) -> Manifest:
     """The episodes that pass `criteria` (dedupe across the whole dataset)."""
     seen: set[str] = set()
@@ -164,7 +169,7 @@ def split_dataset(
         manifests[name] = rewrite(
             [dataset],
             root.join(name),
-            lambda t, m=mine: t.filter(pc.is_in(t["episode_id"], value_set=m)),
+            _episodes_in(mine),
             _layout(dataset),
             _edit_id(f"split-{name}"),
             f"split {name}",

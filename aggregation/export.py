@@ -42,7 +42,7 @@ from harvest.envs.spaces import unflatten_value
 
 EXPORTS = ("offline-rl", "teacher-student", "minari")
 TEACHER_COLUMNS = {"policy_logits": "teacher_logits", "action_probs": "teacher_probs"}
-OFFLINE_RL_FORMATS = {".hdf5": "hdf5", ".h5": "hdf5", ".npz": "npz"}
+OFFLINE_RL_FORMATS: dict[str, Literal["hdf5", "npz"]] = {".hdf5": "hdf5", ".h5": "hdf5", ".npz": "npz"}
 """File extensions `export_offline_rl` writes, and the format each one means."""
 TEACHER_STUDENT_SUFFIX = ".safetensors"
 
@@ -127,7 +127,7 @@ def export_offline_rl(
                 for (name, key), chunks in zip(keys.items(), parts.values())
             }
             buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
+            np.savez(buffer, allow_pickle=False, **arrays)  # every D4RL key is numeric: nothing to pickle
             target.write_bytes(pa.py_buffer(buffer.getbuffer()))
             return target
         with h5py.File(local, "w") as h5:
@@ -235,7 +235,8 @@ def export_minari(
             dataset.folder,
             env_id,
         )
-    created, buffers, skipped = None, [], 0
+    created, skipped = None, 0
+    buffers: list[EpisodeBuffer] = []
 
     def flush() -> None:
         nonlocal created, buffers

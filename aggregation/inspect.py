@@ -30,7 +30,7 @@ from __future__ import annotations
 import html
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -140,7 +140,10 @@ def inspect_dataset(dataset: Dataset, thresholds: Thresholds = Thresholds()) -> 
     discrete = isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary))
     action_counts: dict[int, int] = {}
     box_values: list[np.ndarray] = []
-    lengths, returns, sources, collectors = [], [], {}, set()
+    lengths: list[int] = []
+    returns: list[float] = []
+    sources: dict[str, int] = {}
+    collectors: set[int] = set()
     first_time, last_time = None, None
     obs_names = [n for n in schema.obs_columns if "next_" + n in schema.columns]
     for episode in track(dataset.iter_episodes(), "inspect", "rows", sum(e.rows for e in dataset.entries), column_rows):
@@ -320,7 +323,7 @@ def inspect_dataset(dataset: Dataset, thresholds: Thresholds = Thresholds()) -> 
     )
 
 
-def _percentiles(values: list[float]) -> dict[str, float] | None:
+def _percentiles(values: Sequence[float]) -> dict[str, float] | None:
     if not values:
         return None
     array = np.asarray(values, np.float64)

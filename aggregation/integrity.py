@@ -261,6 +261,7 @@ class FileReader:
         missing = [name for name in wanted if rows.schema.get_field_index(name) < 0]
         if not missing:
             return rows
+        assert self.schema is not None  # __init__ refuses partition columns without the schema
         fields = {field.name: field for field in rows.schema}
         arrays = dict(zip(rows.schema.names, rows.columns))
         for name in missing:
@@ -306,6 +307,7 @@ class _PendingCheck:
     def __call__(self) -> None:
         if self._thread is not None:
             self._thread.join()
+            assert self._verified is not None  # given with the data, which started the thread
             self._verified(self._digest)
 
 

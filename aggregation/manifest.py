@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from harvest.aggregation.storage import Location
 
@@ -88,7 +88,7 @@ class Manifest:
     """Datasets this one was made from (merge, split, filter, import)."""
     first_timestamp: str | None = None
     last_timestamp: str | None = None
-    image_columns: dict[str, str] = field(default_factory=dict)
+    image_columns: dict[str, Literal["png", "jpeg"]] = field(default_factory=dict)
     """Columns stored as encoded images (`png`/`jpeg`) in the Parquet files; readers decode them."""
     filtered: dict[str, Any] | None = None
     """What `aggregation.filter` (or `harvest edit filter`) kept and dropped (episodes per reason)."""

@@ -58,7 +58,8 @@ def write_npz(root: Location, manifest: Manifest) -> Location:
     }
     arrays["metadata"] = np.array(json.dumps(metadata))
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    # numpy's default, named: string columns (a teleoperation session's `source`, ...) are object arrays.
+    np.savez(buffer, allow_pickle=True, **arrays)
     target = root.join(NPZ_NAME)
     target.write_bytes(pa.py_buffer(buffer.getbuffer()))
     return target

@@ -16,7 +16,7 @@ import numpy as np
 from loguru import logger
 
 from harvest.aggregation.config import AggregationConfig
-from harvest.aggregation.importers import ImportResult, flag_nonfinite, unique_files
+from harvest.aggregation.importers.result import ImportLog, ImportResult, flag_nonfinite, unique_files
 from harvest.aggregation.robocode_npz import NPZ_NAME, write_dataset_npz
 from harvest.cluster.logging import track
 from harvest.envs.robocode.team_files import TeamFileError, read_team_file
@@ -50,7 +50,7 @@ def import_robocode_json(
         TeamFileError: no file is importable (every file's problem, one line each); nothing is written.
     """
     cfg = cfg or AggregationConfig(formats=["parquet"])
-    report = ImportResult(None)
+    report = ImportLog()
     schema, batches = robocode_schema(), []
     episode_ids = EpisodeIds(0)
     for index, path in enumerate(track(unique_files(team_json_files(paths), report), "import", "files")):
@@ -82,17 +82,17 @@ def import_robocode_json(
         )
     from harvest.aggregation.compact import write_dataset
 
-    report.manifest = write_dataset(batches, schema, Path(out_dir), cfg, run_id, IMPORT_ENV_ID)
+    manifest = write_dataset(batches, schema, Path(out_dir), cfg, run_id, IMPORT_ENV_ID)
     write_dataset_npz(out_dir, Path(out_dir) / NPZ_NAME, f"imported from {len(report.files)} Robocode game-state files")
     for warning in report.warnings:
         logger.warning("flagged: {}", warning)
     logger.info(
         "imported {} files ({} rows, {} episodes) into {}; {} files skipped, {} flagged",
         len(report.files),
-        report.manifest.rows,
-        report.manifest.episodes,
+        manifest.rows,
+        manifest.episodes,
         out_dir,
         len(report.errors),
         len(report.warnings),
     )
-    return report
+    return ImportResult(report.files, report.errors, report.warnings, manifest=manifest)

@@ -36,9 +36,11 @@ import pyarrow.compute as pc
 import ray
 from loguru import logger
 
-from harvest.aggregation.compact import ShardCompaction, check_layout, compact_table, finish_dataset, read_rows
+from harvest.aggregation.compact import ShardCompaction, compact_table, finish_dataset
 from harvest.aggregation.config import AggregationConfig
 from harvest.aggregation.manifest import FileEntry, Manifest
+from harvest.aggregation.part_files import check_layout
+from harvest.aggregation.shard_rows import read_rows
 from harvest.aggregation.storage import Location, location
 from harvest.rollout.batch import BatchSchema
 from harvest.rollout.episode_filter import FilterReport
@@ -76,7 +78,7 @@ class ShardRotator:
         self._written = _nothing_written()
         self._state = Path(state_dir) / f"rotator-{shard_index:03d}.arrow" if state_dir else None
         if self._state is not None and self._state.is_file():
-            self._load_state()
+            self._load_state(self._state)
 
     def rotate(self, final: bool = False) -> ShardCompaction:
         """Write what finished since the last rotation (everything left when `final`); returns
@@ -107,14 +109,14 @@ class ShardRotator:
         self._rotations += 1
         self._written = self._written.merged(result)
         if self._state is not None:
-            self._save_state()
+            self._save_state(self._state)
         return self._written
 
     def progress(self) -> tuple[ShardCompaction, int]:
         """Everything written so far and the number of rotations (a resumed rotator's too)."""
         return self._written, self._rotations
 
-    def _save_state(self) -> None:
+    def _save_state(self, path: Path) -> None:
         written = self._written
         state = {
             "cursor": self._cursor,
@@ -133,14 +135,14 @@ class ShardRotator:
         held = self._held.replace_schema_metadata(
             {**(self._held.schema.metadata or {}), _STATE_KEY: json.dumps(state).encode()}
         )
-        self._state.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._state.with_suffix(".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
         with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, held.schema) as writer:
             writer.write_table(held)
-        partial.replace(self._state)  # a rotator killed while writing leaves the previous state whole
+        partial.replace(path)  # a rotator killed while writing leaves the previous state whole
 
-    def _load_state(self) -> None:
-        with pa.memory_map(str(self._state)) as source:
+    def _load_state(self, path: Path) -> None:
+        with pa.memory_map(str(path)) as source:
             held = pa.ipc.open_file(source).read_all()
         metadata = dict(held.schema.metadata or {})
         state = json.loads(metadata.pop(_STATE_KEY))
@@ -163,7 +165,7 @@ class ShardRotator:
         logger.bind(actor=f"ShardRotator[{self._shard_index}]").warning(
             "resuming after rotation {} from {}: {:,} rows in {} files written, {:,} held, cursor {:,}",
             self._rotations,
-            self._state,
+            path,
             written["rows"],
             len(written["files"]),
             held.num_rows,

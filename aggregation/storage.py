@@ -25,7 +25,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -132,7 +132,7 @@ class Location:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
 
-    def write_hashed(self, produce: Callable[[BinaryIO], None]) -> tuple[int, str]:
+    def write_hashed(self, produce: Callable[[HashingSink], object]) -> tuple[int, str]:
         """`produce(sink)` writes the file through `sink` (all-or-nothing, as `write_bytes`),
         hashed on the way: returns its size and sha256 without a second pass or an in-memory copy.
         `sink.size` is the bytes written so far."""
@@ -142,7 +142,7 @@ class Location:
                 tmp = f"{self.path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
                 try:
                     with self.fs.open_output_stream(tmp) as stream:
-                        sink = _HashingSink(stream)
+                        sink = HashingSink(stream)
                         produce(sink)
                     self.fs.move(tmp, self.path)
                 finally:
@@ -150,7 +150,7 @@ class Location:
                         self.fs.delete_file(tmp)
             else:
                 with self.fs.open_output_stream(self.path) as stream:
-                    sink = _HashingSink(stream)
+                    sink = HashingSink(stream)
                     produce(sink)
         except OSError as err:
             raise StorageError(f"{self.uri}: cannot write it: {err}") from err
@@ -227,7 +227,7 @@ def _move_into(staging: Path, target: Path, last: str) -> None:
         os.replace(path, destination)
 
 
-class _HashingSink(io.RawIOBase):
+class HashingSink(io.RawIOBase):
     """A write-only file object that hashes what passes through to a pyarrow output stream."""
 
     def __init__(self, stream: pa.NativeFile) -> None:

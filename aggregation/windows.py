@@ -67,12 +67,14 @@ def cut_windows(
     names = names or [name for name in columns if name != "episode_id"]
     ids = columns["episode_id"]
     lead = 0 if pad == "none" else history - 1
-    firsts, starts, episode_ids = [], [], []
-    for start, stop in episode_runs(ids):
-        count = int(windows_per_episode(np.array([stop - start]), history, stride, pad)[0])
+    firsts: list[int] = []
+    starts: list[int] = []
+    episode_ids: list[np.integer] = []
+    for episode_start, episode_stop in episode_runs(ids):
+        count = int(windows_per_episode(np.array([episode_stop - episode_start]), history, stride, pad)[0])
         firsts.extend(k * stride - lead for k in range(count))  # first step in the episode (< 0: padded)
-        starts.extend([start] * count)
-        episode_ids.extend([ids[start]] * count)
+        starts.extend([episode_start] * count)
+        episode_ids.extend([ids[episode_start]] * count)
     first = np.asarray(firsts, np.int64)
     start = np.asarray(starts, np.int64)[:, None]
     index = start + first[:, None] + np.arange(history)  # row numbers; before the episode's start: padding

@@ -37,7 +37,7 @@ from harvest.aggregation.config import AggregationConfig  # noqa: E402
 from harvest.envs.config import EnvConfig  # noqa: E402
 from harvest.envs.registry import make_vector_env  # noqa: E402
 from harvest.learners.bc import BCLearner  # noqa: E402
-from harvest.learners.config import LearnerConfig  # noqa: E402
+from harvest.learners.config import BCConfig, LearnerConfig  # noqa: E402
 from harvest.learners.losses import bc_loss  # noqa: E402
 from harvest.learners.models import build_policy_model  # noqa: E402
 from harvest.rollout.batch import BatchSchema  # noqa: E402
@@ -133,7 +133,7 @@ def harvest_ppo(max_steps: int) -> dict:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = LearnerConfig(
-                algorithm="ppo",
+                stages=["ppo"],
                 hidden_sizes=[64, 64],
                 lr=1e-3,
                 num_cpus=1,
@@ -225,7 +225,9 @@ def bc_table(args: argparse.Namespace) -> None:
     """Harvest and the bare loop take turns `--repeats` times, so a slow phase of the host hits
     both; the ratio is taken per pair and its median printed."""
     cfg = LearnerConfig(
-        epochs=args.epochs, batch_size=args.batch_size, validation_fraction=0.1, num_cpus=float(torch.get_num_threads())
+        batch_size=args.batch_size,
+        num_cpus=float(torch.get_num_threads()),
+        bc=BCConfig(epochs=args.epochs, validation_fraction=0.1),
     )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     harvest, reference = [], []

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from harvest.cluster.live import LiveConfig
     from harvest.cluster.pipeline import RunSummary
     from harvest.cluster.run_folder import RunPaths
+    from harvest.cluster.stages.evaluate import PolicySummary
     from harvest.envs.config import EnvConfig
     from harvest.learners.learner import TrainResult
     from harvest.rollout.evaluation import EvalResult
@@ -77,8 +78,9 @@ class RunResult:
         return self.summary.dataset_rows
 
     @property
-    def evaluation(self) -> dict[str, dict[str, float]]:
-        """Per policy (`trained`, `expert`, `random`, ...): mean_return, std_return, episodes."""
+    def evaluation(self) -> dict[str, PolicySummary]:
+        """Per policy (`trained`, `expert`, `random`, ...): mean_return, std_return, episodes (and
+        win_rate, win_rate_ci95 where `eval.win_return` is set)."""
         return dict(self.summary.eval or {})
 
     @property

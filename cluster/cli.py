@@ -135,7 +135,7 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     "dagger": (
         "Demonstrations, then behaviour cloning, then rounds of play in which the expert labels what the "
         "clone did and the clone is fine-tuned on the corrections.",
-        ["harvest dagger examples/car_racing_dagger.yaml --set learner.dagger.rounds=3"],
+        ["harvest dagger examples/car_racing_dagger.yaml --set dagger.rounds=3"],
     ),
     "config": (
         "Print the resolved config: the embedded default or CONFIG, with --set applied.",
@@ -147,7 +147,7 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     ),
     "train": (
         "Train the run's learner (each stage of learner.stages) on its dataset.",
-        ["harvest train artifacts/games", "harvest train artifacts/games --set learner.epochs=20"],
+        ["harvest train artifacts/games", "harvest train artifacts/games --set learner.bc.epochs=20"],
     ),
     "eval": (
         "Evaluate the run's trained policy beside the expert and random baselines.",
@@ -519,7 +519,7 @@ def _died(err: BaseException) -> bool:
     """Whether a Ray actor, worker or node died (past its restarts) - a failed run, not a bug."""
     import ray.exceptions
 
-    from harvest.rollout.fleet import CollectorFailedError
+    from harvest.rollout.fleet_members import CollectorFailedError
 
     return isinstance(
         err,
@@ -588,10 +588,10 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
         cause = _root_cause(err)
-        code = _exit_code(cause)
+        known_code = _exit_code(cause)
         if args.debug:
             logger.opt(exception=err).error("{}: {}", type(cause).__name__, _one_line(cause))
-        elif code is None:
+        elif known_code is None:
             logger.opt(exception=err).debug("internal error")  # the run's harvest.log has the traceback
             logger.error(
                 "internal error: {}: {} (a bug in Harvest; `--debug` prints the traceback)",
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             logger.error("{}", _one_line(cause))
-        return EXIT_INTERNAL if code is None else code
+        return EXIT_INTERNAL if known_code is None else known_code
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

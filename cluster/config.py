@@ -6,8 +6,12 @@
     rollout:     rollout.config.RolloutConfig (collectors, batch size, policy)
     replay:      rollout.config.ReplayConfig (shards, capacity)
     aggregation: aggregation.config.AggregationConfig (formats, files)
-    learner:     learners.config.LearnerConfig (BC hyper-parameters, GPUs)
+    learner:     learners.config.LearnerConfig (stages, bc/dqfd/ppo settings, network, GPUs)
+    dagger:      learners.config.DaggerConfig (`harvest dagger`'s rounds)
     eval:        EvalConfig (episodes, baselines)
+
+Keys that moved (`learner.epochs` is `learner.bc.epochs` now) are refused with one line naming
+the new key (`learners.config.MOVED_KEYS`).
 
 Errors name the file and the key path: `run.yaml: replay.capcity_rows: unexpected key`.
 """
@@ -26,7 +30,7 @@ from pydantic.dataclasses import dataclass
 
 from harvest.aggregation.config import AggregationConfig
 from harvest.envs.config import EnvConfig
-from harvest.learners.config import LearnerConfig
+from harvest.learners.config import MOVED_KEYS, DaggerConfig, LearnerConfig
 from harvest.rollout.config import ReplayConfig, RolloutConfig, WatchdogConfig
 from harvest.rollout.human.config import HumanConfig
 
@@ -38,7 +42,7 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, config=_STRICT)
-class RunSection:
+class RunSettingsConfig:
     id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     """Run id; outputs go to `<output_dir>/<id>/`. None: a timestamped id is made. A plain name
     (letters, digits, `.`, `_`, `-`), so a run's outputs can never land outside `output_dir`."""
@@ -51,7 +55,7 @@ class RunSection:
 
 
 @dataclass(frozen=True, config=_STRICT)
-class RaySection:
+class RayConfig:
     address: Optional[str] = None
     """None: start a local Ray for this run. Otherwise an existing cluster (`auto`, `ray://...`)."""
     num_cpus: Optional[StrictInt] = None
@@ -68,13 +72,20 @@ class RaySection:
     one, logged at start."""
 
 
+Baseline = Literal["expert", "random"]
+
+
+def _all_baselines() -> list[Baseline]:  # (a lambda gets no Literal context from Field's overloads)
+    return ["expert", "random"]
+
+
 @dataclass(frozen=True, config=_STRICT)
 class EvalConfig:
     episodes: StrictInt = Field(default=20, ge=1)
     """Episodes each policy plays."""
     num_workers: StrictInt = Field(default=2, ge=1)
     """Rollout actors that play them in parallel."""
-    baselines: list[Literal["expert", "random"]] = Field(default_factory=lambda: ["expert", "random"])
+    baselines: list[Baseline] = Field(default_factory=_all_baselines)
     """Policies evaluated beside the trained one."""
     checkpoint: Literal["best", "final"] = "best"
     """Which learner checkpoint to evaluate."""
@@ -93,8 +104,8 @@ class EvalConfig:
 
 @dataclass(frozen=True, config=_STRICT)
 class RunConfig:
-    run: RunSection = Field(default_factory=RunSection)
-    ray: RaySection = Field(default_factory=RaySection)
+    run: RunSettingsConfig = Field(default_factory=RunSettingsConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
     """The environment every collector steps: a Gymnasium id or `module:Class`, its kwargs and how
     many copies each collector's vector env holds."""
@@ -103,6 +114,8 @@ class RunConfig:
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    dagger: DaggerConfig = Field(default_factory=DaggerConfig)
+    """`harvest dagger`: rounds of play -> label -> aggregate -> retrain after the first BC."""
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     """Finds collectors stuck in one call (an env step, a replay ack), names them, and restarts them."""
     human: Optional[HumanConfig] = None
@@ -145,6 +158,7 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunCo
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    _refuse_moved_keys(data, source)
     try:
         cfg = _ADAPTER.validate_python(data)
     except ValidationError as err:
@@ -156,6 +170,21 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunCo
     except ValueError as err:
         raise ConfigError("\n".join(f"{source}: {line}" for line in str(err).splitlines())) from None
     return cfg
+
+
+def _refuse_moved_keys(data: dict[str, Any], source: str) -> None:
+    """One line for each key of an earlier config shape in `data`, naming where it went."""
+    lines = []
+    for old, new in MOVED_KEYS.items():
+        node: Any = data
+        for key in old.split("."):
+            if not isinstance(node, dict) or key not in node:
+                break
+            node = node[key]
+        else:
+            lines.append(f"{source}: {old}: moved to {new}")
+    if lines:
+        raise ConfigError("\n".join(lines))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -239,8 +268,6 @@ PATH_KEYS = (
     "aggregation.output",
     "rollout.policy.checkpoint",
     "learner.init_checkpoint",
-    "learner.dqfd.init_checkpoint",
-    "learner.ppo.init_checkpoint",
 )
 """Config keys that name files or folders: `resolve_paths` makes them absolute."""
 

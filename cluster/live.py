@@ -151,7 +151,8 @@ class LiveConfig:
                 changed,
                 f"{', '.join(fixed)} cannot change while the run goes on (live keys: {', '.join(LIVE_KEYS)})",
             )
-        keys = sorted({_live_key(key) for key in changed})
+        # every changed key is under a live key here (the others are `fixed`, refused above)
+        keys = sorted({live_key for live_key in map(_live_key, changed) if live_key is not None})
         missing = [key for key in keys if key not in self._appliers]
         if missing:
             return self._record(when, "rejected", changed, f"{', '.join(missing)} cannot change at this stage")

@@ -18,7 +18,7 @@ from harvest.rollout.net import port_taken
 if TYPE_CHECKING:
     from ray.client_builder import BaseContext
 
-    from harvest.cluster.config import RaySection
+    from harvest.cluster.config import RayConfig
 
 PACKAGE_ROOT = Path(harvest.__file__).resolve().parents[1]
 """The folder that holds the `harvest` package (the checkout, or site-packages for an install):
@@ -103,7 +103,7 @@ def connect_ray(address: str, **init_args: Any) -> BaseContext:
         return ray.init(address=address, **init_args)
 
 
-def init_ray(cfg: RaySection) -> str | None:
+def init_ray(cfg: RayConfig) -> str | None:
     """Start or join Ray; returns the dashboard URL (None without a dashboard)."""
     if ray.is_initialized():
         return None

@@ -70,7 +70,7 @@ class RateColumn(TextColumn):
         super().__init__("")
         self.unit = unit
 
-    def render(self, task):  # type: ignore[override]
+    def render(self, task):
         speed = task.finished_speed or task.speed
         seconds = task.finished_time or task.elapsed
         if not speed and task.completed and seconds:  # (rich estimates from several updates; a few big ones give none)

@@ -19,9 +19,9 @@ from typing import Any, Iterator
 import numpy as np
 from loguru import logger
 
-from harvest.aggregation.compact import snapshot_replay
 from harvest.aggregation.manifest import Manifest, has_manifest
 from harvest.aggregation.rotate import Rotation
+from harvest.aggregation.shard_rows import snapshot_replay
 from harvest.cluster.config import RunConfig, dump_config
 from harvest.cluster.live import LiveConfig
 from harvest.cluster.logging import console, summary_table
@@ -29,7 +29,7 @@ from harvest.cluster.run_folder import RunPaths
 from harvest.cluster.sessions import review_sessions
 from harvest.cluster.stages.collect import CollectSummary, collect
 from harvest.cluster.stages.compact import compact, finished_dataset
-from harvest.cluster.stages.evaluate import eval_summary, evaluate
+from harvest.cluster.stages.evaluate import PolicySummary, eval_summary, evaluate
 from harvest.cluster.stages.train import train, train_summary
 from harvest.rollout.config import EpisodeFilter
 from harvest.rollout.human.config import HumanConfig
@@ -45,7 +45,7 @@ class RunSummary:
     dataset_rows: int | None = None
     dataset_episodes: int | None = None
     train: dict[str, Any] | None = None
-    eval: dict[str, dict[str, float]] | None = None
+    eval: dict[str, PolicySummary] | None = None
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, default=str))

@@ -1,20 +1,15 @@
-"""After a person's session: its episodes' quality table and the ones to leave out, and the
-shadow learner stopped, its checkpoint written and its agreement plotted."""
+"""After a person's session: its episodes' quality table and the ones to leave out."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
-import ray
 from loguru import logger
 from rich.table import Table
 
 from harvest.cluster.config import RunConfig
 from harvest.cluster.logging import console
-from harvest.learners.plots import plot_shadow_session
-from harvest.rollout.human.collector import HumanSessionResult
 
 
 def review_sessions(cfg: RunConfig, sessions: list[dict[str, Any]]) -> list[int]:
@@ -25,6 +20,7 @@ def review_sessions(cfg: RunConfig, sessions: list[dict[str, Any]]) -> list[int]
         episodes = session["episodes"]
         console.print(quality_table(session))
         flagged = [e["episode_id"] for e in episodes if e["quality"]["errors"]]
+        assert cfg.human is not None  # sessions are played only under a `human:` section
         if cfg.human.discard == "errors":
             discarded += flagged
         elif cfg.human.discard == "ask":
@@ -65,27 +61,3 @@ def quality_table(session: dict[str, Any]) -> Table:
             str(episode["number"]), f"{episode['length']:,}", f"{episode['return']:.1f}", episode["ended"], text
         )
     return table
-
-
-def stopped_shadow(shadow: ray.actor.ActorHandle, played: HumanSessionResult | None, run_root: Path) -> dict:
-    """Stop the shadow learner (its checkpoint and history are written) and plot its session."""
-    result = ray.get(shadow.stop.remote(), timeout=900)
-    if played is not None:
-        result["agreement_plot"] = str(
-            plot_shadow_session(
-                run_root / "shadow" / "agreement.png",
-                result["rounds"],
-                played.shadow_agreement,
-                f"shadow policy beside {played.operator} ({played.session_id})",
-            )
-        )
-        agreement = [point["agreement"] for point in played.shadow_agreement]
-        logger.info(
-            "shadow: {} versions; agreement with {} from {:.2f} to {:.2f}; plot {}",
-            result["versions"],
-            played.operator,
-            agreement[0] if agreement else float("nan"),
-            agreement[-1] if agreement else float("nan"),
-            result["agreement_plot"],
-        )
-    return result

@@ -60,12 +60,18 @@ def _live_frames(args: argparse.Namespace) -> tuple[list[np.ndarray], str]:
 
         policy = load_torch_policy(args.player, deterministic=True, seed=args.seed)
         act = lambda obs: policy.compute_actions(obs).actions  # noqa: E731
+
+    def frame() -> np.ndarray:
+        image = env.render()
+        assert image is not None  # render_mode="rgb_array" gives every frame
+        return image
+
     obs, _ = env.reset(seed=args.seed)
-    frames = [env.render()]
+    frames = [frame()]
     terminated = truncated = False
     while not (terminated or truncated):
         action = int(act({key: value[None] for key, value in obs.items()})[0])
         obs, _, terminated, truncated, info = env.step(action)
-        frames.append(env.render())
+        frames.append(frame())
     outcome = {0: "player won", 1: "opponent won"}.get(info["winner"], "no winner")
     return frames, f"a live game, {args.player} vs {args.opponent} ({info['time']} steps, {outcome})"

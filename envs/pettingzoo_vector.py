@@ -74,7 +74,7 @@ class ParallelEnvVector(VectorEnv):
         return concatenate(
             self.single_observation_space,
             [observations[agent] for observations in per_copy for agent in self.agents],
-            out,
+            out,  # type: ignore[arg-type]  # None for a custom space, whose concatenate ignores `out`
         )
 
     def _infos(self) -> dict[str, np.ndarray]:

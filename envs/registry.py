@@ -117,22 +117,23 @@ def make_vector_env(cfg: EnvConfig) -> VectorEnv:
             cfg.id,
             num_envs=cfg.num_envs,
             vectorization_mode=mode,
-            **({"wrappers": wrappers} if wrappers else {}),
+            wrappers=wrappers or None,
             **kwargs,
         )
     except gym.error.DependencyNotInstalled as err:
         raise _missing_extra(cfg.id, err) from err
 
 
-def env_wrappers(cfg: EnvConfig) -> list[Callable[[gym.Env], gym.Env]]:
+def env_wrappers(cfg: EnvConfig) -> list[Callable[[gym.Env], gym.Wrapper]]:
     """The wrappers `env.action_set` and `env.frame_stack` put around each env copy, in order."""
-    wrappers: list[Callable[[gym.Env], gym.Env]] = []
-    if cfg.action_set is not None:
+    wrappers: list[Callable[[gym.Env], gym.Wrapper]] = []
+    action_set, frame_stack = cfg.action_set, cfg.frame_stack
+    if action_set is not None:
         from harvest.envs.action_sets import DiscreteActions
 
-        wrappers.append(lambda env: DiscreteActions(env, cfg.action_set))
-    if cfg.frame_stack is not None:
-        wrappers.append(lambda env: gym.wrappers.FrameStackObservation(env, cfg.frame_stack))
+        wrappers.append(lambda env: DiscreteActions(env, action_set))
+    if frame_stack is not None:
+        wrappers.append(lambda env: gym.wrappers.FrameStackObservation(env, frame_stack))
     return wrappers
 
 
@@ -180,7 +181,8 @@ def _vectorize(factory: Callable[..., Any], cfg: EnvConfig) -> VectorEnv:
             raise EnvNotFoundError(
                 f"env.id: {cfg.id!r} is a vector env of its own; env.frame_stack and env.action_set wrap single envs"
             )
-        return factory(num_envs=cfg.num_envs, **cfg.kwargs)
+        vector_factory: Callable[..., VectorEnv] = factory  # a subclass whose constructor takes num_envs
+        return vector_factory(num_envs=cfg.num_envs, **cfg.kwargs)
     if _is_parallel_env(factory, cfg):
         from harvest.envs.pettingzoo_vector import ParallelEnvVector
 

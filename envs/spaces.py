@@ -9,18 +9,20 @@ checkpoints must rebuild spaces without pickle.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from numpy.typing import DTypeLike
 
 
 class UnsupportedSpaceError(TypeError):
     """A space Harvest cannot store as fixed-shape columns (Text, Graph, Sequence, ...)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ColumnSpec:
     """One column: numpy dtype and the shape of one row (``()`` for scalars); dtype `object`
     is a string per row (Arrow `string`)."""
@@ -28,9 +30,11 @@ class ColumnSpec:
     dtype: np.dtype
     shape: tuple[int, ...]
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dtype", np.dtype(self.dtype))
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+    def __init__(self, dtype: DTypeLike, shape: Iterable[int]) -> None:
+        # Any dtype-like (`np.float32`, `"<f4"`) and any sequence of ints are accepted, and stored
+        # normalised, so two specs of one column compare equal.
+        object.__setattr__(self, "dtype", np.dtype(dtype))
+        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
 
     @property
     def row_bytes(self) -> int:
@@ -49,6 +53,7 @@ class ColumnSpec:
 
 def leaf_spaces(space: gym.Space, prefix: str) -> dict[str, gym.Space]:
     """The non-container spaces inside `space`, named `prefix` or `prefix.key[.subkey]` (Tuple: `prefix.0`)."""
+    items: Iterable[tuple[object, gym.Space]]
     if isinstance(space, gym.spaces.Dict):
         items = space.spaces.items()
     elif isinstance(space, gym.spaces.Tuple):

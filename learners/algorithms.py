@@ -1,4 +1,4 @@
-"""`LEARNERS`: the algorithms a run's `learner.algorithm` / `learner.stages` name, each a class
+"""`LEARNERS`: the algorithms a run's `learner.stages` name, each a class
 answering `learners.learner.Learner` (how it is built from a run, its work and unit, its checks)."""
 
 from __future__ import annotations
@@ -14,5 +14,5 @@ LEARNERS: dict[str, type[Learner]] = {"bc": BCLearner, "dqfd": DQfDLearner, "ppo
 def learner_class(algorithm: str) -> type[Learner]:
     """The class of `algorithm`, or a KeyError naming the known ones."""
     if algorithm not in LEARNERS:
-        raise KeyError(f"learner.algorithm {algorithm!r}: unknown; known: {sorted(LEARNERS)}")
+        raise KeyError(f"learner.stages: {algorithm!r}: unknown; known: {sorted(LEARNERS)}")
     return LEARNERS[algorithm]

@@ -88,7 +88,7 @@ class BCLearner:
         self._log = logger.bind(actor="BCLearner")
         self.action_set: np.ndarray | None = None
         """`learner.action_set` resolved (set by `train`): the checkpoints record it."""
-        self._progress = LearnerProgress(cfg.epochs)
+        self._progress = LearnerProgress(cfg.bc.epochs)
 
     algorithm = "bc"
 
@@ -104,7 +104,7 @@ class BCLearner:
         rows = Dataset.open(dataset).manifest.rows
         if cfg.max_rows:
             rows = min(rows, cfg.max_rows)
-        return int(rows * (1 - cfg.validation_fraction)) * cfg.epochs, "samples"
+        return int(rows * (1 - cfg.bc.validation_fraction)) * cfg.bc.epochs, "samples"
 
     @classmethod
     def after_stage(cls, cfg: LearnerConfig, previous: str | None) -> LearnerConfig:
@@ -116,8 +116,8 @@ class BCLearner:
 
     @classmethod
     def train_without_actor(cls, cfg: LearnerConfig, dataset: Location, out_dir: str) -> TrainResult | None:
-        """`learner.num_workers` > 1: data-parallel on Ray Train workers."""
-        if cfg.num_workers <= 1:
+        """`learner.bc.num_workers` > 1: data-parallel on Ray Train workers."""
+        if cfg.bc.num_workers <= 1:
             return None
         from harvest.learners.distributed import train_bc_data_parallel
 
@@ -136,11 +136,11 @@ class BCLearner:
                 f"{self.dataset.folder}: BC supports one action column, got {action_names} "
                 "(Dict action spaces are not supported yet)"
             )
-        flags = list(cfg.skip_rows_where)
+        flags = list(cfg.bc.skip_rows_where)
         not_flags = [name for name in flags if name in schema.columns and schema.columns[name].dtype != np.bool_]
         if not_flags or any(name not in schema.columns for name in flags):
             raise ValueError(
-                f"{self.dataset.folder}: learner.skip_rows_where: {flags} must name boolean columns; "
+                f"{self.dataset.folder}: learner.bc.skip_rows_where: {flags} must name boolean columns; "
                 f"the dataset's boolean columns are "
                 f"{[n for n, spec in schema.columns.items() if spec.dtype == np.bool_]}"
             )
@@ -162,7 +162,7 @@ class BCLearner:
         num_rows = len(columns["episode_id"])
         if num_rows < 2:
             raise ValueError(f"{self.dataset.folder}: {num_rows} rows; BC needs at least 2")
-        validation_mask = split_by_episode(columns["episode_id"], cfg.validation_fraction, cfg.seed)
+        validation_mask = split_by_episode(columns["episode_id"], cfg.bc.validation_fraction, cfg.seed)
         skipped = np.zeros(num_rows, bool)
         for name in flags:
             skipped |= columns[name]
@@ -182,11 +182,11 @@ class BCLearner:
             self._load_initial(model, cfg.init_checkpoint)
         else:
             fit_normalizer(model, tensors, obs_names, train_index)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.bc.weight_decay)
         steps_per_epoch = -(-train_index.numel() // cfg.batch_size)
         schedule = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps_per_epoch * cfg.epochs))
-            if cfg.lr_schedule == "cosine"
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps_per_epoch * cfg.bc.epochs))
+            if cfg.bc.lr_schedule == "cosine"
             else None
         )
         action = tensors[action_names[0]]
@@ -195,7 +195,7 @@ class BCLearner:
             fixed = model.fix_constant_actions(action[train_index])
             if fixed:
                 self._log.info("action dimensions {} are the same in every demonstration; played as given", fixed)
-            if cfg.continuous_loss == "standardized":
+            if cfg.bc.continuous_loss == "standardized":
                 scale = action_scale(action[train_index], action_space)
                 self._log.info("action scale (standardized MSE): {}", [round(float(v), 4) for v in scale])
         self._log.info(
@@ -227,8 +227,8 @@ class BCLearner:
             first_epoch = state.epoch + 1
             resumed_after = [*state.extra.get("resumed_after", []), state.epoch]
             self._progress.update(samples=state.extra["samples"])
-            self._log.warning("resuming from {} after epoch {} of {}", last_path, state.epoch, cfg.epochs)
-        for epoch in range(first_epoch, cfg.epochs + 1):
+            self._log.warning("resuming from {} after epoch {} of {}", last_path, state.epoch, cfg.bc.epochs)
+        for epoch in range(first_epoch, cfg.bc.epochs + 1):
             started = time.perf_counter()
             model.train()
             permutation = train_index[torch.randperm(train_index.numel(), device=self.device, generator=generator)]
@@ -275,7 +275,7 @@ class BCLearner:
             self._log.info(
                 "epoch {}/{}: train loss {:.4f}, validation loss {:.4f}{}, {:.0f} samples/s",
                 epoch,
-                cfg.epochs,
+                cfg.bc.epochs,
                 train_loss,
                 validation_loss,
                 "" if validation_accuracy is None else f", accuracy {validation_accuracy:.3f}",
@@ -298,7 +298,7 @@ class BCLearner:
                     },
                     owner=owner,
                 )
-        self._save(model, FINAL_NAME, cfg.epochs, history[-1])
+        self._save(model, FINAL_NAME, cfg.bc.epochs, history[-1])
         last_path.unlink(missing_ok=True)  # finished: a later `harvest train` starts afresh
         epochs = [asdict(r) for r in history]
         outputs.finish(

@@ -27,7 +27,7 @@ class Checkpoint:
     model: PolicyModel | ConvPolicyModel
     version: int
     info: dict[str, Any]
-    spec: ModelSpec | None = None
+    spec: ModelSpec
     """What rebuilds the model (saved with it)."""
 
 

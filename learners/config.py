@@ -20,8 +20,6 @@ class DQfDConfig:
     """Env steps of ε-greedy interaction after pre-training (0: offline only)."""
     updates_per_env_step: StrictInt = Field(default=1, ge=1)
     """Gradient updates per env step while interacting."""
-    gamma: float = Field(default=0.99, gt=0, le=1)
-    """Discount factor of the 1-step and n-step TD targets."""
     n_step: StrictInt = Field(default=10, ge=1)
     """n of the n-step TD loss (the paper's 10)."""
     margin: float = Field(default=0.8, ge=0)
@@ -49,20 +47,8 @@ class DQfDConfig:
     """Rows of the agent's own replay (FIFO); the demonstrations are never evicted."""
     epsilon: float = Field(default=0.01, ge=0, le=1)
     """Exploration while interacting."""
-    max_grad_norm: float = Field(default=10.0, gt=0)
-    """Gradients are clipped to this global norm."""
     log_every: StrictInt = Field(default=1000, ge=1)
     """Updates between history entries (and evaluations)."""
-    eval_episodes: StrictInt = Field(default=10, ge=0)
-    """Greedy episodes played at every history entry; the best mean return picks best.safetensors."""
-    eval_max_steps: StrictInt = Field(default=10_000, ge=1)
-    """Steps after which an evaluation episode is cut off."""
-    init_checkpoint: Optional[str] = None
-    """Start from these weights (a BC checkpoint; in `harvest run` stages, the previous
-    stage's best): its action logits become the initial Q-values."""
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for the dataset's env (interaction and evaluation); `harvest run`
-    merges them over `env.kwargs`."""
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -70,9 +56,6 @@ class PPOConfig:
     """`learner.ppo`: clipped PPO fine-tuning with rollout actors playing the latest weights
     (learners/ppo.py)."""
 
-    init_checkpoint: Optional[str] = None
-    """A BC or DQfD checkpoint to start from; in `harvest run`, the previous stage's best. None:
-    fresh weights."""
     env_steps: StrictInt = Field(default=100_000, ge=1)
     """Env steps to train for (all collectors together)."""
     num_collectors: StrictInt = Field(default=2, ge=1)
@@ -85,8 +68,6 @@ class PPOConfig:
     """Passes over an iteration's rows."""
     minibatch_size: StrictInt = Field(default=64, ge=1)
     """Rows per update (about 32 updates per collector-iteration of 1,024 rows x 2, as CleanRL's ratio)."""
-    gamma: float = Field(default=0.99, gt=0, le=1)
-    """Discount factor."""
     gae_lambda: float = Field(default=0.95, ge=0, le=1)
     """λ of generalized advantage estimation (1: Monte Carlo returns, 0: one-step TD)."""
     clip: float = Field(default=0.2, gt=0)
@@ -99,8 +80,6 @@ class PPOConfig:
     """Weight of KL(initial policy || policy), which keeps fine-tuning near the demonstrations."""
     normalize_advantages: bool = True
     """Normalize advantages per minibatch (zero mean, unit std)."""
-    max_grad_norm: float = Field(default=0.5, gt=0)
-    """Gradients are clipped to this global norm."""
     value_warmup_iterations: StrictInt = Field(default=1, ge=0)
     """Iterations that fit only the (new) value network, so a good initial policy is not pushed
     around by advantages from an untrained critic."""
@@ -108,32 +87,17 @@ class PPOConfig:
     """Iterations between greedy evaluations (the best return picks best.safetensors)."""
     stop_at_return: Optional[float] = None
     """Stop early once an iteration's collected episodes average at least this return."""
-    eval_episodes: StrictInt = Field(default=10, ge=1)
-    """Greedy episodes per evaluation."""
-    eval_max_steps: StrictInt = Field(default=10_000, ge=1)
-    """Steps after which an evaluation episode is cut off."""
     collect_timeout_s: float = Field(default=600.0, gt=0)
     """How long an iteration waits for its collectors before failing; after a fifth of it, the
     ones not done are logged with the call they are in (`collector 1: env.step for 130s`)."""
-    eval_deterministic: bool = True
-    """Evaluations play the most likely action; false samples from the policy, which is what PPO
-    optimizes (on Generals the sampled fine-tuned policy won more often while its greedy play
-    did not)."""
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Merged over `env.kwargs` for the collectors PPO trains with, e.g. `{players: first,
-    opponent: expert}` to fine-tune a Generals clone against the expert after cloning both
-    sides of its self-play games."""
     initial_log_std: Optional[float] = None
     """Box actions: set the Gaussian's log-std (before the tanh) to this at the start; None keeps
     the checkpoint's (-0.5 for fresh and BC-trained models, whose loss does not touch it)."""
-    eval_env_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Merged over `env.kwargs` and `env_kwargs` for the greedy evaluations, e.g. `{players: first, opponent:
-    expert}` to pick the best Generals checkpoint against the expert rather than in self-play."""
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class DaggerConfig:
-    """`learner.dagger`: `harvest dagger` rounds of play -> label -> aggregate -> retrain."""
+    """`dagger:`: `harvest dagger` rounds of play -> label -> aggregate -> retrain."""
 
     rounds: StrictInt = Field(default=2, ge=1)
     """Rounds of play, labelling and fine-tuning after the first behaviour cloning."""
@@ -156,8 +120,6 @@ class DaggerConfig:
     """Epochs per round over the demonstrations and every round's corrections."""
     correction_weight: float = Field(default=1.0, gt=0)
     """Loss weight of a correction row against a demonstration row's 1."""
-    eval_episodes: StrictInt = Field(default=10, ge=1)
-    """Greedy episodes scored after the first BC and after each round."""
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
@@ -173,36 +135,14 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
-class LearnerConfig:
-    algorithm: Literal["bc", "dqfd", "ppo"] = "bc"
-    """Training algorithm. `bc`: behaviour cloning (cross-entropy for discrete actions, MSE for
-    continuous); `dqfd`: Deep Q-learning from Demonstrations (`learner.dqfd`, Discrete actions);
-    `ppo`: PPO fine-tuning in the live env (`learner.ppo`, Discrete or Box actions)."""
-    dqfd: DQfDConfig = Field(default_factory=DQfDConfig)
-    """Settings of `algorithm: dqfd`."""
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
-    """Settings of `algorithm: ppo`."""
-    dagger: DaggerConfig = Field(default_factory=DaggerConfig)
-    """Settings of `harvest dagger` (BC first, then rounds of corrections)."""
-    stages: list[Literal["bc", "dqfd", "ppo"]] = Field(default_factory=list)
-    """Train several algorithms in turn (`[bc, ppo]`, `[bc, dqfd]`, ...), each starting from the
-    previous stage's best checkpoint, outputs in `learner/<n>-<stage>/`; the last stage's are
-    copied to `learner/` for evaluation. Empty: just `algorithm`."""
+class BCConfig:
+    """`learner.bc`: behaviour cloning (learners/bc.py): cross-entropy for discrete actions, MSE
+    for continuous ones."""
+
     epochs: StrictInt = Field(default=10, ge=1)
     """Passes over the training split."""
-    init_checkpoint: Optional[str] = None
-    """BC: fine-tune these weights (same architecture) instead of fresh ones (DAgger rounds do)."""
-    action_set: Optional[Union[str, list[list[float]]]] = None
-    """BC and DQfD on a Box-action dataset: learn it as Discrete over this set of actions (a
-    list of action vectors or the preset `driving`, CarRacing's 9 keyboard combinations), each
-    recorded action mapped to its nearest member; the checkpoint plays in the Box env through
-    the set. DQfD needs it for Box actions."""
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    """Image augmentation for BC and DQfD on pixel observations (none by default)."""
-    batch_size: StrictInt = Field(default=256, ge=1)
-    """Samples per gradient step."""
-    lr: float = Field(default=1e-3, gt=0)
-    """Adam learning rate."""
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    """Share of episodes held out for validation (split by episode, never by row)."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """`cosine`: anneal the learning rate to 0 over the whole run (step by step), so the last
     epochs settle instead of jittering by ~lr; it matters where small, systematic action errors
@@ -213,6 +153,65 @@ class LearnerConfig:
     """Box actions: `mse` in the action's own units; `standardized`: each dimension's error
     divided by its spread in the demonstrations (std, at least 1 % of its range), so small
     but systematic errors in a dimension the expert barely uses are not drowned by the others."""
+    skip_rows_where: list[str] = Field(default_factory=list)
+    """Boolean dataset columns; rows where any is true are not trained or validated on (e.g.
+    Robocode's `collision`, `disabled`, `post_round`, whose recovered actions are not exact)."""
+    num_workers: StrictInt = Field(default=1, ge=1)
+    """> 1 trains data-parallel through Ray Train's TorchTrainer over a Ray Data dataset (one
+    model replica per worker, gradients averaged; learners/distributed.py)."""
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class LearnerEvalConfig:
+    """`learner.eval`: the greedy episodes a learner plays while it trains (DQfD at every history
+    entry, PPO every `ppo.eval_every` iterations, DAgger after every round); the best mean return
+    picks best.safetensors. (The run's own evaluation of the finished policy is the top-level `eval:`.)"""
+
+    episodes: StrictInt = Field(default=10, ge=0)
+    """Episodes per evaluation (0: DQfD does not evaluate and keeps its last weights as best; PPO
+    and DAgger need at least 1)."""
+    max_steps: StrictInt = Field(default=10_000, ge=1)
+    """Steps after which an evaluation episode is cut off."""
+    deterministic: bool = True
+    """Evaluations play the most likely action; false samples from the policy, which is what PPO
+    optimizes (on Generals the sampled fine-tuned policy won more often while its greedy play
+    did not)."""
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Merged over `env.kwargs` and `learner.env_kwargs` for these evaluations, e.g. `{players:
+    first, opponent: expert}` to pick the best Generals checkpoint against the expert rather than
+    in self-play."""
+
+
+Stage = Literal["bc", "dqfd", "ppo"]
+
+
+def _bc_only() -> list[Stage]:  # (a lambda gets no Literal context from Field's overloads)
+    return ["bc"]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class LearnerConfig:
+    """`learner:`: the stages a run trains and what they share (the network, the optimizer, the
+    data they read, where they run); each algorithm's own settings are in its section."""
+
+    stages: list[Stage] = Field(default_factory=_bc_only, min_length=1)
+    """Algorithms trained in turn, each starting from the previous stage's best checkpoint: `bc`
+    (behaviour cloning, `learner.bc`), `dqfd` (Deep Q-learning from Demonstrations, `learner.dqfd`,
+    Discrete actions), `ppo` (PPO fine-tuning in the live env, `learner.ppo`). With several
+    (`[bc, ppo]`, `[bc, dqfd]`), each stage's outputs are in `learner/<n>-<stage>/` and the last
+    one's are copied to `learner/` for evaluation."""
+    bc: BCConfig = Field(default_factory=BCConfig)
+    """Settings of the `bc` stage."""
+    dqfd: DQfDConfig = Field(default_factory=DQfDConfig)
+    """Settings of the `dqfd` stage."""
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    """Settings of the `ppo` stage."""
+    eval: LearnerEvalConfig = Field(default_factory=LearnerEvalConfig)
+    """The learners' own evaluations while they train."""
+    init_checkpoint: Optional[str] = None
+    """The first stage starts from these weights (same architecture) instead of fresh ones: BC
+    fine-tunes them (DAgger rounds do), DQfD takes their action logits as its initial Q-values,
+    PPO fine-tunes them. Later stages start from the stage before's best."""
     model: Literal["auto", "mlp", "cnn", "pixels"] = "auto"
     """Network: `mlp` over the flattened observation; `cnn` over a [C, H, W] board whose tiles
     the Discrete actions are laid out over (Generals.io); `pixels`: a convolutional encoder
@@ -222,11 +221,26 @@ class LearnerConfig:
     """Widths of the MLP's hidden layers."""
     conv_channels: list[StrictInt] = Field(default_factory=lambda: [32, 64, 64])
     """Output channels of the CNN's 3x3 convolutions."""
-    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
-    """Share of episodes held out for validation (split by episode, never by row)."""
-    skip_rows_where: list[str] = Field(default_factory=list)
-    """Boolean dataset columns; rows where any is true are not trained or validated on (e.g.
-    Robocode's `collision`, `disabled`, `post_round`, whose recovered actions are not exact)."""
+    lr: float = Field(default=1e-3, gt=0)
+    """Adam learning rate."""
+    batch_size: StrictInt = Field(default=256, ge=1)
+    """Samples per gradient step (BC, DQfD and the shadow learner; PPO's is `ppo.minibatch_size`)."""
+    gamma: float = Field(default=0.99, gt=0, le=1)
+    """Discount factor (DQfD's 1-step and n-step TD targets, PPO's returns and advantages)."""
+    max_grad_norm: Optional[float] = Field(default=None, gt=0)
+    """Gradients are clipped to this global norm; None: the algorithm's own (DQfD 10, PPO 0.5;
+    BC does not clip)."""
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Merged over `env.kwargs` for the env learners play in (DQfD's interaction and evaluation,
+    PPO's collectors), e.g. `{players: first, opponent: expert}` to fine-tune a Generals clone
+    against the expert after cloning both sides of its self-play games."""
+    action_set: Optional[Union[str, list[list[float]]]] = None
+    """BC and DQfD on a Box-action dataset: learn it as Discrete over this set of actions (a
+    list of action vectors or the preset `driving`, CarRacing's 9 keyboard combinations), each
+    recorded action mapped to its nearest member; the checkpoint plays in the Box env through
+    the set. DQfD needs it for Box actions."""
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    """Image augmentation for BC and DQfD on pixel observations (none by default)."""
     max_rows: Optional[StrictInt] = Field(default=None, ge=1)
     """Read at most this many rows of the dataset (None: all)."""
     verify_dataset: StrictBool = True
@@ -235,14 +249,11 @@ class LearnerConfig:
     (`harvest train --no-verify`) reads the files as they are. Paths outside the dataset folder,
     files listed twice and missing files are refused either way."""
     num_gpus: float = Field(default=0.0, ge=0)
-    """GPUs for the learner actor (per worker with `num_workers`); it trains on CUDA when Ray gives it one."""
+    """GPUs for the learner actor (per worker with `bc.num_workers`); it trains on CUDA when Ray gives it one."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision (learners/precision.py): `auto` autocasts the forward pass to bf16 on a
     CUDA GPU that has it and stays fp32 on the CPU; `bf16`/`fp16` ask for autocast anywhere
     (fp16 with a gradient scaler); `fp32` never."""
-    num_workers: StrictInt = Field(default=1, ge=1)
-    """BC only: > 1 trains data-parallel through Ray Train's TorchTrainer over a Ray Data
-    dataset (one model replica per worker, gradients averaged; learners/distributed.py)."""
     num_cpus: float = Field(default=1.0, ge=0)
     """CPUs for the learner actor (also its torch thread count)."""
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
@@ -257,3 +268,37 @@ class LearnerConfig:
     """How often Ray restarts a learner actor that died; its `train` call runs again and resumes."""
     seed: StrictInt = 0
     """Seeds the split, the shuffling and the weight init."""
+
+    @property
+    def stage(self) -> Stage:
+        """The algorithm of a one-stage config (what a learner actor is given)."""
+        if len(self.stages) != 1:
+            raise ValueError(f"learner.stages {self.stages}: a learner trains one stage at a time")
+        return self.stages[0]
+
+    def grad_norm(self, default: float) -> float:
+        """`max_grad_norm`, or the algorithm's `default` where it is not set."""
+        return default if self.max_grad_norm is None else self.max_grad_norm
+
+
+_BC_KEYS = ("epochs", "validation_fraction", "lr_schedule", "weight_decay", "continuous_loss", "skip_rows_where")
+MOVED_KEYS: dict[str, str] = {
+    "learner.algorithm": "learner.stages (a list: `stages: [dqfd]`)",
+    "learner.dagger": "dagger (a section at the top)",
+    "dagger.eval_episodes": "learner.eval.episodes",
+    **{f"learner.{key}": f"learner.bc.{key}" for key in (*_BC_KEYS, "num_workers")},
+    **{
+        f"learner.{section}.{key}": f"learner.{key}"
+        for section in ("dqfd", "ppo")
+        for key in ("gamma", "max_grad_norm", "env_kwargs", "init_checkpoint")
+    },
+    **{
+        f"learner.{section}.eval_{key}": f"learner.eval.{key}"
+        for section in ("dqfd", "ppo")
+        for key in ("episodes", "max_steps")
+    },
+    "learner.ppo.eval_deterministic": "learner.eval.deterministic",
+    "learner.ppo.eval_env_kwargs": "learner.eval.env_kwargs",
+}
+"""Keys of earlier configs and where they went: a config that still has one is refused with
+one line naming the new key (`cluster.config.parse_config`)."""

@@ -1,6 +1,6 @@
 """Data-parallel behaviour cloning through Ray Train's `TorchTrainer` over a Ray Data dataset.
 
-`learner.num_workers` > 1 trains BC this way: every worker holds a replica of the model
+`learner.bc.num_workers` > 1 trains BC this way: every worker holds a replica of the model
 (DistributedDataParallel set up by `ray.train.torch.prepare_model`, NCCL on GPUs, gloo on
 CPUs), reads its own shard of the dataset (`get_dataset_shard`, streamed from the Parquet
 files, never loaded into one process), and the gradients are averaged each step. Rank 0
@@ -35,7 +35,7 @@ from harvest.learners.learner import (
     split_by_episode,
 )
 from harvest.learners.losses import bc_loss, loss_from_output
-from harvest.learners.models import build_policy_model, fit_normalizer, resolve_model_spec
+from harvest.learners.models import ConvPolicyModel, PolicyModel, build_policy_model, fit_normalizer, resolve_model_spec
 from harvest.learners.plots import plot_training_curve
 from harvest.learners.precision import Precision
 from harvest.learners.records import TrainingRecorder
@@ -52,20 +52,22 @@ def _train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     if cfg.num_cpus >= 1:
         torch.set_num_threads(int(cfg.num_cpus))
-    model = build_policy_model(schema.observation_space, schema.action_space, spec)
+    policy = build_policy_model(schema.observation_space, schema.action_space, spec)
     if config["normalizer"] is not None:
-        model.encoder.mean.copy_(torch.as_tensor(config["normalizer"][0]))
-        model.encoder.std.copy_(torch.as_tensor(config["normalizer"][1]))
-    model = ray.train.torch.prepare_model(model)
+        assert isinstance(policy, PolicyModel)  # the MLP's normalizer: see train_bc_data_parallel
+        policy.encoder.mean.copy_(torch.as_tensor(config["normalizer"][0]))
+        policy.encoder.std.copy_(torch.as_tensor(config["normalizer"][1]))
+    model = ray.train.torch.prepare_model(policy)
     inner = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    assert isinstance(inner, (PolicyModel, ConvPolicyModel))  # the policy, inside its DDP wrapper or not
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.bc.weight_decay)
     device = ray.train.torch.get_device()
     precision = Precision(cfg.precision, device)
     rank = ray.train.get_context().get_world_rank()
     out_dir = Path(config["out_dir"])
     recorder = TrainingRecorder(out_dir, "bc") if rank == 0 else None
     history, best_loss = [], float("inf")
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, cfg.bc.epochs + 1):
         started, losses, rows = time.perf_counter(), [], 0
         model.train()
         for batch in ray.train.get_dataset_shard("train").iter_torch_batches(
@@ -96,12 +98,12 @@ def _train_loop(config: dict) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)
         seconds = time.perf_counter() - started
-        train_loss = float(totals[0] / max(totals[1], 1))
-        validation_loss = float(totals[3] / max(totals[5], 1)) if totals[5] else train_loss
+        train_loss = float(totals[0]) / max(float(totals[1]), 1.0)
+        validation_loss = float(totals[3]) / max(float(totals[5]), 1.0) if totals[5] else train_loss
         accuracy = float(totals[4] / totals[5]) if totals[5] and config["discrete"] else None
         record = EpochRecord(epoch, train_loss, validation_loss, accuracy, float(totals[2]) / seconds, seconds)
         history.append(asdict(record))
-        if rank == 0:
+        if recorder is not None:  # rank 0
             recorder.scalars(
                 epoch,
                 {
@@ -123,7 +125,7 @@ def _train_loop(config: dict) -> None:
             if validation_loss < best_loss:
                 best_loss = validation_loss
                 save_checkpoint(out_dir / BEST_NAME, inner, spec, epoch, info)
-            if epoch == cfg.epochs:
+            if epoch == cfg.bc.epochs:
                 save_checkpoint(out_dir / FINAL_NAME, inner, spec, epoch, info)
             (out_dir / HISTORY_NAME).write_text(
                 json.dumps(
@@ -152,7 +154,7 @@ def _train_loop(config: dict) -> None:
 
 
 def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_dir: str) -> TrainResult:
-    """BC on `cfg.num_workers` Ray Train workers (GPUs when `learner.num_gpus` > 0); blocks."""
+    """BC on `cfg.bc.num_workers` Ray Train workers (GPUs when `learner.num_gpus` > 0); blocks."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -163,14 +165,14 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
     if action_names != ["action"]:
         raise ValueError(f"{dataset.folder}: data-parallel BC supports one action column, got {action_names}")
     episode_ids = dataset.read_columns(["episode_id"])["episode_id"]
-    validation_ids = np.unique(episode_ids[split_by_episode(episode_ids, cfg.validation_fraction, cfg.seed)])
+    validation_ids = np.unique(episode_ids[split_by_episode(episode_ids, cfg.bc.validation_fraction, cfg.seed)])
     spec = resolve_model_spec(
         cfg.model, schema.observation_space, schema.action_space, cfg.hidden_sizes, cfg.conv_channels
     )
     sample = dataset.read_columns(obs_names, max_rows=100_000)
     probe = build_policy_model(schema.observation_space, schema.action_space, spec)
     normalizer = None
-    if hasattr(probe, "encoder"):
+    if isinstance(probe, PolicyModel):  # (the CNN has no normalizer)
         tensors = {name: torch.from_numpy(np.array(sample[name])) for name in obs_names}
         fit_normalizer(probe, tensors, obs_names, torch.arange(len(next(iter(sample.values())))))
         normalizer = (probe.encoder.mean.numpy().copy(), probe.encoder.std.numpy().copy())
@@ -197,7 +199,7 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
         _train_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
+            num_workers=cfg.bc.num_workers,
             use_gpu=cfg.num_gpus > 0,
             resources_per_worker={"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if cfg.num_gpus else {})},
         ),
@@ -206,7 +208,7 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
     )
     logger.info(
         "training BC data-parallel on {} Ray Train workers ({}) over {}",
-        cfg.num_workers,
+        cfg.bc.num_workers,
         "GPU" if cfg.num_gpus else "CPU",
         dataset.folder,
     )
@@ -219,7 +221,7 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
     plot_training_curve(
         [asdict(record) for record in history],
         out / CURVE_NAME,
-        f"BC on {dataset.manifest.env_id} ({cfg.num_workers} workers)",
+        f"BC on {dataset.manifest.env_id} ({cfg.bc.num_workers} workers)",
     )
     validation_count = int(np.isin(episode_ids, validation_ids).sum())
     return epochs_result(
@@ -229,5 +231,5 @@ def train_bc_data_parallel(cfg: LearnerConfig, dataset_dir: str | Location, out_
         best.epoch,
         len(episode_ids) - validation_count,
         validation_count,
-        f"ray-train x{cfg.num_workers} ({'cuda' if cfg.num_gpus else 'cpu'})",
+        f"ray-train x{cfg.bc.num_workers} ({'cuda' if cfg.num_gpus else 'cpu'})",
     )

@@ -67,6 +67,8 @@ from harvest.rollout.replay.shard import ReplayShard, importance_weights
 
 NSTEP_OBS = "n_obs"
 AGENT_REPLAY_DIR = "agent-replay"
+MAX_GRAD_NORM = 10.0
+"""DQfD's gradient clip where `learner.max_grad_norm` is not set."""
 
 
 @dataclass
@@ -184,18 +186,17 @@ class DQfDLearner:
             if cfg.action_set is not None
             else None
         )
-        self.action_space = (
-            gym.spaces.Discrete(len(self.action_set)) if self.action_set is not None else schema.action_space
-        )
-        if not isinstance(self.action_space, gym.spaces.Discrete):
+        action_space = gym.spaces.Discrete(len(self.action_set)) if self.action_set is not None else schema.action_space
+        if not isinstance(action_space, gym.spaces.Discrete):
             raise ValueError(
                 f"{self.dataset.folder}: DQfD needs a Discrete action space, the dataset has "
                 f"{schema.action_space}; set learner.action_set (e.g. `driving`) to learn it over a "
                 "discrete set of its actions"
             )
+        self.action_space = action_space
         # the env it interacts in and is evaluated in: the run's (wrappers and all), or the dataset's by id
         self.env_cfg = dataclasses.replace(
-            env_cfg or EnvConfig(id=self.dataset.manifest.env_id), num_envs=1, kwargs=self.dqfd.env_kwargs
+            env_cfg or EnvConfig(id=self.dataset.manifest.env_id), num_envs=1, kwargs=cfg.env_kwargs
         )
         if self.action_set is not None:
             self.env_cfg = dataclasses.replace(self.env_cfg, action_set=self.action_set.tolist())
@@ -210,9 +211,10 @@ class DQfDLearner:
     def actor_args(
         cls, cfg: LearnerConfig, env: EnvConfig, dataset: Location, out_dir: str, run_id: str
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """It plays the run's env, wrappers and all, with `learner.dqfd.env_kwargs` over the env's."""
-        dqfd = dataclasses.replace(cfg.dqfd, env_kwargs={**env.kwargs, **cfg.dqfd.env_kwargs})
-        return (dataclasses.replace(cfg, dqfd=dqfd), dataset, out_dir), {"env_cfg": env}
+        """It plays the run's env, wrappers and all, with `learner.env_kwargs` over the env's."""
+        return (dataclasses.replace(cfg, env_kwargs={**env.kwargs, **cfg.env_kwargs}), dataset, out_dir), {
+            "env_cfg": env
+        }
 
     @classmethod
     def work(cls, cfg: LearnerConfig, dataset: Location) -> tuple[int, str]:
@@ -221,13 +223,13 @@ class DQfDLearner:
 
     @classmethod
     def after_stage(cls, cfg: LearnerConfig, previous: str | None) -> LearnerConfig:
-        """It starts from the previous stage's best checkpoint unless its own `init_checkpoint` says otherwise."""
-        return starting_from(cfg, "dqfd", previous)
+        """It starts from the previous stage's best checkpoint."""
+        return starting_from(cfg, previous)
 
     @classmethod
     def check(cls, cfg: LearnerConfig, env: EnvConfig | None) -> None:
         """Its starting checkpoint against the env it plays (`CheckpointSpaceError`: one line)."""
-        check_starting_checkpoint(cfg.dqfd, env)
+        check_starting_checkpoint(cfg, env)
 
     @classmethod
     def train_without_actor(cls, cfg: LearnerConfig, dataset: Location, out_dir: str) -> TrainResult | None:
@@ -255,8 +257,8 @@ class DQfDLearner:
         rows = self.dataset.read_columns(core, cfg.max_rows)
         if self.action_set is not None:
             rows["action"] = map_to_action_set(rows["action"], self.action_set, self.dataset.folder, self._log)
-        demos = with_n_step({**rows, **self._provenance(len(rows["reward"]))}, self.schema, d.n_step, d.gamma, True)
-        replay_cfg = dict(
+        demos = with_n_step({**rows, **self._provenance(len(rows["reward"]))}, self.schema, d.n_step, cfg.gamma, True)
+        replay_cfg: dict[str, Any] = dict(
             sampler="prioritized",
             priority_alpha=d.priority_alpha,
             priority_beta=d.priority_beta,
@@ -286,11 +288,11 @@ class DQfDLearner:
             1,
             cfg.seed + 1,
         )
-        if d.init_checkpoint:
-            loaded = load_checkpoint(d.init_checkpoint, str(self.device))
+        if cfg.init_checkpoint:
+            loaded = load_checkpoint(cfg.init_checkpoint, str(self.device))
             if loaded.model.action_space != action_space:
                 raise ValueError(
-                    f"learner.dqfd.init_checkpoint {d.init_checkpoint}: its actions "
+                    f"learner.init_checkpoint {cfg.init_checkpoint}: its actions "
                     f"{loaded.model.action_space} are not the dataset's {action_space}"
                 )
             model, self.model_spec = loaded.model.train(), loaded.spec
@@ -299,7 +301,7 @@ class DQfDLearner:
                 cfg.model, schema.observation_space, action_space, cfg.hidden_sizes, cfg.conv_channels
             )
             model = build_policy_model(schema.observation_space, action_space, self.model_spec).to(self.device)
-        if not d.init_checkpoint:
+        if not cfg.init_checkpoint:
             fit_normalizer(
                 model,
                 {name: torch.from_numpy(np.array(demos[name])) for name in schema.obs_columns},
@@ -357,7 +359,11 @@ class DQfDLearner:
             labels=("loss", "margin loss"),
             extra=("eval return", [e["eval_return"] for e in entries]),
         )
-        best = max((e for e in history if e.eval_return is not None), key=lambda e: e.eval_return, default=history[-1])
+        best = max(
+            (e for e in history if e.eval_return is not None),
+            key=lambda e: e.eval_return if e.eval_return is not None else -float("inf"),
+            default=history[-1],
+        )
         return TrainResult(
             "dqfd",
             str(outputs.best),
@@ -387,7 +393,7 @@ class DQfDLearner:
         """A history entry: the mean losses since the last one, and the greedy evaluation return
         (a new best is saved as best.safetensors)."""
         model, window = self._model, self._window
-        eval_return = self._evaluate(model) if self.dqfd.eval_episodes else None
+        eval_return = self._evaluate(model) if self.cfg.eval.episodes else None
         means = {key: float(np.mean([w[key] for w in window])) for key in window[0]} if window else {}
         entry = DQfDRecord(
             self._updates,
@@ -508,7 +514,7 @@ class DQfDLearner:
         stored = sum(size for _, size in mass_and_size)
         if len(shards) == 2 and d.demo_ratio is not None:
             demo_rows = int(self._rng.binomial(batch_size, d.demo_ratio))
-            counts, share = [demo_rows, batch_size - demo_rows], np.array([d.demo_ratio, 1 - d.demo_ratio])
+            counts, share = np.array([demo_rows, batch_size - demo_rows]), np.array([d.demo_ratio, 1 - d.demo_ratio])
         else:
             share = masses / masses.sum()
             counts = self._rng.multinomial(batch_size, share)
@@ -516,6 +522,8 @@ class DQfDLearner:
         for shard, count, fraction in zip(shards, counts, share):
             if count:
                 part = shard.sample(int(count))
+                # None only from a shard with no rows (its limiter is the default MinSize(1)); see `shards`
+                assert part is not None
                 part.columns["probability"] = part["probability"] * fraction
                 parts.append(part)
         batch = TransitionBatch.concat(parts)
@@ -549,7 +557,7 @@ class DQfDLearner:
                 n_q = self._double_q(model, target, n_obs)
         q_taken = q.gather(1, action[:, None])[:, 0]
         with torch.no_grad():
-            y1 = reward + d.gamma * (1 - terminated) * next_q
+            y1 = reward + self.cfg.gamma * (1 - terminated) * next_q
             n_done = torch.from_numpy(batch["n_done"]).to(device).float()
             n_discount = torch.from_numpy(batch["n_discount"]).to(device)
             yn = torch.from_numpy(batch["n_return"]).to(device) + n_discount * (1 - n_done) * n_q
@@ -561,7 +569,7 @@ class DQfDLearner:
         loss = td_loss + d.lambda_n_step * n_loss + d.lambda_margin * margin_loss
         optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)
-        self.precision.step(optimizer, model.parameters(), d.max_grad_norm)
+        self.precision.step(optimizer, model.parameters(), self.cfg.grad_norm(MAX_GRAD_NORM))
         priorities = td1.detach().abs().cpu().numpy()
         keys = batch["key"]
         for index, shard in enumerate((self.demo_shard, self.agent_shard)):
@@ -622,9 +630,7 @@ class DQfDLearner:
     def _store_episode(self, episode: dict[str, list]) -> None:
         rows = {name: np.asarray(values, dtype=self.schema.columns[name].dtype) for name, values in episode.items()}
         rows.update(self._provenance(len(rows["reward"])))
-        self.agent_shard.insert(
-            with_n_step(rows, self.schema, self.dqfd.n_step, self.dqfd.gamma, False), source="agent"
-        )
+        self.agent_shard.insert(with_n_step(rows, self.schema, self.dqfd.n_step, self.cfg.gamma, False), source="agent")
 
     @torch.no_grad()
     def _act(self, model, obs, epsilon: float) -> np.ndarray:
@@ -643,8 +649,11 @@ class DQfDLearner:
         return greedy
 
     def _evaluate(self, model) -> float:
+        """Greedy return in the env (`learner.eval.env_kwargs` over the one it interacts in)."""
+        evaluation = self.cfg.eval
+        env_cfg = dataclasses.replace(self.env_cfg, kwargs={**self.env_cfg.kwargs, **evaluation.env_kwargs})
         return greedy_return(
-            model, self.env_cfg, self.dqfd.eval_episodes, 10_000 + self.cfg.seed, self.dqfd.eval_max_steps, self.device
+            model, env_cfg, evaluation.episodes, 10_000 + self.cfg.seed, evaluation.max_steps, self.device
         )
 
     def _save(self, model, name: str, update: int, entry: DQfDRecord) -> None:

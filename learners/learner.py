@@ -177,22 +177,18 @@ def epochs_result(
     )
 
 
-def starting_from(cfg: LearnerConfig, section: str, previous: str | None) -> LearnerConfig:
-    """`cfg` with `<section>.init_checkpoint` set to `previous` (the stage before's best
-    checkpoint), unless the section names its own."""
-    own = getattr(cfg, section)
-    if not previous or own.init_checkpoint:
-        return cfg
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(own, init_checkpoint=previous)})
+def starting_from(cfg: LearnerConfig, previous: str | None) -> LearnerConfig:
+    """`cfg` with `init_checkpoint` set to `previous` (the stage before's best checkpoint)."""
+    return dataclasses.replace(cfg, init_checkpoint=previous) if previous else cfg
 
 
-def check_starting_checkpoint(own: Any, env: EnvConfig | None) -> None:
-    """A section's `init_checkpoint` against the env it plays (with the section's `env_kwargs`
-    over the env's): another env's checkpoint is one line (`CheckpointSpaceError`)."""
-    if own.init_checkpoint and env is not None:
+def check_starting_checkpoint(cfg: LearnerConfig, env: EnvConfig | None) -> None:
+    """`learner.init_checkpoint` against the env it plays (with `learner.env_kwargs` over the
+    env's): another env's checkpoint is one line (`CheckpointSpaceError`)."""
+    if cfg.init_checkpoint and env is not None:
         from harvest.rollout.policies import check_checkpoint_spaces
 
-        check_checkpoint_spaces(own.init_checkpoint, dataclasses.replace(env, kwargs={**env.kwargs, **own.env_kwargs}))
+        check_checkpoint_spaces(cfg.init_checkpoint, dataclasses.replace(env, kwargs={**env.kwargs, **cfg.env_kwargs}))
 
 
 class LearnerOutputs:

@@ -36,9 +36,10 @@ def loss_from_output(
     elif isinstance(space, gym.spaces.MultiDiscrete):
         targets = (action.long() - torch.as_tensor(space.start, device=action.device)).reshape(action.shape[0], -1)
         parts = out.split(space.nvec.reshape(-1).tolist(), dim=-1)
-        per_row = sum(
+        per_part = [
             nn.functional.cross_entropy(logits, targets[:, i], reduction="none") for i, logits in enumerate(parts)
-        )
+        ]
+        per_row = sum(per_part[1:], per_part[0])
     else:
         error = out - action.reshape(action.shape[0], -1).float()
         if action_scale is not None:

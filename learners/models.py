@@ -64,16 +64,17 @@ def mask_column(observation_space: gym.Space, action_space: gym.Space) -> str | 
 def board_column(observation_space: gym.Space, action_space: gym.Space) -> str | None:
     """The one [C, H, W] Box leaf of the observation, if the Discrete actions are laid out over
     its tiles: index `(row * W + col) * k + j` for k actions per tile, plus one last action."""
-    boards = [
-        name
+    boards = {
+        name: leaf
         for name, leaf in leaf_spaces(observation_space, "obs").items()
         if isinstance(leaf, gym.spaces.Box) and len(leaf.shape) == 3
-    ]
+    }
     if len(boards) != 1 or not isinstance(action_space, gym.spaces.Discrete):
         return None
-    _, height, width = leaf_spaces(observation_space, "obs")[boards[0]].shape
+    [(name, board)] = boards.items()
+    _, height, width = board.shape
     spatial = int(action_space.n) > 1 and (int(action_space.n) - 1) % (height * width) == 0
-    return boards[0] if spatial else None
+    return name if spatial else None
 
 
 def image_column(observation_space: gym.Space) -> str | None:
@@ -222,6 +223,9 @@ class ObsEncoder(nn.Module):
     Feature-wise mean/std (buffers set from training data) normalize the vector.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, observation_space: gym.Space, exclude: Sequence[str] = ()) -> None:
         super().__init__()
         self.parts: list[tuple[str, str, list[int]]] = []
@@ -269,6 +273,13 @@ class PolicyModel(nn.Module):
     Box actions: a mean squashed into the bounds with tanh (where the bounds are finite), and a
     learned log-std that makes it a tanh-squashed Gaussian (`distribution`)."""
 
+    # Buffers of a Box action space (registered in __init__).
+    action_low: torch.Tensor
+    action_high: torch.Tensor
+    action_bounded: torch.Tensor
+    action_fixed: torch.Tensor
+    action_fixed_value: torch.Tensor
+
     def __init__(
         self,
         observation_space: gym.Space,
@@ -288,11 +299,11 @@ class PolicyModel(nn.Module):
             )
         exclude = [self.image_name] if self.image_name else []
         self.encoder = ObsEncoder(observation_space, exclude)
-        self.pixels = (
-            PixelEncoder(leaf_spaces(observation_space, "obs")[self.image_name], pixel_channels)
-            if self.image_name
-            else None
-        )
+        self.pixels: PixelEncoder | None = None
+        if self.image_name and pixel_channels:  # (an image_name is only looked for with pixel_channels)
+            image_space = leaf_spaces(observation_space, "obs")[self.image_name]
+            assert isinstance(image_space, gym.spaces.Box)  # image_column picks Box leaves only
+            self.pixels = PixelEncoder(image_space, pixel_channels)
         layers: list[nn.Module] = []
         width = self.encoder.output_size + (self.pixels.output_size if self.pixels is not None else 0)
         for hidden in hidden_sizes:
@@ -324,6 +335,7 @@ class PolicyModel(nn.Module):
     def _head(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         features = self.encoder(obs)
         if self.pixels is not None:
+            assert self.image_name is not None  # __init__ builds `pixels` for that image only
             features = torch.cat([self.pixels(obs[self.image_name]), features], dim=1)
         return _masked(self.head(self.trunk(features)), obs, self.mask_name)
 
@@ -385,6 +397,7 @@ class PolicyModel(nn.Module):
             return (torch.stack(chosen, dim=-1) + torch.as_tensor(space.start.reshape(-1), device=out.device)).reshape(
                 out.shape[0], *space.nvec.shape
             )
+        assert isinstance(space, gym.spaces.Box)  # __init__ refuses other action spaces
         if not deterministic:
             out = self.distribution(obs).sample(generator)
         return out.reshape(out.shape[0], *space.shape)
@@ -410,10 +423,13 @@ class ConvPolicyModel(nn.Module):
             )
         if not conv_channels:
             raise ValueError("model: cnn needs at least one entry in conv_channels")
+        board_space = leaf_spaces(observation_space, "obs")[board_name]
+        # board_column names a board only for a [C, H, W] Box and Discrete actions
+        assert isinstance(board_space, gym.spaces.Box) and isinstance(action_space, gym.spaces.Discrete)
         self.observation_space, self.action_space = observation_space, action_space
         self.board_name = board_name
         self.mask_name = mask_column(observation_space, action_space)
-        channels, height, width = leaf_spaces(observation_space, "obs")[board_name].shape
+        channels, height, width = board_space.shape
         self.actions_per_tile = (int(action_space.n) - 1) // (height * width)
         layers: list[nn.Module] = []
         for out_channels in conv_channels:

@@ -10,11 +10,12 @@ import torch
 from harvest.envs.config import EnvConfig
 from harvest.envs.registry import make_vector_env
 from harvest.envs.spaces import flatten_value
+from harvest.learners.models import ConvPolicyModel, PolicyModel
 
 
 @torch.no_grad()
 def greedy_return(
-    model: torch.nn.Module,
+    model: PolicyModel | ConvPolicyModel,
     env_cfg: EnvConfig,
     episodes: int,
     seed: int,

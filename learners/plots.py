@@ -24,10 +24,12 @@ def plot_training_curve(
     numbers = [record["epoch"] for record in epochs]
     figure, loss_axis = plt.subplots(figsize=(6, 3.5), dpi=100)
     loss_axis.plot(numbers, [r["train_loss"] for r in epochs], marker="o", label=labels[0])
-    loss_axis.plot(numbers, [r["validation_loss"] for r in epochs], marker="o", label=labels[1])
+    validated = all(r.get("validation_loss") is not None for r in epochs)  # the shadow learner has no split
+    if validated:
+        loss_axis.plot(numbers, [r["validation_loss"] for r in epochs], marker="o", label=labels[1])
     loss_axis.set_xlabel(x_label)
     loss_axis.set_ylabel("loss")
-    if all(r["train_loss"] > 0 and r["validation_loss"] > 0 for r in epochs):
+    if all(r["train_loss"] > 0 and (not validated or r["validation_loss"] > 0) for r in epochs):
         loss_axis.set_yscale("log")
     handles, labels_ = loss_axis.get_legend_handles_labels()
     if extra is None and all(r.get("validation_accuracy") is not None for r in epochs):

@@ -11,7 +11,7 @@ import torch
 from harvest.envs.spaces import ColumnSpec, flatten_value
 from harvest.learners.action_sets import ACTION_SET_KEY
 from harvest.learners.checkpoint import load_checkpoint
-from harvest.learners.models import ConvPolicyModel, PolicyModel
+from harvest.learners.models import CategoricalPolicy, ConvPolicyModel, PolicyModel
 from harvest.rollout.policies import PolicyOutput
 
 LOGITS_COLUMN = "policy_logits"
@@ -43,7 +43,9 @@ class TorchPolicy:
 
     def extra_columns(self) -> Mapping[str, ColumnSpec]:
         if self.record_logits:
-            return {LOGITS_COLUMN: ColumnSpec(np.float32, (int(self.model.action_space.n),))}
+            space = self.model.action_space
+            assert isinstance(space, gym.spaces.Discrete)  # __init__ refuses record_logits otherwise
+            return {LOGITS_COLUMN: ColumnSpec(np.float32, (int(space.n),))}
         return {}
 
     def set_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
@@ -57,12 +59,13 @@ class TorchPolicy:
             actions = self.model.act(tensors, deterministic=self.deterministic, generator=self._generator).numpy()
             return PolicyOutput(actions if self.action_lookup is None else self.action_lookup[actions])
         distribution = self.model.distribution(tensors)
-        actions = (
+        assert isinstance(distribution, CategoricalPolicy)  # __init__ refuses record_logits without Discrete actions
+        chosen = (
             distribution.logits.argmax(-1) + distribution.start
             if self.deterministic
             else distribution.sample(self._generator)
         )
-        return PolicyOutput(actions.numpy(), {LOGITS_COLUMN: distribution.logits.numpy().astype(np.float32)})
+        return PolicyOutput(chosen.numpy(), {LOGITS_COLUMN: distribution.logits.numpy().astype(np.float32)})
 
 
 def load_torch_policy(

@@ -61,6 +61,8 @@ from harvest.rollout.replay.replay import start_replay
 from harvest.rollout.worker import RolloutWorker, schema_for
 
 INITIAL_NAME = "initial.safetensors"
+MAX_GRAD_NORM = 0.5
+"""PPO's gradient clip where `learner.max_grad_norm` is not set (CleanRL's)."""
 
 
 class ValueModel(nn.Module):
@@ -72,18 +74,21 @@ class ValueModel(nn.Module):
         self, policy: PolicyModel | ConvPolicyModel, hidden_sizes: Sequence[int], conv_channels: Sequence[int]
     ) -> None:
         super().__init__()
-        self.board_name = getattr(policy, "board_name", None)
-        if self.board_name is None:
+        self.board_name = policy.board_name if isinstance(policy, ConvPolicyModel) else None
+        self.net: nn.Module
+        layers: list[nn.Module] = []
+        if isinstance(policy, PolicyModel):
             self.encoder = copy.deepcopy(policy.encoder)
             self.pixels, self.image_name = copy.deepcopy(policy.pixels), policy.image_name
-            width, layers = self.encoder.output_size + (self.pixels.output_size if self.pixels is not None else 0), []
+            width = self.encoder.output_size + (self.pixels.output_size if self.pixels is not None else 0)
             for hidden in hidden_sizes:
                 layers += [nn.Linear(width, hidden), nn.Tanh()]
                 width = hidden
             self.net = nn.Sequential(*layers, nn.Linear(width, 1))
         else:
-            channels = leaf_spaces(policy.observation_space, "obs")[self.board_name].shape[0]
-            layers = []
+            board_space = leaf_spaces(policy.observation_space, "obs")[policy.board_name]
+            assert isinstance(board_space, gym.spaces.Box)  # a ConvPolicyModel's board is a [C, H, W] Box
+            channels = board_space.shape[0]
             for out_channels in conv_channels:
                 layers += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.ReLU()]
                 channels = out_channels
@@ -94,6 +99,7 @@ class ValueModel(nn.Module):
         if self.board_name is None:
             features = self.encoder(obs)
             if self.pixels is not None:
+                assert self.image_name is not None  # the policy's pixels read that image
                 features = torch.cat([self.pixels(obs[self.image_name]), features], dim=1)
             return self.net(features)[:, 0]
         return self.net(self.trunk(obs[self.board_name].float()).mean(dim=(2, 3)))[:, 0]
@@ -155,7 +161,7 @@ class PPOLearner:
 
     def __init__(self, cfg: LearnerConfig, env_cfg: EnvConfig, out_dir: str, run_id: str = "ppo") -> None:
         self.cfg, self.ppo = cfg, cfg.ppo
-        self.env_cfg = dataclasses.replace(env_cfg, kwargs={**env_cfg.kwargs, **cfg.ppo.env_kwargs})
+        self.env_cfg = dataclasses.replace(env_cfg, kwargs={**env_cfg.kwargs, **cfg.env_kwargs})
         self.out_dir, self.run_id = Path(out_dir), run_id
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = Precision(cfg.precision, self.device)
@@ -178,13 +184,16 @@ class PPOLearner:
 
     @classmethod
     def after_stage(cls, cfg: LearnerConfig, previous: str | None) -> LearnerConfig:
-        """It starts from the previous stage's best checkpoint unless its own `init_checkpoint` says otherwise."""
-        return starting_from(cfg, "ppo", previous)
+        """It starts from the previous stage's best checkpoint."""
+        return starting_from(cfg, previous)
 
     @classmethod
     def check(cls, cfg: LearnerConfig, env: EnvConfig | None) -> None:
-        """Its starting checkpoint against the env it plays (`CheckpointSpaceError`: one line)."""
-        check_starting_checkpoint(cfg.ppo, env)
+        """Its evaluations (they pick the best checkpoint) and its starting checkpoint against the
+        env it plays (`CheckpointSpaceError`: one line)."""
+        if cfg.eval.episodes < 1:
+            raise ValueError("learner.eval.episodes: PPO picks its best checkpoint by evaluation; give at least 1")
+        check_starting_checkpoint(cfg, env)
 
     @classmethod
     def train_without_actor(cls, cfg: LearnerConfig, dataset: Location, out_dir: str) -> TrainResult | None:
@@ -195,8 +204,8 @@ class PPOLearner:
 
     def _initial_model(self) -> tuple[PolicyModel | ConvPolicyModel, ModelSpec]:
         """The checkpoint to fine-tune, or fresh weights for the env's spaces."""
-        if self.ppo.init_checkpoint:
-            loaded = load_checkpoint(self.ppo.init_checkpoint)
+        if self.cfg.init_checkpoint:
+            loaded = load_checkpoint(self.cfg.init_checkpoint)
             return loaded.model, loaded.spec
         env = make_vector_env(EnvConfig(id=self.env_cfg.id, num_envs=1, kwargs=self.env_cfg.kwargs))
         try:
@@ -261,7 +270,7 @@ class PPOLearner:
         self._log.info(
             "PPO on {} from {}: {} env steps, {} collectors x {} rows per iteration, on {}",
             self.env_cfg.id,
-            p.init_checkpoint or "fresh weights",
+            self.cfg.init_checkpoint or "fresh weights",
             p.env_steps,
             p.num_collectors,
             p.rows_per_collector,
@@ -276,7 +285,7 @@ class PPOLearner:
             self.out_dir / LAST_NAME,
             [],
         )
-        owner = training_owner("ppo", run_id=f"{self.run_id} from {cfg.ppo.init_checkpoint or 'fresh weights'}")
+        owner = training_owner("ppo", run_id=f"{self.run_id} from {cfg.init_checkpoint or 'fresh weights'}")
         if cfg.resume and resumable(last_path, owner, self._log):  # a restarted learner goes on after its last one
             state = load_training_state(last_path, networks, optimizer)
             version, env_steps, best = state.epoch, state.extra["env_steps"], state.extra["best"]
@@ -423,7 +432,10 @@ class PPOLearner:
             labels=("|policy loss|", "value loss"),
             extra=("episode return", [e["episode_return"] for e in entries]),
         )
-        best_record = max((r for r in history if r.eval_return is not None), key=lambda r: r.eval_return)
+        best_record = max(
+            (r for r in history if r.eval_return is not None),
+            key=lambda r: r.eval_return if r.eval_return is not None else -float("inf"),
+        )
         return TrainResult(
             "ppo",
             str(outputs.best),
@@ -440,17 +452,17 @@ class PPOLearner:
         )
 
     def _evaluate(self, policy) -> float:
-        """Evaluation return in the env (with `ppo.eval_env_kwargs` merged over the training kwargs)."""
-        p = self.ppo
-        env_cfg = dataclasses.replace(self.env_cfg, kwargs={**self.env_cfg.kwargs, **p.eval_env_kwargs})
+        """Evaluation return in the env (with `learner.eval.env_kwargs` merged over the training kwargs)."""
+        evaluation = self.cfg.eval
+        env_cfg = dataclasses.replace(self.env_cfg, kwargs={**self.env_cfg.kwargs, **evaluation.env_kwargs})
         return greedy_return(
             policy,
             env_cfg,
-            p.eval_episodes,
+            evaluation.episodes,
             20_000 + self.cfg.seed,
-            p.eval_max_steps,
+            evaluation.max_steps,
             self.device,
-            p.eval_deterministic,
+            evaluation.deterministic,
         )
 
     def _update(
@@ -472,7 +484,7 @@ class PPOLearner:
             batch["truncated"],
             batch["episode_id"],
             batch["step"],
-            p.gamma,
+            self.cfg.gamma,
             p.gae_lambda,
         )
         advantage_t, returns_t = torch.from_numpy(advantage).to(device), torch.from_numpy(returns).to(device)
@@ -513,7 +525,7 @@ class PPOLearner:
                     loss = policy_loss + p.value_coef * value_loss - p.entropy_coef * entropy + p.kl_coef * kl_initial
                 optimizer.zero_grad(set_to_none=True)
                 self.precision.backward(loss)
-                self.precision.step(optimizer, parameters, p.max_grad_norm)
+                self.precision.step(optimizer, parameters, self.cfg.grad_norm(MAX_GRAD_NORM))
                 with torch.no_grad():
                     sums["policy_loss"] += policy_loss.item()
                     sums["value_loss"] += value_loss.item()
@@ -535,7 +547,7 @@ class PPOLearner:
                 "policy_version": version,
                 "env_steps": record.env_steps,
                 "eval_return": record.eval_return,
-                "init_checkpoint": self.ppo.init_checkpoint,
+                "init_checkpoint": self.cfg.init_checkpoint,
             },
         )
 

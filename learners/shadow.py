@@ -6,17 +6,20 @@ the shadow itself) in a bounded in-memory window, runs `updates_per_round` BC mi
 updates on it (the `learner:` section's model, batch size, learning rate and augmentation)
 and publishes the weights through the object store with a new version. The session's
 collector plays those weights beside the person (`shadow_action` on every row) and can hand
-them the controls. `stop` ends the loop and writes the checkpoint, history and curve.
+them the controls.
+
+It answers the learners' contract (`learners.learner.Learner`): `train()` runs the rounds until
+`stop()` is called from another call (the actor runs calls concurrently), then writes the same
+outputs as every learner (`LearnerOutputs`: final and best checkpoints - the last version -,
+history, curve, TensorBoard) and returns a `TrainResult`; `progress()` reports versions and samples.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import ray
@@ -26,6 +29,7 @@ from loguru import logger
 from harvest.learners.augment import augment_images
 from harvest.learners.checkpoint import save_checkpoint
 from harvest.learners.config import LearnerConfig
+from harvest.learners.learner import BEST_NAME, FINAL_NAME, LearnerOutputs, LearnerProgress, TrainProgress, TrainResult
 from harvest.learners.losses import bc_loss
 from harvest.learners.models import build_policy_model, image_column, resolve_model_spec
 from harvest.rollout.batch import BatchSchema
@@ -33,7 +37,7 @@ from harvest.rollout.human.config import ShadowConfig
 from harvest.rollout.replay.replay import Replay
 from harvest.rollout.replay.row_filter import RowFilter
 
-INITIAL_NAME, FINAL_NAME, HISTORY_NAME = "initial.safetensors", "final.safetensors", "training_history.json"
+INITIAL_NAME = "initial.safetensors"
 
 
 @dataclass
@@ -47,8 +51,11 @@ class ShadowRound:
 
 
 class ShadowLearner:
-    """Trains the shadow policy on the person's rows in rounds, in a thread of its own; a plain
-    class made an actor where it is started."""
+    """Trains the shadow policy on the person's rows in rounds until stopped; a plain class made
+    an actor (with `max_concurrency` for `latest`, `progress` and `stop` beside `train`) where it
+    is started."""
+
+    algorithm = "shadow"
 
     def __init__(
         self,
@@ -75,7 +82,7 @@ class ShadowLearner:
             cfg.model, schema.observation_space, schema.action_space, cfg.hidden_sizes, cfg.conv_channels
         )
         self.model = build_policy_model(schema.observation_space, schema.action_space, self.spec).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.bc.weight_decay)
         self.image_name = image_column(schema.observation_space)
         self.initial_checkpoint = str(
             save_checkpoint(self.out_dir / INITIAL_NAME, self.model, self.spec, 0, {"algorithm": "shadow-init"})
@@ -88,19 +95,13 @@ class ShadowLearner:
         self._weights: ray.ObjectRef | None = None
         self._history: list[ShadowRound] = []
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._started = time.perf_counter()
+        self._progress = LearnerProgress(0)  # open-ended: as many versions as the session lasts
+        self._rows_seen = 0
 
     def get_initial_checkpoint(self) -> str:
         """The untrained model's checkpoint (what the session's shadow policy starts from)."""
         return self.initial_checkpoint
-
-    def start(self) -> None:
-        """Begin training rounds in the background."""
-        self._started = time.perf_counter()
-        self._thread = threading.Thread(target=self._loop, name="shadow-learner", daemon=True)
-        self._thread.start()
 
     def latest(self) -> tuple[int, list[ray.ObjectRef]]:
         """The newest weights: (version, [ref to a CPU state dict]); ([], version 0) before the first round."""
@@ -108,28 +109,46 @@ class ShadowLearner:
             raise RuntimeError(f"ShadowLearner: training failed: {self._error}") from self._error
         return self._version, [self._weights] if self._weights is not None else []
 
-    def _loop(self) -> None:
+    def progress(self) -> TrainProgress:
+        """Versions published so far (`epoch`) and minibatch samples trained on."""
+        return self._progress.snapshot()
+
+    def stop(self) -> None:
+        """End the rounds: `train` returns after the round in progress."""
+        self._stop.set()
+
+    def train(self) -> TrainResult:
+        """Blocks: rounds every `interval_s` until `stop`; then the outputs and the result."""
+        outputs = LearnerOutputs(self.out_dir, self.algorithm)
+        started = time.perf_counter()
         try:
             while not self._stop.wait(self.shadow.interval_s):
                 self._take_new_rows()
                 rows = len(self._window.get("action", ()))
-                if rows < self.shadow.min_rows:
-                    continue
-                loss = self._train_round(rows)
-                self._version += 1
-                state = {name: tensor.detach().cpu() for name, tensor in self.model.state_dict().items()}
-                self._weights = ray.put(state)
-                self._history.append(ShadowRound(self._version, time.perf_counter() - self._started, rows, loss))
-                self._log.info(
-                    "shadow v{}: {} updates on the person's last {} rows, loss {:.4f}",
-                    self._version,
-                    self.shadow.updates_per_round,
-                    rows,
-                    loss,
-                )
-        except BaseException as err:  # noqa: BLE001 - reported by latest() and stop()
+                if rows >= self.shadow.min_rows:
+                    self._publish(self._train_round(rows), rows, time.perf_counter() - started, outputs)
+        except BaseException as err:  # noqa: BLE001 - reported by latest(), and raised below
             self._error = err
             self._log.exception("shadow training stopped")
+        return self._finish(outputs)
+
+    def _publish(self, loss: float, rows: int, seconds: float, outputs: LearnerOutputs) -> None:
+        """A new version: its weights through the object store, its round in the history."""
+        self._version += 1
+        state = {name: tensor.detach().cpu() for name, tensor in self.model.state_dict().items()}
+        self._weights = ray.put(state)
+        self._history.append(ShadowRound(self._version, seconds, rows, loss))
+        samples = self.shadow.updates_per_round * min(self.cfg.batch_size, rows)
+        self._progress.update(epoch=self._version, train_loss=loss)
+        self._progress.add_samples(samples)
+        outputs.scalars(self._version, {"loss/train": loss, "shadow/window_rows": rows})
+        self._log.info(
+            "shadow v{}: {} updates on the person's last {} rows, loss {:.4f}",
+            self._version,
+            self.shadow.updates_per_round,
+            rows,
+            loss,
+        )
 
     def _take_new_rows(self) -> None:
         """Append the person's rows inserted since the last look (bounded to `max_rows`); rows
@@ -144,6 +163,7 @@ class ShadowLearner:
             mine = np.asarray(batch["source"]) == "human"
             if "driver" in batch.columns:
                 mine &= np.asarray(batch["driver"]) != "shadow"
+            self._rows_seen += int(mine.sum())
             for name in names:
                 kept = np.asarray(batch[name])[mine]
                 old = self._window.get(name)
@@ -168,20 +188,28 @@ class ShadowLearner:
         self.model.eval()
         return float(np.mean(losses))
 
-    def stop(self) -> dict[str, Any]:
-        """Blocks: end the rounds; write the final checkpoint and the history; a summary."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=600)
-        final = save_checkpoint(
-            self.out_dir / FINAL_NAME,
-            self.model,
-            self.spec,
-            self._version,
-            {"algorithm": "shadow", "rounds": len(self._history)},
-        )
-        history = [asdict(record) for record in self._history]
-        (self.out_dir / HISTORY_NAME).write_text(json.dumps({"rounds": history}, indent=2))
+    def _finish(self, outputs: LearnerOutputs) -> TrainResult:
+        """The last version is the final and the best checkpoint (nothing held out to choose by)."""
+        info = {"algorithm": self.algorithm, "rounds": len(self._history)}
+        for name in (FINAL_NAME, BEST_NAME):
+            save_checkpoint(self.out_dir / name, self.model, self.spec, self._version, info)
+        rounds = [asdict(record) for record in self._history]
+        curve = [{"epoch": r.version, "train_loss": r.loss} for r in self._history]
+        history_path = outputs.finish({"rounds": rounds}, curve, "shadow policy", x_label="version")
         if self._error is not None:
             raise RuntimeError(f"ShadowLearner: training failed: {self._error}") from self._error
-        return {"versions": self._version, "final_checkpoint": str(final), "rounds": history}
+        last = self._history[-1] if self._history else None
+        return TrainResult(
+            self.algorithm,
+            str(outputs.best),
+            str(outputs.final),
+            str(history_path),
+            self._version,
+            "version",
+            last.loss if last else None,
+            "train loss",
+            str(self.device),
+            self._rows_seen,
+            self._history,
+            {"versions": self._version},
+        )

@@ -6,7 +6,7 @@ kind that claims the run's env and lets it say
 - whether `env.kwargs` are right (`check_kwargs`; a kind with a typed section validates them
   against its model, naming `env.kwargs.<key>`) and whether the env exists (`check_env`);
 - the rows its collectors push (`schema`) and how one collector starts (`start_collector`: a
-  Ray actor answering `rollout.fleet.Collector`), with its class name (`collector`);
+  Ray actor answering `rollout.fleet_members.Collector`), with its class name (`collector`);
 - where policies are evaluated (`eval_env`) and learners play (`learner_env`), and an expert
   baseline that is not a Python policy (`expert_baseline`, e.g. Robocode's Java robot);
 - a sentence describing its rows (`describe`), and why a person cannot play it (`human_refusal`).
@@ -30,8 +30,10 @@ import ray
 from harvest.envs.config import EnvConfig
 from harvest.envs.registry import check_env_id
 from harvest.rollout.batch import BatchSchema
-from harvest.rollout.config import RolloutConfig
+from harvest.rollout.config import RolloutConfig, WatchdogConfig
+from harvest.rollout.fleet import Fleet, FleetResult
 from harvest.rollout.policies import ConfiguredPolicyFactory, PolicyFactory
+from harvest.rollout.replay.replay import Replay
 from harvest.rollout.worker import RolloutWorker, schema_for
 
 if TYPE_CHECKING:
@@ -101,6 +103,28 @@ class EnvKind:
             rollout.policy, setup.env.id, seed=setup.seed + index, load_torch=setup.load_torch
         )
         return actor.remote(setup.env, rollout, policy, setup.replay, index, setup.run_id, setup.seed + index)
+
+    def start_fleet(
+        self, setup: CollectorSetup, replay: Replay, watchdog: WatchdogConfig, resume: bool = False
+    ) -> Fleet:
+        """Its `rollout.num_collectors` collectors, started, restarted and watched by one fleet
+        (with `resume`, they go on after the rows `replay` already holds from them)."""
+        rollout = setup.rollout
+        return Fleet(
+            lambda index: self.start_collector(setup, index),
+            rollout.num_collectors,
+            replay,
+            rollout.max_restarts,
+            watchdog,
+            resume=resume,
+            kind=self.collector,
+        )
+
+    def fill(self, fleet: Fleet, rollout: RolloutConfig) -> FleetResult:
+        """Blocks: `rollout.steps` rows from `fleet`, in this kind's chunks and shares, within
+        `steps / min_rows_per_s` seconds (600 at least)."""
+        timeout_s = max(600.0, rollout.steps / self.min_rows_per_s)
+        return fleet.fill(rollout.steps, self.chunk_rows(rollout), timeout_s, shares=self.shares(rollout))
 
     def eval_env(self, env: EnvConfig, configured: EnvConfig | None, seed: int) -> EnvConfig:
         """The env policies are evaluated in: `eval.env` when `configured`, else the run's."""

@@ -154,7 +154,7 @@ def keep_mask(
         ("source", criteria.sources),
     ):
         if values:
-            drop(name, ~np.isin(np.asarray(summary[name].to_pylist(), dtype=object), list(values)))
+            drop(name, ~np.isin(np.asarray(summary[name].to_pylist(), dtype=object), values))
     if criteria.start is not None or criteria.end is not None:
         first = summary["first_timestamp"].to_numpy(zero_copy_only=False).astype("datetime64[ns]")
         if criteria.start is not None:

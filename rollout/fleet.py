@@ -1,7 +1,7 @@
 """A fleet of collector actors: started, kept going, watched and stopped together.
 
 Every collector kind (`RolloutWorker`, a user's own) is a Ray actor that answers the `Collector`
-protocol below; whoever composes a run (the pipeline, PPO, evaluation, DAgger) hands a `Fleet`
+protocol (`fleet_members.Collector`); whoever composes a run (the pipeline, PPO, evaluation, DAgger) hands a `Fleet`
 a function that starts collector `index`, and the fleet does the rest:
 
 - `fill(total, chunk_rows)` hands the collectors chunks of rows (`collect(rows)`) until the
@@ -20,12 +20,9 @@ incarnation had acknowledged stay in the replay. The number of collectors can ch
 yet handed out; surplus ones finish their running chunk, whose every push is acknowledged
 before `collect` returns, and stop.
 
-The watchdog asks every busy collector what it is doing (`activity()`, answered from a second
-thread while `collect` runs). A collector in one call for longer than
-`watchdog.stall_after_s`, or one that does not answer, is reported with the call it is stuck in
-and, for a replay acknowledgement, what holds the replay back (rate limiter, memory limit, a
-shard not answering). Stalls in the collector itself are recovered by killing it, so Ray
-restarts it; stalls in the replay are reported only (a new collector would wait the same).
+The collector protocol and the fleet's record of each collector are in `fleet_members.py`, the
+live settings in `fleet_settings.py`, and the watchdog, which names collectors stuck in one call
+and recovers them, in `watchdog.py`.
 """
 
 from __future__ import annotations
@@ -34,135 +31,24 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import ray
 from loguru import logger
 
 from harvest.cluster import metrics
 from harvest.cluster.logging import progress_bar
+from harvest.rollout.collector_ids import collector_source
 from harvest.rollout.config import WatchdogConfig
+from harvest.rollout.fleet_members import CollectorFailedError, FleetMember, Stall
+from harvest.rollout.fleet_settings import RESTART_TIMEOUT_S, LiveSettings
 from harvest.rollout.replay.replay import Replay
-from harvest.rollout.worker import Activity, collector_source
+from harvest.rollout.watchdog import ASK_TIMEOUT_S, Watchdog
 
 _SOURCE = re.compile(r"^collector (\d+)(?: #(\d+))?$")
 """A collector's push source (`collector_source`): its index and incarnation."""
-_ASK_TIMEOUT_S = 5.0
-"""How long the watchdog waits for a collector to say what it is doing."""
-_RESTART_TIMEOUT_S = 300.0
-"""How long a restarted collector may take to come back (its env is built again)."""
 _CLOSE_TIMEOUT_S = 60.0
 """How long collectors may take to close (engines shut down) before they are killed."""
-
-
-_STORE_FULL = 0.9
-"""Object-store fill from which a stalled push names the object store."""
-_PLASMA = re.compile(r"Plasma memory usage (\d+) MiB, (\d+) objects, ([\d.]+)% full")
-
-
-def object_store_report() -> tuple[float, str] | None:
-    """(fill 0-1, a sentence) for Ray's object store over all nodes, from the raylets' memory
-    summary; None when Ray does not say. Best effort: the summary's API is Ray's internal one."""
-    from ray._private.internal_api import memory_summary
-
-    try:  # this driver's cluster (without an address Ray looks for one on the machine and fails when there are two)
-        match = _PLASMA.search(memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True))
-    except Exception:  # noqa: BLE001 - a diagnosis must not fail the run it diagnoses
-        return None
-    if match is None:
-        return None
-    mib, objects, percent = int(match.group(1)), int(match.group(2)), float(match.group(3))
-    return percent / 100, (
-        f"Ray's object store is {percent:.0f}% full ({mib:,} MiB in {objects:,} objects): "
-        "new objects wait for space or spill to disk"
-    )
-
-
-class CollectorFailedError(RuntimeError):
-    """A collector died more often than `rollout.max_restarts` allows."""
-
-
-class CollectedRows(Protocol):
-    """What a collector's `collect` returns (`CollectResult`, or a kind's own result type)."""
-
-    collector_id: int
-    rows: int
-    """Rows the replay acknowledged."""
-    source: str
-    """The source its pushes carried (`collector_source(collector_id, incarnation)`)."""
-
-
-class Collector(Protocol):
-    """What a fleet asks of a collector actor (each method called through Ray).
-
-    A collector pushes its rows to the replay it was started with, as `collector_source(index,
-    incarnation)`, and answers `activity` while `collect` runs (the actor needs
-    `max_concurrency >= 2`). Live settings (`set_exploration`, `set_trajectory_filter`,
-    `set_reward_weights`, `set_policy_weights`, ...) are whatever methods the kind has; a
-    ValueError from one refuses the edit.
-    """
-
-    def collect(self, num_rows: int) -> CollectedRows:
-        """Collect until at least `num_rows` rows are acknowledged by the replay."""
-
-    def activity(self) -> Activity:
-        """What it is doing now (`env.step`, `replay.insert (ack)`, `idle`, ...) and since when."""
-
-    def restarted(self, incarnation: int) -> int:
-        """After Ray restarted it: start over as `incarnation` (new episode ids and push source)."""
-
-    def close(self) -> None:
-        """Release what it holds (envs, engines) before the fleet kills it."""
-
-
-@dataclass
-class Stall:
-    component: str
-    """e.g. `collector 3`."""
-    waiting_for: str
-    """The call it is stuck in and, for a replay ack, what holds the replay back."""
-    call: str
-    """The call alone (`env.step`, `replay.insert (ack)`, `backpressure`, `no answer`): a stall is
-    one record and one metric label per call, however its details (counts, percentages) change."""
-    seconds: float
-    recovered: bool = False
-    """True when the watchdog killed it so Ray would restart it."""
-
-
-@dataclass
-class _Collector:
-    index: int
-    actor: Any
-    incarnation: int = 0
-    ref: ray.ObjectRef | None = None
-    chunk: int = 0
-    """Rows the running `collect` call was asked for."""
-    results: list[Any] = field(default_factory=list)
-    """`CollectResult`s of its finished calls, all incarnations."""
-    retiring: bool = False
-    """Scaled down: it gets no more chunks and stops once its running one is done."""
-    retired: bool = False
-    unanswered_since: float | None = None
-    stalled: Stall | None = None
-    killed: bool = False
-    """Killed by the watchdog; its restart is pending."""
-    ready: Any = None
-    """Its `__ray_ready__` call, until the actor has started: a collector Ray cannot place yet
-    (no free resources) gets no chunk, so the started ones share the rows instead of waiting."""
-    waiting_logged: bool = False
-    first_calls: list[tuple[str, tuple]] = field(default_factory=list)
-    """Calls it gets once it has started, before any chunk (a resumed run's `restarted`)."""
-
-    def __post_init__(self) -> None:
-        self.ready = self.actor.__ray_ready__.remote()
-
-    @property
-    def name(self) -> str:
-        return f"collector {self.index}"
-
-    @property
-    def sources(self) -> list[str]:
-        return [collector_source(self.index, n) for n in range(self.incarnation + 1)]
 
 
 @dataclass
@@ -217,19 +103,19 @@ class Fleet:
         self._total = self._chunk_rows = 0
         self._shares: list[int] | None = None
         self._stopped = False
-        self._collectors = [_Collector(index, start_collector(index)) for index in range(num_collectors)]
+        self._collectors = [FleetMember(index, start_collector(index)) for index in range(num_collectors)]
         self._dead_sources: set[str] = set()
         self._log = logger.bind(actor="Fleet")
         if resume:
+            if replay is None:
+                raise ValueError("Fleet: resume=True needs the replay of the interrupted run; got replay=None")
             self._continue_after(replay.rows_by_source())
         self._wanted = num_collectors
         self._lock = threading.Lock()
         self._replay, self._max_restarts, self._watchdog = replay, max_restarts, watchdog
-        self._stalls: list[Stall] = []
+        self._dog = Watchdog(watchdog, kind, replay, max_restarts)
         self._scaled: list[dict[str, Any]] = []
-        self._settings: dict[str, tuple[Any, ...]] = {}
-        """Live edits every collector must have: RolloutWorker method name -> arguments; sent to
-        the running collectors when made, and to collectors that start or restart later."""
+        self._settings = LiveSettings(self._collectors, self._lock)
         self._started = time.monotonic()
         metrics.collectors().set(num_collectors)
 
@@ -280,7 +166,7 @@ class Fleet:
 
     def set_trajectory_filter(self, criteria: Any) -> None:
         """`rollout.mode: trajectory`: the episodes pushed from now on (live config edit)."""
-        self._set_everywhere("set_trajectory_filter", criteria)
+        self._settings.set("set_trajectory_filter", criteria)
 
     def set_reward_weights(self, weights: dict[str, float]) -> None:
         """`env.kwargs.rewards`: the env's reward weights from the next step on (live config edit).
@@ -289,82 +175,16 @@ class Fleet:
             ValueError: the env takes no reward weights while running (nothing changed then:
                 every collector has the same env), or the weights do not validate.
         """
-        self._set_everywhere("set_reward_weights", weights)
+        self._settings.set("set_reward_weights", weights)
 
     def set_exploration(self, epsilon: float, deterministic: bool) -> None:
         """`rollout.policy.epsilon` / `deterministic`: how the collectors explore from now on."""
-        self._set_everywhere("set_exploration", epsilon, deterministic)
+        self._settings.set("set_exploration", epsilon, deterministic)
 
     def apply(self, method: str, *args: Any) -> None:
         """A setting every collector must have, now and after any restart: `method(*args)` on
-        each (e.g. `set_policy_weights(weights, version)`); see `_set_everywhere`."""
-        self._set_everywhere(method, *args)
-
-    def _set_everywhere(self, method: str, *args: Any) -> None:
-        """Call `method(*args)` on every started collector, and remember it for the others (a
-        collector that starts or restarts later gets it before its first chunk). A ValueError
-        of a collector (the same env everywhere: all or none refuse) is raised as one. With no
-        collector started yet, the first to start checks the setting before it is remembered:
-        one no collector took would stop each of them when it starts."""
-        first = self._first_to_start(method)
-        if first is not None:
-            self._call(method, args, [first])
-        with self._lock:
-            previous = self._settings.get(method)
-            self._settings[method] = args
-            actors = [c.actor for c in self._collectors if not c.retired and c.ready is None]
-        try:
-            self._call(method, args, actors)
-        except ValueError:
-            with self._lock:
-                if previous is None:
-                    self._settings.pop(method, None)
-                else:
-                    self._settings[method] = previous
-            raise
-
-    @staticmethod
-    def _call(method: str, args: tuple[Any, ...], actors: list) -> None:
-        """`method(*args)` on each actor; a ValueError of one is raised as a ValueError. An actor
-        that is dead or restarting is passed over: the fleet sends it every setting again once
-        Ray has restarted it (`_send_settings`), and its running call's error restarts it."""
-        for ref in [getattr(actor, method).remote(*args) for actor in actors]:
-            try:
-                ray.get(ref, timeout=_RESTART_TIMEOUT_S)
-            except ray.exceptions.RayTaskError as err:
-                if not isinstance(err.cause, ValueError):
-                    raise
-                raise ValueError(str(err.cause)) from err
-            except ray.exceptions.RayActorError:  # dead or restarting (ActorUnavailableError is one)
-                continue
-
-    def _first_to_start(self, method: str) -> Any:
-        """None when a collector has started; else the first to start (waited for, from any thread).
-
-        Raises:
-            ValueError: none started within `_RESTART_TIMEOUT_S`.
-        """
-        with self._lock:
-            if any(c.ready is None for c in self._collectors if not c.retired):
-                return None
-            waiting = {c.ready: c.actor for c in self._collectors if not c.retired}
-        if not waiting:
-            return None
-        self._log.warning("{}: no collector has started yet; the first to start checks the live edit", method)
-        started, _ = ray.wait(list(waiting), num_returns=1, timeout=_RESTART_TIMEOUT_S)
-        if not started:
-            raise ValueError(
-                f"{method}: no collector started within {_RESTART_TIMEOUT_S:.0f}s to check the live edit "
-                "on; edit the file again once collectors run"
-            )
-        return waiting[started[0]]
-
-    def _send_settings(self, collector: _Collector) -> None:
-        with self._lock:
-            settings = list(self._settings.items())
-        ray.get(
-            [getattr(collector.actor, method).remote(*args) for method, args in settings], timeout=_RESTART_TIMEOUT_S
-        )
+        each (e.g. `set_policy_weights(weights, version)`); see `LiveSettings.set`."""
+        self._settings.set(method, *args)
 
     def __enter__(self) -> "Fleet":
         return self
@@ -382,7 +202,7 @@ class Fleet:
         for collector in self._collectors:
             ray.kill(collector.actor, no_restart=True)
 
-    def _close(self, collectors: list[_Collector]) -> None:
+    def _close(self, collectors: list[FleetMember]) -> None:
         """`close()` on each (best effort, bounded: one that does not answer is killed anyway)."""
         closing = [c.actor.close.remote() for c in collectors]
         ready, _ = ray.wait(closing, num_returns=len(closing), timeout=_CLOSE_TIMEOUT_S)
@@ -442,7 +262,7 @@ class Fleet:
                 try:
                     answers[collector.index] = ray.get(collector.ref)
                     collector.ref = None
-                    self._cleared(collector)
+                    self._dog.cleared(collector)
                 except ray.exceptions.RayActorError as err:
                     collector.ref = None
                     self._restart(collector, err)
@@ -452,11 +272,11 @@ class Fleet:
             if time.monotonic() - started > timeout_s:
                 busy = [c for c in self._collectors if c.ref is not None]
                 raise ray.exceptions.GetTimeoutError(
-                    f"{method}: collectors not done after {timeout_s:.0f}s: {self._doing(busy)}"
+                    f"{method}: collectors not done after {timeout_s:.0f}s: {self._dog.doing(busy)}"
                 )
-            if self._watchdog.stall_after_s is not None and time.monotonic() >= next_check:
+            if self._dog.on and time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._watchdog.check_every_s
-                self._check_stalls([c for c in self._collectors if c.ref is not None])
+                self._dog.check([c for c in self._collectors if c.ref is not None])
         return [answers[index] for index in range(len(self._collectors))]
 
     def fill(
@@ -494,7 +314,7 @@ class Fleet:
                         break
                     if time.monotonic() > deadline:
                         raise ray.exceptions.GetTimeoutError(
-                            f"collect: not done within {timeout_s:.0f}s; {self._doing(busy)}"
+                            f"collect: not done within {timeout_s:.0f}s; {self._dog.doing(busy)}"
                         )
                     if not busy:  # nothing running and rows missing: the next hand-out gives chunks
                         time.sleep(interval_s)
@@ -503,21 +323,21 @@ class Fleet:
                     for collector in busy:
                         if collector.ref in ready:
                             self._finished(collector)
-                    if self._watchdog.stall_after_s is not None and time.monotonic() >= next_check:
+                    if self._dog.on and time.monotonic() >= next_check:
                         next_check = time.monotonic() + self._watchdog.check_every_s
-                        self._check_stalls([c for c in self._collectors if c.ref is not None])
+                        self._dog.check([c for c in self._collectors if c.ref is not None])
                 progress.update(task, completed=self._total)
             running = [c for c in self._collectors if not c.retired and self._has_started(c)]
             nodes = ray.get(
                 [c.actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()) for c in running],
-                timeout=_ASK_TIMEOUT_S * 6,
+                timeout=ASK_TIMEOUT_S * 6,
             )
             return FleetResult(
                 [r for c in self._collectors for r in c.results],
                 self._stored_by_collector(),
                 [c.incarnation for c in self._collectors],
                 nodes,
-                self._stalls,
+                self._dog.stalls,
                 time.monotonic() - self._started,
                 set(self._dead_sources),
                 list(self._scaled),
@@ -534,7 +354,7 @@ class Fleet:
         self._scaled.append({"at_s": round(time.monotonic() - self._started, 1), "from": len(active), "to": wanted})
         if wanted > len(active):
             started = [
-                _Collector(index, self._start_collector(index))
+                FleetMember(index, self._start_collector(index))
                 for index in range(len(self._collectors), len(self._collectors) + wanted - len(active))
             ]
             self._collectors.extend(started)  # they get the live settings once they have started
@@ -568,7 +388,7 @@ class Fleet:
                 self._close([collector])
                 ray.kill(collector.actor, no_restart=True)
                 collector.retired = True
-                self._cleared(collector)
+                self._dog.cleared(collector)
                 self._log.info("{} stopped (scaled down); every push it made was acknowledged", collector.name)
                 continue
             left = outstanding if own is None else own[collector.index]
@@ -578,7 +398,7 @@ class Fleet:
             collector.ref = collector.actor.collect.remote(collector.chunk)
             outstanding -= collector.chunk
 
-    def _has_started(self, collector: _Collector) -> bool:
+    def _has_started(self, collector: FleetMember) -> bool:
         """The actor is up (said once, if it is not, with what it waits for)."""
         if collector.ready is None:
             return True
@@ -586,15 +406,15 @@ class Fleet:
             with self._lock:
                 collector.ready = None
             for method, args in collector.first_calls:
-                ray.get(getattr(collector.actor, method).remote(*args), timeout=_RESTART_TIMEOUT_S)
+                ray.get(getattr(collector.actor, method).remote(*args), timeout=RESTART_TIMEOUT_S)
             collector.first_calls.clear()
-            self._send_settings(collector)
+            self._settings.send(collector)
             if collector.waiting_logged:
                 self._log.info("{} started; it takes chunks from now on", collector.name)
             return True
         if not collector.waiting_logged and time.monotonic() - self._started > self._watchdog.check_every_s:
             collector.waiting_logged = True
-            waiting_for, _ = self._unanswered(collector)
+            waiting_for, _ = self._dog.unanswered(collector)
             self._log.warning(
                 "{} has not started yet (waiting for {}); the started collectors share its rows",
                 collector.name,
@@ -602,21 +422,22 @@ class Fleet:
             )
         return False
 
-    def _finished(self, collector: _Collector) -> None:
+    def _finished(self, collector: FleetMember) -> None:
+        assert collector.ref is not None  # called for a busy collector whose call has just finished
         try:
             collector.results.append(ray.get(collector.ref))
             collector.ref = None
-            self._cleared(collector)
+            self._dog.cleared(collector)
         except ray.exceptions.RayActorError as err:
             collector.ref = None
             self._restart(collector, err)
 
-    def _restart(self, collector: _Collector, err: Exception) -> None:
+    def _restart(self, collector: FleetMember, err: Exception) -> None:
         """The collector died: wait for Ray to restart it; it gets chunks again from the next hand-out."""
         self._dead_sources.add(collector_source(collector.index, collector.incarnation))
         if collector.retiring:  # it was to stop anyway; what it stored is counted, the rest is handed out
             collector.retired = True
-            self._cleared(collector)
+            self._dog.cleared(collector)
             return
         if collector.incarnation >= self._max_restarts:
             raise CollectorFailedError(
@@ -632,21 +453,21 @@ class Fleet:
             type(err).__name__,
             collector.incarnation,
         )
-        deadline = time.monotonic() + _RESTART_TIMEOUT_S
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
         while True:  # calls fail fast while Ray is still restarting it: ask again until it is back
             try:
-                ray.get(collector.actor.restarted.remote(collector.incarnation), timeout=_RESTART_TIMEOUT_S)
+                ray.get(collector.actor.restarted.remote(collector.incarnation), timeout=RESTART_TIMEOUT_S)
                 break
             except ray.exceptions.ActorUnavailableError as again:
                 if time.monotonic() > deadline:
                     raise CollectorFailedError(
-                        f"{collector.name} did not come back within {_RESTART_TIMEOUT_S:.0f}s after dying: {again}"
+                        f"{collector.name} did not come back within {RESTART_TIMEOUT_S:.0f}s after dying: {again}"
                     ) from again
                 time.sleep(0.5)
             except ray.exceptions.RayActorError as again:
                 raise CollectorFailedError(f"{collector.name} did not come back after dying: {again}") from again
-        self._cleared(collector)
-        self._send_settings(collector)
+        self._dog.cleared(collector)
+        self._settings.send(collector)
         stored = self._stored_by_collector()[collector.index]
         self._log.warning(
             "{} is back (incarnation {}); its incarnations have stored {:,} rows",
@@ -658,117 +479,3 @@ class Fleet:
     def _stored_by_collector(self) -> list[int]:
         by_source = self._replay.rows_by_source() if self._replay is not None else {}
         return [sum(by_source.get(source, 0) for source in c.sources) for c in self._collectors]
-
-    def _activities(self, busy: list[_Collector]) -> list[Any]:
-        """Ask every busy collector what it is doing: its `Activity`, None when it does not answer
-        within `_ASK_TIMEOUT_S`, or the `RayActorError` of one that died."""
-        asks = [c.actor.activity.remote() for c in busy]
-        ready, _ = ray.wait(asks, num_returns=len(asks), timeout=_ASK_TIMEOUT_S)
-        answers: list[Any] = []
-        for ref in asks:
-            try:
-                answers.append(ray.get(ref) if ref in ready else None)
-            except ray.exceptions.RayActorError as err:
-                answers.append(err)
-        return answers
-
-    def _check_stalls(self, busy: list[_Collector]) -> None:
-        """Report (and recover) the busy collectors stuck in one call too long, or not answering."""
-        limit = self._watchdog.stall_after_s
-        now = time.time()
-        for collector, activity in zip(busy, self._activities(busy)):
-            if isinstance(activity, Exception):
-                continue  # it died: its collect call reports that
-            if activity is None:
-                collector.unanswered_since = collector.unanswered_since or now - _ASK_TIMEOUT_S
-                if now - collector.unanswered_since >= limit:
-                    waiting_for, recoverable = self._unanswered(collector)
-                    self._stalled(
-                        collector, waiting_for, "no answer", now - collector.unanswered_since, recover=recoverable
-                    )
-                continue
-            collector.unanswered_since = None
-            if activity.what == "idle" or now - activity.since < limit:
-                self._cleared(collector)
-                continue
-            call = activity.what.split(":")[0]
-            waiting_for = f"{self._kind}[{collector.index}].{activity.what}"
-            if call.startswith("replay."):
-                waiting_for += f": {self._replay_holding_back()}"
-            # a wait for the replay or for memory is not the collector's fault: restarting it would not help
-            self._stalled(
-                collector,
-                waiting_for,
-                call,
-                now - activity.since,
-                recover=not (call.startswith("replay.") or call == "backpressure"),
-            )
-
-    def _unanswered(self, collector: _Collector) -> tuple[str, bool]:
-        """What a collector that does not answer is waiting for, as far as Ray's actor table says,
-        and whether restarting it could help (not when it waits for resources or a restart)."""
-        # The GCS actor table (no dashboard needed, unlike ray.util.state); private, so best effort.
-        from ray._private.state import actors
-
-        name = f"{self._kind}[{collector.index}]"
-        try:
-            state = actors(collector.actor._actor_id.hex()).get("State", "unknown")
-        except Exception as err:  # noqa: BLE001 - best effort: the report says what failed
-            return f"{name}: an answer (its state is unknown: {type(err).__name__}: {err})", True
-        if state in ("DEPENDENCIES_UNREADY", "PENDING_CREATION"):
-            free = {key: value for key, value in ray.available_resources().items() if "memory" not in key}
-            return f"{name}: resources to start it (free now: {free})", False
-        if state == "RESTARTING":
-            return f"{name}: Ray restarting it", False
-        return f"{name}: an answer (its process does not answer; actor state {state})", True
-
-    def _replay_holding_back(self) -> str:
-        if self._replay is None:
-            return "no replay"
-        asks = [shard.holding_back.remote() for shard in self._replay.shards]
-        ready, _ = ray.wait(asks, num_returns=len(asks), timeout=_ASK_TIMEOUT_S)
-        reasons = []
-        for index, ref in enumerate(asks):
-            if ref not in ready:
-                reasons.append(f"ReplayShard[{index}] not answering")
-            elif reason := ray.get(ref):
-                reasons.append(reason)
-        store = object_store_report()
-        if store is not None and store[0] >= _STORE_FULL:
-            reasons.append(store[1])
-        return "; ".join(reasons) or "shards answer and hold nothing back (acks in transit: network or object store)"
-
-    def _stalled(self, collector: _Collector, waiting_for: str, call: str, seconds: float, recover: bool) -> None:
-        recover = recover and self._watchdog.recover and collector.incarnation < self._max_restarts
-        if collector.stalled is None or collector.stalled.call != call:
-            stall = Stall(collector.name, waiting_for, call, round(seconds, 1), recovered=recover)
-            self._stalls.append(stall)
-            collector.stalled = stall
-            metrics.stalls().inc(tags={"component": collector.name, "waiting_for": call})
-            metrics.stalled().set(1, tags={"component": collector.name, "waiting_for": call})
-            self._log.error(
-                "stall: {} has been waiting {:.0f}s for {}{}",
-                collector.name,
-                seconds,
-                waiting_for,
-                "; killing it so Ray restarts it" if recover else "",
-            )
-        if recover and not collector.killed:
-            ray.kill(collector.actor, no_restart=False)
-            collector.killed = True  # once: the dead call's error starts the restart
-
-    def _cleared(self, collector: _Collector) -> None:
-        if collector.stalled is not None:
-            metrics.stalled().set(0, tags={"component": collector.name, "waiting_for": collector.stalled.call})
-            collector.stalled = None
-
-    def _doing(self, busy: list[_Collector]) -> str:
-        now, parts = time.time(), []
-        for collector, activity in zip(busy, self._activities(busy)):
-            if activity is None:
-                parts.append(f"{collector.name}: not answering")
-            elif isinstance(activity, Exception):
-                parts.append(f"{collector.name}: dead ({type(activity).__name__})")
-            else:
-                parts.append(f"{collector.name}: {activity.what} for {now - activity.since:.0f}s")
-        return "; ".join(parts)

@@ -10,6 +10,7 @@ as the same uint8 array. PNG is lossless; JPEG (`jpeg_quality`) is lossy and muc
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,7 +60,7 @@ def decode_images(array: pa.Array | pa.ChunkedArray, shape: tuple[int, ...] | No
     return out.reshape(len(rows), *shape) if shape is not None else out
 
 
-def with_encoded_images(table: pa.Table, columns: dict[str, str], quality: int = 90) -> pa.Table:
+def with_encoded_images(table: pa.Table, columns: Mapping[str, str], quality: int = 90) -> pa.Table:
     """`table` with the named uint8 tensor columns replaced by encoded images (field metadata marks them)."""
     for name, fmt in columns.items():
         index = table.schema.get_field_index(name)

@@ -19,7 +19,7 @@ def is_loopback(host: str) -> bool:
         return _is_loopback_address(host)
     except ValueError:
         try:
-            return all(_is_loopback_address(info[4][0]) for info in socket.getaddrinfo(host, None))
+            return all(_is_loopback_address(str(info[4][0])) for info in socket.getaddrinfo(host, None))
         except OSError:
             return False
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -34,8 +34,10 @@ class Policy(Protocol):
     """A policy may also define `bind_env(vector_env)`: the collector calls it once with its env,
     for a privileged expert that reads the simulator's state rather than the observation."""
 
-    version: int
-    """Weights version; every row records the version that produced it (0 for scripted policies)."""
+    @property
+    def version(self) -> int:
+        """Weights version; every row records the version that produced it (0 for scripted policies)."""
+        ...
 
     def extra_columns(self) -> Mapping[str, ColumnSpec]:
         """Columns this policy adds to every row (e.g. `logp`), with their per-row spec."""
@@ -43,6 +45,15 @@ class Policy(Protocol):
 
     def compute_actions(self, obs: Any) -> PolicyOutput:
         """Actions for a batch of observations shaped like the vector env's observation."""
+        ...
+
+
+@runtime_checkable
+class TrainablePolicy(Policy, Protocol):
+    """A policy whose weights a learner replaces while it plays (`kind: torch`)."""
+
+    def set_weights(self, weights: Any, version: int) -> None:
+        """Load `weights`; the rows from now on record `version`."""
         ...
 
 
@@ -326,6 +337,8 @@ class LabeledPolicy:
                 part.bind_env(env)
 
     def set_weights(self, weights: Any, version: int) -> None:
+        if not isinstance(self.policy, TrainablePolicy):
+            raise AttributeError(f"LabeledPolicy: its policy ({type(self.policy).__name__}) has no weights to set")
         self.policy.set_weights(weights, version)
 
     def compute_actions(self, obs: Any) -> PolicyOutput:
@@ -395,4 +408,5 @@ class ConfiguredPolicyFactory:
                 record_logits=self.cfg.record_logits,
                 env_action_space=action_space,
             )
+        assert self.cfg.entry_point is not None  # PolicyConfig requires it for kind: custom, the kind left
         return load_entry_point(self.cfg.entry_point, "policy.entry_point")(observation_space, action_space)

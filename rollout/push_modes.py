@@ -72,8 +72,9 @@ class LocalBuffer:
             options = pa.ipc.IpcWriteOptions(compression=self.compression)
             with pa.ipc.new_stream(sink, self.schema.arrow_schema(), options=options) as writer:
                 writer.write_batch(batch.to_arrow(self.schema))
-            held: TransitionBatch | pa.Buffer = sink.getvalue()
-            self.nbytes += held.size
+            compressed = sink.getvalue()
+            self.nbytes += compressed.size
+            held: TransitionBatch | pa.Buffer = compressed
         else:
             held = batch
             self.nbytes += raw
@@ -82,7 +83,7 @@ class LocalBuffer:
         return self.drain() if self.nbytes >= self.limit_bytes else []
 
     def drain(self) -> list[TransitionBatch]:
-        out = []
+        out: list[TransitionBatch] = []
         for held in self._held:
             if isinstance(held, pa.Buffer):
                 with pa.ipc.open_stream(held) as reader:

@@ -27,9 +27,10 @@ from harvest.envs.robocode.team_files import write_team_json
 from harvest.envs.robocode.transitions import RobotRound, round_transitions, split_rounds
 from harvest.envs.spaces import ColumnSpec
 from harvest.rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
+from harvest.rollout.collector_ids import INCARNATION_SHIFT, collector_source
+from harvest.rollout.collector_reports import Activity
 from harvest.rollout.cutter import EpisodeIds
 from harvest.rollout.replay.replay import Replay
-from harvest.rollout.worker import INCARNATION_SHIFT, Activity, collector_source
 
 ROW_COLUMNS = {
     "battle_id": ColumnSpec(np.int64, ()),
@@ -123,7 +124,7 @@ class RobocodeCollector:
         replay: where rows go (its schema must be `robocode_schema()`).
         collector_id: this collector's index; battle ids and episode ids are unique per collector.
         workdir: the engine's folder (a temporary one when None).
-        episode_uid: salts episode ids (`rollout.worker.collector_uid`).
+        episode_uid: salts episode ids (`rollout.collector_ids.collector_uid`).
         workdir: the engine's folder (a temporary one when None).
         cache_root: where the compiled runner is kept.
         game_states_dir: where `battles.game_states` files go (default: `<workdir>/game_states`).
@@ -145,7 +146,7 @@ class RobocodeCollector:
             raise ValueError(f"RobocodeCollector[{collector_id}]: the replay's columns are not robocode_schema()'s")
         self._log = logger.bind(actor=f"RobocodeCollector[{collector_id}]")
         self._workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"robocode-{collector_id}-"))
-        self._game_states_dir = None
+        self._game_states_dir: Path | None = None
         if battles.game_states:
             self._game_states_dir = Path(game_states_dir) if game_states_dir else self._workdir / "game_states"
         self.engine = RobocodeHost(self._workdir, Path(cache_root).expanduser(), gui=battles.gui)
@@ -201,7 +202,7 @@ class RobocodeCollector:
             ray.get(self.replay.insert_async(batch, self._source, battle_index), timeout=120)
             result.push_wait_seconds += time.perf_counter() - waited
             if self._game_states_dir is not None:
-                self._write_game_states(messages)
+                self._write_game_states(self._game_states_dir, messages)
             result.rows += batch.num_rows
             result.episodes += int(np.unique(batch["episode_id"]).size)
             result.turns += sum(message["t"] == "turn" for message in messages)
@@ -257,9 +258,9 @@ class RobocodeCollector:
             self.battles.seed + battle_index,
         )
 
-    def _write_game_states(self, messages: list[dict]) -> Path:
+    def _write_game_states(self, folder: Path, messages: list[dict]) -> Path:
         stamp = datetime.now().strftime("%Y%m%d_%H%M%S_%f")
-        path = self._game_states_dir / f"expert_game_states_{self.collector_id}_{stamp}.json"
+        path = folder / f"expert_game_states_{self.collector_id}_{stamp}.json"
         partial = path.with_suffix(".json.partial")
         write_team_json(messages, partial)
         return partial.replace(path)  # readers never see a half-written file
@@ -270,7 +271,7 @@ class RobocodeCollector:
 
 def robot_rounds(messages: list[dict]) -> list[tuple[RobotRound, int]]:
     """Every robot's transitions in every round of a battle, with the robot's index in the battle."""
-    parts = []
+    parts: list[tuple[RobotRound, int]] = []
     for turns in split_rounds(messages).values():
         names = [robot["name"] for robot in turns[0]["robots"]]
         parts.extend((part, names.index(part.robot)) for part in round_transitions(turns))

@@ -18,12 +18,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from harvest.envs.config import EnvConfig
 from harvest.rollout.batch import BatchSchema
+from harvest.rollout.collector_ids import collector_uid
 from harvest.rollout.config import RolloutConfig
 from harvest.rollout.env_kinds import CollectorSetup, EnvKind, collector_actor
 from harvest.rollout.evaluation import EvalResult
 from harvest.rollout.policies import PolicyFactory
 from harvest.rollout.robocode_collector import RobocodeBattles, RobocodeCollector, expert_episodes, robocode_schema
-from harvest.rollout.worker import collector_uid
 
 ROBOCODE_ENV_ID = "robocode"
 ROBOCODE_GYM_ID = "harvest/Robocode-v0"
@@ -112,7 +112,8 @@ class RobocodeKind(EnvKind):
         per_worker = [episodes // num_workers + (i < episodes % num_workers) for i in range(num_workers)]
         task = ray.remote(expert_episodes).options(num_cpus=num_cpus)
         refs = [
-            task.remote(
+            # (ignored: ray.remote's overloads type a function by its first parameters, 3 here, not all 7)
+            task.remote(  # type: ignore[call-arg]
                 [battles.robots[0], opponent],
                 rounds,
                 seed + 20_000 + 1000 * index,

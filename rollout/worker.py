@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import psutil
@@ -18,27 +16,19 @@ from harvest.envs.config import EnvConfig
 from harvest.envs.registry import make_vector_env, row_columns
 from harvest.rollout.allocator import keep_batch_buffers_on_heap
 from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.collector_ids import INCARNATION_SHIFT, collector_source, collector_uid
+from harvest.rollout.collector_reports import Activity, CollectResult
 from harvest.rollout.config import RolloutConfig
 from harvest.rollout.cutter import EpisodeIds, FinishedEpisode, TransitionCutter
-from harvest.rollout.policies import Policy, PolicyFactory, PolicyOutput, RandomPolicy
+from harvest.rollout.exploration import EpsilonGreedy
+from harvest.rollout.policies import Policy, PolicyFactory, TrainablePolicy
 from harvest.rollout.push_modes import LocalBuffer, TrajectoryGate
 from harvest.rollout.replay.replay import Replay
 from harvest.rollout.source_columns import SOURCE_BY_POLICY, shared_columns, with_filled
 
-INCARNATION_SHIFT = 24
-"""A collector's episode counter starts at `incarnation << 24`: 16 M episodes per incarnation."""
-
 
 class PushTimeoutError(TimeoutError):
     """A replay shard did not acknowledge a collector's push in time."""
-
-
-@dataclass(frozen=True)
-class Activity:
-    """What an actor is doing (`env.step`, `replay.insert (ack)`, `idle`, ...) since `since` (epoch s)."""
-
-    what: str
-    since: float
 
 
 def node_memory_used() -> float:
@@ -53,54 +43,6 @@ def split_latest(batch: TransitionBatch, keep_rows: int) -> tuple[TransitionBatc
     after them are cut later still."""
     order = np.argsort(batch["timestamp"], kind="stable") if "timestamp" in batch else np.arange(batch.num_rows)
     return batch.take(np.sort(order[:keep_rows])), batch.take(np.sort(order[keep_rows:]))
-
-
-def collector_source(collector_id: int, incarnation: int = 0) -> str:
-    """The source name a collector's pushes carry: `collector 3`, then `collector 3 #1` after a restart."""
-    return f"collector {collector_id}" + (f" #{incarnation}" if incarnation else "")
-
-
-@dataclass(frozen=True)
-class CollectResult:
-    collector_id: int
-    rows: int
-    """Rows acknowledged by the replay."""
-    env_steps: int
-    episodes: list[FinishedEpisode]
-    seconds: float
-    push_wait_seconds: float
-    peak_local_bytes: int = 0
-    """Most bytes this collector held at once (cut rows, trajectories waiting for their end, buffer)."""
-    filtered: dict | None = None
-    """`mode: trajectory`: episodes and rows seen and kept, and why the others were dropped."""
-    source: str = ""
-    """The source its pushes carried (`collector 3`, `collector 3 #1` after a restart)."""
-
-    @property
-    def episode_count(self) -> int:
-        return len(self.episodes)
-
-    @property
-    def episode_returns(self) -> list[float]:
-        return [episode.episode_return for episode in self.episodes]
-
-    def details(self) -> str:
-        """What the per-collector log line adds: memory held, and a trajectory filter's report."""
-        text = f"at most {self.peak_local_bytes / 2**20:.1f} MB held locally"
-        if self.filtered is not None:
-            text += (
-                f"; kept {self.filtered['kept_episodes']} of {self.filtered['episodes']} finished episodes, "
-                f"dropped {self.filtered['dropped'] or 'none'}"
-            )
-        return text
-
-
-def collector_uid(run_id: str, collector_id: int) -> int:
-    """31 bits naming a collector: the low 16 bits its index (unique in a run), the high 15 a hash of the run."""
-    if not 0 <= collector_id < 2**16:
-        raise ValueError(f"collector_id={collector_id}: expected 0 <= id < 65536")
-    run_salt = int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=2).digest(), "big") & 0x7FFF
-    return (run_salt << 16) | collector_id
 
 
 def schema_for(env_cfg: EnvConfig, policy_factory: PolicyFactory) -> BatchSchema:
@@ -162,21 +104,7 @@ class RolloutWorker:
         if hasattr(self._policy, "bind_env"):  # a privileged expert reads the simulator's state
             self._policy.bind_env(self._env)
         self.schema = _schema(self._env, self._policy)
-        self._fillers: dict = {}
-        self._replay_columns = list(self.schema.columns)
-        if replay is not None and replay.schema.columns != self.schema.columns:
-            # a replay shared with a person's session has columns of its own: fill them, or refuse
-            try:
-                self._fillers = shared_columns(
-                    replay.schema, self.schema, SOURCE_BY_POLICY[cfg.policy.kind], f"RolloutWorker[{collector_id}]"
-                )
-            except ValueError as err:
-                raise ValueError(
-                    f"RolloutWorker[{collector_id}]: env {env_cfg.id!r} with this policy makes columns "
-                    f"{self._describe(self.schema)}, the replay expects "
-                    f"{self._describe(replay.schema)}: {err}"
-                ) from err
-            self._replay_columns = list(replay.schema.columns)
+        self._fillers, self._replay_columns = self._replay_fill(env_cfg, replay)
         self._replay = replay
         self._run_id, self._seed = run_id, seed
         self._in_flight: list[ray.ObjectRef] = []
@@ -191,12 +119,30 @@ class RolloutWorker:
         )
         self._tags = {"collector": str(collector_id)}
         self._activity = Activity("starting", time.time())
-        self._epsilon = 0.0
-        self._explorer: RandomPolicy | None = None
-        self._explore_rng = np.random.default_rng(None if seed is None else seed + 104_729)
+        self._exploration = EpsilonGreedy(
+            self._env.single_observation_space,
+            self._env.single_action_space,
+            np.random.default_rng(None if seed is None else seed + 104_729),
+        )
         if cfg.policy.epsilon:
             self.set_exploration(cfg.policy.epsilon, None, live=False)
         self._start(incarnation=0)
+
+    def _replay_fill(self, env_cfg: EnvConfig, replay: Replay | None) -> tuple[dict, list[str]]:
+        """How to fill the replay's columns this collector does not make, and the replay's columns."""
+        if replay is None or replay.schema.columns == self.schema.columns:
+            return {}, list(self.schema.columns)
+        # a replay shared with a person's session has columns of its own: fill them, or refuse
+        try:
+            source = SOURCE_BY_POLICY[self.cfg.policy.kind]
+            fillers = shared_columns(replay.schema, self.schema, source, f"RolloutWorker[{self.collector_id}]")
+        except ValueError as err:
+            raise ValueError(
+                f"RolloutWorker[{self.collector_id}]: env {env_cfg.id!r} with this policy makes columns "
+                f"{self._describe(self.schema)}, the replay expects "
+                f"{self._describe(replay.schema)}: {err}"
+            ) from err
+        return fillers, list(replay.schema.columns)
 
     def _start(self, incarnation: int) -> None:
         """Reset the env and the cutter for `incarnation` (0 at first; n after the n-th restart)."""
@@ -254,13 +200,7 @@ class RolloutWorker:
                 f"RolloutWorker[{self.collector_id}]: rollout.policy.deterministic: false needs a "
                 f"policy that samples (kind: torch), not {type(player).__name__}"
             )
-        if epsilon and self._explorer is None:
-            self._explorer = RandomPolicy(
-                self._env.single_observation_space,
-                self._env.single_action_space,
-                seed=int(self._explore_rng.integers(2**31)),
-            )
-        self._epsilon = epsilon
+        self._exploration.set_epsilon(epsilon)
         if live:
             self._log.info(
                 "exploration now epsilon {}{}",
@@ -299,6 +239,11 @@ class RolloutWorker:
 
     def set_policy_weights(self, weights: object, version: int) -> None:
         """Load new weights into a torch policy; later rows record `version`."""
+        if not isinstance(self._policy, TrainablePolicy):
+            raise AttributeError(
+                f"RolloutWorker[{self.collector_id}].set_policy_weights: its policy "
+                f"({type(self._policy).__name__}) has no weights to set"
+            )
         self._policy.set_weights(weights, version)
 
     def collect(self, num_rows: int) -> CollectResult:
@@ -311,27 +256,13 @@ class RolloutWorker:
         wait_before = self._push_wait_s
         first_episode = len(self._cutter.finished_episodes)
         rows_before, pushed_before, steps = self._cutter.rows_cut, self._rows_pushed, 0
-        carried = 0
-        if self._gate is None:
-            self._chunk_left = num_rows
-            held, self._carry = self._carry, None
-            if held is not None:
-                carried = held.num_rows
-                self._route(held)
+        carried = self._start_chunk(num_rows)
         while self._progress(rows_before, pushed_before) + carried < num_rows:
             batch = self._step()
             steps += 1
             if batch is not None:
                 self._route(batch)
-            if (
-                self._gate is not None
-                and steps * self._env.num_envs > 100 * num_rows + 100_000
-                and self._rows_pushed == pushed_before
-            ):
-                raise RuntimeError(
-                    f"RolloutWorker[{self.collector_id}]: {steps * self._env.num_envs} env steps and "
-                    f"no episode passed rollout.trajectory_filter {self.cfg.trajectory_filter}"
-                )
+            self._check_episodes_pass(steps, num_rows, pushed_before)
         self._drain()
         self._chunk_left = None
         self._activity = Activity("idle", time.time())
@@ -359,6 +290,31 @@ class RolloutWorker:
             result.push_wait_seconds,
         )
         return result
+
+    def _start_chunk(self, num_rows: int) -> int:
+        """`step` and `buffer` modes: limit this call to `num_rows` rows and route the rows held
+        over from the last call first; returns how many were held over."""
+        if self._gate is not None:
+            return 0
+        self._chunk_left = num_rows
+        held, self._carry = self._carry, None
+        if held is None:
+            return 0
+        self._route(held)
+        return held.num_rows
+
+    def _check_episodes_pass(self, steps: int, num_rows: int, pushed_before: int) -> None:
+        """`trajectory` mode: give up once far more env steps than rows asked for let no episode
+        through the filter (RuntimeError naming the filter)."""
+        if (
+            self._gate is not None
+            and steps * self._env.num_envs > 100 * num_rows + 100_000
+            and self._rows_pushed == pushed_before
+        ):
+            raise RuntimeError(
+                f"RolloutWorker[{self.collector_id}]: {steps * self._env.num_envs} env steps and "
+                f"no episode passed rollout.trajectory_filter {self.cfg.trajectory_filter}"
+            )
 
     def play_episodes(self, num_episodes: int, max_steps: int = 1_000_000) -> list[FinishedEpisode]:
         """Play `num_episodes` whole episodes (evaluation); rows are not pushed.
@@ -394,8 +350,8 @@ class RolloutWorker:
     def _step(self) -> TransitionBatch | None:
         self._activity = Activity("policy.compute_actions", time.time())
         output = self._policy.compute_actions(self._obs)
-        if self._epsilon:
-            output = self._explore(output)
+        if self._exploration.epsilon:
+            output = self._exploration.apply(output, self._obs)
         self._activity = Activity("env.step", time.time())
         obs, reward, terminated, truncated, info = self._env.step(output.actions)
         self._activity = Activity("cutting", time.time())
@@ -411,17 +367,6 @@ class RolloutWorker:
         )
         self._obs = obs
         return batch
-
-    def _explore(self, output: PolicyOutput) -> PolicyOutput:
-        """ε-greedy: each env plays a random action with probability ε (the policy's extras stay)."""
-        actions = np.asarray(output.actions)
-        explore = self._explore_rng.random(len(actions)) < self._epsilon
-        if not explore.any():
-            return output
-        random_actions = np.asarray(self._explorer.compute_actions(self._obs).actions, actions.dtype)
-        return PolicyOutput(
-            np.where(explore.reshape(-1, *[1] * (actions.ndim - 1)), random_actions, actions), output.extras
-        )
 
     def _progress(self, rows_before: int, pushed_before: int) -> int:
         """Rows collected so far in this call: cut (step and buffer modes) or pushed (trajectory)."""
@@ -493,6 +438,7 @@ class RolloutWorker:
         metrics.rollout_env_steps().inc(batch.num_rows, tags=self._tags)
         self._observe_episodes()
         self._rows_pushed += batch.num_rows
+        assert self._replay is not None  # collect, which pushes, refuses to start without a replay
         self._in_flight.extend(self._replay.insert_async(batch, self._source, self._next_batch_id()))
         if len(self._in_flight) >= self.cfg.max_pushes_in_flight:
             waited = time.perf_counter()

@@ -17,7 +17,7 @@ from harvest.cluster.local import start_local_ray, worker_runtime_env
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    # Loopback only, as `harvest run`'s own local Ray (tests/test_loopback.py).
+    # Loopback only, as `harvest run`'s own local Ray (tests/cluster/test_loopback.py).
     context = start_local_ray(
         address="local",
         num_cpus=2,

@@ -1,4 +1,4 @@
-"""An env family from outside the library, for tests/test_env_kinds.py: coin flips.
+"""An env family from outside the library, for tests/rollout/test_env_kinds.py: coin flips.
 
 Each step the player guesses the next flip of a biased coin (`p_heads`); the reward is 1 for a
 right guess. The family brings everything an env kind declares: typed `env.kwargs`
@@ -20,10 +20,11 @@ from pydantic.dataclasses import dataclass
 
 from harvest.envs.config import EnvConfig
 from harvest.rollout.batch import TIMESTAMP_DTYPE, BatchSchema, TransitionBatch
+from harvest.rollout.collector_ids import INCARNATION_SHIFT, collector_source, collector_uid
+from harvest.rollout.collector_reports import Activity
 from harvest.rollout.cutter import EpisodeIds
 from harvest.rollout.env_kinds import CollectorSetup, EnvKind
 from harvest.rollout.evaluation import EvalResult
-from harvest.rollout.worker import INCARNATION_SHIFT, Activity, collector_source, collector_uid
 
 COIN_ENV_ID = "coin"
 OBSERVATION_SPACE = gym.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)

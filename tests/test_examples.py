@@ -21,7 +21,7 @@ SMALL = [
     "replay.num_cpus=0.1",
     "aggregation.num_cpus=0.1",
     "learner.num_cpus=0.5",
-    "learner.epochs=1",
+    "learner.bc.epochs=1",
     "learner.max_rows=2000",
     "eval.episodes=1",
     "eval.num_workers=1",
@@ -35,7 +35,7 @@ DQFD = [
     "learner.dqfd.pretrain_steps=50",
     "learner.dqfd.online_env_steps=100",
     "learner.dqfd.log_every=50",
-    "learner.dqfd.eval_episodes=1",
+    "learner.eval.episodes=1",
 ]
 GENERALS = [
     "env.num_envs=2",
@@ -52,7 +52,7 @@ PPO = [
     "learner.ppo.epochs=1",
     "learner.ppo.env_steps=512",
     "learner.ppo.eval_every=1",
-    "learner.ppo.eval_episodes=1",
+    "learner.eval.episodes=1",
 ]
 
 SHRUNK: dict[str, tuple[str, list[str]]] = {
@@ -61,10 +61,10 @@ SHRUNK: dict[str, tuple[str, list[str]]] = {
         "dagger",
         [
             *CAR_RACING,
-            "learner.dagger.rounds=1",
-            "learner.dagger.steps_per_round=60",
-            "learner.dagger.epochs=1",
-            "learner.dagger.eval_episodes=1",
+            "dagger.rounds=1",
+            "dagger.steps_per_round=60",
+            "dagger.epochs=1",
+            "learner.eval.episodes=1",
         ],
     ),
     "car_racing_teleop.yaml": (
@@ -84,14 +84,14 @@ SHRUNK: dict[str, tuple[str, list[str]]] = {
     "cartpole_dqfd.yaml": ("run", ["rollout.steps=1000", *DQFD]),
     "generals_dqfd.yaml": (
         "run",
-        [*GENERALS, *DQFD, "learner.dqfd.eval_max_steps=100", "eval.scenarios.vs_expert.max_steps=100"],
+        [*GENERALS, *DQFD, "learner.eval.max_steps=100", "eval.scenarios.vs_expert.max_steps=100"],
     ),
 }
 
 RUN_ELSEWHERE = {
-    "generals_bc.yaml": "tests/test_cli.py::test_generals_run_records_both_players_with_legal_actions",
-    "generals_bc_ppo.yaml": "tests/test_ppo.py::test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_stages",
-    "robocode_bc.yaml": "tests/test_robocode_pipeline.py::test_harvest_run_trains_a_tank_and_evaluates_it_beside_the_expert_and_random",
+    "generals_bc.yaml": "tests/cluster/test_cli.py::test_generals_run_records_both_players_with_legal_actions",
+    "generals_bc_ppo.yaml": "tests/learners/test_ppo.py::test_generals_bc_then_ppo_fine_tunes_against_the_expert_and_evaluates_both_stages",
+    "robocode_bc.yaml": "tests/cluster/test_robocode_pipeline.py::test_harvest_run_trains_a_tank_and_evaluates_it_beside_the_expert_and_random",
 }
 """Examples whose shrunk run is a test of its own, with more checks, made the same way (from the
 repo root into `artifacts/`, the `repo_root_run` fixture): not run twice."""

@@ -6,7 +6,6 @@ import json
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -16,14 +15,13 @@ from loguru import logger
 from harvest.cluster.config import ConfigError, RunConfig
 from harvest.cluster.live import LiveConfig, collect_appliers
 from harvest.cluster.run_folder import RunPaths
-from harvest.cluster.sessions import stopped_shadow
+from harvest.learners.human_session import HumanSession
 from harvest.learners.policy import load_torch_policy
-from harvest.learners.shadow import ShadowLearner
 from harvest.rollout.batch import BatchSchema
-from harvest.rollout.config import PolicyConfig, RolloutConfig
+from harvest.rollout.config import RolloutConfig
 from harvest.rollout.env_kinds import CollectorSetup, EnvKind, env_kind
 from harvest.rollout.fleet import Fleet, FleetResult
-from harvest.rollout.human.collector import HumanCollector, HumanSessionResult, human_schema_for
+from harvest.rollout.human.collector import HumanSessionResult, human_schema_for
 from harvest.rollout.policies import ConfiguredPolicyFactory
 from harvest.rollout.replay.replay import Replay, start_replay
 from harvest.rollout.source_columns import merged_schema
@@ -76,22 +74,16 @@ def collect(
     if cfg.human is not None:  # the person's rows and the simulators' share the replay, tagged by source
         schema = merged_schema(human_schema_for(cfg.env, cfg.human), schema)
     replay = _started_replay(cfg, schema, paths, resume)
-    session = HumanSession.start(cfg, replay, run_id, paths.root) if cfg.human is not None else None
+    session = (
+        HumanSession.start(cfg.env, cfg.human, cfg.learner, cfg.rollout, replay, run_id, cfg.run.seed, paths.root)
+        if cfg.human is not None
+        else None
+    )
     # The replay handle (it holds actor handles, so Ray keeps it in the object store) is put once
     # and referenced here until collection ends, so a restarted collector can always read it
     # (ray-project/ray#53727: Ray does not keep such constructor arguments alive for restarts).
     setup = CollectorSetup(cfg.env, rollout, ray.put(replay), run_id, cfg.run.seed, paths.root, load_torch_policy)
-    fleet = None
-    if rollout.num_collectors:
-        fleet = Fleet(
-            lambda index: kind.start_collector(setup, index),
-            rollout.num_collectors,
-            replay,
-            rollout.max_restarts,
-            cfg.watchdog,
-            resume=resume,
-            kind=kind.collector,
-        )
+    fleet = kind.start_fleet(setup, replay, cfg.watchdog, resume) if rollout.num_collectors else None
     logger.info(
         "collecting {:,} transitions of {} with {} {} collectors into {} replay shards{}",
         rollout.steps if fleet else 0,
@@ -108,91 +100,16 @@ def collect(
     )
     try:
         with watching:
-            seconds, played, supervised = _fill_replay(
-                replay,
-                rollout,
-                kind,
-                max(600.0, rollout.steps / kind.min_rows_per_s),
-                during,
-                session,
-                fleet,
-            )
+            seconds, played, supervised = _fill_replay(replay, rollout, kind, during, session, fleet)
         if session is not None:
-            session.stop_shadow(played, paths.root)
+            session.finish(played, paths.root)
     finally:
         if session is not None:
             session.kill()
     summary = _summary(replay, played, supervised, seconds)
     summary.config_changes = list(live.changes) if live is not None else []
-    summary.shadow = session.shadow_summary if session is not None else None
+    summary.shadow = session.learner_summary if session is not None else None
     return replay, summary
-
-
-@dataclass
-class HumanSession:
-    """A person's teleoperation session (`HumanCollector`) beside the collectors, and the
-    shadow learner that trains on them as they play (`human.shadow`)."""
-
-    actor: ray.actor.ActorHandle
-    operator: str
-    driver: str
-    shadow: ray.actor.ActorHandle | None = None
-    shadow_summary: dict[str, Any] | None = None
-
-    @classmethod
-    def start(cls, cfg: RunConfig, replay: Replay, run_id: str, run_root: Path) -> "HumanSession":
-        human, rollout = cfg.human, cfg.rollout
-        assert human is not None
-        shadow = shadow_policy = None
-        if human.shadow is not None:
-            shadow = (
-                ray.remote(ShadowLearner)
-                .options(num_cpus=human.shadow.num_cpus, num_gpus=cfg.learner.num_gpus)
-                .remote(
-                    cfg.learner,
-                    human.shadow,
-                    replay,
-                    str(run_root / "shadow"),
-                    cfg.run.seed,
-                    collector_id=rollout.num_collectors,
-                )
-            )  # the session's collector id (after the simulators')
-            shadow_policy = ConfiguredPolicyFactory(
-                PolicyConfig(kind="torch", checkpoint=ray.get(shadow.get_initial_checkpoint.remote(), timeout=300)),
-                cfg.env.id,
-                seed=cfg.run.seed,
-                load_torch=load_torch_policy,
-            )
-        actor = (
-            ray.remote(HumanCollector)
-            .options(num_cpus=rollout.num_cpus)
-            .remote(
-                cfg.env,
-                human,
-                replay,
-                rollout.num_collectors,
-                run_id,
-                str(run_root / "sessions"),
-                shadow,
-                shadow_policy,
-            )
-        )
-        if shadow is not None:
-            ray.get(shadow.start.remote(), timeout=60)
-        return cls(actor, human.operator, human.driver, shadow)
-
-    def describe(self) -> str:
-        return f", and {self.operator}'s session ({self.driver})"
-
-    def stop_shadow(self, played: HumanSessionResult | None, run_root: Path) -> None:
-        """Stop the shadow learner: its checkpoint, history and plot are written; its summary is kept."""
-        if self.shadow is not None:
-            self.shadow_summary = stopped_shadow(self.shadow, played, run_root)
-
-    def kill(self) -> None:
-        for actor in (self.actor, self.shadow):
-            if actor is not None:
-                ray.kill(actor, no_restart=True)
 
 
 def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None, resume: bool = False) -> Replay:
@@ -205,6 +122,7 @@ def _started_replay(cfg: RunConfig, schema: BatchSchema, paths: RunPaths | None,
         )
     replay = start_replay(cfg.replay, schema)
     if replay.flight_location and paths is not None:
+        assert cfg.replay.flight is not None  # start_replay serves a Flight location only with replay.flight
         paths.root.mkdir(parents=True, exist_ok=True)
         (paths.root / "replay_flight.json").write_text(
             json.dumps({"location": replay.flight_location, "token_env": cfg.replay.flight.token_env}, indent=2)
@@ -226,7 +144,6 @@ def _fill_replay(
     replay: Replay,
     rollout: RolloutConfig,
     kind: EnvKind,
-    timeout_s: float,
     during: Callable[[Replay], AbstractContextManager] | None,
     session: HumanSession | None,
     fleet: Fleet | None,
@@ -235,13 +152,15 @@ def _fill_replay(
     while the `session` plays until the person ends it; then both are stopped. The time, the
     session's and the fleet's results."""
     started = time.perf_counter()
-    played = supervised = None
+    played: HumanSessionResult | None = None
+    supervised: FleetResult | None = None
     try:
         session_ref = session.actor.run.remote() if session is not None else None
         with during(replay) if during is not None else nullcontext():
             if fleet is not None:
-                supervised = fleet.fill(rollout.steps, kind.chunk_rows(rollout), timeout_s, shares=kind.shares(rollout))
+                supervised = kind.fill(fleet, rollout)
             if session_ref is not None:
+                assert session is not None  # session_ref is its run
                 logger.info(
                     "{}waiting for the teleoperation session to end (its end key, or a closed window)",
                     "the simulators are done; " if fleet else "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from loguru import logger
@@ -17,7 +17,22 @@ from harvest.learners.policy import load_torch_policy
 from harvest.rollout.config import PolicyConfig
 from harvest.rollout.env_kinds import env_kind
 from harvest.rollout.evaluation import EvalResult, evaluate_policies, wilson_interval
-from harvest.rollout.policies import ConfiguredPolicyFactory
+from harvest.rollout.policies import ConfiguredPolicyFactory, PolicyFactory
+
+
+class WinRate(TypedDict, total=False):
+    """Where `eval.win_return` defines a win: the share of episodes won and its 95 % (Wilson) interval."""
+
+    win_rate: float
+    win_rate_ci95: list[float]
+
+
+class PolicySummary(WinRate):
+    """One policy's line in the run summary."""
+
+    mean_return: float
+    std_return: float
+    episodes: int
 
 
 def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResult]:
@@ -33,7 +48,7 @@ def evaluate(cfg: RunConfig, paths: RunPaths, run_id: str) -> dict[str, EvalResu
         stage_checkpoint = paths.learner / f"{index}-{stage}" / f"{cfg.eval.checkpoint}.safetensors"
         if stage_checkpoint.is_file():
             checkpoints[f"{index}-{stage}"] = stage_checkpoint
-    policies = {
+    policies: dict[str, PolicyFactory] = {
         name: ConfiguredPolicyFactory(
             PolicyConfig(kind="torch", checkpoint=str(path.resolve()), deterministic=cfg.eval.deterministic),
             eval_env.id,
@@ -111,7 +126,7 @@ def merge_kwargs(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
     return merged
 
 
-def win_rate(result: EvalResult, win_return: float | None) -> dict[str, float]:
+def win_rate(result: EvalResult, win_return: float | None) -> WinRate:
     if win_return is None or not result.returns:
         return {}
     wins = int(np.sum(np.asarray(result.returns) >= win_return))
@@ -150,7 +165,7 @@ def eval_table(results: dict[str, EvalResult], win_return: float | None) -> Tabl
     return table
 
 
-def eval_summary(results: dict[str, EvalResult], win_return: float | None = None) -> dict[str, dict[str, float]]:
+def eval_summary(results: dict[str, EvalResult], win_return: float | None = None) -> dict[str, PolicySummary]:
     return {
         name: {
             "mean_return": r.mean_return,

@@ -21,12 +21,12 @@ from harvest.rollout.env_kinds import env_kind
 
 
 def train(cfg: RunConfig, paths: RunPaths, run_id: str = "train", resume: bool = False) -> TrainResult:
-    """Train `learner.stages` in turn (or just `learner.algorithm`), each from the previous
-    stage's best checkpoint; the last stage's checkpoints and records end up in `learner/`.
-    With `resume`, earlier stages that finished are not trained again."""
-    stages = cfg.learner.stages or [cfg.learner.algorithm]
+    """Train `learner.stages` in turn, each from the previous stage's best checkpoint; the last
+    stage's checkpoints and records end up in `learner/`. With `resume`, earlier stages that
+    finished are not trained again."""
+    stages = cfg.learner.stages
     if len(stages) == 1:
-        return _train_stage(cfg, dataclasses.replace(cfg.learner, algorithm=stages[0]), paths, paths.learner, run_id)
+        return _train_stage(cfg, cfg.learner, paths, paths.learner, run_id)
     previous: str | None = None
     for index, stage in enumerate(stages, 1):
         stage_dir = paths.learner / f"{index}-{stage}"
@@ -36,11 +36,11 @@ def train(cfg: RunConfig, paths: RunPaths, run_id: str = "train", resume: bool =
                 "learner stage {}/{}: {} finished before; going on from {}", index, len(stages), stage, previous
             )
             continue
-        alone = dataclasses.replace(cfg.learner, algorithm=stage, stages=[])
-        stage_cfg = learner_class(stage).after_stage(alone, previous)
-        logger.info(
-            "learner stage {}/{}: {}{}", index, len(stages), stage, f" from {previous}" if stage_cfg != alone else ""
-        )
+        stage_cfg = dataclasses.replace(cfg.learner, stages=[stage])  # the first starts from learner.init_checkpoint
+        if index > 1:
+            stage_cfg = learner_class(stage).after_stage(dataclasses.replace(stage_cfg, init_checkpoint=None), previous)
+        start = f" from {stage_cfg.init_checkpoint}" if stage_cfg.init_checkpoint else ""
+        logger.info("learner stage {}/{}: {}{}", index, len(stages), stage, start)
         result = _train_stage(cfg, stage_cfg, paths, stage_dir, run_id)
         previous = result.best_checkpoint
     for name in (BEST_NAME, FINAL_NAME, HISTORY_NAME, CURVE_NAME):
@@ -75,7 +75,7 @@ def _train_stage(
 ) -> TrainResult:
     """One learner actor (GPU when `learner.num_gpus` > 0 and Ray has one), with a progress bar
     over the work it reports (`Learner.work`)."""
-    learner_cls = learner_class(learner_cfg.algorithm)
+    learner_cls = learner_class(learner_cfg.stage)
     result = learner_cls.train_without_actor(learner_cfg, paths.dataset, str(out_dir))
     if result is not None:
         return result
@@ -94,10 +94,10 @@ def _train_stage(
     total, unit = learner_cls.work(learner_cfg, paths.dataset)
     try:
         node = ray.get(learner.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()), timeout=600)
-        logger.info("learner ({}) on node {}", learner_cfg.algorithm, node)
+        logger.info("learner ({}) on node {}", learner_cls.algorithm, node)
         ref = learner.train.remote()
         (result,) = wait_with_progress(
-            [ref], f"train ({learner_cfg.algorithm.upper()})", unit, total, poll=_samples_poll(learner), timeout_s=3600
+            [ref], f"train ({learner_cls.algorithm.upper()})", unit, total, poll=_samples_poll(learner), timeout_s=3600
         )
     finally:
         ray.kill(learner, no_restart=True)

@@ -1,7 +1,7 @@
 """`GeneralsEngine`: B independent two-player Generals.io games stepped in one numpy call.
 
 The rules are those of `generals-bots` 2.5.0 (`generals/core/game.py`), checked move for
-move by `tests/test_generals_engine.py`:
+move by `tests/envs/generals/test_engine.py`:
 
 * A move goes from a tile the mover owns with at least 2 army to a passable neighbour,
   carrying all but one army, or half (`army // 2`) when split. Onto an own tile the armies

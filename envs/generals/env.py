@@ -39,7 +39,9 @@ def _opponent(kind: str, seed: int | None):
     return None  # "pass"
 
 
-def _player_slice(observations: dict[str, np.ndarray], player: int) -> dict[str, np.ndarray]:
+def _player_slice(observations: dict[str, np.ndarray] | None, player: int) -> dict[str, np.ndarray]:
+    if observations is None:  # the opponent plays from the last observation, which reset() makes
+        raise RuntimeError("generals: step() called before reset()")
     return {key: value[:, player] for key, value in observations.items()}
 
 
@@ -129,7 +131,8 @@ class GeneralsVectorEnv(LiveRewards, VectorEnv):
             "player_id": np.tile(players, self.games.num_games),
         }
 
-    def render(self) -> np.ndarray | None:
+    # Game 0 only, one frame (see Args), where Gymnasium's VectorEnv gives a frame per sub-env.
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
         if self.render_mode == "rgb_array":
             return render_game(self.games.engine, 0)
         return None

@@ -78,10 +78,11 @@ class GeneralsGames:
         self.engine = GeneralsEngine(num_games, self.size, self.size)
         self.num_games = num_games
         self.num_actions = num_actions(self.size, self.size)
-        self.rng = np.random.default_rng(seed)
         self.game_id = np.zeros(num_games, np.int64)
-        self._id_base = secrets.randbits(31) << 32
-        self._games_started = 0
+        if seed is None:
+            self.rng, self._id_base, self._games_started = np.random.default_rng(), secrets.randbits(31) << 32, 0
+        else:
+            self.seed(seed)  # the salt of the game ids comes from the seed too, as the docstring says
         self.layouts: list[MapLayout | None] = [None] * num_games
         self._action_log = np.zeros((num_games, cfg.max_steps, 2), np.int32) if cfg.record_dir else None
 
@@ -101,9 +102,9 @@ class GeneralsGames:
         games = np.asarray(games, np.int64)
         if layouts is None:
             layouts = [generate_map(self.rng, self.settings) for _ in games]
-        layouts = [parse_map(layout) if isinstance(layout, str) else layout for layout in layouts]
-        self.engine.load(games, layouts)
-        for game, layout in zip(games.tolist(), layouts):
+        parsed = [parse_map(layout) if isinstance(layout, str) else layout for layout in layouts]
+        self.engine.load(games, parsed)
+        for game, layout in zip(games.tolist(), parsed):
             self.layouts[game] = layout
         self.game_id[games] = self._id_base + self._games_started + np.arange(games.size)
         self._games_started += games.size
@@ -133,15 +134,19 @@ class GeneralsGames:
         return rewards * stepped[:, None], terminated, truncated
 
     def _write_records(self, games: np.ndarray) -> None:
+        record_dir, action_log = self.cfg.record_dir, self._action_log
+        assert record_dir is not None and action_log is not None  # step() records only with a record_dir
         for game in games.tolist():
             steps = int(self.engine.time[game])
+            layout = self.layouts[game]
+            assert layout is not None  # a game that stepped was reset, which sets its layout
             GameRecord(
                 int(self.game_id[game]),
                 self.size,
-                self.layouts[game].to_text(),
-                self._action_log[game, :steps].tolist(),
+                layout.to_text(),
+                action_log[game, :steps].tolist(),
                 int(self.engine.winner[game]),
-            ).save(self.cfg.record_dir)
+            ).save(record_dir)
 
     def _holdings(self) -> tuple[np.ndarray, np.ndarray]:
         """[G, 2] cities owned and [G, 2] total army of each player."""

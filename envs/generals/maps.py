@@ -113,13 +113,15 @@ def generate_map(rng: np.random.Generator, settings: MapSettings, max_attempts: 
         candidates = np.argwhere(open_land)
         if len(candidates) < 2:
             continue
-        first = tuple(int(v) for v in candidates[rng.integers(len(candidates))])
+        first_row, first_col = (int(v) for v in candidates[rng.integers(len(candidates))])
+        first = (first_row, first_col)
         distance = land_distance(open_land, first)
         min_distance = settings.min_general_distance or max(rows, cols) // 2
         far = np.argwhere((distance >= min_distance) & (distance < np.iinfo(np.int32).max))
         if len(far) == 0:
             continue
-        second = tuple(int(v) for v in far[rng.integers(len(far))])
+        second_row, second_col = (int(v) for v in far[rng.integers(len(far))])
+        second = (second_row, second_col)
         return MapLayout(mountain, city_army, (first, second))
     raise MapError(
         f"map: no {settings.min_size}-{settings.max_size} map with connected generals "

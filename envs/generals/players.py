@@ -57,8 +57,8 @@ class ExpertPlayer:
         captures = legal & (moving > dest_army) & ~_neighbours(own)
         takes_general = captures & _neighbours(enemy_general)
 
-        seen_general = enemy_general.any((1, 2))
-        seen_enemy = enemy.any((1, 2))
+        seen_general = np.any(enemy_general, axis=(1, 2))
+        seen_enemy = np.any(enemy, axis=(1, 2))
         targets = np.where(
             seen_general[:, None, None], enemy_general, np.where(seen_enemy[:, None, None], enemy, fog & ~mountain)
         )

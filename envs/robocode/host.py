@@ -1,17 +1,22 @@
 """`RobocodeHost`: one long-lived JVM running the real Robocode engine (Debian `robocode`),
-driven through its Control API by `java/HarvestRunner.java`, streaming one JSON line per turn.
+driven through its Control API by `java/HarvestRunner.java`, streaming one JSON line per turn
+(the protocol: `envs.robocode.protocol`).
 
-The runner is compiled with `javac` on first use into a cache keyed by its source, the Java
-version and the Robocode jars; every host gets its own working directory made from the
-package's `battles/`, `config/` and `robots/`, with the CPU benchmark pre-seeded and the
-turn rate uncapped. `java/HarvestBridge.java`, the robot a policy outside the JVM drives
-(`BRIDGE_ROBOT`, see `envs.robocode.env`), is compiled with the runner and installed into
-every home's robots.
+The Java side lives in the package `harvest.robocode` (`java/HarvestRunner.java`,
+`java/BattleCommand.java`, `java/HarvestAgent.java`; the sources sit flat in `java/`, which
+javac allows for files it is given by name). It is compiled with `javac` on first use into a
+cache keyed by its sources, the Java version and the Robocode jars; every host gets its own
+working directory made from the package's `battles/`, `config/` and `robots/`, with the CPU
+benchmark pre-seeded and the turn rate uncapped. `java/HarvestBridge.java` (package `harvest`),
+the robot a policy outside the JVM drives (`BRIDGE_ROBOT`, see `envs.robocode.env`), is
+compiled with the runner and installed into every home's robots.
 
 Robocode 1.9.3.9 can miss a robot's first sleep at a round start (`RobotPeer.startRound`);
 in lockstep (`debug`) mode that stalls the round for minutes (about one battle in ten here).
 `java/HarvestAgent.java`, a Java agent loaded into every engine, closes that race (see its
-header). Any other hang still ends in `EngineStalled` through the turn timeout.
+header). The runner's ready line says whether each of the agent's patches applied, and a host
+whose engine runs unpatched raises `EngineUnpatched` instead of running it. Any other hang still
+ends in `EngineStalled` through the turn timeout.
 """
 
 from __future__ import annotations
@@ -27,19 +32,24 @@ import zipfile
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 from loguru import logger
 
 from harvest.envs.extras import require
+from harvest.envs.robocode.protocol import ABORT, QUIT, BattleCommand, ProtocolError, check_message
 
 DEBIAN_PACKAGES = "robocode default-jdk xvfb"
 JAR_DIR = Path("/usr/share/java")
 HOME_TEMPLATE = Path("/usr/share/games/robocode")
-RUNNER_SOURCE = Path(__file__).with_name("java") / "HarvestRunner.java"
-AGENT_SOURCE = Path(__file__).with_name("java") / "HarvestAgent.java"
-BRIDGE_SOURCE = Path(__file__).with_name("java") / "HarvestBridge.java"
+JAVA_DIR = Path(__file__).with_name("java")
+RUNNER_SOURCES = tuple(JAVA_DIR / name for name in ("HarvestRunner.java", "BattleCommand.java", "HarvestAgent.java"))
+"""The engine side, package `harvest.robocode`."""
+BRIDGE_SOURCE = JAVA_DIR / "HarvestBridge.java"
+JAVA_PACKAGE = "harvest.robocode"
+RUNNER_CLASS = f"{JAVA_PACKAGE}.HarvestRunner"
+AGENT_CLASS = f"{JAVA_PACKAGE}.HarvestAgent"
 BRIDGE_ROBOT = "harvest.HarvestBridge*"
 """The bridge robot's name in battles: Robocode stars every robot class in its robots folder
 outside the `sample` packages as a development version."""
@@ -80,6 +90,11 @@ class EngineStalled(RobocodeError):
     """No turn arrived within the turn timeout; the JVM was killed."""
 
 
+class EngineUnpatched(RobocodeError):
+    """HarvestAgent did not patch a Robocode class (another Robocode version?); unpatched, a round
+    start can stall for minutes, so the engine was shut down instead."""
+
+
 @dataclass(frozen=True)
 class RobocodeInstall:
     java: str
@@ -113,6 +128,7 @@ class RobocodeInstall:
                 f"Robocode needs {', '.join(missing)}: install the Debian packages "
                 f"`{DEBIAN_PACKAGES}` (apt-get install {DEBIAN_PACKAGES}, or `make setup`)"
             )
+        assert java is not None and javac is not None  # both are in `missing` when not found
         version = next((path.split("-")[-1].removesuffix(".jar") for path in jars if "battle-" in path), "unknown")
         return cls(java, javac, tuple(jars + support), HOME_TEMPLATE, version)
 
@@ -125,17 +141,18 @@ def compile_runner(install: RobocodeInstall, cache_root: Path) -> Path:
     """The folder with the compiled runner, `harvest-agent.jar` and `robots/` (the bridge robot),
     built now unless cached.
 
-    The cache key covers the three sources, the Java version and the Robocode version.
+    The cache key covers the sources, the Java version and the Robocode version.
     """
-    sources = RUNNER_SOURCE.read_bytes() + AGENT_SOURCE.read_bytes() + BRIDGE_SOURCE.read_bytes()
+    sources = b"".join(path.read_bytes() for path in (*RUNNER_SOURCES, BRIDGE_SOURCE))
     key = hashlib.sha256(sources + install.java_version().encode() + install.version.encode()).hexdigest()[:16]
     classes = cache_root / f"runner-{key}"
-    if (classes / "HarvestRunner.class").is_file() and (classes / AGENT_JAR).is_file():
+    package_dir = Path(*JAVA_PACKAGE.split("."))
+    if (classes / package_dir / "HarvestRunner.class").is_file() and (classes / AGENT_JAR).is_file():
         return classes
     staging = cache_root / f".runner-{key}-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     classpath = os.pathsep.join(install.classpath)
-    for output, sources_of in ((staging, (RUNNER_SOURCE, AGENT_SOURCE)), (staging / ROBOTS_DIR, (BRIDGE_SOURCE,))):
+    for output, sources_of in ((staging, RUNNER_SOURCES), (staging / ROBOTS_DIR, (BRIDGE_SOURCE,))):
         result = subprocess.run(
             [install.javac, "-nowarn", "-d", str(output), "-cp", classpath, *map(str, sources_of)],
             capture_output=True,
@@ -147,9 +164,9 @@ def compile_runner(install: RobocodeInstall, cache_root: Path) -> Path:
                 f"javac failed on {', '.join(path.name for path in sources_of)}:\n{result.stderr[-3000:]}"
             )
     with zipfile.ZipFile(staging / AGENT_JAR, "w") as jar:
-        jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nPremain-Class: HarvestAgent\n")
-        for path in staging.glob("HarvestAgent*.class"):
-            jar.write(path, path.name)
+        jar.writestr("META-INF/MANIFEST.MF", f"Manifest-Version: 1.0\nPremain-Class: {AGENT_CLASS}\n")
+        for path in (staging / package_dir).glob("HarvestAgent*.class"):
+            jar.write(path, path.relative_to(staging).as_posix())
     try:
         staging.rename(classes)  # atomic: a concurrent compile of the same key loses the race harmlessly
     except OSError:
@@ -196,7 +213,7 @@ def engine_command(
         *(f"-D{key}={value}" for key, value in (properties or {}).items()),
     ]
     classpath = os.pathsep.join([str(classes), *install.classpath])
-    return [install.java, *flags, "-cp", classpath, "HarvestRunner", str(home)]
+    return [install.java, *flags, "-cp", classpath, RUNNER_CLASS, str(home)]
 
 
 class RobocodeHost:
@@ -210,6 +227,16 @@ class RobocodeHost:
         gui: show the battle window on a display of the host's own (Xvfb).
         bridge_port: let `BRIDGE_ROBOT` connect to 127.0.0.1:`bridge_port` (turns Robocode's robot
             security off in this JVM; see `bridge_properties`).
+        properties: more JVM system properties (`-Dkey=value`), e.g. Robocode's own options.
+
+    Attributes:
+        version: Robocode's version, from the engine's ready line.
+        patches: the ready line's report of each HarvestAgent patch (all applied, or the
+            constructor raised `EngineUnpatched`).
+
+    Raises:
+        EngineUnpatched: a HarvestAgent patch did not apply (the message names the class, its
+            methods, its jar and Robocode's version); the JVM is shut down.
 
     Usage:
         with RobocodeHost(Path("/tmp/engine-0"), Path("~/.cache/harvest/robocode")) as host:
@@ -225,12 +252,13 @@ class RobocodeHost:
         start_timeout_s: float = 120.0,
         gui: bool = False,
         bridge_port: int | None = None,
+        properties: dict[str, str] | None = None,
     ) -> None:
         self._orjson = require("orjson", "the Robocode engine host")  # (here: a CartPole run never needs it)
         self.install = RobocodeInstall.find()
         self.workdir = Path(workdir)
         self.lockstep, self.gui, self.start_timeout_s = lockstep, gui, start_timeout_s
-        self.properties = bridge_properties(bridge_port) if bridge_port is not None else {}
+        self.properties = {**(bridge_properties(bridge_port) if bridge_port is not None else {}), **(properties or {})}
         self.home = prepare_home(self.install, self.workdir / "home")
         self.classes = compile_runner(self.install, Path(cache_root).expanduser())
         install_robots(self.classes, self.home)
@@ -253,14 +281,40 @@ class RobocodeHost:
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=self.home, env=env
         )
+        assert self.process.stdout is not None  # stdout=PIPE
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.process.stdout, selectors.EVENT_READ)
         self._lines: deque[bytes] = deque()  # complete lines not yet returned
         self._partial = b""  # the start of the next line
-        ready = self._next_message(self.start_timeout_s, "the engine to start")
-        if ready.get("t") != "ready":
-            raise RobocodeError(f"engine in {self.workdir}: expected a ready line, got {ready}")
-        self.version = ready["version"]
+        try:
+            ready = self._next_message(self.start_timeout_s, "the engine to start")
+            if self._check(ready) != "ready":
+                raise RobocodeError(f"engine in {self.workdir}: expected a ready line, got {ready}")
+            self._check_patches(ready)
+        except BaseException:
+            self.close()  # no host to close for a caller whose constructor raised
+            raise
+        self.version, self.patches = ready["version"], ready["patches"]
+
+    def _check(self, message: dict[str, Any]) -> str:
+        """`message`'s type, once it matches the protocol."""
+        try:
+            return check_message(message)
+        except ProtocolError as err:
+            raise RobocodeError(f"engine in {self.workdir}: {err} (see envs/robocode/protocol.py)") from err
+
+    def _check_patches(self, ready: dict[str, Any]) -> None:
+        unpatched = [patch for patch in ready["patches"] if not patch["applied"]]
+        if unpatched:
+            raise EngineUnpatched(
+                f"engine in {self.workdir}: HarvestAgent did not patch "
+                + "; ".join(
+                    f"{patch['class']} ({', '.join(patch['methods'])}) in {patch['jar'] or JAR_DIR}: {patch['error']}"
+                    for patch in unpatched
+                )
+                + f" (Robocode {ready['version']}, jars in {JAR_DIR}). The patches are made for Robocode 1.9.3.9 "
+                "(java/HarvestAgent.java); unpatched, a round start can stall for minutes, so the engine was shut down"
+            )
 
     def battle(
         self,
@@ -284,20 +338,36 @@ class RobocodeHost:
             RobocodeError: the engine refused the battle (the message names the robots or setups).
             EngineStalled: no message within `turn_timeout_s` (the JVM is killed).
         """
-        command = f"BATTLE robots={','.join(robots)} rounds={rounds} width={width} height={height}"
-        if seed is not None:
-            command += f" seed={seed}"
+        placed = None
         if setups is not None:
-            command += " setups=" + ";".join(
-                "random" if setup is None else ",".join(map(repr, map(float, setup))) for setup in setups
+            # float() each value (ints, numpy scalars); the engine checks that a setup has three.
+            placed = tuple(
+                None if setup is None else cast(tuple[float, float, float], tuple(map(float, setup)))
+                for setup in setups
             )
-        if live:
-            command += " live=1"
-        self._send(command)
+        command = BattleCommand(
+            robots=tuple(robots),
+            rounds=int(rounds),
+            width=int(width),
+            height=int(height),
+            seed=None if seed is None else int(seed),
+            setups=placed,
+            live=bool(live),
+        )
+        self._send(command.line())
         engine_errors: list[str] = []
         while True:
             message = self._next_message(turn_timeout_s, f"a turn of {robots}")
             kind = message.get("t")
+            if kind not in ("turn", "round_start"):  # the per-turn lines are the hot path
+                self._check(message)
+            if kind == "battle_start":  # the runner's reading of the command
+                if message != command.echo():
+                    raise RobocodeError(
+                        f"engine in {self.workdir}: the runner read {command.line()!r} as {message}, "
+                        f"expected {command.echo()}"
+                    )
+                continue
             if kind == "engine_error":  # Robocode's own complaint; the runner's verdict follows
                 engine_errors.append(message["message"])
                 logger.warning("engine in {}: {}", self.workdir, message["message"])
@@ -311,7 +381,7 @@ class RobocodeHost:
 
     def abort(self) -> None:
         """End the running battle; its `battle()` iterator then ends with `{"t": "battle_end", "aborted": true}`."""
-        self._send("ABORT")
+        self._send(ABORT)
 
     def restart(self) -> None:
         """Kill this JVM (if it still runs) and start a fresh one in the same working directory."""
@@ -348,6 +418,7 @@ class RobocodeHost:
                     f"engine in {self.workdir}: nothing for {timeout_s:g}s while waiting for "
                     f"{waiting_for}; killed it. Log tail:\n{self.log_tail()}"
                 )
+            assert self.process.stdout is not None  # stdout=PIPE
             chunk = os.read(self.process.stdout.fileno(), 1 << 16)
             if not chunk:
                 self.kill()
@@ -374,7 +445,7 @@ class RobocodeHost:
         """Ask the JVM to quit; kill it if it does not."""
         if self.process.poll() is None:
             try:
-                self._send("QUIT")
+                self._send(QUIT)
                 self.process.wait(timeout=timeout_s)
             except (RobocodeError, subprocess.TimeoutExpired):
                 self.kill()

@@ -141,10 +141,10 @@ def round_transitions(turns: list[dict], reward_scale: float = 100.0, win_reward
                     fired[index, bullet["owner"]] += bullet["power"]
     results = []
     for robot, name in enumerate(names):
-        rows = [t for t in range(len(turns) - 1) if alive[t, robot]]
-        if not rows:
+        alive_turns = [t for t in range(len(turns) - 1) if alive[t, robot]]
+        if not alive_turns:
             continue
-        rows = np.array(rows)
+        rows = np.array(alive_turns)
         before, after = states[rows, robot], states[rows + 1, robot]
         body = np.array([degrees_turned(b, a) for b, a in zip(before[:, 2], after[:, 2])])
         gun = np.array([degrees_turned(b, a) for b, a in zip(before[:, 3], after[:, 3])])
@@ -153,7 +153,7 @@ def round_transitions(turns: list[dict], reward_scale: float = 100.0, win_reward
         reward, dies, _ = step_rewards(
             states[rows, :, 7], states[rows + 1, :, 7], alive[rows], alive[rows + 1], robot, reward_scale, win_reward
         )
-        others_alive_before = alive[rows][:, [other for other in range(len(names)) if other != robot]].any(axis=1)
+        others_alive_before = np.any(alive[rows][:, [other for other in range(len(names)) if other != robot]], axis=1)
         terminated = dies.copy()
         terminated[-1] = True
         results.append(

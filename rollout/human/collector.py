@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import gymnasium as gym
 import numpy as np
@@ -31,6 +31,7 @@ from harvest.envs.config import EnvConfig
 from harvest.envs.registry import make_env
 from harvest.envs.spaces import ColumnSpec
 from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.collector_ids import collector_uid
 from harvest.rollout.cutter import EpisodeIds
 from harvest.rollout.human.config import HumanConfig
 from harvest.rollout.human.keymap import KeyMap, is_driving_space
@@ -41,7 +42,7 @@ from harvest.rollout.human.window import KeyboardRobot, TeleopError, TeleopWindo
 from harvest.rollout.policies import PolicyFactory
 from harvest.rollout.replay.replay import Replay
 from harvest.rollout.source_columns import shared_columns, with_filled
-from harvest.rollout.worker import PushTimeoutError, collector_uid
+from harvest.rollout.worker import PushTimeoutError
 
 SOURCE_HUMAN = "human"
 _TELEMETRY: dict[str, tuple[tuple[str, ...], Callable[[gym.Env], dict[str, float]]]] = {
@@ -83,6 +84,11 @@ class HumanSessionResult:
 
 def _game_name(env: gym.Env) -> str:
     return type(env.unwrapped).__name__
+
+
+def _frame(env: gym.Env) -> np.ndarray:
+    """The env's picture now ([H, W, 3] uint8): the session makes its env with render_mode="rgb_array"."""
+    return cast(np.ndarray, env.render())
 
 
 def human_schema(env: gym.Env, cfg: HumanConfig) -> BatchSchema:
@@ -173,7 +179,8 @@ class HumanCollector:
             raise TeleopError(
                 "human.driver: scripted plays through key events one frame at a time; set human.lockstep: true"
             )
-        self.display, self._xvfb = open_display(cfg.display, tuple(cfg.window_size))
+        window_size = (cfg.window_size[0], cfg.window_size[1])  # (width, height): the config holds two
+        self.display, self._xvfb = open_display(cfg.display, window_size)
         self._env = make_env(env_cfg, render_mode="rgb_array")
         self.keymap = KeyMap(cfg, self._env.action_space)
         self.schema = human_schema(self._env, cfg)
@@ -205,13 +212,13 @@ class HumanCollector:
                 cfg.shadow,
                 self._env.action_space,
             )
-            if cfg.shadow is not None and shadow is not None
+            if cfg.shadow is not None and shadow is not None and shadow_policy is not None
             else None
         )
         if cfg.shadow is not None and self.shadow is None:
             raise ValueError("human.shadow: the session needs the shadow learner and its policy factory")
         self.window = TeleopWindow(
-            tuple(cfg.window_size),
+            window_size,
             f"Harvest teleop - {env_cfg.id} - {cfg.operator}",
             cfg.reset_key,
             cfg.end_key,
@@ -268,7 +275,7 @@ class HumanCollector:
             while True:
                 achieved = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
                 self.window.show(
-                    env.render(),
+                    _frame(env),
                     [
                         f"{cfg.operator}  episode {episode_number}  step {step}  return {episode_return:.1f}",
                         f"{achieved:.0f}/{self.fps:.0f} FPS"
@@ -279,6 +286,7 @@ class HumanCollector:
                 )
                 intended = None
                 if self._robot is not None and not paused:
+                    assert self._driver is not None  # the robot is made only for a scripted driver
                     controls = self._driver.controls(env)
                     intended = self.keymap.action(controls)
                     self._robot.hold({self.keymap.key_for(c) for c in controls}, then_press=cfg.advance_key)
@@ -345,7 +353,7 @@ class HumanCollector:
                     row["shadow_action"], row["shadow_version"] = shadow_action, self.shadow.version
                 self._rows.add(row)
                 if self._folder is not None:
-                    image = obs if isinstance(obs, np.ndarray) and obs.ndim == 3 else env.render()
+                    image = obs if isinstance(obs, np.ndarray) and obs.ndim == 3 else _frame(env)
                     self._folder.add(
                         episode_number,
                         step,

@@ -94,9 +94,9 @@ class KeyMap:
                 )
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
-            for name, control in self.controls.items():
-                if not (float(control.value).is_integer() and space.contains(int(control.value))):
-                    raise KeyMapError(f"human.controls.{name}.value: {control.value} is not an action of {space}")
+            for name, control_cfg in self.controls.items():
+                if not (float(control_cfg.value).is_integer() and space.contains(int(control_cfg.value))):
+                    raise KeyMapError(f"human.controls.{name}.value: {control_cfg.value} is not an action of {space}")
             if not space.contains(int(self.noop_action)):
                 raise KeyMapError(f"human.noop_action: {self.noop_action} is not an action of {space}")
             if self.axes:
@@ -129,6 +129,7 @@ class KeyMap:
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
             return int(self.controls[held[-1]].value) if held else int(self.noop_action)
+        assert isinstance(space, gym.spaces.Box)  # _check lets only Discrete or a flat Box through
         action = np.zeros(space.shape, np.float64)
         for name in held:
             control = self.controls[name]

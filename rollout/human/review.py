@@ -47,10 +47,11 @@ def review_frames(
     timeout_s: float = 3600.0,
 ) -> ReviewResult:
     """Blocks: the reviewer steps through the frames; their labels."""
-    display, xvfb = open_display(cfg.display, tuple(cfg.window_size))
+    window_size = (cfg.window_size[0], cfg.window_size[1])  # (width, height): the config holds two
+    display, xvfb = open_display(cfg.display, window_size)
     keymap = KeyMap(cfg, action_space)
     window = TeleopWindow(
-        tuple(cfg.window_size),
+        window_size,
         f"Harvest review - {cfg.operator}",
         cfg.reset_key,
         cfg.end_key,

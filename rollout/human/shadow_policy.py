@@ -24,6 +24,7 @@ class ShadowBeside:
         self.version, self.driving, self.frames_driven = 0, False, 0
         self._discrete = isinstance(action_space, gym.spaces.Discrete)
         if not self._discrete:
+            assert isinstance(action_space, gym.spaces.Box)  # KeyMap lets only Discrete or a flat Box through
             spread = np.asarray(action_space.high, np.float64) - np.asarray(action_space.low, np.float64)
             self._spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
         self._recent: deque[float] = deque(maxlen=cfg.agreement_window)

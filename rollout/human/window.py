@@ -17,9 +17,12 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pyvirtualdisplay import Display
 
 _X_KEYSYMS = {
     "up": "Up",
@@ -210,7 +213,7 @@ class TeleopWindow:
         self._pg.display.quit()
 
 
-def open_display(display: str | None, size: tuple[int, int]) -> tuple[str, object | None]:
+def open_display(display: str | None, size: tuple[int, int]) -> tuple[str, Display | None]:
     """The X display a window opens on: `display`, else `$DISPLAY`, else an Xvfb started here
     (returned second, to stop when done; a person cannot see it, a scripted player can)."""
     if display:

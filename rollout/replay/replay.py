@@ -12,7 +12,8 @@ import ray
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import ReplayConfig
 from harvest.rollout.replay.flight import start_flight_service
-from harvest.rollout.replay.shard import KEY_SHARD_SHIFT, PriorityUpdate, ReplayShard, ShardStats, importance_weights
+from harvest.rollout.replay.results import PriorityUpdate, ShardStats
+from harvest.rollout.replay.shard import KEY_SHARD_SHIFT, ReplayShard, importance_weights
 from harvest.rollout.routing import shard_of
 
 

@@ -64,7 +64,8 @@ class PackedColumn:
 
     def take(self, slots: np.ndarray) -> np.ndarray:
         out = np.empty((len(slots), *self.shape), self.dtype)
-        flat = out.reshape(len(slots), -1).view(np.uint8) if self.row_bytes else None
+        # Both sizes given: reshape(n, -1) fails for no rows or for rows of no bytes.
+        flat = out.view(np.uint8).reshape(len(slots), self.row_bytes)
         for i, slot in enumerate(np.asarray(slots).tolist()):
             data = self.codec.decompress(self._blobs[slot], decompressed_size=self.row_bytes, asbytes=False)
             flat[i] = np.frombuffer(data, np.uint8)
@@ -173,8 +174,8 @@ class ColumnRing:
         """Store `batch` (already validated; `packed`: its compressed rows from
         `packed_bytes_needed`); returns (first sequence number, rows)."""
         num_rows = batch.num_rows
-        if self._packed and packed is None:
-            packed, _ = self.packed_bytes_needed(batch)
+        if packed is None:
+            packed, _ = self.packed_bytes_needed(batch)  # ({}, 0) without packed columns
         first_seq = self.next_seq
         # A batch larger than the ring keeps only its newest rows.
         skip = max(0, num_rows - self.capacity_rows)
@@ -186,11 +187,11 @@ class ColumnRing:
             self._copy(column[start_slot : start_slot + head], source[skip : skip + head])
             if head < stored:
                 self._copy(column[: stored - head], source[skip + head :])
-        for name, column in self._packed.items():
+        for name, packed_column in self._packed.items():
             blobs = packed[name][skip:]
-            column.store(start_slot, blobs[:head])
+            packed_column.store(start_slot, blobs[:head])
             if head < stored:
-                column.store(0, blobs[head:])
+                packed_column.store(0, blobs[head:])
         self.next_seq += num_rows
         self.oldest_seq = max(self.oldest_seq, self.next_seq - self.capacity_rows)
         self._evict_to_budget()

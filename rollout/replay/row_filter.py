@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -46,12 +46,13 @@ class RowFilter:
             if spec.shape != () or not np.issubdtype(spec.dtype, np.integer):
                 raise ValueError(f"{context}: column {name!r} is {spec.describe()}, expected a scalar integer")
 
-    def mask(self, column) -> np.ndarray:
+    def mask(self, column: Callable[[str], np.ndarray]) -> np.ndarray:
         """Boolean mask of the kept rows; `column(name)` returns that column's values."""
-        keep = None
+        keep: np.ndarray | None = None
         for name, ids in self.allowed.items():
             hit = np.isin(column(name), np.asarray(ids, np.int64))
             keep = hit if keep is None else keep & hit
+        assert keep is not None  # `of` and `from_json` give None rather than a filter on no column
         return keep
 
     def to_json(self) -> dict[str, list[int]]:

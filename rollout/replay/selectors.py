@@ -133,7 +133,7 @@ class Queue(Uniform):
     def select(
         self, num_rows: int, rng: np.random.Generator, oldest_seq: int, next_seq: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        seqs = np.arange(oldest_seq, next_seq)
+        seqs: np.ndarray = np.arange(oldest_seq, next_seq)
         if self.newest_first:
             seqs = seqs[::-1]
         slots = seqs % self.capacity

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,71 +15,18 @@ from harvest.cluster import metrics
 from harvest.rollout.allocator import keep_batch_buffers_on_heap
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.config import RateLimitConfig, ReplayConfig
+from harvest.rollout.replay.change_signal import ChangeSignal
 from harvest.rollout.replay.durability import Restored, WriteAheadLog
 from harvest.rollout.replay.limiter import MinSize, RateLimited, SampleToInsertRatio
+from harvest.rollout.replay.memory_budget import ReplayMemoryError, ring_capacity_rows
+from harvest.rollout.replay.results import InsertAck, PriorityUpdate, ReadResult, ShardStats
 from harvest.rollout.replay.ring import ColumnRing
 from harvest.rollout.replay.row_filter import RowFilter
-from harvest.rollout.replay.selectors import make_selector
-
-
-class ReplayMemoryError(ValueError):
-    """A shard would grow past `replay.memory_limit_bytes`."""
-
-
-@dataclass(frozen=True)
-class InsertAck:
-    """Returned once a batch is stored: where its rows went."""
-
-    shard_index: int
-    first_seq: int
-    num_rows: int
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    """Rows read from a cursor, the cursor to continue from, and rows the cursor lost.
-
-    `skipped_rows` > 0 means the ring overwrote rows between the requested cursor and the
-    oldest row still stored; they are gone, and the reader is told so instead of silently
-    skipping them.
-    """
-
-    batch: TransitionBatch
-    next_cursor: int
-    skipped_rows: int
-    seqs: np.ndarray | None = None
-    """Sequence numbers of the rows in `batch` (consecutive unless a filter dropped rows)."""
-    end_seq: int = 0
-    """The shard's next sequence number when it answered (rows stored = `end_seq`)."""
-
-
-_ACKS_KEPT = 1024
-"""Acks remembered per source for recognising retried batches (far more than pushes in flight)."""
+from harvest.rollout.replay.selectors import Prioritized, make_selector
+from harvest.rollout.replay.source_acks import SourceAcks
 
 KEY_SHARD_SHIFT = 48
 """A sampled row's key is `(shard_index << KEY_SHARD_SHIFT) | sequence number`."""
-
-
-@dataclass(frozen=True)
-class PriorityUpdate:
-    """What `update_priorities` did: rows updated, and rows already overwritten (ignored)."""
-
-    updated: int
-    overwritten: int
-
-
-@dataclass(frozen=True)
-class ShardStats:
-    shard_index: int
-    size_rows: int
-    capacity_rows: int
-    inserted_rows: int
-    evicted_rows: int
-    inserted_batches: int
-    rejected_batches: int
-    episodes_completed: int
-    episodes_stored: int
-    memory_bytes: int
 
 
 def importance_weights(probability: np.ndarray, num_stored: int, beta: float) -> np.ndarray:
@@ -110,7 +55,7 @@ class ReplayShard:
         self.cfg = cfg
         self.schema = schema
         self.shard_index = shard_index
-        capacity_rows = self._capacity_rows(cfg, schema)
+        capacity_rows = ring_capacity_rows(cfg, schema, shard_index)
         self._ring = ColumnRing(
             schema,
             capacity_rows,
@@ -132,13 +77,12 @@ class ReplayShard:
             if cfg.rate_limit is not None
             else MinSize(cfg.min_size_to_sample)
         )
-        self._changed: asyncio.Condition | None = None  # made in the actor's event loop on first use
+        self._changed = ChangeSignal()
         self._rng = np.random.default_rng(seed)
         self._inserted_batches = 0
         self._rejected_batches = 0
         self._episodes_completed = 0
-        self._acks: dict[str, dict[int, InsertAck]] = {}
-        self._rows_by_source: dict[str, int] = {}
+        self._sources = SourceAcks(shard_index)
         self._log = logger.bind(actor=f"ReplayShard[{shard_index}]")
         keep_batch_buffers_on_heap()
         self._tags = {"shard": str(shard_index)}
@@ -148,28 +92,6 @@ class ReplayShard:
             folder = Path(cfg.wal_dir).expanduser() / f"shard-{shard_index:03d}"
             self._restore(WriteAheadLog.restore(folder))
             self._wal = WriteAheadLog(folder, schema.arrow_schema(), cfg.wal_fsync)
-
-    def _capacity_rows(self, cfg: ReplayConfig, schema: BatchSchema) -> int:
-        """Ring slots: `capacity_rows`, or fewer where `capacity_bytes` of plain columns hold fewer."""
-        plain_row_bytes = sum(spec.row_bytes for name, spec in schema.columns.items() if name not in cfg.compression)
-        if cfg.capacity_bytes is None:
-            return cfg.capacity_rows
-        if not cfg.compression:
-            rows = min(cfg.capacity_rows, cfg.capacity_bytes // schema.row_bytes)
-            if rows < 1:
-                raise ValueError(
-                    f"ReplayShard[{self.shard_index}]: replay.capacity_bytes={cfg.capacity_bytes:,} "
-                    f"holds no row of {schema.row_bytes:,} bytes"
-                )
-            return rows
-        if cfg.capacity_rows * plain_row_bytes >= cfg.capacity_bytes:
-            raise ValueError(
-                f"ReplayShard[{self.shard_index}]: the uncompressed columns of replay.capacity_rows="
-                f"{cfg.capacity_rows:,} rows take {cfg.capacity_rows * plain_row_bytes:,} bytes, leaving "
-                f"nothing of replay.capacity_bytes={cfg.capacity_bytes:,} for the compressed ones; "
-                "lower capacity_rows or raise capacity_bytes"
-            )
-        return cfg.capacity_rows
 
     @property
     def memory_bytes(self) -> int:
@@ -212,8 +134,9 @@ class ReplayShard:
             BatchSchemaError: the batch does not match the schema; nothing of it is stored.
             RateLimited: the rate limiter holds inserts back (`insert_wait` waits instead).
         """
-        if batch_id is not None and batch_id in self._acks.get(source, {}):
-            return self._acks[source][batch_id]
+        acked = self._sources.get(source, batch_id)
+        if acked is not None:
+            return acked
         if not self._limiter.can_insert():
             raise RateLimited(
                 f"ReplayShard[{self.shard_index}]: inserts are held back by the rate limiter "
@@ -237,7 +160,7 @@ class ReplayShard:
         metrics.replay_insert_seconds().observe(time.perf_counter() - started, tags=self._tags)
         metrics.replay_inserted_rows().inc(ack.num_rows, tags={**self._tags, "source": source})
         self._gauges()
-        self._notify()
+        self._changed.notify()
         if (
             self.cfg.checkpoint_every_rows
             and self._wal is not None
@@ -282,12 +205,7 @@ class ReplayShard:
         self._limiter.on_insert(num_rows)
         self._episodes_completed += int(np.count_nonzero(batch["terminated"] | batch["truncated"]))
         ack = InsertAck(self.shard_index, first_seq, num_rows)
-        self._rows_by_source[source] = self._rows_by_source.get(source, 0) + num_rows
-        if batch_id is not None and batch_id >= 0:
-            acks = self._acks.setdefault(source, {})
-            acks[batch_id] = ack
-            if len(acks) > _ACKS_KEPT:
-                del acks[next(iter(acks))]  # the oldest remembered (dicts keep insertion order)
+        self._sources.record(source, batch_id, ack)
         return ack
 
     def _gauges(self) -> None:
@@ -315,11 +233,7 @@ class ReplayShard:
             "episodes_completed": self._episodes_completed,
             "limiter": [self._limiter.inserted, self._limiter.sampled],
             "selector": selector_state,
-            "acks": {
-                source: [[batch_id, ack.first_seq, ack.num_rows] for batch_id, ack in acks.items()]
-                for source, acks in self._acks.items()
-            },
-            "rows_by_source": self._rows_by_source,
+            **self._sources.state(),
         }
         path = self._wal.checkpoint(table, state)
         self._checkpointed_seq = ring.next_seq
@@ -361,13 +275,7 @@ class ReplayShard:
             self._inserted_batches, self._rejected_batches = state["inserted_batches"], state["rejected_batches"]
             self._episodes_completed = state["episodes_completed"]
             self._limiter.inserted, self._limiter.sampled = state["limiter"]
-            self._acks = {
-                source: {
-                    batch_id: InsertAck(self.shard_index, first_seq, num_rows) for batch_id, first_seq, num_rows in acks
-                }
-                for source, acks in state["acks"].items()
-            }
-            self._rows_by_source = dict(state.get("rows_by_source", {}))
+            self._sources.restore(state)
             self._checkpointed_seq = state["next_seq"]
         for record_batch, source, batch_id in restored.logged:
             self._store(TransitionBatch.from_arrow(record_batch), source, batch_id if batch_id >= 0 else None)
@@ -407,7 +315,7 @@ class ReplayShard:
         batch.columns["weight"] = importance_weights(
             probability, ring.size, self.cfg.priority_beta if self.cfg.sampler == "prioritized" else 0.0
         )
-        self._notify()
+        self._changed.notify()
         return batch
 
     async def insert_wait(
@@ -423,7 +331,7 @@ class ReplayShard:
         Raises:
             RateLimited: still held back after the timeout (the message says by what).
         """
-        if batch_id is None or batch_id not in self._acks.get(source, {}):
+        if self._sources.get(source, batch_id) is None:
             await self._wait_for(self._limiter.can_insert, "an insert", timeout_s)
         return self.insert(batch, source, batch_id)
 
@@ -438,39 +346,11 @@ class ReplayShard:
             if timeout_s is not None
             else (self.cfg.rate_limit.timeout_s if self.cfg.rate_limit is not None else 60.0)
         )
-        if not await self._wait_until(ready, timeout_s):
+        if not await self._changed.wait_until(ready, timeout_s):
             raise RateLimited(
                 f"ReplayShard[{self.shard_index}]: {what} waited {timeout_s:g}s for the rate "
                 f"limiter ({self._limiter.describe()}); is the other side running?"
             )
-
-    async def _wait_until(self, ready, timeout_s: float) -> bool:
-        """Wait (in the actor's event loop) until `ready()`; False after `timeout_s`."""
-        if ready():
-            return True
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
-            except asyncio.TimeoutError:
-                return False
-        return True
-
-    def _notify(self) -> None:
-        """Wake waiting inserts and samples (in the actor's event loop; nothing waits elsewhere)."""
-        if self._changed is not None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            changed = self._changed
-
-            async def wake() -> None:
-                async with changed:
-                    changed.notify_all()
-
-            loop.create_task(wake())
 
     def sampling_mass(self) -> tuple[float, int]:
         """(total priority, or rows left to read, or size; rows stored): how much of a draw across
@@ -485,7 +365,7 @@ class ReplayShard:
             ValueError: not a prioritized shard, keys of another shard or of rows never stored,
                 or shapes that do not match.
         """
-        if self.cfg.sampler != "prioritized":
+        if not isinstance(self._selector, Prioritized):  # (replay.sampler is not "prioritized")
             raise ValueError(
                 f"ReplayShard[{self.shard_index}].update_priorities: replay.sampler is "
                 f"{self.cfg.sampler!r}, not 'prioritized'"
@@ -538,7 +418,7 @@ class ReplayShard:
         """`read`, first waiting up to `timeout_s` for rows past `cursor` if there are none yet
         (an empty result after the wait: nothing new arrived). For readers that follow the replay."""
         if cursor >= self._ring.next_seq:
-            await self._wait_until(lambda: self._ring.next_seq > cursor, timeout_s)
+            await self._changed.wait_until(lambda: self._ring.next_seq > cursor, timeout_s)
         return self.read(cursor, max_rows, where)
 
     def bounds(self) -> tuple[int, int]:
@@ -576,7 +456,7 @@ class ReplayShard:
         )
         limiter.inserted, limiter.sampled = self._limiter.inserted, self._limiter.sampled
         self._limiter, self.cfg = limiter, dataclasses.replace(self.cfg, rate_limit=rate_limit)
-        self._notify()  # waiters look again under the new numbers
+        self._changed.notify()  # waiters look again under the new numbers
         self._log.info("rate limit now {}", limiter.describe())
 
     def holding_back(self) -> str:
@@ -590,7 +470,7 @@ class ReplayShard:
 
     def rows_by_source(self) -> dict[str, int]:
         """Rows stored since the start, by the source that inserted them (e.g. `collector 3`)."""
-        return dict(self._rows_by_source)
+        return self._sources.rows_by_source()
 
     def get_schema(self) -> BatchSchema:
         return self.schema

@@ -71,8 +71,9 @@ class SumTree:
     def get(self, slots: np.ndarray) -> np.ndarray:
         return self._tree[np.asarray(slots, np.int64) + self._leaves]
 
-    def update(self, slots: np.ndarray, values: np.ndarray) -> None:
-        """Set the leaves `slots` (the last value wins for a repeated slot) and their ancestors."""
+    def update(self, slots: np.ndarray, values: np.ndarray | float) -> None:
+        """Set the leaves `slots` (the last value wins for a repeated slot) and their ancestors;
+        one `values` number sets them all."""
         slots = np.asarray(slots, np.int64)
         if slots.size == 0:
             return

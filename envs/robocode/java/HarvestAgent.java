@@ -15,12 +15,22 @@
 // needs that turn's state to choose them. Nothing in a robot's own turn changes the state the
 // snapshot shows, so the early snapshot equals the one the TurnEndedEvent would carry.
 // The JVM runs with -XX:-BytecodeVerificationRemote: BCEL cannot rebuild the StackMapTable.
+//
+// A patch that does not apply leaves its class unpatched, and the race back. So the agent
+// records the outcome of each patch (`failure`), HarvestRunner forces both classes to load
+// before its ready line and reports every patch in it, and the host refuses an engine with a
+// patch missing (envs/robocode/protocol.py, `patches`). `-Dharvest.agent.target.<Class>.<method>=<other>`
+// points a patch at another method name (the tests use it to make a patch miss).
+
+package harvest.robocode;
 
 import java.io.ByteArrayInputStream;
 import java.lang.instrument.ClassFileTransformer;
 import java.lang.instrument.Instrumentation;
 import java.security.ProtectionDomain;
 import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
 
 import org.apache.bcel.Const;
 import org.apache.bcel.classfile.ClassParser;
@@ -43,6 +53,8 @@ import org.apache.bcel.generic.Type;
 public final class HarvestAgent {
     static final String PEER = "net/sf/robocode/battle/peer/RobotPeer";
     static final String BATTLE = "net/sf/robocode/battle/Battle";
+    /** The classes the agent patches (JVM internal names). */
+    public static final String[] TARGETS = {PEER, BATTLE};
 
     /** Receives the battle's robots and bullets when a round starts and before each turn's robots wake. */
     public interface TurnListener {
@@ -52,9 +64,33 @@ public final class HarvestAgent {
     /** Set by the runner; the patched Battle calls `turnReady` on it. */
     public static volatile TurnListener turnListener;
 
+    /** Whether the JVM started this agent (`-javaagent`): without it no class is patched. */
+    static volatile boolean started;
+    /** Per target class that went through the agent: "" when patched, else why not. */
+    static final Map<String, String> outcomes = new ConcurrentHashMap<>();
+
     public static void turnReady(Object battle, List<?> robots, List<?> bullets) {
         TurnListener listener = turnListener;
         if (listener != null) listener.turnReady(battle, robots, bullets);
+    }
+
+    /** Why the patch of `target` (an internal name) is missing, or null when it applied. */
+    public static String failure(String target) {
+        if (!started) return "HarvestAgent is not loaded (the JVM needs -javaagent:harvest-agent.jar)";
+        String outcome = outcomes.get(target);
+        if (outcome == null) return "the class was loaded without passing through HarvestAgent";
+        return outcome.isEmpty() ? null : outcome;
+    }
+
+    /** The methods the patch of `target` rewrites, as name(signature). */
+    public static String[] methods(String target) {
+        if (PEER.equals(target)) return new String[] {method("RobotPeer", "startRound") + "(JI)V"};
+        return new String[] {method("Battle", "initializeRound") + "()V", method("Battle", "runTurn") + "()V"};
+    }
+
+    /** The name the patch looks for instead of `method`: `-Dharvest.agent.target.<owner>.<method>`, else itself. */
+    static String method(String owner, String method) {
+        return System.getProperty("harvest.agent.target." + owner + "." + method, method);
     }
 
     public static void premain(String args, Instrumentation instrumentation) {
@@ -64,14 +100,18 @@ public final class HarvestAgent {
                                     byte[] bytes) {
                 if (!PEER.equals(name) && !BATTLE.equals(name)) return null;
                 try {
-                    return PEER.equals(name) ? patch(bytes) : patchBattle(bytes);
+                    byte[] patched = PEER.equals(name) ? patch(bytes) : patchBattle(bytes);
+                    outcomes.put(name, "");
+                    return patched;
                 } catch (Throwable error) {
+                    outcomes.put(name, String.valueOf(error));
                     System.err.println("HarvestAgent: could not patch " + name + ": " + error);
                     error.printStackTrace();
                     return null;
                 }
             }
         });
+        started = true;
     }
 
     static ClassGen classOf(byte[] bytes, String fileName) throws Exception {
@@ -92,10 +132,12 @@ public final class HarvestAgent {
         ConstantPoolGen pool = battle.getConstantPool();
         InstructionFactory factory = new InstructionFactory(battle, pool);
         ObjectType list = new ObjectType("java.util.List");
+        String roundMethod = method("Battle", "initializeRound");
+        String turnMethod = method("Battle", "runTurn");
         int sites = 0;
         for (Method method : battle.getMethods()) {
-            boolean round = method.getName().equals("initializeRound") && method.getSignature().equals("()V");
-            boolean turn = method.getName().equals("runTurn") && method.getSignature().equals("()V");
+            boolean round = method.getName().equals(roundMethod) && method.getSignature().equals("()V");
+            boolean turn = method.getName().equals(turnMethod) && method.getSignature().equals("()V");
             if (!round && !turn) continue;
             MethodGen generator = new MethodGen(method, battle.getClassName(), pool);
             InstructionList code = generator.getInstructionList();
@@ -109,7 +151,7 @@ public final class HarvestAgent {
                 call.append(factory.createGetField(battle.getClassName(), "robots", list));
                 call.append(new ALOAD(0));
                 call.append(factory.createGetField(battle.getClassName(), "bullets", list));
-                call.append(factory.createInvoke("HarvestAgent", "turnReady", Type.VOID,
+                call.append(factory.createInvoke(HarvestAgent.class.getName(), "turnReady", Type.VOID,
                                                  new Type[] {Type.OBJECT, list, list}, Const.INVOKESTATIC));
                 if (round) code.append(handle, call); else code.insert(handle, call);
                 sites++;
@@ -117,7 +159,10 @@ public final class HarvestAgent {
             }
             replace(battle, method, generator);
         }
-        if (sites != 2) throw new IllegalStateException("Battle: expected 2 places for turnReady, found " + sites);
+        if (sites != 2) {
+            throw new IllegalStateException("Battle." + roundMethod + "()V and Battle." + turnMethod
+                                            + "()V: expected 2 places for turnReady, found " + sites);
+        }
         return battle.getJavaClass().getBytes();
     }
 
@@ -126,10 +171,11 @@ public final class HarvestAgent {
         ConstantPoolGen pool = peer.getConstantPool();
         InstructionFactory factory = new InstructionFactory(peer, pool);
         ObjectType sleepingType = new ObjectType("java.util.concurrent.atomic.AtomicBoolean");
+        String startMethod = method("RobotPeer", "startRound");
         int sites = 0;
         int exits = 0;
         for (Method method : peer.getMethods()) {
-            if (!method.getName().equals("startRound") || !method.getSignature().equals("(JI)V")) continue;
+            if (!method.getName().equals(startMethod) || !method.getSignature().equals("(JI)V")) continue;
             MethodGen generator = new MethodGen(method, peer.getClassName(), pool);
             InstructionList code = generator.getInstructionList();
             for (InstructionHandle handle : code.getInstructionHandles()) {
@@ -155,8 +201,8 @@ public final class HarvestAgent {
             replace(peer, method, generator);
         }
         if (sites != 1 || exits == 0) {
-            throw new IllegalStateException("RobotPeer.startRound: expected 1 robot start and a synchronized block, found "
-                                            + sites + " and " + exits + " monitor exits");
+            throw new IllegalStateException("RobotPeer." + startMethod + "(JI)V: expected 1 robot start and a "
+                                            + "synchronized block, found " + sites + " and " + exits + " monitor exits");
         }
         return peer.getJavaClass().getBytes();
     }

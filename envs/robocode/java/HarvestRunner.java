@@ -1,19 +1,18 @@
 // Harvest's Robocode runner: one long-lived JVM that runs battles on command and prints one
 // JSON line per turn on stdout (everything else Robocode prints goes to stderr).
 //
-// Commands, one per line on stdin:
-//   BATTLE robots=sample.SpinBot,sample.Target rounds=3 seed=7 width=800 height=600
-//          [setups=x,y,heading;random] [live=1]
-//   ABORT   (ends the running battle; its battle_end says "aborted":true)
-//   QUIT
-// Replies: {"t":"ready",...} once, then per battle, for each round, {"t":"round_start",...}
-// (the robots as placed, turn 0), {"t":"turn",...} lines and {"t":"round_end",...}, and at the
-// end {"t":"battle_end",...} or {"t":"error","message":...}. `setups` places robots (pixels,
-// heading in degrees; `random` leaves one to Robocode); `live=1` flushes every line at once,
-// for a robot that waits on whoever reads them (HarvestBridge).
+// The protocol (commands on stdin, JSON lines on stdout) is described in one place,
+// envs/robocode/protocol.py, and tests/test_robocode_protocol.py checks this runner against it.
+// In short: BATTLE robots=... [options] (parsed by BattleCommand and answered with battle_start),
+// ABORT and QUIT in; ready (with the outcome of each HarvestAgent patch), then per battle
+// battle_start, round_start, turn, round_end, battle_end (or error) out.
 //
-// With HarvestAgent loaded, each turn's line is printed before that turn's robots are woken
-// (see the agent); without it, at Robocode's TurnEndedEvent.
+// The ready line reports whether HarvestAgent patched Robocode (the runner loads the patched
+// classes first, see `patchReport`); with a patch missing the runner refuses every battle. Each
+// turn's line is printed before that turn's robots are woken (see the agent); a turn the agent
+// did not report comes from Robocode's TurnEndedEvent.
+
+package harvest.robocode;
 
 import java.io.BufferedOutputStream;
 import java.io.BufferedReader;
@@ -26,16 +25,16 @@ import java.io.PrintStream;
 import java.awt.geom.Rectangle2D;
 import java.lang.reflect.Constructor;
 import java.lang.reflect.Method;
-import java.util.HashMap;
+import java.security.CodeSource;
 import java.util.List;
-import java.util.Map;
+
+import net.sf.robocode.core.Container;
 
 import robocode.BattleResults;
 import robocode.control.BattleSpecification;
 import robocode.control.BattlefieldSpecification;
 import robocode.control.RandomFactory;
 import robocode.control.RobocodeEngine;
-import robocode.control.RobotSetup;
 import robocode.control.RobotSpecification;
 import robocode.control.events.BattleAdaptor;
 import robocode.control.events.BattleCompletedEvent;
@@ -204,51 +203,6 @@ public final class HarvestRunner {
         return escaped.toString();
     }
 
-    static Map<String, String> options(String[] tokens) {
-        Map<String, String> options = new HashMap<>();
-        for (int i = 1; i < tokens.length; i++) {
-            int equals = tokens[i].indexOf('=');
-            if (equals > 0) options.put(tokens[i].substring(0, equals), tokens[i].substring(equals + 1));
-        }
-        return options;
-    }
-
-    /**
-     * `x,y,heading;random;...` (pixels, degrees) -> one RobotSetup per robot.
-     *
-     * Robocode 1.9.3.9 passes setups on as text and reads them back keeping only digits and dots
-     * (Battle.computeInitialPositions): values must be plain non-negative decimals, so headings
-     * are taken modulo 360 and values below 1e-3 (which Java would print as 1.0E-4) become 0.
-     */
-    static RobotSetup[] setups(String text, int numRobots) {
-        String[] parts = text.split(";");
-        if (parts.length != numRobots) {
-            throw new IllegalArgumentException("setups=" + text + ": expected " + numRobots + " entries, got "
-                                               + parts.length);
-        }
-        RobotSetup[] setups = new RobotSetup[numRobots];
-        for (int i = 0; i < numRobots; i++) {
-            if (parts[i].equals("random")) {
-                setups[i] = new RobotSetup(null, null, null);
-                continue;
-            }
-            String[] values = parts[i].split(",");
-            double[] numbers = new double[3];
-            for (int j = 0; values.length == 3 && j < 3; j++) numbers[j] = Double.parseDouble(values[j]);
-            if (values.length != 3 || !(numbers[0] >= 0 && numbers[1] >= 0 && Double.isFinite(numbers[2]))) {
-                throw new IllegalArgumentException("setups=" + text + ": entry " + i
-                                                   + " is not x,y,heading (x, y >= 0) or random");
-            }
-            double heading = ((numbers[2] % 360) + 360) % 360;
-            setups[i] = new RobotSetup(plain(numbers[0]), plain(numbers[1]), plain(heading));
-        }
-        return setups;
-    }
-
-    static double plain(double value) {
-        return value < 1e-3 ? 0.0 : value;
-    }
-
     static void error(PrintStream out, String message) {
         out.println("{\"t\":\"error\",\"message\":\"" + escape(message) + "\"}");
         out.flush();
@@ -261,6 +215,66 @@ public final class HarvestRunner {
         listener.endBattle(null);
     }
 
+    /**
+     * Loads each class HarvestAgent patches through Robocode's engine loader (as a battle would)
+     * and describes what the agent did, as the ready line's `patches`; `unpatched` collects what
+     * is missing, one "class: why" per patch.
+     */
+    static String patchReport(StringBuilder unpatched) {
+        StringBuilder report = new StringBuilder("[");
+        for (String target : HarvestAgent.TARGETS) {
+            String className = target.replace('/', '.');
+            String jar = "";
+            String failure;
+            try {
+                Class<?> loaded = Class.forName(className, false, Container.engineLoader);
+                CodeSource source = loaded.getProtectionDomain().getCodeSource();
+                if (source != null) jar = source.getLocation().getPath();
+                failure = HarvestAgent.failure(target);
+            } catch (ClassNotFoundException missing) {
+                failure = "Robocode's engine has no class " + className;
+            }
+            report.append(report.length() > 1 ? "," : "").append("{\"class\":\"").append(className).append("\",\"methods\":[");
+            String[] methods = HarvestAgent.methods(target);
+            for (int i = 0; i < methods.length; i++) report.append(i > 0 ? "," : "").append('"').append(escape(methods[i])).append('"');
+            report.append("],\"jar\":\"").append(escape(jar)).append("\",\"applied\":").append(failure == null)
+                .append(",\"error\":").append(failure == null ? "null" : "\"" + escape(failure) + "\"").append('}');
+            if (failure != null) unpatched.append(unpatched.length() > 0 ? "; " : "").append(className).append(": ").append(failure);
+        }
+        return report.append(']').toString();
+    }
+
+    /** Parses one BATTLE command, answers battle_start (or error) and runs the battle on Robocode's thread. */
+    static void runBattle(RobocodeEngine engine, Listener listener, PrintStream out, String line) {
+        BattleCommand command;
+        try {
+            command = BattleCommand.parse(line);
+        } catch (IllegalArgumentException bad) {
+            error(out, bad.getMessage());
+            return;
+        }
+        out.println(command.echo());
+        out.flush();
+        RobotSpecification[] robots = engine.getLocalRepository(String.join(",", command.robots));
+        if (robots.length != command.robots.length) {
+            StringBuilder found = new StringBuilder();
+            for (RobotSpecification robot : robots) found.append(found.length() > 0 ? "," : "").append(robot.getClassName());
+            error(out, "robots " + String.join(",", command.robots) + ": only [" + found + "] are installed");
+            return;
+        }
+        BattleSpecification battle;
+        try {
+            battle = new BattleSpecification(new BattlefieldSpecification(command.width, command.height), command.rounds,
+                                             450, 0.1, 100, false, robots, command.robotSetups());
+        } catch (IllegalArgumentException bad) {  // Robocode's own limits, e.g. a field of 400 to 5000 pixels
+            error(out, "BATTLE: " + bad.getMessage());
+            return;
+        }
+        if (command.seed != null) RandomFactory.resetDeterministic(command.seed);
+        listener.startBattle(command.live);
+        engine.runBattle(battle, false);
+    }
+
     public static void main(String[] args) throws Exception {
         PrintStream out = new PrintStream(new BufferedOutputStream(new FileOutputStream(FileDescriptor.out), 1 << 16),
                                           false, "UTF-8");
@@ -271,47 +285,28 @@ public final class HarvestRunner {
         engine.addBattleListener(listener);
         HarvestAgent.turnListener = listener;
         engine.setVisible(args.length > 1 && args[1].equals("gui"));
-        out.println("{\"t\":\"ready\",\"version\":\"" + escape(engine.getVersion()) + "\"}");
+        StringBuilder unpatched = new StringBuilder();
+        String patches = patchReport(unpatched);
+        if (unpatched.length() > 0) System.err.println("HarvestRunner: unpatched, refusing battles: " + unpatched);
+        out.println("{\"t\":\"ready\",\"version\":\"" + escape(engine.getVersion()) + "\",\"patches\":" + patches + "}");
         out.flush();
         // The file descriptor itself: Robocode swaps System.in for a stream only it may read.
         BufferedReader in = new BufferedReader(new InputStreamReader(new FileInputStream(FileDescriptor.in), "UTF-8"));
-        String command;
+        String line;
         // Battles run on Robocode's own thread, so an ABORT can arrive while one runs.
-        while ((command = in.readLine()) != null) {
-            String[] tokens = command.trim().split("\\s+");
-            if (tokens[0].equals("QUIT")) break;
-            if (tokens[0].equals("ABORT")) {
+        while ((line = in.readLine()) != null) {
+            String verb = line.trim().split("\\s+")[0];
+            if (verb.equals("QUIT")) break;
+            if (verb.equals("ABORT")) {
                 abort(engine, listener);
-                continue;
+            } else if (!verb.equals("BATTLE")) {
+                error(out, "unknown command " + verb + "; expected BATTLE, ABORT or QUIT");
+            } else if (unpatched.length() > 0) {
+                error(out, "BATTLE refused: HarvestAgent did not patch " + unpatched);
+            } else {
+                engine.waitTillBattleOver();
+                runBattle(engine, listener, out, line);
             }
-            if (!tokens[0].equals("BATTLE")) {
-                error(out, "unknown command " + tokens[0]);
-                continue;
-            }
-            engine.waitTillBattleOver();
-            Map<String, String> options = options(tokens);
-            String names = options.getOrDefault("robots", "sample.SpinBot,sample.Target");
-            RobotSpecification[] robots = engine.getLocalRepository(names);
-            if (robots.length != names.split(",").length) {
-                StringBuilder found = new StringBuilder();
-                for (RobotSpecification robot : robots) found.append(found.length() > 0 ? "," : "").append(robot.getClassName());
-                error(out, "robots " + names + ": only [" + found + "] are installed");
-                continue;
-            }
-            RobotSetup[] setups = null;
-            try {
-                if (options.containsKey("setups")) setups = setups(options.get("setups"), robots.length);
-            } catch (IllegalArgumentException bad) {
-                error(out, bad.getMessage());
-                continue;
-            }
-            if (options.containsKey("seed")) RandomFactory.resetDeterministic(Long.parseLong(options.get("seed")));
-            BattlefieldSpecification field = new BattlefieldSpecification(
-                Integer.parseInt(options.getOrDefault("width", "800")), Integer.parseInt(options.getOrDefault("height", "600")));
-            BattleSpecification battle = new BattleSpecification(field, Integer.parseInt(options.getOrDefault("rounds", "3")),
-                                                                 450, 0.1, 100, false, robots, setups);
-            listener.startBattle(options.getOrDefault("live", "0").equals("1"));
-            engine.runBattle(battle, false);
         }
         abort(engine, listener);
         engine.close();
