@@ -8,7 +8,7 @@ illegal actions out of their logits.
 `model.distribution(obs)` is the stochastic policy PPO trains and collectors sample from: a
 categorical over the (masked) logits for Discrete actions, a tanh-squashed Gaussian for Box
 actions (a learned, state-independent log-std per dimension; the mean is what BC fits and
-what greedy play uses).
+what greedy play uses); both are in `distributions.py`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import torch
 from torch import nn
 
 from harvest.envs.spaces import columns_for_space, leaf_spaces
+from harvest.learners.distributions import CategoricalPolicy, SquashedGaussian, choose
 
 MASK_COLUMN = "obs.action_mask"
 MASKED_LOGIT = -1e9
 LOG_STD_INIT = -0.5
 """Initial log-std of the Gaussian head (before the tanh): std 0.61, i.e. exploration over
 most of a bounded action's range without piling up at its ends."""
-SQUASH_EDGE = 1e-6
-"""Stored actions at a bound are moved this far inside (relative) before inverting the tanh."""
 
 
 @dataclass(frozen=True)
@@ -123,98 +122,6 @@ def _masked(logits: torch.Tensor, obs: dict[str, torch.Tensor], mask_name: str |
     if mask_name is None:
         return logits
     return logits.masked_fill(obs[mask_name] == 0, MASKED_LOGIT)
-
-
-def _choose(logits: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> torch.Tensor:
-    if deterministic:
-        return logits.argmax(-1)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-
-
-class CategoricalPolicy:
-    """Discrete actions: a categorical over masked logits (masked actions have probability 0)."""
-
-    def __init__(self, logits: torch.Tensor, start: int = 0) -> None:
-        self.logits = torch.log_softmax(logits.float(), -1)
-        self.start = start
-
-    def take(self, rows: torch.Tensor) -> "CategoricalPolicy":
-        return CategoricalPolicy(self.logits[rows], self.start)
-
-    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
-        return self.logits.gather(1, (action.long() - self.start)[:, None])[:, 0]
-
-    def entropy(self) -> torch.Tensor:
-        return -(self.logits.exp() * self.logits).sum(-1)
-
-    def kl(self, other: "CategoricalPolicy") -> torch.Tensor:
-        """KL(self || other) per row."""
-        return (self.logits.exp() * (self.logits - other.logits)).sum(-1)
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        return _choose(self.logits, False, generator) + self.start
-
-
-class SquashedGaussian:
-    """Box actions: u ~ N(mean, exp(log_std)) per dimension, played as low + (tanh(u) + 1) / 2 ×
-    (high − low) where both bounds are finite, as u where they are not. Dimensions BC fixed
-    (`PolicyModel.fix_constant_actions`) are played exactly and carry no probability.
-
-    log_prob inverts the squash (actions at a bound are moved `SQUASH_EDGE` inside) and adds
-    the tanh's log-Jacobian; entropy and KL are those of the Gaussians over u. The tanh is the
-    same bijection for both policies, so the KL is exact; the entropy is the usual stand-in
-    (a squashed Gaussian's has no closed form)."""
-
-    def __init__(
-        self,
-        mean: torch.Tensor,
-        log_std: torch.Tensor,
-        low: torch.Tensor,
-        high: torch.Tensor,
-        bounded: torch.Tensor,
-        fixed: torch.Tensor,
-        fixed_value: torch.Tensor,
-    ) -> None:
-        self.mean, self.log_std = mean.float(), log_std.float().expand_as(mean)
-        self.low, self.high, self.bounded, self.fixed, self.fixed_value = low, high, bounded, fixed, fixed_value
-        self.free = (~fixed).float()
-
-    def take(self, rows: torch.Tensor) -> "SquashedGaussian":
-        return SquashedGaussian(
-            self.mean[rows], self.log_std[rows], self.low, self.high, self.bounded, self.fixed, self.fixed_value
-        )
-
-    def squash(self, u: torch.Tensor) -> torch.Tensor:
-        squashed = self.low + (torch.tanh(u) + 1) * 0.5 * (self.high - self.low)
-        return torch.where(self.fixed, self.fixed_value, torch.where(self.bounded, squashed, u))
-
-    def unsquash(self, action: torch.Tensor) -> torch.Tensor:
-        half = 0.5 * (self.high - self.low)
-        y = ((action.float() - self.low) / half - 1).clamp(-1 + SQUASH_EDGE, 1 - SQUASH_EDGE)
-        return torch.where(self.bounded, torch.atanh(y), action.float())
-
-    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
-        u = self.unsquash(action.reshape(self.mean.shape))
-        base = torch.distributions.Normal(self.mean, self.log_std.exp()).log_prob(u)
-        # log |d action / d u| = log(half) + log(1 - tanh(u)^2), the latter written stably
-        log_jacobian = torch.log(0.5 * (self.high - self.low)) + 2 * (np.log(2.0) - u - nn.functional.softplus(-2 * u))
-        return ((base - torch.where(self.bounded, log_jacobian, torch.zeros_like(u))) * self.free).sum(-1)
-
-    def entropy(self) -> torch.Tensor:
-        return ((0.5 + 0.5 * np.log(2 * np.pi) + self.log_std) * self.free).sum(-1)
-
-    def kl(self, other: "SquashedGaussian") -> torch.Tensor:
-        """KL(self || other) per row."""
-        mine = torch.distributions.Normal(self.mean, self.log_std.exp())
-        theirs = torch.distributions.Normal(other.mean, other.log_std.exp())
-        return (torch.distributions.kl_divergence(mine, theirs) * self.free).sum(-1)
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device)
-        return self.squash(self.mean + self.log_std.exp() * noise)
-
-    def mode(self) -> torch.Tensor:
-        return self.squash(self.mean)
 
 
 class ObsEncoder(nn.Module):
@@ -388,10 +295,10 @@ class PolicyModel(nn.Module):
         out = self.forward(obs)
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
-            return _choose(out, deterministic, generator) + int(space.start)
+            return choose(out, deterministic, generator) + int(space.start)
         if isinstance(space, gym.spaces.MultiDiscrete):
             chosen = [
-                _choose(logits, deterministic, generator)
+                choose(logits, deterministic, generator)
                 for logits in out.split(space.nvec.reshape(-1).tolist(), dim=-1)
             ]
             return (torch.stack(chosen, dim=-1) + torch.as_tensor(space.start.reshape(-1), device=out.device)).reshape(
@@ -455,7 +362,7 @@ class ConvPolicyModel(nn.Module):
     def act(
         self, obs: dict[str, torch.Tensor], deterministic: bool = True, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        return _choose(self.forward(obs), deterministic, generator) + int(self.action_space.start)
+        return choose(self.forward(obs), deterministic, generator) + int(self.action_space.start)
 
 
 def resolve_model_spec(

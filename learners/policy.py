@@ -11,7 +11,8 @@ import torch
 from harvest.envs.spaces import ColumnSpec, flatten_value
 from harvest.learners.action_sets import ACTION_SET_KEY
 from harvest.learners.checkpoint import load_checkpoint
-from harvest.learners.models import CategoricalPolicy, ConvPolicyModel, PolicyModel
+from harvest.learners.distributions import CategoricalPolicy
+from harvest.learners.models import ConvPolicyModel, PolicyModel
 from harvest.rollout.policies import PolicyOutput
 
 LOGITS_COLUMN = "policy_logits"

@@ -11,7 +11,7 @@ optional KL(initial || current) term keeps it near the demonstrations, and the f
 policy around.
 
 Discrete actions (a categorical over logits, illegal actions masked) and Box actions (a
-tanh-squashed Gaussian with a learned log-std, `learners.models.SquashedGaussian`) are supported;
+tanh-squashed Gaussian with a learned log-std, `learners.distributions.SquashedGaussian`) are supported;
 MultiDiscrete actions are refused. The forward pass runs under `learner.precision`'s autocast.
 """
 
