@@ -17,7 +17,8 @@ from harvest.envs.config import EnvConfig
 from harvest.learners.bc import BCLearner
 from harvest.learners.checkpoint import load_checkpoint
 from harvest.learners.config import BCConfig, LearnerConfig, LearnerEvalConfig, PPOConfig
-from harvest.learners.ppo import PPOLearner, gae
+from harvest.learners.critic import gae
+from harvest.learners.ppo import PPOLearner
 from harvest.rollout.batch import BatchSchema, TransitionBatch
 from harvest.rollout.policies import CartPoleExpert
 from tests.learners.test_bc import tensorboard_scalars
