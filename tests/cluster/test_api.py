@@ -57,7 +57,7 @@ def test_harvest_run_from_python_with_a_users_expert_and_its_outputs(ray_cluster
         },
         "replay": {"num_shards": 1, "num_cpus": 0.1},
         "aggregation": {"num_cpus": 0.1},
-        "learner": {"epochs": 3, "hidden_sizes": [32], "num_cpus": 0.5},
+        "learner": {"bc": {"epochs": 3}, "hidden_sizes": [32], "num_cpus": 0.5},
         "eval": {"episodes": 2, "num_workers": 1, "baselines": []},
     }
     result = harvest.run(config, overrides=["learner.lr=0.003"], run_id="api")
