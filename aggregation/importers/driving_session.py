@@ -31,23 +31,8 @@ from harvest.aggregation.importers.result import (
 from harvest.cluster.logging import track
 from harvest.envs.spaces import ColumnSpec
 from harvest.rollout.batch import BatchSchema, TransitionBatch
+from harvest.rollout.human.session_folder import DRIVING_COLUMNS
 
-DRIVING_COLUMNS = [
-    "episode",
-    "frame",
-    "timestamp",
-    "screenshot_filename",
-    "throttle",
-    "brake",
-    "steering",
-    "gear_up",
-    "gear_down",
-    "clutch",
-    "speed",
-    "rpm",
-    "gear",
-    "lap_time",
-]
 DRIVING_ACTIONS = ["throttle", "brake", "steering", "clutch", "gear_up", "gear_down"]
 DRIVING_TELEMETRY = ["speed", "rpm", "gear", "lap_time"]
 _DRIVING_INTEGERS = ("episode", "frame")
